@@ -1,0 +1,152 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * pnlb_abi.h — the one definition of everything the XDP data plane and the
+ * Rust control plane share. libbpf-cargo turns the BTF of these types into
+ * #[repr(C)] Rust types (pnlb-dataplane's `abi` module), so nothing here is
+ * written twice.
+ *
+ * Rules that keep the two sides identical:
+ *   - fixed-width fields only, explicit _pad, no bit fields, no `aligned`;
+ *   - every key is zeroed before it is filled (padding is part of the hash);
+ *   - addresses are 16 bytes; IPv4 is stored IPv4-mapped (::ffff:a.b.c.d) so
+ *     one key type serves both families without a family field;
+ *   - ports and addresses are in network byte order, everything else host.
+ */
+#ifndef PNLB_ABI_H
+#define PNLB_ABI_H
+
+#include <linux/types.h>
+
+enum pnlb_limits {
+	PNLB_MAX_SERVICES = 1024,
+	PNLB_MAX_BACKENDS = 4096,
+	/* Maglev lookup table length: a prime, NSDI'16 §3.4 (M >> N). */
+	PNLB_TABLE_SIZE = 65537,
+	PNLB_MAX_CONNS = 262144,
+};
+
+/* Seed shared by every LB node so that they all hash a flow the same way. */
+enum pnlb_hash_seed { PNLB_HASH_SEED = 0x706e6c62 /* "pnlb" */ };
+
+enum pnlb_method {
+	PNLB_METHOD_DR = 1,
+	PNLB_METHOD_TUN = 2,
+	PNLB_METHOD_NAT = 3,
+	PNLB_METHOD_SNAT = 4,
+};
+
+enum pnlb_scheduler {
+	PNLB_SCHED_MAGLEV = 1,
+};
+
+enum pnlb_hash_key {
+	PNLB_HASH_5TUPLE = 0,
+	PNLB_HASH_SOURCE = 1,
+	PNLB_HASH_DESTINATION = 2,
+};
+
+enum pnlb_backend_flags {
+	/* The slot holds a configured backend; flows may be kept on it. */
+	PNLB_BACKEND_F_PRESENT = 1,
+};
+
+/*
+ * Why a packet was not forwarded. Every XDP_PASS and XDP_DROP the program
+ * returns is counted under one of these in pnlb_reason_stats (and, once the
+ * service is known, in the service's own drops[]). Append only.
+ */
+enum pnlb_reason {
+	PNLB_PASS_NOT_IP = 0,          /* ARP, LLDP, ...: the kernel's business */
+	PNLB_PASS_NOT_SERVICE = 1,     /* destination is not a VIP */
+	PNLB_PASS_VIP_NO_SERVICE = 2,  /* VIP, but no service on that port/proto */
+	PNLB_PASS_VIP_OTHER_PROTO = 3, /* ICMP etc. to a VIP */
+	PNLB_DROP_TRUNCATED_ETH = 4,
+	PNLB_DROP_TRUNCATED_IP = 5,
+	PNLB_DROP_BAD_IP_HEADER = 6,   /* version, IHL < 5, total length */
+	PNLB_DROP_IPV4_OPTIONS = 7,
+	PNLB_DROP_FRAGMENT = 8,
+	PNLB_DROP_IPV6_EXT_HEADER = 9,
+	PNLB_DROP_TRUNCATED_L4 = 10,
+	PNLB_DROP_NO_BACKEND = 11,     /* service has no usable backend */
+	PNLB_DROP_BACKEND_GONE = 12,   /* table names a backend slot that is empty */
+	PNLB_DROP_UNSUPPORTED_METHOD = 13,
+	PNLB_REASON_MAX = 14,
+};
+
+struct pnlb_addr {
+	__u32 words[4];
+};
+
+struct pnlb_service_key {
+	struct pnlb_addr vip;
+	__u16 port; /* 0 = every port of the VIP */
+	__u8 protocol; /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 _pad;
+};
+
+struct pnlb_service {
+	__u32 id; /* index into per-service arrays and pnlb_tables */
+	__u8 method; /* enum pnlb_method */
+	__u8 scheduler; /* enum pnlb_scheduler */
+	__u8 hash_key; /* enum pnlb_hash_key */
+	__u8 _pad;
+	__u32 table_len; /* used slots of the service's table */
+};
+
+struct pnlb_backend {
+	struct pnlb_addr addr;
+	__u16 port;
+	__u8 flags; /* enum pnlb_backend_flags */
+	__u8 _pad0;
+	__u32 ifindex; /* egress interface towards the backend */
+	__u8 mac[6]; /* next-hop MAC (the backend itself for dr) */
+	__u8 src_mac[6]; /* our MAC on ifindex */
+	/* Bumped whenever the slot is reused, so a flow pinned to the old
+	 * occupant is rescheduled instead of following the new one. */
+	__u32 generation;
+	__u32 weight;
+};
+
+struct pnlb_flow_key {
+	struct pnlb_addr src;
+	struct pnlb_addr dst;
+	__u16 src_port;
+	__u16 dst_port;
+	__u8 protocol;
+	__u8 _pad[3];
+};
+
+struct pnlb_conn {
+	__u32 backend_id;
+	__u32 backend_generation;
+	__u32 service_id;
+	__u32 _pad;
+	__u64 created_ns;
+	__u64 last_seen_ns;
+};
+
+struct pnlb_service_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+	__u64 drops[PNLB_REASON_MAX];
+};
+
+struct pnlb_backend_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+};
+
+/* Compile-time layout checks; the Rust side asserts the same numbers. */
+_Static_assert(sizeof(struct pnlb_addr) == 16, "pnlb_addr");
+_Static_assert(sizeof(struct pnlb_service_key) == 20, "pnlb_service_key");
+_Static_assert(sizeof(struct pnlb_service) == 12, "pnlb_service");
+_Static_assert(sizeof(struct pnlb_backend) == 44, "pnlb_backend");
+_Static_assert(sizeof(struct pnlb_flow_key) == 40, "pnlb_flow_key");
+_Static_assert(sizeof(struct pnlb_conn) == 32, "pnlb_conn");
+_Static_assert(sizeof(struct pnlb_service_stats) == 24 + 8 * PNLB_REASON_MAX,
+	       "pnlb_service_stats");
+_Static_assert(sizeof(struct pnlb_backend_stats) == 24, "pnlb_backend_stats");
+
+#endif /* PNLB_ABI_H */

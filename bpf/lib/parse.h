@@ -1,0 +1,165 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Packet classification: Ethernet -> IPv4/IPv6 -> TCP/UDP, into a flow key.
+ * The VIP check comes as early as the headers allow, so traffic that is not
+ * ours goes to the kernel untouched; only traffic to a VIP is held to the
+ * stricter rules (no IPv4 options, no fragments, no IPv6 extension headers)
+ * because those are what we could forward wrong.
+ */
+#ifndef PNLB_PARSE_H
+#define PNLB_PARSE_H
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include "maps.h"
+
+/* Returned by pnlb_parse when the packet is a well-formed flow to a VIP. */
+#define PNLB_PARSE_OK (-1)
+
+#define PNLB_IP_MF 0x2000
+#define PNLB_IP_OFFSET 0x1fff
+
+struct pnlb_packet {
+	struct pnlb_flow_key flow;
+	__u32 len; /* bytes on the wire, for counters */
+};
+
+static __always_inline int pnlb_reason_is_pass(int reason)
+{
+	return reason <= PNLB_PASS_VIP_OTHER_PROTO;
+}
+
+static __always_inline void pnlb_addr_from_ipv4(struct pnlb_addr *addr, __be32 ip)
+{
+	addr->words[0] = 0;
+	addr->words[1] = 0;
+	addr->words[2] = bpf_htonl(0x0000ffff);
+	addr->words[3] = ip;
+}
+
+static __always_inline void pnlb_addr_from_ipv6(struct pnlb_addr *addr,
+						const struct in6_addr *ip)
+{
+	addr->words[0] = ip->in6_u.u6_addr32[0];
+	addr->words[1] = ip->in6_u.u6_addr32[1];
+	addr->words[2] = ip->in6_u.u6_addr32[2];
+	addr->words[3] = ip->in6_u.u6_addr32[3];
+}
+
+static __always_inline int pnlb_is_vip(const struct pnlb_addr *addr)
+{
+	return bpf_map_lookup_elem(&pnlb_vips, addr) != NULL;
+}
+
+static __always_inline int pnlb_parse_ports(void *l4, void *data_end,
+					    struct pnlb_packet *pkt)
+{
+	if (pkt->flow.protocol == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+
+		if ((void *)(tcp + 1) > data_end)
+			return PNLB_DROP_TRUNCATED_L4;
+		if (tcp->doff < 5)
+			return PNLB_DROP_TRUNCATED_L4;
+		pkt->flow.src_port = tcp->source;
+		pkt->flow.dst_port = tcp->dest;
+		return PNLB_PARSE_OK;
+	}
+	if (pkt->flow.protocol == IPPROTO_UDP) {
+		struct udphdr *udp = l4;
+
+		if ((void *)(udp + 1) > data_end)
+			return PNLB_DROP_TRUNCATED_L4;
+		pkt->flow.src_port = udp->source;
+		pkt->flow.dst_port = udp->dest;
+		return PNLB_PARSE_OK;
+	}
+	return PNLB_PASS_VIP_OTHER_PROTO;
+}
+
+static __always_inline int pnlb_parse_ipv4(void *l3, void *data_end,
+					   struct pnlb_packet *pkt)
+{
+	struct iphdr *ip = l3;
+
+	if ((void *)(ip + 1) > data_end)
+		return PNLB_DROP_TRUNCATED_IP;
+	if (ip->version != 4 || ip->ihl < 5 ||
+	    bpf_ntohs(ip->tot_len) < (__u16)(ip->ihl * 4))
+		return PNLB_DROP_BAD_IP_HEADER;
+
+	pnlb_addr_from_ipv4(&pkt->flow.dst, ip->daddr);
+	if (!pnlb_is_vip(&pkt->flow.dst))
+		return PNLB_PASS_NOT_SERVICE;
+
+	if (ip->ihl != 5)
+		return PNLB_DROP_IPV4_OPTIONS;
+	if (ip->frag_off & bpf_htons(PNLB_IP_MF | PNLB_IP_OFFSET))
+		return PNLB_DROP_FRAGMENT;
+
+	pnlb_addr_from_ipv4(&pkt->flow.src, ip->saddr);
+	pkt->flow.protocol = ip->protocol;
+	return pnlb_parse_ports(ip + 1, data_end, pkt);
+}
+
+static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
+					   struct pnlb_packet *pkt)
+{
+	struct ipv6hdr *ip6 = l3;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return PNLB_DROP_TRUNCATED_IP;
+	if (ip6->version != 6)
+		return PNLB_DROP_BAD_IP_HEADER;
+
+	pnlb_addr_from_ipv6(&pkt->flow.dst, &ip6->daddr);
+	if (!pnlb_is_vip(&pkt->flow.dst))
+		return PNLB_PASS_NOT_SERVICE;
+
+	switch (ip6->nexthdr) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		break;
+	case IPPROTO_FRAGMENT:
+		return PNLB_DROP_FRAGMENT;
+	case IPPROTO_HOPOPTS:
+	case IPPROTO_ROUTING:
+	case IPPROTO_DSTOPTS:
+	case IPPROTO_AH:
+	case IPPROTO_MH:
+		return PNLB_DROP_IPV6_EXT_HEADER;
+	default:
+		return PNLB_PASS_VIP_OTHER_PROTO;
+	}
+
+	pnlb_addr_from_ipv6(&pkt->flow.src, &ip6->saddr);
+	pkt->flow.protocol = ip6->nexthdr;
+	return pnlb_parse_ports(ip6 + 1, data_end, pkt);
+}
+
+/* Fills pkt and returns PNLB_PARSE_OK, or returns the reason not to forward. */
+static __always_inline int pnlb_parse(struct xdp_md *ctx, struct pnlb_packet *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	__builtin_memset(pkt, 0, sizeof(*pkt));
+	pkt->len = data_end - data;
+
+	if ((void *)(eth + 1) > data_end)
+		return PNLB_DROP_TRUNCATED_ETH;
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return pnlb_parse_ipv4(eth + 1, data_end, pkt);
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return pnlb_parse_ipv6(eth + 1, data_end, pkt);
+	return PNLB_PASS_NOT_IP;
+}
+
+#endif

@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Per-CPU counters: no atomics needed, the control plane sums the CPUs. */
+#ifndef PNLB_STATS_H
+#define PNLB_STATS_H
+
+#include "maps.h"
+
+static __always_inline void pnlb_count_reason(enum pnlb_reason reason)
+{
+	__u64 *count = bpf_map_lookup_elem(&pnlb_reason_stats, &reason);
+
+	if (count)
+		*count += 1;
+}
+
+/* A verdict other than forwarding, with its reason counted. */
+static __always_inline int pnlb_pass(enum pnlb_reason reason)
+{
+	pnlb_count_reason(reason);
+	return XDP_PASS;
+}
+
+static __always_inline int pnlb_drop(enum pnlb_reason reason)
+{
+	pnlb_count_reason(reason);
+	return XDP_DROP;
+}
+
+/* A drop attributed to a known service as well as to the global reason. */
+static __always_inline int pnlb_service_drop(__u32 service_id, enum pnlb_reason reason)
+{
+	struct pnlb_service_stats *stats =
+		bpf_map_lookup_elem(&pnlb_service_stats, &service_id);
+
+	if (stats && reason < PNLB_REASON_MAX)
+		stats->drops[reason] += 1;
+	return pnlb_drop(reason);
+}
+
+static __always_inline void pnlb_count_forward(__u32 service_id, __u32 backend_id,
+					       __u64 bytes, int new_flow)
+{
+	struct pnlb_service_stats *svc =
+		bpf_map_lookup_elem(&pnlb_service_stats, &service_id);
+	struct pnlb_backend_stats *be =
+		bpf_map_lookup_elem(&pnlb_backend_stats, &backend_id);
+
+	if (svc) {
+		svc->packets += 1;
+		svc->bytes += bytes;
+		svc->new_flows += new_flow;
+	}
+	if (be) {
+		be->packets += 1;
+		be->bytes += bytes;
+		be->new_flows += new_flow;
+	}
+}
+
+#endif

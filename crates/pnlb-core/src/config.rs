@@ -1,0 +1,632 @@
+//! Config contract v1 (design.md §5): the TOML file users write, parsed into
+//! raw serde structs and validated into [`Config`]. Every error names the
+//! file, the key, what is wrong and how to fix it, on one line.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::duration;
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub daemon: Daemon,
+    pub services: Vec<Service>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Daemon {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub api: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub vip: IpAddr,
+    /// 0 = every port of the VIP.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub method: Method,
+    pub scheduler: Scheduler,
+    pub hash_key: HashKey,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Dr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduler {
+    Maglev,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    FiveTuple,
+    Source,
+    Destination,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub address: IpAddr,
+    pub port: u16,
+    /// 0 = quiescent: no new flows, established flows stay.
+    pub weight: u32,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Dr => "dr",
+        })
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheduler::Maglev => "maglev",
+        })
+    }
+}
+
+/// What went wrong, where, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {key}: {reason}; {fix}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted path of the offending key, e.g. `service[0].backend[1].address`.
+    pub key: String,
+    pub reason: String,
+    pub fix: String,
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+        file: path.to_path_buf(),
+        key: "(file)".into(),
+        reason: format!("cannot read the file: {err}"),
+        fix: "check the path given to --config".into(),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates config text; `path` is used in error messages.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|err| syntax_error(path, text, &err))?;
+    Validator { file: path }.config(raw)
+}
+
+fn syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
+    let location = err
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}")
+        })
+        .unwrap_or_else(|| "(file)".into());
+    ConfigError {
+        file: path.to_path_buf(),
+        key: location,
+        reason: err.message().trim().replace('\n', " "),
+        fix: "see docs/config.md for the keys and their types".into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    daemon: Option<RawDaemon>,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    #[serde(default)]
+    interfaces: Vec<String>,
+    xdp_mode: Option<String>,
+    api: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Option<String>,
+    vip: Option<String>,
+    port: Option<i64>,
+    protocol: Option<String>,
+    method: Option<String>,
+    scheduler: Option<String>,
+    hash_key: Option<String>,
+    persistence: Option<String>,
+    encap: Option<String>,
+    gue_port: Option<i64>,
+    snat_addresses: Option<Vec<String>>,
+    #[serde(default)]
+    backend: Vec<RawBackend>,
+    health: Option<RawHealth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: Option<String>,
+    port: Option<i64>,
+    weight: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    rise: Option<i64>,
+    fall: Option<i64>,
+}
+
+/// Methods and schedulers of the config contract that later issues bring.
+const PLANNED_METHODS: &[&str] = &["nat", "snat", "tun"];
+const PLANNED_SCHEDULERS: &[&str] = &["rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "chbl", "p2c"];
+
+struct Validator<'a> {
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    fn error(&self, key: impl Into<String>, reason: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.file.to_path_buf(), key: key.into(), reason: reason.into(), fix: fix.into() }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let daemon = self.daemon(raw.daemon)?;
+        let mut services = Vec::with_capacity(raw.service.len());
+        let mut names = HashSet::new();
+        let mut keys = HashSet::new();
+        for (index, raw_service) in raw.service.into_iter().enumerate() {
+            let service = self.service(index, raw_service)?;
+            if !names.insert(service.name.clone()) {
+                return Err(self.error(
+                    format!("service[{index}].name"),
+                    format!("service name {:?} is used twice", service.name),
+                    "give every [[service]] its own name",
+                ));
+            }
+            if !keys.insert((service.vip, service.port, service.protocol)) {
+                return Err(self.error(
+                    format!("service[{index}]"),
+                    format!(
+                        "another service already listens on {} port {} {}",
+                        service.vip, service.port, service.protocol
+                    ),
+                    "each (vip, port, protocol) may belong to one service only",
+                ));
+            }
+            services.push(service);
+        }
+        Ok(Config { daemon, services })
+    }
+
+    fn daemon(&self, raw: Option<RawDaemon>) -> Result<Daemon, ConfigError> {
+        let raw = raw.ok_or_else(|| {
+            self.error("daemon", "the [daemon] table is missing", "add [daemon] with interfaces = [\"eth1\"]")
+        })?;
+        if raw.interfaces.is_empty() {
+            return Err(self.error(
+                "daemon.interfaces",
+                "no interface to attach the XDP program to",
+                "list the interfaces that receive VIP traffic, e.g. interfaces = [\"eth1\"]",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, name) in raw.interfaces.iter().enumerate() {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) || name == "." || name == ".." {
+                return Err(self.error(
+                    format!("daemon.interfaces[{i}]"),
+                    format!("{name:?} is not a valid interface name"),
+                    "use a name as `ip link` shows it, at most 15 characters",
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(self.error(
+                    format!("daemon.interfaces[{i}]"),
+                    format!("interface {name:?} is listed twice"),
+                    "list each interface once",
+                ));
+            }
+        }
+        let xdp_mode = match raw.xdp_mode.as_deref() {
+            None | Some("native") => XdpMode::Native,
+            Some("generic") => XdpMode::Generic,
+            Some(other) => {
+                return Err(self.error(
+                    "daemon.xdp_mode",
+                    format!("unknown XDP mode {other:?}"),
+                    "use \"native\" (driver mode, the default) or \"generic\" (slower, works everywhere)",
+                ))
+            }
+        };
+        let api = match raw.api {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                self.error(
+                    "daemon.api",
+                    format!("{text:?} is not an address:port"),
+                    "write it like \"127.0.0.1:9180\"",
+                )
+            })?),
+        };
+        Ok(Daemon { interfaces: raw.interfaces, xdp_mode, api })
+    }
+
+    fn service(&self, index: usize, raw: RawService) -> Result<Service, ConfigError> {
+        let at = |key: &str| format!("service[{index}].{key}");
+        let name = raw
+            .name
+            .filter(|n| !n.trim().is_empty())
+            .ok_or_else(|| self.error(at("name"), "every service needs a name", "add name = \"web\""))?;
+        let at = |key: &str| format!("service[{index}] ({name}).{key}");
+
+        let vip_text =
+            raw.vip.ok_or_else(|| self.error(at("vip"), "missing", "add the virtual IP, e.g. vip = \"10.77.1.100\""))?;
+        let vip = self.address(&at("vip"), &vip_text)?;
+        let port = match raw.port {
+            None => {
+                return Err(self.error(at("port"), "missing", "add port = 80 (or port = 0 for every port of the VIP)"))
+            }
+            Some(p) => self.port(&at("port"), p)?,
+        };
+        let protocol = match raw.protocol.as_deref() {
+            None | Some("tcp") => Protocol::Tcp,
+            Some("udp") => Protocol::Udp,
+            Some(other) => {
+                return Err(self.error(at("protocol"), format!("unknown protocol {other:?}"), "use \"tcp\" or \"udp\""))
+            }
+        };
+        let method = match raw.method.as_deref() {
+            None | Some("dr") => Method::Dr,
+            Some(m) if PLANNED_METHODS.contains(&m) => {
+                return Err(self.error(
+                    at("method"),
+                    format!("method {m:?} is not available in this version yet"),
+                    "use method = \"dr\" (direct routing)",
+                ))
+            }
+            Some(other) => {
+                return Err(self.error(
+                    at("method"),
+                    format!("unknown method {other:?}"),
+                    "use one of \"dr\", \"tun\", \"nat\", \"snat\"",
+                ))
+            }
+        };
+        let scheduler = match raw.scheduler.as_deref() {
+            None | Some("maglev") => Scheduler::Maglev,
+            Some(s) if PLANNED_SCHEDULERS.contains(&s) => {
+                return Err(self.error(
+                    at("scheduler"),
+                    format!("scheduler {s:?} is not available in this version yet"),
+                    "use scheduler = \"maglev\"",
+                ))
+            }
+            Some(other) => {
+                return Err(self.error(
+                    at("scheduler"),
+                    format!("unknown scheduler {other:?}"),
+                    "use one of rr wrr lc wlc sed nq sh dh maglev chbl p2c",
+                ))
+            }
+        };
+        let hash_key = match raw.hash_key.as_deref() {
+            None | Some("5tuple") => HashKey::FiveTuple,
+            Some("source") => HashKey::Source,
+            Some("destination") => HashKey::Destination,
+            Some(other) => {
+                return Err(self.error(
+                    at("hash_key"),
+                    format!("unknown hash key {other:?}"),
+                    "use \"5tuple\", \"source\" or \"destination\"",
+                ))
+            }
+        };
+        for (key, present) in [
+            ("persistence", raw.persistence.is_some()),
+            ("encap", raw.encap.is_some()),
+            ("gue_port", raw.gue_port.is_some()),
+            ("snat_addresses", raw.snat_addresses.is_some()),
+        ] {
+            if present {
+                return Err(self.error(
+                    at(key),
+                    format!("{key} is not available in this version yet"),
+                    format!("remove {key} from this service"),
+                ));
+            }
+        }
+        if let Some(health) = raw.health {
+            self.health(&at("health"), health)?;
+        }
+
+        let mut backends = Vec::with_capacity(raw.backend.len());
+        let mut seen = HashSet::new();
+        for (b, raw_backend) in raw.backend.into_iter().enumerate() {
+            let key = format!("service[{index}] ({name}).backend[{b}]");
+            let backend = self.backend(&key, raw_backend, vip, port)?;
+            if !seen.insert((backend.address, backend.port)) {
+                return Err(self.error(
+                    key,
+                    format!("backend {} port {} is listed twice", backend.address, backend.port),
+                    "list each backend once",
+                ));
+            }
+            backends.push(backend);
+        }
+        Ok(Service { name, vip, port, protocol, method, scheduler, hash_key, backends })
+    }
+
+    fn backend(&self, key: &str, raw: RawBackend, vip: IpAddr, service_port: u16) -> Result<Backend, ConfigError> {
+        let text = raw.address.ok_or_else(|| {
+            self.error(format!("{key}.address"), "missing", "add the real server's address, e.g. address = \"10.77.2.11\"")
+        })?;
+        let address = self.address(&format!("{key}.address"), &text)?;
+        if address.is_ipv4() != vip.is_ipv4() {
+            return Err(self.error(
+                format!("{key}.address"),
+                format!("backend {address} and VIP {vip} are of different IP versions"),
+                "direct routing keeps the client's packet as is: use backends of the VIP's IP version",
+            ));
+        }
+        let port = match raw.port {
+            None => service_port,
+            Some(p) => self.port(&format!("{key}.port"), p)?,
+        };
+        if port != service_port {
+            return Err(self.error(
+                format!("{key}.port"),
+                format!("port {port} differs from the service port {service_port}"),
+                "direct routing cannot rewrite ports: drop the backend port or make it equal to the service's",
+            ));
+        }
+        let weight = match raw.weight {
+            None => 1,
+            Some(w) if (0..=65535).contains(&w) => w as u32,
+            Some(w) => {
+                return Err(self.error(
+                    format!("{key}.weight"),
+                    format!("weight {w} is out of range"),
+                    "use 0 (quiescent) to 65535",
+                ))
+            }
+        };
+        Ok(Backend { address, port, weight })
+    }
+
+    fn health(&self, key: &str, raw: RawHealth) -> Result<(), ConfigError> {
+        for (name, value) in [("interval", &raw.interval), ("timeout", &raw.timeout)] {
+            if let Some(text) = value {
+                self.duration(&format!("{key}.{name}"), text)?;
+            }
+        }
+        for (name, value) in [("rise", raw.rise), ("fall", raw.fall)] {
+            if let Some(count) = value {
+                if !(1..=100).contains(&count) {
+                    return Err(self.error(format!("{key}.{name}"), format!("{count} is out of range"), "use 1 to 100"));
+                }
+            }
+        }
+        match raw.kind.as_deref() {
+            None | Some("none") => Ok(()),
+            Some(kind @ ("tcp" | "http" | "udp" | "exec")) => Err(self.error(
+                format!("{key}.kind"),
+                format!("{kind} health checks are not available in this version yet"),
+                "use kind = \"none\" or remove [service.health]",
+            )),
+            Some(other) => Err(self.error(
+                format!("{key}.kind"),
+                format!("unknown health check kind {other:?}"),
+                "use \"tcp\", \"http\", \"udp\", \"exec\" or \"none\"",
+            )),
+        }
+    }
+
+    fn address(&self, key: &str, text: &str) -> Result<IpAddr, ConfigError> {
+        let address: IpAddr = text.parse().map_err(|_| {
+            self.error(key, format!("{text:?} is not an IP address"), "write an IPv4 or IPv6 address like \"10.77.1.100\"")
+        })?;
+        if address.is_unspecified() || address.is_multicast() || address.is_loopback() {
+            return Err(self.error(
+                key,
+                format!("{address} cannot be used here"),
+                "use a unicast address that is not 0.0.0.0, :: or loopback",
+            ));
+        }
+        if let IpAddr::V4(v4) = address {
+            if v4.is_broadcast() {
+                return Err(self.error(key, "the broadcast address cannot be used here", "use a unicast address"));
+            }
+        }
+        Ok(address)
+    }
+
+    fn port(&self, key: &str, value: i64) -> Result<u16, ConfigError> {
+        u16::try_from(value)
+            .map_err(|_| self.error(key, format!("port {value} is out of range"), "use 0 to 65535"))
+    }
+
+    fn duration(&self, key: &str, text: &str) -> Result<Duration, ConfigError> {
+        duration::parse(text).ok_or_else(|| {
+            self.error(key, format!("{text:?} is not a duration"), "write it like \"500ms\", \"1s\" or \"2m\"")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "10.77.100.1"
+port = 80
+protocol = "tcp"
+method = "dr"
+scheduler = "maglev"
+
+[[service.backend]]
+address = "10.77.1.11"
+
+[[service.backend]]
+address = "10.77.1.12"
+weight = 3
+
+[[service]]
+name = "dns6"
+vip = "fd77:100::1"
+port = 0
+protocol = "udp"
+
+[[service.backend]]
+address = "fd77:1::11"
+"#;
+
+    fn error_of(text: &str) -> ConfigError {
+        parse(Path::new("lb.toml"), text).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn a_good_config_parses_with_defaults_filled_in() {
+        let config = parse(Path::new("lb.toml"), GOOD).unwrap();
+        assert_eq!(config.daemon.interfaces, ["eth0"]);
+        assert_eq!(config.daemon.xdp_mode, XdpMode::Native);
+        assert_eq!(config.services.len(), 2);
+        let web = &config.services[0];
+        assert_eq!(web.backends[0].port, 80);
+        assert_eq!(web.backends[0].weight, 1);
+        assert_eq!(web.backends[1].weight, 3);
+        assert_eq!(web.hash_key, HashKey::FiveTuple);
+        let dns = &config.services[1];
+        assert_eq!((dns.port, dns.protocol), (0, Protocol::Udp));
+        assert_eq!(dns.method, Method::Dr);
+    }
+
+    #[test]
+    fn errors_name_file_key_reason_and_fix_on_one_line() {
+        let err = error_of(&GOOD.replace("10.77.1.12", "10.77.1.x"));
+        let text = err.to_string();
+        assert_eq!(err.key, "service[0] (web).backend[1].address");
+        assert!(text.starts_with("lb.toml: service[0] (web).backend[1].address: \"10.77.1.x\" is not an IP address;"), "{text}");
+        assert!(!text.contains('\n'));
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_line() {
+        let err = error_of("[daemon]\ninterfaces = [\"eth0\"\n");
+        assert!(err.key.starts_with("line "), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_not_ignored() {
+        let err = error_of(&GOOD.replace("scheduler = \"maglev\"", "schedular = \"maglev\""));
+        assert!(err.reason.contains("schedular"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_key() {
+        let cases = [
+            (GOOD.replace("interfaces = [\"eth0\"]", "interfaces = []"), "daemon.interfaces"),
+            (GOOD.replace("port = 80", "port = 70000"), "service[0] (web).port"),
+            (GOOD.replace("protocol = \"tcp\"", "protocol = \"sctp\""), "service[0] (web).protocol"),
+            (GOOD.replace("method = \"dr\"", "method = \"magic\""), "service[0] (web).method"),
+            (GOOD.replace("scheduler = \"maglev\"", "scheduler = \"random\""), "service[0] (web).scheduler"),
+            (GOOD.replace("weight = 3", "weight = -1"), "service[0] (web).backend[1].weight"),
+            (GOOD.replace("fd77:1::11", "10.77.1.13"), "service[1] (dns6).backend[0].address"),
+            (GOOD.replace("name = \"dns6\"", "name = \"web\""), "service[1].name"),
+            (GOOD.replace("vip = \"10.77.100.1\"", "vip = \"127.0.0.1\""), "service[0] (web).vip"),
+        ];
+        for (text, key) in cases {
+            assert_eq!(error_of(&text).key, key);
+        }
+    }
+
+    #[test]
+    fn dr_backends_cannot_map_ports() {
+        let err = error_of(&GOOD.replace("address = \"10.77.1.11\"", "address = \"10.77.1.11\"\nport = 8080"));
+        assert!(err.fix.contains("cannot rewrite ports"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_backends_and_listeners_are_rejected() {
+        let err = error_of(&GOOD.replace("10.77.1.12", "10.77.1.11"));
+        assert!(err.reason.contains("listed twice"), "{err}");
+        let err = error_of(&GOOD.replace("vip = \"fd77:100::1\"\nport = 0\nprotocol = \"udp\"", "vip = \"10.77.100.1\"\nport = 80\nprotocol = \"tcp\"").replace("fd77:1::11", "10.77.1.13"));
+        assert!(err.reason.contains("already listens"), "{err}");
+    }
+
+    #[test]
+    fn features_of_later_versions_are_refused_not_silently_ignored() {
+        let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"nat\""));
+        assert!(err.reason.contains("not available"), "{err}");
+        let err = error_of(&GOOD.replace("scheduler = \"maglev\"", "scheduler = \"wrr\""));
+        assert!(err.reason.contains("not available"), "{err}");
+        let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"dr\"\npersistence = \"300s\""));
+        assert!(err.key.ends_with("persistence"), "{err}");
+        let err = error_of(&GOOD.replace("scheduler = \"maglev\"\n", "scheduler = \"maglev\"\n[service.health]\nkind = \"tcp\"\n"));
+        assert!(err.key.ends_with("health.kind"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_a_clear_error() {
+        let err = load(Path::new("/nonexistent/pnlb.toml")).unwrap_err();
+        assert!(err.to_string().contains("cannot read the file"), "{err}");
+    }
+}

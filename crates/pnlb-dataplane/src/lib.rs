@@ -1,0 +1,25 @@
+//! pnlb-dataplane: the XDP program and everything that touches it.
+//!
+//! - [`abi`]: the map key/value types, generated from `bpf/include/pnlb_abi.h`;
+//! - [`loader`]: load the program, attach it to interfaces, detach on drop;
+//! - [`programmer`]: turn validated config into map contents, and diff on reload;
+//! - [`nexthop`]: find the MAC and interface each backend is reached through;
+//! - [`stats`]: read the per-CPU counters;
+//! - [`xdp_pass`]: the pass-everything program veth peers need.
+
+pub mod abi;
+pub mod loader;
+pub mod nexthop;
+pub mod programmer;
+pub mod stats;
+pub mod xdp_pass;
+
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/lb.skel.rs"));
+}
+mod pass_skel {
+    include!(concat!(env!("OUT_DIR"), "/xdp_pass.skel.rs"));
+}
+
+pub use loader::{Attachment, Dataplane, DataplaneError};
+pub use programmer::{ApplyReport, Programmer};

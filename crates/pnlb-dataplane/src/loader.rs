@@ -1,0 +1,130 @@
+//! Loading the XDP program and attaching it to interfaces.
+
+use std::ffi::CString;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{OpenObject, Xdp, XdpFlags};
+use pnlb_core::config::XdpMode;
+
+use crate::skel::{LbMaps, LbSkel, LbSkelBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the XDP program failed: {0}; pnlb needs root (CAP_BPF and CAP_NET_ADMIN) and a kernel with BTF")]
+    Load(libbpf_rs::Error),
+    #[error("interface {0:?} does not exist here; check daemon.interfaces against `ip link`")]
+    NoSuchInterface(String),
+    #[error("cannot attach XDP to {interface} in {mode} mode: {reason}")]
+    Attach { interface: String, mode: &'static str, reason: String },
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: libbpf_rs::Error },
+    #[error("{what}: the data plane holds at most {limit}")]
+    Full { what: &'static str, limit: u32 },
+}
+
+/// The loaded XDP program and its maps. Dropping it (after its
+/// attachments) unloads everything.
+pub struct Dataplane {
+    skel: LbSkel<'static>,
+}
+
+impl Dataplane {
+    pub fn load() -> Result<Self, DataplaneError> {
+        // The skeleton borrows its object storage for as long as it lives; a
+        // data plane lives for the process, so the few bytes are leaked.
+        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let open = LbSkelBuilder::default().open(storage).map_err(DataplaneError::Load)?;
+        let skel = open.load().map_err(DataplaneError::Load)?;
+        Ok(Self { skel })
+    }
+
+    pub(crate) fn maps(&self) -> &LbMaps<'static> {
+        &self.skel.maps
+    }
+
+    /// The XDP entry program, e.g. for BPF_PROG_TEST_RUN.
+    pub fn program(&self) -> &libbpf_rs::ProgramMut<'static> {
+        &self.skel.progs.pnlb_xdp
+    }
+
+    /// Attaches the program to `interface`; it stays attached until the
+    /// returned [`Attachment`] is dropped.
+    pub fn attach(&self, interface: &str, mode: XdpMode) -> Result<Attachment, DataplaneError> {
+        attach_program(self.program().as_fd().try_clone_to_owned(), interface, mode)
+    }
+}
+
+/// An XDP program attached to one interface; detached on drop.
+pub struct Attachment {
+    interface: String,
+    ifindex: i32,
+    /// The mode flag it was attached with; detach must name the same mode.
+    mode_bits: u32,
+    program: OwnedFd,
+}
+
+impl Attachment {
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex as u32
+    }
+
+    /// Leaves the program attached after this handle is gone. For
+    /// interfaces in another network namespace, whose ifindex means nothing
+    /// here: they are cleaned up with their namespace.
+    pub fn leave_attached(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        // Best effort: the interface may already be gone (namespace deleted).
+        let _ = Xdp::new(self.program.as_fd()).detach(self.ifindex, XdpFlags::from_bits_retain(self.mode_bits));
+    }
+}
+
+pub(crate) fn attach_program(
+    program: std::io::Result<OwnedFd>,
+    interface: &str,
+    mode: XdpMode,
+) -> Result<Attachment, DataplaneError> {
+    let (mode_flag, mode_name) = match mode {
+        XdpMode::Native => (XdpFlags::DRV_MODE, "native"),
+        XdpMode::Generic => (XdpFlags::SKB_MODE, "generic"),
+    };
+    let attach_error = |reason: String| DataplaneError::Attach { interface: interface.to_string(), mode: mode_name, reason };
+    let program = program.map_err(|err| attach_error(format!("cannot duplicate the program fd: {err}")))?;
+    let ifindex = ifindex_of(interface)?;
+    let mode_bits = mode_flag.bits();
+    let flags = mode_flag | XdpFlags::UPDATE_IF_NOEXIST;
+    Xdp::new(program.as_fd()).attach(ifindex as i32, flags).map_err(|err| {
+        let reason = match err.kind() {
+            libbpf_rs::ErrorKind::Unsupported if mode == XdpMode::Native => {
+                "its driver has no native XDP; set daemon.xdp_mode = \"generic\"".to_string()
+            }
+            libbpf_rs::ErrorKind::AlreadyExists => format!(
+                "another XDP program is attached; see `ip link show {interface}` and remove it with `ip link set dev {interface} xdp off`"
+            ),
+            _ => err.to_string(),
+        };
+        attach_error(reason)
+    })?;
+    Ok(Attachment { interface: interface.to_string(), ifindex: ifindex as i32, mode_bits, program })
+}
+
+/// The interface index of `name` in this thread's network namespace.
+pub fn ifindex_of(name: &str) -> Result<u32, DataplaneError> {
+    let c_name = CString::new(name).map_err(|_| DataplaneError::NoSuchInterface(name.to_string()))?;
+    // SAFETY: c_name is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        return Err(DataplaneError::NoSuchInterface(name.to_string()));
+    }
+    Ok(index)
+}

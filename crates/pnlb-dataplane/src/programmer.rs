@@ -1,0 +1,388 @@
+//! Desired state -> maps. [`Programmer::apply`] takes a validated config and
+//! makes the maps say exactly that, writing only what changed, so the same
+//! call serves startup, reload and the periodic next-hop refresh.
+//!
+//! Identity: a service is its name, a backend is (service, address, port).
+//! Both keep their map slots across applies, so established flows keep
+//! their backend; a freed backend slot is reused only with a new
+//! generation, so flows pinned to the old occupant are rescheduled rather
+//! than following a stranger.
+//!
+//! Order of writes: backends, then tables, then services, then VIPs when
+//! adding; the reverse when removing. A packet therefore never finds a
+//! service whose table names a backend slot that is not written yet.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+use pnlb_core::config::{Config, HashKey, Method, Scheduler, Service as ServiceConfig};
+use pnlb_core::maglev::{self, MaglevBackend};
+
+use crate::abi::{self, bytes_of, Backend, BackendFlags, BackendStats, ServiceKey, ServiceStats};
+use crate::loader::{Dataplane, DataplaneError};
+use crate::nexthop::{NextHop, Resolver};
+
+/// What an apply did, in words a log can print.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub changes: Vec<String>,
+    /// New problems (e.g. a backend that stopped resolving); each is
+    /// reported once, when it appears.
+    pub problems: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct Programmer {
+    services: BTreeMap<String, ServiceSlot>,
+    backend_ids: IdPool,
+    service_ids: IdPool,
+    next_generation: u32,
+}
+
+struct ServiceSlot {
+    id: u32,
+    key: ServiceKey,
+    vip: IpAddr,
+    value: abi::Service,
+    backends: HashMap<(IpAddr, u16), BackendSlot>,
+    table: Vec<u32>,
+}
+
+struct BackendSlot {
+    id: u32,
+    value: Backend,
+    reachable: bool,
+    problem: Option<String>,
+}
+
+/// Lowest-free id allocation within a fixed range.
+#[derive(Default)]
+struct IdPool {
+    used: BTreeSet<u32>,
+}
+
+impl IdPool {
+    fn take(&mut self, limit: u32) -> Option<u32> {
+        let id = (0..limit).find(|id| !self.used.contains(id))?;
+        self.used.insert(id);
+        Some(id)
+    }
+
+    fn give_back(&mut self, id: u32) {
+        self.used.remove(&id);
+    }
+}
+
+fn map_err(map: &'static str) -> impl Fn(libbpf_rs::Error) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+impl Programmer {
+    pub fn new() -> Self {
+        Self { next_generation: 1, ..Self::default() }
+    }
+
+    /// The backend map slot of a configured backend, if it has one.
+    pub fn backend_id(&self, service: &str, address: IpAddr, port: u16) -> Option<u32> {
+        self.services.get(service)?.backends.get(&(address, port)).map(|b| b.id)
+    }
+
+    /// The per-service counter slot of a configured service.
+    pub fn service_id(&self, service: &str) -> Option<u32> {
+        self.services.get(service).map(|s| s.id)
+    }
+
+    /// The service's published scheduling table (slot -> backend id).
+    pub fn table(&self, service: &str) -> Option<&[u32]> {
+        self.services.get(service).map(|s| s.table.as_slice())
+    }
+
+    /// Makes the data plane match `config`.
+    pub fn apply(
+        &mut self,
+        dataplane: &Dataplane,
+        config: &Config,
+        resolver: &mut dyn Resolver,
+    ) -> Result<ApplyReport, DataplaneError> {
+        let mut report = ApplyReport::default();
+        let wanted: BTreeSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        let gone: Vec<String> = self.services.keys().filter(|name| !wanted.contains(name.as_str())).cloned().collect();
+        for name in gone {
+            self.remove_service(dataplane, &name)?;
+            report.changes.push(format!("service {name}: removed"));
+        }
+        for service in &config.services {
+            self.apply_service(dataplane, service, resolver, &mut report)?;
+        }
+        self.sync_vips(dataplane)?;
+        Ok(report)
+    }
+
+    fn remove_service(&mut self, dataplane: &Dataplane, name: &str) -> Result<(), DataplaneError> {
+        let Some(slot) = self.services.remove(name) else { return Ok(()) };
+        let maps = dataplane.maps();
+        maps.pnlb_services.delete(bytes_of(&slot.key)).map_err(map_err("pnlb_services"))?;
+        self.sync_vips(dataplane)?;
+        delete_table(dataplane, slot.id)?;
+        for backend in slot.backends.values() {
+            clear_backend(dataplane, backend.id)?;
+            self.backend_ids.give_back(backend.id);
+        }
+        self.service_ids.give_back(slot.id);
+        Ok(())
+    }
+
+    fn apply_service(
+        &mut self,
+        dataplane: &Dataplane,
+        config: &ServiceConfig,
+        resolver: &mut dyn Resolver,
+        report: &mut ApplyReport,
+    ) -> Result<(), DataplaneError> {
+        let maps = dataplane.maps();
+        let key = ServiceKey {
+            vip: abi::addr(config.vip),
+            port: config.port.to_be(),
+            protocol: config.protocol.number(),
+            _pad: 0,
+        };
+        if !self.services.contains_key(&config.name) {
+            let id = self.service_ids.take(abi::MAX_SERVICES).ok_or(DataplaneError::Full {
+                what: "services",
+                limit: abi::MAX_SERVICES,
+            })?;
+            zero_percpu::<ServiceStats>(&maps.pnlb_service_stats, id, "pnlb_service_stats")?;
+            self.services.insert(
+                config.name.clone(),
+                ServiceSlot {
+                    id,
+                    key,
+                    vip: config.vip,
+                    value: abi::Service::default(),
+                    backends: HashMap::new(),
+                    table: Vec::new(),
+                },
+            );
+            report.changes.push(format!(
+                "service {}: {} port {} {} via {} ({})",
+                config.name, config.vip, config.port, config.protocol, config.method, config.scheduler
+            ));
+        }
+        let next_generation = &mut self.next_generation;
+        let backend_ids = &mut self.backend_ids;
+        let slot = self.services.get_mut(&config.name).expect("inserted above");
+
+        // The listener moved (new VIP, port or protocol): retire the old key.
+        if bytes_of(&slot.key) != bytes_of(&key) {
+            maps.pnlb_services.delete(bytes_of(&slot.key)).map_err(map_err("pnlb_services"))?;
+            slot.key = key;
+            slot.vip = config.vip;
+            slot.value = abi::Service::default();
+        }
+
+        // Backends: retire the removed, add the new, refresh next hops.
+        let wanted: HashMap<(IpAddr, u16), &pnlb_core::config::Backend> =
+            config.backends.iter().map(|b| ((b.address, b.port), b)).collect();
+        let removed: Vec<(IpAddr, u16)> = slot.backends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        for key in removed {
+            if let Some(backend) = slot.backends.remove(&key) {
+                clear_backend(dataplane, backend.id)?;
+                backend_ids.give_back(backend.id);
+                report.changes.push(format!("service {}: backend {}:{} removed", config.name, key.0, key.1));
+            }
+        }
+        for backend in &config.backends {
+            let entry = match slot.backends.entry((backend.address, backend.port)) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let id = backend_ids.take(abi::MAX_BACKENDS).ok_or(DataplaneError::Full {
+                        what: "backends",
+                        limit: abi::MAX_BACKENDS,
+                    })?;
+                    zero_percpu::<BackendStats>(&maps.pnlb_backend_stats, id, "pnlb_backend_stats")?;
+                    let generation = *next_generation;
+                    *next_generation = next_generation.wrapping_add(1).max(1);
+                    report.changes.push(format!(
+                        "service {}: backend {}:{} weight {} added",
+                        config.name, backend.address, backend.port, backend.weight
+                    ));
+                    e.insert(BackendSlot {
+                        id,
+                        value: Backend { generation, ..Backend::default() },
+                        reachable: false,
+                        problem: None,
+                    })
+                }
+            };
+            let resolved = resolve_for(config.method, backend.address, resolver);
+            let mut value = Backend {
+                addr: abi::addr(backend.address),
+                port: backend.port.to_be(),
+                flags: BackendFlags::PNLB_BACKEND_F_PRESENT.0 as u8,
+                generation: entry.value.generation,
+                weight: backend.weight,
+                ..Backend::default()
+            };
+            match &resolved {
+                Ok(hop) => {
+                    value.ifindex = hop.ifindex;
+                    value.mac = hop.mac;
+                    value.src_mac = hop.src_mac;
+                    if entry.problem.take().is_some() {
+                        report.changes.push(format!(
+                            "service {}: backend {} is reachable again",
+                            config.name, backend.address
+                        ));
+                    }
+                }
+                Err(problem) => {
+                    // Keep the last known next hop: established flows go on
+                    // while the neighbour is re-learned.
+                    value.ifindex = entry.value.ifindex;
+                    value.mac = entry.value.mac;
+                    value.src_mac = entry.value.src_mac;
+                    if entry.problem.as_deref() != Some(problem.as_str()) {
+                        report.problems.push(format!(
+                            "service {}: backend {} gets no new flows: {problem}",
+                            config.name, backend.address
+                        ));
+                        entry.problem = Some(problem.clone());
+                    }
+                }
+            }
+            entry.reachable = resolved.is_ok();
+            if bytes_of(&value) != bytes_of(&entry.value) {
+                maps.pnlb_backends
+                    .update(&entry.id.to_ne_bytes(), bytes_of(&value), MapFlags::ANY)
+                    .map_err(map_err("pnlb_backends"))?;
+                entry.value = value;
+            }
+        }
+
+        // The scheduling table, rebuilt and swapped in only when it changes.
+        let candidates: Vec<MaglevBackend> = config
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let slot = slot.backends.get(&(b.address, b.port))?;
+                slot.reachable.then(|| MaglevBackend {
+                    id: slot.id,
+                    weight: b.weight,
+                    key: format!("{}:{}", b.address, b.port).into_bytes(),
+                })
+            })
+            .collect();
+        let table = match config.scheduler {
+            Scheduler::Maglev => maglev::build(&candidates, abi::TABLE_SIZE as usize),
+        };
+        if table != slot.table {
+            publish_table(dataplane, slot.id, &table)?;
+            slot.table = table;
+        }
+
+        let value = abi::Service {
+            id: slot.id,
+            method: match config.method {
+                Method::Dr => abi::Method::PNLB_METHOD_DR.0 as u8,
+            },
+            scheduler: match config.scheduler {
+                Scheduler::Maglev => abi::SchedulerKind::PNLB_SCHED_MAGLEV.0 as u8,
+            },
+            hash_key: match config.hash_key {
+                HashKey::FiveTuple => abi::HashKey::PNLB_HASH_5TUPLE.0 as u8,
+                HashKey::Source => abi::HashKey::PNLB_HASH_SOURCE.0 as u8,
+                HashKey::Destination => abi::HashKey::PNLB_HASH_DESTINATION.0 as u8,
+            },
+            _pad: 0,
+            table_len: slot.table.len() as u32,
+        };
+        if bytes_of(&value) != bytes_of(&slot.value) {
+            maps.pnlb_services
+                .update(bytes_of(&slot.key), bytes_of(&value), MapFlags::ANY)
+                .map_err(map_err("pnlb_services"))?;
+            slot.value = value;
+        }
+        Ok(())
+    }
+
+    /// Makes pnlb_vips hold exactly the VIPs of the configured services.
+    fn sync_vips(&self, dataplane: &Dataplane) -> Result<(), DataplaneError> {
+        let vips_map = &dataplane.maps().pnlb_vips;
+        let mut counts: BTreeMap<[u8; 16], u32> = BTreeMap::new();
+        for slot in self.services.values() {
+            let mut key = [0u8; 16];
+            key.copy_from_slice(bytes_of(&abi::addr(slot.vip)));
+            *counts.entry(key).or_default() += 1;
+        }
+        let present: Vec<Vec<u8>> = vips_map.keys().collect();
+        for key in present {
+            if !counts.keys().any(|k| k[..] == key[..]) {
+                vips_map.delete(&key).map_err(map_err("pnlb_vips"))?;
+            }
+        }
+        for (key, count) in counts {
+            vips_map.update(&key, &count.to_ne_bytes(), MapFlags::ANY).map_err(map_err("pnlb_vips"))?;
+        }
+        Ok(())
+    }
+}
+
+fn resolve_for(method: Method, address: IpAddr, resolver: &mut dyn Resolver) -> Result<NextHop, String> {
+    let hop = resolver.resolve(address)?;
+    match (method, hop.gateway) {
+        (Method::Dr, Some(gateway)) => Err(format!(
+            "it is reached through router {gateway}; direct routing needs backends on the load balancer's own L2 segment"
+        )),
+        _ => Ok(hop),
+    }
+}
+
+fn clear_backend(dataplane: &Dataplane, id: u32) -> Result<(), DataplaneError> {
+    dataplane
+        .maps()
+        .pnlb_backends
+        .update(&id.to_ne_bytes(), bytes_of(&Backend::default()), MapFlags::ANY)
+        .map_err(map_err("pnlb_backends"))
+}
+
+fn zero_percpu<T: abi::Plain>(map: &dyn MapCore, id: u32, name: &'static str) -> Result<(), DataplaneError> {
+    let cpus = libbpf_rs::num_possible_cpus().map_err(map_err(name))?;
+    let zero = bytes_of(&T::default()).to_vec();
+    map.update_percpu(&id.to_ne_bytes(), &vec![zero; cpus], MapFlags::ANY).map_err(map_err(name))
+}
+
+/// Builds a new inner table map and swaps it into the service's slot in one
+/// update: packets see the old table or the new one, never a mix.
+fn publish_table(dataplane: &Dataplane, service_id: u32, table: &[u32]) -> Result<(), DataplaneError> {
+    if table.is_empty() {
+        return delete_table(dataplane, service_id);
+    }
+    let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+        ..Default::default()
+    };
+    let inner = MapHandle::create(MapType::Array, Some("pnlb_table"), 4, 4, abi::TABLE_SIZE, &opts)
+        .map_err(map_err("pnlb_table"))?;
+    let keys: Vec<u8> = (0..table.len() as u32).flat_map(u32::to_ne_bytes).collect();
+    let values: Vec<u8> = table.iter().flat_map(|id| id.to_ne_bytes()).collect();
+    inner
+        .update_batch(&keys, &values, table.len() as u32, MapFlags::ANY, MapFlags::ANY)
+        .map_err(map_err("pnlb_table"))?;
+    let fd = inner.as_fd().as_raw_fd();
+    dataplane
+        .maps()
+        .pnlb_tables
+        .update(&service_id.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+        .map_err(map_err("pnlb_tables"))
+    // `inner` closes here; the outer map holds the table now.
+}
+
+fn delete_table(dataplane: &Dataplane, service_id: u32) -> Result<(), DataplaneError> {
+    match dataplane.maps().pnlb_tables.delete(&service_id.to_ne_bytes()) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(DataplaneError::Map { map: "pnlb_tables", source: err }),
+    }
+}

@@ -1,0 +1,98 @@
+//! Reading the per-CPU counters: each CPU counts alone, we add them up.
+
+use libbpf_rs::{MapCore, MapFlags};
+
+use crate::abi::{self, from_bytes, BackendStats, Plain, Reason, ServiceStats};
+use crate::loader::{Dataplane, DataplaneError};
+
+/// Per-service totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// Indexed by [`Reason`]; see [`reason_name`].
+    pub drops: [u64; abi::REASON_COUNT],
+}
+
+/// Per-backend totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Short, stable names for the reasons (used in logs and metrics).
+pub fn reason_name(reason: usize) -> &'static str {
+    const NAMES: [&str; abi::REASON_COUNT] = [
+        "pass_not_ip",
+        "pass_not_service",
+        "pass_vip_no_service",
+        "pass_vip_other_proto",
+        "drop_truncated_eth",
+        "drop_truncated_ip",
+        "drop_bad_ip_header",
+        "drop_ipv4_options",
+        "drop_fragment",
+        "drop_ipv6_ext_header",
+        "drop_truncated_l4",
+        "drop_no_backend",
+        "drop_backend_gone",
+        "drop_unsupported_method",
+    ];
+    NAMES.get(reason).copied().unwrap_or("unknown")
+}
+
+fn per_cpu<T: Plain>(map: &dyn MapCore, key: u32, name: &'static str) -> Result<Vec<T>, DataplaneError> {
+    let values = map
+        .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
+        .map_err(|source| DataplaneError::Map { map: name, source })?
+        .unwrap_or_default();
+    Ok(values.iter().filter_map(|bytes| from_bytes::<T>(bytes)).collect())
+}
+
+impl Dataplane {
+    pub fn service_counters(&self, service_id: u32) -> Result<ServiceCounters, DataplaneError> {
+        let mut total = ServiceCounters::default();
+        for cpu in per_cpu::<ServiceStats>(&self.maps().pnlb_service_stats, service_id, "pnlb_service_stats")? {
+            total.packets += cpu.packets;
+            total.bytes += cpu.bytes;
+            total.new_flows += cpu.new_flows;
+            for (sum, n) in total.drops.iter_mut().zip(cpu.drops) {
+                *sum += n;
+            }
+        }
+        Ok(total)
+    }
+
+    pub fn backend_counters(&self, backend_id: u32) -> Result<BackendCounters, DataplaneError> {
+        let mut total = BackendCounters::default();
+        for cpu in per_cpu::<BackendStats>(&self.maps().pnlb_backend_stats, backend_id, "pnlb_backend_stats")? {
+            total.packets += cpu.packets;
+            total.bytes += cpu.bytes;
+            total.new_flows += cpu.new_flows;
+        }
+        Ok(total)
+    }
+
+    /// Every pass/drop reason with its total, in reason order.
+    pub fn reason_counters(&self) -> Result<[u64; abi::REASON_COUNT], DataplaneError> {
+        let mut totals = [0u64; abi::REASON_COUNT];
+        for (reason, total) in totals.iter_mut().enumerate() {
+            let cpus = per_cpu::<u64>(&self.maps().pnlb_reason_stats, reason as u32, "pnlb_reason_stats")?;
+            *total = cpus.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// Number of entries in the connection table (walks it: not for hot loops).
+    pub fn connection_count(&self) -> usize {
+        self.maps().pnlb_conns.keys().count()
+    }
+}
+
+/// The reason a verdict was counted under, by its ABI value.
+pub fn reason_index(reason: Reason) -> usize {
+    reason.0 as usize
+}

@@ -1,0 +1,208 @@
+//! Fixture harness (Katran's method): packets built with etherparse run
+//! through the loaded XDP program with BPF_PROG_TEST_RUN; tests assert the
+//! verdict, the exact output bytes and the counters.
+
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use libbpf_rs::ProgramInput;
+use pnlb_core::config::{self, Config};
+use pnlb_dataplane::abi::{self, FlowKey};
+use pnlb_dataplane::nexthop::{NextHop, Resolver};
+use pnlb_dataplane::{Dataplane, Programmer};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+pub const LB_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 1];
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0x52, 0x54, 0, 0, 1];
+/// Ingress interface of BPF_PROG_TEST_RUN: the loopback device.
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// Privileged tests run as root; elsewhere they may skip only outside CI.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("CI must run the data-plane fixtures as root");
+    }
+    eprintln!("skipping: BPF_PROG_TEST_RUN needs root (run the tests as root)");
+    false
+}
+
+/// Backends get MAC 02:be:<last 4 bytes of their address>, on `ifindex`.
+pub struct StaticResolver {
+    pub ifindex: u32,
+    pub unreachable: Vec<IpAddr>,
+}
+
+pub fn backend_mac(addr: IpAddr) -> [u8; 6] {
+    let bytes = match addr {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets()[12..].to_vec(),
+    };
+    [0x02, 0xbe, bytes[0], bytes[1], bytes[2], bytes[3]]
+}
+
+impl Resolver for StaticResolver {
+    fn resolve(&mut self, backend: IpAddr) -> Result<NextHop, String> {
+        if self.unreachable.contains(&backend) {
+            return Err("no neighbour".into());
+        }
+        Ok(NextHop { ifindex: self.ifindex, mac: backend_mac(backend), src_mac: LB_MAC, gateway: None })
+    }
+}
+
+pub struct Fixture {
+    pub dataplane: Dataplane,
+    pub programmer: Programmer,
+    pub resolver: StaticResolver,
+}
+
+pub fn parse_config(text: &str) -> Config {
+    config::parse(Path::new("fixture.toml"), text).expect("fixture config is valid")
+}
+
+impl Fixture {
+    pub fn new(config_text: &str) -> Self {
+        let dataplane = Dataplane::load().expect("load XDP program");
+        let mut fixture = Self {
+            dataplane,
+            programmer: Programmer::new(),
+            resolver: StaticResolver { ifindex: TEST_RUN_IFINDEX, unreachable: Vec::new() },
+        };
+        fixture.apply(config_text);
+        fixture
+    }
+
+    pub fn apply(&mut self, config_text: &str) {
+        let config = parse_config(config_text);
+        self.programmer.apply(&self.dataplane, &config, &mut self.resolver).expect("apply config");
+    }
+
+    /// Runs one packet; returns (verdict, output bytes).
+    pub fn run(&self, packet: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; packet.len() + 256];
+        let input = ProgramInput { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() };
+        let output = self.dataplane.program().test_run(input).expect("BPF_PROG_TEST_RUN");
+        let verdict = output.return_value;
+        let len = output.data.map(|d| d.len()).unwrap_or(0);
+        out.truncate(len);
+        (verdict, out)
+    }
+
+    pub fn reason(&self, name: &str) -> u64 {
+        let totals = self.dataplane.reason_counters().expect("read reason counters");
+        let index = (0..abi::REASON_COUNT).find(|&i| pnlb_dataplane::stats::reason_name(i) == name).expect("known reason");
+        totals[index]
+    }
+
+    /// Which backend address the published table gives this flow.
+    pub fn predicted_backend(&self, service: &str, packet: &[u8], hash_key: abi::HashKey) -> IpAddr {
+        let flow = flow_of(packet);
+        let table = self.programmer.table(service).expect("service has a table");
+        let id = table[(abi::flow_hash(&flow, hash_key) % table.len() as u32) as usize];
+        self.backend_address(service, id)
+    }
+
+    pub fn backend_address(&self, service: &str, id: u32) -> IpAddr {
+        self.candidates(service).into_iter().find(|(_, b)| *b == id).map(|(a, _)| a).expect("id belongs to the service")
+    }
+
+    fn candidates(&self, service: &str) -> Vec<(IpAddr, u32)> {
+        let mut out = Vec::new();
+        for last in 0..=255u8 {
+            for addr in [format!("10.77.1.{last}"), format!("fd77:1::{last:x}")] {
+                let ip: IpAddr = addr.parse().unwrap();
+                for port in [0u16, 53, 80] {
+                    if let Some(id) = self.programmer.backend_id(service, ip, port) {
+                        out.push((ip, id));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The flow key the XDP program builds for an Ethernet/IP/TCP|UDP packet.
+pub fn flow_of(packet: &[u8]) -> FlowKey {
+    let sliced = etherparse::SlicedPacket::from_ethernet(packet).expect("fixture packet parses");
+    let (src, dst) = match sliced.net.expect("has IP") {
+        etherparse::NetSlice::Ipv4(ip) => {
+            (IpAddr::V4(ip.header().source_addr()), IpAddr::V4(ip.header().destination_addr()))
+        }
+        etherparse::NetSlice::Ipv6(ip) => {
+            (IpAddr::V6(ip.header().source_addr()), IpAddr::V6(ip.header().destination_addr()))
+        }
+    };
+    let (protocol, sport, dport) = match sliced.transport.expect("has L4") {
+        etherparse::TransportSlice::Tcp(t) => (6, t.source_port(), t.destination_port()),
+        etherparse::TransportSlice::Udp(u) => (17, u.source_port(), u.destination_port()),
+        _ => panic!("fixture packet is not TCP/UDP"),
+    };
+    FlowKey {
+        src: abi::addr(src),
+        dst: abi::addr(dst),
+        src_port: sport.to_be(),
+        dst_port: dport.to_be(),
+        protocol,
+        _pad: [0; 3],
+    }
+}
+
+pub fn ip4(text: &str) -> [u8; 4] {
+    text.parse::<std::net::Ipv4Addr>().unwrap().octets()
+}
+
+pub fn ip6(text: &str) -> [u8; 16] {
+    text.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+pub fn tcp4(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ethernet2(ROUTER_MAC, LB_MAC)
+        .ipv4(ip4(src), ip4(dst), 64)
+        .tcp(sport, dport, 1000, 64240)
+        .syn();
+    let mut out = Vec::new();
+    builder.write(&mut out, payload).unwrap();
+    out
+}
+
+pub fn udp4(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ethernet2(ROUTER_MAC, LB_MAC).ipv4(ip4(src), ip4(dst), 64).udp(sport, dport);
+    let mut out = Vec::new();
+    builder.write(&mut out, payload).unwrap();
+    out
+}
+
+pub fn tcp6(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ethernet2(ROUTER_MAC, LB_MAC)
+        .ipv6(ip6(src), ip6(dst), 64)
+        .tcp(sport, dport, 1000, 64240)
+        .ack(1);
+    let mut out = Vec::new();
+    builder.write(&mut out, payload).unwrap();
+    out
+}
+
+pub fn udp6(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ethernet2(ROUTER_MAC, LB_MAC).ipv6(ip6(src), ip6(dst), 64).udp(sport, dport);
+    let mut out = Vec::new();
+    builder.write(&mut out, payload).unwrap();
+    out
+}
+
+/// The packet as DR forwards it: only the Ethernet addresses change.
+pub fn dr_rewritten(packet: &[u8], backend: IpAddr) -> Vec<u8> {
+    let mut out = packet.to_vec();
+    out[0..6].copy_from_slice(&backend_mac(backend));
+    out[6..12].copy_from_slice(&LB_MAC);
+    out
+}
