@@ -1,1 +1,352 @@
+//! pnlb-lab: a network-namespace testbed for tests, the demo and benchmarks.
+//!
+//! ```text
+//!  client ---- router ==== switch (bridge) ==== lb
+//!  10.77.0.2   .0.1 | .1.1        |     |       10.77.1.2
+//!  fd77::2          | fd77:1::1   |     +------ server s1..sN
+//!                                 |             10.77.1.11.. fd77:1::11..
+//! ```
+//! The router sends the VIP prefixes (10.77.100.0/24, fd77:100::/64) to the
+//! LB; servers hold the VIPs on `lo` and route replies straight back
+//! through the router (direct server return). Every host is a namespace
+//! named `<prefix>-<role>`; all addresses live inside them. Dropping a
+//! [`Lab`] (also while panicking) ends its processes by PID and deletes its
+//! namespaces. Nothing is added to the root namespace.
 
+pub mod echo;
+pub mod netns;
+pub mod nginx;
+pub mod process;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use echo::{EchoServer, ECHO_PORT};
+pub use netns::in_netns;
+pub use process::LabProcess;
+
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 77, 100, 1);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0x100, 0, 0, 0, 0, 0, 1);
+pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2);
+pub const LB4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
+pub const LB6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 2);
+/// The interface of the LB host that faces the LAN.
+pub const LB_INTERFACE: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("lab: `{command}` failed: {reason}")]
+    Command { command: String, reason: String },
+    #[error("lab: {name}: {reason}")]
+    Process { name: String, reason: String },
+    #[error("lab: {0}")]
+    Setup(String),
+}
+
+/// A real server host.
+pub struct Server {
+    pub name: String,
+    pub ns: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct LabSpec {
+    pub servers: usize,
+    /// Start nginx on every server.
+    pub nginx: bool,
+    /// Start the Rust echo server on every server.
+    pub echo: bool,
+    /// Namespace prefix; None = unique per process and instance.
+    pub prefix: Option<String>,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        Self { servers: 3, nginx: true, echo: false, prefix: None }
+    }
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub client: String,
+    pub router: String,
+    pub switch: String,
+    pub lb: String,
+    pub servers: Vec<Server>,
+    pub dir: PathBuf,
+    processes: Vec<LabProcess>,
+    echo_servers: Vec<EchoServer>,
+    namespaces: Vec<String>,
+    /// Tear down on drop (false for `pnlb lab up`, which leaves it running).
+    owned: bool,
+}
+
+static INSTANCE: AtomicU32 = AtomicU32::new(0);
+
+impl Lab {
+    /// Builds the lab; on any failure, whatever was built is removed again.
+    pub fn up(spec: &LabSpec) -> Result<Self, LabError> {
+        if spec.servers == 0 || spec.servers > 50 {
+            return Err(LabError::Setup(format!("{} servers: use 1 to 50", spec.servers)));
+        }
+        let prefix = spec.prefix.clone().unwrap_or_else(|| {
+            format!("pnlb{}x{}", std::process::id(), INSTANCE.fetch_add(1, Ordering::Relaxed))
+        });
+        let dir = std::env::temp_dir().join(format!("{prefix}-lab"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|err| LabError::Setup(format!("create {}: {err}", dir.display())))?;
+        let ns = |role: &str| format!("{prefix}-{role}");
+        let mut lab = Lab {
+            client: ns("client"),
+            router: ns("router"),
+            switch: ns("switch"),
+            lb: ns("lb"),
+            servers: (1..=spec.servers)
+                .map(|i| Server {
+                    name: format!("s{i}"),
+                    ns: ns(&format!("s{i}")),
+                    ipv4: Ipv4Addr::new(10, 77, 1, 10 + i as u8),
+                    ipv6: Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 0x10 + i as u16),
+                })
+                .collect(),
+            prefix,
+            dir,
+            processes: Vec::new(),
+            echo_servers: Vec::new(),
+            namespaces: Vec::new(),
+            owned: true,
+        };
+        lab.build(spec)?;
+        Ok(lab)
+    }
+
+    fn build(&mut self, spec: &LabSpec) -> Result<(), LabError> {
+        let hosts: Vec<String> = [&self.client, &self.router, &self.switch, &self.lb]
+            .into_iter()
+            .cloned()
+            .chain(self.servers.iter().map(|s| s.ns.clone()))
+            .collect();
+        for host in &hosts {
+            netns::add(host)?;
+            self.namespaces.push(host.clone());
+        }
+
+        // client <-> router: a point-to-point link.
+        self.link(&self.client.clone(), "eth0", &self.router.clone(), "eth0")?;
+        self.address(&self.client.clone(), "eth0", "10.77.0.2/24", "fd77::2/64")?;
+        self.address(&self.router.clone(), "eth0", "10.77.0.1/24", "fd77::1/64")?;
+        netns::ip(&self.client, &["route", "add", "default", "via", "10.77.0.1"])?;
+        netns::ip(&self.client, &["-6", "route", "add", "default", "via", "fd77::1"])?;
+
+        // The LAN: a bridge in the switch namespace.
+        let switch = self.switch.clone();
+        netns::ip(&switch, &["link", "add", "br0", "type", "bridge"])?;
+        netns::run("ip", &["netns", "exec", &switch, "sh", "-c", "echo 0 > /sys/class/net/br0/bridge/multicast_snooping"])?;
+        netns::ip(&switch, &["link", "set", "br0", "up"])?;
+        self.link(&self.router.clone(), "eth1", &switch, "router")?;
+        self.link(&self.lb.clone(), LB_INTERFACE, &switch, "lb")?;
+        for i in 0..self.servers.len() {
+            let (server_ns, name) = (self.servers[i].ns.clone(), self.servers[i].name.clone());
+            self.link(&server_ns, "eth0", &switch, &name)?;
+        }
+        self.address(&self.router.clone(), "eth1", "10.77.1.1/24", "fd77:1::1/64")?;
+        self.address(&self.lb.clone(), LB_INTERFACE, "10.77.1.2/24", "fd77:1::2/64")?;
+
+        // Router: forwards, and sends the VIP prefixes to the LB.
+        netns::exec(&self.router, "sysctl", &["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
+        netns::ip(&self.router, &["route", "add", "10.77.100.0/24", "via", "10.77.1.2"])?;
+        netns::ip(&self.router, &["-6", "route", "add", "fd77:100::/64", "via", "fd77:1::2"])?;
+        netns::ip(&self.lb, &["route", "add", "default", "via", "10.77.1.1"])?;
+        netns::ip(&self.lb, &["-6", "route", "add", "default", "via", "fd77:1::1"])?;
+
+        // Real servers: the DR prerequisites.
+        for server in &self.servers {
+            let (v4, v6) = (format!("{}/24", server.ipv4), format!("{}/64", server.ipv6));
+            self.address(&server.ns, "eth0", &v4, &v6)?;
+            netns::ip(&server.ns, &["route", "add", "default", "via", "10.77.1.1"])?;
+            netns::ip(&server.ns, &["-6", "route", "add", "default", "via", "fd77:1::1"])?;
+            configure_dr_real_server(&server.ns)?;
+        }
+
+        // veth: native XDP_TX from the LB only arrives if the peer runs XDP.
+        in_netns(&switch, || {
+            let pass = pnlb_dataplane::xdp_pass::XdpPass::load().map_err(|err| err.to_string())?;
+            pass.attach("lb").map(|a| a.leave_attached()).map_err(|err| err.to_string())
+        })?
+        .map_err(|err| LabError::Setup(format!("XDP_PASS on the LB's switch port: {err}")))?;
+
+        if spec.nginx {
+            for i in 0..self.servers.len() {
+                let dir = self.dir.join(&self.servers[i].name);
+                std::fs::create_dir_all(&dir).map_err(|err| LabError::Setup(format!("{}: {err}", dir.display())))?;
+                let process = nginx::start(&self.servers[i].ns, &self.servers[i].name, &dir)?;
+                self.processes.push(process);
+            }
+            for server in &self.servers {
+                wait_for_port(&server.ns, IpAddr::V4(server.ipv4), 80)?;
+            }
+        }
+        if spec.echo {
+            for server in &self.servers {
+                self.echo_servers.push(EchoServer::start(&server.ns, &server.name)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// A veth pair from `a` (named `a_if`) to `b` (named `b_if`), up, with
+    /// checksum offload off on both ends: native XDP must not see
+    /// CHECKSUM_PARTIAL packets. Switch-side ends join the bridge.
+    fn link(&mut self, a: &str, a_if: &str, b: &str, b_if: &str) -> Result<(), LabError> {
+        netns::ip(a, &["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b])?;
+        for (ns, dev) in [(a, a_if), (b, b_if)] {
+            netns::exec(ns, "ethtool", &["-K", dev, "tx", "off", "rx", "off"])?;
+            if ns == self.switch {
+                netns::ip(ns, &["link", "set", dev, "master", "br0"])?;
+            }
+            netns::ip(ns, &["link", "set", dev, "up"])?;
+        }
+        Ok(())
+    }
+
+    fn address(&self, ns: &str, dev: &str, v4: &str, v6: &str) -> Result<(), LabError> {
+        netns::ip(ns, &["addr", "add", v4, "dev", dev])?;
+        netns::ip(ns, &["-6", "addr", "add", v6, "dev", dev, "nodad"])?;
+        Ok(())
+    }
+
+    /// Starts a process in a lab namespace; the lab ends it when dropped.
+    pub fn spawn(&mut self, ns: &str, name: &str, program: &str, args: &[&str]) -> Result<&mut LabProcess, LabError> {
+        let process = LabProcess::spawn(ns, name, program, args)?;
+        self.processes.push(process);
+        Ok(self.processes.last_mut().expect("just pushed"))
+    }
+
+    /// Starts `pnlb run --config CONFIG` in the LB namespace and waits until
+    /// it forwards. The caller owns the process (to signal or stop it).
+    pub fn start_pnlb(&self, binary: &str, config: &std::path::Path) -> Result<LabProcess, LabError> {
+        let config_arg = config.display().to_string();
+        let mut process = LabProcess::spawn(&self.lb, "pnlb run", binary, &["run", "--config", &config_arg])?;
+        process.wait_for_line("forwarding", Duration::from_secs(30))?;
+        Ok(process)
+    }
+
+    /// Runs a command in the client namespace and returns its stdout.
+    pub fn client_command(&self, program: &str, args: &[&str]) -> Result<String, LabError> {
+        let out = netns::exec(&self.client, program, args)?;
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    /// Bytes received by an interface in a lab namespace.
+    pub fn rx_bytes(&self, ns: &str, dev: &str) -> Result<u64, LabError> {
+        interface_counter(ns, dev, "rx_bytes")
+    }
+
+    pub fn server(&self, name: &str) -> Option<&Server> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+
+    /// Leave the lab running after this handle is gone (`pnlb lab up`).
+    pub fn keep(mut self) {
+        self.owned = false;
+        for process in self.processes.drain(..) {
+            std::mem::forget(process);
+        }
+    }
+
+    /// Removes every namespace starting with `prefix`, ending the
+    /// processes inside them first (by their PIDs).
+    pub fn tear_down(prefix: &str) -> usize {
+        let namespaces = netns::list(prefix);
+        for ns in &namespaces {
+            for pid in netns::pids(ns) {
+                // SAFETY: kill by the PID the kernel reports for that namespace.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && namespaces.iter().any(|ns| !netns::pids(ns).is_empty()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for ns in &namespaces {
+            for pid in netns::pids(ns) {
+                // SAFETY: as above; it ignored SIGTERM.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            netns::delete(ns);
+        }
+        namespaces.len()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        self.echo_servers.clear();
+        for process in self.processes.drain(..) {
+            drop(process);
+        }
+        for ns in self.namespaces.drain(..) {
+            netns::delete(&ns);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// VIP on lo, no ARP answers or announcements for it on the LAN, loose
+/// reverse-path filtering (packets to the VIP arrive on eth0, not lo).
+fn configure_dr_real_server(ns: &str) -> Result<(), LabError> {
+    netns::ip(ns, &["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
+    netns::ip(ns, &["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo", "nodad"])?;
+    netns::exec(
+        ns,
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv4.conf.all.arp_ignore=1",
+            "net.ipv4.conf.all.arp_announce=2",
+            "net.ipv4.conf.eth0.arp_ignore=1",
+            "net.ipv4.conf.eth0.arp_announce=2",
+            "net.ipv4.conf.all.rp_filter=2",
+            "net.ipv4.conf.eth0.rp_filter=2",
+        ],
+    )?;
+    Ok(())
+}
+
+fn interface_counter(ns: &str, dev: &str, counter: &str) -> Result<u64, LabError> {
+    let out = netns::exec(ns, "cat", &[&format!("/sys/class/net/{dev}/statistics/{counter}")])?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| LabError::Setup(format!("cannot read {counter} of {dev} in {ns}")))
+}
+
+/// Waits until something accepts TCP connections on addr:port inside `ns`.
+pub fn wait_for_port(ns: &str, addr: IpAddr, port: u16) -> Result<(), LabError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = in_netns(ns, move || {
+            std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_millis(200)).is_ok()
+        })?;
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Setup(format!("nothing listens on {addr}:{port} in {ns}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,1 +1,55 @@
-fn main(){}
+//! pnlb: a Layer-4 load balancer with an XDP data plane.
+
+mod demo;
+mod lab_cmd;
+mod log;
+mod run;
+mod summary;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "pnlb", version, about = "Layer-4 load balancer with an XDP data plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the load balancer: validate the config, program the data plane,
+    /// attach XDP, forward until SIGINT/SIGTERM; SIGHUP reloads the config.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file without touching the system.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// The network-namespace lab (client, router, LB, real servers).
+    Lab {
+        #[command(subcommand)]
+        command: lab_cmd::LabCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run::run(&config),
+        Command::Check { config } => run::check(&config),
+        Command::Lab { command } => lab_cmd::lab(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("pnlb: error: {}", format!("{err:#}").replace('\n', " "));
+            ExitCode::from(2)
+        }
+    }
+}

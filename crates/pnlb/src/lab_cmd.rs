@@ -1,0 +1,49 @@
+//! `pnlb lab up|down|demo`: the namespace lab for people.
+
+use anyhow::Result;
+use clap::Subcommand;
+use pnlb_lab::{Lab, LabSpec, VIP4, VIP6};
+
+/// The fixed prefix of the lab `pnlb lab up` leaves running.
+const PERSISTENT_PREFIX: &str = "pnlb-lab";
+
+#[derive(Subcommand)]
+pub enum LabCommand {
+    /// Build the lab and leave it running (client, router, switch, LB, N nginx servers).
+    Up {
+        #[arg(long, default_value_t = 3)]
+        servers: usize,
+    },
+    /// Remove the lab `pnlb lab up` built: its processes, then its namespaces.
+    Down,
+    /// The demo: a VIP in `dr` mode balancing real HTTP requests over 3 nginx servers.
+    Demo,
+}
+
+pub fn lab(command: LabCommand) -> Result<()> {
+    match command {
+        LabCommand::Up { servers } => up(servers),
+        LabCommand::Down => {
+            let removed = Lab::tear_down(&format!("{PERSISTENT_PREFIX}-"));
+            println!("removed {removed} namespace(s)");
+            Ok(())
+        }
+        LabCommand::Demo => crate::demo::demo(),
+    }
+}
+
+fn up(servers: usize) -> Result<()> {
+    if !pnlb_lab::netns::list(&format!("{PERSISTENT_PREFIX}-")).is_empty() {
+        anyhow::bail!("a lab is already up; remove it with `pnlb lab down`");
+    }
+    let spec = LabSpec { servers, prefix: Some(PERSISTENT_PREFIX.into()), ..LabSpec::default() };
+    let lab = Lab::up(&spec)?;
+    println!("lab up: namespaces {0}-client, {0}-router, {0}-switch, {0}-lb, {0}-s1..s{servers}", lab.prefix);
+    println!("  client 10.77.0.2 / fd77::2, LB 10.77.1.2 / fd77:1::2 ({}), servers 10.77.1.11.. / fd77:1::11..", pnlb_lab::LB_INTERFACE);
+    println!("  the router sends {VIP4} and {VIP6} to the LB; the servers hold them on lo (DR-ready)");
+    println!("run the balancer:  ip netns exec {}-lb pnlb run --config docs/examples/lab-dr.toml", lab.prefix);
+    println!("try it:            ip netns exec {}-client curl http://{VIP4}/", lab.prefix);
+    println!("remove it:         pnlb lab down");
+    lab.keep();
+    Ok(())
+}
