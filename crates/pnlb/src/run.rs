@@ -37,6 +37,9 @@ pub fn run(path: &Path) -> Result<()> {
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()).context("installing signal handlers")?;
 
+    for interface in &config.daemon.interfaces {
+        pnlb_dataplane::loader::ifindex_of(interface)?;
+    }
     let dataplane = Dataplane::load()?;
     let mut programmer = Programmer::new();
     let mut resolver = KernelResolver::default();
