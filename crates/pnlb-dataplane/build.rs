@@ -10,11 +10,15 @@ use libbpf_cargo::SkeletonBuilder;
 const PROGRAMS: &[&str] = &["lb", "xdp_pass"];
 
 fn main() {
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let bpf_dir = manifest.join("../../bpf");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let clang = find_clang();
-    let arch_include = format!("-I/usr/include/{}-linux-gnu", env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into()));
+    let arch_include = format!(
+        "-I/usr/include/{}-linux-gnu",
+        env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into())
+    );
 
     for name in PROGRAMS {
         let source = bpf_dir.join(format!("{name}.bpf.c"));
@@ -48,7 +52,11 @@ fn find_clang() -> PathBuf {
         return PathBuf::from(explicit);
     }
     for candidate in ["clang-19", "clang"] {
-        if Command::new(candidate).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        if Command::new(candidate)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return Path::new(candidate).to_path_buf();
         }
     }

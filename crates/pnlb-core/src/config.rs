@@ -213,15 +213,27 @@ struct RawHealth {
 
 /// Methods and schedulers of the config contract that later issues bring.
 const PLANNED_METHODS: &[&str] = &["nat", "snat", "tun"];
-const PLANNED_SCHEDULERS: &[&str] = &["rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "chbl", "p2c"];
+const PLANNED_SCHEDULERS: &[&str] = &[
+    "rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "chbl", "p2c",
+];
 
 struct Validator<'a> {
     file: &'a Path,
 }
 
 impl Validator<'_> {
-    fn error(&self, key: impl Into<String>, reason: impl Into<String>, fix: impl Into<String>) -> ConfigError {
-        ConfigError { file: self.file.to_path_buf(), key: key.into(), reason: reason.into(), fix: fix.into() }
+    fn error(
+        &self,
+        key: impl Into<String>,
+        reason: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+            fix: fix.into(),
+        }
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -255,7 +267,11 @@ impl Validator<'_> {
 
     fn daemon(&self, raw: Option<RawDaemon>) -> Result<Daemon, ConfigError> {
         let raw = raw.ok_or_else(|| {
-            self.error("daemon", "the [daemon] table is missing", "add [daemon] with interfaces = [\"eth1\"]")
+            self.error(
+                "daemon",
+                "the [daemon] table is missing",
+                "add [daemon] with interfaces = [\"eth1\"]",
+            )
         })?;
         if raw.interfaces.is_empty() {
             return Err(self.error(
@@ -266,7 +282,12 @@ impl Validator<'_> {
         }
         let mut seen = HashSet::new();
         for (i, name) in raw.interfaces.iter().enumerate() {
-            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) || name == "." || name == ".." {
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains(['/', ' '])
+                || name == "."
+                || name == ".."
+            {
                 return Err(self.error(
                     format!("daemon.interfaces[{i}]"),
                     format!("{name:?} is not a valid interface name"),
@@ -302,23 +323,39 @@ impl Validator<'_> {
                 )
             })?),
         };
-        Ok(Daemon { interfaces: raw.interfaces, xdp_mode, api })
+        Ok(Daemon {
+            interfaces: raw.interfaces,
+            xdp_mode,
+            api,
+        })
     }
 
     fn service(&self, index: usize, raw: RawService) -> Result<Service, ConfigError> {
         let at = |key: &str| format!("service[{index}].{key}");
-        let name = raw
-            .name
-            .filter(|n| !n.trim().is_empty())
-            .ok_or_else(|| self.error(at("name"), "every service needs a name", "add name = \"web\""))?;
+        let name = raw.name.filter(|n| !n.trim().is_empty()).ok_or_else(|| {
+            self.error(
+                at("name"),
+                "every service needs a name",
+                "add name = \"web\"",
+            )
+        })?;
         let at = |key: &str| format!("service[{index}] ({name}).{key}");
 
-        let vip_text =
-            raw.vip.ok_or_else(|| self.error(at("vip"), "missing", "add the virtual IP, e.g. vip = \"10.77.1.100\""))?;
+        let vip_text = raw.vip.ok_or_else(|| {
+            self.error(
+                at("vip"),
+                "missing",
+                "add the virtual IP, e.g. vip = \"10.77.1.100\"",
+            )
+        })?;
         let vip = self.address(&at("vip"), &vip_text)?;
         let port = match raw.port {
             None => {
-                return Err(self.error(at("port"), "missing", "add port = 80 (or port = 0 for every port of the VIP)"))
+                return Err(self.error(
+                    at("port"),
+                    "missing",
+                    "add port = 80 (or port = 0 for every port of the VIP)",
+                ))
             }
             Some(p) => self.port(&at("port"), p)?,
         };
@@ -326,7 +363,11 @@ impl Validator<'_> {
             None | Some("tcp") => Protocol::Tcp,
             Some("udp") => Protocol::Udp,
             Some(other) => {
-                return Err(self.error(at("protocol"), format!("unknown protocol {other:?}"), "use \"tcp\" or \"udp\""))
+                return Err(self.error(
+                    at("protocol"),
+                    format!("unknown protocol {other:?}"),
+                    "use \"tcp\" or \"udp\"",
+                ))
             }
         };
         let method = match raw.method.as_deref() {
@@ -401,18 +442,40 @@ impl Validator<'_> {
             if !seen.insert((backend.address, backend.port)) {
                 return Err(self.error(
                     key,
-                    format!("backend {} port {} is listed twice", backend.address, backend.port),
+                    format!(
+                        "backend {} port {} is listed twice",
+                        backend.address, backend.port
+                    ),
                     "list each backend once",
                 ));
             }
             backends.push(backend);
         }
-        Ok(Service { name, vip, port, protocol, method, scheduler, hash_key, backends })
+        Ok(Service {
+            name,
+            vip,
+            port,
+            protocol,
+            method,
+            scheduler,
+            hash_key,
+            backends,
+        })
     }
 
-    fn backend(&self, key: &str, raw: RawBackend, vip: IpAddr, service_port: u16) -> Result<Backend, ConfigError> {
+    fn backend(
+        &self,
+        key: &str,
+        raw: RawBackend,
+        vip: IpAddr,
+        service_port: u16,
+    ) -> Result<Backend, ConfigError> {
         let text = raw.address.ok_or_else(|| {
-            self.error(format!("{key}.address"), "missing", "add the real server's address, e.g. address = \"10.77.2.11\"")
+            self.error(
+                format!("{key}.address"),
+                "missing",
+                "add the real server's address, e.g. address = \"10.77.2.11\"",
+            )
         })?;
         let address = self.address(&format!("{key}.address"), &text)?;
         if address.is_ipv4() != vip.is_ipv4() {
@@ -444,7 +507,11 @@ impl Validator<'_> {
                 ))
             }
         };
-        Ok(Backend { address, port, weight })
+        Ok(Backend {
+            address,
+            port,
+            weight,
+        })
     }
 
     fn health(&self, key: &str, raw: RawHealth) -> Result<(), ConfigError> {
@@ -456,7 +523,11 @@ impl Validator<'_> {
         for (name, value) in [("rise", raw.rise), ("fall", raw.fall)] {
             if let Some(count) = value {
                 if !(1..=100).contains(&count) {
-                    return Err(self.error(format!("{key}.{name}"), format!("{count} is out of range"), "use 1 to 100"));
+                    return Err(self.error(
+                        format!("{key}.{name}"),
+                        format!("{count} is out of range"),
+                        "use 1 to 100",
+                    ));
                 }
             }
         }
@@ -477,7 +548,11 @@ impl Validator<'_> {
 
     fn address(&self, key: &str, text: &str) -> Result<IpAddr, ConfigError> {
         let address: IpAddr = text.parse().map_err(|_| {
-            self.error(key, format!("{text:?} is not an IP address"), "write an IPv4 or IPv6 address like \"10.77.1.100\"")
+            self.error(
+                key,
+                format!("{text:?} is not an IP address"),
+                "write an IPv4 or IPv6 address like \"10.77.1.100\"",
+            )
         })?;
         if address.is_unspecified() || address.is_multicast() || address.is_loopback() {
             return Err(self.error(
@@ -488,20 +563,33 @@ impl Validator<'_> {
         }
         if let IpAddr::V4(v4) = address {
             if v4.is_broadcast() {
-                return Err(self.error(key, "the broadcast address cannot be used here", "use a unicast address"));
+                return Err(self.error(
+                    key,
+                    "the broadcast address cannot be used here",
+                    "use a unicast address",
+                ));
             }
         }
         Ok(address)
     }
 
     fn port(&self, key: &str, value: i64) -> Result<u16, ConfigError> {
-        u16::try_from(value)
-            .map_err(|_| self.error(key, format!("port {value} is out of range"), "use 0 to 65535"))
+        u16::try_from(value).map_err(|_| {
+            self.error(
+                key,
+                format!("port {value} is out of range"),
+                "use 0 to 65535",
+            )
+        })
     }
 
     fn duration(&self, key: &str, text: &str) -> Result<Duration, ConfigError> {
         duration::parse(text).ok_or_else(|| {
-            self.error(key, format!("{text:?} is not a duration"), "write it like \"500ms\", \"1s\" or \"2m\"")
+            self.error(
+                key,
+                format!("{text:?} is not a duration"),
+                "write it like \"500ms\", \"1s\" or \"2m\"",
+            )
         })
     }
 }
@@ -564,7 +652,12 @@ address = "fd77:1::11"
         let err = error_of(&GOOD.replace("10.77.1.12", "10.77.1.x"));
         let text = err.to_string();
         assert_eq!(err.key, "service[0] (web).backend[1].address");
-        assert!(text.starts_with("lb.toml: service[0] (web).backend[1].address: \"10.77.1.x\" is not an IP address;"), "{text}");
+        assert!(
+            text.starts_with(
+                "lb.toml: service[0] (web).backend[1].address: \"10.77.1.x\" is not an IP address;"
+            ),
+            "{text}"
+        );
         assert!(!text.contains('\n'));
     }
 
@@ -583,15 +676,42 @@ address = "fd77:1::11"
     #[test]
     fn bad_values_are_rejected_with_the_key() {
         let cases = [
-            (GOOD.replace("interfaces = [\"eth0\"]", "interfaces = []"), "daemon.interfaces"),
-            (GOOD.replace("port = 80", "port = 70000"), "service[0] (web).port"),
-            (GOOD.replace("protocol = \"tcp\"", "protocol = \"sctp\""), "service[0] (web).protocol"),
-            (GOOD.replace("method = \"dr\"", "method = \"magic\""), "service[0] (web).method"),
-            (GOOD.replace("scheduler = \"maglev\"", "scheduler = \"random\""), "service[0] (web).scheduler"),
-            (GOOD.replace("weight = 3", "weight = -1"), "service[0] (web).backend[1].weight"),
-            (GOOD.replace("fd77:1::11", "10.77.1.13"), "service[1] (dns6).backend[0].address"),
-            (GOOD.replace("name = \"dns6\"", "name = \"web\""), "service[1].name"),
-            (GOOD.replace("vip = \"10.77.100.1\"", "vip = \"127.0.0.1\""), "service[0] (web).vip"),
+            (
+                GOOD.replace("interfaces = [\"eth0\"]", "interfaces = []"),
+                "daemon.interfaces",
+            ),
+            (
+                GOOD.replace("port = 80", "port = 70000"),
+                "service[0] (web).port",
+            ),
+            (
+                GOOD.replace("protocol = \"tcp\"", "protocol = \"sctp\""),
+                "service[0] (web).protocol",
+            ),
+            (
+                GOOD.replace("method = \"dr\"", "method = \"magic\""),
+                "service[0] (web).method",
+            ),
+            (
+                GOOD.replace("scheduler = \"maglev\"", "scheduler = \"random\""),
+                "service[0] (web).scheduler",
+            ),
+            (
+                GOOD.replace("weight = 3", "weight = -1"),
+                "service[0] (web).backend[1].weight",
+            ),
+            (
+                GOOD.replace("fd77:1::11", "10.77.1.13"),
+                "service[1] (dns6).backend[0].address",
+            ),
+            (
+                GOOD.replace("name = \"dns6\"", "name = \"web\""),
+                "service[1].name",
+            ),
+            (
+                GOOD.replace("vip = \"10.77.100.1\"", "vip = \"127.0.0.1\""),
+                "service[0] (web).vip",
+            ),
         ];
         for (text, key) in cases {
             assert_eq!(error_of(&text).key, key);
@@ -600,7 +720,10 @@ address = "fd77:1::11"
 
     #[test]
     fn dr_backends_cannot_map_ports() {
-        let err = error_of(&GOOD.replace("address = \"10.77.1.11\"", "address = \"10.77.1.11\"\nport = 8080"));
+        let err = error_of(&GOOD.replace(
+            "address = \"10.77.1.11\"",
+            "address = \"10.77.1.11\"\nport = 8080",
+        ));
         assert!(err.fix.contains("cannot rewrite ports"), "{err}");
     }
 
@@ -608,7 +731,14 @@ address = "fd77:1::11"
     fn duplicate_backends_and_listeners_are_rejected() {
         let err = error_of(&GOOD.replace("10.77.1.12", "10.77.1.11"));
         assert!(err.reason.contains("listed twice"), "{err}");
-        let err = error_of(&GOOD.replace("vip = \"fd77:100::1\"\nport = 0\nprotocol = \"udp\"", "vip = \"10.77.100.1\"\nport = 80\nprotocol = \"tcp\"").replace("fd77:1::11", "10.77.1.13"));
+        let err = error_of(
+            &GOOD
+                .replace(
+                    "vip = \"fd77:100::1\"\nport = 0\nprotocol = \"udp\"",
+                    "vip = \"10.77.100.1\"\nport = 80\nprotocol = \"tcp\"",
+                )
+                .replace("fd77:1::11", "10.77.1.13"),
+        );
         assert!(err.reason.contains("already listens"), "{err}");
     }
 
@@ -618,9 +748,13 @@ address = "fd77:1::11"
         assert!(err.reason.contains("not available"), "{err}");
         let err = error_of(&GOOD.replace("scheduler = \"maglev\"", "scheduler = \"wrr\""));
         assert!(err.reason.contains("not available"), "{err}");
-        let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"dr\"\npersistence = \"300s\""));
+        let err =
+            error_of(&GOOD.replace("method = \"dr\"", "method = \"dr\"\npersistence = \"300s\""));
         assert!(err.key.ends_with("persistence"), "{err}");
-        let err = error_of(&GOOD.replace("scheduler = \"maglev\"\n", "scheduler = \"maglev\"\n[service.health]\nkind = \"tcp\"\n"));
+        let err = error_of(&GOOD.replace(
+            "scheduler = \"maglev\"\n",
+            "scheduler = \"maglev\"\n[service.health]\nkind = \"tcp\"\n",
+        ));
         assert!(err.key.ends_with("health.kind"), "{err}");
     }
 
@@ -628,5 +762,12 @@ address = "fd77:1::11"
     fn a_missing_file_is_a_clear_error() {
         let err = load(Path::new("/nonexistent/pnlb.toml")).unwrap_err();
         assert!(err.to_string().contains("cannot read the file"), "{err}");
+    }
+
+    #[test]
+    fn the_documented_example_configs_are_valid() {
+        let text = include_str!("../../../docs/examples/lab-dr.toml");
+        let config = parse(Path::new("docs/examples/lab-dr.toml"), text).unwrap();
+        assert_eq!(config.services.len(), 2);
     }
 }

@@ -48,12 +48,19 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Vec<u32> {
     }
     live.sort_by(|a, b| a.key.cmp(&b.key).then(a.id.cmp(&b.id)));
 
-    let permutations: Vec<Permutation> = live.iter().map(|b| Permutation::new(&b.key, size)).collect();
+    let permutations: Vec<Permutation> = live
+        .iter()
+        .map(|b| Permutation::new(&b.key, size))
+        .collect();
     let mut table: Vec<Option<u32>> = vec![None; size];
     let mut cursors = vec![0usize; live.len()];
     let mut taken = vec![0u64; live.len()];
     let mut queue: BinaryHeap<Turn> = (0..live.len())
-        .map(|index| Turn { due_num: 1, due_den: u64::from(live[index].weight), index })
+        .map(|index| Turn {
+            due_num: 1,
+            due_den: u64::from(live[index].weight),
+            index,
+        })
         .collect();
 
     let mut filled = 0;
@@ -70,9 +77,16 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Vec<u32> {
         }
         filled += 1;
         taken[i] += 1;
-        queue.push(Turn { due_num: taken[i] + 1, due_den: u64::from(live[i].weight), index: i });
+        queue.push(Turn {
+            due_num: taken[i] + 1,
+            due_den: u64::from(live[i].weight),
+            index: i,
+        });
     }
-    table.into_iter().map(|slot| slot.unwrap_or(live[0].id)).collect()
+    table
+        .into_iter()
+        .map(|slot| slot.unwrap_or(live[0].id))
+        .collect()
 }
 
 struct Permutation {
@@ -87,7 +101,11 @@ impl Permutation {
         padded.resize(key.len().div_ceil(4) * 4, 0);
         let words = words_of(&padded);
         let offset = jhash2(&words, OFFSET_SEED) as usize % size;
-        let skip = if size > 1 { jhash2(&words, SKIP_SEED) as usize % (size - 1) + 1 } else { 1 };
+        let skip = if size > 1 {
+            jhash2(&words, SKIP_SEED) as usize % (size - 1) + 1
+        } else {
+            1
+        };
         Self { offset, skip, size }
     }
 
@@ -134,7 +152,11 @@ mod tests {
     use super::*;
 
     fn backend(id: u32, weight: u32) -> MaglevBackend {
-        MaglevBackend { id, weight, key: format!("10.77.2.{id}:80").into_bytes() }
+        MaglevBackend {
+            id,
+            weight,
+            key: format!("10.77.2.{id}:80").into_bytes(),
+        }
     }
 
     fn counts(table: &[u32], ids: usize) -> Vec<usize> {
@@ -171,12 +193,19 @@ mod tests {
         let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         for _case in 0..20 {
             let n = 2 + (rng.next() % 30) as usize;
-            let backends: Vec<_> = (0..n as u32).map(|id| backend(id, 1 + (rng.next() % 100) as u32)).collect();
+            let backends: Vec<_> = (0..n as u32)
+                .map(|id| backend(id, 1 + (rng.next() % 100) as u32))
+                .collect();
             let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
             let counts = counts(&build(&backends, TABLE_SIZE), n);
             for (b, &got) in backends.iter().zip(&counts) {
                 let want = TABLE_SIZE as f64 * f64::from(b.weight) / total as f64;
-                assert!((got as f64 - want).abs() <= want * 0.01 + 1.0, "backend {} weight {}: {got} slots, want {want:.1}", b.id, b.weight);
+                assert!(
+                    (got as f64 - want).abs() <= want * 0.01 + 1.0,
+                    "backend {} weight {}: {got} slots, want {want:.1}",
+                    b.id,
+                    b.weight
+                );
             }
         }
     }
@@ -185,8 +214,14 @@ mod tests {
     fn large_weights_are_still_proportional() {
         let backends = vec![backend(0, 50_000), backend(1, 50_000), backend(2, 25_000)];
         let counts = counts(&build(&backends, TABLE_SIZE), 3);
-        assert!((counts[0] as i64 - counts[1] as i64).abs() <= 1, "{counts:?}");
-        assert!((counts[0] as i64 - 2 * counts[2] as i64).abs() <= 2, "{counts:?}");
+        assert!(
+            (counts[0] as i64 - counts[1] as i64).abs() <= 1,
+            "{counts:?}"
+        );
+        assert!(
+            (counts[0] as i64 - 2 * counts[2] as i64).abs() <= 2,
+            "{counts:?}"
+        );
     }
 
     #[test]
@@ -220,12 +255,23 @@ mod tests {
             let backends: Vec<_> = (0..n as u32).map(|id| backend(id, 1)).collect();
             let before = build(&backends, TABLE_SIZE);
             let removed = (rng.next() % n as u64) as u32;
-            let rest: Vec<_> = backends.iter().filter(|b| b.id != removed).cloned().collect();
+            let rest: Vec<_> = backends
+                .iter()
+                .filter(|b| b.id != removed)
+                .cloned()
+                .collect();
             let after = build(&rest, TABLE_SIZE);
             let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
             let fraction = moved as f64 / TABLE_SIZE as f64;
-            assert!(fraction <= 1.2 / n as f64, "n={n}: {fraction:.4} of the table moved, limit {:.4}", 1.2 / n as f64);
-            assert!(fraction >= 1.0 / n as f64 * 0.95, "n={n}: the removed backend's own slots must move");
+            assert!(
+                fraction <= 1.2 / n as f64,
+                "n={n}: {fraction:.4} of the table moved, limit {:.4}",
+                1.2 / n as f64
+            );
+            assert!(
+                fraction >= 1.0 / n as f64 * 0.95,
+                "n={n}: the removed backend's own slots must move"
+            );
         }
     }
 

@@ -8,9 +8,9 @@ use std::net::IpAddr;
 pub use crate::skel::types::{
     pnlb_addr as Addr, pnlb_backend as Backend, pnlb_backend_flags as BackendFlags,
     pnlb_backend_stats as BackendStats, pnlb_conn as Conn, pnlb_flow_key as FlowKey,
-    pnlb_hash_key as HashKey, pnlb_hash_seed as HashSeed, pnlb_limits as Limits, pnlb_method as Method,
-    pnlb_reason as Reason, pnlb_scheduler as SchedulerKind, pnlb_service as Service,
-    pnlb_service_key as ServiceKey, pnlb_service_stats as ServiceStats,
+    pnlb_hash_key as HashKey, pnlb_hash_seed as HashSeed, pnlb_limits as Limits,
+    pnlb_method as Method, pnlb_reason as Reason, pnlb_scheduler as SchedulerKind,
+    pnlb_service as Service, pnlb_service_key as ServiceKey, pnlb_service_stats as ServiceStats,
 };
 
 // The same numbers bpf/include/pnlb_abi.h checks with _Static_assert.
@@ -115,9 +115,17 @@ mod tests {
 
     #[test]
     fn bytes_round_trip() {
-        let backend = Backend { port: 80u16.to_be(), ifindex: 7, generation: 3, ..Default::default() };
+        let backend = Backend {
+            port: 80u16.to_be(),
+            ifindex: 7,
+            generation: 3,
+            ..Default::default()
+        };
         let back: Backend = from_bytes(bytes_of(&backend)).unwrap();
-        assert_eq!((back.port, back.ifindex, back.generation), (backend.port, 7, 3));
+        assert_eq!(
+            (back.port, back.ifindex, back.generation),
+            (backend.port, 7, 3)
+        );
         assert!(from_bytes::<Backend>(&[0; 3]).is_none());
     }
 }

@@ -17,9 +17,16 @@ pub enum DataplaneError {
     #[error("interface {0:?} does not exist here; check daemon.interfaces against `ip link`")]
     NoSuchInterface(String),
     #[error("cannot attach XDP to {interface} in {mode} mode: {reason}")]
-    Attach { interface: String, mode: &'static str, reason: String },
+    Attach {
+        interface: String,
+        mode: &'static str,
+        reason: String,
+    },
     #[error("map {map}: {source}")]
-    Map { map: &'static str, source: libbpf_rs::Error },
+    Map {
+        map: &'static str,
+        source: libbpf_rs::Error,
+    },
     #[error("{what}: the data plane holds at most {limit}")]
     Full { what: &'static str, limit: u32 },
 }
@@ -34,8 +41,11 @@ impl Dataplane {
     pub fn load() -> Result<Self, DataplaneError> {
         // The skeleton borrows its object storage for as long as it lives; a
         // data plane lives for the process, so the few bytes are leaked.
-        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
-        let open = LbSkelBuilder::default().open(storage).map_err(DataplaneError::Load)?;
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let open = LbSkelBuilder::default()
+            .open(storage)
+            .map_err(DataplaneError::Load)?;
         let skel = open.load().map_err(DataplaneError::Load)?;
         Ok(Self { skel })
     }
@@ -85,7 +95,8 @@ impl Attachment {
 impl Drop for Attachment {
     fn drop(&mut self) {
         // Best effort: the interface may already be gone (namespace deleted).
-        let _ = Xdp::new(self.program.as_fd()).detach(self.ifindex, XdpFlags::from_bits_retain(self.mode_bits));
+        let _ = Xdp::new(self.program.as_fd())
+            .detach(self.ifindex, XdpFlags::from_bits_retain(self.mode_bits));
     }
 }
 
@@ -98,8 +109,13 @@ pub(crate) fn attach_program(
         XdpMode::Native => (XdpFlags::DRV_MODE, "native"),
         XdpMode::Generic => (XdpFlags::SKB_MODE, "generic"),
     };
-    let attach_error = |reason: String| DataplaneError::Attach { interface: interface.to_string(), mode: mode_name, reason };
-    let program = program.map_err(|err| attach_error(format!("cannot duplicate the program fd: {err}")))?;
+    let attach_error = |reason: String| DataplaneError::Attach {
+        interface: interface.to_string(),
+        mode: mode_name,
+        reason,
+    };
+    let program =
+        program.map_err(|err| attach_error(format!("cannot duplicate the program fd: {err}")))?;
     let ifindex = ifindex_of(interface)?;
     let mode_bits = mode_flag.bits();
     let flags = mode_flag | XdpFlags::UPDATE_IF_NOEXIST;
@@ -115,12 +131,18 @@ pub(crate) fn attach_program(
         };
         attach_error(reason)
     })?;
-    Ok(Attachment { interface: interface.to_string(), ifindex: ifindex as i32, mode_bits, program })
+    Ok(Attachment {
+        interface: interface.to_string(),
+        ifindex: ifindex as i32,
+        mode_bits,
+        program,
+    })
 }
 
 /// The interface index of `name` in this thread's network namespace.
 pub fn ifindex_of(name: &str) -> Result<u32, DataplaneError> {
-    let c_name = CString::new(name).map_err(|_| DataplaneError::NoSuchInterface(name.to_string()))?;
+    let c_name =
+        CString::new(name).map_err(|_| DataplaneError::NoSuchInterface(name.to_string()))?;
     // SAFETY: c_name is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
     if index == 0 {

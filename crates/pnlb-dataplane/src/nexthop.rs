@@ -38,7 +38,9 @@ pub struct KernelResolver {
 
 impl Default for KernelResolver {
     fn default() -> Self {
-        Self { probe_wait: Duration::from_millis(1500) }
+        Self {
+            probe_wait: Duration::from_millis(1500),
+        }
     }
 }
 
@@ -63,10 +65,18 @@ struct LinkJson {
 impl Resolver for KernelResolver {
     fn resolve(&mut self, backend: IpAddr) -> Result<NextHop, String> {
         let routes: Vec<RouteJson> = ip_json(&["route", "get", &backend.to_string()])?;
-        let route = routes.first().ok_or_else(|| format!("no route to {backend}"))?;
-        let dev = route.dev.clone().ok_or_else(|| format!("the route to {backend} has no device"))?;
+        let route = routes
+            .first()
+            .ok_or_else(|| format!("no route to {backend}"))?;
+        let dev = route
+            .dev
+            .clone()
+            .ok_or_else(|| format!("the route to {backend} has no device"))?;
         let gateway = match &route.gateway {
-            Some(text) => Some(text.parse::<IpAddr>().map_err(|_| format!("odd gateway {text:?} in route to {backend}"))?),
+            Some(text) => Some(
+                text.parse::<IpAddr>()
+                    .map_err(|_| format!("odd gateway {text:?} in route to {backend}"))?,
+            ),
             None => None,
         };
         let hop = gateway.unwrap_or(backend);
@@ -82,14 +92,21 @@ impl Resolver for KernelResolver {
         let mut probed = false;
         loop {
             if let Some(mac) = neighbour(hop, &dev)? {
-                return Ok(NextHop { ifindex, mac, src_mac, gateway });
+                return Ok(NextHop {
+                    ifindex,
+                    mac,
+                    src_mac,
+                    gateway,
+                });
             }
             if !probed {
                 probe(hop);
                 probed = true;
             }
             if Instant::now() >= deadline {
-                return Err(format!("{hop} does not answer ARP/neighbour discovery on {dev}"));
+                return Err(format!(
+                    "{hop} does not answer ARP/neighbour discovery on {dev}"
+                ));
             }
             sleep(Duration::from_millis(50));
         }
@@ -99,14 +116,23 @@ impl Resolver for KernelResolver {
 fn neighbour(hop: IpAddr, dev: &str) -> Result<Option<[u8; 6]>, String> {
     let entries: Vec<NeighJson> = ip_json(&["neigh", "show", "to", &hop.to_string(), "dev", dev])?;
     Ok(entries.iter().find_map(|entry| {
-        let usable = !entry.state.iter().any(|s| s == "FAILED" || s == "INCOMPLETE");
-        entry.lladdr.as_deref().filter(|_| usable).and_then(parse_mac)
+        let usable = !entry
+            .state
+            .iter()
+            .any(|s| s == "FAILED" || s == "INCOMPLETE");
+        entry
+            .lladdr
+            .as_deref()
+            .filter(|_| usable)
+            .and_then(parse_mac)
     }))
 }
 
 /// One empty datagram: enough for the kernel to resolve the neighbour.
 fn probe(hop: IpAddr) {
-    let bind: SocketAddr = if hop.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal address");
+    let bind: SocketAddr = if hop.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .expect("literal address");
     if let Ok(socket) = UdpSocket::bind(bind) {
         let _ = socket.send_to(&[], SocketAddr::new(hop, 9));
     }
@@ -128,7 +154,8 @@ fn ip_json<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Result<Vec<T>, String
     if output.stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
-    serde_json::from_slice(&output.stdout).map_err(|err| format!("unexpected `ip {}` output: {err}", args.join(" ")))
+    serde_json::from_slice(&output.stdout)
+        .map_err(|err| format!("unexpected `ip {}` output: {err}", args.join(" ")))
 }
 
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -146,7 +173,10 @@ mod tests {
 
     #[test]
     fn macs_parse_only_when_well_formed() {
-        assert_eq!(parse_mac("02:00:0a:4d:01:0b"), Some([2, 0, 0x0a, 0x4d, 1, 0x0b]));
+        assert_eq!(
+            parse_mac("02:00:0a:4d:01:0b"),
+            Some([2, 0, 0x0a, 0x4d, 1, 0x0b])
+        );
         assert_eq!(parse_mac("02:00:0a:4d:01"), None);
         assert_eq!(parse_mac("02:00:0a:4d:01:0b:00"), None);
         assert_eq!(parse_mac("zz:00:0a:4d:01:0b"), None);

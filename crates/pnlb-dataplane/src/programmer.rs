@@ -81,12 +81,19 @@ fn map_err(map: &'static str) -> impl Fn(libbpf_rs::Error) -> DataplaneError {
 
 impl Programmer {
     pub fn new() -> Self {
-        Self { next_generation: 1, ..Self::default() }
+        Self {
+            next_generation: 1,
+            ..Self::default()
+        }
     }
 
     /// The backend map slot of a configured backend, if it has one.
     pub fn backend_id(&self, service: &str, address: IpAddr, port: u16) -> Option<u32> {
-        self.services.get(service)?.backends.get(&(address, port)).map(|b| b.id)
+        self.services
+            .get(service)?
+            .backends
+            .get(&(address, port))
+            .map(|b| b.id)
     }
 
     /// The per-service counter slot of a configured service.
@@ -108,7 +115,12 @@ impl Programmer {
     ) -> Result<ApplyReport, DataplaneError> {
         let mut report = ApplyReport::default();
         let wanted: BTreeSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
-        let gone: Vec<String> = self.services.keys().filter(|name| !wanted.contains(name.as_str())).cloned().collect();
+        let gone: Vec<String> = self
+            .services
+            .keys()
+            .filter(|name| !wanted.contains(name.as_str()))
+            .cloned()
+            .collect();
         for name in gone {
             self.remove_service(dataplane, &name)?;
             report.changes.push(format!("service {name}: removed"));
@@ -121,9 +133,13 @@ impl Programmer {
     }
 
     fn remove_service(&mut self, dataplane: &Dataplane, name: &str) -> Result<(), DataplaneError> {
-        let Some(slot) = self.services.remove(name) else { return Ok(()) };
+        let Some(slot) = self.services.remove(name) else {
+            return Ok(());
+        };
         let maps = dataplane.maps();
-        maps.pnlb_services.delete(bytes_of(&slot.key)).map_err(map_err("pnlb_services"))?;
+        maps.pnlb_services
+            .delete(bytes_of(&slot.key))
+            .map_err(map_err("pnlb_services"))?;
         self.sync_vips(dataplane)?;
         delete_table(dataplane, slot.id)?;
         for backend in slot.backends.values() {
@@ -149,10 +165,13 @@ impl Programmer {
             _pad: 0,
         };
         if !self.services.contains_key(&config.name) {
-            let id = self.service_ids.take(abi::MAX_SERVICES).ok_or(DataplaneError::Full {
-                what: "services",
-                limit: abi::MAX_SERVICES,
-            })?;
+            let id = self
+                .service_ids
+                .take(abi::MAX_SERVICES)
+                .ok_or(DataplaneError::Full {
+                    what: "services",
+                    limit: abi::MAX_SERVICES,
+                })?;
             zero_percpu::<ServiceStats>(&maps.pnlb_service_stats, id, "pnlb_service_stats")?;
             self.services.insert(
                 config.name.clone(),
@@ -167,7 +186,12 @@ impl Programmer {
             );
             report.changes.push(format!(
                 "service {}: {} port {} {} via {} ({})",
-                config.name, config.vip, config.port, config.protocol, config.method, config.scheduler
+                config.name,
+                config.vip,
+                config.port,
+                config.protocol,
+                config.method,
+                config.scheduler
             ));
         }
         let next_generation = &mut self.next_generation;
@@ -176,32 +200,51 @@ impl Programmer {
 
         // The listener moved (new VIP, port or protocol): retire the old key.
         if bytes_of(&slot.key) != bytes_of(&key) {
-            maps.pnlb_services.delete(bytes_of(&slot.key)).map_err(map_err("pnlb_services"))?;
+            maps.pnlb_services
+                .delete(bytes_of(&slot.key))
+                .map_err(map_err("pnlb_services"))?;
             slot.key = key;
             slot.vip = config.vip;
             slot.value = abi::Service::default();
         }
 
         // Backends: retire the removed, add the new, refresh next hops.
-        let wanted: HashMap<(IpAddr, u16), &pnlb_core::config::Backend> =
-            config.backends.iter().map(|b| ((b.address, b.port), b)).collect();
-        let removed: Vec<(IpAddr, u16)> = slot.backends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        let wanted: HashMap<(IpAddr, u16), &pnlb_core::config::Backend> = config
+            .backends
+            .iter()
+            .map(|b| ((b.address, b.port), b))
+            .collect();
+        let removed: Vec<(IpAddr, u16)> = slot
+            .backends
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
         for key in removed {
             if let Some(backend) = slot.backends.remove(&key) {
                 clear_backend(dataplane, backend.id)?;
                 backend_ids.give_back(backend.id);
-                report.changes.push(format!("service {}: backend {}:{} removed", config.name, key.0, key.1));
+                report.changes.push(format!(
+                    "service {}: backend {}:{} removed",
+                    config.name, key.0, key.1
+                ));
             }
         }
         for backend in &config.backends {
             let entry = match slot.backends.entry((backend.address, backend.port)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    let id = backend_ids.take(abi::MAX_BACKENDS).ok_or(DataplaneError::Full {
-                        what: "backends",
-                        limit: abi::MAX_BACKENDS,
-                    })?;
-                    zero_percpu::<BackendStats>(&maps.pnlb_backend_stats, id, "pnlb_backend_stats")?;
+                    let id = backend_ids
+                        .take(abi::MAX_BACKENDS)
+                        .ok_or(DataplaneError::Full {
+                            what: "backends",
+                            limit: abi::MAX_BACKENDS,
+                        })?;
+                    zero_percpu::<BackendStats>(
+                        &maps.pnlb_backend_stats,
+                        id,
+                        "pnlb_backend_stats",
+                    )?;
                     let generation = *next_generation;
                     *next_generation = next_generation.wrapping_add(1).max(1);
                     report.changes.push(format!(
@@ -210,7 +253,10 @@ impl Programmer {
                     ));
                     e.insert(BackendSlot {
                         id,
-                        value: Backend { generation, ..Backend::default() },
+                        value: Backend {
+                            generation,
+                            ..Backend::default()
+                        },
                         reachable: false,
                         problem: None,
                     })
@@ -323,13 +369,19 @@ impl Programmer {
             }
         }
         for (key, count) in counts {
-            vips_map.update(&key, &count.to_ne_bytes(), MapFlags::ANY).map_err(map_err("pnlb_vips"))?;
+            vips_map
+                .update(&key, &count.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err("pnlb_vips"))?;
         }
         Ok(())
     }
 }
 
-fn resolve_for(method: Method, address: IpAddr, resolver: &mut dyn Resolver) -> Result<NextHop, String> {
+fn resolve_for(
+    method: Method,
+    address: IpAddr,
+    resolver: &mut dyn Resolver,
+) -> Result<NextHop, String> {
     let hop = resolver.resolve(address)?;
     match (method, hop.gateway) {
         (Method::Dr, Some(gateway)) => Err(format!(
@@ -343,19 +395,32 @@ fn clear_backend(dataplane: &Dataplane, id: u32) -> Result<(), DataplaneError> {
     dataplane
         .maps()
         .pnlb_backends
-        .update(&id.to_ne_bytes(), bytes_of(&Backend::default()), MapFlags::ANY)
+        .update(
+            &id.to_ne_bytes(),
+            bytes_of(&Backend::default()),
+            MapFlags::ANY,
+        )
         .map_err(map_err("pnlb_backends"))
 }
 
-fn zero_percpu<T: abi::Plain>(map: &dyn MapCore, id: u32, name: &'static str) -> Result<(), DataplaneError> {
+fn zero_percpu<T: abi::Plain>(
+    map: &dyn MapCore,
+    id: u32,
+    name: &'static str,
+) -> Result<(), DataplaneError> {
     let cpus = libbpf_rs::num_possible_cpus().map_err(map_err(name))?;
     let zero = bytes_of(&T::default()).to_vec();
-    map.update_percpu(&id.to_ne_bytes(), &vec![zero; cpus], MapFlags::ANY).map_err(map_err(name))
+    map.update_percpu(&id.to_ne_bytes(), &vec![zero; cpus], MapFlags::ANY)
+        .map_err(map_err(name))
 }
 
 /// Builds a new inner table map and swaps it into the service's slot in one
 /// update: packets see the old table or the new one, never a mix.
-fn publish_table(dataplane: &Dataplane, service_id: u32, table: &[u32]) -> Result<(), DataplaneError> {
+fn publish_table(
+    dataplane: &Dataplane,
+    service_id: u32,
+    table: &[u32],
+) -> Result<(), DataplaneError> {
     if table.is_empty() {
         return delete_table(dataplane, service_id);
     }
@@ -363,12 +428,25 @@ fn publish_table(dataplane: &Dataplane, service_id: u32, table: &[u32]) -> Resul
         sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
         ..Default::default()
     };
-    let inner = MapHandle::create(MapType::Array, Some("pnlb_table"), 4, 4, abi::TABLE_SIZE, &opts)
-        .map_err(map_err("pnlb_table"))?;
+    let inner = MapHandle::create(
+        MapType::Array,
+        Some("pnlb_table"),
+        4,
+        4,
+        abi::TABLE_SIZE,
+        &opts,
+    )
+    .map_err(map_err("pnlb_table"))?;
     let keys: Vec<u8> = (0..table.len() as u32).flat_map(u32::to_ne_bytes).collect();
     let values: Vec<u8> = table.iter().flat_map(|id| id.to_ne_bytes()).collect();
     inner
-        .update_batch(&keys, &values, table.len() as u32, MapFlags::ANY, MapFlags::ANY)
+        .update_batch(
+            &keys,
+            &values,
+            table.len() as u32,
+            MapFlags::ANY,
+            MapFlags::ANY,
+        )
         .map_err(map_err("pnlb_table"))?;
     let fd = inner.as_fd().as_raw_fd();
     dataplane
@@ -380,9 +458,16 @@ fn publish_table(dataplane: &Dataplane, service_id: u32, table: &[u32]) -> Resul
 }
 
 fn delete_table(dataplane: &Dataplane, service_id: u32) -> Result<(), DataplaneError> {
-    match dataplane.maps().pnlb_tables.delete(&service_id.to_ne_bytes()) {
+    match dataplane
+        .maps()
+        .pnlb_tables
+        .delete(&service_id.to_ne_bytes())
+    {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(DataplaneError::Map { map: "pnlb_tables", source: err }),
+        Err(err) => Err(DataplaneError::Map {
+            map: "pnlb_tables",
+            source: err,
+        }),
     }
 }

@@ -44,18 +44,29 @@ pub fn reason_name(reason: usize) -> &'static str {
     NAMES.get(reason).copied().unwrap_or("unknown")
 }
 
-fn per_cpu<T: Plain>(map: &dyn MapCore, key: u32, name: &'static str) -> Result<Vec<T>, DataplaneError> {
+fn per_cpu<T: Plain>(
+    map: &dyn MapCore,
+    key: u32,
+    name: &'static str,
+) -> Result<Vec<T>, DataplaneError> {
     let values = map
         .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
         .map_err(|source| DataplaneError::Map { map: name, source })?
         .unwrap_or_default();
-    Ok(values.iter().filter_map(|bytes| from_bytes::<T>(bytes)).collect())
+    Ok(values
+        .iter()
+        .filter_map(|bytes| from_bytes::<T>(bytes))
+        .collect())
 }
 
 impl Dataplane {
     pub fn service_counters(&self, service_id: u32) -> Result<ServiceCounters, DataplaneError> {
         let mut total = ServiceCounters::default();
-        for cpu in per_cpu::<ServiceStats>(&self.maps().pnlb_service_stats, service_id, "pnlb_service_stats")? {
+        for cpu in per_cpu::<ServiceStats>(
+            &self.maps().pnlb_service_stats,
+            service_id,
+            "pnlb_service_stats",
+        )? {
             total.packets += cpu.packets;
             total.bytes += cpu.bytes;
             total.new_flows += cpu.new_flows;
@@ -68,7 +79,11 @@ impl Dataplane {
 
     pub fn backend_counters(&self, backend_id: u32) -> Result<BackendCounters, DataplaneError> {
         let mut total = BackendCounters::default();
-        for cpu in per_cpu::<BackendStats>(&self.maps().pnlb_backend_stats, backend_id, "pnlb_backend_stats")? {
+        for cpu in per_cpu::<BackendStats>(
+            &self.maps().pnlb_backend_stats,
+            backend_id,
+            "pnlb_backend_stats",
+        )? {
             total.packets += cpu.packets;
             total.bytes += cpu.bytes;
             total.new_flows += cpu.new_flows;
@@ -80,7 +95,11 @@ impl Dataplane {
     pub fn reason_counters(&self) -> Result<[u64; abi::REASON_COUNT], DataplaneError> {
         let mut totals = [0u64; abi::REASON_COUNT];
         for (reason, total) in totals.iter_mut().enumerate() {
-            let cpus = per_cpu::<u64>(&self.maps().pnlb_reason_stats, reason as u32, "pnlb_reason_stats")?;
+            let cpus = per_cpu::<u64>(
+                &self.maps().pnlb_reason_stats,
+                reason as u32,
+                "pnlb_reason_stats",
+            )?;
             *total = cpus.iter().sum();
         }
         Ok(totals)

@@ -20,13 +20,22 @@ pub struct XdpPass {
 
 impl XdpPass {
     pub fn load() -> Result<Self, DataplaneError> {
-        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
-        let open = XdpPassSkelBuilder::default().open(storage).map_err(DataplaneError::Load)?;
-        Ok(Self { skel: open.load().map_err(DataplaneError::Load)? })
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let open = XdpPassSkelBuilder::default()
+            .open(storage)
+            .map_err(DataplaneError::Load)?;
+        Ok(Self {
+            skel: open.load().map_err(DataplaneError::Load)?,
+        })
     }
 
     /// Attaches in native mode. Returns the attachment; dropping it detaches.
     pub fn attach(&self, interface: &str) -> Result<Attachment, DataplaneError> {
-        attach_program(self.skel.progs.pnlb_xdp_pass.as_fd().try_clone_to_owned(), interface, XdpMode::Native)
+        attach_program(
+            self.skel.progs.pnlb_xdp_pass.as_fd().try_clone_to_owned(),
+            interface,
+            XdpMode::Native,
+        )
     }
 }

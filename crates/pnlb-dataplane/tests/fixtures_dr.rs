@@ -67,8 +67,15 @@ address = "10.77.1.32"
 fn assert_forwarded_dr(fixture: &Fixture, service: &str, packet: &[u8]) -> IpAddr {
     let backend = fixture.predicted_backend(service, packet, HashKey::PNLB_HASH_5TUPLE);
     let (verdict, out) = fixture.run(packet);
-    assert_eq!(verdict, XDP_TX, "{service}: DR to a backend on the ingress interface is XDP_TX");
-    assert_eq!(out, dr_rewritten(packet, backend), "{service}: only the MACs change, to backend {backend}");
+    assert_eq!(
+        verdict, XDP_TX,
+        "{service}: DR to a backend on the ingress interface is XDP_TX"
+    );
+    assert_eq!(
+        out,
+        dr_rewritten(packet, backend),
+        "{service}: only the MACs change, to backend {backend}"
+    );
     backend
 }
 
@@ -89,7 +96,11 @@ fn dr_forwards_ipv4_udp() {
         return;
     }
     let fixture = Fixture::new(CONFIG);
-    assert_forwarded_dr(&fixture, "dns4", &udp4("10.77.0.2", 5353, "10.77.100.1", 53, b"query"));
+    assert_forwarded_dr(
+        &fixture,
+        "dns4",
+        &udp4("10.77.0.2", 5353, "10.77.100.1", 53, b"query"),
+    );
 }
 
 #[test]
@@ -98,7 +109,17 @@ fn dr_forwards_ipv6_tcp() {
         return;
     }
     let fixture = Fixture::new(CONFIG);
-    assert_forwarded_dr(&fixture, "web6", &tcp6("fd77::2", 40000, "fd77:100::1", 80, b"GET / HTTP/1.1\r\n\r\n"));
+    assert_forwarded_dr(
+        &fixture,
+        "web6",
+        &tcp6(
+            "fd77::2",
+            40000,
+            "fd77:100::1",
+            80,
+            b"GET / HTTP/1.1\r\n\r\n",
+        ),
+    );
 }
 
 #[test]
@@ -119,7 +140,11 @@ fn a_port_zero_service_takes_every_port_of_its_vip() {
     }
     let fixture = Fixture::new(CONFIG);
     for port in [1u16, 22, 80, 443, 65535] {
-        assert_forwarded_dr(&fixture, "any4", &tcp4("10.77.0.2", 40000, "10.77.100.2", port, b""));
+        assert_forwarded_dr(
+            &fixture,
+            "any4",
+            &tcp4("10.77.0.2", 40000, "10.77.100.2", port, b""),
+        );
     }
     // The port-0 service is TCP only.
     let (verdict, _) = fixture.run(&udp4("10.77.0.2", 40000, "10.77.100.2", 53, b""));
@@ -134,7 +159,11 @@ fn the_data_plane_picks_the_backend_the_reference_hash_predicts() {
     let fixture = Fixture::new(CONFIG);
     let mut seen = std::collections::HashSet::new();
     for port in 30000..30200u16 {
-        seen.insert(assert_forwarded_dr(&fixture, "web4", &tcp4("10.77.0.2", port, "10.77.100.1", 80, b"")));
+        seen.insert(assert_forwarded_dr(
+            &fixture,
+            "web4",
+            &tcp4("10.77.0.2", port, "10.77.100.1", 80, b""),
+        ));
     }
     assert_eq!(seen.len(), 3, "200 flows reach all three backends");
 }
@@ -146,7 +175,11 @@ fn a_backend_on_another_interface_is_reached_by_redirect() {
     }
     let mut fixture = Fixture::new(CONFIG);
     fixture.resolver.ifindex = 4242;
-    fixture.apply(&CONFIG.replace("10.77.1.21", "10.77.1.23").replace("10.77.1.22", "10.77.1.24"));
+    fixture.apply(
+        &CONFIG
+            .replace("10.77.1.21", "10.77.1.23")
+            .replace("10.77.1.22", "10.77.1.24"),
+    );
     let (verdict, _) = fixture.run(&udp4("10.77.0.2", 5353, "10.77.100.1", 53, b"query"));
     assert_eq!(verdict, XDP_REDIRECT);
 }
@@ -163,8 +196,13 @@ fn an_established_flow_keeps_its_backend_when_backends_are_added() {
     );
     // Open 100 flows, then grow the pool: the new table moves some of
     // them, but the connection table must keep every one where it was.
-    let flows: Vec<Vec<u8>> = (0..100).map(|i| tcp4("10.77.0.2", 20000 + i, "10.77.100.1", 80, b"")).collect();
-    let first: Vec<IpAddr> = flows.iter().map(|p| assert_forwarded_dr(&fixture, "web4", p)).collect();
+    let flows: Vec<Vec<u8>> = (0..100)
+        .map(|i| tcp4("10.77.0.2", 20000 + i, "10.77.100.1", 80, b""))
+        .collect();
+    let first: Vec<IpAddr> = flows
+        .iter()
+        .map(|p| assert_forwarded_dr(&fixture, "web4", p))
+        .collect();
     fixture.apply(&grown);
     let mut table_moved = 0;
     for (packet, backend) in flows.iter().zip(&first) {
@@ -175,7 +213,10 @@ fn an_established_flow_keeps_its_backend_when_backends_are_added() {
         assert_eq!(verdict, XDP_TX);
         assert_eq!(out, dr_rewritten(packet, *backend));
     }
-    assert!(table_moved > 0, "the new table should have moved some flows (otherwise this test proves nothing)");
+    assert!(
+        table_moved > 0,
+        "the new table should have moved some flows (otherwise this test proves nothing)"
+    );
     // A new flow is scheduled on the new table, which can reach the new backends.
     let mut reached_new = false;
     for i in 0..200 {
@@ -192,8 +233,13 @@ fn a_flow_whose_backend_is_removed_is_rescheduled_to_a_remaining_one() {
         return;
     }
     let mut fixture = Fixture::new(CONFIG);
-    let flows: Vec<Vec<u8>> = (0..60).map(|i| tcp4("10.77.0.2", 21000 + i, "10.77.100.1", 80, b"")).collect();
-    let first: Vec<IpAddr> = flows.iter().map(|p| assert_forwarded_dr(&fixture, "web4", p)).collect();
+    let flows: Vec<Vec<u8>> = (0..60)
+        .map(|i| tcp4("10.77.0.2", 21000 + i, "10.77.100.1", 80, b""))
+        .collect();
+    let first: Vec<IpAddr> = flows
+        .iter()
+        .map(|p| assert_forwarded_dr(&fixture, "web4", p))
+        .collect();
     fixture.apply(&CONFIG.replace("[[service.backend]]\naddress = \"10.77.1.12\"\n", ""));
     for (packet, backend) in flows.iter().zip(&first) {
         let now = assert_forwarded_dr(&fixture, "web4", packet);
@@ -211,16 +257,27 @@ fn a_quiescent_backend_keeps_its_flows_but_gets_no_new_ones() {
         return;
     }
     let mut fixture = Fixture::new(CONFIG);
-    let flows: Vec<Vec<u8>> = (0..60).map(|i| tcp4("10.77.0.2", 22000 + i, "10.77.100.1", 80, b"")).collect();
-    let first: Vec<IpAddr> = flows.iter().map(|p| assert_forwarded_dr(&fixture, "web4", p)).collect();
-    fixture.apply(&CONFIG.replace("address = \"10.77.1.11\"\n", "address = \"10.77.1.11\"\nweight = 0\n"));
+    let flows: Vec<Vec<u8>> = (0..60)
+        .map(|i| tcp4("10.77.0.2", 22000 + i, "10.77.100.1", 80, b""))
+        .collect();
+    let first: Vec<IpAddr> = flows
+        .iter()
+        .map(|p| assert_forwarded_dr(&fixture, "web4", p))
+        .collect();
+    fixture.apply(&CONFIG.replace(
+        "address = \"10.77.1.11\"\n",
+        "address = \"10.77.1.11\"\nweight = 0\n",
+    ));
     for (packet, backend) in flows.iter().zip(&first) {
         let (_, out) = fixture.run(packet);
         assert_eq!(out, dr_rewritten(packet, *backend));
     }
     for i in 0..200 {
         let packet = tcp4("10.77.0.9", 22000 + i, "10.77.100.1", 80, b"");
-        assert_ne!(assert_forwarded_dr(&fixture, "web4", &packet).to_string(), "10.77.1.11");
+        assert_ne!(
+            assert_forwarded_dr(&fixture, "web4", &packet).to_string(),
+            "10.77.1.11"
+        );
     }
 }
 
@@ -230,11 +287,17 @@ fn an_unresolvable_backend_gets_no_new_flows() {
         return;
     }
     let mut fixture = Fixture::new("[daemon]\ninterfaces = [\"eth0\"]\n");
-    fixture.resolver.unreachable.push("10.77.1.12".parse().unwrap());
+    fixture
+        .resolver
+        .unreachable
+        .push("10.77.1.12".parse().unwrap());
     fixture.apply(CONFIG);
     for i in 0..200 {
         let packet = tcp4("10.77.0.2", 23000 + i, "10.77.100.1", 80, b"");
-        assert_ne!(assert_forwarded_dr(&fixture, "web4", &packet).to_string(), "10.77.1.12");
+        assert_ne!(
+            assert_forwarded_dr(&fixture, "web4", &packet).to_string(),
+            "10.77.1.12"
+        );
     }
 }
 
@@ -248,8 +311,14 @@ fn counters_count_packets_bytes_and_new_flows_per_service_and_backend() {
     let backend = assert_forwarded_dr(&fixture, "dns4", &packet);
     fixture.run(&packet);
     fixture.run(&packet);
-    let service = fixture.dataplane.service_counters(fixture.programmer.service_id("dns4").unwrap()).unwrap();
-    assert_eq!((service.packets, service.bytes, service.new_flows), (3, 3 * packet.len() as u64, 1));
+    let service = fixture
+        .dataplane
+        .service_counters(fixture.programmer.service_id("dns4").unwrap())
+        .unwrap();
+    assert_eq!(
+        (service.packets, service.bytes, service.new_flows),
+        (3, 3 * packet.len() as u64, 1)
+    );
     let id = fixture.programmer.backend_id("dns4", backend, 53).unwrap();
     let counters = fixture.dataplane.backend_counters(id).unwrap();
     assert_eq!((counters.packets, counters.new_flows), (3, 1));
@@ -264,11 +333,23 @@ fn removing_a_service_stops_forwarding_for_it() {
     let mut fixture = Fixture::new(CONFIG);
     let packet = tcp6("fd77::2", 40000, "fd77:100::1", 80, b"");
     assert_forwarded_dr(&fixture, "web6", &packet);
-    let without_v6 = CONFIG.split("[[service]]\nname = \"web6\"").next().unwrap().to_string()
-        + CONFIG.split("[[service]]\nname = \"any4\"").nth(1).map(|rest| format!("[[service]]\nname = \"any4\"{rest}")).unwrap().as_str();
+    let without_v6 = CONFIG
+        .split("[[service]]\nname = \"web6\"")
+        .next()
+        .unwrap()
+        .to_string()
+        + CONFIG
+            .split("[[service]]\nname = \"any4\"")
+            .nth(1)
+            .map(|rest| format!("[[service]]\nname = \"any4\"{rest}"))
+            .unwrap()
+            .as_str();
     fixture.apply(&without_v6);
     let (verdict, out) = fixture.run(&packet);
-    assert_eq!(verdict, XDP_PASS, "the VIP is gone: the packet is the kernel's again");
+    assert_eq!(
+        verdict, XDP_PASS,
+        "the VIP is gone: the packet is the kernel's again"
+    );
     assert_eq!(out, packet);
     assert_eq!(fixture.reason("pass_not_service"), 1);
 }

@@ -78,8 +78,18 @@ fn traffic_to_other_addresses_passes_untouched() {
         return;
     }
     let fixture = Fixture::new(CONFIG);
-    expect(&fixture, &tcp4("10.77.0.2", 40000, "10.77.1.2", 22, b""), XDP_PASS, "pass_not_service");
-    expect(&fixture, &udp6("fd77::2", 40000, "fd77:1::2", 53, b""), XDP_PASS, "pass_not_service");
+    expect(
+        &fixture,
+        &tcp4("10.77.0.2", 40000, "10.77.1.2", 22, b""),
+        XDP_PASS,
+        "pass_not_service",
+    );
+    expect(
+        &fixture,
+        &udp6("fd77::2", 40000, "fd77:1::2", 53, b""),
+        XDP_PASS,
+        "pass_not_service",
+    );
 }
 
 #[test]
@@ -88,8 +98,18 @@ fn a_vip_port_without_a_service_passes_untouched() {
         return;
     }
     let fixture = Fixture::new(CONFIG);
-    expect(&fixture, &tcp4("10.77.0.2", 40000, "10.77.100.1", 443, b""), XDP_PASS, "pass_vip_no_service");
-    expect(&fixture, &udp4("10.77.0.2", 40000, "10.77.100.1", 80, b""), XDP_PASS, "pass_vip_no_service");
+    expect(
+        &fixture,
+        &tcp4("10.77.0.2", 40000, "10.77.100.1", 443, b""),
+        XDP_PASS,
+        "pass_vip_no_service",
+    );
+    expect(
+        &fixture,
+        &udp4("10.77.0.2", 40000, "10.77.100.1", 80, b""),
+        XDP_PASS,
+        "pass_vip_no_service",
+    );
 }
 
 #[test]
@@ -141,7 +161,10 @@ fn ipv4_options_to_a_vip_are_dropped_but_not_to_others() {
         return;
     }
     let fixture = Fixture::new(CONFIG);
-    for (dst, verdict, reason) in [("10.77.100.1", XDP_DROP, "drop_ipv4_options"), ("10.77.1.2", XDP_PASS, "pass_not_service")] {
+    for (dst, verdict, reason) in [
+        ("10.77.100.1", XDP_DROP, "drop_ipv4_options"),
+        ("10.77.1.2", XDP_PASS, "pass_not_service"),
+    ] {
         let plain = tcp4("10.77.0.2", 40000, dst, 80, b"");
         // Insert 4 bytes of options (NOP NOP NOP EOL) after the 20-byte header.
         let mut packet = plain[..34].to_vec();
@@ -215,7 +238,12 @@ fn a_service_without_backends_drops_new_flows_and_says_why() {
         return;
     }
     let fixture = Fixture::new(CONFIG);
-    expect(&fixture, &tcp4("10.77.0.2", 40000, "10.77.100.3", 80, b""), XDP_DROP, "drop_no_backend");
+    expect(
+        &fixture,
+        &tcp4("10.77.0.2", 40000, "10.77.100.3", 80, b""),
+        XDP_DROP,
+        "drop_no_backend",
+    );
     let id = fixture.programmer.service_id("empty").unwrap();
     let counters = fixture.dataplane.service_counters(id).unwrap();
     assert_eq!(counters.drops[11], 1, "booked on the service too");

@@ -26,10 +26,16 @@ impl EchoServer {
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         for listener in [listeners.0, listeners.1] {
-            let listener = listener.map_err(|err| LabError::Command { command: "bind echo".into(), reason: err.to_string() })?;
+            let listener = listener.map_err(|err| LabError::Command {
+                command: "bind echo".into(),
+                reason: err.to_string(),
+            })?;
             listener
                 .set_nonblocking(true)
-                .map_err(|err| LabError::Command { command: "echo nonblocking".into(), reason: err.to_string() })?;
+                .map_err(|err| LabError::Command {
+                    command: "echo nonblocking".into(),
+                    reason: err.to_string(),
+                })?;
             let stop = stop.clone();
             let greeting = format!("{name}\n");
             std::thread::spawn(move || accept_loop(listener, &greeting, &stop));
@@ -57,12 +63,29 @@ fn socket_v6_only() -> std::io::Result<TcpListener> {
         let listener = TcpListener::from_raw_fd(fd);
         let one: libc::c_int = 1;
         let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&one as *const libc::c_int).cast(), size);
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), size);
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&one as *const libc::c_int).cast(),
+            size,
+        );
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            size,
+        );
         let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
         addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
         addr.sin6_port = ECHO_PORT.to_be();
-        if libc::bind(fd, (&addr as *const libc::sockaddr_in6).cast(), std::mem::size_of::<libc::sockaddr_in6>() as u32) != 0 {
+        if libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as u32,
+        ) != 0
+        {
             return Err(std::io::Error::last_os_error());
         }
         if libc::listen(fd, 1024) != 0 {
@@ -91,7 +114,9 @@ fn accept_loop(listener: TcpListener, greeting: &str, stop: &AtomicBool) {
                     }
                 });
             }
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }

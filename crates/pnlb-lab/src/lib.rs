@@ -68,7 +68,12 @@ pub struct LabSpec {
 
 impl Default for LabSpec {
     fn default() -> Self {
-        Self { servers: 3, nginx: true, echo: false, prefix: None }
+        Self {
+            servers: 3,
+            nginx: true,
+            echo: false,
+            prefix: None,
+        }
     }
 }
 
@@ -93,14 +98,22 @@ impl Lab {
     /// Builds the lab; on any failure, whatever was built is removed again.
     pub fn up(spec: &LabSpec) -> Result<Self, LabError> {
         if spec.servers == 0 || spec.servers > 50 {
-            return Err(LabError::Setup(format!("{} servers: use 1 to 50", spec.servers)));
+            return Err(LabError::Setup(format!(
+                "{} servers: use 1 to 50",
+                spec.servers
+            )));
         }
         let prefix = spec.prefix.clone().unwrap_or_else(|| {
-            format!("pnlb{}x{}", std::process::id(), INSTANCE.fetch_add(1, Ordering::Relaxed))
+            format!(
+                "pnlb{}x{}",
+                std::process::id(),
+                INSTANCE.fetch_add(1, Ordering::Relaxed)
+            )
         });
         let dir = std::env::temp_dir().join(format!("{prefix}-lab"));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|err| LabError::Setup(format!("create {}: {err}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|err| LabError::Setup(format!("create {}: {err}", dir.display())))?;
         let ns = |role: &str| format!("{prefix}-{role}");
         let mut lab = Lab {
             client: ns("client"),
@@ -141,13 +154,29 @@ impl Lab {
         self.link(&self.client.clone(), "eth0", &self.router.clone(), "eth0")?;
         self.address(&self.client.clone(), "eth0", "10.77.0.2/24", "fd77::2/64")?;
         self.address(&self.router.clone(), "eth0", "10.77.0.1/24", "fd77::1/64")?;
-        netns::ip(&self.client, &["route", "add", "default", "via", "10.77.0.1"])?;
-        netns::ip(&self.client, &["-6", "route", "add", "default", "via", "fd77::1"])?;
+        netns::ip(
+            &self.client,
+            &["route", "add", "default", "via", "10.77.0.1"],
+        )?;
+        netns::ip(
+            &self.client,
+            &["-6", "route", "add", "default", "via", "fd77::1"],
+        )?;
 
         // The LAN: a bridge in the switch namespace.
         let switch = self.switch.clone();
         netns::ip(&switch, &["link", "add", "br0", "type", "bridge"])?;
-        netns::run("ip", &["netns", "exec", &switch, "sh", "-c", "echo 0 > /sys/class/net/br0/bridge/multicast_snooping"])?;
+        netns::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &switch,
+                "sh",
+                "-c",
+                "echo 0 > /sys/class/net/br0/bridge/multicast_snooping",
+            ],
+        )?;
         netns::ip(&switch, &["link", "set", "br0", "up"])?;
         self.link(&self.router.clone(), "eth1", &switch, "router")?;
         self.link(&self.lb.clone(), LB_INTERFACE, &switch, "lb")?;
@@ -156,35 +185,63 @@ impl Lab {
             self.link(&server_ns, "eth0", &switch, &name)?;
         }
         self.address(&self.router.clone(), "eth1", "10.77.1.1/24", "fd77:1::1/64")?;
-        self.address(&self.lb.clone(), LB_INTERFACE, "10.77.1.2/24", "fd77:1::2/64")?;
+        self.address(
+            &self.lb.clone(),
+            LB_INTERFACE,
+            "10.77.1.2/24",
+            "fd77:1::2/64",
+        )?;
 
         // Router: forwards, and sends the VIP prefixes to the LB.
-        netns::exec(&self.router, "sysctl", &["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
-        netns::ip(&self.router, &["route", "add", "10.77.100.0/24", "via", "10.77.1.2"])?;
-        netns::ip(&self.router, &["-6", "route", "add", "fd77:100::/64", "via", "fd77:1::2"])?;
+        netns::exec(
+            &self.router,
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        )?;
+        netns::ip(
+            &self.router,
+            &["route", "add", "10.77.100.0/24", "via", "10.77.1.2"],
+        )?;
+        netns::ip(
+            &self.router,
+            &["-6", "route", "add", "fd77:100::/64", "via", "fd77:1::2"],
+        )?;
         netns::ip(&self.lb, &["route", "add", "default", "via", "10.77.1.1"])?;
-        netns::ip(&self.lb, &["-6", "route", "add", "default", "via", "fd77:1::1"])?;
+        netns::ip(
+            &self.lb,
+            &["-6", "route", "add", "default", "via", "fd77:1::1"],
+        )?;
 
         // Real servers: the DR prerequisites.
         for server in &self.servers {
             let (v4, v6) = (format!("{}/24", server.ipv4), format!("{}/64", server.ipv6));
             self.address(&server.ns, "eth0", &v4, &v6)?;
             netns::ip(&server.ns, &["route", "add", "default", "via", "10.77.1.1"])?;
-            netns::ip(&server.ns, &["-6", "route", "add", "default", "via", "fd77:1::1"])?;
+            netns::ip(
+                &server.ns,
+                &["-6", "route", "add", "default", "via", "fd77:1::1"],
+            )?;
             configure_dr_real_server(&server.ns)?;
         }
 
         // veth: native XDP_TX from the LB only arrives if the peer runs XDP.
         in_netns(&switch, || {
             let pass = pnlb_dataplane::xdp_pass::XdpPass::load().map_err(|err| err.to_string())?;
-            pass.attach("lb").map(|a| a.leave_attached()).map_err(|err| err.to_string())
+            pass.attach("lb")
+                .map(|a| a.leave_attached())
+                .map_err(|err| err.to_string())
         })?
         .map_err(|err| LabError::Setup(format!("XDP_PASS on the LB's switch port: {err}")))?;
 
         if spec.nginx {
             for i in 0..self.servers.len() {
                 let dir = self.dir.join(&self.servers[i].name);
-                std::fs::create_dir_all(&dir).map_err(|err| LabError::Setup(format!("{}: {err}", dir.display())))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|err| LabError::Setup(format!("{}: {err}", dir.display())))?;
                 let process = nginx::start(&self.servers[i].ns, &self.servers[i].name, &dir)?;
                 self.processes.push(process);
             }
@@ -194,7 +251,8 @@ impl Lab {
         }
         if spec.echo {
             for server in &self.servers {
-                self.echo_servers.push(EchoServer::start(&server.ns, &server.name)?);
+                self.echo_servers
+                    .push(EchoServer::start(&server.ns, &server.name)?);
             }
         }
         Ok(())
@@ -204,7 +262,12 @@ impl Lab {
     /// checksum offload off on both ends: native XDP must not see
     /// CHECKSUM_PARTIAL packets. Switch-side ends join the bridge.
     fn link(&mut self, a: &str, a_if: &str, b: &str, b_if: &str) -> Result<(), LabError> {
-        netns::ip(a, &["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b])?;
+        netns::ip(
+            a,
+            &[
+                "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b,
+            ],
+        )?;
         for (ns, dev) in [(a, a_if), (b, b_if)] {
             netns::exec(ns, "ethtool", &["-K", dev, "tx", "off", "rx", "off"])?;
             if ns == self.switch {
@@ -222,7 +285,13 @@ impl Lab {
     }
 
     /// Starts a process in a lab namespace; the lab ends it when dropped.
-    pub fn spawn(&mut self, ns: &str, name: &str, program: &str, args: &[&str]) -> Result<&mut LabProcess, LabError> {
+    pub fn spawn(
+        &mut self,
+        ns: &str,
+        name: &str,
+        program: &str,
+        args: &[&str],
+    ) -> Result<&mut LabProcess, LabError> {
         let process = LabProcess::spawn(ns, name, program, args)?;
         self.processes.push(process);
         Ok(self.processes.last_mut().expect("just pushed"))
@@ -230,9 +299,18 @@ impl Lab {
 
     /// Starts `pnlb run --config CONFIG` in the LB namespace and waits until
     /// it forwards. The caller owns the process (to signal or stop it).
-    pub fn start_pnlb(&self, binary: &str, config: &std::path::Path) -> Result<LabProcess, LabError> {
+    pub fn start_pnlb(
+        &self,
+        binary: &str,
+        config: &std::path::Path,
+    ) -> Result<LabProcess, LabError> {
         let config_arg = config.display().to_string();
-        let mut process = LabProcess::spawn(&self.lb, "pnlb run", binary, &["run", "--config", &config_arg])?;
+        let mut process = LabProcess::spawn(
+            &self.lb,
+            "pnlb run",
+            binary,
+            &["run", "--config", &config_arg],
+        )?;
         process.wait_for_line("forwarding", Duration::from_secs(30))?;
         Ok(process)
     }
@@ -309,7 +387,18 @@ impl Drop for Lab {
 /// reverse-path filtering (packets to the VIP arrive on eth0, not lo).
 fn configure_dr_real_server(ns: &str) -> Result<(), LabError> {
     netns::ip(ns, &["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
-    netns::ip(ns, &["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo", "nodad"])?;
+    netns::ip(
+        ns,
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{VIP6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ],
+    )?;
     netns::exec(
         ns,
         "sysctl",
@@ -327,7 +416,11 @@ fn configure_dr_real_server(ns: &str) -> Result<(), LabError> {
 }
 
 fn interface_counter(ns: &str, dev: &str, counter: &str) -> Result<u64, LabError> {
-    let out = netns::exec(ns, "cat", &[&format!("/sys/class/net/{dev}/statistics/{counter}")])?;
+    let out = netns::exec(
+        ns,
+        "cat",
+        &[&format!("/sys/class/net/{dev}/statistics/{counter}")],
+    )?;
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
@@ -339,13 +432,16 @@ pub fn wait_for_port(ns: &str, addr: IpAddr, port: u16) -> Result<(), LabError> 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ok = in_netns(ns, move || {
-            std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_millis(200)).is_ok()
+            std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_millis(200))
+                .is_ok()
         })?;
         if ok {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(LabError::Setup(format!("nothing listens on {addr}:{port} in {ns}")));
+            return Err(LabError::Setup(format!(
+                "nothing listens on {addr}:{port} in {ns}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

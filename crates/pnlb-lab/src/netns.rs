@@ -11,7 +11,10 @@ pub fn run(program: &str, args: &[&str]) -> Result<Output, LabError> {
     let output = Command::new(program)
         .args(args)
         .output()
-        .map_err(|err| LabError::Command { command: format!("{program} {}", args.join(" ")), reason: err.to_string() })?;
+        .map_err(|err| LabError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            reason: err.to_string(),
+        })?;
     if !output.status.success() {
         return Err(LabError::Command {
             command: format!("{program} {}", args.join(" ")),
@@ -65,7 +68,12 @@ pub fn pids(ns: &str) -> Vec<i32> {
     Command::new("ip")
         .args(["netns", "pids", ns])
         .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -77,7 +85,10 @@ where
     F: FnOnce() -> T + Send + 'static,
 {
     let path = format!("/run/netns/{ns}");
-    let file = File::open(&path).map_err(|err| LabError::Command { command: format!("open {path}"), reason: err.to_string() })?;
+    let file = File::open(&path).map_err(|err| LabError::Command {
+        command: format!("open {path}"),
+        reason: err.to_string(),
+    })?;
     std::thread::spawn(move || {
         // SAFETY: setns on this thread only; the fd is valid for the call.
         let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
@@ -90,5 +101,8 @@ where
         Ok(f())
     })
     .join()
-    .map_err(|_| LabError::Command { command: "thread in namespace".into(), reason: "panicked".into() })?
+    .map_err(|_| LabError::Command {
+        command: "thread in namespace".into(),
+        reason: "panicked".into(),
+    })?
 }

@@ -40,9 +40,17 @@ http {{
     let config_path = dir.join("nginx.conf");
     std::fs::write(&config_path, config).map_err(|err| io_error(&config_path, err))?;
     let config_arg = config_path.display().to_string();
-    LabProcess::spawn(ns, &format!("nginx {name}"), "nginx", &["-c", &config_arg, "-g", "daemon off;"])
+    LabProcess::spawn(
+        ns,
+        &format!("nginx {name}"),
+        "nginx",
+        &["-c", &config_arg, "-g", "daemon off;"],
+    )
 }
 
 fn io_error(path: &Path, err: std::io::Error) -> LabError {
-    LabError::Command { command: format!("write {}", path.display()), reason: err.to_string() }
+    LabError::Command {
+        command: format!("write {}", path.display()),
+        reason: err.to_string(),
+    }
 }

@@ -26,7 +26,10 @@ impl LabProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|err| LabError::Command { command: format!("{program} in {ns}"), reason: err.to_string() })?;
+            .map_err(|err| LabError::Command {
+                command: format!("{program} in {ns}"),
+                reason: err.to_string(),
+            })?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
@@ -35,7 +38,12 @@ impl LabProcess {
         if let Some(err) = child.stderr.take() {
             readers.push(capture(err, lines.clone()));
         }
-        Ok(Self { name: name.to_string(), child, lines, readers })
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            lines,
+            readers,
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -59,13 +67,19 @@ impl LabProcess {
                 sleep(Duration::from_millis(100));
                 return Err(LabError::Process {
                     name: self.name.clone(),
-                    reason: format!("exited ({status}) before printing {needle:?}; output:\n{}", self.output().join("\n")),
+                    reason: format!(
+                        "exited ({status}) before printing {needle:?}; output:\n{}",
+                        self.output().join("\n")
+                    ),
                 });
             }
             if Instant::now() > deadline {
                 return Err(LabError::Process {
                     name: self.name.clone(),
-                    reason: format!("did not print {needle:?} within {timeout:?}; output:\n{}", self.output().join("\n")),
+                    reason: format!(
+                        "did not print {needle:?} within {timeout:?}; output:\n{}",
+                        self.output().join("\n")
+                    ),
                 });
             }
             sleep(Duration::from_millis(50));
@@ -112,7 +126,10 @@ impl Drop for LabProcess {
     }
 }
 
-fn capture(stream: impl Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) -> std::thread::JoinHandle<()> {
+fn capture(
+    stream: impl Read + Send + 'static,
+    lines: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             if let Ok(mut all) = lines.lock() {

@@ -13,12 +13,19 @@ const REQUESTS_V6: usize = 6;
 
 pub fn demo_config(lab: &Lab) -> String {
     let mut text = format!("[daemon]\ninterfaces = [\"{LB_INTERFACE}\"]\nxdp_mode = \"native\"\n");
-    for (name, vip, v6) in [("web", VIP4.to_string(), false), ("web6", VIP6.to_string(), true)] {
+    for (name, vip, v6) in [
+        ("web", VIP4.to_string(), false),
+        ("web6", VIP6.to_string(), true),
+    ] {
         text += &format!(
             "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\nmethod = \"dr\"\nscheduler = \"maglev\"\n"
         );
         for server in &lab.servers {
-            let address = if v6 { server.ipv6.to_string() } else { server.ipv4.to_string() };
+            let address = if v6 {
+                server.ipv6.to_string()
+            } else {
+                server.ipv4.to_string()
+            };
             text += &format!("\n[[service.backend]]\naddress = \"{address}\"\n");
         }
     }
@@ -30,13 +37,19 @@ pub fn demo() -> Result<()> {
     let binary = binary.display().to_string();
     println!("== pnlb demo: Direct Routing with Maglev, IPv4 and IPv6 ==");
     println!("building the lab: client -> router -> [switch] -> LB + 3 nginx servers (network namespaces)");
-    let lab = Lab::up(&LabSpec { prefix: Some(format!("pnlbdemo{}", std::process::id())), ..LabSpec::default() })?;
+    let lab = Lab::up(&LabSpec {
+        prefix: Some(format!("pnlbdemo{}", std::process::id())),
+        ..LabSpec::default()
+    })?;
     let config_path = lab.dir.join("pnlb.toml");
     std::fs::write(&config_path, demo_config(&lab)).context("writing the demo config")?;
     println!("starting `pnlb run` on the LB ({LB_INTERFACE}, native XDP), VIPs {VIP4}:80 and [{VIP6}]:80\n");
     let daemon = lab.start_pnlb(&binary, &config_path)?;
 
-    for (count, url) in [(REQUESTS_V4, format!("http://{VIP4}/")), (REQUESTS_V6, format!("http://[{VIP6}]/"))] {
+    for (count, url) in [
+        (REQUESTS_V4, format!("http://{VIP4}/")),
+        (REQUESTS_V6, format!("http://[{VIP6}]/")),
+    ] {
         for i in 1..=count {
             let out = lab.client_command(
                 "curl",
@@ -45,7 +58,13 @@ pub fn demo() -> Result<()> {
             let mut parts = out.split_whitespace();
             let server = parts.next().unwrap_or("?").to_string();
             let port = parts.next().unwrap_or("?");
-            let address = lab.server(&server).map(|s| if url.contains('[') { s.ipv6.to_string() } else { s.ipv4.to_string() });
+            let address = lab.server(&server).map(|s| {
+                if url.contains('[') {
+                    s.ipv6.to_string()
+                } else {
+                    s.ipv4.to_string()
+                }
+            });
             println!(
                 "  GET {url:<24} #{i:<2} from client port {port:<5} -> {server} ({})",
                 address.unwrap_or_else(|| "?".into())
@@ -54,7 +73,19 @@ pub fn demo() -> Result<()> {
     }
 
     let before = lab.rx_bytes(&lab.lb, LB_INTERFACE)?;
-    let blob = lab.client_command("curl", &["-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{size_download}", &format!("http://{VIP4}/blob")])?;
+    let blob = lab.client_command(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            &format!("http://{VIP4}/blob"),
+        ],
+    )?;
     let after = lab.rx_bytes(&lab.lb, LB_INTERFACE)?;
     println!(
         "\n  downloaded {} bytes through the VIP; the LB received {} bytes meanwhile:\n  the replies went from the server straight to the client (direct server return)",

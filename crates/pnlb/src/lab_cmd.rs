@@ -36,13 +36,28 @@ fn up(servers: usize) -> Result<()> {
     if !pnlb_lab::netns::list(&format!("{PERSISTENT_PREFIX}-")).is_empty() {
         anyhow::bail!("a lab is already up; remove it with `pnlb lab down`");
     }
-    let spec = LabSpec { servers, prefix: Some(PERSISTENT_PREFIX.into()), ..LabSpec::default() };
+    let spec = LabSpec {
+        servers,
+        prefix: Some(PERSISTENT_PREFIX.into()),
+        ..LabSpec::default()
+    };
     let lab = Lab::up(&spec)?;
-    println!("lab up: namespaces {0}-client, {0}-router, {0}-switch, {0}-lb, {0}-s1..s{servers}", lab.prefix);
+    println!(
+        "lab up: namespaces {0}-client, {0}-router, {0}-switch, {0}-lb, {0}-s1..s{servers}",
+        lab.prefix
+    );
     println!("  client 10.77.0.2 / fd77::2, LB 10.77.1.2 / fd77:1::2 ({}), servers 10.77.1.11.. / fd77:1::11..", pnlb_lab::LB_INTERFACE);
-    println!("  the router sends {VIP4} and {VIP6} to the LB; the servers hold them on lo (DR-ready)");
-    println!("run the balancer:  ip netns exec {}-lb pnlb run --config docs/examples/lab-dr.toml", lab.prefix);
-    println!("try it:            ip netns exec {}-client curl http://{VIP4}/", lab.prefix);
+    println!(
+        "  the router sends {VIP4} and {VIP6} to the LB; the servers hold them on lo (DR-ready)"
+    );
+    println!(
+        "run the balancer:  ip netns exec {}-lb pnlb run --config docs/examples/lab-dr.toml",
+        lab.prefix
+    );
+    println!(
+        "try it:            ip netns exec {}-client curl http://{VIP4}/",
+        lab.prefix
+    );
     println!("remove it:         pnlb lab down");
     lab.keep();
     Ok(())

@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "pnlb", version, about = "Layer-4 load balancer with an XDP data plane")]
+#[command(
+    name = "pnlb",
+    version,
+    about = "Layer-4 load balancer with an XDP data plane"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -18,7 +18,11 @@ const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 pub fn check(path: &Path) -> Result<()> {
     let config = config::load(path)?;
-    println!("{}: ok, {} service(s)", path.display(), config.services.len());
+    println!(
+        "{}: ok, {} service(s)",
+        path.display(),
+        config.services.len()
+    );
     Ok(())
 }
 
@@ -35,7 +39,8 @@ pub fn run(path: &Path) -> Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()).context("installing signal handlers")?;
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .context("installing signal handlers")?;
 
     for interface in &config.daemon.interfaces {
         pnlb_dataplane::loader::ifindex_of(interface)?;
@@ -54,7 +59,9 @@ pub fn run(path: &Path) -> Result<()> {
     }
     let mode = match config.daemon.xdp_mode {
         XdpMode::Native => "native XDP",
-        XdpMode::Generic => "generic XDP (skb mode: slower; use native where the driver supports it)",
+        XdpMode::Generic => {
+            "generic XDP (skb mode: slower; use native where the driver supports it)"
+        }
     };
     info!(
         "forwarding {} service(s) on {} ({mode})",
@@ -77,7 +84,10 @@ pub fn run(path: &Path) -> Result<()> {
         }
     }
 
-    info!("stopping: detaching from {}", config.daemon.interfaces.join(", "));
+    info!(
+        "stopping: detaching from {}",
+        config.daemon.interfaces.join(", ")
+    );
     drop(attachments);
     print!("{}", summary::render(&dataplane, &programmer, &config));
     Ok(())
@@ -102,11 +112,18 @@ fn reload_config(
     if next.daemon != current.daemon {
         warning!("reload: [daemon] changes (interfaces, xdp_mode, api) need a restart; applying services only");
     }
-    let services_only = Config { daemon: current.daemon.clone(), services: next.services };
+    let services_only = Config {
+        daemon: current.daemon.clone(),
+        services: next.services,
+    };
     match programmer.apply(dataplane, &services_only, resolver) {
         Ok(report) => {
             log_report(&report);
-            info!("reloaded {}: {} service(s)", path.display(), services_only.services.len());
+            info!(
+                "reloaded {}: {} service(s)",
+                path.display(),
+                services_only.services.len()
+            );
             services_only
         }
         Err(err) => {

@@ -8,11 +8,21 @@ use pnlb_dataplane::{Dataplane, Programmer};
 
 pub fn render(dataplane: &Dataplane, programmer: &Programmer, config: &Config) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Prot LocalAddress:Port             Method Scheduler   Conns     InPkts      InBytes");
-    let _ = writeln!(out, "  -> RemoteAddress:Port           Weight              Conns     InPkts      InBytes");
+    let _ = writeln!(
+        out,
+        "Prot LocalAddress:Port             Method Scheduler   Conns     InPkts      InBytes"
+    );
+    let _ = writeln!(
+        out,
+        "  -> RemoteAddress:Port           Weight              Conns     InPkts      InBytes"
+    );
     for service in &config.services {
-        let Some(id) = programmer.service_id(&service.name) else { continue };
-        let Ok(counters) = dataplane.service_counters(id) else { continue };
+        let Some(id) = programmer.service_id(&service.name) else {
+            continue;
+        };
+        let Ok(counters) = dataplane.service_counters(id) else {
+            continue;
+        };
         let local = endpoint(service.vip, service.port);
         let _ = writeln!(
             out,
@@ -27,8 +37,14 @@ pub fn render(dataplane: &Dataplane, programmer: &Programmer, config: &Config) -
             service.name
         );
         for backend in &service.backends {
-            let Some(backend_id) = programmer.backend_id(&service.name, backend.address, backend.port) else { continue };
-            let Ok(b) = dataplane.backend_counters(backend_id) else { continue };
+            let Some(backend_id) =
+                programmer.backend_id(&service.name, backend.address, backend.port)
+            else {
+                continue;
+            };
+            let Ok(b) = dataplane.backend_counters(backend_id) else {
+                continue;
+            };
             let _ = writeln!(
                 out,
                 "  -> {:<29} {:<6} {:<9} {:>7} {:>10} {:>12}",

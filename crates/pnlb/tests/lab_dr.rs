@@ -27,11 +27,18 @@ fn privileged() -> bool {
 /// A `dr` config over the lab's servers `members` (by index) on `port`.
 fn config(lab: &Lab, port: u16, members: &[usize]) -> String {
     let mut text = format!("[daemon]\ninterfaces = [\"{LB_INTERFACE}\"]\n");
-    for (name, vip, v6) in [("v4", VIP4.to_string(), false), ("v6", VIP6.to_string(), true)] {
+    for (name, vip, v6) in [
+        ("v4", VIP4.to_string(), false),
+        ("v6", VIP6.to_string(), true),
+    ] {
         text += &format!("\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nmethod = \"dr\"\nscheduler = \"maglev\"\n");
         for &i in members {
             let s = &lab.servers[i];
-            let address = if v6 { s.ipv6.to_string() } else { s.ipv4.to_string() };
+            let address = if v6 {
+                s.ipv6.to_string()
+            } else {
+                s.ipv4.to_string()
+            };
             text += &format!("[[service.backend]]\naddress = \"{address}\"\n");
         }
     }
@@ -45,7 +52,10 @@ fn write_config(lab: &Lab, text: &str) -> PathBuf {
 }
 
 fn xdp_attached(lab: &Lab) -> bool {
-    let out = std::process::Command::new("ip").args(["-n", &lab.lb, "link", "show", LB_INTERFACE]).output().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["-n", &lab.lb, "link", "show", LB_INTERFACE])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).contains("xdp")
 }
 
@@ -56,12 +66,22 @@ fn spread(lab: &Lab, vip: IpAddr, count: usize) -> HashMap<String, usize> {
         let mut answers: HashMap<String, usize> = HashMap::new();
         for _ in 0..count {
             let mut stream =
-                TcpStream::connect_timeout(&SocketAddr::new(vip, 80), Duration::from_secs(3)).expect("connect to the VIP");
-            stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                TcpStream::connect_timeout(&SocketAddr::new(vip, 80), Duration::from_secs(3))
+                    .expect("connect to the VIP");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .unwrap();
             stream.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
             let mut response = String::new();
-            stream.read_to_string(&mut response).expect("read the response");
-            let server = response.lines().last().unwrap_or_default().trim().to_string();
+            stream
+                .read_to_string(&mut response)
+                .expect("read the response");
+            let server = response
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
             *answers.entry(server).or_default() += 1;
         }
         answers
@@ -80,25 +100,52 @@ fn curl_reaches_nginx_through_the_vip_and_replies_bypass_the_lb() {
     assert!(xdp_attached(&lab));
 
     for url in [format!("http://{VIP4}/"), format!("http://[{VIP6}]/")] {
-        let body = lab.client_command("curl", &["-sS", "-g", "--max-time", "5", &url]).expect("curl");
-        assert!(["s1", "s2", "s3"].contains(&body.trim()), "{url} answered {body:?}");
+        let body = lab
+            .client_command("curl", &["-sS", "-g", "--max-time", "5", &url])
+            .expect("curl");
+        assert!(
+            ["s1", "s2", "s3"].contains(&body.trim()),
+            "{url} answered {body:?}"
+        );
 
         // A 1 MiB download: if replies came back through the LB, its
         // interface would receive at least that much.
         let blob = format!("{url}blob");
         let before = lab.rx_bytes(&lab.lb, LB_INTERFACE).unwrap();
         let size = lab
-            .client_command("curl", &["-sS", "-g", "--max-time", "10", "-o", "/dev/null", "-w", "%{size_download}", &blob])
+            .client_command(
+                "curl",
+                &[
+                    "-sS",
+                    "-g",
+                    "--max-time",
+                    "10",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{size_download}",
+                    &blob,
+                ],
+            )
             .expect("curl blob");
         let received = lab.rx_bytes(&lab.lb, LB_INTERFACE).unwrap() - before;
         assert_eq!(size.trim(), pnlb_lab::nginx::BLOB_SIZE.to_string());
-        assert!(received < 200_000, "the LB received {received} bytes during a 1 MiB download: replies went through it");
+        assert!(
+            received < 200_000,
+            "the LB received {received} bytes during a 1 MiB download: replies went through it"
+        );
     }
 
     let (status, output) = daemon.stop(Duration::from_secs(10));
-    assert!(status.is_some_and(|s| s.success()), "pnlb run exits 0 on SIGTERM: {output:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "pnlb run exits 0 on SIGTERM: {output:?}"
+    );
     assert!(!xdp_attached(&lab), "SIGTERM detaches the program");
-    assert!(output.iter().any(|l| l.starts_with("TCP  10.77.100.1:80")), "counter table at exit: {output:?}");
+    assert!(
+        output.iter().any(|l| l.starts_with("TCP  10.77.100.1:80")),
+        "counter table at exit: {output:?}"
+    );
 }
 
 #[test]
@@ -114,7 +161,11 @@ fn three_hundred_new_connections_spread_over_three_backends() {
         assert_eq!(answers.values().sum::<usize>(), 300, "{answers:?}");
         for server in ["s1", "s2", "s3"] {
             let share = *answers.get(server).unwrap_or(&0) as f64 / 300.0;
-            assert!((0.20..=0.46).contains(&share), "{vip}: {server} got {:.0}% of 300: {answers:?}", share * 100.0);
+            assert!(
+                (0.20..=0.46).contains(&share),
+                "{vip}: {server} got {:.0}% of 300: {answers:?}",
+                share * 100.0
+            );
         }
     }
 }
@@ -145,20 +196,35 @@ fn a_long_lived_connection_keeps_streaming_while_backends_are_added_and_removed(
     if !privileged() {
         return;
     }
-    let lab = Lab::up(&LabSpec { servers: 4, nginx: false, echo: true, prefix: None }).expect("lab");
+    let lab = Lab::up(&LabSpec {
+        servers: 4,
+        nginx: false,
+        echo: true,
+        prefix: None,
+    })
+    .expect("lab");
     let path = write_config(&lab, &config(&lab, ECHO_PORT, &[0, 1, 2]));
     let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
 
     for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
         let (mut stream, server) = in_netns(&lab.client, move || {
-            let mut stream = TcpStream::connect_timeout(&SocketAddr::new(vip, ECHO_PORT), Duration::from_secs(3)).unwrap();
-            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut stream = TcpStream::connect_timeout(
+                &SocketAddr::new(vip, ECHO_PORT),
+                Duration::from_secs(3),
+            )
+            .unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
             let mut greeting = [0u8; 3];
             stream.read_exact(&mut greeting).unwrap();
             (stream, String::from_utf8_lossy(&greeting[..2]).to_string())
         })
         .unwrap();
-        let serving: usize = server[1..].parse::<usize>().expect("greeting names the server") - 1;
+        let serving: usize = server[1..]
+            .parse::<usize>()
+            .expect("greeting names the server")
+            - 1;
         let mut seed = 1u8;
         let before = stream_for(&mut stream, Duration::from_millis(800), &mut seed);
 
@@ -166,21 +232,42 @@ fn a_long_lived_connection_keeps_streaming_while_backends_are_added_and_removed(
         let removed = (0..3).find(|&i| i != serving).unwrap();
         let members: Vec<usize> = (0..4).filter(|&i| i != removed).collect();
         std::fs::write(&path, config(&lab, ECHO_PORT, &members)).unwrap();
-        let reloads_before = daemon.output().iter().filter(|l| l.contains("reloaded")).count();
+        let reloads_before = daemon
+            .output()
+            .iter()
+            .filter(|l| l.contains("reloaded"))
+            .count();
         daemon.signal(libc::SIGHUP);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while daemon.output().iter().filter(|l| l.contains("reloaded")).count() == reloads_before {
-            assert!(Instant::now() < deadline, "reload not logged: {:?}", daemon.output());
+        while daemon
+            .output()
+            .iter()
+            .filter(|l| l.contains("reloaded"))
+            .count()
+            == reloads_before
+        {
+            assert!(
+                Instant::now() < deadline,
+                "reload not logged: {:?}",
+                daemon.output()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let after = stream_for(&mut stream, Duration::from_millis(1500), &mut seed);
-        assert!(before > 0 && after > 0, "{vip}: streamed {before} then {after} bytes");
+        assert!(
+            before > 0 && after > 0,
+            "{vip}: streamed {before} then {after} bytes"
+        );
 
         // New connections now reach the new server and never the removed one.
         let seen = in_netns(&lab.client, move || {
             let mut seen = std::collections::HashSet::new();
             for _ in 0..60 {
-                let mut s = TcpStream::connect_timeout(&SocketAddr::new(vip, ECHO_PORT), Duration::from_secs(3)).unwrap();
+                let mut s = TcpStream::connect_timeout(
+                    &SocketAddr::new(vip, ECHO_PORT),
+                    Duration::from_secs(3),
+                )
+                .unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
                 let mut greeting = [0u8; 3];
                 s.read_exact(&mut greeting).unwrap();
@@ -189,14 +276,30 @@ fn a_long_lived_connection_keeps_streaming_while_backends_are_added_and_removed(
             seen
         })
         .unwrap();
-        assert!(seen.contains("s4"), "{vip}: the added backend gets new flows: {seen:?}");
-        assert!(!seen.contains(&format!("s{}", removed + 1)), "{vip}: the removed backend gets none: {seen:?}");
+        assert!(
+            seen.contains("s4"),
+            "{vip}: the added backend gets new flows: {seen:?}"
+        );
+        assert!(
+            !seen.contains(&format!("s{}", removed + 1)),
+            "{vip}: the removed backend gets none: {seen:?}"
+        );
 
         // Restore the original pool for the next address family.
         std::fs::write(&path, config(&lab, ECHO_PORT, &[0, 1, 2])).unwrap();
-        let reloads_before = daemon.output().iter().filter(|l| l.contains("reloaded")).count();
+        let reloads_before = daemon
+            .output()
+            .iter()
+            .filter(|l| l.contains("reloaded"))
+            .count();
         daemon.signal(libc::SIGHUP);
-        while daemon.output().iter().filter(|l| l.contains("reloaded")).count() == reloads_before {
+        while daemon
+            .output()
+            .iter()
+            .filter(|l| l.contains("reloaded"))
+            .count()
+            == reloads_before
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -207,11 +310,23 @@ fn a_bad_config_exits_non_zero_with_one_line_and_attaches_nothing() {
     if !privileged() {
         return;
     }
-    let lab = Lab::up(&LabSpec { servers: 1, nginx: false, echo: false, prefix: None }).expect("lab");
+    let lab = Lab::up(&LabSpec {
+        servers: 1,
+        nginx: false,
+        echo: false,
+        prefix: None,
+    })
+    .expect("lab");
     let good = config(&lab, 80, &[0]);
     let cases = [
-        (good.replace("port = 80", "port = 99999"), "service[0] (v4).port"),
-        (good.replace("method = \"dr\"", "method = \"bogus\""), "service[0] (v4).method"),
+        (
+            good.replace("port = 80", "port = 99999"),
+            "service[0] (v4).port",
+        ),
+        (
+            good.replace("method = \"dr\"", "method = \"bogus\""),
+            "service[0] (v4).method",
+        ),
         (good.replace(LB_INTERFACE, "nosuch0"), "nosuch0"),
     ];
     for (text, expected) in cases {

@@ -55,7 +55,12 @@ impl Resolver for StaticResolver {
         if self.unreachable.contains(&backend) {
             return Err("no neighbour".into());
         }
-        Ok(NextHop { ifindex: self.ifindex, mac: backend_mac(backend), src_mac: LB_MAC, gateway: None })
+        Ok(NextHop {
+            ifindex: self.ifindex,
+            mac: backend_mac(backend),
+            src_mac: LB_MAC,
+            gateway: None,
+        })
     }
 }
 
@@ -75,7 +80,10 @@ impl Fixture {
         let mut fixture = Self {
             dataplane,
             programmer: Programmer::new(),
-            resolver: StaticResolver { ifindex: TEST_RUN_IFINDEX, unreachable: Vec::new() },
+            resolver: StaticResolver {
+                ifindex: TEST_RUN_IFINDEX,
+                unreachable: Vec::new(),
+            },
         };
         fixture.apply(config_text);
         fixture
@@ -83,14 +91,24 @@ impl Fixture {
 
     pub fn apply(&mut self, config_text: &str) {
         let config = parse_config(config_text);
-        self.programmer.apply(&self.dataplane, &config, &mut self.resolver).expect("apply config");
+        self.programmer
+            .apply(&self.dataplane, &config, &mut self.resolver)
+            .expect("apply config");
     }
 
     /// Runs one packet; returns (verdict, output bytes).
     pub fn run(&self, packet: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; packet.len() + 256];
-        let input = ProgramInput { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() };
-        let output = self.dataplane.program().test_run(input).expect("BPF_PROG_TEST_RUN");
+        let input = ProgramInput {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
+        let output = self
+            .dataplane
+            .program()
+            .test_run(input)
+            .expect("BPF_PROG_TEST_RUN");
         let verdict = output.return_value;
         let len = output.data.map(|d| d.len()).unwrap_or(0);
         out.truncate(len);
@@ -98,13 +116,23 @@ impl Fixture {
     }
 
     pub fn reason(&self, name: &str) -> u64 {
-        let totals = self.dataplane.reason_counters().expect("read reason counters");
-        let index = (0..abi::REASON_COUNT).find(|&i| pnlb_dataplane::stats::reason_name(i) == name).expect("known reason");
+        let totals = self
+            .dataplane
+            .reason_counters()
+            .expect("read reason counters");
+        let index = (0..abi::REASON_COUNT)
+            .find(|&i| pnlb_dataplane::stats::reason_name(i) == name)
+            .expect("known reason");
         totals[index]
     }
 
     /// Which backend address the published table gives this flow.
-    pub fn predicted_backend(&self, service: &str, packet: &[u8], hash_key: abi::HashKey) -> IpAddr {
+    pub fn predicted_backend(
+        &self,
+        service: &str,
+        packet: &[u8],
+        hash_key: abi::HashKey,
+    ) -> IpAddr {
         let flow = flow_of(packet);
         let table = self.programmer.table(service).expect("service has a table");
         let id = table[(abi::flow_hash(&flow, hash_key) % table.len() as u32) as usize];
@@ -112,7 +140,11 @@ impl Fixture {
     }
 
     pub fn backend_address(&self, service: &str, id: u32) -> IpAddr {
-        self.candidates(service).into_iter().find(|(_, b)| *b == id).map(|(a, _)| a).expect("id belongs to the service")
+        self.candidates(service)
+            .into_iter()
+            .find(|(_, b)| *b == id)
+            .map(|(a, _)| a)
+            .expect("id belongs to the service")
     }
 
     fn candidates(&self, service: &str) -> Vec<(IpAddr, u32)> {
@@ -135,12 +167,14 @@ impl Fixture {
 pub fn flow_of(packet: &[u8]) -> FlowKey {
     let sliced = etherparse::SlicedPacket::from_ethernet(packet).expect("fixture packet parses");
     let (src, dst) = match sliced.net.expect("has IP") {
-        etherparse::NetSlice::Ipv4(ip) => {
-            (IpAddr::V4(ip.header().source_addr()), IpAddr::V4(ip.header().destination_addr()))
-        }
-        etherparse::NetSlice::Ipv6(ip) => {
-            (IpAddr::V6(ip.header().source_addr()), IpAddr::V6(ip.header().destination_addr()))
-        }
+        etherparse::NetSlice::Ipv4(ip) => (
+            IpAddr::V4(ip.header().source_addr()),
+            IpAddr::V4(ip.header().destination_addr()),
+        ),
+        etherparse::NetSlice::Ipv6(ip) => (
+            IpAddr::V6(ip.header().source_addr()),
+            IpAddr::V6(ip.header().destination_addr()),
+        ),
     };
     let (protocol, sport, dport) = match sliced.transport.expect("has L4") {
         etherparse::TransportSlice::Tcp(t) => (6, t.source_port(), t.destination_port()),
@@ -176,7 +210,9 @@ pub fn tcp4(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec
 }
 
 pub fn udp4(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let builder = etherparse::PacketBuilder::ethernet2(ROUTER_MAC, LB_MAC).ipv4(ip4(src), ip4(dst), 64).udp(sport, dport);
+    let builder = etherparse::PacketBuilder::ethernet2(ROUTER_MAC, LB_MAC)
+        .ipv4(ip4(src), ip4(dst), 64)
+        .udp(sport, dport);
     let mut out = Vec::new();
     builder.write(&mut out, payload).unwrap();
     out
@@ -193,7 +229,9 @@ pub fn tcp6(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec
 }
 
 pub fn udp6(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let builder = etherparse::PacketBuilder::ethernet2(ROUTER_MAC, LB_MAC).ipv6(ip6(src), ip6(dst), 64).udp(sport, dport);
+    let builder = etherparse::PacketBuilder::ethernet2(ROUTER_MAC, LB_MAC)
+        .ipv6(ip6(src), ip6(dst), 64)
+        .udp(sport, dport);
     let mut out = Vec::new();
     builder.write(&mut out, payload).unwrap();
     out

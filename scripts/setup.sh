@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what pnlb needs to build, test and run its lab on Debian (root).
+# Idempotent: installs only what is missing.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: run as root (apt-get, network namespaces and XDP need it)" >&2
+    exit 1
+fi
+
+missing=()
+need_command() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+need_package() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || missing+=("$1"); }
+
+need_command clang-19 clang-19          # compiles the XDP programs in bpf/
+need_package libelf-dev                 # vendored libbpf (libbpf-sys) builds against it
+need_package zlib1g-dev
+need_package linux-libc-dev             # linux/bpf.h and friends
+need_command pkg-config pkg-config
+need_command make make
+need_command ip iproute2                # lab namespaces, next-hop resolution
+need_command ethtool ethtool            # lab: checksum offload off on veths
+need_command curl curl                  # lab: real HTTP client
+need_command nginx nginx-light          # lab: real HTTP servers
+need_command wrk wrk                    # benchmarks
+need_command iperf3 iperf3              # benchmarks
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # Services from these packages (nginx) must not start in the root
+    # namespace: the lab starts its own inside namespaces.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup: cargo is missing; install a Rust toolchain >= 1.85 (rustup) and re-run" >&2
+    exit 1
+fi
