@@ -315,6 +315,29 @@ impl Lab {
         Ok(process)
     }
 
+    /// A `pnlb run` config with two `dr` services on `port`, one per VIP
+    /// (IPv4 "web", IPv6 "web6"), over the servers at indexes `members`.
+    pub fn dr_config(&self, port: u16, members: &[usize]) -> String {
+        let mut text = format!("[daemon]\ninterfaces = [\"{LB_INTERFACE}\"]\n");
+        for (name, vip, v6) in [
+            ("web", IpAddr::V4(VIP4), false),
+            ("web6", IpAddr::V6(VIP6), true),
+        ] {
+            text += &format!(
+                "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"tcp\"\nmethod = \"dr\"\nscheduler = \"maglev\"\n"
+            );
+            for server in members.iter().filter_map(|&i| self.servers.get(i)) {
+                let address = if v6 {
+                    IpAddr::V6(server.ipv6)
+                } else {
+                    IpAddr::V4(server.ipv4)
+                };
+                text += &format!("\n[[service.backend]]\naddress = \"{address}\"\n");
+            }
+        }
+        text
+    }
+
     /// Runs a command in the client namespace and returns its stdout.
     pub fn client_command(&self, program: &str, args: &[&str]) -> Result<String, LabError> {
         let out = netns::exec(&self.client, program, args)?;

@@ -11,27 +11,6 @@ use pnlb_lab::{Lab, LabSpec, LB_INTERFACE, VIP4, VIP6};
 const REQUESTS_V4: usize = 12;
 const REQUESTS_V6: usize = 6;
 
-pub fn demo_config(lab: &Lab) -> String {
-    let mut text = format!("[daemon]\ninterfaces = [\"{LB_INTERFACE}\"]\nxdp_mode = \"native\"\n");
-    for (name, vip, v6) in [
-        ("web", VIP4.to_string(), false),
-        ("web6", VIP6.to_string(), true),
-    ] {
-        text += &format!(
-            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\nmethod = \"dr\"\nscheduler = \"maglev\"\n"
-        );
-        for server in &lab.servers {
-            let address = if v6 {
-                server.ipv6.to_string()
-            } else {
-                server.ipv4.to_string()
-            };
-            text += &format!("\n[[service.backend]]\naddress = \"{address}\"\n");
-        }
-    }
-    text
-}
-
 pub fn demo() -> Result<()> {
     let binary = std::env::current_exe().context("locating the pnlb binary")?;
     let binary = binary.display().to_string();
@@ -42,7 +21,9 @@ pub fn demo() -> Result<()> {
         ..LabSpec::default()
     })?;
     let config_path = lab.dir.join("pnlb.toml");
-    std::fs::write(&config_path, demo_config(&lab)).context("writing the demo config")?;
+    let everyone: Vec<usize> = (0..lab.servers.len()).collect();
+    std::fs::write(&config_path, lab.dr_config(80, &everyone))
+        .context("writing the demo config")?;
     println!("starting `pnlb run` on the LB ({LB_INTERFACE}, native XDP), VIPs {VIP4}:80 and [{VIP6}]:80\n");
     let daemon = lab.start_pnlb(&binary, &config_path)?;
 

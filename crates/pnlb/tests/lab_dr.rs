@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pnlb_lab::{in_netns, Lab, LabSpec, ECHO_PORT, LB_INTERFACE, VIP4, VIP6};
+use pnlb_lab::{in_netns, Lab, LabProcess, LabSpec, ECHO_PORT, LB_INTERFACE, VIP4, VIP6};
 
 const PNLB: &str = env!("CARGO_BIN_EXE_pnlb");
 
@@ -22,27 +22,6 @@ fn privileged() -> bool {
     }
     eprintln!("skipping: the lab needs root (network namespaces, XDP)");
     false
-}
-
-/// A `dr` config over the lab's servers `members` (by index) on `port`.
-fn config(lab: &Lab, port: u16, members: &[usize]) -> String {
-    let mut text = format!("[daemon]\ninterfaces = [\"{LB_INTERFACE}\"]\n");
-    for (name, vip, v6) in [
-        ("v4", VIP4.to_string(), false),
-        ("v6", VIP6.to_string(), true),
-    ] {
-        text += &format!("\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nmethod = \"dr\"\nscheduler = \"maglev\"\n");
-        for &i in members {
-            let s = &lab.servers[i];
-            let address = if v6 {
-                s.ipv6.to_string()
-            } else {
-                s.ipv4.to_string()
-            };
-            text += &format!("[[service.backend]]\naddress = \"{address}\"\n");
-        }
-    }
-    text
 }
 
 fn write_config(lab: &Lab, text: &str) -> PathBuf {
@@ -95,7 +74,7 @@ fn curl_reaches_nginx_through_the_vip_and_replies_bypass_the_lb() {
         return;
     }
     let lab = Lab::up(&LabSpec::default()).expect("lab");
-    let path = write_config(&lab, &config(&lab, 80, &[0, 1, 2]));
+    let path = write_config(&lab, &lab.dr_config(80, &[0, 1, 2]));
     let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
     assert!(xdp_attached(&lab));
 
@@ -149,12 +128,35 @@ fn curl_reaches_nginx_through_the_vip_and_replies_bypass_the_lb() {
 }
 
 #[test]
+fn generic_xdp_mode_forwards_as_well() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec::default()).expect("lab");
+    let text = lab
+        .dr_config(80, &[0, 1, 2])
+        .replace("[daemon]\n", "[daemon]\nxdp_mode = \"generic\"\n");
+    let path = write_config(&lab, &text);
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    assert!(
+        daemon.output().iter().any(|l| l.contains("generic XDP")),
+        "the log says which mode: {:?}",
+        daemon.output()
+    );
+    let answers = spread(&lab, IpAddr::V4(VIP4), 30);
+    assert_eq!(answers.values().sum::<usize>(), 30, "{answers:?}");
+    let (status, _) = daemon.stop(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()));
+    assert!(!xdp_attached(&lab), "generic mode detaches too");
+}
+
+#[test]
 fn three_hundred_new_connections_spread_over_three_backends() {
     if !privileged() {
         return;
     }
     let lab = Lab::up(&LabSpec::default()).expect("lab");
-    let path = write_config(&lab, &config(&lab, 80, &[0, 1, 2]));
+    let path = write_config(&lab, &lab.dr_config(80, &[0, 1, 2]));
     let _daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
     for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
         let answers = spread(&lab, vip, 300);
@@ -191,6 +193,42 @@ fn stream_for(stream: &mut TcpStream, duration: Duration, seed: &mut u8) -> u64 
     total
 }
 
+/// Opens a connection to the echo service; returns it and the greeting's server name.
+fn echo_connect(vip: IpAddr) -> (TcpStream, String) {
+    let mut stream =
+        TcpStream::connect_timeout(&SocketAddr::new(vip, ECHO_PORT), Duration::from_secs(3))
+            .expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut greeting = [0u8; 3];
+    stream.read_exact(&mut greeting).expect("greeting");
+    (stream, String::from_utf8_lossy(&greeting[..2]).to_string())
+}
+
+/// Rewrites the config, sends SIGHUP and waits until the daemon logs the reload.
+fn reload(daemon: &LabProcess, path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    let reloads = || {
+        daemon
+            .output()
+            .iter()
+            .filter(|l| l.contains("reloaded"))
+            .count()
+    };
+    let before = reloads();
+    daemon.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads() == before {
+        assert!(
+            Instant::now() < deadline,
+            "reload not logged: {:?}",
+            daemon.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_long_lived_connection_keeps_streaming_while_backends_are_added_and_removed() {
     if !privileged() {
@@ -203,24 +241,11 @@ fn a_long_lived_connection_keeps_streaming_while_backends_are_added_and_removed(
         prefix: None,
     })
     .expect("lab");
-    let path = write_config(&lab, &config(&lab, ECHO_PORT, &[0, 1, 2]));
+    let path = write_config(&lab, &lab.dr_config(ECHO_PORT, &[0, 1, 2]));
     let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
 
     for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
-        let (mut stream, server) = in_netns(&lab.client, move || {
-            let mut stream = TcpStream::connect_timeout(
-                &SocketAddr::new(vip, ECHO_PORT),
-                Duration::from_secs(3),
-            )
-            .unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            let mut greeting = [0u8; 3];
-            stream.read_exact(&mut greeting).unwrap();
-            (stream, String::from_utf8_lossy(&greeting[..2]).to_string())
-        })
-        .unwrap();
+        let (mut stream, server) = in_netns(&lab.client, move || echo_connect(vip)).unwrap();
         let serving: usize = server[1..]
             .parse::<usize>()
             .expect("greeting names the server")
@@ -231,28 +256,7 @@ fn a_long_lived_connection_keeps_streaming_while_backends_are_added_and_removed(
         // Add s4, remove another server that is not carrying our stream.
         let removed = (0..3).find(|&i| i != serving).unwrap();
         let members: Vec<usize> = (0..4).filter(|&i| i != removed).collect();
-        std::fs::write(&path, config(&lab, ECHO_PORT, &members)).unwrap();
-        let reloads_before = daemon
-            .output()
-            .iter()
-            .filter(|l| l.contains("reloaded"))
-            .count();
-        daemon.signal(libc::SIGHUP);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while daemon
-            .output()
-            .iter()
-            .filter(|l| l.contains("reloaded"))
-            .count()
-            == reloads_before
-        {
-            assert!(
-                Instant::now() < deadline,
-                "reload not logged: {:?}",
-                daemon.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        reload(&daemon, &path, &lab.dr_config(ECHO_PORT, &members));
         let after = stream_for(&mut stream, Duration::from_millis(1500), &mut seed);
         assert!(
             before > 0 && after > 0,
@@ -263,15 +267,7 @@ fn a_long_lived_connection_keeps_streaming_while_backends_are_added_and_removed(
         let seen = in_netns(&lab.client, move || {
             let mut seen = std::collections::HashSet::new();
             for _ in 0..60 {
-                let mut s = TcpStream::connect_timeout(
-                    &SocketAddr::new(vip, ECHO_PORT),
-                    Duration::from_secs(3),
-                )
-                .unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-                let mut greeting = [0u8; 3];
-                s.read_exact(&mut greeting).unwrap();
-                seen.insert(String::from_utf8_lossy(&greeting[..2]).to_string());
+                seen.insert(echo_connect(vip).1);
             }
             seen
         })
@@ -286,22 +282,7 @@ fn a_long_lived_connection_keeps_streaming_while_backends_are_added_and_removed(
         );
 
         // Restore the original pool for the next address family.
-        std::fs::write(&path, config(&lab, ECHO_PORT, &[0, 1, 2])).unwrap();
-        let reloads_before = daemon
-            .output()
-            .iter()
-            .filter(|l| l.contains("reloaded"))
-            .count();
-        daemon.signal(libc::SIGHUP);
-        while daemon
-            .output()
-            .iter()
-            .filter(|l| l.contains("reloaded"))
-            .count()
-            == reloads_before
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        reload(&daemon, &path, &lab.dr_config(ECHO_PORT, &[0, 1, 2]));
     }
 }
 
@@ -317,15 +298,15 @@ fn a_bad_config_exits_non_zero_with_one_line_and_attaches_nothing() {
         prefix: None,
     })
     .expect("lab");
-    let good = config(&lab, 80, &[0]);
+    let good = lab.dr_config(80, &[0]);
     let cases = [
         (
             good.replace("port = 80", "port = 99999"),
-            "service[0] (v4).port",
+            "service[0] (web).port",
         ),
         (
             good.replace("method = \"dr\"", "method = \"bogus\""),
-            "service[0] (v4).method",
+            "service[0] (web).method",
         ),
         (good.replace(LB_INTERFACE, "nosuch0"), "nosuch0"),
     ];
