@@ -1,8 +1,9 @@
-//! A small Rust TCP server for long-lived flows: it greets each connection
-//! with its host name, then echoes everything back.
+//! Small Rust servers for long-lived flows and UDP: over TCP it greets each
+//! connection with its host name, then echoes everything back; over UDP it
+//! answers each datagram with its host name.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,13 +19,36 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
-    pub fn start(ns: &str, name: &str) -> Result<Self, LabError> {
-        let listeners = in_netns(ns, || {
+    /// Serves TCP on every address and UDP on each of `udp_addresses`: a
+    /// UDP server must answer from the address it was asked on (the VIP in
+    /// direct routing), which an unbound socket would not do.
+    pub fn start(ns: &str, name: &str, udp_addresses: &[IpAddr]) -> Result<Self, LabError> {
+        let udp_addresses = udp_addresses.to_vec();
+        let (listeners, udp) = in_netns(ns, move || {
             let v4 = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], ECHO_PORT)));
             let v6 = socket_v6_only();
-            (v4, v6)
+            let udp: Vec<std::io::Result<UdpSocket>> = udp_addresses
+                .iter()
+                .map(|&a| UdpSocket::bind(SocketAddr::new(a, ECHO_PORT)))
+                .collect();
+            ((v4, v6), udp)
         })?;
         let stop = Arc::new(AtomicBool::new(false));
+        for socket in udp {
+            let socket = socket.map_err(|err| LabError::Command {
+                command: "bind udp echo".into(),
+                reason: err.to_string(),
+            })?;
+            socket
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .map_err(|err| LabError::Command {
+                    command: "udp echo timeout".into(),
+                    reason: err.to_string(),
+                })?;
+            let stop = stop.clone();
+            let name = name.to_string();
+            std::thread::spawn(move || udp_loop(socket, &name, &stop));
+        }
         for listener in [listeners.0, listeners.1] {
             let listener = listener.map_err(|err| LabError::Command {
                 command: "bind echo".into(),
@@ -92,6 +116,15 @@ fn socket_v6_only() -> std::io::Result<TcpListener> {
             return Err(std::io::Error::last_os_error());
         }
         Ok(listener)
+    }
+}
+
+fn udp_loop(socket: UdpSocket, name: &str, stop: &AtomicBool) {
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(name.as_bytes(), peer);
+        }
     }
 }
 

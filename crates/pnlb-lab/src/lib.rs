@@ -251,8 +251,11 @@ impl Lab {
         }
         if spec.echo {
             for server in &self.servers {
-                self.echo_servers
-                    .push(EchoServer::start(&server.ns, &server.name)?);
+                self.echo_servers.push(EchoServer::start(
+                    &server.ns,
+                    &server.name,
+                    &[IpAddr::V4(VIP4), IpAddr::V6(VIP6)],
+                )?);
             }
         }
         Ok(())

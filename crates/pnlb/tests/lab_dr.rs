@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -283,6 +283,56 @@ fn a_long_lived_connection_keeps_streaming_while_backends_are_added_and_removed(
 
         // Restore the original pool for the next address family.
         reload(&daemon, &path, &lab.dr_config(ECHO_PORT, &[0, 1, 2]));
+    }
+}
+
+#[test]
+fn udp_datagrams_are_balanced_and_answered_from_the_vip() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec {
+        servers: 3,
+        nginx: false,
+        echo: true,
+        prefix: None,
+    })
+    .expect("lab");
+    let text = lab
+        .dr_config(ECHO_PORT, &[0, 1, 2])
+        .replace("protocol = \"tcp\"", "protocol = \"udp\"");
+    let path = write_config(&lab, &text);
+    let _daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+        let answers = in_netns(&lab.client, move || {
+            let mut answers: HashMap<String, usize> = HashMap::new();
+            for _ in 0..60 {
+                // A connected socket only accepts replies whose source is
+                // the VIP: direct server return must keep it.
+                let bind: SocketAddr = if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                    .parse()
+                    .unwrap();
+                let socket = UdpSocket::bind(bind).unwrap();
+                socket.connect(SocketAddr::new(vip, ECHO_PORT)).unwrap();
+                socket
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                socket.send(b"ping").unwrap();
+                let mut buf = [0u8; 64];
+                let n = socket.recv(&mut buf).expect("a reply from the VIP");
+                *answers
+                    .entry(String::from_utf8_lossy(&buf[..n]).to_string())
+                    .or_default() += 1;
+            }
+            answers
+        })
+        .unwrap();
+        assert_eq!(answers.values().sum::<usize>(), 60);
+        assert_eq!(
+            answers.len(),
+            3,
+            "{vip}: 60 flows reach all three servers: {answers:?}"
+        );
     }
 }
 
