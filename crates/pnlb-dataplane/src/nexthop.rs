@@ -1,14 +1,18 @@
 //! Where a backend is reached: egress interface, next-hop MAC and our own
 //! MAC on that interface, read from the kernel's routing and neighbour
-//! tables (through iproute2's JSON output, which every host running pnlb has).
+//! tables through iproute2's JSON output (every host running pnlb has it).
 //!
 //! The answer is looked up by the control plane and published in the
-//! backend map, so the XDP program does no route or neighbour lookups. An
-//! unresolved neighbour is probed with one empty UDP datagram (port 9,
-//! discard), which makes the kernel resolve it.
+//! backend map, so the XDP program does no route or neighbour lookups.
+//! All backends are resolved together, in a handful of `ip -batch` runs
+//! whatever their number; unresolved neighbours are probed with one empty
+//! UDP datagram each (port 9, discard), which makes the kernel resolve
+//! them, and waited for once.
 
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -25,14 +29,18 @@ pub struct NextHop {
     pub gateway: Option<IpAddr>,
 }
 
-/// Finds the next hop of a backend address.
+/// The next hop of each backend, or why it has none.
+pub type Resolution = HashMap<IpAddr, Result<NextHop, String>>;
+
+/// Finds the next hops of backend addresses.
 pub trait Resolver {
-    fn resolve(&mut self, backend: IpAddr) -> Result<NextHop, String>;
+    /// Resolves every address given; each one gets an answer.
+    fn resolve(&mut self, backends: &[IpAddr]) -> Resolution;
 }
 
 /// The host's kernel tables, in the calling thread's network namespace.
 pub struct KernelResolver {
-    /// How long to wait for a neighbour to resolve after probing it.
+    /// How long to wait for neighbours to resolve after probing them.
     pub probe_wait: Duration,
 }
 
@@ -46,12 +54,15 @@ impl Default for KernelResolver {
 
 #[derive(Deserialize)]
 struct RouteJson {
+    dst: Option<String>,
     dev: Option<String>,
     gateway: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct NeighJson {
+    dst: Option<String>,
+    dev: Option<String>,
     lladdr: Option<String>,
     #[serde(default)]
     state: Vec<String>,
@@ -59,103 +70,167 @@ struct NeighJson {
 
 #[derive(Deserialize)]
 struct LinkJson {
+    ifname: Option<String>,
     address: Option<String>,
 }
 
+struct Route {
+    dev: String,
+    gateway: Option<IpAddr>,
+}
+
 impl Resolver for KernelResolver {
-    fn resolve(&mut self, backend: IpAddr) -> Result<NextHop, String> {
-        let routes: Vec<RouteJson> = ip_json(&["route", "get", &backend.to_string()])?;
-        let route = routes
-            .first()
-            .ok_or_else(|| format!("no route to {backend}"))?;
-        let dev = route
-            .dev
-            .clone()
-            .ok_or_else(|| format!("the route to {backend} has no device"))?;
-        let gateway = match &route.gateway {
-            Some(text) => Some(
-                text.parse::<IpAddr>()
-                    .map_err(|_| format!("odd gateway {text:?} in route to {backend}"))?,
-            ),
-            None => None,
+    fn resolve(&mut self, backends: &[IpAddr]) -> Resolution {
+        let mut answers = Resolution::new();
+        if backends.is_empty() {
+            return answers;
+        }
+        let routes = match routes_to(backends) {
+            Ok(routes) => routes,
+            Err(err) => return backends.iter().map(|&b| (b, Err(err.clone()))).collect(),
         };
-        let hop = gateway.unwrap_or(backend);
-        let ifindex = ifindex_of(&dev).map_err(|err| err.to_string())?;
-        let links: Vec<LinkJson> = ip_json(&["link", "show", "dev", &dev])?;
-        let src_mac = links
-            .first()
-            .and_then(|l| l.address.as_deref())
-            .and_then(parse_mac)
-            .ok_or_else(|| format!("interface {dev} has no MAC address"))?;
+        let devices: BTreeSet<&str> = routes.values().map(|r| r.dev.as_str()).collect();
+        let links = link_macs(&devices).unwrap_or_default();
+        let hops: BTreeSet<(IpAddr, String)> = routes
+            .iter()
+            .map(|(&backend, r)| (r.gateway.unwrap_or(backend), r.dev.clone()))
+            .collect();
 
         let deadline = Instant::now() + self.probe_wait;
         let mut probed = false;
-        loop {
-            if let Some(mac) = neighbour(hop, &dev)? {
-                return Ok(NextHop {
-                    ifindex,
-                    mac,
-                    src_mac,
-                    gateway,
-                });
+        let neighbours = loop {
+            let neighbours = neighbour_macs(&hops).unwrap_or_default();
+            let missing: Vec<IpAddr> = hops
+                .iter()
+                .filter(|h| !neighbours.contains_key(h))
+                .map(|(ip, _)| *ip)
+                .collect();
+            if missing.is_empty() || Instant::now() >= deadline {
+                break neighbours;
             }
             if !probed {
-                probe(hop);
+                missing.iter().for_each(|&hop| probe(hop));
                 probed = true;
             }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{hop} does not answer ARP/neighbour discovery on {dev}"
-                ));
-            }
             sleep(Duration::from_millis(50));
+        };
+
+        for &backend in backends {
+            let answer = match routes.get(&backend) {
+                None => Err(format!("no route to {backend}")),
+                Some(route) => {
+                    let hop = route.gateway.unwrap_or(backend);
+                    match (
+                        ifindex_of(&route.dev),
+                        links.get(&route.dev),
+                        neighbours.get(&(hop, route.dev.clone())),
+                    ) {
+                        (Err(err), _, _) => Err(err.to_string()),
+                        (_, None, _) => Err(format!("interface {} has no MAC address", route.dev)),
+                        (_, _, None) => Err(format!(
+                            "{hop} does not answer ARP/neighbour discovery on {}",
+                            route.dev
+                        )),
+                        (Ok(ifindex), Some(&src_mac), Some(&mac)) => Ok(NextHop {
+                            ifindex,
+                            mac,
+                            src_mac,
+                            gateway: route.gateway,
+                        }),
+                    }
+                }
+            };
+            answers.insert(backend, answer);
         }
+        answers
     }
 }
 
-fn neighbour(hop: IpAddr, dev: &str) -> Result<Option<[u8; 6]>, String> {
-    let entries: Vec<NeighJson> = ip_json(&["neigh", "show", "to", &hop.to_string(), "dev", dev])?;
-    Ok(entries.iter().find_map(|entry| {
-        let usable = !entry
-            .state
-            .iter()
-            .any(|s| s == "FAILED" || s == "INCOMPLETE");
-        entry
-            .lladdr
-            .as_deref()
-            .filter(|_| usable)
-            .and_then(parse_mac)
-    }))
+fn routes_to(backends: &[IpAddr]) -> Result<HashMap<IpAddr, Route>, String> {
+    let commands: Vec<String> = backends.iter().map(|b| format!("route get {b}")).collect();
+    let mut routes = HashMap::new();
+    for route in ip_batch::<RouteJson>(&commands)? {
+        let Some(dst) = route.dst.as_deref().and_then(|d| d.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        let Some(dev) = route.dev else { continue };
+        let gateway = route.gateway.as_deref().and_then(|g| g.parse().ok());
+        routes.insert(dst, Route { dev, gateway });
+    }
+    Ok(routes)
+}
+
+fn link_macs(devices: &BTreeSet<&str>) -> Result<HashMap<String, [u8; 6]>, String> {
+    let commands: Vec<String> = devices
+        .iter()
+        .map(|d| format!("link show dev {d}"))
+        .collect();
+    Ok(ip_batch::<LinkJson>(&commands)?
+        .into_iter()
+        .filter_map(|link| Some((link.ifname?, parse_mac(link.address.as_deref()?)?)))
+        .collect())
+}
+
+fn neighbour_macs(
+    hops: &BTreeSet<(IpAddr, String)>,
+) -> Result<HashMap<(IpAddr, String), [u8; 6]>, String> {
+    // Not filtered by device: iproute2 leaves filtered fields out of its
+    // output, and the device is half of the key.
+    let addresses: BTreeSet<IpAddr> = hops.iter().map(|(ip, _)| *ip).collect();
+    let commands: Vec<String> = addresses
+        .iter()
+        .map(|ip| format!("neigh show to {ip}"))
+        .collect();
+    Ok(ip_batch::<NeighJson>(&commands)?
+        .into_iter()
+        .filter(|n| !n.state.iter().any(|s| s == "FAILED" || s == "INCOMPLETE"))
+        .filter_map(|n| {
+            Some((
+                (n.dst?.parse().ok()?, n.dev?),
+                parse_mac(n.lladdr.as_deref()?)?,
+            ))
+        })
+        .collect())
 }
 
 /// One empty datagram: enough for the kernel to resolve the neighbour.
 fn probe(hop: IpAddr) {
-    let bind: SocketAddr = if hop.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-        .parse()
-        .expect("literal address");
+    let bind: SocketAddr = match hop {
+        IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        IpAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
     if let Ok(socket) = UdpSocket::bind(bind) {
         let _ = socket.send_to(&[], SocketAddr::new(hop, 9));
     }
 }
 
-fn ip_json<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Result<Vec<T>, String> {
-    let output = Command::new("ip")
-        .arg("-j")
-        .args(args)
-        .output()
-        .map_err(|err| format!("cannot run `ip` (install iproute2): {err}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-    }
-    if output.stdout.iter().all(u8::is_ascii_whitespace) {
+/// Runs `ip -j -force -batch -` with one command per line and collects the
+/// entries of every JSON array it prints. Commands that fail (no route)
+/// print nothing; callers match answers by their content.
+fn ip_batch<T: for<'de> Deserialize<'de>>(commands: &[String]) -> Result<Vec<T>, String> {
+    if commands.is_empty() {
         return Ok(Vec::new());
     }
-    serde_json::from_slice(&output.stdout)
-        .map_err(|err| format!("unexpected `ip {}` output: {err}", args.join(" ")))
+    let mut child = Command::new("ip")
+        .args(["-j", "-force", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|err| format!("cannot run `ip` (install iproute2): {err}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(commands.join("\n").as_bytes())
+            .map_err(|err| format!("feeding `ip -batch`: {err}"))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|err| format!("running `ip -batch`: {err}"))?;
+    let mut entries = Vec::new();
+    for array in serde_json::Deserializer::from_slice(&output.stdout).into_iter::<Vec<T>>() {
+        entries.extend(array.map_err(|err| format!("unexpected `ip -j` output: {err}"))?);
+    }
+    Ok(entries)
 }
 
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {

@@ -22,7 +22,7 @@ use pnlb_core::maglev::{self, MaglevBackend};
 
 use crate::abi::{self, bytes_of, Backend, BackendFlags, BackendStats, ServiceKey, ServiceStats};
 use crate::loader::{Dataplane, DataplaneError};
-use crate::nexthop::{NextHop, Resolver};
+use crate::nexthop::{NextHop, Resolution, Resolver};
 
 /// What an apply did, in words a log can print.
 #[derive(Debug, Default)]
@@ -125,8 +125,14 @@ impl Programmer {
             self.remove_service(dataplane, &name)?;
             report.changes.push(format!("service {name}: removed"));
         }
+        let addresses: BTreeSet<IpAddr> = config
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.address))
+            .collect();
+        let resolution = resolver.resolve(&addresses.into_iter().collect::<Vec<_>>());
         for service in &config.services {
-            self.apply_service(dataplane, service, resolver, &mut report)?;
+            self.apply_service(dataplane, service, &resolution, &mut report)?;
         }
         self.sync_vips(dataplane)?;
         Ok(report)
@@ -154,7 +160,7 @@ impl Programmer {
         &mut self,
         dataplane: &Dataplane,
         config: &ServiceConfig,
-        resolver: &mut dyn Resolver,
+        resolution: &Resolution,
         report: &mut ApplyReport,
     ) -> Result<(), DataplaneError> {
         let maps = dataplane.maps();
@@ -262,7 +268,7 @@ impl Programmer {
                     })
                 }
             };
-            let resolved = resolve_for(config.method, backend.address, resolver);
+            let resolved = usable_for(config.method, backend.address, resolution);
             let mut value = Backend {
                 addr: abi::addr(backend.address),
                 port: backend.port.to_be(),
@@ -377,12 +383,11 @@ impl Programmer {
     }
 }
 
-fn resolve_for(
-    method: Method,
-    address: IpAddr,
-    resolver: &mut dyn Resolver,
-) -> Result<NextHop, String> {
-    let hop = resolver.resolve(address)?;
+fn usable_for(method: Method, address: IpAddr, resolution: &Resolution) -> Result<NextHop, String> {
+    let hop = resolution
+        .get(&address)
+        .cloned()
+        .unwrap_or_else(|| Err(format!("{address} was not resolved")))?;
     match (method, hop.gateway) {
         (Method::Dr, Some(gateway)) => Err(format!(
             "it is reached through router {gateway}; direct routing needs backends on the load balancer's own L2 segment"

@@ -128,6 +128,34 @@ fn curl_reaches_nginx_through_the_vip_and_replies_bypass_the_lb() {
 }
 
 #[test]
+fn a_backend_that_does_not_answer_arp_is_left_out_and_logged() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec::default()).expect("lab");
+    let text = lab.dr_config(80, &[0, 1]).replace(
+        "[[service.backend]]\naddress = \"10.77.1.12\"\n",
+        "[[service.backend]]\naddress = \"10.77.1.12\"\n\n[[service.backend]]\naddress = \"10.77.1.99\"\n",
+    );
+    let path = write_config(&lab, &text);
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    assert!(
+        daemon
+            .output()
+            .iter()
+            .any(|l| l.contains("backend 10.77.1.99 gets no new flows")),
+        "{:?}",
+        daemon.output()
+    );
+    let answers = spread(&lab, IpAddr::V4(VIP4), 40);
+    assert_eq!(
+        answers.values().sum::<usize>(),
+        40,
+        "every request is answered: {answers:?}"
+    );
+}
+
+#[test]
 fn generic_xdp_mode_forwards_as_well() {
     if !privileged() {
         return;

@@ -10,7 +10,7 @@ use std::path::Path;
 use libbpf_rs::ProgramInput;
 use pnlb_core::config::{self, Config};
 use pnlb_dataplane::abi::{self, FlowKey};
-use pnlb_dataplane::nexthop::{NextHop, Resolver};
+use pnlb_dataplane::nexthop::{NextHop, Resolution, Resolver};
 use pnlb_dataplane::{Dataplane, Programmer};
 
 pub const XDP_DROP: u32 = 1;
@@ -51,16 +51,19 @@ pub fn backend_mac(addr: IpAddr) -> [u8; 6] {
 }
 
 impl Resolver for StaticResolver {
-    fn resolve(&mut self, backend: IpAddr) -> Result<NextHop, String> {
-        if self.unreachable.contains(&backend) {
-            return Err("no neighbour".into());
-        }
-        Ok(NextHop {
-            ifindex: self.ifindex,
-            mac: backend_mac(backend),
-            src_mac: LB_MAC,
-            gateway: None,
-        })
+    fn resolve(&mut self, backends: &[IpAddr]) -> Resolution {
+        let answer = |backend: IpAddr| {
+            if self.unreachable.contains(&backend) {
+                return Err("no neighbour".to_string());
+            }
+            Ok(NextHop {
+                ifindex: self.ifindex,
+                mac: backend_mac(backend),
+                src_mac: LB_MAC,
+                gateway: None,
+            })
+        };
+        backends.iter().map(|&b| (b, answer(b))).collect()
     }
 }
 
