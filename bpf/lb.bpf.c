@@ -13,6 +13,8 @@
 #include "lib/parse.h"
 #include "lib/conntrack.h"
 #include "lib/forward_dr.h"
+#include "lib/nat.h"
+#include "lib/route.h"
 
 /*
  * BTF anchor: makes clang emit every ABI enum into BTF so that libbpf-cargo
@@ -26,6 +28,10 @@ const volatile struct {
 	enum pnlb_hash_key hash_key;
 	enum pnlb_backend_flags backend_flags;
 	enum pnlb_reason reason;
+	enum pnlb_conn_state conn_state;
+	enum pnlb_conn_direction conn_direction;
+	enum pnlb_conn_flags conn_flags;
+	enum pnlb_snat_limits snat_limits;
 } pnlb_abi_anchor;
 
 static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_flow_key *flow)
@@ -43,10 +49,27 @@ static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_
 	return bpf_map_lookup_elem(&pnlb_services, &key);
 }
 
+/* A packet from a nat/snat backend: translate it back if it is a reply. */
+static __always_inline int pnlb_handle_reply(struct xdp_md *ctx, const struct pnlb_packet *pkt)
+{
+	struct pnlb_conn *conn = bpf_map_lookup_elem(&pnlb_conns, &pkt->flow);
+	int reason;
+
+	if (!conn || conn->direction != PNLB_DIR_REPLY)
+		return pnlb_pass(PNLB_PASS_NOT_SERVICE);
+	pnlb_conn_track(conn, pkt);
+	reason = pnlb_nat_rewrite(ctx, pkt, conn);
+	if (reason)
+		return pnlb_service_drop(conn->service_id, reason);
+	pnlb_count_reply(conn->service_id, conn->backend_id, pkt->len);
+	return pnlb_forward_fib(ctx, conn, pkt);
+}
+
 SEC("xdp")
 int pnlb_xdp(struct xdp_md *ctx)
 {
 	struct pnlb_backend *backend = NULL;
+	struct pnlb_conn *conn = NULL;
 	struct pnlb_service *svc;
 	struct pnlb_packet pkt;
 	__u32 backend_id = 0;
@@ -54,7 +77,9 @@ int pnlb_xdp(struct xdp_md *ctx)
 	int reason;
 
 	reason = pnlb_parse(ctx, &pkt);
-	if (reason != PNLB_PARSE_OK) {
+	if (reason == PNLB_PARSE_FROM_BACKEND)
+		return pnlb_handle_reply(ctx, &pkt);
+	if (reason != PNLB_PARSE_TO_VIP) {
 		if (pnlb_reason_is_pass(reason))
 			return pnlb_pass(reason);
 		return pnlb_drop(reason);
@@ -64,17 +89,25 @@ int pnlb_xdp(struct xdp_md *ctx)
 	if (!svc)
 		return pnlb_pass(PNLB_PASS_VIP_NO_SERVICE);
 
-	reason = pnlb_conn_backend(svc, &pkt.flow, &backend, &backend_id, &new_flow);
+	reason = pnlb_conn_original(svc, &pkt, &conn, &backend, &backend_id, &new_flow);
 	if (reason)
 		return pnlb_service_drop(svc->id, reason);
+	pnlb_conn_track(conn, &pkt);
 
 	switch (svc->method) {
 	case PNLB_METHOD_DR:
-		pnlb_count_forward(svc->id, backend_id, pkt.len, new_flow);
-		return pnlb_forward_l2(ctx, backend);
+		break;
+	case PNLB_METHOD_NAT:
+	case PNLB_METHOD_SNAT:
+		reason = pnlb_nat_rewrite(ctx, &pkt, conn);
+		if (reason)
+			return pnlb_service_drop(svc->id, reason);
+		break;
 	default:
 		return pnlb_service_drop(svc->id, PNLB_DROP_UNSUPPORTED_METHOD);
 	}
+	pnlb_count_forward(svc->id, backend_id, pkt.len, new_flow);
+	return pnlb_forward_l2(ctx, backend);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

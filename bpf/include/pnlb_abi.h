@@ -45,6 +45,31 @@ enum pnlb_hash_key {
 	PNLB_HASH_DESTINATION = 2,
 };
 
+/* TCP state as the load balancer sees it (both directions where it sees
+ * both); each state has its own idle timeout (config [timeouts]). */
+enum pnlb_conn_state {
+	PNLB_CT_NONE = 0,
+	PNLB_CT_SYN_SENT = 1,
+	PNLB_CT_ESTABLISHED = 2,
+	PNLB_CT_FIN_WAIT = 3,
+	PNLB_CT_CLOSE = 4,
+	PNLB_CT_UDP = 5,
+};
+
+/* Which way a connection-table entry's packets travel. */
+enum pnlb_conn_direction {
+	PNLB_DIR_ORIGINAL = 0, /* client -> VIP */
+	PNLB_DIR_REPLY = 1,    /* backend -> client (nat) or -> SNAT address */
+};
+
+enum pnlb_conn_flags {
+	/* Rewrite addresses/ports to the entry's rewrite_* fields. */
+	PNLB_CONN_F_NAT = 1,
+};
+
+/* Most SNAT addresses one service may have. */
+enum pnlb_snat_limits { PNLB_MAX_SNAT_ADDRS = 16, PNLB_SNAT_TRIES = 64 };
+
 enum pnlb_backend_flags {
 	/* The slot holds a configured backend; flows may be kept on it. */
 	PNLB_BACKEND_F_PRESENT = 1,
@@ -70,7 +95,11 @@ enum pnlb_reason {
 	PNLB_DROP_NO_BACKEND = 11,     /* service has no usable backend */
 	PNLB_DROP_BACKEND_GONE = 12,   /* table names a backend slot that is empty */
 	PNLB_DROP_UNSUPPORTED_METHOD = 13,
-	PNLB_REASON_MAX = 14,
+	PNLB_DROP_SNAT_EXHAUSTED = 14, /* no free (address, port) for a new flow */
+	PNLB_PASS_NO_NEIGH = 15,       /* translated reply handed to the kernel to
+					* resolve the next hop and forward */
+	PNLB_DROP_NO_ROUTE = 16,       /* translated reply has no route */
+	PNLB_REASON_MAX = 17,
 };
 
 struct pnlb_addr {
@@ -89,8 +118,10 @@ struct pnlb_service {
 	__u8 method; /* enum pnlb_method */
 	__u8 scheduler; /* enum pnlb_scheduler */
 	__u8 hash_key; /* enum pnlb_hash_key */
-	__u8 _pad;
+	__u8 snat_count; /* addresses at pnlb_snat_addrs[id * MAX_SNAT_ADDRS] */
 	__u32 table_len; /* used slots of the service's table */
+	__u16 snat_port_min; /* host order */
+	__u16 snat_port_count;
 };
 
 struct pnlb_backend {
@@ -116,19 +147,37 @@ struct pnlb_flow_key {
 	__u8 _pad[3];
 };
 
+/*
+ * A connection-table entry. nat and snat flows have two: the original
+ * (client -> VIP) and the reply (as it arrives from the backend). Each says
+ * how to rewrite its own packets, and the other entry's key is always
+ * (rewrite_dst, rewrite_src, rewrite_dport, rewrite_sport).
+ */
 struct pnlb_conn {
 	__u32 backend_id;
 	__u32 backend_generation;
 	__u32 service_id;
-	__u32 _pad;
+	__u8 state; /* enum pnlb_conn_state */
+	__u8 direction; /* enum pnlb_conn_direction */
+	__u8 flags; /* enum pnlb_conn_flags */
+	__u8 _pad;
 	__u64 created_ns;
 	__u64 last_seen_ns;
+	struct pnlb_addr rewrite_src;
+	struct pnlb_addr rewrite_dst;
+	__u16 rewrite_sport;
+	__u16 rewrite_dport;
+	__u32 _pad2;
 };
 
+/* packets/bytes: client -> backend; reply_*: backend -> client, where the
+ * replies cross the load balancer (nat, snat). */
 struct pnlb_service_stats {
 	__u64 packets;
 	__u64 bytes;
 	__u64 new_flows;
+	__u64 reply_packets;
+	__u64 reply_bytes;
 	__u64 drops[PNLB_REASON_MAX];
 };
 
@@ -136,17 +185,19 @@ struct pnlb_backend_stats {
 	__u64 packets;
 	__u64 bytes;
 	__u64 new_flows;
+	__u64 reply_packets;
+	__u64 reply_bytes;
 };
 
 /* Compile-time layout checks; the Rust side asserts the same numbers. */
 _Static_assert(sizeof(struct pnlb_addr) == 16, "pnlb_addr");
 _Static_assert(sizeof(struct pnlb_service_key) == 20, "pnlb_service_key");
-_Static_assert(sizeof(struct pnlb_service) == 12, "pnlb_service");
+_Static_assert(sizeof(struct pnlb_service) == 16, "pnlb_service");
 _Static_assert(sizeof(struct pnlb_backend) == 44, "pnlb_backend");
 _Static_assert(sizeof(struct pnlb_flow_key) == 40, "pnlb_flow_key");
-_Static_assert(sizeof(struct pnlb_conn) == 32, "pnlb_conn");
-_Static_assert(sizeof(struct pnlb_service_stats) == 24 + 8 * PNLB_REASON_MAX,
+_Static_assert(sizeof(struct pnlb_conn) == 72, "pnlb_conn");
+_Static_assert(sizeof(struct pnlb_service_stats) == 40 + 8 * PNLB_REASON_MAX,
 	       "pnlb_service_stats");
-_Static_assert(sizeof(struct pnlb_backend_stats) == 24, "pnlb_backend_stats");
+_Static_assert(sizeof(struct pnlb_backend_stats) == 40, "pnlb_backend_stats");
 
 #endif /* PNLB_ABI_H */

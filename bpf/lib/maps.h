@@ -31,6 +31,23 @@ struct {
 	__type(value, struct pnlb_backend);
 } pnlb_backends SEC(".maps");
 
+/* Addresses of nat/snat backends -> number of services using them. Replies
+ * come from backends, so only packets from these are looked up as replies. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PNLB_MAX_BACKENDS);
+	__type(key, struct pnlb_addr);
+	__type(value, __u32);
+} pnlb_backend_addrs SEC(".maps");
+
+/* SNAT source addresses: service id * PNLB_MAX_SNAT_ADDRS + index. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PNLB_MAX_SERVICES * PNLB_MAX_SNAT_ADDRS);
+	__type(key, __u32);
+	__type(value, struct pnlb_addr);
+} pnlb_snat_addrs SEC(".maps");
+
 /* A service's scheduling table (Maglev lookup table: slot -> backend id).
  * The control plane builds a fresh inner map and swaps it into the outer
  * slot in one update, so a packet sees the old table or the new, never a
@@ -49,6 +66,8 @@ struct {
 	__array(values, struct pnlb_table);
 } pnlb_tables SEC(".maps");
 
+/* Both directions of every tracked flow. An LRU, so it is bounded; the
+ * control plane sets its size from daemon.conn_table_size before load. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, PNLB_MAX_CONNS);

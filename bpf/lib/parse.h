@@ -18,8 +18,15 @@
 #include <bpf/bpf_endian.h>
 #include "maps.h"
 
-/* Returned by pnlb_parse when the packet is a well-formed flow to a VIP. */
-#define PNLB_PARSE_OK (-1)
+/* pnlb_parse's verdicts besides a reason: a well-formed TCP/UDP flow to a
+ * VIP, or one from a nat/snat backend (a possible reply). */
+#define PNLB_PARSE_TO_VIP (-1)
+#define PNLB_PARSE_FROM_BACKEND (-2)
+
+#define PNLB_TCP_FIN 0x01
+#define PNLB_TCP_SYN 0x02
+#define PNLB_TCP_RST 0x04
+#define PNLB_TCP_ACK 0x10
 
 #define PNLB_IP_MF 0x2000
 #define PNLB_IP_OFFSET 0x1fff
@@ -27,11 +34,19 @@
 struct pnlb_packet {
 	struct pnlb_flow_key flow;
 	__u32 len; /* bytes on the wire, for counters */
+	__u8 ipv6;
+	__u8 tcp_flags; /* PNLB_TCP_*, 0 for UDP */
 };
+
+/* Headers are fixed-size once parsed: no IPv4 options, no IPv6 extension
+ * headers. Rewrites find them at these offsets. */
+#define PNLB_L3_OFFSET 14
+#define PNLB_L4_OFFSET_V4 (14 + 20)
+#define PNLB_L4_OFFSET_V6 (14 + 40)
 
 static __always_inline int pnlb_reason_is_pass(int reason)
 {
-	return reason <= PNLB_PASS_VIP_OTHER_PROTO;
+	return reason <= PNLB_PASS_VIP_OTHER_PROTO || reason == PNLB_PASS_NO_NEIGH;
 }
 
 static __always_inline void pnlb_addr_from_ipv4(struct pnlb_addr *addr, __be32 ip)
@@ -56,6 +71,11 @@ static __always_inline int pnlb_is_vip(const struct pnlb_addr *addr)
 	return bpf_map_lookup_elem(&pnlb_vips, addr) != NULL;
 }
 
+static __always_inline int pnlb_is_backend(const struct pnlb_addr *addr)
+{
+	return bpf_map_lookup_elem(&pnlb_backend_addrs, addr) != NULL;
+}
+
 static __always_inline int pnlb_parse_ports(void *l4, void *data_end,
 					    struct pnlb_packet *pkt)
 {
@@ -68,7 +88,8 @@ static __always_inline int pnlb_parse_ports(void *l4, void *data_end,
 			return PNLB_DROP_TRUNCATED_L4;
 		pkt->flow.src_port = tcp->source;
 		pkt->flow.dst_port = tcp->dest;
-		return PNLB_PARSE_OK;
+		pkt->tcp_flags = ((__u8 *)tcp)[13];
+		return PNLB_PARSE_TO_VIP;
 	}
 	if (pkt->flow.protocol == IPPROTO_UDP) {
 		struct udphdr *udp = l4;
@@ -77,7 +98,7 @@ static __always_inline int pnlb_parse_ports(void *l4, void *data_end,
 			return PNLB_DROP_TRUNCATED_L4;
 		pkt->flow.src_port = udp->source;
 		pkt->flow.dst_port = udp->dest;
-		return PNLB_PARSE_OK;
+		return PNLB_PARSE_TO_VIP;
 	}
 	return PNLB_PASS_VIP_OTHER_PROTO;
 }
@@ -94,16 +115,23 @@ static __always_inline int pnlb_parse_ipv4(void *l3, void *data_end,
 		return PNLB_DROP_BAD_IP_HEADER;
 
 	pnlb_addr_from_ipv4(&pkt->flow.dst, ip->daddr);
-	if (!pnlb_is_vip(&pkt->flow.dst))
-		return PNLB_PASS_NOT_SERVICE;
+	pnlb_addr_from_ipv4(&pkt->flow.src, ip->saddr);
+	pkt->flow.protocol = ip->protocol;
+	if (!pnlb_is_vip(&pkt->flow.dst)) {
+		/* Maybe a reply from a nat/snat backend. What we could not
+		 * translate safely is the kernel's, untouched. */
+		if (!pnlb_is_backend(&pkt->flow.src) || ip->ihl != 5 ||
+		    (ip->frag_off & bpf_htons(PNLB_IP_MF | PNLB_IP_OFFSET)))
+			return PNLB_PASS_NOT_SERVICE;
+		if (pnlb_parse_ports(ip + 1, data_end, pkt) != PNLB_PARSE_TO_VIP)
+			return PNLB_PASS_NOT_SERVICE;
+		return PNLB_PARSE_FROM_BACKEND;
+	}
 
 	if (ip->ihl != 5)
 		return PNLB_DROP_IPV4_OPTIONS;
 	if (ip->frag_off & bpf_htons(PNLB_IP_MF | PNLB_IP_OFFSET))
 		return PNLB_DROP_FRAGMENT;
-
-	pnlb_addr_from_ipv4(&pkt->flow.src, ip->saddr);
-	pkt->flow.protocol = ip->protocol;
 	return pnlb_parse_ports(ip + 1, data_end, pkt);
 }
 
@@ -117,9 +145,16 @@ static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
 	if (ip6->version != 6)
 		return PNLB_DROP_BAD_IP_HEADER;
 
+	pkt->ipv6 = 1;
 	pnlb_addr_from_ipv6(&pkt->flow.dst, &ip6->daddr);
-	if (!pnlb_is_vip(&pkt->flow.dst))
-		return PNLB_PASS_NOT_SERVICE;
+	pnlb_addr_from_ipv6(&pkt->flow.src, &ip6->saddr);
+	pkt->flow.protocol = ip6->nexthdr;
+	if (!pnlb_is_vip(&pkt->flow.dst)) {
+		if (!pnlb_is_backend(&pkt->flow.src) ||
+		    pnlb_parse_ports(ip6 + 1, data_end, pkt) != PNLB_PARSE_TO_VIP)
+			return PNLB_PASS_NOT_SERVICE;
+		return PNLB_PARSE_FROM_BACKEND;
+	}
 
 	switch (ip6->nexthdr) {
 	case IPPROTO_TCP:
@@ -137,12 +172,11 @@ static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
 		return PNLB_PASS_VIP_OTHER_PROTO;
 	}
 
-	pnlb_addr_from_ipv6(&pkt->flow.src, &ip6->saddr);
-	pkt->flow.protocol = ip6->nexthdr;
 	return pnlb_parse_ports(ip6 + 1, data_end, pkt);
 }
 
-/* Fills pkt and returns PNLB_PARSE_OK, or returns the reason not to forward. */
+/* Fills pkt and returns PNLB_PARSE_TO_VIP / _FROM_BACKEND, or the reason not
+ * to forward. */
 static __always_inline int pnlb_parse(struct xdp_md *ctx, struct pnlb_packet *pkt)
 {
 	void *data = (void *)(long)ctx->data;

@@ -57,4 +57,21 @@ static __always_inline void pnlb_count_forward(__u32 service_id, __u32 backend_i
 	}
 }
 
+static __always_inline void pnlb_count_reply(__u32 service_id, __u32 backend_id, __u64 bytes)
+{
+	struct pnlb_service_stats *svc =
+		bpf_map_lookup_elem(&pnlb_service_stats, &service_id);
+	struct pnlb_backend_stats *be =
+		bpf_map_lookup_elem(&pnlb_backend_stats, &backend_id);
+
+	if (svc) {
+		svc->reply_packets += 1;
+		svc->reply_bytes += bytes;
+	}
+	if (be) {
+		be->reply_packets += 1;
+		be->reply_bytes += bytes;
+	}
+}
+
 #endif

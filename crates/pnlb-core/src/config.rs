@@ -16,6 +16,7 @@ use crate::duration;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub daemon: Daemon,
+    pub timeouts: Timeouts,
     pub services: Vec<Service>,
 }
 
@@ -24,6 +25,32 @@ pub struct Daemon {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub api: Option<SocketAddr>,
+    /// Entries in the connection table (an LRU: the oldest go first when full).
+    pub conn_table_size: u32,
+}
+
+pub const DEFAULT_CONN_TABLE_SIZE: u32 = 262_144;
+
+/// Idle timeouts per connection state, as IPVS has them (`ipvsadm --set`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp: Duration,
+    pub tcp_fin: Duration,
+    pub tcp_syn: Duration,
+    pub tcp_close: Duration,
+    pub udp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp: Duration::from_secs(900),
+            tcp_fin: Duration::from_secs(120),
+            tcp_syn: Duration::from_secs(60),
+            tcp_close: Duration::from_secs(10),
+            udp: Duration::from_secs(300),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,8 +69,23 @@ pub struct Service {
     pub method: Method,
     pub scheduler: Scheduler,
     pub hash_key: HashKey,
+    /// snat only: the LB-local source addresses and the port range to use.
+    pub snat: Option<Snat>,
     pub backends: Vec<Backend>,
 }
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snat {
+    pub addresses: Vec<IpAddr>,
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+/// Most SNAT addresses per service (the data plane's PNLB_MAX_SNAT_ADDRS).
+pub const MAX_SNAT_ADDRESSES: usize = 16;
+/// Default SNAT source ports: below the kernel's ephemeral range
+/// (32768-60999), so the LB's own connections never collide with them.
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (10000, 32767);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -63,7 +105,19 @@ impl Protocol {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
+    /// Direct routing: MAC rewrite, replies bypass the LB.
     Dr,
+    /// Destination NAT: replies return through the LB (servers route via it).
+    Nat,
+    /// Full NAT: source and destination rewritten; works one-arm.
+    Snat,
+}
+
+impl Method {
+    /// Whether replies cross the load balancer and need translating back.
+    pub fn translates(self) -> bool {
+        matches!(self, Method::Nat | Method::Snat)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +153,8 @@ impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Method::Dr => "dr",
+            Method::Nat => "nat",
+            Method::Snat => "snat",
         })
     }
 }
@@ -161,6 +217,7 @@ fn syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     daemon: Option<RawDaemon>,
+    timeouts: Option<RawTimeouts>,
     #[serde(default)]
     service: Vec<RawService>,
 }
@@ -172,6 +229,17 @@ struct RawDaemon {
     interfaces: Vec<String>,
     xdp_mode: Option<String>,
     api: Option<String>,
+    conn_table_size: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    tcp: Option<String>,
+    tcp_fin: Option<String>,
+    tcp_syn: Option<String>,
+    tcp_close: Option<String>,
+    udp: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +256,7 @@ struct RawService {
     encap: Option<String>,
     gue_port: Option<i64>,
     snat_addresses: Option<Vec<String>>,
+    snat_ports: Option<String>,
     #[serde(default)]
     backend: Vec<RawBackend>,
     health: Option<RawHealth>,
@@ -212,7 +281,7 @@ struct RawHealth {
 }
 
 /// Methods and schedulers of the config contract that later issues bring.
-const PLANNED_METHODS: &[&str] = &["nat", "snat", "tun"];
+const PLANNED_METHODS: &[&str] = &["tun"];
 const PLANNED_SCHEDULERS: &[&str] = &[
     "rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "chbl", "p2c",
 ];
@@ -238,6 +307,7 @@ impl Validator<'_> {
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let daemon = self.daemon(raw.daemon)?;
+        let timeouts = self.timeouts(raw.timeouts)?;
         let mut services = Vec::with_capacity(raw.service.len());
         let mut names = HashSet::new();
         let mut keys = HashSet::new();
@@ -262,7 +332,36 @@ impl Validator<'_> {
             }
             services.push(service);
         }
-        Ok(Config { daemon, services })
+        Ok(Config {
+            daemon,
+            timeouts,
+            services,
+        })
+    }
+
+    fn timeouts(&self, raw: Option<RawTimeouts>) -> Result<Timeouts, ConfigError> {
+        let mut timeouts = Timeouts::default();
+        let Some(raw) = raw else { return Ok(timeouts) };
+        for (name, text, slot) in [
+            ("tcp", raw.tcp, &mut timeouts.tcp),
+            ("tcp_fin", raw.tcp_fin, &mut timeouts.tcp_fin),
+            ("tcp_syn", raw.tcp_syn, &mut timeouts.tcp_syn),
+            ("tcp_close", raw.tcp_close, &mut timeouts.tcp_close),
+            ("udp", raw.udp, &mut timeouts.udp),
+        ] {
+            if let Some(text) = text {
+                let value = self.duration(&format!("timeouts.{name}"), &text)?;
+                if value < Duration::from_secs(1) {
+                    return Err(self.error(
+                        format!("timeouts.{name}"),
+                        format!("{text:?} is too short"),
+                        "use at least \"1s\" (idle entries are swept once a second)",
+                    ));
+                }
+                *slot = value;
+            }
+        }
+        Ok(timeouts)
     }
 
     fn daemon(&self, raw: Option<RawDaemon>) -> Result<Daemon, ConfigError> {
@@ -323,10 +422,22 @@ impl Validator<'_> {
                 )
             })?),
         };
+        let conn_table_size = match raw.conn_table_size {
+            None => DEFAULT_CONN_TABLE_SIZE,
+            Some(n) if (1024..=16_777_216).contains(&n) => n as u32,
+            Some(n) => {
+                return Err(self.error(
+                    "daemon.conn_table_size",
+                    format!("{n} entries is out of range"),
+                    "use 1024 to 16777216 (each flow takes one entry, two for nat/snat)",
+                ))
+            }
+        };
         Ok(Daemon {
             interfaces: raw.interfaces,
             xdp_mode,
             api,
+            conn_table_size,
         })
     }
 
@@ -372,11 +483,13 @@ impl Validator<'_> {
         };
         let method = match raw.method.as_deref() {
             None | Some("dr") => Method::Dr,
+            Some("nat") => Method::Nat,
+            Some("snat") => Method::Snat,
             Some(m) if PLANNED_METHODS.contains(&m) => {
                 return Err(self.error(
                     at("method"),
                     format!("method {m:?} is not available in this version yet"),
-                    "use method = \"dr\" (direct routing)",
+                    "use method = \"dr\", \"nat\" or \"snat\"",
                 ))
             }
             Some(other) => {
@@ -416,11 +529,11 @@ impl Validator<'_> {
                 ))
             }
         };
+        let snat = self.snat(&at, method, vip, raw.snat_addresses, raw.snat_ports)?;
         for (key, present) in [
             ("persistence", raw.persistence.is_some()),
             ("encap", raw.encap.is_some()),
             ("gue_port", raw.gue_port.is_some()),
-            ("snat_addresses", raw.snat_addresses.is_some()),
         ] {
             if present {
                 return Err(self.error(
@@ -438,7 +551,7 @@ impl Validator<'_> {
         let mut seen = HashSet::new();
         for (b, raw_backend) in raw.backend.into_iter().enumerate() {
             let key = format!("service[{index}] ({name}).backend[{b}]");
-            let backend = self.backend(&key, raw_backend, vip, port)?;
+            let backend = self.backend(&key, raw_backend, vip, port, method)?;
             if !seen.insert((backend.address, backend.port)) {
                 return Err(self.error(
                     key,
@@ -459,8 +572,89 @@ impl Validator<'_> {
             method,
             scheduler,
             hash_key,
+            snat,
             backends,
         })
+    }
+
+    fn snat(
+        &self,
+        at: &dyn Fn(&str) -> String,
+        method: Method,
+        vip: IpAddr,
+        addresses: Option<Vec<String>>,
+        ports: Option<String>,
+    ) -> Result<Option<Snat>, ConfigError> {
+        if method != Method::Snat {
+            for (key, present) in [
+                ("snat_addresses", addresses.is_some()),
+                ("snat_ports", ports.is_some()),
+            ] {
+                if present {
+                    return Err(self.error(
+                        at(key),
+                        format!("{key} only applies to method = \"snat\""),
+                        format!("remove {key}, or set method = \"snat\""),
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        let texts = addresses.unwrap_or_default();
+        if texts.is_empty() || texts.len() > MAX_SNAT_ADDRESSES {
+            return Err(self.error(
+                at("snat_addresses"),
+                format!(
+                    "snat needs 1 to {MAX_SNAT_ADDRESSES} source addresses, {} given",
+                    texts.len()
+                ),
+                "list addresses this load balancer owns, e.g. snat_addresses = [\"10.77.1.2\"]",
+            ));
+        }
+        let mut list = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            let key = at(&format!("snat_addresses[{i}]"));
+            let address = self.address(&key, text)?;
+            if address.is_ipv4() != vip.is_ipv4() {
+                return Err(self.error(
+                    key,
+                    format!("{address} and VIP {vip} are of different IP versions"),
+                    "use SNAT addresses of the VIP's IP version",
+                ));
+            }
+            if list.contains(&address) {
+                return Err(self.error(
+                    key,
+                    format!("{address} is listed twice"),
+                    "list each address once",
+                ));
+            }
+            list.push(address);
+        }
+        let (port_min, port_max) = match ports {
+            None => DEFAULT_SNAT_PORTS,
+            Some(text) => {
+                let bad = || {
+                    self.error(
+                        at("snat_ports"),
+                        format!("{text:?} is not a port range"),
+                        "write it like \"10000-32767\" (first port at least 1024)",
+                    )
+                };
+                let (lo, hi) = text.split_once('-').ok_or_else(bad)?;
+                let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+                let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+                if lo < 1024 || hi < lo {
+                    return Err(bad());
+                }
+                (lo, hi)
+            }
+        };
+        Ok(Some(Snat {
+            addresses: list,
+            port_min,
+            port_max,
+        }))
     }
 
     fn backend(
@@ -469,6 +663,7 @@ impl Validator<'_> {
         raw: RawBackend,
         vip: IpAddr,
         service_port: u16,
+        method: Method,
     ) -> Result<Backend, ConfigError> {
         let text = raw.address.ok_or_else(|| {
             self.error(
@@ -482,14 +677,21 @@ impl Validator<'_> {
             return Err(self.error(
                 format!("{key}.address"),
                 format!("backend {address} and VIP {vip} are of different IP versions"),
-                "direct routing keeps the client's packet as is: use backends of the VIP's IP version",
+                "use backends of the VIP's IP version (no NAT46/64)",
             ));
         }
         let port = match raw.port {
             None => service_port,
             Some(p) => self.port(&format!("{key}.port"), p)?,
         };
-        if port != service_port {
+        if service_port == 0 && port != 0 {
+            return Err(self.error(
+                format!("{key}.port"),
+                "a port-0 service keeps each flow's destination port",
+                "drop the backend port",
+            ));
+        }
+        if port != service_port && method == Method::Dr {
             return Err(self.error(
                 format!("{key}.port"),
                 format!("port {port} differs from the service port {service_port}"),
@@ -744,7 +946,7 @@ address = "fd77:1::11"
 
     #[test]
     fn features_of_later_versions_are_refused_not_silently_ignored() {
-        let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"nat\""));
+        let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"tun\""));
         assert!(err.reason.contains("not available"), "{err}");
         let err = error_of(&GOOD.replace("scheduler = \"maglev\"", "scheduler = \"wrr\""));
         assert!(err.reason.contains("not available"), "{err}");
@@ -769,5 +971,86 @@ address = "fd77:1::11"
         let text = include_str!("../../../docs/examples/lab-dr.toml");
         let config = parse(Path::new("docs/examples/lab-dr.toml"), text).unwrap();
         assert_eq!(config.services.len(), 2);
+    }
+
+    #[test]
+    fn nat_allows_port_mapping_and_snat_needs_its_addresses() {
+        let nat = parse(
+            Path::new("lb.toml"),
+            &GOOD.replace("method = \"dr\"", "method = \"nat\"").replace(
+                "address = \"10.77.1.11\"\n",
+                "address = \"10.77.1.11\"\nport = 8080\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(nat.services[0].method, Method::Nat);
+        assert_eq!(nat.services[0].backends[0].port, 8080);
+        assert_eq!(nat.services[0].snat, None);
+
+        let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"snat\""));
+        assert!(err.key.ends_with("snat_addresses"), "{err}");
+
+        let snat = parse(
+            Path::new("lb.toml"),
+            &GOOD.replace(
+                "method = \"dr\"",
+                "method = \"snat\"\nsnat_addresses = [\"10.77.1.2\", \"10.77.1.3\"]\nsnat_ports = \"20000-20099\"",
+            ),
+        )
+        .unwrap();
+        let pool = snat.services[0].snat.clone().unwrap();
+        assert_eq!(pool.addresses.len(), 2);
+        assert_eq!((pool.port_min, pool.port_max), (20000, 20099));
+    }
+
+    #[test]
+    fn bad_snat_settings_are_rejected() {
+        let with =
+            |extra: &str| GOOD.replace("method = \"dr\"", &format!("method = \"snat\"\n{extra}"));
+        let cases = [
+            ("snat_addresses = [\"fd77::1\"]", "snat_addresses[0]"),
+            (
+                "snat_addresses = [\"10.77.1.2\"]\nsnat_ports = \"80-90\"",
+                "snat_ports",
+            ),
+            (
+                "snat_addresses = [\"10.77.1.2\"]\nsnat_ports = \"30000-20000\"",
+                "snat_ports",
+            ),
+            (
+                "snat_addresses = [\"10.77.1.2\", \"10.77.1.2\"]",
+                "snat_addresses[1]",
+            ),
+        ];
+        for (extra, key) in cases {
+            let err = error_of(&with(extra));
+            assert!(err.key.ends_with(key), "{extra}: {err}");
+        }
+        let err = error_of(&GOOD.replace(
+            "method = \"dr\"",
+            "method = \"nat\"\nsnat_addresses = [\"10.77.1.2\"]",
+        ));
+        assert!(err.reason.contains("only applies"), "{err}");
+    }
+
+    #[test]
+    fn timeouts_and_table_size_have_ipvs_like_defaults_and_can_be_set() {
+        let config = parse(Path::new("lb.toml"), GOOD).unwrap();
+        assert_eq!(config.timeouts, Timeouts::default());
+        assert_eq!(config.timeouts.tcp, Duration::from_secs(900));
+        assert_eq!(config.daemon.conn_table_size, DEFAULT_CONN_TABLE_SIZE);
+        let text = GOOD.replace(
+            "[daemon]\n",
+            "[timeouts]\ntcp = \"1h\"\nudp = \"30s\"\n\n[daemon]\nconn_table_size = 100000\n",
+        );
+        let config = parse(Path::new("lb.toml"), &text).unwrap();
+        assert_eq!(config.timeouts.tcp, Duration::from_secs(3600));
+        assert_eq!(config.timeouts.udp, Duration::from_secs(30));
+        assert_eq!(config.timeouts.tcp_fin, Duration::from_secs(120));
+        assert_eq!(config.daemon.conn_table_size, 100_000);
+        let err = error_of(&GOOD.replace("[daemon]\n", "[timeouts]\ntcp = \"10ms\"\n\n[daemon]\n"));
+        assert_eq!(err.key, "timeouts.tcp");
+        let err = error_of(&GOOD.replace("[daemon]\n", "[daemon]\nconn_table_size = 10\n"));
+        assert_eq!(err.key, "daemon.conn_table_size");
     }
 }

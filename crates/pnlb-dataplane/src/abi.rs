@@ -7,10 +7,12 @@ use std::net::IpAddr;
 
 pub use crate::skel::types::{
     pnlb_addr as Addr, pnlb_backend as Backend, pnlb_backend_flags as BackendFlags,
-    pnlb_backend_stats as BackendStats, pnlb_conn as Conn, pnlb_flow_key as FlowKey,
+    pnlb_backend_stats as BackendStats, pnlb_conn as Conn, pnlb_conn_direction as ConnDirection,
+    pnlb_conn_flags as ConnFlags, pnlb_conn_state as ConnState, pnlb_flow_key as FlowKey,
     pnlb_hash_key as HashKey, pnlb_hash_seed as HashSeed, pnlb_limits as Limits,
     pnlb_method as Method, pnlb_reason as Reason, pnlb_scheduler as SchedulerKind,
     pnlb_service as Service, pnlb_service_key as ServiceKey, pnlb_service_stats as ServiceStats,
+    pnlb_snat_limits as SnatLimits,
 };
 
 // The same numbers bpf/include/pnlb_abi.h checks with _Static_assert.
@@ -19,8 +21,9 @@ const _: () = {
     assert!(size_of::<ServiceKey>() == 20);
     assert!(offset_of!(ServiceKey, port) == 16);
     assert!(offset_of!(ServiceKey, protocol) == 18);
-    assert!(size_of::<Service>() == 12);
+    assert!(size_of::<Service>() == 16);
     assert!(offset_of!(Service, table_len) == 8);
+    assert!(offset_of!(Service, snat_port_min) == 12);
     assert!(size_of::<Backend>() == 44);
     assert!(offset_of!(Backend, ifindex) == 20);
     assert!(offset_of!(Backend, mac) == 24);
@@ -29,10 +32,12 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 40);
     assert!(offset_of!(FlowKey, src_port) == 32);
     assert!(offset_of!(FlowKey, protocol) == 36);
-    assert!(size_of::<Conn>() == 32);
+    assert!(size_of::<Conn>() == 72);
     assert!(offset_of!(Conn, created_ns) == 16);
-    assert!(size_of::<ServiceStats>() == 24 + 8 * Reason::PNLB_REASON_MAX.0 as usize);
-    assert!(size_of::<BackendStats>() == 24);
+    assert!(offset_of!(Conn, rewrite_src) == 32);
+    assert!(offset_of!(Conn, rewrite_sport) == 64);
+    assert!(size_of::<ServiceStats>() == 40 + 8 * Reason::PNLB_REASON_MAX.0 as usize);
+    assert!(size_of::<BackendStats>() == 40);
 };
 
 pub const MAX_SERVICES: u32 = Limits::PNLB_MAX_SERVICES.0;
@@ -40,6 +45,7 @@ pub const MAX_BACKENDS: u32 = Limits::PNLB_MAX_BACKENDS.0;
 pub const TABLE_SIZE: u32 = Limits::PNLB_TABLE_SIZE.0;
 pub const HASH_SEED: u32 = HashSeed::PNLB_HASH_SEED.0;
 pub const REASON_COUNT: usize = Reason::PNLB_REASON_MAX.0 as usize;
+pub const MAX_SNAT_ADDRS: u32 = SnatLimits::PNLB_MAX_SNAT_ADDRS.0;
 
 /// Types whose every byte pattern is a valid value and which have no
 /// implicit padding: plain integers and arrays of them, with explicit _pad.

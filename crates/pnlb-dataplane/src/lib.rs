@@ -2,12 +2,14 @@
 //!
 //! - [`abi`]: the map key/value types, generated from `bpf/include/pnlb_abi.h`;
 //! - [`loader`]: load the program, attach it to interfaces, detach on drop;
+//! - [`conntrack`]: expire idle connections by state (and free SNAT ports);
 //! - [`programmer`]: turn validated config into map contents, and diff on reload;
 //! - [`nexthop`]: find the MAC and interface each backend is reached through;
 //! - [`stats`]: read the per-CPU counters;
 //! - [`xdp_pass`]: the pass-everything program veth peers need.
 
 pub mod abi;
+pub mod conntrack;
 pub mod loader;
 pub mod nexthop;
 pub mod programmer;

@@ -38,13 +38,19 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    pub fn load() -> Result<Self, DataplaneError> {
+    /// Loads the program with a connection table of `conn_table_size`
+    /// entries (nat/snat flows take two).
+    pub fn load(conn_table_size: u32) -> Result<Self, DataplaneError> {
         // The skeleton borrows its object storage for as long as it lives; a
         // data plane lives for the process, so the few bytes are leaked.
         let storage: &'static mut MaybeUninit<OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
-        let open = LbSkelBuilder::default()
+        let mut open = LbSkelBuilder::default()
             .open(storage)
+            .map_err(DataplaneError::Load)?;
+        open.maps
+            .pnlb_conns
+            .set_max_entries(conn_table_size)
             .map_err(DataplaneError::Load)?;
         let skel = open.load().map_err(DataplaneError::Load)?;
         Ok(Self { skel })

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
-use pnlb_core::config::{Config, HashKey, Method, Scheduler, Service as ServiceConfig};
+use pnlb_core::config::{Config, HashKey, Method, Scheduler, Service as ServiceConfig, Snat};
 use pnlb_core::maglev::{self, MaglevBackend};
 
 use crate::abi::{self, bytes_of, Backend, BackendFlags, BackendStats, ServiceKey, ServiceStats};
@@ -48,6 +48,9 @@ struct ServiceSlot {
     value: abi::Service,
     backends: HashMap<(IpAddr, u16), BackendSlot>,
     table: Vec<u32>,
+    snat: Option<Snat>,
+    /// nat/snat: replies come back through us.
+    translates: bool,
 }
 
 struct BackendSlot {
@@ -134,7 +137,7 @@ impl Programmer {
         for service in &config.services {
             self.apply_service(dataplane, service, &resolution, &mut report)?;
         }
-        self.sync_vips(dataplane)?;
+        self.sync_address_sets(dataplane)?;
         Ok(report)
     }
 
@@ -146,7 +149,7 @@ impl Programmer {
         maps.pnlb_services
             .delete(bytes_of(&slot.key))
             .map_err(map_err("pnlb_services"))?;
-        self.sync_vips(dataplane)?;
+        self.sync_address_sets(dataplane)?;
         delete_table(dataplane, slot.id)?;
         for backend in slot.backends.values() {
             clear_backend(dataplane, backend.id)?;
@@ -188,6 +191,8 @@ impl Programmer {
                     value: abi::Service::default(),
                     backends: HashMap::new(),
                     table: Vec::new(),
+                    snat: None,
+                    translates: false,
                 },
             );
             report.changes.push(format!(
@@ -334,10 +339,37 @@ impl Programmer {
             slot.table = table;
         }
 
+        // SNAT source addresses, before the service that points at them.
+        if config.snat != slot.snat {
+            if let Some(snat) = &config.snat {
+                for (i, address) in snat.addresses.iter().enumerate() {
+                    let index = slot.id * abi::MAX_SNAT_ADDRS + i as u32;
+                    maps.pnlb_snat_addrs
+                        .update(
+                            &index.to_ne_bytes(),
+                            bytes_of(&abi::addr(*address)),
+                            MapFlags::ANY,
+                        )
+                        .map_err(map_err("pnlb_snat_addrs"))?;
+                }
+            }
+            slot.snat = config.snat.clone();
+        }
+        slot.translates = config.method.translates();
+        let (snat_count, snat_port_min, snat_port_count) = match &config.snat {
+            Some(snat) => (
+                snat.addresses.len() as u8,
+                snat.port_min,
+                snat.port_max - snat.port_min + 1,
+            ),
+            None => (0, 0, 0),
+        };
         let value = abi::Service {
             id: slot.id,
             method: match config.method {
                 Method::Dr => abi::Method::PNLB_METHOD_DR.0 as u8,
+                Method::Nat => abi::Method::PNLB_METHOD_NAT.0 as u8,
+                Method::Snat => abi::Method::PNLB_METHOD_SNAT.0 as u8,
             },
             scheduler: match config.scheduler {
                 Scheduler::Maglev => abi::SchedulerKind::PNLB_SCHED_MAGLEV.0 as u8,
@@ -347,8 +379,10 @@ impl Programmer {
                 HashKey::Source => abi::HashKey::PNLB_HASH_SOURCE.0 as u8,
                 HashKey::Destination => abi::HashKey::PNLB_HASH_DESTINATION.0 as u8,
             },
-            _pad: 0,
+            snat_count,
             table_len: slot.table.len() as u32,
+            snat_port_min,
+            snat_port_count,
         };
         if bytes_of(&value) != bytes_of(&slot.value) {
             maps.pnlb_services
@@ -359,28 +393,44 @@ impl Programmer {
         Ok(())
     }
 
-    /// Makes pnlb_vips hold exactly the VIPs of the configured services.
-    fn sync_vips(&self, dataplane: &Dataplane) -> Result<(), DataplaneError> {
-        let vips_map = &dataplane.maps().pnlb_vips;
-        let mut counts: BTreeMap<[u8; 16], u32> = BTreeMap::new();
-        for slot in self.services.values() {
-            let mut key = [0u8; 16];
-            key.copy_from_slice(bytes_of(&abi::addr(slot.vip)));
-            *counts.entry(key).or_default() += 1;
-        }
-        let present: Vec<Vec<u8>> = vips_map.keys().collect();
-        for key in present {
-            if !counts.keys().any(|k| k[..] == key[..]) {
-                vips_map.delete(&key).map_err(map_err("pnlb_vips"))?;
-            }
-        }
-        for (key, count) in counts {
-            vips_map
-                .update(&key, &count.to_ne_bytes(), MapFlags::ANY)
-                .map_err(map_err("pnlb_vips"))?;
-        }
-        Ok(())
+    /// Makes pnlb_vips hold exactly the configured VIPs, and
+    /// pnlb_backend_addrs the backends whose replies need translating.
+    fn sync_address_sets(&self, dataplane: &Dataplane) -> Result<(), DataplaneError> {
+        let maps = dataplane.maps();
+        let vips = self.services.values().map(|slot| slot.vip);
+        sync_address_set(&maps.pnlb_vips, "pnlb_vips", vips)?;
+        let backends = self
+            .services
+            .values()
+            .filter(|slot| slot.translates)
+            .flat_map(|slot| slot.backends.keys().map(|(address, _)| *address));
+        sync_address_set(&maps.pnlb_backend_addrs, "pnlb_backend_addrs", backends)
     }
+}
+
+/// Makes an address -> count map hold exactly `addresses`, counted.
+fn sync_address_set(
+    map: &dyn MapCore,
+    name: &'static str,
+    addresses: impl Iterator<Item = IpAddr>,
+) -> Result<(), DataplaneError> {
+    let mut counts: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
+    for address in addresses {
+        *counts
+            .entry(bytes_of(&abi::addr(address)).to_vec())
+            .or_default() += 1;
+    }
+    let present: Vec<Vec<u8>> = map.keys().collect();
+    for key in present {
+        if !counts.contains_key(&key) {
+            map.delete(&key).map_err(map_err(name))?;
+        }
+    }
+    for (key, count) in counts {
+        map.update(&key, &count.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err(name))?;
+    }
+    Ok(())
 }
 
 fn usable_for(method: Method, address: IpAddr, resolution: &Resolution) -> Result<NextHop, String> {

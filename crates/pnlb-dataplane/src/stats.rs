@@ -2,7 +2,7 @@
 
 use libbpf_rs::{MapCore, MapFlags};
 
-use crate::abi::{self, from_bytes, BackendStats, Plain, Reason, ServiceStats};
+use crate::abi::{self, from_bytes, BackendStats, Plain, ServiceStats};
 use crate::loader::{Dataplane, DataplaneError};
 
 /// Per-service totals.
@@ -11,6 +11,8 @@ pub struct ServiceCounters {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
     /// Indexed by [`Reason`]; see [`reason_name`].
     pub drops: [u64; abi::REASON_COUNT],
 }
@@ -21,6 +23,8 @@ pub struct BackendCounters {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
 }
 
 /// Short, stable names for the reasons (used in logs and metrics).
@@ -40,6 +44,9 @@ pub fn reason_name(reason: usize) -> &'static str {
         "drop_no_backend",
         "drop_backend_gone",
         "drop_unsupported_method",
+        "drop_snat_exhausted",
+        "pass_no_neigh",
+        "drop_no_route",
     ];
     NAMES.get(reason).copied().unwrap_or("unknown")
 }
@@ -70,6 +77,8 @@ impl Dataplane {
             total.packets += cpu.packets;
             total.bytes += cpu.bytes;
             total.new_flows += cpu.new_flows;
+            total.reply_packets += cpu.reply_packets;
+            total.reply_bytes += cpu.reply_bytes;
             for (sum, n) in total.drops.iter_mut().zip(cpu.drops) {
                 *sum += n;
             }
@@ -87,6 +96,8 @@ impl Dataplane {
             total.packets += cpu.packets;
             total.bytes += cpu.bytes;
             total.new_flows += cpu.new_flows;
+            total.reply_packets += cpu.reply_packets;
+            total.reply_bytes += cpu.reply_bytes;
         }
         Ok(total)
     }
@@ -111,7 +122,7 @@ impl Dataplane {
     }
 }
 
-/// The reason a verdict was counted under, by its ABI value.
-pub fn reason_index(reason: Reason) -> usize {
-    reason.0 as usize
+/// The index of a reason by its name (see [`reason_name`]).
+pub fn reason_by_name(name: &str) -> Option<usize> {
+    (0..abi::REASON_COUNT).find(|&i| reason_name(i) == name)
 }

@@ -15,6 +15,71 @@ use crate::summary;
 
 /// How often next hops are re-resolved (a replaced server, a moved MAC).
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// How often idle connections are expired (timeouts are whole seconds).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Logs SNAT port exhaustion per service, once per episode rather than per
+/// dropped flow.
+#[derive(Default)]
+struct ExhaustionWatch {
+    dropped: std::collections::HashMap<String, u64>,
+}
+
+impl ExhaustionWatch {
+    fn check(&mut self, dataplane: &Dataplane, programmer: &Programmer, config: &Config) {
+        let Some(reason) = pnlb_dataplane::stats::reason_by_name("drop_snat_exhausted") else {
+            return;
+        };
+        for service in config.services.iter().filter(|s| s.snat.is_some()) {
+            let Some(id) = programmer.service_id(&service.name) else {
+                continue;
+            };
+            let Ok(counters) = dataplane.service_counters(id) else {
+                continue;
+            };
+            let now = counters.drops[reason];
+            let before = self.dropped.insert(service.name.clone(), now).unwrap_or(0);
+            if now > before {
+                warning!(
+                    "service {}: SNAT ports exhausted, {} new flow(s) dropped; established flows are unaffected. \
+                     Add snat_addresses or widen snat_ports",
+                    service.name,
+                    now - before
+                );
+            }
+        }
+    }
+}
+
+/// nat/snat replies whose next hop is not resolved yet go through the
+/// kernel's forwarding path, which must be on (as IPVS NAT requires).
+fn warn_without_forwarding(config: &Config) {
+    let wants = |v6: bool| {
+        config
+            .services
+            .iter()
+            .any(|s| s.method.translates() && s.vip.is_ipv6() == v6)
+    };
+    for (v6, path, key) in [
+        (
+            false,
+            "/proc/sys/net/ipv4/ip_forward",
+            "net.ipv4.ip_forward",
+        ),
+        (
+            true,
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+            "net.ipv6.conf.all.forwarding",
+        ),
+    ] {
+        let off = std::fs::read_to_string(path)
+            .map(|v| v.trim() == "0")
+            .unwrap_or(false);
+        if wants(v6) && off {
+            warning!("{key} is 0: nat/snat replies to clients whose next hop is not yet resolved will be dropped by the kernel; set {key}=1");
+        }
+    }
+}
 
 pub fn check(path: &Path) -> Result<()> {
     let config = config::load(path)?;
@@ -45,7 +110,7 @@ pub fn run(path: &Path) -> Result<()> {
     for interface in &config.daemon.interfaces {
         pnlb_dataplane::loader::ifindex_of(interface)?;
     }
-    let dataplane = Dataplane::load()?;
+    let dataplane = Dataplane::load(config.daemon.conn_table_size)?;
     let mut programmer = Programmer::new();
     let mut resolver = KernelResolver::default();
     // Program the maps first, attach second: the program never sees a
@@ -69,11 +134,16 @@ pub fn run(path: &Path) -> Result<()> {
         config.daemon.interfaces.join(", ")
     );
 
+    warn_without_forwarding(&config);
+
     let mut last_refresh = Instant::now();
+    let mut last_sweep = Instant::now();
+    let mut exhaustion = ExhaustionWatch::default();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         if reload.swap(false, Ordering::Relaxed) {
             config = reload_config(path, config, &dataplane, &mut programmer, &mut resolver);
+            warn_without_forwarding(&config);
             last_refresh = Instant::now();
         } else if last_refresh.elapsed() >= REFRESH_EVERY {
             match programmer.apply(&dataplane, &config, &mut resolver) {
@@ -81,6 +151,13 @@ pub fn run(path: &Path) -> Result<()> {
                 Err(err) => warning!("refreshing next hops: {err}"),
             }
             last_refresh = Instant::now();
+        }
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            if let Err(err) = dataplane.sweep_connections(&config.timeouts) {
+                warning!("expiring idle connections: {err}");
+            }
+            exhaustion.check(&dataplane, &programmer, &config);
+            last_sweep = Instant::now();
         }
     }
 
@@ -114,6 +191,7 @@ fn reload_config(
     }
     let services_only = Config {
         daemon: current.daemon.clone(),
+        timeouts: next.timeouts,
         services: next.services,
     };
     match programmer.apply(dataplane, &services_only, resolver) {

@@ -79,7 +79,7 @@ pub fn parse_config(text: &str) -> Config {
 
 impl Fixture {
     pub fn new(config_text: &str) -> Self {
-        let dataplane = Dataplane::load().expect("load XDP program");
+        let dataplane = Dataplane::load(65_536).expect("load XDP program");
         let mut fixture = Self {
             dataplane,
             programmer: Programmer::new(),

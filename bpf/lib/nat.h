@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Address and port translation for nat and snat: rewrite the packet's
+ * source and destination to a connection entry's rewrite_* fields, with
+ * incremental updates of the IPv4 header checksum and the TCP/UDP checksum
+ * (whose pseudo-header covers the addresses). Only what differs is touched.
+ */
+#ifndef PNLB_NAT_H
+#define PNLB_NAT_H
+
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include "csum.h"
+#include "parse.h"
+
+/* The L4 checksum field, or NULL (UDP over IPv4 may carry none). */
+static __always_inline __u16 *pnlb_l4_check(void *l4, void *data_end, __u8 protocol)
+{
+	if (protocol == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+
+		if ((void *)(tcp + 1) > data_end)
+			return NULL;
+		return &tcp->check;
+	}
+	if (protocol == IPPROTO_UDP) {
+		struct udphdr *udp = l4;
+
+		if ((void *)(udp + 1) > data_end)
+			return NULL;
+		return &udp->check;
+	}
+	return NULL;
+}
+
+static __always_inline void pnlb_rewrite_ports(void *l4, void *data_end, __u16 *l4_check,
+					       __u16 sport, __u16 dport)
+{
+	/* TCP and UDP both start with source and destination port. */
+	__u16 *ports = l4;
+
+	if ((void *)(ports + 2) > data_end)
+		return;
+	if (ports[0] != sport) {
+		if (l4_check)
+			pnlb_csum_replace2(l4_check, ports[0], sport);
+		ports[0] = sport;
+	}
+	if (ports[1] != dport) {
+		if (l4_check)
+			pnlb_csum_replace2(l4_check, ports[1], dport);
+		ports[1] = dport;
+	}
+}
+
+static __always_inline int pnlb_nat_ipv4(struct xdp_md *ctx, __u8 protocol,
+					 const struct pnlb_conn *conn)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + PNLB_L3_OFFSET;
+	void *l4 = data + PNLB_L4_OFFSET_V4;
+	__u32 src = conn->rewrite_src.words[3];
+	__u32 dst = conn->rewrite_dst.words[3];
+	__u16 *l4_check;
+
+	if ((void *)(ip + 1) > data_end)
+		return PNLB_DROP_TRUNCATED_IP;
+	l4_check = pnlb_l4_check(l4, data_end, protocol);
+	if (!l4_check)
+		return PNLB_DROP_TRUNCATED_L4;
+	/* A UDP checksum of 0 means "none": keep it that way. */
+	if (protocol == IPPROTO_UDP && *l4_check == 0)
+		l4_check = NULL;
+
+	if (ip->saddr != src) {
+		pnlb_csum_replace4(&ip->check, ip->saddr, src);
+		if (l4_check)
+			pnlb_csum_replace4(l4_check, ip->saddr, src);
+		ip->saddr = src;
+	}
+	if (ip->daddr != dst) {
+		pnlb_csum_replace4(&ip->check, ip->daddr, dst);
+		if (l4_check)
+			pnlb_csum_replace4(l4_check, ip->daddr, dst);
+		ip->daddr = dst;
+	}
+	pnlb_rewrite_ports(l4, data_end, l4_check, conn->rewrite_sport, conn->rewrite_dport);
+	if (l4_check && protocol == IPPROTO_UDP && *l4_check == 0)
+		*l4_check = 0xffff;
+	return 0;
+}
+
+static __always_inline void pnlb_rewrite_addr6(__u32 *field, const struct pnlb_addr *to,
+					       __u16 *l4_check)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (field[i] != to->words[i]) {
+			pnlb_csum_replace4(l4_check, field[i], to->words[i]);
+			field[i] = to->words[i];
+		}
+	}
+}
+
+static __always_inline int pnlb_nat_ipv6(struct xdp_md *ctx, __u8 protocol,
+					 const struct pnlb_conn *conn)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ipv6hdr *ip6 = data + PNLB_L3_OFFSET;
+	void *l4 = data + PNLB_L4_OFFSET_V6;
+	__u16 *l4_check;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return PNLB_DROP_TRUNCATED_IP;
+	l4_check = pnlb_l4_check(l4, data_end, protocol);
+	if (!l4_check)
+		return PNLB_DROP_TRUNCATED_L4;
+	pnlb_rewrite_addr6(ip6->saddr.in6_u.u6_addr32, &conn->rewrite_src, l4_check);
+	pnlb_rewrite_addr6(ip6->daddr.in6_u.u6_addr32, &conn->rewrite_dst, l4_check);
+	pnlb_rewrite_ports(l4, data_end, l4_check, conn->rewrite_sport, conn->rewrite_dport);
+	if (protocol == IPPROTO_UDP && *l4_check == 0)
+		*l4_check = 0xffff;
+	return 0;
+}
+
+/* Returns 0, or the reason the packet could not be rewritten. */
+static __always_inline int pnlb_nat_rewrite(struct xdp_md *ctx, const struct pnlb_packet *pkt,
+					    const struct pnlb_conn *conn)
+{
+	if (pkt->ipv6)
+		return pnlb_nat_ipv6(ctx, pkt->flow.protocol, conn);
+	return pnlb_nat_ipv4(ctx, pkt->flow.protocol, conn);
+}
+
+#endif

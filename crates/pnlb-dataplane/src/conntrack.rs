@@ -1,0 +1,136 @@
+//! Expiring idle connections, the userspace half of the connection table.
+//!
+//! The XDP program stamps `last_seen` (to the second) and moves the TCP
+//! state; this sweeper removes entries idle for longer than their state's
+//! timeout (IPVS's defaults: 900 s established, 120 s closing, 300 s UDP).
+//! A nat/snat flow's two entries go together, judged by the more recent of
+//! the two, so a one-way stream never loses its reply mapping; removing the
+//! reply entry is what frees an SNAT port. Entries refreshed between the
+//! dump and the delete are left alone.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use libbpf_rs::{MapCore, MapFlags};
+use pnlb_core::config::Timeouts;
+
+use crate::abi::{bytes_of, from_bytes, Conn, ConnDirection, ConnFlags, ConnState, FlowKey};
+use crate::loader::{Dataplane, DataplaneError};
+
+/// What a sweep saw and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Entries in the table before the sweep (both directions counted).
+    pub entries: usize,
+    /// Entries removed.
+    pub expired: usize,
+}
+
+/// The kernel's monotonic clock, which bpf_ktime_get_ns() reads.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The idle timeout of an entry in `state`.
+pub fn timeout_for(state: u8, timeouts: &Timeouts) -> Duration {
+    match ConnState(u32::from(state)) {
+        ConnState::PNLB_CT_ESTABLISHED => timeouts.tcp,
+        ConnState::PNLB_CT_FIN_WAIT => timeouts.tcp_fin,
+        ConnState::PNLB_CT_CLOSE => timeouts.tcp_close,
+        ConnState::PNLB_CT_UDP => timeouts.udp,
+        _ => timeouts.tcp_syn,
+    }
+}
+
+/// The key of the other direction's entry (see pnlb_peer_key in conntrack.h).
+pub fn peer_key(conn: &Conn, protocol: u8) -> FlowKey {
+    FlowKey {
+        src: conn.rewrite_dst,
+        dst: conn.rewrite_src,
+        src_port: conn.rewrite_dport,
+        dst_port: conn.rewrite_sport,
+        protocol,
+        _pad: [0; 3],
+    }
+}
+
+impl Dataplane {
+    /// One pass over the connection table, removing what has expired.
+    pub fn sweep_connections(&self, timeouts: &Timeouts) -> Result<SweepReport, DataplaneError> {
+        self.sweep_connections_at(timeouts, monotonic_ns())
+    }
+
+    /// As [`Self::sweep_connections`], with "now" given (for tests).
+    pub fn sweep_connections_at(
+        &self,
+        timeouts: &Timeouts,
+        now_ns: u64,
+    ) -> Result<SweepReport, DataplaneError> {
+        let map = &self.maps().pnlb_conns;
+        let map_err = |source| DataplaneError::Map {
+            map: "pnlb_conns",
+            source,
+        };
+        let mut entries: HashMap<Vec<u8>, Conn> = HashMap::new();
+        for (key, value) in map
+            .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
+            .map_err(map_err)?
+        {
+            if let Some(conn) = from_bytes::<Conn>(&value) {
+                entries.insert(key, conn);
+            }
+        }
+        let mut report = SweepReport {
+            entries: entries.len(),
+            expired: 0,
+        };
+        let expired_at = |conn: &Conn, last_seen: u64| {
+            now_ns.saturating_sub(last_seen) > timeout_for(conn.state, timeouts).as_nanos() as u64
+        };
+
+        for (key, conn) in &entries {
+            let Some(flow) = from_bytes::<FlowKey>(key) else {
+                continue;
+            };
+            let translated = conn.flags & ConnFlags::PNLB_CONN_F_NAT.0 as u8 != 0;
+            let peer = translated.then(|| peer_key(conn, flow.protocol));
+            let peer_conn = peer.as_ref().and_then(|p| entries.get(bytes_of(p)));
+            // A pair is judged once, from its original entry; a reply entry
+            // alone (its original evicted by the LRU) is judged by itself.
+            if conn.direction == ConnDirection::PNLB_DIR_REPLY.0 as u8 && peer_conn.is_some() {
+                continue;
+            }
+            let last_seen = conn
+                .last_seen_ns
+                .max(peer_conn.map_or(0, |p| p.last_seen_ns));
+            if !expired_at(conn, last_seen) {
+                continue;
+            }
+            // Still idle now? A packet may have arrived since the dump.
+            let fresh = map
+                .lookup(key, MapFlags::ANY)
+                .map_err(map_err)?
+                .and_then(|v| from_bytes::<Conn>(&v));
+            if fresh.is_some_and(|f| !expired_at(&f, f.last_seen_ns.max(last_seen))) {
+                continue;
+            }
+            if let Some(peer) = &peer {
+                if map.delete(bytes_of(peer)).is_ok() {
+                    report.expired += 1;
+                }
+            }
+            if map.delete(key).is_ok() {
+                report.expired += 1;
+            }
+        }
+        Ok(report)
+    }
+}
