@@ -63,6 +63,16 @@ pub fn peer_key(conn: &Conn, protocol: u8) -> FlowKey {
 }
 
 impl Dataplane {
+    /// The connection-table entry under `key`, if any.
+    pub fn lookup_connection(&self, key: &FlowKey) -> Option<Conn> {
+        let value = self
+            .maps()
+            .pnlb_conns
+            .lookup(bytes_of(key), MapFlags::ANY)
+            .ok()??;
+        from_bytes::<Conn>(&value)
+    }
+
     /// One pass over the connection table, removing what has expired.
     pub fn sweep_connections(&self, timeouts: &Timeouts) -> Result<SweepReport, DataplaneError> {
         self.sweep_connections_at(timeouts, monotonic_ns())

@@ -247,3 +247,199 @@ pub fn dr_rewritten(packet: &[u8], backend: IpAddr) -> Vec<u8> {
     out[6..12].copy_from_slice(&LB_MAC);
     out
 }
+
+/// TCP flags for [`Pkt`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Flags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+pub const SYN: Flags = Flags {
+    syn: true,
+    ack: false,
+    fin: false,
+    rst: false,
+};
+pub const SYN_ACK: Flags = Flags {
+    syn: true,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+pub const ACK: Flags = Flags {
+    syn: false,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+pub const FIN: Flags = Flags {
+    syn: false,
+    ack: true,
+    fin: true,
+    rst: false,
+};
+pub const RST: Flags = Flags {
+    syn: false,
+    ack: false,
+    fin: false,
+    rst: true,
+};
+
+/// A packet described by its fields; `bytes()` builds it with correct
+/// checksums, so a translated packet can be compared byte for byte with
+/// the description of what it should have become.
+#[derive(Clone, Debug)]
+pub struct Pkt {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    /// None = UDP.
+    pub tcp: Option<Flags>,
+    pub payload: Vec<u8>,
+}
+
+impl Pkt {
+    pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: Flags) -> Self {
+        Self {
+            src_mac: ROUTER_MAC,
+            dst_mac: LB_MAC,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            sport,
+            dport,
+            tcp: Some(flags),
+            payload: b"payload".to_vec(),
+        }
+    }
+
+    pub fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Self {
+        Self {
+            tcp: None,
+            ..Self::tcp(src, sport, dst, dport, ACK)
+        }
+    }
+
+    /// The same packet with other addresses and ports.
+    pub fn with(&self, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Self {
+        Self {
+            src,
+            sport,
+            dst,
+            dport,
+            ..self.clone()
+        }
+    }
+
+    pub fn macs(&self, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Self {
+        Self {
+            src_mac,
+            dst_mac,
+            ..self.clone()
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let eth = etherparse::PacketBuilder::ethernet2(self.src_mac, self.dst_mac);
+        let ip = match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+            (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+            _ => panic!("mixed address families"),
+        };
+        let mut out = Vec::new();
+        match self.tcp {
+            None => ip
+                .udp(self.sport, self.dport)
+                .write(&mut out, &self.payload)
+                .unwrap(),
+            Some(flags) => {
+                let mut tcp = ip.tcp(self.sport, self.dport, 1000, 64240);
+                if flags.syn {
+                    tcp = tcp.syn();
+                }
+                if flags.ack {
+                    tcp = tcp.ack(1);
+                }
+                if flags.fin {
+                    tcp = tcp.fin();
+                }
+                if flags.rst {
+                    tcp = tcp.rst();
+                }
+                tcp.write(&mut out, &self.payload).unwrap();
+            }
+        }
+        out
+    }
+}
+
+/// Reads (source, source port, destination, destination port) back from bytes.
+pub fn endpoints(packet: &[u8]) -> (IpAddr, u16, IpAddr, u16) {
+    let flow = flow_of(packet);
+    let addr = |a: &abi::Addr| -> IpAddr {
+        let bytes: Vec<u8> = a.words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes.as_slice()).unwrap());
+        v6.to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6))
+    };
+    (
+        addr(&flow.src),
+        u16::from_be(flow.src_port),
+        addr(&flow.dst),
+        u16::from_be(flow.dst_port),
+    )
+}
+
+/// Runs `f` on a thread in a fresh network namespace of its own (gone
+/// when the thread ends), set up as an LB host: veth d0 with the LB's MAC and
+/// addresses, a router at 10.77.1.1 / fd77:1::1 with a permanent neighbour
+/// entry, forwarding on. Replies are routed with bpf_fib_lookup, which
+/// reads these tables.
+pub fn in_lb_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: unshare on this thread only.
+        assert_eq!(
+            unsafe { libc::unshare(libc::CLONE_NEWNET) },
+            0,
+            "unshare(CLONE_NEWNET)"
+        );
+        let router = ROUTER_MAC
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let lb = LB_MAC
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let script = format!(
+            "set -e
+            ip link set lo up
+            ip link add d0 address {lb} type veth peer name d1
+            ip link set d1 up
+            ip link set d0 up
+            ip addr add 10.77.1.2/24 dev d0
+            ip -6 addr add fd77:1::2/64 dev d0 nodad
+            ip route add default via 10.77.1.1
+            ip -6 route add default via fd77:1::1
+            ip neigh add 10.77.1.1 lladdr {router} dev d0 nud permanent
+            ip -6 neigh add fd77:1::1 lladdr {router} dev d0 nud permanent
+            sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
+        );
+        let status = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(status.success(), "setting up the LB namespace");
+        f()
+    })
+    .join()
+    .expect("test body")
+}

@@ -1,0 +1,443 @@
+//! nat and snat fixtures: both directions, IPv4 and IPv6, TCP and UDP,
+//! port mapping, TCP state, SNAT port reservation and exhaustion, expiry.
+//! Replies are routed with bpf_fib_lookup, so each test runs in a network
+//! namespace of its own set up as an LB host (support::in_lb_netns).
+
+mod support;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use pnlb_core::config::Timeouts;
+use pnlb_dataplane::abi::{Conn, ConnDirection, ConnState};
+use support::*;
+
+const CONFIG: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+
+[[service]]
+name = "nat4"
+vip = "10.77.100.1"
+port = 80
+method = "nat"
+[[service.backend]]
+address = "10.77.1.11"
+port = 8080
+
+[[service]]
+name = "nat6"
+vip = "fd77:100::1"
+port = 53
+protocol = "udp"
+method = "nat"
+[[service.backend]]
+address = "fd77:1::11"
+
+[[service]]
+name = "snat4"
+vip = "10.77.100.2"
+port = 80
+method = "snat"
+snat_addresses = ["10.77.1.2"]
+snat_ports = "20000-20999"
+[[service.backend]]
+address = "10.77.1.21"
+port = 8080
+
+[[service]]
+name = "snat6"
+vip = "fd77:100::2"
+port = 53
+protocol = "udp"
+method = "snat"
+snat_addresses = ["fd77:1::2"]
+[[service.backend]]
+address = "fd77:1::21"
+
+[[service]]
+name = "tiny"
+vip = "10.77.100.3"
+port = 80
+method = "snat"
+snat_addresses = ["10.77.1.2"]
+snat_ports = "30000-30003"
+[[service.backend]]
+address = "10.77.1.31"
+"#;
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn conn_state(fixture: &Fixture, packet: &Pkt) -> u32 {
+    let key = flow_of(&packet.bytes());
+    let value = fixture
+        .dataplane
+        .lookup_connection(&key)
+        .expect("entry exists");
+    u32::from(value.state)
+}
+
+/// Forward direction: runs `packet`, expects XDP_TX with the destination
+/// (and for snat the source) rewritten; returns the output.
+fn forward(fixture: &Fixture, packet: &Pkt) -> Vec<u8> {
+    let (verdict, out) = fixture.run(&packet.bytes());
+    assert_eq!(
+        verdict, XDP_TX,
+        "forwarded to the backend on the ingress interface"
+    );
+    out
+}
+
+/// Reply direction: runs `packet`, expects it routed (XDP_REDIRECT out d0)
+/// and returns the output.
+fn reply(fixture: &Fixture, packet: &Pkt) -> Vec<u8> {
+    let (verdict, out) = fixture.run(&packet.bytes());
+    assert_eq!(
+        verdict, XDP_REDIRECT,
+        "the reply is routed to the client via d0"
+    );
+    out
+}
+
+#[test]
+fn nat_ipv4_tcp_rewrites_the_destination_with_port_mapping_and_back() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(CONFIG);
+        let syn = Pkt::tcp("10.77.0.2", 40000, "10.77.100.1", 80, SYN);
+        let out = forward(&fixture, &syn);
+        let backend = ip("10.77.1.11");
+        let expected = syn
+            .with(ip("10.77.0.2"), 40000, backend, 8080)
+            .macs(LB_MAC, backend_mac(backend));
+        assert_eq!(
+            out,
+            expected.bytes(),
+            "destination -> 10.77.1.11:8080, checksums updated"
+        );
+
+        let answer = Pkt::tcp("10.77.1.11", 8080, "10.77.0.2", 40000, SYN_ACK)
+            .macs(backend_mac(backend), LB_MAC);
+        let out = reply(&fixture, &answer);
+        let expected = answer
+            .with(ip("10.77.100.1"), 80, ip("10.77.0.2"), 40000)
+            .macs(LB_MAC, ROUTER_MAC);
+        assert_eq!(
+            out,
+            expected.bytes(),
+            "source -> VIP:80, routed to the router's MAC"
+        );
+
+        let counters = fixture
+            .dataplane
+            .service_counters(fixture.programmer.service_id("nat4").unwrap())
+            .unwrap();
+        assert_eq!(
+            (counters.packets, counters.new_flows, counters.reply_packets),
+            (1, 1, 1)
+        );
+    });
+}
+
+#[test]
+fn nat_ipv6_udp_rewrites_both_ways() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(CONFIG);
+        let query = Pkt::udp("fd77::2", 5353, "fd77:100::1", 53);
+        let backend = ip("fd77:1::11");
+        let out = forward(&fixture, &query);
+        assert_eq!(
+            out,
+            query
+                .with(ip("fd77::2"), 5353, backend, 53)
+                .macs(LB_MAC, backend_mac(backend))
+                .bytes()
+        );
+        let answer = Pkt::udp("fd77:1::11", 53, "fd77::2", 5353);
+        let out = reply(&fixture, &answer);
+        assert_eq!(
+            out,
+            answer
+                .with(ip("fd77:100::1"), 53, ip("fd77::2"), 5353)
+                .macs(LB_MAC, ROUTER_MAC)
+                .bytes()
+        );
+    });
+}
+
+#[test]
+fn snat_ipv4_tcp_rewrites_source_and_destination_and_back() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(CONFIG);
+        let syn = Pkt::tcp("10.77.0.2", 40000, "10.77.100.2", 80, SYN);
+        let out = forward(&fixture, &syn);
+        let (src, sport, dst, dport) = endpoints(&out);
+        assert_eq!((src, dst, dport), (ip("10.77.1.2"), ip("10.77.1.21"), 8080));
+        assert!(
+            (20000..=20999).contains(&sport),
+            "SNAT port {sport} from the configured range"
+        );
+        let backend = ip("10.77.1.21");
+        assert_eq!(
+            out,
+            syn.with(src, sport, backend, 8080)
+                .macs(LB_MAC, backend_mac(backend))
+                .bytes()
+        );
+
+        let answer = Pkt::tcp("10.77.1.21", 8080, "10.77.1.2", sport, SYN_ACK);
+        let out = reply(&fixture, &answer);
+        assert_eq!(
+            out,
+            answer
+                .with(ip("10.77.100.2"), 80, ip("10.77.0.2"), 40000)
+                .macs(LB_MAC, ROUTER_MAC)
+                .bytes()
+        );
+    });
+}
+
+#[test]
+fn snat_ipv6_udp_rewrites_both_ways() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(CONFIG);
+        let query = Pkt::udp("fd77::2", 5353, "fd77:100::2", 53);
+        let out = forward(&fixture, &query);
+        let (src, sport, dst, _) = endpoints(&out);
+        assert_eq!((src, dst), (ip("fd77:1::2"), ip("fd77:1::21")));
+        assert!((10000..=32767).contains(&sport), "default SNAT ports");
+        let answer = Pkt::udp("fd77:1::21", 53, "fd77:1::2", sport);
+        let out = reply(&fixture, &answer);
+        assert_eq!(
+            out,
+            answer
+                .with(ip("fd77:100::2"), 53, ip("fd77::2"), 5353)
+                .macs(LB_MAC, ROUTER_MAC)
+                .bytes()
+        );
+    });
+}
+
+#[test]
+fn ipv4_udp_without_a_checksum_keeps_none() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let config = CONFIG.to_string()
+            + "[[service]]\nname = \"udp4\"\nvip = \"10.77.100.4\"\nport = 53\nprotocol = \"udp\"\nmethod = \"nat\"\n[[service.backend]]\naddress = \"10.77.1.41\"\n";
+        let fixture = Fixture::new(&config);
+        let mut packet = Pkt::udp("10.77.0.2", 5353, "10.77.100.4", 53).bytes();
+        packet[40..42].copy_from_slice(&[0, 0]); // UDP checksum: none
+        let (verdict, out) = fixture.run(&packet);
+        assert_eq!(verdict, XDP_TX);
+        assert_eq!(&out[40..42], &[0, 0], "the checksum stays absent");
+        assert_eq!(endpoints(&out).2, ip("10.77.1.41"));
+    });
+}
+
+#[test]
+fn snat_never_gives_one_port_to_two_live_flows() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(CONFIG);
+        let mut ports = HashSet::new();
+        for i in 0..500u16 {
+            let out = forward(
+                &fixture,
+                &Pkt::tcp("10.77.0.2", 10000 + i, "10.77.100.2", 80, SYN),
+            );
+            let (_, sport, _, _) = endpoints(&out);
+            assert!(ports.insert(sport), "port {sport} handed out twice");
+        }
+    });
+}
+
+#[test]
+fn exhausted_snat_ports_drop_new_flows_only_and_free_up_on_expiry() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(CONFIG);
+        let flows: Vec<Pkt> = (0..4)
+            .map(|i| Pkt::tcp("10.77.0.2", 41000 + i, "10.77.100.3", 80, SYN))
+            .collect();
+        let first: Vec<Vec<u8>> = flows.iter().map(|f| forward(&fixture, f)).collect();
+
+        let extra = Pkt::tcp("10.77.0.2", 41999, "10.77.100.3", 80, SYN);
+        let before = fixture.reason("drop_snat_exhausted");
+        let (verdict, _) = fixture.run(&extra.bytes());
+        assert_eq!(verdict, XDP_DROP, "the fifth flow finds no free port");
+        assert_eq!(fixture.reason("drop_snat_exhausted"), before + 1);
+        let id = fixture.programmer.service_id("tiny").unwrap();
+        let drops = fixture.dataplane.service_counters(id).unwrap().drops;
+        assert_eq!(
+            drops[pnlb_dataplane::stats::reason_by_name("drop_snat_exhausted").unwrap()],
+            1
+        );
+
+        for (flow, out) in flows.iter().zip(&first) {
+            let again = Pkt {
+                tcp: Some(ACK),
+                ..flow.clone()
+            };
+            let (verdict, now) = fixture.run(&again.bytes());
+            assert_eq!(verdict, XDP_TX, "established flows are unaffected");
+            assert_eq!(
+                endpoints(&now),
+                endpoints(out),
+                "and keep their translation"
+            );
+        }
+
+        // Idle past the established timeout, the entries expire and free the ports.
+        let later = pnlb_dataplane::conntrack::monotonic_ns() + 901_000_000_000;
+        let report = fixture
+            .dataplane
+            .sweep_connections_at(&Timeouts::default(), later)
+            .unwrap();
+        assert!(
+            report.expired >= 8,
+            "both entries of the four flows: {report:?}"
+        );
+        let (verdict, _) = fixture.run(&extra.bytes());
+        assert_eq!(verdict, XDP_TX, "a freed port serves a new flow");
+    });
+}
+
+#[test]
+fn tcp_state_follows_the_handshake_and_teardown_in_both_entries() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(CONFIG);
+        let client = |flags| Pkt::tcp("10.77.0.2", 42000, "10.77.100.1", 80, flags);
+        let server = |flags| Pkt::tcp("10.77.1.11", 8080, "10.77.0.2", 42000, flags);
+
+        forward(&fixture, &client(SYN));
+        assert_eq!(
+            conn_state(&fixture, &client(SYN)),
+            ConnState::PNLB_CT_SYN_SENT.0
+        );
+        reply(&fixture, &server(SYN_ACK));
+        assert_eq!(
+            conn_state(&fixture, &server(SYN_ACK)),
+            ConnState::PNLB_CT_SYN_SENT.0
+        );
+        forward(&fixture, &client(ACK));
+        assert_eq!(
+            conn_state(&fixture, &client(ACK)),
+            ConnState::PNLB_CT_ESTABLISHED.0
+        );
+        assert_eq!(
+            conn_state(&fixture, &server(ACK)),
+            ConnState::PNLB_CT_ESTABLISHED.0,
+            "mirrored"
+        );
+        reply(&fixture, &server(FIN));
+        assert_eq!(
+            conn_state(&fixture, &client(ACK)),
+            ConnState::PNLB_CT_FIN_WAIT.0
+        );
+        forward(&fixture, &client(RST));
+        assert_eq!(
+            conn_state(&fixture, &server(ACK)),
+            ConnState::PNLB_CT_CLOSE.0
+        );
+
+        // CLOSE expires after tcp_close (10 s), not after 900 s.
+        let soon = pnlb_dataplane::conntrack::monotonic_ns() + 11_000_000_000;
+        let report = fixture
+            .dataplane
+            .sweep_connections_at(&Timeouts::default(), soon)
+            .unwrap();
+        assert_eq!(report.expired, 2);
+        assert!(fixture
+            .dataplane
+            .lookup_connection(&flow_of(&client(ACK).bytes()))
+            .is_none());
+    });
+}
+
+#[test]
+fn established_flows_outlive_the_sweeper_until_their_timeout() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(CONFIG);
+        let flow = Pkt::tcp("10.77.0.2", 43000, "10.77.100.1", 80, ACK);
+        forward(&fixture, &flow);
+        let now = pnlb_dataplane::conntrack::monotonic_ns();
+        let report = fixture
+            .dataplane
+            .sweep_connections_at(&Timeouts::default(), now + 899_000_000_000)
+            .unwrap();
+        assert_eq!(report.expired, 0, "established: 900 s");
+        let report = fixture
+            .dataplane
+            .sweep_connections_at(&Timeouts::default(), now + 901_000_000_000)
+            .unwrap();
+        assert_eq!(report.expired, 2);
+    });
+}
+
+#[test]
+fn packets_from_a_backend_that_match_no_flow_pass_untouched() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(CONFIG);
+        let stray = Pkt::tcp("10.77.1.11", 8080, "10.77.0.9", 55555, ACK).bytes();
+        let (verdict, out) = fixture.run(&stray);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, stray);
+    });
+}
+
+#[test]
+fn the_reply_entry_is_found_by_the_key_the_rust_side_computes() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(CONFIG);
+        let syn = Pkt::tcp("10.77.0.2", 44000, "10.77.100.2", 80, SYN);
+        forward(&fixture, &syn);
+        let original: Conn = fixture
+            .dataplane
+            .lookup_connection(&flow_of(&syn.bytes()))
+            .unwrap();
+        let peer = pnlb_dataplane::conntrack::peer_key(&original, 6);
+        let reply_entry = fixture
+            .dataplane
+            .lookup_connection(&peer)
+            .expect("reply entry under the peer key");
+        assert_eq!(
+            u32::from(reply_entry.direction),
+            ConnDirection::PNLB_DIR_REPLY.0
+        );
+        assert_eq!(
+            pnlb_dataplane::conntrack::peer_key(&reply_entry, 6).src_port,
+            44000u16.to_be()
+        );
+    });
+}
