@@ -1,13 +1,15 @@
-//! Small Rust servers for long-lived flows and UDP: over TCP it greets each
-//! connection with its host name, then echoes everything back; over UDP it
-//! answers each datagram with its host name.
+//! Small Rust servers for long-lived flows, bulk transfers and UDP: on
+//! ECHO_PORT/tcp it greets each connection with its host name, then echoes
+//! everything back; on BULK_PORT/tcp it serves [`crate::bulk`] downloads;
+//! on ECHO_PORT/udp it answers each datagram with its host name.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::bulk::{self, BULK_PORT};
 use crate::netns::in_netns;
 use crate::LabError;
 
@@ -24,49 +26,56 @@ impl EchoServer {
     /// direct routing), which an unbound socket would not do.
     pub fn start(ns: &str, name: &str, udp_addresses: &[IpAddr]) -> Result<Self, LabError> {
         let udp_addresses = udp_addresses.to_vec();
-        let (listeners, udp) = in_netns(ns, move || {
-            let v4 = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], ECHO_PORT)));
-            let v6 = socket_v6_only();
+        let (tcp, udp) = in_netns(ns, move || {
+            let mut tcp = Vec::new();
+            for port in [ECHO_PORT, BULK_PORT] {
+                tcp.push((
+                    port,
+                    TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))),
+                ));
+                tcp.push((port, listen_v6_only(port)));
+            }
             let udp: Vec<std::io::Result<UdpSocket>> = udp_addresses
                 .iter()
                 .map(|&a| UdpSocket::bind(SocketAddr::new(a, ECHO_PORT)))
                 .collect();
-            ((v4, v6), udp)
+            (tcp, udp)
         })?;
+        let failed = |what: &str, err: std::io::Error| LabError::Command {
+            command: what.into(),
+            reason: err.to_string(),
+        };
         let stop = Arc::new(AtomicBool::new(false));
         for socket in udp {
-            let socket = socket.map_err(|err| LabError::Command {
-                command: "bind udp echo".into(),
-                reason: err.to_string(),
-            })?;
+            let socket = socket.map_err(|err| failed("bind udp echo", err))?;
             socket
                 .set_read_timeout(Some(Duration::from_millis(200)))
-                .map_err(|err| LabError::Command {
-                    command: "udp echo timeout".into(),
-                    reason: err.to_string(),
-                })?;
+                .map_err(|err| failed("udp echo timeout", err))?;
             let stop = stop.clone();
             let name = name.to_string();
             std::thread::spawn(move || udp_loop(socket, &name, &stop));
         }
-        for listener in [listeners.0, listeners.1] {
-            let listener = listener.map_err(|err| LabError::Command {
-                command: "bind echo".into(),
-                reason: err.to_string(),
-            })?;
+        for (port, listener) in tcp {
+            let listener = listener.map_err(|err| failed("bind echo", err))?;
             listener
                 .set_nonblocking(true)
-                .map_err(|err| LabError::Command {
-                    command: "echo nonblocking".into(),
-                    reason: err.to_string(),
-                })?;
+                .map_err(|err| failed("echo nonblocking", err))?;
             let stop = stop.clone();
             let greeting = format!("{name}\n");
-            std::thread::spawn(move || accept_loop(listener, &greeting, &stop));
+            let handler: Handler = if port == BULK_PORT {
+                Arc::new(|mut stream: TcpStream| {
+                    let _ = bulk::serve(&mut stream);
+                })
+            } else {
+                Arc::new(move |stream: TcpStream| echo(stream, &greeting))
+            };
+            std::thread::spawn(move || accept_loop(listener, handler, &stop));
         }
         Ok(Self { stop })
     }
 }
+
+type Handler = Arc<dyn Fn(TcpStream) + Send + Sync>;
 
 impl Drop for EchoServer {
     fn drop(&mut self) {
@@ -74,7 +83,7 @@ impl Drop for EchoServer {
     }
 }
 
-fn socket_v6_only() -> std::io::Result<TcpListener> {
+fn listen_v6_only(port: u16) -> std::io::Result<TcpListener> {
     // std binds [::] dual-stack; the v4 listener already holds the port, so
     // make this one IPv6-only before binding.
     // SAFETY: plain socket syscalls on a fresh fd that TcpListener then owns.
@@ -103,7 +112,7 @@ fn socket_v6_only() -> std::io::Result<TcpListener> {
         );
         let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
         addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-        addr.sin6_port = ECHO_PORT.to_be();
+        addr.sin6_port = port.to_be();
         if libc::bind(
             fd,
             (&addr as *const libc::sockaddr_in6).cast(),
@@ -128,29 +137,30 @@ fn udp_loop(socket: UdpSocket, name: &str, stop: &AtomicBool) {
     }
 }
 
-fn accept_loop(listener: TcpListener, greeting: &str, stop: &AtomicBool) {
+fn accept_loop(listener: TcpListener, handler: Handler, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((mut stream, _)) => {
-                let greeting = greeting.to_string();
+            Ok((stream, _)) => {
+                let handler = handler.clone();
                 std::thread::spawn(move || {
                     let _ = stream.set_nonblocking(false);
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-                    if stream.write_all(greeting.as_bytes()).is_err() {
-                        return;
-                    }
-                    let mut buf = [0u8; 16384];
-                    while let Ok(n) = stream.read(&mut buf) {
-                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
+                    handler(stream);
                 });
             }
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn echo(mut stream: TcpStream, greeting: &str) {
+    if stream.write_all(greeting.as_bytes()).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 16384];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+            break;
         }
     }
 }

@@ -13,6 +13,7 @@
 //! [`Lab`] (also while panicking) ends its processes by PID and deletes its
 //! namespaces. Nothing is added to the root namespace.
 
+pub mod bulk;
 pub mod echo;
 pub mod netns;
 pub mod nginx;
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub use bulk::BULK_PORT;
 pub use echo::{EchoServer, ECHO_PORT};
 pub use netns::in_netns;
 pub use process::LabProcess;
@@ -54,10 +56,20 @@ pub struct Server {
     pub ipv6: Ipv6Addr,
 }
 
+/// Where the real servers send traffic for other networks (their replies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gateway {
+    /// The router: dr (replies go straight to the client) and snat.
+    Router,
+    /// The load balancer: nat, whose replies must be translated back.
+    Lb,
+}
+
 /// What to build.
 #[derive(Clone, Debug)]
 pub struct LabSpec {
     pub servers: usize,
+    pub servers_route_via: Gateway,
     /// Start nginx on every server.
     pub nginx: bool,
     /// Start the Rust echo server on every server.
@@ -70,6 +82,7 @@ impl Default for LabSpec {
     fn default() -> Self {
         Self {
             servers: 3,
+            servers_route_via: Gateway::Router,
             nginx: true,
             echo: false,
             prefix: None,
@@ -216,14 +229,34 @@ impl Lab {
             &["-6", "route", "add", "default", "via", "fd77:1::1"],
         )?;
 
-        // Real servers: the DR prerequisites.
+        // The LB forwards what XDP hands the kernel (nat replies whose next
+        // hop is not resolved yet) and must not send ICMP redirects for
+        // them: a redirected server would bypass the LB (as with IPVS NAT).
+        netns::exec(
+            &self.lb,
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                &format!("net.ipv4.conf.{LB_INTERFACE}.send_redirects=0"),
+            ],
+        )?;
+
+        // Real servers: the DR prerequisites, and the default route that
+        // nat needs (via the LB) or that dr/snat use (via the router).
+        let (gateway4, gateway6) = match spec.servers_route_via {
+            Gateway::Router => ("10.77.1.1", "fd77:1::1"),
+            Gateway::Lb => ("10.77.1.2", "fd77:1::2"),
+        };
         for server in &self.servers {
             let (v4, v6) = (format!("{}/24", server.ipv4), format!("{}/64", server.ipv6));
             self.address(&server.ns, "eth0", &v4, &v6)?;
-            netns::ip(&server.ns, &["route", "add", "default", "via", "10.77.1.1"])?;
+            netns::ip(&server.ns, &["route", "add", "default", "via", gateway4])?;
             netns::ip(
                 &server.ns,
-                &["-6", "route", "add", "default", "via", "fd77:1::1"],
+                &["-6", "route", "add", "default", "via", gateway6],
             )?;
             configure_dr_real_server(&server.ns)?;
         }
@@ -318,17 +351,22 @@ impl Lab {
         Ok(process)
     }
 
-    /// A `pnlb run` config with two `dr` services on `port`, one per VIP
-    /// (IPv4 "web", IPv6 "web6"), over the servers at indexes `members`.
-    pub fn dr_config(&self, port: u16, members: &[usize]) -> String {
+    /// A `pnlb run` config with two TCP services on `port` forwarding by
+    /// `method` ("dr", "nat" or "snat"), one per VIP (IPv4 "web", IPv6
+    /// "web6"), over the servers at indexes `members`. snat uses the LB's
+    /// own addresses as source addresses.
+    pub fn config(&self, method: &str, port: u16, members: &[usize]) -> String {
         let mut text = format!("[daemon]\ninterfaces = [\"{LB_INTERFACE}\"]\n");
-        for (name, vip, v6) in [
-            ("web", IpAddr::V4(VIP4), false),
-            ("web6", IpAddr::V6(VIP6), true),
+        for (name, vip, lb, v6) in [
+            ("web", IpAddr::V4(VIP4), IpAddr::V4(LB4), false),
+            ("web6", IpAddr::V6(VIP6), IpAddr::V6(LB6), true),
         ] {
             text += &format!(
-                "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"tcp\"\nmethod = \"dr\"\nscheduler = \"maglev\"\n"
+                "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"tcp\"\nmethod = \"{method}\"\nscheduler = \"maglev\"\n"
             );
+            if method == "snat" {
+                text += &format!("snat_addresses = [\"{lb}\"]\n");
+            }
             for server in members.iter().filter_map(|&i| self.servers.get(i)) {
                 let address = if v6 {
                     IpAddr::V6(server.ipv6)
@@ -339,6 +377,11 @@ impl Lab {
             }
         }
         text
+    }
+
+    /// [`Self::config`] for direct routing.
+    pub fn dr_config(&self, port: u16, members: &[usize]) -> String {
+        self.config("dr", port, members)
     }
 
     /// Runs a command in the client namespace and returns its stdout.
@@ -436,6 +479,11 @@ fn configure_dr_real_server(ns: &str) -> Result<(), LabError> {
             "net.ipv4.conf.eth0.arp_announce=2",
             "net.ipv4.conf.all.rp_filter=2",
             "net.ipv4.conf.eth0.rp_filter=2",
+            // A redirect from the LB's kernel must not move nat replies off it.
+            "net.ipv4.conf.all.accept_redirects=0",
+            "net.ipv4.conf.eth0.accept_redirects=0",
+            "net.ipv6.conf.all.accept_redirects=0",
+            "net.ipv6.conf.eth0.accept_redirects=0",
         ],
     )?;
     Ok(())

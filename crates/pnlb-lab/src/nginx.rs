@@ -16,9 +16,10 @@ pub fn start(ns: &str, name: &str, dir: &Path) -> Result<LabProcess, LabError> {
     let d = dir.display();
     let config = format!(
         r#"worker_processes 1;
+worker_rlimit_nofile 20000;
 pid {d}/nginx.pid;
 error_log {d}/error.log;
-events {{ worker_connections 4096; }}
+events {{ worker_connections 16384; }}
 http {{
     access_log off;
     sendfile off;

@@ -1,4 +1,6 @@
-//! Counter tables in the layout of `ipvsadm -L -n --stats`.
+//! Counter tables in the layout of `ipvsadm -L -n --stats`. OutPkts and
+//! OutBytes count replies the load balancer translated (nat, snat); with dr
+//! replies never cross it.
 
 use std::fmt::Write;
 
@@ -10,11 +12,11 @@ pub fn render(dataplane: &Dataplane, programmer: &Programmer, config: &Config) -
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Prot LocalAddress:Port             Method Scheduler   Conns     InPkts      InBytes"
+        "Prot LocalAddress:Port             Method Scheduler   Conns     InPkts    OutPkts      InBytes     OutBytes"
     );
     let _ = writeln!(
         out,
-        "  -> RemoteAddress:Port           Weight              Conns     InPkts      InBytes"
+        "  -> RemoteAddress:Port           Weight              Conns     InPkts    OutPkts      InBytes     OutBytes"
     );
     for service in &config.services {
         let Some(id) = programmer.service_id(&service.name) else {
@@ -26,14 +28,16 @@ pub fn render(dataplane: &Dataplane, programmer: &Programmer, config: &Config) -
         let local = endpoint(service.vip, service.port);
         let _ = writeln!(
             out,
-            "{:<4} {:<30} {:<6} {:<9} {:>7} {:>10} {:>12}   ({})",
+            "{:<4} {:<30} {:<6} {:<9} {:>7} {:>10} {:>10} {:>12} {:>12}   ({})",
             service.protocol.to_string().to_uppercase(),
             local,
             service.method.to_string(),
             service.scheduler.to_string(),
             counters.new_flows,
             counters.packets,
+            counters.reply_packets,
             counters.bytes,
+            counters.reply_bytes,
             service.name
         );
         for backend in &service.backends {
@@ -47,13 +51,15 @@ pub fn render(dataplane: &Dataplane, programmer: &Programmer, config: &Config) -
             };
             let _ = writeln!(
                 out,
-                "  -> {:<29} {:<6} {:<9} {:>7} {:>10} {:>12}",
+                "  -> {:<29} {:<6} {:<9} {:>7} {:>10} {:>10} {:>12} {:>12}",
                 endpoint(backend.address, backend.port),
                 backend.weight.to_string(),
                 "",
                 b.new_flows,
                 b.packets,
-                b.bytes
+                b.reply_packets,
+                b.bytes,
+                b.reply_bytes
             );
         }
         for (reason, &count) in counters.drops.iter().enumerate() {

@@ -5,68 +5,13 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use pnlb_lab::{in_netns, Lab, LabProcess, LabSpec, ECHO_PORT, LB_INTERFACE, VIP4, VIP6};
-
-const PNLB: &str = env!("CARGO_BIN_EXE_pnlb");
-
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("CI must run the lab tests as root");
-    }
-    eprintln!("skipping: the lab needs root (network namespaces, XDP)");
-    false
-}
-
-fn write_config(lab: &Lab, text: &str) -> PathBuf {
-    let path = lab.dir.join("pnlb.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-fn xdp_attached(lab: &Lab) -> bool {
-    let out = std::process::Command::new("ip")
-        .args(["-n", &lab.lb, "link", "show", LB_INTERFACE])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains("xdp")
-}
-
-/// `count` HTTP/1.0 requests to vip:80 from the client, one new connection
-/// each; returns how many each server answered.
-fn spread(lab: &Lab, vip: IpAddr, count: usize) -> HashMap<String, usize> {
-    in_netns(&lab.client, move || {
-        let mut answers: HashMap<String, usize> = HashMap::new();
-        for _ in 0..count {
-            let mut stream =
-                TcpStream::connect_timeout(&SocketAddr::new(vip, 80), Duration::from_secs(3))
-                    .expect("connect to the VIP");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(3)))
-                .unwrap();
-            stream.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-            let mut response = String::new();
-            stream
-                .read_to_string(&mut response)
-                .expect("read the response");
-            let server = response
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            *answers.entry(server).or_default() += 1;
-        }
-        answers
-    })
-    .expect("client namespace")
-}
+use support::*;
 
 #[test]
 fn curl_reaches_nginx_through_the_vip_and_replies_bypass_the_lb() {
@@ -266,7 +211,7 @@ fn a_long_lived_connection_keeps_streaming_while_backends_are_added_and_removed(
         servers: 4,
         nginx: false,
         echo: true,
-        prefix: None,
+        ..LabSpec::default()
     })
     .expect("lab");
     let path = write_config(&lab, &lab.dr_config(ECHO_PORT, &[0, 1, 2]));
@@ -323,7 +268,7 @@ fn udp_datagrams_are_balanced_and_answered_from_the_vip() {
         servers: 3,
         nginx: false,
         echo: true,
-        prefix: None,
+        ..LabSpec::default()
     })
     .expect("lab");
     let text = lab
@@ -373,7 +318,7 @@ fn a_bad_config_exits_non_zero_with_one_line_and_attaches_nothing() {
         servers: 1,
         nginx: false,
         echo: false,
-        prefix: None,
+        ..LabSpec::default()
     })
     .expect("lab");
     let good = lab.dr_config(80, &[0]);

@@ -1,0 +1,223 @@
+//! nat and snat end to end through the namespace lab: curl to nginx over
+//! IPv4 and IPv6, gigabyte downloads checked byte for byte, and ten
+//! thousand concurrent connections through snat.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use pnlb_lab::{bulk, in_netns, Gateway, Lab, LabSpec, BULK_PORT, VIP4, VIP6};
+use support::*;
+
+/// The lab each method needs: nat servers route via the LB, snat ones do not.
+fn lab_for(method: &str, nginx: bool) -> Lab {
+    let servers_route_via = if method == "nat" {
+        Gateway::Lb
+    } else {
+        Gateway::Router
+    };
+    Lab::up(&LabSpec {
+        servers_route_via,
+        nginx,
+        echo: !nginx,
+        ..LabSpec::default()
+    })
+    .expect("lab")
+}
+
+fn curl_through(method: &str) {
+    let lab = lab_for(method, true);
+    let path = write_config(&lab, &lab.config(method, 80, &[0, 1, 2]));
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    for url in [format!("http://{VIP4}/"), format!("http://[{VIP6}]/")] {
+        let body = lab
+            .client_command("curl", &["-sS", "-g", "--max-time", "5", &url])
+            .expect("curl");
+        assert!(
+            ["s1", "s2", "s3"].contains(&body.trim()),
+            "{method} {url} answered {body:?}"
+        );
+        let size = lab
+            .client_command(
+                "curl",
+                &[
+                    "-sS",
+                    "-g",
+                    "--max-time",
+                    "10",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{size_download}",
+                    &format!("{url}blob"),
+                ],
+            )
+            .expect("curl blob");
+        assert_eq!(
+            size.trim(),
+            pnlb_lab::nginx::BLOB_SIZE.to_string(),
+            "{method} {url}blob"
+        );
+    }
+    for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+        let answers = spread(&lab, vip, 60);
+        assert_eq!(
+            answers.values().sum::<usize>(),
+            60,
+            "{method} {vip}: {answers:?}"
+        );
+        assert!(
+            answers.len() >= 2,
+            "{method} {vip}: spread over servers: {answers:?}"
+        );
+    }
+    let (status, output) = daemon.stop(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{output:?}");
+}
+
+#[test]
+fn curl_reaches_nginx_through_nat_over_ipv4_and_ipv6() {
+    if privileged() {
+        curl_through("nat");
+    }
+}
+
+#[test]
+fn curl_reaches_nginx_through_snat_over_ipv4_and_ipv6() {
+    if privileged() {
+        curl_through("snat");
+    }
+}
+
+const GIB: u64 = 1 << 30;
+
+fn gigabyte_through(method: &str) {
+    let lab = lab_for(method, false);
+    let path = write_config(&lab, &lab.config(method, BULK_PORT, &[0, 1, 2]));
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    for (vip, length) in [(IpAddr::V4(VIP4), GIB), (IpAddr::V6(VIP6), GIB / 4)] {
+        let result = in_netns(&lab.client, move || {
+            let mut stream = TcpStream::connect_timeout(
+                &SocketAddr::new(vip, BULK_PORT),
+                Duration::from_secs(3),
+            )?;
+            stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+            bulk::download(&mut stream, length, 0x5eed)
+        })
+        .unwrap()
+        .unwrap_or_else(|err| {
+            panic!(
+                "{method} {vip}: download failed: {err}; pnlb: {:?}",
+                daemon.output()
+            )
+        });
+        assert_eq!(result.received, length, "{method} {vip}");
+        assert_eq!(
+            result.client_checksum, result.server_checksum,
+            "{method} {vip}: bytes differ"
+        );
+    }
+    // The data crossed the LB's translation, not some other path.
+    let (_, output) = daemon.stop(Duration::from_secs(10));
+    let line = output
+        .iter()
+        .find(|l| l.starts_with(&format!("TCP  {VIP4}:{BULK_PORT}")))
+        .expect("counter table");
+    let out_bytes: u64 = line
+        .split_whitespace()
+        .nth(8)
+        .and_then(|n| n.parse().ok())
+        .expect("OutBytes column");
+    assert!(
+        out_bytes > GIB,
+        "{method}: the LB translated {out_bytes} reply bytes: {line}"
+    );
+}
+
+#[test]
+fn a_gigabyte_downloads_byte_exact_through_nat() {
+    if privileged() {
+        gigabyte_through("nat");
+    }
+}
+
+#[test]
+fn a_gigabyte_downloads_byte_exact_through_snat() {
+    if privileged() {
+        gigabyte_through("snat");
+    }
+}
+
+/// Lets this process hold `wanted` sockets (the hard limit here is 20000).
+fn raise_open_files(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer; RLIMIT_NOFILE exists.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max.min(wanted.max(limit.rlim_cur));
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+#[test]
+fn ten_thousand_concurrent_connections_through_snat_are_all_translated_right() {
+    if !privileged() {
+        return;
+    }
+    const CONNECTIONS: usize = 10_000;
+    raise_open_files(CONNECTIONS as u64 + 2000);
+    let lab = lab_for("snat", true);
+    let path = write_config(&lab, &lab.config("snat", 80, &[0, 1, 2]));
+    let _daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+
+    let answers = in_netns(&lab.client, move || {
+        // Open them all first, so all 10,000 are live at once...
+        let vip = SocketAddr::new(IpAddr::V4(VIP4), 80);
+        let mut streams = Vec::with_capacity(CONNECTIONS);
+        for i in 0..CONNECTIONS {
+            let stream = TcpStream::connect_timeout(&vip, Duration::from_secs(5))
+                .unwrap_or_else(|err| panic!("connection {i}: {err}"));
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            streams.push(stream);
+        }
+        // ...then use each: a mis-translated connection gets no answer,
+        // someone else's, or a reset.
+        let mut answers = std::collections::HashMap::<String, usize>::new();
+        for (i, stream) in streams.iter_mut().enumerate() {
+            let request = format!("GET / HTTP/1.1\r\nHost: c{i}\r\n\r\n");
+            stream
+                .write_all(request.as_bytes())
+                .unwrap_or_else(|err| panic!("connection {i}: {err}"));
+            let mut buf = [0u8; 512];
+            let n = stream
+                .read(&mut buf)
+                .unwrap_or_else(|err| panic!("connection {i}: {err}"));
+            let response = String::from_utf8_lossy(&buf[..n]);
+            assert!(
+                response.starts_with("HTTP/1.1 200"),
+                "connection {i}: {response}"
+            );
+            let server = response
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            *answers.entry(server).or_default() += 1;
+        }
+        answers
+    })
+    .unwrap();
+    assert_eq!(answers.values().sum::<usize>(), CONNECTIONS, "{answers:?}");
+    for server in ["s1", "s2", "s3"] {
+        let share = *answers.get(server).unwrap_or(&0) as f64 / CONNECTIONS as f64;
+        assert!((0.25..=0.42).contains(&share), "{server}: {answers:?}");
+    }
+}

@@ -1,0 +1,69 @@
+//! Helpers shared by the lab end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pnlb_lab::{in_netns, Lab, LB_INTERFACE};
+
+pub const PNLB: &str = env!("CARGO_BIN_EXE_pnlb");
+
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("CI must run the lab tests as root");
+    }
+    eprintln!("skipping: the lab needs root (network namespaces, XDP)");
+    false
+}
+
+pub fn write_config(lab: &Lab, text: &str) -> PathBuf {
+    let path = lab.dir.join("pnlb.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+pub fn xdp_attached(lab: &Lab) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &lab.lb, "link", "show", LB_INTERFACE])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("xdp")
+}
+
+/// `count` HTTP/1.0 requests to vip:80 from the client, one new connection
+/// each; returns how many each server answered.
+pub fn spread(lab: &Lab, vip: IpAddr, count: usize) -> HashMap<String, usize> {
+    in_netns(&lab.client, move || {
+        let mut answers: HashMap<String, usize> = HashMap::new();
+        for _ in 0..count {
+            let mut stream =
+                TcpStream::connect_timeout(&SocketAddr::new(vip, 80), Duration::from_secs(3))
+                    .expect("connect to the VIP");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .unwrap();
+            stream.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            let mut response = String::new();
+            stream
+                .read_to_string(&mut response)
+                .expect("read the response");
+            let server = response
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            *answers.entry(server).or_default() += 1;
+        }
+        answers
+    })
+    .expect("client namespace")
+}
