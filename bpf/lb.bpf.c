@@ -15,6 +15,7 @@
 #include "lib/forward_dr.h"
 #include "lib/nat.h"
 #include "lib/route.h"
+#include "lib/icmp.h"
 
 /*
  * BTF anchor: makes clang emit every ABI enum into BTF so that libbpf-cargo
@@ -65,6 +66,31 @@ static __always_inline int pnlb_handle_reply(struct xdp_md *ctx, const struct pn
 	return pnlb_forward_fib(ctx, conn, pkt);
 }
 
+/*
+ * An ICMP error: if it quotes a translated flow, translate it and send it
+ * on (to the backend, or routed to the client); otherwise it is the
+ * kernel's, untouched.
+ */
+static __always_inline int pnlb_handle_icmp_error(struct xdp_md *ctx, const struct pnlb_packet *pkt)
+{
+	struct pnlb_conn *conn;
+	struct pnlb_backend *backend;
+
+	conn = pkt->ipv6 ? pnlb_icmp6_translate(ctx) : pnlb_icmp4_translate(ctx);
+	if (!conn)
+		return pnlb_pass(pnlb_is_vip(&pkt->flow.dst) ? PNLB_PASS_VIP_OTHER_PROTO
+							      : PNLB_PASS_NOT_SERVICE);
+	if (conn->direction == PNLB_DIR_REPLY) {
+		pnlb_count_reply(conn->service_id, conn->backend_id, pkt->len);
+		return pnlb_forward_fib(ctx, conn, pkt);
+	}
+	backend = pnlb_live_backend(conn->backend_id, conn->backend_generation);
+	if (!backend)
+		return pnlb_service_drop(conn->service_id, PNLB_DROP_BACKEND_GONE);
+	pnlb_count_forward(conn->service_id, conn->backend_id, pkt->len, 0);
+	return pnlb_forward_l2(ctx, backend);
+}
+
 SEC("xdp")
 int pnlb_xdp(struct xdp_md *ctx)
 {
@@ -79,6 +105,8 @@ int pnlb_xdp(struct xdp_md *ctx)
 	reason = pnlb_parse(ctx, &pkt);
 	if (reason == PNLB_PARSE_FROM_BACKEND)
 		return pnlb_handle_reply(ctx, &pkt);
+	if (reason == PNLB_PARSE_ICMP_ERROR)
+		return pnlb_handle_icmp_error(ctx, &pkt);
 	if (reason != PNLB_PARSE_TO_VIP) {
 		if (pnlb_reason_is_pass(reason))
 			return pnlb_pass(reason);

@@ -22,6 +22,8 @@
  * VIP, or one from a nat/snat backend (a possible reply). */
 #define PNLB_PARSE_TO_VIP (-1)
 #define PNLB_PARSE_FROM_BACKEND (-2)
+/* An ICMP error that may quote a translated flow (see icmp.h). */
+#define PNLB_PARSE_ICMP_ERROR (-3)
 
 #define PNLB_TCP_FIN 0x01
 #define PNLB_TCP_SYN 0x02
@@ -71,6 +73,12 @@ static __always_inline int pnlb_is_vip(const struct pnlb_addr *addr)
 	return bpf_map_lookup_elem(&pnlb_vips, addr) != NULL;
 }
 
+/* ICMPv4 destination unreachable, time exceeded, parameter problem. */
+static __always_inline int pnlb_icmp_type_is_error(__u8 type)
+{
+	return type == 3 || type == 11 || type == 12;
+}
+
 static __always_inline int pnlb_is_backend(const struct pnlb_addr *addr)
 {
 	return bpf_map_lookup_elem(&pnlb_backend_addrs, addr) != NULL;
@@ -117,6 +125,13 @@ static __always_inline int pnlb_parse_ipv4(void *l3, void *data_end,
 	pnlb_addr_from_ipv4(&pkt->flow.dst, ip->daddr);
 	pnlb_addr_from_ipv4(&pkt->flow.src, ip->saddr);
 	pkt->flow.protocol = ip->protocol;
+	if (ip->protocol == IPPROTO_ICMP && ip->ihl == 5 &&
+	    !(ip->frag_off & bpf_htons(PNLB_IP_MF | PNLB_IP_OFFSET))) {
+		__u8 *type = (void *)(ip + 1);
+
+		if ((void *)(type + 1) <= data_end && pnlb_icmp_type_is_error(*type))
+			return PNLB_PARSE_ICMP_ERROR;
+	}
 	if (!pnlb_is_vip(&pkt->flow.dst)) {
 		/* Maybe a reply from a nat/snat backend. What we could not
 		 * translate safely is the kernel's, untouched. */
@@ -149,6 +164,13 @@ static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
 	pnlb_addr_from_ipv6(&pkt->flow.dst, &ip6->daddr);
 	pnlb_addr_from_ipv6(&pkt->flow.src, &ip6->saddr);
 	pkt->flow.protocol = ip6->nexthdr;
+	if (ip6->nexthdr == IPPROTO_ICMPV6) {
+		__u8 *type = (void *)(ip6 + 1);
+
+		/* 1..4: unreachable, too big, time exceeded, parameter problem */
+		if ((void *)(type + 1) <= data_end && *type >= 1 && *type <= 4)
+			return PNLB_PARSE_ICMP_ERROR;
+	}
 	if (!pnlb_is_vip(&pkt->flow.dst)) {
 		if (!pnlb_is_backend(&pkt->flow.src) ||
 		    pnlb_parse_ports(ip6 + 1, data_end, pkt) != PNLB_PARSE_TO_VIP)

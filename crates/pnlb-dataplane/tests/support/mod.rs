@@ -443,3 +443,63 @@ pub fn in_lb_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) ->
     .join()
     .expect("test body")
 }
+
+/// What an ICMP error says.
+#[derive(Clone, Copy, Debug)]
+pub enum IcmpError {
+    /// IPv4 fragmentation needed / IPv6 packet too big, with the MTU.
+    TooBig(u16),
+    PortUnreachable,
+}
+
+/// An ICMP error from `src` to `dst` quoting `quoted` (from its IP header
+/// on, cut to `quote_len` bytes when given, as routers may).
+pub fn icmp_error(
+    src: &str,
+    dst: &str,
+    error: IcmpError,
+    quoted: &Pkt,
+    quote_len: Option<usize>,
+    macs: ([u8; 6], [u8; 6]),
+) -> Vec<u8> {
+    use etherparse::{icmpv4, icmpv6, Icmpv4Type, Icmpv6Type};
+    let mut inner = quoted.bytes()[14..].to_vec();
+    if let Some(len) = quote_len {
+        inner.truncate(len);
+    }
+    let eth = etherparse::PacketBuilder::ethernet2(macs.0, macs.1);
+    let mut out = Vec::new();
+    match (
+        src.parse::<IpAddr>().unwrap(),
+        dst.parse::<IpAddr>().unwrap(),
+    ) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let kind = match error {
+                IcmpError::TooBig(mtu) => {
+                    icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu }
+                }
+                IcmpError::PortUnreachable => icmpv4::DestUnreachableHeader::Port,
+            };
+            eth.ipv4(s.octets(), d.octets(), 64)
+                .icmpv4(Icmpv4Type::DestinationUnreachable(kind))
+                .write(&mut out, &inner)
+                .unwrap();
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let kind = match error {
+                IcmpError::TooBig(mtu) => Icmpv6Type::PacketTooBig {
+                    mtu: u32::from(mtu),
+                },
+                IcmpError::PortUnreachable => {
+                    Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port)
+                }
+            };
+            eth.ipv6(s.octets(), d.octets(), 64)
+                .icmpv6(kind)
+                .write(&mut out, &inner)
+                .unwrap();
+        }
+        _ => panic!("mixed address families"),
+    }
+    out
+}
