@@ -70,6 +70,10 @@ pub enum Gateway {
 pub struct LabSpec {
     pub servers: usize,
     pub servers_route_via: Gateway,
+    /// A smaller MTU on the router's path to the client: the router then
+    /// answers bigger packets with ICMP fragmentation-needed / packet too
+    /// big, so path-MTU discovery through the LB gets exercised.
+    pub client_path_mtu: Option<u16>,
     /// Start nginx on every server.
     pub nginx: bool,
     /// Start the Rust echo server on every server.
@@ -83,6 +87,7 @@ impl Default for LabSpec {
         Self {
             servers: 3,
             servers_route_via: Gateway::Router,
+            client_path_mtu: None,
             nginx: true,
             echo: false,
             prefix: None,
@@ -223,6 +228,33 @@ impl Lab {
             &self.router,
             &["-6", "route", "add", "fd77:100::/64", "via", "fd77:1::2"],
         )?;
+        if let Some(mtu) = spec.client_path_mtu {
+            let mtu = mtu.to_string();
+            let v4 = [
+                "route",
+                "replace",
+                "10.77.0.0/24",
+                "dev",
+                "eth0",
+                "mtu",
+                "lock",
+                &mtu,
+            ];
+            netns::ip(&self.router, &v4)?;
+            let v6 = [
+                "-6",
+                "route",
+                "replace",
+                "fd77::/64",
+                "dev",
+                "eth0",
+                "metric",
+                "256",
+                "mtu",
+                &mtu,
+            ];
+            netns::ip(&self.router, &v6)?;
+        }
         netns::ip(&self.lb, &["route", "add", "default", "via", "10.77.1.1"])?;
         netns::ip(
             &self.lb,

@@ -221,3 +221,91 @@ fn ten_thousand_concurrent_connections_through_snat_are_all_translated_right() {
         assert!((0.25..=0.42).contains(&share), "{server}: {answers:?}");
     }
 }
+
+/// The router's path to the client takes 1400 bytes at most; downloads
+/// only complete if its ICMP errors, addressed to the VIP, reach the
+/// backend translated (otherwise the backend keeps sending 1500-byte
+/// packets into a black hole).
+fn path_mtu_discovery_through(method: &str) {
+    let servers_route_via = if method == "nat" {
+        Gateway::Lb
+    } else {
+        Gateway::Router
+    };
+    let spec = LabSpec {
+        servers_route_via,
+        client_path_mtu: Some(1400),
+        ..LabSpec::default()
+    };
+    let lab = Lab::up(&spec).expect("lab");
+    let path = write_config(&lab, &lab.config(method, 80, &[0, 1, 2]));
+    let _daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    for (url, client, learnt_for) in [
+        (
+            format!("http://{VIP4}/blob"),
+            "10.77.0.2",
+            if method == "nat" {
+                "10.77.0.2"
+            } else {
+                "10.77.1.2"
+            },
+        ),
+        (
+            format!("http://[{VIP6}]/blob"),
+            "fd77::2",
+            if method == "nat" {
+                "fd77::2"
+            } else {
+                "fd77:1::2"
+            },
+        ),
+    ] {
+        let size = lab
+            .client_command(
+                "curl",
+                &[
+                    "-sS",
+                    "-g",
+                    "--max-time",
+                    "15",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{size_download}",
+                    &url,
+                ],
+            )
+            .unwrap_or_else(|err| panic!("{method} {url}: {err}"));
+        assert_eq!(
+            size.trim(),
+            pnlb_lab::nginx::BLOB_SIZE.to_string(),
+            "{method} {url}"
+        );
+        // The backend that served it learnt the path MTU from the translated error.
+        let learnt = lab.servers.iter().any(|server| {
+            let out = std::process::Command::new("ip")
+                .args(["-n", &server.ns, "route", "get", learnt_for])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("mtu 1400")
+        });
+        assert!(
+            learnt,
+            "{method}: no backend learnt MTU 1400 towards {learnt_for} (client {client})"
+        );
+    }
+}
+
+#[test]
+fn path_mtu_discovery_works_through_nat() {
+    if privileged() {
+        path_mtu_discovery_through("nat");
+    }
+}
+
+#[test]
+fn path_mtu_discovery_works_through_snat() {
+    if privileged() {
+        path_mtu_discovery_through("snat");
+    }
+}
