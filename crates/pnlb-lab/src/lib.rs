@@ -65,6 +65,16 @@ pub enum Gateway {
     Lb,
 }
 
+impl Gateway {
+    /// Its IPv4 and IPv6 addresses on the LAN.
+    pub fn addresses(self) -> (&'static str, &'static str) {
+        match self {
+            Gateway::Router => ("10.77.1.1", "fd77:1::1"),
+            Gateway::Lb => ("10.77.1.2", "fd77:1::2"),
+        }
+    }
+}
+
 /// What to build.
 #[derive(Clone, Debug)]
 pub struct LabSpec {
@@ -278,10 +288,7 @@ impl Lab {
 
         // Real servers: the DR prerequisites, and the default route that
         // nat needs (via the LB) or that dr/snat use (via the router).
-        let (gateway4, gateway6) = match spec.servers_route_via {
-            Gateway::Router => ("10.77.1.1", "fd77:1::1"),
-            Gateway::Lb => ("10.77.1.2", "fd77:1::2"),
-        };
+        let (gateway4, gateway6) = spec.servers_route_via.addresses();
         for server in &self.servers {
             let (v4, v6) = (format!("{}/24", server.ipv4), format!("{}/64", server.ipv6));
             self.address(&server.ns, "eth0", &v4, &v6)?;
@@ -414,6 +421,19 @@ impl Lab {
     /// [`Self::config`] for direct routing.
     pub fn dr_config(&self, port: u16, members: &[usize]) -> String {
         self.config("dr", port, members)
+    }
+
+    /// Points the servers' default routes at the router or at the LB (nat).
+    pub fn route_servers_via(&self, gateway: Gateway) -> Result<(), LabError> {
+        let (v4, v6) = gateway.addresses();
+        for server in &self.servers {
+            netns::ip(&server.ns, &["route", "replace", "default", "via", v4])?;
+            netns::ip(
+                &server.ns,
+                &["-6", "route", "replace", "default", "via", v6],
+            )?;
+        }
+        Ok(())
     }
 
     /// Runs a command in the client namespace and returns its stdout.

@@ -1,5 +1,6 @@
 //! nginx as a real server: one instance per server namespace, answering
-//! `/` with its own name and `/blob` with a 1 MiB file.
+//! `/` with its own name, `/whoami` with its name and the client address
+//! it sees, and `/blob` with a 1 MiB file.
 
 use std::path::Path;
 
@@ -33,6 +34,7 @@ http {{
         listen [::]:80 ipv6only=on reuseport;
         root {d}/www;
         location = / {{ default_type text/plain; return 200 "{name}\n"; }}
+        location = /whoami {{ default_type text/plain; return 200 "{name} $remote_addr\n"; }}
         location /blob {{ default_type application/octet-stream; }}
     }}
 }}

@@ -1,35 +1,74 @@
-//! `pnlb lab demo`: builds the lab, runs `pnlb run` in `dr` mode on the LB,
-//! sends real HTTP requests with curl from the client, shows which server
-//! answered each, proves replies bypassed the LB, and prints the data
-//! plane's own counters.
+//! `pnlb lab demo`: builds the lab and, for each forwarding method (dr,
+//! snat, nat), runs `pnlb run` on the LB, sends real HTTP requests with
+//! curl from the client, shows which server answered and which client
+//! address it saw, where the replies went, and the data plane's counters.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pnlb_lab::{Lab, LabSpec, LB_INTERFACE, VIP4, VIP6};
+use pnlb_lab::{Gateway, Lab, LabSpec, LB_INTERFACE, VIP4, VIP6};
 
-const REQUESTS_V4: usize = 12;
-const REQUESTS_V6: usize = 6;
+const REQUESTS_V4: usize = 6;
+const REQUESTS_V6: usize = 3;
+
+struct Act {
+    method: &'static str,
+    title: &'static str,
+    servers_route_via: Gateway,
+}
+
+const ACTS: [Act; 3] = [
+    Act {
+        method: "dr",
+        title: "Direct Routing: the LB rewrites MACs only; servers hold the VIP on lo and answer the client directly",
+        servers_route_via: Gateway::Router,
+    },
+    Act {
+        method: "snat",
+        title: "SNAT (full NAT): the LB rewrites source and destination; servers need nothing, but see the LB's address",
+        servers_route_via: Gateway::Router,
+    },
+    Act {
+        method: "nat",
+        title: "NAT: the LB rewrites the destination; servers see the client and route replies back via the LB",
+        servers_route_via: Gateway::Lb,
+    },
+];
 
 pub fn demo() -> Result<()> {
     let binary = std::env::current_exe().context("locating the pnlb binary")?;
     let binary = binary.display().to_string();
-    println!("== pnlb demo: Direct Routing with Maglev, IPv4 and IPv6 ==");
+    println!("== pnlb demo: one VIP pair ({VIP4}:80, [{VIP6}]:80), 3 nginx servers, Maglev, three methods ==");
     println!("building the lab: client -> router -> [switch] -> LB + 3 nginx servers (network namespaces)");
     let lab = Lab::up(&LabSpec {
         prefix: Some(format!("pnlbdemo{}", std::process::id())),
         ..LabSpec::default()
     })?;
-    let config_path = lab.dir.join("pnlb.toml");
     let everyone: Vec<usize> = (0..lab.servers.len()).collect();
-    std::fs::write(&config_path, lab.dr_config(80, &everyone))
-        .context("writing the demo config")?;
-    println!("starting `pnlb run` on the LB ({LB_INTERFACE}, native XDP), VIPs {VIP4}:80 and [{VIP6}]:80\n");
-    let daemon = lab.start_pnlb(&binary, &config_path)?;
+    for act in &ACTS {
+        println!("\n== {}: {} ==", act.method, act.title);
+        lab.route_servers_via(act.servers_route_via)?;
+        let config_path = lab.dir.join(format!("pnlb-{}.toml", act.method));
+        std::fs::write(&config_path, lab.config(act.method, 80, &everyone))
+            .context("writing the demo config")?;
+        let daemon = lab.start_pnlb(&binary, &config_path)?;
+        requests(&lab)?;
+        download(&lab, act.method)?;
+        let (_, output) = daemon.stop(Duration::from_secs(5));
+        println!("  counters read from the XDP data plane when `pnlb run` stopped:");
+        for line in output.iter().skip_while(|line| !line.starts_with("Prot ")) {
+            println!("    {line}");
+        }
+    }
+    println!("\ntearing the lab down");
+    drop(lab);
+    Ok(())
+}
 
+fn requests(lab: &Lab) -> Result<()> {
     for (count, url) in [
-        (REQUESTS_V4, format!("http://{VIP4}/")),
-        (REQUESTS_V6, format!("http://[{VIP6}]/")),
+        (REQUESTS_V4, format!("http://{VIP4}/whoami")),
+        (REQUESTS_V6, format!("http://[{VIP6}]/whoami")),
     ] {
         for i in 1..=count {
             let out = lab.client_command(
@@ -37,24 +76,21 @@ pub fn demo() -> Result<()> {
                 &["-sS", "-g", "--max-time", "3", "-w", " %{local_port}", &url],
             )?;
             let mut parts = out.split_whitespace();
-            let server = parts.next().unwrap_or("?").to_string();
-            let port = parts.next().unwrap_or("?");
-            let address = lab.server(&server).map(|s| {
-                if url.contains('[') {
-                    s.ipv6.to_string()
-                } else {
-                    s.ipv4.to_string()
-                }
-            });
-            println!(
-                "  GET {url:<24} #{i:<2} from client port {port:<5} -> {server} ({})",
-                address.unwrap_or_else(|| "?".into())
+            let (server, seen, port) = (
+                parts.next().unwrap_or("?"),
+                parts.next().unwrap_or("?"),
+                parts.next().unwrap_or("?"),
             );
+            println!("  GET {url:<30} #{i} from client port {port:<5} -> {server}, which saw the client as {seen}");
         }
     }
+    Ok(())
+}
 
+fn download(lab: &Lab, method: &str) -> Result<()> {
     let before = lab.rx_bytes(&lab.lb, LB_INTERFACE)?;
-    let blob = lab.client_command(
+    let url = format!("http://{VIP4}/blob");
+    let size = lab.client_command(
         "curl",
         &[
             "-sS",
@@ -64,26 +100,18 @@ pub fn demo() -> Result<()> {
             "/dev/null",
             "-w",
             "%{size_download}",
-            &format!("http://{VIP4}/blob"),
+            &url,
         ],
     )?;
-    let after = lab.rx_bytes(&lab.lb, LB_INTERFACE)?;
+    let received = lab.rx_bytes(&lab.lb, LB_INTERFACE)? - before;
+    let path = if method == "dr" {
+        "the replies went from the server straight to the client"
+    } else {
+        "the replies came back through the LB, which translated them"
+    };
     println!(
-        "\n  downloaded {} bytes through the VIP; the LB received {} bytes meanwhile:\n  the replies went from the server straight to the client (direct server return)",
-        blob.trim(),
-        after - before
+        "  downloaded {} bytes; the LB received {received} bytes meanwhile: {path}",
+        size.trim()
     );
-
-    let (_, output) = daemon.stop(Duration::from_secs(5));
-    println!("\ncounters read from the XDP data plane when `pnlb run` stopped:");
-    let table: Vec<&String> = output
-        .iter()
-        .skip_while(|line| !line.starts_with("Prot "))
-        .collect();
-    for line in table {
-        println!("  {line}");
-    }
-    println!("\ntearing the lab down");
-    drop(lab);
     Ok(())
 }
