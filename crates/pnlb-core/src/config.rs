@@ -971,6 +971,9 @@ address = "fd77:1::11"
         let text = include_str!("../../../docs/examples/lab-dr.toml");
         let config = parse(Path::new("docs/examples/lab-dr.toml"), text).unwrap();
         assert_eq!(config.services.len(), 2);
+        let text = include_str!("../../../docs/examples/lab-snat.toml");
+        let config = parse(Path::new("docs/examples/lab-snat.toml"), text).unwrap();
+        assert_eq!(config.services[0].method, Method::Snat);
     }
 
     #[test]
