@@ -441,3 +441,41 @@ fn the_reply_entry_is_found_by_the_key_the_rust_side_computes() {
         );
     });
 }
+
+#[test]
+fn malformed_packets_from_a_backend_pass_untouched_even_mid_flow() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(CONFIG);
+        forward(
+            &fixture,
+            &Pkt::tcp("10.77.0.2", 45000, "10.77.100.1", 80, SYN),
+        );
+        let answer = Pkt::tcp("10.77.1.11", 8080, "10.77.0.2", 45000, SYN_ACK).bytes();
+
+        let truncated = &answer[..34 + 10];
+        let (verdict, out) = fixture.run(truncated);
+        assert_eq!(
+            (verdict, out.as_slice()),
+            (XDP_PASS, truncated),
+            "truncated TCP header"
+        );
+
+        let mut fragment = answer.clone();
+        fragment[20] = 0x20; // more fragments
+        let (verdict, out) = fixture.run(&fragment);
+        assert_eq!(
+            (verdict, out),
+            (XDP_PASS, fragment.clone()),
+            "a fragment cannot be translated safely"
+        );
+
+        let (verdict, _) = fixture.run(&answer);
+        assert_eq!(
+            verdict, XDP_REDIRECT,
+            "the well-formed reply is still translated"
+        );
+    });
+}

@@ -308,6 +308,7 @@ impl Lab {
                 .map_err(|err| err.to_string())
         })?
         .map_err(|err| LabError::Setup(format!("XDP_PASS on the LB's switch port: {err}")))?;
+        self.wait_for_links()?;
 
         if spec.nginx {
             for i in 0..self.servers.len() {
@@ -349,6 +350,35 @@ impl Lab {
                 netns::ip(ns, &["link", "set", dev, "master", "br0"])?;
             }
             netns::ip(ns, &["link", "set", dev, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every lab interface is operationally up. A device that
+    /// was just brought up drops what it is given until the kernel's
+    /// link-watch work has run (up to a second later): without this wait,
+    /// the first packets of a test vanish and TCP retries after 1 s.
+    fn wait_for_links(&self) -> Result<(), LabError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for ns in &self.namespaces {
+            loop {
+                let out = netns::ip(ns, &["-o", "link", "show", "up"])?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let waiting: Vec<&str> = text
+                    .lines()
+                    .filter(|line| !line.contains(" lo:") && !line.contains("state UP"))
+                    .collect();
+                if waiting.is_empty() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(LabError::Setup(format!(
+                        "links in {ns} did not come up: {}",
+                        waiting.join("; ")
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         Ok(())
     }

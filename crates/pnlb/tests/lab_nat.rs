@@ -309,3 +309,73 @@ fn path_mtu_discovery_works_through_snat() {
         path_mtu_discovery_through("snat");
     }
 }
+
+/// A four-port SNAT pool in front of one backend (ports are unique per
+/// backend, so one backend makes four the limit): the fifth concurrent
+/// connection is refused and
+/// logged while the four keep working; once they close, the running
+/// daemon's sweeper frees their ports for new connections.
+#[test]
+fn exhausted_snat_ports_are_logged_and_freed_again_after_close() {
+    if !privileged() {
+        return;
+    }
+    let lab = lab_for("snat", false);
+    let text = lab
+        .config("snat", pnlb_lab::ECHO_PORT, &[0])
+        .replace(
+            "snat_addresses = [\"10.77.1.2\"]",
+            "snat_addresses = [\"10.77.1.2\"]\nsnat_ports = \"20000-20003\"",
+        )
+        .replace(
+            "[daemon]\n",
+            "[timeouts]\ntcp_fin = \"1s\"\ntcp_close = \"1s\"\n\n[daemon]\n",
+        );
+    let path = write_config(&lab, &text);
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    let vip = SocketAddr::new(IpAddr::V4(VIP4), pnlb_lab::ECHO_PORT);
+    let connect = move || -> std::io::Result<TcpStream> {
+        let mut stream = TcpStream::connect_timeout(&vip, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut greeting = [0u8; 3];
+        stream.read_exact(&mut greeting)?;
+        Ok(stream)
+    };
+
+    let (held, refused) = in_netns(&lab.client, move || {
+        let held: Vec<TcpStream> = (0..4)
+            .map(|i| connect().unwrap_or_else(|err| panic!("connection {i}: {err}")))
+            .collect();
+        (held, connect().is_err())
+    })
+    .unwrap();
+    assert!(refused, "a fifth concurrent connection finds no SNAT port");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !daemon
+        .output()
+        .iter()
+        .any(|l| l.contains("SNAT ports exhausted"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exhaustion log line: {:?}",
+            daemon.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for mut stream in held {
+        stream
+            .write_all(b"still here")
+            .expect("established flows are unaffected");
+        let mut echo = [0u8; 10];
+        stream.read_exact(&mut echo).expect("and answered");
+        assert_eq!(&echo, b"still here");
+    }
+    // Closed (FIN) flows expire after tcp_fin = 1s; their ports serve again.
+    std::thread::sleep(Duration::from_secs(3));
+    let again = in_netns(&lab.client, move || {
+        (0..4).map(|_| connect().is_ok()).filter(|ok| *ok).count()
+    })
+    .unwrap();
+    assert_eq!(again, 4, "freed ports serve new connections");
+}
