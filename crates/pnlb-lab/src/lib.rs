@@ -472,6 +472,27 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     }
 
+    /// Downloads `url` with curl from the client, discarding the body;
+    /// returns the number of bytes received.
+    pub fn client_download(&self, url: &str, timeout_secs: u32) -> Result<u64, LabError> {
+        let timeout = timeout_secs.to_string();
+        let args = [
+            "-sS",
+            "-g",
+            "--max-time",
+            &timeout,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            url,
+        ];
+        let out = self.client_command("curl", &args)?;
+        out.trim()
+            .parse()
+            .map_err(|_| LabError::Setup(format!("curl {url}: odd size {out:?}")))
+    }
+
     /// Bytes received by an interface in a lab namespace.
     pub fn rx_bytes(&self, ns: &str, dev: &str) -> Result<u64, LabError> {
         interface_counter(ns, dev, "rx_bytes")

@@ -90,28 +90,13 @@ fn requests(lab: &Lab) -> Result<()> {
 fn download(lab: &Lab, method: &str) -> Result<()> {
     let before = lab.rx_bytes(&lab.lb, LB_INTERFACE)?;
     let url = format!("http://{VIP4}/blob");
-    let size = lab.client_command(
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "10",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{size_download}",
-            &url,
-        ],
-    )?;
+    let size = lab.client_download(&url, 10)?;
     let received = lab.rx_bytes(&lab.lb, LB_INTERFACE)? - before;
     let path = if method == "dr" {
         "the replies went from the server straight to the client"
     } else {
         "the replies came back through the LB, which translated them"
     };
-    println!(
-        "  downloaded {} bytes; the LB received {received} bytes meanwhile: {path}",
-        size.trim()
-    );
+    println!("  downloaded {size} bytes; the LB received {received} bytes meanwhile: {path}");
     Ok(())
 }

@@ -36,24 +36,9 @@ fn curl_reaches_nginx_through_the_vip_and_replies_bypass_the_lb() {
         // interface would receive at least that much.
         let blob = format!("{url}blob");
         let before = lab.rx_bytes(&lab.lb, LB_INTERFACE).unwrap();
-        let size = lab
-            .client_command(
-                "curl",
-                &[
-                    "-sS",
-                    "-g",
-                    "--max-time",
-                    "10",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{size_download}",
-                    &blob,
-                ],
-            )
-            .expect("curl blob");
+        let size = lab.client_download(&blob, 10).expect("curl blob");
         let received = lab.rx_bytes(&lab.lb, LB_INTERFACE).unwrap() - before;
-        assert_eq!(size.trim(), pnlb_lab::nginx::BLOB_SIZE.to_string());
+        assert_eq!(size, pnlb_lab::nginx::BLOB_SIZE as u64);
         assert!(
             received < 200_000,
             "the LB received {received} bytes during a 1 MiB download: replies went through it"

@@ -40,24 +40,11 @@ fn curl_through(method: &str) {
             "{method} {url} answered {body:?}"
         );
         let size = lab
-            .client_command(
-                "curl",
-                &[
-                    "-sS",
-                    "-g",
-                    "--max-time",
-                    "10",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{size_download}",
-                    &format!("{url}blob"),
-                ],
-            )
+            .client_download(&format!("{url}blob"), 10)
             .expect("curl blob");
         assert_eq!(
-            size.trim(),
-            pnlb_lab::nginx::BLOB_SIZE.to_string(),
+            size,
+            pnlb_lab::nginx::BLOB_SIZE as u64,
             "{method} {url}blob"
         );
     }
@@ -261,26 +248,9 @@ fn path_mtu_discovery_through(method: &str) {
         ),
     ] {
         let size = lab
-            .client_command(
-                "curl",
-                &[
-                    "-sS",
-                    "-g",
-                    "--max-time",
-                    "15",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{size_download}",
-                    &url,
-                ],
-            )
+            .client_download(&url, 15)
             .unwrap_or_else(|err| panic!("{method} {url}: {err}"));
-        assert_eq!(
-            size.trim(),
-            pnlb_lab::nginx::BLOB_SIZE.to_string(),
-            "{method} {url}"
-        );
+        assert_eq!(size, pnlb_lab::nginx::BLOB_SIZE as u64, "{method} {url}");
         // The backend that served it learnt the path MTU from the translated error.
         let learnt = lab.servers.iter().any(|server| {
             let out = std::process::Command::new("ip")
