@@ -15,6 +15,8 @@ need_package() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "instal
 need_command clang-19 clang-19          # compiles the XDP programs in bpf/
 need_package libelf-dev                 # vendored libbpf (libbpf-sys) builds against it
 need_package zlib1g-dev
+need_package libssl-dev                 # https health checks (openssl crate)
+need_command openssl openssl            # lab: self-signed certificate for nginx's https
 need_package linux-libc-dev             # linux/bpf.h and friends
 need_command pkg-config pkg-config
 need_command make make

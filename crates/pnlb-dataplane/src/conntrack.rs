@@ -73,6 +73,26 @@ impl Dataplane {
         from_bytes::<Conn>(&value)
     }
 
+    /// Removes every entry (both directions) of flows on backend slot
+    /// `backend_id`; their next packets are scheduled afresh. Returns how
+    /// many entries went.
+    pub fn flush_backend_connections(&self, backend_id: u32) -> Result<usize, DataplaneError> {
+        let map = &self.maps().pnlb_conns;
+        let map_err = |source| DataplaneError::Map {
+            map: "pnlb_conns",
+            source,
+        };
+        let doomed: Vec<Vec<u8>> = map
+            .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
+            .map_err(map_err)?
+            .filter(|(_, value)| {
+                from_bytes::<Conn>(value).is_some_and(|c| c.backend_id == backend_id)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        Ok(doomed.iter().filter(|key| map.delete(key).is_ok()).count())
+    }
+
     /// One pass over the connection table, removing what has expired.
     pub fn sweep_connections(&self, timeouts: &Timeouts) -> Result<SweepReport, DataplaneError> {
         self.sweep_connections_at(timeouts, monotonic_ns())

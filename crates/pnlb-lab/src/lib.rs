@@ -113,8 +113,9 @@ pub struct Lab {
     pub lb: String,
     pub servers: Vec<Server>,
     pub dir: PathBuf,
-    processes: Vec<LabProcess>,
-    echo_servers: Vec<EchoServer>,
+    /// Per server (by index): its nginx and its echo server, when running.
+    nginx: Vec<Option<LabProcess>>,
+    echo: Vec<Option<EchoServer>>,
     namespaces: Vec<String>,
     /// Tear down on drop (false for `pnlb lab up`, which leaves it running).
     owned: bool,
@@ -158,8 +159,8 @@ impl Lab {
                 .collect(),
             prefix,
             dir,
-            processes: Vec::new(),
-            echo_servers: Vec::new(),
+            nginx: Vec::new(),
+            echo: Vec::new(),
             namespaces: Vec::new(),
             owned: true,
         };
@@ -310,28 +311,58 @@ impl Lab {
         .map_err(|err| LabError::Setup(format!("XDP_PASS on the LB's switch port: {err}")))?;
         self.wait_for_links()?;
 
+        self.nginx = (0..self.servers.len()).map(|_| None).collect();
+        self.echo = (0..self.servers.len()).map(|_| None).collect();
         if spec.nginx {
+            nginx::make_certificate(&self.dir)?;
             for i in 0..self.servers.len() {
-                let dir = self.dir.join(&self.servers[i].name);
-                std::fs::create_dir_all(&dir)
-                    .map_err(|err| LabError::Setup(format!("{}: {err}", dir.display())))?;
-                let process = nginx::start(&self.servers[i].ns, &self.servers[i].name, &dir)?;
-                self.processes.push(process);
-            }
-            for server in &self.servers {
-                wait_for_port(&server.ns, IpAddr::V4(server.ipv4), 80)?;
+                self.start_nginx(i)?;
             }
         }
         if spec.echo {
-            for server in &self.servers {
-                self.echo_servers.push(EchoServer::start(
-                    &server.ns,
-                    &server.name,
-                    &[IpAddr::V4(VIP4), IpAddr::V6(VIP6)],
-                )?);
+            for i in 0..self.servers.len() {
+                let server = &self.servers[i];
+                // UDP answers from the address it was asked on: the VIPs
+                // (direct routing) and the server's own (nat, health checks).
+                let udp = [
+                    IpAddr::V4(VIP4),
+                    IpAddr::V6(VIP6),
+                    IpAddr::V4(server.ipv4),
+                    IpAddr::V6(server.ipv6),
+                ];
+                self.echo[i] = Some(EchoServer::start(&server.ns, &server.name, &udp)?);
             }
         }
         Ok(())
+    }
+
+    /// Starts nginx on server `index` and waits until it accepts.
+    pub fn start_nginx(&mut self, index: usize) -> Result<(), LabError> {
+        let server = self
+            .servers
+            .get(index)
+            .ok_or_else(|| LabError::Setup(format!("no server {index}")))?;
+        let dir = self.dir.join(&server.name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|err| LabError::Setup(format!("{}: {err}", dir.display())))?;
+        let process = nginx::start(&server.ns, &server.name, &dir, &self.dir)?;
+        wait_for_port(&server.ns, IpAddr::V4(server.ipv4), 80)?;
+        self.nginx[index] = Some(process);
+        Ok(())
+    }
+
+    /// Stops nginx on server `index` (by its PID) and waits until it is gone.
+    pub fn stop_nginx(&mut self, index: usize) {
+        if let Some(process) = self.nginx.get_mut(index).and_then(Option::take) {
+            process.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// Stops the echo servers (TCP and UDP) of server `index`.
+    pub fn stop_echo(&mut self, index: usize) {
+        if let Some(slot) = self.echo.get_mut(index) {
+            *slot = None;
+        }
     }
 
     /// A veth pair from `a` (named `a_if`) to `b` (named `b_if`), up, with
@@ -387,19 +418,6 @@ impl Lab {
         netns::ip(ns, &["addr", "add", v4, "dev", dev])?;
         netns::ip(ns, &["-6", "addr", "add", v6, "dev", dev, "nodad"])?;
         Ok(())
-    }
-
-    /// Starts a process in a lab namespace; the lab ends it when dropped.
-    pub fn spawn(
-        &mut self,
-        ns: &str,
-        name: &str,
-        program: &str,
-        args: &[&str],
-    ) -> Result<&mut LabProcess, LabError> {
-        let process = LabProcess::spawn(ns, name, program, args)?;
-        self.processes.push(process);
-        Ok(self.processes.last_mut().expect("just pushed"))
     }
 
     /// Starts `pnlb run --config CONFIG` in the LB namespace and waits until
@@ -505,7 +523,7 @@ impl Lab {
     /// Leave the lab running after this handle is gone (`pnlb lab up`).
     pub fn keep(mut self) {
         self.owned = false;
-        for process in self.processes.drain(..) {
+        for process in self.nginx.drain(..).flatten() {
             std::mem::forget(process);
         }
     }
@@ -544,10 +562,8 @@ impl Drop for Lab {
         if !self.owned {
             return;
         }
-        self.echo_servers.clear();
-        for process in self.processes.drain(..) {
-            drop(process);
-        }
+        self.echo.clear();
+        self.nginx.clear();
         for ns in self.namespaces.drain(..) {
             netns::delete(&ns);
         }

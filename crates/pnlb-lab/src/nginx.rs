@@ -1,6 +1,7 @@
 //! nginx as a real server: one instance per server namespace, answering
 //! `/` with its own name, `/whoami` with its name and the client address
-//! it sees, and `/blob` with a 1 MiB file.
+//! it sees, and `/blob` with a 1 MiB file, on port 80 and (self-signed
+//! TLS) 443.
 
 use std::path::Path;
 
@@ -9,12 +10,38 @@ use crate::LabError;
 
 pub const BLOB_SIZE: usize = 1 << 20;
 
-pub fn start(ns: &str, name: &str, dir: &Path) -> Result<LabProcess, LabError> {
+/// A self-signed certificate for the lab's HTTPS (in `lab_dir`).
+pub fn make_certificate(lab_dir: &Path) -> Result<(), LabError> {
+    let (key, cert) = (lab_dir.join("tls.key"), lab_dir.join("tls.crt"));
+    let (key, cert) = (key.display().to_string(), cert.display().to_string());
+    crate::netns::run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pnlb-lab",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn start(ns: &str, name: &str, dir: &Path, lab_dir: &Path) -> Result<LabProcess, LabError> {
     let www = dir.join("www");
     std::fs::create_dir_all(&www).map_err(|err| io_error(&www, err))?;
     let blob: Vec<u8> = (0..BLOB_SIZE).map(|i| (i % 251) as u8).collect();
     std::fs::write(www.join("blob"), blob).map_err(|err| io_error(&www, err))?;
     let d = dir.display();
+    let l = lab_dir.display();
     let config = format!(
         r#"worker_processes 1;
 worker_rlimit_nofile 20000;
@@ -32,6 +59,10 @@ http {{
     server {{
         listen 80 reuseport;
         listen [::]:80 ipv6only=on reuseport;
+        listen 443 ssl reuseport;
+        listen [::]:443 ssl ipv6only=on reuseport;
+        ssl_certificate {l}/tls.crt;
+        ssl_certificate_key {l}/tls.key;
         root {d}/www;
         location = / {{ default_type text/plain; return 200 "{name}\n"; }}
         location = /whoami {{ default_type text/plain; return 200 "{name} $remote_addr\n"; }}

@@ -1,6 +1,7 @@
 //! pnlb: a Layer-4 load balancer with an XDP data plane.
 
 mod demo;
+mod health;
 mod lab_cmd;
 mod log;
 mod run;

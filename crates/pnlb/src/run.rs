@@ -1,15 +1,25 @@
 //! `pnlb run`: the daemon.
+//!
+//! One loop, ticking every 100 ms: signals (stop, reload), health reports,
+//! and the periodic jobs (next-hop refresh, connection expiry, SNAT
+//! exhaustion watch). What the data plane sees is always the config as
+//! health makes it (down backends at weight 0, slow start, fallback), and
+//! it is reprogrammed only when that differs from what was last applied.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pnlb_core::config::{self, Config, XdpMode};
+use pnlb_core::config::{self, Config, DownPolicy, XdpMode};
+use pnlb_core::health::Transition;
 use pnlb_dataplane::nexthop::KernelResolver;
 use pnlb_dataplane::{ApplyReport, Dataplane, Programmer};
 
+use crate::health::lifecycle::Lifecycle;
+use crate::health::monitor::{BackendKey, Monitor};
 use crate::log::{info, warning};
 use crate::summary;
 
@@ -17,12 +27,280 @@ use crate::summary;
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
 /// How often idle connections are expired (timeouts are whole seconds).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Slow-start ramps are republished at most this often.
+const RAMP_EVERY: Duration = Duration::from_secs(1);
+
+pub fn check(path: &Path) -> Result<()> {
+    let config = config::load(path)?;
+    println!(
+        "{}: ok, {} service(s)",
+        path.display(),
+        config.services.len()
+    );
+    Ok(())
+}
+
+pub fn run(path: &Path) -> Result<()> {
+    // Everything that can be wrong with the file is found before anything
+    // is loaded or attached.
+    let config = config::load(path)?;
+    if let Some(api) = config.daemon.api {
+        warning!("daemon.api = {api}: the API is not part of this version yet; not serving it");
+    }
+    for interface in &config.daemon.interfaces {
+        pnlb_dataplane::loader::ifindex_of(interface)?;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .context("installing signal handlers")?;
+
+    let mut daemon = Daemon::start(path, config)?;
+    // Program the maps first, attach second: the program never sees a
+    // half-written configuration.
+    let mut attachments = Vec::new();
+    for interface in &daemon.config.daemon.interfaces {
+        attachments.push(
+            daemon
+                .dataplane
+                .attach(interface, daemon.config.daemon.xdp_mode)?,
+        );
+    }
+    let mode = match daemon.config.daemon.xdp_mode {
+        XdpMode::Native => "native XDP",
+        XdpMode::Generic => {
+            "generic XDP (skb mode: slower; use native where the driver supports it)"
+        }
+    };
+    info!(
+        "forwarding {} service(s) on {} ({mode})",
+        daemon.config.services.len(),
+        daemon.config.daemon.interfaces.join(", ")
+    );
+    warn_without_forwarding(&daemon.config);
+
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if reload.swap(false, Ordering::Relaxed) {
+            daemon.reload();
+        }
+        daemon.tick();
+    }
+
+    info!(
+        "stopping: detaching from {}",
+        daemon.config.daemon.interfaces.join(", ")
+    );
+    drop(attachments);
+    print!(
+        "{}",
+        summary::render(&daemon.dataplane, &daemon.programmer, &daemon.config)
+    );
+    Ok(())
+}
+
+struct Daemon {
+    path: PathBuf,
+    config: Config,
+    dataplane: Dataplane,
+    programmer: Programmer,
+    resolver: KernelResolver,
+    monitor: Monitor,
+    lifecycle: Lifecycle,
+    /// The effective config last written to the maps.
+    applied: Config,
+    last_refresh: Instant,
+    last_sweep: Instant,
+    last_ramp: Instant,
+    exhaustion: ExhaustionWatch,
+}
+
+impl Daemon {
+    fn start(path: &Path, config: Config) -> Result<Self> {
+        let dataplane = Dataplane::load(config.daemon.conn_table_size)?;
+        let mut programmer = Programmer::new();
+        let mut resolver = KernelResolver::default();
+        let lifecycle = Lifecycle::default();
+        let applied = lifecycle.effective(&config, Instant::now());
+        log_report(&programmer.apply(&dataplane, &applied, &mut resolver)?);
+        let now = Instant::now();
+        Ok(Self {
+            path: path.to_path_buf(),
+            monitor: Monitor::start(&config),
+            config,
+            dataplane,
+            programmer,
+            resolver,
+            lifecycle,
+            applied,
+            last_refresh: now,
+            last_sweep: now,
+            last_ramp: now,
+            exhaustion: ExhaustionWatch::default(),
+        })
+    }
+
+    fn tick(&mut self) {
+        let resets = self.health_reports();
+        let now = Instant::now();
+        let effective = self.lifecycle.effective(&self.config, now);
+        let changed = effective != self.applied;
+        if changed
+            && (!resets.is_empty()
+                || self.last_ramp.elapsed() >= RAMP_EVERY
+                || self.weights_only_fell(&effective))
+        {
+            self.apply(effective);
+            self.last_ramp = now;
+        } else if self.last_refresh.elapsed() >= REFRESH_EVERY {
+            self.apply(self.applied.clone());
+        }
+        for key in resets {
+            self.flush(&key);
+        }
+        if self.last_sweep.elapsed() >= SWEEP_EVERY {
+            if let Err(err) = self.dataplane.sweep_connections(&self.config.timeouts) {
+                warning!("expiring idle connections: {err}");
+            }
+            self.exhaustion
+                .check(&self.dataplane, &self.programmer, &self.config);
+            self.last_sweep = Instant::now();
+        }
+    }
+
+    /// A backend going down is applied at once; ramps wait for RAMP_EVERY.
+    fn weights_only_fell(&self, effective: &Config) -> bool {
+        effective
+            .services
+            .iter()
+            .zip(&self.applied.services)
+            .any(|(new, old)| {
+                new.backends.len() != old.backends.len()
+                    || new
+                        .backends
+                        .iter()
+                        .zip(&old.backends)
+                        .any(|(n, o)| n.weight == 0 && o.weight != 0)
+            })
+    }
+
+    /// Takes the health reports; logs transitions once; returns the
+    /// backends whose established flows must be reset.
+    fn health_reports(&mut self) -> Vec<BackendKey> {
+        let mut resets = Vec::new();
+        while let Ok(report) = self.monitor.reports.try_recv() {
+            let Some((service, check)) = self.config.services.iter().find_map(|s| {
+                let backend = s.backends.iter().find(|b| {
+                    s.name == report.key.0 && b.address == report.key.1 && b.port == report.key.2
+                })?;
+                Some((s, backend.health.clone()?))
+            }) else {
+                continue;
+            };
+            let Some(event) =
+                self.lifecycle
+                    .observe(report.key, &check, report.result, Instant::now())
+            else {
+                continue;
+            };
+            let (name, address, port) = &event.key;
+            let state = match event.transition {
+                Transition::Up => "UP",
+                Transition::Down => "DOWN",
+            };
+            let message = format!(
+                "service {name}: backend {} is {state} ({}; transition {})",
+                endpoint(*address, *port),
+                event.detail,
+                event.transitions
+            );
+            match event.transition {
+                Transition::Up => info!("{message}"),
+                Transition::Down => warning!("{message}"),
+            }
+            if event.transition == Transition::Down && service.on_backend_down == DownPolicy::Reset
+            {
+                resets.push(event.key);
+            }
+        }
+        resets
+    }
+
+    fn apply(&mut self, effective: Config) {
+        match self
+            .programmer
+            .apply(&self.dataplane, &effective, &mut self.resolver)
+        {
+            Ok(report) => log_report(&report),
+            Err(err) => warning!("programming the data plane: {err}"),
+        }
+        self.applied = effective;
+        self.last_refresh = Instant::now();
+    }
+
+    /// on_backend_down = "reset": the backend's entries go, so its flows'
+    /// next packets are scheduled elsewhere and reset by the new backend.
+    fn flush(&self, key: &BackendKey) {
+        let Some(id) = self.programmer.backend_id(&key.0, key.1, key.2) else {
+            return;
+        };
+        match self.dataplane.flush_backend_connections(id) {
+            Ok(flushed) => info!(
+                "service {}: reset {flushed} connection-table entries of backend {}",
+                key.0,
+                endpoint(key.1, key.2)
+            ),
+            Err(err) => warning!(
+                "resetting flows of backend {}: {err}",
+                endpoint(key.1, key.2)
+            ),
+        }
+    }
+
+    /// Applies a changed config file; an invalid one is rejected whole and
+    /// the running one stays.
+    fn reload(&mut self) {
+        let next = match config::load(&self.path) {
+            Ok(next) => next,
+            Err(err) => {
+                warning!("reload rejected, keeping the running config: {err}");
+                return;
+            }
+        };
+        if next.daemon != self.config.daemon {
+            warning!("reload: [daemon] changes (interfaces, xdp_mode, api, conn_table_size) need a restart; applying the rest");
+        }
+        self.config = Config {
+            daemon: self.config.daemon.clone(),
+            timeouts: next.timeouts,
+            services: next.services,
+        };
+        self.lifecycle.retain(&self.config);
+        self.monitor = Monitor::start(&self.config);
+        let effective = self.lifecycle.effective(&self.config, Instant::now());
+        self.apply(effective);
+        warn_without_forwarding(&self.config);
+        info!(
+            "reloaded {}: {} service(s)",
+            self.path.display(),
+            self.config.services.len()
+        );
+    }
+}
+
+fn endpoint(address: std::net::IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(address, port).to_string()
+}
 
 /// Logs SNAT port exhaustion per service, once per episode rather than per
 /// dropped flow.
 #[derive(Default)]
 struct ExhaustionWatch {
-    dropped: std::collections::HashMap<String, u64>,
+    dropped: HashMap<String, u64>,
 }
 
 impl ExhaustionWatch {
@@ -76,137 +354,7 @@ fn warn_without_forwarding(config: &Config) {
             .map(|v| v.trim() == "0")
             .unwrap_or(false);
         if wants(v6) && off {
-            warning!("{key} is 0: nat/snat replies to clients whose next hop is not yet resolved will be dropped by the kernel; set {key}=1");
-        }
-    }
-}
-
-pub fn check(path: &Path) -> Result<()> {
-    let config = config::load(path)?;
-    println!(
-        "{}: ok, {} service(s)",
-        path.display(),
-        config.services.len()
-    );
-    Ok(())
-}
-
-pub fn run(path: &Path) -> Result<()> {
-    // Everything that can be wrong with the file is found before anything
-    // is loaded or attached.
-    let mut config = config::load(path)?;
-    if let Some(api) = config.daemon.api {
-        warning!("daemon.api = {api}: the API is not part of this version yet; not serving it");
-    }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let reload = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
-        .context("installing signal handlers")?;
-
-    for interface in &config.daemon.interfaces {
-        pnlb_dataplane::loader::ifindex_of(interface)?;
-    }
-    let dataplane = Dataplane::load(config.daemon.conn_table_size)?;
-    let mut programmer = Programmer::new();
-    let mut resolver = KernelResolver::default();
-    // Program the maps first, attach second: the program never sees a
-    // half-written configuration.
-    let report = programmer.apply(&dataplane, &config, &mut resolver)?;
-    log_report(&report);
-
-    let mut attachments = Vec::new();
-    for interface in &config.daemon.interfaces {
-        attachments.push(dataplane.attach(interface, config.daemon.xdp_mode)?);
-    }
-    let mode = match config.daemon.xdp_mode {
-        XdpMode::Native => "native XDP",
-        XdpMode::Generic => {
-            "generic XDP (skb mode: slower; use native where the driver supports it)"
-        }
-    };
-    info!(
-        "forwarding {} service(s) on {} ({mode})",
-        config.services.len(),
-        config.daemon.interfaces.join(", ")
-    );
-
-    warn_without_forwarding(&config);
-
-    let mut last_refresh = Instant::now();
-    let mut last_sweep = Instant::now();
-    let mut exhaustion = ExhaustionWatch::default();
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-        if reload.swap(false, Ordering::Relaxed) {
-            config = reload_config(path, config, &dataplane, &mut programmer, &mut resolver);
-            warn_without_forwarding(&config);
-            last_refresh = Instant::now();
-        } else if last_refresh.elapsed() >= REFRESH_EVERY {
-            match programmer.apply(&dataplane, &config, &mut resolver) {
-                Ok(report) => log_report(&report),
-                Err(err) => warning!("refreshing next hops: {err}"),
-            }
-            last_refresh = Instant::now();
-        }
-        if last_sweep.elapsed() >= SWEEP_EVERY {
-            if let Err(err) = dataplane.sweep_connections(&config.timeouts) {
-                warning!("expiring idle connections: {err}");
-            }
-            exhaustion.check(&dataplane, &programmer, &config);
-            last_sweep = Instant::now();
-        }
-    }
-
-    info!(
-        "stopping: detaching from {}",
-        config.daemon.interfaces.join(", ")
-    );
-    drop(attachments);
-    print!("{}", summary::render(&dataplane, &programmer, &config));
-    Ok(())
-}
-
-/// Applies a changed config file; an invalid one is rejected whole and the
-/// running config stays.
-fn reload_config(
-    path: &Path,
-    current: Config,
-    dataplane: &Dataplane,
-    programmer: &mut Programmer,
-    resolver: &mut KernelResolver,
-) -> Config {
-    let next = match config::load(path) {
-        Ok(next) => next,
-        Err(err) => {
-            warning!("reload rejected, keeping the running config: {err}");
-            return current;
-        }
-    };
-    if next.daemon != current.daemon {
-        warning!("reload: [daemon] changes (interfaces, xdp_mode, api) need a restart; applying services only");
-    }
-    let services_only = Config {
-        daemon: current.daemon.clone(),
-        timeouts: next.timeouts,
-        services: next.services,
-    };
-    match programmer.apply(dataplane, &services_only, resolver) {
-        Ok(report) => {
-            log_report(&report);
-            info!(
-                "reloaded {}: {} service(s)",
-                path.display(),
-                services_only.services.len()
-            );
-            services_only
-        }
-        Err(err) => {
-            warning!("reload failed while programming the data plane: {err}");
-            services_only
+            warning!("{key} is 0: nat/snat replies need it (bpf_fib_lookup and the kernel's forwarding); set {key}=1");
         }
     }
 }

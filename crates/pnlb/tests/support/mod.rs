@@ -67,3 +67,46 @@ pub fn spread(lab: &Lab, vip: IpAddr, count: usize) -> HashMap<String, usize> {
     })
     .expect("client namespace")
 }
+
+/// Waits until the daemon has printed a line containing `needle`.
+pub fn wait_for_log(daemon: &pnlb_lab::LabProcess, needle: &str, timeout: Duration) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(line) = daemon.output().into_iter().find(|l| l.contains(needle)) {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line with {needle:?} within {timeout:?}: {:?}",
+            daemon.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP/1.0 request to vip:80 on a new connection: the answering
+/// server's name, or why it failed.
+pub fn request(vip: IpAddr) -> Result<String, String> {
+    let mut stream = TcpStream::connect_timeout(&SocketAddr::new(vip, 80), Duration::from_secs(1))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let server = response
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if server.is_empty() {
+        return Err("empty response".into());
+    }
+    Ok(server)
+}

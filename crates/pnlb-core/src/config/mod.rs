@@ -12,6 +12,10 @@ use serde::Deserialize;
 
 use crate::duration;
 
+mod health;
+use health::RawHealth;
+pub use health::{CheckKind, DownPolicy, HealthCheck, HttpCheck};
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -71,6 +75,12 @@ pub struct Service {
     pub hash_key: HashKey,
     /// snat only: the LB-local source addresses and the port range to use.
     pub snat: Option<Snat>,
+    /// What happens to a down backend's established flows.
+    pub on_backend_down: DownPolicy,
+    /// A backend that comes up ramps its weight over this long.
+    pub slow_start: Duration,
+    /// Takes new flows only while every backend is down.
+    pub fallback: Option<Backend>,
     pub backends: Vec<Backend>,
 }
 
@@ -138,6 +148,9 @@ pub struct Backend {
     pub port: u16,
     /// 0 = quiescent: no new flows, established flows stay.
     pub weight: u32,
+    /// The service's check with this backend's overrides; None = unchecked
+    /// (always considered up).
+    pub health: Option<HealthCheck>,
 }
 
 impl fmt::Display for Protocol {
@@ -257,6 +270,9 @@ struct RawService {
     gue_port: Option<i64>,
     snat_addresses: Option<Vec<String>>,
     snat_ports: Option<String>,
+    on_backend_down: Option<String>,
+    slow_start: Option<String>,
+    fallback: Option<RawBackend>,
     #[serde(default)]
     backend: Vec<RawBackend>,
     health: Option<RawHealth>,
@@ -268,16 +284,7 @@ struct RawBackend {
     address: Option<String>,
     port: Option<i64>,
     weight: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHealth {
-    kind: Option<String>,
-    interval: Option<String>,
-    timeout: Option<String>,
-    rise: Option<i64>,
-    fall: Option<i64>,
+    health: Option<RawHealth>,
 }
 
 /// Methods and schedulers of the config contract that later issues bring.
@@ -543,15 +550,35 @@ impl Validator<'_> {
                 ));
             }
         }
-        if let Some(health) = raw.health {
-            self.health(&at("health"), health)?;
-        }
+        let on_backend_down = match raw.on_backend_down.as_deref() {
+            None | Some("keep") => DownPolicy::Keep,
+            Some("reset") => DownPolicy::Reset,
+            Some(other) => {
+                return Err(self.error(
+                    at("on_backend_down"),
+                    format!("unknown policy {other:?}"),
+                    "use \"keep\" (let established flows finish) or \"reset\" (drop them so clients reconnect)",
+                ))
+            }
+        };
+        let slow_start = match &raw.slow_start {
+            None => Duration::ZERO,
+            Some(text) => self.duration(&at("slow_start"), text)?,
+        };
+        let service_health = raw.health;
 
         let mut backends = Vec::with_capacity(raw.backend.len());
         let mut seen = HashSet::new();
         for (b, raw_backend) in raw.backend.into_iter().enumerate() {
             let key = format!("service[{index}] ({name}).backend[{b}]");
-            let backend = self.backend(&key, raw_backend, vip, port, method)?;
+            let backend = self.backend(
+                &key,
+                raw_backend,
+                vip,
+                port,
+                method,
+                service_health.as_ref(),
+            )?;
             if !seen.insert((backend.address, backend.port)) {
                 return Err(self.error(
                     key,
@@ -564,6 +591,20 @@ impl Validator<'_> {
             }
             backends.push(backend);
         }
+        let fallback = match raw.fallback {
+            None => None,
+            Some(raw_fallback) => {
+                let key = format!("service[{index}] ({name}).fallback");
+                if raw_fallback.health.is_some() {
+                    return Err(self.error(
+                        format!("{key}.health"),
+                        "the fallback is not health-checked",
+                        "remove [service.fallback.health]",
+                    ));
+                }
+                Some(self.backend(&key, raw_fallback, vip, port, method, None)?)
+            }
+        };
         Ok(Service {
             name,
             vip,
@@ -573,6 +614,9 @@ impl Validator<'_> {
             scheduler,
             hash_key,
             snat,
+            on_backend_down,
+            slow_start,
+            fallback,
             backends,
         })
     }
@@ -664,6 +708,7 @@ impl Validator<'_> {
         vip: IpAddr,
         service_port: u16,
         method: Method,
+        service_health: Option<&RawHealth>,
     ) -> Result<Backend, ConfigError> {
         let text = raw.address.ok_or_else(|| {
             self.error(
@@ -709,43 +754,19 @@ impl Validator<'_> {
                 ))
             }
         };
+        let health = match (service_health, raw.health) {
+            (None, None) => None,
+            (service, own) => {
+                let merged = RawHealth::merge(service, own);
+                self.health_check(&format!("{key}.health"), merged, port)?
+            }
+        };
         Ok(Backend {
             address,
             port,
             weight,
+            health,
         })
-    }
-
-    fn health(&self, key: &str, raw: RawHealth) -> Result<(), ConfigError> {
-        for (name, value) in [("interval", &raw.interval), ("timeout", &raw.timeout)] {
-            if let Some(text) = value {
-                self.duration(&format!("{key}.{name}"), text)?;
-            }
-        }
-        for (name, value) in [("rise", raw.rise), ("fall", raw.fall)] {
-            if let Some(count) = value {
-                if !(1..=100).contains(&count) {
-                    return Err(self.error(
-                        format!("{key}.{name}"),
-                        format!("{count} is out of range"),
-                        "use 1 to 100",
-                    ));
-                }
-            }
-        }
-        match raw.kind.as_deref() {
-            None | Some("none") => Ok(()),
-            Some(kind @ ("tcp" | "http" | "udp" | "exec")) => Err(self.error(
-                format!("{key}.kind"),
-                format!("{kind} health checks are not available in this version yet"),
-                "use kind = \"none\" or remove [service.health]",
-            )),
-            Some(other) => Err(self.error(
-                format!("{key}.kind"),
-                format!("unknown health check kind {other:?}"),
-                "use \"tcp\", \"http\", \"udp\", \"exec\" or \"none\"",
-            )),
-        }
     }
 
     fn address(&self, key: &str, text: &str) -> Result<IpAddr, ConfigError> {
@@ -953,11 +974,6 @@ address = "fd77:1::11"
         let err =
             error_of(&GOOD.replace("method = \"dr\"", "method = \"dr\"\npersistence = \"300s\""));
         assert!(err.key.ends_with("persistence"), "{err}");
-        let err = error_of(&GOOD.replace(
-            "scheduler = \"maglev\"\n",
-            "scheduler = \"maglev\"\n[service.health]\nkind = \"tcp\"\n",
-        ));
-        assert!(err.key.ends_with("health.kind"), "{err}");
     }
 
     #[test]
@@ -968,10 +984,10 @@ address = "fd77:1::11"
 
     #[test]
     fn the_documented_example_configs_are_valid() {
-        let text = include_str!("../../../docs/examples/lab-dr.toml");
+        let text = include_str!("../../../../docs/examples/lab-dr.toml");
         let config = parse(Path::new("docs/examples/lab-dr.toml"), text).unwrap();
         assert_eq!(config.services.len(), 2);
-        let text = include_str!("../../../docs/examples/lab-snat.toml");
+        let text = include_str!("../../../../docs/examples/lab-snat.toml");
         let config = parse(Path::new("docs/examples/lab-snat.toml"), text).unwrap();
         assert_eq!(config.services[0].method, Method::Snat);
     }

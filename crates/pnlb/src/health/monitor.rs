@@ -1,0 +1,103 @@
+//! One checking thread per checked backend. Each waits its interval with
+//! up to ±10% jitter (and a random first delay) so checks do not align,
+//! probes, and reports the result to the daemon's loop. A reload replaces
+//! the monitor; the old threads notice within 50 ms and end.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use pnlb_core::config::{Config, HealthCheck};
+
+use super::probe::probe;
+
+/// A backend of a service: (service name, address, port).
+pub type BackendKey = (String, IpAddr, u16);
+
+pub struct Report {
+    pub key: BackendKey,
+    pub result: Result<(), String>,
+}
+
+pub struct Monitor {
+    stop: Arc<AtomicBool>,
+    pub reports: Receiver<Report>,
+}
+
+impl Monitor {
+    /// Starts checking every backend of `config` that has a check.
+    pub fn start(config: &Config) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sender, reports) = channel();
+        for service in &config.services {
+            for backend in &service.backends {
+                let Some(check) = backend.health.clone() else {
+                    continue;
+                };
+                let key = (service.name.clone(), backend.address, backend.port);
+                let (stop, sender) = (stop.clone(), sender.clone());
+                std::thread::spawn(move || check_loop(key, check, &stop, &sender));
+            }
+        }
+        Self { stop, reports }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn check_loop(key: BackendKey, check: HealthCheck, stop: &AtomicBool, sender: &Sender<Report>) {
+    let mut jitter = Jitter::seeded(&key);
+    let mut next = Instant::now() + check.interval.mul_f64(jitter.unit());
+    loop {
+        while Instant::now() < next {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(
+                next.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(50)),
+            );
+        }
+        let result = probe(&check, key.1);
+        if stop.load(Ordering::Relaxed)
+            || sender
+                .send(Report {
+                    key: key.clone(),
+                    result,
+                })
+                .is_err()
+        {
+            return;
+        }
+        next += check.interval.mul_f64(0.9 + 0.2 * jitter.unit());
+        next = next.max(Instant::now());
+    }
+}
+
+/// xorshift64: enough randomness to keep checks from aligning.
+struct Jitter(u64);
+
+impl Jitter {
+    fn seeded(key: &BackendKey) -> Self {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        SystemTime::now().hash(&mut hasher);
+        Self(hasher.finish() | 1)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
