@@ -25,7 +25,9 @@ pub fn lab(command: LabCommand) -> Result<()> {
         LabCommand::Up { servers } => up(servers),
         LabCommand::Down => {
             let removed = Lab::tear_down(&format!("{PERSISTENT_PREFIX}-"));
-            let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{PERSISTENT_PREFIX}-lab")));
+            let _ = std::fs::remove_dir_all(
+                std::env::temp_dir().join(format!("{PERSISTENT_PREFIX}-lab")),
+            );
             println!("removed {removed} namespace(s)");
             Ok(())
         }
