@@ -109,7 +109,7 @@ mod tests {
             let sequence = cycle(&weights);
             for (i, &w) in weights.iter().enumerate() {
                 let picks = sequence.iter().filter(|&&p| p == i).count() as u32;
-                assert_eq!(picks, if g == 0 { 0 } else { w / g }, "{weights:?}");
+                assert_eq!(picks, w.checked_div(g).unwrap_or(0), "{weights:?}");
             }
             let mut wrr = WeightedRoundRobin::new(&weights);
             let backends = weighted(&weights);
