@@ -33,6 +33,8 @@ const volatile struct {
 	enum pnlb_conn_direction conn_direction;
 	enum pnlb_conn_flags conn_flags;
 	enum pnlb_snat_limits snat_limits;
+	struct pnlb_affinity_key affinity_key;
+	struct pnlb_affinity affinity;
 } pnlb_abi_anchor;
 
 static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_flow_key *flow)

@@ -36,7 +36,11 @@ enum pnlb_method {
 };
 
 enum pnlb_scheduler {
-	PNLB_SCHED_MAGLEV = 1,
+	PNLB_SCHED_MAGLEV = 1, /* table indexed by the flow hash */
+	PNLB_SCHED_RR = 2,     /* table indexed by a per-service cursor */
+	PNLB_SCHED_WRR = 3,    /* likewise, over the interleaved wrr cycle */
+	PNLB_SCHED_SH = 4,     /* Maglev table, hash of the source */
+	PNLB_SCHED_DH = 5,     /* Maglev table, hash of the destination */
 };
 
 enum pnlb_hash_key {
@@ -122,6 +126,22 @@ struct pnlb_service {
 	__u32 table_len; /* used slots of the service's table */
 	__u16 snat_port_min; /* host order */
 	__u16 snat_port_count;
+	__u32 persistence_s; /* source affinity timeout, 0 = none */
+	__u8 persistence_prefix; /* of the 128-bit (IPv4-mapped) address */
+	__u8 _pad1[3];
+};
+
+/* Source affinity (IPVS persistence): a client prefix -> its backend. */
+struct pnlb_affinity_key {
+	__u32 service_id;
+	__u32 _pad;
+	struct pnlb_addr client; /* masked to the service's prefix */
+};
+
+struct pnlb_affinity {
+	__u32 backend_id;
+	__u32 backend_generation;
+	__u64 last_seen_ns; /* when its last new flow started */
 };
 
 struct pnlb_backend {
@@ -192,7 +212,9 @@ struct pnlb_backend_stats {
 /* Compile-time layout checks; the Rust side asserts the same numbers. */
 _Static_assert(sizeof(struct pnlb_addr) == 16, "pnlb_addr");
 _Static_assert(sizeof(struct pnlb_service_key) == 20, "pnlb_service_key");
-_Static_assert(sizeof(struct pnlb_service) == 16, "pnlb_service");
+_Static_assert(sizeof(struct pnlb_service) == 24, "pnlb_service");
+_Static_assert(sizeof(struct pnlb_affinity_key) == 24, "pnlb_affinity_key");
+_Static_assert(sizeof(struct pnlb_affinity) == 16, "pnlb_affinity");
 _Static_assert(sizeof(struct pnlb_backend) == 44, "pnlb_backend");
 _Static_assert(sizeof(struct pnlb_flow_key) == 40, "pnlb_flow_key");
 _Static_assert(sizeof(struct pnlb_conn) == 72, "pnlb_conn");

@@ -24,6 +24,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "sched.h"
+#include "affinity.h"
 
 /* last_seen is refreshed at most this often, to keep writes off the hot path. */
 #define PNLB_CONN_TOUCH_NS 1000000000ULL
@@ -222,12 +223,16 @@ static __always_inline int pnlb_conn_original(const struct pnlb_service *svc,
 		}
 	}
 
-	reason = pnlb_schedule(svc, &pkt->flow, backend_id);
-	if (reason)
-		return reason;
+	if (!svc->persistence_s || pnlb_affinity_lookup(svc, &pkt->flow.src, backend_id) != 0) {
+		reason = pnlb_schedule(svc, &pkt->flow, backend_id);
+		if (reason)
+			return reason;
+	}
 	*backend = bpf_map_lookup_elem(&pnlb_backends, backend_id);
 	if (!*backend || !((*backend)->flags & PNLB_BACKEND_F_PRESENT))
 		return PNLB_DROP_BACKEND_GONE;
+	if (svc->persistence_s)
+		pnlb_affinity_record(svc, &pkt->flow.src, *backend_id, (*backend)->generation);
 	reason = pnlb_conn_create(svc, pkt, *backend_id, *backend);
 	if (reason)
 		return reason;

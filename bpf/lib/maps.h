@@ -82,6 +82,22 @@ struct {
 	__type(value, struct pnlb_service_stats);
 } pnlb_service_stats SEC(".maps");
 
+/* rr/wrr: each service's position in its table, advanced atomically by
+ * every new flow on any CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PNLB_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, __u64);
+} pnlb_sched_cursors SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct pnlb_affinity_key);
+	__type(value, struct pnlb_affinity);
+} pnlb_affinity SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, PNLB_MAX_BACKENDS);

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * New-flow scheduling from a precomputed table (Maglev today): hash the
- * configured part of the flow, index the service's table, get a backend id.
- * The tables are built in Rust (pnlb-core::maglev) and swapped in whole.
+ * New-flow scheduling from a precomputed table, built in Rust (pnlb-core's
+ * maglev and sched modules) and swapped in whole: hashing schedulers
+ * (maglev, sh, dh) index it by the flow hash over the service's hash key,
+ * rr/wrr by a per-service cursor that every new flow advances.
  */
 #ifndef PNLB_SCHED_H
 #define PNLB_SCHED_H
@@ -32,7 +33,15 @@ static __always_inline int pnlb_schedule(const struct pnlb_service *svc,
 	if (!table || svc->table_len == 0 || svc->table_len > PNLB_TABLE_SIZE)
 		return PNLB_DROP_NO_BACKEND;
 
-	slot = pnlb_flow_hash(flow, svc->hash_key) % svc->table_len;
+	if (svc->scheduler == PNLB_SCHED_RR || svc->scheduler == PNLB_SCHED_WRR) {
+		__u64 *cursor = bpf_map_lookup_elem(&pnlb_sched_cursors, &service_id);
+
+		if (!cursor)
+			return PNLB_DROP_NO_BACKEND;
+		slot = __sync_fetch_and_add(cursor, 1) % svc->table_len;
+	} else {
+		slot = pnlb_flow_hash(flow, svc->hash_key) % svc->table_len;
+	}
 	entry = bpf_map_lookup_elem(table, &slot);
 	if (!entry)
 		return PNLB_DROP_NO_BACKEND;

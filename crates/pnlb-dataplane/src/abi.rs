@@ -21,7 +21,8 @@ const _: () = {
     assert!(size_of::<ServiceKey>() == 20);
     assert!(offset_of!(ServiceKey, port) == 16);
     assert!(offset_of!(ServiceKey, protocol) == 18);
-    assert!(size_of::<Service>() == 16);
+    assert!(size_of::<Service>() == 24);
+    assert!(offset_of!(Service, persistence_s) == 16);
     assert!(offset_of!(Service, table_len) == 8);
     assert!(offset_of!(Service, snat_port_min) == 12);
     assert!(size_of::<Backend>() == 44);

@@ -19,6 +19,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use pnlb_core::config::{Config, HashKey, Method, Scheduler, Service as ServiceConfig, Snat};
 use pnlb_core::maglev::{self, MaglevBackend};
+use pnlb_core::sched;
 
 use crate::abi::{self, bytes_of, Backend, BackendFlags, BackendStats, ServiceKey, ServiceStats};
 use crate::loader::{Dataplane, DataplaneError};
@@ -331,9 +332,7 @@ impl Programmer {
                 })
             })
             .collect();
-        let table = match config.scheduler {
-            Scheduler::Maglev => maglev::build(&candidates, abi::TABLE_SIZE as usize),
-        };
+        let table = scheduling_table(config.scheduler, &candidates);
         if table != slot.table {
             publish_table(dataplane, slot.id, &table)?;
             slot.table = table;
@@ -373,6 +372,10 @@ impl Programmer {
             },
             scheduler: match config.scheduler {
                 Scheduler::Maglev => abi::SchedulerKind::PNLB_SCHED_MAGLEV.0 as u8,
+                Scheduler::Rr => abi::SchedulerKind::PNLB_SCHED_RR.0 as u8,
+                Scheduler::Wrr => abi::SchedulerKind::PNLB_SCHED_WRR.0 as u8,
+                Scheduler::Sh => abi::SchedulerKind::PNLB_SCHED_SH.0 as u8,
+                Scheduler::Dh => abi::SchedulerKind::PNLB_SCHED_DH.0 as u8,
             },
             hash_key: match config.hash_key {
                 HashKey::FiveTuple => abi::HashKey::PNLB_HASH_5TUPLE.0 as u8,
@@ -383,6 +386,18 @@ impl Programmer {
             table_len: slot.table.len() as u32,
             snat_port_min,
             snat_port_count,
+            persistence_s: config
+                .persistence
+                .map_or(0, |p| p.timeout.as_secs().max(1) as u32),
+            // IPv4 addresses sit in the last 32 bits of the mapped form.
+            persistence_prefix: config.persistence.map_or(0, |p| {
+                if config.vip.is_ipv4() {
+                    96 + p.prefix_len
+                } else {
+                    p.prefix_len
+                }
+            }),
+            _pad1: [0; 3],
         };
         if bytes_of(&value) != bytes_of(&slot.value) {
             maps.pnlb_services
@@ -431,6 +446,21 @@ fn sync_address_set(
             .map_err(map_err(name))?;
     }
     Ok(())
+}
+
+/// The table the data plane indexes for new flows: Maglev for the hashing
+/// schedulers (by flow hash), the rr list or the interleaved wrr cycle for
+/// the round-robins (by a per-service cursor). Entries are backend ids.
+fn scheduling_table(scheduler: Scheduler, candidates: &[MaglevBackend]) -> Vec<u32> {
+    let weights: Vec<u32> = candidates.iter().map(|c| c.weight).collect();
+    let ids = |indexes: Vec<usize>| indexes.into_iter().map(|i| candidates[i].id).collect();
+    match scheduler {
+        Scheduler::Maglev | Scheduler::Sh | Scheduler::Dh => {
+            maglev::build(candidates, abi::TABLE_SIZE as usize)
+        }
+        Scheduler::Rr => ids(sched::rr::table(&weights)),
+        Scheduler::Wrr => ids(sched::wrr::cycle(&weights)),
+    }
 }
 
 fn usable_for(method: Method, address: IpAddr, resolution: &Resolution) -> Result<NextHop, String> {

@@ -75,6 +75,8 @@ pub struct Service {
     pub hash_key: HashKey,
     /// snat only: the LB-local source addresses and the port range to use.
     pub snat: Option<Snat>,
+    /// Source affinity (IPVS -p / -M).
+    pub persistence: Option<Persistence>,
     /// What happens to a down backend's established flows.
     pub on_backend_down: DownPolicy,
     /// A backend that comes up ramps its weight over this long.
@@ -82,6 +84,15 @@ pub struct Service {
     /// Takes new flows only while every backend is down.
     pub fallback: Option<Backend>,
     pub backends: Vec<Backend>,
+}
+
+/// New flows from one client (address under `prefix_len`) go to the
+/// backend its last flow went to, for `timeout` after that flow started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persistence {
+    pub timeout: Duration,
+    /// Significant leading bits of the client address (IPVS -M): 32/128 = per address.
+    pub prefix_len: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,7 +143,23 @@ impl Method {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheduler {
+    /// Round-robin (IPVS rr).
+    Rr,
+    /// Weighted round-robin, interleaved (IPVS wrr).
+    Wrr,
+    /// Source hashing (IPVS sh), on the weighted Maglev table.
+    Sh,
+    /// Destination hashing (IPVS dh), on the weighted Maglev table.
+    Dh,
+    /// Weighted Maglev over `hash_key` (the 5-tuple by default).
     Maglev,
+}
+
+impl Scheduler {
+    /// Whether it picks by hashing the flow (and so takes a `hash_key`).
+    pub fn hashes(self) -> bool {
+        matches!(self, Scheduler::Sh | Scheduler::Dh | Scheduler::Maglev)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +202,10 @@ impl fmt::Display for Method {
 impl fmt::Display for Scheduler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Sh => "sh",
+            Scheduler::Dh => "dh",
             Scheduler::Maglev => "maglev",
         })
     }
@@ -266,6 +297,7 @@ struct RawService {
     scheduler: Option<String>,
     hash_key: Option<String>,
     persistence: Option<String>,
+    persistence_mask: Option<i64>,
     encap: Option<String>,
     gue_port: Option<i64>,
     snat_addresses: Option<Vec<String>>,
@@ -289,9 +321,9 @@ struct RawBackend {
 
 /// Methods and schedulers of the config contract that later issues bring.
 const PLANNED_METHODS: &[&str] = &["tun"];
-const PLANNED_SCHEDULERS: &[&str] = &[
-    "rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "chbl", "p2c",
-];
+/// Their reference implementations exist (pnlb_core::sched); the data plane
+/// still lacks the per-backend connection counters they read.
+const PLANNED_SCHEDULERS: &[&str] = &["lc", "wlc", "sed", "nq", "chbl", "p2c"];
 
 struct Validator<'a> {
     file: &'a Path,
@@ -509,11 +541,15 @@ impl Validator<'_> {
         };
         let scheduler = match raw.scheduler.as_deref() {
             None | Some("maglev") => Scheduler::Maglev,
+            Some("rr") => Scheduler::Rr,
+            Some("wrr") => Scheduler::Wrr,
+            Some("sh") => Scheduler::Sh,
+            Some("dh") => Scheduler::Dh,
             Some(s) if PLANNED_SCHEDULERS.contains(&s) => {
                 return Err(self.error(
                     at("scheduler"),
                     format!("scheduler {s:?} is not available in this version yet"),
-                    "use scheduler = \"maglev\"",
+                    "use rr, wrr, sh, dh or maglev",
                 ))
             }
             Some(other) => {
@@ -524,7 +560,16 @@ impl Validator<'_> {
                 ))
             }
         };
+        if raw.hash_key.is_some() && !scheduler.hashes() {
+            return Err(self.error(
+                at("hash_key"),
+                format!("scheduler {scheduler} does not hash flows"),
+                "remove hash_key, or use sh, dh or maglev",
+            ));
+        }
         let hash_key = match raw.hash_key.as_deref() {
+            None if scheduler == Scheduler::Sh => HashKey::Source,
+            None if scheduler == Scheduler::Dh => HashKey::Destination,
             None | Some("5tuple") => HashKey::FiveTuple,
             Some("source") => HashKey::Source,
             Some("destination") => HashKey::Destination,
@@ -537,8 +582,9 @@ impl Validator<'_> {
             }
         };
         let snat = self.snat(&at, method, vip, raw.snat_addresses, raw.snat_ports)?;
+        let persistence =
+            self.persistence(&at, vip, raw.persistence.as_deref(), raw.persistence_mask)?;
         for (key, present) in [
-            ("persistence", raw.persistence.is_some()),
             ("encap", raw.encap.is_some()),
             ("gue_port", raw.gue_port.is_some()),
         ] {
@@ -614,11 +660,55 @@ impl Validator<'_> {
             scheduler,
             hash_key,
             snat,
+            persistence,
             on_backend_down,
             slow_start,
             fallback,
             backends,
         })
+    }
+
+    fn persistence(
+        &self,
+        at: &dyn Fn(&str) -> String,
+        vip: IpAddr,
+        timeout: Option<&str>,
+        mask: Option<i64>,
+    ) -> Result<Option<Persistence>, ConfigError> {
+        let Some(text) = timeout else {
+            if mask.is_some() {
+                return Err(self.error(
+                    at("persistence_mask"),
+                    "set without persistence",
+                    "add persistence = \"300s\"",
+                ));
+            }
+            return Ok(None);
+        };
+        let timeout = self.duration(&at("persistence"), text)?;
+        if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(86_400 * 7) {
+            return Err(self.error(
+                at("persistence"),
+                format!("{text:?} is out of range"),
+                "use 1s to 7 days",
+            ));
+        }
+        let max = if vip.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match mask {
+            None => max,
+            Some(n) if (1..=i64::from(max)).contains(&n) => n as u8,
+            Some(n) => {
+                return Err(self.error(
+                    at("persistence_mask"),
+                    format!("prefix length {n} is out of range"),
+                    format!("use 1 to {max} (e.g. 24 keeps a /24 of clients together)"),
+                ))
+            }
+        };
+        Ok(Some(Persistence {
+            timeout,
+            prefix_len,
+        }))
     }
 
     fn snat(
@@ -969,11 +1059,10 @@ address = "fd77:1::11"
     fn features_of_later_versions_are_refused_not_silently_ignored() {
         let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"tun\""));
         assert!(err.reason.contains("not available"), "{err}");
-        let err = error_of(&GOOD.replace("scheduler = \"maglev\"", "scheduler = \"wrr\""));
+        let err = error_of(&GOOD.replace("scheduler = \"maglev\"", "scheduler = \"lc\""));
         assert!(err.reason.contains("not available"), "{err}");
-        let err =
-            error_of(&GOOD.replace("method = \"dr\"", "method = \"dr\"\npersistence = \"300s\""));
-        assert!(err.key.ends_with("persistence"), "{err}");
+        let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"dr\"\nencap = \"ipip\""));
+        assert!(err.key.ends_with("encap"), "{err}");
     }
 
     #[test]
@@ -1071,5 +1160,51 @@ address = "fd77:1::11"
         assert_eq!(err.key, "timeouts.tcp");
         let err = error_of(&GOOD.replace("[daemon]\n", "[daemon]\nconn_table_size = 10\n"));
         assert_eq!(err.key, "daemon.conn_table_size");
+    }
+
+    #[test]
+    fn schedulers_default_their_hash_key_and_persistence_parses() {
+        let with = |extra: &str| {
+            parse(
+                Path::new("lb.toml"),
+                &GOOD.replace("scheduler = \"maglev\"", extra),
+            )
+        };
+        assert_eq!(
+            with("scheduler = \"sh\"").unwrap().services[0].hash_key,
+            HashKey::Source
+        );
+        assert_eq!(
+            with("scheduler = \"dh\"").unwrap().services[0].hash_key,
+            HashKey::Destination
+        );
+        assert_eq!(
+            with("scheduler = \"wrr\"").unwrap().services[0].scheduler,
+            Scheduler::Wrr
+        );
+        let err = with("scheduler = \"rr\"\nhash_key = \"source\"").unwrap_err();
+        assert!(err.key.ends_with("hash_key"), "{err}");
+        let config =
+            with("scheduler = \"rr\"\npersistence = \"300s\"\npersistence_mask = 24").unwrap();
+        let persistence = config.services[0].persistence.unwrap();
+        assert_eq!(
+            (persistence.timeout, persistence.prefix_len),
+            (Duration::from_secs(300), 24)
+        );
+        assert_eq!(
+            with("persistence = \"60s\"").unwrap().services[0]
+                .persistence
+                .unwrap()
+                .prefix_len,
+            32
+        );
+        assert!(with("persistence_mask = 24")
+            .unwrap_err()
+            .key
+            .ends_with("persistence_mask"));
+        assert!(with("persistence = \"60s\"\npersistence_mask = 33")
+            .unwrap_err()
+            .key
+            .ends_with("persistence_mask"));
     }
 }

@@ -1,0 +1,162 @@
+//! Parity between the data plane and pnlb-core's reference schedulers for
+//! the deterministic ones (rr, wrr, sh, dh), and source affinity
+//! (persistence) with its timeout, mask and quiescent backends.
+
+mod support;
+
+use std::net::IpAddr;
+
+use pnlb_core::sched::{
+    rr::RoundRobin, wrr::WeightedRoundRobin, BackendLoad, FlowInput, Scheduler,
+};
+use support::*;
+
+fn config(scheduler: &str, weights: &[u32], extra: &str) -> String {
+    let mut text = format!(
+        "[daemon]\ninterfaces = [\"eth0\"]\n[[service]]\nname = \"web\"\nvip = \"10.77.100.1\"\nport = 80\nmethod = \"dr\"\nscheduler = \"{scheduler}\"\n{extra}\n"
+    );
+    for (i, w) in weights.iter().enumerate() {
+        text += &format!(
+            "[[service.backend]]\naddress = \"10.77.1.{}\"\nweight = {w}\n",
+            11 + i
+        );
+    }
+    text
+}
+
+/// Which backend (index into the config's list) the data plane gave a new
+/// flow from `src`:`sport`.
+fn pick(fixture: &Fixture, src: &str, sport: u16) -> usize {
+    let packet = tcp4(src, sport, "10.77.100.1", 80, b"");
+    let (verdict, out) = fixture.run(&packet);
+    assert_eq!(verdict, XDP_TX);
+    let mac = &out[0..6];
+    (0..8)
+        .find(|i| backend_mac(format!("10.77.1.{}", 11 + i).parse::<IpAddr>().unwrap())[..] == *mac)
+        .expect("a configured backend")
+}
+
+fn loads(weights: &[u32]) -> Vec<BackendLoad> {
+    weights
+        .iter()
+        .map(|&weight| BackendLoad {
+            weight,
+            ..BackendLoad::default()
+        })
+        .collect()
+}
+
+#[test]
+fn wrr_in_the_data_plane_follows_the_reference_cycle() {
+    if !privileged() {
+        return;
+    }
+    let weights = [3, 2, 1];
+    let fixture = Fixture::new(&config("wrr", &weights, ""));
+    let mut reference = WeightedRoundRobin::new(&weights);
+    for i in 0..60u16 {
+        let expected = reference
+            .pick(&loads(&weights), FlowInput::default())
+            .unwrap();
+        assert_eq!(
+            pick(&fixture, "10.77.0.2", 30000 + i),
+            expected,
+            "new flow {i}"
+        );
+    }
+}
+
+#[test]
+fn rr_in_the_data_plane_follows_the_reference_and_skips_quiescent_backends() {
+    if !privileged() {
+        return;
+    }
+    let weights = [1, 0, 7, 1];
+    let fixture = Fixture::new(&config("rr", &weights, ""));
+    let mut reference = RoundRobin::default();
+    for i in 0..30u16 {
+        let expected = reference
+            .pick(&loads(&weights), FlowInput::default())
+            .unwrap();
+        assert_eq!(
+            pick(&fixture, "10.77.0.2", 31000 + i),
+            expected,
+            "new flow {i}"
+        );
+    }
+}
+
+#[test]
+fn sh_keeps_a_source_on_one_backend_and_dh_keeps_a_destination() {
+    if !privileged() {
+        return;
+    }
+    let fixture = Fixture::new(&config("sh", &[1, 1, 1, 1], ""));
+    for client in ["10.77.0.2", "10.77.0.3", "10.77.0.4"] {
+        let first = pick(&fixture, client, 40000);
+        assert!(
+            (1..40).all(|p| pick(&fixture, client, 40000 + p) == first),
+            "{client} moved"
+        );
+    }
+    let spread: std::collections::HashSet<usize> = (0..64)
+        .map(|i| pick(&fixture, &format!("10.77.0.{}", 10 + i), 40000))
+        .collect();
+    assert!(
+        spread.len() >= 3,
+        "sources spread over backends: {spread:?}"
+    );
+
+    let fixture = Fixture::new(&config("dh", &[1, 1, 1, 1], ""));
+    let first = pick(&fixture, "10.77.0.2", 40000);
+    assert!(
+        (0..40).all(|i| pick(&fixture, &format!("10.77.0.{}", 3 + i), 41000) == first),
+        "one destination, one backend"
+    );
+}
+
+#[test]
+fn persistence_keeps_a_client_prefix_on_its_backend_while_it_takes_new_flows() {
+    if !privileged() {
+        return;
+    }
+    // rr alone would move every new flow to the next backend.
+    let mut fixture = Fixture::new(&config(
+        "rr",
+        &[1, 1, 1],
+        "persistence = \"300s\"\npersistence_mask = 24",
+    ));
+    let first = pick(&fixture, "10.77.0.2", 50000);
+    assert!(
+        (1..20).all(|p| pick(&fixture, "10.77.0.2", 50000 + p) == first),
+        "one client sticks"
+    );
+    assert!(
+        (0..20).all(|i| pick(&fixture, &format!("10.77.0.{}", 30 + i), 51000) == first),
+        "its /24 sticks too"
+    );
+    let other = pick(&fixture, "10.77.9.2", 52000);
+    assert_ne!(other, first, "another /24 is scheduled (rr moves on)");
+
+    // A quiescent backend takes no new flows, affinity or not.
+    let mut weights = [1, 1, 1];
+    weights[first] = 0;
+    fixture.apply(&config(
+        "rr",
+        &weights,
+        "persistence = \"300s\"\npersistence_mask = 24",
+    ));
+    assert_ne!(pick(&fixture, "10.77.0.2", 53000), first);
+}
+
+#[test]
+fn without_persistence_rr_moves_every_new_flow() {
+    if !privileged() {
+        return;
+    }
+    let fixture = Fixture::new(&config("rr", &[1, 1, 1], ""));
+    let picks: Vec<usize> = (0..6)
+        .map(|p| pick(&fixture, "10.77.0.2", 54000 + p))
+        .collect();
+    assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+}
