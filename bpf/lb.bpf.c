@@ -35,6 +35,9 @@ const volatile struct {
 	enum pnlb_snat_limits snat_limits;
 	struct pnlb_affinity_key affinity_key;
 	struct pnlb_affinity affinity;
+	struct pnlb_backend_conns backend_conns;
+	struct pnlb_backend_expired backend_expired;
+	enum pnlb_least_limits least_limits;
 } pnlb_abi_anchor;
 
 static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_flow_key *flow)

@@ -41,7 +41,17 @@ enum pnlb_scheduler {
 	PNLB_SCHED_WRR = 3,    /* likewise, over the interleaved wrr cycle */
 	PNLB_SCHED_SH = 4,     /* Maglev table, hash of the source */
 	PNLB_SCHED_DH = 5,     /* Maglev table, hash of the destination */
+	/* Least-load family: the table lists the backends, the data plane
+	 * reads their connection counts (pnlb_backend_conns/_expired). */
+	PNLB_SCHED_LC = 6,
+	PNLB_SCHED_WLC = 7,
+	PNLB_SCHED_SED = 8,
+	PNLB_SCHED_NQ = 9,
+	PNLB_SCHED_P2C = 10,
 };
+
+/* Most backends a least-load service scans per new flow. */
+enum pnlb_least_limits { PNLB_MAX_LEAST_BACKENDS = 64 };
 
 enum pnlb_hash_key {
 	PNLB_HASH_5TUPLE = 0,
@@ -103,7 +113,8 @@ enum pnlb_reason {
 	PNLB_PASS_NO_NEIGH = 15,       /* translated reply handed to the kernel to
 					* resolve the next hop and forward */
 	PNLB_DROP_NO_ROUTE = 16,       /* translated reply has no route */
-	PNLB_REASON_MAX = 17,
+	PNLB_DROP_BACKENDS_FULL = 17,  /* every candidate is at max_conns */
+	PNLB_REASON_MAX = 18,
 };
 
 struct pnlb_addr {
@@ -156,6 +167,25 @@ struct pnlb_backend {
 	 * occupant is rescheduled instead of following the new one. */
 	__u32 generation;
 	__u32 weight;
+	__u32 max_conns; /* 0 = unlimited; a full backend takes no new flow */
+};
+
+/*
+ * Connection counts per backend, as two single-writer halves so that no
+ * update is ever lost: the data plane counts flows opened and moves into
+ * and out of ESTABLISHED (atomic adds); userspace counts what it expires.
+ *   active   = became_active - stopped_active - expired_active
+ *   inactive = (opened - expired) - active
+ */
+struct pnlb_backend_conns {
+	__u64 opened;
+	__u64 became_active;
+	__u64 stopped_active;
+};
+
+struct pnlb_backend_expired {
+	__u64 expired;
+	__u64 expired_active;
 };
 
 struct pnlb_flow_key {
@@ -215,7 +245,9 @@ _Static_assert(sizeof(struct pnlb_service_key) == 20, "pnlb_service_key");
 _Static_assert(sizeof(struct pnlb_service) == 24, "pnlb_service");
 _Static_assert(sizeof(struct pnlb_affinity_key) == 24, "pnlb_affinity_key");
 _Static_assert(sizeof(struct pnlb_affinity) == 16, "pnlb_affinity");
-_Static_assert(sizeof(struct pnlb_backend) == 44, "pnlb_backend");
+_Static_assert(sizeof(struct pnlb_backend) == 48, "pnlb_backend");
+_Static_assert(sizeof(struct pnlb_backend_conns) == 24, "pnlb_backend_conns");
+_Static_assert(sizeof(struct pnlb_backend_expired) == 16, "pnlb_backend_expired");
 _Static_assert(sizeof(struct pnlb_flow_key) == 40, "pnlb_flow_key");
 _Static_assert(sizeof(struct pnlb_conn) == 72, "pnlb_conn");
 _Static_assert(sizeof(struct pnlb_service_stats) == 40 + 8 * PNLB_REASON_MAX,

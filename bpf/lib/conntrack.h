@@ -25,6 +25,7 @@
 #include "parse.h"
 #include "sched.h"
 #include "affinity.h"
+#include "load.h"
 
 /* last_seen is refreshed at most this often, to keep writes off the hot path. */
 #define PNLB_CONN_TOUCH_NS 1000000000ULL
@@ -89,6 +90,7 @@ static __always_inline void pnlb_conn_track(struct pnlb_conn *conn, const struct
 		conn->last_seen_ns = now;
 	if (next == conn->state)
 		return;
+	pnlb_count_state_move(conn->backend_id, conn->state, next);
 	conn->state = next;
 	conn->last_seen_ns = now;
 	if (!(conn->flags & PNLB_CONN_F_NAT))
@@ -198,6 +200,7 @@ static __always_inline int pnlb_conn_create(const struct pnlb_service *svc,
 		}
 	}
 	bpf_map_update_elem(&pnlb_conns, &pkt->flow, &original, BPF_ANY);
+	pnlb_count_opened(backend_id, original.state == PNLB_CT_ESTABLISHED);
 	return 0;
 }
 

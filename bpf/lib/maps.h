@@ -82,6 +82,20 @@ struct {
 	__type(value, struct pnlb_service_stats);
 } pnlb_service_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PNLB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct pnlb_backend_conns);
+} pnlb_backend_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PNLB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct pnlb_backend_expired);
+} pnlb_backend_expired SEC(".maps");
+
 /* rr/wrr: each service's position in its table, advanced atomically by
  * every new flow on any CPU. */
 struct {

@@ -10,6 +10,7 @@
 
 #include "maps.h"
 #include "jhash.h"
+#include "load.h"
 
 static __always_inline __u32 pnlb_flow_hash(const struct pnlb_flow_key *flow,
 					    __u8 hash_key)
@@ -21,6 +22,135 @@ static __always_inline __u32 pnlb_flow_hash(const struct pnlb_flow_key *flow,
 	return pnlb_jhash2((const __u32 *)flow, sizeof(*flow) / 4, PNLB_HASH_SEED);
 }
 
+/* The next full-free backend from `slot` on (max_conns), bounded. */
+#define PNLB_FULL_SKIP 16
+
+static __always_inline int pnlb_pick_from_slot(const struct pnlb_service *svc, void *table,
+					       __u32 slot, __u32 *backend_id)
+{
+	for (__u32 step = 0; step < PNLB_FULL_SKIP; step++) {
+		__u32 at = (slot + step) % svc->table_len;
+		__u32 *entry = bpf_map_lookup_elem(table, &at);
+		struct pnlb_backend *backend;
+		__u32 id;
+
+		if (!entry)
+			return PNLB_DROP_NO_BACKEND;
+		id = *entry;
+		backend = bpf_map_lookup_elem(&pnlb_backends, &id);
+		if (backend && !pnlb_backend_full(backend, id)) {
+			*backend_id = id;
+			return 0;
+		}
+	}
+	return PNLB_DROP_BACKENDS_FULL;
+}
+
+/* The least-load family: one pass over the listed backends. */
+static __always_inline int pnlb_schedule_least(const struct pnlb_service *svc, void *table,
+					       __u32 *backend_id)
+{
+	__u64 best_num = 0, best_den = 1;
+	int found = 0;
+
+	for (__u32 i = 0; i < PNLB_MAX_LEAST_BACKENDS; i++) {
+		struct pnlb_backend *backend;
+		struct pnlb_load load;
+		__u64 num, den;
+		__u32 slot = i, id, *entry;
+
+		if (i >= svc->table_len)
+			break;
+		entry = bpf_map_lookup_elem(table, &slot);
+		if (!entry)
+			break;
+		id = *entry;
+		backend = bpf_map_lookup_elem(&pnlb_backends, &id);
+		if (!backend || !(backend->flags & PNLB_BACKEND_F_PRESENT) || backend->weight == 0)
+			continue;
+		pnlb_backend_load(id, &load);
+		if (backend->max_conns && load.active + load.inactive >= backend->max_conns)
+			continue;
+		switch (svc->scheduler) {
+		case PNLB_SCHED_LC: /* IPVS overhead: active x 256 + inactive */
+			num = load.active * 256 + load.inactive;
+			den = 1;
+			break;
+		case PNLB_SCHED_WLC:
+			num = load.active * 256 + load.inactive;
+			den = backend->weight;
+			break;
+		case PNLB_SCHED_NQ:
+			if (load.active == 0) {
+				*backend_id = id;
+				return 0;
+			}
+			/* fallthrough: no idle server, shortest expected delay */
+		default: /* SED, and p2c's fallback: (active + 1) / weight */
+			num = load.active + 1;
+			den = backend->weight;
+			break;
+		}
+		if (!found || num * best_den < best_num * den) {
+			*backend_id = id;
+			best_num = num;
+			best_den = den;
+			found = 1;
+		}
+	}
+	if (!found)
+		return PNLB_DROP_BACKENDS_FULL;
+	return 0;
+}
+
+/* A listed backend that may take a flow, and its active count per weight. */
+static __always_inline int pnlb_p2c_candidate(void *table, __u32 slot, __u32 *id,
+					      __u64 *active, __u64 *weight)
+{
+	__u32 *entry = bpf_map_lookup_elem(table, &slot);
+	struct pnlb_backend *backend;
+	struct pnlb_load load;
+
+	if (!entry)
+		return 0;
+	*id = *entry;
+	backend = bpf_map_lookup_elem(&pnlb_backends, id);
+	if (!backend || !(backend->flags & PNLB_BACKEND_F_PRESENT) || backend->weight == 0)
+		return 0;
+	pnlb_backend_load(*id, &load);
+	if (backend->max_conns && load.active + load.inactive >= backend->max_conns)
+		return 0;
+	*active = load.active;
+	*weight = backend->weight;
+	return 1;
+}
+
+/* Power of two choices: two random listed backends, fewer active per
+ * weight wins; if neither can take the flow, a full scan decides. */
+static __always_inline int pnlb_schedule_p2c(const struct pnlb_service *svc, void *table,
+					     __u32 *backend_id)
+{
+	__u32 n = svc->table_len < PNLB_MAX_LEAST_BACKENDS ? svc->table_len : PNLB_MAX_LEAST_BACKENDS;
+	__u32 random = bpf_get_prandom_u32();
+	__u64 active_a = 0, active_b = 0, weight_a = 1, weight_b = 1;
+	__u32 id_a = 0, id_b = 0;
+	int ok_a, ok_b;
+
+	if (n == 0)
+		return PNLB_DROP_NO_BACKEND;
+	ok_a = pnlb_p2c_candidate(table, random % n, &id_a, &active_a, &weight_a);
+	ok_b = pnlb_p2c_candidate(table, (random >> 16) % n, &id_b, &active_b, &weight_b);
+	if (ok_a && (!ok_b || active_a * weight_b <= active_b * weight_a)) {
+		*backend_id = id_a;
+		return 0;
+	}
+	if (ok_b) {
+		*backend_id = id_b;
+		return 0;
+	}
+	return pnlb_schedule_least(svc, table, backend_id);
+}
+
 /* Returns 0 and sets *backend_id, or the drop reason. */
 static __always_inline int pnlb_schedule(const struct pnlb_service *svc,
 					 const struct pnlb_flow_key *flow,
@@ -28,25 +158,32 @@ static __always_inline int pnlb_schedule(const struct pnlb_service *svc,
 {
 	__u32 service_id = svc->id;
 	void *table = bpf_map_lookup_elem(&pnlb_tables, &service_id);
-	__u32 slot, *entry;
+	__u32 slot;
 
 	if (!table || svc->table_len == 0 || svc->table_len > PNLB_TABLE_SIZE)
 		return PNLB_DROP_NO_BACKEND;
 
-	if (svc->scheduler == PNLB_SCHED_RR || svc->scheduler == PNLB_SCHED_WRR) {
+	switch (svc->scheduler) {
+	case PNLB_SCHED_LC:
+	case PNLB_SCHED_WLC:
+	case PNLB_SCHED_SED:
+	case PNLB_SCHED_NQ:
+		return pnlb_schedule_least(svc, table, backend_id);
+	case PNLB_SCHED_P2C:
+		return pnlb_schedule_p2c(svc, table, backend_id);
+	case PNLB_SCHED_RR:
+	case PNLB_SCHED_WRR: {
 		__u64 *cursor = bpf_map_lookup_elem(&pnlb_sched_cursors, &service_id);
 
 		if (!cursor)
 			return PNLB_DROP_NO_BACKEND;
 		slot = __sync_fetch_and_add(cursor, 1) % svc->table_len;
-	} else {
+		break;
+	}
+	default:
 		slot = pnlb_flow_hash(flow, svc->hash_key) % svc->table_len;
 	}
-	entry = bpf_map_lookup_elem(table, &slot);
-	if (!entry)
-		return PNLB_DROP_NO_BACKEND;
-	*backend_id = *entry;
-	return 0;
+	return pnlb_pick_from_slot(svc, table, slot, backend_id);
 }
 
 #endif

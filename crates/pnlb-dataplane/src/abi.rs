@@ -6,7 +6,8 @@ use std::mem::{offset_of, size_of};
 use std::net::IpAddr;
 
 pub use crate::skel::types::{
-    pnlb_addr as Addr, pnlb_backend as Backend, pnlb_backend_flags as BackendFlags,
+    pnlb_addr as Addr, pnlb_backend as Backend, pnlb_backend_conns as BackendConns,
+    pnlb_backend_expired as BackendExpired, pnlb_backend_flags as BackendFlags,
     pnlb_backend_stats as BackendStats, pnlb_conn as Conn, pnlb_conn_direction as ConnDirection,
     pnlb_conn_flags as ConnFlags, pnlb_conn_state as ConnState, pnlb_flow_key as FlowKey,
     pnlb_hash_key as HashKey, pnlb_hash_seed as HashSeed, pnlb_limits as Limits,
@@ -25,7 +26,10 @@ const _: () = {
     assert!(offset_of!(Service, persistence_s) == 16);
     assert!(offset_of!(Service, table_len) == 8);
     assert!(offset_of!(Service, snat_port_min) == 12);
-    assert!(size_of::<Backend>() == 44);
+    assert!(size_of::<Backend>() == 48);
+    assert!(offset_of!(Backend, max_conns) == 44);
+    assert!(size_of::<BackendConns>() == 24);
+    assert!(size_of::<BackendExpired>() == 16);
     assert!(offset_of!(Backend, ifindex) == 20);
     assert!(offset_of!(Backend, mac) == 24);
     assert!(offset_of!(Backend, src_mac) == 30);
@@ -60,6 +64,8 @@ unsafe impl Plain for Addr {}
 unsafe impl Plain for ServiceKey {}
 unsafe impl Plain for Service {}
 unsafe impl Plain for Backend {}
+unsafe impl Plain for BackendConns {}
+unsafe impl Plain for BackendExpired {}
 unsafe impl Plain for FlowKey {}
 unsafe impl Plain for Conn {}
 unsafe impl Plain for ServiceStats {}

@@ -14,7 +14,9 @@ use std::time::Duration;
 use libbpf_rs::{MapCore, MapFlags};
 use pnlb_core::config::Timeouts;
 
-use crate::abi::{bytes_of, from_bytes, Conn, ConnDirection, ConnFlags, ConnState, FlowKey};
+use crate::abi::{
+    bytes_of, from_bytes, BackendExpired, Conn, ConnDirection, ConnFlags, ConnState, FlowKey,
+};
 use crate::loader::{Dataplane, DataplaneError};
 
 /// What a sweep saw and did.
@@ -122,6 +124,7 @@ impl Dataplane {
             entries: entries.len(),
             expired: 0,
         };
+        let mut ended = Vec::new();
         let expired_at = |conn: &Conn, last_seen: u64| {
             now_ns.saturating_sub(last_seen) > timeout_for(conn.state, timeouts).as_nanos() as u64
         };
@@ -159,8 +162,42 @@ impl Dataplane {
             }
             if map.delete(key).is_ok() {
                 report.expired += 1;
+                ended.push(*conn);
             }
         }
+        self.count_ended(&ended)?;
         Ok(report)
+    }
+
+    /// Books flows that ended (one entry each) in pnlb_backend_expired, the
+    /// userspace half of the backends' connection counts. Only this
+    /// process writes that map, so read-modify-write loses nothing.
+    fn count_ended(&self, ended: &[Conn]) -> Result<(), DataplaneError> {
+        let map = &self.maps().pnlb_backend_expired;
+        let map_err = |source| DataplaneError::Map {
+            map: "pnlb_backend_expired",
+            source,
+        };
+        let mut per_backend: HashMap<u32, (u64, u64)> = HashMap::new();
+        for conn in ended {
+            let entry = per_backend.entry(conn.backend_id).or_default();
+            entry.0 += 1;
+            if u32::from(conn.state) == ConnState::PNLB_CT_ESTABLISHED.0 {
+                entry.1 += 1;
+            }
+        }
+        for (id, (expired, expired_active)) in per_backend {
+            let key = id.to_ne_bytes();
+            let mut value = map
+                .lookup(&key, MapFlags::ANY)
+                .map_err(map_err)?
+                .and_then(|v| from_bytes::<BackendExpired>(&v))
+                .unwrap_or_default();
+            value.expired += expired;
+            value.expired_active += expired_active;
+            map.update(&key, bytes_of(&value), MapFlags::ANY)
+                .map_err(map_err)?;
+        }
+        Ok(())
     }
 }

@@ -257,6 +257,15 @@ impl Programmer {
                         id,
                         "pnlb_backend_stats",
                     )?;
+                    // A reused slot starts with no connections counted.
+                    for (map, name) in [
+                        (&maps.pnlb_backend_conns, "pnlb_backend_conns"),
+                        (&maps.pnlb_backend_expired, "pnlb_backend_expired"),
+                    ] {
+                        let zero = vec![0u8; map.value_size() as usize];
+                        map.update(&id.to_ne_bytes(), &zero, MapFlags::ANY)
+                            .map_err(map_err(name))?;
+                    }
                     let generation = *next_generation;
                     *next_generation = next_generation.wrapping_add(1).max(1);
                     report.changes.push(format!(
@@ -281,6 +290,7 @@ impl Programmer {
                 flags: BackendFlags::PNLB_BACKEND_F_PRESENT.0 as u8,
                 generation: entry.value.generation,
                 weight: backend.weight,
+                max_conns: backend.max_conns.unwrap_or(0),
                 ..Backend::default()
             };
             match &resolved {
@@ -376,6 +386,11 @@ impl Programmer {
                 Scheduler::Wrr => abi::SchedulerKind::PNLB_SCHED_WRR.0 as u8,
                 Scheduler::Sh => abi::SchedulerKind::PNLB_SCHED_SH.0 as u8,
                 Scheduler::Dh => abi::SchedulerKind::PNLB_SCHED_DH.0 as u8,
+                Scheduler::Lc => abi::SchedulerKind::PNLB_SCHED_LC.0 as u8,
+                Scheduler::Wlc => abi::SchedulerKind::PNLB_SCHED_WLC.0 as u8,
+                Scheduler::Sed => abi::SchedulerKind::PNLB_SCHED_SED.0 as u8,
+                Scheduler::Nq => abi::SchedulerKind::PNLB_SCHED_NQ.0 as u8,
+                Scheduler::P2c => abi::SchedulerKind::PNLB_SCHED_P2C.0 as u8,
             },
             hash_key: match config.hash_key {
                 HashKey::FiveTuple => abi::HashKey::PNLB_HASH_5TUPLE.0 as u8,
@@ -449,8 +464,9 @@ fn sync_address_set(
 }
 
 /// The table the data plane indexes for new flows: Maglev for the hashing
-/// schedulers (by flow hash), the rr list or the interleaved wrr cycle for
-/// the round-robins (by a per-service cursor). Entries are backend ids.
+/// schedulers (by flow hash), the interleaved wrr cycle (by a per-service
+/// cursor), or the list of backends that may take flows (rr's cursor, and
+/// the least-load schedulers' scan). Entries are backend ids.
 fn scheduling_table(scheduler: Scheduler, candidates: &[MaglevBackend]) -> Vec<u32> {
     let weights: Vec<u32> = candidates.iter().map(|c| c.weight).collect();
     let ids = |indexes: Vec<usize>| indexes.into_iter().map(|i| candidates[i].id).collect();
@@ -458,7 +474,13 @@ fn scheduling_table(scheduler: Scheduler, candidates: &[MaglevBackend]) -> Vec<u
         Scheduler::Maglev | Scheduler::Sh | Scheduler::Dh => {
             maglev::build(candidates, abi::TABLE_SIZE as usize)
         }
-        Scheduler::Rr => ids(sched::rr::table(&weights)),
+        // The least-load family scans this list, reading live counts.
+        Scheduler::Rr
+        | Scheduler::Lc
+        | Scheduler::Wlc
+        | Scheduler::Sed
+        | Scheduler::Nq
+        | Scheduler::P2c => ids(sched::rr::table(&weights)),
         Scheduler::Wrr => ids(sched::wrr::cycle(&weights)),
     }
 }

@@ -47,6 +47,7 @@ pub fn reason_name(reason: usize) -> &'static str {
         "drop_snat_exhausted",
         "pass_no_neigh",
         "drop_no_route",
+        "drop_backends_full",
     ];
     NAMES.get(reason).copied().unwrap_or("unknown")
 }
@@ -114,6 +115,27 @@ impl Dataplane {
             *total = cpus.iter().sum();
         }
         Ok(totals)
+    }
+
+    /// A backend's (active, inactive) connections (IPVS ActiveConn/InActConn).
+    pub fn backend_load(&self, backend_id: u32) -> Result<(u64, u64), DataplaneError> {
+        let key = backend_id.to_ne_bytes();
+        let read = |map: &dyn MapCore, name: &'static str| {
+            map.lookup(&key, MapFlags::ANY)
+                .map_err(|source| DataplaneError::Map { map: name, source })
+        };
+        let conns = read(&self.maps().pnlb_backend_conns, "pnlb_backend_conns")?
+            .and_then(|v| from_bytes::<abi::BackendConns>(&v))
+            .unwrap_or_default();
+        let expired = read(&self.maps().pnlb_backend_expired, "pnlb_backend_expired")?
+            .and_then(|v| from_bytes::<abi::BackendExpired>(&v))
+            .unwrap_or_default();
+        let active = conns
+            .became_active
+            .saturating_sub(conns.stopped_active)
+            .saturating_sub(expired.expired_active);
+        let live = conns.opened.saturating_sub(expired.expired).max(active);
+        Ok((active, live - active))
     }
 
     /// Number of entries in the connection table (walks it: not for hot loops).

@@ -160,3 +160,154 @@ fn without_persistence_rr_moves_every_new_flow() {
         .collect();
     assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
 }
+
+/// The data plane's live counts as the reference schedulers see them.
+fn live_loads(fixture: &Fixture, weights: &[u32]) -> Vec<BackendLoad> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &weight)| {
+            let address: IpAddr = format!("10.77.1.{}", 11 + i).parse().unwrap();
+            let id = fixture.programmer.backend_id("web", address, 80).unwrap();
+            let (active, inactive) = fixture.dataplane.backend_load(id).unwrap();
+            BackendLoad {
+                weight,
+                active: active as u32,
+                inactive: inactive as u32,
+                max_conns: None,
+            }
+        })
+        .collect()
+}
+
+/// Opens flows one by one (some completing the handshake, so both active
+/// and inactive counts move) and checks every pick against the reference.
+fn least_load_parity(scheduler: &str, reference: &mut dyn Scheduler) {
+    let weights = [3, 1, 2];
+    let fixture = Fixture::new(&config(scheduler, &weights, ""));
+    for i in 0..40u16 {
+        let expected = reference
+            .pick(&live_loads(&fixture, &weights), FlowInput::default())
+            .unwrap();
+        let got = pick(&fixture, "10.77.0.2", 60000 + i);
+        assert_eq!(
+            got,
+            expected,
+            "{scheduler}: new flow {i}, loads {:?}",
+            live_loads(&fixture, &weights)
+        );
+        if i % 3 != 0 {
+            // The client's ACK: the flow becomes established (active).
+            let (verdict, _) =
+                fixture.run(&Pkt::tcp("10.77.0.2", 60000 + i, "10.77.100.1", 80, ACK).bytes());
+            assert_eq!(verdict, XDP_TX);
+        }
+    }
+}
+
+#[test]
+fn lc_wlc_sed_and_nq_pick_what_the_reference_picks_from_live_counts() {
+    if !privileged() {
+        return;
+    }
+    use pnlb_core::sched::{
+        lc::LeastConnection, nq::NeverQueue, sed::ShortestExpectedDelay,
+        wlc::WeightedLeastConnection,
+    };
+    least_load_parity("lc", &mut LeastConnection);
+    least_load_parity("wlc", &mut WeightedLeastConnection);
+    least_load_parity("sed", &mut ShortestExpectedDelay);
+    least_load_parity("nq", &mut NeverQueue);
+}
+
+#[test]
+fn connection_counts_follow_state_and_expiry() {
+    if !privileged() {
+        return;
+    }
+    let fixture = Fixture::new(&config("lc", &[1], ""));
+    fixture.run(&Pkt::tcp("10.77.0.2", 61000, "10.77.100.1", 80, SYN).bytes());
+    fixture.run(&Pkt::tcp("10.77.0.2", 61001, "10.77.100.1", 80, SYN).bytes());
+    assert_eq!(
+        live_loads(&fixture, &[1])[0],
+        BackendLoad {
+            weight: 1,
+            active: 0,
+            inactive: 2,
+            max_conns: None
+        }
+    );
+    fixture.run(&Pkt::tcp("10.77.0.2", 61000, "10.77.100.1", 80, ACK).bytes());
+    assert_eq!(
+        (
+            live_loads(&fixture, &[1])[0].active,
+            live_loads(&fixture, &[1])[0].inactive
+        ),
+        (1, 1)
+    );
+    fixture.run(&Pkt::tcp("10.77.0.2", 61000, "10.77.100.1", 80, FIN).bytes());
+    assert_eq!(
+        (
+            live_loads(&fixture, &[1])[0].active,
+            live_loads(&fixture, &[1])[0].inactive
+        ),
+        (0, 2)
+    );
+    let later = pnlb_dataplane::conntrack::monotonic_ns() + 1_000_000_000_000;
+    fixture
+        .dataplane
+        .sweep_connections_at(&pnlb_core::config::Timeouts::default(), later)
+        .unwrap();
+    assert_eq!(
+        (
+            live_loads(&fixture, &[1])[0].active,
+            live_loads(&fixture, &[1])[0].inactive
+        ),
+        (0, 0),
+        "expiry counts down"
+    );
+}
+
+#[test]
+fn a_backend_at_max_conns_is_skipped_and_all_full_drops() {
+    if !privileged() {
+        return;
+    }
+    for scheduler in ["rr", "wlc", "maglev", "p2c"] {
+        let mut text = config(scheduler, &[1, 1], "");
+        text = text.replace("weight = 1\n", "weight = 1\nmax_conns = 2\n");
+        let fixture = Fixture::new(&text);
+        let picks: Vec<usize> = (0..4)
+            .map(|p| pick(&fixture, "10.77.0.2", 62000 + p))
+            .collect();
+        assert_eq!(
+            picks.iter().filter(|&&b| b == 0).count(),
+            2,
+            "{scheduler}: {picks:?}"
+        );
+        assert_eq!(
+            picks.iter().filter(|&&b| b == 1).count(),
+            2,
+            "{scheduler}: {picks:?}"
+        );
+        let (verdict, _) = fixture.run(&tcp4("10.77.0.2", 62999, "10.77.100.1", 80, b""));
+        assert_eq!(verdict, XDP_DROP, "{scheduler}: every backend full");
+        assert_eq!(fixture.reason("drop_backends_full"), 1);
+    }
+}
+
+#[test]
+fn p2c_spreads_new_flows_and_never_overloads_one_backend() {
+    if !privileged() {
+        return;
+    }
+    let fixture = Fixture::new(&config("p2c", &[1, 1, 1, 1], ""));
+    let mut counts = [0usize; 4];
+    for p in 0..400u16 {
+        counts[pick(&fixture, "10.77.0.2", 63000 + p)] += 1;
+        // Established: p2c compares active connections.
+        fixture.run(&Pkt::tcp("10.77.0.2", 63000 + p, "10.77.100.1", 80, ACK).bytes());
+    }
+    let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    assert!(max - min <= 20, "two choices keep counts close: {counts:?}");
+}

@@ -75,3 +75,93 @@ fn persistence_keeps_a_client_on_one_backend_until_the_timeout() {
         "and sticks to its new backend: {counts:?}"
     );
 }
+
+/// Holds a connection to the echo service open: returns it and its server.
+fn hold(vip: std::net::SocketAddr) -> (std::net::TcpStream, String) {
+    use std::io::Read;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut greeting = [0u8; 3];
+    stream.read_exact(&mut greeting).expect("greeting");
+    (stream, String::from_utf8_lossy(&greeting[..2]).to_string())
+}
+
+fn echo_lab(scheduler: &str) -> (Lab, pnlb_lab::LabProcess) {
+    let lab = Lab::up(&LabSpec {
+        nginx: false,
+        echo: true,
+        ..LabSpec::default()
+    })
+    .expect("lab");
+    let text = lab.config("dr", pnlb_lab::ECHO_PORT, &[0, 1, 2]).replace(
+        "scheduler = \"maglev\"",
+        &format!("scheduler = \"{scheduler}\""),
+    );
+    let path = write_config(&lab, &text);
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    (lab, daemon)
+}
+
+#[test]
+fn nq_sends_each_new_connection_to_an_idle_backend_first() {
+    if !privileged() {
+        return;
+    }
+    let (lab, _daemon) = echo_lab("nq");
+    let vip = std::net::SocketAddr::new(IpAddr::V4(VIP4), pnlb_lab::ECHO_PORT);
+    let servers = in_netns(&lab.client, move || {
+        let held: Vec<_> = (0..3).map(|_| hold(vip)).collect();
+        held.into_iter()
+            .map(|(_, server)| server)
+            .collect::<Vec<_>>()
+    })
+    .unwrap();
+    let distinct: std::collections::HashSet<_> = servers.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "three held connections, three idle servers: {servers:?}"
+    );
+}
+
+#[test]
+fn lc_gives_a_slow_backend_fewer_new_connections() {
+    if !privileged() {
+        return;
+    }
+    let (lab, _daemon) = echo_lab("lc");
+    let vip = std::net::SocketAddr::new(IpAddr::V4(VIP4), pnlb_lab::ECHO_PORT);
+    // s1 is slow: its clients hold their connection 10 times longer.
+    let counts = in_netns(&lab.client, move || {
+        let mut threads = Vec::new();
+        for _ in 0..90 {
+            threads.push(std::thread::spawn(move || {
+                let (stream, server) = hold(vip);
+                std::thread::sleep(Duration::from_millis(if server == "s1" {
+                    1500
+                } else {
+                    150
+                }));
+                drop(stream);
+                server
+            }));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for thread in threads {
+            *counts.entry(thread.join().unwrap()).or_default() += 1;
+        }
+        counts
+    })
+    .unwrap();
+    eprintln!("lc with a slow s1: {counts:?}");
+    let slow = *counts.get("s1").unwrap_or(&0) as f64;
+    let others = (*counts.get("s2").unwrap_or(&0) + *counts.get("s3").unwrap_or(&0)) as f64 / 2.0;
+    assert!(
+        slow < others * 0.6,
+        "s1 (slow) got {slow}, the others {others} on average: {counts:?}"
+    );
+}

@@ -153,12 +153,34 @@ pub enum Scheduler {
     Dh,
     /// Weighted Maglev over `hash_key` (the 5-tuple by default).
     Maglev,
+    /// Least-connection (IPVS lc).
+    Lc,
+    /// Weighted least-connection (IPVS wlc).
+    Wlc,
+    /// Shortest expected delay (IPVS sed).
+    Sed,
+    /// Never queue (IPVS nq).
+    Nq,
+    /// Power of two choices on active connections.
+    P2c,
 }
+
+/// Most backends a least-load service may have (the data plane scans them
+/// per new flow; PNLB_MAX_LEAST_BACKENDS).
+pub const MAX_LEAST_BACKENDS: usize = 64;
 
 impl Scheduler {
     /// Whether it picks by hashing the flow (and so takes a `hash_key`).
     pub fn hashes(self) -> bool {
         matches!(self, Scheduler::Sh | Scheduler::Dh | Scheduler::Maglev)
+    }
+
+    /// Whether it reads connection counts for every new flow.
+    pub fn reads_load(self) -> bool {
+        matches!(
+            self,
+            Scheduler::Lc | Scheduler::Wlc | Scheduler::Sed | Scheduler::Nq | Scheduler::P2c
+        )
     }
 }
 
@@ -175,6 +197,8 @@ pub struct Backend {
     pub port: u16,
     /// 0 = quiescent: no new flows, established flows stay.
     pub weight: u32,
+    /// Connections (active + inactive) at which it takes no new flow.
+    pub max_conns: Option<u32>,
     /// The service's check with this backend's overrides; None = unchecked
     /// (always considered up).
     pub health: Option<HealthCheck>,
@@ -207,6 +231,11 @@ impl fmt::Display for Scheduler {
             Scheduler::Sh => "sh",
             Scheduler::Dh => "dh",
             Scheduler::Maglev => "maglev",
+            Scheduler::Lc => "lc",
+            Scheduler::Wlc => "wlc",
+            Scheduler::Sed => "sed",
+            Scheduler::Nq => "nq",
+            Scheduler::P2c => "p2c",
         })
     }
 }
@@ -316,14 +345,15 @@ struct RawBackend {
     address: Option<String>,
     port: Option<i64>,
     weight: Option<i64>,
+    max_conns: Option<i64>,
     health: Option<RawHealth>,
 }
 
 /// Methods and schedulers of the config contract that later issues bring.
 const PLANNED_METHODS: &[&str] = &["tun"];
-/// Their reference implementations exist (pnlb_core::sched); the data plane
-/// still lacks the per-backend connection counters they read.
-const PLANNED_SCHEDULERS: &[&str] = &["lc", "wlc", "sed", "nq", "chbl", "p2c"];
+/// Its reference implementation exists (pnlb_core::sched::chbl); the data
+/// plane does not run it yet.
+const PLANNED_SCHEDULERS: &[&str] = &["chbl"];
 
 struct Validator<'a> {
     file: &'a Path,
@@ -545,11 +575,16 @@ impl Validator<'_> {
             Some("wrr") => Scheduler::Wrr,
             Some("sh") => Scheduler::Sh,
             Some("dh") => Scheduler::Dh,
+            Some("lc") => Scheduler::Lc,
+            Some("wlc") => Scheduler::Wlc,
+            Some("sed") => Scheduler::Sed,
+            Some("nq") => Scheduler::Nq,
+            Some("p2c") => Scheduler::P2c,
             Some(s) if PLANNED_SCHEDULERS.contains(&s) => {
                 return Err(self.error(
                     at("scheduler"),
                     format!("scheduler {s:?} is not available in this version yet"),
-                    "use rr, wrr, sh, dh or maglev",
+                    "use rr, wrr, lc, wlc, sed, nq, sh, dh, maglev or p2c",
                 ))
             }
             Some(other) => {
@@ -636,6 +671,13 @@ impl Validator<'_> {
                 ));
             }
             backends.push(backend);
+        }
+        if scheduler.reads_load() && backends.len() > MAX_LEAST_BACKENDS {
+            return Err(self.error(
+                at("scheduler"),
+                format!("{scheduler} scans every backend per new flow; {} backends is over its {MAX_LEAST_BACKENDS}", backends.len()),
+                "use wrr or maglev for larger pools",
+            ));
         }
         let fallback = match raw.fallback {
             None => None,
@@ -851,10 +893,22 @@ impl Validator<'_> {
                 self.health_check(&format!("{key}.health"), merged, port)?
             }
         };
+        let max_conns = match raw.max_conns {
+            None => None,
+            Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => Some(n as u32),
+            Some(n) => {
+                return Err(self.error(
+                    format!("{key}.max_conns"),
+                    format!("{n} is out of range"),
+                    "use a positive number of connections, or leave it out for no limit",
+                ))
+            }
+        };
         Ok(Backend {
             address,
             port,
             weight,
+            max_conns,
             health,
         })
     }
