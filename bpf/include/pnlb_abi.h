@@ -22,6 +22,8 @@ enum pnlb_limits {
 	PNLB_MAX_BACKENDS = 4096,
 	/* Maglev lookup table length: a prime, NSDI'16 §3.4 (M >> N). */
 	PNLB_TABLE_SIZE = 65537,
+	/* A table's capacity: a backend list (chbl) may precede the Maglev part. */
+	PNLB_TABLE_CAPACITY = 65537 + 64,
 	PNLB_MAX_CONNS = 262144,
 };
 
@@ -48,6 +50,9 @@ enum pnlb_scheduler {
 	PNLB_SCHED_SED = 8,
 	PNLB_SCHED_NQ = 9,
 	PNLB_SCHED_P2C = 10,
+	/* Consistent hashing with bounded loads: the table holds the backend
+	 * list (list_len entries) followed by the Maglev table (table_len). */
+	PNLB_SCHED_CHBL = 11,
 };
 
 /* Most backends a least-load service scans per new flow. */
@@ -139,7 +144,9 @@ struct pnlb_service {
 	__u16 snat_port_count;
 	__u32 persistence_s; /* source affinity timeout, 0 = none */
 	__u8 persistence_prefix; /* of the 128-bit (IPv4-mapped) address */
-	__u8 _pad1[3];
+	__u8 _pad1;
+	__u16 list_len; /* chbl: backend ids before the Maglev part */
+	__u32 chbl_epsilon_pct; /* chbl: a backend's cap is (100 + this)% of its share */
 };
 
 /* Source affinity (IPVS persistence): a client prefix -> its backend. */
@@ -242,7 +249,7 @@ struct pnlb_backend_stats {
 /* Compile-time layout checks; the Rust side asserts the same numbers. */
 _Static_assert(sizeof(struct pnlb_addr) == 16, "pnlb_addr");
 _Static_assert(sizeof(struct pnlb_service_key) == 20, "pnlb_service_key");
-_Static_assert(sizeof(struct pnlb_service) == 24, "pnlb_service");
+_Static_assert(sizeof(struct pnlb_service) == 28, "pnlb_service");
 _Static_assert(sizeof(struct pnlb_affinity_key) == 24, "pnlb_affinity_key");
 _Static_assert(sizeof(struct pnlb_affinity) == 16, "pnlb_affinity");
 _Static_assert(sizeof(struct pnlb_backend) == 48, "pnlb_backend");

@@ -54,7 +54,7 @@ struct {
  * mix. */
 struct pnlb_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, PNLB_TABLE_SIZE);
+	__uint(max_entries, PNLB_TABLE_CAPACITY);
 	__type(key, __u32);
 	__type(value, __u32);
 };

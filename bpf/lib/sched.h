@@ -151,6 +151,77 @@ static __always_inline int pnlb_schedule_p2c(const struct pnlb_service *svc, voi
 	return pnlb_schedule_least(svc, table, backend_id);
 }
 
+/* A backend's flows (active + inactive) if it may take one more, else -1. */
+static __always_inline __s64 pnlb_chbl_load(__u32 id, __u32 *weight)
+{
+	struct pnlb_backend *backend = bpf_map_lookup_elem(&pnlb_backends, &id);
+	struct pnlb_load load;
+
+	if (!backend || !(backend->flags & PNLB_BACKEND_F_PRESENT) || backend->weight == 0)
+		return -1;
+	pnlb_backend_load(id, &load);
+	if (backend->max_conns && load.active + load.inactive >= backend->max_conns)
+		return -1;
+	*weight = backend->weight;
+	return load.active + load.inactive;
+}
+
+/*
+ * Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam):
+ * walk the Maglev table from the flow's slot to the first backend under
+ * its cap, ceil((1 + eps) x (flows + 1) x weight / total weight). The walk
+ * is bounded; past it the least-loaded (sed) backend takes the flow.
+ */
+#define PNLB_CHBL_STEPS 64
+
+static __always_inline int pnlb_schedule_chbl(const struct pnlb_service *svc, void *table,
+					      const struct pnlb_flow_key *flow, __u32 *backend_id)
+{
+	__u64 total = 1, weight_sum = 0;
+	__u32 list_len = svc->list_len, start;
+
+	if (svc->table_len == 0)
+		return PNLB_DROP_NO_BACKEND;
+	for (__u32 i = 0; i < PNLB_MAX_LEAST_BACKENDS; i++) {
+		__u32 slot = i, weight = 0, *entry;
+		__s64 load;
+
+		if (i >= list_len)
+			break;
+		entry = bpf_map_lookup_elem(table, &slot);
+		if (!entry)
+			break;
+		load = pnlb_chbl_load(*entry, &weight);
+		if (load < 0)
+			continue;
+		total += load;
+		weight_sum += weight;
+	}
+	if (weight_sum == 0)
+		return PNLB_DROP_BACKENDS_FULL;
+
+	start = pnlb_flow_hash(flow, svc->hash_key) % svc->table_len;
+	for (__u32 step = 0; step < PNLB_CHBL_STEPS; step++) {
+		__u32 slot = list_len + (start + step) % svc->table_len, weight = 0, *entry;
+		__u64 cap;
+		__s64 load;
+
+		entry = bpf_map_lookup_elem(table, &slot);
+		if (!entry)
+			break;
+		load = pnlb_chbl_load(*entry, &weight);
+		if (load < 0)
+			continue;
+		cap = ((100 + (__u64)svc->chbl_epsilon_pct) * total * weight + 100 * weight_sum - 1) /
+		      (100 * weight_sum);
+		if ((__u64)load < cap) {
+			*backend_id = *entry;
+			return 0;
+		}
+	}
+	return pnlb_schedule_least(svc, table, backend_id);
+}
+
 /* Returns 0 and sets *backend_id, or the drop reason. */
 static __always_inline int pnlb_schedule(const struct pnlb_service *svc,
 					 const struct pnlb_flow_key *flow,
@@ -164,6 +235,8 @@ static __always_inline int pnlb_schedule(const struct pnlb_service *svc,
 		return PNLB_DROP_NO_BACKEND;
 
 	switch (svc->scheduler) {
+	case PNLB_SCHED_CHBL:
+		return pnlb_schedule_chbl(svc, table, flow, backend_id);
 	case PNLB_SCHED_LC:
 	case PNLB_SCHED_WLC:
 	case PNLB_SCHED_SED:

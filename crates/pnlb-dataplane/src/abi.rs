@@ -22,7 +22,8 @@ const _: () = {
     assert!(size_of::<ServiceKey>() == 20);
     assert!(offset_of!(ServiceKey, port) == 16);
     assert!(offset_of!(ServiceKey, protocol) == 18);
-    assert!(size_of::<Service>() == 24);
+    assert!(size_of::<Service>() == 28);
+    assert!(offset_of!(Service, list_len) == 22);
     assert!(offset_of!(Service, persistence_s) == 16);
     assert!(offset_of!(Service, table_len) == 8);
     assert!(offset_of!(Service, snat_port_min) == 12);
@@ -48,6 +49,8 @@ const _: () = {
 pub const MAX_SERVICES: u32 = Limits::PNLB_MAX_SERVICES.0;
 pub const MAX_BACKENDS: u32 = Limits::PNLB_MAX_BACKENDS.0;
 pub const TABLE_SIZE: u32 = Limits::PNLB_TABLE_SIZE.0;
+/// Entries of each published table map (a chbl list may precede the Maglev part).
+pub const TABLE_CAPACITY: u32 = Limits::PNLB_TABLE_CAPACITY.0;
 pub const HASH_SEED: u32 = HashSeed::PNLB_HASH_SEED.0;
 pub const REASON_COUNT: usize = Reason::PNLB_REASON_MAX.0 as usize;
 pub const MAX_SNAT_ADDRS: u32 = SnatLimits::PNLB_MAX_SNAT_ADDRS.0;

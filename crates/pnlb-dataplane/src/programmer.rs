@@ -49,6 +49,8 @@ struct ServiceSlot {
     value: abi::Service,
     backends: HashMap<(IpAddr, u16), BackendSlot>,
     table: Vec<u32>,
+    /// chbl: how many backend ids precede the Maglev part of `table`.
+    list_len: u16,
     snat: Option<Snat>,
     /// nat/snat: replies come back through us.
     translates: bool,
@@ -192,6 +194,7 @@ impl Programmer {
                     value: abi::Service::default(),
                     backends: HashMap::new(),
                     table: Vec::new(),
+                    list_len: 0,
                     snat: None,
                     translates: false,
                 },
@@ -342,11 +345,12 @@ impl Programmer {
                 })
             })
             .collect();
-        let table = scheduling_table(config.scheduler, &candidates);
+        let (table, list_len) = scheduling_table(config.scheduler, &candidates);
         if table != slot.table {
             publish_table(dataplane, slot.id, &table)?;
             slot.table = table;
         }
+        slot.list_len = list_len;
 
         // SNAT source addresses, before the service that points at them.
         if config.snat != slot.snat {
@@ -391,6 +395,7 @@ impl Programmer {
                 Scheduler::Sed => abi::SchedulerKind::PNLB_SCHED_SED.0 as u8,
                 Scheduler::Nq => abi::SchedulerKind::PNLB_SCHED_NQ.0 as u8,
                 Scheduler::P2c => abi::SchedulerKind::PNLB_SCHED_P2C.0 as u8,
+                Scheduler::Chbl { .. } => abi::SchedulerKind::PNLB_SCHED_CHBL.0 as u8,
             },
             hash_key: match config.hash_key {
                 HashKey::FiveTuple => abi::HashKey::PNLB_HASH_5TUPLE.0 as u8,
@@ -398,7 +403,7 @@ impl Programmer {
                 HashKey::Destination => abi::HashKey::PNLB_HASH_DESTINATION.0 as u8,
             },
             snat_count,
-            table_len: slot.table.len() as u32,
+            table_len: slot.table.len() as u32 - u32::from(slot.list_len),
             snat_port_min,
             snat_port_count,
             persistence_s: config
@@ -412,7 +417,12 @@ impl Programmer {
                     p.prefix_len
                 }
             }),
-            _pad1: [0; 3],
+            _pad1: 0,
+            list_len: slot.list_len,
+            chbl_epsilon_pct: match config.scheduler {
+                Scheduler::Chbl { epsilon } => (epsilon * 100.0).round() as u32,
+                _ => 0,
+            },
         };
         if bytes_of(&value) != bytes_of(&slot.value) {
             maps.pnlb_services
@@ -467,12 +477,17 @@ fn sync_address_set(
 /// schedulers (by flow hash), the interleaved wrr cycle (by a per-service
 /// cursor), or the list of backends that may take flows (rr's cursor, and
 /// the least-load schedulers' scan). Entries are backend ids.
-fn scheduling_table(scheduler: Scheduler, candidates: &[MaglevBackend]) -> Vec<u32> {
+///
+/// chbl gets both: the backend list (its length is returned, 0 otherwise)
+/// followed by the Maglev table.
+fn scheduling_table(scheduler: Scheduler, candidates: &[MaglevBackend]) -> (Vec<u32>, u16) {
     let weights: Vec<u32> = candidates.iter().map(|c| c.weight).collect();
-    let ids = |indexes: Vec<usize>| indexes.into_iter().map(|i| candidates[i].id).collect();
+    let ids = |indexes: Vec<usize>| -> Vec<u32> {
+        indexes.into_iter().map(|i| candidates[i].id).collect()
+    };
     match scheduler {
         Scheduler::Maglev | Scheduler::Sh | Scheduler::Dh => {
-            maglev::build(candidates, abi::TABLE_SIZE as usize)
+            (maglev::build(candidates, abi::TABLE_SIZE as usize), 0)
         }
         // The least-load family scans this list, reading live counts.
         Scheduler::Rr
@@ -480,8 +495,18 @@ fn scheduling_table(scheduler: Scheduler, candidates: &[MaglevBackend]) -> Vec<u
         | Scheduler::Wlc
         | Scheduler::Sed
         | Scheduler::Nq
-        | Scheduler::P2c => ids(sched::rr::table(&weights)),
-        Scheduler::Wrr => ids(sched::wrr::cycle(&weights)),
+        | Scheduler::P2c => (ids(sched::rr::table(&weights)), 0),
+        Scheduler::Wrr => (ids(sched::wrr::cycle(&weights)), 0),
+        Scheduler::Chbl { .. } => {
+            let hash = maglev::build(candidates, abi::TABLE_SIZE as usize);
+            if hash.is_empty() {
+                return (Vec::new(), 0);
+            }
+            let mut table = ids(sched::rr::table(&weights));
+            let list_len = table.len() as u16;
+            table.extend(hash);
+            (table, list_len)
+        }
     }
 }
 
@@ -540,7 +565,7 @@ fn publish_table(
         Some("pnlb_table"),
         4,
         4,
-        abi::TABLE_SIZE,
+        abi::TABLE_CAPACITY,
         &opts,
     )
     .map_err(map_err("pnlb_table"))?;

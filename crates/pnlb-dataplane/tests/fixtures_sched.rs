@@ -311,3 +311,47 @@ fn p2c_spreads_new_flows_and_never_overloads_one_backend() {
     let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
     assert!(max - min <= 20, "two choices keep counts close: {counts:?}");
 }
+
+#[test]
+fn chbl_follows_the_reference_and_spills_a_hot_source_at_its_cap() {
+    if !privileged() {
+        return;
+    }
+    use pnlb_core::sched::{chbl::BoundedLoad, maglev_sched::TableHash};
+    let weights = [1, 1, 1];
+    let fixture = Fixture::new(&config(
+        "chbl",
+        &weights,
+        "hash_key = \"source\"\nchbl_epsilon = 0.25",
+    ));
+    let keys: Vec<Vec<u8>> = (0..3)
+        .map(|i| format!("10.77.1.{}:80", 11 + i).into_bytes())
+        .collect();
+    let mut reference = BoundedLoad::new(
+        TableHash::new(&weights, &keys, pnlb_core::maglev::TABLE_SIZE),
+        0.25,
+    );
+    let mut picks = Vec::new();
+    for p in 0..30u16 {
+        let packet = tcp4("10.77.0.2", 64000 + p, "10.77.100.1", 80, b"");
+        let hash = pnlb_dataplane::abi::flow_hash(
+            &flow_of(&packet),
+            pnlb_dataplane::abi::HashKey::PNLB_HASH_SOURCE,
+        );
+        let expected = reference
+            .pick(
+                &live_loads(&fixture, &weights),
+                FlowInput { hash, random: 0 },
+            )
+            .unwrap();
+        let got = pick(&fixture, "10.77.0.2", 64000 + p);
+        assert_eq!(got, expected, "flow {p}");
+        picks.push(got);
+    }
+    let owner_share = picks.iter().filter(|&&b| b == picks[0]).count();
+    assert!(
+        owner_share <= 13,
+        "the hot source's owner stops at its cap, ceil(1.25 x 30 / 3): {picks:?}"
+    );
+    assert!(picks.iter().any(|&b| b != picks[0]), "the rest spills over");
+}

@@ -165,3 +165,45 @@ fn lc_gives_a_slow_backend_fewer_new_connections() {
         "s1 (slow) got {slow}, the others {others} on average: {counts:?}"
     );
 }
+
+/// One client, many concurrent flows, hashed by source: Maglev puts them
+/// all on one backend; bounded loads spill them once it reaches its cap.
+#[test]
+fn a_hot_source_stays_on_one_backend_with_maglev_and_spills_with_chbl() {
+    if !privileged() {
+        return;
+    }
+    for scheduler in ["maglev", "chbl"] {
+        let lab = Lab::up(&LabSpec {
+            nginx: false,
+            echo: true,
+            ..LabSpec::default()
+        })
+        .expect("lab");
+        let text = lab.config("dr", pnlb_lab::ECHO_PORT, &[0, 1, 2]).replace(
+            "scheduler = \"maglev\"",
+            &format!("scheduler = \"{scheduler}\"\nhash_key = \"source\""),
+        );
+        let path = write_config(&lab, &text);
+        let _daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+        let vip = std::net::SocketAddr::new(IpAddr::V4(VIP4), pnlb_lab::ECHO_PORT);
+        let counts = in_netns(&lab.client, move || {
+            let held: Vec<_> = (0..30).map(|_| hold(vip)).collect();
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for (_, server) in &held {
+                *counts.entry(server.clone()).or_default() += 1;
+            }
+            counts
+        })
+        .unwrap();
+        eprintln!("{scheduler}, one source, 30 concurrent flows: {counts:?}");
+        let most = counts.values().copied().max().unwrap_or(0);
+        match scheduler {
+            "maglev" => assert_eq!(most, 30, "maglev: all on one backend: {counts:?}"),
+            _ => assert!(
+                most <= 13 && counts.len() >= 2,
+                "chbl: the owner stops at its cap: {counts:?}"
+            ),
+        }
+    }
+}

@@ -141,7 +141,7 @@ impl Method {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Scheduler {
     /// Round-robin (IPVS rr).
     Rr,
@@ -163,6 +163,9 @@ pub enum Scheduler {
     Nq,
     /// Power of two choices on active connections.
     P2c,
+    /// Consistent hashing with bounded loads: Maglev, but no backend above
+    /// (1 + epsilon) x its share of the service's flows.
+    Chbl { epsilon: f64 },
 }
 
 /// Most backends a least-load service may have (the data plane scans them
@@ -172,7 +175,10 @@ pub const MAX_LEAST_BACKENDS: usize = 64;
 impl Scheduler {
     /// Whether it picks by hashing the flow (and so takes a `hash_key`).
     pub fn hashes(self) -> bool {
-        matches!(self, Scheduler::Sh | Scheduler::Dh | Scheduler::Maglev)
+        matches!(
+            self,
+            Scheduler::Sh | Scheduler::Dh | Scheduler::Maglev | Scheduler::Chbl { .. }
+        )
     }
 
     /// Whether it reads connection counts for every new flow.
@@ -236,6 +242,7 @@ impl fmt::Display for Scheduler {
             Scheduler::Sed => "sed",
             Scheduler::Nq => "nq",
             Scheduler::P2c => "p2c",
+            Scheduler::Chbl { .. } => "chbl",
         })
     }
 }
@@ -327,6 +334,7 @@ struct RawService {
     hash_key: Option<String>,
     persistence: Option<String>,
     persistence_mask: Option<i64>,
+    chbl_epsilon: Option<f64>,
     encap: Option<String>,
     gue_port: Option<i64>,
     snat_addresses: Option<Vec<String>>,
@@ -351,9 +359,8 @@ struct RawBackend {
 
 /// Methods and schedulers of the config contract that later issues bring.
 const PLANNED_METHODS: &[&str] = &["tun"];
-/// Its reference implementation exists (pnlb_core::sched::chbl); the data
-/// plane does not run it yet.
-const PLANNED_SCHEDULERS: &[&str] = &["chbl"];
+/// Default chbl epsilon: a backend may carry 25% above its share.
+pub const DEFAULT_CHBL_EPSILON: f64 = 0.25;
 
 struct Validator<'a> {
     file: &'a Path,
@@ -580,12 +587,16 @@ impl Validator<'_> {
             Some("sed") => Scheduler::Sed,
             Some("nq") => Scheduler::Nq,
             Some("p2c") => Scheduler::P2c,
-            Some(s) if PLANNED_SCHEDULERS.contains(&s) => {
-                return Err(self.error(
-                    at("scheduler"),
-                    format!("scheduler {s:?} is not available in this version yet"),
-                    "use rr, wrr, lc, wlc, sed, nq, sh, dh, maglev or p2c",
-                ))
+            Some("chbl") => {
+                let epsilon = raw.chbl_epsilon.unwrap_or(DEFAULT_CHBL_EPSILON);
+                if !(0.01..=10.0).contains(&epsilon) {
+                    return Err(self.error(
+                        at("chbl_epsilon"),
+                        format!("{epsilon} is out of range"),
+                        "use 0.01 to 10 (0.25 lets a backend carry 25% above its share)",
+                    ));
+                }
+                Scheduler::Chbl { epsilon }
             }
             Some(other) => {
                 return Err(self.error(
@@ -595,6 +606,13 @@ impl Validator<'_> {
                 ))
             }
         };
+        if raw.chbl_epsilon.is_some() && !matches!(scheduler, Scheduler::Chbl { .. }) {
+            return Err(self.error(
+                at("chbl_epsilon"),
+                "only applies to scheduler = \"chbl\"",
+                "remove chbl_epsilon",
+            ));
+        }
         if raw.hash_key.is_some() && !scheduler.hashes() {
             return Err(self.error(
                 at("hash_key"),
@@ -1112,8 +1130,6 @@ address = "fd77:1::11"
     #[test]
     fn features_of_later_versions_are_refused_not_silently_ignored() {
         let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"tun\""));
-        assert!(err.reason.contains("not available"), "{err}");
-        let err = error_of(&GOOD.replace("scheduler = \"maglev\"", "scheduler = \"lc\""));
         assert!(err.reason.contains("not available"), "{err}");
         let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"dr\"\nencap = \"ipip\""));
         assert!(err.key.ends_with("encap"), "{err}");
