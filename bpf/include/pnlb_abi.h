@@ -217,7 +217,7 @@ struct pnlb_conn {
 	__u8 state; /* enum pnlb_conn_state */
 	__u8 direction; /* enum pnlb_conn_direction */
 	__u8 flags; /* enum pnlb_conn_flags */
-	__u8 _pad;
+	__u8 fin_seen; /* 1 << direction for each side that sent a FIN */
 	__u64 created_ns;
 	__u64 last_seen_ns;
 	struct pnlb_addr rewrite_src;

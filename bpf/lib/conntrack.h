@@ -83,22 +83,34 @@ static __always_inline void pnlb_conn_track(struct pnlb_conn *conn, const struct
 {
 	__u64 now = bpf_ktime_get_ns();
 	__u8 next = pnlb_next_state(conn->state, pkt->tcp_flags);
+	__u8 fins = conn->fin_seen;
 	struct pnlb_flow_key peer_key;
 	struct pnlb_conn *peer;
 
 	if (now - conn->last_seen_ns > PNLB_CONN_TOUCH_NS)
 		conn->last_seen_ns = now;
-	if (next == conn->state)
+	if (pkt->tcp_flags & PNLB_TCP_FIN)
+		fins |= 1 << (conn->direction & 1);
+	/* Both sides closed: only the final ACK is left, so the short
+	 * tcp_close timeout applies (and an SNAT port is freed sooner). */
+	if (fins == 3 && next == PNLB_CT_FIN_WAIT)
+		next = PNLB_CT_CLOSE;
+	if (next == PNLB_CT_SYN_SENT)
+		fins = 0; /* a new connection on the same tuple */
+	if (next == conn->state && fins == conn->fin_seen)
 		return;
 	pnlb_count_state_move(conn->backend_id, conn->state, next);
 	conn->state = next;
+	conn->fin_seen = fins;
 	conn->last_seen_ns = now;
 	if (!(conn->flags & PNLB_CONN_F_NAT))
 		return;
 	pnlb_peer_key(conn, pkt->flow.protocol, &peer_key);
 	peer = bpf_map_lookup_elem(&pnlb_conns, &peer_key);
-	if (peer)
+	if (peer) {
 		peer->state = next;
+		peer->fin_seen = fins;
+	}
 }
 
 /*

@@ -356,6 +356,12 @@ fn tcp_state_follows_the_handshake_and_teardown_in_both_entries() {
             conn_state(&fixture, &client(ACK)),
             ConnState::PNLB_CT_FIN_WAIT.0
         );
+        forward(&fixture, &client(FIN));
+        assert_eq!(
+            conn_state(&fixture, &server(ACK)),
+            ConnState::PNLB_CT_CLOSE.0,
+            "both sides closed: the short tcp_close timeout applies"
+        );
         forward(&fixture, &client(RST));
         assert_eq!(
             conn_state(&fixture, &server(ACK)),

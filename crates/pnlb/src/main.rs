@@ -1,5 +1,6 @@
 //! pnlb: a Layer-4 load balancer with an XDP data plane.
 
+mod bench;
 mod demo;
 mod health;
 mod lab_cmd;
@@ -36,6 +37,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Benchmark pnlb against the kernel (nftables NAT) and HAProxy in the lab.
+    Bench(bench::BenchArgs),
     /// The network-namespace lab (client, router, LB, real servers).
     Lab {
         #[command(subcommand)]
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => run::check(&config),
         Command::Lab { command } => lab_cmd::lab(command),
+        Command::Bench(args) => bench::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

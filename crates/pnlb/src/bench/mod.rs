@@ -1,0 +1,274 @@
+//! `pnlb bench`: one lab run comparing the floor (no LB), the kernel
+//! (nftables NAT), HAProxy and pnlb's methods on the same client, servers
+//! and veths. Each figure is the median of several repetitions with its
+//! min and max, and its ratio to the kernel baseline. A benchmark, not a
+//! test: nothing here asserts on speed.
+
+mod setups;
+mod tools;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use pnlb_lab::{Lab, LabProcess, LabSpec};
+use serde::Serialize;
+
+use setups::{Setup, IPERF_PORT};
+use tools::{parse_iperf3, parse_wrk, HttpRun};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Repetitions of every measurement (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    repetitions: usize,
+    /// Seconds per wrk/iperf3 run.
+    #[arg(long, default_value_t = 3)]
+    seconds: u32,
+    /// Where to write the machine-readable results.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+}
+
+const SETUPS: [Setup; 6] = [
+    Setup::Direct,
+    Setup::Nftables,
+    Setup::Haproxy,
+    Setup::Pnlb("dr"),
+    Setup::Pnlb("nat"),
+    Setup::Pnlb("snat"),
+];
+
+/// The HTTP workloads: (name, connections, new connection per request).
+const HTTP: [(&str, u32, bool); 4] = [
+    ("new connection per request, concurrency 1", 1, true),
+    ("new connection per request, concurrency 32", 32, true),
+    ("kept-alive connections, concurrency 1", 1, false),
+    ("kept-alive connections, concurrency 32", 32, false),
+];
+
+const IPERF: [(&str, u32); 2] = [("bulk TCP, 1 stream", 1), ("bulk TCP, 4 streams", 4)];
+
+#[derive(Default, Serialize)]
+struct Results {
+    repetitions: usize,
+    seconds: u32,
+    /// workload -> setup -> one result per repetition
+    http: BTreeMap<String, BTreeMap<String, Vec<HttpRun>>>,
+    /// workload -> setup -> Gbit/s per repetition
+    bulk_gbps: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let binary = std::env::current_exe()
+        .context("locating the pnlb binary")?
+        .display()
+        .to_string();
+    println!(
+        "== pnlb bench: {} repetitions of {} s per figure ==",
+        args.repetitions, args.seconds
+    );
+    println!("building the lab (client, router, LB, 3 nginx + iperf3 servers in namespaces)");
+    let lab = Lab::up(&LabSpec {
+        prefix: Some(format!("pnlbbench{}", std::process::id())),
+        ..LabSpec::default()
+    })?;
+    let mut iperf_servers = Vec::new();
+    for server in &lab.servers {
+        let port = IPERF_PORT.to_string();
+        iperf_servers.push(LabProcess::spawn(
+            &server.ns,
+            "iperf3",
+            "iperf3",
+            &["-s", "-p", &port],
+        )?);
+        pnlb_lab::wait_for_port(&server.ns, std::net::IpAddr::V4(server.ipv4), IPERF_PORT)?;
+    }
+
+    let mut results = Results {
+        repetitions: args.repetitions,
+        seconds: args.seconds,
+        ..Results::default()
+    };
+    for setup in SETUPS {
+        println!("measuring {}", setup.name());
+        let _running = setup
+            .start(&lab, &binary)
+            .with_context(|| format!("starting {}", setup.name()))?;
+        let target = setup.target(&lab);
+        for _ in 0..args.repetitions {
+            for (name, connections, close) in HTTP {
+                let run = wrk(&lab, target, connections, close, args.seconds)?;
+                results
+                    .http
+                    .entry(name.into())
+                    .or_default()
+                    .entry(setup.name())
+                    .or_default()
+                    .push(run);
+            }
+            for (name, streams) in IPERF {
+                let gbps = iperf3(&lab, target, streams, args.seconds)?;
+                results
+                    .bulk_gbps
+                    .entry(name.into())
+                    .or_default()
+                    .entry(setup.name())
+                    .or_default()
+                    .push(gbps);
+            }
+        }
+    }
+    drop(iperf_servers);
+
+    print!("{}", render(&results));
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    println!("\nmachine-readable results: {}", args.json.display());
+    Ok(())
+}
+
+fn wrk(
+    lab: &Lab,
+    target: std::net::IpAddr,
+    connections: u32,
+    close: bool,
+    seconds: u32,
+) -> Result<HttpRun> {
+    let url = format!("http://{target}/");
+    let (threads, connections, duration) = (
+        connections.min(2).to_string(),
+        connections.to_string(),
+        format!("{seconds}s"),
+    );
+    let mut args = vec![
+        "-t",
+        &threads,
+        "-c",
+        &connections,
+        "-d",
+        &duration,
+        "--latency",
+    ];
+    if close {
+        args.extend(["-H", "Connection: close"]);
+    }
+    args.push(&url);
+    let output = lab.client_command("wrk", &args)?;
+    parse_wrk(&output).with_context(|| format!("unreadable wrk output: {output}"))
+}
+
+fn iperf3(lab: &Lab, target: std::net::IpAddr, streams: u32, seconds: u32) -> Result<f64> {
+    let (target, port, streams, time) = (
+        target.to_string(),
+        IPERF_PORT.to_string(),
+        streams.to_string(),
+        seconds.to_string(),
+    );
+    let output = lab.client_command(
+        "iperf3",
+        &[
+            "-c", &target, "-p", &port, "-P", &streams, "-t", &time, "-J",
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(200)); // let the server take the next client
+    parse_iperf3(&output).with_context(|| "unreadable iperf3 output".to_string())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// (median, min, max)
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (median(&mut values), min, max)
+}
+
+const BASELINE: &str = "kernel nftables";
+
+fn render(results: &Results) -> String {
+    let mut out = String::new();
+    let order: Vec<String> = SETUPS.iter().map(|s| s.name()).collect();
+    for (workload, setups) in &results.http {
+        let _ = writeln!(out, "\n== HTTP, {workload} ==");
+        let _ = writeln!(
+            out,
+            "{:<17} {:>24} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+            "setup",
+            "req/s median (min-max)",
+            "x kernel",
+            "mean us",
+            "stdev us",
+            "p50 us",
+            "p99 us",
+            "mean xk",
+            "errors"
+        );
+        let stat = |name: &str, f: &dyn Fn(&HttpRun) -> f64| {
+            setups
+                .get(name)
+                .map(|runs| spread(runs.iter().map(f).collect()).0)
+        };
+        let base_rps = stat(BASELINE, &|r| r.requests_per_sec);
+        let base_mean = stat(BASELINE, &|r| r.latency_mean_us);
+        for name in order.iter().filter(|n| setups.contains_key(*n)) {
+            let runs = &setups[name];
+            let (rps, lo, hi) = spread(runs.iter().map(|r| r.requests_per_sec).collect());
+            let mean = stat(name, &|r| r.latency_mean_us).unwrap_or(0.0);
+            let _ = writeln!(
+                out,
+                "{:<17} {:>24} {:>8} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>8} {:>7}",
+                name,
+                format!("{rps:.0} ({lo:.0}-{hi:.0})"),
+                ratio(rps, base_rps),
+                mean,
+                stat(name, &|r| r.latency_stdev_us).unwrap_or(0.0),
+                stat(name, &|r| r.latency_p50_us).unwrap_or(0.0),
+                stat(name, &|r| r.latency_p99_us).unwrap_or(0.0),
+                ratio(mean, base_mean),
+                runs.iter().map(|r| r.errors).sum::<u64>(),
+            );
+        }
+    }
+    for (workload, setups) in &results.bulk_gbps {
+        let _ = writeln!(out, "\n== {workload} ==");
+        let _ = writeln!(
+            out,
+            "{:<17} {:>24} {:>8}",
+            "setup", "Gbit/s median (min-max)", "x kernel"
+        );
+        let base = setups.get(BASELINE).map(|v| spread(v.clone()).0);
+        for name in order.iter().filter(|n| setups.contains_key(*n)) {
+            let (gbps, lo, hi) = spread(setups[name].clone());
+            let _ = writeln!(
+                out,
+                "{:<17} {:>24} {:>8}",
+                name,
+                format!("{gbps:.2} ({lo:.2}-{hi:.2})"),
+                ratio(gbps, base)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nx kernel = this setup's median / the kernel baseline's (nftables NAT). For req/s and Gbit/s higher is better; \
+         'mean xk' is mean latency / the kernel's: lower is better."
+    );
+    out
+}
+
+fn ratio(value: f64, baseline: Option<f64>) -> String {
+    match baseline {
+        Some(base) if base > 0.0 => format!("{:.2}", value / base),
+        _ => "-".into(),
+    }
+}

@@ -1,0 +1,198 @@
+//! What is measured: the same lab, the same client and servers, and in
+//! between one of these at a time on the LB host.
+
+use std::net::IpAddr;
+
+use anyhow::{Context, Result};
+use pnlb_lab::{netns, Gateway, Lab, LabProcess, VIP4};
+
+pub const IPERF_PORT: u16 = 5201;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setup {
+    /// Client -> router -> one server, no load balancer: the floor.
+    Direct,
+    /// nftables DNAT with `numgen inc mod 3` (kube-proxy's way): the kernel
+    /// baseline, standing in for IPVS, which this kernel lacks.
+    Nftables,
+    /// HAProxy 2.6, `mode tcp`, round-robin.
+    Haproxy,
+    /// `pnlb run` with this method.
+    Pnlb(&'static str),
+}
+
+impl Setup {
+    pub fn name(self) -> String {
+        match self {
+            Setup::Direct => "direct (floor)".into(),
+            Setup::Nftables => "kernel nftables".into(),
+            Setup::Haproxy => "haproxy tcp".into(),
+            Setup::Pnlb(method) => format!("pnlb {method}"),
+        }
+    }
+
+    /// Where the client sends its requests.
+    pub fn target(self, lab: &Lab) -> IpAddr {
+        match self {
+            Setup::Direct => IpAddr::V4(lab.servers[0].ipv4),
+            _ => IpAddr::V4(VIP4),
+        }
+    }
+
+    fn servers_route_via(self) -> Gateway {
+        match self {
+            Setup::Nftables | Setup::Pnlb("nat") => Gateway::Lb,
+            _ => Gateway::Router,
+        }
+    }
+
+    /// Prepares the LB host; the returned guard undoes it.
+    pub fn start(self, lab: &Lab, pnlb_binary: &str) -> Result<Running> {
+        lab.route_servers_via(self.servers_route_via())?;
+        let mut running = Running {
+            lb: lab.lb.clone(),
+            process: None,
+            undo: Vec::new(),
+        };
+        match self {
+            Setup::Direct => {}
+            Setup::Nftables => {
+                let rules = lab.dir.join("bench.nft");
+                std::fs::write(&rules, nft_rules(lab)).context("writing nft rules")?;
+                netns::exec(&lab.lb, "nft", &["-f", &rules.display().to_string()])?;
+                running.undo.push(vec![
+                    "nft".into(),
+                    "delete".into(),
+                    "table".into(),
+                    "ip".into(),
+                    "pnlb_bench".into(),
+                ]);
+            }
+            Setup::Haproxy => {
+                // HAProxy terminates connections, so the VIP must be local.
+                netns::ip(
+                    &lab.lb,
+                    &["addr", "add", &format!("{VIP4}/32"), "dev", "lo"],
+                )?;
+                running.undo.push(
+                    ["ip", "addr", "del", &format!("{VIP4}/32"), "dev", "lo"]
+                        .map(String::from)
+                        .to_vec(),
+                );
+                let config = lab.dir.join("haproxy.cfg");
+                std::fs::write(&config, haproxy_config(lab))
+                    .context("writing the haproxy config")?;
+                let mut process = LabProcess::spawn(
+                    &lab.lb,
+                    "haproxy",
+                    "haproxy",
+                    &["-db", "-f", &config.display().to_string()],
+                )?;
+                // It prints nothing when fine: wait until it listens.
+                pnlb_lab::wait_for_port(&lab.lb, IpAddr::V4(VIP4), 80).map_err(|err| {
+                    anyhow::anyhow!("haproxy did not start: {err}; {:?}", process.output())
+                })?;
+                let _ = &mut process;
+                running.process = Some(process);
+            }
+            Setup::Pnlb(method) => {
+                let config = lab.dir.join(format!("bench-{method}.toml"));
+                std::fs::write(&config, pnlb_config(lab, method))
+                    .context("writing the pnlb config")?;
+                running.process = Some(lab.start_pnlb(pnlb_binary, &config)?);
+            }
+        }
+        Ok(running)
+    }
+}
+
+/// Undoes a setup when dropped.
+pub struct Running {
+    lb: String,
+    process: Option<LabProcess>,
+    undo: Vec<Vec<String>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.stop(std::time::Duration::from_secs(5));
+        }
+        for command in &self.undo {
+            let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
+            let _ = netns::exec(&self.lb, &command[0], &args);
+        }
+    }
+}
+
+fn server_map(lab: &Lab) -> String {
+    lab.servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{i} : {}", s.ipv4))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn nft_rules(lab: &Lab) -> String {
+    let n = lab.servers.len();
+    let map = server_map(lab);
+    format!(
+        "table ip pnlb_bench {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        ip daddr {VIP4} tcp dport 80 dnat to numgen inc mod {n} map {{ {map} }}
+        ip daddr {VIP4} tcp dport {IPERF_PORT} dnat to jhash ip saddr mod {n} map {{ {map} }}
+    }}
+}}
+"
+    )
+}
+
+fn haproxy_config(lab: &Lab) -> String {
+    let servers = |port: u16| {
+        lab.servers
+            .iter()
+            .map(|s| format!("    server {} {}:{port}\n", s.name, s.ipv4))
+            .collect::<String>()
+    };
+    format!(
+        "global
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend web
+    bind {VIP4}:80
+    default_backend web
+backend web
+    balance roundrobin
+{}frontend iperf
+    bind {VIP4}:{IPERF_PORT}
+    default_backend iperf
+backend iperf
+    balance source
+{}",
+        servers(80),
+        servers(IPERF_PORT)
+    )
+}
+
+/// HTTP on :80 over all servers (Maglev); iperf3 on :5201 hashed by source,
+/// because its control and data connections must reach the same server.
+fn pnlb_config(lab: &Lab, method: &str) -> String {
+    let everyone: Vec<usize> = (0..lab.servers.len()).collect();
+    let web = lab.config(method, 80, &everyone);
+    let iperf = lab
+        .config(method, IPERF_PORT, &everyone)
+        .replace("name = \"web\"", "name = \"iperf\"")
+        .replace("name = \"web6\"", "name = \"iperf6\"")
+        .replace("scheduler = \"maglev\"", "scheduler = \"sh\"");
+    let services = iperf
+        .split_once('\n')
+        .map(|(_, rest)| rest.split_once('\n').map_or("", |(_, r)| r))
+        .unwrap_or("");
+    format!("{web}\n{services}")
+}
