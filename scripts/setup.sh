@@ -26,6 +26,8 @@ need_command curl curl                  # lab: real HTTP client
 need_command nginx nginx-light          # lab: real HTTP servers
 need_command wrk wrk                    # benchmarks
 need_command iperf3 iperf3              # benchmarks
+need_command nft nftables               # benchmarks: the kernel baseline
+need_command haproxy haproxy            # benchmarks: the proxy baseline
 
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]}"

@@ -6,7 +6,8 @@
 //! A nat/snat flow's two entries go together, judged by the more recent of
 //! the two, so a one-way stream never loses its reply mapping; removing the
 //! reply entry is what frees an SNAT port. Entries refreshed between the
-//! dump and the delete are left alone.
+//! dump and the delete are left alone. The pass streams the table and does
+//! extra work only for idle entries: it shares two cores with the traffic.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -111,31 +112,42 @@ impl Dataplane {
             map: "pnlb_conns",
             source,
         };
-        let mut entries: HashMap<Vec<u8>, Conn> = HashMap::new();
-        for (key, value) in map
-            .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
-            .map_err(map_err)?
-        {
-            if let Some(conn) = from_bytes::<Conn>(&value) {
-                entries.insert(key, conn);
-            }
-        }
         let mut report = SweepReport {
-            entries: entries.len(),
+            entries: 0,
             expired: 0,
         };
         let mut ended = Vec::new();
         let expired_at = |conn: &Conn, last_seen: u64| {
             now_ns.saturating_sub(last_seen) > timeout_for(conn.state, timeouts).as_nanos() as u64
         };
-
-        for (key, conn) in &entries {
-            let Some(flow) = from_bytes::<FlowKey>(key) else {
+        let read = |key: &[u8]| -> Result<Option<Conn>, DataplaneError> {
+            Ok(map
+                .lookup(key, MapFlags::ANY)
+                .map_err(map_err)?
+                .and_then(|v| from_bytes::<Conn>(&v)))
+        };
+        // One streaming pass; only entries idle past their timeout cost
+        // more than a comparison (a lookup of the other direction, a
+        // re-check, the deletes).
+        for (key, value) in map
+            .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
+            .map_err(map_err)?
+        {
+            report.entries += 1;
+            let (Some(conn), Some(flow)) =
+                (from_bytes::<Conn>(&value), from_bytes::<FlowKey>(&key))
+            else {
                 continue;
             };
+            if !expired_at(&conn, conn.last_seen_ns) {
+                continue;
+            }
             let translated = conn.flags & ConnFlags::PNLB_CONN_F_NAT.0 as u8 != 0;
-            let peer = translated.then(|| peer_key(conn, flow.protocol));
-            let peer_conn = peer.as_ref().and_then(|p| entries.get(bytes_of(p)));
+            let peer = translated.then(|| peer_key(&conn, flow.protocol));
+            let peer_conn = match &peer {
+                Some(peer) => read(bytes_of(peer))?,
+                None => None,
+            };
             // A pair is judged once, from its original entry; a reply entry
             // alone (its original evicted by the LRU) is judged by itself.
             if conn.direction == ConnDirection::PNLB_DIR_REPLY.0 as u8 && peer_conn.is_some() {
@@ -144,15 +156,11 @@ impl Dataplane {
             let last_seen = conn
                 .last_seen_ns
                 .max(peer_conn.map_or(0, |p| p.last_seen_ns));
-            if !expired_at(conn, last_seen) {
+            if !expired_at(&conn, last_seen) {
                 continue;
             }
             // Still idle now? A packet may have arrived since the dump.
-            let fresh = map
-                .lookup(key, MapFlags::ANY)
-                .map_err(map_err)?
-                .and_then(|v| from_bytes::<Conn>(&v));
-            if fresh.is_some_and(|f| !expired_at(&f, f.last_seen_ns.max(last_seen))) {
+            if read(&key)?.is_some_and(|f| !expired_at(&f, f.last_seen_ns.max(last_seen))) {
                 continue;
             }
             if let Some(peer) = &peer {
@@ -160,9 +168,9 @@ impl Dataplane {
                     report.expired += 1;
                 }
             }
-            if map.delete(key).is_ok() {
+            if map.delete(&key).is_ok() {
                 report.expired += 1;
-                ended.push(*conn);
+                ended.push(conn);
             }
         }
         self.count_ended(&ended)?;

@@ -187,6 +187,18 @@ impl Lab {
             &self.client,
             &["route", "add", "default", "via", "10.77.0.1"],
         )?;
+        // A client opening thousands of connections a second holds most of
+        // its ports in TIME_WAIT: let it reuse them and use all of them, or
+        // connection rates collapse to a few hundred a second (measured).
+        netns::exec(
+            &self.client,
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.tcp_tw_reuse=1",
+                "net.ipv4.ip_local_port_range=1024 65535",
+            ],
+        )?;
         netns::ip(
             &self.client,
             &["-6", "route", "add", "default", "via", "fd77::1"],

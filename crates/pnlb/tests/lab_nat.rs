@@ -341,8 +341,9 @@ fn exhausted_snat_ports_are_logged_and_freed_again_after_close() {
         stream.read_exact(&mut echo).expect("and answered");
         assert_eq!(&echo, b"still here");
     }
-    // Closed (FIN) flows expire after tcp_fin = 1s; their ports serve again.
-    std::thread::sleep(Duration::from_secs(3));
+    // Closed flows expire after tcp_close/tcp_fin = 1s, at the daemon's
+    // next sweep (every 5 s); their ports then serve new connections.
+    std::thread::sleep(Duration::from_secs(7));
     let again = in_netns(&lab.client, move || {
         (0..4).map(|_| connect().is_ok()).filter(|ok| *ok).count()
     })

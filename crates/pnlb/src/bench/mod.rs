@@ -28,6 +28,10 @@ pub struct BenchArgs {
     /// Seconds per wrk/iperf3 run.
     #[arg(long, default_value_t = 3)]
     seconds: u32,
+    /// Measure only these setups (names as printed, e.g. "pnlb dr"); the
+    /// kernel baseline is always included.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Where to write the machine-readable results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -88,18 +92,35 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         pnlb_lab::wait_for_port(&server.ns, std::net::IpAddr::V4(server.ipv4), IPERF_PORT)?;
     }
 
+    // Ctrl-C stops between measurements; the lab is then removed on the way out.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let interrupted = || stop.load(std::sync::atomic::Ordering::Relaxed);
     let mut results = Results {
         repetitions: args.repetitions,
         seconds: args.seconds,
         ..Results::default()
     };
-    for setup in SETUPS {
+    let chosen = SETUPS.iter().copied().filter(|s| {
+        args.only.is_empty()
+            || s.name() == BASELINE
+            || args.only.iter().any(|o| s.name().starts_with(o.as_str()))
+    });
+    for setup in chosen {
+        if interrupted() {
+            anyhow::bail!("interrupted; the lab is removed");
+        }
         println!("measuring {}", setup.name());
         let _running = setup
             .start(&lab, &binary)
             .with_context(|| format!("starting {}", setup.name()))?;
         let target = setup.target(&lab);
         for _ in 0..args.repetitions {
+            if interrupted() {
+                anyhow::bail!("interrupted; the lab is removed");
+            }
             for (name, connections, close) in HTTP {
                 let run = wrk(&lab, target, connections, close, args.seconds)?;
                 results

@@ -194,5 +194,10 @@ fn pnlb_config(lab: &Lab, method: &str) -> String {
         .split_once('\n')
         .map(|(_, rest)| rest.split_once('\n').map_or("", |(_, r)| r))
         .unwrap_or("");
-    format!("{web}\n{services}")
+    // Thousands of short connections a second: give snat the whole port
+    // range (the LB itself opens no connections in the lab).
+    format!("{web}\n{services}").replace(
+        "snat_addresses = [",
+        "snat_ports = \"1024-65535\"\nsnat_addresses = [",
+    )
 }
