@@ -89,17 +89,17 @@ fn hold(vip: std::net::SocketAddr) -> (std::net::TcpStream, String) {
     (stream, String::from_utf8_lossy(&greeting[..2]).to_string())
 }
 
-fn echo_lab(scheduler: &str) -> (Lab, pnlb_lab::LabProcess) {
+/// The echo lab with pnlb in dr mode; `options` replace the scheduler line.
+fn echo_lab(options: &str) -> (Lab, pnlb_lab::LabProcess) {
     let lab = Lab::up(&LabSpec {
         nginx: false,
         echo: true,
         ..LabSpec::default()
     })
     .expect("lab");
-    let text = lab.config("dr", pnlb_lab::ECHO_PORT, &[0, 1, 2]).replace(
-        "scheduler = \"maglev\"",
-        &format!("scheduler = \"{scheduler}\""),
-    );
+    let text = lab
+        .config("dr", pnlb_lab::ECHO_PORT, &[0, 1, 2])
+        .replace("scheduler = \"maglev\"", options);
     let path = write_config(&lab, &text);
     let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
     (lab, daemon)
@@ -110,7 +110,7 @@ fn nq_sends_each_new_connection_to_an_idle_backend_first() {
     if !privileged() {
         return;
     }
-    let (lab, _daemon) = echo_lab("nq");
+    let (lab, _daemon) = echo_lab("scheduler = \"nq\"");
     let vip = std::net::SocketAddr::new(IpAddr::V4(VIP4), pnlb_lab::ECHO_PORT);
     let servers = in_netns(&lab.client, move || {
         let held: Vec<_> = (0..3).map(|_| hold(vip)).collect();
@@ -132,7 +132,7 @@ fn lc_gives_a_slow_backend_fewer_new_connections() {
     if !privileged() {
         return;
     }
-    let (lab, _daemon) = echo_lab("lc");
+    let (lab, _daemon) = echo_lab("scheduler = \"lc\"");
     let vip = std::net::SocketAddr::new(IpAddr::V4(VIP4), pnlb_lab::ECHO_PORT);
     // s1 is slow: its clients hold their connection 10 times longer.
     let counts = in_netns(&lab.client, move || {
@@ -174,18 +174,9 @@ fn a_hot_source_stays_on_one_backend_with_maglev_and_spills_with_chbl() {
         return;
     }
     for scheduler in ["maglev", "chbl"] {
-        let lab = Lab::up(&LabSpec {
-            nginx: false,
-            echo: true,
-            ..LabSpec::default()
-        })
-        .expect("lab");
-        let text = lab.config("dr", pnlb_lab::ECHO_PORT, &[0, 1, 2]).replace(
-            "scheduler = \"maglev\"",
-            &format!("scheduler = \"{scheduler}\"\nhash_key = \"source\""),
-        );
-        let path = write_config(&lab, &text);
-        let _daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+        let (lab, _daemon) = echo_lab(&format!(
+            "scheduler = \"{scheduler}\"\nhash_key = \"source\""
+        ));
         let vip = std::net::SocketAddr::new(IpAddr::V4(VIP4), pnlb_lab::ECHO_PORT);
         let counts = in_netns(&lab.client, move || {
             let held: Vec<_> = (0..30).map(|_| hold(vip)).collect();
