@@ -6,7 +6,8 @@
 //! - [`programmer`]: turn validated config into map contents, and diff on reload;
 //! - [`nexthop`]: find the MAC and interface each backend is reached through;
 //! - [`stats`]: read the per-CPU counters;
-//! - [`xdp_pass`]: the pass-everything program veth peers need.
+//! - [`xdp_pass`]: the pass-everything program veth peers need;
+//! - [`xdp_ceiling`]: the benchmark's minimal XDP_TX forwarder.
 
 pub mod abi;
 pub mod conntrack;
@@ -14,6 +15,7 @@ pub mod loader;
 pub mod nexthop;
 pub mod programmer;
 pub mod stats;
+pub mod xdp_ceiling;
 pub mod xdp_pass;
 
 mod skel {
@@ -21,6 +23,9 @@ mod skel {
 }
 mod pass_skel {
     include!(concat!(env!("OUT_DIR"), "/xdp_pass.skel.rs"));
+}
+mod ceiling_skel {
+    include!(concat!(env!("OUT_DIR"), "/xdp_ceiling.skel.rs"));
 }
 
 pub use loader::{Attachment, Dataplane, DataplaneError};

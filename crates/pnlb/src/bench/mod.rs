@@ -37,13 +37,16 @@ pub struct BenchArgs {
     json: PathBuf,
 }
 
-const SETUPS: [Setup; 6] = [
-    Setup::Direct,
+/// The kernel baseline goes first: its conntrack stalls on 4-tuples that
+/// servers still hold in TIME_WAIT from earlier setups' connections.
+const SETUPS: [Setup; 7] = [
     Setup::Nftables,
+    Setup::Direct,
     Setup::Haproxy,
     Setup::Pnlb("dr"),
     Setup::Pnlb("nat"),
     Setup::Pnlb("snat"),
+    Setup::Ceiling,
 ];
 
 /// The HTTP workloads: (name, connections, new connection per request).

@@ -19,6 +19,8 @@ pub enum Setup {
     Haproxy,
     /// `pnlb run` with this method.
     Pnlb(&'static str),
+    /// A minimal XDP forwarder (MAC rewrite, XDP_TX, one server): the ceiling.
+    Ceiling,
 }
 
 impl Setup {
@@ -28,6 +30,7 @@ impl Setup {
             Setup::Nftables => "kernel nftables".into(),
             Setup::Haproxy => "haproxy tcp".into(),
             Setup::Pnlb(method) => format!("pnlb {method}"),
+            Setup::Ceiling => "xdp_tx ceiling".into(),
         }
     }
 
@@ -53,6 +56,7 @@ impl Setup {
             lb: lab.lb.clone(),
             process: None,
             undo: Vec::new(),
+            ceiling: None,
         };
         match self {
             Setup::Direct => {}
@@ -95,6 +99,7 @@ impl Setup {
                 let _ = &mut process;
                 running.process = Some(process);
             }
+            Setup::Ceiling => running.ceiling = Some(start_ceiling(lab)?),
             Setup::Pnlb(method) => {
                 let config = lab.dir.join(format!("bench-{method}.toml"));
                 std::fs::write(&config, pnlb_config(lab, method))
@@ -111,10 +116,66 @@ pub struct Running {
     lb: String,
     process: Option<LabProcess>,
     undo: Vec<Vec<String>>,
+    /// The ceiling program's keeper thread: told to stop, it detaches.
+    ceiling: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+/// Loads and attaches the ceiling on the LB's interface, from a thread
+/// inside the LB namespace that holds the attachment until told to stop
+/// (an interface index only means something in its own namespace).
+fn start_ceiling(lab: &Lab) -> Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    use pnlb_dataplane::nexthop::{KernelResolver, Resolver};
+    let ns = std::fs::File::open(format!("/run/netns/{}", lab.lb))
+        .context("opening the LB namespace")?;
+    let server = lab.servers[0].ipv4;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (ready, started) = std::sync::mpsc::channel::<Result<(), String>>();
+    let keeper = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            let _ = ready.send(Err(std::io::Error::last_os_error().to_string()));
+            return;
+        }
+        let attached = (|| -> Result<_, String> {
+            let hop = KernelResolver::default()
+                .resolve(&[IpAddr::V4(server)])
+                .remove(&IpAddr::V4(server))
+                .unwrap_or_else(|| Err("not resolved".into()))?;
+            let ceiling =
+                pnlb_dataplane::xdp_ceiling::XdpCeiling::load().map_err(|e| e.to_string())?;
+            ceiling
+                .configure(VIP4, hop.mac, hop.src_mac)
+                .map_err(|e| e.to_string())?;
+            let attachment = ceiling
+                .attach(pnlb_lab::LB_INTERFACE)
+                .map_err(|e| e.to_string())?;
+            Ok((ceiling, attachment))
+        })();
+        match attached {
+            Err(err) => {
+                let _ = ready.send(Err(err));
+            }
+            Ok(held) => {
+                let _ = ready.send(Ok(()));
+                let _ = stopped.recv();
+                drop(held);
+            }
+        }
+    });
+    started
+        .recv()
+        .context("the ceiling thread ended")?
+        .map_err(|err| anyhow::anyhow!("xdp_tx ceiling: {err}"))?;
+    Ok((stop, keeper))
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
+        if let Some((stop, keeper)) = self.ceiling.take() {
+            let _ = stop.send(());
+            let _ = keeper.join();
+        }
         if let Some(process) = self.process.take() {
             process.stop(std::time::Duration::from_secs(5));
         }
