@@ -37,8 +37,7 @@ pub struct BenchArgs {
     json: PathBuf,
 }
 
-/// The kernel baseline goes first: its conntrack stalls on 4-tuples that
-/// servers still hold in TIME_WAIT from earlier setups' connections.
+/// The kernel baseline first (each setup also gets a fresh client address).
 const SETUPS: [Setup; 7] = [
     Setup::Nftables,
     Setup::Direct,
@@ -111,10 +110,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             || s.name() == BASELINE
             || args.only.iter().any(|o| s.name().starts_with(o.as_str()))
     });
-    for setup in chosen {
+    for (index, setup) in chosen.enumerate() {
         if interrupted() {
             anyhow::bail!("interrupted; the lab is removed");
         }
+        use_fresh_client_address(&lab, index)?;
         println!("measuring {}", setup.name());
         let _running = setup
             .start(&lab, &binary)
@@ -155,6 +155,31 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     std::fs::write(&args.json, serde_json::to_string_pretty(&results)?)
         .with_context(|| format!("writing {}", args.json.display()))?;
     println!("\nmachine-readable results: {}", args.json.display());
+    Ok(())
+}
+
+/// Each setup gets its own client source address: servers keep earlier
+/// setups' connections in TIME_WAIT, and a 4-tuple reused on another path
+/// (another TCP timestamp offset) is refused until TCP retries, which would
+/// make the later setups' new-connection figures measure the lab.
+fn use_fresh_client_address(lab: &Lab, index: usize) -> Result<()> {
+    let address = format!("10.77.0.{}", 10 + index);
+    pnlb_lab::netns::ip(
+        &lab.client,
+        &["addr", "add", &format!("{address}/24"), "dev", "eth0"],
+    )?;
+    pnlb_lab::netns::ip(
+        &lab.client,
+        &[
+            "route",
+            "replace",
+            "default",
+            "via",
+            "10.77.0.1",
+            "src",
+            &address,
+        ],
+    )?;
     Ok(())
 }
 
