@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use pnlb_core::config::{self, Config, DownPolicy, XdpMode};
 use pnlb_core::health::Transition;
-use pnlb_dataplane::nexthop::KernelResolver;
+use pnlb_dataplane::nexthop::{KernelResolver, Resolution, Resolver};
 use pnlb_dataplane::{ApplyReport, Dataplane, Programmer};
 
 use crate::health::lifecycle::Lifecycle;
@@ -112,7 +112,7 @@ struct Daemon {
     config: Config,
     dataplane: Dataplane,
     programmer: Programmer,
-    resolver: KernelResolver,
+    next_hops: NextHops,
     monitor: Monitor,
     lifecycle: Lifecycle,
     /// The effective config last written to the maps.
@@ -127,10 +127,10 @@ impl Daemon {
     fn start(path: &Path, config: Config) -> Result<Self> {
         let dataplane = Dataplane::load(config.daemon.conn_table_size)?;
         let mut programmer = Programmer::new();
-        let mut resolver = KernelResolver::default();
+        let mut next_hops = NextHops::default();
         let lifecycle = Lifecycle::default();
         let applied = lifecycle.effective(&config, Instant::now());
-        log_report(&programmer.apply(&dataplane, &applied, &mut resolver)?);
+        log_report(&programmer.apply(&dataplane, &applied, &mut next_hops)?);
         let now = Instant::now();
         Ok(Self {
             path: path.to_path_buf(),
@@ -138,7 +138,7 @@ impl Daemon {
             config,
             dataplane,
             programmer,
-            resolver,
+            next_hops,
             lifecycle,
             applied,
             last_refresh: now,
@@ -161,7 +161,9 @@ impl Daemon {
             self.apply(effective);
             self.last_ramp = now;
         } else if self.last_refresh.elapsed() >= REFRESH_EVERY {
+            self.next_hops.stale = true;
             self.apply(self.applied.clone());
+            self.last_refresh = Instant::now();
         }
         for key in resets {
             self.flush(&key);
@@ -237,13 +239,12 @@ impl Daemon {
     fn apply(&mut self, effective: Config) {
         match self
             .programmer
-            .apply(&self.dataplane, &effective, &mut self.resolver)
+            .apply(&self.dataplane, &effective, &mut self.next_hops)
         {
             Ok(report) => log_report(&report),
             Err(err) => warning!("programming the data plane: {err}"),
         }
         self.applied = effective;
-        self.last_refresh = Instant::now();
     }
 
     /// on_backend_down = "reset": the backend's entries go, so its flows'
@@ -286,13 +287,57 @@ impl Daemon {
         self.lifecycle.retain(&self.config);
         self.monitor = Monitor::start(&self.config);
         let effective = self.lifecycle.effective(&self.config, Instant::now());
+        self.next_hops.stale = true;
         self.apply(effective);
+        self.last_refresh = Instant::now();
         warn_without_forwarding(&self.config);
         info!(
             "reloaded {}: {} service(s)",
             self.path.display(),
             self.config.services.len()
         );
+    }
+}
+
+/// Next hops as last resolved. Weight changes (health, slow start) reuse
+/// them; the kernel is asked only for addresses not seen before, and for
+/// all of them on the periodic refresh and on reload. Asking means running
+/// `ip` and, for an unresolvable backend, waiting for its neighbour probe:
+/// not something to repeat on every health transition or ramp step.
+#[derive(Default)]
+struct NextHops {
+    kernel: KernelResolver,
+    known: Resolution,
+    /// Set to re-ask the kernel about every address on the next apply.
+    stale: bool,
+}
+
+impl Resolver for NextHops {
+    fn resolve(&mut self, backends: &[std::net::IpAddr]) -> Resolution {
+        let ask: Vec<std::net::IpAddr> = backends
+            .iter()
+            .copied()
+            .filter(|b| self.stale || !self.known.contains_key(b))
+            .collect();
+        if self.stale {
+            self.known.retain(|address, _| backends.contains(address));
+        }
+        if !ask.is_empty() {
+            self.known.extend(self.kernel.resolve(&ask));
+        }
+        self.stale = false;
+        backends
+            .iter()
+            .map(|&b| {
+                (
+                    b,
+                    self.known
+                        .get(&b)
+                        .cloned()
+                        .unwrap_or_else(|| Err(format!("{b} was not resolved"))),
+                )
+            })
+            .collect()
     }
 }
 
