@@ -84,12 +84,31 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
+    spawn_in_netns(ns, f)?
+        .join()
+        .map_err(|_| LabError::Command {
+            command: "thread in namespace".into(),
+            reason: "panicked".into(),
+        })?
+}
+
+/// Starts `f` on a thread that has entered namespace `ns` and returns at
+/// once: for work that must stay in the namespace for a while (holding an
+/// XDP attachment, whose interface index only means something there).
+pub fn spawn_in_netns<T, F>(
+    ns: &str,
+    f: F,
+) -> Result<std::thread::JoinHandle<Result<T, LabError>>, LabError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
     let path = format!("/run/netns/{ns}");
     let file = File::open(&path).map_err(|err| LabError::Command {
         command: format!("open {path}"),
         reason: err.to_string(),
     })?;
-    std::thread::spawn(move || {
+    Ok(std::thread::spawn(move || {
         // SAFETY: setns on this thread only; the fd is valid for the call.
         let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
         if rc != 0 {
@@ -99,10 +118,5 @@ where
             });
         }
         Ok(f())
-    })
-    .join()
-    .map_err(|_| LabError::Command {
-        command: "thread in namespace".into(),
-        reason: "panicked".into(),
-    })?
+    }))
 }

@@ -117,26 +117,17 @@ pub struct Running {
     process: Option<LabProcess>,
     undo: Vec<Vec<String>>,
     /// The ceiling program's keeper thread: told to stop, it detaches.
-    ceiling: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    ceiling: Option<(std::sync::mpsc::Sender<()>, CeilingKeeper)>,
 }
 
 /// Loads and attaches the ceiling on the LB's interface, from a thread
-/// inside the LB namespace that holds the attachment until told to stop
-/// (an interface index only means something in its own namespace).
-fn start_ceiling(lab: &Lab) -> Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+/// inside the LB namespace that holds the attachment until told to stop.
+fn start_ceiling(lab: &Lab) -> Result<(std::sync::mpsc::Sender<()>, CeilingKeeper)> {
     use pnlb_dataplane::nexthop::{KernelResolver, Resolver};
-    let ns = std::fs::File::open(format!("/run/netns/{}", lab.lb))
-        .context("opening the LB namespace")?;
     let server = lab.servers[0].ipv4;
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let (ready, started) = std::sync::mpsc::channel::<Result<(), String>>();
-    let keeper = std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on this thread only, with a valid namespace fd.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            let _ = ready.send(Err(std::io::Error::last_os_error().to_string()));
-            return;
-        }
+    let keeper = netns::spawn_in_netns(&lab.lb, move || {
         let attached = (|| -> Result<_, String> {
             let hop = KernelResolver::default()
                 .resolve(&[IpAddr::V4(server)])
@@ -162,13 +153,15 @@ fn start_ceiling(lab: &Lab) -> Result<(std::sync::mpsc::Sender<()>, std::thread:
                 drop(held);
             }
         }
-    });
+    })?;
     started
         .recv()
         .context("the ceiling thread ended")?
         .map_err(|err| anyhow::anyhow!("xdp_tx ceiling: {err}"))?;
     Ok((stop, keeper))
 }
+
+type CeilingKeeper = std::thread::JoinHandle<Result<(), pnlb_lab::LabError>>;
 
 impl Drop for Running {
     fn drop(&mut self) {
