@@ -16,6 +16,8 @@
 #include "lib/nat.h"
 #include "lib/route.h"
 #include "lib/icmp.h"
+#include "lib/encap.h"
+#include "lib/pmtu.h"
 
 /*
  * BTF anchor: makes clang emit every ABI enum into BTF so that libbpf-cargo
@@ -25,6 +27,7 @@ const volatile struct {
 	enum pnlb_limits limits;
 	enum pnlb_hash_seed hash_seed;
 	enum pnlb_method method;
+	enum pnlb_encap encap;
 	enum pnlb_scheduler scheduler;
 	enum pnlb_hash_key hash_key;
 	enum pnlb_backend_flags backend_flags;
@@ -38,6 +41,7 @@ const volatile struct {
 	struct pnlb_backend_conns backend_conns;
 	struct pnlb_backend_expired backend_expired;
 	enum pnlb_least_limits least_limits;
+	enum pnlb_decap_counter decap_counter;
 } pnlb_abi_anchor;
 
 static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_flow_key *flow)
@@ -71,6 +75,49 @@ static __always_inline int pnlb_handle_reply(struct xdp_md *ctx, const struct pn
 	return pnlb_forward_fib(ctx, conn, pkt);
 }
 
+/* pnlb_tun_encap's "go on and forward it". */
+#define PNLB_TUN_ENCAPSULATED (-1)
+
+/*
+ * tun: puts the outer headers on, or answers with ICMP when the result
+ * would not fit; returns PNLB_TUN_ENCAPSULATED or the verdict. A global
+ * function, so the verifier checks it once rather than once per path that
+ * reaches it.
+ */
+__attribute__((noinline)) int pnlb_tun_encap(struct xdp_md *ctx, const struct pnlb_packet *pkt,
+					     const struct pnlb_backend *backend, __u32 service_id)
+{
+	__u32 overhead, mtu;
+	int reason;
+
+	if (!ctx || !pkt || !backend)
+		return XDP_DROP;
+	overhead = pnlb_encap_overhead(backend, pkt->ipv6);
+	if (!pnlb_fits_mtu(ctx, backend, overhead, &mtu))
+		return pnlb_tun_too_big(ctx, service_id, pkt, mtu, overhead);
+	reason = pnlb_encap(ctx, pkt, backend);
+	if (reason)
+		return pnlb_service_drop(service_id, reason);
+	return PNLB_TUN_ENCAPSULATED;
+}
+
+/* The last step towards a backend: tunneled for tun, then to its MAC. */
+static __always_inline int pnlb_forward_to_backend(struct xdp_md *ctx, __u32 service_id,
+						   const struct pnlb_packet *pkt,
+						   const struct pnlb_backend *backend,
+						   __u32 backend_id, int new_flow)
+{
+	int verdict;
+
+	if (backend->encap != PNLB_ENCAP_NONE) {
+		verdict = pnlb_tun_encap(ctx, pkt, backend, service_id);
+		if (verdict != PNLB_TUN_ENCAPSULATED)
+			return verdict;
+	}
+	pnlb_count_forward(service_id, backend_id, pkt->len, new_flow);
+	return pnlb_forward_l2(ctx, backend);
+}
+
 /*
  * An ICMP error: if it quotes a translated flow, translate it and send it
  * on (to the backend, or routed to the client); otherwise it is the
@@ -92,8 +139,7 @@ static __always_inline int pnlb_handle_icmp_error(struct xdp_md *ctx, const stru
 	backend = pnlb_live_backend(conn->backend_id, conn->backend_generation);
 	if (!backend)
 		return pnlb_service_drop(conn->service_id, PNLB_DROP_BACKEND_GONE);
-	pnlb_count_forward(conn->service_id, conn->backend_id, pkt->len, 0);
-	return pnlb_forward_l2(ctx, backend);
+	return pnlb_forward_to_backend(ctx, conn->service_id, pkt, backend, conn->backend_id, 0);
 }
 
 SEC("xdp")
@@ -129,6 +175,7 @@ int pnlb_xdp(struct xdp_md *ctx)
 
 	switch (svc->method) {
 	case PNLB_METHOD_DR:
+	case PNLB_METHOD_TUN:
 		break;
 	case PNLB_METHOD_NAT:
 	case PNLB_METHOD_SNAT:
@@ -139,8 +186,7 @@ int pnlb_xdp(struct xdp_md *ctx)
 	default:
 		return pnlb_service_drop(svc->id, PNLB_DROP_UNSUPPORTED_METHOD);
 	}
-	pnlb_count_forward(svc->id, backend_id, pkt.len, new_flow);
-	return pnlb_forward_l2(ctx, backend);
+	return pnlb_forward_to_backend(ctx, svc->id, &pkt, backend, backend_id, new_flow);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

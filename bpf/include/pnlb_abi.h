@@ -37,6 +37,13 @@ enum pnlb_method {
 	PNLB_METHOD_SNAT = 4,
 };
 
+/* tun: how packets are wrapped for the backend. */
+enum pnlb_encap {
+	PNLB_ENCAP_NONE = 0,
+	PNLB_ENCAP_IPIP = 1, /* IPIP for IPv4, IP6IP6 for IPv6 */
+	PNLB_ENCAP_GUE = 2,  /* IP in UDP (GUE variant 1, RFC draft-ietf-intarea-gue) */
+};
+
 enum pnlb_scheduler {
 	PNLB_SCHED_MAGLEV = 1, /* table indexed by the flow hash */
 	PNLB_SCHED_RR = 2,     /* table indexed by a per-service cursor */
@@ -119,7 +126,12 @@ enum pnlb_reason {
 					* resolve the next hop and forward */
 	PNLB_DROP_NO_ROUTE = 16,       /* translated reply has no route */
 	PNLB_DROP_BACKENDS_FULL = 17,  /* every candidate is at max_conns */
-	PNLB_REASON_MAX = 18,
+	PNLB_TX_ICMP_TOO_BIG = 18,     /* tun: too big once encapsulated; answered
+					* with frag-needed / packet-too-big */
+	PNLB_DROP_TOO_BIG = 19,        /* tun: too big once encapsulated and may
+					* not be answered (IPv4 without DF) */
+	PNLB_DROP_ENCAP_FAILED = 20,   /* tun: no headroom for the outer headers */
+	PNLB_REASON_MAX = 21,
 };
 
 struct pnlb_addr {
@@ -166,7 +178,7 @@ struct pnlb_backend {
 	struct pnlb_addr addr;
 	__u16 port;
 	__u8 flags; /* enum pnlb_backend_flags */
-	__u8 _pad0;
+	__u8 encap; /* tun: enum pnlb_encap (the backend's service's) */
 	__u32 ifindex; /* egress interface towards the backend */
 	__u8 mac[6]; /* next-hop MAC (the backend itself for dr) */
 	__u8 src_mac[6]; /* our MAC on ifindex */
@@ -175,6 +187,11 @@ struct pnlb_backend {
 	__u32 generation;
 	__u32 weight;
 	__u32 max_conns; /* 0 = unlimited; a full backend takes no new flow */
+	/* tun: outer source address towards this backend (the LB's address
+	 * on the route to it, or the service's tunnel_source). */
+	struct pnlb_addr tun_src;
+	__u16 gue_port; /* tun/gue: outer UDP destination port, network order */
+	__u16 _pad1;
 };
 
 /*
@@ -252,7 +269,7 @@ _Static_assert(sizeof(struct pnlb_service_key) == 20, "pnlb_service_key");
 _Static_assert(sizeof(struct pnlb_service) == 28, "pnlb_service");
 _Static_assert(sizeof(struct pnlb_affinity_key) == 24, "pnlb_affinity_key");
 _Static_assert(sizeof(struct pnlb_affinity) == 16, "pnlb_affinity");
-_Static_assert(sizeof(struct pnlb_backend) == 48, "pnlb_backend");
+_Static_assert(sizeof(struct pnlb_backend) == 68, "pnlb_backend");
 _Static_assert(sizeof(struct pnlb_backend_conns) == 24, "pnlb_backend_conns");
 _Static_assert(sizeof(struct pnlb_backend_expired) == 16, "pnlb_backend_expired");
 _Static_assert(sizeof(struct pnlb_flow_key) == 40, "pnlb_flow_key");
@@ -260,5 +277,19 @@ _Static_assert(sizeof(struct pnlb_conn) == 72, "pnlb_conn");
 _Static_assert(sizeof(struct pnlb_service_stats) == 40 + 8 * PNLB_REASON_MAX,
 	       "pnlb_service_stats");
 _Static_assert(sizeof(struct pnlb_backend_stats) == 40, "pnlb_backend_stats");
+
+/*
+ * `pnlb decap` (bpf/decap.bpf.c), the real-server side of tun: its
+ * counters, one slot each in pnlb_decap_stats.
+ */
+enum pnlb_decap_counter {
+	PNLB_DECAP_IPIP = 0,          /* IPIP / IP6IP6 stripped */
+	PNLB_DECAP_GUE = 1,           /* GUE stripped */
+	PNLB_DECAP_PASS_OTHER = 2,    /* not a tunnel packet */
+	PNLB_DECAP_PASS_NOT_LOCAL = 3, /* a tunnel packet for another host */
+	PNLB_DECAP_PASS_MALFORMED = 4, /* truncated, options, fragments, bad GUE */
+	PNLB_DECAP_FAILED = 5,        /* could not move the packet start */
+	PNLB_DECAP_COUNTERS = 6,
+};
 
 #endif /* PNLB_ABI_H */

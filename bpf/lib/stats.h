@@ -26,15 +26,21 @@ static __always_inline int pnlb_drop(enum pnlb_reason reason)
 	return XDP_DROP;
 }
 
-/* A drop attributed to a known service as well as to the global reason. */
-static __always_inline int pnlb_service_drop(__u32 service_id, enum pnlb_reason reason)
+/* A reason counted for a known service as well as globally. */
+static __always_inline void pnlb_service_count(__u32 service_id, enum pnlb_reason reason)
 {
 	struct pnlb_service_stats *stats =
 		bpf_map_lookup_elem(&pnlb_service_stats, &service_id);
 
 	if (stats && reason < PNLB_REASON_MAX)
 		stats->drops[reason] += 1;
-	return pnlb_drop(reason);
+	pnlb_count_reason(reason);
+}
+
+static __always_inline int pnlb_service_drop(__u32 service_id, enum pnlb_reason reason)
+{
+	pnlb_service_count(service_id, reason);
+	return XDP_DROP;
 }
 
 static __always_inline void pnlb_count_forward(__u32 service_id, __u32 backend_id,

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use libbpf_cargo::SkeletonBuilder;
 
-const PROGRAMS: &[&str] = &["lb", "xdp_pass", "xdp_ceiling"];
+const PROGRAMS: &[&str] = &["lb", "xdp_pass", "xdp_ceiling", "decap"];
 
 fn main() {
     let manifest =

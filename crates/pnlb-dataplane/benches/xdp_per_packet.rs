@@ -22,6 +22,7 @@ impl Resolver for Static {
             mac: [2, 0, 0, 0, 0, 1],
             src_mac: [2, 0, 0, 0, 0, 2],
             gateway: None,
+            source: Some(IpAddr::from([10, 77, 1, 2])),
         };
         backends.iter().map(|&b| (b, Ok(hop))).collect()
     }

@@ -9,10 +9,11 @@ pub use crate::skel::types::{
     pnlb_addr as Addr, pnlb_backend as Backend, pnlb_backend_conns as BackendConns,
     pnlb_backend_expired as BackendExpired, pnlb_backend_flags as BackendFlags,
     pnlb_backend_stats as BackendStats, pnlb_conn as Conn, pnlb_conn_direction as ConnDirection,
-    pnlb_conn_flags as ConnFlags, pnlb_conn_state as ConnState, pnlb_flow_key as FlowKey,
-    pnlb_hash_key as HashKey, pnlb_hash_seed as HashSeed, pnlb_limits as Limits,
-    pnlb_method as Method, pnlb_reason as Reason, pnlb_scheduler as SchedulerKind,
-    pnlb_service as Service, pnlb_service_key as ServiceKey, pnlb_service_stats as ServiceStats,
+    pnlb_conn_flags as ConnFlags, pnlb_conn_state as ConnState, pnlb_decap_counter as DecapCounter,
+    pnlb_encap as Encap, pnlb_flow_key as FlowKey, pnlb_hash_key as HashKey,
+    pnlb_hash_seed as HashSeed, pnlb_limits as Limits, pnlb_method as Method,
+    pnlb_reason as Reason, pnlb_scheduler as SchedulerKind, pnlb_service as Service,
+    pnlb_service_key as ServiceKey, pnlb_service_stats as ServiceStats,
     pnlb_snat_limits as SnatLimits,
 };
 
@@ -27,7 +28,10 @@ const _: () = {
     assert!(offset_of!(Service, persistence_s) == 16);
     assert!(offset_of!(Service, table_len) == 8);
     assert!(offset_of!(Service, snat_port_min) == 12);
-    assert!(size_of::<Backend>() == 48);
+    assert!(size_of::<Backend>() == 68);
+    assert!(offset_of!(Backend, encap) == 19);
+    assert!(offset_of!(Backend, tun_src) == 48);
+    assert!(offset_of!(Backend, gue_port) == 64);
     assert!(offset_of!(Backend, max_conns) == 44);
     assert!(size_of::<BackendConns>() == 24);
     assert!(size_of::<BackendExpired>() == 16);
@@ -54,6 +58,7 @@ pub const TABLE_CAPACITY: u32 = Limits::PNLB_TABLE_CAPACITY.0;
 pub const HASH_SEED: u32 = HashSeed::PNLB_HASH_SEED.0;
 pub const REASON_COUNT: usize = Reason::PNLB_REASON_MAX.0 as usize;
 pub const MAX_SNAT_ADDRS: u32 = SnatLimits::PNLB_MAX_SNAT_ADDRS.0;
+pub const DECAP_COUNTERS: usize = DecapCounter::PNLB_DECAP_COUNTERS.0 as usize;
 
 /// Types whose every byte pattern is a valid value and which have no
 /// implicit padding: plain integers and arrays of them, with explicit _pad.

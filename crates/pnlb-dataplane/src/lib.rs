@@ -3,6 +3,7 @@
 //! - [`abi`]: the map key/value types, generated from `bpf/include/pnlb_abi.h`;
 //! - [`loader`]: load the program, attach it to interfaces, detach on drop;
 //! - [`conntrack`]: expire idle connections by state (and free SNAT ports);
+//! - [`decap`]: the real-server side of tun (`pnlb decap`);
 //! - [`programmer`]: turn validated config into map contents, and diff on reload;
 //! - [`nexthop`]: find the MAC and interface each backend is reached through;
 //! - [`stats`]: read the per-CPU counters;
@@ -11,6 +12,7 @@
 
 pub mod abi;
 pub mod conntrack;
+pub mod decap;
 pub mod loader;
 pub mod nexthop;
 pub mod programmer;
@@ -23,6 +25,9 @@ mod skel {
 }
 mod pass_skel {
     include!(concat!(env!("OUT_DIR"), "/xdp_pass.skel.rs"));
+}
+mod decap_skel {
+    include!(concat!(env!("OUT_DIR"), "/decap.skel.rs"));
 }
 mod ceiling_skel {
     include!(concat!(env!("OUT_DIR"), "/xdp_ceiling.skel.rs"));

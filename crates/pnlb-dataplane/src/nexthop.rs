@@ -27,6 +27,9 @@ pub struct NextHop {
     pub src_mac: [u8; 6],
     /// Set when the backend is not on-link but behind this router.
     pub gateway: Option<IpAddr>,
+    /// Our address on the route to the backend (its preferred source):
+    /// the outer source of tun packets unless the service names one.
+    pub source: Option<IpAddr>,
 }
 
 /// The next hop of each backend, or why it has none.
@@ -57,6 +60,7 @@ struct RouteJson {
     dst: Option<String>,
     dev: Option<String>,
     gateway: Option<String>,
+    prefsrc: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +81,7 @@ struct LinkJson {
 struct Route {
     dev: String,
     gateway: Option<IpAddr>,
+    source: Option<IpAddr>,
 }
 
 impl Resolver for KernelResolver {
@@ -136,6 +141,7 @@ impl Resolver for KernelResolver {
                             mac,
                             src_mac,
                             gateway: route.gateway,
+                            source: route.source,
                         }),
                     }
                 }
@@ -155,7 +161,15 @@ fn routes_to(backends: &[IpAddr]) -> Result<HashMap<IpAddr, Route>, String> {
         };
         let Some(dev) = route.dev else { continue };
         let gateway = route.gateway.as_deref().and_then(|g| g.parse().ok());
-        routes.insert(dst, Route { dev, gateway });
+        let source = route.prefsrc.as_deref().and_then(|s| s.parse().ok());
+        routes.insert(
+            dst,
+            Route {
+                dev,
+                gateway,
+                source,
+            },
+        );
     }
     Ok(routes)
 }

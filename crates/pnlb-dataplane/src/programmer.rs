@@ -17,7 +17,9 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
-use pnlb_core::config::{Config, HashKey, Method, Scheduler, Service as ServiceConfig, Snat};
+use pnlb_core::config::{
+    Config, Encap, HashKey, Method, Scheduler, Service as ServiceConfig, Snat,
+};
 use pnlb_core::maglev::{self, MaglevBackend};
 use pnlb_core::sched;
 
@@ -286,7 +288,7 @@ impl Programmer {
                     })
                 }
             };
-            let resolved = usable_for(config.method, backend.address, resolution);
+            let resolved = usable_for(config, backend.address, resolution);
             let mut value = Backend {
                 addr: abi::addr(backend.address),
                 port: backend.port.to_be(),
@@ -296,11 +298,25 @@ impl Programmer {
                 max_conns: backend.max_conns.unwrap_or(0),
                 ..Backend::default()
             };
+            if let Some(tunnel) = &config.tunnel {
+                let (encap, gue_port) = match tunnel.encap {
+                    Encap::Ipip => (abi::Encap::PNLB_ENCAP_IPIP, 0),
+                    Encap::Gue { port } => (abi::Encap::PNLB_ENCAP_GUE, port),
+                };
+                value.encap = encap.0 as u8;
+                value.gue_port = gue_port.to_be();
+            }
             match &resolved {
                 Ok(hop) => {
                     value.ifindex = hop.ifindex;
                     value.mac = hop.mac;
                     value.src_mac = hop.src_mac;
+                    if let Some(tunnel) = &config.tunnel {
+                        // usable_for made sure there is one.
+                        if let Some(source) = tunnel.source.or(hop.source) {
+                            value.tun_src = abi::addr(source);
+                        }
+                    }
                     if entry.problem.take().is_some() {
                         report.changes.push(format!(
                             "service {}: backend {} is reachable again",
@@ -314,6 +330,7 @@ impl Programmer {
                     value.ifindex = entry.value.ifindex;
                     value.mac = entry.value.mac;
                     value.src_mac = entry.value.src_mac;
+                    value.tun_src = entry.value.tun_src;
                     if entry.problem.as_deref() != Some(problem.as_str()) {
                         report.problems.push(format!(
                             "service {}: backend {} gets no new flows: {problem}",
@@ -381,6 +398,7 @@ impl Programmer {
             id: slot.id,
             method: match config.method {
                 Method::Dr => abi::Method::PNLB_METHOD_DR.0 as u8,
+                Method::Tun => abi::Method::PNLB_METHOD_TUN.0 as u8,
                 Method::Nat => abi::Method::PNLB_METHOD_NAT.0 as u8,
                 Method::Snat => abi::Method::PNLB_METHOD_SNAT.0 as u8,
             },
@@ -510,15 +528,26 @@ fn scheduling_table(scheduler: Scheduler, candidates: &[MaglevBackend]) -> (Vec<
     }
 }
 
-fn usable_for(method: Method, address: IpAddr, resolution: &Resolution) -> Result<NextHop, String> {
+fn usable_for(
+    service: &ServiceConfig,
+    address: IpAddr,
+    resolution: &Resolution,
+) -> Result<NextHop, String> {
     let hop = resolution
         .get(&address)
         .cloned()
         .unwrap_or_else(|| Err(format!("{address} was not resolved")))?;
-    match (method, hop.gateway) {
+    match (service.method, hop.gateway) {
         (Method::Dr, Some(gateway)) => Err(format!(
-            "it is reached through router {gateway}; direct routing needs backends on the load balancer's own L2 segment"
+            "it is reached through router {gateway}; direct routing needs backends on the load balancer's own L2 segment (method = \"tun\" reaches routed backends)"
         )),
+        (Method::Tun, _)
+            if service.tunnel.and_then(|t| t.source).is_none() && hop.source.is_none() =>
+        {
+            Err(format!(
+                "the route to {address} names no source address for the tunnel; set tunnel_source on the service"
+            ))
+        }
         _ => Ok(hop),
     }
 }

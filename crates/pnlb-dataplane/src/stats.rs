@@ -48,6 +48,9 @@ pub fn reason_name(reason: usize) -> &'static str {
         "pass_no_neigh",
         "drop_no_route",
         "drop_backends_full",
+        "tx_icmp_too_big",
+        "drop_too_big",
+        "drop_encap_failed",
     ];
     NAMES.get(reason).copied().unwrap_or("unknown")
 }

@@ -75,6 +75,8 @@ pub struct Service {
     pub hash_key: HashKey,
     /// snat only: the LB-local source addresses and the port range to use.
     pub snat: Option<Snat>,
+    /// tun only: how packets are wrapped for the backends.
+    pub tunnel: Option<Tunnel>,
     /// Source affinity (IPVS -p / -M).
     pub persistence: Option<Persistence>,
     /// What happens to a down backend's established flows.
@@ -93,6 +95,35 @@ pub struct Persistence {
     pub timeout: Duration,
     /// Significant leading bits of the client address (IPVS -M): 32/128 = per address.
     pub prefix_len: u8,
+}
+
+/// How a tun service wraps packets for its backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tunnel {
+    pub encap: Encap,
+    /// Outer source address; None = the LB's address on the route to each
+    /// backend (what `ip route get BACKEND` calls prefsrc).
+    pub source: Option<IpAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encap {
+    /// IPIP for IPv4 VIPs, IP6IP6 for IPv6 VIPs.
+    Ipip,
+    /// IP in UDP to this port (GUE variant 1).
+    Gue { port: u16 },
+}
+
+/// The GUE port when `gue_port` is not given.
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+
+impl fmt::Display for Encap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Encap::Ipip => f.write_str("ipip"),
+            Encap::Gue { port } => write!(f, "gue:{port}"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,6 +159,8 @@ impl Protocol {
 pub enum Method {
     /// Direct routing: MAC rewrite, replies bypass the LB.
     Dr,
+    /// Tunneling: IPIP / IP6IP6 / GUE to the backend, replies bypass the LB.
+    Tun,
     /// Destination NAT: replies return through the LB (servers route via it).
     Nat,
     /// Full NAT: source and destination rewritten; works one-arm.
@@ -223,6 +256,7 @@ impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Method::Dr => "dr",
+            Method::Tun => "tun",
             Method::Nat => "nat",
             Method::Snat => "snat",
         })
@@ -337,6 +371,7 @@ struct RawService {
     chbl_epsilon: Option<f64>,
     encap: Option<String>,
     gue_port: Option<i64>,
+    tunnel_source: Option<String>,
     snat_addresses: Option<Vec<String>>,
     snat_ports: Option<String>,
     on_backend_down: Option<String>,
@@ -357,8 +392,6 @@ struct RawBackend {
     health: Option<RawHealth>,
 }
 
-/// Methods and schedulers of the config contract that later issues bring.
-const PLANNED_METHODS: &[&str] = &["tun"];
 /// Default chbl epsilon: a backend may carry 25% above its share.
 pub const DEFAULT_CHBL_EPSILON: f64 = 0.25;
 
@@ -561,13 +594,7 @@ impl Validator<'_> {
             None | Some("dr") => Method::Dr,
             Some("nat") => Method::Nat,
             Some("snat") => Method::Snat,
-            Some(m) if PLANNED_METHODS.contains(&m) => {
-                return Err(self.error(
-                    at("method"),
-                    format!("method {m:?} is not available in this version yet"),
-                    "use method = \"dr\", \"nat\" or \"snat\"",
-                ))
-            }
+            Some("tun") => Method::Tun,
             Some(other) => {
                 return Err(self.error(
                     at("method"),
@@ -637,18 +664,14 @@ impl Validator<'_> {
         let snat = self.snat(&at, method, vip, raw.snat_addresses, raw.snat_ports)?;
         let persistence =
             self.persistence(&at, vip, raw.persistence.as_deref(), raw.persistence_mask)?;
-        for (key, present) in [
-            ("encap", raw.encap.is_some()),
-            ("gue_port", raw.gue_port.is_some()),
-        ] {
-            if present {
-                return Err(self.error(
-                    at(key),
-                    format!("{key} is not available in this version yet"),
-                    format!("remove {key} from this service"),
-                ));
-            }
-        }
+        let tunnel = self.tunnel(
+            &at,
+            method,
+            vip,
+            raw.encap.as_deref(),
+            raw.gue_port,
+            raw.tunnel_source.as_deref(),
+        )?;
         let on_backend_down = match raw.on_backend_down.as_deref() {
             None | Some("keep") => DownPolicy::Keep,
             Some("reset") => DownPolicy::Reset,
@@ -720,6 +743,7 @@ impl Validator<'_> {
             scheduler,
             hash_key,
             snat,
+            tunnel,
             persistence,
             on_backend_down,
             slow_start,
@@ -769,6 +793,79 @@ impl Validator<'_> {
             timeout,
             prefix_len,
         }))
+    }
+
+    fn tunnel(
+        &self,
+        at: &dyn Fn(&str) -> String,
+        method: Method,
+        vip: IpAddr,
+        encap: Option<&str>,
+        gue_port: Option<i64>,
+        source: Option<&str>,
+    ) -> Result<Option<Tunnel>, ConfigError> {
+        if method != Method::Tun {
+            for (key, present) in [
+                ("encap", encap.is_some()),
+                ("gue_port", gue_port.is_some()),
+                ("tunnel_source", source.is_some()),
+            ] {
+                if present {
+                    return Err(self.error(
+                        at(key),
+                        format!("{key} only applies to method = \"tun\""),
+                        format!("remove {key}, or set method = \"tun\""),
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        let port = match gue_port {
+            None => DEFAULT_GUE_PORT,
+            Some(p) if (1..=65535).contains(&p) => p as u16,
+            Some(p) => {
+                return Err(self.error(
+                    at("gue_port"),
+                    format!("{p} is not a UDP port"),
+                    format!("use 1 to 65535 (the default is {DEFAULT_GUE_PORT})"),
+                ))
+            }
+        };
+        let encap = match encap {
+            None | Some("ipip") => {
+                if gue_port.is_some() {
+                    return Err(self.error(
+                        at("gue_port"),
+                        "gue_port only applies to encap = \"gue\"",
+                        "remove gue_port, or set encap = \"gue\"",
+                    ));
+                }
+                Encap::Ipip
+            }
+            Some("gue") => Encap::Gue { port },
+            Some(other) => {
+                return Err(self.error(
+                    at("encap"),
+                    format!("unknown encapsulation {other:?}"),
+                    "use \"ipip\" (IPIP / IP6IP6) or \"gue\" (IP in UDP, with gue_port)",
+                ))
+            }
+        };
+        let source = match source {
+            None => None,
+            Some(text) => {
+                let address = self.address(&at("tunnel_source"), text)?;
+                if address.is_ipv4() != vip.is_ipv4() {
+                    return Err(self.error(
+                        at("tunnel_source"),
+                        format!("{address} and VIP {vip} are of different IP versions"),
+                        "use an address of the VIP's IP version (the outer header matches the inner)",
+                    ));
+                }
+                Some(address)
+            }
+        };
+        Ok(Some(Tunnel { encap, source }))
     }
 
     fn snat(
@@ -886,11 +983,11 @@ impl Validator<'_> {
                 "drop the backend port",
             ));
         }
-        if port != service_port && method == Method::Dr {
+        if port != service_port && matches!(method, Method::Dr | Method::Tun) {
             return Err(self.error(
                 format!("{key}.port"),
                 format!("port {port} differs from the service port {service_port}"),
-                "direct routing cannot rewrite ports: drop the backend port or make it equal to the service's",
+                format!("method {method} forwards the client's packet unchanged and cannot rewrite ports: drop the backend port or make it equal to the service's"),
             ));
         }
         let weight = match raw.weight {
@@ -1128,11 +1225,43 @@ address = "fd77:1::11"
     }
 
     #[test]
-    fn features_of_later_versions_are_refused_not_silently_ignored() {
-        let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"tun\""));
-        assert!(err.reason.contains("not available"), "{err}");
+    fn tun_takes_an_encapsulation_and_tunnel_keys_need_tun() {
+        let tun =
+            |extra: &str| GOOD.replace("method = \"dr\"", &format!("method = \"tun\"{extra}"));
+        let config = parse(Path::new("t.toml"), &tun("")).unwrap();
+        assert_eq!(
+            config.services[0].tunnel,
+            Some(Tunnel {
+                encap: Encap::Ipip,
+                source: None
+            })
+        );
+        let config = parse(
+            Path::new("t.toml"),
+            &tun("\nencap = \"gue\"\ntunnel_source = \"10.77.1.2\""),
+        )
+        .unwrap();
+        assert_eq!(
+            config.services[0].tunnel,
+            Some(Tunnel {
+                encap: Encap::Gue {
+                    port: DEFAULT_GUE_PORT
+                },
+                source: Some("10.77.1.2".parse().unwrap())
+            })
+        );
+        for (extra, key) in [
+            ("\nencap = \"gre\"", "encap"),
+            ("\nencap = \"gue\"\ngue_port = 0", "gue_port"),
+            ("\ngue_port = 7000", "gue_port"),
+            ("\ntunnel_source = \"fd77:1::2\"", "tunnel_source"),
+        ] {
+            let err = error_of(&tun(extra));
+            assert!(err.key.ends_with(key), "{extra}: {err}");
+        }
         let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"dr\"\nencap = \"ipip\""));
         assert!(err.key.ends_with("encap"), "{err}");
+        assert!(err.reason.contains("only applies"), "{err}");
     }
 
     #[test]

@@ -61,9 +61,18 @@ impl Resolver for StaticResolver {
                 mac: backend_mac(backend),
                 src_mac: LB_MAC,
                 gateway: None,
+                source: Some(lb_address(backend)),
             })
         };
         backends.iter().map(|&b| (b, answer(b))).collect()
+    }
+}
+
+/// The LB's own address in the fixtures (the outer source of tun packets).
+pub fn lb_address(towards: IpAddr) -> IpAddr {
+    match towards {
+        IpAddr::V4(_) => "10.77.1.2".parse().unwrap(),
+        IpAddr::V6(_) => "fd77:1::2".parse().unwrap(),
     }
 }
 
@@ -182,7 +191,9 @@ pub fn flow_of(packet: &[u8]) -> FlowKey {
     let (protocol, sport, dport) = match sliced.transport.expect("has L4") {
         etherparse::TransportSlice::Tcp(t) => (6, t.source_port(), t.destination_port()),
         etherparse::TransportSlice::Udp(u) => (17, u.source_port(), u.destination_port()),
-        _ => panic!("fixture packet is not TCP/UDP"),
+        // As the data plane keys an ICMP error: no ports.
+        etherparse::TransportSlice::Icmpv4(_) => (1, 0, 0),
+        etherparse::TransportSlice::Icmpv6(_) => (58, 0, 0),
     };
     FlowKey {
         src: abi::addr(src),
@@ -501,5 +512,83 @@ pub fn icmp_error(
         }
         _ => panic!("mixed address families"),
     }
+    out
+}
+
+/// How a tun service wraps packets, for building expected output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wrap {
+    Ipip,
+    Gue(u16),
+}
+
+/// The packet as tun sends it: `packet`'s IP packet, untouched, inside an
+/// outer header from `source` to `backend` (built here from scratch by
+/// etherparse, checksums included), to the backend's MAC.
+pub fn encapsulated(packet: &[u8], source: IpAddr, backend: IpAddr, wrap: Wrap) -> Vec<u8> {
+    use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, UdpHeader};
+    let inner = &packet[14..];
+    let hash = abi::flow_hash(&flow_of(packet), abi::HashKey::PNLB_HASH_5TUPLE);
+    let sport = 0xc000 | (hash as u16 & 0x3fff);
+    let udp_len = (inner.len() + 8) as u16;
+    let mut out = Vec::new();
+    out.extend_from_slice(&backend_mac(backend));
+    out.extend_from_slice(&LB_MAC);
+    match (source, backend) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            out.extend_from_slice(&0x0800u16.to_be_bytes());
+            let (protocol, outer_payload) = match wrap {
+                Wrap::Ipip => (IpNumber::IPV4, inner.len()),
+                Wrap::Gue(_) => (IpNumber::UDP, inner.len() + 8),
+            };
+            let mut ip =
+                Ipv4Header::new(outer_payload as u16, 64, protocol, s.octets(), d.octets())
+                    .unwrap();
+            ip.dont_fragment = true;
+            ip.identification = 0;
+            // The inner TOS (DSCP + ECN) carries over.
+            ip.dscp = etherparse::Ipv4Dscp::try_new(inner[1] >> 2).unwrap();
+            ip.ecn = etherparse::Ipv4Ecn::try_new(inner[1] & 3).unwrap();
+            ip.header_checksum = ip.calc_header_checksum();
+            out.extend_from_slice(&ip.to_bytes());
+            if let Wrap::Gue(port) = wrap {
+                let udp = UdpHeader {
+                    source_port: sport,
+                    destination_port: port,
+                    length: udp_len,
+                    checksum: 0,
+                };
+                out.extend_from_slice(&udp.to_bytes());
+            }
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            out.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let traffic_class = (inner[0] << 4) | (inner[1] >> 4);
+            let mut ip = Ipv6Header {
+                traffic_class,
+                flow_label: Ipv6FlowLabel::try_new(hash & 0xfffff).unwrap(),
+                payload_length: inner.len() as u16,
+                next_header: IpNumber::IPV6_HEADER_HOP_BY_HOP,
+                hop_limit: 64,
+                source: s.octets(),
+                destination: d.octets(),
+            };
+            match wrap {
+                Wrap::Ipip => {
+                    ip.next_header = IpNumber::IPV6;
+                    out.extend_from_slice(&ip.to_bytes());
+                }
+                Wrap::Gue(port) => {
+                    ip.next_header = IpNumber::UDP;
+                    ip.payload_length = udp_len;
+                    out.extend_from_slice(&ip.to_bytes());
+                    let udp = UdpHeader::with_ipv6_checksum(sport, port, &ip, inner).unwrap();
+                    out.extend_from_slice(&udp.to_bytes());
+                }
+            }
+        }
+        _ => panic!("mixed address families"),
+    }
+    out.extend_from_slice(inner);
     out
 }

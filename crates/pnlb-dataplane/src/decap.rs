@@ -1,0 +1,152 @@
+//! The real-server side of tun (bpf/decap.bpf.c): strips IPIP / IP6IP6 /
+//! GUE addressed to this host, for kernels without ipip/fou. `pnlb decap`
+//! loads it, keeps its list of local addresses current and attaches it.
+
+use std::collections::BTreeSet;
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, OpenObject};
+use pnlb_core::config::XdpMode;
+
+use crate::abi::{self, bytes_of, from_bytes, DecapCounter};
+use crate::decap_skel::{DecapSkel, DecapSkelBuilder};
+use crate::loader::{attach_program, Attachment, DataplaneError};
+
+/// The default GUE port, as design.md's config contract names it.
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+
+pub struct Decap {
+    skel: DecapSkel<'static>,
+    addresses: BTreeSet<IpAddr>,
+}
+
+/// What the program did, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapCounters {
+    pub ipip: u64,
+    pub gue: u64,
+    pub passed_other: u64,
+    pub passed_not_local: u64,
+    pub passed_malformed: u64,
+    pub failed: u64,
+}
+
+fn map_err(source: libbpf_rs::Error) -> DataplaneError {
+    DataplaneError::Map {
+        map: "pnlb_decap",
+        source,
+    }
+}
+
+impl Decap {
+    /// Loads the program, stripping GUE on UDP port `gue_port`.
+    pub fn load(gue_port: u16) -> Result<Self, DataplaneError> {
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = DecapSkelBuilder::default()
+            .open(storage)
+            .map_err(DataplaneError::Load)?;
+        let rodata = open.maps.rodata_data.as_deref_mut().ok_or_else(|| {
+            DataplaneError::Load(libbpf_rs::Error::from_raw_os_error(libc::EINVAL))
+        })?;
+        rodata.gue_port = gue_port.to_be();
+        Ok(Self {
+            skel: open.load().map_err(DataplaneError::Load)?,
+            addresses: BTreeSet::new(),
+        })
+    }
+
+    /// The program, e.g. for BPF_PROG_TEST_RUN.
+    pub fn program(&self) -> &libbpf_rs::ProgramMut<'static> {
+        &self.skel.progs.pnlb_decap
+    }
+
+    pub fn attach(&self, interface: &str, mode: XdpMode) -> Result<Attachment, DataplaneError> {
+        attach_program(self.program().as_fd().try_clone_to_owned(), interface, mode)
+    }
+
+    /// Makes the program's set of "this host" addresses exactly `addresses`.
+    /// Returns whether anything changed.
+    pub fn set_local_addresses(
+        &mut self,
+        addresses: &BTreeSet<IpAddr>,
+    ) -> Result<bool, DataplaneError> {
+        if *addresses == self.addresses {
+            return Ok(false);
+        }
+        let map = &self.skel.maps.pnlb_decap_addrs;
+        for gone in self.addresses.difference(addresses) {
+            match map.delete(bytes_of(&abi::addr(*gone))) {
+                Ok(()) => {}
+                Err(err) if err.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(err) => return Err(map_err(err)),
+            }
+        }
+        for new in addresses.difference(&self.addresses) {
+            map.update(bytes_of(&abi::addr(*new)), &[1], MapFlags::ANY)
+                .map_err(map_err)?;
+        }
+        self.addresses = addresses.clone();
+        Ok(true)
+    }
+
+    pub fn counters(&self) -> Result<DecapCounters, DataplaneError> {
+        let mut totals = [0u64; abi::DECAP_COUNTERS];
+        for (index, total) in totals.iter_mut().enumerate() {
+            let per_cpu = self
+                .skel
+                .maps
+                .pnlb_decap_stats
+                .lookup_percpu(&(index as u32).to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err)?
+                .unwrap_or_default();
+            *total = per_cpu
+                .iter()
+                .filter_map(|bytes| from_bytes::<u64>(bytes))
+                .sum();
+        }
+        let at = |counter: DecapCounter| totals[counter.0 as usize];
+        Ok(DecapCounters {
+            ipip: at(DecapCounter::PNLB_DECAP_IPIP),
+            gue: at(DecapCounter::PNLB_DECAP_GUE),
+            passed_other: at(DecapCounter::PNLB_DECAP_PASS_OTHER),
+            passed_not_local: at(DecapCounter::PNLB_DECAP_PASS_NOT_LOCAL),
+            passed_malformed: at(DecapCounter::PNLB_DECAP_PASS_MALFORMED),
+            failed: at(DecapCounter::PNLB_DECAP_FAILED),
+        })
+    }
+}
+
+/// Every address configured on this network namespace's interfaces, as
+/// `ip -j addr show` lists them.
+pub fn local_addresses() -> Result<BTreeSet<IpAddr>, String> {
+    #[derive(serde::Deserialize)]
+    struct Link {
+        #[serde(default)]
+        addr_info: Vec<AddrInfo>,
+    }
+    #[derive(serde::Deserialize)]
+    struct AddrInfo {
+        local: Option<String>,
+    }
+    let output = std::process::Command::new("ip")
+        .args(["-j", "addr", "show"])
+        .output()
+        .map_err(|err| format!("cannot run `ip` (install iproute2): {err}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`ip -j addr show` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let links: Vec<Link> = serde_json::from_slice(&output.stdout)
+        .map_err(|err| format!("unexpected `ip -j addr show` output: {err}"))?;
+    Ok(links
+        .into_iter()
+        .flat_map(|link| link.addr_info)
+        .filter_map(|info| info.local?.parse().ok())
+        .collect())
+}
