@@ -84,6 +84,10 @@ pub struct LabSpec {
     /// answers bigger packets with ICMP fragmentation-needed / packet too
     /// big, so path-MTU discovery through the LB gets exercised.
     pub client_path_mtu: Option<u16>,
+    /// The MTU of the servers' LAN (router, LB, servers, switch), when it
+    /// should be smaller than the client's 1500: tun packets then need
+    /// the LB's too-big answers to fit.
+    pub lan_mtu: Option<u16>,
     /// Start nginx on every server.
     pub nginx: bool,
     /// Start the Rust echo server on every server.
@@ -98,6 +102,7 @@ impl Default for LabSpec {
             servers: 3,
             servers_route_via: Gateway::Router,
             client_path_mtu: None,
+            lan_mtu: None,
             nginx: true,
             echo: false,
             prefix: None,
@@ -313,6 +318,10 @@ impl Lab {
             configure_dr_real_server(&server.ns)?;
         }
 
+        if let Some(mtu) = spec.lan_mtu {
+            self.set_lan_mtu(mtu)?;
+        }
+
         // veth: native XDP_TX from the LB only arrives if the peer runs XDP.
         in_netns(&switch, || {
             let pass = pnlb_dataplane::xdp_pass::XdpPass::load().map_err(|err| err.to_string())?;
@@ -397,6 +406,26 @@ impl Lab {
         Ok(())
     }
 
+    /// Gives every interface on the servers' LAN the same `mtu`.
+    fn set_lan_mtu(&self, mtu: u16) -> Result<(), LabError> {
+        let mtu = mtu.to_string();
+        let mut devices = vec![
+            (self.router.clone(), "eth1".to_string()),
+            (self.lb.clone(), LB_INTERFACE.to_string()),
+            (self.switch.clone(), "br0".to_string()),
+            (self.switch.clone(), "router".to_string()),
+            (self.switch.clone(), "lb".to_string()),
+        ];
+        for server in &self.servers {
+            devices.push((server.ns.clone(), "eth0".to_string()));
+            devices.push((self.switch.clone(), server.name.clone()));
+        }
+        for (ns, dev) in devices {
+            netns::ip(&ns, &["link", "set", "dev", &dev, "mtu", &mtu])?;
+        }
+        Ok(())
+    }
+
     /// Waits until every lab interface is operationally up. A device that
     /// was just brought up drops what it is given until the kernel's
     /// link-watch work has run (up to a second later): without this wait,
@@ -476,6 +505,31 @@ impl Lab {
             }
         }
         text
+    }
+
+    /// [`Self::config`] for tunneling with `encap` ("ipip" or "gue").
+    pub fn tun_config(&self, encap: &str, port: u16, members: &[usize]) -> String {
+        self.config("tun", port, members).replace(
+            "method = \"tun\"\n",
+            &format!("method = \"tun\"\nencap = \"{encap}\"\n"),
+        )
+    }
+
+    /// Starts `pnlb decap --interface eth0` on the server at `index` (the
+    /// real-server side of tun) and waits until it is attached.
+    pub fn start_decap(&self, binary: &str, index: usize) -> Result<LabProcess, LabError> {
+        let server = self
+            .servers
+            .get(index)
+            .ok_or_else(|| LabError::Setup(format!("no server at index {index}")))?;
+        let mut process = LabProcess::spawn(
+            &server.ns,
+            &format!("pnlb decap on {}", server.name),
+            binary,
+            &["decap", "--interface", "eth0"],
+        )?;
+        process.wait_for_line("decapsulating", Duration::from_secs(30))?;
+        Ok(process)
     }
 
     /// [`Self::config`] for direct routing.

@@ -1,6 +1,7 @@
 //! pnlb: a Layer-4 load balancer with an XDP data plane.
 
 mod bench;
+mod decap_cmd;
 mod demo;
 mod health;
 mod lab_cmd;
@@ -37,6 +38,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Real-server side of method "tun": strip IPIP / IP6IP6 / GUE addressed
+    /// to this host (for kernels without the ipip/fou modules).
+    Decap(decap_cmd::DecapArgs),
     /// Benchmark pnlb against the kernel (nftables NAT) and HAProxy in the lab.
     Bench(bench::BenchArgs),
     /// The network-namespace lab (client, router, LB, real servers).
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Check { config } => run::check(&config),
         Command::Lab { command } => lab_cmd::lab(command),
         Command::Bench(args) => bench::bench(args),
+        Command::Decap(args) => decap_cmd::decap(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

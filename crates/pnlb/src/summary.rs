@@ -64,7 +64,13 @@ pub fn render(dataplane: &Dataplane, programmer: &Programmer, config: &Config) -
         }
         for (reason, &count) in counters.drops.iter().enumerate() {
             if count > 0 {
-                let _ = writeln!(out, "     dropped {count} ({})", reason_name(reason));
+                let name = reason_name(reason);
+                let what = if name.starts_with("tx_") {
+                    "answered"
+                } else {
+                    "dropped"
+                };
+                let _ = writeln!(out, "     {what} {count} ({name})");
             }
         }
     }

@@ -1,0 +1,175 @@
+//! Tunneling end to end: `pnlb run` wraps client packets in IPIP / IP6IP6
+//! or GUE, `pnlb decap` on each real server unwraps them (this kernel has
+//! no ipip/fou modules), nginx answers the client directly. Path MTU: a
+//! smaller LAN MTU, full-size uploads answered with ICMP by the LB.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+mod support;
+
+use pnlb_lab::{in_netns, Lab, LabProcess, LabSpec, ECHO_PORT, LB_INTERFACE, VIP4, VIP6};
+use support::*;
+
+fn start_decap_everywhere(lab: &Lab) -> Vec<LabProcess> {
+    (0..lab.servers.len())
+        .map(|i| lab.start_decap(PNLB, i).expect("pnlb decap"))
+        .collect()
+}
+
+/// Stops every `pnlb decap`; returns their exit lines.
+fn stop_decap(decaps: Vec<LabProcess>) -> Vec<String> {
+    decaps
+        .into_iter()
+        .map(|decap| {
+            let (status, output) = decap.stop(Duration::from_secs(10));
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "pnlb decap exits 0 on SIGTERM: {output:?}"
+            );
+            output
+                .into_iter()
+                .find(|l| l.contains("detached from"))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn curl_reaches_nginx_through_tun_ipip_and_gue_and_replies_bypass_the_lb() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec::default()).expect("lab");
+    let decaps = start_decap_everywhere(&lab);
+    for encap in ["ipip", "gue"] {
+        let path = write_config(&lab, &lab.tun_config(encap, 80, &[0, 1, 2]));
+        let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+
+        for (vip, url) in [
+            (IpAddr::V4(VIP4), format!("http://{VIP4}/")),
+            (IpAddr::V6(VIP6), format!("http://[{VIP6}]/")),
+        ] {
+            let answers = spread(&lab, vip, 60);
+            assert!(
+                ["s1", "s2", "s3"]
+                    .iter()
+                    .all(|s| answers.get(*s).copied().unwrap_or(0) > 5),
+                "{encap} {vip}: 60 requests over three servers: {answers:?}"
+            );
+
+            // Replies go from the server straight to the client.
+            let before = lab.rx_bytes(&lab.lb, LB_INTERFACE).unwrap();
+            let size = lab
+                .client_download(&format!("{url}blob"), 10)
+                .expect("curl blob");
+            let received = lab.rx_bytes(&lab.lb, LB_INTERFACE).unwrap() - before;
+            assert_eq!(size, pnlb_lab::nginx::BLOB_SIZE as u64, "{encap} {url}");
+            assert!(
+                received < 200_000,
+                "{encap}: the LB received {received} bytes during a 1 MiB download"
+            );
+        }
+        let (status, output) = daemon.stop(Duration::from_secs(10));
+        assert!(status.is_some_and(|s| s.success()), "{output:?}");
+        assert!(
+            output
+                .iter()
+                .any(|l| l.starts_with("TCP  10.77.100.1:80") && l.contains(" tun ")),
+            "{encap}: the exit table names the method: {output:?}"
+        );
+    }
+    for line in stop_decap(decaps) {
+        // "... decapsulated N IPIP/IP6IP6 and M GUE; passed ..."
+        let number_after = |marker: &str| -> u64 {
+            line.split(marker)
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        assert!(
+            number_after("decapsulated ") > 0 && number_after("IP6IP6 and ") > 0,
+            "every server unwrapped both kinds: {line}"
+        );
+    }
+}
+
+/// Sends `len` bytes to the echo service and reads them back; returns
+/// the answering server.
+fn echo_round_trip(vip: IpAddr, len: usize) -> Result<String, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&SocketAddr::new(vip, ECHO_PORT), Duration::from_secs(3))
+            .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut greeting = [0u8; 3];
+    stream
+        .read_exact(&mut greeting)
+        .map_err(|e| format!("greeting: {e}"))?;
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let sent = data.clone();
+    let sender = std::thread::spawn(move || writer.write_all(&sent));
+    let mut back = vec![0u8; len];
+    stream
+        .read_exact(&mut back)
+        .map_err(|e| format!("reading the echo: {e}"))?;
+    sender
+        .join()
+        .map_err(|_| "sender panicked".to_string())?
+        .map_err(|e| format!("sending: {e}"))?;
+    if back != data {
+        return Err("the echo differs from what was sent".into());
+    }
+    Ok(String::from_utf8_lossy(&greeting[..2]).to_string())
+}
+
+#[test]
+fn full_size_uploads_through_a_smaller_mtu_tunnel_complete_via_icmp_too_big() {
+    if !privileged() {
+        return;
+    }
+    // Client link 1500, the servers' LAN 1400: the client's full-size
+    // segments do not fit the tunnel until the LB's too-big answers
+    // lower its path MTU to the VIP.
+    let lab = Lab::up(&LabSpec {
+        lan_mtu: Some(1400),
+        echo: true,
+        ..LabSpec::default()
+    })
+    .expect("lab");
+    let decaps = start_decap_everywhere(&lab);
+    let config = lab.tun_config("ipip", 80, &[0, 1, 2])
+        + &lab
+            .tun_config("gue", ECHO_PORT, &[0, 1, 2])
+            .replace("[daemon]\ninterfaces = [\"eth0\"]\n", "")
+            .replace("name = \"web", "name = \"echo");
+    let path = write_config(&lab, &config);
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+
+    for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+        let server = in_netns(&lab.client, move || echo_round_trip(vip, 4 << 20))
+            .unwrap()
+            .unwrap_or_else(|err| panic!("4 MiB up and back through {vip} (gue): {err}"));
+        assert!(["s1", "s2", "s3"].contains(&server.as_str()));
+    }
+    // A large download through ipip: replies go direct, at the LAN's MTU.
+    for url in [
+        format!("http://{VIP4}/blob"),
+        format!("http://[{VIP6}]/blob"),
+    ] {
+        let size = lab.client_download(&url, 20).expect("curl blob");
+        assert_eq!(size, pnlb_lab::nginx::BLOB_SIZE as u64, "{url}");
+    }
+    let (_, output) = daemon.stop(Duration::from_secs(10));
+    assert!(
+        output
+            .iter()
+            .any(|l| l.contains("answered") && l.contains("tx_icmp_too_big")),
+        "the LB answered full-size packets with too-big: {output:?}"
+    );
+    stop_decap(decaps);
+}
