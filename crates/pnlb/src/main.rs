@@ -3,6 +3,7 @@
 mod bench;
 mod decap_cmd;
 mod demo;
+mod doctor;
 mod health;
 mod lab_cmd;
 mod log;
@@ -41,6 +42,9 @@ enum Command {
     /// Real-server side of method "tun": strip IPIP / IP6IP6 / GUE addressed
     /// to this host (for kernels without the ipip/fou modules).
     Decap(decap_cmd::DecapArgs),
+    /// Check this host's prerequisites (as a real server for dr or tun) and
+    /// print the command that fixes each problem; exits 1 when one is missing.
+    Doctor(doctor::DoctorArgs),
     /// Benchmark pnlb against the kernel (nftables NAT) and HAProxy in the lab.
     Bench(bench::BenchArgs),
     /// The network-namespace lab (client, router, LB, real servers).
@@ -53,6 +57,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Doctor(args) => match doctor::doctor(args) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
         Command::Run { config } => run::run(&config),
         Command::Check { config } => run::check(&config),
         Command::Lab { command } => lab_cmd::lab(command),

@@ -173,3 +173,123 @@ fn full_size_uploads_through_a_smaller_mtu_tunnel_complete_via_icmp_too_big() {
     );
     stop_decap(decaps);
 }
+
+/// Runs `pnlb doctor` on server s1: (exit code, output).
+fn doctor(lab: &Lab, vip: IpAddr, method: &str) -> (i32, String) {
+    let vip = vip.to_string();
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.servers[0].ns,
+            PNLB,
+            "doctor",
+            "--real-server",
+        ])
+        .args(["--vip", &vip, "--method", method])
+        .output()
+        .expect("run pnlb doctor");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+/// The `fix:` line that follows the FAIL/WARN line containing `problem`.
+fn fix_for(report: &str, problem: &str) -> String {
+    let mut lines = report.lines().skip_while(|l| !l.contains(problem));
+    lines.next();
+    lines
+        .next()
+        .and_then(|l| l.trim().strip_prefix("fix: "))
+        .unwrap_or_else(|| panic!("no fix after {problem:?}: {report}"))
+        .to_string()
+}
+
+fn on_s1(lab: &Lab, script: &str) {
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.servers[0].ns, "sh", "-c", script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script}");
+}
+
+#[test]
+fn doctor_finds_each_prerequisite_left_out_and_its_fix_works() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec {
+        servers: 1,
+        nginx: false,
+        ..LabSpec::default()
+    })
+    .expect("lab");
+    let vip4 = IpAddr::V4(VIP4);
+
+    // The lab's servers are set up for dr: that passes as it is.
+    let (code, report) = doctor(&lab, vip4, "dr");
+    assert_eq!(code, 0, "{report}");
+    assert!(!report.contains("FAIL"), "{report}");
+
+    // For tun, nothing decapsulates yet, and the MSS leaves no headroom.
+    let (code, report) = doctor(&lab, vip4, "tun");
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("FAIL  nothing decapsulates"), "{report}");
+    assert!(fix_for(&report, "nothing decapsulates").starts_with("pnlb decap --interface eth0"));
+    let mut decap = Some(lab.start_decap(PNLB, 0).expect("pnlb decap"));
+    let (code, report) = doctor(&lab, vip4, "tun");
+    assert_eq!(code, 0, "a warning alone does not fail: {report}");
+    on_s1(&lab, &fix_for(&report, "WARN  MSS"));
+    let (code, report) = doctor(&lab, vip4, "tun");
+    assert_eq!(
+        (code, report.contains("ready: 0 warning(s)")),
+        (0, true),
+        "{report}"
+    );
+
+    // Each prerequisite taken away is found, and the printed fix restores it.
+    for (break_it, problem) in [
+        (
+            "ip addr del 10.77.100.1/32 dev lo",
+            "FAIL  VIP 10.77.100.1 is not on lo",
+        ),
+        (
+            "sysctl -qw net.ipv4.conf.all.arp_ignore=0 net.ipv4.conf.eth0.arp_ignore=0",
+            "FAIL  arp_ignore is below 1 on eth0",
+        ),
+        (
+            "sysctl -qw net.ipv4.conf.all.arp_announce=1 net.ipv4.conf.eth0.arp_announce=0",
+            "FAIL  arp_announce is below 2 on eth0",
+        ),
+        (
+            "sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.eth0.rp_filter=0",
+            "FAIL  rp_filter is strict (1) on eth0",
+        ),
+    ] {
+        on_s1(&lab, break_it);
+        let (code, report) = doctor(&lab, vip4, "tun");
+        assert_eq!(code, 1, "{break_it}: {report}");
+        assert!(report.contains(problem), "{break_it}: {report}");
+        on_s1(&lab, &fix_for(&report, problem));
+        let (code, report) = doctor(&lab, vip4, "tun");
+        assert_eq!(code, 0, "after the fix for {problem:?}: {report}");
+    }
+
+    // IPv6: the VIP on lo (no ARP there).
+    let vip6 = IpAddr::V6(VIP6);
+    on_s1(&lab, &format!("ip -6 addr del {VIP6}/128 dev lo"));
+    let (code, report) = doctor(&lab, vip6, "dr");
+    assert_eq!(code, 1, "{report}");
+    on_s1(&lab, &fix_for(&report, "is not on lo"));
+    let (code, report) = doctor(&lab, vip6, "dr");
+    assert_eq!(code, 0, "{report}");
+
+    // Decapsulation gone again: found.
+    if let Some(decap) = decap.take() {
+        decap.stop(Duration::from_secs(10));
+    }
+    let (code, report) = doctor(&lab, vip4, "tun");
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("FAIL  nothing decapsulates"), "{report}");
+}

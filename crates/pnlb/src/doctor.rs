@@ -1,0 +1,351 @@
+//! `pnlb doctor --real-server --vip ADDR [--method dr|tun]`: checks what a
+//! real server needs for direct routing or tunneling, and for each problem
+//! prints why it matters and the command that fixes it. A DR/tunnel setup
+//! that silently does not forward is the most common complaint about
+//! Katran and IPVS-DR; every item here is one of its causes.
+
+use std::net::IpAddr;
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+#[derive(Args)]
+pub struct DoctorArgs {
+    /// Check this host as a real server (the only mode so far).
+    #[arg(long)]
+    real_server: bool,
+    /// The virtual IP this server answers for.
+    #[arg(long)]
+    vip: IpAddr,
+    /// How the load balancer forwards to this server.
+    #[arg(long, value_enum, default_value_t = DoctorMethod::Dr)]
+    method: DoctorMethod,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DoctorMethod {
+    Dr,
+    Tun,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Finding {
+    level: Level,
+    what: String,
+    fix: Option<String>,
+}
+
+impl Finding {
+    fn ok(what: String) -> Self {
+        Self {
+            level: Level::Ok,
+            what,
+            fix: None,
+        }
+    }
+
+    fn problem(level: Level, what: String, fix: String) -> Self {
+        Self {
+            level,
+            what,
+            fix: Some(fix),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Link {
+    ifname: String,
+    #[serde(default)]
+    flags: Vec<String>,
+    mtu: Option<u32>,
+    link_type: Option<String>,
+    xdp: Option<LinkXdp>,
+    linkinfo: Option<LinkInfo>,
+    #[serde(default)]
+    addr_info: Vec<AddrInfo>,
+}
+
+#[derive(Deserialize)]
+struct LinkXdp {
+    prog: Option<XdpProg>,
+}
+
+#[derive(Deserialize)]
+struct XdpProg {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LinkInfo {
+    info_kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AddrInfo {
+    local: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Route {
+    gateway: Option<String>,
+    dev: Option<String>,
+    #[serde(default)]
+    metrics: Vec<serde_json::Value>,
+}
+
+pub fn doctor(args: DoctorArgs) -> Result<ExitCode> {
+    if !args.real_server {
+        bail!("say what to check: `pnlb doctor --real-server --vip ADDR [--method dr|tun]`");
+    }
+    let links: Vec<Link> = ip_json(&["-d", "addr", "show"])?;
+    let method = match args.method {
+        DoctorMethod::Dr => "dr",
+        DoctorMethod::Tun => "tun",
+    };
+    println!(
+        "pnlb doctor: this host as a real server for VIP {} (method {method})",
+        args.vip
+    );
+    let mut findings = vec![vip_on_lo(&links, args.vip)];
+    let interfaces: Vec<&Link> = links
+        .iter()
+        .filter(|l| l.link_type.as_deref() != Some("loopback") && l.flags.iter().any(|f| f == "UP"))
+        .collect();
+    if args.vip.is_ipv4() {
+        findings.extend(arp_checks(&interfaces)?);
+        findings.extend(rp_filter_checks(&interfaces)?);
+    }
+    if args.method == DoctorMethod::Tun {
+        let family = if args.vip.is_ipv4() { "-4" } else { "-6" };
+        let routes: Vec<Route> = ip_json(&[family, "route", "show", "default"])?;
+        let default_route = routes.first();
+        findings.push(decapsulation(&links, args.vip, default_route));
+        findings.push(mtu_headroom(&links, family, default_route));
+    }
+
+    for finding in &findings {
+        let tag = match finding.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        println!("  {tag}  {}", finding.what);
+        if let Some(fix) = &finding.fix {
+            println!("        fix: {fix}");
+        }
+    }
+    let count = |level| findings.iter().filter(|f| f.level == level).count();
+    let (failed, warned) = (count(Level::Fail), count(Level::Warn));
+    if failed == 0 {
+        println!("ready: {warned} warning(s)");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("not ready: {failed} problem(s), {warned} warning(s)");
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn ip_json<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Result<T> {
+    let output = Command::new("ip")
+        .arg("-j")
+        .args(args)
+        .output()
+        .context("running `ip` (install iproute2)")?;
+    if !output.status.success() {
+        bail!(
+            "`ip -j {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("unexpected output from `ip -j {}`", args.join(" ")))
+}
+
+fn vip_on_lo(links: &[Link], vip: IpAddr) -> Finding {
+    let on_lo = links
+        .iter()
+        .filter(|l| l.link_type.as_deref() == Some("loopback"))
+        .flat_map(|l| &l.addr_info)
+        .any(|a| a.local.as_deref().and_then(|t| t.parse().ok()) == Some(vip));
+    if on_lo {
+        return Finding::ok(format!(
+            "VIP {vip} is on lo: the stack accepts packets for it"
+        ));
+    }
+    let (family, len) = if vip.is_ipv4() {
+        ("", 32)
+    } else {
+        ("-6 ", 128)
+    };
+    Finding::problem(
+        Level::Fail,
+        format!("VIP {vip} is not on lo: the stack drops packets addressed to it"),
+        format!("ip {family}addr add {vip}/{len} dev lo"),
+    )
+}
+
+fn sysctl(path: &str) -> Result<i64> {
+    let text = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{path}"))
+        .with_context(|| format!("reading net.ipv4.conf.{}", path.replace('/', ".")))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("net.ipv4.conf.{} is {text:?}", path.replace('/', ".")))
+}
+
+/// The value the kernel uses on `dev` for settings it takes the larger of
+/// (all, dev) for: arp_ignore, arp_announce, rp_filter.
+fn effective(dev: &str, key: &str) -> Result<i64> {
+    Ok(sysctl(&format!("all/{key}"))?.max(sysctl(&format!("{dev}/{key}"))?))
+}
+
+fn arp_checks(interfaces: &[&Link]) -> Result<Vec<Finding>> {
+    let mut findings = Vec::new();
+    for (key, wanted, why) in [
+        (
+            "arp_ignore",
+            1,
+            "answers ARP for the VIP, so the router may send VIP traffic here instead of to the load balancer",
+        ),
+        (
+            "arp_announce",
+            2,
+            "may announce the VIP as the source of its own ARP requests, teaching neighbours that the VIP lives here",
+        ),
+    ] {
+        let wrong: Vec<String> = interfaces
+            .iter()
+            .map(|l| Ok((l.ifname.clone(), effective(&l.ifname, key)?)))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|(_, value)| *value < wanted)
+            .map(|(dev, value)| format!("{dev} ({value})"))
+            .collect();
+        findings.push(if wrong.is_empty() {
+            Finding::ok(format!("{key} is at least {wanted} on every interface"))
+        } else {
+            Finding::problem(
+                Level::Fail,
+                format!("{key} is below {wanted} on {}: this host {why}", wrong.join(", ")),
+                format!("sysctl -w net.ipv4.conf.all.{key}={wanted}"),
+            )
+        });
+    }
+    Ok(findings)
+}
+
+fn rp_filter_checks(interfaces: &[&Link]) -> Result<Vec<Finding>> {
+    let strict: Vec<String> = interfaces
+        .iter()
+        .map(|l| Ok((l.ifname.clone(), effective(&l.ifname, "rp_filter")?)))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|(_, value)| *value == 1)
+        .map(|(dev, _)| dev)
+        .collect();
+    Ok(vec![if strict.is_empty() {
+        Finding::ok("rp_filter is loose (2) or off (0): client packets are not dropped for arriving on an unexpected interface".into())
+    } else {
+        Finding::problem(
+            Level::Fail,
+            format!(
+                "rp_filter is strict (1) on {}: client packets that arrive where the route back does not leave (always for a kernel tunnel device) are dropped",
+                strict.join(", ")
+            ),
+            "sysctl -w net.ipv4.conf.all.rp_filter=2".into(),
+        )
+    }])
+}
+
+fn decapsulation(links: &[Link], vip: IpAddr, default_route: Option<&Route>) -> Finding {
+    let decap_on: Vec<&str> = links
+        .iter()
+        .filter(|l| {
+            l.xdp
+                .as_ref()
+                .and_then(|x| x.prog.as_ref())
+                .and_then(|p| p.name.as_deref())
+                == Some("pnlb_decap")
+        })
+        .map(|l| l.ifname.as_str())
+        .collect();
+    if !decap_on.is_empty() {
+        return Finding::ok(format!("pnlb decap is attached on {}", decap_on.join(", ")));
+    }
+    let kind = if vip.is_ipv4() { "ipip" } else { "ip6tnl" };
+    let kernel: Vec<&str> = links
+        .iter()
+        .filter(|l| l.linkinfo.as_ref().and_then(|i| i.info_kind.as_deref()) == Some(kind))
+        .filter(|l| l.flags.iter().any(|f| f == "UP"))
+        .map(|l| l.ifname.as_str())
+        .collect();
+    if !kernel.is_empty() {
+        return Finding::ok(format!(
+            "kernel {kind} device {} is up (for encap = \"gue\" also `ip fou add port 6080 gue`)",
+            kernel.join(", ")
+        ));
+    }
+    // Tunnel packets come in where the route to the load balancer goes out.
+    let interface = default_route.and_then(|r| r.dev.as_deref()).unwrap_or("IF");
+    Finding::problem(
+        Level::Fail,
+        "nothing decapsulates tunnel packets: no pnlb decap attached and no kernel tunnel device up".into(),
+        format!(
+            "pnlb decap --interface {interface}   (or, where the kernel has ipip/fou: modprobe ipip && ip link set tunl0 up)"
+        ),
+    )
+}
+
+/// Clients send segments as large as this server's MSS allows; wrapped in a
+/// tunnel they no longer fit the link, and each new connection's first
+/// full-size packet costs an ICMP round trip through the LB. Lowering the
+/// advertised MSS by the tunnel's overhead avoids that.
+fn mtu_headroom(links: &[Link], family: &str, default_route: Option<&Route>) -> Finding {
+    let Some(route) = default_route else {
+        return Finding::problem(
+            Level::Warn,
+            "no default route: cannot tell which link answers clients".into(),
+            format!("ip {family} route add default via ROUTER"),
+        );
+    };
+    let dev = route.dev.clone().unwrap_or_default();
+    let mtu = links
+        .iter()
+        .find(|l| l.ifname == dev)
+        .and_then(|l| l.mtu)
+        .unwrap_or(1500);
+    // IP + TCP headers, and the larger (GUE) tunnel overhead.
+    let (headers, overhead) = if family == "-4" { (40, 28) } else { (60, 48) };
+    let fitting = mtu.saturating_sub(headers + overhead);
+    let advmss = route
+        .metrics
+        .iter()
+        .find_map(|m| m.get("advmss").and_then(|v| v.as_u64()));
+    if let Some(mss) = advmss.filter(|&mss| mss <= u64::from(fitting)) {
+        return Finding::ok(format!(
+            "advertised MSS {mss} leaves room for the tunnel on {dev} (MTU {mtu})"
+        ));
+    }
+    let via = route
+        .gateway
+        .as_deref()
+        .map(|g| format!("via {g} "))
+        .unwrap_or_default();
+    Finding::problem(
+        Level::Warn,
+        format!(
+            "MSS {} on {dev} (MTU {mtu}) leaves no room for the tunnel: the first full-size packet of each connection is answered with ICMP too-big by the load balancer and resent smaller",
+            advmss.map_or_else(|| format!("{} (from the MTU)", mtu.saturating_sub(headers)), |m| m.to_string())
+        ),
+        format!("ip {family} route change default {via}dev {dev} advmss {fitting}"),
+    )
+}
