@@ -1,5 +1,5 @@
 //! `pnlb lab demo`: builds the lab and, for each forwarding method (dr,
-//! snat, nat), runs `pnlb run` on the LB, sends real HTTP requests with
+//! tun, snat, nat), runs `pnlb run` on the LB, sends real HTTP requests with
 //! curl from the client, shows which server answered and which client
 //! address it saw, where the replies went, and the data plane's counters.
 
@@ -15,30 +15,41 @@ struct Act {
     method: &'static str,
     title: &'static str,
     servers_route_via: Gateway,
+    /// Run `pnlb decap` on the servers for this act.
+    decap: bool,
 }
 
-const ACTS: [Act; 3] = [
+const ACTS: [Act; 4] = [
     Act {
         method: "dr",
         title: "Direct Routing: the LB rewrites MACs only; servers hold the VIP on lo and answer the client directly",
         servers_route_via: Gateway::Router,
+        decap: false,
+    },
+    Act {
+        method: "tun",
+        title: "Tunneling: the LB wraps packets in IPIP to the server, `pnlb decap` unwraps them there; servers answer the client directly",
+        servers_route_via: Gateway::Router,
+        decap: true,
     },
     Act {
         method: "snat",
         title: "SNAT (full NAT): the LB rewrites source and destination; servers need nothing, but see the LB's address",
         servers_route_via: Gateway::Router,
+        decap: false,
     },
     Act {
         method: "nat",
         title: "NAT: the LB rewrites the destination; servers see the client and route replies back via the LB",
         servers_route_via: Gateway::Lb,
+        decap: false,
     },
 ];
 
 pub fn demo() -> Result<()> {
     let binary = std::env::current_exe().context("locating the pnlb binary")?;
     let binary = binary.display().to_string();
-    println!("== pnlb demo: one VIP pair ({VIP4}:80, [{VIP6}]:80), 3 nginx servers, Maglev, three methods ==");
+    println!("== pnlb demo: one VIP pair ({VIP4}:80, [{VIP6}]:80), 3 nginx servers, Maglev, four methods ==");
     println!("building the lab: client -> router -> [switch] -> LB + 3 nginx servers (network namespaces)");
     let lab = Lab::up(&LabSpec {
         prefix: Some(format!("pnlbdemo{}", std::process::id())),
@@ -51,10 +62,24 @@ pub fn demo() -> Result<()> {
         let config_path = lab.dir.join(format!("pnlb-{}.toml", act.method));
         std::fs::write(&config_path, lab.config(act.method, 80, &everyone))
             .context("writing the demo config")?;
+        let decaps = if act.decap {
+            (0..lab.servers.len())
+                .map(|i| lab.start_decap(&binary, i))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
         let daemon = lab.start_pnlb(&binary, &config_path)?;
         requests(&lab)?;
         download(&lab, act.method)?;
         let (_, output) = daemon.stop(Duration::from_secs(5));
+        for (server, decap) in lab.servers.iter().zip(decaps) {
+            let (_, lines) = decap.stop(Duration::from_secs(5));
+            if let Some(line) = lines.iter().find(|l| l.contains("detached from")) {
+                let counts = line.split(": ").last().unwrap_or(line);
+                println!("  pnlb decap on {}: {counts}", server.name);
+            }
+        }
         println!("  counters read from the XDP data plane when `pnlb run` stopped:");
         for line in output.iter().skip_while(|line| !line.starts_with("Prot ")) {
             println!("    {line}");
@@ -92,7 +117,7 @@ fn download(lab: &Lab, method: &str) -> Result<()> {
     let url = format!("http://{VIP4}/blob");
     let size = lab.client_download(&url, 10)?;
     let received = lab.rx_bytes(&lab.lb, LB_INTERFACE)? - before;
-    let path = if method == "dr" {
+    let path = if matches!(method, "dr" | "tun") {
         "the replies went from the server straight to the client"
     } else {
         "the replies came back through the LB, which translated them"
