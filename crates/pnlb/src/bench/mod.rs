@@ -38,11 +38,12 @@ pub struct BenchArgs {
 }
 
 /// The kernel baseline first (each setup also gets a fresh client address).
-const SETUPS: [Setup; 7] = [
+const SETUPS: [Setup; 8] = [
     Setup::Nftables,
     Setup::Direct,
     Setup::Haproxy,
     Setup::Pnlb("dr"),
+    Setup::Pnlb("tun"),
     Setup::Pnlb("nat"),
     Setup::Pnlb("snat"),
     Setup::Ceiling,

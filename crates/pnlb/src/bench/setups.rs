@@ -57,6 +57,7 @@ impl Setup {
             process: None,
             undo: Vec::new(),
             ceiling: None,
+            decaps: Vec::new(),
         };
         match self {
             Setup::Direct => {}
@@ -101,6 +102,11 @@ impl Setup {
             }
             Setup::Ceiling => running.ceiling = Some(start_ceiling(lab)?),
             Setup::Pnlb(method) => {
+                if method == "tun" {
+                    for i in 0..lab.servers.len() {
+                        running.decaps.push(lab.start_decap(pnlb_binary, i)?);
+                    }
+                }
                 let config = lab.dir.join(format!("bench-{method}.toml"));
                 std::fs::write(&config, pnlb_config(lab, method))
                     .context("writing the pnlb config")?;
@@ -118,6 +124,8 @@ pub struct Running {
     undo: Vec<Vec<String>>,
     /// The ceiling program's keeper thread: told to stop, it detaches.
     ceiling: Option<(std::sync::mpsc::Sender<()>, CeilingKeeper)>,
+    /// tun: `pnlb decap` on every server.
+    decaps: Vec<LabProcess>,
 }
 
 /// Loads and attaches the ceiling on the LB's interface, from a thread
@@ -171,6 +179,9 @@ impl Drop for Running {
         }
         if let Some(process) = self.process.take() {
             process.stop(std::time::Duration::from_secs(5));
+        }
+        for decap in self.decaps.drain(..) {
+            decap.stop(std::time::Duration::from_secs(5));
         }
         for command in &self.undo {
             let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
