@@ -174,8 +174,13 @@ static __always_inline int pnlb_encap(struct xdp_md *ctx, const struct pnlb_pack
 {
 	__u32 overhead = pnlb_encap_overhead(backend, pkt->ipv6);
 	__u32 inner_len = pkt->len - sizeof(struct ethhdr);
-	__u32 hash = pnlb_flow_hash(&pkt->flow, PNLB_HASH_5TUPLE);
+	__u32 hash = 0;
 	__u8 tos = 0;
+
+	/* Entropy goes where there is a field for it: the GUE source port,
+	 * the IPv6 flow label. IPIP over IPv4 has none; skip the hash. */
+	if (backend->encap == PNLB_ENCAP_GUE || pkt->ipv6)
+		hash = pnlb_flow_hash(&pkt->flow, PNLB_HASH_5TUPLE);
 
 	if (!pkt->ipv6) {
 		void *data = (void *)(long)ctx->data;

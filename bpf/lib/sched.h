@@ -222,15 +222,23 @@ static __always_inline int pnlb_schedule_chbl(const struct pnlb_service *svc, vo
 	return pnlb_schedule_least(svc, table, backend_id);
 }
 
-/* Returns 0 and sets *backend_id, or the drop reason. */
-static __always_inline int pnlb_schedule(const struct pnlb_service *svc,
-					 const struct pnlb_flow_key *flow,
-					 __u32 *backend_id)
+/*
+ * Returns 0 and sets *backend_id, or the drop reason. A global function:
+ * the verifier checks its many paths once, not once for every parsing
+ * path that reaches it (the program stays well inside the 1M-instruction
+ * verification budget).
+ */
+__attribute__((noinline)) int pnlb_schedule(const struct pnlb_service *svc,
+					    const struct pnlb_flow_key *flow, __u32 *backend_id)
 {
-	__u32 service_id = svc->id;
-	void *table = bpf_map_lookup_elem(&pnlb_tables, &service_id);
+	__u32 service_id;
+	void *table;
 	__u32 slot;
 
+	if (!svc || !flow || !backend_id)
+		return PNLB_DROP_NO_BACKEND;
+	service_id = svc->id;
+	table = bpf_map_lookup_elem(&pnlb_tables, &service_id);
 	if (!table || svc->table_len == 0 || svc->table_len > PNLB_TABLE_SIZE)
 		return PNLB_DROP_NO_BACKEND;
 

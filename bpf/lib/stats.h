@@ -31,9 +31,14 @@ static __always_inline void pnlb_service_count(__u32 service_id, enum pnlb_reaso
 {
 	struct pnlb_service_stats *stats =
 		bpf_map_lookup_elem(&pnlb_service_stats, &service_id);
+	__u32 index = reason;
 
-	if (stats && reason < PNLB_REASON_MAX)
-		stats->drops[reason] += 1;
+	/* A reason returned by a global function is no known constant to the
+	 * verifier: the bound check must be on the very register used as the
+	 * index, which clang would otherwise recompute after the check. */
+	barrier_var(index);
+	if (stats && index < PNLB_REASON_MAX)
+		stats->drops[index] += 1;
 	pnlb_count_reason(reason);
 }
 

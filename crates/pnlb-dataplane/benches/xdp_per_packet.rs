@@ -65,6 +65,21 @@ scheduler = "wlc"
 address = "10.77.1.41"
 [[service.backend]]
 address = "10.77.1.42"
+[[service]]
+name = "tun"
+vip = "10.77.100.5"
+port = 80
+method = "tun"
+[[service.backend]]
+address = "10.77.1.51"
+[[service]]
+name = "tun-gue"
+vip = "10.77.100.6"
+port = 80
+method = "tun"
+encap = "gue"
+[[service.backend]]
+address = "10.77.1.61"
 "#;
 
 fn tcp(dst: &str, syn: bool) -> Vec<u8> {
@@ -98,6 +113,8 @@ fn main() {
         ("nat, established flow", tcp("10.77.100.2", false)),
         ("snat, established flow", tcp("10.77.100.3", false)),
         ("dr + wlc, established flow", tcp("10.77.100.4", false)),
+        ("tun ipip, established flow", tcp("10.77.100.5", false)),
+        ("tun gue, established flow", tcp("10.77.100.6", false)),
     ];
     for (name, packet) in cases {
         let mut out = vec![0u8; packet.len() + 64];
