@@ -4,9 +4,12 @@
 //!
 //! Identity: a service is its name, a backend is (service, address, port).
 //! Both keep their map slots across applies, so established flows keep
-//! their backend; a freed backend slot is reused only with a new
-//! generation, so flows pinned to the old occupant are rescheduled rather
-//! than following a stranger.
+//! their backend. A removed backend leaves the scheduling table at once but
+//! keeps its slot while it still has connections (IPVS keeps such a real
+//! server in its "trash" the same way): removing a backend resets nothing.
+//! Its slot is freed once its connections have ended ([`Programmer::reap`]),
+//! and reused only with a new generation, so flows pinned to the old
+//! occupant are rescheduled rather than following a stranger.
 //!
 //! Order of writes: backends, then tables, then services, then VIPs when
 //! adding; the reverse when removing. A packet therefore never finds a
@@ -50,6 +53,10 @@ struct ServiceSlot {
     vip: IpAddr,
     value: abi::Service,
     backends: HashMap<(IpAddr, u16), BackendSlot>,
+    /// Removed from the config, kept while established flows use them.
+    retiring: HashMap<(IpAddr, u16), BackendSlot>,
+    /// How many times a new scheduling table was published.
+    table_version: u64,
     table: Vec<u32>,
     /// chbl: how many backend ids precede the Maglev part of `table`.
     list_len: u16,
@@ -156,7 +163,7 @@ impl Programmer {
             .map_err(map_err("pnlb_services"))?;
         self.sync_address_sets(dataplane)?;
         delete_table(dataplane, slot.id)?;
-        for backend in slot.backends.values() {
+        for backend in slot.backends.values().chain(slot.retiring.values()) {
             clear_backend(dataplane, backend.id)?;
             self.backend_ids.give_back(backend.id);
         }
@@ -195,6 +202,8 @@ impl Programmer {
                     vip: config.vip,
                     value: abi::Service::default(),
                     backends: HashMap::new(),
+                    retiring: HashMap::new(),
+                    table_version: 0,
                     table: Vec::new(),
                     list_len: 0,
                     snat: None,
@@ -239,16 +248,22 @@ impl Programmer {
             .collect();
         for key in removed {
             if let Some(backend) = slot.backends.remove(&key) {
-                clear_backend(dataplane, backend.id)?;
-                backend_ids.give_back(backend.id);
+                let (active, inactive) = dataplane.backend_load(backend.id).unwrap_or((0, 0));
                 report.changes.push(format!(
-                    "service {}: backend {}:{} removed",
-                    config.name, key.0, key.1
+                    "service {}: backend {} removed; its {} connection(s) continue until they end",
+                    config.name,
+                    std::net::SocketAddr::new(key.0, key.1),
+                    active + inactive
                 ));
+                slot.retiring.insert(key, backend);
             }
         }
         for backend in &config.backends {
-            let entry = match slot.backends.entry((backend.address, backend.port)) {
+            let key = (backend.address, backend.port);
+            if let Some(returning) = slot.retiring.remove(&key) {
+                slot.backends.insert(key, returning);
+            }
+            let entry = match slot.backends.entry(key) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
                     let id = backend_ids
@@ -366,6 +381,7 @@ impl Programmer {
         if table != slot.table {
             publish_table(dataplane, slot.id, &table)?;
             slot.table = table;
+            slot.table_version += 1;
         }
         slot.list_len = list_len;
 
@@ -451,6 +467,72 @@ impl Programmer {
         Ok(())
     }
 
+    /// Frees the slots of removed backends whose connections have all
+    /// ended; returns what it freed, for the log.
+    pub fn reap(&mut self, dataplane: &Dataplane) -> Result<Vec<String>, DataplaneError> {
+        let mut freed = Vec::new();
+        for (name, slot) in &mut self.services {
+            let done: Vec<(IpAddr, u16)> = slot
+                .retiring
+                .iter()
+                .filter(|(_, b)| dataplane.backend_load(b.id).is_ok_and(|l| l == (0, 0)))
+                .map(|(key, _)| *key)
+                .collect();
+            for key in done {
+                if let Some(backend) = slot.retiring.remove(&key) {
+                    clear_backend(dataplane, backend.id)?;
+                    self.backend_ids.give_back(backend.id);
+                    freed.push(format!(
+                        "service {name}: removed backend {} has no connections left; slot freed",
+                        std::net::SocketAddr::new(key.0, key.1)
+                    ));
+                }
+            }
+        }
+        if !freed.is_empty() {
+            self.sync_address_sets(dataplane)?;
+        }
+        Ok(freed)
+    }
+
+    /// Removed backends still carrying flows: (service, address, port, slot).
+    pub fn retiring(&self) -> Vec<(String, IpAddr, u16, u32)> {
+        self.services
+            .iter()
+            .flat_map(|(name, slot)| {
+                slot.retiring
+                    .iter()
+                    .map(move |(key, b)| (name.clone(), key.0, key.1, b.id))
+            })
+            .collect()
+    }
+
+    /// Zeroes the packet and byte counters of every service, backend and
+    /// reason (`ipvsadm -Z`); connection counts are state, not counters,
+    /// and stay.
+    pub fn zero_counters(&self, dataplane: &Dataplane) -> Result<(), DataplaneError> {
+        let maps = dataplane.maps();
+        for slot in self.services.values() {
+            zero_percpu::<ServiceStats>(&maps.pnlb_service_stats, slot.id, "pnlb_service_stats")?;
+            for backend in slot.backends.values().chain(slot.retiring.values()) {
+                zero_percpu::<BackendStats>(
+                    &maps.pnlb_backend_stats,
+                    backend.id,
+                    "pnlb_backend_stats",
+                )?;
+            }
+        }
+        for reason in 0..abi::REASON_COUNT as u32 {
+            zero_percpu::<u64>(&maps.pnlb_reason_stats, reason, "pnlb_reason_stats")?;
+        }
+        Ok(())
+    }
+
+    /// How many scheduling tables a service has published.
+    pub fn table_version(&self, service: &str) -> Option<u64> {
+        self.services.get(service).map(|s| s.table_version)
+    }
+
     /// Makes pnlb_vips hold exactly the configured VIPs, and
     /// pnlb_backend_addrs the backends whose replies need translating.
     fn sync_address_sets(&self, dataplane: &Dataplane) -> Result<(), DataplaneError> {
@@ -461,7 +543,8 @@ impl Programmer {
             .services
             .values()
             .filter(|slot| slot.translates)
-            .flat_map(|slot| slot.backends.keys().map(|(address, _)| *address));
+            .flat_map(|slot| slot.backends.keys().chain(slot.retiring.keys()))
+            .map(|(address, _)| *address);
         sync_address_set(&maps.pnlb_backend_addrs, "pnlb_backend_addrs", backends)
     }
 }

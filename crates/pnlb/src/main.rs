@@ -1,12 +1,16 @@
 //! pnlb: a Layer-4 load balancer with an XDP data plane.
 
+mod api;
 mod bench;
+mod ctl;
+mod dashboard;
 mod decap_cmd;
 mod demo;
 mod doctor;
 mod health;
 mod lab_cmd;
 mod log;
+mod metrics;
 mod run;
 mod summary;
 
@@ -45,6 +49,9 @@ enum Command {
     /// Check this host's prerequisites (as a real server for dr or tun) and
     /// print the command that fixes each problem; exits 1 when one is missing.
     Doctor(doctor::DoctorArgs),
+    /// Talk to a running `pnlb run` through its API (list, add, edit,
+    /// remove, drain, reload, zero), or import an ipvsadm/keepalived setup.
+    Ctl(ctl::CtlArgs),
     /// Benchmark pnlb against the kernel (nftables NAT) and HAProxy in the lab.
     Bench(bench::BenchArgs),
     /// The network-namespace lab (client, router, LB, real servers).
@@ -65,6 +72,7 @@ fn main() -> ExitCode {
         Command::Check { config } => run::check(&config),
         Command::Lab { command } => lab_cmd::lab(command),
         Command::Bench(args) => bench::bench(args),
+        Command::Ctl(args) => ctl::ctl(args),
         Command::Decap(args) => decap_cmd::decap(args),
     };
     match result {

@@ -1,23 +1,30 @@
 //! `pnlb run`: the daemon.
 //!
-//! One loop, ticking every 100 ms: signals (stop, reload), health reports,
-//! and the periodic jobs (next-hop refresh, connection expiry, SNAT
-//! exhaustion watch). What the data plane sees is always the config as
-//! health makes it (down backends at weight 0, slow start, fallback), and
-//! it is reprogrammed only when that differs from what was last applied.
+//! One loop, ticking every 100 ms: signals (stop, reload), API calls,
+//! health reports, and the periodic jobs (next-hop refresh, connection
+//! expiry, SNAT exhaustion watch, freeing removed backends). What the data
+//! plane sees is always the desired config as health and drains make it
+//! (down or drained backends at weight 0, slow start, fallback), and it is
+//! reprogrammed only when that differs from what was last applied.
+//!
+//! The desired config is a document (the file as read, then as edited
+//! through the API); every change is validated whole before it is adopted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pnlb_core::config::{self, Config, DownPolicy, XdpMode};
-use pnlb_core::health::Transition;
+use pnlb_core::config::{self, Config, Document, DownPolicy, XdpMode};
+use pnlb_core::health::{Health, Transition};
 use pnlb_dataplane::nexthop::{KernelResolver, Resolution, Resolver};
 use pnlb_dataplane::{ApplyReport, Dataplane, Programmer};
 
+use crate::api::edit::BackendSelector;
+use crate::api::model::{self, ApiError, Done};
+use crate::api::{ApiCall, Op, Reply};
 use crate::health::lifecycle::Lifecycle;
 use crate::health::monitor::{BackendKey, Monitor};
 use crate::log::{info, warning};
@@ -33,6 +40,8 @@ const REFRESH_EVERY: Duration = Duration::from_secs(30);
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Slow-start ramps are republished at most this often.
 const RAMP_EVERY: Duration = Duration::from_secs(1);
+/// The daemon loop's period (API calls are answered in between).
+const TICK: Duration = Duration::from_millis(100);
 
 pub fn check(path: &Path) -> Result<()> {
     let config = config::load(path)?;
@@ -47,9 +56,9 @@ pub fn check(path: &Path) -> Result<()> {
 pub fn run(path: &Path) -> Result<()> {
     // Everything that can be wrong with the file is found before anything
     // is loaded or attached.
-    let config = config::load(path)?;
-    if let Some(api) = config.daemon.api {
-        warning!("daemon.api = {api}: the API is not part of this version yet; not serving it");
+    let (document, config) = config::load_document(path)?;
+    if let Some(token) = &config.daemon.api_token_file {
+        crate::api::read_token(token)?;
     }
     for interface in &config.daemon.interfaces {
         pnlb_dataplane::loader::ifindex_of(interface)?;
@@ -63,7 +72,7 @@ pub fn run(path: &Path) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .context("installing signal handlers")?;
 
-    let mut daemon = Daemon::start(path, config)?;
+    let mut daemon = Daemon::start(path, document, config)?;
     // Program the maps first, attach second: the program never sees a
     // half-written configuration.
     let mut attachments = Vec::new();
@@ -86,14 +95,50 @@ pub fn run(path: &Path) -> Result<()> {
         daemon.config.daemon.interfaces.join(", ")
     );
     warn_without_forwarding(&daemon.config);
-
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-        if reload.swap(false, Ordering::Relaxed) {
-            daemon.reload();
-        }
-        daemon.tick();
+    let (calls, requests) = std::sync::mpsc::channel::<ApiCall>();
+    let api = crate::api::start(&daemon.config.daemon, calls)?;
+    if api.is_some() {
+        let mut places: Vec<String> = daemon
+            .config
+            .daemon
+            .api
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect();
+        places.extend(
+            daemon
+                .config
+                .daemon
+                .api_socket
+                .iter()
+                .map(|p| format!("unix:{}", p.display())),
+        );
+        let access = if daemon.config.daemon.api_token_file.is_some() {
+            "changes need the token"
+        } else {
+            "read-only: no api_token_file"
+        };
+        info!("API on {} ({access})", places.join(" and "));
     }
+
+    let mut last_tick = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let wait = TICK.saturating_sub(last_tick.elapsed());
+        if let Ok(call) = requests.recv_timeout(wait) {
+            let reply = daemon.serve(call.op);
+            let _ = call.reply.send(reply);
+        }
+        if reload.swap(false, Ordering::Relaxed) {
+            if let Err(err) = daemon.reload() {
+                warning!("reload rejected, keeping the running config: {}", err.error);
+            }
+        }
+        if last_tick.elapsed() >= TICK {
+            daemon.tick();
+            last_tick = Instant::now();
+        }
+    }
+    drop(api);
 
     info!(
         "stopping: detaching from {}",
@@ -109,7 +154,15 @@ pub fn run(path: &Path) -> Result<()> {
 
 struct Daemon {
     path: PathBuf,
+    /// The desired state as written: the file, then API edits.
+    document: Document,
     config: Config,
+    /// Backends drained through the API: weight 0 until undrained.
+    drained: BTreeSet<BackendKey>,
+    /// Bumped by every adopted change.
+    version: u64,
+    /// "file PATH" or "file PATH + API edits".
+    source: String,
     dataplane: Dataplane,
     programmer: Programmer,
     next_hops: NextHops,
@@ -124,7 +177,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(path: &Path, config: Config) -> Result<Self> {
+    fn start(path: &Path, document: Document, config: Config) -> Result<Self> {
         let dataplane = Dataplane::load(config.daemon.conn_table_size)?;
         let mut programmer = Programmer::new();
         let mut next_hops = NextHops::default();
@@ -134,6 +187,10 @@ impl Daemon {
         let now = Instant::now();
         Ok(Self {
             path: path.to_path_buf(),
+            document,
+            drained: BTreeSet::new(),
+            version: 1,
+            source: format!("file {}", path.display()),
             monitor: Monitor::start(&config),
             config,
             dataplane,
@@ -151,7 +208,7 @@ impl Daemon {
     fn tick(&mut self) {
         let resets = self.health_reports();
         let now = Instant::now();
-        let effective = self.lifecycle.effective(&self.config, now);
+        let effective = self.effective(now);
         let changed = effective != self.applied;
         if changed
             && (!resets.is_empty()
@@ -174,6 +231,10 @@ impl Daemon {
             }
             self.exhaustion
                 .check(&self.dataplane, &self.programmer, &self.config);
+            match self.programmer.reap(&self.dataplane) {
+                Ok(freed) => freed.iter().for_each(|line| info!("{line}")),
+                Err(err) => warning!("freeing removed backends: {err}"),
+            }
             self.last_sweep = Instant::now();
         }
     }
@@ -266,36 +327,324 @@ impl Daemon {
         }
     }
 
-    /// Applies a changed config file; an invalid one is rejected whole and
-    /// the running one stays.
-    fn reload(&mut self) {
-        let next = match config::load(&self.path) {
-            Ok(next) => next,
-            Err(err) => {
-                warning!("reload rejected, keeping the running config: {err}");
-                return;
+    /// What the data plane should see now: drained backends at weight 0,
+    /// then health and slow start.
+    fn effective(&self, now: Instant) -> Config {
+        let mut desired = self.config.clone();
+        for service in &mut desired.services {
+            for backend in &mut service.backends {
+                if self
+                    .drained
+                    .contains(&(service.name.clone(), backend.address, backend.port))
+                {
+                    backend.weight = 0;
+                }
             }
-        };
+        }
+        self.lifecycle.effective(&desired, now)
+    }
+
+    /// Applies a changed config file; an invalid one is rejected whole and
+    /// the running one stays. API edits made since are replaced by the file.
+    fn reload(&mut self) -> Result<Done, ApiError> {
+        let (document, next) = config::load_document(&self.path)
+            .map_err(|err| ApiError::new(422, err.to_string()).with_fix(err.fix.clone()))?;
         if next.daemon != self.config.daemon {
             warning!("reload: [daemon] changes (interfaces, xdp_mode, api, conn_table_size) need a restart; applying the rest");
         }
+        self.source = format!("file {}", self.path.display());
+        let done = self.adopt(document, next, format!("reloaded {}", self.path.display()));
+        Ok(done)
+    }
+
+    /// Makes `document` (already validated into `next`) the desired state.
+    fn adopt(&mut self, document: Document, next: Config, what: String) -> Done {
+        self.document = document;
         self.config = Config {
             daemon: self.config.daemon.clone(),
             timeouts: next.timeouts,
             services: next.services,
         };
         self.lifecycle.retain(&self.config);
+        let config = &self.config;
+        self.drained.retain(|(service, address, port)| {
+            config.services.iter().any(|s| {
+                &s.name == service
+                    && s.backends
+                        .iter()
+                        .any(|b| b.address == *address && b.port == *port)
+            })
+        });
         self.monitor = Monitor::start(&self.config);
-        let effective = self.lifecycle.effective(&self.config, Instant::now());
+        let effective = self.effective(Instant::now());
         self.next_hops.stale = true;
         self.apply(effective);
         self.last_refresh = Instant::now();
         warn_without_forwarding(&self.config);
+        self.version += 1;
         info!(
-            "reloaded {}: {} service(s)",
-            self.path.display(),
-            self.config.services.len()
+            "{what}: {} service(s), config version {}",
+            self.config.services.len(),
+            self.version
         );
+        Done {
+            done: what,
+            config_version: self.version,
+        }
+    }
+
+    /// Answers one API call.
+    fn serve(&mut self, op: Op) -> Reply {
+        let result = match op {
+            Op::Status => return Reply::Status(Box::new(self.status())),
+            Op::Document => {
+                return match serde_json::to_value(&self.document) {
+                    Ok(document) => Reply::Document(document),
+                    Err(err) => {
+                        Reply::Failed(ApiError::new(500, format!("encoding the config: {err}")))
+                    }
+                }
+            }
+            Op::Reload => self.reload(),
+            Op::Edit(edit) => self.edit(&edit),
+            Op::Drain {
+                service,
+                backend,
+                drained,
+            } => self.drain(&service, backend, drained),
+            Op::Zero => match self.programmer.zero_counters(&self.dataplane) {
+                Ok(()) => {
+                    info!("counters zeroed through the API");
+                    Ok(Done {
+                        done: "counters zeroed".into(),
+                        config_version: self.version,
+                    })
+                }
+                Err(err) => Err(ApiError::new(500, format!("zeroing counters: {err}"))),
+            },
+        };
+        match result {
+            Ok(done) => Reply::Done(done),
+            Err(err) => Reply::Failed(err),
+        }
+    }
+
+    fn edit(&mut self, edit: &crate::api::edit::Edit) -> Result<Done, ApiError> {
+        let mut document = self.document.clone();
+        let what = crate::api::edit::apply(&mut document, edit)?;
+        let next =
+            config::validate_document(Path::new("API request"), &document).map_err(|err| {
+                ApiError::new(422, format!("{}: {}", err.key, err.reason)).with_fix(err.fix.clone())
+            })?;
+        if next.daemon != self.config.daemon {
+            return Err(ApiError::new(422, "the API does not change [daemon]")
+                .with_fix("edit the file and restart pnlb run"));
+        }
+        self.source = format!("file {} + API edits", self.path.display());
+        Ok(self.adopt(document, next, format!("API: {what}")))
+    }
+
+    fn drain(
+        &mut self,
+        service: &str,
+        selector: BackendSelector,
+        drained: bool,
+    ) -> Result<Done, ApiError> {
+        let config = self
+            .config
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .ok_or_else(|| ApiError::new(404, format!("no service named {service:?}")))?;
+        let matches: Vec<BackendKey> = config
+            .backends
+            .iter()
+            .filter(|b| b.address == selector.address && selector.port.is_none_or(|p| p == b.port))
+            .map(|b| (service.to_string(), b.address, b.port))
+            .collect();
+        let key = match matches.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(ApiError::new(
+                    404,
+                    format!("service {service} has no backend {selector}"),
+                ))
+            }
+            _ => {
+                return Err(ApiError::new(
+                    409,
+                    format!("service {service} has several backends at {selector}"),
+                )
+                .with_fix("name the port too, e.g. 10.77.1.11:8080"))
+            }
+        };
+        let endpoint = endpoint(key.1, key.2);
+        let changed = if drained {
+            self.drained.insert(key)
+        } else {
+            self.drained.remove(&key)
+        };
+        let what = match (drained, changed) {
+            (true, true) => format!("service {service}: backend {endpoint} drained: no new flows, established ones continue"),
+            (false, true) => format!("service {service}: backend {endpoint} undrained"),
+            (true, false) => format!("service {service}: backend {endpoint} was already drained"),
+            (false, false) => format!("service {service}: backend {endpoint} was not drained"),
+        };
+        if changed {
+            let effective = self.effective(Instant::now());
+            self.apply(effective);
+            self.version += 1;
+            info!("API: {what}");
+        }
+        Ok(Done {
+            done: what,
+            config_version: self.version,
+        })
+    }
+
+    /// Everything the API shows, read now.
+    fn status(&self) -> model::Status {
+        let effective = &self.applied;
+        let mut services = Vec::new();
+        for service in &self.config.services {
+            let id = self.programmer.service_id(&service.name);
+            let counters = id
+                .and_then(|id| self.dataplane.service_counters(id).ok())
+                .unwrap_or_default();
+            let drops: BTreeMap<String, u64> = counters
+                .drops
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(reason, n)| (pnlb_dataplane::stats::reason_name(reason).to_string(), *n))
+                .collect();
+            let effective_service = effective.services.iter().find(|s| s.name == service.name);
+            let mut backends: Vec<model::BackendStatus> = service
+                .backends
+                .iter()
+                .map(|backend| {
+                    let key = (service.name.clone(), backend.address, backend.port);
+                    let id =
+                        self.programmer
+                            .backend_id(&service.name, backend.address, backend.port);
+                    let effective_weight = effective_service
+                        .and_then(|s| {
+                            s.backends
+                                .iter()
+                                .find(|b| b.address == backend.address && b.port == backend.port)
+                        })
+                        .map_or(0, |b| b.weight);
+                    let (health, transitions) = match (&backend.health, self.lifecycle.health(&key))
+                    {
+                        (None, _) => ("unchecked", 0),
+                        (Some(_), (Health::Down, n)) => ("down", n),
+                        (Some(_), (_, n)) => ("up", n),
+                    };
+                    self.backend_status(
+                        backend.address,
+                        backend.port,
+                        backend.weight,
+                        effective_weight,
+                        id,
+                        health,
+                        transitions,
+                        self.drained.contains(&key),
+                    )
+                })
+                .collect();
+            for (name, address, port, id) in self.programmer.retiring() {
+                if name == service.name {
+                    backends.push(self.backend_status(
+                        address,
+                        port,
+                        0,
+                        0,
+                        Some(id),
+                        "removed",
+                        0,
+                        false,
+                    ));
+                }
+            }
+            services.push(model::ServiceStatus {
+                name: service.name.clone(),
+                vip: service.vip,
+                port: service.port,
+                protocol: service.protocol.to_string(),
+                method: service.method.to_string(),
+                scheduler: service.scheduler.to_string(),
+                table_version: self.programmer.table_version(&service.name).unwrap_or(0),
+                counters: model::Counters {
+                    packets: counters.packets,
+                    bytes: counters.bytes,
+                    new_flows: counters.new_flows,
+                    reply_packets: counters.reply_packets,
+                    reply_bytes: counters.reply_bytes,
+                },
+                drops,
+                backends,
+            });
+        }
+        let reasons = self
+            .dataplane
+            .reason_counters()
+            .map(|totals| {
+                totals
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(reason, n)| (pnlb_dataplane::stats::reason_name(reason).to_string(), *n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        model::Status {
+            services,
+            connections: model::ConnectionTable {
+                entries: self.dataplane.connection_count() as u64,
+                capacity: u64::from(self.config.daemon.conn_table_size),
+            },
+            reasons,
+            config_version: self.version,
+            config_source: self.source.clone(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backend_status(
+        &self,
+        address: std::net::IpAddr,
+        port: u16,
+        weight: u32,
+        effective_weight: u32,
+        id: Option<u32>,
+        health: &str,
+        health_transitions: u64,
+        drained: bool,
+    ) -> model::BackendStatus {
+        let counters = id
+            .and_then(|id| self.dataplane.backend_counters(id).ok())
+            .unwrap_or_default();
+        let (active_conns, inactive_conns) = id
+            .and_then(|id| self.dataplane.backend_load(id).ok())
+            .unwrap_or((0, 0));
+        model::BackendStatus {
+            address,
+            port,
+            weight,
+            effective_weight,
+            drained,
+            health: health.to_string(),
+            health_transitions,
+            active_conns,
+            inactive_conns,
+            counters: model::Counters {
+                packets: counters.packets,
+                bytes: counters.bytes,
+                new_flows: counters.new_flows,
+                reply_packets: counters.reply_packets,
+                reply_bytes: counters.reply_bytes,
+            },
+        }
     }
 }
 

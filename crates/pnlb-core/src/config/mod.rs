@@ -29,6 +29,11 @@ pub struct Daemon {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub api: Option<SocketAddr>,
+    /// The API on a unix socket too (for `pnlb ctl` on the same host).
+    pub api_socket: Option<PathBuf>,
+    /// Bearer token for mutations (and for reads from other hosts); none =
+    /// the API is read-only.
+    pub api_token_file: Option<PathBuf>,
     /// Entries in the connection table (an LRU: the oldest go first when full).
     pub conn_table_size: u32,
 }
@@ -309,6 +314,39 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     Validator { file: path }.config(raw)
 }
 
+/// The config as written, key by key: what the API edits before the
+/// result is validated whole, exactly as a file would be.
+pub type Document = toml::Table;
+
+/// Reads a config file as both its document and its validated config.
+pub fn load_document(path: &Path) -> Result<(Document, Config), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+        file: path.to_path_buf(),
+        key: "(file)".into(),
+        reason: format!("cannot read the file: {err}"),
+        fix: "check the path given to --config".into(),
+    })?;
+    // Validating the text (not the document) keeps line numbers in errors.
+    let config = parse(path, &text)?;
+    let document = text
+        .parse::<Document>()
+        .map_err(|err| syntax_error(path, &text, &err))?;
+    Ok((document, config))
+}
+
+/// Validates an edited document; `origin` names it in error messages.
+pub fn validate_document(origin: &Path, document: &Document) -> Result<Config, ConfigError> {
+    let raw = RawConfig::deserialize(toml::Value::Table(document.clone())).map_err(|err| {
+        ConfigError {
+            file: origin.to_path_buf(),
+            key: "(document)".into(),
+            reason: err.message().trim().replace('\n', " "),
+            fix: "see docs/config.md for the keys and their types".into(),
+        }
+    })?;
+    Validator { file: origin }.config(raw)
+}
+
 fn syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
     let location = err
         .span()
@@ -343,6 +381,8 @@ struct RawDaemon {
     interfaces: Vec<String>,
     xdp_mode: Option<String>,
     api: Option<String>,
+    api_socket: Option<String>,
+    api_token_file: Option<String>,
     conn_table_size: Option<i64>,
 }
 
@@ -531,6 +571,33 @@ impl Validator<'_> {
                 )
             })?),
         };
+        let absolute = |key: &str, text: Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+            match text {
+                None => Ok(None),
+                Some(t) if t.starts_with('/') && !t.ends_with('/') => Ok(Some(PathBuf::from(t))),
+                Some(t) => Err(self.error(
+                    format!("daemon.{key}"),
+                    format!("{t:?} is not an absolute file path"),
+                    format!(
+                        "write it like \"/run/pnlb/{}\"",
+                        if key == "api_socket" {
+                            "api.sock"
+                        } else {
+                            "api.token"
+                        }
+                    ),
+                )),
+            }
+        };
+        let api_socket = absolute("api_socket", raw.api_socket)?;
+        let api_token_file = absolute("api_token_file", raw.api_token_file)?;
+        if api.is_none() && api_socket.is_none() && api_token_file.is_some() {
+            return Err(self.error(
+                "daemon.api_token_file",
+                "there is no API to protect",
+                "set daemon.api (e.g. \"127.0.0.1:9180\") or daemon.api_socket, or remove api_token_file",
+            ));
+        }
         let conn_table_size = match raw.conn_table_size {
             None => DEFAULT_CONN_TABLE_SIZE,
             Some(n) if (1024..=16_777_216).contains(&n) => n as u32,
@@ -546,6 +613,8 @@ impl Validator<'_> {
             interfaces: raw.interfaces,
             xdp_mode,
             api,
+            api_socket,
+            api_token_file,
             conn_table_size,
         })
     }

@@ -82,6 +82,13 @@ impl Lifecycle {
         });
     }
 
+    /// A backend's health and how many times it has changed.
+    pub fn health(&self, key: &BackendKey) -> (Health, u64) {
+        self.backends.get(key).map_or((Health::Unknown, 0), |b| {
+            (b.tracker.state(), b.tracker.transitions)
+        })
+    }
+
     #[cfg(test)]
     pub fn state(&self, key: &BackendKey) -> Health {
         self.backends

@@ -1,0 +1,348 @@
+//! API changes as edits of the config document. Bodies use the config
+//! file's own keys (a service is a `[[service]]` table as JSON, with its
+//! `backend` list); after an edit the whole document is validated exactly
+//! as a file would be, so the API accepts nothing a file would not, and a
+//! rejected edit changes nothing.
+
+use std::net::{IpAddr, SocketAddr};
+
+use pnlb_core::config::Document;
+use serde_json::Value as Json;
+use toml::Value;
+
+use super::model::ApiError;
+
+/// Names one backend of a service: its address, and its port where the
+/// address alone is ambiguous.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSelector {
+    pub address: IpAddr,
+    pub port: Option<u16>,
+}
+
+impl BackendSelector {
+    /// `10.77.1.11`, `10.77.1.11:8080`, `fd77:1::11`, `[fd77:1::11]:80`.
+    pub fn parse(text: &str) -> Result<Self, ApiError> {
+        if let Ok(socket) = text.parse::<SocketAddr>() {
+            return Ok(Self {
+                address: socket.ip(),
+                port: Some(socket.port()),
+            });
+        }
+        let bare = text.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<IpAddr>()
+            .map(|address| Self {
+                address,
+                port: None,
+            })
+            .map_err(|_| {
+                ApiError::new(400, format!("{text:?} is not a backend address"))
+                    .with_fix("name the backend as 10.77.1.11, 10.77.1.11:8080 or [fd77:1::11]:80")
+            })
+    }
+}
+
+impl std::fmt::Display for BackendSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}", SocketAddr::new(self.address, port)),
+            None => write!(f, "{}", self.address),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Edit {
+    AddService(Json),
+    ReplaceService(String, Json),
+    RemoveService(String),
+    AddBackend(String, Json),
+    ReplaceBackend(String, BackendSelector, Json),
+    RemoveBackend(String, BackendSelector),
+}
+
+/// Applies `edit` to `document`; returns what it did, in words.
+pub fn apply(document: &mut Document, edit: &Edit) -> Result<String, ApiError> {
+    match edit {
+        Edit::AddService(body) => {
+            let table = table_from(body)?;
+            let name = table
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::new(400, "the service has no name").with_fix("add \"name\": \"web\"")
+                })?
+                .to_string();
+            if find_service(document, &name).is_some() {
+                return Err(ApiError::new(409, format!("service {name} exists"))
+                    .with_fix(format!("change it with PUT /api/v1/services/{name}")));
+            }
+            services_mut(document).push(Value::Table(table));
+            Ok(format!("service {name} added"))
+        }
+        Edit::ReplaceService(name, body) => {
+            let mut table = table_from(body)?;
+            match table.get("name").and_then(Value::as_str) {
+                Some(other) if other != name => {
+                    return Err(ApiError::new(
+                        400,
+                        format!("the body names service {other:?}, the path {name:?}"),
+                    )
+                    .with_fix("leave \"name\" out of the body, or make it match the path"))
+                }
+                _ => {
+                    table.insert("name".into(), Value::String(name.clone()));
+                }
+            }
+            let index = service_index(document, name)?;
+            services_mut(document)[index] = Value::Table(table);
+            Ok(format!("service {name} replaced"))
+        }
+        Edit::RemoveService(name) => {
+            let index = service_index(document, name)?;
+            services_mut(document).remove(index);
+            Ok(format!("service {name} removed"))
+        }
+        Edit::AddBackend(name, body) => {
+            let table = table_from(body)?;
+            let index = service_index(document, name)?;
+            let address = table
+                .get("address")
+                .and_then(Value::as_str)
+                .and_then(|a| a.parse::<IpAddr>().ok());
+            if let Some(address) = address {
+                let port = table
+                    .get("port")
+                    .and_then(Value::as_integer)
+                    .and_then(|p| u16::try_from(p).ok());
+                let selector = BackendSelector { address, port };
+                if backend_index(document, index, &selector).is_ok() {
+                    return Err(ApiError::new(
+                        409,
+                        format!("service {name} already has backend {selector}"),
+                    )
+                    .with_fix("change it with PUT …/backends/ADDRESS"));
+                }
+            }
+            backends_mut(document, index).push(Value::Table(table));
+            Ok(format!("service {name}: backend added"))
+        }
+        Edit::ReplaceBackend(name, selector, body) => {
+            let table = table_from(body)?;
+            let service = service_index(document, name)?;
+            let backend = backend_index(document, service, selector)?;
+            backends_mut(document, service)[backend] = Value::Table(table);
+            Ok(format!("service {name}: backend {selector} replaced"))
+        }
+        Edit::RemoveBackend(name, selector) => {
+            let service = service_index(document, name)?;
+            let backend = backend_index(document, service, selector)?;
+            backends_mut(document, service).remove(backend);
+            Ok(format!("service {name}: backend {selector} removed"))
+        }
+    }
+}
+
+fn table_from(body: &Json) -> Result<toml::Table, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::new(400, "the body must be a JSON object")
+            .with_fix("send the same keys as a [[service]] / [[service.backend]] table of the config file"));
+    }
+    match Value::try_from(body) {
+        Ok(Value::Table(table)) => Ok(table),
+        Ok(_) => Err(ApiError::new(400, "the body must be a JSON object")),
+        Err(err) => Err(
+            ApiError::new(400, format!("the body cannot be a config table: {err}"))
+                .with_fix("leave out null values; use the config file's keys and types"),
+        ),
+    }
+}
+
+fn services(document: &Document) -> &[Value] {
+    document
+        .get("service")
+        .and_then(Value::as_array)
+        .map_or(&[], |a| a.as_slice())
+}
+
+fn services_mut(document: &mut Document) -> &mut Vec<Value> {
+    let entry = document
+        .entry("service")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !entry.is_array() {
+        *entry = Value::Array(Vec::new());
+    }
+    match entry {
+        Value::Array(list) => list,
+        _ => unreachable!("made an array above"),
+    }
+}
+
+fn find_service(document: &Document, name: &str) -> Option<usize> {
+    services(document)
+        .iter()
+        .position(|s| s.get("name").and_then(Value::as_str) == Some(name))
+}
+
+fn service_index(document: &Document, name: &str) -> Result<usize, ApiError> {
+    find_service(document, name).ok_or_else(|| {
+        ApiError::new(404, format!("no service named {name:?}"))
+            .with_fix("GET /api/v1/services lists them")
+    })
+}
+
+fn backends_mut(document: &mut Document, service: usize) -> &mut Vec<Value> {
+    let table = match &mut services_mut(document)[service] {
+        Value::Table(table) => table,
+        other => {
+            *other = Value::Table(toml::Table::new());
+            match other {
+                Value::Table(table) => table,
+                _ => unreachable!("made a table above"),
+            }
+        }
+    };
+    let entry = table
+        .entry("backend")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !entry.is_array() {
+        *entry = Value::Array(Vec::new());
+    }
+    match entry {
+        Value::Array(list) => list,
+        _ => unreachable!("made an array above"),
+    }
+}
+
+fn backend_index(
+    document: &Document,
+    service: usize,
+    selector: &BackendSelector,
+) -> Result<usize, ApiError> {
+    let table = &services(document)[service];
+    let service_port = table.get("port").and_then(Value::as_integer);
+    let name = table.get("name").and_then(Value::as_str).unwrap_or("?");
+    let backends = table
+        .get("backend")
+        .and_then(Value::as_array)
+        .map_or(&[][..], |a| a.as_slice());
+    let matches: Vec<usize> = backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| {
+            let address = b
+                .get("address")
+                .and_then(Value::as_str)
+                .and_then(|a| a.parse::<IpAddr>().ok());
+            let port = b.get("port").and_then(Value::as_integer).or(service_port);
+            address == Some(selector.address)
+                && selector
+                    .port
+                    .is_none_or(|wanted| port == Some(i64::from(wanted)))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(
+            ApiError::new(404, format!("service {name} has no backend {selector}"))
+                .with_fix(format!("GET /api/v1/services/{name} lists its backends")),
+        ),
+        _ => Err(ApiError::new(
+            409,
+            format!("service {name} has several backends at {selector}"),
+        )
+        .with_fix("name the port too, e.g. 10.77.1.11:8080")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const FILE: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "10.77.100.1"
+port = 80
+[[service.backend]]
+address = "10.77.1.11"
+[[service.backend]]
+address = "10.77.1.12"
+"#;
+
+    fn document() -> Document {
+        FILE.parse().unwrap()
+    }
+
+    fn valid(document: &Document) -> pnlb_core::config::Config {
+        pnlb_core::config::validate_document(Path::new("api"), document).unwrap()
+    }
+
+    #[test]
+    fn services_are_added_replaced_and_removed_by_name() {
+        let mut doc = document();
+        let body = serde_json::json!({
+            "name": "dns", "vip": "10.77.100.1", "port": 53, "protocol": "udp",
+            "backend": [{"address": "10.77.1.21"}]
+        });
+        apply(&mut doc, &Edit::AddService(body.clone())).unwrap();
+        assert_eq!(valid(&doc).services.len(), 2);
+        assert_eq!(
+            apply(&mut doc, &Edit::AddService(body)).unwrap_err().status,
+            409
+        );
+
+        let replaced = serde_json::json!({"vip": "10.77.100.2", "port": 53, "protocol": "udp"});
+        apply(&mut doc, &Edit::ReplaceService("dns".into(), replaced)).unwrap();
+        let config = valid(&doc);
+        assert_eq!(config.services[1].vip.to_string(), "10.77.100.2");
+        assert!(config.services[1].backends.is_empty());
+
+        apply(&mut doc, &Edit::RemoveService("dns".into())).unwrap();
+        assert_eq!(valid(&doc).services.len(), 1);
+        let err = apply(&mut doc, &Edit::RemoveService("dns".into())).unwrap_err();
+        assert_eq!(err.status, 404);
+    }
+
+    #[test]
+    fn backends_are_found_by_address_or_address_and_port() {
+        let mut doc = document();
+        let add = serde_json::json!({"address": "10.77.1.11", "port": 8080});
+        apply(&mut doc, &Edit::AddBackend("web".into(), add)).unwrap();
+        // The edit is the first step; validating the result is the second:
+        // dr cannot map ports, so this document would be refused whole.
+        assert!(pnlb_core::config::validate_document(Path::new("api"), &doc).is_err());
+        let ambiguous = BackendSelector::parse("10.77.1.11").unwrap();
+        let err = apply(&mut doc, &Edit::RemoveBackend("web".into(), ambiguous)).unwrap_err();
+        assert_eq!(err.status, 409, "{err:?}");
+        let exact = BackendSelector::parse("10.77.1.11:8080").unwrap();
+        apply(&mut doc, &Edit::RemoveBackend("web".into(), exact)).unwrap();
+        let one = BackendSelector::parse("10.77.1.12").unwrap();
+        let weight = serde_json::json!({"address": "10.77.1.12", "weight": 5});
+        apply(&mut doc, &Edit::ReplaceBackend("web".into(), one, weight)).unwrap();
+        assert_eq!(valid(&doc).services[0].backends[1].weight, 5);
+    }
+
+    #[test]
+    fn bodies_that_are_not_config_tables_are_refused() {
+        let mut doc = document();
+        for body in [
+            serde_json::json!([1, 2]),
+            serde_json::json!({"name": "x", "vip": null}),
+        ] {
+            let err = apply(&mut doc, &Edit::AddService(body)).unwrap_err();
+            assert_eq!(err.status, 400);
+        }
+        assert_eq!(doc, document(), "nothing changed");
+        assert!(BackendSelector::parse("not-an-address").is_err());
+        assert_eq!(
+            BackendSelector::parse("[fd77:1::11]:80").unwrap().port,
+            Some(80)
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! The REST/JSON API of `pnlb run` (design.md §5): on `daemon.api` (TCP)
+//! and, if set, `daemon.api_socket` (unix). One thread per listener parses
+//! and authorizes requests; everything that reads or changes state is
+//! handed to the daemon loop as an [`ApiCall`] and answered from there, so
+//! the data plane has one writer and a change is applied whole or not at
+//! all.
+//!
+//! Access: mutations need `Authorization: Bearer <token>` (the contents of
+//! `daemon.api_token_file`); without a token file the API is read-only
+//! (403). Reads are open on loopback and the unix socket, and need the
+//! token from anywhere else.
+
+pub mod edit;
+pub mod model;
+mod routes;
+
+use std::io::Read;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pnlb_core::config::Daemon as DaemonConfig;
+
+use self::edit::{BackendSelector, Edit};
+use self::model::{ApiError, Done, Status};
+use crate::log::warning;
+
+/// Largest request body accepted (a service with thousands of backends fits).
+const MAX_BODY: u64 = 1 << 20;
+/// How long a request waits for the daemon loop.
+const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the daemon loop is asked to do.
+#[derive(Debug)]
+pub enum Op {
+    Status,
+    /// The desired state as a document (the config file's keys, as JSON).
+    Document,
+    Edit(Edit),
+    Drain {
+        service: String,
+        backend: BackendSelector,
+        drained: bool,
+    },
+    Reload,
+    Zero,
+}
+
+#[derive(Debug)]
+pub enum Reply {
+    Status(Box<Status>),
+    Document(serde_json::Value),
+    Done(Done),
+    Failed(ApiError),
+}
+
+pub struct ApiCall {
+    pub op: Op,
+    pub reply: mpsc::Sender<Reply>,
+}
+
+/// The listeners; dropping it stops them.
+pub struct ApiServer {
+    servers: Vec<Arc<tiny_http::Server>>,
+    threads: Vec<JoinHandle<()>>,
+    socket: Option<std::path::PathBuf>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        for server in &self.servers {
+            server.unblock();
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        if let Some(path) = &self.socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Where a request came from, for the read-access rule.
+#[derive(Clone, Copy)]
+enum Origin {
+    Local,
+    Remote,
+}
+
+struct Access {
+    token: Option<String>,
+}
+
+impl Access {
+    fn check(
+        &self,
+        request: &tiny_http::Request,
+        mutation: bool,
+        origin: Origin,
+    ) -> Result<(), ApiError> {
+        let presented = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Authorization"))
+            .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(token) = &self.token else {
+            return match (mutation, origin) {
+                (false, Origin::Local) => Ok(()),
+                _ => Err(ApiError::new(
+                    403,
+                    "the API is read-only here: no daemon.api_token_file is configured",
+                )
+                .with_fix("set daemon.api_token_file to a file holding a token, and restart")),
+            };
+        };
+        if !mutation && matches!(origin, Origin::Local) {
+            return Ok(());
+        }
+        match presented {
+            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(ApiError::new(401, "wrong token").with_fix(
+                "send the token from daemon.api_token_file as `Authorization: Bearer <token>`",
+            )),
+            None => Err(
+                ApiError::new(401, "this request needs the API token").with_fix(
+                    "send `Authorization: Bearer <token>` (the contents of daemon.api_token_file)",
+                ),
+            ),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the token file: one line, surrounding whitespace ignored.
+pub fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("daemon.api_token_file {}: cannot read it", path.display()))?;
+    let token = text.trim().to_string();
+    if token.len() < 16 {
+        anyhow::bail!(
+            "daemon.api_token_file {}: the token is shorter than 16 characters; write a long random one, e.g. `openssl rand -hex 32 > {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// Starts the listeners the config asks for (none: returns Ok(None)).
+pub fn start(config: &DaemonConfig, calls: mpsc::Sender<ApiCall>) -> Result<Option<ApiServer>> {
+    if config.api.is_none() && config.api_socket.is_none() {
+        return Ok(None);
+    }
+    let token = config
+        .api_token_file
+        .as_deref()
+        .map(read_token)
+        .transpose()?;
+    let access = Arc::new(Access { token });
+    let mut server = ApiServer {
+        servers: Vec::new(),
+        threads: Vec::new(),
+        socket: None,
+    };
+    if let Some(address) = config.api {
+        let listener = tiny_http::Server::http(address).map_err(|err| {
+            anyhow::anyhow!("daemon.api {address}: cannot listen: {err}; pick a free address:port")
+        })?;
+        server.listen(Arc::new(listener), access.clone(), calls.clone(), true);
+    }
+    if let Some(path) = &config.api_socket {
+        // A socket left by a previous run would make the bind fail.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_socket()
+        }) {
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = tiny_http::Server::http_unix(path).map_err(|err| {
+            anyhow::anyhow!("daemon.api_socket {}: cannot listen: {err}", path.display())
+        })?;
+        server.socket = Some(path.clone());
+        server.listen(Arc::new(listener), access, calls, false);
+    }
+    Ok(Some(server))
+}
+
+impl ApiServer {
+    fn listen(
+        &mut self,
+        listener: Arc<tiny_http::Server>,
+        access: Arc<Access>,
+        calls: mpsc::Sender<ApiCall>,
+        tcp: bool,
+    ) {
+        self.servers.push(listener.clone());
+        self.threads.push(std::thread::spawn(move || {
+            for request in listener.incoming_requests() {
+                let origin = match (tcp, request.remote_addr()) {
+                    (false, _) => Origin::Local,
+                    (true, Some(addr)) if addr.ip().is_loopback() => Origin::Local,
+                    _ => Origin::Remote,
+                };
+                handle(request, &access, &calls, origin);
+            }
+        }));
+    }
+}
+
+/// Asks the daemon loop and waits for its answer.
+pub fn ask(calls: &mpsc::Sender<ApiCall>, op: Op) -> Reply {
+    let (reply, answer) = mpsc::channel();
+    if calls.send(ApiCall { op, reply }).is_err() {
+        return Reply::Failed(ApiError::new(503, "the daemon is shutting down"));
+    }
+    answer
+        .recv_timeout(DAEMON_TIMEOUT)
+        .unwrap_or_else(|_| Reply::Failed(ApiError::new(503, "the daemon did not answer in time")))
+}
+
+fn handle(
+    mut request: tiny_http::Request,
+    access: &Access,
+    calls: &mpsc::Sender<ApiCall>,
+    origin: Origin,
+) {
+    let method = request.method().clone();
+    let url = request.url().to_string();
+    let mut body = Vec::new();
+    let read = request
+        .as_reader()
+        .take(MAX_BODY + 1)
+        .read_to_end(&mut body);
+    let response = if read.is_err() {
+        routes::error(&ApiError::new(400, "cannot read the request body"))
+    } else if body.len() as u64 > MAX_BODY {
+        routes::error(&ApiError::new(413, "the request body is over 1 MiB"))
+    } else {
+        match routes::route(&method, &url) {
+            Err(err) => routes::error(&err),
+            Ok(route) => match access.check(&request, route.mutates(), origin) {
+                Err(err) => routes::error(&err),
+                Ok(()) => routes::serve(route, &body, calls),
+            },
+        }
+    };
+    if let Err(err) = request.respond(response) {
+        warning!("API: answering {method} {url}: {err}");
+    }
+}

@@ -1,0 +1,102 @@
+//! What the API says, as JSON: the running state of every service and
+//! backend. The server builds it (from the config, the health state and
+//! the data plane's counters); `pnlb ctl`, the dashboard and /metrics read it.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub services: Vec<ServiceStatus>,
+    pub connections: ConnectionTable,
+    /// Drops and passes by reason, every service together.
+    pub reasons: BTreeMap<String, u64>,
+    /// Bumped by every change the daemon applies (edit, reload, drain).
+    pub config_version: u64,
+    /// Where the desired state came from: the file, or edits through the API.
+    pub config_source: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionTable {
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    pub method: String,
+    pub scheduler: String,
+    /// How many scheduling tables the service has published.
+    pub table_version: u64,
+    pub counters: Counters,
+    pub drops: BTreeMap<String, u64>,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BackendStatus {
+    pub address: IpAddr,
+    pub port: u16,
+    /// As configured.
+    pub weight: u32,
+    /// What the scheduler uses now: 0 when down or drained, ramping in slow start.
+    pub effective_weight: u32,
+    pub drained: bool,
+    /// "up", "down" or "unchecked"; "removed" for a backend that left the
+    /// config and still carries established flows.
+    pub health: String,
+    pub health_transitions: u64,
+    pub active_conns: u64,
+    pub inactive_conns: u64,
+    pub counters: Counters,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Client -> backend.
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// Backend -> client, where replies cross the load balancer (nat, snat).
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+/// A failed request: what is wrong and, where there is one, the fix.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: u16,
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            error: error.into(),
+            fix: None,
+        }
+    }
+
+    pub fn with_fix(mut self, fix: impl Into<String>) -> Self {
+        self.fix = Some(fix.into());
+        self
+    }
+}
+
+/// What a successful change says.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Done {
+    pub done: String,
+    pub config_version: u64,
+}
