@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 pub use bulk::BULK_PORT;
 pub use echo::{EchoServer, ECHO_PORT};
-pub use netns::in_netns;
+pub use netns::{in_netns, spawn_in_netns};
 pub use process::LabProcess;
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 77, 100, 1);

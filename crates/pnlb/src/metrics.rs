@@ -38,6 +38,10 @@ fn family<M: EncodeMetric + TypedMetric>(
 ) -> Result<(), std::fmt::Error> {
     let mut metric = encoder.encode_descriptor(name, help, None, M::TYPE)?;
     for (labels, value) in rows {
+        if labels.is_empty() {
+            value.encode(metric)?;
+            break;
+        }
         value.encode(metric.encode_family(&labels)?)?;
     }
     Ok(())

@@ -1,0 +1,416 @@
+//! The management plane end to end: `pnlb ctl` and the REST API against a
+//! running `pnlb run` in the lab, changes applied under client load, bad
+//! requests refused whole, /metrics agreeing with the API.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod support;
+
+use pnlb_lab::{spawn_in_netns, Lab, LabSpec, ECHO_PORT, LB_INTERFACE, VIP4};
+use support::*;
+
+const TOKEN: &str = "lab-token-0123456789abcdef";
+
+/// A config with the API on, two services over s1 and s2.
+fn config(lab: &Lab, with_token: bool) -> String {
+    let token_file = lab.dir.join("api.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let mut text = format!(
+        "[daemon]\ninterfaces = [\"{LB_INTERFACE}\"]\napi = \"127.0.0.1:9180\"\napi_socket = \"{}\"\n",
+        lab.dir.join("api.sock").display()
+    );
+    if with_token {
+        text += &format!("api_token_file = \"{}\"\n", token_file.display());
+    }
+    for (name, port) in [("web", 80), ("echo", ECHO_PORT)] {
+        text += &format!(
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP4}\"\nport = {port}\nmethod = \"dr\"\nscheduler = \"maglev\"\n\
+             [[service.backend]]\naddress = \"10.77.1.11\"\n[[service.backend]]\naddress = \"10.77.1.12\"\n"
+        );
+    }
+    text
+}
+
+/// `pnlb ctl --config … ARGS` in the LB namespace: (success, stdout + stderr).
+fn ctl(lab: &Lab, config: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.lb, PNLB, "ctl", "--config"])
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run pnlb ctl");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn ctl_ok(lab: &Lab, config: &std::path::Path, args: &[&str]) -> String {
+    let (ok, text) = ctl(lab, config, args);
+    assert!(ok, "pnlb ctl {args:?}: {text}");
+    text
+}
+
+/// One HTTP request to the API from the LB namespace: (status, body).
+fn api(
+    lab: &Lab,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut args = vec![
+        "netns".to_string(),
+        "exec".into(),
+        lab.lb.clone(),
+        "curl".into(),
+        "-s".into(),
+        "-X".into(),
+        method.into(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+    ];
+    if let Some(token) = token {
+        args.extend(["-H".into(), format!("Authorization: Bearer {token}")]);
+    }
+    if let Some(body) = body {
+        args.extend([
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "--data-binary".into(),
+            body.into(),
+        ]);
+    }
+    args.push(format!("http://127.0.0.1:9180{path}"));
+    let out = std::process::Command::new("ip")
+        .args(&args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A long-lived echo connection through the VIP: greets with its server's
+/// name, then echoes 1 KiB chunks until told to stop. Returns (server,
+/// bytes echoed) or the first error.
+type Joined<T> = std::thread::JoinHandle<Result<T, pnlb_lab::LabError>>;
+
+fn echo_stream(lab: &Lab, stop: Arc<AtomicBool>) -> Joined<Result<(String, u64), String>> {
+    spawn_in_netns(&lab.client, move || {
+        let vip = SocketAddr::new(IpAddr::V4(VIP4), ECHO_PORT);
+        let mut stream =
+            TcpStream::connect_timeout(&vip, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
+        let mut greeting = [0u8; 3];
+        stream
+            .read_exact(&mut greeting)
+            .map_err(|e| format!("greeting: {e}"))?;
+        let server = String::from_utf8_lossy(&greeting[..2]).to_string();
+        let mut echoed = 0u64;
+        let mut chunk = vec![0u8; 1024];
+        let mut back = vec![0u8; 1024];
+        let mut n = 0u8;
+        while !stop.load(Ordering::Relaxed) {
+            n = n.wrapping_add(1);
+            chunk
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = n ^ i as u8);
+            stream
+                .write_all(&chunk)
+                .map_err(|e| format!("after {echoed} bytes: send: {e}"))?;
+            stream
+                .read_exact(&mut back)
+                .map_err(|e| format!("after {echoed} bytes: read: {e}"))?;
+            if back != chunk {
+                return Err(format!("after {echoed} bytes: the echo differs"));
+            }
+            echoed += 1024;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok((server, echoed))
+    })
+    .expect("client namespace")
+}
+
+#[test]
+fn ctl_changes_services_and_backends_under_load_without_failing_a_request_or_resetting_a_flow() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec {
+        echo: true,
+        ..LabSpec::default()
+    })
+    .expect("lab");
+    let path = write_config(&lab, &config(&lab, true));
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    wait_for_log(&daemon, "API on", Duration::from_secs(5));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = echo_stream(&lab, stop.clone());
+    let load_stop = stop.clone();
+    let load = spawn_in_netns(&lab.client, move || {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !load_stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match request(IpAddr::V4(VIP4)) {
+                Ok(_) => ok += 1,
+                Err(err) => failed.push(err),
+            }
+        }
+        (ok, failed)
+    })
+    .expect("client namespace");
+    std::thread::sleep(Duration::from_millis(500));
+
+    ctl_ok(&lab, &path, &["add-backend", "web", "10.77.1.13"]);
+    ctl_ok(&lab, &path, &["add-backend", "echo", "10.77.1.13"]);
+    for server in ["10.77.1.11", "10.77.1.12"] {
+        // Both echo backends go: the stream's among them, which must go on.
+        ctl_ok(&lab, &path, &["remove", "echo", server]);
+    }
+    let listed = ctl_ok(&lab, &path, &["list"]);
+    assert!(
+        listed.contains("removed"),
+        "the stream's backend is listed as removed while it has flows: {listed}"
+    );
+    ctl_ok(
+        &lab,
+        &path,
+        &[
+            "add-service",
+            "web8080",
+            "--vip",
+            "10.77.100.1",
+            "--port",
+            "8080",
+        ],
+    );
+    ctl_ok(&lab, &path, &["add-backend", "web8080", "10.77.1.11"]);
+    ctl_ok(&lab, &path, &["remove", "web", "10.77.1.11"]);
+    ctl_ok(
+        &lab,
+        &path,
+        &["edit", "web", "10.77.1.12", "--set", "weight=3"],
+    );
+    ctl_ok(&lab, &path, &["drain", "web", "10.77.1.12"]);
+    std::thread::sleep(Duration::from_millis(300));
+    ctl_ok(&lab, &path, &["undrain", "web", "10.77.1.12"]);
+    ctl_ok(&lab, &path, &["remove", "web8080"]);
+    let listed = ctl_ok(&lab, &path, &["list"]);
+    assert!(
+        listed.contains("10.77.1.12:80") && listed.contains("Route   3"),
+        "{listed}"
+    );
+    ctl_ok(&lab, &path, &["reload"]);
+    let listed = ctl_ok(&lab, &path, &["list"]);
+    assert!(
+        listed.contains("(file ") && !listed.contains("API edits"),
+        "reload goes back to the file: {listed}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap().unwrap();
+    let streamed = stream.join().unwrap().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the changes: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "only {ok} requests ran");
+    let (server, bytes) =
+        streamed.unwrap_or_else(|err| panic!("the long-lived stream broke: {err}"));
+    assert!(
+        bytes > 20 * 1024,
+        "the stream on {server} echoed {bytes} bytes"
+    );
+    let (status, _) = daemon.stop(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()));
+}
+
+#[test]
+fn bad_requests_are_refused_whole_and_mutations_need_the_token() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec::default()).expect("lab");
+    let path = write_config(&lab, &config(&lab, true));
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    wait_for_log(&daemon, "API on", Duration::from_secs(5));
+    let version = |lab: &Lab| -> u64 {
+        let (_, body) = api(lab, "GET", "/api/v1/status", None, None);
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        status["config_version"].as_u64().unwrap()
+    };
+    let before = version(&lab);
+
+    let backend = r#"{"address": "10.77.1.13"}"#;
+    // (method, route, token, body, expected status)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, u16);
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/api/v1/services/web/backends",
+            None,
+            Some(backend),
+            401,
+        ),
+        (
+            "POST",
+            "/api/v1/services/web/backends",
+            Some("wrong-token-0123456789"),
+            Some(backend),
+            401,
+        ),
+        (
+            "POST",
+            "/api/v1/services/web/backends",
+            Some(TOKEN),
+            Some("{not json"),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/services/web/backends",
+            Some(TOKEN),
+            Some(r#"{"address": "10.77.1.13", "weight": -1}"#),
+            422,
+        ),
+        (
+            "POST",
+            "/api/v1/services/web/backends",
+            Some(TOKEN),
+            Some(r#"{"address": "10.77.1.13", "colour": "red"}"#),
+            422,
+        ),
+        (
+            "POST",
+            "/api/v1/services",
+            Some(TOKEN),
+            Some(r#"{"name": "x", "vip": "10.77.100.1", "port": 80}"#),
+            422,
+        ),
+        (
+            "POST",
+            "/api/v1/services/nope/backends",
+            Some(TOKEN),
+            Some(backend),
+            404,
+        ),
+        (
+            "DELETE",
+            "/api/v1/services/web/backends/10.77.1.99",
+            Some(TOKEN),
+            None,
+            404,
+        ),
+        ("PATCH", "/api/v1/services/web", Some(TOKEN), None, 405),
+        ("GET", "/api/v1/nothing", None, None, 404),
+    ];
+    for (method, route, token, body, expected) in cases {
+        let (status, answer) = api(&lab, method, route, token, body);
+        assert_eq!(status, expected, "{method} {route} {body:?}: {answer}");
+        let error: serde_json::Value =
+            serde_json::from_str(&answer).unwrap_or_else(|_| panic!("JSON error body: {answer}"));
+        assert!(
+            error["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{answer}"
+        );
+    }
+    assert_eq!(version(&lab), before, "nothing was applied");
+
+    // An invalid file on reload is refused; the running config stays.
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, good.replace("port = 80", "port = 80000")).unwrap();
+    let (status, answer) = api(&lab, "POST", "/api/v1/reload", Some(TOKEN), None);
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.contains("port"), "{answer}");
+    assert_eq!(version(&lab), before);
+    assert!(spread(&lab, IpAddr::V4(VIP4), 10).values().sum::<usize>() == 10);
+
+    // A valid change works, with the token.
+    let (status, answer) = api(
+        &lab,
+        "POST",
+        "/api/v1/services/web/backends",
+        Some(TOKEN),
+        Some(backend),
+    );
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(version(&lab), before + 1);
+    daemon.stop(Duration::from_secs(10));
+}
+
+#[test]
+fn without_a_token_file_the_api_is_read_only_and_metrics_agree_with_it() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec::default()).expect("lab");
+    let path = write_config(&lab, &config(&lab, false));
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    wait_for_log(&daemon, "API on", Duration::from_secs(5));
+    let (status, answer) = api(&lab, "POST", "/api/v1/zero", Some(TOKEN), None);
+    assert_eq!(status, 403, "{answer}");
+    let (ok, text) = ctl(&lab, &path, &["drain", "web", "10.77.1.11"]);
+    assert!(!ok && text.contains("read-only"), "{text}");
+
+    let answers = spread(&lab, IpAddr::V4(VIP4), 20);
+    assert_eq!(answers.values().sum::<usize>(), 20);
+    // Over the unix socket too.
+    let listed = ctl_ok(&lab, &path, &["list", "--stats"]);
+    assert!(
+        listed.contains("TCP  10.77.100.1:80") && listed.contains("(web)"),
+        "{listed}"
+    );
+    let (_, body) = api(&lab, "GET", "/api/v1/services/web", None, None);
+    let web: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (_, metrics) = api(&lab, "GET", "/metrics", None, None);
+    let metric = |name: &str, labels: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                if labels.is_empty() {
+                    l.starts_with(&format!("{name} "))
+                } else {
+                    l.starts_with(&format!("{name}{{{labels}"))
+                }
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name}{{{labels}… in {metrics}"))
+    };
+    assert_eq!(
+        metric("pnlb_service_new_flows_total", "service=\"web\""),
+        20
+    );
+    assert_eq!(web["counters"]["new_flows"], 20);
+    let packets = web["counters"]["packets"].as_u64().unwrap();
+    assert_eq!(
+        metric("pnlb_service_packets_total", "service=\"web\""),
+        packets
+    );
+    for backend in web["backends"].as_array().unwrap() {
+        let labels = format!(
+            "service=\"web\",backend=\"{}:80\"",
+            backend["address"].as_str().unwrap()
+        );
+        assert_eq!(
+            metric("pnlb_backend_new_flows_total", &labels),
+            backend["counters"]["new_flows"].as_u64().unwrap()
+        );
+        assert_eq!(metric("pnlb_backend_up", &labels), 1);
+    }
+    assert!(metric("pnlb_conntrack_capacity", "") > 0);
+    daemon.stop(Duration::from_secs(10));
+}
