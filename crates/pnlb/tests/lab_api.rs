@@ -10,30 +10,8 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use pnlb_lab::{spawn_in_netns, Lab, LabSpec, ECHO_PORT, LB_INTERFACE, VIP4};
+use pnlb_lab::{spawn_in_netns, Lab, LabSpec, ECHO_PORT, VIP4};
 use support::*;
-
-const TOKEN: &str = "lab-token-0123456789abcdef";
-
-/// A config with the API on, two services over s1 and s2.
-fn config(lab: &Lab, with_token: bool) -> String {
-    let token_file = lab.dir.join("api.token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let mut text = format!(
-        "[daemon]\ninterfaces = [\"{LB_INTERFACE}\"]\napi = \"127.0.0.1:9180\"\napi_socket = \"{}\"\n",
-        lab.dir.join("api.sock").display()
-    );
-    if with_token {
-        text += &format!("api_token_file = \"{}\"\n", token_file.display());
-    }
-    for (name, port) in [("web", 80), ("echo", ECHO_PORT)] {
-        text += &format!(
-            "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP4}\"\nport = {port}\nmethod = \"dr\"\nscheduler = \"maglev\"\n\
-             [[service.backend]]\naddress = \"10.77.1.11\"\n[[service.backend]]\naddress = \"10.77.1.12\"\n"
-        );
-    }
-    text
-}
 
 /// `pnlb ctl --config … ARGS` in the LB namespace: (success, stdout + stderr).
 fn ctl(lab: &Lab, config: &std::path::Path, args: &[&str]) -> (bool, String) {
@@ -52,46 +30,6 @@ fn ctl_ok(lab: &Lab, config: &std::path::Path, args: &[&str]) -> String {
     let (ok, text) = ctl(lab, config, args);
     assert!(ok, "pnlb ctl {args:?}: {text}");
     text
-}
-
-/// One HTTP request to the API from the LB namespace: (status, body).
-fn api(
-    lab: &Lab,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> (u16, String) {
-    let mut args = vec![
-        "netns".to_string(),
-        "exec".into(),
-        lab.lb.clone(),
-        "curl".into(),
-        "-s".into(),
-        "-X".into(),
-        method.into(),
-        "-w".into(),
-        "\n%{http_code}".into(),
-    ];
-    if let Some(token) = token {
-        args.extend(["-H".into(), format!("Authorization: Bearer {token}")]);
-    }
-    if let Some(body) = body {
-        args.extend([
-            "-H".into(),
-            "Content-Type: application/json".into(),
-            "--data-binary".into(),
-            body.into(),
-        ]);
-    }
-    args.push(format!("http://127.0.0.1:9180{path}"));
-    let out = std::process::Command::new("ip")
-        .args(&args)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 /// A long-lived echo connection through the VIP: greets with its server's
@@ -149,7 +87,7 @@ fn ctl_changes_services_and_backends_under_load_without_failing_a_request_or_res
         ..LabSpec::default()
     })
     .expect("lab");
-    let path = write_config(&lab, &config(&lab, true));
+    let path = write_config(&lab, &api_config(&lab, true));
     let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
     wait_for_log(&daemon, "API on", Duration::from_secs(5));
 
@@ -244,7 +182,7 @@ fn bad_requests_are_refused_whole_and_mutations_need_the_token() {
         return;
     }
     let lab = Lab::up(&LabSpec::default()).expect("lab");
-    let path = write_config(&lab, &config(&lab, true));
+    let path = write_config(&lab, &api_config(&lab, true));
     let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
     wait_for_log(&daemon, "API on", Duration::from_secs(5));
     let version = |lab: &Lab| -> u64 {
@@ -357,7 +295,7 @@ fn without_a_token_file_the_api_is_read_only_and_metrics_agree_with_it() {
         return;
     }
     let lab = Lab::up(&LabSpec::default()).expect("lab");
-    let path = write_config(&lab, &config(&lab, false));
+    let path = write_config(&lab, &api_config(&lab, false));
     let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
     wait_for_log(&daemon, "API on", Duration::from_secs(5));
     let (status, answer) = api(&lab, "POST", "/api/v1/zero", Some(TOKEN), None);

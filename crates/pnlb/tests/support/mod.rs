@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pnlb_lab::{in_netns, Lab, LB_INTERFACE};
+use pnlb_lab::{in_netns, Lab, ECHO_PORT, LB_INTERFACE, VIP4};
 
 pub const PNLB: &str = env!("CARGO_BIN_EXE_pnlb");
 
@@ -109,4 +109,67 @@ pub fn request(vip: IpAddr) -> Result<String, String> {
         return Err("empty response".into());
     }
     Ok(server)
+}
+
+pub const TOKEN: &str = "lab-token-0123456789abcdef";
+
+/// A config with the API on (TCP 127.0.0.1:9180 and a unix socket, with
+/// or without a token file) and two dr services, web and echo, over s1, s2.
+pub fn api_config(lab: &Lab, with_token: bool) -> String {
+    let token_file = lab.dir.join("api.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let mut text = format!(
+        "[daemon]\ninterfaces = [\"{LB_INTERFACE}\"]\napi = \"127.0.0.1:9180\"\napi_socket = \"{}\"\n",
+        lab.dir.join("api.sock").display()
+    );
+    if with_token {
+        text += &format!("api_token_file = \"{}\"\n", token_file.display());
+    }
+    for (name, port) in [("web", 80), ("echo", ECHO_PORT)] {
+        text += &format!(
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP4}\"\nport = {port}\nmethod = \"dr\"\nscheduler = \"maglev\"\n\
+             [[service.backend]]\naddress = \"10.77.1.11\"\n[[service.backend]]\naddress = \"10.77.1.12\"\n"
+        );
+    }
+    text
+}
+
+/// One HTTP request to the API from the LB namespace: (status, body).
+pub fn api(
+    lab: &Lab,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut args = vec![
+        "netns".to_string(),
+        "exec".into(),
+        lab.lb.clone(),
+        "curl".into(),
+        "-s".into(),
+        "-X".into(),
+        method.into(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+    ];
+    if let Some(token) = token {
+        args.extend(["-H".into(), format!("Authorization: Bearer {token}")]);
+    }
+    if let Some(body) = body {
+        args.extend([
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "--data-binary".into(),
+            body.into(),
+        ]);
+    }
+    args.push(format!("http://127.0.0.1:9180{path}"));
+    let out = std::process::Command::new("ip")
+        .args(&args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
