@@ -28,6 +28,7 @@ need_command wrk wrk                    # benchmarks
 need_command iperf3 iperf3              # benchmarks
 need_command nft nftables               # benchmarks: the kernel baseline
 need_command haproxy haproxy            # benchmarks: the proxy baseline
+need_command chromium chromium          # tests: the web dashboard in headless Chromium
 
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
