@@ -1,23 +1,39 @@
-//! Log lines on stderr: UTC time, level, message.
+//! Logs on stderr through `tracing`: one line per event, as text (UTC
+//! time, level, message) or, with `--log-format json`, one JSON object per
+//! line (timestamp, level, message and the event's fields) for log
+//! shippers.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::io::IsTerminal;
 
-pub fn line(level: &str, message: &str) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    eprintln!(
-        "{h:02}:{m:02}:{s:02}.{:03} {level:<5} {message}",
-        now.subsec_millis()
-    );
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+pub fn init(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_max_level(tracing::Level::INFO);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 macro_rules! info {
-    ($($arg:tt)*) => { $crate::log::line("INFO", &format!($($arg)*)) };
+    ($($arg:tt)*) => { tracing::info!($($arg)*) };
 }
 macro_rules! warning {
-    ($($arg:tt)*) => { $crate::log::line("WARN", &format!($($arg)*)) };
+    ($($arg:tt)*) => { tracing::warn!($($arg)*) };
 }
 pub(crate) use {info, warning};

@@ -26,6 +26,9 @@ use clap::{Parser, Subcommand};
     about = "Layer-4 load balancer with an XDP data plane"
 )]
 struct Cli {
+    /// Log lines as text, or as JSON objects (one per line) for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = log::LogFormat::Text)]
+    log_format: log::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +66,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    log::init(cli.log_format);
     let result = match cli.command {
         Command::Doctor(args) => match doctor::doctor(args) {
             Ok(code) => return code,

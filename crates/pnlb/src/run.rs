@@ -285,9 +285,12 @@ impl Daemon {
                 event.detail,
                 event.transitions
             );
+            let backend = endpoint(*address, *port);
             match event.transition {
-                Transition::Up => info!("{message}"),
-                Transition::Down => warning!("{message}"),
+                Transition::Up => info!(service = %name, %backend, health = "up", "{message}"),
+                Transition::Down => {
+                    warning!(service = %name, %backend, health = "down", "{message}")
+                }
             }
             if event.transition == Transition::Down && service.on_backend_down == DownPolicy::Reset
             {

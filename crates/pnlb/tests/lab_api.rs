@@ -352,3 +352,42 @@ fn without_a_token_file_the_api_is_read_only_and_metrics_agree_with_it() {
     assert!(metric("pnlb_conntrack_capacity", "") > 0);
     daemon.stop(Duration::from_secs(10));
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_events_fields() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec::default()).expect("lab");
+    let text = api_config(&lab, false).replace(
+        "[[service.backend]]\naddress = \"10.77.1.12\"\n",
+        "[[service.backend]]\naddress = \"10.77.1.12\"\n[service.backend.health]\nkind = \"http\"\ninterval = \"200ms\"\nrise = 1\n",
+    );
+    let path = write_config(&lab, &text);
+    let config = path.display().to_string();
+    let mut daemon = pnlb_lab::LabProcess::spawn(
+        &lab.lb,
+        "pnlb run (json logs)",
+        PNLB,
+        &["--log-format", "json", "run", "--config", &config],
+    )
+    .expect("spawn");
+    daemon
+        .wait_for_line("forwarding", Duration::from_secs(30))
+        .expect("forwarding");
+    let up = wait_for_log(&daemon, "\"health\":\"up\"", Duration::from_secs(10));
+    let event: serde_json::Value = serde_json::from_str(&up).expect("a JSON object");
+    assert_eq!(event["level"], "INFO");
+    assert_eq!(event["service"], "web");
+    assert_eq!(event["backend"], "10.77.1.12:80");
+    assert!(event["message"].as_str().unwrap().contains("is UP"), "{up}");
+    let (_, output) = daemon.stop(Duration::from_secs(10));
+    for line in output.iter().take_while(|l| !l.starts_with("Prot ")) {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(
+            event["timestamp"].is_string() && event["message"].is_string(),
+            "{line}"
+        );
+    }
+}
