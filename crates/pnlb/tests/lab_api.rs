@@ -391,3 +391,53 @@ fn json_logs_are_one_object_per_line_with_the_events_fields() {
         );
     }
 }
+
+#[test]
+fn the_grafana_dashboard_asks_only_for_metrics_pnlb_exports() {
+    if !privileged() {
+        return;
+    }
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/grafana/pnlb-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON");
+    let lab = Lab::up(&LabSpec::default()).expect("lab");
+    let path = write_config(&lab, &api_config(&lab, false));
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    wait_for_log(&daemon, "API on", Duration::from_secs(5));
+    spread(&lab, IpAddr::V4(VIP4), 5);
+    let (_, metrics) = api(&lab, "GET", "/metrics", None, None);
+    // Every family is declared, samples or not (a drop reason may never occur).
+    let exported: std::collections::BTreeSet<String> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let (name, kind) = l.split_once(' ')?;
+            Some(if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            })
+        })
+        .collect();
+    let mut asked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if name.starts_with("pnlb_") {
+                    asked += 1;
+                    assert!(
+                        exported.contains(name),
+                        "{name} (panel {:?}) is not in /metrics",
+                        panel["title"]
+                    );
+                }
+            }
+        }
+    }
+    assert!(asked >= 10);
+    daemon.stop(Duration::from_secs(10));
+}
