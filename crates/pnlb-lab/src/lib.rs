@@ -582,6 +582,10 @@ impl Lab {
         interface_counter(ns, dev, "rx_bytes")
     }
 
+    pub fn rx_packets(&self, ns: &str, dev: &str) -> Result<u64, LabError> {
+        interface_counter(ns, dev, "rx_packets")
+    }
+
     pub fn server(&self, name: &str) -> Option<&Server> {
         self.servers.iter().find(|s| s.name == name)
     }

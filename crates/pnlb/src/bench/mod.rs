@@ -4,6 +4,7 @@
 //! min and max, and its ratio to the kernel baseline. A benchmark, not a
 //! test: nothing here asserts on speed.
 
+mod flood;
 mod setups;
 mod tools;
 
@@ -67,6 +68,8 @@ struct Results {
     http: BTreeMap<String, BTreeMap<String, Vec<HttpRun>>>,
     /// workload -> setup -> Gbit/s per repetition
     bulk_gbps: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
+    /// setup -> one 64-byte UDP flood per repetition
+    small_udp: BTreeMap<String, Vec<flood::FloodRun>>,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -134,6 +137,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                     .entry(setup.name())
                     .or_default()
                     .push(run);
+            }
+            if let Some(program) = setup.small_udp_program() {
+                let run = flood::flood(&lab, target, args.seconds, program)?;
+                results.small_udp.entry(setup.name()).or_default().push(run);
             }
             for (name, streams) in IPERF {
                 let gbps = iperf3(&lab, target, streams, args.seconds)?;
@@ -307,6 +314,42 @@ fn render(results: &Results) -> String {
                 ratio(gbps, base)
             );
         }
+    }
+    if !results.small_udp.is_empty() {
+        let _ = writeln!(out, "\n== small packets: 64-byte UDP, one client thread sending as fast as it can ==");
+        let _ = writeln!(
+            out,
+            "{:<17} {:>12} {:>28} {:>8} {:>14} {:>11}",
+            "setup", "offered pps", "delivered pps median (min-max)", "x kernel", "machine ns/pkt", "XDP ns/pkt"
+        );
+        let base = results
+            .small_udp
+            .get(BASELINE)
+            .map(|runs| spread(runs.iter().map(|r| r.delivered_pps).collect()).0);
+        for name in order.iter().filter(|n| results.small_udp.contains_key(*n)) {
+            let runs = &results.small_udp[name];
+            let (pps, lo, hi) = spread(runs.iter().map(|r| r.delivered_pps).collect());
+            let offered = spread(runs.iter().map(|r| r.offered_pps).collect()).0;
+            let machine = spread(runs.iter().map(|r| r.machine_ns_per_packet).collect()).0;
+            let xdp: Vec<f64> = runs.iter().filter_map(|r| r.xdp_ns_per_packet).collect();
+            let xdp = if xdp.is_empty() { "-".to_string() } else { format!("{:.0}", spread(xdp).0) };
+            let _ = writeln!(
+                out,
+                "{:<17} {:>12.0} {:>28} {:>8} {:>14.0} {:>11}",
+                name,
+                offered,
+                format!("{pps:.0} ({lo:.0}-{hi:.0})"),
+                ratio(pps, base),
+                machine,
+                xdp
+            );
+        }
+        let _ = writeln!(
+            out,
+            "machine ns/pkt: busy CPU time of the whole VM (client, LB, servers) per delivered packet; \
+             XDP ns/pkt: the data-plane program's own run time per packet (kernel BPF accounting). \
+             haproxy is left out: it has no UDP in mode tcp."
+        );
     }
     let _ = writeln!(
         out,

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use anyhow::{Context, Result};
 use pnlb_lab::{netns, Gateway, Lab, LabProcess, VIP4};
 
+use super::flood::FLOOD_PORT;
+
 pub const IPERF_PORT: u16 = 5201;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +33,17 @@ impl Setup {
             Setup::Haproxy => "haproxy tcp".into(),
             Setup::Pnlb(method) => format!("pnlb {method}"),
             Setup::Ceiling => "xdp_tx ceiling".into(),
+        }
+    }
+
+    /// Whether it forwards UDP (HAProxy in mode tcp does not), and the XDP
+    /// program to account for: Some(None) = UDP but no XDP on the path.
+    pub fn small_udp_program(self) -> Option<Option<&'static str>> {
+        match self {
+            Setup::Haproxy => None,
+            Setup::Pnlb(_) => Some(Some("pnlb_xdp")),
+            Setup::Ceiling => Some(Some("pnlb_xdp_ceiling")),
+            Setup::Direct | Setup::Nftables => Some(None),
         }
     }
 
@@ -208,6 +221,7 @@ fn nft_rules(lab: &Lab) -> String {
         type nat hook prerouting priority dstnat; policy accept;
         ip daddr {VIP4} tcp dport 80 dnat to numgen inc mod {n} map {{ {map} }}
         ip daddr {VIP4} tcp dport {IPERF_PORT} dnat to jhash ip saddr mod {n} map {{ {map} }}
+        ip daddr {VIP4} udp dport {FLOOD_PORT} dnat to numgen inc mod {n} map {{ {map} }}
     }}
 }}
 "
@@ -249,19 +263,21 @@ backend iperf
 /// because its control and data connections must reach the same server.
 fn pnlb_config(lab: &Lab, method: &str) -> String {
     let everyone: Vec<usize> = (0..lab.servers.len()).collect();
+    // The services of one more config (its [daemon] header dropped), renamed.
+    let more = |port: u16, name: &str, swap: (&str, &str)| -> String {
+        lab.config(method, port, &everyone)
+            .replace("name = \"web\"", &format!("name = \"{name}\""))
+            .replace("name = \"web6\"", &format!("name = \"{name}6\""))
+            .replace(swap.0, swap.1)
+            .split_once("\n\n")
+            .map_or(String::new(), |(_, services)| services.to_string())
+    };
     let web = lab.config(method, 80, &everyone);
-    let iperf = lab
-        .config(method, IPERF_PORT, &everyone)
-        .replace("name = \"web\"", "name = \"iperf\"")
-        .replace("name = \"web6\"", "name = \"iperf6\"")
-        .replace("scheduler = \"maglev\"", "scheduler = \"sh\"");
-    let services = iperf
-        .split_once('\n')
-        .map(|(_, rest)| rest.split_once('\n').map_or("", |(_, r)| r))
-        .unwrap_or("");
+    let iperf = more(IPERF_PORT, "iperf", ("scheduler = \"maglev\"", "scheduler = \"sh\""));
+    let flood = more(FLOOD_PORT, "flood", ("protocol = \"tcp\"", "protocol = \"udp\""));
     // Thousands of short connections a second: give snat the whole port
     // range (the LB itself opens no connections in the lab).
-    format!("{web}\n{services}").replace(
+    format!("{web}\n{iperf}\n{flood}").replace(
         "snat_addresses = [",
         "snat_ports = \"1024-65535\"\nsnat_addresses = [",
     )
