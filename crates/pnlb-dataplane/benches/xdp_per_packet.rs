@@ -1,17 +1,22 @@
-//! Per-packet cost of the XDP program, timed by the kernel in
-//! BPF_PROG_TEST_RUN (mean over many single runs of one packet of an
-//! established flow). A benchmark, not a test: it prints, it asserts
-//! nothing. Needs root.
-//! Run: cargo bench -p pnlb-dataplane --bench xdp_per_packet
+//! Per-packet cost of the XDP program, as the kernel times it in
+//! BPF_PROG_TEST_RUN (the syscall's own overhead is not counted): for an
+//! established flow of each method, and for a new flow (the scheduler's
+//! pick, the connection-table insert) of each scheduler. A benchmark, not a
+//! test; needs root. Run: cargo bench -p pnlb-dataplane --bench xdp_per_packet
+//!
+//! Idempotent cases (a pass, dr's MAC rewrite) use test-run repeat mode,
+//! the kernel averaging over a batch. Rewriting cases run one packet per
+//! call, so each run sees the original packet (repeat mode would feed the
+//! rewritten or encapsulated packet back in).
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::Duration;
 
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use libbpf_rs::ProgramInput;
 use pnlb_dataplane::nexthop::{NextHop, Resolution, Resolver};
 use pnlb_dataplane::{Dataplane, Programmer};
-
-const RUNS: u32 = 200_000;
 
 struct Static;
 
@@ -28,116 +33,152 @@ impl Resolver for Static {
     }
 }
 
-const CONFIG: &str = r#"
-[daemon]
-interfaces = ["eth0"]
-[[service]]
-name = "dr"
-vip = "10.77.100.1"
-port = 80
-method = "dr"
-[[service.backend]]
-address = "10.77.1.11"
-[[service.backend]]
-address = "10.77.1.12"
-[[service]]
-name = "nat"
-vip = "10.77.100.2"
-port = 80
-method = "nat"
-[[service.backend]]
-address = "10.77.1.21"
-[[service]]
-name = "snat"
-vip = "10.77.100.3"
-port = 80
-method = "snat"
-snat_addresses = ["10.77.1.2"]
-[[service.backend]]
-address = "10.77.1.31"
-[[service]]
-name = "wlc"
-vip = "10.77.100.4"
-port = 80
-method = "dr"
-scheduler = "wlc"
-[[service.backend]]
-address = "10.77.1.41"
-[[service.backend]]
-address = "10.77.1.42"
-[[service]]
-name = "tun"
-vip = "10.77.100.5"
-port = 80
-method = "tun"
-[[service.backend]]
-address = "10.77.1.51"
-[[service]]
-name = "tun-gue"
-vip = "10.77.100.6"
-port = 80
-method = "tun"
-encap = "gue"
-[[service.backend]]
-address = "10.77.1.61"
-"#;
+/// One service per method on its own VIP (10.77.100.1-5), then one per
+/// scheduler (10.77.101.x), each over 8 backends.
+fn config() -> String {
+    let mut text = String::from("[daemon]\ninterfaces = [\"eth0\"]\n");
+    let backends = |net: u32| -> String {
+        (1..=8)
+            .map(|i| {
+                format!(
+                    "[[service.backend]]\naddress = \"10.77.{net}.{i}\"\nweight = {}\n",
+                    1 + i % 3
+                )
+            })
+            .collect()
+    };
+    let methods = [
+        ("dr", "method = \"dr\""),
+        ("nat", "method = \"nat\""),
+        (
+            "snat",
+            "method = \"snat\"\nsnat_addresses = [\"10.77.1.2\"]",
+        ),
+        ("tun-ipip", "method = \"tun\""),
+        ("tun-gue", "method = \"tun\"\nencap = \"gue\""),
+    ];
+    for (i, (name, method)) in methods.iter().enumerate() {
+        text += &format!(
+            "[[service]]\nname = \"{name}\"\nvip = \"10.77.100.{}\"\nport = 80\n{method}\n{}",
+            i + 1,
+            backends(10 + i as u32)
+        );
+    }
+    for (i, scheduler) in SCHEDULERS.iter().enumerate() {
+        text += &format!(
+            "[[service]]\nname = \"{scheduler}\"\nvip = \"10.77.101.{}\"\nport = 80\nmethod = \"dr\"\nscheduler = \"{scheduler}\"\n{}",
+            i + 1,
+            backends(20 + i as u32)
+        );
+    }
+    text
+}
 
-fn tcp(dst: &str, syn: bool) -> Vec<u8> {
+const METHODS: [(&str, &str); 5] = [
+    ("dr", "10.77.100.1"),
+    ("nat", "10.77.100.2"),
+    ("snat", "10.77.100.3"),
+    ("tun ipip", "10.77.100.4"),
+    ("tun gue", "10.77.100.5"),
+];
+const SCHEDULERS: [&str; 11] = [
+    "maglev", "rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "p2c", "chbl",
+];
+
+fn tcp(dst: &str, sport: u16, syn: bool) -> Vec<u8> {
+    let dst = dst
+        .parse::<std::net::Ipv4Addr>()
+        .expect("fixed address")
+        .octets();
     let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 3], [2, 0, 0, 0, 0, 2])
-        .ipv4(
-            [10, 77, 0, 2],
-            dst.parse::<std::net::Ipv4Addr>().unwrap().octets(),
-            64,
-        )
-        .tcp(40000, 80, 1, 64240);
+        .ipv4([10, 77, 0, 2], dst, 64)
+        .tcp(sport, 80, 1, 64240);
     let builder = if syn { builder.syn() } else { builder.ack(1) };
     let mut out = Vec::new();
-    builder.write(&mut out, &[0u8; 18]).unwrap();
+    builder.write(&mut out, &[0u8; 18]).expect("fixed packet");
     out
 }
 
-fn main() {
+/// Kernel-timed duration of `iters` runs of `packet(i)`, one per call.
+fn one_by_one(dataplane: &Dataplane, iters: u64, packet: impl Fn(u64) -> Vec<u8>) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut out = vec![0u8; 256];
+    for i in 0..iters {
+        let data = packet(i);
+        let input = ProgramInput {
+            data_in: Some(&data),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
+        total += dataplane
+            .program()
+            .test_run(input)
+            .expect("test run")
+            .duration;
+    }
+    total
+}
+
+/// Kernel-timed duration of `iters` runs of one packet in repeat mode.
+fn repeated(dataplane: &Dataplane, iters: u64, packet: &[u8]) -> Duration {
+    let mut out = vec![0u8; 256];
+    let input = ProgramInput {
+        data_in: Some(packet),
+        data_out: Some(&mut out),
+        repeat: iters.clamp(1, u64::from(u32::MAX)) as u32,
+        ..Default::default()
+    };
+    let result = dataplane.program().test_run(input).expect("test run");
+    // The kernel reports the mean per run.
+    result.duration * iters as u32
+}
+
+fn xdp(c: &mut Criterion) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("xdp_per_packet: needs root (BPF_PROG_TEST_RUN); skipped");
         return;
     }
-    let dataplane = Dataplane::load(262_144).expect("load");
-    let config = pnlb_core::config::parse(Path::new("bench.toml"), CONFIG).expect("config");
+    let dataplane = Dataplane::load(1 << 20).expect("load");
+    let config = pnlb_core::config::parse(Path::new("bench.toml"), &config()).expect("config");
     Programmer::new()
         .apply(&dataplane, &config, &mut Static)
         .expect("program");
-    let cases = [
-        ("not a service (pass)", tcp("10.77.1.99", false)),
-        ("dr, established flow", tcp("10.77.100.1", false)),
-        ("nat, established flow", tcp("10.77.100.2", false)),
-        ("snat, established flow", tcp("10.77.100.3", false)),
-        ("dr + wlc, established flow", tcp("10.77.100.4", false)),
-        ("tun ipip, established flow", tcp("10.77.100.5", false)),
-        ("tun gue, established flow", tcp("10.77.100.6", false)),
-    ];
-    for (name, packet) in cases {
-        let mut out = vec![0u8; packet.len() + 64];
-        // One run per call, so every run sees the original packet (repeat
-        // mode would feed a rewritten nat packet back in); the kernel times
-        // each run itself. The first call creates the flow.
-        let mut total = std::time::Duration::ZERO;
-        let mut verdict = 0;
-        for run in 0..=RUNS {
-            let input = ProgramInput {
-                data_in: Some(&packet),
-                data_out: Some(&mut out),
-                ..Default::default()
-            };
-            let result = dataplane.program().test_run(input).expect("test run");
-            if run > 0 {
-                total += result.duration;
-                verdict = result.return_value;
+
+    let mut group = c.benchmark_group("xdp, established flow");
+    let pass = tcp("10.77.1.99", 40000, false);
+    group.bench_function("not a service (pass)", |b| {
+        b.iter_custom(|iters| repeated(&dataplane, iters, &pass))
+    });
+    for (name, vip) in METHODS {
+        let packet = tcp(vip, 40000, false);
+        one_by_one(&dataplane, 1, |_| packet.clone()); // creates the flow
+        group.bench_function(name, |b| {
+            if name == "dr" {
+                b.iter_custom(|iters| repeated(&dataplane, iters, &packet))
+            } else {
+                b.iter_custom(|iters| one_by_one(&dataplane, iters, |_| packet.clone()))
             }
-        }
-        println!(
-            "{name:<28} {:>6.0} ns/packet  (verdict {verdict}, mean of {RUNS} runs)",
-            total.as_nanos() as f64 / f64::from(RUNS)
-        );
+        });
     }
+    group.finish();
+
+    let mut group = c.benchmark_group("xdp, new flow (8 backends)");
+    for (i, scheduler) in SCHEDULERS.iter().enumerate() {
+        let vip = format!("10.77.101.{}", i + 1);
+        let sent = std::cell::Cell::new(0u64);
+        group.bench_function(BenchmarkId::from_parameter(scheduler), |b| {
+            b.iter_custom(|iters| {
+                one_by_one(&dataplane, iters, |_| {
+                    sent.set(sent.get() + 1);
+                    // A new source port each time: a new flow, a new pick.
+                    tcp(&vip, 1024 + (sent.get() % 60_000) as u16, true)
+                })
+            })
+        });
+    }
+    group.finish();
 }
+
+criterion_group!(benches, xdp);
+criterion_main!(benches);

@@ -109,7 +109,11 @@ pub fn flood(lab: &Lab, target: IpAddr, seconds: u32, program: Option<&str>) -> 
     Ok(FloodRun {
         offered_pps: sent as f64 / secs,
         delivered_pps: arrived as f64 / secs,
-        machine_ns_per_packet: if arrived > 0 { busy as f64 / arrived as f64 } else { 0.0 },
+        machine_ns_per_packet: if arrived > 0 {
+            busy as f64 / arrived as f64
+        } else {
+            0.0
+        },
         xdp_ns_per_packet,
     })
 }

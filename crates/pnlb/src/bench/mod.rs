@@ -316,11 +316,19 @@ fn render(results: &Results) -> String {
         }
     }
     if !results.small_udp.is_empty() {
-        let _ = writeln!(out, "\n== small packets: 64-byte UDP, one client thread sending as fast as it can ==");
+        let _ = writeln!(
+            out,
+            "\n== small packets: 64-byte UDP, one client thread sending as fast as it can =="
+        );
         let _ = writeln!(
             out,
             "{:<17} {:>12} {:>28} {:>8} {:>14} {:>11}",
-            "setup", "offered pps", "delivered pps median (min-max)", "x kernel", "machine ns/pkt", "XDP ns/pkt"
+            "setup",
+            "offered pps",
+            "delivered pps median (min-max)",
+            "x kernel",
+            "machine ns/pkt",
+            "XDP ns/pkt"
         );
         let base = results
             .small_udp
@@ -332,7 +340,11 @@ fn render(results: &Results) -> String {
             let offered = spread(runs.iter().map(|r| r.offered_pps).collect()).0;
             let machine = spread(runs.iter().map(|r| r.machine_ns_per_packet).collect()).0;
             let xdp: Vec<f64> = runs.iter().filter_map(|r| r.xdp_ns_per_packet).collect();
-            let xdp = if xdp.is_empty() { "-".to_string() } else { format!("{:.0}", spread(xdp).0) };
+            let xdp = if xdp.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.0}", spread(xdp).0)
+            };
             let _ = writeln!(
                 out,
                 "{:<17} {:>12.0} {:>28} {:>8} {:>14.0} {:>11}",

@@ -273,8 +273,16 @@ fn pnlb_config(lab: &Lab, method: &str) -> String {
             .map_or(String::new(), |(_, services)| services.to_string())
     };
     let web = lab.config(method, 80, &everyone);
-    let iperf = more(IPERF_PORT, "iperf", ("scheduler = \"maglev\"", "scheduler = \"sh\""));
-    let flood = more(FLOOD_PORT, "flood", ("protocol = \"tcp\"", "protocol = \"udp\""));
+    let iperf = more(
+        IPERF_PORT,
+        "iperf",
+        ("scheduler = \"maglev\"", "scheduler = \"sh\""),
+    );
+    let flood = more(
+        FLOOD_PORT,
+        "flood",
+        ("protocol = \"tcp\"", "protocol = \"udp\""),
+    );
     // Thousands of short connections a second: give snat the whole port
     // range (the LB itself opens no connections in the lab).
     format!("{web}\n{iperf}\n{flood}").replace(
