@@ -124,9 +124,14 @@ pub fn run(path: &Path) -> Result<()> {
     let mut last_tick = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let wait = TICK.saturating_sub(last_tick.elapsed());
-        if let Ok(call) = requests.recv_timeout(wait) {
-            let reply = daemon.serve(call.op);
-            let _ = call.reply.send(reply);
+        match requests.recv_timeout(wait) {
+            Ok(call) => {
+                let reply = daemon.serve(call.op);
+                let _ = call.reply.send(reply);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // No API listens: nothing will ever arrive; just pace the loop.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
         }
         if reload.swap(false, Ordering::Relaxed) {
             if let Err(err) = daemon.reload() {
@@ -355,9 +360,37 @@ impl Daemon {
         if next.daemon != self.config.daemon {
             warning!("reload: [daemon] changes (interfaces, xdp_mode, api, conn_table_size) need a restart; applying the rest");
         }
+        self.fits(&next)?;
         self.source = format!("file {}", self.path.display());
         let done = self.adopt(document, next, format!("reloaded {}", self.path.display()));
         Ok(done)
+    }
+
+    /// Refuses, before anything is written, a config the data plane has no
+    /// room for (so an apply never stops halfway for lack of slots).
+    fn fits(&self, next: &Config) -> Result<(), ApiError> {
+        let services = next.services.len();
+        // Removed backends keep their slots while they have flows.
+        let backends: usize = next
+            .services
+            .iter()
+            .map(|s| s.backends.len() + usize::from(s.fallback.is_some()))
+            .sum::<usize>()
+            + self.programmer.retiring().len();
+        if services > pnlb_dataplane::abi::MAX_SERVICES as usize {
+            return Err(ApiError::new(
+                422,
+                format!(
+                    "{services} services: the data plane holds {}",
+                    pnlb_dataplane::abi::MAX_SERVICES
+                ),
+            ));
+        }
+        if backends > pnlb_dataplane::abi::MAX_BACKENDS as usize {
+            return Err(ApiError::new(422, format!("{backends} backends (counting removed ones still carrying flows): the data plane holds {}", pnlb_dataplane::abi::MAX_BACKENDS))
+                .with_fix("remove backends, or wait for removed ones to finish their flows"));
+        }
+        Ok(())
     }
 
     /// Makes `document` (already validated into `next`) the desired state.
@@ -443,6 +476,7 @@ impl Daemon {
             return Err(ApiError::new(422, "the API does not change [daemon]")
                 .with_fix("edit the file and restart pnlb run"));
         }
+        self.fits(&next)?;
         self.source = format!("file {} + API edits", self.path.display());
         Ok(self.adopt(document, next, format!("API: {what}")))
     }

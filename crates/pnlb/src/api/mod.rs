@@ -109,7 +109,12 @@ impl Access {
         let Some(token) = &self.token else {
             return match (mutation, origin) {
                 (false, Origin::Local) => Ok(()),
-                _ => Err(ApiError::new(
+                (false, Origin::Remote) => Err(ApiError::new(
+                    403,
+                    "reads from other hosts need the API token, and no daemon.api_token_file is configured",
+                )
+                .with_fix("read on the host itself (loopback or daemon.api_socket), or configure a token")),
+                (true, _) => Err(ApiError::new(
                     403,
                     "the API is read-only here: no daemon.api_token_file is configured",
                 )
