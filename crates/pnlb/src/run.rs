@@ -168,6 +168,9 @@ struct Daemon {
     version: u64,
     /// "file PATH" or "file PATH + API edits".
     source: String,
+    /// Connection-table entries after the last sweep: counting them means
+    /// walking the table, which the sweep does anyway.
+    table_entries: usize,
     dataplane: Dataplane,
     programmer: Programmer,
     next_hops: NextHops,
@@ -196,6 +199,7 @@ impl Daemon {
             drained: BTreeSet::new(),
             version: 1,
             source: format!("file {}", path.display()),
+            table_entries: 0,
             monitor: Monitor::start(&config),
             config,
             dataplane,
@@ -231,8 +235,9 @@ impl Daemon {
             self.flush(&key);
         }
         if self.last_sweep.elapsed() >= SWEEP_EVERY {
-            if let Err(err) = self.dataplane.sweep_connections(&self.config.timeouts) {
-                warning!("expiring idle connections: {err}");
+            match self.dataplane.sweep_connections(&self.config.timeouts) {
+                Ok(report) => self.table_entries = report.entries.saturating_sub(report.expired),
+                Err(err) => warning!("expiring idle connections: {err}"),
             }
             self.exhaustion
                 .check(&self.dataplane, &self.programmer, &self.config);
@@ -637,7 +642,7 @@ impl Daemon {
         model::Status {
             services,
             connections: model::ConnectionTable {
-                entries: self.dataplane.connection_count() as u64,
+                entries: self.table_entries as u64,
                 capacity: u64::from(self.config.daemon.conn_table_size),
             },
             reasons,

@@ -21,6 +21,7 @@ pub struct Status {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ConnectionTable {
+    /// As of the last expiry sweep (every 5 s): counting walks the table.
     pub entries: u64,
     pub capacity: u64,
 }
