@@ -37,6 +37,12 @@ pub const LB4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
 pub const LB6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 2);
 /// The interface of the LB host that faces the LAN.
 pub const LB_INTERFACE: &str = "eth0";
+/// The second LB of a failover pair (`LabSpec::ha`).
+pub const LB2_4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 3);
+pub const LB2_6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 3);
+/// The address that moves with mastership; the router sends the VIPs to it.
+pub const FLOATING4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 254);
+pub const FLOATING6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 0x254);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -88,6 +94,10 @@ pub struct LabSpec {
     /// should be smaller than the client's 1500: tun packets then need
     /// the LB's too-big answers to fit.
     pub lan_mtu: Option<u16>,
+    /// A second LB (namespace `-lb2`, 10.77.1.3 / fd77:1::3) for a failover
+    /// pair; the router then sends the VIPs to the floating address
+    /// (10.77.1.254 / fd77:1::254) that the active LB holds.
+    pub ha: bool,
     /// Start nginx on every server.
     pub nginx: bool,
     /// Start the Rust echo server on every server.
@@ -103,6 +113,7 @@ impl Default for LabSpec {
             servers_route_via: Gateway::Router,
             client_path_mtu: None,
             lan_mtu: None,
+            ha: false,
             nginx: true,
             echo: false,
             prefix: None,
@@ -116,6 +127,8 @@ pub struct Lab {
     pub router: String,
     pub switch: String,
     pub lb: String,
+    /// The second LB of a failover pair, when `LabSpec::ha` asked for one.
+    pub lb2: Option<String>,
     pub servers: Vec<Server>,
     pub dir: PathBuf,
     /// Per server (by index): its nginx and its echo server, when running.
@@ -154,6 +167,7 @@ impl Lab {
             router: ns("router"),
             switch: ns("switch"),
             lb: ns("lb"),
+            lb2: spec.ha.then(|| ns("lb2")),
             servers: (1..=spec.servers)
                 .map(|i| Server {
                     name: format!("s{i}"),
@@ -177,6 +191,7 @@ impl Lab {
         let hosts: Vec<String> = [&self.client, &self.router, &self.switch, &self.lb]
             .into_iter()
             .cloned()
+            .chain(self.lb2.clone())
             .chain(self.servers.iter().map(|s| s.ns.clone()))
             .collect();
         for host in &hosts {
@@ -240,6 +255,9 @@ impl Lab {
         netns::ip(&switch, &["link", "set", "br0", "up"])?;
         self.link(&self.router.clone(), "eth1", &switch, "router")?;
         self.link(&self.lb.clone(), LB_INTERFACE, &switch, "lb")?;
+        if let Some(lb2) = self.lb2.clone() {
+            self.link(&lb2, LB_INTERFACE, &switch, "lb2")?;
+        }
         for i in 0..self.servers.len() {
             let (server_ns, name) = (self.servers[i].ns.clone(), self.servers[i].name.clone());
             self.link(&server_ns, "eth0", &switch, &name)?;
@@ -262,13 +280,19 @@ impl Lab {
                 "net.ipv6.conf.all.forwarding=1",
             ],
         )?;
+        // A failover pair: the VIPs go to whichever LB holds the floating address.
+        let (via4, via6) = if spec.ha {
+            (FLOATING4.to_string(), FLOATING6.to_string())
+        } else {
+            (LB4.to_string(), LB6.to_string())
+        };
         netns::ip(
             &self.router,
-            &["route", "add", "10.77.100.0/24", "via", "10.77.1.2"],
+            &["route", "add", "10.77.100.0/24", "via", &via4],
         )?;
         netns::ip(
             &self.router,
-            &["-6", "route", "add", "fd77:100::/64", "via", "fd77:1::2"],
+            &["-6", "route", "add", "fd77:100::/64", "via", &via6],
         )?;
         if let Some(mtu) = spec.client_path_mtu {
             let mtu = mtu.to_string();
@@ -297,26 +321,34 @@ impl Lab {
             ];
             netns::ip(&self.router, &v6)?;
         }
-        netns::ip(&self.lb, &["route", "add", "default", "via", "10.77.1.1"])?;
-        netns::ip(
-            &self.lb,
-            &["-6", "route", "add", "default", "via", "fd77:1::1"],
-        )?;
+        if let Some(lb2) = self.lb2.clone() {
+            self.address(
+                &lb2,
+                LB_INTERFACE,
+                &format!("{LB2_4}/24"),
+                &format!("{LB2_6}/64"),
+            )?;
+        }
+        for lb in std::iter::once(self.lb.clone()).chain(self.lb2.clone()) {
+            netns::ip(&lb, &["route", "add", "default", "via", "10.77.1.1"])?;
+            netns::ip(&lb, &["-6", "route", "add", "default", "via", "fd77:1::1"])?;
 
-        // The LB forwards what XDP hands the kernel (nat replies whose next
-        // hop is not resolved yet) and must not send ICMP redirects for
-        // them: a redirected server would bypass the LB (as with IPVS NAT).
-        netns::exec(
-            &self.lb,
-            "sysctl",
-            &[
-                "-qw",
-                "net.ipv4.ip_forward=1",
-                "net.ipv6.conf.all.forwarding=1",
-                "net.ipv4.conf.all.send_redirects=0",
-                &format!("net.ipv4.conf.{LB_INTERFACE}.send_redirects=0"),
-            ],
-        )?;
+            // The LB forwards what XDP hands the kernel (nat replies whose
+            // next hop is not resolved yet) and must not send ICMP
+            // redirects for them: a redirected server would bypass the LB
+            // (as with IPVS NAT).
+            netns::exec(
+                &lb,
+                "sysctl",
+                &[
+                    "-qw",
+                    "net.ipv4.ip_forward=1",
+                    "net.ipv6.conf.all.forwarding=1",
+                    "net.ipv4.conf.all.send_redirects=0",
+                    &format!("net.ipv4.conf.{LB_INTERFACE}.send_redirects=0"),
+                ],
+            )?;
+        }
 
         // Real servers: the DR prerequisites, and the default route that
         // nat needs (via the LB) or that dr/snat use (via the router).
@@ -337,11 +369,19 @@ impl Lab {
         }
 
         // veth: native XDP_TX from the LB only arrives if the peer runs XDP.
-        in_netns(&switch, || {
+        let ports: Vec<&'static str> = if self.lb2.is_some() {
+            vec!["lb", "lb2"]
+        } else {
+            vec!["lb"]
+        };
+        in_netns(&switch, move || {
             let pass = pnlb_dataplane::xdp_pass::XdpPass::load().map_err(|err| err.to_string())?;
-            pass.attach("lb")
-                .map(|a| a.leave_attached())
-                .map_err(|err| err.to_string())
+            for port in ports {
+                pass.attach(port)
+                    .map(|a| a.leave_attached())
+                    .map_err(|err| err.to_string())?;
+            }
+            Ok::<(), String>(())
         })?
         .map_err(|err| LabError::Setup(format!("XDP_PASS on the LB's switch port: {err}")))?;
         self.wait_for_links()?;
@@ -544,6 +584,24 @@ impl Lab {
         )?;
         process.wait_for_line("decapsulating", Duration::from_secs(30))?;
         Ok(process)
+    }
+
+    /// [`Self::config`] plus an `[ha]` table for the failover pair's node
+    /// `node` (1 = lb, 2 = lb2): the other node as peer, the floating
+    /// addresses the router sends the VIPs to, 100 ms adverts.
+    pub fn ha_config(
+        &self,
+        base: &str,
+        node: u8,
+        priority: u8,
+        key_file: &std::path::Path,
+    ) -> String {
+        let peer = if node == 1 { LB2_4 } else { LB4 };
+        format!(
+            "{base}\n[ha]\ngroup = 7\npriority = {priority}\ninterface = \"{LB_INTERFACE}\"\npeers = [\"{peer}\"]\n\
+             advert_interval = \"100ms\"\npreempt_delay = \"2s\"\nkey_file = \"{}\"\nfloating = [\"{FLOATING4}\", \"{FLOATING6}\"]\n",
+            key_file.display()
+        )
     }
 
     /// [`Self::config`] for direct routing.

@@ -7,6 +7,7 @@ mod dashboard;
 mod decap_cmd;
 mod demo;
 mod doctor;
+mod ha;
 mod health;
 mod lab_cmd;
 mod log;

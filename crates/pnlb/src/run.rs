@@ -42,6 +42,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const RAMP_EVERY: Duration = Duration::from_secs(1);
 /// The daemon loop's period (API calls are answered in between).
 const TICK: Duration = Duration::from_millis(100);
+/// The loop's turn with [ha]: how soon a role change is acted on.
+const HA_TURN: Duration = Duration::from_millis(10);
 
 pub fn check(path: &Path) -> Result<()> {
     let config = config::load(path)?;
@@ -73,27 +75,26 @@ pub fn run(path: &Path) -> Result<()> {
         .context("installing signal handlers")?;
 
     let mut daemon = Daemon::start(path, document, config)?;
+    // With [ha], this node forwards only while it is the active one.
+    let ha = match &daemon.config.ha {
+        None => None,
+        Some(ha) => {
+            let me = crate::ha::takeover::own_address(&ha.interface, ha.peers[0].is_ipv6())?;
+            Some(crate::ha::HaNode::start(ha, me)?)
+        }
+    };
     // Program the maps first, attach second: the program never sees a
     // half-written configuration.
     let mut attachments = Vec::new();
-    for interface in &daemon.config.daemon.interfaces {
-        attachments.push(
-            daemon
-                .dataplane
-                .attach(interface, daemon.config.daemon.xdp_mode)?,
+    if ha.is_none() {
+        attachments = daemon.attach()?;
+    } else {
+        info!(
+            "ha: {} service(s) on {} programmed; standing by until elected",
+            daemon.config.services.len(),
+            daemon.config.daemon.interfaces.join(", ")
         );
     }
-    let mode = match daemon.config.daemon.xdp_mode {
-        XdpMode::Native => "native XDP",
-        XdpMode::Generic => {
-            "generic XDP (skb mode: slower; use native where the driver supports it)"
-        }
-    };
-    info!(
-        "forwarding {} service(s) on {} ({mode})",
-        daemon.config.services.len(),
-        daemon.config.daemon.interfaces.join(", ")
-    );
     warn_without_forwarding(&daemon.config);
     let (calls, requests) = std::sync::mpsc::channel::<ApiCall>();
     let api = crate::api::start(&daemon.config.daemon, calls)?;
@@ -122,8 +123,10 @@ pub fn run(path: &Path) -> Result<()> {
     }
 
     let mut last_tick = Instant::now();
+    // With [ha] the loop turns faster: a role change is acted on within it.
+    let turn = if ha.is_some() { HA_TURN } else { TICK };
     while !stop.load(Ordering::Relaxed) {
-        let wait = TICK.saturating_sub(last_tick.elapsed());
+        let wait = turn.min(TICK.saturating_sub(last_tick.elapsed()));
         match requests.recv_timeout(wait) {
             Ok(call) => {
                 let reply = daemon.serve(call.op);
@@ -138,12 +141,24 @@ pub fn run(path: &Path) -> Result<()> {
                 warning!("reload rejected, keeping the running config: {}", err.error);
             }
         }
+        if let Some(node) = &ha {
+            node.heartbeat.store(crate::ha::now_ms(), Ordering::Relaxed);
+            while let Ok(role) = node.roles.try_recv() {
+                let ok = daemon.change_role(role, &mut attachments);
+                node.dataplane_ok.store(ok, Ordering::Relaxed);
+            }
+        }
         if last_tick.elapsed() >= TICK {
             daemon.tick();
             last_tick = Instant::now();
         }
     }
     drop(api);
+    if ha.is_some() && !attachments.is_empty() {
+        // Hand over: the peer takes the addresses when our adverts stop.
+        daemon.change_role(crate::ha::election::Role::Backup, &mut attachments);
+    }
+    drop(ha);
 
     info!(
         "stopping: detaching from {}",
@@ -340,6 +355,88 @@ impl Daemon {
         }
     }
 
+    /// Attaches the program to every interface.
+    fn attach(&self) -> Result<Vec<pnlb_dataplane::Attachment>> {
+        let mut attachments = Vec::new();
+        for interface in &self.config.daemon.interfaces {
+            attachments.push(
+                self.dataplane
+                    .attach(interface, self.config.daemon.xdp_mode)?,
+            );
+        }
+        let mode = match self.config.daemon.xdp_mode {
+            XdpMode::Native => "native XDP",
+            XdpMode::Generic => {
+                "generic XDP (skb mode: slower; use native where the driver supports it)"
+            }
+        };
+        info!(
+            "forwarding {} service(s) on {} ({mode})",
+            self.config.services.len(),
+            self.config.daemon.interfaces.join(", ")
+        );
+        Ok(attachments)
+    }
+
+    /// The VIPs and floating addresses an active node holds.
+    fn held_addresses(&self) -> Vec<std::net::IpAddr> {
+        let mut addresses: Vec<std::net::IpAddr> =
+            self.config.services.iter().map(|s| s.vip).collect();
+        if let Some(ha) = &self.config.ha {
+            addresses.extend(&ha.floating);
+        }
+        addresses.sort();
+        addresses.dedup();
+        addresses
+    }
+
+    /// Becomes the active node (attach, claim the addresses) or a standby
+    /// (release them, detach). Returns whether that worked.
+    fn change_role(
+        &self,
+        role: crate::ha::election::Role,
+        attachments: &mut Vec<pnlb_dataplane::Attachment>,
+    ) -> bool {
+        let Some(ha) = &self.config.ha else {
+            return true;
+        };
+        let addresses = self.held_addresses();
+        match role {
+            crate::ha::election::Role::Master => {
+                if attachments.is_empty() {
+                    match self.attach() {
+                        Ok(attached) => *attachments = attached,
+                        Err(err) => {
+                            warning!("ha: elected but cannot attach: {err:#}; resigning");
+                            return false;
+                        }
+                    }
+                }
+                if let Err(err) = crate::ha::takeover::claim(&ha.interface, &addresses) {
+                    warning!("ha: claiming the addresses: {err:#}");
+                    return false;
+                }
+                warning!(
+                    "ha: MASTER of group {}: holding {} address(es) on {} and forwarding",
+                    ha.group,
+                    addresses.len(),
+                    ha.interface
+                );
+            }
+            crate::ha::election::Role::Backup => {
+                if let Err(err) = crate::ha::takeover::release(&ha.interface, &addresses) {
+                    warning!("ha: releasing the addresses: {err:#}");
+                }
+                attachments.clear();
+                warning!(
+                    "ha: BACKUP of group {}: holding no address, not forwarding",
+                    ha.group
+                );
+            }
+        }
+        true
+    }
+
     /// What the data plane should see now: drained backends at weight 0,
     /// then health and slow start.
     fn effective(&self, now: Instant) -> Config {
@@ -362,8 +459,8 @@ impl Daemon {
     fn reload(&mut self) -> Result<Done, ApiError> {
         let (document, next) = config::load_document(&self.path)
             .map_err(|err| ApiError::new(422, err.to_string()).with_fix(err.fix.clone()))?;
-        if next.daemon != self.config.daemon {
-            warning!("reload: [daemon] changes (interfaces, xdp_mode, api, conn_table_size) need a restart; applying the rest");
+        if next.daemon != self.config.daemon || next.ha != self.config.ha {
+            warning!("reload: [daemon] and [ha] changes need a restart; applying the rest");
         }
         self.fits(&next)?;
         self.source = format!("file {}", self.path.display());
@@ -403,6 +500,7 @@ impl Daemon {
         self.document = document;
         self.config = Config {
             daemon: self.config.daemon.clone(),
+            ha: self.config.ha.clone(),
             timeouts: next.timeouts,
             services: next.services,
         };
@@ -477,9 +575,11 @@ impl Daemon {
             config::validate_document(Path::new("API request"), &document).map_err(|err| {
                 ApiError::new(422, format!("{}: {}", err.key, err.reason)).with_fix(err.fix.clone())
             })?;
-        if next.daemon != self.config.daemon {
-            return Err(ApiError::new(422, "the API does not change [daemon]")
-                .with_fix("edit the file and restart pnlb run"));
+        if next.daemon != self.config.daemon || next.ha != self.config.ha {
+            return Err(
+                ApiError::new(422, "the API does not change [daemon] or [ha]")
+                    .with_fix("edit the file and restart pnlb run"),
+            );
         }
         self.fits(&next)?;
         self.source = format!("file {} + API edits", self.path.display());

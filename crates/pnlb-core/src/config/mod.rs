@@ -12,7 +12,10 @@ use serde::Deserialize;
 
 use crate::duration;
 
+mod ha;
 mod health;
+pub use ha::Ha;
+use ha::RawHa;
 use health::RawHealth;
 pub use health::{CheckKind, DownPolicy, HealthCheck, HttpCheck};
 
@@ -21,6 +24,8 @@ pub use health::{CheckKind, DownPolicy, HealthCheck, HttpCheck};
 pub struct Config {
     pub daemon: Daemon,
     pub timeouts: Timeouts,
+    /// A failover group, when this node is one of several.
+    pub ha: Option<Ha>,
     pub services: Vec<Service>,
 }
 
@@ -370,6 +375,7 @@ fn syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
 struct RawConfig {
     daemon: Option<RawDaemon>,
     timeouts: Option<RawTimeouts>,
+    ha: Option<RawHa>,
     #[serde(default)]
     service: Vec<RawService>,
 }
@@ -457,6 +463,10 @@ impl Validator<'_> {
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let daemon = self.daemon(raw.daemon)?;
         let timeouts = self.timeouts(raw.timeouts)?;
+        let ha = raw
+            .ha
+            .map(|ha| self.ha(ha, &daemon.interfaces))
+            .transpose()?;
         let mut services = Vec::with_capacity(raw.service.len());
         let mut names = HashSet::new();
         let mut keys = HashSet::new();
@@ -484,6 +494,7 @@ impl Validator<'_> {
         Ok(Config {
             daemon,
             timeouts,
+            ha,
             services,
         })
     }
@@ -1331,6 +1342,29 @@ address = "fd77:1::11"
         let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"dr\"\nencap = \"ipip\""));
         assert!(err.key.ends_with("encap"), "{err}");
         assert!(err.reason.contains("only applies"), "{err}");
+    }
+
+    #[test]
+    fn a_failover_group_is_validated() {
+        let ha = |table: &str| format!("{GOOD}\n[ha]\n{table}");
+        let good = "group = 7\ninterface = \"eth0\"\npeers = [\"10.77.1.3\"]\nkey_file = \"/etc/pnlb/ha.key\"\nfloating = [\"10.77.1.254\"]";
+        let config = parse(Path::new("lb.toml"), &ha(good)).unwrap();
+        let group = config.ha.unwrap();
+        assert_eq!((group.group, group.priority), (7, 100));
+        assert_eq!(group.advert_interval, Duration::from_millis(200));
+        for (change, key) in [
+            (good.replace("group = 7", "group = 0"), "ha.group"),
+            (good.replace("\"eth0\"", "\"eth9\""), "ha.interface"),
+            (good.replace("[\"10.77.1.3\"]", "[]"), "ha.peers"),
+            (good.replace("/etc/pnlb/ha.key", "ha.key"), "ha.key_file"),
+            (format!("{good}\npriority = 255"), "ha.priority"),
+            (
+                format!("{good}\nadvert_interval = \"1ms\""),
+                "ha.advert_interval",
+            ),
+        ] {
+            assert_eq!(error_of(&ha(&change)).key, key, "{change}");
+        }
     }
 
     #[test]

@@ -84,9 +84,22 @@ pub fn wait_for_log(daemon: &pnlb_lab::LabProcess, needle: &str, timeout: Durati
     }
 }
 
+/// Refuses to send from the root network namespace: lab traffic must
+/// never leave the lab (a helper called from the test's own thread would
+/// send it out of the host's default route).
+pub fn assert_in_lab_netns() {
+    let mine = std::fs::read_link("/proc/thread-self/ns/net").ok();
+    let root = std::fs::read_link("/proc/1/ns/net").ok();
+    assert!(
+        mine.is_some() && mine != root,
+        "lab traffic from the root network namespace: call this inside in_netns(&lab.client, ...)"
+    );
+}
+
 /// One HTTP/1.0 request to vip:80 on a new connection: the answering
-/// server's name, or why it failed.
+/// server's name, or why it failed. Only from inside a lab namespace.
 pub fn request(vip: IpAddr) -> Result<String, String> {
+    assert_in_lab_netns();
     let mut stream = TcpStream::connect_timeout(&SocketAddr::new(vip, 80), Duration::from_secs(1))
         .map_err(|e| e.to_string())?;
     stream

@@ -1,0 +1,216 @@
+//! Failover (design.md §4, issue "Failover with TCP session recovery"):
+//! nodes of one `[ha]` group elect an active node with authenticated
+//! adverts ([`advert`], [`election`]); the active node holds the VIPs and
+//! floating addresses and forwards, the others hold nothing and forward
+//! nothing ([`takeover`]). This thread runs the election; the daemon loop
+//! acts on its role changes and tells it whether the node is healthy.
+
+pub mod advert;
+pub mod election;
+pub mod takeover;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use pnlb_core::config::Ha;
+
+use self::advert::{Advert, ADVERT_PORT};
+use self::election::{Election, Heard, Role};
+use crate::log::{info, warning};
+
+/// How stale the daemon loop's heartbeat may be before the node counts as sick.
+const HEARTBEAT_LIMIT: Duration = Duration::from_secs(2);
+
+pub struct HaNode {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Role changes, for the daemon loop.
+    pub roles: mpsc::Receiver<Role>,
+    /// Milliseconds since the epoch of the daemon loop's last turn.
+    pub heartbeat: Arc<AtomicU64>,
+    /// Whether the data plane is fine (attached when it should be, maps readable).
+    pub dataplane_ok: Arc<AtomicBool>,
+}
+
+impl Drop for HaNode {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Reads the shared key: at least 16 bytes after trimming.
+pub fn read_key(path: &std::path::Path) -> Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("ha.key_file {}: cannot read it", path.display()))?;
+    let key = text.trim().as_bytes().to_vec();
+    if key.len() < 16 {
+        bail!(
+            "ha.key_file {}: the key is shorter than 16 characters; use the same long random one on every node (openssl rand -hex 32)",
+            path.display()
+        );
+    }
+    Ok(key)
+}
+
+impl HaNode {
+    /// Starts the election as `me` (this node's address on ha.interface).
+    pub fn start(config: &Ha, me: IpAddr) -> Result<Self> {
+        let key = read_key(&config.key_file)?;
+        let bind = match me {
+            IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], ADVERT_PORT)),
+            IpAddr::V6(_) => SocketAddr::from(([0u16; 8], ADVERT_PORT)),
+        };
+        let socket = UdpSocket::bind(bind)
+            .with_context(|| format!("ha: cannot listen on udp/{ADVERT_PORT}"))?;
+        let tick = (config.advert_interval / 4).max(Duration::from_millis(5));
+        socket.set_read_timeout(Some(tick))?;
+        let (roles_tx, roles) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let heartbeat = Arc::new(AtomicU64::new(now_ms()));
+        let dataplane_ok = Arc::new(AtomicBool::new(true));
+        let ha = config.clone();
+        let thread = {
+            let (stop, heartbeat, dataplane_ok) =
+                (stop.clone(), heartbeat.clone(), dataplane_ok.clone());
+            std::thread::spawn(move || {
+                run(
+                    &ha,
+                    me,
+                    &key,
+                    &socket,
+                    &roles_tx,
+                    &stop,
+                    &heartbeat,
+                    &dataplane_ok,
+                )
+            })
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            roles,
+            heartbeat,
+            dataplane_ok,
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    config: &Ha,
+    me: IpAddr,
+    key: &[u8],
+    socket: &UdpSocket,
+    roles: &mpsc::Sender<Role>,
+    stop: &AtomicBool,
+    heartbeat: &AtomicU64,
+    dataplane_ok: &AtomicBool,
+) {
+    let start = Instant::now();
+    let mut election = Election::new(
+        me,
+        config.priority,
+        config.advert_interval,
+        config.preempt_delay,
+        start,
+    );
+    let mut role = Role::Backup;
+    let mut last_sent: Option<Instant> = None;
+    let mut sequence = now_ms() * 1000;
+    let mut buffer = [0u8; 256];
+    let mut rejected_logged = std::collections::HashSet::new();
+    info!(
+        "ha: group {} as {me}, priority {}, peers {}; backup until elected",
+        config.group,
+        config.priority,
+        config
+            .peers
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((len, from)) = socket.recv_from(&mut buffer) {
+            match Advert::parse(&buffer[..len], key) {
+                Ok(advert) if advert.group != config.group || advert.sender == me => {}
+                Ok(advert) if !config.peers.contains(&advert.sender) => {
+                    if rejected_logged.insert(from.ip()) {
+                        warning!(
+                            "ha: ignoring an advert from {} (sender {} is not one of ha.peers)",
+                            from.ip(),
+                            advert.sender
+                        );
+                    }
+                }
+                Ok(advert) => {
+                    if election.heard(&advert, Instant::now()) == Heard::Replay
+                        && rejected_logged.insert(from.ip())
+                    {
+                        warning!("ha: ignoring a replayed advert from {}", from.ip());
+                    }
+                }
+                Err(err) => {
+                    if rejected_logged.insert(from.ip()) {
+                        warning!("ha: rejected an advert from {}: {err}", from.ip());
+                    }
+                }
+            }
+        }
+        let healthy = now_ms().saturating_sub(heartbeat.load(Ordering::Relaxed))
+            < HEARTBEAT_LIMIT.as_millis() as u64
+            && dataplane_ok.load(Ordering::Relaxed);
+        election.set_healthy(healthy);
+        let now = Instant::now();
+        let next = election.tick(now);
+        let resigning = next == Role::Backup && role == Role::Master && !healthy;
+        if next != role {
+            role = next;
+            let _ = roles.send(role);
+        }
+        let due = last_sent.is_none_or(|t| now.duration_since(t) >= config.advert_interval);
+        if (role == Role::Master && due) || resigning {
+            sequence = sequence.max(now_ms() * 1000) + 1;
+            let advert = Advert {
+                group: config.group,
+                priority: election.priority(),
+                master: true,
+                sender: me,
+                sequence,
+            };
+            let bytes = advert.emit(key);
+            for peer in &config.peers {
+                let _ = socket.send_to(&bytes, SocketAddr::new(*peer, ADVERT_PORT));
+            }
+            last_sent = Some(now);
+        }
+    }
+    if role == Role::Master {
+        // Stopping: resign (priority 0), so a backup takes over at once.
+        let advert = Advert {
+            group: config.group,
+            priority: 0,
+            master: true,
+            sender: me,
+            sequence: sequence.max(now_ms() * 1000) + 1,
+        };
+        let bytes = advert.emit(key);
+        for peer in &config.peers {
+            let _ = socket.send_to(&bytes, SocketAddr::new(*peer, ADVERT_PORT));
+        }
+    }
+}

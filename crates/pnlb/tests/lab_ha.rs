@@ -1,0 +1,289 @@
+//! Failover of a pair in the lab (two LB namespaces, the router sending the
+//! VIPs to the floating address the active one holds): the active node
+//! killed, its link cut, and its return with preemption, each while a
+//! 1 GiB download and a stream of short requests run through the VIP; a
+//! forged advert changes nothing. Direct routing and tunneling: both
+//! nodes compute the same Maglev table, so an established flow keeps its
+//! server across the switch without connection sync.
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod support;
+
+use pnlb_lab::{spawn_in_netns, Lab, LabProcess, LabSpec, BULK_PORT, LB_INTERFACE, VIP4};
+use support::*;
+
+const GIB: u64 = 1 << 30;
+
+fn pair_config(lab: &Lab, method: &str, node: u8, priority: u8) -> std::path::PathBuf {
+    let everyone: Vec<usize> = (0..lab.servers.len()).collect();
+    let base = if method == "tun" {
+        lab.tun_config("ipip", 80, &everyone)
+    } else {
+        lab.config(method, 80, &everyone)
+    };
+    let bulk = base
+        .replace("port = 80", &format!("port = {BULK_PORT}"))
+        .replace("name = \"web", "name = \"bulk");
+    let bulk_services = bulk.split_once("\n\n").map_or("", |(_, s)| s);
+    let key = lab.dir.join("ha.key");
+    std::fs::write(&key, "lab-shared-secret-0123456789abcdef\n").unwrap();
+    let text = lab.ha_config(&format!("{base}\n{bulk_services}"), node, priority, &key);
+    let path = lab.dir.join(format!("pnlb-node{node}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start_node(ns: &str, config: &std::path::Path) -> LabProcess {
+    let config = config.display().to_string();
+    let mut node =
+        LabProcess::spawn(ns, "pnlb run (ha)", PNLB, &["run", "--config", &config]).expect("spawn");
+    node.wait_for_line("standing by", Duration::from_secs(30))
+        .expect("started");
+    node
+}
+
+/// A 1 GiB download through the VIP's bulk service, checked byte for byte.
+fn long_download(
+    lab: &Lab,
+) -> std::thread::JoinHandle<Result<Result<(), String>, pnlb_lab::LabError>> {
+    spawn_in_netns(&lab.client, || {
+        let vip = SocketAddr::new(IpAddr::V4(VIP4), BULK_PORT);
+        let mut stream =
+            TcpStream::connect_timeout(&vip, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let done = pnlb_lab::bulk::download(&mut stream, GIB, 11)
+            .map_err(|e| format!("the download broke: {e}"))?;
+        if done.received != GIB || done.client_checksum != done.server_checksum {
+            return Err(format!("{done:?}: not the bytes the server sent"));
+        }
+        Ok(())
+    })
+    .expect("client namespace")
+}
+
+/// Short requests until told to stop: (answered, failed).
+fn short_requests(
+    lab: &Lab,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<(u32, u32), pnlb_lab::LabError>> {
+    spawn_in_netns(&lab.client, move || {
+        let (mut ok, mut failed) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match request(IpAddr::V4(VIP4)) {
+                Ok(_) => ok += 1,
+                Err(_) => failed += 1,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (ok, failed)
+    })
+    .expect("client namespace")
+}
+
+/// Runs `fault` in the middle of a long download and short requests;
+/// returns the takeover time (fault until `taker` logs it is master).
+fn through(lab: &Lab, what: &str, taker: &LabProcess, fault: impl FnOnce()) -> Duration {
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = short_requests(lab, stop.clone());
+    let download = long_download(lab);
+    std::thread::sleep(Duration::from_millis(800));
+    let masters_before = taker
+        .output()
+        .iter()
+        .filter(|l| l.contains("ha: MASTER"))
+        .count();
+    let at = Instant::now();
+    fault();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while taker
+        .output()
+        .iter()
+        .filter(|l| l.contains("ha: MASTER"))
+        .count()
+        == masters_before
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no takeover: {:?}",
+            taker.output()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let takeover = at.elapsed();
+    download
+        .join()
+        .unwrap()
+        .unwrap()
+        .unwrap_or_else(|err| panic!("{what}: {err}"));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = requests.join().unwrap().unwrap();
+    eprintln!(
+        "{what}: takeover after {takeover:?}; short requests: {ok} answered, {failed} failed"
+    );
+    assert!(ok > 20, "{what}: only {ok} requests answered");
+    takeover
+}
+
+fn failover_keeps_transfers_going(method: &str) {
+    let lab = Lab::up(&LabSpec {
+        ha: true,
+        echo: true,
+        ..LabSpec::default()
+    })
+    .expect("lab");
+    let decaps: Vec<LabProcess> = if method == "tun" {
+        (0..lab.servers.len())
+            .map(|i| lab.start_decap(PNLB, i).unwrap())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let lb2 = lab.lb2.clone().unwrap();
+    let config1 = pair_config(&lab, method, 1, 150);
+    let config2 = pair_config(&lab, method, 2, 100);
+    let mut node1 = start_node(&lab.lb, &config1);
+    node1
+        .wait_for_line("ha: MASTER", Duration::from_secs(10))
+        .expect("node 1 elected");
+    let node2 = start_node(&lb2, &config2);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        !node2.output().iter().any(|l| l.contains("ha: MASTER")),
+        "node 2 stays backup"
+    );
+    let answer = pnlb_lab::in_netns(&lab.client, || request(IpAddr::V4(VIP4))).unwrap();
+    assert!(answer.is_ok(), "{answer:?}: {:?}", node1.output());
+
+    // A forged advert (wrong key, top priority, claiming node 1's address)
+    // changes nothing.
+    spawn_in_netns(&lab.client, || {
+        let forged = forged_advert();
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..20 {
+            socket.send_to(&forged, "10.77.1.3:8112").unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .unwrap()
+    .join()
+    .unwrap()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !node2.output().iter().any(|l| l.contains("ha: MASTER")),
+        "{:?}",
+        node2.output()
+    );
+    wait_for_log(&node2, "bad authentication", Duration::from_secs(2));
+
+    // 1. The active node's process is killed.
+    let killed = through(
+        &lab,
+        &format!("{method}: kill -9 of the active node"),
+        &node2,
+        || {
+            node1.signal(libc::SIGKILL);
+        },
+    );
+    node1.stop(Duration::from_secs(5));
+    // A killed daemon leaves its program and addresses behind (as a
+    // SIGKILLed keepalived does); an operator would clean up before a restart.
+    pnlb_lab::netns::ip(&lab.lb, &["link", "set", LB_INTERFACE, "xdp", "off"]).unwrap();
+    for floating in ["10.77.1.254/32", "10.77.100.1/32"] {
+        let _ = pnlb_lab::netns::ip(&lab.lb, &["addr", "del", floating, "dev", LB_INTERFACE]);
+    }
+    let _ = pnlb_lab::netns::ip(
+        &lab.lb,
+        &[
+            "-6",
+            "addr",
+            "flush",
+            "dev",
+            LB_INTERFACE,
+            "scope",
+            "global",
+        ],
+    );
+    pnlb_lab::netns::ip(
+        &lab.lb,
+        &[
+            "-6",
+            "addr",
+            "add",
+            "fd77:1::2/64",
+            "dev",
+            LB_INTERFACE,
+            "nodad",
+        ],
+    )
+    .unwrap();
+
+    // 2. Node 1 returns and preempts node 2 after its delay.
+    let node1 = start_node(&lab.lb, &config1);
+    let preempted = through(
+        &lab,
+        &format!("{method}: node 1 returns and preempts"),
+        &node1,
+        || {},
+    );
+    wait_for_log(&node2, "ha: BACKUP", Duration::from_secs(5));
+
+    // 3. The active node's link is cut.
+    let cut = through(
+        &lab,
+        &format!("{method}: the active node's link cut"),
+        &node2,
+        || {
+            pnlb_lab::netns::ip(&lab.lb, &["link", "set", LB_INTERFACE, "down"]).unwrap();
+        },
+    );
+    eprintln!("{method}: takeover times: kill {killed:?}, preempt (incl. 2 s delay) {preempted:?}, link cut {cut:?}");
+    assert!(
+        killed < Duration::from_secs(2) && cut < Duration::from_secs(2),
+        "kill {killed:?}, cut {cut:?}"
+    );
+    node1.stop(Duration::from_secs(5));
+    node2.stop(Duration::from_secs(5));
+    drop(decaps);
+}
+
+/// An advert for group 7 from 10.77.1.2 at priority 254, signed with the wrong key.
+fn forged_advert() -> Vec<u8> {
+    let mut bytes = vec![0u8; 64];
+    bytes[0..4].copy_from_slice(b"PNHA");
+    bytes[4] = 1;
+    bytes[5] = 7;
+    bytes[6] = 254;
+    bytes[7] = 1;
+    bytes[8..24].copy_from_slice(
+        &std::net::Ipv4Addr::new(10, 77, 1, 2)
+            .to_ipv6_mapped()
+            .octets(),
+    );
+    bytes[24..32].copy_from_slice(&u64::MAX.to_be_bytes());
+    bytes[32..].copy_from_slice(&[0x5a; 32]);
+    bytes
+}
+
+#[test]
+fn dr_failover_keeps_a_long_download_going_through_kill_preemption_and_link_cut() {
+    if !privileged() {
+        return;
+    }
+    failover_keeps_transfers_going("dr");
+}
+
+#[test]
+fn tun_failover_keeps_a_long_download_going_through_kill_preemption_and_link_cut() {
+    if !privileged() {
+        return;
+    }
+    failover_keeps_transfers_going("tun");
+}
