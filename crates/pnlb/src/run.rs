@@ -125,6 +125,7 @@ pub fn run(path: &Path) -> Result<()> {
     let mut last_tick = Instant::now();
     // With [ha] the loop turns faster: a role change is acted on within it.
     let turn = if ha.is_some() { HA_TURN } else { TICK };
+    let mut role_ok = true;
     while !stop.load(Ordering::Relaxed) {
         let wait = turn.min(TICK.saturating_sub(last_tick.elapsed()));
         match requests.recv_timeout(wait) {
@@ -142,10 +143,16 @@ pub fn run(path: &Path) -> Result<()> {
             }
         }
         if let Some(node) = &ha {
+            // The watchdog: this loop turning, the last role change done,
+            // the maps readable. A sick node resigns and is never elected.
             node.heartbeat.store(crate::ha::now_ms(), Ordering::Relaxed);
             while let Ok(role) = node.roles.try_recv() {
-                let ok = daemon.change_role(role, &mut attachments);
-                node.dataplane_ok.store(ok, Ordering::Relaxed);
+                role_ok = daemon.change_role(role, &mut attachments);
+            }
+            if last_tick.elapsed() >= TICK {
+                let readable = daemon.dataplane.reason_counters().is_ok();
+                node.dataplane_ok
+                    .store(role_ok && readable, Ordering::Relaxed);
             }
         }
         if last_tick.elapsed() >= TICK {
