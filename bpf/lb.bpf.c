@@ -40,6 +40,7 @@ const volatile struct {
 	struct pnlb_affinity affinity;
 	struct pnlb_backend_conns backend_conns;
 	struct pnlb_backend_expired backend_expired;
+	struct pnlb_conn_event conn_event;
 	enum pnlb_least_limits least_limits;
 	enum pnlb_decap_counter decap_counter;
 } pnlb_abi_anchor;

@@ -244,6 +244,16 @@ struct pnlb_conn {
 	__u32 _pad2;
 };
 
+/*
+ * Failover sync: the data plane reports each flow's original entry when it
+ * is created and when its state moves (pnlb_conn_events, a ring buffer the
+ * active node streams to its peers). Off unless [ha] is configured.
+ */
+struct pnlb_conn_event {
+	struct pnlb_flow_key key;
+	struct pnlb_conn conn;
+};
+
 /* packets/bytes: client -> backend; reply_*: backend -> client, where the
  * replies cross the load balancer (nat, snat). */
 struct pnlb_service_stats {
@@ -274,6 +284,7 @@ _Static_assert(sizeof(struct pnlb_backend_conns) == 24, "pnlb_backend_conns");
 _Static_assert(sizeof(struct pnlb_backend_expired) == 16, "pnlb_backend_expired");
 _Static_assert(sizeof(struct pnlb_flow_key) == 40, "pnlb_flow_key");
 _Static_assert(sizeof(struct pnlb_conn) == 72, "pnlb_conn");
+_Static_assert(sizeof(struct pnlb_conn_event) == 112, "pnlb_conn_event");
 _Static_assert(sizeof(struct pnlb_service_stats) == 40 + 8 * PNLB_REASON_MAX,
 	       "pnlb_service_stats");
 _Static_assert(sizeof(struct pnlb_backend_stats) == 40, "pnlb_backend_stats");

@@ -78,6 +78,24 @@ static __always_inline __u8 pnlb_next_state(__u8 state, __u8 flags)
 	return state;
 }
 
+/* Reports a flow's original entry to the failover sync, when it is on. */
+static __always_inline void pnlb_conn_report(const struct pnlb_flow_key *key,
+					     const struct pnlb_conn *conn)
+{
+	struct pnlb_conn_event *event;
+
+	if (!pnlb_conn_sync)
+		return;
+	/* Written in place in the ring: nothing on the (full) stack. A full
+	 * ring drops the report; the periodic full dump repairs it. */
+	event = bpf_ringbuf_reserve(&pnlb_conn_events, sizeof(*event), 0);
+	if (!event)
+		return;
+	__builtin_memcpy(&event->key, key, sizeof(event->key));
+	__builtin_memcpy(&event->conn, conn, sizeof(event->conn));
+	bpf_ringbuf_submit(event, 0);
+}
+
 /* Refreshes last_seen and moves the TCP state of both entries. */
 static __always_inline void pnlb_conn_track(struct pnlb_conn *conn, const struct pnlb_packet *pkt)
 {
@@ -103,14 +121,20 @@ static __always_inline void pnlb_conn_track(struct pnlb_conn *conn, const struct
 	conn->state = next;
 	conn->fin_seen = fins;
 	conn->last_seen_ns = now;
-	if (!(conn->flags & PNLB_CONN_F_NAT))
+	if (!(conn->flags & PNLB_CONN_F_NAT)) {
+		pnlb_conn_report(&pkt->flow, conn);
 		return;
+	}
 	pnlb_peer_key(conn, pkt->flow.protocol, &peer_key);
 	peer = bpf_map_lookup_elem(&pnlb_conns, &peer_key);
 	if (peer) {
 		peer->state = next;
 		peer->fin_seen = fins;
+		if (conn->direction == PNLB_DIR_REPLY)
+			pnlb_conn_report(&peer_key, peer);
 	}
+	if (conn->direction == PNLB_DIR_ORIGINAL)
+		pnlb_conn_report(&pkt->flow, conn);
 }
 
 /*
@@ -213,6 +237,7 @@ static __always_inline int pnlb_conn_create(const struct pnlb_service *svc,
 	}
 	bpf_map_update_elem(&pnlb_conns, &pkt->flow, &original, BPF_ANY);
 	pnlb_count_opened(backend_id, original.state == PNLB_CT_ESTABLISHED);
+	pnlb_conn_report(&pkt->flow, &original);
 	return 0;
 }
 

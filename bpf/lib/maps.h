@@ -82,6 +82,14 @@ struct {
 	__type(value, struct pnlb_service_stats);
 } pnlb_service_stats SEC(".maps");
 
+/* Failover sync (see pnlb_conn_event); set before load by the control plane. */
+const volatile __u32 pnlb_conn_sync = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} pnlb_conn_events SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, PNLB_MAX_BACKENDS);

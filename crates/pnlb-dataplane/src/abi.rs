@@ -9,11 +9,11 @@ pub use crate::skel::types::{
     pnlb_addr as Addr, pnlb_backend as Backend, pnlb_backend_conns as BackendConns,
     pnlb_backend_expired as BackendExpired, pnlb_backend_flags as BackendFlags,
     pnlb_backend_stats as BackendStats, pnlb_conn as Conn, pnlb_conn_direction as ConnDirection,
-    pnlb_conn_flags as ConnFlags, pnlb_conn_state as ConnState, pnlb_decap_counter as DecapCounter,
-    pnlb_encap as Encap, pnlb_flow_key as FlowKey, pnlb_hash_key as HashKey,
-    pnlb_hash_seed as HashSeed, pnlb_limits as Limits, pnlb_method as Method,
-    pnlb_reason as Reason, pnlb_scheduler as SchedulerKind, pnlb_service as Service,
-    pnlb_service_key as ServiceKey, pnlb_service_stats as ServiceStats,
+    pnlb_conn_event as ConnEvent, pnlb_conn_flags as ConnFlags, pnlb_conn_state as ConnState,
+    pnlb_decap_counter as DecapCounter, pnlb_encap as Encap, pnlb_flow_key as FlowKey,
+    pnlb_hash_key as HashKey, pnlb_hash_seed as HashSeed, pnlb_limits as Limits,
+    pnlb_method as Method, pnlb_reason as Reason, pnlb_scheduler as SchedulerKind,
+    pnlb_service as Service, pnlb_service_key as ServiceKey, pnlb_service_stats as ServiceStats,
     pnlb_snat_limits as SnatLimits,
 };
 
@@ -43,6 +43,7 @@ const _: () = {
     assert!(offset_of!(FlowKey, src_port) == 32);
     assert!(offset_of!(FlowKey, protocol) == 36);
     assert!(size_of::<Conn>() == 72);
+    assert!(size_of::<ConnEvent>() == 112);
     assert!(offset_of!(Conn, created_ns) == 16);
     assert!(offset_of!(Conn, rewrite_src) == 32);
     assert!(offset_of!(Conn, rewrite_sport) == 64);
@@ -76,6 +77,7 @@ unsafe impl Plain for BackendConns {}
 unsafe impl Plain for BackendExpired {}
 unsafe impl Plain for FlowKey {}
 unsafe impl Plain for Conn {}
+unsafe impl Plain for ConnEvent {}
 unsafe impl Plain for ServiceStats {}
 unsafe impl Plain for BackendStats {}
 unsafe impl Plain for u32 {}

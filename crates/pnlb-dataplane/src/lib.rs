@@ -7,6 +7,7 @@
 //! - [`programmer`]: turn validated config into map contents, and diff on reload;
 //! - [`nexthop`]: find the MAC and interface each backend is reached through;
 //! - [`stats`]: read the per-CPU counters;
+//! - [`sync`]: flows in and out, for failover sync;
 //! - [`prog_stats`]: the kernel's CPU-time accounting of BPF programs (benchmarks);
 //! - [`xdp_pass`]: the pass-everything program veth peers need;
 //! - [`xdp_ceiling`]: the benchmark's minimal XDP_TX forwarder.
@@ -19,6 +20,7 @@ pub mod nexthop;
 pub mod prog_stats;
 pub mod programmer;
 pub mod stats;
+pub mod sync;
 pub mod xdp_ceiling;
 pub mod xdp_pass;
 

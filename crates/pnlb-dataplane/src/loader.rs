@@ -41,6 +41,12 @@ impl Dataplane {
     /// Loads the program with a connection table of `conn_table_size`
     /// entries (nat/snat flows take two).
     pub fn load(conn_table_size: u32) -> Result<Self, DataplaneError> {
+        Self::load_with(conn_table_size, false)
+    }
+
+    /// As [`Self::load`]; `conn_sync` makes the program report flows for
+    /// failover sync ([`crate::sync`]).
+    pub fn load_with(conn_table_size: u32, conn_sync: bool) -> Result<Self, DataplaneError> {
         // The skeleton borrows its object storage for as long as it lives; a
         // data plane lives for the process, so the few bytes are leaked.
         let storage: &'static mut MaybeUninit<OpenObject> =
@@ -52,6 +58,9 @@ impl Dataplane {
             .pnlb_conns
             .set_max_entries(conn_table_size)
             .map_err(DataplaneError::Load)?;
+        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+            rodata.pnlb_conn_sync = u32::from(conn_sync);
+        }
         let skel = open.load().map_err(DataplaneError::Load)?;
         Ok(Self { skel })
     }

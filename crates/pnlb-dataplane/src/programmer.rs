@@ -528,6 +528,38 @@ impl Programmer {
         Ok(())
     }
 
+    /// A flow's service (by its listener) and backend (by address and
+    /// port), from this node's slot ids: what another node can resolve.
+    pub fn describe(&self, service_id: u32, backend_id: u32) -> Option<(ServiceKey, IpAddr, u16)> {
+        let slot = self.services.values().find(|s| s.id == service_id)?;
+        let (address, port) = slot
+            .backends
+            .iter()
+            .chain(slot.retiring.iter())
+            .find(|(_, b)| b.id == backend_id)
+            .map(|(key, _)| *key)?;
+        Some((slot.key, address, port))
+    }
+
+    /// The reverse of [`Self::describe`] on this node: (service id,
+    /// backend id, backend generation).
+    pub fn resolve(
+        &self,
+        service: &ServiceKey,
+        address: IpAddr,
+        port: u16,
+    ) -> Option<(u32, u32, u32)> {
+        let slot = self
+            .services
+            .values()
+            .find(|s| bytes_of(&s.key) == bytes_of(service))?;
+        let backend = slot
+            .backends
+            .get(&(address, port))
+            .or_else(|| slot.retiring.get(&(address, port)))?;
+        Some((slot.id, backend.id, backend.value.generation))
+    }
+
     /// How many scheduling tables a service has published.
     pub fn table_version(&self, service: &str) -> Option<u64> {
         self.services.get(service).map(|s| s.table_version)

@@ -485,3 +485,118 @@ fn malformed_packets_from_a_backend_pass_untouched_even_mid_flow() {
         );
     });
 }
+
+/// Failover sync: a flow the active node's data plane reports, installed on
+/// a second data plane (as a backup does), is translated there exactly as
+/// on the first — snat's allocated port included — in both directions.
+#[test]
+fn a_synced_flow_is_translated_on_the_other_node_in_both_directions() {
+    if !privileged() {
+        return;
+    }
+    // Replies are routed with bpf_fib_lookup: a namespace with routes.
+    in_lb_netns(|| {
+        let config = parse_config(SNAT_SYNC_CONFIG);
+        let active = pnlb_dataplane::Dataplane::load_with(65_536, true).expect("load");
+        let mut active_programmer = pnlb_dataplane::Programmer::new();
+        let mut resolver = StaticResolver {
+            ifindex: TEST_RUN_IFINDEX,
+            unreachable: Vec::new(),
+        };
+        active_programmer
+            .apply(&active, &config, &mut resolver)
+            .unwrap();
+        let events = active.conn_events().unwrap();
+        let mut outputs = Vec::new();
+        for sport in [40_000u16, 40_001] {
+            let syn = Pkt::tcp("10.77.0.2", sport, "10.77.100.3", 80, SYN);
+            let (verdict, out) = run_on(&active, &syn.bytes());
+            assert_eq!(verdict, XDP_TX);
+            outputs.push((syn, out));
+        }
+        let reported = events.take();
+        assert_eq!(reported.len(), 2, "one report per new flow");
+
+        let backup = pnlb_dataplane::Dataplane::load(65_536).expect("load");
+        let mut backup_programmer = pnlb_dataplane::Programmer::new();
+        backup_programmer
+            .apply(&backup, &config, &mut resolver)
+            .unwrap();
+        // Before the sync, the backup knows nothing of the flow: a reply
+        // (in a download, the first packet after a takeover) is not
+        // translated, it goes to the kernel.
+        let (syn, on_active) = &outputs[1];
+        let (snat_src, snat_port, backend, backend_port) = endpoints(on_active);
+        let reply = Pkt::tcp(
+            &backend.to_string(),
+            backend_port,
+            &snat_src.to_string(),
+            snat_port,
+            ACK,
+        )
+        .macs(backend_mac(backend), LB_MAC);
+        assert_eq!(run_on(&backup, &reply.bytes()).0, XDP_PASS);
+
+        // The second flow is synced (with the backup's own slot ids).
+        let (key, conn) = reported[1];
+        let (service, address, port) = active_programmer
+            .describe(conn.service_id, conn.backend_id)
+            .unwrap();
+        let (service_id, backend_id, generation) =
+            backup_programmer.resolve(&service, address, port).unwrap();
+        let mut local = conn;
+        local.service_id = service_id;
+        local.backend_id = backend_id;
+        local.backend_generation = generation;
+        backup.install_flow(&key, &local).unwrap();
+
+        let ack = Pkt {
+            tcp: Some(ACK),
+            ..syn.clone()
+        };
+        let (_, on_backup) = run_on(&backup, &ack.bytes());
+        assert_eq!(
+            endpoints(&on_backup),
+            endpoints(on_active),
+            "the same backend, SNAT address and port on the other node"
+        );
+        let (verdict, back) = run_on(&backup, &reply.bytes());
+        assert_eq!(verdict, XDP_REDIRECT, "routed towards the client");
+        assert_eq!(
+            endpoints(&back),
+            (syn.dst, syn.dport, syn.src, syn.sport),
+            "the reply goes back to the client from the VIP"
+        );
+    });
+}
+
+const SNAT_SYNC_CONFIG: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "10.77.100.3"
+port = 80
+method = "snat"
+snat_addresses = ["10.77.1.254"]
+[[service.backend]]
+address = "10.77.1.11"
+"#;
+
+fn run_on(dataplane: &pnlb_dataplane::Dataplane, packet: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; packet.len() + 256];
+    let input = libbpf_rs::ProgramInput {
+        data_in: Some(packet),
+        data_out: Some(&mut out),
+        ..Default::default()
+    };
+    let output = dataplane
+        .program()
+        .test_run(input)
+        .expect("BPF_PROG_TEST_RUN");
+    let verdict = output.return_value;
+    let len = output.data.map(|d| d.len()).unwrap_or(0);
+    out.truncate(len);
+    (verdict, out)
+}

@@ -69,6 +69,8 @@ pub enum Gateway {
     Router,
     /// The load balancer: nat, whose replies must be translated back.
     Lb,
+    /// A failover pair's floating address (nat behind a pair).
+    Floating,
 }
 
 impl Gateway {
@@ -77,6 +79,7 @@ impl Gateway {
         match self {
             Gateway::Router => ("10.77.1.1", "fd77:1::1"),
             Gateway::Lb => ("10.77.1.2", "fd77:1::2"),
+            Gateway::Floating => ("10.77.1.254", "fd77:1::254"),
         }
     }
 }

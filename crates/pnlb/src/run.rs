@@ -76,11 +76,13 @@ pub fn run(path: &Path) -> Result<()> {
 
     let mut daemon = Daemon::start(path, document, config)?;
     // With [ha], this node forwards only while it is the active one.
-    let ha = match &daemon.config.ha {
-        None => None,
+    let (ha, mut syncer) = match &daemon.config.ha {
+        None => (None, None),
         Some(ha) => {
             let me = crate::ha::takeover::own_address(&ha.interface, ha.peers[0].is_ipv6())?;
-            Some(crate::ha::HaNode::start(ha, me)?)
+            let syncer = crate::ha::syncer::Syncer::new(ha, me, &daemon.dataplane)?;
+            let node = crate::ha::HaNode::start(ha, me, syncer.synced.clone())?;
+            (Some(node), Some(syncer))
         }
     };
     // Program the maps first, attach second: the program never sees a
@@ -148,6 +150,16 @@ pub fn run(path: &Path) -> Result<()> {
             node.heartbeat.store(crate::ha::now_ms(), Ordering::Relaxed);
             while let Ok(role) = node.roles.try_recv() {
                 role_ok = daemon.change_role(role, &mut attachments);
+                if let (Some(syncer), crate::ha::election::Role::Backup) = (syncer.as_mut(), role) {
+                    syncer.became_backup();
+                }
+            }
+            if let Some(syncer) = syncer.as_mut() {
+                syncer.turn(
+                    !attachments.is_empty(),
+                    &daemon.dataplane,
+                    &daemon.programmer,
+                );
             }
             if last_tick.elapsed() >= TICK {
                 let readable = daemon.dataplane.reason_counters().is_ok();
@@ -208,7 +220,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(path: &Path, document: Document, config: Config) -> Result<Self> {
-        let dataplane = Dataplane::load(config.daemon.conn_table_size)?;
+        let dataplane = Dataplane::load_with(config.daemon.conn_table_size, config.ha.is_some())?;
         let mut programmer = Programmer::new();
         let mut next_hops = NextHops::default();
         let lifecycle = Lifecycle::default();

@@ -2,9 +2,10 @@
 //! VIPs to the floating address the active one holds): the active node
 //! killed, its link cut, and its return with preemption, each while a
 //! 1 GiB download and a stream of short requests run through the VIP; a
-//! forged advert changes nothing. Direct routing and tunneling: both
-//! nodes compute the same Maglev table, so an established flow keeps its
-//! server across the switch without connection sync.
+//! forged advert changes nothing. For every method: dr and tun flows keep
+//! their server because both nodes compute the same Maglev table; nat and
+//! snat flows keep their translations (and snat its ports) because the
+//! active node streams its connection table to the backup.
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +30,25 @@ fn pair_config(lab: &Lab, method: &str, node: u8, priority: u8) -> std::path::Pa
         .replace("port = 80", &format!("port = {BULK_PORT}"))
         .replace("name = \"web", "name = \"bulk");
     let bulk_services = bulk.split_once("\n\n").map_or("", |(_, s)| s);
+    // snat's source address moves with mastership: the floating one.
+    let base = base
+        .replace(
+            "snat_addresses = [\"10.77.1.2\"]",
+            "snat_addresses = [\"10.77.1.254\"]",
+        )
+        .replace(
+            "snat_addresses = [\"fd77:1::2\"]",
+            "snat_addresses = [\"fd77:1::254\"]",
+        );
+    let bulk_services = bulk_services
+        .replace(
+            "snat_addresses = [\"10.77.1.2\"]",
+            "snat_addresses = [\"10.77.1.254\"]",
+        )
+        .replace(
+            "snat_addresses = [\"fd77:1::2\"]",
+            "snat_addresses = [\"fd77:1::254\"]",
+        );
     let key = lab.dir.join("ha.key");
     std::fs::write(&key, "lab-shared-secret-0123456789abcdef\n").unwrap();
     let text = lab.ha_config(&format!("{base}\n{bulk_services}"), node, priority, &key);
@@ -145,6 +165,10 @@ fn failover_keeps_transfers_going(method: &str) {
     } else {
         Vec::new()
     };
+    if method == "nat" {
+        // nat replies go back through the pair: via its floating address.
+        lab.route_servers_via(pnlb_lab::Gateway::Floating).unwrap();
+    }
     let lb2 = lab.lb2.clone().unwrap();
     let config1 = pair_config(&lab, method, 1, 150);
     let config2 = pair_config(&lab, method, 2, 100);
@@ -158,6 +182,9 @@ fn failover_keeps_transfers_going(method: &str) {
         !node2.output().iter().any(|l| l.contains("ha: MASTER")),
         "node 2 stays backup"
     );
+    // The backup asked for, and got, the active node's table.
+    wait_for_log(&node2, "full table received", Duration::from_secs(5));
+    wait_for_log(&node1, "sent a full dump", Duration::from_secs(5));
     let answer = pnlb_lab::in_netns(&lab.client, || request(IpAddr::V4(VIP4))).unwrap();
     assert!(answer.is_ok(), "{answer:?}: {:?}", node1.output());
 
@@ -286,4 +313,20 @@ fn tun_failover_keeps_a_long_download_going_through_kill_preemption_and_link_cut
         return;
     }
     failover_keeps_transfers_going("tun");
+}
+
+#[test]
+fn nat_failover_keeps_a_long_download_going_through_kill_preemption_and_link_cut() {
+    if !privileged() {
+        return;
+    }
+    failover_keeps_transfers_going("nat");
+}
+
+#[test]
+fn snat_failover_keeps_a_long_download_going_through_kill_preemption_and_link_cut() {
+    if !privileged() {
+        return;
+    }
+    failover_keeps_transfers_going("snat");
 }

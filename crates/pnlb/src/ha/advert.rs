@@ -44,7 +44,8 @@ pub enum AdvertError {
     Authentication,
 }
 
-fn mac(key: &[u8], data: &[u8]) -> [u8; 32] {
+/// HMAC-SHA256 of `data` under `key` (adverts and sync messages).
+pub fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     let computed = PKey::hmac(key)
         .and_then(|pkey| {
@@ -72,7 +73,7 @@ impl Advert {
         };
         out[8..24].copy_from_slice(&sender.octets());
         out[24..32].copy_from_slice(&self.sequence.to_be_bytes());
-        let tag = mac(key, &out[..SIGNED]);
+        let tag = hmac(key, &out[..SIGNED]);
         out[SIGNED..].copy_from_slice(&tag);
         out
     }
@@ -84,7 +85,7 @@ impl Advert {
         if bytes[4] != VERSION {
             return Err(AdvertError::Version(bytes[4]));
         }
-        let expected = mac(key, &bytes[..SIGNED]);
+        let expected = hmac(key, &bytes[..SIGNED]);
         if !openssl::memcmp::eq(&expected, &bytes[SIGNED..]) {
             return Err(AdvertError::Authentication);
         }

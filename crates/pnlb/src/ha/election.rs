@@ -31,6 +31,8 @@ pub struct Election {
     /// Set while we outrank the current master: when we may take over.
     preempt_at: Option<Instant>,
     healthy: bool,
+    /// Whether we hold the master's full table: preemption waits for it.
+    synced: bool,
     /// Newest sequence seen per sender: older adverts are replays.
     sequences: HashMap<IpAddr, u64>,
 }
@@ -65,6 +67,7 @@ impl Election {
             master_heard: now,
             preempt_at: None,
             healthy: true,
+            synced: true,
             sequences: HashMap::new(),
         }
     }
@@ -85,6 +88,11 @@ impl Election {
 
     pub fn set_healthy(&mut self, healthy: bool) {
         self.healthy = healthy;
+    }
+
+    /// Preemption (failback) waits until we hold the master's full table.
+    pub fn set_synced(&mut self, synced: bool) {
+        self.synced = synced;
     }
 
     /// An authenticated advert from another node of the group.
@@ -129,7 +137,7 @@ impl Election {
             Role::Master if !self.healthy => self.role = Role::Backup,
             Role::Backup if self.healthy => {
                 let silent = now.duration_since(self.master_heard) >= self.master_down();
-                let preempt = self.preempt_at.is_some_and(|at| now >= at);
+                let preempt = self.synced && self.preempt_at.is_some_and(|at| now >= at);
                 if silent || preempt {
                     self.role = Role::Master;
                     self.preempt_at = None;
@@ -205,6 +213,22 @@ mod tests {
                 expected,
                 "at {i}00 ms (preempt_delay 1 s from the first advert)"
             );
+        }
+    }
+
+    #[test]
+    fn preemption_waits_for_the_full_table() {
+        let start = Instant::now();
+        let mut n = node("10.0.0.2", 150, start);
+        n.set_synced(false);
+        for i in 1..=30u64 {
+            let at = start + i as u32 * 100 * MS;
+            n.heard(&advert("10.0.0.3", 100, i), at);
+            if i == 25 {
+                n.set_synced(true);
+            }
+            let expected = if i < 25 { Role::Backup } else { Role::Master };
+            assert_eq!(n.tick(at), expected, "at {i}00 ms");
         }
     }
 

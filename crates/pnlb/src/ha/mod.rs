@@ -7,6 +7,8 @@
 
 pub mod advert;
 pub mod election;
+pub mod sync;
+pub mod syncer;
 pub mod takeover;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -68,7 +70,9 @@ pub fn read_key(path: &std::path::Path) -> Result<Vec<u8>> {
 
 impl HaNode {
     /// Starts the election as `me` (this node's address on ha.interface).
-    pub fn start(config: &Ha, me: IpAddr) -> Result<Self> {
+    /// `synced` says whether this node has the active node's full table,
+    /// without which it does not preempt.
+    pub fn start(config: &Ha, me: IpAddr, synced: Arc<AtomicBool>) -> Result<Self> {
         let key = read_key(&config.key_file)?;
         let bind = match me {
             IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], ADVERT_PORT)),
@@ -87,16 +91,13 @@ impl HaNode {
             let (stop, heartbeat, dataplane_ok) =
                 (stop.clone(), heartbeat.clone(), dataplane_ok.clone());
             std::thread::spawn(move || {
-                run(
-                    &ha,
-                    me,
-                    &key,
-                    &socket,
-                    &roles_tx,
-                    &stop,
-                    &heartbeat,
-                    &dataplane_ok,
-                )
+                let shared = Shared {
+                    stop: &stop,
+                    heartbeat: &heartbeat,
+                    dataplane_ok: &dataplane_ok,
+                    synced: &synced,
+                };
+                run(&ha, me, &key, &socket, &roles_tx, shared)
             })
         };
         Ok(Self {
@@ -109,17 +110,28 @@ impl HaNode {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the daemon loop and the election thread share.
+struct Shared<'a> {
+    stop: &'a AtomicBool,
+    heartbeat: &'a AtomicU64,
+    dataplane_ok: &'a AtomicBool,
+    synced: &'a AtomicBool,
+}
+
 fn run(
     config: &Ha,
     me: IpAddr,
     key: &[u8],
     socket: &UdpSocket,
     roles: &mpsc::Sender<Role>,
-    stop: &AtomicBool,
-    heartbeat: &AtomicU64,
-    dataplane_ok: &AtomicBool,
+    shared: Shared,
 ) {
+    let Shared {
+        stop,
+        heartbeat,
+        dataplane_ok,
+        synced,
+    } = shared;
     let start = Instant::now();
     let mut election = Election::new(
         me,
@@ -175,6 +187,7 @@ fn run(
             < HEARTBEAT_LIMIT.as_millis() as u64
             && dataplane_ok.load(Ordering::Relaxed);
         election.set_healthy(healthy);
+        election.set_synced(synced.load(Ordering::Relaxed));
         let now = Instant::now();
         let next = election.tick(now);
         let resigning = next == Role::Backup && role == Role::Master && !healthy;

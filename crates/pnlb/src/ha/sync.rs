@@ -1,0 +1,208 @@
+//! Connection-table sync between the nodes of a failover group (UDP port
+//! [`SYNC_PORT`]), so that established flows — nat and snat translations
+//! and allocated ports included — continue on the node that takes over.
+//!
+//! The active node streams the flows its data plane reports (new flows,
+//! state changes) in batches, and answers a backup's request with a full
+//! dump followed by an end marker; a backup asks until it has had one,
+//! and only then may it preempt. Flows travel with their service's
+//! listener and their backend's address and port, not slot ids, which are
+//! each node's own.
+//!
+//! ```text
+//!  0..4   "PNSY"     4 version (1)   5 group   6 kind   7 reserved
+//!  8..10  entries (u16)   10..12 reserved   12..20 sequence (u64)
+//! 20..36  sender address   36..  entries (150 bytes each)   last 32: HMAC-SHA256
+//! entry: flow key (40) | conn entry (72) | service key (20) | backend address (16) | backend port (2)
+//! ```
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use pnlb_dataplane::abi::{bytes_of, from_bytes, Conn, FlowKey, ServiceKey};
+
+use super::advert::AdvertError;
+
+pub const SYNC_PORT: u16 = 8113;
+const MAGIC: &[u8; 4] = b"PNSY";
+const VERSION: u8 = 1;
+const HEADER: usize = 36;
+const ENTRY: usize = 40 + 72 + 20 + 16 + 2;
+const MAC: usize = 32;
+/// Entries per datagram, under a 1500-byte MTU with IPv6 and UDP headers.
+pub const PER_DATAGRAM: usize = (1400 - HEADER - MAC) / ENTRY;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Flows = 1,
+    Request = 2,
+    End = 3,
+}
+
+/// One flow as nodes exchange it.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncedFlow {
+    pub key: FlowKey,
+    pub conn: Conn,
+    pub service: ServiceKey,
+    pub backend: IpAddr,
+    pub backend_port: u16,
+}
+
+#[derive(Debug)]
+pub struct Message {
+    pub kind: Kind,
+    pub group: u8,
+    pub sender: IpAddr,
+    pub sequence: u64,
+    pub flows: Vec<SyncedFlow>,
+}
+
+fn mapped(address: IpAddr) -> [u8; 16] {
+    match address {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn unmapped(bytes: &[u8]) -> IpAddr {
+    let mut octets = [0u8; 16];
+    octets.copy_from_slice(&bytes[..16]);
+    let v6 = Ipv6Addr::from(octets);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+fn mac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    super::advert::hmac(key, data)
+}
+
+impl Message {
+    pub fn emit(&self, key: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER + self.flows.len() * ENTRY + MAC);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[VERSION, self.group, self.kind as u8, 0]);
+        out.extend_from_slice(&(self.flows.len() as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&self.sequence.to_be_bytes());
+        out.extend_from_slice(&mapped(self.sender));
+        for flow in &self.flows {
+            out.extend_from_slice(bytes_of(&flow.key));
+            out.extend_from_slice(bytes_of(&flow.conn));
+            out.extend_from_slice(bytes_of(&flow.service));
+            out.extend_from_slice(&mapped(flow.backend));
+            out.extend_from_slice(&flow.backend_port.to_be_bytes());
+        }
+        let tag = mac(key, &out);
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    pub fn parse(bytes: &[u8], key: &[u8]) -> Result<Self, AdvertError> {
+        if bytes.len() < HEADER + MAC || &bytes[0..4] != MAGIC {
+            return Err(AdvertError::NotAnAdvert(bytes.len()));
+        }
+        if bytes[4] != VERSION {
+            return Err(AdvertError::Version(bytes[4]));
+        }
+        let (body, tag) = bytes.split_at(bytes.len() - MAC);
+        if !openssl::memcmp::eq(&mac(key, body), tag) {
+            return Err(AdvertError::Authentication);
+        }
+        let count = usize::from(u16::from_be_bytes([bytes[8], bytes[9]]));
+        if body.len() != HEADER + count * ENTRY {
+            return Err(AdvertError::NotAnAdvert(bytes.len()));
+        }
+        let kind = match bytes[6] {
+            1 => Kind::Flows,
+            2 => Kind::Request,
+            3 => Kind::End,
+            _ => return Err(AdvertError::NotAnAdvert(bytes.len())),
+        };
+        let mut sequence = [0u8; 8];
+        sequence.copy_from_slice(&bytes[12..20]);
+        let flows = body[HEADER..]
+            .chunks_exact(ENTRY)
+            .filter_map(|entry| {
+                Some(SyncedFlow {
+                    key: from_bytes::<FlowKey>(&entry[0..40])?,
+                    conn: from_bytes::<Conn>(&entry[40..112])?,
+                    service: from_bytes::<ServiceKey>(&entry[112..132])?,
+                    backend: unmapped(&entry[132..148]),
+                    backend_port: u16::from_be_bytes([entry[148], entry[149]]),
+                })
+            })
+            .collect();
+        Ok(Self {
+            kind,
+            group: bytes[5],
+            sender: unmapped(&bytes[20..36]),
+            sequence: u64::from_be_bytes(sequence),
+            flows,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(n: u16) -> SyncedFlow {
+        SyncedFlow {
+            key: FlowKey {
+                src_port: n.to_be(),
+                protocol: 6,
+                ..Default::default()
+            },
+            conn: Conn {
+                state: 2,
+                rewrite_dport: 8080u16.to_be(),
+                ..Default::default()
+            },
+            service: ServiceKey {
+                port: 80u16.to_be(),
+                protocol: 6,
+                ..Default::default()
+            },
+            backend: "10.77.1.11".parse().unwrap(),
+            backend_port: 8080,
+        }
+    }
+
+    #[test]
+    fn a_batch_of_flows_round_trips_and_fits_a_datagram() {
+        let message = Message {
+            kind: Kind::Flows,
+            group: 7,
+            sender: "10.77.1.2".parse().unwrap(),
+            sequence: 9,
+            flows: (0..PER_DATAGRAM as u16).map(flow).collect(),
+        };
+        let bytes = message.emit(b"key");
+        assert!(bytes.len() <= 1400);
+        let back = Message::parse(&bytes, b"key").unwrap();
+        assert_eq!((back.kind, back.group, back.sequence), (Kind::Flows, 7, 9));
+        assert_eq!(back.flows.len(), PER_DATAGRAM);
+        assert_eq!(back.flows[3].key.src_port, 3u16.to_be());
+        assert_eq!(
+            (back.flows[3].backend, back.flows[3].backend_port),
+            (flow(3).backend, 8080)
+        );
+        assert_eq!(back.flows[3].conn.rewrite_dport, 8080u16.to_be());
+    }
+
+    #[test]
+    fn a_wrong_key_or_a_cut_message_is_refused() {
+        let message = Message {
+            kind: Kind::Request,
+            group: 7,
+            sender: "10.77.1.3".parse().unwrap(),
+            sequence: 1,
+            flows: vec![flow(1)],
+        };
+        let bytes = message.emit(b"key");
+        assert_eq!(
+            Message::parse(&bytes, b"other").unwrap_err(),
+            AdvertError::Authentication
+        );
+        assert!(Message::parse(&bytes[..bytes.len() - 10], b"key").is_err());
+    }
+}

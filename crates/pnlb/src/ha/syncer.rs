@@ -1,0 +1,178 @@
+//! The daemon loop's side of connection-table sync ([`super::sync`] is
+//! the wire format): one non-blocking socket, turned every loop turn. The
+//! active node streams the flows its data plane reported since the last
+//! turn and answers full-dump requests; a backup installs what arrives and
+//! asks for a full dump until it has had one (only then may it preempt).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use pnlb_core::config::Ha;
+use pnlb_dataplane::sync::{ConnEvents, Flow};
+use pnlb_dataplane::{Dataplane, Programmer};
+
+use super::sync::{Kind, Message, SyncedFlow, PER_DATAGRAM, SYNC_PORT};
+use crate::log::{info, warning};
+
+/// A backup without a full dump asks again this often.
+const ASK_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Syncer {
+    socket: UdpSocket,
+    events: ConnEvents,
+    key: Vec<u8>,
+    group: u8,
+    me: IpAddr,
+    peers: Vec<IpAddr>,
+    sequence: u64,
+    /// Newest sequence per sender (older messages are replays).
+    seen: HashMap<IpAddr, u64>,
+    /// Set once a full dump has arrived since this node last became backup.
+    pub synced: Arc<AtomicBool>,
+    asked: Option<Instant>,
+    installed: u64,
+}
+
+impl Syncer {
+    pub fn new(ha: &Ha, me: IpAddr, dataplane: &Dataplane) -> Result<Self> {
+        let bind = match me {
+            IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], SYNC_PORT)),
+            IpAddr::V6(_) => SocketAddr::from(([0u16; 8], SYNC_PORT)),
+        };
+        let socket = UdpSocket::bind(bind)
+            .with_context(|| format!("ha: cannot listen on udp/{SYNC_PORT}"))?;
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            socket,
+            events: dataplane.conn_events()?,
+            key: super::read_key(&ha.key_file)?,
+            group: ha.group,
+            me,
+            peers: ha.peers.clone(),
+            sequence: super::now_ms() * 1000,
+            seen: HashMap::new(),
+            synced: Arc::new(AtomicBool::new(false)),
+            asked: None,
+            installed: 0,
+        })
+    }
+
+    /// Forget the full dump: a new master must send its own.
+    pub fn became_backup(&mut self) {
+        self.synced.store(false, Ordering::Relaxed);
+        self.asked = None;
+    }
+
+    fn send(&mut self, kind: Kind, flows: Vec<SyncedFlow>, to: &[IpAddr]) {
+        self.sequence = self.sequence.max(super::now_ms() * 1000) + 1;
+        let bytes = Message {
+            kind,
+            group: self.group,
+            sender: self.me,
+            sequence: self.sequence,
+            flows,
+        }
+        .emit(&self.key);
+        for peer in to {
+            let _ = self
+                .socket
+                .send_to(&bytes, SocketAddr::new(*peer, SYNC_PORT));
+        }
+    }
+
+    fn send_flows(&mut self, flows: Vec<Flow>, programmer: &Programmer, to: &[IpAddr]) {
+        let synced: Vec<SyncedFlow> = flows
+            .into_iter()
+            .filter_map(|(key, conn)| {
+                let (service, backend, backend_port) =
+                    programmer.describe(conn.service_id, conn.backend_id)?;
+                Some(SyncedFlow {
+                    key,
+                    conn,
+                    service,
+                    backend,
+                    backend_port,
+                })
+            })
+            .collect();
+        for batch in synced.chunks(PER_DATAGRAM) {
+            self.send(Kind::Flows, batch.to_vec(), to);
+        }
+    }
+
+    /// One turn of the daemon loop.
+    pub fn turn(&mut self, master: bool, dataplane: &Dataplane, programmer: &Programmer) {
+        let reported = self.events.take();
+        if master && !reported.is_empty() {
+            let peers = self.peers.clone();
+            self.send_flows(reported, programmer, &peers);
+        }
+        let mut buffer = [0u8; 2048];
+        while let Ok((len, from)) = self.socket.recv_from(&mut buffer) {
+            let message = match Message::parse(&buffer[..len], &self.key) {
+                Ok(m) if m.group == self.group && self.peers.contains(&m.sender) => m,
+                Ok(_) => continue,
+                Err(err) => {
+                    warning!("ha sync: rejected a message from {}: {err}", from.ip());
+                    continue;
+                }
+            };
+            let last = self.seen.entry(message.sender).or_insert(0);
+            if message.sequence <= *last {
+                continue;
+            }
+            *last = message.sequence;
+            match (message.kind, master) {
+                (Kind::Request, true) => match dataplane.flows() {
+                    Ok(flows) => {
+                        let count = flows.len();
+                        self.send_flows(flows, programmer, &[message.sender]);
+                        self.send(Kind::End, Vec::new(), &[message.sender]);
+                        info!(
+                            "ha sync: sent a full dump of {count} flow(s) to {}",
+                            message.sender
+                        );
+                    }
+                    Err(err) => {
+                        warning!("ha sync: reading the table for {}: {err}", message.sender)
+                    }
+                },
+                (Kind::Flows, false) => {
+                    for flow in &message.flows {
+                        let Some((service_id, backend_id, generation)) =
+                            programmer.resolve(&flow.service, flow.backend, flow.backend_port)
+                        else {
+                            continue;
+                        };
+                        let mut conn = flow.conn;
+                        conn.service_id = service_id;
+                        conn.backend_id = backend_id;
+                        conn.backend_generation = generation;
+                        if dataplane.install_flow(&flow.key, &conn).is_ok() {
+                            self.installed += 1;
+                        }
+                    }
+                }
+                (Kind::End, false) if !self.synced.swap(true, Ordering::Relaxed) => {
+                    info!(
+                        "ha sync: full table received from {} ({} flow(s) installed so far)",
+                        message.sender, self.installed
+                    );
+                }
+                _ => {}
+            }
+        }
+        if !master
+            && !self.synced.load(Ordering::Relaxed)
+            && self.asked.is_none_or(|t| t.elapsed() >= ASK_EVERY)
+        {
+            let peers = self.peers.clone();
+            self.send(Kind::Request, Vec::new(), &peers);
+            self.asked = Some(Instant::now());
+        }
+    }
+}
