@@ -20,6 +20,10 @@ use crate::log::{info, warning};
 
 /// A backup without a full dump asks again this often.
 const ASK_EVERY: Duration = Duration::from_secs(1);
+/// The active node re-sends its whole table this often: a backup's copy of
+/// a long, quiet connection would otherwise idle out there (its clocks run
+/// from the last report), and a lost datagram is repaired.
+const RESEND_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Syncer {
     socket: UdpSocket,
@@ -34,6 +38,7 @@ pub struct Syncer {
     /// Set once a full dump has arrived since this node last became backup.
     pub synced: Arc<AtomicBool>,
     asked: Option<Instant>,
+    resent: Instant,
     installed: u64,
 }
 
@@ -57,6 +62,7 @@ impl Syncer {
             seen: HashMap::new(),
             synced: Arc::new(AtomicBool::new(false)),
             asked: None,
+            resent: Instant::now(),
             installed: 0,
         })
     }
@@ -110,6 +116,16 @@ impl Syncer {
         if master && !reported.is_empty() {
             let peers = self.peers.clone();
             self.send_flows(reported, programmer, &peers);
+        }
+        if master && self.resent.elapsed() >= RESEND_EVERY {
+            self.resent = Instant::now();
+            match dataplane.flows() {
+                Ok(flows) => {
+                    let peers = self.peers.clone();
+                    self.send_flows(flows, programmer, &peers);
+                }
+                Err(err) => warning!("ha sync: reading the table: {err}"),
+            }
         }
         let mut buffer = [0u8; 2048];
         while let Ok((len, from)) = self.socket.recv_from(&mut buffer) {
