@@ -21,12 +21,15 @@ use crate::abi::{
 use crate::loader::{Dataplane, DataplaneError};
 
 /// What a sweep saw and did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct SweepReport {
     /// Entries in the table before the sweep (both directions counted).
     pub entries: usize,
     /// Entries removed.
     pub expired: usize,
+    /// The original keys of the flows that ended (failover sync tells the
+    /// peers).
+    pub ended: Vec<FlowKey>,
 }
 
 /// The kernel's monotonic clock, which bpf_ktime_get_ns() reads.
@@ -115,6 +118,7 @@ impl Dataplane {
         let mut report = SweepReport {
             entries: 0,
             expired: 0,
+            ended: Vec::new(),
         };
         let mut ended = Vec::new();
         let expired_at = |conn: &Conn, last_seen: u64| {
@@ -170,6 +174,9 @@ impl Dataplane {
             }
             if map.delete(&key).is_ok() {
                 report.expired += 1;
+                if conn.direction == ConnDirection::PNLB_DIR_ORIGINAL.0 as u8 {
+                    report.ended.push(flow);
+                }
                 ended.push(conn);
             }
         }

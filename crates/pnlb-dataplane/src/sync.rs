@@ -75,6 +75,19 @@ impl Dataplane {
             .collect())
     }
 
+    /// Removes a flow a peer reported ended: its original entry and, for
+    /// nat/snat, its reply entry.
+    pub fn remove_flow(&self, key: &FlowKey) -> Result<(), DataplaneError> {
+        let map = &self.maps().pnlb_conns;
+        if let Some(conn) = self.lookup_connection(key) {
+            if conn.flags & abi::ConnFlags::PNLB_CONN_F_NAT.0 as u8 != 0 {
+                let _ = map.delete(bytes_of(&peer_key(&conn, key.protocol)));
+            }
+            let _ = map.delete(bytes_of(key));
+        }
+        Ok(())
+    }
+
     /// Installs a flow a peer reported (ids already translated to ours):
     /// its original entry and, for nat/snat, its reply entry; idle clocks
     /// start now.

@@ -567,6 +567,11 @@ fn a_synced_flow_is_translated_on_the_other_node_in_both_directions() {
             (syn.dst, syn.dport, syn.src, syn.sport),
             "the reply goes back to the client from the VIP"
         );
+
+        // The active node expired it: the backup forgets both entries.
+        backup.remove_flow(&key).unwrap();
+        assert_eq!(run_on(&backup, &reply.bytes()).0, XDP_PASS);
+        assert!(backup.lookup_connection(&key).is_none());
     });
 }
 

@@ -155,11 +155,12 @@ pub fn run(path: &Path) -> Result<()> {
                 }
             }
             if let Some(syncer) = syncer.as_mut() {
-                syncer.turn(
-                    !attachments.is_empty(),
-                    &daemon.dataplane,
-                    &daemon.programmer,
-                );
+                let master = !attachments.is_empty();
+                syncer.turn(master, &daemon.dataplane, &daemon.programmer);
+                let ended = std::mem::take(&mut daemon.ended);
+                if master && !ended.is_empty() {
+                    syncer.ended(&ended);
+                }
             }
             if last_tick.elapsed() >= TICK {
                 let readable = daemon.dataplane.reason_counters().is_ok();
@@ -205,6 +206,8 @@ struct Daemon {
     /// Connection-table entries after the last sweep: counting them means
     /// walking the table, which the sweep does anyway.
     table_entries: usize,
+    /// Flows the sweep ended since failover sync last told the peers.
+    ended: Vec<pnlb_dataplane::abi::FlowKey>,
     dataplane: Dataplane,
     programmer: Programmer,
     next_hops: NextHops,
@@ -234,6 +237,7 @@ impl Daemon {
             version: 1,
             source: format!("file {}", path.display()),
             table_entries: 0,
+            ended: Vec::new(),
             monitor: Monitor::start(&config),
             config,
             dataplane,
@@ -270,7 +274,12 @@ impl Daemon {
         }
         if self.last_sweep.elapsed() >= SWEEP_EVERY {
             match self.dataplane.sweep_connections(&self.config.timeouts) {
-                Ok(report) => self.table_entries = report.entries.saturating_sub(report.expired),
+                Ok(report) => {
+                    self.table_entries = report.entries.saturating_sub(report.expired);
+                    if self.config.ha.is_some() {
+                        self.ended.extend(report.ended);
+                    }
+                }
                 Err(err) => warning!("expiring idle connections: {err}"),
             }
             self.exhaustion

@@ -36,6 +36,8 @@ pub enum Kind {
     Flows = 1,
     Request = 2,
     End = 3,
+    /// Flows that ended on the sender (only their keys count).
+    Ended = 4,
 }
 
 /// One flow as nodes exchange it.
@@ -115,6 +117,7 @@ impl Message {
             1 => Kind::Flows,
             2 => Kind::Request,
             3 => Kind::End,
+            4 => Kind::Ended,
             _ => return Err(AdvertError::NotAnAdvert(bytes.len())),
         };
         let mut sequence = [0u8; 8];
@@ -187,6 +190,15 @@ mod tests {
             (flow(3).backend, 8080)
         );
         assert_eq!(back.flows[3].conn.rewrite_dport, 8080u16.to_be());
+        let ended = Message {
+            kind: Kind::Ended,
+            flows: vec![flow(1)],
+            ..message
+        };
+        assert_eq!(
+            Message::parse(&ended.emit(b"key"), b"key").unwrap().kind,
+            Kind::Ended
+        );
     }
 
     #[test]

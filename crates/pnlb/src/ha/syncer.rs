@@ -110,6 +110,24 @@ impl Syncer {
         }
     }
 
+    /// Tells the peers which flows ended here (the expiry sweep).
+    pub fn ended(&mut self, keys: &[pnlb_dataplane::abi::FlowKey]) {
+        let flows: Vec<SyncedFlow> = keys
+            .iter()
+            .map(|key| SyncedFlow {
+                key: *key,
+                conn: Default::default(),
+                service: Default::default(),
+                backend: self.me,
+                backend_port: 0,
+            })
+            .collect();
+        let peers = self.peers.clone();
+        for batch in flows.chunks(PER_DATAGRAM) {
+            self.send(Kind::Ended, batch.to_vec(), &peers);
+        }
+    }
+
     /// One turn of the daemon loop.
     pub fn turn(&mut self, master: bool, dataplane: &Dataplane, programmer: &Programmer) {
         let reported = self.events.take();
@@ -171,6 +189,11 @@ impl Syncer {
                         if dataplane.install_flow(&flow.key, &conn).is_ok() {
                             self.installed += 1;
                         }
+                    }
+                }
+                (Kind::Ended, false) => {
+                    for flow in &message.flows {
+                        let _ = dataplane.remove_flow(&flow.key);
                     }
                 }
                 (Kind::End, false) if !self.synced.swap(true, Ordering::Relaxed) => {
