@@ -148,6 +148,12 @@ fn through(lab: &Lab, what: &str, taker: &LabProcess, fault: impl FnOnce()) -> D
         "{what}: takeover after {takeover:?}; short requests: {ok} answered, {failed} failed"
     );
     assert!(ok > 20, "{what}: only {ok} requests answered");
+    // IPv6 follows the floating fd77:1::254 (unsolicited neighbour advertisement).
+    let v6 = pnlb_lab::in_netns(&lab.client, || request(IpAddr::V6(pnlb_lab::VIP6))).unwrap();
+    assert!(
+        v6.is_ok(),
+        "{what}: IPv6 through the VIP after the takeover: {v6:?}"
+    );
     takeover
 }
 
