@@ -175,7 +175,8 @@ pub fn run(path: &Path) -> Result<()> {
     }
     drop(api);
     if ha.is_some() && !attachments.is_empty() {
-        // Hand over: the peer takes the addresses when our adverts stop.
+        // Hand over: release the addresses and detach; the election thread
+        // resigns as it stops (drop below), so the peer takes over at once.
         daemon.change_role(crate::ha::election::Role::Backup, &mut attachments);
     }
     drop(ha);
