@@ -10,25 +10,32 @@
 //! The desired config is a document (the file as read, then as edited
 //! through the API); every change is validated whole before it is adopted.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pnlb_core::config::{self, Config, Document, DownPolicy, XdpMode};
-use pnlb_core::health::{Health, Transition};
-use pnlb_dataplane::nexthop::{KernelResolver, Resolution, Resolver};
+use pnlb_core::config::{self, Config, Document, DownPolicy};
+use pnlb_core::health::Transition;
 use pnlb_dataplane::{ApplyReport, Dataplane, Programmer};
 
-use crate::api::edit::BackendSelector;
-use crate::api::model::{self, ApiError, Done};
-use crate::api::{ApiCall, Op, Reply};
+use crate::api::model::{ApiError, Done};
+use crate::api::ApiCall;
 use crate::health::lifecycle::Lifecycle;
 use crate::health::monitor::{BackendKey, Monitor};
 use crate::log::{info, warning};
 use crate::summary;
+
+mod api_ops;
+mod exhaustion;
+mod failover;
+mod next_hops;
+mod status;
+
+use exhaustion::ExhaustionWatch;
+use next_hops::NextHops;
 
 /// How often next hops are re-resolved (a replaced server, a moved MAC).
 /// Health checks notice dead servers much sooner; this only follows MAC
@@ -384,88 +391,6 @@ impl Daemon {
         }
     }
 
-    /// Attaches the program to every interface.
-    fn attach(&self) -> Result<Vec<pnlb_dataplane::Attachment>> {
-        let mut attachments = Vec::new();
-        for interface in &self.config.daemon.interfaces {
-            attachments.push(
-                self.dataplane
-                    .attach(interface, self.config.daemon.xdp_mode)?,
-            );
-        }
-        let mode = match self.config.daemon.xdp_mode {
-            XdpMode::Native => "native XDP",
-            XdpMode::Generic => {
-                "generic XDP (skb mode: slower; use native where the driver supports it)"
-            }
-        };
-        info!(
-            "forwarding {} service(s) on {} ({mode})",
-            self.config.services.len(),
-            self.config.daemon.interfaces.join(", ")
-        );
-        Ok(attachments)
-    }
-
-    /// The VIPs and floating addresses an active node holds.
-    fn held_addresses(&self) -> Vec<std::net::IpAddr> {
-        let mut addresses: Vec<std::net::IpAddr> =
-            self.config.services.iter().map(|s| s.vip).collect();
-        if let Some(ha) = &self.config.ha {
-            addresses.extend(&ha.floating);
-        }
-        addresses.sort();
-        addresses.dedup();
-        addresses
-    }
-
-    /// Becomes the active node (attach, claim the addresses) or a standby
-    /// (release them, detach). Returns whether that worked.
-    fn change_role(
-        &self,
-        role: crate::ha::election::Role,
-        attachments: &mut Vec<pnlb_dataplane::Attachment>,
-    ) -> bool {
-        let Some(ha) = &self.config.ha else {
-            return true;
-        };
-        let addresses = self.held_addresses();
-        match role {
-            crate::ha::election::Role::Master => {
-                if attachments.is_empty() {
-                    match self.attach() {
-                        Ok(attached) => *attachments = attached,
-                        Err(err) => {
-                            warning!("ha: elected but cannot attach: {err:#}; resigning");
-                            return false;
-                        }
-                    }
-                }
-                if let Err(err) = crate::ha::takeover::claim(&ha.interface, &addresses) {
-                    warning!("ha: claiming the addresses: {err:#}");
-                    return false;
-                }
-                warning!(
-                    "ha: MASTER of group {}: holding {} address(es) on {} and forwarding",
-                    ha.group,
-                    addresses.len(),
-                    ha.interface
-                );
-            }
-            crate::ha::election::Role::Backup => {
-                if let Err(err) = crate::ha::takeover::release(&ha.interface, &addresses) {
-                    warning!("ha: releasing the addresses: {err:#}");
-                }
-                attachments.clear();
-                warning!(
-                    "ha: BACKUP of group {}: holding no address, not forwarding",
-                    ha.group
-                );
-            }
-        }
-        true
-    }
-
     /// What the data plane should see now: drained backends at weight 0,
     /// then health and slow start.
     fn effective(&self, now: Instant) -> Config {
@@ -495,33 +420,6 @@ impl Daemon {
         self.source = format!("file {}", self.path.display());
         let done = self.adopt(document, next, format!("reloaded {}", self.path.display()));
         Ok(done)
-    }
-
-    /// Refuses, before anything is written, a config the data plane has no
-    /// room for (so an apply never stops halfway for lack of slots).
-    fn fits(&self, next: &Config) -> Result<(), ApiError> {
-        let services = next.services.len();
-        // Removed backends keep their slots while they have flows.
-        let backends: usize = next
-            .services
-            .iter()
-            .map(|s| s.backends.len() + usize::from(s.fallback.is_some()))
-            .sum::<usize>()
-            + self.programmer.retiring().len();
-        if services > pnlb_dataplane::abi::MAX_SERVICES as usize {
-            return Err(ApiError::new(
-                422,
-                format!(
-                    "{services} services: the data plane holds {}",
-                    pnlb_dataplane::abi::MAX_SERVICES
-                ),
-            ));
-        }
-        if backends > pnlb_dataplane::abi::MAX_BACKENDS as usize {
-            return Err(ApiError::new(422, format!("{backends} backends (counting removed ones still carrying flows): the data plane holds {}", pnlb_dataplane::abi::MAX_BACKENDS))
-                .with_fix("remove backends, or wait for removed ones to finish their flows"));
-        }
-        Ok(())
     }
 
     /// Makes `document` (already validated into `next`) the desired state.
@@ -560,342 +458,10 @@ impl Daemon {
             config_version: self.version,
         }
     }
-
-    /// Answers one API call.
-    fn serve(&mut self, op: Op) -> Reply {
-        let result = match op {
-            Op::Status => return Reply::Status(Box::new(self.status())),
-            Op::Document => {
-                return match serde_json::to_value(&self.document) {
-                    Ok(document) => Reply::Document(document),
-                    Err(err) => {
-                        Reply::Failed(ApiError::new(500, format!("encoding the config: {err}")))
-                    }
-                }
-            }
-            Op::Reload => self.reload(),
-            Op::Edit(edit) => self.edit(&edit),
-            Op::Drain {
-                service,
-                backend,
-                drained,
-            } => self.drain(&service, backend, drained),
-            Op::Zero => match self.programmer.zero_counters(&self.dataplane) {
-                Ok(()) => {
-                    info!("counters zeroed through the API");
-                    Ok(Done {
-                        done: "counters zeroed".into(),
-                        config_version: self.version,
-                    })
-                }
-                Err(err) => Err(ApiError::new(500, format!("zeroing counters: {err}"))),
-            },
-        };
-        match result {
-            Ok(done) => Reply::Done(done),
-            Err(err) => Reply::Failed(err),
-        }
-    }
-
-    fn edit(&mut self, edit: &crate::api::edit::Edit) -> Result<Done, ApiError> {
-        let mut document = self.document.clone();
-        let what = crate::api::edit::apply(&mut document, edit)?;
-        let next =
-            config::validate_document(Path::new("API request"), &document).map_err(|err| {
-                ApiError::new(422, format!("{}: {}", err.key, err.reason)).with_fix(err.fix.clone())
-            })?;
-        if next.daemon != self.config.daemon || next.ha != self.config.ha {
-            return Err(
-                ApiError::new(422, "the API does not change [daemon] or [ha]")
-                    .with_fix("edit the file and restart pnlb run"),
-            );
-        }
-        self.fits(&next)?;
-        self.source = format!("file {} + API edits", self.path.display());
-        Ok(self.adopt(document, next, format!("API: {what}")))
-    }
-
-    fn drain(
-        &mut self,
-        service: &str,
-        selector: BackendSelector,
-        drained: bool,
-    ) -> Result<Done, ApiError> {
-        let config = self
-            .config
-            .services
-            .iter()
-            .find(|s| s.name == service)
-            .ok_or_else(|| ApiError::new(404, format!("no service named {service:?}")))?;
-        let matches: Vec<BackendKey> = config
-            .backends
-            .iter()
-            .filter(|b| b.address == selector.address && selector.port.is_none_or(|p| p == b.port))
-            .map(|b| (service.to_string(), b.address, b.port))
-            .collect();
-        let key = match matches.as_slice() {
-            [one] => one.clone(),
-            [] => {
-                return Err(ApiError::new(
-                    404,
-                    format!("service {service} has no backend {selector}"),
-                ))
-            }
-            _ => {
-                return Err(ApiError::new(
-                    409,
-                    format!("service {service} has several backends at {selector}"),
-                )
-                .with_fix("name the port too, e.g. 10.77.1.11:8080"))
-            }
-        };
-        let endpoint = endpoint(key.1, key.2);
-        let changed = if drained {
-            self.drained.insert(key)
-        } else {
-            self.drained.remove(&key)
-        };
-        let what = match (drained, changed) {
-            (true, true) => format!("service {service}: backend {endpoint} drained: no new flows, established ones continue"),
-            (false, true) => format!("service {service}: backend {endpoint} undrained"),
-            (true, false) => format!("service {service}: backend {endpoint} was already drained"),
-            (false, false) => format!("service {service}: backend {endpoint} was not drained"),
-        };
-        if changed {
-            let effective = self.effective(Instant::now());
-            self.apply(effective);
-            self.version += 1;
-            info!("API: {what}");
-        }
-        Ok(Done {
-            done: what,
-            config_version: self.version,
-        })
-    }
-
-    /// Everything the API shows, read now.
-    fn status(&self) -> model::Status {
-        let effective = &self.applied;
-        let mut services = Vec::new();
-        for service in &self.config.services {
-            let id = self.programmer.service_id(&service.name);
-            let counters = id
-                .and_then(|id| self.dataplane.service_counters(id).ok())
-                .unwrap_or_default();
-            let drops: BTreeMap<String, u64> = counters
-                .drops
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| **n > 0)
-                .map(|(reason, n)| (pnlb_dataplane::stats::reason_name(reason).to_string(), *n))
-                .collect();
-            let effective_service = effective.services.iter().find(|s| s.name == service.name);
-            let mut backends: Vec<model::BackendStatus> = service
-                .backends
-                .iter()
-                .map(|backend| {
-                    let key = (service.name.clone(), backend.address, backend.port);
-                    let id =
-                        self.programmer
-                            .backend_id(&service.name, backend.address, backend.port);
-                    let effective_weight = effective_service
-                        .and_then(|s| {
-                            s.backends
-                                .iter()
-                                .find(|b| b.address == backend.address && b.port == backend.port)
-                        })
-                        .map_or(0, |b| b.weight);
-                    let (health, transitions) = match (&backend.health, self.lifecycle.health(&key))
-                    {
-                        (None, _) => ("unchecked", 0),
-                        (Some(_), (Health::Down, n)) => ("down", n),
-                        (Some(_), (_, n)) => ("up", n),
-                    };
-                    self.backend_status(
-                        backend.address,
-                        backend.port,
-                        backend.weight,
-                        effective_weight,
-                        id,
-                        health,
-                        transitions,
-                        self.drained.contains(&key),
-                    )
-                })
-                .collect();
-            for (name, address, port, id) in self.programmer.retiring() {
-                if name == service.name {
-                    backends.push(self.backend_status(
-                        address,
-                        port,
-                        0,
-                        0,
-                        Some(id),
-                        "removed",
-                        0,
-                        false,
-                    ));
-                }
-            }
-            services.push(model::ServiceStatus {
-                name: service.name.clone(),
-                vip: service.vip,
-                port: service.port,
-                protocol: service.protocol.to_string(),
-                method: service.method.to_string(),
-                scheduler: service.scheduler.to_string(),
-                table_version: self.programmer.table_version(&service.name).unwrap_or(0),
-                counters: model::Counters {
-                    packets: counters.packets,
-                    bytes: counters.bytes,
-                    new_flows: counters.new_flows,
-                    reply_packets: counters.reply_packets,
-                    reply_bytes: counters.reply_bytes,
-                },
-                drops,
-                backends,
-            });
-        }
-        let reasons = self
-            .dataplane
-            .reason_counters()
-            .map(|totals| {
-                totals
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(reason, n)| (pnlb_dataplane::stats::reason_name(reason).to_string(), *n))
-                    .collect()
-            })
-            .unwrap_or_default();
-        model::Status {
-            services,
-            connections: model::ConnectionTable {
-                entries: self.table_entries as u64,
-                capacity: u64::from(self.config.daemon.conn_table_size),
-            },
-            reasons,
-            config_version: self.version,
-            config_source: self.source.clone(),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn backend_status(
-        &self,
-        address: std::net::IpAddr,
-        port: u16,
-        weight: u32,
-        effective_weight: u32,
-        id: Option<u32>,
-        health: &str,
-        health_transitions: u64,
-        drained: bool,
-    ) -> model::BackendStatus {
-        let counters = id
-            .and_then(|id| self.dataplane.backend_counters(id).ok())
-            .unwrap_or_default();
-        let (active_conns, inactive_conns) = id
-            .and_then(|id| self.dataplane.backend_load(id).ok())
-            .unwrap_or((0, 0));
-        model::BackendStatus {
-            address,
-            port,
-            weight,
-            effective_weight,
-            drained,
-            health: health.to_string(),
-            health_transitions,
-            active_conns,
-            inactive_conns,
-            counters: model::Counters {
-                packets: counters.packets,
-                bytes: counters.bytes,
-                new_flows: counters.new_flows,
-                reply_packets: counters.reply_packets,
-                reply_bytes: counters.reply_bytes,
-            },
-        }
-    }
-}
-
-/// Next hops as last resolved. Weight changes (health, slow start) reuse
-/// them; the kernel is asked only for addresses not seen before, and for
-/// all of them on the periodic refresh and on reload. Asking means running
-/// `ip` and, for an unresolvable backend, waiting for its neighbour probe:
-/// not something to repeat on every health transition or ramp step.
-#[derive(Default)]
-struct NextHops {
-    kernel: KernelResolver,
-    known: Resolution,
-    /// Set to re-ask the kernel about every address on the next apply.
-    stale: bool,
-}
-
-impl Resolver for NextHops {
-    fn resolve(&mut self, backends: &[std::net::IpAddr]) -> Resolution {
-        let ask: Vec<std::net::IpAddr> = backends
-            .iter()
-            .copied()
-            .filter(|b| self.stale || !self.known.contains_key(b))
-            .collect();
-        if self.stale {
-            self.known.retain(|address, _| backends.contains(address));
-        }
-        if !ask.is_empty() {
-            self.known.extend(self.kernel.resolve(&ask));
-        }
-        self.stale = false;
-        backends
-            .iter()
-            .map(|&b| {
-                (
-                    b,
-                    self.known
-                        .get(&b)
-                        .cloned()
-                        .unwrap_or_else(|| Err(format!("{b} was not resolved"))),
-                )
-            })
-            .collect()
-    }
 }
 
 fn endpoint(address: std::net::IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(address, port).to_string()
-}
-
-/// Logs SNAT port exhaustion per service, once per episode rather than per
-/// dropped flow.
-#[derive(Default)]
-struct ExhaustionWatch {
-    dropped: HashMap<String, u64>,
-}
-
-impl ExhaustionWatch {
-    fn check(&mut self, dataplane: &Dataplane, programmer: &Programmer, config: &Config) {
-        let Some(reason) = pnlb_dataplane::stats::reason_by_name("drop_snat_exhausted") else {
-            return;
-        };
-        for service in config.services.iter().filter(|s| s.snat.is_some()) {
-            let Some(id) = programmer.service_id(&service.name) else {
-                continue;
-            };
-            let Ok(counters) = dataplane.service_counters(id) else {
-                continue;
-            };
-            let now = counters.drops[reason];
-            let before = self.dropped.insert(service.name.clone(), now).unwrap_or(0);
-            if now > before {
-                warning!(
-                    "service {}: SNAT ports exhausted, {} new flow(s) dropped; established flows are unaffected. \
-                     Add snat_addresses or widen snat_ports",
-                    service.name,
-                    now - before
-                );
-            }
-        }
-    }
 }
 
 /// nat/snat replies whose next hop is not resolved yet go through the

@@ -1,0 +1,92 @@
+//! The daemon's side of `[ha]`: attaching, and taking or giving up the
+//! addresses, as the election decides.
+
+use anyhow::Result;
+use pnlb_core::config::XdpMode;
+
+use super::Daemon;
+use crate::log::{info, warning};
+
+impl Daemon {
+    /// Attaches the program to every interface.
+    pub(super) fn attach(&self) -> Result<Vec<pnlb_dataplane::Attachment>> {
+        let mut attachments = Vec::new();
+        for interface in &self.config.daemon.interfaces {
+            attachments.push(
+                self.dataplane
+                    .attach(interface, self.config.daemon.xdp_mode)?,
+            );
+        }
+        let mode = match self.config.daemon.xdp_mode {
+            XdpMode::Native => "native XDP",
+            XdpMode::Generic => {
+                "generic XDP (skb mode: slower; use native where the driver supports it)"
+            }
+        };
+        info!(
+            "forwarding {} service(s) on {} ({mode})",
+            self.config.services.len(),
+            self.config.daemon.interfaces.join(", ")
+        );
+        Ok(attachments)
+    }
+
+    /// The VIPs and floating addresses an active node holds.
+    pub(super) fn held_addresses(&self) -> Vec<std::net::IpAddr> {
+        let mut addresses: Vec<std::net::IpAddr> =
+            self.config.services.iter().map(|s| s.vip).collect();
+        if let Some(ha) = &self.config.ha {
+            addresses.extend(&ha.floating);
+        }
+        addresses.sort();
+        addresses.dedup();
+        addresses
+    }
+
+    /// Becomes the active node (attach, claim the addresses) or a standby
+    /// (release them, detach). Returns whether that worked.
+    pub(super) fn change_role(
+        &self,
+        role: crate::ha::election::Role,
+        attachments: &mut Vec<pnlb_dataplane::Attachment>,
+    ) -> bool {
+        let Some(ha) = &self.config.ha else {
+            return true;
+        };
+        let addresses = self.held_addresses();
+        match role {
+            crate::ha::election::Role::Master => {
+                if attachments.is_empty() {
+                    match self.attach() {
+                        Ok(attached) => *attachments = attached,
+                        Err(err) => {
+                            warning!("ha: elected but cannot attach: {err:#}; resigning");
+                            return false;
+                        }
+                    }
+                }
+                if let Err(err) = crate::ha::takeover::claim(&ha.interface, &addresses) {
+                    warning!("ha: claiming the addresses: {err:#}");
+                    return false;
+                }
+                warning!(
+                    "ha: MASTER of group {}: holding {} address(es) on {} and forwarding",
+                    ha.group,
+                    addresses.len(),
+                    ha.interface
+                );
+            }
+            crate::ha::election::Role::Backup => {
+                if let Err(err) = crate::ha::takeover::release(&ha.interface, &addresses) {
+                    warning!("ha: releasing the addresses: {err:#}");
+                }
+                attachments.clear();
+                warning!(
+                    "ha: BACKUP of group {}: holding no address, not forwarding",
+                    ha.group
+                );
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,156 @@
+//! What the API, `pnlb ctl`, /metrics and the dashboard show: the running
+//! state read now (config, health, drains, counters, connections).
+
+use std::collections::BTreeMap;
+
+use pnlb_core::health::Health;
+
+use super::Daemon;
+use crate::api::model;
+
+impl Daemon {
+    /// Everything the API shows, read now.
+    pub(super) fn status(&self) -> model::Status {
+        let effective = &self.applied;
+        let mut services = Vec::new();
+        for service in &self.config.services {
+            let id = self.programmer.service_id(&service.name);
+            let counters = id
+                .and_then(|id| self.dataplane.service_counters(id).ok())
+                .unwrap_or_default();
+            let drops: BTreeMap<String, u64> = counters
+                .drops
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(reason, n)| (pnlb_dataplane::stats::reason_name(reason).to_string(), *n))
+                .collect();
+            let effective_service = effective.services.iter().find(|s| s.name == service.name);
+            let mut backends: Vec<model::BackendStatus> = service
+                .backends
+                .iter()
+                .map(|backend| {
+                    let key = (service.name.clone(), backend.address, backend.port);
+                    let id =
+                        self.programmer
+                            .backend_id(&service.name, backend.address, backend.port);
+                    let effective_weight = effective_service
+                        .and_then(|s| {
+                            s.backends
+                                .iter()
+                                .find(|b| b.address == backend.address && b.port == backend.port)
+                        })
+                        .map_or(0, |b| b.weight);
+                    let (health, transitions) = match (&backend.health, self.lifecycle.health(&key))
+                    {
+                        (None, _) => ("unchecked", 0),
+                        (Some(_), (Health::Down, n)) => ("down", n),
+                        (Some(_), (_, n)) => ("up", n),
+                    };
+                    self.backend_status(
+                        backend.address,
+                        backend.port,
+                        backend.weight,
+                        effective_weight,
+                        id,
+                        health,
+                        transitions,
+                        self.drained.contains(&key),
+                    )
+                })
+                .collect();
+            for (name, address, port, id) in self.programmer.retiring() {
+                if name == service.name {
+                    backends.push(self.backend_status(
+                        address,
+                        port,
+                        0,
+                        0,
+                        Some(id),
+                        "removed",
+                        0,
+                        false,
+                    ));
+                }
+            }
+            services.push(model::ServiceStatus {
+                name: service.name.clone(),
+                vip: service.vip,
+                port: service.port,
+                protocol: service.protocol.to_string(),
+                method: service.method.to_string(),
+                scheduler: service.scheduler.to_string(),
+                table_version: self.programmer.table_version(&service.name).unwrap_or(0),
+                counters: model::Counters {
+                    packets: counters.packets,
+                    bytes: counters.bytes,
+                    new_flows: counters.new_flows,
+                    reply_packets: counters.reply_packets,
+                    reply_bytes: counters.reply_bytes,
+                },
+                drops,
+                backends,
+            });
+        }
+        let reasons = self
+            .dataplane
+            .reason_counters()
+            .map(|totals| {
+                totals
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(reason, n)| (pnlb_dataplane::stats::reason_name(reason).to_string(), *n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        model::Status {
+            services,
+            connections: model::ConnectionTable {
+                entries: self.table_entries as u64,
+                capacity: u64::from(self.config.daemon.conn_table_size),
+            },
+            reasons,
+            config_version: self.version,
+            config_source: self.source.clone(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backend_status(
+        &self,
+        address: std::net::IpAddr,
+        port: u16,
+        weight: u32,
+        effective_weight: u32,
+        id: Option<u32>,
+        health: &str,
+        health_transitions: u64,
+        drained: bool,
+    ) -> model::BackendStatus {
+        let counters = id
+            .and_then(|id| self.dataplane.backend_counters(id).ok())
+            .unwrap_or_default();
+        let (active_conns, inactive_conns) = id
+            .and_then(|id| self.dataplane.backend_load(id).ok())
+            .unwrap_or((0, 0));
+        model::BackendStatus {
+            address,
+            port,
+            weight,
+            effective_weight,
+            drained,
+            health: health.to_string(),
+            health_transitions,
+            active_conns,
+            inactive_conns,
+            counters: model::Counters {
+                packets: counters.packets,
+                bytes: counters.bytes,
+                new_flows: counters.new_flows,
+                reply_packets: counters.reply_packets,
+                reply_bytes: counters.reply_bytes,
+            },
+        }
+    }
+}
