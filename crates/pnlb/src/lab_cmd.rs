@@ -13,6 +13,10 @@ pub enum LabCommand {
     Up {
         #[arg(long, default_value_t = 3)]
         servers: usize,
+        /// Add a second LB for a failover pair (the router sends the VIPs
+        /// to the floating 10.77.1.254 / fd77:1::254).
+        #[arg(long)]
+        ha: bool,
     },
     /// Remove the lab `pnlb lab up` built: its processes, then its namespaces.
     Down,
@@ -22,7 +26,7 @@ pub enum LabCommand {
 
 pub fn lab(command: LabCommand) -> Result<()> {
     match command {
-        LabCommand::Up { servers } => up(servers),
+        LabCommand::Up { servers, ha } => up(servers, ha),
         LabCommand::Down => {
             let removed = Lab::tear_down(&format!("{PERSISTENT_PREFIX}-"));
             let _ = std::fs::remove_dir_all(
@@ -35,12 +39,13 @@ pub fn lab(command: LabCommand) -> Result<()> {
     }
 }
 
-fn up(servers: usize) -> Result<()> {
+fn up(servers: usize, ha: bool) -> Result<()> {
     if !pnlb_lab::netns::list(&format!("{PERSISTENT_PREFIX}-")).is_empty() {
         anyhow::bail!("a lab is already up; remove it with `pnlb lab down`");
     }
     let spec = LabSpec {
         servers,
+        ha,
         prefix: Some(PERSISTENT_PREFIX.into()),
         ..LabSpec::default()
     };
@@ -61,6 +66,12 @@ fn up(servers: usize) -> Result<()> {
         "try it:            ip netns exec {}-client curl http://{VIP4}/",
         lab.prefix
     );
+    if ha {
+        println!("a failover pair:   a second LB {}-lb2 (10.77.1.3); the VIPs go to the floating 10.77.1.254", lab.prefix);
+        println!("                   openssl rand -hex 32 > /tmp/pnlb-lab-ha.key");
+        println!("                   ip netns exec {0}-lb pnlb run --config docs/examples/lab-ha-node1.toml &", lab.prefix);
+        println!("                   ip netns exec {0}-lb2 pnlb run --config docs/examples/lab-ha-node2.toml &", lab.prefix);
+    }
     println!("remove it:         pnlb lab down");
     lab.keep();
     Ok(())

@@ -1381,6 +1381,24 @@ address = "fd77:1::11"
         let text = include_str!("../../../../docs/examples/lab-snat.toml");
         let config = parse(Path::new("docs/examples/lab-snat.toml"), text).unwrap();
         assert_eq!(config.services[0].method, Method::Snat);
+        let text = include_str!("../../../../docs/examples/lab-tun.toml");
+        let config = parse(Path::new("docs/examples/lab-tun.toml"), text).unwrap();
+        assert_eq!(config.services[0].method, Method::Tun);
+        for (path, text, priority) in [
+            (
+                "lab-ha-node1.toml",
+                include_str!("../../../../docs/examples/lab-ha-node1.toml"),
+                150,
+            ),
+            (
+                "lab-ha-node2.toml",
+                include_str!("../../../../docs/examples/lab-ha-node2.toml"),
+                100,
+            ),
+        ] {
+            let config = parse(Path::new(path), text).unwrap();
+            assert_eq!(config.ha.map(|ha| ha.priority), Some(priority));
+        }
     }
 
     #[test]
