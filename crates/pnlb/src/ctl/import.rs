@@ -220,8 +220,14 @@ fn blocks(tokens: &[(String, usize)], at: &mut usize) -> Result<Vec<Block>> {
         match token.as_str() {
             "{" => {
                 let children = blocks(tokens, at)?;
+                let mut words = std::mem::take(&mut words);
+                if words.is_empty() {
+                    // A block without a name: kept, but nothing matches it.
+                    words.push("{".to_string());
+                    line = *number;
+                }
                 out.push(Block {
-                    words: std::mem::take(&mut words),
+                    words,
                     children,
                     line,
                 });
@@ -591,5 +597,24 @@ virtual_server fd77:100::1 53 {
         );
         assert_eq!(config.services[1].protocol.to_string(), "udp");
         assert!(from_keepalived("virtual_server fwmark 1 { }").is_err());
+        // Malformed input is an error or ignored, never a panic.
+        for junk in [
+            "{ }",
+            "}}}",
+            "virtual_server",
+            "virtual_server 10.0.0.1 80 { real_server { } }",
+            "{ { weight } }",
+        ] {
+            let _ = from_keepalived(junk);
+        }
+        for junk in [
+            "-A",
+            "-a -t",
+            "-A -t 10.0.0.1:80 -s",
+            "-x -y -z",
+            "-A -t [::1]:80 -p",
+        ] {
+            let _ = from_ipvsadm(junk);
+        }
     }
 }
