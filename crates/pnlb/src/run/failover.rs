@@ -43,18 +43,6 @@ impl Daemon {
         addresses
     }
 
-    /// Announces the floating addresses again after a takeover. Only those:
-    /// repeating the VIPs' announcements stalled nat flows through a
-    /// failback in the lab (every run); the VIPs are announced once, when
-    /// claimed.
-    pub(super) fn announce_floating(&self) {
-        if let Some(ha) = &self.config.ha {
-            if let Err(err) = crate::ha::takeover::announce(&ha.interface, &ha.floating) {
-                warning!("ha: announcing the floating addresses again: {err:#}");
-            }
-        }
-    }
-
     /// Becomes the active node (attach, claim the addresses) or a standby
     /// (release them, detach). Returns whether that worked.
     pub(super) fn change_role(
