@@ -80,9 +80,8 @@ impl Daemon {
                 if let Err(err) = crate::ha::takeover::release(&ha.interface, &addresses) {
                     warning!("ha: releasing the addresses: {err:#}");
                 }
-                attachments.clear();
                 warning!(
-                    "ha: BACKUP of group {}: holding no address, not forwarding",
+                    "ha: BACKUP of group {}: holding no address; what still reaches this node is forwarded by its synced table",
                     ha.group
                 );
             }

@@ -94,16 +94,18 @@ pub fn run(path: &Path) -> Result<()> {
     };
     // Program the maps first, attach second: the program never sees a
     // half-written configuration.
-    let mut attachments = Vec::new();
-    if ha.is_none() {
-        attachments = daemon.attach()?;
-    } else {
+    // With [ha] too: a backup keeps the program attached, so packets that
+    // still reach it (neighbours not yet switched after a failback) are
+    // forwarded by its synced table rather than by the kernel untranslated.
+    let mut attachments = daemon.attach()?;
+    if ha.is_some() {
         info!(
             "ha: {} service(s) on {} programmed; standing by until elected",
             daemon.config.services.len(),
             daemon.config.daemon.interfaces.join(", ")
         );
     }
+    let mut master = false;
     warn_without_forwarding(&daemon.config);
     let (calls, requests) = std::sync::mpsc::channel::<ApiCall>();
     let api = crate::api::start(&daemon.config.daemon, calls)?;
@@ -157,12 +159,12 @@ pub fn run(path: &Path) -> Result<()> {
             node.heartbeat.store(crate::ha::now_ms(), Ordering::Relaxed);
             while let Ok(role) = node.roles.try_recv() {
                 role_ok = daemon.change_role(role, &mut attachments);
+                master = role == crate::ha::election::Role::Master;
                 if let (Some(syncer), crate::ha::election::Role::Backup) = (syncer.as_mut(), role) {
                     syncer.became_backup();
                 }
             }
             if let Some(syncer) = syncer.as_mut() {
-                let master = !attachments.is_empty();
                 syncer.turn(master, &daemon.dataplane, &daemon.programmer);
                 let ended = std::mem::take(&mut daemon.ended);
                 if master && !ended.is_empty() {
@@ -181,7 +183,7 @@ pub fn run(path: &Path) -> Result<()> {
         }
     }
     drop(api);
-    if ha.is_some() && !attachments.is_empty() {
+    if master {
         // Hand over: release the addresses and detach; the election thread
         // resigns as it stops (drop below), so the peer takes over at once.
         daemon.change_role(crate::ha::election::Role::Backup, &mut attachments);
