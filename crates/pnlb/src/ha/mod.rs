@@ -1,9 +1,11 @@
 //! Failover (design.md §4, issue "Failover with TCP session recovery"):
 //! nodes of one `[ha]` group elect an active node with authenticated
 //! adverts ([`advert`], [`election`]); the active node holds the VIPs and
-//! floating addresses and forwards, the others hold nothing and forward
-//! nothing ([`takeover`]). This thread runs the election; the daemon loop
-//! acts on its role changes and tells it whether the node is healthy.
+//! floating addresses ([`takeover`]), so traffic comes to it, and streams
+//! its connection table to the others ([`sync`], [`syncer`]), which keep
+//! their program attached for whatever still reaches them. This thread
+//! runs the election; the daemon loop acts on its role changes and tells
+//! it whether the node is healthy.
 
 pub mod advert;
 pub mod election;

@@ -71,6 +71,14 @@ pub fn claim(interface: &str, addresses: &[IpAddr]) -> Result<()> {
             args.push("nodad");
         }
         ip(&args)?;
+    }
+    announce(interface, addresses)
+}
+
+/// A gratuitous ARP for each IPv4 address (the kernel announces IPv6 ones
+/// as they are added).
+pub fn announce(interface: &str, addresses: &[IpAddr]) -> Result<()> {
+    for &address in addresses {
         if let IpAddr::V4(v4) = address {
             gratuitous_arp(interface, v4)
                 .with_context(|| format!("announcing {v4} on {interface}"))?;

@@ -43,6 +43,16 @@ impl Daemon {
         addresses
     }
 
+    /// Announces the floating addresses (what neighbours send the traffic
+    /// to) again after a takeover; the VIPs are announced when claimed.
+    pub(super) fn announce_floating(&self) {
+        if let Some(ha) = &self.config.ha {
+            if let Err(err) = crate::ha::takeover::announce(&ha.interface, &ha.floating) {
+                warning!("ha: announcing the floating addresses again: {err:#}");
+            }
+        }
+    }
+
     /// Becomes the active node (attach, claim the addresses) or a standby
     /// (release them, detach). Returns whether that worked.
     pub(super) fn change_role(

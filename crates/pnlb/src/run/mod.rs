@@ -51,6 +51,10 @@ const RAMP_EVERY: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(100);
 /// The loop's turn with [ha]: how soon a role change is acted on.
 const HA_TURN: Duration = Duration::from_millis(10);
+/// A new master announces its floating addresses again this long after
+/// taking them (as keepalived repeats its gratuitous ARPs): one lost
+/// broadcast must not leave the router on the old node.
+const ANNOUNCE_AGAIN: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(3)];
 
 pub fn check(path: &Path) -> Result<()> {
     let config = config::load(path)?;
@@ -137,6 +141,8 @@ pub fn run(path: &Path) -> Result<()> {
     // With [ha] the loop turns faster: a role change is acted on within it.
     let turn = if ha.is_some() { HA_TURN } else { TICK };
     let mut role_ok = true;
+    // When a new master repeats its announcements.
+    let mut announce_at: Vec<Instant> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let wait = turn.min(TICK.saturating_sub(last_tick.elapsed()));
         match requests.recv_timeout(wait) {
@@ -160,6 +166,13 @@ pub fn run(path: &Path) -> Result<()> {
             while let Ok(role) = node.roles.try_recv() {
                 role_ok = daemon.change_role(role, &mut attachments);
                 master = role == crate::ha::election::Role::Master;
+                announce_at = match role {
+                    crate::ha::election::Role::Master => {
+                        let now = Instant::now();
+                        ANNOUNCE_AGAIN.iter().map(|after| now + *after).collect()
+                    }
+                    crate::ha::election::Role::Backup => Vec::new(),
+                };
                 if let (Some(syncer), crate::ha::election::Role::Backup) = (syncer.as_mut(), role) {
                     syncer.became_backup();
                 }
@@ -170,6 +183,10 @@ pub fn run(path: &Path) -> Result<()> {
                 if master && !ended.is_empty() {
                     syncer.ended(&ended);
                 }
+            }
+            if announce_at.first().is_some_and(|at| Instant::now() >= *at) {
+                announce_at.remove(0);
+                daemon.announce_floating();
             }
             if last_tick.elapsed() >= TICK {
                 let readable = daemon.dataplane.reason_counters().is_ok();
