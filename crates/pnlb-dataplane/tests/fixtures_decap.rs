@@ -6,7 +6,6 @@ mod support;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use libbpf_rs::ProgramInput;
 use pnlb_dataplane::decap::{Decap, DecapCounters};
 use support::*;
 
@@ -26,17 +25,7 @@ fn decap() -> Decap {
 }
 
 fn run(decap: &Decap, packet: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; packet.len() + 256];
-    let input = ProgramInput {
-        data_in: Some(packet),
-        data_out: Some(&mut out),
-        ..Default::default()
-    };
-    let output = decap.program().test_run(input).expect("BPF_PROG_TEST_RUN");
-    let verdict = output.return_value;
-    let len = output.data.map(|d| d.len()).unwrap_or(0);
-    out.truncate(len);
-    (verdict, out)
+    test_run(decap.program(), packet)
 }
 
 /// What the stack should see: the inner packet, with the frame's MACs.

@@ -590,18 +590,5 @@ address = "10.77.1.11"
 "#;
 
 fn run_on(dataplane: &pnlb_dataplane::Dataplane, packet: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; packet.len() + 256];
-    let input = libbpf_rs::ProgramInput {
-        data_in: Some(packet),
-        data_out: Some(&mut out),
-        ..Default::default()
-    };
-    let output = dataplane
-        .program()
-        .test_run(input)
-        .expect("BPF_PROG_TEST_RUN");
-    let verdict = output.return_value;
-    let len = output.data.map(|d| d.len()).unwrap_or(0);
-    out.truncate(len);
-    (verdict, out)
+    test_run(dataplane.program(), packet)
 }

@@ -82,6 +82,22 @@ pub struct Fixture {
     pub resolver: StaticResolver,
 }
 
+/// Runs one packet through `program` with BPF_PROG_TEST_RUN; returns
+/// (verdict, output bytes).
+pub fn test_run(program: &libbpf_rs::ProgramMut<'_>, packet: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; packet.len() + 256];
+    let input = ProgramInput {
+        data_in: Some(packet),
+        data_out: Some(&mut out),
+        ..Default::default()
+    };
+    let output = program.test_run(input).expect("BPF_PROG_TEST_RUN");
+    let verdict = output.return_value;
+    let len = output.data.map(|d| d.len()).unwrap_or(0);
+    out.truncate(len);
+    (verdict, out)
+}
+
 pub fn parse_config(text: &str) -> Config {
     config::parse(Path::new("fixture.toml"), text).expect("fixture config is valid")
 }
@@ -110,21 +126,7 @@ impl Fixture {
 
     /// Runs one packet; returns (verdict, output bytes).
     pub fn run(&self, packet: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; packet.len() + 256];
-        let input = ProgramInput {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ..Default::default()
-        };
-        let output = self
-            .dataplane
-            .program()
-            .test_run(input)
-            .expect("BPF_PROG_TEST_RUN");
-        let verdict = output.return_value;
-        let len = output.data.map(|d| d.len()).unwrap_or(0);
-        out.truncate(len);
-        (verdict, out)
+        test_run(self.dataplane.program(), packet)
     }
 
     pub fn reason(&self, name: &str) -> u64 {
