@@ -87,9 +87,7 @@ fn ctl_changes_services_and_backends_under_load_without_failing_a_request_or_res
         ..LabSpec::default()
     })
     .expect("lab");
-    let path = write_config(&lab, &api_config(&lab, true));
-    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
-    wait_for_log(&daemon, "API on", Duration::from_secs(5));
+    let (path, daemon) = start_with_api(&lab, true);
 
     let stop = Arc::new(AtomicBool::new(false));
     let stream = echo_stream(&lab, stop.clone());
@@ -182,9 +180,7 @@ fn bad_requests_are_refused_whole_and_mutations_need_the_token() {
         return;
     }
     let lab = Lab::up(&LabSpec::default()).expect("lab");
-    let path = write_config(&lab, &api_config(&lab, true));
-    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
-    wait_for_log(&daemon, "API on", Duration::from_secs(5));
+    let (path, daemon) = start_with_api(&lab, true);
     let version = |lab: &Lab| -> u64 {
         let (_, body) = api(lab, "GET", "/api/v1/status", None, None);
         let status: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -295,9 +291,7 @@ fn without_a_token_file_the_api_is_read_only_and_metrics_agree_with_it() {
         return;
     }
     let lab = Lab::up(&LabSpec::default()).expect("lab");
-    let path = write_config(&lab, &api_config(&lab, false));
-    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
-    wait_for_log(&daemon, "API on", Duration::from_secs(5));
+    let (path, daemon) = start_with_api(&lab, false);
     let (status, answer) = api(&lab, "POST", "/api/v1/zero", Some(TOKEN), None);
     assert_eq!(status, 403, "{answer}");
     let (ok, text) = ctl(&lab, &path, &["drain", "web", "10.77.1.11"]);
@@ -404,9 +398,7 @@ fn the_grafana_dashboard_asks_only_for_metrics_pnlb_exports() {
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON");
     let lab = Lab::up(&LabSpec::default()).expect("lab");
-    let path = write_config(&lab, &api_config(&lab, false));
-    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
-    wait_for_log(&daemon, "API on", Duration::from_secs(5));
+    let (_, daemon) = start_with_api(&lab, false);
     spread(&lab, IpAddr::V4(VIP4), 5);
     let (_, metrics) = api(&lab, "GET", "/metrics", None, None);
     // Every family is declared, samples or not (a drop reason may never occur).

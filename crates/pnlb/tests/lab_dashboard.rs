@@ -67,9 +67,7 @@ fn the_dashboard_shows_what_the_api_says_and_keeps_updating() {
         return;
     }
     let lab = Lab::up(&LabSpec::default()).expect("lab");
-    let path = write_config(&lab, &api_config(&lab, true));
-    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
-    wait_for_log(&daemon, "API on", Duration::from_secs(5));
+    let (_, daemon) = start_with_api(&lab, true);
     spread(&lab, std::net::IpAddr::V4(VIP4), 12);
     let (status, answer) = api(
         &lab,

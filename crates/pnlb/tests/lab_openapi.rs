@@ -96,9 +96,7 @@ fn every_documented_operation_answers_as_the_openapi_document_says() {
     }
     let doc = openapi();
     let lab = Lab::up(&LabSpec::default()).expect("lab");
-    let path = write_config(&lab, &api_config(&lab, true));
-    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
-    wait_for_log(&daemon, "API on", std::time::Duration::from_secs(5));
+    let (_, daemon) = start_with_api(&lab, true);
     spread(&lab, "10.77.100.1".parse().unwrap(), 6);
 
     // (method, template, concrete path, expected status): a sequence that

@@ -147,6 +147,15 @@ pub fn api_config(lab: &Lab, with_token: bool) -> String {
     text
 }
 
+/// `pnlb run` with [`api_config`] in the LB namespace, once its API
+/// listens: (config path, daemon).
+pub fn start_with_api(lab: &Lab, with_token: bool) -> (PathBuf, pnlb_lab::LabProcess) {
+    let path = write_config(lab, &api_config(lab, with_token));
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    wait_for_log(&daemon, "API on", Duration::from_secs(5));
+    (path, daemon)
+}
+
 /// One HTTP request to the API from the LB namespace: (status, body).
 pub fn api(
     lab: &Lab,
