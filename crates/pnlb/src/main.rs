@@ -13,6 +13,7 @@ mod lab_cmd;
 mod log;
 mod metrics;
 mod run;
+mod secret;
 mod summary;
 
 use std::path::PathBuf;

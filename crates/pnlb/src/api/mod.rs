@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use pnlb_core::config::Daemon as DaemonConfig;
 
 use self::edit::{BackendSelector, Edit};
@@ -142,19 +142,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Reads the token file: one line, surrounding whitespace ignored.
+/// Reads the token file (daemon.api_token_file).
 pub fn read_token(path: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("daemon.api_token_file {}: cannot read it", path.display()))?;
-    let token = text.trim().to_string();
-    if token.len() < 16 {
-        anyhow::bail!(
-            "daemon.api_token_file {}: the token is shorter than 16 characters; write a long random one, e.g. `openssl rand -hex 32 > {}`",
-            path.display(),
-            path.display()
-        );
-    }
-    Ok(token)
+    crate::secret::read(path, "daemon.api_token_file")
 }
 
 /// Starts the listeners the config asks for (none: returns Ok(None)).

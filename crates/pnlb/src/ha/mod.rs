@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use pnlb_core::config::Ha;
 
 use self::advert::{Advert, ADVERT_PORT};
@@ -56,26 +56,16 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Reads the shared key: at least 16 bytes after trimming.
+/// Reads the group's shared key (ha.key_file).
 pub fn read_key(path: &std::path::Path) -> Result<Vec<u8>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("ha.key_file {}: cannot read it", path.display()))?;
-    let key = text.trim().as_bytes().to_vec();
-    if key.len() < 16 {
-        bail!(
-            "ha.key_file {}: the key is shorter than 16 characters; use the same long random one on every node (openssl rand -hex 32)",
-            path.display()
-        );
-    }
-    Ok(key)
+    Ok(crate::secret::read(path, "ha.key_file")?.into_bytes())
 }
 
 impl HaNode {
     /// Starts the election as `me` (this node's address on ha.interface).
     /// `synced` says whether this node has the active node's full table,
     /// without which it does not preempt.
-    pub fn start(config: &Ha, me: IpAddr, synced: Arc<AtomicBool>) -> Result<Self> {
-        let key = read_key(&config.key_file)?;
+    pub fn start(config: &Ha, me: IpAddr, key: Vec<u8>, synced: Arc<AtomicBool>) -> Result<Self> {
         let bind = match me {
             IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], ADVERT_PORT)),
             IpAddr::V6(_) => SocketAddr::from(([0u16; 8], ADVERT_PORT)),

@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use pnlb_dataplane::abi::{bytes_of, from_bytes, Conn, FlowKey, ServiceKey};
 
-use super::advert::AdvertError;
+use super::advert::{hmac, AdvertError};
 
 pub const SYNC_PORT: u16 = 8113;
 const MAGIC: &[u8; 4] = b"PNSY";
@@ -73,10 +73,6 @@ fn unmapped(bytes: &[u8]) -> IpAddr {
     v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
 }
 
-fn mac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    super::advert::hmac(key, data)
-}
-
 impl Message {
     pub fn emit(&self, key: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + self.flows.len() * ENTRY + MAC);
@@ -93,7 +89,7 @@ impl Message {
             out.extend_from_slice(&mapped(flow.backend));
             out.extend_from_slice(&flow.backend_port.to_be_bytes());
         }
-        let tag = mac(key, &out);
+        let tag = hmac(key, &out);
         out.extend_from_slice(&tag);
         out
     }
@@ -106,7 +102,7 @@ impl Message {
             return Err(AdvertError::Version(bytes[4]));
         }
         let (body, tag) = bytes.split_at(bytes.len() - MAC);
-        if !openssl::memcmp::eq(&mac(key, body), tag) {
+        if !openssl::memcmp::eq(&hmac(key, body), tag) {
             return Err(AdvertError::Authentication);
         }
         let count = usize::from(u16::from_be_bytes([bytes[8], bytes[9]]));

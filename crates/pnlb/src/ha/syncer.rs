@@ -43,7 +43,7 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    pub fn new(ha: &Ha, me: IpAddr, dataplane: &Dataplane) -> Result<Self> {
+    pub fn new(ha: &Ha, me: IpAddr, key: Vec<u8>, dataplane: &Dataplane) -> Result<Self> {
         let bind = match me {
             IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], SYNC_PORT)),
             IpAddr::V6(_) => SocketAddr::from(([0u16; 8], SYNC_PORT)),
@@ -54,7 +54,7 @@ impl Syncer {
         Ok(Self {
             socket,
             events: dataplane.conn_events()?,
-            key: super::read_key(&ha.key_file)?,
+            key,
             group: ha.group,
             me,
             peers: ha.peers.clone(),

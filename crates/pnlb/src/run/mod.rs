@@ -91,8 +91,9 @@ pub fn run(path: &Path) -> Result<()> {
         None => (None, None),
         Some(ha) => {
             let me = crate::ha::takeover::own_address(&ha.interface, ha.peers[0].is_ipv6())?;
-            let syncer = crate::ha::syncer::Syncer::new(ha, me, &daemon.dataplane)?;
-            let node = crate::ha::HaNode::start(ha, me, syncer.synced.clone())?;
+            let key = crate::ha::read_key(&ha.key_file)?;
+            let syncer = crate::ha::syncer::Syncer::new(ha, me, key.clone(), &daemon.dataplane)?;
+            let node = crate::ha::HaNode::start(ha, me, key, syncer.synced.clone())?;
             (Some(node), Some(syncer))
         }
     };
