@@ -166,9 +166,12 @@ fn services(document: &Document) -> &[Value] {
 }
 
 fn services_mut(document: &mut Document) -> &mut Vec<Value> {
-    let entry = document
-        .entry("service")
-        .or_insert_with(|| Value::Array(Vec::new()));
+    array_at(document, "service")
+}
+
+/// The array under `key`, made one if it is missing or something else.
+fn array_at<'a>(table: &'a mut toml::Table, key: &str) -> &'a mut Vec<Value> {
+    let entry = table.entry(key).or_insert_with(|| Value::Array(Vec::new()));
     if !entry.is_array() {
         *entry = Value::Array(Vec::new());
     }
@@ -192,25 +195,13 @@ fn service_index(document: &Document, name: &str) -> Result<usize, ApiError> {
 }
 
 fn backends_mut(document: &mut Document, service: usize) -> &mut Vec<Value> {
-    let table = match &mut services_mut(document)[service] {
-        Value::Table(table) => table,
-        other => {
-            *other = Value::Table(toml::Table::new());
-            match other {
-                Value::Table(table) => table,
-                _ => unreachable!("made a table above"),
-            }
-        }
-    };
-    let entry = table
-        .entry("backend")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if !entry.is_array() {
-        *entry = Value::Array(Vec::new());
+    let entry = &mut services_mut(document)[service];
+    if !entry.is_table() {
+        *entry = Value::Table(toml::Table::new());
     }
     match entry {
-        Value::Array(list) => list,
-        _ => unreachable!("made an array above"),
+        Value::Table(table) => array_at(table, "backend"),
+        _ => unreachable!("made a table above"),
     }
 }
 
