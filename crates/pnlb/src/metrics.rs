@@ -47,17 +47,6 @@ fn family<M: EncodeMetric + TypedMetric>(
     Ok(())
 }
 
-fn counter_rows<'a, T: 'a>(
-    items: impl Iterator<Item = &'a T> + Clone,
-    labels: impl Fn(&T) -> Labels + Copy,
-    counters: impl Fn(&T) -> Counters + Copy,
-    field: fn(&Counters) -> u64,
-) -> Vec<(Labels, ConstCounter)> {
-    items
-        .map(|item| (labels(item), ConstCounter::new(field(&counters(item)))))
-        .collect()
-}
-
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let status = &self.0;
@@ -110,12 +99,11 @@ impl Collector for Snapshot {
                 &mut encoder,
                 &format!("service_{name}"),
                 &format!("Per service: {help}"),
-                counter_rows(
-                    status.services.iter(),
-                    service_labels,
-                    |s| s.counters,
-                    field,
-                ),
+                status
+                    .services
+                    .iter()
+                    .map(|s| (service_labels(s), ConstCounter::new(field(&s.counters))))
+                    .collect(),
             )?;
             family(
                 &mut encoder,
