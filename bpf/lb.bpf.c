@@ -96,7 +96,7 @@ __attribute__((noinline)) int pnlb_tun_encap(struct xdp_md *ctx, const struct pn
 	overhead = pnlb_encap_overhead(backend, pkt->ipv6);
 	if (!pnlb_fits_mtu(ctx, backend, overhead, &mtu))
 		return pnlb_tun_too_big(ctx, service_id, pkt, mtu, overhead);
-	reason = pnlb_encap(ctx, pkt, backend);
+	reason = pnlb_encap(ctx, pkt, backend, overhead);
 	if (reason)
 		return pnlb_service_drop(service_id, reason);
 	return PNLB_TUN_ENCAPSULATED;

@@ -164,15 +164,15 @@ static __always_inline int pnlb_encap_ipv6(struct xdp_md *ctx, const struct pnlb
 }
 
 /*
- * Puts the outer headers in front of the packet (same IP version as the
- * client's: the config keeps tun backends in the VIP's family). The caller
+ * Puts the outer headers (`overhead` bytes, pnlb_encap_overhead) in front
+ * of the packet, in the client's IP version (the config keeps tun backends
+ * in the VIP's family). The caller
  * has checked the result fits the egress MTU (pmtu.h) and forwards it with
  * pnlb_forward_l2. Returns 0 or a drop reason.
  */
 static __always_inline int pnlb_encap(struct xdp_md *ctx, const struct pnlb_packet *pkt,
-				      const struct pnlb_backend *backend)
+				      const struct pnlb_backend *backend, __u32 overhead)
 {
-	__u32 overhead = pnlb_encap_overhead(backend, pkt->ipv6);
 	__u32 inner_len = pkt->len - sizeof(struct ethhdr);
 	__u32 hash = 0;
 	__u8 tos = 0;
