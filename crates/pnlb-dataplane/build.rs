@@ -15,10 +15,6 @@ fn main() {
     let bpf_dir = manifest.join("../../bpf");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let clang = find_clang();
-    let arch_include = format!(
-        "-I/usr/include/{}-linux-gnu",
-        env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into())
-    );
 
     for name in PROGRAMS {
         let source = bpf_dir.join(format!("{name}.bpf.c"));
@@ -31,9 +27,15 @@ fn main() {
                 "-g".to_string(),
                 "-Wall".to_string(),
                 "-Werror".to_string(),
+                // Hermetic: no system include directory is searched, so the
+                // programs see only the kernel UAPI headers vendored in
+                // bpf/include/uapi and libbpf's own (added by libbpf-cargo),
+                // never the C library's (which need per-arch packages such
+                // as libc6-dev-i386 under `-target bpf`).
+                "-nostdinc".to_string(),
+                format!("-isystem{}", bpf_dir.join("include/uapi").display()),
                 format!("-I{}", bpf_dir.join("include").display()),
                 format!("-I{}", bpf_dir.display()),
-                arch_include.clone(),
             ])
             .build_and_generate(&skeleton);
         if let Err(err) = result {
