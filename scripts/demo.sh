@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --quiet --bin pnlb
-exec target/debug/pnlb lab demo
+cargo build --quiet --bin pnlb --bin pnlb-lab
+exec target/debug/pnlb-lab demo

@@ -138,7 +138,7 @@ pub struct Lab {
     nginx: Vec<Option<LabProcess>>,
     echo: Vec<Option<EchoServer>>,
     namespaces: Vec<String>,
-    /// Tear down on drop (false for `pnlb lab up`, which leaves it running).
+    /// Tear down on drop (false for `pnlb-lab up`, which leaves it running).
     owned: bool,
 }
 
@@ -665,7 +665,7 @@ impl Lab {
         self.servers.iter().find(|s| s.name == name)
     }
 
-    /// Leave the lab running after this handle is gone (`pnlb lab up`).
+    /// Leave the lab running after this handle is gone (`pnlb-lab up`).
     pub fn keep(mut self) {
         self.owned = false;
         for process in self.nginx.drain(..).flatten() {

@@ -1,15 +1,12 @@
 //! pnlb: a Layer-4 load balancer with an XDP data plane.
 
 mod api;
-mod bench;
 mod ctl;
 mod dashboard;
 mod decap_cmd;
-mod demo;
 mod doctor;
 mod ha;
 mod health;
-mod lab_cmd;
 mod log;
 mod metrics;
 mod run;
@@ -57,13 +54,6 @@ enum Command {
     /// Talk to a running `pnlb run` through its API (list, add, edit,
     /// remove, drain, reload, zero), or import an ipvsadm/keepalived setup.
     Ctl(ctl::CtlArgs),
-    /// Benchmark pnlb against the kernel (nftables NAT) and HAProxy in the lab.
-    Bench(bench::BenchArgs),
-    /// The network-namespace lab (client, router, LB, real servers).
-    Lab {
-        #[command(subcommand)]
-        command: lab_cmd::LabCommand,
-    },
 }
 
 fn main() -> ExitCode {
@@ -76,8 +66,6 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => run::run(&config),
         Command::Check { config } => run::check(&config),
-        Command::Lab { command } => lab_cmd::lab(command),
-        Command::Bench(args) => bench::bench(args),
         Command::Ctl(args) => ctl::ctl(args),
         Command::Decap(args) => decap_cmd::decap(args),
     };

@@ -39,7 +39,7 @@ use next_hops::NextHops;
 
 /// How often next hops are re-resolved (a replaced server, a moved MAC).
 /// Health checks notice dead servers much sooner; this only follows MAC
-/// changes, and each refresh runs `ip` (pnlb bench showed the cost in the
+/// changes, and each refresh runs `ip` (pnlb-lab bench showed the cost in the
 /// tail latency at 5 s).
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// How often idle connections are expired: a pass over the whole table, so

@@ -1,4 +1,4 @@
-//! `pnlb lab demo`: builds the lab and, for each forwarding method (dr,
+//! `pnlb-lab demo`: builds the lab and, for each forwarding method (dr,
 //! tun, snat, nat), runs `pnlb run` on the LB, sends real HTTP requests with
 //! curl from the client, shows which server answered and which client
 //! address it saw, where the replies went, and the data plane's counters.
@@ -46,9 +46,7 @@ const ACTS: [Act; 4] = [
     },
 ];
 
-pub fn demo() -> Result<()> {
-    let binary = std::env::current_exe().context("locating the pnlb binary")?;
-    let binary = binary.display().to_string();
+pub fn demo(binary: &str) -> Result<()> {
     println!("== pnlb demo: one VIP pair ({VIP4}:80, [{VIP6}]:80), 3 nginx servers, Maglev, four methods ==");
     println!("building the lab: client -> router -> [switch] -> LB + 3 nginx servers (network namespaces)");
     let lab = Lab::up(&LabSpec {
@@ -64,12 +62,12 @@ pub fn demo() -> Result<()> {
             .context("writing the demo config")?;
         let decaps = if act.decap {
             (0..lab.servers.len())
-                .map(|i| lab.start_decap(&binary, i))
+                .map(|i| lab.start_decap(binary, i))
                 .collect::<Result<Vec<_>, _>>()?
         } else {
             Vec::new()
         };
-        let daemon = lab.start_pnlb(&binary, &config_path)?;
+        let daemon = lab.start_pnlb(binary, &config_path)?;
         requests(&lab)?;
         download(&lab, act.method)?;
         let (_, output) = daemon.stop(Duration::from_secs(5));

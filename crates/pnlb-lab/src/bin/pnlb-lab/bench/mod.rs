@@ -1,4 +1,4 @@
-//! `pnlb bench`: one lab run comparing the floor (no LB), the kernel
+//! `pnlb-lab bench`: one lab run comparing the floor (no LB), the kernel
 //! (nftables NAT), HAProxy and pnlb's methods on the same client, servers
 //! and veths. Each figure is the median of several repetitions with its
 //! min and max, and its ratio to the kernel baseline. A benchmark, not a
@@ -72,13 +72,9 @@ struct Results {
     small_udp: BTreeMap<String, Vec<flood::FloodRun>>,
 }
 
-pub fn bench(args: BenchArgs) -> Result<()> {
-    let binary = std::env::current_exe()
-        .context("locating the pnlb binary")?
-        .display()
-        .to_string();
+pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
     println!(
-        "== pnlb bench: {} repetitions of {} s per figure ==",
+        "== pnlb-lab bench: {} repetitions of {} s per figure ==",
         args.repetitions, args.seconds
     );
     println!("building the lab (client, router, LB, 3 nginx + iperf3 servers in namespaces)");
@@ -121,7 +117,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         use_fresh_client_address(&lab, index)?;
         println!("measuring {}", setup.name());
         let _running = setup
-            .start(&lab, &binary)
+            .start(&lab, binary)
             .with_context(|| format!("starting {}", setup.name()))?;
         let target = setup.target(&lab);
         for _ in 0..args.repetitions {

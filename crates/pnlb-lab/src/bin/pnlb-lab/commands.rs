@@ -1,47 +1,23 @@
-//! `pnlb lab up|down|demo`: the namespace lab for people.
+//! `pnlb-lab up|down`: a lab that stays up for people to use.
 
 use anyhow::Result;
-use clap::Subcommand;
 use pnlb_lab::{Lab, LabSpec, VIP4, VIP6};
 
-/// The fixed prefix of the lab `pnlb lab up` leaves running.
+/// The fixed prefix of the lab `pnlb-lab up` leaves running.
 const PERSISTENT_PREFIX: &str = "pnlb-lab";
 
-#[derive(Subcommand)]
-pub enum LabCommand {
-    /// Build the lab and leave it running (client, router, switch, LB, N nginx servers).
-    Up {
-        #[arg(long, default_value_t = 3)]
-        servers: usize,
-        /// Add a second LB for a failover pair (the router sends the VIPs
-        /// to the floating 10.77.1.254 / fd77:1::254).
-        #[arg(long)]
-        ha: bool,
-    },
-    /// Remove the lab `pnlb lab up` built: its processes, then its namespaces.
-    Down,
-    /// The demo: a VIP in `dr` mode balancing real HTTP requests over 3 nginx servers.
-    Demo,
+/// Removes the lab `pnlb-lab up` built: its processes, then its namespaces.
+pub fn down() -> Result<()> {
+    let removed = Lab::tear_down(&format!("{PERSISTENT_PREFIX}-"));
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{PERSISTENT_PREFIX}-lab")));
+    println!("removed {removed} namespace(s)");
+    Ok(())
 }
 
-pub fn lab(command: LabCommand) -> Result<()> {
-    match command {
-        LabCommand::Up { servers, ha } => up(servers, ha),
-        LabCommand::Down => {
-            let removed = Lab::tear_down(&format!("{PERSISTENT_PREFIX}-"));
-            let _ = std::fs::remove_dir_all(
-                std::env::temp_dir().join(format!("{PERSISTENT_PREFIX}-lab")),
-            );
-            println!("removed {removed} namespace(s)");
-            Ok(())
-        }
-        LabCommand::Demo => crate::demo::demo(),
-    }
-}
-
-fn up(servers: usize, ha: bool) -> Result<()> {
+/// Builds the lab and leaves it running, with the commands to use it.
+pub fn up(servers: usize, ha: bool) -> Result<()> {
     if !pnlb_lab::netns::list(&format!("{PERSISTENT_PREFIX}-")).is_empty() {
-        anyhow::bail!("a lab is already up; remove it with `pnlb lab down`");
+        anyhow::bail!("a lab is already up; remove it with `pnlb-lab down`");
     }
     let spec = LabSpec {
         servers,
@@ -72,7 +48,7 @@ fn up(servers: usize, ha: bool) -> Result<()> {
         println!("                   ip netns exec {0}-lb pnlb run --config docs/examples/lab-ha-node1.toml &", lab.prefix);
         println!("                   ip netns exec {0}-lb2 pnlb run --config docs/examples/lab-ha-node2.toml &", lab.prefix);
     }
-    println!("remove it:         pnlb lab down");
+    println!("remove it:         pnlb-lab down");
     lab.keep();
     Ok(())
 }
