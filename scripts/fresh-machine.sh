@@ -2,9 +2,10 @@
 # Proves the README's promise on a machine like a new user's: builds a clean
 # Debian 12 root with mmdebstrap (minbase plus what a new machine of this kind
 # ships) and runs inside it, as a new user would: scripts/setup.sh, the
-# release build, `pnlb check` on every example config, and the tests that
-# need no lab (unit, property, BPF fixtures). A package this machine has but
-# setup.sh does not install fails here.
+# release build, the Debian package (installed, verified and purged), `pnlb
+# check` on every example config, and the tests that need no lab (unit,
+# property, BPF fixtures). A package this machine has but setup.sh does not
+# install fails here.
 #
 # What the root shares with this machine, and only this: the Rust toolchain
 # (read-only), cargo's download cache, and the CA bundle of this workplace's
@@ -91,6 +92,10 @@ scripts/setup.sh
 step "cargo build --release"
 cargo fetch --locked --quiet
 cargo build --release --locked --workspace
+
+step "the Debian package: build, install, verify, purge"
+scripts/package.sh
+PNLB_THROWAWAY_ROOT=1 scripts/verify-package.sh
 
 step "pnlb check on docs/examples"
 for example in docs/examples/*.toml; do

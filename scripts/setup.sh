@@ -30,6 +30,10 @@ need_command iperf3 iperf3              # benchmarks
 need_command nft nftables               # benchmarks: the kernel baseline
 need_command haproxy haproxy            # benchmarks: the proxy baseline
 need_command chromium chromium          # tests: the web dashboard in headless Chromium
+need_command dpkg-shlibdeps dpkg-dev    # scripts/package.sh: the package's library dependencies
+need_command strip binutils             # scripts/package.sh
+need_command man man-db                 # tests: the packaged man pages render
+need_command systemd-analyze systemd    # tests: the packaged unit verifies
 
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]}"

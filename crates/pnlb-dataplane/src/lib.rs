@@ -5,6 +5,7 @@
 //! - [`conntrack`]: expire idle connections by state (and free SNAT ports);
 //! - [`decap`]: the real-server side of tun (`pnlb decap`);
 //! - [`programmer`]: turn validated config into map contents, and diff on reload;
+//! - [`netdev`]: what a device offers XDP (driver, XDP features, offloads);
 //! - [`nexthop`]: find the MAC and interface each backend is reached through;
 //! - [`stats`]: read the per-CPU counters;
 //! - [`sync`]: flows in and out, for failover sync;
@@ -16,6 +17,7 @@ pub mod abi;
 pub mod conntrack;
 pub mod decap;
 pub mod loader;
+pub mod netdev;
 pub mod nexthop;
 pub mod prog_stats;
 pub mod programmer;

@@ -12,7 +12,7 @@ use crate::skel::{LbMaps, LbSkel, LbSkelBuilder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("loading the XDP program failed: {0}; pnlb needs root (CAP_BPF and CAP_NET_ADMIN) and a kernel with BTF")]
+    #[error("loading the XDP program failed: {0}; pnlb needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) and a kernel with BTF")]
     Load(libbpf_rs::Error),
     #[error("interface {0:?} does not exist here; check daemon.interfaces against `ip link`")]
     NoSuchInterface(String),

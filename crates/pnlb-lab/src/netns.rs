@@ -40,6 +40,18 @@ pub fn exec(ns: &str, program: &str, args: &[&str]) -> Result<Output, LabError> 
 
 pub fn add(ns: &str) -> Result<(), LabError> {
     run("ip", &["netns", "add", ns])?;
+    // No duplicate address detection: the lab's addresses are unique, and
+    // while a fresh interface's link-local address is tentative (about a
+    // second) the first IPv6 packets to a new neighbour are lost.
+    exec(
+        ns,
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv6.conf.default.accept_dad=0",
+            "net.ipv6.conf.all.accept_dad=0",
+        ],
+    )?;
     ip(ns, &["link", "set", "lo", "up"])?;
     Ok(())
 }

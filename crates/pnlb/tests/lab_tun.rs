@@ -195,17 +195,6 @@ fn doctor(lab: &Lab, vip: IpAddr, method: &str) -> (i32, String) {
     )
 }
 
-/// The `fix:` line that follows the FAIL/WARN line containing `problem`.
-fn fix_for(report: &str, problem: &str) -> String {
-    let mut lines = report.lines().skip_while(|l| !l.contains(problem));
-    lines.next();
-    lines
-        .next()
-        .and_then(|l| l.trim().strip_prefix("fix: "))
-        .unwrap_or_else(|| panic!("no fix after {problem:?}: {report}"))
-        .to_string()
-}
-
 fn on_s1(lab: &Lab, script: &str) {
     let status = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.servers[0].ns, "sh", "-c", script])

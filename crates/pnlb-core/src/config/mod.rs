@@ -1374,6 +1374,27 @@ address = "fd77:1::11"
     }
 
     #[test]
+    fn the_packaged_config_is_valid_as_installed_and_with_its_example_service_uncommented() {
+        let text = include_str!("../../../../packaging/pnlb.toml");
+        let installed = parse(Path::new("packaging/pnlb.toml"), text).unwrap();
+        assert!(installed.services.is_empty());
+        // The example service is the block of "# " lines after the [daemon] keys.
+        let start = text.find("# [[service]]").expect("an example service");
+        let uncommented: String = text[..start]
+            .lines()
+            .chain(text[start..].lines().map(|line| {
+                line.strip_prefix("# ")
+                    .or_else(|| line.strip_prefix('#'))
+                    .unwrap_or(line)
+            }))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let edited = parse(Path::new("packaging/pnlb.toml"), &uncommented).unwrap();
+        assert_eq!(edited.services.len(), 1);
+        assert_eq!(edited.services[0].backends.len(), 2);
+    }
+
+    #[test]
     fn the_documented_example_configs_are_valid() {
         let text = include_str!("../../../../docs/examples/lab-dr.toml");
         let config = parse(Path::new("docs/examples/lab-dr.toml"), text).unwrap();

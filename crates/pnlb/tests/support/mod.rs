@@ -195,3 +195,14 @@ pub fn api(
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
+
+/// The `fix:` line that follows the FAIL/WARN line containing `problem`.
+pub fn fix_for(report: &str, problem: &str) -> String {
+    let mut lines = report.lines().skip_while(|l| !l.contains(problem));
+    lines.next();
+    lines
+        .next()
+        .and_then(|l| l.trim().strip_prefix("fix: "))
+        .unwrap_or_else(|| panic!("no fix after {problem:?}: {report}"))
+        .to_string()
+}

@@ -1,98 +1,12 @@
-//! `pnlb doctor --real-server --vip ADDR [--method dr|tun]`: checks what a
-//! real server needs for direct routing or tunneling, and for each problem
-//! prints why it matters and the command that fixes it. A DR/tunnel setup
-//! that silently does not forward is the most common complaint about
-//! Katran and IPVS-DR; every item here is one of its causes.
+//! `pnlb doctor --real-server --vip ADDR [--method dr|tun]`: what a real
+//! server needs for direct routing or tunneling.
 
 use std::net::IpAddr;
-use std::process::{Command, ExitCode};
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use anyhow::Result;
 use serde::Deserialize;
 
-#[derive(Args)]
-pub struct DoctorArgs {
-    /// Check this host as a real server (the only mode so far).
-    #[arg(long)]
-    real_server: bool,
-    /// The virtual IP this server answers for.
-    #[arg(long)]
-    vip: IpAddr,
-    /// How the load balancer forwards to this server.
-    #[arg(long, value_enum, default_value_t = DoctorMethod::Dr)]
-    method: DoctorMethod,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum DoctorMethod {
-    Dr,
-    Tun,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Level {
-    Ok,
-    Warn,
-    Fail,
-}
-
-struct Finding {
-    level: Level,
-    what: String,
-    fix: Option<String>,
-}
-
-impl Finding {
-    fn ok(what: String) -> Self {
-        Self {
-            level: Level::Ok,
-            what,
-            fix: None,
-        }
-    }
-
-    fn problem(level: Level, what: String, fix: String) -> Self {
-        Self {
-            level,
-            what,
-            fix: Some(fix),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct Link {
-    ifname: String,
-    #[serde(default)]
-    flags: Vec<String>,
-    mtu: Option<u32>,
-    link_type: Option<String>,
-    xdp: Option<LinkXdp>,
-    linkinfo: Option<LinkInfo>,
-    #[serde(default)]
-    addr_info: Vec<AddrInfo>,
-}
-
-#[derive(Deserialize)]
-struct LinkXdp {
-    prog: Option<XdpProg>,
-}
-
-#[derive(Deserialize)]
-struct XdpProg {
-    name: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct LinkInfo {
-    info_kind: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct AddrInfo {
-    local: Option<String>,
-}
+use super::{effective_ipv4, ip_json, links, DoctorMethod, Finding, Level, Link};
 
 #[derive(Deserialize)]
 struct Route {
@@ -102,73 +16,30 @@ struct Route {
     metrics: Vec<serde_json::Value>,
 }
 
-pub fn doctor(args: DoctorArgs) -> Result<ExitCode> {
-    if !args.real_server {
-        bail!("say what to check: `pnlb doctor --real-server --vip ADDR [--method dr|tun]`");
-    }
-    let links: Vec<Link> = ip_json(&["-d", "addr", "show"])?;
-    let method = match args.method {
+pub(super) fn check(vip: IpAddr, method: DoctorMethod) -> Result<Vec<Finding>> {
+    let links = links()?;
+    let method_name = match method {
         DoctorMethod::Dr => "dr",
         DoctorMethod::Tun => "tun",
     };
-    println!(
-        "pnlb doctor: this host as a real server for VIP {} (method {method})",
-        args.vip
-    );
-    let mut findings = vec![vip_on_lo(&links, args.vip)];
+    println!("pnlb doctor: this host as a real server for VIP {vip} (method {method_name})");
+    let mut findings = vec![vip_on_lo(&links, vip)];
     let interfaces: Vec<&Link> = links
         .iter()
-        .filter(|l| l.link_type.as_deref() != Some("loopback") && l.flags.iter().any(|f| f == "UP"))
+        .filter(|l| l.link_type.as_deref() != Some("loopback") && l.is_up())
         .collect();
-    if args.vip.is_ipv4() {
+    if vip.is_ipv4() {
         findings.extend(arp_checks(&interfaces)?);
         findings.extend(rp_filter_checks(&interfaces)?);
     }
-    if args.method == DoctorMethod::Tun {
-        let family = if args.vip.is_ipv4() { "-4" } else { "-6" };
+    if method == DoctorMethod::Tun {
+        let family = if vip.is_ipv4() { "-4" } else { "-6" };
         let routes: Vec<Route> = ip_json(&[family, "route", "show", "default"])?;
         let default_route = routes.first();
-        findings.push(decapsulation(&links, args.vip, default_route));
+        findings.push(decapsulation(&links, vip, default_route));
         findings.push(mtu_headroom(&links, family, default_route));
     }
-
-    for finding in &findings {
-        let tag = match finding.level {
-            Level::Ok => "ok  ",
-            Level::Warn => "WARN",
-            Level::Fail => "FAIL",
-        };
-        println!("  {tag}  {}", finding.what);
-        if let Some(fix) = &finding.fix {
-            println!("        fix: {fix}");
-        }
-    }
-    let count = |level| findings.iter().filter(|f| f.level == level).count();
-    let (failed, warned) = (count(Level::Fail), count(Level::Warn));
-    if failed == 0 {
-        println!("ready: {warned} warning(s)");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("not ready: {failed} problem(s), {warned} warning(s)");
-        Ok(ExitCode::from(1))
-    }
-}
-
-fn ip_json<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Result<T> {
-    let output = Command::new("ip")
-        .arg("-j")
-        .args(args)
-        .output()
-        .context("running `ip` (install iproute2)")?;
-    if !output.status.success() {
-        bail!(
-            "`ip -j {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("unexpected output from `ip -j {}`", args.join(" ")))
+    Ok(findings)
 }
 
 fn vip_on_lo(links: &[Link], vip: IpAddr) -> Finding {
@@ -194,20 +65,6 @@ fn vip_on_lo(links: &[Link], vip: IpAddr) -> Finding {
     )
 }
 
-fn sysctl(path: &str) -> Result<i64> {
-    let text = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{path}"))
-        .with_context(|| format!("reading net.ipv4.conf.{}", path.replace('/', ".")))?;
-    text.trim()
-        .parse()
-        .with_context(|| format!("net.ipv4.conf.{} is {text:?}", path.replace('/', ".")))
-}
-
-/// The value the kernel uses on `dev` for settings it takes the larger of
-/// (all, dev) for: arp_ignore, arp_announce, rp_filter.
-fn effective(dev: &str, key: &str) -> Result<i64> {
-    Ok(sysctl(&format!("all/{key}"))?.max(sysctl(&format!("{dev}/{key}"))?))
-}
-
 fn arp_checks(interfaces: &[&Link]) -> Result<Vec<Finding>> {
     let mut findings = Vec::new();
     for (key, wanted, why) in [
@@ -224,7 +81,7 @@ fn arp_checks(interfaces: &[&Link]) -> Result<Vec<Finding>> {
     ] {
         let wrong: Vec<String> = interfaces
             .iter()
-            .map(|l| Ok((l.ifname.clone(), effective(&l.ifname, key)?)))
+            .map(|l| Ok((l.ifname.clone(), effective_ipv4(&l.ifname, key)?)))
             .collect::<Result<Vec<_>>>()?
             .into_iter()
             .filter(|(_, value)| *value < wanted)
@@ -246,7 +103,7 @@ fn arp_checks(interfaces: &[&Link]) -> Result<Vec<Finding>> {
 fn rp_filter_checks(interfaces: &[&Link]) -> Result<Vec<Finding>> {
     let strict: Vec<String> = interfaces
         .iter()
-        .map(|l| Ok((l.ifname.clone(), effective(&l.ifname, "rp_filter")?)))
+        .map(|l| Ok((l.ifname.clone(), effective_ipv4(&l.ifname, "rp_filter")?)))
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .filter(|(_, value)| *value == 1)
@@ -269,13 +126,7 @@ fn rp_filter_checks(interfaces: &[&Link]) -> Result<Vec<Finding>> {
 fn decapsulation(links: &[Link], vip: IpAddr, default_route: Option<&Route>) -> Finding {
     let decap_on: Vec<&str> = links
         .iter()
-        .filter(|l| {
-            l.xdp
-                .as_ref()
-                .and_then(|x| x.prog.as_ref())
-                .and_then(|p| p.name.as_deref())
-                == Some("pnlb_decap")
-        })
+        .filter(|l| l.xdp_program() == Some("pnlb_decap"))
         .map(|l| l.ifname.as_str())
         .collect();
     if !decap_on.is_empty() {
@@ -284,8 +135,7 @@ fn decapsulation(links: &[Link], vip: IpAddr, default_route: Option<&Route>) -> 
     let kind = if vip.is_ipv4() { "ipip" } else { "ip6tnl" };
     let kernel: Vec<&str> = links
         .iter()
-        .filter(|l| l.linkinfo.as_ref().and_then(|i| i.info_kind.as_deref()) == Some(kind))
-        .filter(|l| l.flags.iter().any(|f| f == "UP"))
+        .filter(|l| l.kind() == Some(kind) && l.is_up())
         .map(|l| l.ifname.as_str())
         .collect();
     if !kernel.is_empty() {
