@@ -97,18 +97,23 @@ enum Verb {
     Reload,
     /// Zero the packet and byte counters (ipvsadm -Z).
     Zero,
-    /// Print an existing ipvsadm or keepalived setup as pnlb TOML (offline).
+    /// Convert an ipvsadm or keepalived setup to a pnlb config (offline):
+    /// the config to stdout (or --output), what did not carry over to stderr.
     Import {
-        /// `ipvsadm-save -n` output.
+        /// ipvsadm rules: `ipvsadm-save` output (with or without -n), a file
+        /// for `ipvsadm -R`, or a shell script of ipvsadm commands; `-` for stdin.
         #[arg(
             long,
             conflicts_with = "keepalived",
             required_unless_present = "keepalived"
         )]
         ipvsadm: Option<PathBuf>,
-        /// A keepalived.conf with virtual_server blocks.
+        /// A keepalived.conf (its includes are read too); `-` for stdin.
         #[arg(long)]
         keepalived: Option<PathBuf>,
+        /// Write the config here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -116,18 +121,10 @@ pub fn ctl(args: CtlArgs) -> Result<()> {
     if let Verb::Import {
         ipvsadm,
         keepalived,
+        output,
     } = &args.verb
     {
-        let (path, convert): (&PathBuf, fn(&str) -> Result<String>) = match (ipvsadm, keepalived) {
-            (Some(path), _) => (path, import::from_ipvsadm),
-            (None, Some(path)) => (path, import::from_keepalived),
-            (None, None) => bail!("give --ipvsadm FILE or --keepalived FILE"),
-        };
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let toml = convert(&text).with_context(|| format!("{}", path.display()))?;
-        print!("{toml}");
-        return Ok(());
+        return import_setup(ipvsadm.as_deref(), keepalived.as_deref(), output.as_deref());
     }
     let client = connect(&args)?;
     match args.verb {
@@ -352,4 +349,52 @@ fn find_backend<'a>(service: &'a Value, selector: &BackendSelector) -> Result<&'
             })
         })
         .with_context(|| format!("the service has no backend {selector}"))
+}
+
+/// `pnlb ctl import`: the config to stdout or `output`, the summary to
+/// stderr; fails when nothing could be imported.
+fn import_setup(
+    ipvsadm: Option<&std::path::Path>,
+    keepalived: Option<&std::path::Path>,
+    output: Option<&std::path::Path>,
+) -> Result<()> {
+    let read = |path: &std::path::Path| -> Result<String> {
+        if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading standard input")?;
+            Ok(text)
+        } else {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        }
+    };
+    let (imported, source) = match (ipvsadm, keepalived) {
+        (Some(path), _) => {
+            let names = import::names::System::new();
+            let source = path.display().to_string();
+            (
+                import::ipvsadm::import(&read(path)?, &names, &source),
+                source,
+            )
+        }
+        (None, Some(path)) => {
+            let text = read(path)?;
+            let file = (path.as_os_str() != "-").then_some(path);
+            (
+                import::keepalived::import(&text, file),
+                path.display().to_string(),
+            )
+        }
+        (None, None) => bail!("give --ipvsadm FILE or --keepalived FILE"),
+    };
+    eprint!("{}", imported.summary(&source));
+    if imported.services == 0 {
+        bail!("{source}: no service could be imported (see above)");
+    }
+    match output {
+        Some(path) => std::fs::write(path, &imported.toml)
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{}", imported.toml),
+    }
+    Ok(())
 }

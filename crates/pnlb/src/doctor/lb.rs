@@ -262,12 +262,14 @@ fn native_xdp(link: &Link, driver: &str, config: &Config, kernel: &Kernel) -> Ve
         .and_then(netdev::xdp_features);
     let features = match features {
         Ok(features) => features,
-        Err(err) => return vec![Finding::problem(
+        Err(err) => {
+            return vec![Finding::problem(
             Level::Warn,
             format!("{name}: cannot read its XDP features ({err})"),
             "if `pnlb run` says the driver has no native XDP, set daemon.xdp_mode = \"generic\""
                 .into(),
-        )],
+        )]
+        }
     };
     if !features.native() {
         return vec![Finding::problem(
