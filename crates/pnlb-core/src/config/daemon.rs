@@ -1,0 +1,152 @@
+//! `[daemon]`: where the XDP program attaches, in which mode, where the API
+//! listens, and how large the connection table is.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{ConfigError, Validator};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Daemon {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub api: Option<SocketAddr>,
+    /// The API on a unix socket too (for `pnlb ctl` on the same host).
+    pub api_socket: Option<PathBuf>,
+    /// Bearer token for mutations (and for reads from other hosts); none =
+    /// the API is read-only.
+    pub api_token_file: Option<PathBuf>,
+    /// Entries in the connection table (an LRU: the oldest go first when full).
+    pub conn_table_size: u32,
+}
+
+pub const DEFAULT_CONN_TABLE_SIZE: u32 = 262_144;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    Native,
+    Generic,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDaemon {
+    #[serde(default)]
+    interfaces: Vec<String>,
+    xdp_mode: Option<String>,
+    api: Option<String>,
+    api_socket: Option<String>,
+    api_token_file: Option<String>,
+    conn_table_size: Option<i64>,
+}
+
+impl Validator<'_> {
+    pub(super) fn daemon(&self, raw: Option<RawDaemon>) -> Result<Daemon, ConfigError> {
+        let raw = raw.ok_or_else(|| {
+            self.error(
+                "daemon",
+                "the [daemon] table is missing",
+                "add [daemon] with interfaces = [\"eth1\"]",
+            )
+        })?;
+        if raw.interfaces.is_empty() {
+            return Err(self.error(
+                "daemon.interfaces",
+                "no interface to attach the XDP program to",
+                "list the interfaces that receive VIP traffic, e.g. interfaces = [\"eth1\"]",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, name) in raw.interfaces.iter().enumerate() {
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains(['/', ' '])
+                || name == "."
+                || name == ".."
+            {
+                return Err(self.error(
+                    format!("daemon.interfaces[{i}]"),
+                    format!("{name:?} is not a valid interface name"),
+                    "use a name as `ip link` shows it, at most 15 characters",
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(self.error(
+                    format!("daemon.interfaces[{i}]"),
+                    format!("interface {name:?} is listed twice"),
+                    "list each interface once",
+                ));
+            }
+        }
+        let xdp_mode = match raw.xdp_mode.as_deref() {
+            None | Some("native") => XdpMode::Native,
+            Some("generic") => XdpMode::Generic,
+            Some(other) => {
+                return Err(self.error(
+                    "daemon.xdp_mode",
+                    format!("unknown XDP mode {other:?}"),
+                    "use \"native\" (driver mode, the default) or \"generic\" (slower, works everywhere)",
+                ))
+            }
+        };
+        let api = match raw.api {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                self.error(
+                    "daemon.api",
+                    format!("{text:?} is not an address:port"),
+                    "write it like \"127.0.0.1:9180\"",
+                )
+            })?),
+        };
+        let absolute = |key: &str, text: Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+            match text {
+                None => Ok(None),
+                Some(t) if t.starts_with('/') && !t.ends_with('/') => Ok(Some(PathBuf::from(t))),
+                Some(t) => Err(self.error(
+                    format!("daemon.{key}"),
+                    format!("{t:?} is not an absolute file path"),
+                    format!(
+                        "write it like \"/run/pnlb/{}\"",
+                        if key == "api_socket" {
+                            "api.sock"
+                        } else {
+                            "api.token"
+                        }
+                    ),
+                )),
+            }
+        };
+        let api_socket = absolute("api_socket", raw.api_socket)?;
+        let api_token_file = absolute("api_token_file", raw.api_token_file)?;
+        if api.is_none() && api_socket.is_none() && api_token_file.is_some() {
+            return Err(self.error(
+                "daemon.api_token_file",
+                "there is no API to protect",
+                "set daemon.api (e.g. \"127.0.0.1:9180\") or daemon.api_socket, or remove api_token_file",
+            ));
+        }
+        let conn_table_size = match raw.conn_table_size {
+            None => DEFAULT_CONN_TABLE_SIZE,
+            Some(n) if (1024..=16_777_216).contains(&n) => n as u32,
+            Some(n) => {
+                return Err(self.error(
+                    "daemon.conn_table_size",
+                    format!("{n} entries is out of range"),
+                    "use 1024 to 16777216 (each flow takes one entry, two for nat/snat)",
+                ))
+            }
+        };
+        Ok(Daemon {
+            interfaces: raw.interfaces,
+            xdp_mode,
+            api,
+            api_socket,
+            api_token_file,
+            conn_table_size,
+        })
+    }
+}

@@ -1,0 +1,391 @@
+//! Config validation: every rule with the error it gives, and the
+//! documented and packaged example configs.
+
+use super::*;
+
+const GOOD: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "10.77.100.1"
+port = 80
+protocol = "tcp"
+method = "dr"
+scheduler = "maglev"
+
+[[service.backend]]
+address = "10.77.1.11"
+
+[[service.backend]]
+address = "10.77.1.12"
+weight = 3
+
+[[service]]
+name = "dns6"
+vip = "fd77:100::1"
+port = 0
+protocol = "udp"
+
+[[service.backend]]
+address = "fd77:1::11"
+"#;
+
+fn error_of(text: &str) -> ConfigError {
+    parse(Path::new("lb.toml"), text).expect_err("config should be rejected")
+}
+
+#[test]
+fn a_good_config_parses_with_defaults_filled_in() {
+    let config = parse(Path::new("lb.toml"), GOOD).unwrap();
+    assert_eq!(config.daemon.interfaces, ["eth0"]);
+    assert_eq!(config.daemon.xdp_mode, XdpMode::Native);
+    assert_eq!(config.services.len(), 2);
+    let web = &config.services[0];
+    assert_eq!(web.backends[0].port, 80);
+    assert_eq!(web.backends[0].weight, 1);
+    assert_eq!(web.backends[1].weight, 3);
+    assert_eq!(web.hash_key, HashKey::FiveTuple);
+    let dns = &config.services[1];
+    assert_eq!((dns.port, dns.protocol), (0, Protocol::Udp));
+    assert_eq!(dns.method, Method::Dr);
+}
+
+#[test]
+fn errors_name_file_key_reason_and_fix_on_one_line() {
+    let err = error_of(&GOOD.replace("10.77.1.12", "10.77.1.x"));
+    let text = err.to_string();
+    assert_eq!(err.key, "service[0] (web).backend[1].address");
+    assert!(
+        text.starts_with(
+            "lb.toml: service[0] (web).backend[1].address: \"10.77.1.x\" is not an IP address;"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains('\n'));
+}
+
+#[test]
+fn syntax_errors_point_at_the_line() {
+    let err = error_of("[daemon]\ninterfaces = [\"eth0\"\n");
+    assert!(err.key.starts_with("line "), "{err}");
+}
+
+#[test]
+fn unknown_keys_are_rejected_not_ignored() {
+    let err = error_of(&GOOD.replace("scheduler = \"maglev\"", "schedular = \"maglev\""));
+    assert!(err.reason.contains("schedular"), "{err}");
+}
+
+#[test]
+fn bad_values_are_rejected_with_the_key() {
+    let cases = [
+        (
+            GOOD.replace("interfaces = [\"eth0\"]", "interfaces = []"),
+            "daemon.interfaces",
+        ),
+        (
+            GOOD.replace("port = 80", "port = 70000"),
+            "service[0] (web).port",
+        ),
+        (
+            GOOD.replace("protocol = \"tcp\"", "protocol = \"sctp\""),
+            "service[0] (web).protocol",
+        ),
+        (
+            GOOD.replace("method = \"dr\"", "method = \"magic\""),
+            "service[0] (web).method",
+        ),
+        (
+            GOOD.replace("scheduler = \"maglev\"", "scheduler = \"random\""),
+            "service[0] (web).scheduler",
+        ),
+        (
+            GOOD.replace("weight = 3", "weight = -1"),
+            "service[0] (web).backend[1].weight",
+        ),
+        (
+            GOOD.replace("fd77:1::11", "10.77.1.13"),
+            "service[1] (dns6).backend[0].address",
+        ),
+        (
+            GOOD.replace("name = \"dns6\"", "name = \"web\""),
+            "service[1].name",
+        ),
+        (
+            GOOD.replace("vip = \"10.77.100.1\"", "vip = \"127.0.0.1\""),
+            "service[0] (web).vip",
+        ),
+    ];
+    for (text, key) in cases {
+        assert_eq!(error_of(&text).key, key);
+    }
+}
+
+#[test]
+fn dr_backends_cannot_map_ports() {
+    let err = error_of(&GOOD.replace(
+        "address = \"10.77.1.11\"",
+        "address = \"10.77.1.11\"\nport = 8080",
+    ));
+    assert!(err.fix.contains("cannot rewrite ports"), "{err}");
+}
+
+#[test]
+fn duplicate_backends_and_listeners_are_rejected() {
+    let err = error_of(&GOOD.replace("10.77.1.12", "10.77.1.11"));
+    assert!(err.reason.contains("listed twice"), "{err}");
+    let err = error_of(
+        &GOOD
+            .replace(
+                "vip = \"fd77:100::1\"\nport = 0\nprotocol = \"udp\"",
+                "vip = \"10.77.100.1\"\nport = 80\nprotocol = \"tcp\"",
+            )
+            .replace("fd77:1::11", "10.77.1.13"),
+    );
+    assert!(err.reason.contains("already listens"), "{err}");
+}
+
+#[test]
+fn tun_takes_an_encapsulation_and_tunnel_keys_need_tun() {
+    let tun = |extra: &str| GOOD.replace("method = \"dr\"", &format!("method = \"tun\"{extra}"));
+    let config = parse(Path::new("t.toml"), &tun("")).unwrap();
+    assert_eq!(
+        config.services[0].tunnel,
+        Some(Tunnel {
+            encap: Encap::Ipip,
+            source: None
+        })
+    );
+    let config = parse(
+        Path::new("t.toml"),
+        &tun("\nencap = \"gue\"\ntunnel_source = \"10.77.1.2\""),
+    )
+    .unwrap();
+    assert_eq!(
+        config.services[0].tunnel,
+        Some(Tunnel {
+            encap: Encap::Gue {
+                port: DEFAULT_GUE_PORT
+            },
+            source: Some("10.77.1.2".parse().unwrap())
+        })
+    );
+    for (extra, key) in [
+        ("\nencap = \"gre\"", "encap"),
+        ("\nencap = \"gue\"\ngue_port = 0", "gue_port"),
+        ("\ngue_port = 7000", "gue_port"),
+        ("\ntunnel_source = \"fd77:1::2\"", "tunnel_source"),
+    ] {
+        let err = error_of(&tun(extra));
+        assert!(err.key.ends_with(key), "{extra}: {err}");
+    }
+    let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"dr\"\nencap = \"ipip\""));
+    assert!(err.key.ends_with("encap"), "{err}");
+    assert!(err.reason.contains("only applies"), "{err}");
+}
+
+#[test]
+fn a_failover_group_is_validated() {
+    let ha = |table: &str| format!("{GOOD}\n[ha]\n{table}");
+    let good = "group = 7\ninterface = \"eth0\"\npeers = [\"10.77.1.3\"]\nkey_file = \"/etc/pnlb/ha.key\"\nfloating = [\"10.77.1.254\"]";
+    let config = parse(Path::new("lb.toml"), &ha(good)).unwrap();
+    let group = config.ha.unwrap();
+    assert_eq!((group.group, group.priority), (7, 100));
+    assert_eq!(group.advert_interval, Duration::from_millis(200));
+    for (change, key) in [
+        (good.replace("group = 7", "group = 0"), "ha.group"),
+        (good.replace("\"eth0\"", "\"eth9\""), "ha.interface"),
+        (good.replace("[\"10.77.1.3\"]", "[]"), "ha.peers"),
+        (good.replace("/etc/pnlb/ha.key", "ha.key"), "ha.key_file"),
+        (format!("{good}\npriority = 255"), "ha.priority"),
+        (
+            format!("{good}\nadvert_interval = \"1ms\""),
+            "ha.advert_interval",
+        ),
+    ] {
+        assert_eq!(error_of(&ha(&change)).key, key, "{change}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let err = load(Path::new("/nonexistent/pnlb.toml")).unwrap_err();
+    assert!(err.to_string().contains("cannot read the file"), "{err}");
+}
+
+#[test]
+fn the_packaged_config_is_valid_as_installed_and_with_its_example_service_uncommented() {
+    let text = include_str!("../../../../packaging/pnlb.toml");
+    let installed = parse(Path::new("packaging/pnlb.toml"), text).unwrap();
+    assert!(installed.services.is_empty());
+    // The example service is the block of "# " lines after the [daemon] keys.
+    let start = text.find("# [[service]]").expect("an example service");
+    let uncommented: String = text[..start]
+        .lines()
+        .chain(text[start..].lines().map(|line| {
+            line.strip_prefix("# ")
+                .or_else(|| line.strip_prefix('#'))
+                .unwrap_or(line)
+        }))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let edited = parse(Path::new("packaging/pnlb.toml"), &uncommented).unwrap();
+    assert_eq!(edited.services.len(), 1);
+    assert_eq!(edited.services[0].backends.len(), 2);
+}
+
+#[test]
+fn the_documented_example_configs_are_valid() {
+    let text = include_str!("../../../../docs/examples/lab-dr.toml");
+    let config = parse(Path::new("docs/examples/lab-dr.toml"), text).unwrap();
+    assert_eq!(config.services.len(), 2);
+    let text = include_str!("../../../../docs/examples/lab-snat.toml");
+    let config = parse(Path::new("docs/examples/lab-snat.toml"), text).unwrap();
+    assert_eq!(config.services[0].method, Method::Snat);
+    let text = include_str!("../../../../docs/examples/lab-tun.toml");
+    let config = parse(Path::new("docs/examples/lab-tun.toml"), text).unwrap();
+    assert_eq!(config.services[0].method, Method::Tun);
+    for (path, text, priority) in [
+        (
+            "lab-ha-node1.toml",
+            include_str!("../../../../docs/examples/lab-ha-node1.toml"),
+            150,
+        ),
+        (
+            "lab-ha-node2.toml",
+            include_str!("../../../../docs/examples/lab-ha-node2.toml"),
+            100,
+        ),
+    ] {
+        let config = parse(Path::new(path), text).unwrap();
+        assert_eq!(config.ha.map(|ha| ha.priority), Some(priority));
+    }
+}
+
+#[test]
+fn nat_allows_port_mapping_and_snat_needs_its_addresses() {
+    let nat = parse(
+        Path::new("lb.toml"),
+        &GOOD.replace("method = \"dr\"", "method = \"nat\"").replace(
+            "address = \"10.77.1.11\"\n",
+            "address = \"10.77.1.11\"\nport = 8080\n",
+        ),
+    )
+    .unwrap();
+    assert_eq!(nat.services[0].method, Method::Nat);
+    assert_eq!(nat.services[0].backends[0].port, 8080);
+    assert_eq!(nat.services[0].snat, None);
+
+    let err = error_of(&GOOD.replace("method = \"dr\"", "method = \"snat\""));
+    assert!(err.key.ends_with("snat_addresses"), "{err}");
+
+    let snat = parse(
+        Path::new("lb.toml"),
+        &GOOD.replace(
+            "method = \"dr\"",
+            "method = \"snat\"\nsnat_addresses = [\"10.77.1.2\", \"10.77.1.3\"]\nsnat_ports = \"20000-20099\"",
+        ),
+    )
+    .unwrap();
+    let pool = snat.services[0].snat.clone().unwrap();
+    assert_eq!(pool.addresses.len(), 2);
+    assert_eq!((pool.port_min, pool.port_max), (20000, 20099));
+}
+
+#[test]
+fn bad_snat_settings_are_rejected() {
+    let with =
+        |extra: &str| GOOD.replace("method = \"dr\"", &format!("method = \"snat\"\n{extra}"));
+    let cases = [
+        ("snat_addresses = [\"fd77::1\"]", "snat_addresses[0]"),
+        (
+            "snat_addresses = [\"10.77.1.2\"]\nsnat_ports = \"80-90\"",
+            "snat_ports",
+        ),
+        (
+            "snat_addresses = [\"10.77.1.2\"]\nsnat_ports = \"30000-20000\"",
+            "snat_ports",
+        ),
+        (
+            "snat_addresses = [\"10.77.1.2\", \"10.77.1.2\"]",
+            "snat_addresses[1]",
+        ),
+    ];
+    for (extra, key) in cases {
+        let err = error_of(&with(extra));
+        assert!(err.key.ends_with(key), "{extra}: {err}");
+    }
+    let err = error_of(&GOOD.replace(
+        "method = \"dr\"",
+        "method = \"nat\"\nsnat_addresses = [\"10.77.1.2\"]",
+    ));
+    assert!(err.reason.contains("only applies"), "{err}");
+}
+
+#[test]
+fn timeouts_and_table_size_have_ipvs_like_defaults_and_can_be_set() {
+    let config = parse(Path::new("lb.toml"), GOOD).unwrap();
+    assert_eq!(config.timeouts, Timeouts::default());
+    assert_eq!(config.timeouts.tcp, Duration::from_secs(900));
+    assert_eq!(config.daemon.conn_table_size, DEFAULT_CONN_TABLE_SIZE);
+    let text = GOOD.replace(
+        "[daemon]\n",
+        "[timeouts]\ntcp = \"1h\"\nudp = \"30s\"\n\n[daemon]\nconn_table_size = 100000\n",
+    );
+    let config = parse(Path::new("lb.toml"), &text).unwrap();
+    assert_eq!(config.timeouts.tcp, Duration::from_secs(3600));
+    assert_eq!(config.timeouts.udp, Duration::from_secs(30));
+    assert_eq!(config.timeouts.tcp_fin, Duration::from_secs(120));
+    assert_eq!(config.daemon.conn_table_size, 100_000);
+    let err = error_of(&GOOD.replace("[daemon]\n", "[timeouts]\ntcp = \"10ms\"\n\n[daemon]\n"));
+    assert_eq!(err.key, "timeouts.tcp");
+    let err = error_of(&GOOD.replace("[daemon]\n", "[daemon]\nconn_table_size = 10\n"));
+    assert_eq!(err.key, "daemon.conn_table_size");
+}
+
+#[test]
+fn schedulers_default_their_hash_key_and_persistence_parses() {
+    let with = |extra: &str| {
+        parse(
+            Path::new("lb.toml"),
+            &GOOD.replace("scheduler = \"maglev\"", extra),
+        )
+    };
+    assert_eq!(
+        with("scheduler = \"sh\"").unwrap().services[0].hash_key,
+        HashKey::Source
+    );
+    assert_eq!(
+        with("scheduler = \"dh\"").unwrap().services[0].hash_key,
+        HashKey::Destination
+    );
+    assert_eq!(
+        with("scheduler = \"wrr\"").unwrap().services[0].scheduler,
+        Scheduler::Wrr
+    );
+    let err = with("scheduler = \"rr\"\nhash_key = \"source\"").unwrap_err();
+    assert!(err.key.ends_with("hash_key"), "{err}");
+    let config = with("scheduler = \"rr\"\npersistence = \"300s\"\npersistence_mask = 24").unwrap();
+    let persistence = config.services[0].persistence.unwrap();
+    assert_eq!(
+        (persistence.timeout, persistence.prefix_len),
+        (Duration::from_secs(300), 24)
+    );
+    assert_eq!(
+        with("persistence = \"60s\"").unwrap().services[0]
+            .persistence
+            .unwrap()
+            .prefix_len,
+        32
+    );
+    assert!(with("persistence_mask = 24")
+        .unwrap_err()
+        .key
+        .ends_with("persistence_mask"));
+    assert!(with("persistence = \"60s\"\npersistence_mask = 33")
+        .unwrap_err()
+        .key
+        .ends_with("persistence_mask"));
+}
