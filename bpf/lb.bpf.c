@@ -39,7 +39,10 @@ const volatile struct {
 	struct pnlb_affinity_key affinity_key;
 	struct pnlb_affinity affinity;
 	struct pnlb_backend_conns backend_conns;
-	struct pnlb_backend_expired backend_expired;
+	struct pnlb_backend_load backend_load;
+	enum pnlb_table_slot table_slot;
+	enum pnlb_service_flags service_flags;
+	enum pnlb_table_counter table_counter;
 	struct pnlb_conn_event conn_event;
 	enum pnlb_least_limits least_limits;
 	enum pnlb_decap_counter decap_counter;
@@ -63,17 +66,25 @@ static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_
 /* A packet from a nat/snat backend: translate it back if it is a reply. */
 static __always_inline int pnlb_handle_reply(struct xdp_md *ctx, const struct pnlb_packet *pkt)
 {
-	struct pnlb_conn *conn = bpf_map_lookup_elem(&pnlb_conns, &pkt->flow);
-	int reason;
+	struct pnlb_conn copy, *conn;
+	int table, promote, reason;
 
+	conn = pnlb_conn_find(&pkt->flow, &table);
 	if (!conn || conn->direction != PNLB_DIR_REPLY)
 		return pnlb_pass(PNLB_PASS_NOT_SERVICE);
-	pnlb_conn_track(conn, pkt);
+	/* A UDP reply establishes its flow. */
+	promote = pnlb_conn_track(conn, table, pkt, 0);
 	reason = pnlb_nat_rewrite(ctx, pkt, conn);
 	if (reason)
 		return pnlb_service_drop(conn->service_id, reason);
 	pnlb_count_reply(conn->service_id, conn->backend_id, pkt->len);
-	return pnlb_forward_fib(ctx, conn, pkt);
+	copy = *conn;
+	if (promote) {
+		reason = pnlb_conn_promote(&pkt->flow, &copy);
+		if (reason)
+			return pnlb_service_drop(copy.service_id, reason);
+	}
+	return pnlb_forward_fib(ctx, &copy, pkt);
 }
 
 /* pnlb_tun_encap's "go on and forward it". */
@@ -151,7 +162,7 @@ int pnlb_xdp(struct xdp_md *ctx)
 	struct pnlb_service *svc;
 	struct pnlb_packet pkt;
 	__u32 backend_id = 0;
-	int new_flow = 0;
+	int new_flow = 0, table = 0, promote = 0;
 	int reason;
 
 	reason = pnlb_parse(ctx, &pkt);
@@ -169,10 +180,20 @@ int pnlb_xdp(struct xdp_md *ctx)
 	if (!svc)
 		return pnlb_pass(PNLB_PASS_VIP_NO_SERVICE);
 
-	reason = pnlb_conn_original(svc, &pkt, &conn, &backend, &backend_id, &new_flow);
+	reason = pnlb_conn_for(svc, &pkt, &conn, &table, &backend, &backend_id, &new_flow);
+	if (reason == PNLB_STATELESS) {
+		/* dr/tun by hash, without state: the backend the flow's hash
+		 * gives, which is where it went unless the backends changed. */
+		pnlb_service_count(svc->id, PNLB_FWD_STATELESS);
+		if (!backend)
+			return pnlb_service_drop(svc->id, PNLB_DROP_NO_BACKEND);
+		return pnlb_forward_to_backend(ctx, svc->id, &pkt, backend, backend_id, 0);
+	}
 	if (reason)
 		return pnlb_service_drop(svc->id, reason);
-	pnlb_conn_track(conn, &pkt);
+	if (!conn || !backend)
+		return pnlb_service_drop(svc->id, PNLB_DROP_NO_BACKEND);
+	promote = pnlb_conn_track(conn, table, &pkt, new_flow);
 
 	switch (svc->method) {
 	case PNLB_METHOD_DR:
@@ -186,6 +207,13 @@ int pnlb_xdp(struct xdp_md *ctx)
 		break;
 	default:
 		return pnlb_service_drop(svc->id, PNLB_DROP_UNSUPPORTED_METHOD);
+	}
+	if (promote) {
+		struct pnlb_conn copy = *conn;
+
+		reason = pnlb_conn_promote(&pkt.flow, &copy);
+		if (reason)
+			return pnlb_service_drop(svc->id, reason);
 	}
 	return pnlb_forward_to_backend(ctx, svc->id, &pkt, backend, backend_id, new_flow);
 }

@@ -22,9 +22,18 @@ enum pnlb_limits {
 	PNLB_MAX_BACKENDS = 4096,
 	/* Maglev lookup table length: a prime, NSDI'16 §3.4 (M >> N). */
 	PNLB_TABLE_SIZE = 65537,
-	/* A table's capacity: a backend list (chbl) may precede the Maglev part. */
-	PNLB_TABLE_CAPACITY = 65537 + 64,
+	/* A published table starts with its own lengths (see pnlb_table_slot),
+	 * so a packet reads the table and its lengths from one version. */
+	PNLB_TABLE_HEADER = 2,
+	/* A table's capacity: the header, a backend list (chbl), the Maglev part. */
+	PNLB_TABLE_CAPACITY = 2 + 64 + 65537,
 	PNLB_MAX_CONNS = 262144,
+};
+
+/* The header slots of a published table. */
+enum pnlb_table_slot {
+	PNLB_TABLE_LEN_SLOT = 0,  /* slots of the scheduling part */
+	PNLB_TABLE_LIST_SLOT = 1, /* chbl: backend ids before the Maglev part */
 };
 
 /* Seed shared by every LB node so that they all hash a flow the same way. */
@@ -91,6 +100,25 @@ enum pnlb_conn_direction {
 enum pnlb_conn_flags {
 	/* Rewrite addresses/ports to the entry's rewrite_* fields. */
 	PNLB_CONN_F_NAT = 1,
+	/* on_backend_down = "reset": the flow's next packet goes to a new
+	 * backend (which answers with a reset) instead of the dead one. */
+	PNLB_CONN_F_RESET = 2,
+	/* snat: the reply key holds an allocated (address, port); when the
+	 * flow ends, the key rests (pnlb_snat_rest) before reuse. */
+	PNLB_CONN_F_SNAT = 4,
+	/* Re-created by hash from a mid-flow packet (PNLB_SVC_F_REHASH): it
+	 * moves to the established table only once its backend answers. */
+	PNLB_CONN_F_REHASHED = 8,
+};
+
+enum pnlb_service_flags {
+	/* dr/tun with a hashing scheduler (maglev, sh, dh): a packet of a flow
+	 * the tables do not hold may be forwarded by hash, without state, to
+	 * the backend the flow would have been given. */
+	PNLB_SVC_F_STATELESS = 1,
+	/* nat/snat with a hashing scheduler: such a packet re-creates its
+	 * flow as it was (the backend by hash, the SNAT port by hash). */
+	PNLB_SVC_F_REHASH = 2,
 };
 
 /* Most SNAT addresses one service may have. */
@@ -131,7 +159,35 @@ enum pnlb_reason {
 	PNLB_DROP_TOO_BIG = 19,        /* tun: too big once encapsulated and may
 					* not be answered (IPv4 without DF) */
 	PNLB_DROP_ENCAP_FAILED = 20,   /* tun: no headroom for the outer headers */
-	PNLB_REASON_MAX = 21,
+	PNLB_DROP_NO_FLOW = 21,        /* a packet of no known flow that cannot
+					* start one (not a SYN) and may not be
+					* forwarded by hash */
+	PNLB_DROP_TABLE_FULL = 22,     /* a new flow refused: the established
+					* table is full and the flow could not
+					* survive losing its entry */
+	PNLB_DROP_RATE_LIMITED = 23,   /* a new flow above the service's
+					* new_flow_rate */
+	PNLB_DROP_FOREIGN_BACKEND = 24, /* a table or entry named another
+					 * service's backend (never expected) */
+	PNLB_DROP_FLOW_CONFLICT = 25,  /* a nat/snat flow whose reply entry is
+					* gone, or would be another flow's */
+	PNLB_FWD_STATELESS = 26,       /* forwarded by hash without state (not a
+					* drop: counted here to be visible) */
+	PNLB_FWD_REHASHED = 27,        /* nat/snat: a flow no table held,
+					* re-created by hash (not a drop) */
+	PNLB_REASON_MAX = 28,
+};
+
+/* Connection-table events, per CPU in pnlb_table_stats. */
+enum pnlb_table_counter {
+	PNLB_TC_NEW_ENTRIES = 0,   /* entries created in the new-flow table */
+	PNLB_TC_PROMOTED = 1,      /* entries moved to the established table */
+	PNLB_TC_PROMOTE_FULL = 2,  /* flows left in the new-flow table: the
+				    * established table was full */
+	PNLB_TC_RESET = 3,         /* reset-marked flows rescheduled */
+	PNLB_TC_NEW_REMOVED = 4,   /* entries the data plane removed from the
+				    * new-flow table (not promoted) */
+	PNLB_TC_COUNTERS = 5,
 };
 
 struct pnlb_addr {
@@ -151,14 +207,19 @@ struct pnlb_service {
 	__u8 scheduler; /* enum pnlb_scheduler */
 	__u8 hash_key; /* enum pnlb_hash_key */
 	__u8 snat_count; /* addresses at pnlb_snat_addrs[id * MAX_SNAT_ADDRS] */
-	__u32 table_len; /* used slots of the service's table */
 	__u16 snat_port_min; /* host order */
 	__u16 snat_port_count;
 	__u32 persistence_s; /* source affinity timeout, 0 = none */
 	__u8 persistence_prefix; /* of the 128-bit (IPv4-mapped) address */
-	__u8 _pad1;
-	__u16 list_len; /* chbl: backend ids before the Maglev part */
+	__u8 flags; /* enum pnlb_service_flags */
+	/* snat: seconds an ended flow's (address, port, backend) rests before
+	 * reuse, as the backend may still hold it in TIME_WAIT */
+	__u16 snat_reuse_s;
 	__u32 chbl_epsilon_pct; /* chbl: a backend's cap is (100 + this)% of its share */
+	/* new_flow_rate: nanoseconds between new flows (1e9 / rate), and how
+	 * many may come at once; 0 = no limit */
+	__u32 rate_interval_ns;
+	__u32 rate_burst;
 };
 
 /* Source affinity (IPVS persistence): a client prefix -> its backend. */
@@ -192,14 +253,20 @@ struct pnlb_backend {
 	struct pnlb_addr tun_src;
 	__u16 gue_port; /* tun/gue: outer UDP destination port, network order */
 	__u16 _pad1;
+	__u32 service_id; /* the only service whose flows it may carry */
 };
 
 /*
- * Connection counts per backend, as two single-writer halves so that no
- * update is ever lost: the data plane counts flows opened and moves into
- * and out of ESTABLISHED (atomic adds); userspace counts what it expires.
- *   active   = became_active - stopped_active - expired_active
- *   inactive = (opened - expired) - active
+ * Connection counts per backend (IPVS ActiveConn / InActConn), as two
+ * single-writer halves so that no update is lost and no error lasts:
+ * the data plane counts flows opened and moves into and out of
+ * ESTABLISHED (atomic adds, pnlb_backend_conns); after each pass over the
+ * tables userspace writes what they hold (pnlb_backend_load), with the
+ * data plane's counts as they were when the pass began. Between passes
+ *   active   = load.active + (became_active - became_base) - (stopped_active - stopped_base)
+ *   inactive = load.inactive + (opened - opened_base) - (became ...) + (stopped ...)
+ * and each pass replaces whatever drifted (evictions, resets, synced
+ * flows, a close seen on two CPUs at once) with the truth.
  */
 struct pnlb_backend_conns {
 	__u64 opened;
@@ -207,9 +274,12 @@ struct pnlb_backend_conns {
 	__u64 stopped_active;
 };
 
-struct pnlb_backend_expired {
-	__u64 expired;
-	__u64 expired_active;
+struct pnlb_backend_load {
+	__u64 active;
+	__u64 inactive;
+	__u64 opened_base;
+	__u64 became_base;
+	__u64 stopped_base;
 };
 
 struct pnlb_flow_key {
@@ -276,12 +346,12 @@ struct pnlb_backend_stats {
 /* Compile-time layout checks; the Rust side asserts the same numbers. */
 _Static_assert(sizeof(struct pnlb_addr) == 16, "pnlb_addr");
 _Static_assert(sizeof(struct pnlb_service_key) == 20, "pnlb_service_key");
-_Static_assert(sizeof(struct pnlb_service) == 28, "pnlb_service");
+_Static_assert(sizeof(struct pnlb_service) == 32, "pnlb_service");
 _Static_assert(sizeof(struct pnlb_affinity_key) == 24, "pnlb_affinity_key");
 _Static_assert(sizeof(struct pnlb_affinity) == 16, "pnlb_affinity");
-_Static_assert(sizeof(struct pnlb_backend) == 68, "pnlb_backend");
+_Static_assert(sizeof(struct pnlb_backend) == 72, "pnlb_backend");
 _Static_assert(sizeof(struct pnlb_backend_conns) == 24, "pnlb_backend_conns");
-_Static_assert(sizeof(struct pnlb_backend_expired) == 16, "pnlb_backend_expired");
+_Static_assert(sizeof(struct pnlb_backend_load) == 40, "pnlb_backend_load");
 _Static_assert(sizeof(struct pnlb_flow_key) == 40, "pnlb_flow_key");
 _Static_assert(sizeof(struct pnlb_conn) == 72, "pnlb_conn");
 _Static_assert(sizeof(struct pnlb_conn_event) == 112, "pnlb_conn_event");

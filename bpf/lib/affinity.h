@@ -46,7 +46,7 @@ static __always_inline int pnlb_affinity_lookup(const struct pnlb_service *svc,
 	    bpf_ktime_get_ns() - affinity->last_seen_ns > (__u64)svc->persistence_s * 1000000000ULL)
 		return -1;
 	id = affinity->backend_id;
-	backend = bpf_map_lookup_elem(&pnlb_backends, &id);
+	backend = pnlb_backend_get(id);
 	if (!backend || !(backend->flags & PNLB_BACKEND_F_PRESENT) ||
 	    backend->generation != affinity->backend_generation || backend->weight == 0)
 		return -1;

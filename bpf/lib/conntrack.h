@@ -1,22 +1,29 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The connection table.
+ * The connection table (docs/conntrack.md).
  *
  * A flow keeps the backend it was first given for as long as that backend
- * stays configured, whatever happens to the tables. A flow without an entry
- * (new, evicted, or the LB restarted) is scheduled; with Maglev that gives
- * an established flow the same backend again unless the backend set
- * changed, which is why non-SYN packets are scheduled too.
+ * stays configured, whatever happens to the scheduling tables. Only a
+ * packet that can open a flow creates state: a TCP SYN without ACK, or a
+ * UDP datagram. A new flow starts in pnlb_conns_new (an LRU) and moves to
+ * pnlb_conns, which never evicts, once it is established: TCP on the
+ * client's handshake ACK, UDP on its second datagram or first reply. So
+ * a flood of SYNs or one-datagram flows churns only pnlb_conns_new.
  *
- * nat and snat flows get a second entry for the reply direction, inserted
- * before the original so that a reply never arrives to find none. For snat
- * that insert (BPF_NOEXIST) is also the port allocation: the reply key
- * (backend, SNAT address, backend port, SNAT port) can belong to one live
- * flow only.
+ * A packet of a flow neither table holds is not given a fresh backend (a
+ * reset, or a stranger's translation): dr/tun services with a hashing
+ * scheduler forward it by hash, to the backend the flow would have had;
+ * every other service drops it, counted.
+ *
+ * nat and snat flows have a second entry for the reply direction, in the
+ * same table as the original, inserted before it so that a reply never
+ * finds none. For snat that insert is also the port allocation: the reply
+ * key (backend, SNAT address, backend port, SNAT port) can belong to one
+ * live flow only, in either table.
  *
  * TCP state is tracked from the packets of both directions and mirrored
- * into both entries on every transition; userspace expires idle entries by
- * state (pnlb-dataplane's conntrack sweeper).
+ * into both entries; userspace expires idle entries by state and counts
+ * what the tables hold (pnlb-dataplane's conntrack sweeper).
  */
 #ifndef PNLB_CONNTRACK_H
 #define PNLB_CONNTRACK_H
@@ -26,13 +33,75 @@
 #include "sched.h"
 #include "affinity.h"
 #include "load.h"
+#include "stats.h"
 
 /* last_seen is refreshed at most this often, to keep writes off the hot path. */
 #define PNLB_CONN_TOUCH_NS 1000000000ULL
 
+/* pnlb_conn_for's "forward without state": the backend is set, no entry. */
+#define PNLB_STATELESS (-1)
+
+/* errno values bpf_map_update_elem returns (asm-generic/errno-base.h). */
+#define PNLB_E2BIG 7
+#define PNLB_EEXIST 17
+
+/* Which table an entry was found in. */
+enum pnlb_which_table { PNLB_ESTABLISHED = 0, PNLB_NEW = 1 };
+
+static __always_inline struct pnlb_conn *pnlb_conn_lookup(int table,
+							  const struct pnlb_flow_key *key)
+{
+	if (table == PNLB_NEW)
+		return bpf_map_lookup_elem(&pnlb_conns_new, key);
+	return bpf_map_lookup_elem(&pnlb_conns, key);
+}
+
+/* Books entries the data plane moved into (n > 0) or out of (n < 0)
+ * pnlb_conns, for admission (pnlb_conns_have_room). */
+static __always_inline void pnlb_conns_booked(__s64 n)
+{
+	__u32 slot = 0;
+	__u64 *inserted = bpf_map_lookup_elem(&pnlb_conns_usage, &slot);
+
+	if (inserted)
+		__sync_fetch_and_add(inserted, (__u64)n);
+}
+
+/* Removes an entry the flow will not need again (not a promotion). */
+static __always_inline void pnlb_conn_delete(int table, const struct pnlb_flow_key *key)
+{
+	if (table == PNLB_NEW) {
+		if (bpf_map_delete_elem(&pnlb_conns_new, key) == 0)
+			pnlb_count_table(PNLB_TC_NEW_REMOVED, 1);
+	} else if (bpf_map_delete_elem(&pnlb_conns, key) == 0)
+		pnlb_conns_booked(-1);
+}
+
+/*
+ * A flow's entry from either table; *table says which. A flow that moves
+ * to the established table while we look is found by the second look
+ * there (it is inserted there before it leaves the new-flow table).
+ */
+static __always_inline struct pnlb_conn *pnlb_conn_find(const struct pnlb_flow_key *key,
+							int *table)
+{
+	struct pnlb_conn *conn = bpf_map_lookup_elem(&pnlb_conns, key);
+
+	*table = PNLB_ESTABLISHED;
+	if (conn)
+		return conn;
+	conn = bpf_map_lookup_elem(&pnlb_conns_new, key);
+	if (conn) {
+		*table = PNLB_NEW;
+		return conn;
+	}
+	return bpf_map_lookup_elem(&pnlb_conns, key);
+}
+
+/* The backend in slot `id` if it still holds the occupant a flow was given. */
 static __always_inline struct pnlb_backend *pnlb_live_backend(__u32 id, __u32 generation)
 {
-	struct pnlb_backend *backend = bpf_map_lookup_elem(&pnlb_backends, &id);
+	struct pnlb_backend *backend = pnlb_backend_get(id);
 
 	if (!backend || !(backend->flags & PNLB_BACKEND_F_PRESENT) ||
 	    backend->generation != generation)
@@ -52,14 +121,48 @@ static __always_inline void pnlb_peer_key(const struct pnlb_conn *conn, __u8 pro
 	peer->protocol = protocol;
 }
 
+static __always_inline int pnlb_addr_eq(const struct pnlb_addr *a, const struct pnlb_addr *b)
+{
+	return a->words[0] == b->words[0] && a->words[1] == b->words[1] &&
+	       a->words[2] == b->words[2] && a->words[3] == b->words[3];
+}
+
+/* Whether `peer` is the other entry of the flow whose entry is `conn`
+ * (keyed `key`): its rewrite leads back to `key`. */
+static __always_inline int pnlb_is_peer_of(const struct pnlb_conn *peer,
+					   const struct pnlb_conn *conn,
+					   const struct pnlb_flow_key *key)
+{
+	return peer->direction != conn->direction && peer->service_id == conn->service_id &&
+	       pnlb_addr_eq(&peer->rewrite_dst, &key->src) &&
+	       pnlb_addr_eq(&peer->rewrite_src, &key->dst) &&
+	       peer->rewrite_dport == key->src_port && peer->rewrite_sport == key->dst_port;
+}
+
+/* Removes a flow's entries (both directions) from `table`. */
+static __always_inline void pnlb_conn_remove(int table, const struct pnlb_flow_key *key,
+					     const struct pnlb_conn *conn)
+{
+	struct pnlb_flow_key peer_key;
+
+	if (conn->flags & PNLB_CONN_F_NAT) {
+		pnlb_peer_key(conn, key->protocol, &peer_key);
+		pnlb_conn_delete(table, &peer_key);
+	}
+	pnlb_conn_delete(table, key);
+}
+
+/* A packet that may open a flow: a TCP SYN without ACK, or UDP. */
+static __always_inline int pnlb_opens_flow(const struct pnlb_packet *pkt)
+{
+	return pkt->flow.protocol != IPPROTO_TCP ||
+	       (pkt->tcp_flags & (PNLB_TCP_SYN | PNLB_TCP_ACK)) == PNLB_TCP_SYN;
+}
+
+/* The state of a flow opened by this packet (pnlb_opens_flow). */
 static __always_inline __u8 pnlb_initial_state(const struct pnlb_packet *pkt)
 {
-	if (pkt->flow.protocol != IPPROTO_TCP)
-		return PNLB_CT_UDP;
-	if ((pkt->tcp_flags & (PNLB_TCP_SYN | PNLB_TCP_ACK)) == PNLB_TCP_SYN)
-		return PNLB_CT_SYN_SENT;
-	/* Picked up mid-flow (evicted, or the LB restarted). */
-	return PNLB_CT_ESTABLISHED;
+	return pkt->flow.protocol == IPPROTO_TCP ? PNLB_CT_SYN_SENT : PNLB_CT_UDP;
 }
 
 /* The state after this packet, from either direction. */
@@ -96,17 +199,33 @@ static __always_inline void pnlb_conn_report(const struct pnlb_flow_key *key,
 	bpf_ringbuf_submit(event, 0);
 }
 
-/* Refreshes last_seen and moves the TCP state of both entries. */
-static __always_inline void pnlb_conn_track(struct pnlb_conn *conn, const struct pnlb_packet *pkt)
+/*
+ * Refreshes last_seen and moves the TCP state of both entries. Returns
+ * whether the flow is now established and belongs in pnlb_conns: TCP on
+ * the handshake's ACK, UDP on any packet after the first.
+ */
+static __always_inline int pnlb_conn_track(struct pnlb_conn *conn, int table,
+					   const struct pnlb_packet *pkt, int new_flow)
 {
 	__u64 now = bpf_ktime_get_ns();
 	__u8 next = pnlb_next_state(conn->state, pkt->tcp_flags);
 	__u8 fins = conn->fin_seen;
 	struct pnlb_flow_key peer_key;
 	struct pnlb_conn *peer;
+	int promote = 0;
 
 	if (now - conn->last_seen_ns > PNLB_CONN_TOUCH_NS)
 		conn->last_seen_ns = now;
+	if (table == PNLB_NEW && !new_flow) {
+		if (conn->state == PNLB_CT_UDP)
+			promote = 1;
+		else if (conn->flags & PNLB_CONN_F_REHASHED)
+			/* Only the backend carrying on proves a re-created flow
+			 * real: to a spoofed packet it answers with a reset. */
+			promote = conn->direction == PNLB_DIR_REPLY && next == PNLB_CT_ESTABLISHED;
+		else if (next == PNLB_CT_ESTABLISHED)
+			promote = 1;
+	}
 	if (pkt->tcp_flags & PNLB_TCP_FIN)
 		fins |= 1 << (conn->direction & 1);
 	/* Both sides closed: only the final ACK is left, so the short
@@ -116,17 +235,17 @@ static __always_inline void pnlb_conn_track(struct pnlb_conn *conn, const struct
 	if (next == PNLB_CT_SYN_SENT)
 		fins = 0; /* a new connection on the same tuple */
 	if (next == conn->state && fins == conn->fin_seen)
-		return;
+		return promote;
 	pnlb_count_state_move(conn->backend_id, conn->state, next);
 	conn->state = next;
 	conn->fin_seen = fins;
 	conn->last_seen_ns = now;
 	if (!(conn->flags & PNLB_CONN_F_NAT)) {
 		pnlb_conn_report(&pkt->flow, conn);
-		return;
+		return promote;
 	}
 	pnlb_peer_key(conn, pkt->flow.protocol, &peer_key);
-	peer = bpf_map_lookup_elem(&pnlb_conns, &peer_key);
+	peer = pnlb_conn_lookup(table, &peer_key);
 	if (peer) {
 		peer->state = next;
 		peer->fin_seen = fins;
@@ -135,12 +254,112 @@ static __always_inline void pnlb_conn_track(struct pnlb_conn *conn, const struct
 	}
 	if (conn->direction == PNLB_DIR_ORIGINAL)
 		pnlb_conn_report(&pkt->flow, conn);
+	return promote;
+}
+
+/* Whether pnlb_conns has room for `entries` more, keeping 1/16 free for
+ * flows already admitted. */
+static __always_inline int pnlb_conns_have_room(__u32 entries)
+{
+	__u32 inserted_slot = 0, removed_slot = 1;
+	__u64 *inserted = bpf_map_lookup_elem(&pnlb_conns_usage, &inserted_slot);
+	__u64 *removed = bpf_map_lookup_elem(&pnlb_conns_usage, &removed_slot);
+	__u64 capacity = pnlb_conns_capacity;
+	__s64 used;
+
+	if (!inserted || !removed)
+		return 1;
+	used = (__s64)(*inserted - *removed);
+	if (used < 0)
+		used = 0;
+	return (__u64)used + entries <= capacity - capacity / 16;
 }
 
 /*
- * Picks an SNAT address and port for a new flow by inserting its reply
- * entry with BPF_NOEXIST: the first (address, port) whose reply key is free
- * wins. Tries start at a flow-hash position so concurrent flows spread.
+ * Moves an established flow from pnlb_conns_new to pnlb_conns, from the
+ * entry `conn` (keyed `key`) of either direction: the reply entry first,
+ * with BPF_NOEXIST, so a translation is never held twice. A full table
+ * leaves the flow where it is (counted); a reply key already held by an
+ * established flow ends this one (it cannot be told apart).
+ */
+static __always_inline int pnlb_conn_promote(const struct pnlb_flow_key *key,
+					     const struct pnlb_conn *conn)
+{
+	struct pnlb_flow_key peer_key;
+	struct pnlb_conn mine = *conn, peer_copy;
+	struct pnlb_conn *peer;
+	int err;
+
+	if (!(conn->flags & PNLB_CONN_F_NAT)) {
+		err = bpf_map_update_elem(&pnlb_conns, key, &mine, BPF_NOEXIST);
+		if (err == -PNLB_E2BIG) {
+			pnlb_count_table(PNLB_TC_PROMOTE_FULL, 1);
+			return 0;
+		}
+		bpf_map_delete_elem(&pnlb_conns_new, key);
+		if (err)
+			return 0; /* another CPU moved it first */
+		pnlb_count_table(PNLB_TC_PROMOTED, 1);
+		pnlb_conns_booked(1);
+		return 0;
+	}
+
+	pnlb_peer_key(conn, key->protocol, &peer_key);
+	peer = bpf_map_lookup_elem(&pnlb_conns_new, &peer_key);
+	if (!peer || !pnlb_is_peer_of(peer, conn, key))
+		return PNLB_DROP_FLOW_CONFLICT;
+	peer_copy = *peer;
+	/* The reply entry first: a reply must never find none. */
+	if (conn->direction == PNLB_DIR_ORIGINAL)
+		err = bpf_map_update_elem(&pnlb_conns, &peer_key, &peer_copy, BPF_NOEXIST);
+	else
+		err = bpf_map_update_elem(&pnlb_conns, key, &mine, BPF_NOEXIST);
+	if (err == -PNLB_E2BIG) {
+		pnlb_count_table(PNLB_TC_PROMOTE_FULL, 1);
+		return 0;
+	}
+	if (err) {
+		/* Held by an established flow: ours cannot go on. */
+		pnlb_conn_delete(PNLB_NEW, key);
+		pnlb_conn_delete(PNLB_NEW, &peer_key);
+		return PNLB_DROP_FLOW_CONFLICT;
+	}
+	if (conn->direction == PNLB_DIR_ORIGINAL)
+		err = bpf_map_update_elem(&pnlb_conns, key, &mine, BPF_ANY);
+	else
+		err = bpf_map_update_elem(&pnlb_conns, &peer_key, &peer_copy, BPF_ANY);
+	if (err) {
+		/* Full after all: undo, the flow stays where it was. */
+		if (conn->direction == PNLB_DIR_ORIGINAL)
+			bpf_map_delete_elem(&pnlb_conns, &peer_key);
+		else
+			bpf_map_delete_elem(&pnlb_conns, key);
+		pnlb_count_table(PNLB_TC_PROMOTE_FULL, 1);
+		return 0;
+	}
+	bpf_map_delete_elem(&pnlb_conns_new, key);
+	bpf_map_delete_elem(&pnlb_conns_new, &peer_key);
+	pnlb_count_table(PNLB_TC_PROMOTED, 2);
+	pnlb_conns_booked(2);
+	return 0;
+}
+
+/* Whether a snat reply key rests: its flow ended less than snat_reuse_s ago. */
+static __always_inline int pnlb_snat_resting(const struct pnlb_service *svc,
+					     const struct pnlb_flow_key *reply_key, __u64 now)
+{
+	__u64 *ended = bpf_map_lookup_elem(&pnlb_snat_rest, reply_key);
+
+	return ended && now - *ended < (__u64)svc->snat_reuse_s * 1000000000ULL;
+}
+
+/*
+ * Picks an SNAT address and port for a new flow and inserts its reply
+ * entry into pnlb_conns_new with BPF_NOEXIST. Try i draws an address and a
+ * port from hash(flow, i): spread over the whole range (a crowded part of
+ * it costs nothing), and the same on every node, so a node that never saw
+ * the flow finds the same port for it. A key held by an established flow,
+ * or resting after its flow ended, is skipped.
  */
 static __always_inline int pnlb_snat_reserve(const struct pnlb_service *svc,
 					     const struct pnlb_packet *pkt,
@@ -148,22 +367,27 @@ static __always_inline int pnlb_snat_reserve(const struct pnlb_service *svc,
 					     const struct pnlb_conn *reply,
 					     struct pnlb_addr *snat_addr, __u16 *snat_port)
 {
-	__u32 hash = pnlb_flow_hash(&pkt->flow, PNLB_HASH_5TUPLE);
 	__u32 count = svc->snat_count;
 	__u32 range = svc->snat_port_count;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 seed[2] = { pnlb_flow_hash(&pkt->flow, PNLB_HASH_5TUPLE), 0 };
 	struct pnlb_flow_key reply_key;
 
 	if (count == 0 || count > PNLB_MAX_SNAT_ADDRS || range == 0)
 		return PNLB_DROP_SNAT_EXHAUSTED;
 
 	for (__u32 try = 0; try < PNLB_SNAT_TRIES; try++) {
-		__u32 index = svc->id * PNLB_MAX_SNAT_ADDRS + (hash + try) % count;
-		struct pnlb_addr *addr = bpf_map_lookup_elem(&pnlb_snat_addrs, &index);
+		__u32 draw, index;
+		struct pnlb_addr *addr;
 		__u16 port;
 
+		seed[1] = try;
+		draw = pnlb_jhash2(seed, 2, PNLB_HASH_SEED);
+		index = svc->id * PNLB_MAX_SNAT_ADDRS + draw % count;
+		addr = bpf_map_lookup_elem(&pnlb_snat_addrs, &index);
 		if (!addr)
 			return PNLB_DROP_SNAT_EXHAUSTED;
-		port = bpf_htons(svc->snat_port_min + (hash / count + try) % range);
+		port = bpf_htons(svc->snat_port_min + (draw >> 4) % range);
 
 		__builtin_memset(&reply_key, 0, sizeof(reply_key));
 		reply_key.src = original->rewrite_dst;
@@ -171,33 +395,72 @@ static __always_inline int pnlb_snat_reserve(const struct pnlb_service *svc,
 		reply_key.src_port = original->rewrite_dport;
 		reply_key.dst_port = port;
 		reply_key.protocol = pkt->flow.protocol;
-		if (bpf_map_update_elem(&pnlb_conns, &reply_key, reply, BPF_NOEXIST) == 0) {
-			*snat_addr = *addr;
-			*snat_port = port;
-			return 0;
+		if (bpf_map_lookup_elem(&pnlb_conns, &reply_key) ||
+		    pnlb_snat_resting(svc, &reply_key, now))
+			continue;
+		if (bpf_map_update_elem(&pnlb_conns_new, &reply_key, reply, BPF_NOEXIST))
+			continue;
+		/* Established by another flow meanwhile: not ours after all. */
+		if (bpf_map_lookup_elem(&pnlb_conns, &reply_key)) {
+			bpf_map_delete_elem(&pnlb_conns_new, &reply_key);
+			continue;
 		}
+		*snat_addr = *addr;
+		*snat_port = port;
+		return 0;
 	}
 	return PNLB_DROP_SNAT_EXHAUSTED;
 }
 
 /*
- * Creates the entries of a new flow on `backend`; returns 0 or a drop
- * reason. For nat/snat the reply entry goes in first.
+ * nat: inserts a new flow's reply entry into pnlb_conns_new. Its key is
+ * (backend, client): two flows of one client port to two VIPs on the
+ * same backend would share it, and the backend could not tell them apart,
+ * so the second is refused. A leftover of this very flow (its original
+ * entry evicted, a SYN retransmitted) is replaced.
+ */
+static __always_inline int pnlb_nat_reserve(const struct pnlb_packet *pkt,
+					    const struct pnlb_conn *original,
+					    const struct pnlb_conn *reply)
+{
+	struct pnlb_flow_key reply_key;
+	struct pnlb_conn *held;
+
+	pnlb_peer_key(original, pkt->flow.protocol, &reply_key);
+	if (bpf_map_lookup_elem(&pnlb_conns, &reply_key))
+		return PNLB_DROP_FLOW_CONFLICT;
+	if (bpf_map_update_elem(&pnlb_conns_new, &reply_key, reply, BPF_NOEXIST) == 0)
+		return 0;
+	held = bpf_map_lookup_elem(&pnlb_conns_new, &reply_key);
+	if (held && !pnlb_is_peer_of(held, original, &pkt->flow))
+		return PNLB_DROP_FLOW_CONFLICT;
+	if (held)
+		pnlb_count_table(PNLB_TC_NEW_REMOVED, 1); /* the leftover is replaced */
+	bpf_map_update_elem(&pnlb_conns_new, &reply_key, reply, BPF_ANY);
+	return 0;
+}
+
+/*
+ * Creates the entries of a new flow on `backend` in pnlb_conns_new;
+ * returns 0 or a drop reason. For nat/snat the reply entry goes in first.
  */
 static __always_inline int pnlb_conn_create(const struct pnlb_service *svc,
 					    const struct pnlb_packet *pkt,
 					    __u32 backend_id,
-					    const struct pnlb_backend *backend)
+					    const struct pnlb_backend *backend, __u8 state,
+					    __u8 flags)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct pnlb_conn original = {};
 	struct pnlb_conn reply = {};
 	struct pnlb_flow_key reply_key = {};
+	__u64 entries = 1;
 
 	original.backend_id = backend_id;
 	original.backend_generation = backend->generation;
 	original.service_id = svc->id;
-	original.state = pnlb_initial_state(pkt);
+	original.state = state;
+	original.flags = flags;
 	original.direction = PNLB_DIR_ORIGINAL;
 	original.created_ns = now;
 	original.last_seen_ns = now;
@@ -207,7 +470,7 @@ static __always_inline int pnlb_conn_create(const struct pnlb_service *svc,
 	original.rewrite_dport = pkt->flow.dst_port;
 
 	if (svc->method == PNLB_METHOD_NAT || svc->method == PNLB_METHOD_SNAT) {
-		original.flags = PNLB_CONN_F_NAT;
+		original.flags |= PNLB_CONN_F_NAT;
 		original.rewrite_dst = backend->addr;
 		/* port 0 services keep the client's destination port */
 		if (backend->port)
@@ -223,62 +486,187 @@ static __always_inline int pnlb_conn_create(const struct pnlb_service *svc,
 		if (svc->method == PNLB_METHOD_SNAT) {
 			struct pnlb_addr snat_addr;
 			__u16 snat_port;
-			int reason = pnlb_snat_reserve(svc, pkt, &original, &reply, &snat_addr,
-						       &snat_port);
+			int reason;
 
+			original.flags |= PNLB_CONN_F_SNAT;
+			reply.flags |= PNLB_CONN_F_SNAT;
+			reason = pnlb_snat_reserve(svc, pkt, &original, &reply, &snat_addr,
+						   &snat_port);
 			if (reason)
 				return reason;
 			original.rewrite_src = snat_addr;
 			original.rewrite_sport = snat_port;
 		} else {
-			pnlb_peer_key(&original, pkt->flow.protocol, &reply_key);
-			bpf_map_update_elem(&pnlb_conns, &reply_key, &reply, BPF_ANY);
+			int reason = pnlb_nat_reserve(pkt, &original, &reply);
+
+			if (reason)
+				return reason;
 		}
+		pnlb_peer_key(&original, pkt->flow.protocol, &reply_key);
+		entries = 2;
 	}
-	bpf_map_update_elem(&pnlb_conns, &pkt->flow, &original, BPF_ANY);
-	pnlb_count_opened(backend_id, original.state == PNLB_CT_ESTABLISHED);
+	if (bpf_map_update_elem(&pnlb_conns_new, &pkt->flow, &original, BPF_NOEXIST)) {
+		/* The key is another flow's reply entry (a backend that is also
+		 * a client of the same VIP): that flow keeps it. */
+		if (entries == 2)
+			bpf_map_delete_elem(&pnlb_conns_new, &reply_key);
+		return PNLB_DROP_FLOW_CONFLICT;
+	}
+	pnlb_count_table(PNLB_TC_NEW_ENTRIES, entries);
+	pnlb_count_opened(backend_id);
 	pnlb_conn_report(&pkt->flow, &original);
 	return 0;
 }
 
 /*
- * The entry of this packet's flow, created (after scheduling) if new.
- * Returns 0 with conn/backend/backend_id/new_flow set, or a drop reason.
+ * new_flow_rate: whether the service may admit another new flow now. The
+ * generic cell rate algorithm on one shared clock per service: each flow
+ * moves the service's theoretical arrival time on by the interval, and a
+ * flow that would move it more than `burst` intervals past now waits.
  */
-static __always_inline int pnlb_conn_original(const struct pnlb_service *svc,
-					      const struct pnlb_packet *pkt,
-					      struct pnlb_conn **conn,
-					      struct pnlb_backend **backend,
-					      __u32 *backend_id, int *new_flow)
+static __always_inline int pnlb_rate_allows(const struct pnlb_service *svc)
+{
+	__u64 interval = svc->rate_interval_ns, now, tat, base, next, limit;
+	__u32 id = svc->id;
+	__u64 *slot;
+
+	if (!interval)
+		return 1;
+	slot = bpf_map_lookup_elem(&pnlb_rates, &id);
+	if (!slot)
+		return 1;
+	now = bpf_ktime_get_ns();
+	limit = interval * (svc->rate_burst ? svc->rate_burst : 1);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		tat = *(volatile __u64 *)slot;
+		base = tat > now ? tat : now;
+		next = base + interval;
+		if (next - now > limit)
+			return 0;
+		if (__sync_val_compare_and_swap(slot, tat, next) == tat)
+			return 1;
+	}
+	/* Two CPUs beat us to it: the service is at its rate anyway. */
+	return 0;
+}
+
+/* A backend of this service for a new flow (affinity first, then the
+ * scheduler); 0 or a drop reason. */
+static __always_inline int pnlb_pick_backend(const struct pnlb_service *svc,
+					     const struct pnlb_packet *pkt,
+					     struct pnlb_backend **backend, __u32 *backend_id)
 {
 	int reason;
-
-	*conn = bpf_map_lookup_elem(&pnlb_conns, &pkt->flow);
-	if (*conn && (*conn)->service_id == svc->id && (*conn)->direction == PNLB_DIR_ORIGINAL) {
-		*backend = pnlb_live_backend((*conn)->backend_id, (*conn)->backend_generation);
-		if (*backend) {
-			*backend_id = (*conn)->backend_id;
-			*new_flow = 0;
-			return 0;
-		}
-	}
 
 	if (!svc->persistence_s || pnlb_affinity_lookup(svc, &pkt->flow.src, backend_id) != 0) {
 		reason = pnlb_schedule(svc, &pkt->flow, backend_id);
 		if (reason)
 			return reason;
 	}
-	*backend = bpf_map_lookup_elem(&pnlb_backends, backend_id);
+	*backend = pnlb_backend_get(*backend_id);
 	if (!*backend || !((*backend)->flags & PNLB_BACKEND_F_PRESENT))
 		return PNLB_DROP_BACKEND_GONE;
-	if (svc->persistence_s)
-		pnlb_affinity_record(svc, &pkt->flow.src, *backend_id, (*backend)->generation);
-	reason = pnlb_conn_create(svc, pkt, *backend_id, *backend);
+	if ((*backend)->service_id != svc->id)
+		return PNLB_DROP_FOREIGN_BACKEND;
+	return 0;
+}
+
+/*
+ * The flow this packet belongs to, created (after scheduling) if the
+ * packet may open one. Returns 0 with conn/table/backend/backend_id/
+ * new_flow set; PNLB_STATELESS with backend/backend_id set and no entry
+ * (forward by hash); or a drop reason.
+ *
+ * A packet of no known flow that cannot open one goes where the service's
+ * hash would have sent the flow: dr/tun forward it without state; nat and
+ * snat re-create the flow's entries (the same backend, the same
+ * translation: snat ports come from the flow's hash too) in the new-flow
+ * table, where a spoofed packet stays until evicted and a real flow moves
+ * on once its backend answers. Every other service drops it.
+ */
+static __always_inline int pnlb_conn_for(const struct pnlb_service *svc,
+					 const struct pnlb_packet *pkt, struct pnlb_conn **conn,
+					 int *table, struct pnlb_backend **backend,
+					 __u32 *backend_id, int *new_flow)
+{
+	int stateless = svc->flags & PNLB_SVC_F_STATELESS;
+	int rehashed = 0;
+	__u8 state;
+	int reason;
+
+	*new_flow = 0;
+	*conn = pnlb_conn_find(&pkt->flow, table);
+	if (*conn && (*conn)->service_id == svc->id && (*conn)->direction == PNLB_DIR_ORIGINAL) {
+		if ((*conn)->flags & PNLB_CONN_F_RESET) {
+			/* on_backend_down = "reset": the next packet, whatever it is,
+			 * goes to a live backend, which resets the connection; the
+			 * entry expires soon. */
+			pnlb_conn_remove(*table, &pkt->flow, *conn);
+			pnlb_count_table(PNLB_TC_RESET, 1);
+			state = pnlb_opens_flow(pkt) ? pnlb_initial_state(pkt) : PNLB_CT_CLOSE;
+			goto open;
+		}
+		*backend = pnlb_live_backend((*conn)->backend_id, (*conn)->backend_generation);
+		if (*backend) {
+			if ((*backend)->service_id != svc->id)
+				return PNLB_DROP_FOREIGN_BACKEND;
+			*backend_id = (*conn)->backend_id;
+			/* A half-open translated flow goes on only with its own
+			 * reply entry: never on a translation another flow holds. */
+			if (*table == PNLB_NEW && ((*conn)->flags & PNLB_CONN_F_NAT)) {
+				struct pnlb_flow_key peer_key;
+				struct pnlb_conn *peer;
+
+				pnlb_peer_key(*conn, pkt->flow.protocol, &peer_key);
+				peer = bpf_map_lookup_elem(&pnlb_conns_new, &peer_key);
+				if (!peer || !pnlb_is_peer_of(peer, *conn, &pkt->flow)) {
+					pnlb_conn_delete(PNLB_NEW, &pkt->flow);
+					return PNLB_DROP_FLOW_CONFLICT;
+				}
+			}
+			return 0;
+		}
+		/* Its backend is gone: the flow cannot go on there. */
+		pnlb_conn_remove(*table, &pkt->flow, *conn);
+	}
+
+	if (pnlb_opens_flow(pkt)) {
+		state = pnlb_initial_state(pkt);
+	} else if (stateless) {
+		reason = pnlb_pick_backend(svc, pkt, backend, backend_id);
+		return reason ? reason : PNLB_STATELESS;
+	} else if (svc->flags & PNLB_SVC_F_REHASH) {
+		state = pnlb_next_state(PNLB_CT_ESTABLISHED, pkt->tcp_flags);
+		rehashed = 1;
+	} else {
+		return PNLB_DROP_NO_FLOW;
+	}
+open:
+	if (!pnlb_rate_allows(svc)) {
+		if (!stateless)
+			return PNLB_DROP_RATE_LIMITED;
+		reason = pnlb_pick_backend(svc, pkt, backend, backend_id);
+		return reason ? reason : PNLB_STATELESS;
+	}
+	/* A flow that cannot survive losing its entry is admitted only while
+	 * the established table has room for it. */
+	if (!stateless && !pnlb_conns_have_room(2))
+		return PNLB_DROP_TABLE_FULL;
+	reason = pnlb_pick_backend(svc, pkt, backend, backend_id);
 	if (reason)
 		return reason;
-	*conn = bpf_map_lookup_elem(&pnlb_conns, &pkt->flow);
+	if (svc->persistence_s && !rehashed)
+		pnlb_affinity_record(svc, &pkt->flow.src, *backend_id, (*backend)->generation);
+	reason = pnlb_conn_create(svc, pkt, *backend_id, *backend, state,
+				  rehashed ? PNLB_CONN_F_REHASHED : 0);
+	if (reason)
+		return reason;
+	if (rehashed)
+		pnlb_service_count(svc->id, PNLB_FWD_REHASHED);
+	*conn = bpf_map_lookup_elem(&pnlb_conns_new, &pkt->flow);
 	if (!*conn)
 		return PNLB_DROP_NO_BACKEND;
+	*table = PNLB_NEW;
 	*new_flow = 1;
 	return 0;
 }

@@ -99,7 +99,11 @@ static __always_inline struct pnlb_conn *pnlb_icmp_conn(const struct pnlb_addr *
 	key->src_port = inner_ports[1];
 	key->dst_port = inner_ports[0];
 	key->protocol = protocol;
-	return bpf_map_lookup_elem(&pnlb_conns, key);
+	{
+		struct pnlb_conn *conn = bpf_map_lookup_elem(&pnlb_conns, key);
+
+		return conn ? conn : bpf_map_lookup_elem(&pnlb_conns_new, key);
+	}
 }
 
 /* The outer source keeps the ICMP sender unless the entry rewrites sources

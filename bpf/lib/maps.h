@@ -24,12 +24,24 @@ struct {
 	__type(value, __u32);
 } pnlb_vips SEC(".maps");
 
+/* Backend slot id -> backend, in two copies: userspace writes the copy
+ * packets do not read, flips pnlb_live_copy, and writes that slot again
+ * only after every program run that could still read the old copy has
+ * ended (an RCU grace period). So no packet reads an entry half written. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * PNLB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct pnlb_backend);
+} pnlb_backends SEC(".maps");
+
+/* Backend slot id -> which of its two copies is live (0 or 1). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, PNLB_MAX_BACKENDS);
 	__type(key, __u32);
-	__type(value, struct pnlb_backend);
-} pnlb_backends SEC(".maps");
+	__type(value, __u32);
+} pnlb_live_copy SEC(".maps");
 
 /* Addresses of nat/snat backends -> number of services using them. Replies
  * come from backends, so only packets from these are looked up as replies. */
@@ -48,10 +60,11 @@ struct {
 	__type(value, struct pnlb_addr);
 } pnlb_snat_addrs SEC(".maps");
 
-/* A service's scheduling table (Maglev lookup table: slot -> backend id).
- * The control plane builds a fresh inner map and swaps it into the outer
- * slot in one update, so a packet sees the old table or the new, never a
- * mix. */
+/* A service's scheduling table (Maglev lookup table: slot -> backend id),
+ * after a header with its lengths (enum pnlb_table_slot). The control
+ * plane builds a fresh inner map and swaps it into the outer slot in one
+ * update, so a packet sees the old table or the new, never a mix, and the
+ * lengths of the very table it reads. */
 struct pnlb_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, PNLB_TABLE_CAPACITY);
@@ -66,14 +79,70 @@ struct {
 	__array(values, struct pnlb_table);
 } pnlb_tables SEC(".maps");
 
-/* Both directions of every tracked flow. An LRU, so it is bounded; the
- * control plane sets its size from daemon.conn_table_size before load. */
+/*
+ * The connection table, in two (docs/conntrack.md):
+ *  - pnlb_conns holds established flows (TCP after the handshake, UDP
+ *    seen twice or answered). A plain hash: nothing is ever evicted from
+ *    it; when it is full, new flows that could not survive without an
+ *    entry are refused instead. Sized from daemon.conn_table_size.
+ *  - pnlb_conns_new holds flows not yet established (half-open TCP, UDP
+ *    after its first datagram). An LRU: a flood of SYNs or one-packet UDP
+ *    flows evicts only its own kind, never an established flow.
+ * Both directions of a nat/snat flow live in the same table and move
+ * together.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, PNLB_MAX_CONNS);
 	__type(key, struct pnlb_flow_key);
 	__type(value, struct pnlb_conn);
 } pnlb_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PNLB_MAX_CONNS / 4);
+	__type(key, struct pnlb_flow_key);
+	__type(value, struct pnlb_conn);
+} pnlb_conns_new SEC(".maps");
+
+/* pnlb_conns' capacity, set before load; admission keeps 1/16 of it free. */
+const volatile __u32 pnlb_conns_capacity = PNLB_MAX_CONNS;
+
+/* pnlb_conns' entries, as two single-writer halves: [0] entries the data
+ * plane moved in (atomic adds), [1] entries userspace took out, net of
+ * those it put in (failover sync). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} pnlb_conns_usage SEC(".maps");
+
+/* snat: reply keys of ended flows -> when they ended. Such an (address,
+ * port, backend) is not given to a new flow for the service's snat_reuse_s:
+ * the backend may still hold the old connection in TIME_WAIT. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PNLB_MAX_CONNS);
+	__type(key, struct pnlb_flow_key);
+	__type(value, __u64);
+} pnlb_snat_rest SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PNLB_TC_COUNTERS);
+	__type(key, __u32); /* enum pnlb_table_counter */
+	__type(value, __u64);
+} pnlb_table_stats SEC(".maps");
+
+/* new_flow_rate: each service's theoretical arrival time (GCRA), shared
+ * by every CPU; touched only by new flows of rate-limited services. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PNLB_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, __u64);
+} pnlb_rates SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -101,8 +170,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, PNLB_MAX_BACKENDS);
 	__type(key, __u32);
-	__type(value, struct pnlb_backend_expired);
-} pnlb_backend_expired SEC(".maps");
+	__type(value, struct pnlb_backend_load);
+} pnlb_backend_load SEC(".maps");
 
 /* rr/wrr: each service's position in its table, advanced atomically by
  * every new flow on any CPU. */
@@ -133,5 +202,17 @@ struct {
 	__type(key, __u32); /* enum pnlb_reason */
 	__type(value, __u64);
 } pnlb_reason_stats SEC(".maps");
+
+/* The live copy of backend slot `id`. */
+static __always_inline struct pnlb_backend *pnlb_backend_get(__u32 id)
+{
+	__u32 *copy = bpf_map_lookup_elem(&pnlb_live_copy, &id);
+	__u32 index;
+
+	if (!copy)
+		return NULL;
+	index = id * 2 + (*copy & 1);
+	return bpf_map_lookup_elem(&pnlb_backends, &index);
+}
 
 #endif

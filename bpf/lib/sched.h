@@ -3,7 +3,9 @@
  * New-flow scheduling from a precomputed table, built in Rust (pnlb-core's
  * maglev and sched modules) and swapped in whole: hashing schedulers
  * (maglev, sh, dh) index it by the flow hash over the service's hash key,
- * rr/wrr by a per-service cursor that every new flow advances.
+ * rr/wrr by a per-service cursor that every new flow advances. The table
+ * carries its own lengths in a header (enum pnlb_table_slot), so a packet
+ * never pairs one version's slots with another's length.
  */
 #ifndef PNLB_SCHED_H
 #define PNLB_SCHED_H
@@ -22,22 +24,49 @@ static __always_inline __u32 pnlb_flow_hash(const struct pnlb_flow_key *flow,
 	return pnlb_jhash2((const __u32 *)flow, sizeof(*flow) / 4, PNLB_HASH_SEED);
 }
 
+/* One published table: its map and the lengths from its own header. */
+struct pnlb_table_view {
+	void *map;
+	__u32 len;      /* slots of the scheduling part */
+	__u32 list_len; /* chbl: backend ids before it */
+};
+
+static __always_inline int pnlb_table_view(__u32 service_id, struct pnlb_table_view *view)
+{
+	__u32 len_slot = PNLB_TABLE_LEN_SLOT, list_slot = PNLB_TABLE_LIST_SLOT;
+	__u32 *len, *list_len;
+
+	view->map = bpf_map_lookup_elem(&pnlb_tables, &service_id);
+	if (!view->map)
+		return -1;
+	len = bpf_map_lookup_elem(view->map, &len_slot);
+	list_len = bpf_map_lookup_elem(view->map, &list_slot);
+	if (!len || !list_len)
+		return -1;
+	view->len = *len;
+	view->list_len = *list_len;
+	if (view->len == 0 || view->len > PNLB_TABLE_SIZE ||
+	    view->list_len > PNLB_MAX_LEAST_BACKENDS)
+		return -1;
+	return 0;
+}
+
 /* The next full-free backend from `slot` on (max_conns), bounded. */
 #define PNLB_FULL_SKIP 16
 
-static __always_inline int pnlb_pick_from_slot(const struct pnlb_service *svc, void *table,
-					       __u32 slot, __u32 *backend_id)
+static __always_inline int pnlb_pick_from_slot(const struct pnlb_table_view *table, __u32 slot,
+					       __u32 *backend_id)
 {
 	for (__u32 step = 0; step < PNLB_FULL_SKIP; step++) {
-		__u32 at = (slot + step) % svc->table_len;
-		__u32 *entry = bpf_map_lookup_elem(table, &at);
+		__u32 at = PNLB_TABLE_HEADER + (slot + step) % table->len;
+		__u32 *entry = bpf_map_lookup_elem(table->map, &at);
 		struct pnlb_backend *backend;
 		__u32 id;
 
 		if (!entry)
 			return PNLB_DROP_NO_BACKEND;
 		id = *entry;
-		backend = bpf_map_lookup_elem(&pnlb_backends, &id);
+		backend = pnlb_backend_get(id);
 		if (backend && !pnlb_backend_full(backend, id)) {
 			*backend_id = id;
 			return 0;
@@ -47,8 +76,8 @@ static __always_inline int pnlb_pick_from_slot(const struct pnlb_service *svc, v
 }
 
 /* The least-load family: one pass over the listed backends. */
-static __always_inline int pnlb_schedule_least(const struct pnlb_service *svc, void *table,
-					       __u32 *backend_id)
+static __always_inline int pnlb_schedule_least(const struct pnlb_service *svc,
+					       const struct pnlb_table_view *table, __u32 *backend_id)
 {
 	__u64 best_num = 0, best_den = 1;
 	int found = 0;
@@ -57,18 +86,18 @@ static __always_inline int pnlb_schedule_least(const struct pnlb_service *svc, v
 		struct pnlb_backend *backend;
 		struct pnlb_load load;
 		__u64 num, den;
-		__u32 slot = i, id, *entry;
+		__u32 slot = PNLB_TABLE_HEADER + i, id, *entry;
 
-		if (i >= svc->table_len)
+		if (i >= table->len)
 			break;
-		entry = bpf_map_lookup_elem(table, &slot);
+		entry = bpf_map_lookup_elem(table->map, &slot);
 		if (!entry)
 			break;
 		id = *entry;
-		backend = bpf_map_lookup_elem(&pnlb_backends, &id);
+		backend = pnlb_backend_get(id);
 		if (!backend || !(backend->flags & PNLB_BACKEND_F_PRESENT) || backend->weight == 0)
 			continue;
-		pnlb_backend_load(id, &load);
+		pnlb_load_of(id, &load);
 		if (backend->max_conns && load.active + load.inactive >= backend->max_conns)
 			continue;
 		switch (svc->scheduler) {
@@ -104,20 +133,21 @@ static __always_inline int pnlb_schedule_least(const struct pnlb_service *svc, v
 }
 
 /* A listed backend that may take a flow, and its active count per weight. */
-static __always_inline int pnlb_p2c_candidate(void *table, __u32 slot, __u32 *id,
-					      __u64 *active, __u64 *weight)
+static __always_inline int pnlb_p2c_candidate(const struct pnlb_table_view *table, __u32 index,
+					      __u32 *id, __u64 *active, __u64 *weight)
 {
-	__u32 *entry = bpf_map_lookup_elem(table, &slot);
+	__u32 slot = PNLB_TABLE_HEADER + index;
+	__u32 *entry = bpf_map_lookup_elem(table->map, &slot);
 	struct pnlb_backend *backend;
 	struct pnlb_load load;
 
 	if (!entry)
 		return 0;
 	*id = *entry;
-	backend = bpf_map_lookup_elem(&pnlb_backends, id);
+	backend = pnlb_backend_get(*id);
 	if (!backend || !(backend->flags & PNLB_BACKEND_F_PRESENT) || backend->weight == 0)
 		return 0;
-	pnlb_backend_load(*id, &load);
+	pnlb_load_of(*id, &load);
 	if (backend->max_conns && load.active + load.inactive >= backend->max_conns)
 		return 0;
 	*active = load.active;
@@ -127,10 +157,10 @@ static __always_inline int pnlb_p2c_candidate(void *table, __u32 slot, __u32 *id
 
 /* Power of two choices: two random listed backends, fewer active per
  * weight wins; if neither can take the flow, a full scan decides. */
-static __always_inline int pnlb_schedule_p2c(const struct pnlb_service *svc, void *table,
-					     __u32 *backend_id)
+static __always_inline int pnlb_schedule_p2c(const struct pnlb_service *svc,
+					     const struct pnlb_table_view *table, __u32 *backend_id)
 {
-	__u32 n = svc->table_len < PNLB_MAX_LEAST_BACKENDS ? svc->table_len : PNLB_MAX_LEAST_BACKENDS;
+	__u32 n = table->len < PNLB_MAX_LEAST_BACKENDS ? table->len : PNLB_MAX_LEAST_BACKENDS;
 	__u32 random = bpf_get_prandom_u32();
 	__u64 active_a = 0, active_b = 0, weight_a = 1, weight_b = 1;
 	__u32 id_a = 0, id_b = 0;
@@ -154,12 +184,12 @@ static __always_inline int pnlb_schedule_p2c(const struct pnlb_service *svc, voi
 /* A backend's flows (active + inactive) if it may take one more, else -1. */
 static __always_inline __s64 pnlb_chbl_load(__u32 id, __u32 *weight)
 {
-	struct pnlb_backend *backend = bpf_map_lookup_elem(&pnlb_backends, &id);
+	struct pnlb_backend *backend = pnlb_backend_get(id);
 	struct pnlb_load load;
 
 	if (!backend || !(backend->flags & PNLB_BACKEND_F_PRESENT) || backend->weight == 0)
 		return -1;
-	pnlb_backend_load(id, &load);
+	pnlb_load_of(id, &load);
 	if (backend->max_conns && load.active + load.inactive >= backend->max_conns)
 		return -1;
 	*weight = backend->weight;
@@ -174,21 +204,20 @@ static __always_inline __s64 pnlb_chbl_load(__u32 id, __u32 *weight)
  */
 #define PNLB_CHBL_STEPS 64
 
-static __always_inline int pnlb_schedule_chbl(const struct pnlb_service *svc, void *table,
+static __always_inline int pnlb_schedule_chbl(const struct pnlb_service *svc,
+					      const struct pnlb_table_view *table,
 					      const struct pnlb_flow_key *flow, __u32 *backend_id)
 {
 	__u64 total = 1, weight_sum = 0;
-	__u32 list_len = svc->list_len, start;
+	__u32 list_len = table->list_len, start;
 
-	if (svc->table_len == 0)
-		return PNLB_DROP_NO_BACKEND;
 	for (__u32 i = 0; i < PNLB_MAX_LEAST_BACKENDS; i++) {
-		__u32 slot = i, weight = 0, *entry;
+		__u32 slot = PNLB_TABLE_HEADER + i, weight = 0, *entry;
 		__s64 load;
 
 		if (i >= list_len)
 			break;
-		entry = bpf_map_lookup_elem(table, &slot);
+		entry = bpf_map_lookup_elem(table->map, &slot);
 		if (!entry)
 			break;
 		load = pnlb_chbl_load(*entry, &weight);
@@ -200,13 +229,14 @@ static __always_inline int pnlb_schedule_chbl(const struct pnlb_service *svc, vo
 	if (weight_sum == 0)
 		return PNLB_DROP_BACKENDS_FULL;
 
-	start = pnlb_flow_hash(flow, svc->hash_key) % svc->table_len;
+	start = pnlb_flow_hash(flow, svc->hash_key) % table->len;
 	for (__u32 step = 0; step < PNLB_CHBL_STEPS; step++) {
-		__u32 slot = list_len + (start + step) % svc->table_len, weight = 0, *entry;
+		__u32 slot = PNLB_TABLE_HEADER + list_len + (start + step) % table->len;
+		__u32 weight = 0, *entry;
 		__u64 cap;
 		__s64 load;
 
-		entry = bpf_map_lookup_elem(table, &slot);
+		entry = bpf_map_lookup_elem(table->map, &slot);
 		if (!entry)
 			break;
 		load = pnlb_chbl_load(*entry, &weight);
@@ -231,40 +261,39 @@ static __always_inline int pnlb_schedule_chbl(const struct pnlb_service *svc, vo
 __attribute__((noinline)) int pnlb_schedule(const struct pnlb_service *svc,
 					    const struct pnlb_flow_key *flow, __u32 *backend_id)
 {
+	struct pnlb_table_view table;
 	__u32 service_id;
-	void *table;
 	__u32 slot;
 
 	if (!svc || !flow || !backend_id)
 		return PNLB_DROP_NO_BACKEND;
 	service_id = svc->id;
-	table = bpf_map_lookup_elem(&pnlb_tables, &service_id);
-	if (!table || svc->table_len == 0 || svc->table_len > PNLB_TABLE_SIZE)
+	if (pnlb_table_view(service_id, &table))
 		return PNLB_DROP_NO_BACKEND;
 
 	switch (svc->scheduler) {
 	case PNLB_SCHED_CHBL:
-		return pnlb_schedule_chbl(svc, table, flow, backend_id);
+		return pnlb_schedule_chbl(svc, &table, flow, backend_id);
 	case PNLB_SCHED_LC:
 	case PNLB_SCHED_WLC:
 	case PNLB_SCHED_SED:
 	case PNLB_SCHED_NQ:
-		return pnlb_schedule_least(svc, table, backend_id);
+		return pnlb_schedule_least(svc, &table, backend_id);
 	case PNLB_SCHED_P2C:
-		return pnlb_schedule_p2c(svc, table, backend_id);
+		return pnlb_schedule_p2c(svc, &table, backend_id);
 	case PNLB_SCHED_RR:
 	case PNLB_SCHED_WRR: {
 		__u64 *cursor = bpf_map_lookup_elem(&pnlb_sched_cursors, &service_id);
 
 		if (!cursor)
 			return PNLB_DROP_NO_BACKEND;
-		slot = __sync_fetch_and_add(cursor, 1) % svc->table_len;
+		slot = __sync_fetch_and_add(cursor, 1) % table.len;
 		break;
 	}
 	default:
-		slot = pnlb_flow_hash(flow, svc->hash_key) % svc->table_len;
+		slot = pnlb_flow_hash(flow, svc->hash_key) % table.len;
 	}
-	return pnlb_pick_from_slot(svc, table, slot, backend_id);
+	return pnlb_pick_from_slot(&table, slot, backend_id);
 }
 
 #endif

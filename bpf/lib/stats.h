@@ -68,6 +68,15 @@ static __always_inline void pnlb_count_forward(__u32 service_id, __u32 backend_i
 	}
 }
 
+static __always_inline void pnlb_count_table(enum pnlb_table_counter counter, __u64 n)
+{
+	__u32 index = counter;
+	__u64 *count = bpf_map_lookup_elem(&pnlb_table_stats, &index);
+
+	if (count)
+		*count += n;
+}
+
 static __always_inline void pnlb_count_reply(__u32 service_id, __u32 backend_id, __u64 bytes)
 {
 	struct pnlb_service_stats *svc =

@@ -7,14 +7,15 @@ use std::net::IpAddr;
 
 pub use crate::skel::types::{
     pnlb_addr as Addr, pnlb_backend as Backend, pnlb_backend_conns as BackendConns,
-    pnlb_backend_expired as BackendExpired, pnlb_backend_flags as BackendFlags,
+    pnlb_backend_flags as BackendFlags, pnlb_backend_load as BackendLoad,
     pnlb_backend_stats as BackendStats, pnlb_conn as Conn, pnlb_conn_direction as ConnDirection,
     pnlb_conn_event as ConnEvent, pnlb_conn_flags as ConnFlags, pnlb_conn_state as ConnState,
     pnlb_decap_counter as DecapCounter, pnlb_encap as Encap, pnlb_flow_key as FlowKey,
     pnlb_hash_key as HashKey, pnlb_hash_seed as HashSeed, pnlb_limits as Limits,
     pnlb_method as Method, pnlb_reason as Reason, pnlb_scheduler as SchedulerKind,
-    pnlb_service as Service, pnlb_service_key as ServiceKey, pnlb_service_stats as ServiceStats,
-    pnlb_snat_limits as SnatLimits,
+    pnlb_service as Service, pnlb_service_flags as ServiceFlags, pnlb_service_key as ServiceKey,
+    pnlb_service_stats as ServiceStats, pnlb_snat_limits as SnatLimits,
+    pnlb_table_counter as TableCounter, pnlb_table_slot as TableSlot,
 };
 
 // The same numbers bpf/include/pnlb_abi.h checks with _Static_assert.
@@ -23,18 +24,20 @@ const _: () = {
     assert!(size_of::<ServiceKey>() == 20);
     assert!(offset_of!(ServiceKey, port) == 16);
     assert!(offset_of!(ServiceKey, protocol) == 18);
-    assert!(size_of::<Service>() == 28);
-    assert!(offset_of!(Service, list_len) == 22);
-    assert!(offset_of!(Service, persistence_s) == 16);
-    assert!(offset_of!(Service, table_len) == 8);
-    assert!(offset_of!(Service, snat_port_min) == 12);
-    assert!(size_of::<Backend>() == 68);
+    assert!(size_of::<Service>() == 32);
+    assert!(offset_of!(Service, snat_port_min) == 8);
+    assert!(offset_of!(Service, persistence_s) == 12);
+    assert!(offset_of!(Service, flags) == 17);
+    assert!(offset_of!(Service, snat_reuse_s) == 18);
+    assert!(offset_of!(Service, rate_interval_ns) == 24);
+    assert!(size_of::<Backend>() == 72);
+    assert!(offset_of!(Backend, service_id) == 68);
     assert!(offset_of!(Backend, encap) == 19);
     assert!(offset_of!(Backend, tun_src) == 48);
     assert!(offset_of!(Backend, gue_port) == 64);
     assert!(offset_of!(Backend, max_conns) == 44);
     assert!(size_of::<BackendConns>() == 24);
-    assert!(size_of::<BackendExpired>() == 16);
+    assert!(size_of::<BackendLoad>() == 40);
     assert!(offset_of!(Backend, ifindex) == 20);
     assert!(offset_of!(Backend, mac) == 24);
     assert!(offset_of!(Backend, src_mac) == 30);
@@ -54,8 +57,11 @@ const _: () = {
 pub const MAX_SERVICES: u32 = Limits::PNLB_MAX_SERVICES.0;
 pub const MAX_BACKENDS: u32 = Limits::PNLB_MAX_BACKENDS.0;
 pub const TABLE_SIZE: u32 = Limits::PNLB_TABLE_SIZE.0;
-/// Entries of each published table map (a chbl list may precede the Maglev part).
+/// Entries of each published table map: the header, a chbl list, the Maglev part.
 pub const TABLE_CAPACITY: u32 = Limits::PNLB_TABLE_CAPACITY.0;
+/// Slots at the start of each published table that hold its lengths.
+pub const TABLE_HEADER: u32 = Limits::PNLB_TABLE_HEADER.0;
+pub const TABLE_COUNTERS: usize = TableCounter::PNLB_TC_COUNTERS.0 as usize;
 pub const HASH_SEED: u32 = HashSeed::PNLB_HASH_SEED.0;
 pub const REASON_COUNT: usize = Reason::PNLB_REASON_MAX.0 as usize;
 pub const MAX_SNAT_ADDRS: u32 = SnatLimits::PNLB_MAX_SNAT_ADDRS.0;
@@ -74,7 +80,7 @@ unsafe impl Plain for ServiceKey {}
 unsafe impl Plain for Service {}
 unsafe impl Plain for Backend {}
 unsafe impl Plain for BackendConns {}
-unsafe impl Plain for BackendExpired {}
+unsafe impl Plain for BackendLoad {}
 unsafe impl Plain for FlowKey {}
 unsafe impl Plain for Conn {}
 unsafe impl Plain for ConnEvent {}

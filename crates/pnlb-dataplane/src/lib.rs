@@ -16,6 +16,8 @@
 pub mod abi;
 pub mod conntrack;
 pub mod decap;
+pub mod grace;
+pub mod inspect;
 pub mod loader;
 pub mod netdev;
 pub mod nexthop;

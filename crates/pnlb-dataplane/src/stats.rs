@@ -17,6 +17,30 @@ pub struct ServiceCounters {
     pub drops: [u64; abi::REASON_COUNT],
 }
 
+/// The connection tables: how full, and what happened to entries. Fill is
+/// as of the last sweep; events are running totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// pnlb_conns: established flows (nat/snat take two entries).
+    pub established_entries: u64,
+    pub established_capacity: u64,
+    /// pnlb_conns_new: flows not yet established.
+    pub new_entries_now: u64,
+    pub new_capacity: u64,
+    /// Entries created in the new-flow table.
+    pub created: u64,
+    /// Entries moved to the established table.
+    pub promoted: u64,
+    /// Flows that could not move: the established table was full.
+    pub promote_full: u64,
+    /// Flows rescheduled after on_backend_down = "reset".
+    pub reset: u64,
+    /// Half-open entries the new-flow table evicted: what left it neither
+    /// promoted, removed nor expired, as of the last sweep (a lower bound).
+    /// Established flows are never evicted.
+    pub evicted: u64,
+}
+
 /// Per-backend totals.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackendCounters {
@@ -51,6 +75,13 @@ pub fn reason_name(reason: usize) -> &'static str {
         "tx_icmp_too_big",
         "drop_too_big",
         "drop_encap_failed",
+        "drop_no_flow",
+        "drop_table_full",
+        "drop_rate_limited",
+        "drop_foreign_backend",
+        "drop_flow_conflict",
+        "fwd_stateless",
+        "fwd_rehashed",
     ];
     NAMES.get(reason).copied().unwrap_or("unknown")
 }
@@ -120,30 +151,44 @@ impl Dataplane {
         Ok(totals)
     }
 
-    /// A backend's (active, inactive) connections (IPVS ActiveConn/InActConn).
-    pub fn backend_load(&self, backend_id: u32) -> Result<(u64, u64), DataplaneError> {
-        let key = backend_id.to_ne_bytes();
-        let read = |map: &dyn MapCore, name: &'static str| {
-            map.lookup(&key, MapFlags::ANY)
-                .map_err(|source| DataplaneError::Map { map: name, source })
-        };
-        let conns = read(&self.maps().pnlb_backend_conns, "pnlb_backend_conns")?
-            .and_then(|v| from_bytes::<abi::BackendConns>(&v))
-            .unwrap_or_default();
-        let expired = read(&self.maps().pnlb_backend_expired, "pnlb_backend_expired")?
-            .and_then(|v| from_bytes::<abi::BackendExpired>(&v))
-            .unwrap_or_default();
-        let active = conns
-            .became_active
-            .saturating_sub(conns.stopped_active)
-            .saturating_sub(expired.expired_active);
-        let live = conns.opened.saturating_sub(expired.expired).max(active);
-        Ok((active, live - active))
+    /// Running totals of the connection tables' events, summed over CPUs.
+    pub(crate) fn table_events(&self) -> Result<[u64; abi::TABLE_COUNTERS], DataplaneError> {
+        let mut events = [0u64; abi::TABLE_COUNTERS];
+        for (counter, total) in events.iter_mut().enumerate() {
+            *total = per_cpu::<u64>(
+                &self.maps().pnlb_table_stats,
+                counter as u32,
+                "pnlb_table_stats",
+            )?
+            .iter()
+            .sum();
+        }
+        Ok(events)
     }
 
-    /// Number of entries in the connection table (walks it: not for hot loops).
+    /// The connection tables' fill and events (docs/conntrack.md).
+    pub fn table_stats(&self) -> Result<TableStats, DataplaneError> {
+        let events = self.table_events()?;
+        let event = |c: abi::TableCounter| events[c.0 as usize];
+        let sizes = self.table_sizes();
+        let tally = &self.tally;
+        Ok(TableStats {
+            established_entries: tally.established_live.get(),
+            established_capacity: u64::from(sizes.established),
+            new_entries_now: tally.new_live.get(),
+            new_capacity: u64::from(sizes.new),
+            created: event(abi::TableCounter::PNLB_TC_NEW_ENTRIES),
+            promoted: event(abi::TableCounter::PNLB_TC_PROMOTED),
+            promote_full: event(abi::TableCounter::PNLB_TC_PROMOTE_FULL),
+            reset: event(abi::TableCounter::PNLB_TC_RESET),
+            evicted: tally.evicted.get(),
+        })
+    }
+
+    /// Number of entries in both connection tables (walks them: not for
+    /// hot loops).
     pub fn connection_count(&self) -> usize {
-        self.maps().pnlb_conns.keys().count()
+        self.maps().pnlb_conns.keys().count() + self.maps().pnlb_conns_new.keys().count()
     }
 }
 

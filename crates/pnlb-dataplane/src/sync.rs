@@ -7,10 +7,10 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use libbpf_rs::{MapCore, MapFlags, RingBuffer, RingBufferBuilder};
+use libbpf_rs::{MapFlags, RingBuffer, RingBufferBuilder};
 
 use crate::abi::{self, bytes_of, from_bytes, Conn, FlowKey};
-use crate::conntrack::{monotonic_ns, peer_key};
+use crate::conntrack::{has_flag, is_original, monotonic_ns, peer_key, Table};
 use crate::loader::{Dataplane, DataplaneError};
 
 /// One flow: its original key and entry.
@@ -30,9 +30,9 @@ impl ConnEvents {
     }
 }
 
-fn map_err(source: libbpf_rs::Error) -> DataplaneError {
-    DataplaneError::Map {
-        map: "pnlb_conns",
+fn map_err(table: Table) -> impl Fn(libbpf_rs::Error) -> DataplaneError {
+    move |source| DataplaneError::Map {
+        map: table.map_name(),
         source,
     }
 }
@@ -61,26 +61,29 @@ impl Dataplane {
         Ok(ConnEvents { ring, queue })
     }
 
-    /// Every flow in the table (its original entry), for a full dump.
+    /// Every flow in the tables (its original entry), for a full dump.
     pub fn flows(&self) -> Result<Vec<Flow>, DataplaneError> {
-        Ok(self
-            .maps()
-            .pnlb_conns
-            .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
-            .map_err(map_err)?
-            .filter_map(|(key, value)| {
-                Some((from_bytes::<FlowKey>(&key)?, from_bytes::<Conn>(&value)?))
-            })
-            .filter(|(_, conn)| conn.direction == abi::ConnDirection::PNLB_DIR_ORIGINAL.0 as u8)
-            .collect())
+        let mut flows = Vec::new();
+        for table in Table::BOTH {
+            flows.extend(
+                self.conn_map(table)
+                    .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
+                    .map_err(map_err(table))?
+                    .filter_map(|(key, value)| {
+                        Some((from_bytes::<FlowKey>(&key)?, from_bytes::<Conn>(&value)?))
+                    })
+                    .filter(|(_, conn)| is_original(conn)),
+            );
+        }
+        Ok(flows)
     }
 
     /// Removes a flow a peer reported ended: its original entry and, for
     /// nat/snat, its reply entry.
     pub fn remove_flow(&self, key: &FlowKey) -> Result<(), DataplaneError> {
-        let map = &self.maps().pnlb_conns;
-        if let Some(conn) = self.lookup_connection(key) {
-            if conn.flags & abi::ConnFlags::PNLB_CONN_F_NAT.0 as u8 != 0 {
+        if let Some((table, conn)) = self.find_connection(key) {
+            let map = self.conn_map(table);
+            if has_flag(&conn, abi::ConnFlags::PNLB_CONN_F_NAT) {
                 let _ = map.delete(bytes_of(&peer_key(&conn, key.protocol)));
             }
             let _ = map.delete(bytes_of(key));
@@ -89,27 +92,50 @@ impl Dataplane {
     }
 
     /// Installs a flow a peer reported (ids already translated to ours):
-    /// its original entry and, for nat/snat, its reply entry; idle clocks
-    /// start now.
+    /// its original entry and, for nat/snat, its reply entry, in the table
+    /// its state belongs to; idle clocks start now. A flow whose reply key
+    /// another flow holds here is not installed (its replies would reach
+    /// the wrong client), nor is one the established table has no room for.
     pub fn install_flow(&self, key: &FlowKey, conn: &Conn) -> Result<(), DataplaneError> {
-        let map = &self.maps().pnlb_conns;
         let now = monotonic_ns();
         let mut original = *conn;
         original.direction = abi::ConnDirection::PNLB_DIR_ORIGINAL.0 as u8;
         original.created_ns = now;
         original.last_seen_ns = now;
-        if original.flags & abi::ConnFlags::PNLB_CONN_F_NAT.0 as u8 != 0 {
+        let table = if u32::from(original.state) == abi::ConnState::PNLB_CT_SYN_SENT.0 {
+            Table::New
+        } else {
+            Table::Established
+        };
+        let map = self.conn_map(table);
+        let mut reply_key = None;
+        if has_flag(&original, abi::ConnFlags::PNLB_CONN_F_NAT) {
             let mut reply = original;
             reply.direction = abi::ConnDirection::PNLB_DIR_REPLY.0 as u8;
             reply.rewrite_src = key.dst;
             reply.rewrite_sport = key.dst_port;
             reply.rewrite_dst = key.src;
             reply.rewrite_dport = key.src_port;
-            let reply_key = peer_key(&original, key.protocol);
-            map.update(bytes_of(&reply_key), bytes_of(&reply), MapFlags::ANY)
-                .map_err(map_err)?;
+            let key_of_reply = peer_key(&original, key.protocol);
+            let held_by_other = Table::BOTH.into_iter().any(|t| {
+                self.lookup_in(t, &key_of_reply).is_some_and(|held| {
+                    held.rewrite_dst.words != key.src.words || held.rewrite_dport != key.src_port
+                })
+            });
+            if held_by_other {
+                return Ok(());
+            }
+            map.update(bytes_of(&key_of_reply), bytes_of(&reply), MapFlags::ANY)
+                .map_err(map_err(table))?;
+            reply_key = Some(key_of_reply);
         }
-        map.update(bytes_of(key), bytes_of(&original), MapFlags::ANY)
-            .map_err(map_err)
+        let installed = map
+            .update(bytes_of(key), bytes_of(&original), MapFlags::ANY)
+            .map_err(map_err(table));
+        if let (Err(_), Some(reply_key)) = (&installed, reply_key) {
+            // No half-installed flow: its reply entry goes too.
+            let _ = map.delete(bytes_of(&reply_key));
+        }
+        installed
     }
 }

@@ -62,6 +62,7 @@ port = 80
 method = "snat"
 snat_addresses = ["10.77.1.2"]
 snat_ports = "30000-30003"
+snat_reuse_after = "1s"
 [[service.backend]]
 address = "10.77.1.31"
 "#;
@@ -317,7 +318,16 @@ fn exhausted_snat_ports_drop_new_flows_only_and_free_up_on_expiry() {
             "both entries of the four flows: {report:?}"
         );
         let (verdict, _) = fixture.run(&extra.bytes());
-        assert_eq!(verdict, XDP_TX, "a freed port serves a new flow");
+        assert_eq!(
+            verdict, XDP_DROP,
+            "a freed port rests first (the backend may hold it in TIME_WAIT)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let (verdict, _) = fixture.run(&extra.bytes());
+        assert_eq!(
+            verdict, XDP_TX,
+            "after snat_reuse_after it serves a new flow"
+        );
     });
 }
 
@@ -389,8 +399,13 @@ fn established_flows_outlive_the_sweeper_until_their_timeout() {
     }
     in_lb_netns(|| {
         let fixture = Fixture::new(CONFIG);
-        let flow = Pkt::tcp("10.77.0.2", 43000, "10.77.100.1", 80, ACK);
-        forward(&fixture, &flow);
+        let client = |flags| Pkt::tcp("10.77.0.2", 43000, "10.77.100.1", 80, flags);
+        forward(&fixture, &client(SYN));
+        reply(
+            &fixture,
+            &Pkt::tcp("10.77.1.11", 8080, "10.77.0.2", 43000, SYN_ACK),
+        );
+        forward(&fixture, &client(ACK));
         let now = pnlb_dataplane::conntrack::monotonic_ns();
         let report = fixture
             .dataplane

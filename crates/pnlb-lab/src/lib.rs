@@ -18,6 +18,7 @@ pub mod echo;
 pub mod netns;
 pub mod nginx;
 pub mod process;
+pub mod spoof;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;

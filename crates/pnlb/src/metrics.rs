@@ -198,30 +198,54 @@ impl Collector for Snapshot {
                 .map(|(reason, n)| (vec![("reason", reason.clone())], ConstCounter::new(*n)))
                 .collect(),
         )?;
-        for (name, help, value) in [
-            (
-                "conntrack_entries",
-                "Connection-table entries in use",
-                status.connections.entries,
-            ),
-            (
-                "conntrack_capacity",
-                "Connection-table size (daemon.conn_table_size)",
-                status.connections.capacity,
-            ),
-            (
-                "config_version",
-                "Changes applied since start (edits, reloads, drains)",
-                status.config_version,
-            ),
-        ] {
-            family(
-                &mut encoder,
-                name,
-                help,
-                vec![(Labels::new(), ConstGauge::new(value as i64))],
-            )?;
-        }
+        let table = &status.connections;
+        let per_table = |established: u64, new: u64| -> Vec<(Labels, ConstGauge)> {
+            vec![
+                (
+                    vec![("table", "established".to_string())],
+                    ConstGauge::new(established as i64),
+                ),
+                (
+                    vec![("table", "new".to_string())],
+                    ConstGauge::new(new as i64),
+                ),
+            ]
+        };
+        family(
+            &mut encoder,
+            "conntrack_entries",
+            "Connection-table entries in use, as of the last sweep: established flows (never evicted) and flows not yet established",
+            per_table(table.entries, table.new_entries),
+        )?;
+        family(
+            &mut encoder,
+            "conntrack_capacity",
+            "Connection-table size: established = daemon.conn_table_size, new = a quarter of it (at least 1024)",
+            per_table(table.capacity, table.new_capacity),
+        )?;
+        family(
+            &mut encoder,
+            "conntrack_events",
+            "Connection-table events: half-open entries evicted, new flows refused (table full, new_flow_rate), packets forwarded by hash without state, nat/snat flows re-created by hash, packets of no flow dropped, established flows left in the new-flow table for want of room",
+            [
+                ("evicted", table.evicted),
+                ("refused_full", table.refused_full),
+                ("rate_limited", table.rate_limited),
+                ("stateless_forward", table.stateless_forwards),
+                ("rehashed", table.rehashed),
+                ("no_flow_drop", table.no_flow_drops),
+                ("promote_full", table.promote_full),
+            ]
+            .into_iter()
+            .map(|(event, n)| (vec![("event", event.to_string())], ConstCounter::new(n)))
+            .collect(),
+        )?;
+        family(
+            &mut encoder,
+            "config_version",
+            "Changes applied since start (edits, reloads, drains)",
+            vec![(Labels::new(), ConstGauge::new(status.config_version as i64))],
+        )?;
         Ok(())
     }
 }

@@ -5,8 +5,11 @@
 use std::fmt::Write;
 
 use pnlb_core::config::Config;
+use pnlb_dataplane::abi;
 use pnlb_dataplane::stats::reason_name;
 use pnlb_dataplane::{Dataplane, Programmer};
+
+use crate::api::model;
 
 pub fn render(dataplane: &Dataplane, programmer: &Programmer, config: &Config) -> String {
     let mut out = String::new();
@@ -67,6 +70,8 @@ pub fn render(dataplane: &Dataplane, programmer: &Programmer, config: &Config) -
                 let name = reason_name(reason);
                 let what = if name.starts_with("tx_") {
                     "answered"
+                } else if name.starts_with("fwd_") {
+                    "forwarded"
                 } else {
                     "dropped"
                 };
@@ -78,14 +83,41 @@ pub fn render(dataplane: &Dataplane, programmer: &Programmer, config: &Config) -
         let listed: Vec<String> = reasons
             .iter()
             .enumerate()
-            .filter(|(_, &n)| n > 0)
+            .filter(|(reason, &n)| n > 0 && !reason_name(*reason).starts_with("fwd_"))
             .map(|(reason, n)| format!("{} {n}", reason_name(reason)))
             .collect();
         if !listed.is_empty() {
             let _ = writeln!(out, "Not forwarded: {}", listed.join(", "));
         }
     }
+    let _ = writeln!(
+        out,
+        "Connection table: {}",
+        connection_table(dataplane).describe()
+    );
     out
+}
+
+/// The connection tables' fill and events, from the data plane.
+pub(crate) fn connection_table(dataplane: &Dataplane) -> model::ConnectionTable {
+    let tables = dataplane.table_stats().unwrap_or_default();
+    let reasons = dataplane
+        .reason_counters()
+        .unwrap_or([0; abi::REASON_COUNT]);
+    let reason = |r: abi::Reason| reasons.get(r.0 as usize).copied().unwrap_or(0);
+    model::ConnectionTable {
+        entries: tables.established_entries,
+        capacity: tables.established_capacity,
+        new_entries: tables.new_entries_now,
+        new_capacity: tables.new_capacity,
+        evicted: tables.evicted,
+        refused_full: reason(abi::Reason::PNLB_DROP_TABLE_FULL),
+        rate_limited: reason(abi::Reason::PNLB_DROP_RATE_LIMITED),
+        stateless_forwards: reason(abi::Reason::PNLB_FWD_STATELESS),
+        rehashed: reason(abi::Reason::PNLB_FWD_REHASHED),
+        no_flow_drops: reason(abi::Reason::PNLB_DROP_NO_FLOW),
+        promote_full: tables.promote_full,
+    }
 }
 
 fn endpoint(address: std::net::IpAddr, port: u16) -> String {

@@ -343,7 +343,15 @@ fn without_a_token_file_the_api_is_read_only_and_metrics_agree_with_it() {
         );
         assert_eq!(metric("pnlb_backend_up", &labels), 1);
     }
-    assert!(metric("pnlb_conntrack_capacity", "") > 0);
+    assert_eq!(
+        metric("pnlb_conntrack_capacity", "table=\"established\""),
+        262_144
+    );
+    assert_eq!(metric("pnlb_conntrack_capacity", "table=\"new\""), 65_536);
+    assert_eq!(
+        metric("pnlb_conntrack_events_total", "event=\"refused_full\""),
+        0
+    );
     daemon.stop(Duration::from_secs(10));
 }
 

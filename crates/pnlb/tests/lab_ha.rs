@@ -150,9 +150,14 @@ fn through(lab: &Lab, what: &str, taker: &LabProcess, fault: impl FnOnce()) -> D
     assert!(ok > 20, "{what}: only {ok} requests answered");
     // IPv6 follows the floating fd77:1::254 (unsolicited neighbour advertisement).
     let v6 = pnlb_lab::in_netns(&lab.client, || request(IpAddr::V6(pnlb_lab::VIP6))).unwrap();
+    if v6.is_err() {
+        taker.signal(libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
     assert!(
         v6.is_ok(),
-        "{what}: IPv6 through the VIP after the takeover: {v6:?}"
+        "{what}: IPv6 through the VIP after the takeover: {v6:?}; {:?}",
+        taker.output()
     );
     takeover
 }

@@ -295,7 +295,7 @@ fn exhausted_snat_ports_are_logged_and_freed_again_after_close() {
         .config("snat", pnlb_lab::ECHO_PORT, &[0])
         .replace(
             "snat_addresses = [\"10.77.1.2\"]",
-            "snat_addresses = [\"10.77.1.2\"]\nsnat_ports = \"20000-20003\"",
+            "snat_addresses = [\"10.77.1.2\"]\nsnat_ports = \"20000-20003\"\nsnat_reuse_after = \"1s\"",
         )
         .replace(
             "[daemon]\n",
@@ -342,7 +342,8 @@ fn exhausted_snat_ports_are_logged_and_freed_again_after_close() {
         assert_eq!(&echo, b"still here");
     }
     // Closed flows expire after tcp_close/tcp_fin = 1s, at the daemon's
-    // next sweep (every 5 s); their ports then serve new connections.
+    // next sweep (every 5 s); their ports rest for snat_reuse_after = 1s,
+    // then serve new connections.
     std::thread::sleep(Duration::from_secs(7));
     let again = in_netns(&lab.client, move || {
         (0..4).map(|_| connect().is_ok()).filter(|ok| *ok).count()

@@ -38,10 +38,12 @@ use health::RawHealth;
 pub use health::{CheckKind, DownPolicy, HealthCheck, HttpCheck};
 use service::RawService;
 pub use service::{
-    HashKey, Method, Persistence, Protocol, Scheduler, Service, DEFAULT_CHBL_EPSILON,
-    MAX_LEAST_BACKENDS,
+    HashKey, Method, NewFlowRate, Persistence, Protocol, Scheduler, Service, DEFAULT_CHBL_EPSILON,
+    MAX_LEAST_BACKENDS, MAX_NEW_FLOW_RATE,
 };
-pub use snat::{Snat, DEFAULT_SNAT_PORTS, MAX_SNAT_ADDRESSES};
+pub use snat::{
+    Snat, DEFAULT_SNAT_PORTS, DEFAULT_SNAT_REUSE_AFTER, MAX_SNAT_ADDRESSES, MAX_SNAT_REUSE_AFTER,
+};
 use timeouts::RawTimeouts;
 pub use timeouts::Timeouts;
 pub use tunnel::{Encap, Tunnel, DEFAULT_GUE_PORT};
@@ -195,12 +197,35 @@ impl Validator<'_> {
             }
             services.push(service);
         }
+        self.snat_addresses_are_not_vips(&services)?;
         Ok(Config {
             daemon,
             timeouts,
             ha,
             services,
         })
+    }
+
+    /// An SNAT address that is also a VIP would take the VIP's new flows
+    /// for replies (and its replies for new flows).
+    fn snat_addresses_are_not_vips(&self, services: &[Service]) -> Result<(), ConfigError> {
+        let vips: HashSet<IpAddr> = services.iter().map(|s| s.vip).collect();
+        for (index, service) in services.iter().enumerate() {
+            let Some(snat) = &service.snat else { continue };
+            if let Some((i, address)) = snat
+                .addresses
+                .iter()
+                .enumerate()
+                .find(|(_, address)| vips.contains(address))
+            {
+                return Err(self.error(
+                    format!("service[{index}] ({}).snat_addresses[{i}]", service.name),
+                    format!("{address} is a VIP; its clients' packets would be taken for replies"),
+                    "use a local address of the load balancer that no service listens on",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn address(&self, key: &str, text: &str) -> Result<IpAddr, ConfigError> {

@@ -33,7 +33,22 @@ pub struct Service {
     /// Takes new flows only while every backend is down.
     pub fallback: Option<Backend>,
     pub backends: Vec<Backend>,
+    /// A flood guard: new flows above this rate are forwarded by hash
+    /// without state (dr/tun with maglev, sh, dh) or refused (the rest).
+    pub new_flow_rate: Option<NewFlowRate>,
 }
+
+/// `new_flow_rate` and `new_flow_burst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewFlowRate {
+    /// New flows per second, across all CPUs.
+    pub per_second: u32,
+    /// How many may arrive at once above the rate.
+    pub burst: u32,
+}
+
+/// The highest new_flow_rate (one flow per nanosecond is past any NIC).
+pub const MAX_NEW_FLOW_RATE: i64 = 100_000_000;
 
 /// New flows from one client (address under `prefix_len`) go to the
 /// backend its last flow went to, for `timeout` after that flow started.
@@ -191,6 +206,9 @@ pub(super) struct RawService {
     tunnel_source: Option<String>,
     snat_addresses: Option<Vec<String>>,
     snat_ports: Option<String>,
+    snat_reuse_after: Option<String>,
+    new_flow_rate: Option<i64>,
+    new_flow_burst: Option<i64>,
     on_backend_down: Option<String>,
     slow_start: Option<String>,
     fallback: Option<RawBackend>,
@@ -314,7 +332,15 @@ impl Validator<'_> {
                 ))
             }
         };
-        let snat = self.snat(&at, method, vip, raw.snat_addresses, raw.snat_ports)?;
+        let snat = self.snat(
+            &at,
+            method,
+            vip,
+            raw.snat_addresses,
+            raw.snat_ports,
+            raw.snat_reuse_after,
+        )?;
+        let new_flow_rate = self.new_flow_rate(&at, raw.new_flow_rate, raw.new_flow_burst)?;
         let persistence =
             self.persistence(&at, vip, raw.persistence.as_deref(), raw.persistence_mask)?;
         let tunnel = self.tunnel(
@@ -402,7 +428,48 @@ impl Validator<'_> {
             slow_start,
             fallback,
             backends,
+            new_flow_rate,
         })
+    }
+
+    fn new_flow_rate(
+        &self,
+        at: &dyn Fn(&str) -> String,
+        rate: Option<i64>,
+        burst: Option<i64>,
+    ) -> Result<Option<NewFlowRate>, ConfigError> {
+        let Some(rate) = rate else {
+            if burst.is_some() {
+                return Err(self.error(
+                    at("new_flow_burst"),
+                    "set without new_flow_rate",
+                    "add new_flow_rate = 50000 (new flows per second), or remove new_flow_burst",
+                ));
+            }
+            return Ok(None);
+        };
+        if !(1..=MAX_NEW_FLOW_RATE).contains(&rate) {
+            return Err(self.error(
+                at("new_flow_rate"),
+                format!("{rate} new flows per second is out of range"),
+                format!("use 1 to {MAX_NEW_FLOW_RATE}, or remove it for no limit"),
+            ));
+        }
+        let burst = match burst {
+            None => (rate / 10).max(1),
+            Some(b) if (1..=MAX_NEW_FLOW_RATE).contains(&b) => b,
+            Some(b) => {
+                return Err(self.error(
+                    at("new_flow_burst"),
+                    format!("a burst of {b} is out of range"),
+                    format!("use 1 to {MAX_NEW_FLOW_RATE} (default: a tenth of new_flow_rate)"),
+                ))
+            }
+        };
+        Ok(Some(NewFlowRate {
+            per_second: rate as u32,
+            burst: burst as u32,
+        }))
     }
 
     pub(super) fn persistence(

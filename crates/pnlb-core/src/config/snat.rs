@@ -1,6 +1,7 @@
 //! An `snat` service's local addresses and source-port range.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use super::{ConfigError, Method, Validator};
 
@@ -9,6 +10,32 @@ pub struct Snat {
     pub addresses: Vec<IpAddr>,
     pub port_min: u16,
     pub port_max: u16,
+    /// How long an ended flow's (SNAT address, port, backend) rests before
+    /// another flow may have it: the backend may still hold the old
+    /// connection in TIME_WAIT (60 s on Linux), and would drop or challenge
+    /// a SYN on it.
+    pub reuse_after: Duration,
+}
+
+/// Default rest of an ended flow's SNAT port: twice Linux's TIME_WAIT.
+pub const DEFAULT_SNAT_REUSE_AFTER: Duration = Duration::from_secs(120);
+
+/// The longest rest (the data plane keeps it in 16 bits of seconds).
+pub const MAX_SNAT_REUSE_AFTER: Duration = Duration::from_secs(3600);
+
+impl Snat {
+    /// Ports per (address, backend) pair: how many flows to one backend
+    /// the pool holds at once.
+    pub fn ports(&self) -> u32 {
+        u32::from(self.port_max - self.port_min) + 1
+    }
+
+    /// New flows per second to one backend that the pool sustains while
+    /// every ended flow's port rests for reuse_after.
+    pub fn sustained_rate(&self) -> Option<f64> {
+        let rest = self.reuse_after.as_secs_f64();
+        (rest > 0.0).then(|| f64::from(self.ports()) * self.addresses.len() as f64 / rest)
+    }
 }
 
 /// Most SNAT addresses per service (the data plane's PNLB_MAX_SNAT_ADDRS).
@@ -26,11 +53,13 @@ impl Validator<'_> {
         vip: IpAddr,
         addresses: Option<Vec<String>>,
         ports: Option<String>,
+        reuse_after: Option<String>,
     ) -> Result<Option<Snat>, ConfigError> {
         if method != Method::Snat {
             for (key, present) in [
                 ("snat_addresses", addresses.is_some()),
                 ("snat_ports", ports.is_some()),
+                ("snat_reuse_after", reuse_after.is_some()),
             ] {
                 if present {
                     return Err(self.error(
@@ -92,10 +121,26 @@ impl Validator<'_> {
                 (lo, hi)
             }
         };
+        let reuse_after = match reuse_after {
+            None => DEFAULT_SNAT_REUSE_AFTER,
+            Some(text) => {
+                let key = at("snat_reuse_after");
+                let rest = self.duration(&key, &text)?;
+                if rest > MAX_SNAT_REUSE_AFTER {
+                    return Err(self.error(
+                        key,
+                        format!("{text:?} is out of range"),
+                        "use 0s to 1h; the default 120s outlasts Linux's 60 s TIME_WAIT",
+                    ));
+                }
+                rest
+            }
+        };
         Ok(Some(Snat {
             addresses: list,
             port_min,
             port_max,
+            reuse_after,
         }))
     }
 }

@@ -292,6 +292,72 @@ fn nat_allows_port_mapping_and_snat_needs_its_addresses() {
     let pool = snat.services[0].snat.clone().unwrap();
     assert_eq!(pool.addresses.len(), 2);
     assert_eq!((pool.port_min, pool.port_max), (20000, 20099));
+    assert_eq!(pool.reuse_after, DEFAULT_SNAT_REUSE_AFTER);
+    // 2 addresses x 100 ports, each resting 120 s: 1.67 new flows/s per backend.
+    let sustained = pool.sustained_rate().unwrap();
+    assert!((sustained - 200.0 / 120.0).abs() < 1e-9, "{sustained}");
+}
+
+#[test]
+fn an_snat_address_may_not_be_a_vip() {
+    let err = error_of(&GOOD.replace(
+        "method = \"dr\"",
+        "method = \"snat\"\nsnat_addresses = [\"10.77.1.2\", \"10.77.100.1\"]",
+    ));
+    assert_eq!(err.key, "service[0] (web).snat_addresses[1]");
+    assert!(err.reason.contains("is a VIP"), "its own: {err}");
+    let mut other = GOOD.replace(
+        "method = \"dr\"",
+        "method = \"snat\"\nsnat_addresses = [\"10.77.100.7\"]",
+    );
+    other += "\n[[service]]\nname = \"other\"\nvip = \"10.77.100.7\"\nport = 53\nprotocol = \"udp\"\n[[service.backend]]\naddress = \"10.77.1.11\"\n";
+    let err = error_of(&other);
+    assert!(
+        err.reason.contains("is a VIP"),
+        "another service's VIP too: {err}"
+    );
+}
+
+#[test]
+fn snat_reuse_and_the_new_flow_rate_are_checked() {
+    let snat = |extra: &str| {
+        GOOD.replace(
+            "method = \"dr\"",
+            &format!("method = \"snat\"\nsnat_addresses = [\"10.77.1.2\"]\n{extra}"),
+        )
+    };
+    let config = parse(Path::new("lb.toml"), &snat("snat_reuse_after = \"0s\"")).unwrap();
+    let pool = config.services[0].snat.clone().unwrap();
+    assert_eq!(pool.reuse_after, std::time::Duration::ZERO);
+    assert_eq!(pool.sustained_rate(), None, "no rest: no limit from it");
+    let err = error_of(&snat("snat_reuse_after = \"2h\""));
+    assert!(err.key.ends_with("snat_reuse_after"), "{err}");
+    let err = error_of(&GOOD.replace(
+        "method = \"dr\"",
+        "method = \"dr\"\nsnat_reuse_after = \"1s\"",
+    ));
+    assert!(err.reason.contains("only applies"), "{err}");
+
+    let rate = |extra: &str| GOOD.replace("method = \"dr\"", &format!("method = \"dr\"\n{extra}"));
+    let config = parse(Path::new("lb.toml"), &rate("new_flow_rate = 50000")).unwrap();
+    assert_eq!(
+        config.services[0].new_flow_rate,
+        Some(NewFlowRate {
+            per_second: 50_000,
+            burst: 5_000
+        }),
+        "the burst defaults to a tenth of the rate"
+    );
+    assert_eq!(config.services[1].new_flow_rate, None, "off by default");
+    for (extra, key) in [
+        ("new_flow_rate = 0", "new_flow_rate"),
+        ("new_flow_rate = 1000000000", "new_flow_rate"),
+        ("new_flow_rate = 10\nnew_flow_burst = 0", "new_flow_burst"),
+        ("new_flow_burst = 10", "new_flow_burst"),
+    ] {
+        let err = error_of(&rate(extra));
+        assert!(err.key.ends_with(key), "{extra}: {err}");
+    }
 }
 
 #[test]

@@ -104,7 +104,12 @@ pub fn parse_config(text: &str) -> Config {
 
 impl Fixture {
     pub fn new(config_text: &str) -> Self {
-        let dataplane = Dataplane::load(65_536).expect("load XDP program");
+        Self::with_table_size(config_text, 65_536)
+    }
+
+    /// A fixture whose connection table holds `conn_table_size` entries.
+    pub fn with_table_size(config_text: &str, conn_table_size: u32) -> Self {
+        let dataplane = Dataplane::load(conn_table_size).expect("load XDP program");
         let mut fixture = Self {
             dataplane,
             programmer: Programmer::new(),

@@ -19,11 +19,76 @@ pub struct Status {
     pub config_source: String,
 }
 
+/// The connection tables (docs/conntrack.md). Fill is as of the last
+/// expiry sweep (every 5 s: counting walks the tables); the rest are
+/// running totals since start.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ConnectionTable {
-    /// As of the last expiry sweep (every 5 s): counting walks the table.
+    /// Established flows' entries (nat/snat flows take two); never evicted.
     pub entries: u64,
+    /// daemon.conn_table_size.
     pub capacity: u64,
+    /// Flows not yet established (half-open TCP, one-datagram UDP).
+    #[serde(default)]
+    pub new_entries: u64,
+    #[serde(default)]
+    pub new_capacity: u64,
+    /// Half-open entries evicted to make room for others.
+    #[serde(default)]
+    pub evicted: u64,
+    /// New flows refused: the established table was full.
+    #[serde(default)]
+    pub refused_full: u64,
+    /// New flows above a service's new_flow_rate that were refused.
+    #[serde(default)]
+    pub rate_limited: u64,
+    /// Packets of flows without state forwarded by hash (dr/tun + maglev, sh, dh).
+    #[serde(default)]
+    pub stateless_forwards: u64,
+    /// nat/snat flows no table held, re-created by hash (maglev, sh, dh).
+    #[serde(default)]
+    pub rehashed: u64,
+    /// Packets of no known flow that could not start one, dropped.
+    #[serde(default)]
+    pub no_flow_drops: u64,
+    /// Established flows that stayed in the new-flow table: no room.
+    #[serde(default)]
+    pub promote_full: u64,
+}
+
+impl ConnectionTable {
+    /// One line a person can act on.
+    pub fn describe(&self) -> String {
+        let percent = |n: u64, of: u64| {
+            if of == 0 {
+                0.0
+            } else {
+                n as f64 * 100.0 / of as f64
+            }
+        };
+        let mut line = format!(
+            "established {}/{} ({:.0}%), new {}/{}",
+            self.entries,
+            self.capacity,
+            percent(self.entries, self.capacity),
+            self.new_entries,
+            self.new_capacity
+        );
+        for (what, n) in [
+            ("half-open evicted", self.evicted),
+            ("refused (table full)", self.refused_full),
+            ("refused (new_flow_rate)", self.rate_limited),
+            ("forwarded without state", self.stateless_forwards),
+            ("re-created by hash", self.rehashed),
+            ("dropped (no flow)", self.no_flow_drops),
+            ("not moved (table full)", self.promote_full),
+        ] {
+            if n > 0 {
+                line.push_str(&format!("; {what} {n}"));
+            }
+        }
+        line
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

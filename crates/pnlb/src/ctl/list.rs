@@ -143,6 +143,9 @@ pub fn render(status: &Status, mode: Mode, before: Option<&Status>) -> String {
             }
         }
     }
+    if mode != Mode::Plain {
+        let _ = writeln!(out, "Connection table: {}", status.connections.describe());
+    }
     out
 }
 
@@ -226,6 +229,11 @@ mod tests {
             connections: ConnectionTable {
                 entries: 10,
                 capacity: 262_144,
+                new_entries: 3,
+                new_capacity: 65_536,
+                evicted: 12,
+                refused_full: 0,
+                ..ConnectionTable::default()
             },
             reasons: Default::default(),
             config_version: 2,
@@ -250,6 +258,12 @@ mod tests {
         let stats = render(&status(250_000), Mode::Stats, None);
         assert!(
             stats.contains("   25000   250000        0 25000000        0"),
+            "{stats}"
+        );
+        assert!(
+            stats.contains(
+                "Connection table: established 10/262144 (0%), new 3/65536; half-open evicted 12\n"
+            ),
             "{stats}"
         );
         let big = render(&status(2_000_000_000), Mode::Stats, None);

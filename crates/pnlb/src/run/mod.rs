@@ -2,7 +2,7 @@
 //!
 //! One loop, ticking every 100 ms: signals (stop, reload), API calls,
 //! health reports, and the periodic jobs (next-hop refresh, connection
-//! expiry, SNAT exhaustion watch, freeing removed backends). What the data
+//! expiry, limits-hit watch, freeing removed backends). What the data
 //! plane sees is always the desired config as health and drains make it
 //! (down or drained backends at weight 0, slow start, fallback), and it is
 //! reprogrammed only when that differs from what was last applied.
@@ -29,13 +29,13 @@ use crate::log::{info, warning};
 use crate::summary;
 
 mod api_ops;
-mod exhaustion;
 mod failover;
 mod next_hops;
+mod pressure;
 mod status;
 
-use exhaustion::ExhaustionWatch;
 use next_hops::NextHops;
+use pressure::PressureWatch;
 
 /// How often next hops are re-resolved (a replaced server, a moved MAC).
 /// Health checks notice dead servers much sooner; this only follows MAC
@@ -231,9 +231,6 @@ struct Daemon {
     version: u64,
     /// "file PATH" or "file PATH + API edits".
     source: String,
-    /// Connection-table entries after the last sweep: counting them means
-    /// walking the table, which the sweep does anyway.
-    table_entries: usize,
     /// Flows the sweep ended since failover sync last told the peers.
     ended: Vec<pnlb_dataplane::abi::FlowKey>,
     dataplane: Dataplane,
@@ -246,7 +243,7 @@ struct Daemon {
     last_refresh: Instant,
     last_sweep: Instant,
     last_ramp: Instant,
-    exhaustion: ExhaustionWatch,
+    pressure: PressureWatch,
 }
 
 impl Daemon {
@@ -264,7 +261,6 @@ impl Daemon {
             drained: BTreeSet::new(),
             version: 1,
             source: format!("file {}", path.display()),
-            table_entries: 0,
             ended: Vec::new(),
             monitor: Monitor::start(&config),
             config,
@@ -276,7 +272,7 @@ impl Daemon {
             last_refresh: now,
             last_sweep: now,
             last_ramp: now,
-            exhaustion: ExhaustionWatch::default(),
+            pressure: PressureWatch::default(),
         })
     }
 
@@ -303,14 +299,13 @@ impl Daemon {
         if self.last_sweep.elapsed() >= SWEEP_EVERY {
             match self.dataplane.sweep_connections(&self.config.timeouts) {
                 Ok(report) => {
-                    self.table_entries = report.entries.saturating_sub(report.expired);
                     if self.config.ha.is_some() {
                         self.ended.extend(report.ended);
                     }
                 }
                 Err(err) => warning!("expiring idle connections: {err}"),
             }
-            self.exhaustion
+            self.pressure
                 .check(&self.dataplane, &self.programmer, &self.config);
             match self.programmer.reap(&self.dataplane) {
                 Ok(freed) => freed.iter().for_each(|line| info!("{line}")),
@@ -392,15 +387,15 @@ impl Daemon {
         self.applied = effective;
     }
 
-    /// on_backend_down = "reset": the backend's entries go, so its flows'
-    /// next packets are scheduled elsewhere and reset by the new backend.
+    /// on_backend_down = "reset": the backend's flows are marked, so that
+    /// each one's next packet goes to a live backend, which resets it.
     fn flush(&self, key: &BackendKey) {
         let Some(id) = self.programmer.backend_id(&key.0, key.1, key.2) else {
             return;
         };
-        match self.dataplane.flush_backend_connections(id) {
+        match self.dataplane.mark_backend_reset(id) {
             Ok(flushed) => info!(
-                "service {}: reset {flushed} connection-table entries of backend {}",
+                "service {}: {flushed} connection(s) of backend {} will be reset by their next packet",
                 key.0,
                 endpoint(key.1, key.2)
             ),

@@ -106,10 +106,7 @@ impl Daemon {
             .unwrap_or_default();
         model::Status {
             services,
-            connections: model::ConnectionTable {
-                entries: self.table_entries as u64,
-                capacity: u64::from(self.config.daemon.conn_table_size),
-            },
+            connections: crate::summary::connection_table(&self.dataplane),
             reasons,
             config_version: self.version,
             config_source: self.source.clone(),

@@ -1,0 +1,238 @@
+//! Expiring idle connections, and counting what stays.
+//!
+//! The XDP program stamps `last_seen` (to the second) and moves the TCP
+//! state; a sweep removes entries idle for longer than their state's
+//! timeout (IPVS's defaults: 900 s established, 120 s closing, 300 s UDP),
+//! from both tables. A nat/snat flow's two entries go together, judged by
+//! the more recent of the two, so a one-way stream never loses its reply
+//! mapping. An ended snat flow's reply key (SNAT address and port towards
+//! one backend) rests in `pnlb_snat_rest` for the service's
+//! snat_reuse_after, as the backend may hold it in TIME_WAIT. Entries
+//! refreshed between the dump and the delete are left alone. The same walk
+//! counts the flows that stay per backend ([`super::census`]) and how full
+//! the established table is (for admission). The pass streams the tables
+//! and does extra work only for idle entries: it shares two cores with
+//! the traffic.
+
+use std::cell::Cell;
+
+use libbpf_rs::{MapCore, MapFlags};
+use pnlb_core::config::Timeouts;
+
+use super::census::Census;
+use super::{has_flag, is_original, monotonic_ns, peer_key, timeout_for, Table};
+use crate::abi::{bytes_of, from_bytes, Conn, ConnFlags, FlowKey, TableCounter};
+use crate::loader::{Dataplane, DataplaneError};
+
+/// What a sweep saw and did.
+#[derive(Clone, Debug, Default)]
+pub struct SweepReport {
+    /// Entries left in pnlb_conns (established flows, both directions).
+    pub established: usize,
+    /// Entries left in pnlb_conns_new (flows not yet established).
+    pub new: usize,
+    /// Entries removed, from both tables.
+    pub expired: usize,
+    /// The original keys of the flows that ended (failover sync tells the
+    /// peers).
+    pub ended: Vec<FlowKey>,
+}
+
+/// Running totals the sweeps keep, for the eviction estimate.
+#[derive(Default)]
+pub(crate) struct SweepTally {
+    /// Entries sweeps removed from pnlb_conns_new since load.
+    pub(crate) new_expired: Cell<u64>,
+    /// pnlb_conns_new's entries after the last sweep.
+    pub(crate) new_live: Cell<u64>,
+    /// pnlb_conns's entries after the last sweep.
+    pub(crate) established_live: Cell<u64>,
+    /// The eviction estimate last reported (it never goes back).
+    pub(crate) evicted: Cell<u64>,
+}
+
+/// What one table's walk left and removed.
+#[derive(Default)]
+struct TableWalk {
+    left: usize,
+    removed: usize,
+}
+
+impl Dataplane {
+    /// One pass over the connection tables, removing what has expired and
+    /// counting the rest.
+    pub fn sweep_connections(&self, timeouts: &Timeouts) -> Result<SweepReport, DataplaneError> {
+        self.sweep_connections_at(timeouts, monotonic_ns())
+    }
+
+    /// As [`Self::sweep_connections`], with "now" given (for tests).
+    pub fn sweep_connections_at(
+        &self,
+        timeouts: &Timeouts,
+        now_ns: u64,
+    ) -> Result<SweepReport, DataplaneError> {
+        let mut census = Census::begin(self)?;
+        let booked_in = self.usage_slot(0)?;
+        let created = self.table_events()?[TableCounter::PNLB_TC_NEW_ENTRIES.0 as usize];
+        let mut report = SweepReport::default();
+        let established = self.sweep_table(
+            Table::Established,
+            timeouts,
+            now_ns,
+            &mut census,
+            &mut report,
+        )?;
+        let new = self.sweep_table(Table::New, timeouts, now_ns, &mut census, &mut report)?;
+        census.publish(self)?;
+        // Admission reads used = booked_in - usage[1]: make that the entries
+        // the walk left, plus whatever the data plane moved in since.
+        self.set_usage_slot(1, booked_in.wrapping_sub(established.left as u64))?;
+
+        let tally = &self.tally;
+        tally
+            .new_expired
+            .set(tally.new_expired.get() + new.removed as u64);
+        tally.new_live.set(new.left as u64);
+        tally.established_live.set(established.left as u64);
+        // Entries created before the walk that are neither promoted,
+        // removed, expired nor still there were evicted. Counting creations
+        // from before the walk and the rest from after it errs low, so the
+        // running maximum never counts an eviction that did not happen.
+        let events = self.table_events()?;
+        let accounted = events[TableCounter::PNLB_TC_PROMOTED.0 as usize]
+            + events[TableCounter::PNLB_TC_NEW_REMOVED.0 as usize]
+            + tally.new_expired.get()
+            + tally.new_live.get();
+        tally
+            .evicted
+            .set(tally.evicted.get().max(created.saturating_sub(accounted)));
+        report.established = established.left;
+        report.new = new.left;
+        Ok(report)
+    }
+
+    fn sweep_table(
+        &self,
+        table: Table,
+        timeouts: &Timeouts,
+        now_ns: u64,
+        census: &mut Census,
+        report: &mut SweepReport,
+    ) -> Result<TableWalk, DataplaneError> {
+        let map = self.conn_map(table);
+        let map_err = |source| DataplaneError::Map {
+            map: table.map_name(),
+            source,
+        };
+        let expired_at = |conn: &Conn, last_seen: u64| {
+            now_ns.saturating_sub(last_seen) > timeout_for(conn.state, timeouts).as_nanos() as u64
+        };
+        let read = |key: &[u8]| -> Result<Option<Conn>, DataplaneError> {
+            Ok(map
+                .lookup(key, MapFlags::ANY)
+                .map_err(map_err)?
+                .and_then(|v| from_bytes::<Conn>(&v)))
+        };
+        let mut walk = TableWalk::default();
+        let mut seen = 0usize;
+        // One streaming pass; only entries idle past their timeout cost
+        // more than a comparison (a lookup of the other direction, a
+        // re-check, the deletes).
+        for (key, value) in map
+            .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
+            .map_err(map_err)?
+        {
+            seen += 1;
+            let (Some(conn), Some(flow)) =
+                (from_bytes::<Conn>(&value), from_bytes::<FlowKey>(&key))
+            else {
+                continue;
+            };
+            if !expired_at(&conn, conn.last_seen_ns) {
+                if is_original(&conn) {
+                    census.count(&conn);
+                }
+                continue;
+            }
+            let translated = has_flag(&conn, ConnFlags::PNLB_CONN_F_NAT);
+            let peer = translated.then(|| peer_key(&conn, flow.protocol));
+            let peer_conn = match &peer {
+                Some(peer) => read(bytes_of(peer))?,
+                None => None,
+            };
+            // A pair is judged once, from its original entry; a reply entry
+            // alone (its original evicted from the new-flow table) is
+            // judged by itself.
+            if !is_original(&conn) && peer_conn.is_some() {
+                continue;
+            }
+            let last_seen = conn
+                .last_seen_ns
+                .max(peer_conn.map_or(0, |p| p.last_seen_ns));
+            // Still idle now? A packet may have arrived since the dump.
+            let fresh = read(&key)?;
+            if !expired_at(&conn, last_seen)
+                || fresh.is_some_and(|f| !expired_at(&f, f.last_seen_ns.max(last_seen)))
+            {
+                if is_original(&conn) {
+                    census.count(&fresh.unwrap_or(conn));
+                }
+                continue;
+            }
+            if let Some(peer) = &peer {
+                if map.delete(bytes_of(peer)).is_ok() {
+                    walk.removed += 1;
+                }
+            }
+            if map.delete(&key).is_ok() {
+                walk.removed += 1;
+                if is_original(&conn) {
+                    report.ended.push(flow);
+                }
+            }
+            if has_flag(&conn, ConnFlags::PNLB_CONN_F_SNAT) {
+                let reply_key = match &peer {
+                    Some(peer) if is_original(&conn) => *peer,
+                    _ => flow,
+                };
+                self.rest_snat_key(&reply_key, last_seen);
+            }
+        }
+        report.expired += walk.removed;
+        walk.left = seen.saturating_sub(walk.removed);
+        Ok(walk)
+    }
+
+    /// An ended snat flow's reply key rests from when it was last used.
+    fn rest_snat_key(&self, reply_key: &FlowKey, ended_ns: u64) {
+        // Best effort: the rest map is an LRU, a failure only shortens a rest.
+        let _ = self.maps().pnlb_snat_rest.update(
+            bytes_of(reply_key),
+            &ended_ns.to_ne_bytes(),
+            MapFlags::ANY,
+        );
+    }
+
+    fn usage_slot(&self, slot: u32) -> Result<u64, DataplaneError> {
+        Ok(self
+            .maps()
+            .pnlb_conns_usage
+            .lookup(&slot.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| DataplaneError::Map {
+                map: "pnlb_conns_usage",
+                source,
+            })?
+            .and_then(|v| from_bytes::<u64>(&v))
+            .unwrap_or(0))
+    }
+
+    fn set_usage_slot(&self, slot: u32, value: u64) -> Result<(), DataplaneError> {
+        self.maps()
+            .pnlb_conns_usage
+            .update(&slot.to_ne_bytes(), &value.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| DataplaneError::Map {
+                map: "pnlb_conns_usage",
+                source,
+            })
+    }
+}

@@ -1,0 +1,147 @@
+//! Step 4 of applying a service: the entry packets find by VIP, written
+//! last, once everything it points at is in place.
+
+use libbpf_rs::{MapCore, MapFlags};
+use pnlb_core::config::{HashKey, Method, Scheduler, Service as ServiceConfig};
+
+use super::{map_err, ServiceSlot};
+use crate::abi::{self, bytes_of};
+use crate::grace::{Element, Grace};
+use crate::loader::{Dataplane, DataplaneError};
+
+/// The service's map value.
+pub(super) fn service_value(id: u32, config: &ServiceConfig) -> abi::Service {
+    let (snat_count, snat_port_min, snat_port_count, snat_reuse_s) = match &config.snat {
+        Some(snat) => (
+            snat.addresses.len() as u8,
+            snat.port_min,
+            (snat.ports()).min(u32::from(u16::MAX)) as u16,
+            snat.reuse_after.as_secs().min(u64::from(u16::MAX)) as u16,
+        ),
+        None => (0, 0, 0, 0),
+    };
+    let (rate_interval_ns, rate_burst) = match config.new_flow_rate {
+        Some(rate) => (
+            1_000_000_000u32.div_ceil(rate.per_second.max(1)),
+            rate.burst,
+        ),
+        None => (0, 0),
+    };
+    abi::Service {
+        id,
+        method: method(config.method).0 as u8,
+        scheduler: scheduler(config.scheduler).0 as u8,
+        hash_key: match config.hash_key {
+            HashKey::FiveTuple => abi::HashKey::PNLB_HASH_5TUPLE.0 as u8,
+            HashKey::Source => abi::HashKey::PNLB_HASH_SOURCE.0 as u8,
+            HashKey::Destination => abi::HashKey::PNLB_HASH_DESTINATION.0 as u8,
+        },
+        snat_count,
+        snat_port_min,
+        snat_port_count,
+        persistence_s: config
+            .persistence
+            .map_or(0, |p| p.timeout.as_secs().max(1) as u32),
+        // IPv4 addresses sit in the last 32 bits of the mapped form.
+        persistence_prefix: config.persistence.map_or(0, |p| {
+            if config.vip.is_ipv4() {
+                96 + p.prefix_len
+            } else {
+                p.prefix_len
+            }
+        }),
+        flags: match (forwards_statelessly(config), reproducible(config.scheduler)) {
+            (true, _) => abi::ServiceFlags::PNLB_SVC_F_STATELESS.0 as u8,
+            (false, true) => abi::ServiceFlags::PNLB_SVC_F_REHASH.0 as u8,
+            (false, false) => 0,
+        },
+        snat_reuse_s,
+        chbl_epsilon_pct: match config.scheduler {
+            Scheduler::Chbl { epsilon } => (epsilon * 100.0).round() as u32,
+            _ => 0,
+        },
+        rate_interval_ns,
+        rate_burst,
+    }
+}
+
+/// dr/tun with a hashing scheduler: a packet of a flow the tables do not
+/// hold goes, by hash, where the flow went unless the backends changed
+/// (as on every node of an ECMP group, and after a restart), without
+/// state. nat and snat with a hashing scheduler re-create the flow's
+/// entries by hash instead (their translation is state); every other
+/// service would give such a packet a fresh backend, which resets it, so
+/// it is dropped.
+pub fn forwards_statelessly(config: &ServiceConfig) -> bool {
+    matches!(config.method, Method::Dr | Method::Tun) && reproducible(config.scheduler)
+}
+
+/// A scheduler whose choice any node can make again from the packet
+/// alone (chbl also hashes, but weighs in the backends' load).
+fn reproducible(scheduler: Scheduler) -> bool {
+    matches!(scheduler, Scheduler::Maglev | Scheduler::Sh | Scheduler::Dh)
+}
+
+fn method(method: Method) -> abi::Method {
+    match method {
+        Method::Dr => abi::Method::PNLB_METHOD_DR,
+        Method::Tun => abi::Method::PNLB_METHOD_TUN,
+        Method::Nat => abi::Method::PNLB_METHOD_NAT,
+        Method::Snat => abi::Method::PNLB_METHOD_SNAT,
+    }
+}
+
+fn scheduler(scheduler: Scheduler) -> abi::SchedulerKind {
+    match scheduler {
+        Scheduler::Maglev => abi::SchedulerKind::PNLB_SCHED_MAGLEV,
+        Scheduler::Rr => abi::SchedulerKind::PNLB_SCHED_RR,
+        Scheduler::Wrr => abi::SchedulerKind::PNLB_SCHED_WRR,
+        Scheduler::Sh => abi::SchedulerKind::PNLB_SCHED_SH,
+        Scheduler::Dh => abi::SchedulerKind::PNLB_SCHED_DH,
+        Scheduler::Lc => abi::SchedulerKind::PNLB_SCHED_LC,
+        Scheduler::Wlc => abi::SchedulerKind::PNLB_SCHED_WLC,
+        Scheduler::Sed => abi::SchedulerKind::PNLB_SCHED_SED,
+        Scheduler::Nq => abi::SchedulerKind::PNLB_SCHED_NQ,
+        Scheduler::P2c => abi::SchedulerKind::PNLB_SCHED_P2C,
+        Scheduler::Chbl { .. } => abi::SchedulerKind::PNLB_SCHED_CHBL,
+    }
+}
+
+/// Writes the service entry if it changed. The services map is a hash,
+/// which recycles a replaced element at once: readers are waited for
+/// before a second rewrite ([`Grace`]).
+pub(super) fn write_service(
+    dataplane: &Dataplane,
+    grace: &mut Grace,
+    slot: &mut ServiceSlot,
+    value: abi::Service,
+) -> Result<(), DataplaneError> {
+    if bytes_of(&value) == bytes_of(&slot.value) {
+        return Ok(());
+    }
+    grace.before_rewrite(Element::Service);
+    dataplane
+        .maps()
+        .pnlb_services
+        .update(bytes_of(&slot.key), bytes_of(&value), MapFlags::ANY)
+        .map_err(map_err("pnlb_services"))?;
+    slot.value = value;
+    Ok(())
+}
+
+/// Removes a service entry (its listener moved, or the service went).
+pub(super) fn delete_service(
+    dataplane: &Dataplane,
+    grace: &mut Grace,
+    key: &abi::ServiceKey,
+) -> Result<(), DataplaneError> {
+    grace.before_rewrite(Element::Service);
+    match dataplane.maps().pnlb_services.delete(bytes_of(key)) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(DataplaneError::Map {
+            map: "pnlb_services",
+            source: err,
+        }),
+    }
+}

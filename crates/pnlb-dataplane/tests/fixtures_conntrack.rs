@@ -1,0 +1,667 @@
+//! The connection table's rules (docs/conntrack.md), one fixture each:
+//! only a packet that can open a flow creates state; a packet of no known
+//! flow goes by hash or is dropped, never to a fresh backend; half-open
+//! floods cannot evict established flows; a full table refuses new flows
+//! instead of losing old ones; translations are never shared; tables carry
+//! their own lengths; a flow only ever gets a backend of its own service;
+//! connection counts equal what the tables hold.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use pnlb_core::config::Timeouts;
+use pnlb_dataplane::abi::ConnState;
+use pnlb_dataplane::conntrack::{monotonic_ns, Table};
+use support::*;
+
+/// The backends' port: nat and snat map 80 to 8080, dr and tun cannot.
+fn backend_port(method: &str) -> u16 {
+    if method.ends_with("nat") {
+        8080
+    } else {
+        80
+    }
+}
+
+/// One service `web` on 10.77.100.1:80 with `method`, `scheduler` and
+/// backends 10.77.1.11.. (see [`backend_port`]), plus `extra` service keys.
+fn config(method: &str, scheduler: &str, backends: usize, extra: &str) -> String {
+    let mut text = format!(
+        "[daemon]\ninterfaces = [\"eth0\"]\n[[service]]\nname = \"web\"\nvip = \"10.77.100.1\"\nport = 80\nmethod = \"{method}\"\nscheduler = \"{scheduler}\"\n{extra}\n"
+    );
+    if method == "snat" {
+        text += "snat_addresses = [\"10.77.1.2\"]\n";
+    }
+    for i in 0..backends {
+        text += &format!(
+            "[[service.backend]]\naddress = \"10.77.1.{}\"\nport = {}\n",
+            11 + i,
+            backend_port(method)
+        );
+    }
+    text
+}
+
+fn client(sport: u16, flags: Flags) -> Pkt {
+    Pkt::tcp("10.77.0.2", sport, "10.77.100.1", 80, flags)
+}
+
+/// The backend address a forwarded packet was sent to (by its MAC).
+fn backend_of(out: &[u8]) -> IpAddr {
+    (11..=20)
+        .map(|last| format!("10.77.1.{last}").parse::<IpAddr>().unwrap())
+        .find(|b| backend_mac(*b)[..] == out[0..6])
+        .expect("sent to a configured backend")
+}
+
+/// SYN, the backend's SYN-ACK (nat/snat: through us), the client's ACK.
+/// Returns the backend.
+fn handshake(fixture: &Fixture, sport: u16) -> IpAddr {
+    let (verdict, out) = fixture.run(&client(sport, SYN).bytes());
+    assert_eq!(verdict, XDP_TX, "SYN from port {sport}");
+    let backend = backend_of(&out);
+    let (_, _, to, to_port) = endpoints(&out);
+    let (source, source_port, _, _) = endpoints(&out);
+    let answer = Pkt::tcp(
+        &to.to_string(),
+        to_port,
+        &source.to_string(),
+        source_port,
+        SYN_ACK,
+    )
+    .macs(backend_mac(backend), LB_MAC);
+    if to != "10.77.100.1".parse::<IpAddr>().unwrap() {
+        let (verdict, _) = fixture.run(&answer.bytes());
+        assert_eq!(verdict, XDP_REDIRECT, "the SYN-ACK goes back to the client");
+    }
+    let (verdict, out) = fixture.run(&client(sport, ACK).bytes());
+    assert_eq!(verdict, XDP_TX, "ACK from port {sport}");
+    assert_eq!(backend_of(&out), backend);
+    backend
+}
+
+fn table_of(fixture: &Fixture, packet: &Pkt) -> Option<Table> {
+    fixture
+        .dataplane
+        .find_connection(&flow_of(&packet.bytes()))
+        .map(|(table, _)| table)
+}
+
+#[test]
+fn only_a_syn_creates_state_and_the_handshake_moves_it_to_the_established_table() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(&config("nat", "rr", 2, ""));
+        let stray = client(40000, ACK);
+        let (verdict, _) = fixture.run(&stray.bytes());
+        assert_eq!(verdict, XDP_DROP, "a mid-flow packet of no flow");
+        assert_eq!(fixture.reason("drop_no_flow"), 1);
+        assert_eq!(table_of(&fixture, &stray), None, "and it created nothing");
+        for flags in [FIN, RST] {
+            fixture.run(&client(40001, flags).bytes());
+            assert_eq!(table_of(&fixture, &client(40001, flags)), None);
+        }
+
+        let (verdict, out) = fixture.run(&client(40000, SYN).bytes());
+        assert_eq!(verdict, XDP_TX);
+        assert_eq!(table_of(&fixture, &client(40000, SYN)), Some(Table::New));
+        let backend = backend_of(&out);
+        let answer = Pkt::tcp(&backend.to_string(), 8080, "10.77.0.2", 40000, SYN_ACK)
+            .macs(backend_mac(backend), LB_MAC);
+        assert_eq!(
+            table_of(&fixture, &answer),
+            Some(Table::New),
+            "the reply entry too"
+        );
+        assert_eq!(fixture.run(&answer.bytes()).0, XDP_REDIRECT);
+        assert_eq!(table_of(&fixture, &client(40000, SYN)), Some(Table::New));
+
+        assert_eq!(fixture.run(&client(40000, ACK).bytes()).0, XDP_TX);
+        assert_eq!(
+            (
+                table_of(&fixture, &client(40000, ACK)),
+                table_of(&fixture, &answer)
+            ),
+            (Some(Table::Established), Some(Table::Established)),
+            "the handshake's ACK moves both entries"
+        );
+        let stats = fixture.dataplane.table_stats().unwrap();
+        println!("table events: {stats:?}");
+        assert_eq!((stats.created, stats.promoted), (2, 2));
+    });
+}
+
+#[test]
+fn udp_is_established_by_its_second_datagram_or_its_first_reply() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let text = config("nat", "rr", 1, "protocol = \"udp\"");
+        let fixture = Fixture::new(&text);
+        let datagram = |sport| Pkt::udp("10.77.0.2", sport, "10.77.100.1", 80);
+        assert_eq!(fixture.run(&datagram(41000).bytes()).0, XDP_TX);
+        assert_eq!(table_of(&fixture, &datagram(41000)), Some(Table::New));
+        assert_eq!(fixture.run(&datagram(41000).bytes()).0, XDP_TX);
+        assert_eq!(
+            table_of(&fixture, &datagram(41000)),
+            Some(Table::Established)
+        );
+
+        assert_eq!(fixture.run(&datagram(41001).bytes()).0, XDP_TX);
+        let answer = Pkt::udp("10.77.1.11", 8080, "10.77.0.2", 41001)
+            .macs(backend_mac("10.77.1.11".parse().unwrap()), LB_MAC);
+        assert_eq!(fixture.run(&answer.bytes()).0, XDP_REDIRECT);
+        assert_eq!(
+            table_of(&fixture, &datagram(41001)),
+            Some(Table::Established)
+        );
+    });
+}
+
+#[test]
+fn a_packet_of_no_known_flow_goes_by_hash_on_dr_maglev_and_is_dropped_without_a_hash() {
+    if !privileged() {
+        return;
+    }
+    let fixture = Fixture::new(&config("dr", "maglev", 3, ""));
+    for sport in 42000..42020 {
+        let packet = client(sport, ACK);
+        let (verdict, out) = fixture.run(&packet.bytes());
+        assert_eq!(verdict, XDP_TX, "forwarded without state");
+        let predicted = fixture.predicted_backend(
+            "web",
+            &packet.bytes(),
+            pnlb_dataplane::abi::HashKey::PNLB_HASH_5TUPLE,
+        );
+        assert_eq!(backend_of(&out), predicted, "to the backend the hash gives");
+        assert_eq!(table_of(&fixture, &packet), None, "and no state is kept");
+    }
+    assert_eq!(fixture.reason("fwd_stateless"), 20);
+
+    for (method, scheduler) in [
+        ("dr", "rr"),
+        ("dr", "lc"),
+        ("tun", "wrr"),
+        ("nat", "rr"),
+        ("snat", "chbl"),
+    ] {
+        let text = config(
+            method,
+            scheduler,
+            3,
+            if method == "tun" {
+                "encap = \"ipip\""
+            } else {
+                ""
+            },
+        );
+        let fixture = Fixture::new(&text);
+        let (verdict, _) = fixture.run(&client(42100, ACK).bytes());
+        assert_eq!(
+            verdict, XDP_DROP,
+            "{method}/{scheduler}: a fresh backend would reset the flow"
+        );
+        assert_eq!(fixture.reason("drop_no_flow"), 1, "{method}/{scheduler}");
+    }
+}
+
+#[test]
+fn a_nat_or_snat_flow_no_table_holds_is_re_created_by_hash() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        for method in ["nat", "snat"] {
+            // Two nodes with the same config: the flow starts on the first,
+            // its next packets reach the second (a failover before the flow
+            // was synced, or a restart).
+            let first = Fixture::new(&config(method, "maglev", 3, ""));
+            let second = Fixture::new(&config(method, "maglev", 3, ""));
+            let (verdict, there) = first.run(&client(42200, SYN).bytes());
+            assert_eq!(verdict, XDP_TX);
+
+            let (verdict, here) = second.run(&client(42200, ACK).bytes());
+            assert_eq!(verdict, XDP_TX, "{method}: re-created");
+            let backend = backend_of(&here);
+            assert_eq!(backend, backend_of(&there), "{method}: the same backend");
+            assert_eq!(
+                endpoints(&here),
+                endpoints(&there),
+                "{method}: the same translation"
+            );
+            assert_eq!(second.reason("fwd_rehashed"), 1);
+            let key = flow_of(&client(42200, ACK).bytes());
+            assert_eq!(second.run(&client(42200, ACK).bytes()).0, XDP_TX);
+            assert_eq!(
+                second.dataplane.find_connection(&key).map(|(t, _)| t),
+                Some(Table::New),
+                "{method}: more client packets prove nothing (a spoofer can send them)"
+            );
+            let (source, source_port, _, _) = endpoints(&here);
+            let answer = Pkt::tcp(
+                &backend.to_string(),
+                8080,
+                &source.to_string(),
+                source_port,
+                ACK,
+            )
+            .macs(backend_mac(backend), LB_MAC);
+            assert_eq!(second.run(&answer.bytes()).0, XDP_REDIRECT);
+            assert_eq!(
+                second.dataplane.find_connection(&key).map(|(t, _)| t),
+                Some(Table::Established),
+                "{method}: the backend carrying on does"
+            );
+            let conn = second.dataplane.lookup_connection(&key).unwrap();
+            assert_eq!(
+                u32::from(conn.state),
+                ConnState::PNLB_CT_ESTABLISHED.0,
+                "{method}"
+            );
+
+            // A spoofed packet's backend answers with a reset: it stays half-open.
+            let (_, spoofed) = second.run(&client(42201, ACK).bytes());
+            let (source, source_port, _, _) = endpoints(&spoofed);
+            let reset = Pkt::tcp(
+                &backend_of(&spoofed).to_string(),
+                8080,
+                &source.to_string(),
+                source_port,
+                RST,
+            )
+            .macs(backend_mac(backend_of(&spoofed)), LB_MAC);
+            second.run(&reset.bytes());
+            let key = flow_of(&client(42201, ACK).bytes());
+            let (table, conn) = second.dataplane.find_connection(&key).unwrap();
+            assert_eq!(table, Table::New, "{method}");
+            assert_eq!(
+                u32::from(conn.state),
+                ConnState::PNLB_CT_CLOSE.0,
+                "{method}: expires in 10 s"
+            );
+        }
+    });
+}
+
+/// The held figure of the issue: 40 idle established flows on a table of
+/// the minimum size, then 30,000 spoofed ACKs and 30,000 SYNs with random
+/// source ports; every idle flow still reaches its backend.
+fn flood_spares_established(method: &str, scheduler: &str) {
+    let fixture = Fixture::with_table_size(&config(method, scheduler, 3, ""), 1024);
+    let idle: Vec<(u16, IpAddr)> = (0..40)
+        .map(|i| {
+            let sport = 43000 + i;
+            (sport, handshake(&fixture, sport))
+        })
+        .collect();
+    let mut random = 0x2545_f491_u32;
+    let mut next_port = move || {
+        random ^= random << 13;
+        random ^= random >> 17;
+        random ^= random << 5;
+        1024 + (random % 60000) as u16
+    };
+    let spoofer = |sport: u16, flags| Pkt::tcp("10.77.0.66", sport, "10.77.100.1", 80, flags);
+    for _ in 0..30_000 {
+        fixture.run(&spoofer(next_port(), ACK).bytes());
+    }
+    for _ in 0..30_000 {
+        fixture.run(&spoofer(next_port(), SYN).bytes());
+    }
+    let mut survived = 0;
+    for (sport, backend) in &idle {
+        let (verdict, out) = fixture.run(&client(*sport, ACK).bytes());
+        assert_eq!(verdict, XDP_TX, "{method}/{scheduler}: idle flow {sport}");
+        assert_eq!(
+            backend_of(&out),
+            *backend,
+            "{method}/{scheduler}: same backend"
+        );
+        assert_eq!(
+            table_of(&fixture, &client(*sport, ACK)),
+            Some(Table::Established)
+        );
+        survived += 1;
+    }
+    fixture
+        .dataplane
+        .sweep_connections_at(&Timeouts::default(), monotonic_ns())
+        .unwrap();
+    let stats = fixture.dataplane.table_stats().unwrap();
+    println!(
+        "{method}/{scheduler}: {survived}/40 idle flows on their backend after 30000 ACKs + 30000 SYNs; \
+         ACKs dropped (no flow) {}, forwarded by hash {}, re-created by hash {}, half-open evicted {}, new-flow table {}/{}, established {}/{}",
+        fixture.reason("drop_no_flow"),
+        fixture.reason("fwd_stateless"),
+        fixture.reason("fwd_rehashed"),
+        stats.evicted,
+        stats.new_entries_now,
+        stats.new_capacity,
+        stats.established_entries,
+        stats.established_capacity
+    );
+}
+
+#[test]
+fn half_open_floods_never_evict_established_flows() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        flood_spares_established("nat", "rr");
+        flood_spares_established("snat", "maglev");
+        flood_spares_established("dr", "rr");
+    });
+}
+
+#[test]
+fn a_full_table_refuses_new_nat_flows_and_keeps_every_established_one() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::with_table_size(&config("nat", "rr", 2, ""), 1024);
+        let mut admitted = Vec::new();
+        for sport in 44000..45000u16 {
+            let (verdict, _) = fixture.run(&client(sport, SYN).bytes());
+            if verdict == XDP_DROP {
+                break;
+            }
+            fixture.run(&client(sport, ACK).bytes());
+            admitted.push(sport);
+        }
+        // 1/16 stays free for flows admitted before the table filled.
+        assert_eq!(admitted.len(), 480, "(1024 - 64) entries, two per nat flow");
+        assert_eq!(fixture.reason("drop_table_full"), 1);
+        for sport in &admitted {
+            assert_eq!(fixture.run(&client(*sport, ACK).bytes()).0, XDP_TX);
+        }
+        println!(
+            "nat on a 1024-entry table: {} flows established, the next refused (drop_table_full {})",
+            admitted.len(),
+            fixture.reason("drop_table_full")
+        );
+
+        // Room comes back when flows end.
+        let later = monotonic_ns() + 901_000_000_000;
+        let report = fixture
+            .dataplane
+            .sweep_connections_at(&Timeouts::default(), later)
+            .unwrap();
+        assert_eq!(report.established, 0, "{report:?}");
+        assert_eq!(fixture.run(&client(45500, SYN).bytes()).0, XDP_TX);
+    });
+}
+
+#[test]
+fn a_full_table_leaves_dr_maglev_flows_in_the_new_flow_table_and_forwards_them() {
+    if !privileged() {
+        return;
+    }
+    let fixture = Fixture::with_table_size(&config("dr", "maglev", 2, ""), 1024);
+    for sport in 46000..47100u16 {
+        assert_eq!(fixture.run(&client(sport, SYN).bytes()).0, XDP_TX);
+        assert_eq!(fixture.run(&client(sport, ACK).bytes()).0, XDP_TX);
+    }
+    let stats = fixture.dataplane.table_stats().unwrap();
+    assert_eq!(stats.promoted, 1024, "the established table filled up");
+    assert_eq!(
+        stats.promote_full, 76,
+        "the rest stayed half-open, and flowed"
+    );
+    assert_eq!(fixture.reason("drop_table_full"), 0);
+}
+
+#[test]
+fn a_service_over_its_new_flow_rate_refuses_or_forwards_statelessly() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let limited = "new_flow_rate = 1\nnew_flow_burst = 5";
+        let fixture = Fixture::new(&config("nat", "rr", 2, limited));
+        let passed = (47000..47020u16)
+            .filter(|sport| fixture.run(&client(*sport, SYN).bytes()).0 == XDP_TX)
+            .count();
+        let refused = fixture.reason("drop_rate_limited");
+        println!("nat at 1 flow/s, burst 5: {passed} of 20 SYNs admitted, {refused} refused");
+        assert!((5..=6).contains(&passed), "the burst, and at most one more");
+        assert_eq!(refused as usize, 20 - passed);
+
+        let fixture = Fixture::new(&config("dr", "maglev", 2, limited));
+        for sport in 47000..47020u16 {
+            assert_eq!(fixture.run(&client(sport, SYN).bytes()).0, XDP_TX);
+        }
+        let stateless = fixture.reason("fwd_stateless");
+        assert!(
+            (14..=15).contains(&stateless),
+            "dr/maglev: over the rate by hash ({stateless})"
+        );
+        assert_eq!(fixture.reason("drop_rate_limited"), 0);
+    });
+}
+
+#[test]
+fn snat_spreads_flows_over_the_whole_port_range() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let text = config("snat", "rr", 1, "snat_ports = \"30000-30255\"");
+        let fixture = Fixture::new(&text);
+        let mut ports = HashSet::new();
+        for sport in 48000..48200u16 {
+            let (verdict, out) = fixture.run(&client(sport, SYN).bytes());
+            assert_eq!(verdict, XDP_TX, "200 flows on 256 ports");
+            ports.insert(endpoints(&out).1);
+        }
+        assert_eq!(ports.len(), 200, "no port given twice");
+        let low = ports.iter().filter(|p| **p < 30064).count();
+        let high = ports.iter().filter(|p| **p >= 30192).count();
+        println!("snat 200 flows on 30000-30255: {low} in the first quarter, {high} in the last");
+        assert!(low > 20 && high > 20, "spread over the range");
+    });
+}
+
+#[test]
+fn nat_refuses_a_flow_whose_replies_could_not_be_told_from_another_flows() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let mut text = config("nat", "rr", 1, "");
+        text +=
+            "[[service]]\nname = \"other\"\nvip = \"10.77.100.9\"\nport = 80\nmethod = \"nat\"\n\
+                 [[service.backend]]\naddress = \"10.77.1.11\"\nport = 8080\n";
+        let fixture = Fixture::new(&text);
+        assert_eq!(fixture.run(&client(49000, SYN).bytes()).0, XDP_TX);
+        let same_port_other_vip = Pkt::tcp("10.77.0.2", 49000, "10.77.100.9", 80, SYN);
+        assert_eq!(
+            fixture.run(&same_port_other_vip.bytes()).0,
+            XDP_DROP,
+            "the backend would answer both flows from 10.77.1.11:8080 to 10.77.0.2:49000"
+        );
+        assert_eq!(fixture.reason("drop_flow_conflict"), 1);
+        // The first flow keeps its reply mapping.
+        let answer = Pkt::tcp("10.77.1.11", 8080, "10.77.0.2", 49000, SYN_ACK)
+            .macs(backend_mac("10.77.1.11".parse().unwrap()), LB_MAC);
+        let (verdict, out) = fixture.run(&answer.bytes());
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(endpoints(&out).0, "10.77.100.1".parse::<IpAddr>().unwrap());
+    });
+}
+
+#[test]
+fn reset_marked_flows_go_to_a_live_backend_on_their_next_packet() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let mut fixture = Fixture::new(&config("nat", "rr", 2, ""));
+        let first = handshake(&fixture, 50000);
+        let id = fixture.programmer.backend_id("web", first, 8080).unwrap();
+        assert_eq!(fixture.dataplane.mark_backend_reset(id).unwrap(), 1);
+        // The health checker took it out of the table as well.
+        let text = config("nat", "rr", 2, "").replacen(
+            &format!("address = \"{first}\"\nport = 8080\n"),
+            &format!("address = \"{first}\"\nport = 8080\nweight = 0\n"),
+            1,
+        );
+        fixture.apply(&text);
+        let (verdict, out) = fixture.run(&client(50000, ACK).bytes());
+        assert_eq!(verdict, XDP_TX);
+        assert_ne!(backend_of(&out), first, "a live backend, which resets it");
+        assert_eq!(fixture.dataplane.table_stats().unwrap().reset, 1);
+        let conn = fixture
+            .dataplane
+            .lookup_connection(&flow_of(&client(50000, ACK).bytes()))
+            .unwrap();
+        assert_eq!(
+            u32::from(conn.state),
+            ConnState::PNLB_CT_CLOSE.0,
+            "expires soon"
+        );
+    });
+}
+
+#[test]
+fn a_flow_is_only_ever_given_a_backend_of_its_own_service() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let mut text = config("nat", "rr", 1, "");
+        text +=
+            "[[service]]\nname = \"other\"\nvip = \"10.77.100.9\"\nport = 80\nmethod = \"nat\"\n\
+                 [[service.backend]]\naddress = \"10.77.1.19\"\nport = 8080\n";
+        let fixture = Fixture::new(&text);
+        handshake(&fixture, 51000);
+        let key = flow_of(&client(51000, ACK).bytes());
+        let mut conn = fixture.dataplane.lookup_connection(&key).unwrap();
+        // A synced flow named with the wrong node's ids, say.
+        let other = "10.77.1.19".parse().unwrap();
+        let other_backend = fixture.programmer.backend_id("other", other, 8080).unwrap();
+        let other_service = fixture.programmer.service_id("other").unwrap();
+        let (listener, _, _) = fixture
+            .programmer
+            .describe(other_service, other_backend)
+            .unwrap();
+        let (_, id, generation) = fixture.programmer.resolve(&listener, other, 8080).unwrap();
+        conn.backend_id = id;
+        conn.backend_generation = generation;
+        fixture.dataplane.remove_flow(&key).unwrap();
+        fixture.dataplane.install_flow(&key, &conn).unwrap();
+        let (verdict, _) = fixture.run(&client(51000, ACK).bytes());
+        assert_eq!(verdict, XDP_DROP);
+        assert_eq!(fixture.reason("drop_foreign_backend"), 1);
+    });
+}
+
+#[test]
+fn a_shrunk_table_is_published_with_its_own_length() {
+    if !privileged() {
+        return;
+    }
+    for scheduler in ["rr", "wrr", "lc", "maglev", "chbl"] {
+        let mut fixture = Fixture::new(&config("dr", scheduler, 5, ""));
+        let id = fixture.programmer.service_id("web").unwrap();
+        let before = fixture.dataplane.published_table(id).unwrap().unwrap();
+        fixture.apply(&config("dr", scheduler, 2, ""));
+        let after = fixture.dataplane.published_table(id).unwrap().unwrap();
+        let mine: HashSet<u32> = ["10.77.1.11", "10.77.1.12"]
+            .iter()
+            .map(|a| {
+                fixture
+                    .programmer
+                    .backend_id("web", a.parse().unwrap(), 80)
+                    .unwrap()
+            })
+            .collect();
+        let used = (after.list_len + after.len) as usize;
+        assert!(
+            used <= after.slots.len(),
+            "{scheduler}: the header fits its table"
+        );
+        assert!(
+            after.slots[..used].iter().all(|id| mine.contains(id)),
+            "{scheduler}: every slot within the header's length names a current backend"
+        );
+        assert!(
+            after.len < before.len || scheduler == "maglev" || scheduler == "chbl",
+            "{scheduler}: {} -> {}",
+            before.len,
+            after.len
+        );
+    }
+}
+
+#[test]
+fn connection_counts_equal_the_tables_after_each_sweep() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let mut fixture = Fixture::new(&config("nat", "lc", 2, ""));
+        for sport in 52000..52010u16 {
+            if sport % 3 == 0 {
+                fixture.run(&client(sport, SYN).bytes());
+            } else {
+                handshake(&fixture, sport);
+            }
+        }
+        // Drift the data plane's own counts: flows of one backend reset and
+        // rescheduled, a backend removed, flows closed on both sides.
+        let a = "10.77.1.11".parse().unwrap();
+        let id_a = fixture.programmer.backend_id("web", a, 8080).unwrap();
+        fixture.dataplane.mark_backend_reset(id_a).unwrap();
+        for sport in 52000..52005u16 {
+            fixture.run(&client(sport, ACK).bytes());
+        }
+        fixture.apply(&config("nat", "lc", 2, "").replacen(
+            "[[service.backend]]\naddress = \"10.77.1.11\"\nport = 8080\n",
+            "",
+            1,
+        ));
+        fixture.run(&client(52007, FIN).bytes());
+        fixture
+            .dataplane
+            .sweep_connections_at(&Timeouts::default(), monotonic_ns())
+            .unwrap();
+
+        let mut held: HashMap<u32, (u64, u64)> = HashMap::new();
+        for (_, conn) in fixture.dataplane.flows().unwrap() {
+            let entry = held.entry(conn.backend_id).or_default();
+            if u32::from(conn.state) == ConnState::PNLB_CT_ESTABLISHED.0 {
+                entry.0 += 1;
+            } else {
+                entry.1 += 1;
+            }
+        }
+        let b = "10.77.1.12".parse().unwrap();
+        let id_b = fixture.programmer.backend_id("web", b, 8080).unwrap();
+        for id in [id_a, id_b] {
+            let load = fixture.dataplane.backend_load(id).unwrap();
+            println!(
+                "backend slot {id}: load {load:?}, tables hold {:?}",
+                held.get(&id)
+            );
+            assert_eq!(load, held.get(&id).copied().unwrap_or((0, 0)), "slot {id}");
+        }
+
+        // Everything expires: every count is 0 and the removed slot is reaped.
+        let later = monotonic_ns() + 1_000_000_000_000;
+        fixture
+            .dataplane
+            .sweep_connections_at(&Timeouts::default(), later)
+            .unwrap();
+        assert_eq!(fixture.dataplane.backend_load(id_b).unwrap(), (0, 0));
+        assert_eq!(fixture.dataplane.backend_load(id_a).unwrap(), (0, 0));
+        let freed = fixture.programmer.reap(&fixture.dataplane).unwrap();
+        assert_eq!(freed.len(), 1, "{freed:?}");
+    });
+}

@@ -1,0 +1,153 @@
+//! Limits being hit, logged once per episode rather than per packet: SNAT
+//! pools running dry, services over their new_flow_rate, a full
+//! connection table. An episode starts when a refusal counter rises and
+//! ends at the first sweep where it did not.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use pnlb_core::config::{Config, Service};
+use pnlb_dataplane::abi::Reason;
+use pnlb_dataplane::{Dataplane, Programmer};
+
+use crate::log::{info, warning};
+
+/// One counter's episode state.
+#[derive(Default)]
+struct Episode {
+    last: u64,
+    /// The count when the running episode began.
+    started_at: Option<u64>,
+}
+
+impl Episode {
+    /// Feeds the counter's current value; returns what to log: Some(true,
+    /// n) when an episode starts (n refused so far), Some(false, n) when it
+    /// ends (n refused in all).
+    fn observe(&mut self, now: u64) -> Option<(bool, u64)> {
+        let before = std::mem::replace(&mut self.last, now);
+        match (self.started_at, now > before) {
+            (None, true) => {
+                self.started_at = Some(before);
+                Some((true, now - before))
+            }
+            (Some(start), false) => {
+                self.started_at = None;
+                Some((false, now - start))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct PressureWatch {
+    /// (service, reason) -> episode.
+    services: HashMap<(String, u32), Episode>,
+    table_full: Episode,
+    /// New flows per service at the last check, for the opening rate.
+    new_flows: HashMap<String, (u64, Instant)>,
+}
+
+impl PressureWatch {
+    pub(super) fn check(
+        &mut self,
+        dataplane: &Dataplane,
+        programmer: &Programmer,
+        config: &Config,
+    ) {
+        if let Ok(reasons) = dataplane.reason_counters() {
+            let full = reasons[Reason::PNLB_DROP_TABLE_FULL.0 as usize];
+            match self.table_full.observe(full) {
+                Some((true, n)) => warning!(
+                    "connection table full: {n} new flow(s) refused; established flows are unaffected. \
+                     Raise daemon.conn_table_size (docs/conntrack.md says how to size it)"
+                ),
+                Some((false, n)) => info!("connection table has room again ({n} new flow(s) were refused)"),
+                None => {}
+            }
+        }
+        for service in &config.services {
+            let Some(id) = programmer.service_id(&service.name) else {
+                continue;
+            };
+            let Ok(counters) = dataplane.service_counters(id) else {
+                continue;
+            };
+            let rate = self.opening_rate(&service.name, counters.new_flows);
+            for reason in [
+                Reason::PNLB_DROP_SNAT_EXHAUSTED,
+                Reason::PNLB_DROP_RATE_LIMITED,
+            ] {
+                let count = counters.drops[reason.0 as usize];
+                let episode = self
+                    .services
+                    .entry((service.name.clone(), reason.0))
+                    .or_default();
+                match episode.observe(count) {
+                    Some((true, n)) => warning!("{}", episode_start(service, reason, n, rate)),
+                    Some((false, n)) => info!(
+                        "service {}: no longer refusing new flows ({n} refused: {})",
+                        service.name,
+                        pnlb_dataplane::stats::reason_name(reason.0 as usize)
+                    ),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// New flows per second since the last check.
+    fn opening_rate(&mut self, service: &str, new_flows: u64) -> Option<f64> {
+        let now = Instant::now();
+        let (before, then) = self
+            .new_flows
+            .insert(service.to_string(), (new_flows, now))?;
+        let seconds = now.duration_since(then).as_secs_f64();
+        (seconds > 0.0).then(|| new_flows.saturating_sub(before) as f64 / seconds)
+    }
+}
+
+fn episode_start(service: &Service, reason: Reason, refused: u64, rate: Option<f64>) -> String {
+    let opening = rate.map_or(String::new(), |r| format!(" (opening {r:.0} flows/s)"));
+    if reason == Reason::PNLB_DROP_RATE_LIMITED {
+        let limit = service.new_flow_rate.map_or(0, |r| r.per_second);
+        return format!(
+            "service {}: over new_flow_rate = {limit}/s{opening}, {refused} new flow(s) refused; \
+             established flows are unaffected. Raise new_flow_rate if this is not a flood",
+            service.name
+        );
+    }
+    let pool = service.snat.as_ref().map_or(String::new(), |snat| {
+        let sustained = snat
+            .sustained_rate()
+            .map_or(String::new(), |r| format!(", sustaining about {r:.0} new flows/s per backend"));
+        format!(
+            " The pool is {} address(es) x {} ports per backend, each resting {}s after its flow ends{sustained}.",
+            snat.addresses.len(),
+            snat.ports(),
+            snat.reuse_after.as_secs()
+        )
+    });
+    format!(
+        "service {}: SNAT ports exhausted{opening}, {refused} new flow(s) refused; established flows are unaffected.{pool} \
+         Add snat_addresses, widen snat_ports or shorten snat_reuse_after",
+        service.name
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_episode_is_logged_when_it_starts_and_when_it_ends() {
+        let mut episode = Episode::default();
+        assert_eq!(episode.observe(0), None);
+        assert_eq!(episode.observe(5), Some((true, 5)));
+        assert_eq!(episode.observe(9), None);
+        assert_eq!(episode.observe(9), Some((false, 9)));
+        assert_eq!(episode.observe(9), None);
+        assert_eq!(episode.observe(10), Some((true, 1)));
+    }
+}
