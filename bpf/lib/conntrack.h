@@ -121,6 +121,20 @@ static __always_inline void pnlb_peer_key(const struct pnlb_conn *conn, __u8 pro
 	peer->protocol = protocol;
 }
 
+/* The reply entry of a nat/snat flow whose original entry (keyed `key`)
+ * is `original`: the same flow, translated back. */
+static __always_inline void pnlb_reply_entry(const struct pnlb_flow_key *key,
+					     const struct pnlb_conn *original,
+					     struct pnlb_conn *reply)
+{
+	*reply = *original;
+	reply->direction = PNLB_DIR_REPLY;
+	reply->rewrite_src = key->dst;
+	reply->rewrite_sport = key->dst_port;
+	reply->rewrite_dst = key->src;
+	reply->rewrite_dport = key->src_port;
+}
+
 static __always_inline int pnlb_addr_eq(const struct pnlb_addr *a, const struct pnlb_addr *b)
 {
 	return a->words[0] == b->words[0] && a->words[1] == b->words[1] &&
@@ -476,12 +490,7 @@ static __always_inline int pnlb_conn_create(const struct pnlb_service *svc,
 		if (backend->port)
 			original.rewrite_dport = backend->port;
 
-		reply = original;
-		reply.direction = PNLB_DIR_REPLY;
-		reply.rewrite_src = pkt->flow.dst;
-		reply.rewrite_sport = pkt->flow.dst_port;
-		reply.rewrite_dst = pkt->flow.src;
-		reply.rewrite_dport = pkt->flow.src_port;
+		pnlb_reply_entry(&pkt->flow, &original, &reply);
 
 		if (svc->method == PNLB_METHOD_SNAT) {
 			struct pnlb_addr snat_addr;
@@ -512,9 +521,34 @@ static __always_inline int pnlb_conn_create(const struct pnlb_service *svc,
 			bpf_map_delete_elem(&pnlb_conns_new, &reply_key);
 		return PNLB_DROP_FLOW_CONFLICT;
 	}
+	/* Referenced, as the original is by the caller's lookup: the LRU then
+	 * treats the pair alike instead of taking the untouched reply first. */
+	if (entries == 2)
+		bpf_map_lookup_elem(&pnlb_conns_new, &reply_key);
 	pnlb_count_table(PNLB_TC_NEW_ENTRIES, entries);
 	pnlb_count_opened(backend_id);
 	pnlb_conn_report(&pkt->flow, &original);
+	return 0;
+}
+
+/*
+ * A half-open nat/snat flow whose reply entry the LRU evicted (it takes
+ * entries one by one): the reply entry is put back, unless another flow
+ * holds its key by now. Returns 0 or a drop reason.
+ */
+static __always_inline int pnlb_conn_heal(const struct pnlb_flow_key *key,
+					  const struct pnlb_conn *original,
+					  const struct pnlb_flow_key *reply_key)
+{
+	struct pnlb_conn reply;
+
+	if (bpf_map_lookup_elem(&pnlb_conns, reply_key))
+		return PNLB_DROP_FLOW_CONFLICT;
+	pnlb_reply_entry(key, original, &reply);
+	if (bpf_map_update_elem(&pnlb_conns_new, reply_key, &reply, BPF_NOEXIST))
+		return PNLB_DROP_FLOW_CONFLICT;
+	bpf_map_lookup_elem(&pnlb_conns_new, reply_key);
+	pnlb_count_table(PNLB_TC_NEW_ENTRIES, 1);
 	return 0;
 }
 
@@ -619,9 +653,14 @@ static __always_inline int pnlb_conn_for(const struct pnlb_service *svc,
 
 				pnlb_peer_key(*conn, pkt->flow.protocol, &peer_key);
 				peer = bpf_map_lookup_elem(&pnlb_conns_new, &peer_key);
-				if (!peer || !pnlb_is_peer_of(peer, *conn, &pkt->flow)) {
+				reason = 0;
+				if (!peer)
+					reason = pnlb_conn_heal(&pkt->flow, *conn, &peer_key);
+				else if (!pnlb_is_peer_of(peer, *conn, &pkt->flow))
+					reason = PNLB_DROP_FLOW_CONFLICT;
+				if (reason) {
 					pnlb_conn_delete(PNLB_NEW, &pkt->flow);
-					return PNLB_DROP_FLOW_CONFLICT;
+					return reason;
 				}
 			}
 			return 0;

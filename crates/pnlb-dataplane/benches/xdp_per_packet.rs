@@ -152,7 +152,9 @@ fn xdp(c: &mut Criterion) {
     });
     for (name, vip) in METHODS {
         let packet = tcp(vip, 40000, false);
-        one_by_one(&dataplane, 1, |_| packet.clone()); // creates the flow
+        // The handshake: the SYN creates the flow, the ACK establishes it.
+        one_by_one(&dataplane, 1, |_| tcp(vip, 40000, true));
+        one_by_one(&dataplane, 1, |_| packet.clone());
         group.bench_function(name, |b| {
             if name == "dr" {
                 b.iter_custom(|iters| repeated(&dataplane, iters, &packet))
@@ -161,6 +163,12 @@ fn xdp(c: &mut Criterion) {
             }
         });
     }
+    // A mid-flow packet no table holds (after a restart, on another node
+    // of an ECMP group): dr with maglev forwards it by hash.
+    let stateless = tcp("10.77.100.1", 40001, false);
+    group.bench_function("dr, no entry (forwarded by hash)", |b| {
+        b.iter_custom(|iters| repeated(&dataplane, iters, &stateless))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("xdp, new flow (8 backends)");

@@ -185,10 +185,19 @@ impl Dataplane {
         })
     }
 
-    /// Number of entries in both connection tables (walks them: not for
-    /// hot loops).
+    /// Entries in (established, new-flow) table now (walks them: not for
+    /// hot loops; [`Self::table_stats`] has the last sweep's count).
+    pub fn table_entries(&self) -> (u64, u64) {
+        (
+            self.maps().pnlb_conns.keys().count() as u64,
+            self.maps().pnlb_conns_new.keys().count() as u64,
+        )
+    }
+
+    /// Number of entries in both connection tables (walks them).
     pub fn connection_count(&self) -> usize {
-        self.maps().pnlb_conns.keys().count() + self.maps().pnlb_conns_new.keys().count()
+        let (established, new) = self.table_entries();
+        (established + new) as usize
     }
 }
 

@@ -81,14 +81,21 @@ impl Dataplane {
     /// Removes a flow a peer reported ended: its original entry and, for
     /// nat/snat, its reply entry.
     pub fn remove_flow(&self, key: &FlowKey) -> Result<(), DataplaneError> {
-        if let Some((table, conn)) = self.find_connection(key) {
+        for table in Table::BOTH {
+            self.remove_from(table, key);
+        }
+        Ok(())
+    }
+
+    /// Removes a flow's entries (both directions) from one table.
+    fn remove_from(&self, table: Table, key: &FlowKey) {
+        if let Some(conn) = self.lookup_in(table, key) {
             let map = self.conn_map(table);
             if has_flag(&conn, abi::ConnFlags::PNLB_CONN_F_NAT) {
                 let _ = map.delete(bytes_of(&peer_key(&conn, key.protocol)));
             }
             let _ = map.delete(bytes_of(key));
         }
-        Ok(())
     }
 
     /// Installs a flow a peer reported (ids already translated to ours):
@@ -107,6 +114,11 @@ impl Dataplane {
         } else {
             Table::Established
         };
+        if table == Table::Established {
+            // A copy reported while the flow was half-open goes: a flow is
+            // held (and counted) in one table.
+            self.remove_from(Table::New, key);
+        }
         let map = self.conn_map(table);
         let mut reply_key = None;
         if has_flag(&original, abi::ConnFlags::PNLB_CONN_F_NAT) {

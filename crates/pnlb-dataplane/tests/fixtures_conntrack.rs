@@ -211,6 +211,53 @@ fn a_packet_of_no_known_flow_goes_by_hash_on_dr_maglev_and_is_dropped_without_a_
 }
 
 #[test]
+fn a_half_open_flow_whose_reply_entry_was_evicted_gets_it_back() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        for method in ["nat", "snat"] {
+            let fixture = Fixture::new(&config(method, "rr", 2, ""));
+            let (verdict, out) = fixture.run(&client(42300, SYN).bytes());
+            assert_eq!(verdict, XDP_TX);
+            let (to, to_port, from, from_port) = {
+                let (source, source_port, backend, backend_port) = endpoints(&out);
+                (backend, backend_port, source, source_port)
+            };
+            let answer = Pkt::tcp(
+                &to.to_string(),
+                to_port,
+                &from.to_string(),
+                from_port,
+                SYN_ACK,
+            )
+            .macs(backend_mac(to), LB_MAC);
+            let reply_key = flow_of(&answer.bytes());
+            assert!(
+                fixture.dataplane.forget_entry(Table::New, &reply_key),
+                "{method}"
+            );
+
+            // The SYN-ACK is lost (no entry to translate it); the client
+            // retransmits its SYN, which puts the reply entry back.
+            let (verdict, again) = fixture.run(&client(42300, SYN).bytes());
+            assert_eq!(verdict, XDP_TX, "{method}: the retransmitted SYN goes on");
+            assert_eq!(
+                endpoints(&again),
+                endpoints(&out),
+                "{method}: the same translation"
+            );
+            assert_eq!(
+                fixture.run(&answer.bytes()).0,
+                XDP_REDIRECT,
+                "{method}: translated"
+            );
+            assert_eq!(fixture.reason("drop_flow_conflict"), 0, "{method}");
+        }
+    });
+}
+
+#[test]
 fn a_nat_or_snat_flow_no_table_holds_is_re_created_by_hash() {
     if !privileged() {
         return;

@@ -137,18 +137,31 @@ fn udp_loop(socket: UdpSocket, name: &str, stop: &AtomicBool) {
     }
 }
 
+/// How long a connection may sit idle before the server gives up on it:
+/// longer than any test holds one open.
+const IDLE_LIMIT: Duration = Duration::from_secs(600);
+
 fn accept_loop(listener: TcpListener, handler: Handler, stop: &AtomicBool) {
+    use std::os::fd::AsRawFd;
     while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let handler = handler.clone();
-                std::thread::spawn(move || {
-                    let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-                    handler(stream);
-                });
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        // Wait for a connection (or 100 ms, to see `stop`), so that a burst
+        // of connections is taken as fast as it comes.
+        let mut ready = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the call.
+        if unsafe { libc::poll(&mut ready, 1, 100) } <= 0 {
+            continue;
+        }
+        while let Ok((stream, _)) = listener.accept() {
+            let handler = handler.clone();
+            std::thread::spawn(move || {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(IDLE_LIMIT));
+                handler(stream);
+            });
         }
     }
 }

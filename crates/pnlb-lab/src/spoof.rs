@@ -5,9 +5,12 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::netns::in_netns;
+use crate::netns::{in_netns, spawn_in_netns};
 use crate::LabError;
 
 /// What each spoofed packet is.
@@ -53,18 +56,51 @@ impl Sent {
 /// Sends `flood` from namespace `ns`; returns once `count` packets went out
 /// or `limit` passed.
 pub fn send(ns: &str, flood: Flood) -> Result<Sent, LabError> {
-    // Lab addresses only, whatever the caller passed.
-    let lab = |a: Ipv4Addr| a.octets()[..2] == [10, 77];
-    if !lab(flood.source) || !lab(*flood.target.ip()) {
-        return Err(LabError::Setup(format!(
-            "spoofing is for lab addresses (10.77.0.0/16), not {} -> {}",
-            flood.source, flood.target
-        )));
-    }
-    in_netns(ns, move || flood_here(flood))?
+    check_lab_addresses(&flood)?;
+    let stop = AtomicBool::new(false);
+    in_netns(ns, move || flood_here(flood, &stop))?
 }
 
-fn flood_here(flood: Flood) -> Result<Sent, LabError> {
+/// A flood running in the background.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Result<Result<Sent, LabError>, LabError>>,
+}
+
+impl Running {
+    /// Stops the flood (if `count` and `limit` have not already) and says
+    /// what it sent.
+    pub fn finish(self) -> Result<Sent, LabError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().map_err(|_| LabError::Command {
+            command: "flood thread".into(),
+            reason: "panicked".into(),
+        })??
+    }
+}
+
+/// Starts `flood` from namespace `ns` in the background.
+pub fn start(ns: &str, flood: Flood) -> Result<Running, LabError> {
+    check_lab_addresses(&flood)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = spawn_in_netns(ns, move || flood_here(flood, &flag))?;
+    Ok(Running { stop, thread })
+}
+
+/// Lab addresses only, whatever the caller passed.
+fn check_lab_addresses(flood: &Flood) -> Result<(), LabError> {
+    let lab = |a: Ipv4Addr| a.octets()[..2] == [10, 77];
+    if lab(flood.source) && lab(*flood.target.ip()) {
+        return Ok(());
+    }
+    Err(LabError::Setup(format!(
+        "spoofing is for lab addresses (10.77.0.0/16), not {} -> {}",
+        flood.source, flood.target
+    )))
+}
+
+fn flood_here(flood: Flood, stop: &AtomicBool) -> Result<Sent, LabError> {
     let error = |what: &str| LabError::Command {
         command: format!("raw socket: {what}"),
         reason: std::io::Error::last_os_error().to_string(),
@@ -93,7 +129,7 @@ fn flood_here(flood: Flood) -> Result<Sent, LabError> {
     };
     let start = Instant::now();
     let mut sent = 0u64;
-    while sent < flood.count && start.elapsed() < flood.limit {
+    while sent < flood.count && start.elapsed() < flood.limit && !stop.load(Ordering::Relaxed) {
         if flood.rate > 0 {
             let due = Duration::from_secs_f64(sent as f64 / flood.rate as f64);
             if let Some(wait) = due.checked_sub(start.elapsed()) {

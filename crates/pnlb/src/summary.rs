@@ -90,11 +90,10 @@ pub fn render(dataplane: &Dataplane, programmer: &Programmer, config: &Config) -
             let _ = writeln!(out, "Not forwarded: {}", listed.join(", "));
         }
     }
-    let _ = writeln!(
-        out,
-        "Connection table: {}",
-        connection_table(dataplane).describe()
-    );
+    // Counted now (the status API reports the last sweep's count).
+    let mut table = connection_table(dataplane);
+    (table.entries, table.new_entries) = dataplane.table_entries();
+    let _ = writeln!(out, "Connection table: {}", table.describe());
     out
 }
 

@@ -5,12 +5,11 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod support;
 
-use pnlb_lab::{in_netns, Lab, LabProcess, LabSpec, ECHO_PORT, LB_INTERFACE, VIP4, VIP6};
+use pnlb_lab::{in_netns, Lab, LabSpec, ECHO_PORT, LB_INTERFACE, VIP4, VIP6};
 use support::*;
 
 #[test]
@@ -162,29 +161,6 @@ fn echo_connect(vip: IpAddr) -> (TcpStream, String) {
     let mut greeting = [0u8; 3];
     stream.read_exact(&mut greeting).expect("greeting");
     (stream, String::from_utf8_lossy(&greeting[..2]).to_string())
-}
-
-/// Rewrites the config, sends SIGHUP and waits until the daemon logs the reload.
-fn reload(daemon: &LabProcess, path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    let reloads = || {
-        daemon
-            .output()
-            .iter()
-            .filter(|l| l.contains("reloaded"))
-            .count()
-    };
-    let before = reloads();
-    daemon.signal(libc::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reloads() == before {
-        assert!(
-            Instant::now() < deadline,
-            "reload not logged: {:?}",
-            daemon.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

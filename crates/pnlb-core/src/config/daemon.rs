@@ -19,7 +19,9 @@ pub struct Daemon {
     /// Bearer token for mutations (and for reads from other hosts); none =
     /// the API is read-only.
     pub api_token_file: Option<PathBuf>,
-    /// Entries in the connection table (an LRU: the oldest go first when full).
+    /// Entries of the established-flow table, which never evicts (when it
+    /// is full, new flows that need an entry are refused); the half-open
+    /// table gets a quarter (docs/conntrack.md).
     pub conn_table_size: u32,
 }
 

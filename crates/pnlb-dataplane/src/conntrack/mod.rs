@@ -114,6 +114,12 @@ impl Dataplane {
             .find_map(|table| Some((table, self.lookup_in(table, key)?)))
     }
 
+    /// Removes the one entry under `key` from `table`, as the new-flow
+    /// table's LRU evicts entries one at a time (tests and tools).
+    pub fn forget_entry(&self, table: Table, key: &FlowKey) -> bool {
+        self.conn_map(table).delete(bytes_of(key)).is_ok()
+    }
+
     /// on_backend_down = "reset": marks the flows on backend slot
     /// `backend_id` so that each one's next packet goes to a live backend,
     /// which resets it (a mid-flow packet is otherwise never given a new

@@ -5,9 +5,9 @@
 //! timeout (IPVS's defaults: 900 s established, 120 s closing, 300 s UDP),
 //! from both tables. A nat/snat flow's two entries go together, judged by
 //! the more recent of the two, so a one-way stream never loses its reply
-//! mapping. An ended snat flow's reply key (SNAT address and port towards
-//! one backend) rests in `pnlb_snat_rest` for the service's
-//! snat_reuse_after, as the backend may hold it in TIME_WAIT. Entries
+//! mapping. An ended established TCP snat flow's reply key (SNAT address
+//! and port towards one backend) rests in `pnlb_snat_rest` for the
+//! service's snat_reuse_after, as the backend may hold it in TIME_WAIT. Entries
 //! refreshed between the dump and the delete are left alone. The same walk
 //! counts the flows that stay per backend ([`super::census`]) and how full
 //! the established table is (for admission). The pass streams the tables
@@ -190,7 +190,13 @@ impl Dataplane {
                     report.ended.push(flow);
                 }
             }
-            if has_flag(&conn, ConnFlags::PNLB_CONN_F_SNAT) {
+            // Only a TCP flow that got established can have left a
+            // TIME_WAIT on its backend; resting what never did (a SYN
+            // flood's leftovers) would only crowd out what must rest.
+            if table == Table::Established
+                && flow.protocol == libc::IPPROTO_TCP as u8
+                && has_flag(&conn, ConnFlags::PNLB_CONN_F_SNAT)
+            {
                 let reply_key = match &peer {
                     Some(peer) if is_original(&conn) => *peer,
                     _ => flow,

@@ -47,6 +47,8 @@ pub(super) struct PressureWatch {
     table_full: Episode,
     /// New flows per service at the last check, for the opening rate.
     new_flows: HashMap<String, (u64, Instant)>,
+    /// Whether the SNAT rest map was last found too small for the rate.
+    rest_short: bool,
 }
 
 impl PressureWatch {
@@ -67,6 +69,7 @@ impl PressureWatch {
                 None => {}
             }
         }
+        let mut resting = 0.0;
         for service in &config.services {
             let Some(id) = programmer.service_id(&service.name) else {
                 continue;
@@ -75,6 +78,9 @@ impl PressureWatch {
                 continue;
             };
             let rate = self.opening_rate(&service.name, counters.new_flows);
+            if let (Some(snat), Some(rate)) = (&service.snat, rate) {
+                resting += rate * snat.reuse_after.as_secs_f64();
+            }
             for reason in [
                 Reason::PNLB_DROP_SNAT_EXHAUSTED,
                 Reason::PNLB_DROP_RATE_LIMITED,
@@ -95,6 +101,22 @@ impl PressureWatch {
                 }
             }
         }
+        self.check_rest_room(resting, dataplane.table_sizes().snat_rest);
+    }
+
+    /// Ended snat flows rest in an LRU of conn_table_size keys; at a higher
+    /// rate than it holds, the oldest rests are cut short and a backend may
+    /// see a port it still holds in TIME_WAIT.
+    fn check_rest_room(&mut self, resting: f64, capacity: u32) {
+        let short = resting > f64::from(capacity) * 0.9;
+        if short && !self.rest_short {
+            warning!(
+                "SNAT: about {resting:.0} ended flows' ports must rest at the current rate, but the rest map holds                  {capacity}; the oldest rests are cut short. Raise daemon.conn_table_size (docs/conntrack.md)"
+            );
+        } else if !short && self.rest_short {
+            info!("SNAT: the rest map holds the current rate's ended flows again");
+        }
+        self.rest_short = short;
     }
 
     /// New flows per second since the last check.

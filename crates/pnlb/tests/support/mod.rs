@@ -206,3 +206,26 @@ pub fn fix_for(report: &str, problem: &str) -> String {
         .unwrap_or_else(|| panic!("no fix after {problem:?}: {report}"))
         .to_string()
 }
+
+/// Rewrites the config, sends SIGHUP and waits until the daemon logs the reload.
+pub fn reload(daemon: &pnlb_lab::LabProcess, path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    let reloads = || {
+        daemon
+            .output()
+            .iter()
+            .filter(|l| l.contains("reloaded"))
+            .count()
+    };
+    let before = reloads();
+    daemon.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reloads() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reload not logged: {:?}",
+            daemon.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -60,6 +60,15 @@ const HTTP: [(&str, u32, bool); 4] = [
 
 const IPERF: [(&str, u32); 2] = [("bulk TCP, 1 stream", 1), ("bulk TCP, 4 streams", 4)];
 
+/// New connections under a SYN flood: spoofed SYNs from the client's
+/// address with random source ports, at this rate, for the whole run.
+const SYN_FLOOD_PPS: u64 = 50_000;
+const UNDER_SYN_FLOOD: &str = "new connection per request, concurrency 32, under a 50k/s SYN flood";
+
+/// snat at c=1 with a new connection per request, twice in a row: ports
+/// used in the first run rest (TIME_WAIT on the servers) during the second.
+const BACK_TO_BACK_SECONDS: u32 = 10;
+
 #[derive(Default, Serialize)]
 struct Results {
     repetitions: usize,
@@ -70,6 +79,8 @@ struct Results {
     bulk_gbps: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
     /// setup -> one 64-byte UDP flood per repetition
     small_udp: BTreeMap<String, Vec<flood::FloodRun>>,
+    /// snat, c=1, new connection per request: two runs back to back.
+    snat_back_to_back: Option<(HttpRun, HttpRun)>,
 }
 
 pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
@@ -126,28 +137,23 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
             }
             for (name, connections, close) in HTTP {
                 let run = wrk(&lab, target, connections, close, args.seconds)?;
-                results
-                    .http
-                    .entry(name.into())
-                    .or_default()
-                    .entry(setup.name())
-                    .or_default()
-                    .push(run);
+                record(&mut results.http, name, &setup.name(), run);
             }
+            let run = under_syn_flood(&lab, target, args.seconds)?;
+            record(&mut results.http, UNDER_SYN_FLOOD, &setup.name(), run);
             if let Some(program) = setup.small_udp_program() {
                 let run = flood::flood(&lab, target, args.seconds, program)?;
                 results.small_udp.entry(setup.name()).or_default().push(run);
             }
             for (name, streams) in IPERF {
                 let gbps = iperf3(&lab, target, streams, args.seconds)?;
-                results
-                    .bulk_gbps
-                    .entry(name.into())
-                    .or_default()
-                    .entry(setup.name())
-                    .or_default()
-                    .push(gbps);
+                record(&mut results.bulk_gbps, name, &setup.name(), gbps);
             }
+        }
+        if setup == Setup::Pnlb("snat") {
+            let first = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS)?;
+            let second = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS)?;
+            results.snat_back_to_back = Some((first, second));
         }
     }
     drop(iperf_servers);
@@ -160,6 +166,21 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
         .with_context(|| format!("writing {}", args.json.display()))?;
     println!("\nmachine-readable results: {}", args.json.display());
     Ok(())
+}
+
+/// Adds one repetition's figure under (workload, setup).
+fn record<T>(
+    table: &mut BTreeMap<String, BTreeMap<String, Vec<T>>>,
+    workload: &str,
+    setup: &str,
+    value: T,
+) {
+    table
+        .entry(workload.into())
+        .or_default()
+        .entry(setup.into())
+        .or_default()
+        .push(value);
 }
 
 /// Each setup gets its own client source address: servers keep earlier
@@ -215,6 +236,29 @@ fn wrk(
     args.push(&url);
     let output = lab.client_command("wrk", &args)?;
     parse_wrk(&output).with_context(|| format!("unreadable wrk output: {output}"))
+}
+
+/// wrk, new connection per request at c=32, while spoofed SYNs flood the
+/// target's port 80.
+fn under_syn_flood(lab: &Lab, target: std::net::IpAddr, seconds: u32) -> Result<HttpRun> {
+    let std::net::IpAddr::V4(target4) = target else {
+        anyhow::bail!("the SYN flood is IPv4 only");
+    };
+    let flood = pnlb_lab::spoof::start(
+        &lab.client,
+        pnlb_lab::spoof::Flood {
+            kind: pnlb_lab::spoof::Kind::Syn,
+            source: pnlb_lab::CLIENT4,
+            target: std::net::SocketAddrV4::new(target4, 80),
+            count: SYN_FLOOD_PPS * u64::from(seconds + 5),
+            limit: Duration::from_secs(u64::from(seconds) + 5),
+            rate: SYN_FLOOD_PPS,
+            seed: 0x5f1d,
+        },
+    )?;
+    let run = wrk(lab, target, 32, true, seconds);
+    flood.finish()?;
+    run
 }
 
 fn iperf3(lab: &Lab, target: std::net::IpAddr, streams: u32, seconds: u32) -> Result<f64> {
@@ -357,6 +401,18 @@ fn render(results: &Results) -> String {
             "machine ns/pkt: busy CPU time of the whole VM (client, LB, servers) per delivered packet; \
              XDP ns/pkt: the data-plane program's own run time per packet (kernel BPF accounting). \
              haproxy is left out: it has no UDP in mode tcp."
+        );
+    }
+    if let Some((first, second)) = &results.snat_back_to_back {
+        let _ = writeln!(
+            out,
+            "\n== pnlb snat, new connection per request at concurrency 1, two {BACK_TO_BACK_SECONDS} s runs back to back ==\n\
+             first {:.0} req/s, second {:.0} req/s ({:+.1}%); errors {} and {}",
+            first.requests_per_sec,
+            second.requests_per_sec,
+            (second.requests_per_sec / first.requests_per_sec.max(1e-9) - 1.0) * 100.0,
+            first.errors,
+            second.errors
         );
     }
     let _ = writeln!(

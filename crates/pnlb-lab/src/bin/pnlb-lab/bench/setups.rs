@@ -115,6 +115,17 @@ impl Setup {
             }
             Setup::Ceiling => running.ceiling = Some(start_ceiling(lab)?),
             Setup::Pnlb(method) => {
+                if method == "snat" {
+                    for address in EXTRA_SNAT_ADDRESSES {
+                        let with_prefix = format!("{address}/24");
+                        netns::ip(&lab.lb, &["addr", "add", &with_prefix, "dev", "eth0"])?;
+                        running.undo.push(
+                            ["ip", "addr", "del", &with_prefix, "dev", "eth0"]
+                                .map(String::from)
+                                .to_vec(),
+                        );
+                    }
+                }
                 if method == "tun" {
                     for i in 0..lab.servers.len() {
                         running.decaps.push(lab.start_decap(pnlb_binary, i)?);
@@ -283,10 +294,31 @@ fn pnlb_config(lab: &Lab, method: &str) -> String {
         "flood",
         ("protocol = \"tcp\"", "protocol = \"udp\""),
     );
-    // Thousands of short connections a second: give snat the whole port
-    // range (the LB itself opens no connections in the lab).
-    format!("{web}\n{iperf}\n{flood}").replace(
-        "snat_addresses = [",
-        "snat_ports = \"1024-65535\"\nsnat_addresses = [",
-    )
+    // Thousands of short connections a second, each (address, port,
+    // backend) resting 120 s after use: give snat the whole port range
+    // (the LB itself opens no connections in the lab) on five addresses,
+    // about 2,700 new connections a second per backend (docs/conntrack.md).
+    let extra: String = EXTRA_SNAT_ADDRESSES
+        .iter()
+        .map(|a| format!(", \"{a}\""))
+        .collect();
+    // The runs open about 270,000 snat connections within two minutes, each
+    // port resting 120 s: the rest map (conn_table_size keys) must hold them.
+    let web = if method == "snat" {
+        web.replace("[daemon]\n", "[daemon]\nconn_table_size = 1048576\n")
+    } else {
+        web
+    };
+    format!("{web}\n{iperf}\n{flood}")
+        .replace(
+            "snat_addresses = [",
+            "snat_ports = \"1024-65535\"\nsnat_addresses = [",
+        )
+        .replace(
+            &format!("snat_addresses = [\"{}\"]", pnlb_lab::LB4),
+            &format!("snat_addresses = [\"{}\"{extra}]", pnlb_lab::LB4),
+        )
 }
+
+/// More LB addresses for snat (on the LB's LAN, inside the lab).
+pub const EXTRA_SNAT_ADDRESSES: [&str; 4] = ["10.77.1.5", "10.77.1.6", "10.77.1.7", "10.77.1.8"];
