@@ -53,8 +53,9 @@ pub struct TableSizes {
 
 impl TableSizes {
     /// The maps for a connection table of `conn_table_size` entries: the
-    /// new-flow table takes a quarter as much (at least 1024), which absorbs
-    /// handshakes at ~100k new flows/s under a 1 s median handshake.
+    /// new-flow table takes a quarter as much (at least 1024); it holds the
+    /// handshakes in flight (new flows/s x handshake time, two entries each
+    /// for nat/snat), and a flood beyond that only evicts its own kind.
     pub fn for_size(conn_table_size: u32) -> Self {
         Self {
             established: conn_table_size,
