@@ -78,13 +78,15 @@ static __always_inline int pnlb_handle_reply(struct xdp_md *ctx, const struct pn
 	if (reason)
 		return pnlb_service_drop(conn->service_id, reason);
 	pnlb_count_reply(conn->service_id, conn->backend_id, pkt->len);
-	copy = *conn;
 	if (promote) {
+		/* Promotion frees this entry: forward from a copy. */
+		copy = *conn;
 		reason = pnlb_conn_promote(&pkt->flow, &copy);
 		if (reason)
 			return pnlb_service_drop(copy.service_id, reason);
+		conn = &copy;
 	}
-	return pnlb_forward_fib(ctx, &copy, pkt);
+	return pnlb_forward_fib(ctx, conn, pkt);
 }
 
 /* pnlb_tun_encap's "go on and forward it". */

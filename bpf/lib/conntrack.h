@@ -294,18 +294,19 @@ static __always_inline int pnlb_conns_have_room(__u32 entries)
  * entry `conn` (keyed `key`) of either direction: the reply entry first,
  * with BPF_NOEXIST, so a translation is never held twice. A full table
  * leaves the flow where it is (counted); a reply key already held by an
- * established flow ends this one (it cannot be told apart).
+ * established flow ends this one (it cannot be told apart). `conn` is a
+ * copy: the entry it came from is freed here.
  */
 static __always_inline int pnlb_conn_promote(const struct pnlb_flow_key *key,
 					     const struct pnlb_conn *conn)
 {
 	struct pnlb_flow_key peer_key;
-	struct pnlb_conn mine = *conn, peer_copy;
+	struct pnlb_conn peer_copy;
 	struct pnlb_conn *peer;
 	int err;
 
 	if (!(conn->flags & PNLB_CONN_F_NAT)) {
-		err = bpf_map_update_elem(&pnlb_conns, key, &mine, BPF_NOEXIST);
+		err = bpf_map_update_elem(&pnlb_conns, key, conn, BPF_NOEXIST);
 		if (err == -PNLB_E2BIG) {
 			pnlb_count_table(PNLB_TC_PROMOTE_FULL, 1);
 			return 0;
@@ -327,7 +328,7 @@ static __always_inline int pnlb_conn_promote(const struct pnlb_flow_key *key,
 	if (conn->direction == PNLB_DIR_ORIGINAL)
 		err = bpf_map_update_elem(&pnlb_conns, &peer_key, &peer_copy, BPF_NOEXIST);
 	else
-		err = bpf_map_update_elem(&pnlb_conns, key, &mine, BPF_NOEXIST);
+		err = bpf_map_update_elem(&pnlb_conns, key, conn, BPF_NOEXIST);
 	if (err == -PNLB_E2BIG) {
 		pnlb_count_table(PNLB_TC_PROMOTE_FULL, 1);
 		return 0;
@@ -339,7 +340,7 @@ static __always_inline int pnlb_conn_promote(const struct pnlb_flow_key *key,
 		return PNLB_DROP_FLOW_CONFLICT;
 	}
 	if (conn->direction == PNLB_DIR_ORIGINAL)
-		err = bpf_map_update_elem(&pnlb_conns, key, &mine, BPF_ANY);
+		err = bpf_map_update_elem(&pnlb_conns, key, conn, BPF_ANY);
 	else
 		err = bpf_map_update_elem(&pnlb_conns, &peer_key, &peer_copy, BPF_ANY);
 	if (err) {

@@ -26,6 +26,7 @@
 
 #include <linux/icmp.h>
 #include <linux/icmpv6.h>
+#include "conntrack.h"
 #include "csum.h"
 #include "maps.h"
 #include "parse.h"
@@ -93,17 +94,15 @@ static __always_inline struct pnlb_conn *pnlb_icmp_conn(const struct pnlb_addr *
 							const __u16 *inner_ports, __u8 protocol,
 							struct pnlb_flow_key *key)
 {
+	int table;
+
 	__builtin_memset(key, 0, sizeof(*key));
 	key->src = *inner_dst;
 	key->dst = *inner_src;
 	key->src_port = inner_ports[1];
 	key->dst_port = inner_ports[0];
 	key->protocol = protocol;
-	{
-		struct pnlb_conn *conn = bpf_map_lookup_elem(&pnlb_conns, key);
-
-		return conn ? conn : bpf_map_lookup_elem(&pnlb_conns_new, key);
-	}
+	return pnlb_conn_find(key, &table);
 }
 
 /* The outer source keeps the ICMP sender unless the entry rewrites sources

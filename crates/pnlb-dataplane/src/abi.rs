@@ -118,6 +118,16 @@ pub fn addr(ip: IpAddr) -> Addr {
     Addr { words }
 }
 
+/// The address [`addr`] stored (IPv4-mapped addresses back to IPv4).
+pub fn ip_of(addr: &Addr) -> IpAddr {
+    let mut octets = [0u8; 16];
+    for (chunk, word) in octets.chunks_exact_mut(4).zip(addr.words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    let v6 = std::net::Ipv6Addr::from(octets);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
 /// The flow hash the XDP program computes (bpf/lib/sched.h), for tests and
 /// tools that need to know which table slot a flow lands in.
 pub fn flow_hash(flow: &FlowKey, hash_key: HashKey) -> u32 {
@@ -140,6 +150,10 @@ mod tests {
         let bytes = bytes_of(&a);
         assert_eq!(&bytes[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
         assert_eq!(&bytes[12..], &[10, 77, 1, 2]);
+        for text in ["10.77.1.2", "fd77:1::2"] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_of(&addr(ip)), ip);
+        }
     }
 
     #[test]

@@ -4,12 +4,13 @@
 //! this way, is the reference the daemon's own counts are checked against.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use libbpf_rs::libbpf_sys;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use crate::abi::{from_bytes, Addr, Backend, BackendFlags, Conn, ConnDirection, ConnState};
+use crate::abi::{from_bytes, ip_of, Backend, BackendFlags, Conn};
+use crate::conntrack::{is_established, is_original};
 use crate::loader::DataplaneError;
 
 /// The maps of an attached pnlb program.
@@ -136,7 +137,7 @@ impl AttachedTables {
                 let Some(conn) = from_bytes::<Conn>(&value) else {
                     continue;
                 };
-                if conn.direction != ConnDirection::PNLB_DIR_ORIGINAL.0 as u8 {
+                if !is_original(&conn) {
                     continue;
                 }
                 let Some((generation, address)) = occupants.get(&conn.backend_id) else {
@@ -146,7 +147,7 @@ impl AttachedTables {
                     continue;
                 }
                 let count = flows.entry(*address).or_default();
-                if u32::from(conn.state) == ConnState::PNLB_CT_ESTABLISHED.0 {
+                if is_established(&conn) {
                     count.0 += 1;
                 } else {
                     count.1 += 1;
@@ -154,18 +155,5 @@ impl AttachedTables {
             }
         }
         Ok(flows)
-    }
-}
-
-/// An address as the maps store it (IPv4 mapped into IPv6).
-pub fn ip_of(addr: &Addr) -> IpAddr {
-    let bytes: Vec<u8> = addr.words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let mut octets = [0u8; 16];
-    octets.copy_from_slice(&bytes);
-    let v6 = Ipv6Addr::from(octets);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None if v6 == Ipv6Addr::UNSPECIFIED => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        None => IpAddr::V6(v6),
     }
 }

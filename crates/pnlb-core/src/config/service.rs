@@ -73,6 +73,14 @@ impl Protocol {
             Protocol::Udp => 17,
         }
     }
+
+    /// As the config writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +99,16 @@ impl Method {
     /// Whether replies cross the load balancer and need translating back.
     pub fn translates(self) -> bool {
         matches!(self, Method::Nat | Method::Snat)
+    }
+
+    /// As the config writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Dr => "dr",
+            Method::Tun => "tun",
+            Method::Nat => "nat",
+            Method::Snat => "snat",
+        }
     }
 }
 
@@ -152,21 +170,13 @@ pub enum HashKey {
 
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
+        f.write_str(self.name())
     }
 }
 
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Method::Dr => "dr",
-            Method::Tun => "tun",
-            Method::Nat => "nat",
-            Method::Snat => "snat",
-        })
+        f.write_str(self.name())
     }
 }
 

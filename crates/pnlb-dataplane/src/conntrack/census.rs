@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use libbpf_rs::{MapCore, MapFlags};
 
+use super::is_established;
 use crate::abi::{self, bytes_of, from_bytes, BackendConns, BackendFlags, BackendLoad, Conn};
 use crate::loader::{Dataplane, DataplaneError};
 
@@ -53,7 +54,7 @@ impl Census {
             .counts
             .entry((conn.backend_id, conn.backend_generation))
             .or_default();
-        if u32::from(conn.state) == abi::ConnState::PNLB_CT_ESTABLISHED.0 {
+        if is_established(conn) {
             entry.0 += 1;
         } else {
             entry.1 += 1;

@@ -85,6 +85,11 @@ pub(crate) fn is_original(conn: &Conn) -> bool {
     conn.direction == ConnDirection::PNLB_DIR_ORIGINAL.0 as u8
 }
 
+/// Counted active (IPVS ActiveConn); every other state is inactive.
+pub(crate) fn is_established(conn: &Conn) -> bool {
+    u32::from(conn.state) == ConnState::PNLB_CT_ESTABLISHED.0
+}
+
 impl Dataplane {
     pub(crate) fn conn_map(&self, table: Table) -> &dyn MapCore {
         match table {

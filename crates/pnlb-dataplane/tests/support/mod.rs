@@ -399,17 +399,10 @@ impl Pkt {
 /// Reads (source, source port, destination, destination port) back from bytes.
 pub fn endpoints(packet: &[u8]) -> (IpAddr, u16, IpAddr, u16) {
     let flow = flow_of(packet);
-    let addr = |a: &abi::Addr| -> IpAddr {
-        let bytes: Vec<u8> = a.words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes.as_slice()).unwrap());
-        v6.to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6))
-    };
     (
-        addr(&flow.src),
+        abi::ip_of(&flow.src),
         u16::from_be(flow.src_port),
-        addr(&flow.dst),
+        abi::ip_of(&flow.dst),
         u16::from_be(flow.dst_port),
     )
 }

@@ -663,7 +663,7 @@ impl State<'_> {
                     continue;
                 }
                 gue_port = gue_port.or(dest.gue_port);
-                let clients_port = method.keeps_port() || vs.port == 0;
+                let clients_port = !method.translates() || vs.port == 0;
                 let mut backend_comments = Vec::new();
                 if clients_port && dest.port != vs.port && dest.port != 0 {
                     backend_comments.push(format!(

@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+pub use pnlb_core::config::{Method, Protocol};
+
 /// One line of the summary: something not imported, or imported with a
 /// different meaning. `line` is 0 when the note is about the whole input.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,46 +52,6 @@ impl Notes {
             kind: NoteKind::Approximated,
             text: text.into(),
         });
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    Dr,
-    Tun,
-    Nat,
-    Snat,
-}
-
-impl Method {
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Dr => "dr",
-            Method::Tun => "tun",
-            Method::Nat => "nat",
-            Method::Snat => "snat",
-        }
-    }
-
-    /// dr and tun forward the packet as the client sent it: IPVS ignores a
-    /// real server's port for them, and pnlb does not allow one.
-    pub fn keeps_port(self) -> bool {
-        matches!(self, Method::Dr | Method::Tun)
     }
 }
 

@@ -16,9 +16,9 @@ pub fn add_backend(
 ) {
     let same = backends
         .iter_mut()
-        .find(|b| b.address == backend.address && (method.keeps_port() || b.port == backend.port));
+        .find(|b| b.address == backend.address && (!method.translates() || b.port == backend.port));
     match same {
-        Some(existing) if method.keeps_port() => {
+        Some(existing) if !method.translates() => {
             existing.weight = (existing.weight + backend.weight).min(65_535);
             existing.comments.push(format!(
                 "also real_server {} {} (line {}): with {} both are this server; weights added",

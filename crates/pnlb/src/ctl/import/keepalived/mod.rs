@@ -225,7 +225,7 @@ impl Context {
                 service.name = service_name(service.protocol, vip, port);
                 // dr and tun forward to the port the client asked for, and
                 // so does every port-0 (all ports) service.
-                let clients_port = service.method.keeps_port() || port == 0;
+                let clients_port = !service.method.translates() || port == 0;
                 for backend in &mut service.backends {
                     let own = backend.port;
                     if clients_port {
