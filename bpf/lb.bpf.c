@@ -18,6 +18,7 @@
 #include "lib/icmp.h"
 #include "lib/encap.h"
 #include "lib/pmtu.h"
+#include "lib/ttl.h"
 
 /*
  * BTF anchor: makes clang emit every ABI enum into BTF so that libbpf-cargo
@@ -63,15 +64,39 @@ static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_
 	return bpf_map_lookup_elem(&pnlb_services, &key);
 }
 
-/* A packet from a nat/snat backend: translate it back if it is a reply. */
-static __always_inline int pnlb_handle_reply(struct xdp_md *ctx, const struct pnlb_packet *pkt)
+/*
+ * The address a nat/snat server sees as its peer, which our answers to it
+ * come from: the SNAT address (snat) or the VIP (nat).
+ */
+static __always_inline const struct pnlb_addr *pnlb_server_peer(const struct pnlb_conn *conn,
+								const struct pnlb_packet *pkt)
 {
-	struct pnlb_conn copy, *conn;
-	int table, promote, reason;
+	return (conn->flags & PNLB_CONN_F_SNAT) ? &pkt->flow.dst : &conn->rewrite_src;
+}
 
+/*
+ * A packet from a nat/snat backend: translate it back if it is a reply. A
+ * global function: its stack (a FIB query, an entry's copy) is not added
+ * to the scheduler's, and it is verified once.
+ */
+__attribute__((noinline)) int pnlb_handle_reply(struct xdp_md *ctx, const struct pnlb_packet *pkt)
+{
+	struct bpf_fib_lookup fib;
+	struct pnlb_conn *conn;
+	int table, promote, reason, rc;
+	__u32 service_id;
+
+	if (!ctx || !pkt)
+		return XDP_DROP;
 	conn = pnlb_conn_find(&pkt->flow, &table);
 	if (!conn || conn->direction != PNLB_DIR_REPLY)
 		return pnlb_pass(PNLB_PASS_NOT_SERVICE);
+	if (pnlb_ttl_expires(pkt))
+		return pnlb_time_exceeded(ctx, conn->service_id, pkt, pnlb_server_peer(conn, pkt));
+	rc = pnlb_fib_route(ctx, conn, pkt, &fib);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return pnlb_too_big(ctx, conn->service_id, pkt, pnlb_server_peer(conn, pkt),
+				    fib.mtu_result, 0);
 	/* A UDP reply establishes its flow. */
 	promote = pnlb_conn_track(conn, table, pkt, 0);
 	reason = pnlb_nat_rewrite(ctx, pkt, conn);
@@ -79,14 +104,13 @@ static __always_inline int pnlb_handle_reply(struct xdp_md *ctx, const struct pn
 		return pnlb_service_drop(conn->service_id, reason);
 	pnlb_count_reply(conn->service_id, conn->backend_id, pkt->len);
 	if (promote) {
-		/* Promotion frees this entry: forward from a copy. */
-		copy = *conn;
-		reason = pnlb_conn_promote(&pkt->flow, &copy);
+		/* Promotion frees the entry: nothing reads it after. */
+		service_id = conn->service_id;
+		reason = pnlb_conn_promote(&pkt->flow, conn);
 		if (reason)
-			return pnlb_service_drop(copy.service_id, reason);
-		conn = &copy;
+			return pnlb_service_drop(service_id, reason);
 	}
-	return pnlb_forward_fib(ctx, conn, pkt);
+	return pnlb_fib_send(ctx, &fib, rc);
 }
 
 /* pnlb_tun_encap's "go on and forward it". */
@@ -113,6 +137,26 @@ __attribute__((noinline)) int pnlb_tun_encap(struct xdp_md *ctx, const struct pn
 	if (reason)
 		return pnlb_service_drop(service_id, reason);
 	return PNLB_TUN_ENCAPSULATED;
+}
+
+/* pnlb_check_egress's "it fits". */
+#define PNLB_FITS (-1)
+
+/*
+ * dr, nat, snat: whether the client's packet, as it arrived, fits the
+ * backend's egress; PNLB_FITS or the verdict (answered from the VIP).
+ * tun checks with its headers in pnlb_tun_encap.
+ */
+static __always_inline int pnlb_check_egress(struct xdp_md *ctx, __u32 service_id,
+					     const struct pnlb_packet *pkt,
+					     const struct pnlb_backend *backend)
+{
+	__u32 mtu;
+
+	if (backend->encap != PNLB_ENCAP_NONE || pnlb_fits_any_link(pkt) ||
+	    pnlb_fits_mtu(ctx, backend, 0, &mtu))
+		return PNLB_FITS;
+	return pnlb_too_big(ctx, service_id, pkt, &pkt->flow.dst, mtu, 0);
 }
 
 /* The last step towards a backend: tunneled for tun, then to its MAC. */
@@ -165,7 +209,7 @@ int pnlb_xdp(struct xdp_md *ctx)
 	struct pnlb_packet pkt;
 	__u32 backend_id = 0;
 	int new_flow = 0, table = 0, promote = 0;
-	int reason;
+	int reason, verdict;
 
 	reason = pnlb_parse(ctx, &pkt);
 	if (reason == PNLB_PARSE_FROM_BACKEND)
@@ -181,6 +225,8 @@ int pnlb_xdp(struct xdp_md *ctx)
 	svc = pnlb_find_service(&pkt.flow);
 	if (!svc)
 		return pnlb_pass(PNLB_PASS_VIP_NO_SERVICE);
+	if (pnlb_method_routes(svc) && pnlb_ttl_expires(&pkt))
+		return pnlb_time_exceeded(ctx, svc->id, &pkt, &pkt.flow.dst);
 
 	reason = pnlb_conn_for(svc, &pkt, &conn, &table, &backend, &backend_id, &new_flow);
 	if (reason == PNLB_STATELESS) {
@@ -189,12 +235,18 @@ int pnlb_xdp(struct xdp_md *ctx)
 		pnlb_service_count(svc->id, PNLB_FWD_STATELESS);
 		if (!backend)
 			return pnlb_service_drop(svc->id, PNLB_DROP_NO_BACKEND);
+		verdict = pnlb_check_egress(ctx, svc->id, &pkt, backend);
+		if (verdict != PNLB_FITS)
+			return verdict;
 		return pnlb_forward_to_backend(ctx, svc->id, &pkt, backend, backend_id, 0);
 	}
 	if (reason)
 		return pnlb_service_drop(svc->id, reason);
 	if (!conn || !backend)
 		return pnlb_service_drop(svc->id, PNLB_DROP_NO_BACKEND);
+	verdict = pnlb_check_egress(ctx, svc->id, &pkt, backend);
+	if (verdict != PNLB_FITS)
+		return verdict;
 	promote = pnlb_conn_track(conn, table, &pkt, new_flow);
 
 	switch (svc->method) {
@@ -211,9 +263,8 @@ int pnlb_xdp(struct xdp_md *ctx)
 		return pnlb_service_drop(svc->id, PNLB_DROP_UNSUPPORTED_METHOD);
 	}
 	if (promote) {
-		struct pnlb_conn copy = *conn;
-
-		reason = pnlb_conn_promote(&pkt.flow, &copy);
+		/* Promotion frees the entry: nothing reads it after. */
+		reason = pnlb_conn_promote(&pkt.flow, conn);
 		if (reason)
 			return pnlb_service_drop(svc->id, reason);
 	}

@@ -154,10 +154,11 @@ enum pnlb_reason {
 					* resolve the next hop and forward */
 	PNLB_DROP_NO_ROUTE = 16,       /* translated reply has no route */
 	PNLB_DROP_BACKENDS_FULL = 17,  /* every candidate is at max_conns */
-	PNLB_TX_ICMP_TOO_BIG = 18,     /* tun: too big once encapsulated; answered
-					* with frag-needed / packet-too-big */
-	PNLB_DROP_TOO_BIG = 19,        /* tun: too big once encapsulated and may
-					* not be answered (IPv4 without DF) */
+	PNLB_TX_ICMP_TOO_BIG = 18,     /* too big for the egress (tun: once
+					* encapsulated); answered with
+					* frag-needed / packet-too-big */
+	PNLB_DROP_TOO_BIG = 19,        /* too big for the egress and may not be
+					* answered (IPv4 without DF) */
 	PNLB_DROP_ENCAP_FAILED = 20,   /* tun: no headroom for the outer headers */
 	PNLB_DROP_NO_FLOW = 21,        /* a packet of no known flow that cannot
 					* start one (not a SYN) and may not be
@@ -175,7 +176,12 @@ enum pnlb_reason {
 					* drop: counted here to be visible) */
 	PNLB_FWD_REHASHED = 27,        /* nat/snat: a flow no table held,
 					* re-created by hash (not a drop) */
-	PNLB_REASON_MAX = 28,
+	PNLB_TX_ICMP_TIME_EXCEEDED = 28, /* nat/snat: TTL / hop limit expired
+					  * here; answered with time exceeded */
+	PNLB_DROP_ICMP_RATE_LIMITED = 29, /* an ICMP answer (time exceeded, too
+					   * big) withheld by the rate limit;
+					   * the packet dropped */
+	PNLB_REASON_MAX = 30,
 };
 
 /* Connection-table events, per CPU in pnlb_table_stats. */

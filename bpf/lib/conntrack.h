@@ -294,16 +294,18 @@ static __always_inline int pnlb_conns_have_room(__u32 entries)
  * entry `conn` (keyed `key`) of either direction: the reply entry first,
  * with BPF_NOEXIST, so a translation is never held twice. A full table
  * leaves the flow where it is (counted); a reply key already held by an
- * established flow ends this one (it cannot be told apart). `conn` is a
- * copy: the entry it came from is freed here.
+ * established flow ends this one (it cannot be told apart). `conn` may be
+ * the new-flow table's own entry: it is freed here, and read only before.
  */
-static __always_inline int pnlb_conn_promote(const struct pnlb_flow_key *key,
-					     const struct pnlb_conn *conn)
+__attribute__((noinline)) int pnlb_conn_promote(const struct pnlb_flow_key *key,
+						const struct pnlb_conn *conn)
 {
 	struct pnlb_flow_key peer_key;
-	struct pnlb_conn peer_copy;
 	struct pnlb_conn *peer;
 	int err;
+
+	if (!key || !conn)
+		return PNLB_DROP_FLOW_CONFLICT;
 
 	if (!(conn->flags & PNLB_CONN_F_NAT)) {
 		err = bpf_map_update_elem(&pnlb_conns, key, conn, BPF_NOEXIST);
@@ -323,10 +325,9 @@ static __always_inline int pnlb_conn_promote(const struct pnlb_flow_key *key,
 	peer = bpf_map_lookup_elem(&pnlb_conns_new, &peer_key);
 	if (!peer || !pnlb_is_peer_of(peer, conn, key))
 		return PNLB_DROP_FLOW_CONFLICT;
-	peer_copy = *peer;
 	/* The reply entry first: a reply must never find none. */
 	if (conn->direction == PNLB_DIR_ORIGINAL)
-		err = bpf_map_update_elem(&pnlb_conns, &peer_key, &peer_copy, BPF_NOEXIST);
+		err = bpf_map_update_elem(&pnlb_conns, &peer_key, peer, BPF_NOEXIST);
 	else
 		err = bpf_map_update_elem(&pnlb_conns, key, conn, BPF_NOEXIST);
 	if (err == -PNLB_E2BIG) {
@@ -342,7 +343,7 @@ static __always_inline int pnlb_conn_promote(const struct pnlb_flow_key *key,
 	if (conn->direction == PNLB_DIR_ORIGINAL)
 		err = bpf_map_update_elem(&pnlb_conns, key, conn, BPF_ANY);
 	else
-		err = bpf_map_update_elem(&pnlb_conns, &peer_key, &peer_copy, BPF_ANY);
+		err = bpf_map_update_elem(&pnlb_conns, &peer_key, peer, BPF_ANY);
 	if (err) {
 		/* Full after all: undo, the flow stays where it was. */
 		if (conn->direction == PNLB_DIR_ORIGINAL)
@@ -458,77 +459,108 @@ static __always_inline int pnlb_nat_reserve(const struct pnlb_packet *pkt,
 /*
  * Creates the entries of a new flow on `backend` in pnlb_conns_new;
  * returns 0 or a drop reason. For nat/snat the reply entry goes in first.
+ * Global functions, this one and pnlb_conn_promote: their stacks (entries
+ * and keys built in place) are not added to the scheduler's, and each is
+ * verified once.
  */
-static __always_inline int pnlb_conn_create(const struct pnlb_service *svc,
-					    const struct pnlb_packet *pkt,
-					    __u32 backend_id,
-					    const struct pnlb_backend *backend, __u8 state,
-					    __u8 flags)
+/* A new flow's entries while they are built: too big for the BPF stack,
+ * which holds 512 bytes over the whole chain of calls. Per CPU, and a CPU
+ * runs one XDP program at a time. */
+struct pnlb_new_flow {
+	struct pnlb_conn original;
+	struct pnlb_conn reply;
+	struct pnlb_flow_key reply_key;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pnlb_new_flow);
+} pnlb_new_flow_scratch SEC(".maps");
+
+#define PNLB_OPENING(state, flags) ((__u32)(state) | (__u32)(flags) << 8)
+
+/* `opening`: PNLB_OPENING(the flow's first state, its entry flags), one
+ * argument as a BPF call takes at most five. */
+__attribute__((noinline)) int pnlb_conn_create(const struct pnlb_service *svc,
+					       const struct pnlb_packet *pkt, __u32 backend_id,
+					       const struct pnlb_backend *backend, __u32 opening)
 {
+	__u8 state = opening & 0xff, flags = opening >> 8;
 	__u64 now = bpf_ktime_get_ns();
-	struct pnlb_conn original = {};
-	struct pnlb_conn reply = {};
-	struct pnlb_flow_key reply_key = {};
+	struct pnlb_conn *original, *reply;
+	struct pnlb_flow_key *reply_key;
+	struct pnlb_new_flow *scratch;
+	__u32 zero = 0;
 	__u64 entries = 1;
 
-	original.backend_id = backend_id;
-	original.backend_generation = backend->generation;
-	original.service_id = svc->id;
-	original.state = state;
-	original.flags = flags;
-	original.direction = PNLB_DIR_ORIGINAL;
-	original.created_ns = now;
-	original.last_seen_ns = now;
-	original.rewrite_src = pkt->flow.src;
-	original.rewrite_sport = pkt->flow.src_port;
-	original.rewrite_dst = pkt->flow.dst;
-	original.rewrite_dport = pkt->flow.dst_port;
+	scratch = bpf_map_lookup_elem(&pnlb_new_flow_scratch, &zero);
+	if (!svc || !pkt || !backend || !scratch)
+		return PNLB_DROP_NO_BACKEND;
+	__builtin_memset(scratch, 0, sizeof(*scratch));
+	original = &scratch->original;
+	reply = &scratch->reply;
+	reply_key = &scratch->reply_key;
+
+	original->backend_id = backend_id;
+	original->backend_generation = backend->generation;
+	original->service_id = svc->id;
+	original->state = state;
+	original->flags = flags;
+	original->direction = PNLB_DIR_ORIGINAL;
+	original->created_ns = now;
+	original->last_seen_ns = now;
+	original->rewrite_src = pkt->flow.src;
+	original->rewrite_sport = pkt->flow.src_port;
+	original->rewrite_dst = pkt->flow.dst;
+	original->rewrite_dport = pkt->flow.dst_port;
 
 	if (svc->method == PNLB_METHOD_NAT || svc->method == PNLB_METHOD_SNAT) {
-		original.flags |= PNLB_CONN_F_NAT;
-		original.rewrite_dst = backend->addr;
+		original->flags |= PNLB_CONN_F_NAT;
+		original->rewrite_dst = backend->addr;
 		/* port 0 services keep the client's destination port */
 		if (backend->port)
-			original.rewrite_dport = backend->port;
+			original->rewrite_dport = backend->port;
 
-		pnlb_reply_entry(&pkt->flow, &original, &reply);
+		pnlb_reply_entry(&pkt->flow, original, reply);
 
 		if (svc->method == PNLB_METHOD_SNAT) {
 			struct pnlb_addr snat_addr;
 			__u16 snat_port;
 			int reason;
 
-			original.flags |= PNLB_CONN_F_SNAT;
-			reply.flags |= PNLB_CONN_F_SNAT;
-			reason = pnlb_snat_reserve(svc, pkt, &original, &reply, &snat_addr,
+			original->flags |= PNLB_CONN_F_SNAT;
+			reply->flags |= PNLB_CONN_F_SNAT;
+			reason = pnlb_snat_reserve(svc, pkt, original, reply, &snat_addr,
 						   &snat_port);
 			if (reason)
 				return reason;
-			original.rewrite_src = snat_addr;
-			original.rewrite_sport = snat_port;
+			original->rewrite_src = snat_addr;
+			original->rewrite_sport = snat_port;
 		} else {
-			int reason = pnlb_nat_reserve(pkt, &original, &reply);
+			int reason = pnlb_nat_reserve(pkt, original, reply);
 
 			if (reason)
 				return reason;
 		}
-		pnlb_peer_key(&original, pkt->flow.protocol, &reply_key);
+		pnlb_peer_key(original, pkt->flow.protocol, reply_key);
 		entries = 2;
 	}
-	if (bpf_map_update_elem(&pnlb_conns_new, &pkt->flow, &original, BPF_NOEXIST)) {
+	if (bpf_map_update_elem(&pnlb_conns_new, &pkt->flow, original, BPF_NOEXIST)) {
 		/* The key is another flow's reply entry (a backend that is also
 		 * a client of the same VIP): that flow keeps it. */
 		if (entries == 2)
-			bpf_map_delete_elem(&pnlb_conns_new, &reply_key);
+			bpf_map_delete_elem(&pnlb_conns_new, reply_key);
 		return PNLB_DROP_FLOW_CONFLICT;
 	}
 	/* Referenced, as the original is by the caller's lookup: the LRU then
 	 * treats the pair alike instead of taking the untouched reply first. */
 	if (entries == 2)
-		bpf_map_lookup_elem(&pnlb_conns_new, &reply_key);
+		bpf_map_lookup_elem(&pnlb_conns_new, reply_key);
 	pnlb_count_table(PNLB_TC_NEW_ENTRIES, entries);
 	pnlb_count_opened(backend_id);
-	pnlb_conn_report(&pkt->flow, &original);
+	pnlb_conn_report(&pkt->flow, original);
 	return 0;
 }
 
@@ -697,8 +729,8 @@ open:
 		return reason;
 	if (svc->persistence_s && !rehashed)
 		pnlb_affinity_record(svc, &pkt->flow.src, *backend_id, (*backend)->generation);
-	reason = pnlb_conn_create(svc, pkt, *backend_id, *backend, state,
-				  rehashed ? PNLB_CONN_F_REHASHED : 0);
+	reason = pnlb_conn_create(svc, pkt, *backend_id, *backend,
+				  PNLB_OPENING(state, rehashed ? PNLB_CONN_F_REHASHED : 0));
 	if (reason)
 		return reason;
 	if (rehashed)

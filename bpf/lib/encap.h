@@ -38,7 +38,6 @@
 #define PNLB_IPV6_HLEN 40
 #define PNLB_UDP_HLEN 8
 #define PNLB_OUTER_TTL 64
-#define PNLB_IP_DF 0x4000
 /* GUE source ports come from 49152-65535 (RFC 8086's advice for UDP
  * encapsulations), chosen by the flow hash. */
 #define PNLB_GUE_SPORT_BASE 0xc000

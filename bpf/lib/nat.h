@@ -3,7 +3,8 @@
  * Address and port translation for nat and snat: rewrite the packet's
  * source and destination to a connection entry's rewrite_* fields, with
  * incremental updates of the IPv4 header checksum and the TCP/UDP checksum
- * (whose pseudo-header covers the addresses). Only what differs is touched.
+ * (whose pseudo-header covers the addresses), and one hop off the TTL /
+ * hop limit (ttl.h). Only what differs is touched.
  */
 #ifndef PNLB_NAT_H
 #define PNLB_NAT_H
@@ -55,6 +56,16 @@ static __always_inline void pnlb_rewrite_ports(void *l4, void *data_end, __u16 *
 	}
 }
 
+/* One hop less (see ttl.h); the header checksum follows. */
+static __always_inline void pnlb_ipv4_hop(struct iphdr *ip)
+{
+	__u16 *ttl_protocol = (__u16 *)&ip->ttl;
+	__u16 from = *ttl_protocol;
+
+	ip->ttl -= 1;
+	pnlb_csum_replace2(&ip->check, from, *ttl_protocol);
+}
+
 static __always_inline int pnlb_nat_ipv4(struct xdp_md *ctx, __u8 protocol,
 					 const struct pnlb_conn *conn)
 {
@@ -90,6 +101,7 @@ static __always_inline int pnlb_nat_ipv4(struct xdp_md *ctx, __u8 protocol,
 	pnlb_rewrite_ports(l4, data_end, l4_check, conn->rewrite_sport, conn->rewrite_dport);
 	if (l4_check && protocol == IPPROTO_UDP && *l4_check == 0)
 		*l4_check = 0xffff;
+	pnlb_ipv4_hop(ip);
 	return 0;
 }
 
@@ -99,7 +111,8 @@ static __always_inline void pnlb_rewrite_addr6(__u32 *field, const struct pnlb_a
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
 		if (field[i] != to->words[i]) {
-			pnlb_csum_replace4(l4_check, field[i], to->words[i]);
+			if (l4_check)
+				pnlb_csum_replace4(l4_check, field[i], to->words[i]);
 			field[i] = to->words[i];
 		}
 	}
@@ -119,11 +132,19 @@ static __always_inline int pnlb_nat_ipv6(struct xdp_md *ctx, __u8 protocol,
 	l4_check = pnlb_l4_check(l4, data_end, protocol);
 	if (!l4_check)
 		return PNLB_DROP_TRUNCATED_L4;
+	/* IPv6 UDP must carry a checksum, except that tunnel protocols may
+	 * send 0 (RFC 6935, 6936); whether to accept that is the receiver's
+	 * call, so a 0 is forwarded as 0, as for IPv4 — updating it would
+	 * forge a wrong checksum, computing one would mean reading the whole
+	 * datagram. */
+	if (protocol == IPPROTO_UDP && *l4_check == 0)
+		l4_check = NULL;
 	pnlb_rewrite_addr6(ip6->saddr.in6_u.u6_addr32, &conn->rewrite_src, l4_check);
 	pnlb_rewrite_addr6(ip6->daddr.in6_u.u6_addr32, &conn->rewrite_dst, l4_check);
 	pnlb_rewrite_ports(l4, data_end, l4_check, conn->rewrite_sport, conn->rewrite_dport);
-	if (protocol == IPPROTO_UDP && *l4_check == 0)
+	if (l4_check && protocol == IPPROTO_UDP && *l4_check == 0)
 		*l4_check = 0xffff;
+	ip6->hop_limit -= 1;
 	return 0;
 }
 

@@ -30,6 +30,7 @@
 #define PNLB_TCP_RST 0x04
 #define PNLB_TCP_ACK 0x10
 
+#define PNLB_IP_DF 0x4000
 #define PNLB_IP_MF 0x2000
 #define PNLB_IP_OFFSET 0x1fff
 
@@ -38,6 +39,8 @@ struct pnlb_packet {
 	__u32 len; /* bytes on the wire, for counters */
 	__u8 ipv6;
 	__u8 tcp_flags; /* PNLB_TCP_*, 0 for UDP */
+	__u8 ttl; /* TTL / hop limit as it arrived */
+	__u8 dont_fragment; /* IPv4 DF */
 };
 
 /* Headers are fixed-size once parsed: no IPv4 options, no IPv6 extension
@@ -125,6 +128,8 @@ static __always_inline int pnlb_parse_ipv4(void *l3, void *data_end,
 	pnlb_addr_from_ipv4(&pkt->flow.dst, ip->daddr);
 	pnlb_addr_from_ipv4(&pkt->flow.src, ip->saddr);
 	pkt->flow.protocol = ip->protocol;
+	pkt->ttl = ip->ttl;
+	pkt->dont_fragment = !!(ip->frag_off & bpf_htons(PNLB_IP_DF));
 	if (ip->protocol == IPPROTO_ICMP && ip->ihl == 5 &&
 	    !(ip->frag_off & bpf_htons(PNLB_IP_MF | PNLB_IP_OFFSET))) {
 		__u8 *type = (void *)(ip + 1);
@@ -164,6 +169,7 @@ static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
 	pnlb_addr_from_ipv6(&pkt->flow.dst, &ip6->daddr);
 	pnlb_addr_from_ipv6(&pkt->flow.src, &ip6->saddr);
 	pkt->flow.protocol = ip6->nexthdr;
+	pkt->ttl = ip6->hop_limit;
 	if (ip6->nexthdr == IPPROTO_ICMPV6) {
 		__u8 *type = (void *)(ip6 + 1);
 

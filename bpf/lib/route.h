@@ -18,44 +18,62 @@
 #define PNLB_AF_INET 2
 #define PNLB_AF_INET6 10
 
-static __always_inline int pnlb_forward_fib(struct xdp_md *ctx, const struct pnlb_conn *conn,
-					    const struct pnlb_packet *pkt)
+/* Routes a translated packet by its entry's rewrite addresses (what it
+ * will carry): fills *fib, returns bpf_fib_lookup's result. Done before the
+ * rewrite, so that a packet too big for the route is answered as it came. */
+static __always_inline int pnlb_fib_route(struct xdp_md *ctx, const struct pnlb_conn *conn,
+					  const struct pnlb_packet *pkt,
+					  struct bpf_fib_lookup *fib)
 {
-	struct bpf_fib_lookup fib = {};
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->ifindex = ctx->ingress_ifindex;
+	fib->l4_protocol = pkt->flow.protocol;
+	fib->sport = conn->rewrite_sport;
+	fib->dport = conn->rewrite_dport;
+	fib->tot_len = pkt->len - PNLB_L3_OFFSET;
+	if (pkt->ipv6) {
+		fib->family = PNLB_AF_INET6;
+		__builtin_memcpy(fib->ipv6_src, conn->rewrite_src.words, 16);
+		__builtin_memcpy(fib->ipv6_dst, conn->rewrite_dst.words, 16);
+	} else {
+		fib->family = PNLB_AF_INET;
+		fib->ipv4_src = conn->rewrite_src.words[3];
+		fib->ipv4_dst = conn->rewrite_dst.words[3];
+	}
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+}
+
+/* Sends the packet the way pnlb_fib_route found (rc: its result). */
+static __always_inline int pnlb_fib_send(struct xdp_md *ctx, const struct bpf_fib_lookup *fib,
+					 int rc)
+{
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	int rc;
 
-	if ((void *)(eth + 1) > data_end)
-		return pnlb_drop(PNLB_DROP_TRUNCATED_ETH);
-
-	fib.ifindex = ctx->ingress_ifindex;
-	fib.l4_protocol = pkt->flow.protocol;
-	fib.sport = conn->rewrite_sport;
-	fib.dport = conn->rewrite_dport;
-	fib.tot_len = pkt->len - sizeof(*eth);
-	if (pkt->ipv6) {
-		fib.family = PNLB_AF_INET6;
-		__builtin_memcpy(fib.ipv6_src, conn->rewrite_src.words, 16);
-		__builtin_memcpy(fib.ipv6_dst, conn->rewrite_dst.words, 16);
-	} else {
-		fib.family = PNLB_AF_INET;
-		fib.ipv4_src = conn->rewrite_src.words[3];
-		fib.ipv4_dst = conn->rewrite_dst.words[3];
-	}
-
-	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return pnlb_pass(PNLB_PASS_NO_NEIGH);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return pnlb_drop(PNLB_DROP_TOO_BIG);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return pnlb_drop(PNLB_DROP_NO_ROUTE);
-
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	if (fib.ifindex == ctx->ingress_ifindex)
+	if ((void *)(eth + 1) > data_end)
+		return pnlb_drop(PNLB_DROP_TRUNCATED_ETH);
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	if (fib->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
-	return bpf_redirect(fib.ifindex, 0);
+	return bpf_redirect(fib->ifindex, 0);
+}
+
+/* Routes and sends a packet already translated (an ICMP error). */
+static __always_inline int pnlb_forward_fib(struct xdp_md *ctx, const struct pnlb_conn *conn,
+					    const struct pnlb_packet *pkt)
+{
+	struct bpf_fib_lookup fib;
+	int rc = pnlb_fib_route(ctx, conn, pkt, &fib);
+
+	return pnlb_fib_send(ctx, &fib, rc);
 }
 
 #endif

@@ -82,6 +82,8 @@ pub fn reason_name(reason: usize) -> &'static str {
         "drop_flow_conflict",
         "fwd_stateless",
         "fwd_rehashed",
+        "tx_icmp_time_exceeded",
+        "drop_icmp_rate_limited",
     ];
     NAMES.get(reason).copied().unwrap_or("unknown")
 }

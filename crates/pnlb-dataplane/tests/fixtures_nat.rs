@@ -114,6 +114,7 @@ fn nat_ipv4_tcp_rewrites_the_destination_with_port_mapping_and_back() {
         let backend = ip("10.77.1.11");
         let expected = syn
             .with(ip("10.77.0.2"), 40000, backend, 8080)
+            .routed()
             .macs(LB_MAC, backend_mac(backend));
         assert_eq!(
             out,
@@ -126,6 +127,7 @@ fn nat_ipv4_tcp_rewrites_the_destination_with_port_mapping_and_back() {
         let out = reply(&fixture, &answer);
         let expected = answer
             .with(ip("10.77.100.1"), 80, ip("10.77.0.2"), 40000)
+            .routed()
             .macs(LB_MAC, ROUTER_MAC);
         assert_eq!(
             out,
@@ -158,6 +160,7 @@ fn nat_ipv6_udp_rewrites_both_ways() {
             out,
             query
                 .with(ip("fd77::2"), 5353, backend, 53)
+                .routed()
                 .macs(LB_MAC, backend_mac(backend))
                 .bytes()
         );
@@ -167,6 +170,7 @@ fn nat_ipv6_udp_rewrites_both_ways() {
             out,
             answer
                 .with(ip("fd77:100::1"), 53, ip("fd77::2"), 5353)
+                .routed()
                 .macs(LB_MAC, ROUTER_MAC)
                 .bytes()
         );
@@ -192,6 +196,7 @@ fn snat_ipv4_tcp_rewrites_source_and_destination_and_back() {
         assert_eq!(
             out,
             syn.with(src, sport, backend, 8080)
+                .routed()
                 .macs(LB_MAC, backend_mac(backend))
                 .bytes()
         );
@@ -202,6 +207,7 @@ fn snat_ipv4_tcp_rewrites_source_and_destination_and_back() {
             out,
             answer
                 .with(ip("10.77.100.2"), 80, ip("10.77.0.2"), 40000)
+                .routed()
                 .macs(LB_MAC, ROUTER_MAC)
                 .bytes()
         );
@@ -226,6 +232,7 @@ fn snat_ipv6_udp_rewrites_both_ways() {
             out,
             answer
                 .with(ip("fd77:100::2"), 53, ip("fd77::2"), 5353)
+                .routed()
                 .macs(LB_MAC, ROUTER_MAC)
                 .bytes()
         );

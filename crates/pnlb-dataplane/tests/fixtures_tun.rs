@@ -244,38 +244,12 @@ fn gue_source_ports_spread_flows_for_ecmp_and_rss() {
     );
 }
 
-/// The LB's own link has a 1400-byte MTU here; the backends sit behind it.
-fn in_small_mtu_netns(f: impl FnOnce(&mut Fixture) + Send + 'static) {
-    in_lb_netns(move || {
-        let status = std::process::Command::new("ip")
-            .args(["link", "set", "d0", "mtu", "1400"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let mut fixture = Fixture::new(CONFIG);
-        fixture.resolver.ifindex = pnlb_dataplane::loader::ifindex_of("d0").unwrap();
-        fixture.apply(CONFIG);
-        f(&mut fixture);
-    });
-}
-
-fn sized(mut packet: Pkt, ip_len: usize) -> Pkt {
-    let headers = match (packet.dst, packet.tcp) {
-        (IpAddr::V4(_), Some(_)) => 40,
-        (IpAddr::V4(_), None) => 28,
-        (IpAddr::V6(_), Some(_)) => 60,
-        (IpAddr::V6(_), None) => 48,
-    };
-    packet.payload = (0..ip_len - headers).map(|i| i as u8).collect();
-    packet
-}
-
 #[test]
 fn a_packet_too_big_for_the_tunnel_is_answered_with_frag_needed_or_packet_too_big() {
     if !privileged() {
         return;
     }
-    in_small_mtu_netns(|fixture| {
+    in_small_mtu_netns(CONFIG, |fixture| {
         // IPIP adds 20 bytes: 1380 fits a 1400 MTU exactly, 1381 does not.
         let fits = sized(Pkt::tcp("10.77.0.2", 41000, "10.77.100.1", 80, ACK), 1380);
         let (verdict, out) = fixture.run(&fits.bytes());

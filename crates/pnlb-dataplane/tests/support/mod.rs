@@ -320,6 +320,8 @@ pub struct Pkt {
     /// None = UDP.
     pub tcp: Option<Flags>,
     pub payload: Vec<u8>,
+    /// TTL / hop limit.
+    pub ttl: u8,
 }
 
 impl Pkt {
@@ -333,6 +335,7 @@ impl Pkt {
             dport,
             tcp: Some(flags),
             payload: b"payload".to_vec(),
+            ttl: 64,
         }
     }
 
@@ -354,6 +357,28 @@ impl Pkt {
         }
     }
 
+    /// The same packet one router hop later (TTL / hop limit one less).
+    pub fn routed(&self) -> Self {
+        Self {
+            ttl: self.ttl - 1,
+            ..self.clone()
+        }
+    }
+
+    pub fn with_ttl(&self, ttl: u8) -> Self {
+        Self {
+            ttl,
+            ..self.clone()
+        }
+    }
+
+    pub fn with_payload(&self, payload: Vec<u8>) -> Self {
+        Self {
+            payload,
+            ..self.clone()
+        }
+    }
+
     pub fn macs(&self, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Self {
         Self {
             src_mac,
@@ -365,8 +390,8 @@ impl Pkt {
     pub fn bytes(&self) -> Vec<u8> {
         let eth = etherparse::PacketBuilder::ethernet2(self.src_mac, self.dst_mac);
         let ip = match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
-            (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+            (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), self.ttl),
+            (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), self.ttl),
             _ => panic!("mixed address families"),
         };
         let mut out = Vec::new();
@@ -455,12 +480,42 @@ pub fn in_lb_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) ->
     .expect("test body")
 }
 
+/// In an LB namespace whose own link (d0) has a 1400-byte MTU, with the
+/// backends behind it: a fixture for `config` whose backends egress on d0.
+pub fn in_small_mtu_netns(config: &'static str, f: impl FnOnce(&mut Fixture) + Send + 'static) {
+    in_lb_netns(move || {
+        let status = std::process::Command::new("ip")
+            .args(["link", "set", "d0", "mtu", "1400"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut fixture = Fixture::new(config);
+        fixture.resolver.ifindex = pnlb_dataplane::loader::ifindex_of("d0").unwrap();
+        fixture.apply(config);
+        f(&mut fixture);
+    });
+}
+
+/// `packet` with a payload that makes its IP packet `ip_len` bytes long.
+pub fn sized(mut packet: Pkt, ip_len: usize) -> Pkt {
+    let headers = match (packet.dst, packet.tcp) {
+        (IpAddr::V4(_), Some(_)) => 40,
+        (IpAddr::V4(_), None) => 28,
+        (IpAddr::V6(_), Some(_)) => 60,
+        (IpAddr::V6(_), None) => 48,
+    };
+    packet.payload = (0..ip_len - headers).map(|i| i as u8).collect();
+    packet
+}
+
 /// What an ICMP error says.
 #[derive(Clone, Copy, Debug)]
 pub enum IcmpError {
     /// IPv4 fragmentation needed / IPv6 packet too big, with the MTU.
     TooBig(u16),
     PortUnreachable,
+    /// TTL / hop limit exceeded in transit.
+    TimeExceeded,
 }
 
 /// An ICMP error from `src` to `dst` quoting `quoted` (from its IP header
@@ -490,6 +545,15 @@ pub fn icmp_error(
                     icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu }
                 }
                 IcmpError::PortUnreachable => icmpv4::DestUnreachableHeader::Port,
+                IcmpError::TimeExceeded => {
+                    eth.ipv4(s.octets(), d.octets(), 64)
+                        .icmpv4(Icmpv4Type::TimeExceeded(
+                            icmpv4::TimeExceededCode::TtlExceededInTransit,
+                        ))
+                        .write(&mut out, &inner)
+                        .unwrap();
+                    return out;
+                }
             };
             eth.ipv4(s.octets(), d.octets(), 64)
                 .icmpv4(Icmpv4Type::DestinationUnreachable(kind))
@@ -503,6 +567,9 @@ pub fn icmp_error(
                 },
                 IcmpError::PortUnreachable => {
                     Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port)
+                }
+                IcmpError::TimeExceeded => {
+                    Icmpv6Type::TimeExceeded(icmpv6::TimeExceededCode::HopLimitExceeded)
                 }
             };
             eth.ipv6(s.octets(), d.octets(), 64)
