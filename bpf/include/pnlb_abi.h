@@ -36,8 +36,9 @@ enum pnlb_table_slot {
 	PNLB_TABLE_LIST_SLOT = 1, /* chbl: backend ids before the Maglev part */
 };
 
-/* Seed shared by every LB node so that they all hash a flow the same way. */
-enum pnlb_hash_seed { PNLB_HASH_SEED = 0x706e6c62 /* "pnlb" */ };
+/* The flow-hash seed of tests and benchmarks; a daemon's comes from its
+ * config (a per-deployment secret, the same on every node of a group). */
+enum pnlb_hash_seed { PNLB_TEST_HASH_SEED = 0x706e6c62 /* "pnlb" */ };
 
 enum pnlb_method {
 	PNLB_METHOD_DR = 1,
@@ -258,7 +259,10 @@ struct pnlb_backend {
 	 * on the route to it, or the service's tunnel_source). */
 	struct pnlb_addr tun_src;
 	__u16 gue_port; /* tun/gue: outer UDP destination port, network order */
-	__u16 _pad1;
+	/* tun: low bits of the outer source (tun_src) taken from the flow
+	 * hash, for ECMP / RSS entropy; 0 = tun_src as it is */
+	__u8 tun_src_entropy_bits;
+	__u8 _pad1;
 	__u32 service_id; /* the only service whose flows it may carry */
 };
 

@@ -398,7 +398,7 @@ static __always_inline int pnlb_snat_reserve(const struct pnlb_service *svc,
 		__u16 port;
 
 		seed[1] = try;
-		draw = pnlb_jhash2(seed, 2, PNLB_HASH_SEED);
+		draw = pnlb_jhash2(seed, 2, pnlb_hash_seed);
 		index = svc->id * PNLB_MAX_SNAT_ADDRS + draw % count;
 		addr = bpf_map_lookup_elem(&pnlb_snat_addrs, &index);
 		if (!addr)

@@ -44,6 +44,18 @@
 #define PNLB_GUE_SPORT_MASK 0x3fff
 #define PNLB_FLOW_LABEL_MASK 0xfffff
 
+/* The low bits of the outer source a flow's hash sets (network order, to
+ * OR into the last word of tun_src): Katran's way to give IPIP flows
+ * entropy that routers and NICs hash on. */
+static __always_inline __u32 pnlb_source_entropy(const struct pnlb_backend *backend, __u32 hash)
+{
+	__u32 bits = backend->tun_src_entropy_bits;
+
+	if (!bits || bits > 16)
+		return 0;
+	return bpf_htonl(hash & ((1U << bits) - 1));
+}
+
 /* Bytes the outer headers add in front of the client's IP packet. */
 static __always_inline __u32 pnlb_encap_overhead(const struct pnlb_backend *backend, int ipv6)
 {
@@ -96,7 +108,7 @@ static __always_inline __u16 pnlb_gue6_checksum(struct ipv6hdr *outer, struct ud
 }
 
 static __always_inline int pnlb_encap_ipv4(struct xdp_md *ctx, const struct pnlb_backend *backend,
-					   __u32 inner_len, __u8 tos, __u16 entropy)
+					   __u32 inner_len, __u8 tos, __u32 hash)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -116,11 +128,11 @@ static __always_inline int pnlb_encap_ipv4(struct xdp_md *ctx, const struct pnlb
 	ip->ttl = PNLB_OUTER_TTL;
 	ip->protocol = gue ? IPPROTO_UDP : IPPROTO_IPIP;
 	ip->check = 0;
-	ip->saddr = backend->tun_src.words[3];
+	ip->saddr = backend->tun_src.words[3] | pnlb_source_entropy(backend, hash);
 	ip->daddr = backend->addr.words[3];
 	ip->check = ~pnlb_csum_fold64(pnlb_sum(ip, PNLB_IPV4_HLEN));
 	if (gue) {
-		udp->source = bpf_htons(PNLB_GUE_SPORT_BASE | (entropy & PNLB_GUE_SPORT_MASK));
+		udp->source = bpf_htons(PNLB_GUE_SPORT_BASE | (hash & PNLB_GUE_SPORT_MASK));
 		udp->dest = backend->gue_port;
 		udp->len = bpf_htons(inner_len + PNLB_UDP_HLEN);
 		udp->check = 0;
@@ -151,6 +163,7 @@ static __always_inline int pnlb_encap_ipv6(struct xdp_md *ctx, const struct pnlb
 	ip6->nexthdr = gue ? IPPROTO_UDP : IPPROTO_IPV6;
 	ip6->hop_limit = PNLB_OUTER_TTL;
 	__builtin_memcpy(&ip6->saddr, backend->tun_src.words, 16);
+	ip6->saddr.in6_u.u6_addr32[3] |= pnlb_source_entropy(backend, hash);
 	__builtin_memcpy(&ip6->daddr, backend->addr.words, 16);
 	if (gue) {
 		udp->source = bpf_htons(PNLB_GUE_SPORT_BASE | (hash & PNLB_GUE_SPORT_MASK));
@@ -177,8 +190,9 @@ static __always_inline int pnlb_encap(struct xdp_md *ctx, const struct pnlb_pack
 	__u8 tos = 0;
 
 	/* Entropy goes where there is a field for it: the GUE source port,
-	 * the IPv6 flow label. IPIP over IPv4 has none; skip the hash. */
-	if (backend->encap == PNLB_ENCAP_GUE || pkt->ipv6)
+	 * the IPv6 flow label, the outer source when a prefix is configured.
+	 * Plain IPIP over IPv4 has none; skip the hash. */
+	if (backend->encap == PNLB_ENCAP_GUE || pkt->ipv6 || backend->tun_src_entropy_bits)
 		hash = pnlb_flow_hash(&pkt->flow, PNLB_HASH_5TUPLE);
 
 	if (!pkt->ipv6) {
@@ -194,7 +208,7 @@ static __always_inline int pnlb_encap(struct xdp_md *ctx, const struct pnlb_pack
 		return PNLB_DROP_ENCAP_FAILED;
 	if (pkt->ipv6)
 		return pnlb_encap_ipv6(ctx, backend, inner_len, hash);
-	return pnlb_encap_ipv4(ctx, backend, inner_len, tos, (__u16)hash);
+	return pnlb_encap_ipv4(ctx, backend, inner_len, tos, hash);
 }
 
 #endif

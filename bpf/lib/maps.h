@@ -105,6 +105,10 @@ struct {
 	__type(value, struct pnlb_conn);
 } pnlb_conns_new SEC(".maps");
 
+/* Seed of every flow hash (schedulers, SNAT ports, tunnel entropy), set
+ * before load: a secret, so that no client can aim its flows at one slot. */
+const volatile __u32 pnlb_hash_seed = PNLB_TEST_HASH_SEED;
+
 /* pnlb_conns' capacity, set before load; admission keeps 1/16 of it free. */
 const volatile __u32 pnlb_conns_capacity = PNLB_MAX_CONNS;
 

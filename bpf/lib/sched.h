@@ -18,10 +18,10 @@ static __always_inline __u32 pnlb_flow_hash(const struct pnlb_flow_key *flow,
 					    __u8 hash_key)
 {
 	if (hash_key == PNLB_HASH_SOURCE)
-		return pnlb_jhash2(flow->src.words, 4, PNLB_HASH_SEED);
+		return pnlb_jhash2(flow->src.words, 4, pnlb_hash_seed);
 	if (hash_key == PNLB_HASH_DESTINATION)
-		return pnlb_jhash2(flow->dst.words, 4, PNLB_HASH_SEED);
-	return pnlb_jhash2((const __u32 *)flow, sizeof(*flow) / 4, PNLB_HASH_SEED);
+		return pnlb_jhash2(flow->dst.words, 4, pnlb_hash_seed);
+	return pnlb_jhash2((const __u32 *)flow, sizeof(*flow) / 4, pnlb_hash_seed);
 }
 
 /* One published table: its map and the lengths from its own header. */

@@ -62,7 +62,7 @@ pub const TABLE_CAPACITY: u32 = Limits::PNLB_TABLE_CAPACITY.0;
 /// Slots at the start of each published table that hold its lengths.
 pub const TABLE_HEADER: u32 = Limits::PNLB_TABLE_HEADER.0;
 pub const TABLE_COUNTERS: usize = TableCounter::PNLB_TC_COUNTERS.0 as usize;
-pub const HASH_SEED: u32 = HashSeed::PNLB_HASH_SEED.0;
+pub const TEST_HASH_SEED: u32 = HashSeed::PNLB_TEST_HASH_SEED.0;
 pub const REASON_COUNT: usize = Reason::PNLB_REASON_MAX.0 as usize;
 pub const MAX_SNAT_ADDRS: u32 = SnatLimits::PNLB_MAX_SNAT_ADDRS.0;
 pub const DECAP_COUNTERS: usize = DecapCounter::PNLB_DECAP_COUNTERS.0 as usize;
@@ -128,16 +128,17 @@ pub fn ip_of(addr: &Addr) -> IpAddr {
     v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
 }
 
-/// The flow hash the XDP program computes (bpf/lib/sched.h), for tests and
-/// tools that need to know which table slot a flow lands in.
-pub fn flow_hash(flow: &FlowKey, hash_key: HashKey) -> u32 {
+/// The flow hash the XDP program computes (bpf/lib/sched.h) under `seed`
+/// ([`crate::Dataplane::hash_seed`]), for tests and tools that need to know
+/// which table slot a flow lands in.
+pub fn flow_hash(flow: &FlowKey, hash_key: HashKey, seed: u32) -> u32 {
     use pnlb_core::jhash::{jhash2, words_of};
     let words = match hash_key {
         HashKey::PNLB_HASH_SOURCE => flow.src.words.to_vec(),
         HashKey::PNLB_HASH_DESTINATION => flow.dst.words.to_vec(),
         _ => words_of(bytes_of(flow)),
     };
-    jhash2(&words, HASH_SEED)
+    jhash2(&words, seed)
 }
 
 #[cfg(test)]

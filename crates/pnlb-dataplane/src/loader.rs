@@ -37,7 +37,31 @@ pub enum DataplaneError {
 pub struct Dataplane {
     skel: LbSkel<'static>,
     tables: TableSizes,
+    hash_seed: u32,
     pub(crate) tally: SweepTally,
+}
+
+/// How the program is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Entries of the established table (nat/snat flows take two).
+    pub conn_table_size: u32,
+    /// Report flows for failover sync ([`crate::sync`]).
+    pub conn_sync: bool,
+    /// Seed of every flow hash: a per-deployment secret, the same on every
+    /// node that must pick alike.
+    pub hash_seed: u32,
+}
+
+impl LoadOptions {
+    /// Tests and benchmarks: no sync, the public test seed.
+    pub fn for_tests(conn_table_size: u32) -> Self {
+        Self {
+            conn_table_size,
+            conn_sync: false,
+            hash_seed: crate::abi::TEST_HASH_SEED,
+        }
+    }
 }
 
 /// Entries each connection map holds (docs/conntrack.md).
@@ -66,15 +90,18 @@ impl TableSizes {
 }
 
 impl Dataplane {
-    /// Loads the program with a connection table of `conn_table_size`
-    /// entries (nat/snat flows take two).
+    /// Loads the program for tests and benchmarks (the public test seed)
+    /// with a connection table of `conn_table_size` entries.
     pub fn load(conn_table_size: u32) -> Result<Self, DataplaneError> {
-        Self::load_with(conn_table_size, false)
+        Self::load_with(LoadOptions::for_tests(conn_table_size))
     }
 
-    /// As [`Self::load`]; `conn_sync` makes the program report flows for
-    /// failover sync ([`crate::sync`]).
-    pub fn load_with(conn_table_size: u32, conn_sync: bool) -> Result<Self, DataplaneError> {
+    pub fn load_with(options: LoadOptions) -> Result<Self, DataplaneError> {
+        let LoadOptions {
+            conn_table_size,
+            conn_sync,
+            hash_seed,
+        } = options;
         // The skeleton borrows its object storage for as long as it lives; a
         // data plane lives for the process, so the few bytes are leaked.
         let storage: &'static mut MaybeUninit<OpenObject> =
@@ -93,13 +120,20 @@ impl Dataplane {
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.pnlb_conn_sync = u32::from(conn_sync);
             rodata.pnlb_conns_capacity = tables.established;
+            rodata.pnlb_hash_seed = hash_seed;
         }
         let skel = open.load().map_err(DataplaneError::Load)?;
         Ok(Self {
             skel,
             tables,
+            hash_seed,
             tally: SweepTally::default(),
         })
+    }
+
+    /// The seed the program hashes flows with.
+    pub fn hash_seed(&self) -> u32 {
+        self.hash_seed
     }
 
     pub(crate) fn maps(&self) -> &LbMaps<'static> {

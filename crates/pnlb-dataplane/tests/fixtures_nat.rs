@@ -519,7 +519,11 @@ fn a_synced_flow_is_translated_on_the_other_node_in_both_directions() {
     // Replies are routed with bpf_fib_lookup: a namespace with routes.
     in_lb_netns(|| {
         let config = parse_config(SNAT_SYNC_CONFIG);
-        let active = pnlb_dataplane::Dataplane::load_with(65_536, true).expect("load");
+        let active = pnlb_dataplane::Dataplane::load_with(pnlb_dataplane::LoadOptions {
+            conn_sync: true,
+            ..pnlb_dataplane::LoadOptions::for_tests(65_536)
+        })
+        .expect("load");
         let mut active_programmer = pnlb_dataplane::Programmer::new();
         let mut resolver = StaticResolver {
             ifindex: TEST_RUN_IFINDEX,

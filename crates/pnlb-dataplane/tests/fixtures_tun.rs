@@ -224,6 +224,40 @@ fn the_inner_tos_and_traffic_class_carry_over_to_the_outer_header() {
 }
 
 #[test]
+fn ipip_outer_sources_vary_per_flow_within_a_configured_prefix() {
+    if !privileged() {
+        return;
+    }
+    let config = CONFIG.replace(
+        "name = \"ipip4-tcp\"",
+        "name = \"ipip4-tcp\"\ntunnel_source = \"10.77.200.0/24\"",
+    );
+    let fixture = Fixture::new(&config);
+    let mut sources = std::collections::BTreeSet::new();
+    for sport in 0..64u16 {
+        let packet = Pkt::tcp("10.77.0.2", 31000 + sport, "10.77.100.1", 80, SYN).bytes();
+        let (_, out) = fixture.run(&packet);
+        let hash = pnlb_dataplane::abi::flow_hash(
+            &flow_of(&packet),
+            pnlb_dataplane::abi::HashKey::PNLB_HASH_5TUPLE,
+            fixture.dataplane.hash_seed(),
+        );
+        let source = IpAddr::from([10, 77, 200, hash as u8]);
+        assert_eq!(
+            out,
+            encapsulated(&packet, source, ip("10.77.1.11"), Wrap::Ipip),
+            "outer source 10.77.200.<low 8 bits of the flow hash>, checksum right"
+        );
+        sources.insert(source);
+    }
+    println!(
+        "64 IPIP flows used {} outer sources in 10.77.200.0/24",
+        sources.len()
+    );
+    assert!(sources.len() >= 40, "{} distinct sources", sources.len());
+}
+
+#[test]
 fn gue_source_ports_spread_flows_for_ecmp_and_rss() {
     if !privileged() {
         return;

@@ -23,6 +23,9 @@ pub struct Daemon {
     /// is full, new flows that need an entry are refused); the half-open
     /// table gets a quarter (docs/conntrack.md).
     pub conn_table_size: u32,
+    /// A secret the flow hash is seeded from; none = the [ha] key's, or a
+    /// random one at each start (docs/methods.md, "Hash seed").
+    pub hash_seed_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 262_144;
@@ -43,6 +46,7 @@ pub(super) struct RawDaemon {
     api_socket: Option<String>,
     api_token_file: Option<String>,
     conn_table_size: Option<i64>,
+    hash_seed_file: Option<String>,
 }
 
 impl Validator<'_> {
@@ -112,11 +116,11 @@ impl Validator<'_> {
                     format!("daemon.{key}"),
                     format!("{t:?} is not an absolute file path"),
                     format!(
-                        "write it like \"/run/pnlb/{}\"",
-                        if key == "api_socket" {
-                            "api.sock"
-                        } else {
-                            "api.token"
+                        "write it like \"{}\"",
+                        match key {
+                            "api_socket" => "/run/pnlb/api.sock",
+                            "hash_seed_file" => "/etc/pnlb/hash-seed",
+                            _ => "/run/pnlb/api.token",
                         }
                     ),
                 )),
@@ -124,6 +128,7 @@ impl Validator<'_> {
         };
         let api_socket = absolute("api_socket", raw.api_socket)?;
         let api_token_file = absolute("api_token_file", raw.api_token_file)?;
+        let hash_seed_file = absolute("hash_seed_file", raw.hash_seed_file)?;
         if api.is_none() && api_socket.is_none() && api_token_file.is_some() {
             return Err(self.error(
                 "daemon.api_token_file",
@@ -149,6 +154,7 @@ impl Validator<'_> {
             api_socket,
             api_token_file,
             conn_table_size,
+            hash_seed_file,
         })
     }
 }

@@ -155,7 +155,8 @@ fn tun_takes_an_encapsulation_and_tunnel_keys_need_tun() {
         config.services[0].tunnel,
         Some(Tunnel {
             encap: Encap::Ipip,
-            source: None
+            source: None,
+            source_entropy_bits: 0,
         })
     );
     let config = parse(
@@ -169,10 +170,24 @@ fn tun_takes_an_encapsulation_and_tunnel_keys_need_tun() {
             encap: Encap::Gue {
                 port: DEFAULT_GUE_PORT
             },
-            source: Some("10.77.1.2".parse().unwrap())
+            source: Some("10.77.1.2".parse().unwrap()),
+            source_entropy_bits: 0,
         })
     );
+    for (prefix, bits) in [("10.77.200.0/24", 8), ("10.0.0.0/8", 16)] {
+        let text = tun(&format!("\ntunnel_source = \"{prefix}\""));
+        let tunnel = parse(Path::new("t.toml"), &text).unwrap().services[0].tunnel;
+        assert_eq!(
+            tunnel.map(|t| t.source_entropy_bits),
+            Some(bits),
+            "{prefix}: at most 16 bits vary"
+        );
+    }
     for (extra, key) in [
+        ("\ntunnel_source = \"10.77.200.1/24\"", "tunnel_source"),
+        ("\ntunnel_source = \"10.77.200.0/32\"", "tunnel_source"),
+        ("\ntunnel_source = \"10.0.0.0/7\"", "tunnel_source"),
+        ("\ntunnel_source = \"10.77.200.0/x\"", "tunnel_source"),
         ("\nencap = \"gre\"", "encap"),
         ("\nencap = \"gue\"\ngue_port = 0", "gue_port"),
         ("\ngue_port = 7000", "gue_port"),

@@ -1,5 +1,5 @@
 //! A `tun` service's encapsulation: IPIP / IP6IP6 or GUE, and the outer
-//! source address.
+//! source address (or a prefix the outer source varies in, per flow).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -13,7 +13,15 @@ pub struct Tunnel {
     /// Outer source address; None = the LB's address on the route to each
     /// backend (what `ip route get BACKEND` calls prefsrc).
     pub source: Option<IpAddr>,
+    /// With a prefix as tunnel_source: how many low bits of the outer
+    /// source come from the flow hash (at most 16), so that routers' ECMP
+    /// and the servers' RSS spread IPIP flows, which carry no ports
+    /// outside. 0 = one source for every flow.
+    pub source_entropy_bits: u8,
 }
+
+/// Most low bits of the outer source a flow's hash may set.
+pub const MAX_SOURCE_ENTROPY_BITS: u8 = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encap {
@@ -92,20 +100,70 @@ impl Validator<'_> {
                 ))
             }
         };
-        let source = match source {
-            None => None,
-            Some(text) => {
-                let address = self.address(&at("tunnel_source"), text)?;
-                if address.is_ipv4() != vip.is_ipv4() {
-                    return Err(self.error(
-                        at("tunnel_source"),
-                        format!("{address} and VIP {vip} are of different IP versions"),
-                        "use an address of the VIP's IP version (the outer header matches the inner)",
-                    ));
-                }
-                Some(address)
-            }
+        let (source, source_entropy_bits) = match source {
+            None => (None, 0),
+            Some(text) => self.tunnel_source(&at("tunnel_source"), text, vip)?,
         };
-        Ok(Some(Tunnel { encap, source }))
+        Ok(Some(Tunnel {
+            encap,
+            source,
+            source_entropy_bits,
+        }))
+    }
+
+    /// "ADDRESS" (every flow's outer source) or "ADDRESS/LEN" (a prefix
+    /// the outer source varies in): the address and the bits that vary.
+    fn tunnel_source(
+        &self,
+        key: &str,
+        text: &str,
+        vip: IpAddr,
+    ) -> Result<(Option<IpAddr>, u8), ConfigError> {
+        let (address_text, length) = match text.split_once('/') {
+            None => (text, None),
+            Some((address, length)) => (address, Some(length)),
+        };
+        let address = self.address(key, address_text)?;
+        if address.is_ipv4() != vip.is_ipv4() {
+            return Err(self.error(
+                key,
+                format!("{address} and VIP {vip} are of different IP versions"),
+                "use an address of the VIP's IP version (the outer header matches the inner)",
+            ));
+        }
+        let Some(length) = length else {
+            return Ok((Some(address), 0));
+        };
+        let width: u8 = if address.is_ipv4() { 32 } else { 128 };
+        let prefix_len =
+            length
+                .parse::<u8>()
+                .ok()
+                .filter(|&n| n < width && n >= width - 24)
+                .ok_or_else(|| {
+                    self.error(
+                        key,
+                        format!("{text:?}: prefix length {length:?} is out of range"),
+                        format!(
+                        "use a prefix of {} to {} bits, routed to this load balancer, e.g. \"{}\"",
+                        width - 24,
+                        width - 1,
+                        if address.is_ipv4() { "10.77.200.0/24" } else { "fd77:200::/112" }
+                    ),
+                    )
+                })?;
+        let host_bits = width - prefix_len;
+        let bits = match address {
+            IpAddr::V4(v4) => u128::from(u32::from(v4)),
+            IpAddr::V6(v6) => u128::from(v6),
+        };
+        if bits & ((1u128 << host_bits) - 1) != 0 {
+            return Err(self.error(
+                key,
+                format!("{text:?} has host bits set"),
+                "write the prefix's first address, as `ip route` would",
+            ));
+        }
+        Ok((Some(address), host_bits.min(MAX_SOURCE_ENTROPY_BITS)))
     }
 }

@@ -131,6 +131,9 @@ impl Slots {
                 };
                 value.encap = encap.0 as u8;
                 value.gue_port = gue_port.to_be();
+                if tunnel.source.is_some() {
+                    value.tun_src_entropy_bits = tunnel.source_entropy_bits;
+                }
             }
             match &resolved {
                 Ok(hop) => {

@@ -11,7 +11,7 @@ use libbpf_rs::ProgramInput;
 use pnlb_core::config::{self, Config};
 use pnlb_dataplane::abi::{self, FlowKey};
 use pnlb_dataplane::nexthop::{NextHop, Resolution, Resolver};
-use pnlb_dataplane::{Dataplane, Programmer};
+use pnlb_dataplane::{Dataplane, LoadOptions, Programmer};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -109,7 +109,22 @@ impl Fixture {
 
     /// A fixture whose connection table holds `conn_table_size` entries.
     pub fn with_table_size(config_text: &str, conn_table_size: u32) -> Self {
-        let dataplane = Dataplane::load(conn_table_size).expect("load XDP program");
+        Self::with_options(config_text, LoadOptions::for_tests(conn_table_size))
+    }
+
+    /// A fixture whose program hashes flows with `hash_seed`.
+    pub fn with_seed(config_text: &str, hash_seed: u32) -> Self {
+        Self::with_options(
+            config_text,
+            LoadOptions {
+                hash_seed,
+                ..LoadOptions::for_tests(65_536)
+            },
+        )
+    }
+
+    fn with_options(config_text: &str, options: LoadOptions) -> Self {
+        let dataplane = Dataplane::load_with(options).expect("load XDP program");
         let mut fixture = Self {
             dataplane,
             programmer: Programmer::new(),
@@ -154,7 +169,8 @@ impl Fixture {
     ) -> IpAddr {
         let flow = flow_of(packet);
         let table = self.programmer.table(service).expect("service has a table");
-        let id = table[(abi::flow_hash(&flow, hash_key) % table.len() as u32) as usize];
+        let hash = abi::flow_hash(&flow, hash_key, self.dataplane.hash_seed());
+        let id = table[(hash % table.len() as u32) as usize];
         self.backend_address(service, id)
     }
 
@@ -595,7 +611,11 @@ pub enum Wrap {
 pub fn encapsulated(packet: &[u8], source: IpAddr, backend: IpAddr, wrap: Wrap) -> Vec<u8> {
     use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, UdpHeader};
     let inner = &packet[14..];
-    let hash = abi::flow_hash(&flow_of(packet), abi::HashKey::PNLB_HASH_5TUPLE);
+    let hash = abi::flow_hash(
+        &flow_of(packet),
+        abi::HashKey::PNLB_HASH_5TUPLE,
+        abi::TEST_HASH_SEED,
+    );
     let sport = 0xc000 | (hash as u16 & 0x3fff);
     let udp_len = (inner.len() + 8) as u16;
     let mut out = Vec::new();

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use pnlb_core::config::{self, Config, Document, DownPolicy};
 use pnlb_core::health::Transition;
-use pnlb_dataplane::{ApplyReport, Dataplane, Programmer};
+use pnlb_dataplane::{ApplyReport, Dataplane, LoadOptions, Programmer};
 
 use crate::api::model::{ApiError, Done};
 use crate::api::ApiCall;
@@ -30,6 +30,7 @@ use crate::summary;
 
 mod api_ops;
 mod failover;
+mod hash_seed;
 mod next_hops;
 mod pressure;
 mod status;
@@ -248,7 +249,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(path: &Path, document: Document, config: Config) -> Result<Self> {
-        let dataplane = Dataplane::load_with(config.daemon.conn_table_size, config.ha.is_some())?;
+        let seed = hash_seed::choose(&config)?;
+        info!("flow-hash seed: {}", seed.source);
+        let dataplane = Dataplane::load_with(LoadOptions {
+            conn_table_size: config.daemon.conn_table_size,
+            conn_sync: config.ha.is_some(),
+            hash_seed: seed.value,
+        })?;
         let mut programmer = Programmer::new();
         let mut next_hops = NextHops::default();
         let lifecycle = Lifecycle::default();
