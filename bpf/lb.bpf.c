@@ -64,6 +64,16 @@ static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_
 	return bpf_map_lookup_elem(&pnlb_services, &key);
 }
 
+/* A fragment of a service's flow: counted, and a first one remembered. */
+static __always_inline void pnlb_fragment_seen(__u32 service_id, const struct pnlb_packet *pkt)
+{
+	if (!pkt->fragment)
+		return;
+	pnlb_service_count(service_id, PNLB_FWD_FRAGMENT);
+	if (pkt->fragment == PNLB_FIRST_FRAGMENT)
+		pnlb_fragment_remember(&pkt->flow, pkt->fragment_id);
+}
+
 /*
  * The address a nat/snat server sees as its peer, which our answers to it
  * come from: the SNAT address (snat) or the VIP (nat).
@@ -93,6 +103,7 @@ __attribute__((noinline)) int pnlb_handle_reply(struct xdp_md *ctx, const struct
 		return pnlb_pass(PNLB_PASS_NOT_SERVICE);
 	if (pnlb_ttl_expires(pkt))
 		return pnlb_time_exceeded(ctx, conn->service_id, pkt, pnlb_server_peer(conn, pkt));
+	pnlb_fragment_seen(conn->service_id, pkt);
 	rc = pnlb_fib_route(ctx, conn, pkt, &fib);
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
 		return pnlb_too_big(ctx, conn->service_id, pkt, pnlb_server_peer(conn, pkt),
@@ -227,6 +238,7 @@ int pnlb_xdp(struct xdp_md *ctx)
 		return pnlb_pass(PNLB_PASS_VIP_NO_SERVICE);
 	if (pnlb_method_routes(svc) && pnlb_ttl_expires(&pkt))
 		return pnlb_time_exceeded(ctx, svc->id, &pkt, &pkt.flow.dst);
+	pnlb_fragment_seen(svc->id, &pkt);
 
 	reason = pnlb_conn_for(svc, &pkt, &conn, &table, &backend, &backend_id, &new_flow);
 	if (reason == PNLB_STATELESS) {

@@ -144,7 +144,9 @@ enum pnlb_reason {
 	PNLB_DROP_TRUNCATED_IP = 5,
 	PNLB_DROP_BAD_IP_HEADER = 6,   /* version, IHL < 5, total length */
 	PNLB_DROP_IPV4_OPTIONS = 7,
-	PNLB_DROP_FRAGMENT = 8,
+	PNLB_DROP_FRAGMENT = 8,        /* a later fragment whose first was not
+					* seen (reordered or lost), or a TCP
+					* fragment at offset 8 (RFC 1858) */
 	PNLB_DROP_IPV6_EXT_HEADER = 9,
 	PNLB_DROP_TRUNCATED_L4 = 10,
 	PNLB_DROP_NO_BACKEND = 11,     /* service has no usable backend */
@@ -182,7 +184,9 @@ enum pnlb_reason {
 	PNLB_DROP_ICMP_RATE_LIMITED = 29, /* an ICMP answer (time exceeded, too
 					   * big) withheld by the rate limit;
 					   * the packet dropped */
-	PNLB_REASON_MAX = 30,
+	PNLB_FWD_FRAGMENT = 30,        /* a fragment of a flow, forwarded (not a
+					* drop: counted here to be visible) */
+	PNLB_REASON_MAX = 31,
 };
 
 /* Connection-table events, per CPU in pnlb_table_stats. */

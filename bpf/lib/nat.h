@@ -66,26 +66,10 @@ static __always_inline void pnlb_ipv4_hop(struct iphdr *ip)
 	pnlb_csum_replace2(&ip->check, from, *ttl_protocol);
 }
 
-static __always_inline int pnlb_nat_ipv4(struct xdp_md *ctx, __u8 protocol,
-					 const struct pnlb_conn *conn)
+/* The addresses, into the header checksum and `l4_check` (NULL: none). */
+static __always_inline void pnlb_rewrite_addr4(struct iphdr *ip, __u32 src, __u32 dst,
+					       __u16 *l4_check)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct iphdr *ip = data + PNLB_L3_OFFSET;
-	void *l4 = data + PNLB_L4_OFFSET_V4;
-	__u32 src = conn->rewrite_src.words[3];
-	__u32 dst = conn->rewrite_dst.words[3];
-	__u16 *l4_check;
-
-	if ((void *)(ip + 1) > data_end)
-		return PNLB_DROP_TRUNCATED_IP;
-	l4_check = pnlb_l4_check(l4, data_end, protocol);
-	if (!l4_check)
-		return PNLB_DROP_TRUNCATED_L4;
-	/* A UDP checksum of 0 means "none": keep it that way. */
-	if (protocol == IPPROTO_UDP && *l4_check == 0)
-		l4_check = NULL;
-
 	if (ip->saddr != src) {
 		pnlb_csum_replace4(&ip->check, ip->saddr, src);
 		if (l4_check)
@@ -98,6 +82,37 @@ static __always_inline int pnlb_nat_ipv4(struct xdp_md *ctx, __u8 protocol,
 			pnlb_csum_replace4(l4_check, ip->daddr, dst);
 		ip->daddr = dst;
 	}
+}
+
+static __always_inline int pnlb_nat_ipv4(struct xdp_md *ctx, const struct pnlb_packet *pkt,
+					 const struct pnlb_conn *conn)
+{
+	__u8 protocol = pkt->flow.protocol;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + PNLB_L3_OFFSET;
+	void *l4 = data + PNLB_L4_OFFSET_V4;
+	__u32 src = conn->rewrite_src.words[3];
+	__u32 dst = conn->rewrite_dst.words[3];
+	__u16 *l4_check;
+
+	if ((void *)(ip + 1) > data_end)
+		return PNLB_DROP_TRUNCATED_IP;
+	if (pkt->fragment == PNLB_LATER_FRAGMENT) {
+		/* No L4 header here: the first fragment's checksum covered
+		 * the whole datagram's change. */
+		pnlb_rewrite_addr4(ip, src, dst, NULL);
+		pnlb_ipv4_hop(ip);
+		return 0;
+	}
+	l4_check = pnlb_l4_check(l4, data_end, protocol);
+	if (!l4_check)
+		return PNLB_DROP_TRUNCATED_L4;
+	/* A UDP checksum of 0 means "none": keep it that way. */
+	if (protocol == IPPROTO_UDP && *l4_check == 0)
+		l4_check = NULL;
+
+	pnlb_rewrite_addr4(ip, src, dst, l4_check);
 	pnlb_rewrite_ports(l4, data_end, l4_check, conn->rewrite_sport, conn->rewrite_dport);
 	if (l4_check && protocol == IPPROTO_UDP && *l4_check == 0)
 		*l4_check = 0xffff;
@@ -118,17 +133,26 @@ static __always_inline void pnlb_rewrite_addr6(__u32 *field, const struct pnlb_a
 	}
 }
 
-static __always_inline int pnlb_nat_ipv6(struct xdp_md *ctx, __u8 protocol,
+static __always_inline int pnlb_nat_ipv6(struct xdp_md *ctx, const struct pnlb_packet *pkt,
 					 const struct pnlb_conn *conn)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ipv6hdr *ip6 = data + PNLB_L3_OFFSET;
 	void *l4 = data + PNLB_L4_OFFSET_V6;
+	__u8 protocol = pkt->flow.protocol;
 	__u16 *l4_check;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return PNLB_DROP_TRUNCATED_IP;
+	if (pkt->fragment == PNLB_LATER_FRAGMENT) {
+		pnlb_rewrite_addr6(ip6->saddr.in6_u.u6_addr32, &conn->rewrite_src, NULL);
+		pnlb_rewrite_addr6(ip6->daddr.in6_u.u6_addr32, &conn->rewrite_dst, NULL);
+		ip6->hop_limit -= 1;
+		return 0;
+	}
+	if (pkt->ipv6_frag_header)
+		l4 = data + PNLB_L4_OFFSET_V6 + PNLB_IPV6_FRAG_HLEN;
 	l4_check = pnlb_l4_check(l4, data_end, protocol);
 	if (!l4_check)
 		return PNLB_DROP_TRUNCATED_L4;
@@ -153,8 +177,8 @@ static __always_inline int pnlb_nat_rewrite(struct xdp_md *ctx, const struct pnl
 					    const struct pnlb_conn *conn)
 {
 	if (pkt->ipv6)
-		return pnlb_nat_ipv6(ctx, pkt->flow.protocol, conn);
-	return pnlb_nat_ipv4(ctx, pkt->flow.protocol, conn);
+		return pnlb_nat_ipv6(ctx, pkt, conn);
+	return pnlb_nat_ipv4(ctx, pkt, conn);
 }
 
 #endif

@@ -3,8 +3,9 @@
  * Packet classification: Ethernet -> IPv4/IPv6 -> TCP/UDP, into a flow key.
  * The VIP check comes as early as the headers allow, so traffic that is not
  * ours goes to the kernel untouched; only traffic to a VIP is held to the
- * stricter rules (no IPv4 options, no fragments, no IPv6 extension headers)
- * because those are what we could forward wrong.
+ * stricter rules (no IPv4 options, no IPv6 extension headers but the
+ * fragment header) because those are what we could forward wrong.
+ * Fragments are handled as fragment.h says.
  */
 #ifndef PNLB_PARSE_H
 #define PNLB_PARSE_H
@@ -16,6 +17,7 @@
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
+#include "fragment.h"
 #include "maps.h"
 
 /* pnlb_parse's verdicts besides a reason: a well-formed TCP/UDP flow to a
@@ -41,6 +43,9 @@ struct pnlb_packet {
 	__u8 tcp_flags; /* PNLB_TCP_*, 0 for UDP */
 	__u8 ttl; /* TTL / hop limit as it arrived */
 	__u8 dont_fragment; /* IPv4 DF */
+	__u8 fragment; /* enum pnlb_fragment_kind */
+	__u8 ipv6_frag_header; /* the L4 header is 8 bytes further */
+	__u32 fragment_id;
 };
 
 /* Headers are fixed-size once parsed: no IPv4 options, no IPv6 extension
@@ -114,10 +119,34 @@ static __always_inline int pnlb_parse_ports(void *l4, void *data_end,
 	return PNLB_PASS_VIP_OTHER_PROTO;
 }
 
+/* TCP fragments at offset 8 bytes could rewrite the ports and flags of
+ * the first on reassembly (RFC 1858): never from an honest sender. */
+#define PNLB_TINY_OFFSET 1
+
+/*
+ * The ports of a TCP/UDP packet: from its L4 header, or for a later
+ * fragment from its first fragment. PNLB_PARSE_TO_VIP or the reason not to
+ * forward.
+ */
+static __always_inline int pnlb_parse_l4(void *l4, void *data_end, struct pnlb_packet *pkt,
+					 __u16 offset_units)
+{
+	if (pkt->fragment != PNLB_LATER_FRAGMENT)
+		return pnlb_parse_ports(l4, data_end, pkt);
+	if (pkt->flow.protocol != IPPROTO_TCP && pkt->flow.protocol != IPPROTO_UDP)
+		return PNLB_PASS_VIP_OTHER_PROTO;
+	if (pkt->flow.protocol == IPPROTO_TCP && offset_units == PNLB_TINY_OFFSET)
+		return PNLB_DROP_FRAGMENT;
+	if (pnlb_fragment_ports(&pkt->flow, pkt->fragment_id))
+		return PNLB_DROP_FRAGMENT;
+	return PNLB_PARSE_TO_VIP;
+}
+
 static __always_inline int pnlb_parse_ipv4(void *l3, void *data_end,
 					   struct pnlb_packet *pkt)
 {
 	struct iphdr *ip = l3;
+	__u16 offset = 0;
 
 	if ((void *)(ip + 1) > data_end)
 		return PNLB_DROP_TRUNCATED_IP;
@@ -137,28 +166,32 @@ static __always_inline int pnlb_parse_ipv4(void *l3, void *data_end,
 		if ((void *)(type + 1) <= data_end && pnlb_icmp_type_is_error(*type))
 			return PNLB_PARSE_ICMP_ERROR;
 	}
+	if (ip->frag_off & bpf_htons(PNLB_IP_MF | PNLB_IP_OFFSET)) {
+		pkt->fragment_id = ip->id;
+		offset = bpf_ntohs(ip->frag_off) & PNLB_IP_OFFSET;
+		pkt->fragment = offset ? PNLB_LATER_FRAGMENT : PNLB_FIRST_FRAGMENT;
+	}
 	if (!pnlb_is_vip(&pkt->flow.dst)) {
 		/* Maybe a reply from a nat/snat backend. What we could not
 		 * translate safely is the kernel's, untouched. */
-		if (!pnlb_is_backend(&pkt->flow.src) || ip->ihl != 5 ||
-		    (ip->frag_off & bpf_htons(PNLB_IP_MF | PNLB_IP_OFFSET)))
+		if (!pnlb_is_backend(&pkt->flow.src) || ip->ihl != 5)
 			return PNLB_PASS_NOT_SERVICE;
-		if (pnlb_parse_ports(ip + 1, data_end, pkt) != PNLB_PARSE_TO_VIP)
+		if (pnlb_parse_l4(ip + 1, data_end, pkt, offset) != PNLB_PARSE_TO_VIP)
 			return PNLB_PASS_NOT_SERVICE;
 		return PNLB_PARSE_FROM_BACKEND;
 	}
 
 	if (ip->ihl != 5)
 		return PNLB_DROP_IPV4_OPTIONS;
-	if (ip->frag_off & bpf_htons(PNLB_IP_MF | PNLB_IP_OFFSET))
-		return PNLB_DROP_FRAGMENT;
-	return pnlb_parse_ports(ip + 1, data_end, pkt);
+	return pnlb_parse_l4(ip + 1, data_end, pkt, offset);
 }
 
 static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
 					   struct pnlb_packet *pkt)
 {
 	struct ipv6hdr *ip6 = l3;
+	void *l4 = ip6 + 1;
+	__u16 offset = 0;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return PNLB_DROP_TRUNCATED_IP;
@@ -177,14 +210,27 @@ static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
 		if ((void *)(type + 1) <= data_end && *type >= 1 && *type <= 4)
 			return PNLB_PARSE_ICMP_ERROR;
 	}
+	if (ip6->nexthdr == IPPROTO_FRAGMENT) {
+		struct pnlb_ipv6_frag *frag = (void *)(ip6 + 1);
+
+		/* Truncated: left as protocol 44, which nothing forwards. */
+		if ((void *)(frag + 1) <= data_end) {
+			pkt->flow.protocol = frag->nexthdr;
+			pkt->ipv6_frag_header = 1;
+			pkt->fragment_id = frag->identification;
+			offset = bpf_ntohs(frag->frag_off) >> 3;
+			pkt->fragment = offset ? PNLB_LATER_FRAGMENT : PNLB_FIRST_FRAGMENT;
+			l4 = frag + 1;
+		}
+	}
 	if (!pnlb_is_vip(&pkt->flow.dst)) {
 		if (!pnlb_is_backend(&pkt->flow.src) ||
-		    pnlb_parse_ports(ip6 + 1, data_end, pkt) != PNLB_PARSE_TO_VIP)
+		    pnlb_parse_l4(l4, data_end, pkt, offset) != PNLB_PARSE_TO_VIP)
 			return PNLB_PASS_NOT_SERVICE;
 		return PNLB_PARSE_FROM_BACKEND;
 	}
 
-	switch (ip6->nexthdr) {
+	switch (pkt->flow.protocol) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
 		break;
@@ -200,7 +246,7 @@ static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
 		return PNLB_PASS_VIP_OTHER_PROTO;
 	}
 
-	return pnlb_parse_ports(ip6 + 1, data_end, pkt);
+	return pnlb_parse_l4(l4, data_end, pkt, offset);
 }
 
 /* Fills pkt and returns PNLB_PARSE_TO_VIP / _FROM_BACKEND, or the reason not

@@ -84,6 +84,7 @@ pub fn reason_name(reason: usize) -> &'static str {
         "fwd_rehashed",
         "tx_icmp_time_exceeded",
         "drop_icmp_rate_limited",
+        "fwd_fragment",
     ];
     NAMES.get(reason).copied().unwrap_or("unknown")
 }

@@ -492,12 +492,13 @@ fn malformed_packets_from_a_backend_pass_untouched_even_mid_flow() {
         );
 
         let mut fragment = answer.clone();
-        fragment[20] = 0x20; // more fragments
+        fragment[20..22].copy_from_slice(&100u16.to_be_bytes()); // offset 800
+        fix_ipv4_checksum(&mut fragment);
         let (verdict, out) = fixture.run(&fragment);
         assert_eq!(
             (verdict, out),
             (XDP_PASS, fragment.clone()),
-            "a fragment cannot be translated safely"
+            "a later fragment whose first was not seen cannot be translated"
         );
 
         let (verdict, _) = fixture.run(&answer);

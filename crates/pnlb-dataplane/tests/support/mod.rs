@@ -679,3 +679,59 @@ pub fn encapsulated(packet: &[u8], source: IpAddr, backend: IpAddr, wrap: Wrap) 
     out.extend_from_slice(inner);
     out
 }
+
+/// Recomputes the IPv4 header checksum of an Ethernet frame.
+pub fn fix_ipv4_checksum(packet: &mut [u8]) {
+    let ihl = (packet[14] & 0x0f) as usize * 4;
+    packet[24] = 0;
+    packet[25] = 0;
+    let mut sum = 0u32;
+    for chunk in packet[14..14 + ihl].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([chunk[0], chunk[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    packet[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+/// `packet` (a frame as [`Pkt`] builds it) cut into two fragments of
+/// datagram `id`, as its sender would: the first carries `first_len` bytes
+/// (a multiple of 8) of the IP payload, L4 header included; the second
+/// the rest. IPv4 fragments lose DF; IPv6 ones get a fragment header.
+pub fn fragments(packet: &[u8], id: u32, first_len: usize) -> [Vec<u8>; 2] {
+    assert_eq!(first_len % 8, 0, "fragments break at 8-byte units");
+    let ipv6 = packet[12..14] == [0x86, 0xdd];
+    let header_len = if ipv6 { 40 } else { 20 };
+    let header = &packet[14..14 + header_len];
+    let payload = &packet[14 + header_len..];
+    let pieces = [&payload[..first_len], &payload[first_len..]];
+    let mut out = [Vec::new(), Vec::new()];
+    for (i, piece) in pieces.iter().enumerate() {
+        let offset = if i == 0 { 0 } else { first_len as u16 };
+        let more = i == 0;
+        let frame = &mut out[i];
+        frame.extend_from_slice(&packet[..14]);
+        frame.extend_from_slice(header);
+        if ipv6 {
+            let next_header = header[6];
+            frame[14 + 6] = 44;
+            let payload_len = (8 + piece.len()) as u16;
+            frame[18..20].copy_from_slice(&payload_len.to_be_bytes());
+            frame.extend_from_slice(&[next_header, 0]);
+            frame.extend_from_slice(&(offset | u16::from(more)).to_be_bytes());
+            frame.extend_from_slice(&id.to_be_bytes());
+        } else {
+            let total = (20 + piece.len()) as u16;
+            frame[16..18].copy_from_slice(&total.to_be_bytes());
+            frame[18..20].copy_from_slice(&(id as u16).to_be_bytes());
+            let flags = (offset / 8) | if more { 0x2000 } else { 0 };
+            frame[20..22].copy_from_slice(&flags.to_be_bytes());
+        }
+        frame.extend_from_slice(piece);
+        if !ipv6 {
+            fix_ipv4_checksum(frame);
+        }
+    }
+    out
+}
