@@ -1,7 +1,8 @@
 //! Small Rust servers for long-lived flows, bulk transfers and UDP: on
 //! ECHO_PORT/tcp it greets each connection with its host name, then echoes
 //! everything back; on BULK_PORT/tcp it serves [`crate::bulk`] downloads;
-//! on ECHO_PORT/udp it answers each datagram with its host name.
+//! on ECHO_PORT/udp it answers each datagram with its host name, on
+//! MIRROR_PORT/udp with the datagram itself.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -14,6 +15,9 @@ use crate::netns::in_netns;
 use crate::LabError;
 
 pub const ECHO_PORT: u16 = 7000;
+/// UDP: each datagram is sent back as it came, whatever its size (tests of
+/// fragmented datagrams compare the echo byte for byte).
+pub const MIRROR_PORT: u16 = 7001;
 
 /// Runs until the lab drops it.
 pub struct EchoServer {
@@ -35,9 +39,12 @@ impl EchoServer {
                 ));
                 tcp.push((port, listen_v6_only(port)));
             }
-            let udp: Vec<std::io::Result<UdpSocket>> = udp_addresses
+            let udp: Vec<(u16, std::io::Result<UdpSocket>)> = udp_addresses
                 .iter()
-                .map(|&a| UdpSocket::bind(SocketAddr::new(a, ECHO_PORT)))
+                .flat_map(|&a| {
+                    [ECHO_PORT, MIRROR_PORT]
+                        .map(|port| (port, UdpSocket::bind(SocketAddr::new(a, port))))
+                })
                 .collect();
             (tcp, udp)
         })?;
@@ -46,14 +53,18 @@ impl EchoServer {
             reason: err.to_string(),
         };
         let stop = Arc::new(AtomicBool::new(false));
-        for socket in udp {
+        for (port, socket) in udp {
             let socket = socket.map_err(|err| failed("bind udp echo", err))?;
             socket
                 .set_read_timeout(Some(Duration::from_millis(200)))
                 .map_err(|err| failed("udp echo timeout", err))?;
             let stop = stop.clone();
-            let name = name.to_string();
-            std::thread::spawn(move || udp_loop(socket, &name, &stop));
+            let answer = if port == MIRROR_PORT {
+                None
+            } else {
+                Some(name.to_string())
+            };
+            std::thread::spawn(move || udp_loop(socket, answer.as_deref(), &stop));
         }
         for (port, listener) in tcp {
             let listener = listener.map_err(|err| failed("bind echo", err))?;
@@ -128,11 +139,13 @@ fn listen_v6_only(port: u16) -> std::io::Result<TcpListener> {
     }
 }
 
-fn udp_loop(socket: UdpSocket, name: &str, stop: &AtomicBool) {
-    let mut buf = [0u8; 2048];
+/// Answers each datagram with `name`, or with the datagram itself.
+fn udp_loop(socket: UdpSocket, name: Option<&str>, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
-        if let Ok((_, peer)) = socket.recv_from(&mut buf) {
-            let _ = socket.send_to(name.as_bytes(), peer);
+        if let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            let answer = name.map_or(&buf[..n], str::as_bytes);
+            let _ = socket.send_to(answer, peer);
         }
     }
 }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use bulk::BULK_PORT;
-pub use echo::{EchoServer, ECHO_PORT};
+pub use echo::{EchoServer, ECHO_PORT, MIRROR_PORT};
 pub use netns::{in_netns, spawn_in_netns};
 pub use process::LabProcess;
 
