@@ -7,6 +7,7 @@
 //! - [`programmer`]: turn validated config into map contents, and diff on reload;
 //! - [`netdev`]: what a device offers XDP (driver, XDP features, offloads);
 //! - [`nexthop`]: find the MAC and interface each backend is reached through;
+//! - [`netwatch`]: neighbour, route and link events, and neighbour re-verification;
 //! - [`stats`]: read the per-CPU counters;
 //! - [`sync`]: flows in and out, for failover sync;
 //! - [`prog_stats`]: the kernel's CPU-time accounting of BPF programs (benchmarks);
@@ -20,6 +21,7 @@ pub mod grace;
 pub mod inspect;
 pub mod loader;
 pub mod netdev;
+pub mod netwatch;
 pub mod nexthop;
 pub mod prog_stats;
 pub mod programmer;

@@ -43,7 +43,8 @@ pub trait Resolver {
 
 /// The host's kernel tables, in the calling thread's network namespace.
 pub struct KernelResolver {
-    /// How long to wait for neighbours to resolve after probing them.
+    /// How long to wait for neighbours to resolve after probing them (zero:
+    /// probe, and answer with what is known now).
     pub probe_wait: Duration,
 }
 
@@ -110,12 +111,15 @@ impl Resolver for KernelResolver {
                 .filter(|h| !neighbours.contains_key(h))
                 .map(|(ip, _)| *ip)
                 .collect();
-            if missing.is_empty() || Instant::now() >= deadline {
+            if missing.is_empty() {
                 break neighbours;
             }
             if !probed {
                 missing.iter().for_each(|&hop| probe(hop));
                 probed = true;
+            }
+            if Instant::now() >= deadline {
+                break neighbours;
             }
             sleep(Duration::from_millis(50));
         };
@@ -205,6 +209,31 @@ fn neighbour_macs(
             ))
         })
         .collect())
+}
+
+/// The routers of the default routes, IPv4 and IPv6, with their interface:
+/// where translated replies go (bpf_fib_lookup reads the kernel's
+/// neighbour entries for them, which XDP traffic never confirms).
+pub fn default_gateways() -> Vec<(u32, IpAddr)> {
+    let mut gateways = Vec::new();
+    for family in ["-4", "-6"] {
+        let Ok(output) = Command::new("ip")
+            .args(["-j", family, "route", "show", "default"])
+            .stderr(Stdio::null())
+            .output()
+        else {
+            continue;
+        };
+        let routes: Vec<RouteJson> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        for route in routes {
+            let gateway = route.gateway.as_deref().and_then(|g| g.parse().ok());
+            let ifindex = route.dev.as_deref().and_then(|d| ifindex_of(d).ok());
+            if let (Some(gateway), Some(ifindex)) = (gateway, ifindex) {
+                gateways.push((ifindex, gateway));
+            }
+        }
+    }
+    gateways
 }
 
 /// One empty datagram: enough for the kernel to resolve the neighbour.

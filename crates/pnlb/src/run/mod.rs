@@ -38,10 +38,9 @@ mod status;
 use next_hops::NextHops;
 use pressure::PressureWatch;
 
-/// How often next hops are re-resolved (a replaced server, a moved MAC).
-/// Health checks notice dead servers much sooner; this only follows MAC
-/// changes, and each refresh runs `ip` (pnlb-lab bench showed the cost in the
-/// tail latency at 5 s).
+/// How often every next hop is re-resolved in the background, a safety net
+/// under the kernel's neighbour and route events (next_hops.rs), which
+/// carry MAC changes within a tick.
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// How often idle connections are expired: a pass over the whole table, so
 /// not every second (timeouts then hold to within this much).
@@ -257,7 +256,7 @@ impl Daemon {
             hash_seed: seed.value,
         })?;
         let mut programmer = Programmer::new();
-        let mut next_hops = NextHops::default();
+        let mut next_hops = NextHops::start();
         let lifecycle = Lifecycle::default();
         let applied = lifecycle.effective(&config, Instant::now());
         log_report(&programmer.apply(&dataplane, &applied, &mut next_hops)?);
@@ -285,6 +284,7 @@ impl Daemon {
 
     fn tick(&mut self) {
         let resets = self.health_reports();
+        let hops_moved = self.next_hops.poll();
         let now = Instant::now();
         let effective = self.effective(now);
         let changed = effective != self.applied;
@@ -295,9 +295,11 @@ impl Daemon {
         {
             self.apply(effective);
             self.last_ramp = now;
-        } else if self.last_refresh.elapsed() >= REFRESH_EVERY {
-            self.next_hops.stale = true;
+        } else if hops_moved {
             self.apply(self.applied.clone());
+        }
+        if self.last_refresh.elapsed() >= REFRESH_EVERY {
+            self.next_hops.refresh();
             self.last_refresh = Instant::now();
         }
         for key in resets {
@@ -465,8 +467,8 @@ impl Daemon {
         });
         self.monitor = Monitor::start(&self.config);
         let effective = self.effective(Instant::now());
-        self.next_hops.stale = true;
         self.apply(effective);
+        self.next_hops.refresh();
         self.last_refresh = Instant::now();
         warn_without_forwarding(&self.config);
         self.version += 1;

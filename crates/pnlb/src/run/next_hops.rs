@@ -1,45 +1,267 @@
-//! Backend next hops as the daemon caches them.
+//! Backend next hops as the daemon keeps them: resolved off the daemon
+//! loop, and kept true by the kernel's own events.
+//!
+//! - A new backend address is looked up at once without waiting for its
+//!   neighbour (a few ms of `ip`; at start, before serving, it waits); one
+//!   the kernel cannot name a MAC for yet goes to the resolver thread,
+//!   which waits for the probe's answer, applied when it comes. Periodic, reload and route-change refreshes go
+//!   there too: the loop never waits for a neighbour.
+//! - The watch thread turns rtnetlink neighbour events into MAC changes,
+//!   applied on the next tick (100 ms): a router's VRRP failover or a
+//!   server's new MAC (announced by gratuitous ARP / unsolicited NA) takes
+//!   effect in well under a second. Route and link events trigger a
+//!   refresh. Every CONFIRM_EVERY it asks the kernel to re-verify the
+//!   neighbours we forward to (backends' next hops and the default
+//!   routers), which XDP traffic never confirms: a MAC that changes
+//!   without a word is found by the kernel's probes within seconds.
 
-use pnlb_dataplane::nexthop::{KernelResolver, Resolution, Resolver};
+use std::collections::{BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// Next hops as last resolved. Weight changes (health, slow start) reuse
-/// them; the kernel is asked only for addresses not seen before, and for
-/// all of them on the periodic refresh and on reload. Asking means running
-/// `ip` and, for an unresolvable backend, waiting for its neighbour probe:
-/// not something to repeat on every health transition or ramp step.
-#[derive(Default)]
+use pnlb_dataplane::netwatch::{NetEvent, NetWatch};
+use pnlb_dataplane::nexthop::{default_gateways, KernelResolver, Resolution, Resolver};
+
+use crate::log::warning;
+
+/// How often the neighbours we forward to are re-verified.
+const CONFIRM_EVERY: Duration = Duration::from_secs(5);
+/// Route and link changes come in bursts: one refresh after this quiet.
+const TOPOLOGY_SETTLE: Duration = Duration::from_millis(200);
+
 pub(super) struct NextHops {
-    kernel: KernelResolver,
     known: Resolution,
-    /// Set to re-ask the kernel about every address on the next apply.
-    pub(super) stale: bool,
+    /// The backend addresses last asked about (what a refresh covers).
+    current: Vec<IpAddr>,
+    /// Asked of the resolver thread, not answered yet.
+    pending: HashSet<IpAddr>,
+    requests: Sender<Vec<IpAddr>>,
+    answers: Receiver<Resolution>,
+    events: Receiver<NetEvent>,
+    /// (interface, neighbour) pairs the watch thread re-verifies.
+    watched: Arc<Mutex<Vec<(u32, IpAddr)>>>,
+    topology_changed: Option<Instant>,
+    /// The first resolution waits for neighbours: the data plane does not
+    /// serve yet, and should start with every backend it can reach.
+    started: bool,
+}
+
+impl NextHops {
+    /// Starts the resolver and watch threads (in this process's network
+    /// namespace, like the daemon).
+    pub(super) fn start() -> Self {
+        let (requests, asked) = channel::<Vec<IpAddr>>();
+        let (answer, answers) = channel();
+        std::thread::spawn(move || resolver_thread(&asked, &answer));
+        let (event, events) = channel();
+        let watched = Arc::new(Mutex::new(Vec::new()));
+        let shared = watched.clone();
+        match NetWatch::subscribe() {
+            Ok(watch) => {
+                std::thread::spawn(move || watch_thread(&watch, &event, &shared));
+            }
+            Err(err) => warning!(
+                "no neighbour events (rtnetlink: {err}): next-hop MAC changes are seen only at the periodic refresh"
+            ),
+        }
+        Self {
+            known: Resolution::new(),
+            current: Vec::new(),
+            pending: HashSet::new(),
+            requests,
+            answers,
+            events,
+            watched,
+            topology_changed: None,
+            started: false,
+        }
+    }
+
+    /// Asks the kernel again about every backend, in the background.
+    pub(super) fn refresh(&mut self) {
+        let current = self.current.clone();
+        self.ask(current);
+    }
+
+    fn ask(&mut self, addresses: Vec<IpAddr>) {
+        if addresses.is_empty() {
+            return;
+        }
+        self.pending.extend(addresses.iter().copied());
+        // The thread lives as long as the daemon; a send cannot fail first.
+        let _ = self.requests.send(addresses);
+    }
+
+    /// Takes in what the threads found since the last call; true when a
+    /// next hop moved (the data plane must be written again).
+    pub(super) fn poll(&mut self) -> bool {
+        let mut moved = false;
+        while let Ok(answers) = self.answers.try_recv() {
+            for (address, answer) in answers {
+                self.pending.remove(&address);
+                if !self.current.contains(&address) {
+                    continue;
+                }
+                if self.known.get(&address) != Some(&answer) {
+                    moved = true;
+                    self.known.insert(address, answer);
+                }
+            }
+        }
+        while let Ok(event) = self.events.try_recv() {
+            match event {
+                NetEvent::Neighbour {
+                    ifindex,
+                    address,
+                    mac,
+                } => moved |= self.learn(ifindex, address, mac),
+                NetEvent::Topology => {
+                    self.topology_changed.get_or_insert_with(Instant::now);
+                }
+                // Kept: established flows go on with the last MAC while the
+                // kernel re-resolves; health checks judge the backend.
+                NetEvent::NeighbourLost { .. } => {}
+            }
+        }
+        if self
+            .topology_changed
+            .is_some_and(|at| at.elapsed() >= TOPOLOGY_SETTLE)
+        {
+            self.topology_changed = None;
+            self.refresh();
+        }
+        if moved {
+            self.publish_watched();
+        }
+        moved
+    }
+
+    /// A neighbour's MAC as the kernel now has it: every next hop through
+    /// it follows. True if one changed.
+    fn learn(&mut self, ifindex: u32, neighbour: IpAddr, mac: [u8; 6]) -> bool {
+        let mut moved = false;
+        for (backend, answer) in self.known.iter_mut() {
+            if let Ok(hop) = answer {
+                if hop.ifindex == ifindex
+                    && hop.gateway.unwrap_or(*backend) == neighbour
+                    && hop.mac != mac
+                {
+                    hop.mac = mac;
+                    moved = true;
+                }
+            }
+        }
+        moved
+    }
+
+    fn publish_watched(&self) {
+        let hops: BTreeSet<(u32, IpAddr)> = self
+            .known
+            .iter()
+            .filter_map(|(backend, answer)| {
+                let hop = answer.as_ref().ok()?;
+                Some((hop.ifindex, hop.gateway.unwrap_or(*backend)))
+            })
+            .collect();
+        if let Ok(mut watched) = self.watched.lock() {
+            *watched = hops.into_iter().collect();
+        }
+    }
 }
 
 impl Resolver for NextHops {
-    fn resolve(&mut self, backends: &[std::net::IpAddr]) -> Resolution {
-        let ask: Vec<std::net::IpAddr> = backends
+    fn resolve(&mut self, backends: &[IpAddr]) -> Resolution {
+        self.current = backends.to_vec();
+        self.known.retain(|address, _| backends.contains(address));
+        let new: Vec<IpAddr> = backends
             .iter()
             .copied()
-            .filter(|b| self.stale || !self.known.contains_key(b))
+            .filter(|b| !self.known.contains_key(b) && !self.pending.contains(b))
             .collect();
-        if self.stale {
-            self.known.retain(|address, _| backends.contains(address));
+        if !new.is_empty() {
+            // What the kernel already knows, now (unresolved neighbours are
+            // probed); the rest in the background.
+            let probe_wait = if self.started {
+                Duration::ZERO
+            } else {
+                KernelResolver::default().probe_wait
+            };
+            let quick = KernelResolver { probe_wait }.resolve(&new);
+            let mut later = Vec::new();
+            for (address, answer) in quick {
+                match answer {
+                    Ok(_) => {
+                        self.known.insert(address, answer);
+                    }
+                    Err(_) => later.push(address),
+                }
+            }
+            self.ask(later);
+            self.publish_watched();
         }
-        if !ask.is_empty() {
-            self.known.extend(self.kernel.resolve(&ask));
-        }
-        self.stale = false;
+        self.started = true;
         backends
             .iter()
             .map(|&b| {
-                (
-                    b,
-                    self.known
-                        .get(&b)
-                        .cloned()
-                        .unwrap_or_else(|| Err(format!("{b} was not resolved"))),
-                )
+                let answer = self.known.get(&b).cloned().unwrap_or_else(|| {
+                    Err(format!(
+                        "resolving {b}'s next hop (waiting for ARP / neighbour discovery)"
+                    ))
+                });
+                (b, answer)
             })
             .collect()
+    }
+}
+
+/// Answers requests with the kernel's tables, probing unresolved
+/// neighbours and waiting for them; queued requests are merged.
+fn resolver_thread(asked: &Receiver<Vec<IpAddr>>, answer: &Sender<Resolution>) {
+    let mut kernel = KernelResolver::default();
+    while let Ok(first) = asked.recv() {
+        let mut addresses: BTreeSet<IpAddr> = first.into_iter().collect();
+        while let Ok(more) = asked.try_recv() {
+            addresses.extend(more);
+        }
+        let addresses: Vec<IpAddr> = addresses.into_iter().collect();
+        if answer.send(kernel.resolve(&addresses)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Forwards rtnetlink events and re-verifies the neighbours we forward to.
+fn watch_thread(watch: &NetWatch, events: &Sender<NetEvent>, watched: &Mutex<Vec<(u32, IpAddr)>>) {
+    let mut last_confirm = Instant::now();
+    loop {
+        match watch.wait(Duration::from_secs(1)) {
+            Ok(batch) => {
+                for event in batch {
+                    if events.send(event).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(err) => {
+                warning!(
+                    "neighbour events stopped (rtnetlink: {err}); the periodic refresh goes on"
+                );
+                return;
+            }
+        }
+        if last_confirm.elapsed() >= CONFIRM_EVERY {
+            last_confirm = Instant::now();
+            let mut hops: BTreeSet<(u32, IpAddr)> = default_gateways().into_iter().collect();
+            if let Ok(watched) = watched.lock() {
+                hops.extend(watched.iter().copied());
+            }
+            for (ifindex, neighbour) in hops {
+                // An entry the kernel no longer has is re-learned by the
+                // resolver's probe on the next refresh.
+                let _ = watch.confirm(ifindex, neighbour);
+            }
+        }
     }
 }
