@@ -19,6 +19,7 @@
 #include "lib/encap.h"
 #include "lib/pmtu.h"
 #include "lib/ttl.h"
+#include "lib/vlan.h"
 
 /*
  * BTF anchor: makes clang emit every ABI enum into BTF so that libbpf-cargo
@@ -211,8 +212,12 @@ static __always_inline int pnlb_handle_icmp_error(struct xdp_md *ctx, const stru
 	return pnlb_forward_to_backend(ctx, conn->service_id, pkt, backend, conn->backend_id, 0);
 }
 
-SEC("xdp")
-int pnlb_xdp(struct xdp_md *ctx)
+/*
+ * Everything but VLAN tags (pnlb_xdp): the verdict, with the egress VLAN
+ * or-ed in by the paths that forward. A global function, so the tag's
+ * handling adds nothing to its verification.
+ */
+__attribute__((noinline)) int pnlb_process(struct xdp_md *ctx)
 {
 	struct pnlb_backend *backend = NULL;
 	struct pnlb_conn *conn = NULL;
@@ -222,6 +227,8 @@ int pnlb_xdp(struct xdp_md *ctx)
 	int new_flow = 0, table = 0, promote = 0;
 	int reason, verdict;
 
+	if (!ctx)
+		return XDP_DROP;
 	reason = pnlb_parse(ctx, &pkt);
 	if (reason == PNLB_PARSE_FROM_BACKEND)
 		return pnlb_handle_reply(ctx, &pkt);
@@ -281,6 +288,35 @@ int pnlb_xdp(struct xdp_md *ctx)
 			return pnlb_service_drop(svc->id, reason);
 	}
 	return pnlb_forward_to_backend(ctx, svc->id, &pkt, backend, backend_id, new_flow);
+}
+
+SEC("xdp")
+int pnlb_xdp(struct xdp_md *ctx)
+{
+	int qinq, ingress, ret, verdict;
+	__u32 tci, vid;
+
+	ingress = pnlb_vlan_pop(ctx, &qinq);
+	if (ingress < 0)
+		return pnlb_pass(qinq ? PNLB_PASS_QINQ : PNLB_PASS_NOT_IP);
+	ret = pnlb_process(ctx);
+	verdict = PNLB_VERDICT(ret);
+	if (verdict != XDP_TX && verdict != XDP_REDIRECT && verdict != XDP_PASS)
+		return verdict;
+	tci = ingress & 0xffff;
+	if (ret & PNLB_EGRESS_SET) {
+		vid = (__u32)ret >> 16;
+		if (!vid)
+			return verdict;
+		/* The same VLAN keeps its whole tag, another gets its id. */
+		if ((tci & PNLB_VLAN_VID_MASK) != vid || !ingress)
+			tci = vid;
+	} else if (!ingress) {
+		return verdict;
+	}
+	if (pnlb_vlan_push(ctx, tci))
+		return pnlb_drop(PNLB_DROP_VLAN_FAILED);
+	return verdict;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

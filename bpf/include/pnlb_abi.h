@@ -186,7 +186,10 @@ enum pnlb_reason {
 					   * the packet dropped */
 	PNLB_FWD_FRAGMENT = 30,        /* a fragment of a flow, forwarded (not a
 					* drop: counted here to be visible) */
-	PNLB_REASON_MAX = 31,
+	PNLB_PASS_QINQ = 31,           /* two VLAN tags (QinQ, 802.1ad): the
+					* kernel's, untouched */
+	PNLB_DROP_VLAN_FAILED = 32,    /* no room to put a VLAN tag back */
+	PNLB_REASON_MAX = 33,
 };
 
 /* Connection-table events, per CPU in pnlb_table_stats. */
@@ -268,6 +271,10 @@ struct pnlb_backend {
 	__u8 tun_src_entropy_bits;
 	__u8 _pad1;
 	__u32 service_id; /* the only service whose flows it may carry */
+	/* 802.1Q VLAN id on ifindex (the parent of the VLAN device the
+	 * backend is reached through), 0 = untagged */
+	__u16 vlan;
+	__u16 _pad2;
 };
 
 /*
@@ -363,7 +370,7 @@ _Static_assert(sizeof(struct pnlb_service_key) == 20, "pnlb_service_key");
 _Static_assert(sizeof(struct pnlb_service) == 32, "pnlb_service");
 _Static_assert(sizeof(struct pnlb_affinity_key) == 24, "pnlb_affinity_key");
 _Static_assert(sizeof(struct pnlb_affinity) == 16, "pnlb_affinity");
-_Static_assert(sizeof(struct pnlb_backend) == 72, "pnlb_backend");
+_Static_assert(sizeof(struct pnlb_backend) == 76, "pnlb_backend");
 _Static_assert(sizeof(struct pnlb_backend_conns) == 24, "pnlb_backend_conns");
 _Static_assert(sizeof(struct pnlb_backend_load) == 40, "pnlb_backend_load");
 _Static_assert(sizeof(struct pnlb_flow_key) == 40, "pnlb_flow_key");

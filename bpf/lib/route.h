@@ -14,6 +14,7 @@
 #include <bpf/bpf_helpers.h>
 #include "parse.h"
 #include "stats.h"
+#include "vlan.h"
 
 #define PNLB_AF_INET 2
 #define PNLB_AF_INET6 10
@@ -43,13 +44,16 @@ static __always_inline int pnlb_fib_route(struct xdp_md *ctx, const struct pnlb_
 	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
 }
 
-/* Sends the packet the way pnlb_fib_route found (rc: its result). */
+/* Sends the packet the way pnlb_fib_route found (rc: its result); the
+ * verdict carries the egress VLAN (vlan.h). */
 static __always_inline int pnlb_fib_send(struct xdp_md *ctx, const struct bpf_fib_lookup *fib,
 					 int rc)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
+	__u32 egress;
+	__u16 vid;
 
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return pnlb_pass(PNLB_PASS_NO_NEIGH);
@@ -61,9 +65,10 @@ static __always_inline int pnlb_fib_send(struct xdp_md *ctx, const struct bpf_fi
 		return pnlb_drop(PNLB_DROP_TRUNCATED_ETH);
 	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
-	if (fib->ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(fib->ifindex, 0);
+	egress = pnlb_vlan_parent(fib->ifindex, &vid);
+	if (egress == ctx->ingress_ifindex)
+		return XDP_TX | PNLB_EGRESS_VLAN(vid);
+	return bpf_redirect(egress, 0) | PNLB_EGRESS_VLAN(vid);
 }
 
 /* Routes and sends a packet already translated (an ICMP error). */

@@ -24,6 +24,7 @@ impl Resolver for Static {
     fn resolve(&mut self, backends: &[IpAddr]) -> Resolution {
         let hop = NextHop {
             ifindex: 1,
+            vlan: 0,
             mac: [2, 0, 0, 0, 0, 1],
             src_mac: [2, 0, 0, 0, 0, 2],
             gateway: None,

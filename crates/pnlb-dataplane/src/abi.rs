@@ -30,8 +30,9 @@ const _: () = {
     assert!(offset_of!(Service, flags) == 17);
     assert!(offset_of!(Service, snat_reuse_s) == 18);
     assert!(offset_of!(Service, rate_interval_ns) == 24);
-    assert!(size_of::<Backend>() == 72);
+    assert!(size_of::<Backend>() == 76);
     assert!(offset_of!(Backend, service_id) == 68);
+    assert!(offset_of!(Backend, vlan) == 72);
     assert!(offset_of!(Backend, encap) == 19);
     assert!(offset_of!(Backend, tun_src) == 48);
     assert!(offset_of!(Backend, gue_port) == 64);

@@ -10,6 +10,7 @@
 //! - [`netwatch`]: neighbour, route and link events, and neighbour re-verification;
 //! - [`stats`]: read the per-CPU counters;
 //! - [`sync`]: flows in and out, for failover sync;
+//! - [`vlan`]: the VLAN devices replies may be routed out of;
 //! - [`prog_stats`]: the kernel's CPU-time accounting of BPF programs (benchmarks);
 //! - [`xdp_pass`]: the pass-everything program veth peers need;
 //! - [`xdp_ceiling`]: the benchmark's minimal XDP_TX forwarder.
@@ -27,6 +28,7 @@ pub mod prog_stats;
 pub mod programmer;
 pub mod stats;
 pub mod sync;
+pub mod vlan;
 pub mod xdp_ceiling;
 pub mod xdp_pass;
 

@@ -22,7 +22,11 @@ use crate::loader::ifindex_of;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NextHop {
+    /// The interface to send on: for a VLAN device, its parent (XDP runs
+    /// there, and a VLAN device cannot be redirected to).
     pub ifindex: u32,
+    /// The 802.1Q VLAN id of the route's interface, 0 = untagged.
+    pub vlan: u16,
     pub mac: [u8; 6],
     pub src_mac: [u8; 6],
     /// Set when the backend is not on-link but behind this router.
@@ -77,6 +81,79 @@ struct NeighJson {
 struct LinkJson {
     ifname: Option<String>,
     address: Option<String>,
+    ifindex: Option<u32>,
+    /// The parent of a VLAN device.
+    link: Option<String>,
+    linkinfo: Option<LinkInfoJson>,
+}
+
+#[derive(Deserialize)]
+struct LinkInfoJson {
+    info_kind: Option<String>,
+    info_data: Option<VlanJson>,
+}
+
+#[derive(Deserialize)]
+struct VlanJson {
+    protocol: Option<String>,
+    id: Option<u16>,
+}
+
+/// A device as routes name it: its MAC, and for an 802.1Q VLAN device
+/// the parent it sends on and its id.
+#[derive(Clone, Debug)]
+struct Device {
+    mac: [u8; 6],
+    vlan: Option<(String, u16)>,
+}
+
+impl LinkJson {
+    fn vlan(&self) -> Option<(String, u16)> {
+        let info = self.linkinfo.as_ref()?;
+        let data = info.info_data.as_ref()?;
+        if info.info_kind.as_deref() != Some("vlan") || data.protocol.as_deref() != Some("802.1Q") {
+            return None;
+        }
+        Some((self.link.clone()?, data.id?))
+    }
+}
+
+/// An 802.1Q VLAN device: (its ifindex, its parent's, its VLAN id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct VlanDevice {
+    pub ifindex: u32,
+    pub parent_ifindex: u32,
+    pub vid: u16,
+}
+
+/// Every 802.1Q VLAN device of this network namespace (for replies the FIB
+/// routes out of one: the data plane sends them on the parent, tagged).
+pub fn vlan_devices() -> Vec<VlanDevice> {
+    let Ok(output) = Command::new("ip")
+        .args(["-d", "-j", "link", "show", "type", "vlan"])
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return Vec::new();
+    };
+    parse_vlan_devices(&output.stdout, |name| ifindex_of(name).ok())
+}
+
+/// The VLAN devices in `ip -d -j link show` output; `parent_index` names
+/// a parent's ifindex.
+fn parse_vlan_devices(json: &[u8], parent_index: impl Fn(&str) -> Option<u32>) -> Vec<VlanDevice> {
+    let links: Vec<LinkJson> = serde_json::from_slice(json).unwrap_or_default();
+    links
+        .iter()
+        .filter_map(|link| {
+            let (parent, vid) = link.vlan()?;
+            Some(VlanDevice {
+                ifindex: link.ifindex?,
+                parent_ifindex: parent_index(&parent)?,
+                vid,
+            })
+        })
+        .collect()
 }
 
 struct Route {
@@ -96,7 +173,7 @@ impl Resolver for KernelResolver {
             Err(err) => return backends.iter().map(|&b| (b, Err(err.clone()))).collect(),
         };
         let devices: BTreeSet<&str> = routes.values().map(|r| r.dev.as_str()).collect();
-        let links = link_macs(&devices).unwrap_or_default();
+        let links = link_devices(&devices).unwrap_or_default();
         let hops: BTreeSet<(IpAddr, String)> = routes
             .iter()
             .map(|(&backend, r)| (r.gateway.unwrap_or(backend), r.dev.clone()))
@@ -129,9 +206,14 @@ impl Resolver for KernelResolver {
                 None => Err(format!("no route to {backend}")),
                 Some(route) => {
                     let hop = route.gateway.unwrap_or(backend);
+                    let device = links.get(&route.dev);
+                    // A VLAN device sends on its parent, tagged.
+                    let sends_on = device
+                        .and_then(|d| d.vlan.as_ref())
+                        .map_or(route.dev.as_str(), |(parent, _)| parent.as_str());
                     match (
-                        ifindex_of(&route.dev),
-                        links.get(&route.dev),
+                        ifindex_of(sends_on),
+                        device,
                         neighbours.get(&(hop, route.dev.clone())),
                     ) {
                         (Err(err), _, _) => Err(err.to_string()),
@@ -140,10 +222,11 @@ impl Resolver for KernelResolver {
                             "{hop} does not answer ARP/neighbour discovery on {}",
                             route.dev
                         )),
-                        (Ok(ifindex), Some(&src_mac), Some(&mac)) => Ok(NextHop {
+                        (Ok(ifindex), Some(device), Some(&mac)) => Ok(NextHop {
                             ifindex,
+                            vlan: device.vlan.as_ref().map_or(0, |(_, vid)| *vid),
                             mac,
-                            src_mac,
+                            src_mac: device.mac,
                             gateway: route.gateway,
                             source: route.source,
                         }),
@@ -159,7 +242,7 @@ impl Resolver for KernelResolver {
 fn routes_to(backends: &[IpAddr]) -> Result<HashMap<IpAddr, Route>, String> {
     let commands: Vec<String> = backends.iter().map(|b| format!("route get {b}")).collect();
     let mut routes = HashMap::new();
-    for route in ip_batch::<RouteJson>(&commands)? {
+    for route in ip_batch::<RouteJson>(&[], &commands)? {
         let Some(dst) = route.dst.as_deref().and_then(|d| d.parse::<IpAddr>().ok()) else {
             continue;
         };
@@ -178,14 +261,20 @@ fn routes_to(backends: &[IpAddr]) -> Result<HashMap<IpAddr, Route>, String> {
     Ok(routes)
 }
 
-fn link_macs(devices: &BTreeSet<&str>) -> Result<HashMap<String, [u8; 6]>, String> {
+fn link_devices(devices: &BTreeSet<&str>) -> Result<HashMap<String, Device>, String> {
     let commands: Vec<String> = devices
         .iter()
         .map(|d| format!("link show dev {d}"))
         .collect();
-    Ok(ip_batch::<LinkJson>(&commands)?
+    Ok(ip_batch::<LinkJson>(&["-d"], &commands)?
         .into_iter()
-        .filter_map(|link| Some((link.ifname?, parse_mac(link.address.as_deref()?)?)))
+        .filter_map(|link| {
+            let device = Device {
+                mac: parse_mac(link.address.as_deref()?)?,
+                vlan: link.vlan(),
+            };
+            Some((link.ifname?, device))
+        })
         .collect())
 }
 
@@ -199,7 +288,7 @@ fn neighbour_macs(
         .iter()
         .map(|ip| format!("neigh show to {ip}"))
         .collect();
-    Ok(ip_batch::<NeighJson>(&commands)?
+    Ok(ip_batch::<NeighJson>(&[], &commands)?
         .into_iter()
         .filter(|n| !n.state.iter().any(|s| s == "FAILED" || s == "INCOMPLETE"))
         .filter_map(|n| {
@@ -247,15 +336,20 @@ fn probe(hop: IpAddr) {
     }
 }
 
-/// Runs `ip -j -force -batch -` with one command per line and collects the
-/// entries of every JSON array it prints. Commands that fail (no route)
-/// print nothing; callers match answers by their content.
-fn ip_batch<T: for<'de> Deserialize<'de>>(commands: &[String]) -> Result<Vec<T>, String> {
+/// Runs `ip -j [options] -force -batch -` with one command per line and
+/// collects the entries of every JSON array it prints. Commands that fail
+/// (no route) print nothing; callers match answers by their content.
+fn ip_batch<T: for<'de> Deserialize<'de>>(
+    options: &[&str],
+    commands: &[String],
+) -> Result<Vec<T>, String> {
     if commands.is_empty() {
         return Ok(Vec::new());
     }
     let mut child = Command::new("ip")
-        .args(["-j", "-force", "-batch", "-"])
+        .arg("-j")
+        .args(options)
+        .args(["-force", "-batch", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -288,6 +382,28 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vlan_devices_are_read_from_iproute2_details() {
+        let json = br#"[{"ifindex":5,"link":"eth0","ifname":"eth0.100","mtu":1500,
+            "address":"52:54:00:12:34:56","linkinfo":{"info_kind":"vlan",
+            "info_data":{"protocol":"802.1Q","id":100,"flags":["REORDER_HDR"]}}},
+            {"ifindex":6,"link":"eth0","ifname":"eth0.7","address":"52:54:00:12:34:56",
+            "linkinfo":{"info_kind":"vlan","info_data":{"protocol":"802.1ad","id":7}}},
+            {"ifindex":7,"ifname":"br0","address":"52:54:00:12:34:57",
+            "linkinfo":{"info_kind":"bridge","info_data":{}}}]"#;
+        let devices = parse_vlan_devices(json, |name| (name == "eth0").then_some(2));
+        assert_eq!(
+            devices,
+            vec![VlanDevice {
+                ifindex: 5,
+                parent_ifindex: 2,
+                vid: 100
+            }],
+            "802.1ad devices and other kinds are not ours"
+        );
+        assert!(parse_vlan_devices(b"not json", |_| Some(1)).is_empty());
+    }
 
     #[test]
     fn macs_parse_only_when_well_formed() {

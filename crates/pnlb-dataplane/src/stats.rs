@@ -6,7 +6,7 @@ use crate::abi::{self, from_bytes, BackendStats, Plain, ServiceStats};
 use crate::loader::{Dataplane, DataplaneError};
 
 /// Per-service totals.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceCounters {
     pub packets: u64,
     pub bytes: u64,
@@ -15,6 +15,19 @@ pub struct ServiceCounters {
     pub reply_bytes: u64,
     /// Indexed by [`Reason`]; see [`reason_name`].
     pub drops: [u64; abi::REASON_COUNT],
+}
+
+impl Default for ServiceCounters {
+    fn default() -> Self {
+        Self {
+            packets: 0,
+            bytes: 0,
+            new_flows: 0,
+            reply_packets: 0,
+            reply_bytes: 0,
+            drops: [0; abi::REASON_COUNT],
+        }
+    }
 }
 
 /// The connection tables: how full, and what happened to entries. Fill is
@@ -85,6 +98,8 @@ pub fn reason_name(reason: usize) -> &'static str {
         "tx_icmp_time_exceeded",
         "drop_icmp_rate_limited",
         "fwd_fragment",
+        "pass_qinq",
+        "drop_vlan_failed",
     ];
     NAMES.get(reason).copied().unwrap_or("unknown")
 }

@@ -527,6 +527,7 @@ fn a_synced_flow_is_translated_on_the_other_node_in_both_directions() {
         .expect("load");
         let mut active_programmer = pnlb_dataplane::Programmer::new();
         let mut resolver = StaticResolver {
+            vlan: 0,
             ifindex: TEST_RUN_IFINDEX,
             unreachable: Vec::new(),
         };

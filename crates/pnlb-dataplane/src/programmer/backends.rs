@@ -138,6 +138,7 @@ impl Slots {
             match &resolved {
                 Ok(hop) => {
                     value.ifindex = hop.ifindex;
+                    value.vlan = hop.vlan;
                     value.mac = hop.mac;
                     value.src_mac = hop.src_mac;
                     if let Some(tunnel) = &config.tunnel {
@@ -157,6 +158,7 @@ impl Slots {
                     // Keep the last known next hop: established flows go on
                     // while the neighbour is re-learned.
                     value.ifindex = entry.value.ifindex;
+                    value.vlan = entry.value.vlan;
                     value.mac = entry.value.mac;
                     value.src_mac = entry.value.src_mac;
                     value.tun_src = entry.value.tun_src;

@@ -39,6 +39,8 @@ pub fn privileged() -> bool {
 /// Backends get MAC 02:be:<last 4 bytes of their address>, on `ifindex`.
 pub struct StaticResolver {
     pub ifindex: u32,
+    /// The backends' VLAN on `ifindex`, 0 = untagged.
+    pub vlan: u16,
     pub unreachable: Vec<IpAddr>,
 }
 
@@ -58,6 +60,7 @@ impl Resolver for StaticResolver {
             }
             Ok(NextHop {
                 ifindex: self.ifindex,
+                vlan: self.vlan,
                 mac: backend_mac(backend),
                 src_mac: LB_MAC,
                 gateway: None,
@@ -130,6 +133,7 @@ impl Fixture {
             programmer: Programmer::new(),
             resolver: StaticResolver {
                 ifindex: TEST_RUN_IFINDEX,
+                vlan: 0,
                 unreachable: Vec::new(),
             },
         };
@@ -338,6 +342,8 @@ pub struct Pkt {
     pub payload: Vec<u8>,
     /// TTL / hop limit.
     pub ttl: u8,
+    /// An 802.1Q tag (its TCI) after the MACs.
+    pub vlan: Option<u16>,
 }
 
 impl Pkt {
@@ -352,6 +358,7 @@ impl Pkt {
             tcp: Some(flags),
             payload: b"payload".to_vec(),
             ttl: 64,
+            vlan: None,
         }
     }
 
@@ -384,6 +391,14 @@ impl Pkt {
     pub fn with_ttl(&self, ttl: u8) -> Self {
         Self {
             ttl,
+            ..self.clone()
+        }
+    }
+
+    /// The same packet with an 802.1Q tag (`tci`: priority and VLAN id).
+    pub fn tagged(&self, tci: u16) -> Self {
+        Self {
+            vlan: Some(tci),
             ..self.clone()
         }
     }
@@ -433,7 +448,10 @@ impl Pkt {
                 tcp.write(&mut out, &self.payload).unwrap();
             }
         }
-        out
+        match self.vlan {
+            Some(tci) => tag(&out, tci),
+            None => out,
+        }
     }
 }
 
@@ -733,5 +751,14 @@ pub fn fragments(packet: &[u8], id: u32, first_len: usize) -> [Vec<u8>; 2] {
             fix_ipv4_checksum(frame);
         }
     }
+    out
+}
+
+/// `frame` with an 802.1Q tag carrying `tci` after its MACs.
+pub fn tag(frame: &[u8], tci: u16) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&[0x81, 0x00]);
+    out.extend_from_slice(&tci.to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
     out
 }

@@ -257,6 +257,7 @@ impl Daemon {
         })?;
         let mut programmer = Programmer::new();
         let mut next_hops = NextHops::start();
+        dataplane.set_vlan_devices(&pnlb_dataplane::nexthop::vlan_devices())?;
         let lifecycle = Lifecycle::default();
         let applied = lifecycle.effective(&config, Instant::now());
         log_report(&programmer.apply(&dataplane, &applied, &mut next_hops)?);
@@ -285,6 +286,11 @@ impl Daemon {
     fn tick(&mut self) {
         let resets = self.health_reports();
         let hops_moved = self.next_hops.poll();
+        if let Some(devices) = self.next_hops.take_vlan_devices() {
+            if let Err(err) = self.dataplane.set_vlan_devices(&devices) {
+                warning!("publishing VLAN devices: {err}");
+            }
+        }
         let now = Instant::now();
         let effective = self.effective(now);
         let changed = effective != self.applied;

@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pnlb_dataplane::netwatch::{NetEvent, NetWatch};
-use pnlb_dataplane::nexthop::{default_gateways, KernelResolver, Resolution, Resolver};
+use pnlb_dataplane::nexthop::{
+    default_gateways, vlan_devices, KernelResolver, Resolution, Resolver, VlanDevice,
+};
 
 use crate::log::warning;
 
@@ -38,8 +40,10 @@ pub(super) struct NextHops {
     /// Asked of the resolver thread, not answered yet.
     pending: HashSet<IpAddr>,
     requests: Sender<Vec<IpAddr>>,
-    answers: Receiver<Resolution>,
+    answers: Receiver<(Resolution, Vec<VlanDevice>)>,
     events: Receiver<NetEvent>,
+    /// The host's VLAN devices as last read, until the daemon takes them.
+    vlan_devices: Option<Vec<VlanDevice>>,
     /// (interface, neighbour) pairs the watch thread re-verifies.
     watched: Arc<Mutex<Vec<(u32, IpAddr)>>>,
     topology_changed: Option<Instant>,
@@ -73,6 +77,7 @@ impl NextHops {
             requests,
             answers,
             events,
+            vlan_devices: None,
             watched,
             topology_changed: None,
             started: false,
@@ -98,7 +103,8 @@ impl NextHops {
     /// next hop moved (the data plane must be written again).
     pub(super) fn poll(&mut self) -> bool {
         let mut moved = false;
-        while let Ok(answers) = self.answers.try_recv() {
+        while let Ok((answers, vlans)) = self.answers.try_recv() {
+            self.vlan_devices = Some(vlans);
             for (address, answer) in answers {
                 self.pending.remove(&address);
                 if !self.current.contains(&address) {
@@ -136,6 +142,12 @@ impl NextHops {
             self.publish_watched();
         }
         moved
+    }
+
+    /// The VLAN devices read since the last call, if any (for the data
+    /// plane's table of them).
+    pub(super) fn take_vlan_devices(&mut self) -> Option<Vec<VlanDevice>> {
+        self.vlan_devices.take()
     }
 
     /// A neighbour's MAC as the kernel now has it: every next hop through
@@ -217,8 +229,12 @@ impl Resolver for NextHops {
 }
 
 /// Answers requests with the kernel's tables, probing unresolved
-/// neighbours and waiting for them; queued requests are merged.
-fn resolver_thread(asked: &Receiver<Vec<IpAddr>>, answer: &Sender<Resolution>) {
+/// neighbours and waiting for them, and the VLAN devices as they are now;
+/// queued requests are merged.
+fn resolver_thread(
+    asked: &Receiver<Vec<IpAddr>>,
+    answer: &Sender<(Resolution, Vec<VlanDevice>)>,
+) {
     let mut kernel = KernelResolver::default();
     while let Ok(first) = asked.recv() {
         let mut addresses: BTreeSet<IpAddr> = first.into_iter().collect();
@@ -226,7 +242,10 @@ fn resolver_thread(asked: &Receiver<Vec<IpAddr>>, answer: &Sender<Resolution>) {
             addresses.extend(more);
         }
         let addresses: Vec<IpAddr> = addresses.into_iter().collect();
-        if answer.send(kernel.resolve(&addresses)).is_err() {
+        if answer
+            .send((kernel.resolve(&addresses), vlan_devices()))
+            .is_err()
+        {
             return;
         }
     }
