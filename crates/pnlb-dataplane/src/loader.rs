@@ -122,6 +122,12 @@ impl Dataplane {
             rodata.pnlb_conns_capacity = tables.established;
             rodata.pnlb_hash_seed = hash_seed;
         }
+        // For developers: with LIBBPF_LOG_LEVEL=debug too, libbpf prints
+        // the verifier's statistics (instructions processed of 1,000,000,
+        // stack depth per function).
+        if std::env::var_os("PNLB_VERIFIER_STATS").is_some() {
+            open.progs.pnlb_xdp.set_log_level(4);
+        }
         let skel = open.load().map_err(DataplaneError::Load)?;
         Ok(Self {
             skel,

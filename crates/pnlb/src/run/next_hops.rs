@@ -231,10 +231,7 @@ impl Resolver for NextHops {
 /// Answers requests with the kernel's tables, probing unresolved
 /// neighbours and waiting for them, and the VLAN devices as they are now;
 /// queued requests are merged.
-fn resolver_thread(
-    asked: &Receiver<Vec<IpAddr>>,
-    answer: &Sender<(Resolution, Vec<VlanDevice>)>,
-) {
+fn resolver_thread(asked: &Receiver<Vec<IpAddr>>, answer: &Sender<(Resolution, Vec<VlanDevice>)>) {
     let mut kernel = KernelResolver::default();
     while let Ok(first) = asked.recv() {
         let mut addresses: BTreeSet<IpAddr> = first.into_iter().collect();
