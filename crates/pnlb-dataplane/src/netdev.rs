@@ -70,6 +70,9 @@ pub struct Offloads {
     pub lro: bool,
     pub rx_checksum: bool,
     pub tx_checksum: bool,
+    /// rx-vlan-offload: the device strips 802.1Q tags into metadata, and
+    /// XDP sees tagged frames untagged.
+    pub rx_vlan: bool,
 }
 
 const ETHTOOL_GDRVINFO: u32 = 0x03;
@@ -77,6 +80,7 @@ const ETHTOOL_GRXCSUM: u32 = 0x14;
 const ETHTOOL_GTXCSUM: u32 = 0x16;
 const ETHTOOL_GFLAGS: u32 = 0x25;
 const ETH_FLAG_LRO: u32 = 1 << 15;
+const ETH_FLAG_RXVLAN: u32 = 1 << 8;
 
 /// `struct ethtool_value`.
 #[repr(C)]
@@ -118,8 +122,10 @@ pub fn offloads(interface: &str) -> io::Result<Offloads> {
         ethtool(interface, (&mut v as *mut EthtoolValue).cast())?;
         Ok(v.data)
     };
+    let flags = value(ETHTOOL_GFLAGS)?;
     Ok(Offloads {
-        lro: value(ETHTOOL_GFLAGS)? & ETH_FLAG_LRO != 0,
+        lro: flags & ETH_FLAG_LRO != 0,
+        rx_vlan: flags & ETH_FLAG_RXVLAN != 0,
         rx_checksum: value(ETHTOOL_GRXCSUM)? != 0,
         tx_checksum: value(ETHTOOL_GTXCSUM)? != 0,
     })

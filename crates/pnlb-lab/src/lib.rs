@@ -15,6 +15,7 @@
 
 pub mod bulk;
 pub mod echo;
+pub mod frames;
 pub mod netns;
 pub mod nginx;
 pub mod process;

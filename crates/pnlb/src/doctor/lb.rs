@@ -226,6 +226,19 @@ fn interface(link: &Link, config: &Config, kernel: &Kernel) -> Vec<Finding> {
                     format!("ethtool -K {name} lro off"),
                 ));
             }
+            let vlans = link.ifindex.map_or(0, |ifindex| {
+                pnlb_dataplane::nexthop::vlan_devices()
+                    .iter()
+                    .filter(|d| d.parent_ifindex == ifindex)
+                    .count()
+            });
+            if offloads.rx_vlan && vlans > 0 {
+                findings.push(Finding::problem(
+                    Level::Warn,
+                    format!("{name}: VLAN stripping (rx-vlan-offload) is on and {vlans} VLAN device(s) sit on it; tagged frames reach XDP untagged, so pnlb cannot balance them on their VLAN"),
+                    format!("ethtool -K {name} rxvlan off"),
+                ));
+            }
             if driver == "veth" && (offloads.rx_checksum || offloads.tx_checksum) {
                 findings.push(Finding::problem(
                     Level::Warn,
