@@ -25,6 +25,7 @@ impl Resolver for Static {
         let hop = NextHop {
             ifindex: 1,
             vlan: 0,
+            device: 1,
             mac: [2, 0, 0, 0, 0, 1],
             src_mac: [2, 0, 0, 0, 0, 2],
             gateway: None,

@@ -27,6 +27,9 @@ pub struct NextHop {
     pub ifindex: u32,
     /// The 802.1Q VLAN id of the route's interface, 0 = untagged.
     pub vlan: u16,
+    /// The route's interface itself (the VLAN device, or `ifindex`): where
+    /// the kernel keeps the neighbour entry, and its events name.
+    pub device: u32,
     pub mac: [u8; 6],
     pub src_mac: [u8; 6],
     /// Set when the backend is not on-link but behind this router.
@@ -213,18 +216,22 @@ impl Resolver for KernelResolver {
                         .map_or(route.dev.as_str(), |(parent, _)| parent.as_str());
                     match (
                         ifindex_of(sends_on),
+                        ifindex_of(&route.dev),
                         device,
                         neighbours.get(&(hop, route.dev.clone())),
                     ) {
-                        (Err(err), _, _) => Err(err.to_string()),
-                        (_, None, _) => Err(format!("interface {} has no MAC address", route.dev)),
-                        (_, _, None) => Err(format!(
+                        (Err(err), _, _, _) | (_, Err(err), _, _) => Err(err.to_string()),
+                        (_, _, None, _) => {
+                            Err(format!("interface {} has no MAC address", route.dev))
+                        }
+                        (_, _, _, None) => Err(format!(
                             "{hop} does not answer ARP/neighbour discovery on {}",
                             route.dev
                         )),
-                        (Ok(ifindex), Some(device), Some(&mac)) => Ok(NextHop {
+                        (Ok(ifindex), Ok(route_device), Some(device), Some(&mac)) => Ok(NextHop {
                             ifindex,
                             vlan: device.vlan.as_ref().map_or(0, |(_, vid)| *vid),
+                            device: route_device,
                             mac,
                             src_mac: device.mac,
                             gateway: route.gateway,

@@ -61,6 +61,7 @@ impl Resolver for StaticResolver {
             Ok(NextHop {
                 ifindex: self.ifindex,
                 vlan: self.vlan,
+                device: self.ifindex,
                 mac: backend_mac(backend),
                 src_mac: LB_MAC,
                 gateway: None,

@@ -150,13 +150,13 @@ impl NextHops {
         self.vlan_devices.take()
     }
 
-    /// A neighbour's MAC as the kernel now has it: every next hop through
-    /// it follows. True if one changed.
-    fn learn(&mut self, ifindex: u32, neighbour: IpAddr, mac: [u8; 6]) -> bool {
+    /// A neighbour's MAC as the kernel now has it on `device`: every next
+    /// hop through it follows. True if one changed.
+    fn learn(&mut self, device: u32, neighbour: IpAddr, mac: [u8; 6]) -> bool {
         let mut moved = false;
         for (backend, answer) in self.known.iter_mut() {
             if let Ok(hop) = answer {
-                if hop.ifindex == ifindex
+                if hop.device == device
                     && hop.gateway.unwrap_or(*backend) == neighbour
                     && hop.mac != mac
                 {
@@ -174,7 +174,7 @@ impl NextHops {
             .iter()
             .filter_map(|(backend, answer)| {
                 let hop = answer.as_ref().ok()?;
-                Some((hop.ifindex, hop.gateway.unwrap_or(*backend)))
+                Some((hop.device, hop.gateway.unwrap_or(*backend)))
             })
             .collect();
         if let Ok(mut watched) = self.watched.lock() {
