@@ -1,0 +1,123 @@
+//! The kernel's neighbour table through rtnetlink (netwatch.rs): a MAC
+//! change arrives as an event, and a STALE entry that nothing else uses is
+//! re-verified when asked (what keeps entries true while XDP forwards).
+//! Two namespaces of the test's own, joined by a veth pair.
+
+mod support;
+
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pnlb_dataplane::netwatch::{NetEvent, NetWatch};
+use support::privileged;
+
+fn sh(script: &str) {
+    let status = Command::new("sh").args(["-c", script]).status().unwrap();
+    assert!(status.success(), "{script}");
+}
+
+fn state_of(neighbour: &str) -> String {
+    let out = Command::new("ip")
+        .args(["neigh", "show", neighbour, "dev", "n0"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_stale_neighbour_is_reverified_on_request_and_a_new_mac_is_an_event() {
+    if !privileged() {
+        return;
+    }
+    let peer = format!("pnlbtest-nw-{}", std::process::id());
+    let cleanup = peer.clone();
+    let result = std::thread::spawn(move || {
+        // SAFETY: unshare on this thread only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        sh(&format!(
+            "set -e
+            ip netns add {peer}
+            ip link set lo up
+            ip link add n0 type veth peer name n1
+            ip link set n1 netns {peer}
+            ip addr add 10.99.0.1/24 dev n0
+            ip link set n0 up
+            ip -n {peer} addr add 10.99.0.2/24 dev n1
+            ip -n {peer} link set n1 up
+            sysctl -qw net.ipv4.neigh.n0.delay_first_probe_time=1"
+        ));
+        let watch = NetWatch::subscribe().expect("rtnetlink");
+        let n0 = pnlb_dataplane::loader::ifindex_of("n0").unwrap();
+        let neighbour: IpAddr = "10.99.0.2".parse().unwrap();
+        // One datagram: the kernel resolves its neighbour.
+        let socket = std::net::UdpSocket::bind("10.99.0.1:0").unwrap();
+        socket.send_to(b"", "10.99.0.2:9").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !state_of("10.99.0.2").contains("REACHABLE") {
+            assert!(
+                Instant::now() < deadline,
+                "never resolved: {}",
+                state_of("10.99.0.2")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // What an entry becomes when only XDP uses it: STALE, for good.
+        let mac = state_of("10.99.0.2")
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .to_string();
+        sh(&format!(
+            "ip neigh change 10.99.0.2 dev n0 lladdr {mac} nud stale"
+        ));
+        assert!(state_of("10.99.0.2").contains("STALE"));
+        let _ = watch.wait(Duration::ZERO);
+        watch.confirm(n0, neighbour).expect("NTF_USE");
+        // Used while STALE: DELAY (only a use does that), then after
+        // delay_first_probe_time a unicast probe, answered: REACHABLE.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline && !seen.iter().any(|s: &String| s.contains("REACHABLE")) {
+            let state = state_of("10.99.0.2");
+            if seen.last() != Some(&state) {
+                seen.push(state);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("after confirm: {seen:?}");
+        assert!(
+            seen.first().is_some_and(|s| s.contains("DELAY")),
+            "the request counts as a use: {seen:?}"
+        );
+        assert!(
+            seen.iter().any(|s| s.contains("REACHABLE")),
+            "re-verified: {seen:?}"
+        );
+
+        // A gratuitous ARP with a new MAC is an event naming it.
+        sh(&format!(
+            "ip netns exec {peer} sysctl -qw net.ipv4.conf.n1.arp_notify=1
+            ip -n {peer} link set n1 address 02:99:00:00:00:02"
+        ));
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut learned = false;
+        while Instant::now() < deadline && !learned {
+            for event in watch.wait(Duration::from_millis(200)).unwrap() {
+                if event
+                    == (NetEvent::Neighbour {
+                        ifindex: n0,
+                        address: neighbour,
+                        mac: [0x02, 0x99, 0, 0, 0, 2],
+                    })
+                {
+                    learned = true;
+                }
+            }
+        }
+        assert!(learned, "the new MAC arrived as an event");
+    })
+    .join();
+    let _ = Command::new("ip").args(["netns", "del", &cleanup]).status();
+    result.expect("test body");
+}
