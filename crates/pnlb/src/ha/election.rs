@@ -8,11 +8,11 @@
 //! A sick node (see [`Election::set_healthy`]) never becomes master and
 //! resigns if it is one.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::advert::Advert;
+use super::replay::ReplayGuard;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -33,8 +33,8 @@ pub struct Election {
     healthy: bool,
     /// Whether we hold the master's full table: preemption waits for it.
     synced: bool,
-    /// Newest sequence seen per sender: older adverts are replays.
-    sequences: HashMap<IpAddr, u64>,
+    /// Adverts already heard, per sender: heard again, they are replays.
+    replay: ReplayGuard,
 }
 
 /// Whether (priority, address) `a` outranks `b`.
@@ -46,7 +46,7 @@ fn outranks(a: (u8, IpAddr), b: (u8, IpAddr)) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Heard {
     Counted,
-    /// Not newer than the last one from that sender.
+    /// Already heard from that sender (see [`ReplayGuard`]).
     Replay,
 }
 
@@ -68,7 +68,7 @@ impl Election {
             preempt_at: None,
             healthy: true,
             synced: true,
-            sequences: HashMap::new(),
+            replay: ReplayGuard::default(),
         }
     }
 
@@ -97,11 +97,9 @@ impl Election {
 
     /// An authenticated advert from another node of the group.
     pub fn heard(&mut self, advert: &Advert, now: Instant) -> Heard {
-        let last = self.sequences.entry(advert.sender).or_insert(0);
-        if advert.sequence <= *last {
+        if !self.replay.accept(advert.sender, advert.sequence) {
             return Heard::Replay;
         }
-        *last = advert.sequence;
         if !advert.master {
             return Heard::Counted;
         }

@@ -9,6 +9,7 @@
 
 pub mod advert;
 pub mod election;
+pub mod replay;
 pub mod sync;
 pub mod syncer;
 pub mod takeover;
@@ -17,14 +18,16 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use pnlb_core::config::Ha;
 
 use self::advert::{Advert, ADVERT_PORT};
 use self::election::{Election, Heard, Role};
+use self::replay::Sequence;
 use crate::log::{info, warning};
 
 /// How stale the daemon loop's heartbeat may be before the node counts as sick.
@@ -35,8 +38,8 @@ pub struct HaNode {
     thread: Option<JoinHandle<()>>,
     /// Role changes, for the daemon loop.
     pub roles: mpsc::Receiver<Role>,
-    /// Milliseconds since the epoch of the daemon loop's last turn.
-    pub heartbeat: Arc<AtomicU64>,
+    /// The daemon loop's last turn.
+    pub heartbeat: Arc<Heartbeat>,
     /// Whether the data plane is fine (attached when it should be, maps readable).
     pub dataplane_ok: Arc<AtomicBool>,
 }
@@ -50,10 +53,29 @@ impl Drop for HaNode {
     }
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// Milliseconds on this process's monotonic clock: what liveness is
+/// measured in, so that a step of the wall clock is no sign of sickness.
+pub fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// When the daemon loop last turned, in [`monotonic_ms`].
+pub struct Heartbeat(AtomicU64);
+
+impl Heartbeat {
+    pub fn new(now: u64) -> Self {
+        Self(AtomicU64::new(now))
+    }
+
+    pub fn beat(&self, now: u64) {
+        self.0.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether the loop turned within HEARTBEAT_LIMIT of `now`.
+    pub fn alive(&self, now: u64) -> bool {
+        now.saturating_sub(self.0.load(Ordering::Relaxed)) < HEARTBEAT_LIMIT.as_millis() as u64
+    }
 }
 
 /// Reads the group's shared key (ha.key_file).
@@ -76,7 +98,7 @@ impl HaNode {
         socket.set_read_timeout(Some(tick))?;
         let (roles_tx, roles) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let heartbeat = Arc::new(AtomicU64::new(now_ms()));
+        let heartbeat = Arc::new(Heartbeat::new(monotonic_ms()));
         let dataplane_ok = Arc::new(AtomicBool::new(true));
         let ha = config.clone();
         let thread = {
@@ -105,7 +127,7 @@ impl HaNode {
 /// What the daemon loop and the election thread share.
 struct Shared<'a> {
     stop: &'a AtomicBool,
-    heartbeat: &'a AtomicU64,
+    heartbeat: &'a Heartbeat,
     dataplane_ok: &'a AtomicBool,
     synced: &'a AtomicBool,
 }
@@ -134,7 +156,7 @@ fn run(
     );
     let mut role = Role::Backup;
     let mut last_sent: Option<Instant> = None;
-    let mut sequence = now_ms() * 1000;
+    let mut sequence = Sequence::start();
     let mut buffer = [0u8; 256];
     let mut rejected_logged = std::collections::HashSet::new();
     info!(
@@ -175,9 +197,7 @@ fn run(
                 }
             }
         }
-        let healthy = now_ms().saturating_sub(heartbeat.load(Ordering::Relaxed))
-            < HEARTBEAT_LIMIT.as_millis() as u64
-            && dataplane_ok.load(Ordering::Relaxed);
+        let healthy = heartbeat.alive(monotonic_ms()) && dataplane_ok.load(Ordering::Relaxed);
         election.set_healthy(healthy);
         election.set_synced(synced.load(Ordering::Relaxed));
         let now = Instant::now();
@@ -189,13 +209,12 @@ fn run(
         }
         let due = last_sent.is_none_or(|t| now.duration_since(t) >= config.advert_interval);
         if (role == Role::Master && due) || resigning {
-            sequence = sequence.max(now_ms() * 1000) + 1;
             let advert = Advert {
                 group: config.group,
                 priority: election.priority(),
                 master: true,
                 sender: me,
-                sequence,
+                sequence: sequence.next(),
             };
             let bytes = advert.emit(key);
             for peer in &config.peers {
@@ -211,11 +230,33 @@ fn run(
             priority: 0,
             master: true,
             sender: me,
-            sequence: sequence.max(now_ms() * 1000) + 1,
+            sequence: sequence.next(),
         };
         let bytes = advert.emit(key);
         for peer in &config.peers {
             let _ = socket.send_to(&bytes, SocketAddr::new(*peer, ADVERT_PORT));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_is_measured_on_the_monotonic_clock_alone() {
+        // The clock is injected: `alive` reads none, so a wall-clock step
+        // of an hour either way cannot make a healthy loop look dead.
+        let heartbeat = Heartbeat::new(10_000);
+        assert!(heartbeat.alive(10_000 + 1_999));
+        assert!(!heartbeat.alive(10_000 + 2_000));
+        heartbeat.beat(3_600_000);
+        assert!(heartbeat.alive(3_600_500));
+        assert!(
+            heartbeat.alive(3_599_000),
+            "a beat 'in the future' is alive"
+        );
+        let first = monotonic_ms();
+        assert!(monotonic_ms() >= first);
     }
 }

@@ -4,7 +4,6 @@
 //! turn and answers full-dump requests; a backup installs what arrives and
 //! asks for a full dump until it has had one (only then may it preempt).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,6 +14,7 @@ use pnlb_core::config::Ha;
 use pnlb_dataplane::sync::{ConnEvents, Flow};
 use pnlb_dataplane::{Dataplane, Programmer};
 
+use super::replay::{ReplayGuard, Sequence};
 use super::sync::{Kind, Message, SyncedFlow, PER_DATAGRAM, SYNC_PORT};
 use crate::log::{info, warning};
 
@@ -32,9 +32,9 @@ pub struct Syncer {
     group: u8,
     me: IpAddr,
     peers: Vec<IpAddr>,
-    sequence: u64,
-    /// Newest sequence per sender (older messages are replays).
-    seen: HashMap<IpAddr, u64>,
+    sequence: Sequence,
+    /// Messages already heard, per sender.
+    seen: ReplayGuard,
     /// Set once a full dump has arrived since this node last became backup.
     pub synced: Arc<AtomicBool>,
     asked: Option<Instant>,
@@ -58,8 +58,8 @@ impl Syncer {
             group: ha.group,
             me,
             peers: ha.peers.clone(),
-            sequence: super::now_ms() * 1000,
-            seen: HashMap::new(),
+            sequence: Sequence::start(),
+            seen: ReplayGuard::default(),
             synced: Arc::new(AtomicBool::new(false)),
             asked: None,
             resent: Instant::now(),
@@ -74,12 +74,11 @@ impl Syncer {
     }
 
     fn send(&mut self, kind: Kind, flows: Vec<SyncedFlow>, to: &[IpAddr]) {
-        self.sequence = self.sequence.max(super::now_ms() * 1000) + 1;
         let bytes = Message {
             kind,
             group: self.group,
             sender: self.me,
-            sequence: self.sequence,
+            sequence: self.sequence.next(),
             flows,
         }
         .emit(&self.key);
@@ -155,11 +154,9 @@ impl Syncer {
                     continue;
                 }
             };
-            let last = self.seen.entry(message.sender).or_insert(0);
-            if message.sequence <= *last {
+            if !self.seen.accept(message.sender, message.sequence) {
                 continue;
             }
-            *last = message.sequence;
             match (message.kind, master) {
                 (Kind::Request, true) => match dataplane.flows() {
                     Ok(flows) => {

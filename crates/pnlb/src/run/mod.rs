@@ -163,7 +163,7 @@ pub fn run(path: &Path) -> Result<()> {
         if let Some(node) = &ha {
             // The watchdog: this loop turning, the last role change done,
             // the maps readable. A sick node resigns and is never elected.
-            node.heartbeat.store(crate::ha::now_ms(), Ordering::Relaxed);
+            node.heartbeat.beat(crate::ha::monotonic_ms());
             while let Ok(role) = node.roles.try_recv() {
                 role_ok = daemon.change_role(role, &mut attachments);
                 master = role == crate::ha::election::Role::Master;
