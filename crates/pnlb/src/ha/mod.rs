@@ -9,6 +9,7 @@
 
 pub mod advert;
 pub mod election;
+pub mod rejections;
 pub mod replay;
 pub mod sync;
 pub mod syncer;
@@ -27,6 +28,7 @@ use pnlb_core::config::Ha;
 
 use self::advert::{Advert, ADVERT_PORT};
 use self::election::{Election, Heard, Role};
+use self::rejections::Rejections;
 use self::replay::Sequence;
 use crate::log::{info, warning};
 
@@ -158,7 +160,7 @@ fn run(
     let mut last_sent: Option<Instant> = None;
     let mut sequence = Sequence::start();
     let mut buffer = [0u8; 256];
-    let mut rejected_logged = std::collections::HashSet::new();
+    let mut rejections = Rejections::new("ha: advert");
     info!(
         "ha: group {} as {me}, priority {}, peers {}; backup until elected",
         config.group,
@@ -172,28 +174,20 @@ fn run(
     );
     while !stop.load(Ordering::Relaxed) {
         if let Ok((len, from)) = socket.recv_from(&mut buffer) {
-            match Advert::parse(&buffer[..len], key) {
-                Ok(advert) if advert.group != config.group || advert.sender == me => {}
-                Ok(advert) if !config.peers.contains(&advert.sender) => {
-                    if rejected_logged.insert(from.ip()) {
-                        warning!(
-                            "ha: ignoring an advert from {} (sender {} is not one of ha.peers)",
-                            from.ip(),
-                            advert.sender
-                        );
-                    }
-                }
-                Ok(advert) => {
-                    if election.heard(&advert, Instant::now()) == Heard::Replay
-                        && rejected_logged.insert(from.ip())
-                    {
-                        warning!("ha: ignoring a replayed advert from {}", from.ip());
-                    }
-                }
-                Err(err) => {
-                    if rejected_logged.insert(from.ip()) {
-                        warning!("ha: rejected an advert from {}: {err}", from.ip());
-                    }
+            let refused = match Advert::parse(&buffer[..len], key) {
+                Ok(advert) if advert.group != config.group || advert.sender == me => None,
+                Ok(advert) if !config.peers.contains(&advert.sender) => Some(format!(
+                    "from {} (sender {} is not one of ha.peers)",
+                    from.ip(),
+                    advert.sender
+                )),
+                Ok(advert) => (election.heard(&advert, Instant::now()) == Heard::Replay)
+                    .then(|| format!("from {}: a replay", from.ip())),
+                Err(err) => Some(format!("from {}: {err}", from.ip())),
+            };
+            if let Some(reason) = refused {
+                if let Some(line) = rejections.refused(Instant::now(), || reason) {
+                    warning!("{line}");
                 }
             }
         }

@@ -14,6 +14,7 @@ use pnlb_core::config::Ha;
 use pnlb_dataplane::sync::{ConnEvents, Flow};
 use pnlb_dataplane::{Dataplane, Programmer};
 
+use super::rejections::Rejections;
 use super::replay::{ReplayGuard, Sequence};
 use super::sync::{Kind, Message, SyncedFlow, PER_DATAGRAM, SYNC_PORT};
 use crate::log::{info, warning};
@@ -35,6 +36,7 @@ pub struct Syncer {
     sequence: Sequence,
     /// Messages already heard, per sender.
     seen: ReplayGuard,
+    rejections: Rejections,
     /// Set once a full dump has arrived since this node last became backup.
     pub synced: Arc<AtomicBool>,
     asked: Option<Instant>,
@@ -60,6 +62,7 @@ impl Syncer {
             peers: ha.peers.clone(),
             sequence: Sequence::start(),
             seen: ReplayGuard::default(),
+            rejections: Rejections::new("ha sync: message"),
             synced: Arc::new(AtomicBool::new(false)),
             asked: None,
             resent: Instant::now(),
@@ -150,7 +153,10 @@ impl Syncer {
                 Ok(m) if m.group == self.group && self.peers.contains(&m.sender) => m,
                 Ok(_) => continue,
                 Err(err) => {
-                    warning!("ha sync: rejected a message from {}: {err}", from.ip());
+                    let reason = || format!("from {}: {err}", from.ip());
+                    if let Some(line) = self.rejections.refused(Instant::now(), reason) {
+                        warning!("{line}");
+                    }
                     continue;
                 }
             };
