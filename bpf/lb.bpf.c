@@ -48,6 +48,8 @@ const volatile struct {
 	struct pnlb_conn_event conn_event;
 	enum pnlb_least_limits least_limits;
 	enum pnlb_decap_counter decap_counter;
+	enum pnlb_abi_version abi_version;
+	enum pnlb_meta_slot meta_slot;
 } pnlb_abi_anchor;
 
 static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_flow_key *flow)

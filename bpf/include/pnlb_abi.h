@@ -17,6 +17,22 @@
 
 #include <linux/types.h>
 
+/*
+ * The version of everything below as a running data plane holds it in its
+ * maps. A pnlb that finds a data plane of another version pinned refuses
+ * to adopt it (it would misread the maps). Bump it with any change to a
+ * map's key or value layout or meaning.
+ */
+enum pnlb_abi_version { PNLB_ABI_VERSION = 1 };
+
+/* pnlb_meta's slots: what a pinned data plane says about itself. */
+enum pnlb_meta_slot {
+	PNLB_META_ABI_VERSION = 0,
+	PNLB_META_HASH_SEED = 1,
+	PNLB_META_NEXT_GENERATION = 2, /* the next backend generation to give */
+	PNLB_META_SLOTS = 4,
+};
+
 enum pnlb_limits {
 	PNLB_MAX_SERVICES = 1024,
 	PNLB_MAX_BACKENDS = 4096,

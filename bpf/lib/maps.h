@@ -24,6 +24,15 @@ struct {
 	__type(value, __u32);
 } pnlb_vips SEC(".maps");
 
+/* What a pinned data plane says about itself (enum pnlb_meta_slot):
+ * written by the control plane, never read by packets. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PNLB_META_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} pnlb_meta SEC(".maps");
+
 /* Backend slot id -> backend, in two copies: userspace writes the copy
  * packets do not read, flips pnlb_live_copy, and writes that slot again
  * only after every program run that could still read the old copy has

@@ -6,12 +6,13 @@ use std::mem::{offset_of, size_of};
 use std::net::IpAddr;
 
 pub use crate::skel::types::{
-    pnlb_addr as Addr, pnlb_backend as Backend, pnlb_backend_conns as BackendConns,
-    pnlb_backend_flags as BackendFlags, pnlb_backend_load as BackendLoad,
-    pnlb_backend_stats as BackendStats, pnlb_conn as Conn, pnlb_conn_direction as ConnDirection,
-    pnlb_conn_event as ConnEvent, pnlb_conn_flags as ConnFlags, pnlb_conn_state as ConnState,
-    pnlb_decap_counter as DecapCounter, pnlb_encap as Encap, pnlb_flow_key as FlowKey,
-    pnlb_hash_key as HashKey, pnlb_hash_seed as HashSeed, pnlb_limits as Limits,
+    pnlb_abi_version as AbiVersion, pnlb_addr as Addr, pnlb_backend as Backend,
+    pnlb_backend_conns as BackendConns, pnlb_backend_flags as BackendFlags,
+    pnlb_backend_load as BackendLoad, pnlb_backend_stats as BackendStats, pnlb_conn as Conn,
+    pnlb_conn_direction as ConnDirection, pnlb_conn_event as ConnEvent,
+    pnlb_conn_flags as ConnFlags, pnlb_conn_state as ConnState, pnlb_decap_counter as DecapCounter,
+    pnlb_encap as Encap, pnlb_flow_key as FlowKey, pnlb_hash_key as HashKey,
+    pnlb_hash_seed as HashSeed, pnlb_limits as Limits, pnlb_meta_slot as MetaSlot,
     pnlb_method as Method, pnlb_reason as Reason, pnlb_scheduler as SchedulerKind,
     pnlb_service as Service, pnlb_service_flags as ServiceFlags, pnlb_service_key as ServiceKey,
     pnlb_service_stats as ServiceStats, pnlb_snat_limits as SnatLimits,
@@ -63,6 +64,7 @@ pub const TABLE_CAPACITY: u32 = Limits::PNLB_TABLE_CAPACITY.0;
 /// Slots at the start of each published table that hold its lengths.
 pub const TABLE_HEADER: u32 = Limits::PNLB_TABLE_HEADER.0;
 pub const TABLE_COUNTERS: usize = TableCounter::PNLB_TC_COUNTERS.0 as usize;
+pub const ABI_VERSION: u32 = AbiVersion::PNLB_ABI_VERSION.0;
 pub const TEST_HASH_SEED: u32 = HashSeed::PNLB_TEST_HASH_SEED.0;
 pub const REASON_COUNT: usize = Reason::PNLB_REASON_MAX.0 as usize;
 pub const MAX_SNAT_ADDRS: u32 = SnatLimits::PNLB_MAX_SNAT_ADDRS.0;

@@ -7,6 +7,7 @@
 //! - [`programmer`]: turn validated config into map contents, and diff on reload;
 //! - [`netdev`]: what a device offers XDP (driver, XDP features, offloads);
 //! - [`nexthop`]: find the MAC and interface each backend is reached through;
+//! - [`pinning`]: a data plane that outlives its daemon (bpffs pins, adoption);
 //! - [`netwatch`]: neighbour, route and link events, and neighbour re-verification;
 //! - [`stats`]: read the per-CPU counters;
 //! - [`sync`]: flows in and out, for failover sync;
@@ -24,6 +25,7 @@ pub mod loader;
 pub mod netdev;
 pub mod netwatch;
 pub mod nexthop;
+pub mod pinning;
 pub mod prog_stats;
 pub mod programmer;
 pub mod stats;

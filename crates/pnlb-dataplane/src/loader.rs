@@ -3,11 +3,13 @@
 use std::ffi::CString;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{OpenObject, Xdp, XdpFlags};
 use pnlb_core::config::XdpMode;
 
+use crate::abi::MetaSlot;
 use crate::conntrack::SweepTally;
 use crate::skel::{LbMaps, LbSkel, LbSkelBuilder};
 
@@ -30,6 +32,11 @@ pub enum DataplaneError {
     },
     #[error("{what}: the data plane holds at most {limit}")]
     Full { what: &'static str, limit: u32 },
+    #[error("the data plane pinned in {} cannot be adopted: {reason}; `pnlb down --pin-dir {}` removes it (its flows are lost), or run the pnlb that made it", dir.display(), dir.parent().map_or_else(|| dir.display().to_string(), |p| p.display().to_string()))]
+    Incompatible {
+        dir: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// The loaded XDP program and its maps. Dropping it (after its
@@ -38,11 +45,15 @@ pub struct Dataplane {
     skel: LbSkel<'static>,
     tables: TableSizes,
     hash_seed: u32,
+    /// Where its maps and links are pinned, when it outlives the process.
+    pin_dir: Option<PathBuf>,
+    /// Whether it took over maps a previous process left pinned.
+    adopted: bool,
     pub(crate) tally: SweepTally,
 }
 
 /// How the program is loaded.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Entries of the established table (nat/snat flows take two).
     pub conn_table_size: u32,
@@ -51,6 +62,10 @@ pub struct LoadOptions {
     /// Seed of every flow hash: a per-deployment secret, the same on every
     /// node that must pick alike.
     pub hash_seed: u32,
+    /// A bpffs directory to pin the maps (and links) in, reusing those a
+    /// previous process left there ([`crate::pinning`]); None = the data
+    /// plane ends with the process.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -60,6 +75,7 @@ impl LoadOptions {
             conn_table_size,
             conn_sync: false,
             hash_seed: crate::abi::TEST_HASH_SEED,
+            pin_dir: None,
         }
     }
 }
@@ -101,7 +117,12 @@ impl Dataplane {
             conn_table_size,
             conn_sync,
             hash_seed,
+            pin_dir,
         } = options;
+        let adopted = match &pin_dir {
+            Some(dir) => crate::pinning::check_compatible(dir)?,
+            None => false,
+        };
         // The skeleton borrows its object storage for as long as it lives; a
         // data plane lives for the process, so the few bytes are leaked.
         let storage: &'static mut MaybeUninit<OpenObject> =
@@ -128,13 +149,53 @@ impl Dataplane {
         if std::env::var_os("PNLB_VERIFIER_STATS").is_some() {
             open.progs.pnlb_xdp.set_log_level(4);
         }
-        let skel = open.load().map_err(DataplaneError::Load)?;
-        Ok(Self {
+        if let Some(dir) = &pin_dir {
+            std::fs::create_dir_all(dir).map_err(|err| DataplaneError::Incompatible {
+                dir: dir.clone(),
+                reason: format!("cannot create it: {err}"),
+            })?;
+            for mut map in open.open_object_mut().maps_mut() {
+                let name = map.name().to_string_lossy().into_owned();
+                // .rodata and friends are the program's own constants.
+                if name.contains('.') {
+                    continue;
+                }
+                map.set_pin_path(dir.join(&name))
+                    .map_err(DataplaneError::Load)?;
+            }
+        }
+        let skel = open.load().map_err(|err| match &pin_dir {
+            Some(dir) if adopted => DataplaneError::Incompatible {
+                dir: dir.clone(),
+                reason: format!(
+                    "its maps do not fit this config (daemon.conn_table_size changed?): {err}"
+                ),
+            },
+            _ => DataplaneError::Load(err),
+        })?;
+        let dataplane = Self {
             skel,
             tables,
             hash_seed,
+            pin_dir,
+            adopted,
             tally: SweepTally::default(),
-        })
+        };
+        if dataplane.pin_dir.is_some() {
+            dataplane.set_meta(MetaSlot::PNLB_META_ABI_VERSION, crate::abi::ABI_VERSION)?;
+            dataplane.set_meta(MetaSlot::PNLB_META_HASH_SEED, hash_seed)?;
+        }
+        Ok(dataplane)
+    }
+
+    /// Where the data plane is pinned, if it outlives the process.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// Whether it took over the maps of a data plane left running.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// The seed the program hashes flows with.
@@ -156,20 +217,46 @@ impl Dataplane {
         &self.skel.progs.pnlb_xdp
     }
 
-    /// Attaches the program to `interface`; it stays attached until the
-    /// returned [`Attachment`] is dropped.
+    /// Attaches the program to `interface`. A pinned data plane in native
+    /// mode attaches through a pinned link, taking over one left running,
+    /// and stays attached after the returned [`Attachment`] is dropped (and
+    /// the process ends); otherwise dropping it detaches.
     pub fn attach(&self, interface: &str, mode: XdpMode) -> Result<Attachment, DataplaneError> {
+        if let (Some(dir), XdpMode::Native) = (&self.pin_dir, mode) {
+            let ifindex = ifindex_of(interface)? as i32;
+            let (link, took_over) = self.attach_pinned(dir, interface)?;
+            return Ok(Attachment {
+                interface: interface.to_string(),
+                ifindex,
+                how: How::Pinned {
+                    _link: link,
+                    took_over,
+                },
+            });
+        }
         attach_program(self.program().as_fd().try_clone_to_owned(), interface, mode)
     }
 }
 
-/// An XDP program attached to one interface; detached on drop.
+/// An XDP program attached to one interface.
 pub struct Attachment {
     interface: String,
     ifindex: i32,
-    /// The mode flag it was attached with; detach must name the same mode.
-    mode_bits: u32,
-    program: OwnedFd,
+    how: How,
+}
+
+enum How {
+    /// Attached through netlink; detached on drop.
+    Netlink {
+        /// The mode flag it was attached with; detach must name the same mode.
+        mode_bits: u32,
+        program: OwnedFd,
+    },
+    /// Through a pinned link, which keeps it attached without us.
+    Pinned {
+        _link: libbpf_rs::Link,
+        took_over: bool,
+    },
 }
 
 impl Attachment {
@@ -179,6 +266,22 @@ impl Attachment {
 
     pub fn ifindex(&self) -> u32 {
         self.ifindex as u32
+    }
+
+    /// Whether it replaced the program of a data plane left running.
+    pub fn took_over(&self) -> bool {
+        matches!(
+            self.how,
+            How::Pinned {
+                took_over: true,
+                ..
+            }
+        )
+    }
+
+    /// Whether it stays attached when dropped (a pinned link).
+    pub fn outlives_the_process(&self) -> bool {
+        matches!(self.how, How::Pinned { .. })
     }
 
     /// Leaves the program attached after this handle is gone. For
@@ -191,9 +294,11 @@ impl Attachment {
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        // Best effort: the interface may already be gone (namespace deleted).
-        let _ = Xdp::new(self.program.as_fd())
-            .detach(self.ifindex, XdpFlags::from_bits_retain(self.mode_bits));
+        if let How::Netlink { mode_bits, program } = &self.how {
+            // Best effort: the interface may already be gone (namespace deleted).
+            let _ = Xdp::new(program.as_fd())
+                .detach(self.ifindex, XdpFlags::from_bits_retain(*mode_bits));
+        }
     }
 }
 
@@ -231,8 +336,7 @@ pub(crate) fn attach_program(
     Ok(Attachment {
         interface: interface.to_string(),
         ifindex: ifindex as i32,
-        mode_bits,
-        program,
+        how: How::Netlink { mode_bits, program },
     })
 }
 

@@ -140,6 +140,8 @@ pub struct Lab {
     nginx: Vec<Option<LabProcess>>,
     echo: Vec<Option<EchoServer>>,
     namespaces: Vec<String>,
+    /// A bpffs of the lab's own, for daemons whose data plane outlives them.
+    bpffs: Option<PathBuf>,
     /// Tear down on drop (false for `pnlb-lab up`, which leaves it running).
     owned: bool,
 }
@@ -186,6 +188,7 @@ impl Lab {
             nginx: Vec::new(),
             echo: Vec::new(),
             namespaces: Vec::new(),
+            bpffs: None,
             owned: true,
         };
         lab.build(spec)?;
@@ -414,6 +417,31 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// A bpffs of the lab's own (mounted on first use, unmounted with the
+    /// lab), for `daemon.pin_dir`: there a stopped daemon's data plane goes
+    /// on forwarding, as under /sys/fs/bpf on a host. `ip netns exec` gives
+    /// each daemon a private /sys, so the host's /sys/fs/bpf would not do.
+    pub fn bpffs(&mut self) -> Result<PathBuf, LabError> {
+        if let Some(dir) = &self.bpffs {
+            return Ok(dir.clone());
+        }
+        let dir = self.dir.join("bpf");
+        std::fs::create_dir_all(&dir)
+            .map_err(|err| LabError::Setup(format!("{}: {err}", dir.display())))?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf", &dir.display().to_string()])
+            .status()
+            .map_err(|err| LabError::Setup(format!("mount bpffs: {err}")))?;
+        if !status.success() {
+            return Err(LabError::Setup(format!(
+                "mount -t bpf at {} failed",
+                dir.display()
+            )));
+        }
+        self.bpffs = Some(dir.clone());
+        Ok(dir)
     }
 
     /// Starts nginx on server `index` and waits until it accepts.
@@ -713,6 +741,12 @@ impl Drop for Lab {
         self.nginx.clear();
         for ns in self.namespaces.drain(..) {
             netns::delete(&ns);
+        }
+        if let Some(bpffs) = self.bpffs.take() {
+            // Its pins (links, maps) go with it.
+            let _ = std::process::Command::new("umount")
+                .args(["-l", &bpffs.display().to_string()])
+                .status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -34,6 +34,17 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Remove the data plane a stopped `pnlb run` left forwarding in this
+    /// network namespace: detach XDP and free its maps (flows are lost).
+    Down {
+        /// The config whose daemon.pin_dir to look under (default
+        /// /sys/fs/bpf/pnlb).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The bpffs directory to look under, instead of a config's.
+        #[arg(long, conflicts_with = "config")]
+        pin_dir: Option<PathBuf>,
+    },
     /// Check a config file without touching the system.
     Check {
         /// The config file (TOML) to validate.

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => run::run(&config),
         Command::Check { config } => run::check(&config),
+        Command::Down { config, pin_dir } => run::down(config.as_deref(), pin_dir.as_deref()),
         Command::Ctl(args) => ctl::ctl(args),
         Command::Decap(args) => decap_cmd::decap(args),
         Command::Completions { shell } => {

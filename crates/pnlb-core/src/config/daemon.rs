@@ -26,7 +26,14 @@ pub struct Daemon {
     /// A secret the flow hash is seeded from; none = the [ha] key's, or a
     /// random one at each start (docs/methods.md, "Hash seed").
     pub hash_seed_file: Option<PathBuf>,
+    /// The bpffs directory the data plane is pinned under, so it outlives
+    /// the daemon (docs/operations.md); None = the default, used when it is
+    /// a bpffs.
+    pub pin_dir: Option<PathBuf>,
 }
+
+/// Where the data plane is pinned unless daemon.pin_dir says otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pnlb";
 
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 262_144;
 
@@ -47,6 +54,7 @@ pub(super) struct RawDaemon {
     api_token_file: Option<String>,
     conn_table_size: Option<i64>,
     hash_seed_file: Option<String>,
+    pin_dir: Option<String>,
 }
 
 impl Validator<'_> {
@@ -120,6 +128,7 @@ impl Validator<'_> {
                         match key {
                             "api_socket" => "/run/pnlb/api.sock",
                             "hash_seed_file" => "/etc/pnlb/hash-seed",
+                            "pin_dir" => DEFAULT_PIN_DIR,
                             _ => "/run/pnlb/api.token",
                         }
                     ),
@@ -129,6 +138,7 @@ impl Validator<'_> {
         let api_socket = absolute("api_socket", raw.api_socket)?;
         let api_token_file = absolute("api_token_file", raw.api_token_file)?;
         let hash_seed_file = absolute("hash_seed_file", raw.hash_seed_file)?;
+        let pin_dir = absolute("pin_dir", raw.pin_dir)?;
         if api.is_none() && api_socket.is_none() && api_token_file.is_some() {
             return Err(self.error(
                 "daemon.api_token_file",
@@ -155,6 +165,7 @@ impl Validator<'_> {
             api_token_file,
             conn_table_size,
             hash_seed_file,
+            pin_dir,
         })
     }
 }

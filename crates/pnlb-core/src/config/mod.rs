@@ -31,7 +31,7 @@ mod tunnel;
 pub use backend::Backend;
 use backend::RawBackend;
 use daemon::RawDaemon;
-pub use daemon::{Daemon, XdpMode, DEFAULT_CONN_TABLE_SIZE};
+pub use daemon::{Daemon, XdpMode, DEFAULT_CONN_TABLE_SIZE, DEFAULT_PIN_DIR};
 pub use ha::Ha;
 use ha::RawHa;
 use health::RawHealth;

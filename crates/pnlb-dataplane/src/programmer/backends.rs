@@ -19,7 +19,7 @@ use crate::nexthop::{NextHop, Resolution};
 /// [`crate::grace`]): the other one is the next to write.
 #[derive(Default)]
 pub(super) struct BackendCopies {
-    live: HashMap<u32, u32>,
+    pub(super) live: HashMap<u32, u32>,
 }
 
 impl Slots {
@@ -77,6 +77,13 @@ impl Slots {
         }
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        if dataplane.pin_dir().is_some() {
+            // A process that adopts this data plane goes on from here.
+            dataplane.set_meta(
+                abi::MetaSlot::PNLB_META_NEXT_GENERATION,
+                self.next_generation,
+            )?;
+        }
         Ok(BackendSlot {
             id,
             value: Backend {

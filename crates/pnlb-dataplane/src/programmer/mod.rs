@@ -15,6 +15,7 @@
 //! adding; the reverse when removing. A packet therefore never finds a
 //! service whose table names a backend slot that is not written yet.
 
+mod adopt;
 mod backends;
 mod service_entry;
 mod snat;

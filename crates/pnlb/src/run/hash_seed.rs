@@ -1,8 +1,9 @@
 //! The flow-hash seed (bpf/lib/sched.h): which backend a flow lands on,
 //! which SNAT port it draws. A public seed would let a client aim its flows
 //! at one Maglev slot, so it is a secret: daemon.hash_seed_file, else the
-//! [ha] group's key (the nodes of a group must pick alike), else random at
-//! each start. Only its source is logged, never its value.
+//! [ha] group's key (the nodes of a group must pick alike), else the seed
+//! of the data plane left running (a restart must not move flows), else
+//! random. Only its source is logged, never its value.
 
 use std::io::Read;
 
@@ -19,7 +20,7 @@ pub struct HashSeed {
     pub source: String,
 }
 
-pub fn choose(config: &Config) -> Result<HashSeed> {
+pub fn choose(config: &Config, left_running: Option<u32>) -> Result<HashSeed> {
     if let Some(path) = &config.daemon.hash_seed_file {
         let secret = crate::secret::read(path, "daemon.hash_seed_file")?;
         return Ok(HashSeed {
@@ -32,6 +33,12 @@ pub fn choose(config: &Config) -> Result<HashSeed> {
         return Ok(HashSeed {
             value: from_secret(&key)?,
             source: format!("the [ha] group key {}", ha.key_file.display()),
+        });
+    }
+    if let Some(value) = left_running {
+        return Ok(HashSeed {
+            value,
+            source: "kept from the data plane left running".to_string(),
         });
     }
     let mut bytes = [0u8; 4];

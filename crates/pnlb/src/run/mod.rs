@@ -32,6 +32,7 @@ mod api_ops;
 mod failover;
 mod hash_seed;
 mod next_hops;
+pub mod persistence;
 mod pressure;
 mod status;
 
@@ -64,6 +65,20 @@ pub fn check(path: &Path) -> Result<()> {
         config.services.len()
     );
     Ok(())
+}
+
+/// `pnlb down`: the pinned data plane under the config's (or the given)
+/// pin directory, removed.
+pub fn down(config: Option<&Path>, pin_dir: Option<&Path>) -> Result<()> {
+    let base = match (pin_dir, config) {
+        (Some(dir), _) => dir.to_path_buf(),
+        (None, Some(path)) => config::load(path)?
+            .daemon
+            .pin_dir
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PIN_DIR)),
+        (None, None) => PathBuf::from(config::DEFAULT_PIN_DIR),
+    };
+    persistence::down(&base)
 }
 
 pub fn run(path: &Path) -> Result<()> {
@@ -208,10 +223,17 @@ pub fn run(path: &Path) -> Result<()> {
     }
     drop(ha);
 
-    info!(
-        "stopping: detaching from {}",
-        daemon.config.daemon.interfaces.join(", ")
-    );
+    if attachments.iter().all(|a| a.outlives_the_process()) && !attachments.is_empty() {
+        info!(
+            "stopping: the data plane keeps forwarding on {} without a daemon (health checks stop; backends stay as they are); `pnlb run` takes it over, `pnlb down` removes it",
+            daemon.config.daemon.interfaces.join(", ")
+        );
+    } else {
+        info!(
+            "stopping: detaching from {}",
+            daemon.config.daemon.interfaces.join(", ")
+        );
+    }
     drop(attachments);
     print!(
         "{}",
@@ -244,18 +266,45 @@ struct Daemon {
     last_sweep: Instant,
     last_ramp: Instant,
     pressure: PressureWatch,
+    /// With a pinned data plane: this namespace's only daemon.
+    _claim: Option<persistence::Claim>,
 }
 
 impl Daemon {
     fn start(path: &Path, document: Document, config: Config) -> Result<Self> {
-        let seed = hash_seed::choose(&config)?;
+        let pin_dir = persistence::pin_dir(&config)?;
+        let claim = match pin_dir {
+            Some(_) => Some(persistence::claim_instance()?),
+            None => None,
+        };
+        let left_running = match &pin_dir {
+            Some(dir) => pnlb_dataplane::pinning::pinned_meta(dir)?,
+            None => None,
+        };
+        let seed = hash_seed::choose(&config, left_running.map(|m| m.hash_seed))?;
         info!("flow-hash seed: {}", seed.source);
         let dataplane = Dataplane::load_with(LoadOptions {
             conn_table_size: config.daemon.conn_table_size,
             conn_sync: config.ha.is_some(),
             hash_seed: seed.value,
+            pin_dir: pin_dir.clone(),
         })?;
-        let mut programmer = Programmer::new();
+        let mut programmer = Programmer::adopt(&dataplane, &config)?;
+        if let Some(dir) = &pin_dir {
+            if dataplane.adopted() {
+                let (services, backends) = programmer.adopted_counts();
+                let (established, new) = dataplane.entries();
+                info!(
+                    "adopting the data plane left running in {}: {services} service(s), {backends} backend(s), {established} established and {new} half-open connection-table entries",
+                    dir.display()
+                );
+            } else {
+                info!(
+                    "data plane pinned in {}: it outlives this process",
+                    dir.display()
+                );
+            }
+        }
         let mut next_hops = NextHops::start();
         dataplane.set_vlan_devices(&pnlb_dataplane::nexthop::vlan_devices())?;
         let lifecycle = Lifecycle::default();
@@ -280,6 +329,7 @@ impl Daemon {
             last_sweep: now,
             last_ramp: now,
             pressure: PressureWatch::default(),
+            _claim: claim,
         })
     }
 

@@ -1,0 +1,162 @@
+//! A data plane pinned in a bpffs (pinning.rs): a second load adopts the
+//! maps (flows, slots, generations, the seed) and a programmer rebuilt from
+//! them keeps every slot; a data plane of another ABI, or maps of another
+//! size, are refused with the command that clears the way. The bpffs is
+//! the test's own, mounted in a temporary directory.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pnlb_dataplane::abi::{self, MetaSlot};
+use pnlb_dataplane::pinning;
+use pnlb_dataplane::{Dataplane, DataplaneError, LoadOptions, Programmer};
+use support::*;
+
+const CONFIG: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+
+[[service]]
+name = "nat4"
+vip = "10.77.100.1"
+port = 80
+method = "nat"
+scheduler = "rr"
+[[service.backend]]
+address = "10.77.1.11"
+[[service.backend]]
+address = "10.77.1.12"
+"#;
+
+struct Bpffs(PathBuf);
+
+impl Bpffs {
+    fn mount() -> Self {
+        let dir = std::env::temp_dir().join(format!("pnlb-pin-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t bpf");
+        Self(dir)
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn options(dir: &Path, conn_table_size: u32, hash_seed: u32) -> LoadOptions {
+    LoadOptions {
+        hash_seed,
+        pin_dir: Some(dir.to_path_buf()),
+        ..LoadOptions::for_tests(conn_table_size)
+    }
+}
+
+#[test]
+fn a_second_load_adopts_flows_and_slots_and_refuses_what_it_cannot_read() {
+    if !privileged() {
+        return;
+    }
+    let bpffs = Bpffs::mount();
+    assert!(pinning::on_bpffs(&bpffs.0));
+    let dir = pinning::instance_dir(&bpffs.0);
+    let config = parse_config(CONFIG);
+
+    let first = Dataplane::load_with(options(&dir, 65_536, 0x1234_5678)).expect("first load");
+    assert!(!first.adopted());
+    let mut programmer = Programmer::adopt(&first, &config).unwrap();
+    let mut resolver = StaticResolver {
+        ifindex: TEST_RUN_IFINDEX,
+        vlan: 0,
+        unreachable: Vec::new(),
+    };
+    programmer.apply(&first, &config, &mut resolver).unwrap();
+    let syn = Pkt::tcp("10.77.0.2", 40000, "10.77.100.1", 80, SYN).bytes();
+    assert_eq!(test_run(first.program(), &syn).0, XDP_TX);
+    let ids = [
+        programmer.backend_id("nat4", "10.77.1.11".parse().unwrap(), 80),
+        programmer.backend_id("nat4", "10.77.1.12".parse().unwrap(), 80),
+    ];
+    assert!(ids.iter().all(Option::is_some), "{ids:?}");
+    let flow = first.lookup_connection(&flow_of(&syn)).expect("the flow");
+    drop(programmer);
+    drop(first);
+
+    let meta = pinning::pinned_meta(&dir)
+        .unwrap()
+        .expect("meta left behind");
+    assert_eq!(meta.abi_version, abi::ABI_VERSION);
+    assert_eq!(meta.hash_seed, 0x1234_5678, "the seed is kept for the next");
+    let second = Dataplane::load_with(options(&dir, 65_536, meta.hash_seed)).expect("adopt");
+    assert!(second.adopted());
+    let adopted = second
+        .lookup_connection(&flow_of(&syn))
+        .expect("the flow outlived the first load");
+    assert_eq!(
+        (adopted.backend_id, adopted.backend_generation),
+        (flow.backend_id, flow.backend_generation)
+    );
+    let mut programmer = Programmer::adopt(&second, &config).unwrap();
+    assert_eq!(programmer.adopted_counts(), (1, 2));
+    programmer.apply(&second, &config, &mut resolver).unwrap();
+    assert_eq!(
+        [
+            programmer.backend_id("nat4", "10.77.1.11".parse().unwrap(), 80),
+            programmer.backend_id("nat4", "10.77.1.12".parse().unwrap(), 80),
+        ],
+        ids,
+        "every backend keeps its slot"
+    );
+    // The flow's next packet goes where it went.
+    let ack = Pkt::tcp("10.77.0.2", 40000, "10.77.100.1", 80, ACK).bytes();
+    let (verdict, out) = test_run(second.program(), &ack);
+    assert_eq!(verdict, XDP_TX);
+    let (_, _, backend, _) = endpoints(&out);
+    assert_eq!(
+        Some(flow.backend_id),
+        programmer.backend_id("nat4", backend, 80)
+    );
+    drop(programmer);
+    drop(second);
+
+    // Maps of another size do not fit.
+    match Dataplane::load_with(options(&dir, 131_072, meta.hash_seed)) {
+        Err(err @ DataplaneError::Incompatible { .. }) => {
+            println!("{err}");
+            assert!(err.to_string().contains("pnlb down"), "{err}");
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("a table of another size was adopted"),
+    }
+
+    // Another ABI: refused before anything is loaded.
+    let meta_map =
+        libbpf_rs::MapHandle::from_pinned_path(dir.join("pnlb_meta")).expect("pinned meta");
+    use libbpf_rs::MapCore;
+    meta_map
+        .update(
+            &MetaSlot::PNLB_META_ABI_VERSION.0.to_ne_bytes(),
+            &999u32.to_ne_bytes(),
+            libbpf_rs::MapFlags::ANY,
+        )
+        .unwrap();
+    match Dataplane::load_with(options(&dir, 65_536, meta.hash_seed)) {
+        Err(err) => {
+            println!("{err}");
+            assert!(err.to_string().contains("ABI version 999"), "{err}");
+        }
+        Ok(_) => panic!("another ABI was adopted"),
+    }
+    let removed = pinning::remove(&dir).unwrap();
+    assert!(removed.len() > 10, "{removed:?}");
+    assert!(!dir.exists());
+}

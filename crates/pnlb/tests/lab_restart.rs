@@ -1,0 +1,279 @@
+//! A data plane that outlives its daemon (docs/operations.md): with
+//! daemon.pin_dir on a bpffs, `pnlb run` stopped with SIGTERM, and then
+//! killed with SIGKILL, leaves XDP forwarding; the next `pnlb run` takes it
+//! over. 40 idle established connections per service (dr and nat with rr,
+//! snat and tun with maglev) each answer afterwards, on their original
+//! backend (another would reset them), and a stream through the VIP loses
+//! nothing. `pnlb down` then removes it all.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pnlb_lab::{in_netns, Gateway, Lab, LabProcess, LabSpec, ECHO_PORT, LB_INTERFACE, VIP4, VIP6};
+use support::*;
+
+const IDLE: usize = 40;
+
+/// An established connection: its stream and the server that greeted it.
+struct Idle {
+    stream: TcpStream,
+    server: String,
+}
+
+fn open_idle(lab: &Lab, target: SocketAddr) -> Vec<Idle> {
+    in_netns(&lab.client, move || {
+        (0..IDLE)
+            .map(|_| {
+                let stream = TcpStream::connect_timeout(&target, Duration::from_secs(3))
+                    .expect("connect through the VIP");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(3)))
+                    .unwrap();
+                let mut greeting = String::new();
+                BufReader::new(stream.try_clone().unwrap())
+                    .read_line(&mut greeting)
+                    .expect("greeting");
+                Idle {
+                    stream,
+                    server: greeting.trim().to_string(),
+                }
+            })
+            .collect()
+    })
+    .expect("client namespace")
+}
+
+/// How many of the idle connections echo a message back.
+fn still_answering(idle: &mut [Idle]) -> usize {
+    let mut answering = 0;
+    for c in idle.iter_mut() {
+        let message = b"still there?\n";
+        let mut answer = [0u8; 13];
+        if c.stream.write_all(message).is_ok()
+            && c.stream.read_exact(&mut answer).is_ok()
+            && answer == *message
+        {
+            answering += 1;
+        }
+    }
+    answering
+}
+
+/// A stream of numbered lines echoed back, until stopped: (sent, wrong).
+fn start_stream(
+    lab: &Lab,
+    target: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(u64, u64)> {
+    let mut stream = open_idle_one(lab, target);
+    std::thread::spawn(move || {
+        let (mut sent, mut wrong) = (0u64, 0u64);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let line = format!("{sent:012}\n");
+            let mut back = [0u8; 13];
+            if stream.write_all(line.as_bytes()).is_err() || stream.read_exact(&mut back).is_err() {
+                wrong += 1;
+                break;
+            }
+            if back != *line.as_bytes() {
+                wrong += 1;
+            }
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (sent, wrong)
+    })
+}
+
+fn open_idle_one(lab: &Lab, target: SocketAddr) -> TcpStream {
+    in_netns(&lab.client, move || {
+        let stream = TcpStream::connect_timeout(&target, Duration::from_secs(3)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let mut greeting = String::new();
+        BufReader::new(stream.try_clone().unwrap())
+            .read_line(&mut greeting)
+            .expect("greeting");
+        stream
+    })
+    .expect("client namespace")
+}
+
+fn services_config(lab: &mut Lab, nat: bool) -> String {
+    let pin_dir = lab.bpffs().expect("a bpffs for the lab");
+    let mut text = format!(
+        "[daemon]\ninterfaces = [\"{LB_INTERFACE}\"]\npin_dir = \"{}\"\n",
+        pin_dir.display()
+    );
+    let services: &[(&str, IpAddr, u16, &str, &str)] = if nat {
+        &[("nat-rr", IpAddr::V4(VIP4), ECHO_PORT, "nat", "rr")]
+    } else {
+        &[
+            ("dr-rr", IpAddr::V4(VIP4), ECHO_PORT, "dr", "rr"),
+            ("snat-maglev", IpAddr::V4(VIP4), 8000, "snat", "maglev"),
+            ("tun-maglev", IpAddr::V6(VIP6), ECHO_PORT, "tun", "maglev"),
+        ]
+    };
+    for (name, vip, port, method, scheduler) in services {
+        text += &format!(
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nmethod = \"{method}\"\nscheduler = \"{scheduler}\"\n"
+        );
+        if *method == "snat" {
+            text += "snat_addresses = [\"10.77.1.2\"]\n";
+        }
+        for server in &lab.servers {
+            let address = if vip.is_ipv4() {
+                IpAddr::V4(server.ipv4)
+            } else {
+                IpAddr::V6(server.ipv6)
+            };
+            text += &format!("[[service.backend]]\naddress = \"{address}\"\nport = {ECHO_PORT}\n");
+        }
+    }
+    text
+}
+
+fn restart_keeps_every_flow(mut lab: Lab, nat: bool, targets: &[(&str, SocketAddr)]) {
+    let text = services_config(&mut lab, nat);
+    let path = write_config(&lab, &text);
+    let mut daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    // A second daemon in the namespace would take the data plane over.
+    let second = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.lb, PNLB, "run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("a second pnlb run");
+    let said = String::from_utf8_lossy(&second.stderr).to_string();
+    assert!(
+        !second.status.success() && said.contains("another `pnlb run`"),
+        "a second daemon is refused: {said}"
+    );
+    let mut idle: Vec<(String, Vec<Idle>)> = targets
+        .iter()
+        .map(|(name, target)| (name.to_string(), open_idle(&lab, *target)))
+        .collect();
+    for (name, connections) in &idle {
+        let servers: std::collections::BTreeSet<&str> =
+            connections.iter().map(|c| c.server.as_str()).collect();
+        println!("{name}: {IDLE} idle connections over {servers:?}");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = start_stream(&lab, targets[0].1, stop.clone());
+
+    for (how, signal) in [("SIGTERM", libc::SIGTERM), ("SIGKILL", libc::SIGKILL)] {
+        let stopped_at = Instant::now();
+        daemon.signal(signal);
+        let (status, output) = daemon.stop(Duration::from_secs(10));
+        println!("{how}: pnlb run exited ({status:?})");
+        if signal == libc::SIGTERM {
+            assert!(
+                output.iter().any(|l| l.contains("keeps forwarding")),
+                "says the data plane stays: {output:?}"
+            );
+        }
+        assert!(
+            xdp_attached(&lab),
+            "{how}: XDP stays attached without a daemon"
+        );
+        // Without a daemon, established flows go on.
+        for (name, connections) in &mut idle {
+            let answering = still_answering(connections);
+            println!("{how}, no daemon: {name}: {answering}/{IDLE} idle connections answer");
+            assert_eq!(answering, IDLE, "{how}, no daemon: {name}");
+        }
+        daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run again");
+        let adopted = daemon
+            .output()
+            .into_iter()
+            .find(|l| l.contains("adopting the data plane"))
+            .unwrap_or_default();
+        println!(
+            "{how}: taken over {:.1} s after the stop: {adopted}",
+            stopped_at.elapsed().as_secs_f64()
+        );
+        assert!(!adopted.is_empty(), "{how}: the new daemon adopts");
+        for (name, connections) in &mut idle {
+            let answering = still_answering(connections);
+            println!("{how}, taken over: {name}: {answering}/{IDLE} idle connections answer on their own backend");
+            assert_eq!(answering, IDLE, "{how}, after takeover: {name}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (sent, wrong) = stream.join().expect("stream");
+    println!(
+        "stream through {}: {sent} lines echoed, {wrong} lost or wrong",
+        targets[0].0
+    );
+    assert!(sent > 100, "the stream ran throughout");
+    assert_eq!(wrong, 0, "the stream lost nothing");
+
+    // `pnlb down` removes it: XDP detached.
+    let (status, _) = daemon.stop(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()));
+    let pin_dir = lab.bpffs().unwrap();
+    let down = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.lb, PNLB, "down", "--pin-dir"])
+        .arg(&pin_dir)
+        .output()
+        .expect("pnlb down");
+    let said = String::from_utf8_lossy(&down.stdout).trim().to_string();
+    println!("pnlb down: {said}");
+    assert!(
+        down.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(!xdp_attached(&lab), "pnlb down detaches");
+}
+
+#[test]
+fn dr_snat_and_tun_flows_outlive_a_stopped_and_a_killed_daemon() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec {
+        nginx: false,
+        echo: true,
+        ..LabSpec::default()
+    })
+    .expect("lab");
+    let decaps: Vec<LabProcess> = (0..lab.servers.len())
+        .map(|i| lab.start_decap(PNLB, i).expect("pnlb decap"))
+        .collect();
+    restart_keeps_every_flow(
+        lab,
+        false,
+        &[
+            ("snat-maglev", SocketAddr::new(IpAddr::V4(VIP4), 8000)),
+            ("dr-rr", SocketAddr::new(IpAddr::V4(VIP4), ECHO_PORT)),
+            ("tun-maglev", SocketAddr::new(IpAddr::V6(VIP6), ECHO_PORT)),
+        ],
+    );
+    drop(decaps);
+}
+
+#[test]
+fn nat_flows_outlive_a_stopped_and_a_killed_daemon() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec {
+        servers_route_via: Gateway::Lb,
+        nginx: false,
+        echo: true,
+        ..LabSpec::default()
+    })
+    .expect("lab");
+    restart_keeps_every_flow(
+        lab,
+        true,
+        &[("nat-rr", SocketAddr::new(IpAddr::V4(VIP4), ECHO_PORT))],
+    );
+}
