@@ -126,6 +126,17 @@ impl Default for LabSpec {
     }
 }
 
+impl LabSpec {
+    /// The Rust echo servers instead of nginx (long-lived flows, UDP).
+    pub fn echo() -> Self {
+        Self {
+            nginx: false,
+            echo: true,
+            ..Self::default()
+        }
+    }
+}
+
 pub struct Lab {
     pub prefix: String,
     pub client: String,

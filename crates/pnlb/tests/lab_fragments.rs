@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use pnlb_lab::{in_netns, netns, Gateway, Lab, LabSpec, MIRROR_PORT, VIP4, VIP6};
@@ -29,14 +29,7 @@ fn echo_big_datagrams(lab: &Lab, vip: IpAddr) -> Echoes {
     in_netns(&lab.client, move || {
         let mut echoes = Echoes::default();
         for i in 0..DATAGRAMS {
-            let bind: SocketAddr = if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-                .parse()
-                .unwrap();
-            let socket = UdpSocket::bind(bind).unwrap();
-            socket.connect(SocketAddr::new(vip, MIRROR_PORT)).unwrap();
-            socket
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .unwrap();
+            let socket = udp_connected(SocketAddr::new(vip, MIRROR_PORT), Duration::from_secs(2));
             let datagram: Vec<u8> = (0..SIZE).map(|j| (j * 31 + i * 7) as u8).collect();
             let mut answer = vec![0u8; 65536];
             for attempt in 0..2 {
@@ -55,24 +48,9 @@ fn echo_big_datagrams(lab: &Lab, vip: IpAddr) -> Echoes {
     .unwrap()
 }
 
-/// A `reason` counter from /metrics.
-fn reason(lab: &Lab, name: &str) -> u64 {
-    let (_, body) = api(lab, "GET", "/metrics", None, None);
-    body.lines()
-        .find(|l| l.starts_with("pnlb_reason_total{") && l.contains(&format!("\"{name}\"")))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-fn udp_config(base: &str) -> String {
-    base.replace("protocol = \"tcp\"", "protocol = \"udp\"")
-        .replacen("\n", "\napi = \"127.0.0.1:9180\"\n", 1)
-}
-
 /// Runs both VIPs through `config`; prints and checks what came back.
 fn check_method(lab: &Lab, what: &str, config: &str) {
-    let path = write_config(lab, &udp_config(config));
+    let path = write_config(lab, &udp_with_api(config));
     let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
     wait_for_log(&daemon, "API on", Duration::from_secs(5));
     for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
@@ -83,7 +61,10 @@ fn check_method(lab: &Lab, what: &str, config: &str) {
         );
         assert_eq!(echoes.exact, DATAGRAMS, "{what} {vip}: {echoes:?}");
     }
-    let (forwarded, unmatched) = (reason(lab, "fwd_fragment"), reason(lab, "drop_fragment"));
+    let (forwarded, unmatched) = (
+        reason_counter(lab, "fwd_fragment"),
+        reason_counter(lab, "drop_fragment"),
+    );
     println!("{what}: fwd_fragment {forwarded}, drop_fragment {unmatched}");
     assert!(
         forwarded >= (2 * DATAGRAMS * 6) as u64,
@@ -98,12 +79,7 @@ fn fragmented_udp_through_dr_and_snat_comes_back_byte_exact() {
     if !privileged() {
         return;
     }
-    let lab = Lab::up(&LabSpec {
-        nginx: false,
-        echo: true,
-        ..LabSpec::default()
-    })
-    .expect("lab");
+    let lab = Lab::up(&LabSpec::echo()).expect("lab");
     for method in ["dr", "snat"] {
         check_method(&lab, method, &lab.config(method, MIRROR_PORT, &[0, 1, 2]));
     }
@@ -116,9 +92,7 @@ fn fragmented_udp_through_nat_comes_back_byte_exact() {
     }
     let lab = Lab::up(&LabSpec {
         servers_route_via: Gateway::Lb,
-        nginx: false,
-        echo: true,
-        ..LabSpec::default()
+        ..LabSpec::echo()
     })
     .expect("lab");
     check_method(&lab, "nat", &lab.config("nat", MIRROR_PORT, &[0, 1, 2]));
@@ -135,9 +109,7 @@ fn fragmented_udp_through_tun_comes_back_byte_exact() {
     }
     let lab = Lab::up(&LabSpec {
         lan_mtu: Some(1600),
-        nginx: false,
-        echo: true,
-        ..LabSpec::default()
+        ..LabSpec::echo()
     })
     .expect("lab");
     for server in &lab.servers {

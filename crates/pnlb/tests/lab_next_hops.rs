@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::sleep;
@@ -35,14 +35,8 @@ impl Stream {
         let answers = Arc::new(Mutex::new(Vec::new()));
         let (flag, log) = (stop.clone(), answers.clone());
         let sender = spawn_in_netns(&lab.client, move || {
-            let bind: SocketAddr = if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-                .parse()
-                .unwrap();
-            let socket = UdpSocket::bind(bind).unwrap();
-            socket.connect(SocketAddr::new(vip, MIRROR_PORT)).unwrap();
-            socket
-                .set_read_timeout(Some(Duration::from_millis(50)))
-                .unwrap();
+            let socket =
+                udp_connected(SocketAddr::new(vip, MIRROR_PORT), Duration::from_millis(50));
             let receiver = socket.try_clone().unwrap();
             let (done, answered) = (flag.clone(), log.clone());
             let reader = std::thread::spawn(move || {

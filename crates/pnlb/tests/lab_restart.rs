@@ -25,25 +25,27 @@ struct Idle {
     server: String,
 }
 
+/// A connection through the VIP, greeted by its server (in the client's
+/// namespace).
+fn connect_greeted(target: SocketAddr) -> Idle {
+    let stream = TcpStream::connect_timeout(&target, Duration::from_secs(3))
+        .expect("connect through the VIP");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut greeting = String::new();
+    BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut greeting)
+        .expect("greeting");
+    Idle {
+        stream,
+        server: greeting.trim().to_string(),
+    }
+}
+
 fn open_idle(lab: &Lab, target: SocketAddr) -> Vec<Idle> {
     in_netns(&lab.client, move || {
-        (0..IDLE)
-            .map(|_| {
-                let stream = TcpStream::connect_timeout(&target, Duration::from_secs(3))
-                    .expect("connect through the VIP");
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(3)))
-                    .unwrap();
-                let mut greeting = String::new();
-                BufReader::new(stream.try_clone().unwrap())
-                    .read_line(&mut greeting)
-                    .expect("greeting");
-                Idle {
-                    stream,
-                    server: greeting.trim().to_string(),
-                }
-            })
-            .collect()
+        (0..IDLE).map(|_| connect_greeted(target)).collect()
     })
     .expect("client namespace")
 }
@@ -92,18 +94,7 @@ fn start_stream(
 }
 
 fn open_idle_one(lab: &Lab, target: SocketAddr) -> TcpStream {
-    in_netns(&lab.client, move || {
-        let stream = TcpStream::connect_timeout(&target, Duration::from_secs(3)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .unwrap();
-        let mut greeting = String::new();
-        BufReader::new(stream.try_clone().unwrap())
-            .read_line(&mut greeting)
-            .expect("greeting");
-        stream
-    })
-    .expect("client namespace")
+    in_netns(&lab.client, move || connect_greeted(target).stream).expect("client namespace")
 }
 
 fn services_config(lab: &mut Lab, nat: bool) -> String {
@@ -238,12 +229,7 @@ fn dr_snat_and_tun_flows_outlive_a_stopped_and_a_killed_daemon() {
     if !privileged() {
         return;
     }
-    let lab = Lab::up(&LabSpec {
-        nginx: false,
-        echo: true,
-        ..LabSpec::default()
-    })
-    .expect("lab");
+    let lab = Lab::up(&LabSpec::echo()).expect("lab");
     let decaps: Vec<LabProcess> = (0..lab.servers.len())
         .map(|i| lab.start_decap(PNLB, i).expect("pnlb decap"))
         .collect();
@@ -266,9 +252,7 @@ fn nat_flows_outlive_a_stopped_and_a_killed_daemon() {
     }
     let lab = Lab::up(&LabSpec {
         servers_route_via: Gateway::Lb,
-        nginx: false,
-        echo: true,
-        ..LabSpec::default()
+        ..LabSpec::echo()
     })
     .expect("lab");
     restart_keeps_every_flow(

@@ -42,16 +42,6 @@ fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
     mac
 }
 
-/// A `reason` counter from /metrics.
-fn reason(lab: &Lab, name: &str) -> u64 {
-    let (_, body) = api(lab, "GET", "/metrics", None, None);
-    body.lines()
-        .find(|l| l.starts_with("pnlb_reason_total{") && l.contains(&format!("\"{name}\"")))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Sends DATAGRAMS tagged datagrams per family onto the LB's link (source:
 /// the client, ports 41000+); returns how many echoes reached the client.
 fn tagged_echoes(lab: &Lab, vip: IpAddr, client: IpAddr) -> usize {
@@ -104,10 +94,7 @@ fn tagged_echoes(lab: &Lab, vip: IpAddr, client: IpAddr) -> usize {
 }
 
 fn check(lab: &Lab, what: &str, config: &str) {
-    let text = config
-        .replace("protocol = \"tcp\"", "protocol = \"udp\"")
-        .replacen('\n', "\napi = \"127.0.0.1:9180\"\n", 1);
-    let path = write_config(lab, &text);
+    let path = write_config(lab, &udp_with_api(config));
     let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
     wait_for_log(&daemon, "API on", Duration::from_secs(5));
     for (vip, client) in [
@@ -129,7 +116,7 @@ fn check(lab: &Lab, what: &str, config: &str) {
     );
     frames::send(&lab.switch, "lb", vec![qinq]).expect("QinQ frame");
     std::thread::sleep(Duration::from_millis(200));
-    let passed = reason(lab, "pass_qinq");
+    let passed = reason_counter(lab, "pass_qinq");
     println!("{what}: QinQ frames passed to the kernel: {passed}");
     assert_eq!(passed, 1, "{what}: the QinQ frame is counted");
     drop(daemon);
@@ -140,12 +127,7 @@ fn vlan_tagged_vip_traffic_is_balanced_through_every_method() {
     if !privileged() {
         return;
     }
-    let lab = Lab::up(&LabSpec {
-        nginx: false,
-        echo: true,
-        ..LabSpec::default()
-    })
-    .expect("lab");
+    let lab = Lab::up(&LabSpec::echo()).expect("lab");
     for method in ["dr", "snat"] {
         check(&lab, method, &lab.config(method, MIRROR_PORT, &[0, 1, 2]));
     }
@@ -162,9 +144,7 @@ fn vlan_tagged_vip_traffic_is_balanced_through_every_method() {
 
     let lab = Lab::up(&LabSpec {
         servers_route_via: Gateway::Lb,
-        nginx: false,
-        echo: true,
-        ..LabSpec::default()
+        ..LabSpec::echo()
     })
     .expect("lab");
     check(&lab, "nat", &lab.config("nat", MIRROR_PORT, &[0, 1, 2]));

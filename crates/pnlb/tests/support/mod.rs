@@ -229,3 +229,34 @@ pub fn reload(daemon: &pnlb_lab::LabProcess, path: &std::path::Path, text: &str)
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A global `reason` counter from the daemon's /metrics (its config must
+/// have `api = "127.0.0.1:9180"`).
+pub fn reason_counter(lab: &Lab, name: &str) -> u64 {
+    let (_, body) = api(lab, "GET", "/metrics", None, None);
+    body.lines()
+        .find(|l| l.starts_with("pnlb_reason_total{") && l.contains(&format!("\"{name}\"")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `config` for UDP, with the API on 127.0.0.1:9180 (for [`reason_counter`]).
+pub fn udp_with_api(config: &str) -> String {
+    config
+        .replace("protocol = \"tcp\"", "protocol = \"udp\"")
+        .replacen('\n', "\napi = \"127.0.0.1:9180\"\n", 1)
+}
+
+/// A UDP socket of `to`'s family, connected to it, with a read timeout.
+pub fn udp_connected(to: SocketAddr, timeout: Duration) -> std::net::UdpSocket {
+    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .expect("an address");
+    let socket = std::net::UdpSocket::bind(bind).expect("bind");
+    socket.connect(to).expect("connect");
+    socket
+        .set_read_timeout(Some(timeout))
+        .expect("read timeout");
+    socket
+}
