@@ -195,6 +195,25 @@ impl Dataplane {
     }
 }
 
+/// Detaches the links in `dir` to interfaces not in `keep` (a config that
+/// no longer lists them); returns their names.
+pub fn remove_other_links(dir: &Path, keep: &[String]) -> std::io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        if let Some(interface) = name.strip_prefix("link-") {
+            if !keep.iter().any(|k| k == interface) {
+                std::fs::remove_file(&path)?;
+                removed.push(interface.to_string());
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes the data plane pinned in `dir`: links first (each detaches its
 /// program), then the maps. Returns what was removed.
 pub fn remove(dir: &Path) -> std::io::Result<Vec<String>> {

@@ -1,7 +1,9 @@
 //! The kernel's neighbour table through rtnetlink (netwatch.rs): a MAC
 //! change arrives as an event, and a STALE entry that nothing else uses is
 //! re-verified when asked (what keeps entries true while XDP forwards).
-//! Two namespaces of the test's own, joined by a veth pair.
+//! Two network namespaces of the test's own, joined by a veth pair: this
+//! thread's, and one held by a `sleep` child (no named namespaces, which
+//! need a shared /run mount that the fresh-machine root does not have).
 
 mod support;
 
@@ -30,21 +32,25 @@ fn a_stale_neighbour_is_reverified_on_request_and_a_new_mac_is_an_event() {
     if !privileged() {
         return;
     }
-    let peer = format!("pnlbtest-nw-{}", std::process::id());
-    let cleanup = peer.clone();
+    // The peer's namespace lives as long as this child (bounded: 60 s).
+    let mut holder = Command::new("unshare")
+        .args(["--net", "sleep", "60"])
+        .spawn()
+        .expect("unshare --net sleep");
+    let peer = holder.id();
+    std::thread::sleep(Duration::from_millis(200));
     let result = std::thread::spawn(move || {
         // SAFETY: unshare on this thread only.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
         sh(&format!(
             "set -e
-            ip netns add {peer}
             ip link set lo up
             ip link add n0 type veth peer name n1
             ip link set n1 netns {peer}
             ip addr add 10.99.0.1/24 dev n0
             ip link set n0 up
-            ip -n {peer} addr add 10.99.0.2/24 dev n1
-            ip -n {peer} link set n1 up
+            nsenter -t {peer} -n ip addr add 10.99.0.2/24 dev n1
+            nsenter -t {peer} -n ip link set n1 up
             sysctl -qw net.ipv4.neigh.n0.delay_first_probe_time=1"
         ));
         let watch = NetWatch::subscribe().expect("rtnetlink");
@@ -97,8 +103,8 @@ fn a_stale_neighbour_is_reverified_on_request_and_a_new_mac_is_an_event() {
 
         // A gratuitous ARP with a new MAC is an event naming it.
         sh(&format!(
-            "ip netns exec {peer} sysctl -qw net.ipv4.conf.n1.arp_notify=1
-            ip -n {peer} link set n1 address 02:99:00:00:00:02"
+            "nsenter -t {peer} -n sysctl -qw net.ipv4.conf.n1.arp_notify=1
+            nsenter -t {peer} -n ip link set n1 address 02:99:00:00:00:02"
         ));
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut learned = false;
@@ -118,6 +124,8 @@ fn a_stale_neighbour_is_reverified_on_request_and_a_new_mac_is_an_event() {
         assert!(learned, "the new MAC arrived as an event");
     })
     .join();
-    let _ = Command::new("ip").args(["netns", "del", &cleanup]).status();
+    // Ours, ended by its own PID.
+    let _ = holder.kill();
+    let _ = holder.wait();
     result.expect("test body");
 }

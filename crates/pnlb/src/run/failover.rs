@@ -17,6 +17,16 @@ impl Daemon {
                     .attach(interface, self.config.daemon.xdp_mode)?,
             );
         }
+        if let Some(dir) = self.dataplane.pin_dir() {
+            match pnlb_dataplane::pinning::remove_other_links(dir, &self.config.daemon.interfaces) {
+                Ok(gone) if !gone.is_empty() => info!(
+                    "detached the data plane left running on {} (no longer in daemon.interfaces)",
+                    gone.join(", ")
+                ),
+                Ok(_) => {}
+                Err(err) => warning!("clearing links to interfaces no longer configured: {err}"),
+            }
+        }
         let mode = match self.config.daemon.xdp_mode {
             XdpMode::Native => "native XDP",
             XdpMode::Generic => {
