@@ -158,26 +158,22 @@ impl Dataplane {
             reason,
         };
         if path.exists() {
-            let mut link = Link::open(&path).map_err(|err| {
-                failed(format!("opening the pinned link {}: {err}", path.display()))
-            })?;
-            link.update_prog(self.program())
-                .map_err(|err| failed(format!("replacing the program: {err}")))?;
-            // A link whose interface went away (and came back) is defunct:
-            // replace it.
-            if self.attached_to(ifindex) {
-                return Ok((link, true));
+            // A link whose interface went away (and came back) is defunct,
+            // and one that cannot be opened or updated is of no use:
+            // either is replaced by a new one.
+            if let Ok(mut link) = Link::open(&path) {
+                if link.update_prog(self.program()).is_ok() && self.attached_to(ifindex) {
+                    return Ok((link, true));
+                }
             }
-            let _ = link.unpin();
+            std::fs::remove_file(&path).map_err(|err| {
+                failed(format!("removing the stale link {}: {err}", path.display()))
+            })?;
         }
         let mut link = self.program().attach_xdp(ifindex as i32).map_err(|err| {
-            let reason = match err.kind() {
-                libbpf_rs::ErrorKind::AlreadyExists => format!(
-                    "another XDP program is attached; see `ip link show {interface}` and remove it with `ip link set dev {interface} xdp off`"
-                ),
-                _ => err.to_string(),
-            };
-            failed(reason)
+            failed(format!(
+                "{err}; if another XDP program is attached (see `ip link show {interface}`), remove it with `ip link set dev {interface} xdp off`"
+            ))
         })?;
         link.pin(&path)
             .map_err(|err| failed(format!("pinning the link at {}: {err}", path.display())))?;
