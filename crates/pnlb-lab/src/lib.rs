@@ -135,6 +135,14 @@ impl LabSpec {
             ..Self::default()
         }
     }
+
+    /// [`Self::echo`] with the servers routed as nat needs: via the LB.
+    pub fn echo_via_lb() -> Self {
+        Self {
+            servers_route_via: Gateway::Lb,
+            ..Self::echo()
+        }
+    }
 }
 
 pub struct Lab {

@@ -8,7 +8,7 @@ mod support;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use pnlb_lab::{in_netns, netns, Gateway, Lab, LabSpec, MIRROR_PORT, VIP4, VIP6};
+use pnlb_lab::{in_netns, netns, Lab, LabSpec, MIRROR_PORT, VIP4, VIP6};
 use support::*;
 
 const DATAGRAMS: usize = 12;
@@ -90,11 +90,7 @@ fn fragmented_udp_through_nat_comes_back_byte_exact() {
     if !privileged() {
         return;
     }
-    let lab = Lab::up(&LabSpec {
-        servers_route_via: Gateway::Lb,
-        ..LabSpec::echo()
-    })
-    .expect("lab");
+    let lab = Lab::up(&LabSpec::echo_via_lb()).expect("lab");
     check_method(&lab, "nat", &lab.config("nat", MIRROR_PORT, &[0, 1, 2]));
 }
 

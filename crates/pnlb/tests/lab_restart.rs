@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pnlb_lab::{in_netns, Gateway, Lab, LabProcess, LabSpec, ECHO_PORT, LB_INTERFACE, VIP4, VIP6};
+use pnlb_lab::{in_netns, Lab, LabProcess, LabSpec, ECHO_PORT, LB_INTERFACE, VIP4, VIP6};
 use support::*;
 
 const IDLE: usize = 40;
@@ -250,11 +250,7 @@ fn nat_flows_outlive_a_stopped_and_a_killed_daemon() {
     if !privileged() {
         return;
     }
-    let lab = Lab::up(&LabSpec {
-        servers_route_via: Gateway::Lb,
-        ..LabSpec::echo()
-    })
-    .expect("lab");
+    let lab = Lab::up(&LabSpec::echo_via_lb()).expect("lab");
     restart_keeps_every_flow(
         lab,
         true,

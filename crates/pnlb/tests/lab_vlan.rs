@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use pnlb_lab::{
-    frames, in_netns, netns, spawn_in_netns, Gateway, Lab, LabProcess, LabSpec, CLIENT4, CLIENT6,
+    frames, in_netns, netns, spawn_in_netns, Lab, LabProcess, LabSpec, CLIENT4, CLIENT6,
     LB_INTERFACE, MIRROR_PORT, VIP4, VIP6,
 };
 use support::*;
@@ -142,11 +142,7 @@ fn vlan_tagged_vip_traffic_is_balanced_through_every_method() {
     drop(decaps);
     drop(lab);
 
-    let lab = Lab::up(&LabSpec {
-        servers_route_via: Gateway::Lb,
-        ..LabSpec::echo()
-    })
-    .expect("lab");
+    let lab = Lab::up(&LabSpec::echo_via_lb()).expect("lab");
     check(&lab, "nat", &lab.config("nat", MIRROR_PORT, &[0, 1, 2]));
     in_netns(&lab.lb, || ()).expect("lab still there");
 }
