@@ -10,11 +10,17 @@
 //! each node's own.
 //!
 //! ```text
-//!  0..4   "PNSY"     4 version (1)   5 group   6 kind   7 reserved
+//!  0..4   "PNSY"     4 version (2)   5 group   6 kind   7 reserved
 //!  8..10  entries (u16)   10..12 reserved   12..20 sequence (u64)
 //! 20..36  sender address   36..  entries (150 bytes each)   last 32: HMAC-SHA256
 //! entry: flow key (40) | conn entry (72) | service key (20) | backend address (16) | backend port (2)
 //! ```
+//!
+//! Every field has one byte order on the wire, whatever the nodes' CPUs:
+//! numbers big-endian, addresses and ports in network order (as the
+//! structs already hold them). Version 1 sent the connection entry's ids
+//! and times in the sender's order; a node refuses a version it cannot
+//! read, and counts and reports it (rejections.rs).
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -24,9 +30,10 @@ use super::advert::{hmac, AdvertError};
 
 pub const SYNC_PORT: u16 = 8113;
 const MAGIC: &[u8; 4] = b"PNSY";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const HEADER: usize = 36;
-const ENTRY: usize = 40 + 72 + 20 + 16 + 2;
+const CONN: usize = 72;
+const ENTRY: usize = 40 + CONN + 20 + 16 + 2;
 const MAC: usize = 32;
 /// Entries per datagram, under a 1500-byte MTU with IPv6 and UDP headers.
 pub const PER_DATAGRAM: usize = (1400 - HEADER - MAC) / ENTRY;
@@ -73,6 +80,41 @@ fn unmapped(bytes: &[u8]) -> IpAddr {
     v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
 }
 
+/// The host-order fields of a connection entry (offset, width): its slot
+/// ids and times. The rest is network order or single bytes.
+const CONN_NUMBERS: [(usize, usize); 6] = [(0, 4), (4, 4), (8, 4), (16, 8), (24, 8), (68, 4)];
+
+/// A connection entry as it travels: its numbers big-endian.
+fn conn_to_wire(conn: &Conn) -> [u8; CONN] {
+    let mut wire = [0u8; CONN];
+    wire.copy_from_slice(bytes_of(conn));
+    for (at, width) in CONN_NUMBERS {
+        wire[at..at + width].reverse_if_little_endian();
+    }
+    wire
+}
+
+fn conn_from_wire(bytes: &[u8]) -> Option<Conn> {
+    let mut host: [u8; CONN] = bytes.get(..CONN)?.try_into().ok()?;
+    for (at, width) in CONN_NUMBERS {
+        host[at..at + width].reverse_if_little_endian();
+    }
+    from_bytes::<Conn>(&host)
+}
+
+/// Big-endian <-> this CPU's order, for a number's bytes.
+trait ByteOrder {
+    fn reverse_if_little_endian(&mut self);
+}
+
+impl ByteOrder for [u8] {
+    fn reverse_if_little_endian(&mut self) {
+        if cfg!(target_endian = "little") {
+            self.reverse();
+        }
+    }
+}
+
 impl Message {
     pub fn emit(&self, key: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + self.flows.len() * ENTRY + MAC);
@@ -84,7 +126,7 @@ impl Message {
         out.extend_from_slice(&mapped(self.sender));
         for flow in &self.flows {
             out.extend_from_slice(bytes_of(&flow.key));
-            out.extend_from_slice(bytes_of(&flow.conn));
+            out.extend_from_slice(&conn_to_wire(&flow.conn));
             out.extend_from_slice(bytes_of(&flow.service));
             out.extend_from_slice(&mapped(flow.backend));
             out.extend_from_slice(&flow.backend_port.to_be_bytes());
@@ -123,7 +165,7 @@ impl Message {
             .filter_map(|entry| {
                 Some(SyncedFlow {
                     key: from_bytes::<FlowKey>(&entry[0..40])?,
-                    conn: from_bytes::<Conn>(&entry[40..112])?,
+                    conn: conn_from_wire(&entry[40..112])?,
                     service: from_bytes::<ServiceKey>(&entry[112..132])?,
                     backend: unmapped(&entry[132..148]),
                     backend_port: u16::from_be_bytes([entry[148], entry[149]]),
@@ -194,6 +236,48 @@ mod tests {
         assert_eq!(
             Message::parse(&ended.emit(b"key"), b"key").unwrap().kind,
             Kind::Ended
+        );
+    }
+
+    #[test]
+    fn numbers_travel_big_endian_and_come_back_as_they_were() {
+        let conn = Conn {
+            backend_id: 0x0102_0304,
+            backend_generation: 7,
+            service_id: 9,
+            state: 2,
+            created_ns: 0x1122_3344_5566_7788,
+            last_seen_ns: 42,
+            rewrite_sport: 8080u16.to_be(),
+            ..Default::default()
+        };
+        let wire = conn_to_wire(&conn);
+        assert_eq!(wire[0..4], [1, 2, 3, 4], "ids big-endian");
+        assert_eq!(wire[16..24], 0x1122_3344_5566_7788u64.to_be_bytes());
+        assert_eq!(
+            wire[64..66],
+            8080u16.to_be_bytes(),
+            "ports in network order"
+        );
+        let back = conn_from_wire(&wire).unwrap();
+        assert_eq!(bytes_of(&back), bytes_of(&conn));
+        assert!(conn_from_wire(&wire[..10]).is_none());
+    }
+
+    #[test]
+    fn another_version_is_refused_by_its_number() {
+        let message = Message {
+            kind: Kind::Request,
+            group: 7,
+            sender: "10.77.1.3".parse().unwrap(),
+            sequence: 1,
+            flows: Vec::new(),
+        };
+        let mut bytes = message.emit(b"key");
+        bytes[4] = 1;
+        assert_eq!(
+            Message::parse(&bytes, b"key").unwrap_err(),
+            AdvertError::Version(1)
         );
     }
 
