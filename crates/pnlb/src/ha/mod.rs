@@ -8,6 +8,7 @@
 //! it whether the node is healthy.
 
 pub mod advert;
+pub mod dump;
 pub mod election;
 pub mod rejections;
 pub mod replay;

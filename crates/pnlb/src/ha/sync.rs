@@ -12,7 +12,9 @@
 //! ```text
 //!  0..4   "PNSY"     4 version (2)   5 group   6 kind   7 reserved
 //!  8..10  entries (u16)   10..12 reserved   12..20 sequence (u64)
-//! 20..36  sender address   36..  entries (150 bytes each)   last 32: HMAC-SHA256
+//! 20..36  sender address   36..40 dump id (u32; 0: not part of a full dump)
+//! 40..44  the dump's flow count (u32; its End only)
+//! 44..    entries (150 bytes each)   last 32: HMAC-SHA256
 //! entry: flow key (40) | conn entry (72) | service key (20) | backend address (16) | backend port (2)
 //! ```
 //!
@@ -31,7 +33,7 @@ use super::advert::{hmac, AdvertError};
 pub const SYNC_PORT: u16 = 8113;
 const MAGIC: &[u8; 4] = b"PNSY";
 const VERSION: u8 = 2;
-const HEADER: usize = 36;
+const HEADER: usize = 44;
 const CONN: usize = 72;
 const ENTRY: usize = 40 + CONN + 20 + 16 + 2;
 const MAC: usize = 32;
@@ -63,6 +65,11 @@ pub struct Message {
     pub group: u8,
     pub sender: IpAddr,
     pub sequence: u64,
+    /// The full dump this message is part of (0: none): its Flows and its
+    /// End carry the same id, and the End how many flows it sent, so a
+    /// backup knows whether it holds all of them.
+    pub dump: u32,
+    pub dump_total: u32,
     pub flows: Vec<SyncedFlow>,
 }
 
@@ -124,6 +131,8 @@ impl Message {
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&self.sequence.to_be_bytes());
         out.extend_from_slice(&mapped(self.sender));
+        out.extend_from_slice(&self.dump.to_be_bytes());
+        out.extend_from_slice(&self.dump_total.to_be_bytes());
         for flow in &self.flows {
             out.extend_from_slice(bytes_of(&flow.key));
             out.extend_from_slice(&conn_to_wire(&flow.conn));
@@ -172,11 +181,16 @@ impl Message {
                 })
             })
             .collect();
+        let word = |at: usize| {
+            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         Ok(Self {
             kind,
             group: bytes[5],
             sender: unmapped(&bytes[20..36]),
             sequence: u64::from_be_bytes(sequence),
+            dump: word(36),
+            dump_total: word(40),
             flows,
         })
     }
@@ -215,12 +229,15 @@ mod tests {
             group: 7,
             sender: "10.77.1.2".parse().unwrap(),
             sequence: 9,
+            dump: 5,
+            dump_total: 0,
             flows: (0..PER_DATAGRAM as u16).map(flow).collect(),
         };
         let bytes = message.emit(b"key");
         assert!(bytes.len() <= 1400);
         let back = Message::parse(&bytes, b"key").unwrap();
         assert_eq!((back.kind, back.group, back.sequence), (Kind::Flows, 7, 9));
+        assert_eq!(back.dump, 5);
         assert_eq!(back.flows.len(), PER_DATAGRAM);
         assert_eq!(back.flows[3].key.src_port, 3u16.to_be());
         assert_eq!(
@@ -271,6 +288,8 @@ mod tests {
             group: 7,
             sender: "10.77.1.3".parse().unwrap(),
             sequence: 1,
+            dump: 0,
+            dump_total: 0,
             flows: Vec::new(),
         };
         let mut bytes = message.emit(b"key");
@@ -288,6 +307,8 @@ mod tests {
             group: 7,
             sender: "10.77.1.3".parse().unwrap(),
             sequence: 1,
+            dump: 0,
+            dump_total: 0,
             flows: vec![flow(1)],
         };
         let bytes = message.emit(b"key");

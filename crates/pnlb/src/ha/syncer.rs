@@ -14,6 +14,7 @@ use pnlb_core::config::Ha;
 use pnlb_dataplane::sync::{ConnEvents, Flow};
 use pnlb_dataplane::{Dataplane, Programmer};
 
+use super::dump::{DumpEnd, DumpReceiver};
 use super::rejections::Rejections;
 use super::replay::{ReplayGuard, Sequence};
 use super::sync::{Kind, Message, SyncedFlow, PER_DATAGRAM, SYNC_PORT};
@@ -37,6 +38,10 @@ pub struct Syncer {
     /// Messages already heard, per sender.
     seen: ReplayGuard,
     rejections: Rejections,
+    /// The id of the next full dump this node sends.
+    next_dump: u32,
+    /// The full dump this node receives.
+    receiving: DumpReceiver,
     /// Set once a full dump has arrived since this node last became backup.
     pub synced: Arc<AtomicBool>,
     asked: Option<Instant>,
@@ -63,6 +68,8 @@ impl Syncer {
             sequence: Sequence::start(),
             seen: ReplayGuard::default(),
             rejections: Rejections::new("ha sync: message"),
+            next_dump: 1,
+            receiving: DumpReceiver::default(),
             synced: Arc::new(AtomicBool::new(false)),
             asked: None,
             resent: Instant::now(),
@@ -77,11 +84,19 @@ impl Syncer {
     }
 
     fn send(&mut self, kind: Kind, flows: Vec<SyncedFlow>, to: &[IpAddr]) {
+        self.send_in(kind, flows, to, (0, 0));
+    }
+
+    /// Sends a message of full dump `dump` (id, and for its End the flows
+    /// it sent); (0, 0) for none.
+    fn send_in(&mut self, kind: Kind, flows: Vec<SyncedFlow>, to: &[IpAddr], dump: (u32, u32)) {
         let bytes = Message {
             kind,
             group: self.group,
             sender: self.me,
             sequence: self.sequence.next(),
+            dump: dump.0,
+            dump_total: dump.1,
             flows,
         }
         .emit(&self.key);
@@ -92,7 +107,15 @@ impl Syncer {
         }
     }
 
-    fn send_flows(&mut self, flows: Vec<Flow>, programmer: &Programmer, to: &[IpAddr]) {
+    /// Sends `flows` (those whose service and backend this node can name)
+    /// in batches, as part of dump `dump` (0: none); returns how many went.
+    fn send_flows(
+        &mut self,
+        flows: Vec<Flow>,
+        programmer: &Programmer,
+        to: &[IpAddr],
+        dump: u32,
+    ) -> usize {
         let synced: Vec<SyncedFlow> = flows
             .into_iter()
             .filter_map(|(key, conn)| {
@@ -108,8 +131,9 @@ impl Syncer {
             })
             .collect();
         for batch in synced.chunks(PER_DATAGRAM) {
-            self.send(Kind::Flows, batch.to_vec(), to);
+            self.send_in(Kind::Flows, batch.to_vec(), to, (dump, 0));
         }
+        synced.len()
     }
 
     /// Tells the peers which flows ended here (the expiry sweep).
@@ -135,14 +159,14 @@ impl Syncer {
         let reported = self.events.take();
         if master && !reported.is_empty() {
             let peers = self.peers.clone();
-            self.send_flows(reported, programmer, &peers);
+            self.send_flows(reported, programmer, &peers, 0);
         }
         if master && self.resent.elapsed() >= RESEND_EVERY {
             self.resent = Instant::now();
             match dataplane.flows() {
                 Ok(flows) => {
                     let peers = self.peers.clone();
-                    self.send_flows(flows, programmer, &peers);
+                    self.send_flows(flows, programmer, &peers, 0);
                 }
                 Err(err) => warning!("ha sync: reading the table: {err}"),
             }
@@ -166,11 +190,13 @@ impl Syncer {
             match (message.kind, master) {
                 (Kind::Request, true) => match dataplane.flows() {
                     Ok(flows) => {
-                        let count = flows.len();
-                        self.send_flows(flows, programmer, &[message.sender]);
-                        self.send(Kind::End, Vec::new(), &[message.sender]);
+                        let dump = self.next_dump;
+                        self.next_dump = self.next_dump.wrapping_add(1).max(1);
+                        let sent = self.send_flows(flows, programmer, &[message.sender], dump);
+                        let total = u32::try_from(sent).unwrap_or(u32::MAX);
+                        self.send_in(Kind::End, Vec::new(), &[message.sender], (dump, total));
                         info!(
-                            "ha sync: sent a full dump of {count} flow(s) to {}",
+                            "ha sync: sent a full dump (#{dump}) of {sent} flow(s) to {}",
                             message.sender
                         );
                     }
@@ -179,6 +205,7 @@ impl Syncer {
                     }
                 },
                 (Kind::Flows, false) => {
+                    self.receiving.flows(message.dump, message.flows.len());
                     for flow in &message.flows {
                         let Some((service_id, backend_id, generation)) =
                             programmer.resolve(&flow.service, flow.backend, flow.backend_port)
@@ -199,11 +226,23 @@ impl Syncer {
                         let _ = dataplane.remove_flow(&flow.key);
                     }
                 }
-                (Kind::End, false) if !self.synced.swap(true, Ordering::Relaxed) => {
-                    info!(
-                        "ha sync: full table received from {} ({} flow(s) installed so far)",
-                        message.sender, self.installed
-                    );
+                (Kind::End, false) if !self.synced.load(Ordering::Relaxed) => {
+                    match self.receiving.end(message.dump, message.dump_total) {
+                        DumpEnd::Whole => {
+                            self.synced.store(true, Ordering::Relaxed);
+                            info!(
+                                "ha sync: full table received from {}, whole (dump #{}, {} flow(s); {} installed so far)",
+                                message.sender, message.dump, message.dump_total, self.installed
+                            );
+                        }
+                        DumpEnd::Short { arrived, sent } => {
+                            warning!(
+                                "ha sync: full dump {} from {} came short ({arrived} of {sent} flows arrived); asking again",
+                                message.dump, message.sender
+                            );
+                            self.asked = None;
+                        }
+                    }
                 }
                 _ => {}
             }
