@@ -128,6 +128,36 @@ fn a_second_load_adopts_flows_and_slots_and_refuses_what_it_cannot_read() {
     drop(programmer);
     drop(second);
 
+    // A config changed while no daemon ran: the removed backend retires
+    // (its flows go on), the kept one keeps its slot, a new service and
+    // backend get slots nobody holds.
+    let changed = parse_config(
+        &(CONFIG.replace("[[service.backend]]\naddress = \"10.77.1.12\"\n", "")
+            + "\n[[service]]\nname = \"dr4\"\nvip = \"10.77.100.5\"\nport = 80\nmethod = \"dr\"\n[[service.backend]]\naddress = \"10.77.1.51\"\n"),
+    );
+    let third = Dataplane::load_with(options(&dir, 65_536, meta.hash_seed)).expect("adopt again");
+    let mut programmer = Programmer::adopt(&third, &changed).unwrap();
+    programmer.apply(&third, &changed, &mut resolver).unwrap();
+    assert_eq!(
+        programmer.backend_id("nat4", "10.77.1.11".parse().unwrap(), 80),
+        ids[0],
+        "the kept backend keeps its slot"
+    );
+    let retiring = programmer.retiring();
+    assert_eq!(retiring.len(), 1, "{retiring:?}");
+    assert_eq!(
+        Some(retiring[0].3),
+        ids[1],
+        "the removed one retires in its slot"
+    );
+    let fresh = programmer
+        .backend_id("dr4", "10.77.1.51".parse().unwrap(), 80)
+        .expect("a slot for the new backend");
+    assert!(!ids.contains(&Some(fresh)), "not a slot in use");
+    assert_ne!(programmer.service_id("dr4"), programmer.service_id("nat4"));
+    drop(programmer);
+    drop(third);
+
     // Maps of another size do not fit.
     match Dataplane::load_with(options(&dir, 131_072, meta.hash_seed)) {
         Err(err @ DataplaneError::Incompatible { .. }) => {
