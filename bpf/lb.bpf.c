@@ -50,6 +50,7 @@ const volatile struct {
 	enum pnlb_decap_counter decap_counter;
 	enum pnlb_abi_version abi_version;
 	enum pnlb_meta_slot meta_slot;
+	struct pnlb_vlan_device vlan_device;
 } pnlb_abi_anchor;
 
 static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_flow_key *flow)

@@ -380,6 +380,14 @@ struct pnlb_backend_stats {
 	__u64 reply_bytes;
 };
 
+/* A VLAN device the FIB may route replies out of (pnlb_vlan_devices, by
+ * its ifindex): sent on its parent, tagged with its id. */
+struct pnlb_vlan_device {
+	__u32 parent_ifindex;
+	__u16 vid;
+	__u16 _pad;
+};
+
 /* Compile-time layout checks; the Rust side asserts the same numbers. */
 _Static_assert(sizeof(struct pnlb_addr) == 16, "pnlb_addr");
 _Static_assert(sizeof(struct pnlb_service_key) == 20, "pnlb_service_key");
@@ -395,6 +403,7 @@ _Static_assert(sizeof(struct pnlb_conn_event) == 112, "pnlb_conn_event");
 _Static_assert(sizeof(struct pnlb_service_stats) == 40 + 8 * PNLB_REASON_MAX,
 	       "pnlb_service_stats");
 _Static_assert(sizeof(struct pnlb_backend_stats) == 40, "pnlb_backend_stats");
+_Static_assert(sizeof(struct pnlb_vlan_device) == 8, "pnlb_vlan_device");
 
 /*
  * `pnlb decap` (bpf/decap.bpf.c), the real-server side of tun: its

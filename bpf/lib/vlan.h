@@ -28,6 +28,7 @@
 #include <linux/if_ether.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
+#include "pnlb_abi.h"
 
 #define PNLB_ETH_P_8021Q 0x8100
 #define PNLB_ETH_P_8021AD 0x88a8
@@ -37,12 +38,6 @@
 #define PNLB_EGRESS_SET 0x100
 #define PNLB_EGRESS_VLAN(vid) (PNLB_EGRESS_SET | ((__u32)(vid) << 16))
 #define PNLB_VERDICT(ret) ((ret) & 0xff)
-
-struct pnlb_vlan_device {
-	__u32 parent_ifindex;
-	__u16 vid;
-	__u16 _pad;
-};
 
 /* VLAN devices (by ifindex) on the interfaces pnlb is attached to. */
 struct {

@@ -17,6 +17,7 @@ pub use crate::skel::types::{
     pnlb_service as Service, pnlb_service_flags as ServiceFlags, pnlb_service_key as ServiceKey,
     pnlb_service_stats as ServiceStats, pnlb_snat_limits as SnatLimits,
     pnlb_table_counter as TableCounter, pnlb_table_slot as TableSlot,
+    pnlb_vlan_device as VlanDeviceEntry,
 };
 
 // The same numbers bpf/include/pnlb_abi.h checks with _Static_assert.
@@ -31,6 +32,7 @@ const _: () = {
     assert!(offset_of!(Service, flags) == 17);
     assert!(offset_of!(Service, snat_reuse_s) == 18);
     assert!(offset_of!(Service, rate_interval_ns) == 24);
+    assert!(size_of::<VlanDeviceEntry>() == 8);
     assert!(size_of::<Backend>() == 76);
     assert!(offset_of!(Backend, service_id) == 68);
     assert!(offset_of!(Backend, vlan) == 72);
@@ -89,6 +91,7 @@ unsafe impl Plain for Conn {}
 unsafe impl Plain for ConnEvent {}
 unsafe impl Plain for ServiceStats {}
 unsafe impl Plain for BackendStats {}
+unsafe impl Plain for VlanDeviceEntry {}
 unsafe impl Plain for u32 {}
 unsafe impl Plain for u64 {}
 

@@ -223,11 +223,11 @@ impl Dataplane {
     /// the process ends); otherwise dropping it detaches.
     pub fn attach(&self, interface: &str, mode: XdpMode) -> Result<Attachment, DataplaneError> {
         if let (Some(dir), XdpMode::Native) = (&self.pin_dir, mode) {
-            let ifindex = ifindex_of(interface)? as i32;
-            let (link, took_over) = self.attach_pinned(dir, interface)?;
+            let ifindex = ifindex_of(interface)?;
+            let (link, took_over) = self.attach_pinned(dir, interface, ifindex)?;
             return Ok(Attachment {
                 interface: interface.to_string(),
-                ifindex,
+                ifindex: ifindex as i32,
                 how: How::Pinned {
                     _link: link,
                     took_over,

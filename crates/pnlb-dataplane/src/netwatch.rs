@@ -58,6 +58,8 @@ pub enum NetEvent {
 /// An rtnetlink socket subscribed to neighbour, route and link events.
 pub struct NetWatch {
     socket: OwnedFd,
+    /// Where datagrams are read into, reused.
+    buffer: Vec<u8>,
 }
 
 impl NetWatch {
@@ -91,13 +93,16 @@ impl NetWatch {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { socket })
+        Ok(Self {
+            socket,
+            buffer: vec![0u8; 64 * 1024],
+        })
     }
 
     /// The events that arrive within `timeout` (none if it passes first).
     /// An overrun of the socket's buffer (events lost) reads as Topology:
     /// the caller then asks the kernel about everything again.
-    pub fn wait(&self, timeout: Duration) -> io::Result<Vec<NetEvent>> {
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<Vec<NetEvent>> {
         let mut ready = libc::pollfd {
             fd: self.socket.as_raw_fd(),
             events: libc::POLLIN,
@@ -108,15 +113,14 @@ impl NetWatch {
         if unsafe { libc::poll(&mut ready, 1, millis) } <= 0 {
             return Ok(Vec::new());
         }
-        let mut buffer = vec![0u8; 64 * 1024];
         let mut events = Vec::new();
         loop {
             // SAFETY: the buffer is valid for its length.
             let n = unsafe {
                 libc::recv(
                     self.socket.as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
+                    self.buffer.as_mut_ptr().cast(),
+                    self.buffer.len(),
                     libc::MSG_DONTWAIT,
                 )
             };
@@ -130,7 +134,7 @@ impl NetWatch {
                 }
                 continue;
             }
-            events.extend(parse_messages(&buffer[..n as usize]));
+            events.extend(parse_messages(&self.buffer[..n as usize]));
         }
     }
 

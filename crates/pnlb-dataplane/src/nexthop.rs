@@ -132,20 +132,16 @@ pub struct VlanDevice {
 /// Every 802.1Q VLAN device of this network namespace (for replies the FIB
 /// routes out of one: the data plane sends them on the parent, tagged).
 pub fn vlan_devices() -> Vec<VlanDevice> {
-    let Ok(output) = Command::new("ip")
-        .args(["-d", "-j", "link", "show", "type", "vlan"])
-        .stderr(Stdio::null())
-        .output()
-    else {
-        return Vec::new();
-    };
-    parse_vlan_devices(&output.stdout, |name| ifindex_of(name).ok())
+    let links = ip_batch::<LinkJson>(&["-d"], &["link show type vlan".to_string()]);
+    vlan_devices_of(&links.unwrap_or_default(), |name| ifindex_of(name).ok())
 }
 
-/// The VLAN devices in `ip -d -j link show` output; `parent_index` names
-/// a parent's ifindex.
-fn parse_vlan_devices(json: &[u8], parent_index: impl Fn(&str) -> Option<u32>) -> Vec<VlanDevice> {
-    let links: Vec<LinkJson> = serde_json::from_slice(json).unwrap_or_default();
+/// The VLAN devices among `links` (`ip -d -j link show`); `parent_index`
+/// names a parent's ifindex.
+fn vlan_devices_of(
+    links: &[LinkJson],
+    parent_index: impl Fn(&str) -> Option<u32>,
+) -> Vec<VlanDevice> {
     links
         .iter()
         .filter_map(|link| {
@@ -311,25 +307,17 @@ fn neighbour_macs(
 /// where translated replies go (bpf_fib_lookup reads the kernel's
 /// neighbour entries for them, which XDP traffic never confirms).
 pub fn default_gateways() -> Vec<(u32, IpAddr)> {
-    let mut gateways = Vec::new();
-    for family in ["-4", "-6"] {
-        let Ok(output) = Command::new("ip")
-            .args(["-j", family, "route", "show", "default"])
-            .stderr(Stdio::null())
-            .output()
-        else {
-            continue;
-        };
-        let routes: Vec<RouteJson> = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        for route in routes {
-            let gateway = route.gateway.as_deref().and_then(|g| g.parse().ok());
-            let ifindex = route.dev.as_deref().and_then(|d| ifindex_of(d).ok());
-            if let (Some(gateway), Some(ifindex)) = (gateway, ifindex) {
-                gateways.push((ifindex, gateway));
-            }
-        }
-    }
-    gateways
+    ["-4", "-6"]
+        .into_iter()
+        .flat_map(|family| {
+            ip_batch::<RouteJson>(&[family], &["route show default".to_string()])
+                .unwrap_or_default()
+        })
+        .filter_map(|route| {
+            let gateway = route.gateway.as_deref()?.parse().ok()?;
+            Some((ifindex_of(route.dev.as_deref()?).ok()?, gateway))
+        })
+        .collect()
 }
 
 /// One empty datagram: enough for the kernel to resolve the neighbour.
@@ -399,7 +387,8 @@ mod tests {
             "linkinfo":{"info_kind":"vlan","info_data":{"protocol":"802.1ad","id":7}}},
             {"ifindex":7,"ifname":"br0","address":"52:54:00:12:34:57",
             "linkinfo":{"info_kind":"bridge","info_data":{}}}]"#;
-        let devices = parse_vlan_devices(json, |name| (name == "eth0").then_some(2));
+        let links: Vec<LinkJson> = serde_json::from_slice(json).unwrap();
+        let devices = vlan_devices_of(&links, |name| (name == "eth0").then_some(2));
         assert_eq!(
             devices,
             vec![VlanDevice {
@@ -409,7 +398,8 @@ mod tests {
             }],
             "802.1ad devices and other kinds are not ours"
         );
-        assert!(parse_vlan_devices(b"not json", |_| Some(1)).is_empty());
+        let garbage: Vec<LinkJson> = serde_json::from_slice(b"not json").unwrap_or_default();
+        assert!(vlan_devices_of(&garbage, |_| Some(1)).is_empty());
     }
 
     #[test]

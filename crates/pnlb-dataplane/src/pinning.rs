@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, Xdp, XdpFlags};
 
 use crate::abi::{self, MetaSlot};
-use crate::loader::{ifindex_of, Dataplane, DataplaneError};
+use crate::loader::{Dataplane, DataplaneError};
 
 /// bpffs's magic number (statfs f_type).
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -79,18 +79,20 @@ pub fn pinned_meta(dir: &Path) -> Result<Option<PinnedMeta>, DataplaneError> {
         map: "pnlb_meta",
         source,
     })?;
-    let slot = |slot: MetaSlot| -> u32 {
-        map.lookup(&slot.0.to_ne_bytes(), MapFlags::ANY)
-            .ok()
-            .flatten()
-            .and_then(|v| v.try_into().ok())
-            .map_or(0, u32::from_ne_bytes)
-    };
     Ok(Some(PinnedMeta {
-        abi_version: slot(MetaSlot::PNLB_META_ABI_VERSION),
-        hash_seed: slot(MetaSlot::PNLB_META_HASH_SEED),
-        next_generation: slot(MetaSlot::PNLB_META_NEXT_GENERATION),
+        abi_version: meta_slot(&map, MetaSlot::PNLB_META_ABI_VERSION),
+        hash_seed: meta_slot(&map, MetaSlot::PNLB_META_HASH_SEED),
+        next_generation: meta_slot(&map, MetaSlot::PNLB_META_NEXT_GENERATION),
     }))
+}
+
+/// One slot of a pnlb_meta map (0 if unreadable).
+fn meta_slot(map: &dyn MapCore, slot: MetaSlot) -> u32 {
+    map.lookup(&slot.0.to_ne_bytes(), MapFlags::ANY)
+        .ok()
+        .flatten()
+        .and_then(|v| v.try_into().ok())
+        .map_or(0, u32::from_ne_bytes)
 }
 
 /// Before loading: refuses a data plane of another ABI in `dir`.
@@ -121,13 +123,7 @@ impl Dataplane {
 
     /// One slot of pnlb_meta (0 if unreadable).
     pub(crate) fn meta(&self, slot: MetaSlot) -> u32 {
-        self.maps()
-            .pnlb_meta
-            .lookup(&slot.0.to_ne_bytes(), MapFlags::ANY)
-            .ok()
-            .flatten()
-            .and_then(|v| v.try_into().ok())
-            .map_or(0, u32::from_ne_bytes)
+        meta_slot(&self.maps().pnlb_meta, slot)
     }
 
     /// Writes one slot of pnlb_meta.
@@ -149,8 +145,8 @@ impl Dataplane {
         &self,
         dir: &Path,
         interface: &str,
+        ifindex: u32,
     ) -> Result<(Link, bool), DataplaneError> {
-        let ifindex = ifindex_of(interface)?;
         let path = link_path(dir, interface);
         let failed = |reason: String| DataplaneError::Attach {
             interface: interface.to_string(),

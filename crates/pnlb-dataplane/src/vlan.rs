@@ -4,6 +4,7 @@
 
 use libbpf_rs::{MapCore, MapFlags};
 
+use crate::abi::{bytes_of, VlanDeviceEntry};
 use crate::loader::{Dataplane, DataplaneError};
 use crate::nexthop::VlanDevice;
 
@@ -30,12 +31,17 @@ impl Dataplane {
             map.delete(&key).map_err(failed)?;
         }
         for device in devices {
-            // struct pnlb_vlan_device: parent ifindex, vid, padding.
-            let mut value = [0u8; 8];
-            value[..4].copy_from_slice(&device.parent_ifindex.to_ne_bytes());
-            value[4..6].copy_from_slice(&device.vid.to_ne_bytes());
-            map.update(&device.ifindex.to_ne_bytes(), &value, MapFlags::ANY)
-                .map_err(failed)?;
+            let value = VlanDeviceEntry {
+                parent_ifindex: device.parent_ifindex,
+                vid: device.vid,
+                ..Default::default()
+            };
+            map.update(
+                &device.ifindex.to_ne_bytes(),
+                bytes_of(&value),
+                MapFlags::ANY,
+            )
+            .map_err(failed)?;
         }
         Ok(())
     }

@@ -53,7 +53,7 @@ fn a_stale_neighbour_is_reverified_on_request_and_a_new_mac_is_an_event() {
             nsenter -t {peer} -n ip link set n1 up
             sysctl -qw net.ipv4.neigh.n0.delay_first_probe_time=1"
         ));
-        let watch = NetWatch::subscribe().expect("rtnetlink");
+        let mut watch = NetWatch::subscribe().expect("rtnetlink");
         let n0 = pnlb_dataplane::loader::ifindex_of("n0").unwrap();
         let neighbour: IpAddr = "10.99.0.2".parse().unwrap();
         // One datagram: the kernel resolves its neighbour.

@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::netns::in_netns;
+use crate::wire::{checksum, in_lab};
 use crate::LabError;
 
 /// An 802.1Q-tagged (`tags`: outermost first, each (TPID, TCI)) UDP
@@ -33,52 +34,51 @@ pub fn tagged_udp(
     udp.extend_from_slice(&udp_len.to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     udp.extend_from_slice(payload);
-    match (src.0, dst.0) {
+    let (ethertype, mut ip, addresses) = match (src.0, dst.0) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            frame.extend_from_slice(&0x0800u16.to_be_bytes());
-            let total = 20 + udp_len;
             let mut ip = vec![0x45, 0];
-            ip.extend_from_slice(&total.to_be_bytes());
+            ip.extend_from_slice(&(20 + udp_len).to_be_bytes());
             ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
             ip.extend_from_slice(&s.octets());
             ip.extend_from_slice(&d.octets());
-            let check = !fold(sum(&ip));
-            ip[10..12].copy_from_slice(&check.to_be_bytes());
-            let pseudo = sum(&s.octets()) + sum(&d.octets()) + 17 + u32::from(udp_len);
-            let check = !fold(pseudo + sum(&udp));
-            udp[6..8].copy_from_slice(&(if check == 0 { 0xffff } else { check }).to_be_bytes());
-            frame.extend_from_slice(&ip);
+            (
+                0x0800u16,
+                ip,
+                [s.octets().to_vec(), d.octets().to_vec()].concat(),
+            )
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            frame.extend_from_slice(&0x86ddu16.to_be_bytes());
             let mut ip = vec![0x60, 0, 0, 0];
             ip.extend_from_slice(&udp_len.to_be_bytes());
             ip.extend_from_slice(&[17, 64]);
             ip.extend_from_slice(&s.octets());
             ip.extend_from_slice(&d.octets());
-            let pseudo = sum(&s.octets()) + sum(&d.octets()) + 17 + u32::from(udp_len);
-            let check = !fold(pseudo + sum(&udp));
-            udp[6..8].copy_from_slice(&(if check == 0 { 0xffff } else { check }).to_be_bytes());
-            frame.extend_from_slice(&ip);
+            (
+                0x86ddu16,
+                ip,
+                [s.octets().to_vec(), d.octets().to_vec()].concat(),
+            )
         }
-        _ => {}
+        _ => return frame,
+    };
+    if ethertype == 0x0800 {
+        let check = checksum(&ip);
+        ip[10..12].copy_from_slice(&check.to_be_bytes());
     }
+    // The pseudo-header (addresses, protocol, length) and the datagram.
+    let mut pseudo = addresses;
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&udp_len.to_be_bytes());
+    pseudo.extend_from_slice(&udp);
+    let check = match checksum(&pseudo) {
+        0 => 0xffff,
+        sum => sum,
+    };
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame.extend_from_slice(&ip);
     frame.extend_from_slice(&udp);
     frame
-}
-
-fn sum(bytes: &[u8]) -> u32 {
-    bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// The IP addresses a frame carries, past any VLAN tags.
@@ -102,13 +102,6 @@ fn addresses(frame: &[u8]) -> Option<(IpAddr, IpAddr)> {
             }
             _ => return None,
         }
-    }
-}
-
-fn in_lab(address: IpAddr) -> bool {
-    match address {
-        IpAddr::V4(v4) => v4.octets()[..2] == [10, 77],
-        IpAddr::V6(v6) => v6.segments()[0] == 0xfd77,
     }
 }
 

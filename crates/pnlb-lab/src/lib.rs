@@ -20,6 +20,7 @@ pub mod netns;
 pub mod nginx;
 pub mod process;
 pub mod spoof;
+mod wire;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::netns::{in_netns, spawn_in_netns};
+use crate::wire::{checksum, in_lab};
 use crate::LabError;
 
 /// What each spoofed packet is.
@@ -90,8 +91,7 @@ pub fn start(ns: &str, flood: Flood) -> Result<Running, LabError> {
 
 /// Lab addresses only, whatever the caller passed.
 fn check_lab_addresses(flood: &Flood) -> Result<(), LabError> {
-    let lab = |a: Ipv4Addr| a.octets()[..2] == [10, 77];
-    if lab(flood.source) && lab(*flood.target.ip()) {
+    if in_lab(flood.source.into()) && in_lab((*flood.target.ip()).into()) {
         return Ok(());
     }
     Err(LabError::Setup(format!(
@@ -223,18 +223,6 @@ fn build(kind: Kind, source: Ipv4Addr, sport: u16, target: SocketAddrV4, word: u
     packet[10..12].copy_from_slice(&sum.to_be_bytes());
     packet.extend_from_slice(&l4);
     packet
-}
-
-/// The Internet checksum (RFC 1071).
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Shared secrets read from files (the API token, the failover key): one
-//! line, surrounding whitespace ignored, long enough to mean something.
+//! line, surrounding whitespace ignored, long enough to mean something;
+//! and random numbers drawn from the kernel (seeds, epochs).
 
 use std::path::Path;
 
@@ -18,4 +19,12 @@ pub fn read(path: &Path, key: &str) -> Result<String> {
         );
     }
     Ok(secret)
+}
+
+/// 32 random bits from the kernel (/dev/urandom).
+pub fn random_u32() -> std::io::Result<u32> {
+    use std::io::Read;
+    let mut bytes = [0u8; 4];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(u32::from_ne_bytes(bytes))
 }

@@ -14,7 +14,6 @@
 //! right, and the replayed epoch is refused from then on.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Read;
 use std::net::IpAddr;
 
 /// Past epochs remembered per sender.
@@ -29,18 +28,15 @@ pub struct Sequence {
 impl Sequence {
     /// A random epoch for this start.
     pub fn start() -> Self {
-        let mut bytes = [0u8; 4];
-        let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-        if random.is_err() {
+        let epoch = crate::secret::random_u32().unwrap_or_else(|_| {
             // Without urandom (never on Linux), the process id and time still
             // differ between starts.
-            let mixed = std::process::id()
+            std::process::id()
                 ^ std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.subsec_nanos());
-            bytes = mixed.to_ne_bytes();
-        }
-        Self::with_epoch(u32::from_ne_bytes(bytes))
+                    .map_or(0, |d| d.subsec_nanos())
+        });
+        Self::with_epoch(epoch)
     }
 
     pub fn with_epoch(epoch: u32) -> Self {

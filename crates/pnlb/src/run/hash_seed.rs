@@ -5,8 +5,6 @@
 //! of the data plane left running (a restart must not move flows), else
 //! random. Only its source is logged, never its value.
 
-use std::io::Read;
-
 use anyhow::{bail, Context, Result};
 use pnlb_core::config::Config;
 
@@ -41,12 +39,9 @@ pub fn choose(config: &Config, left_running: Option<u32>) -> Result<HashSeed> {
             source: "kept from the data plane left running".to_string(),
         });
     }
-    let mut bytes = [0u8; 4];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| random.read_exact(&mut bytes))
-        .context("reading /dev/urandom for the flow-hash seed")?;
     Ok(HashSeed {
-        value: u32::from_ne_bytes(bytes),
+        value: crate::secret::random_u32()
+            .context("reading /dev/urandom for the flow-hash seed")?,
         source: "random at this start (set daemon.hash_seed_file to keep picks across restarts and nodes)".to_string(),
     })
 }

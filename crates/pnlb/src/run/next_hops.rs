@@ -63,8 +63,8 @@ impl NextHops {
         let watched = Arc::new(Mutex::new(Vec::new()));
         let shared = watched.clone();
         match NetWatch::subscribe() {
-            Ok(watch) => {
-                std::thread::spawn(move || watch_thread(&watch, &event, &shared));
+            Ok(mut watch) => {
+                std::thread::spawn(move || watch_thread(&mut watch, &event, &shared));
             }
             Err(err) => warning!(
                 "no neighbour events (rtnetlink: {err}): next-hop MAC changes are seen only at the periodic refresh"
@@ -249,7 +249,11 @@ fn resolver_thread(asked: &Receiver<Vec<IpAddr>>, answer: &Sender<(Resolution, V
 }
 
 /// Forwards rtnetlink events and re-verifies the neighbours we forward to.
-fn watch_thread(watch: &NetWatch, events: &Sender<NetEvent>, watched: &Mutex<Vec<(u32, IpAddr)>>) {
+fn watch_thread(
+    watch: &mut NetWatch,
+    events: &Sender<NetEvent>,
+    watched: &Mutex<Vec<(u32, IpAddr)>>,
+) {
     let mut last_confirm = Instant::now();
     loop {
         match watch.wait(Duration::from_secs(1)) {
