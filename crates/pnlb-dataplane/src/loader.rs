@@ -10,7 +10,7 @@ use libbpf_rs::{OpenObject, Xdp, XdpFlags};
 use pnlb_core::config::XdpMode;
 
 use crate::abi::MetaSlot;
-use crate::conntrack::SweepTally;
+use crate::conntrack::{ConnTables, SweepTally};
 use crate::skel::{LbMaps, LbSkel, LbSkelBuilder};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,7 @@ pub struct Dataplane {
     /// Whether it took over maps a previous process left pinned.
     adopted: bool,
     pub(crate) tally: SweepTally,
+    pub(crate) conns: ConnTables,
 }
 
 /// How the program is loaded.
@@ -173,7 +174,9 @@ impl Dataplane {
             },
             _ => DataplaneError::Load(err),
         })?;
+        let conns = ConnTables::open(&skel.maps)?;
         let dataplane = Self {
+            conns,
             skel,
             tables,
             hash_seed,

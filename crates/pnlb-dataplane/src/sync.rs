@@ -7,10 +7,10 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use libbpf_rs::{MapFlags, RingBuffer, RingBufferBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBuffer, RingBufferBuilder};
 
 use crate::abi::{self, bytes_of, from_bytes, Conn, FlowKey};
-use crate::conntrack::{has_flag, is_original, monotonic_ns, peer_key, Table};
+use crate::conntrack::{handle, has_flag, is_original, monotonic_ns, peer_key, ConnTables, Table};
 use crate::loader::{Dataplane, DataplaneError};
 
 /// One flow: its original key and entry.
@@ -38,13 +38,21 @@ fn map_err(table: Table) -> impl Fn(libbpf_rs::Error) -> DataplaneError {
 }
 
 impl Dataplane {
-    /// Starts reading the program's flow reports (loaded with sync on).
-    pub fn conn_events(&self) -> Result<ConnEvents, DataplaneError> {
+    /// A handle on the ring the program reports flows in (loaded with sync
+    /// on), for the thread that reads it ([`ConnEvents::open`]).
+    pub fn conn_event_ring(&self) -> Result<MapHandle, DataplaneError> {
+        handle(&self.maps().pnlb_conn_events, "pnlb_conn_events")
+    }
+}
+
+impl ConnEvents {
+    /// Starts reading the program's flow reports from `ring`.
+    pub fn open(ring: &MapHandle) -> Result<ConnEvents, DataplaneError> {
         let queue: Rc<RefCell<Vec<Flow>>> = Rc::default();
         let sink = queue.clone();
         let mut builder = RingBufferBuilder::new();
         builder
-            .add(&self.maps().pnlb_conn_events, move |data: &[u8]| {
+            .add(ring, move |data: &[u8]| {
                 if let Some(event) = from_bytes::<abi::ConnEvent>(data) {
                     sink.borrow_mut().push((event.key, event.conn));
                 }
@@ -60,13 +68,15 @@ impl Dataplane {
         })?;
         Ok(ConnEvents { ring, queue })
     }
+}
 
+impl ConnTables {
     /// Every flow in the tables (its original entry), for a full dump.
     pub fn flows(&self) -> Result<Vec<Flow>, DataplaneError> {
         let mut flows = Vec::new();
         for table in Table::BOTH {
             flows.extend(
-                self.conn_map(table)
+                self.map(table)
                     .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
                     .map_err(map_err(table))?
                     .filter_map(|(key, value)| {
@@ -90,7 +100,7 @@ impl Dataplane {
     /// Removes a flow's entries (both directions) from one table.
     fn remove_from(&self, table: Table, key: &FlowKey) {
         if let Some(conn) = self.lookup_in(table, key) {
-            let map = self.conn_map(table);
+            let map = self.map(table);
             if has_flag(&conn, abi::ConnFlags::PNLB_CONN_F_NAT) {
                 let _ = map.delete(bytes_of(&peer_key(&conn, key.protocol)));
             }
@@ -119,7 +129,7 @@ impl Dataplane {
             // held (and counted) in one table.
             self.remove_from(Table::New, key);
         }
-        let map = self.conn_map(table);
+        let map = self.map(table);
         let mut reply_key = None;
         if has_flag(&original, abi::ConnFlags::PNLB_CONN_F_NAT) {
             let mut reply = original;

@@ -596,13 +596,18 @@ fn a_flow_is_only_ever_given_a_backend_of_its_own_service() {
         let other_service = fixture.programmer.service_id("other").unwrap();
         let (listener, _, _) = fixture
             .programmer
+            .names()
             .describe(other_service, other_backend)
             .unwrap();
-        let (_, id, generation) = fixture.programmer.resolve(&listener, other, 8080).unwrap();
+        let (_, id, generation) = fixture
+            .programmer
+            .names()
+            .resolve(&listener, other, 8080)
+            .unwrap();
         conn.backend_id = id;
         conn.backend_generation = generation;
-        fixture.dataplane.remove_flow(&key).unwrap();
-        fixture.dataplane.install_flow(&key, &conn).unwrap();
+        fixture.dataplane.conns().remove_flow(&key).unwrap();
+        fixture.dataplane.conns().install_flow(&key, &conn).unwrap();
         let (verdict, _) = fixture.run(&client(51000, ACK).bytes());
         assert_eq!(verdict, XDP_DROP);
         assert_eq!(fixture.reason("drop_foreign_backend"), 1);
@@ -681,7 +686,7 @@ fn connection_counts_equal_the_tables_after_each_sweep() {
             .unwrap();
 
         let mut held: HashMap<u32, (u64, u64)> = HashMap::new();
-        for (_, conn) in fixture.dataplane.flows().unwrap() {
+        for (_, conn) in fixture.dataplane.conns().flows().unwrap() {
             let entry = held.entry(conn.backend_id).or_default();
             if u32::from(conn.state) == ConnState::PNLB_CT_ESTABLISHED.0 {
                 entry.0 += 1;

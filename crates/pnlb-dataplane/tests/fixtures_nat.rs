@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use pnlb_core::config::Timeouts;
 use pnlb_dataplane::abi::{Conn, ConnDirection, ConnState};
+use pnlb_dataplane::sync::ConnEvents;
 use support::*;
 
 const CONFIG: &str = r#"
@@ -534,7 +535,7 @@ fn a_synced_flow_is_translated_on_the_other_node_in_both_directions() {
         active_programmer
             .apply(&active, &config, &mut resolver)
             .unwrap();
-        let events = active.conn_events().unwrap();
+        let events = ConnEvents::open(&active.conn_event_ring().unwrap()).unwrap();
         let mut outputs = Vec::new();
         for sport in [40_000u16, 40_001] {
             let syn = Pkt::tcp("10.77.0.2", sport, "10.77.100.3", 80, SYN);
@@ -568,15 +569,18 @@ fn a_synced_flow_is_translated_on_the_other_node_in_both_directions() {
         // The second flow is synced (with the backup's own slot ids).
         let (key, conn) = reported[1];
         let (service, address, port) = active_programmer
+            .names()
             .describe(conn.service_id, conn.backend_id)
             .unwrap();
-        let (service_id, backend_id, generation) =
-            backup_programmer.resolve(&service, address, port).unwrap();
+        let (service_id, backend_id, generation) = backup_programmer
+            .names()
+            .resolve(&service, address, port)
+            .unwrap();
         let mut local = conn;
         local.service_id = service_id;
         local.backend_id = backend_id;
         local.backend_generation = generation;
-        backup.install_flow(&key, &local).unwrap();
+        backup.conns().install_flow(&key, &local).unwrap();
 
         let ack = Pkt {
             tcp: Some(ACK),
@@ -597,7 +601,7 @@ fn a_synced_flow_is_translated_on_the_other_node_in_both_directions() {
         );
 
         // The active node expired it: the backup forgets both entries.
-        backup.remove_flow(&key).unwrap();
+        backup.conns().remove_flow(&key).unwrap();
         assert_eq!(run_on(&backup, &reply.bytes()).0, XDP_PASS);
         assert!(backup.lookup_connection(&key).is_none());
     });

@@ -195,7 +195,7 @@ fn failover_keeps_transfers_going(method: &str) {
     );
     // The backup asked for, and got, the active node's table.
     wait_for_log(&node2, "full table received", Duration::from_secs(5));
-    wait_for_log(&node1, "sent a full dump", Duration::from_secs(5));
+    wait_for_log(&node1, "sent full dump", Duration::from_secs(5));
     let answer = pnlb_lab::in_netns(&lab.client, || request(IpAddr::V4(VIP4))).unwrap();
     assert!(answer.is_ok(), "{answer:?}: {:?}", node1.output());
 

@@ -8,6 +8,7 @@
 
 mod census;
 mod sweep;
+mod tables;
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ use crate::loader::{Dataplane, DataplaneError};
 
 pub use sweep::SweepReport;
 pub(crate) use sweep::SweepTally;
+pub(crate) use tables::handle;
+pub use tables::ConnTables;
 
 /// The two connection maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,19 +95,12 @@ pub(crate) fn is_established(conn: &Conn) -> bool {
 
 impl Dataplane {
     pub(crate) fn conn_map(&self, table: Table) -> &dyn MapCore {
-        match table {
-            Table::Established => &self.maps().pnlb_conns,
-            Table::New => &self.maps().pnlb_conns_new,
-        }
+        self.conns.map(table)
     }
 
     /// The entry under `key` in `table`, if any.
     pub fn lookup_in(&self, table: Table, key: &FlowKey) -> Option<Conn> {
-        let value = self
-            .conn_map(table)
-            .lookup(bytes_of(key), MapFlags::ANY)
-            .ok()??;
-        from_bytes::<Conn>(&value)
+        self.conns.lookup_in(table, key)
     }
 
     /// The entry under `key` in whichever table holds it.
@@ -114,9 +110,7 @@ impl Dataplane {
 
     /// The entry under `key` and the table that holds it.
     pub fn find_connection(&self, key: &FlowKey) -> Option<(Table, Conn)> {
-        Table::BOTH
-            .into_iter()
-            .find_map(|table| Some((table, self.lookup_in(table, key)?)))
+        self.conns.find(key)
     }
 
     /// Removes the one entry under `key` from `table`, as the new-flow

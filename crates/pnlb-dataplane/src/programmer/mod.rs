@@ -17,6 +17,7 @@
 
 mod adopt;
 mod backends;
+mod names;
 mod service_entry;
 mod snat;
 mod table;
@@ -33,6 +34,7 @@ use crate::grace::Grace;
 use crate::loader::{Dataplane, DataplaneError};
 use crate::nexthop::{Resolution, Resolver};
 
+pub use names::{FlowNames, SlotIds};
 pub use service_entry::forwards_statelessly;
 pub use table::PublishedTable;
 
@@ -349,38 +351,6 @@ impl Programmer {
             zero_percpu::<u64>(&maps.pnlb_reason_stats, reason, "pnlb_reason_stats")?;
         }
         Ok(())
-    }
-
-    /// A flow's service (by its listener) and backend (by address and
-    /// port), from this node's slot ids: what another node can resolve.
-    pub fn describe(&self, service_id: u32, backend_id: u32) -> Option<(ServiceKey, IpAddr, u16)> {
-        let slot = self.services.values().find(|s| s.id == service_id)?;
-        let (address, port) = slot
-            .backends
-            .iter()
-            .chain(slot.retiring.iter())
-            .find(|(_, b)| b.id == backend_id)
-            .map(|(key, _)| *key)?;
-        Some((slot.key, address, port))
-    }
-
-    /// The reverse of [`Self::describe`] on this node: (service id,
-    /// backend id, backend generation).
-    pub fn resolve(
-        &self,
-        service: &ServiceKey,
-        address: IpAddr,
-        port: u16,
-    ) -> Option<(u32, u32, u32)> {
-        let slot = self
-            .services
-            .values()
-            .find(|s| bytes_of(&s.key) == bytes_of(service))?;
-        let backend = slot
-            .backends
-            .get(&(address, port))
-            .or_else(|| slot.retiring.get(&(address, port)))?;
-        Some((slot.id, backend.id, backend.value.generation))
     }
 
     /// How many scheduling tables a service has published.

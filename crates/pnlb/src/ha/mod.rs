@@ -8,13 +8,15 @@
 //! it whether the node is healthy.
 
 pub mod advert;
-pub mod dump;
+pub mod context;
 pub mod election;
+pub mod events;
 pub mod rejections;
 pub mod replay;
 pub mod sync;
 pub mod syncer;
 pub mod takeover;
+pub mod transfer;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

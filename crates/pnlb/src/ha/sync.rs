@@ -1,28 +1,38 @@
-//! Connection-table sync between the nodes of a failover group (UDP port
-//! [`SYNC_PORT`]), so that established flows — nat and snat translations
-//! and allocated ports included — continue on the node that takes over.
+//! Connection-table sync between the nodes of a failover group, so that
+//! established flows — nat and snat translations and allocated ports
+//! included — continue on the node that takes over. The wire format of
+//! both channels (port [`SYNC_PORT`]):
 //!
-//! The active node streams the flows its data plane reports (new flows,
-//! state changes) in batches, and answers a backup's request with a full
-//! dump followed by an end marker; a backup asks until it has had one,
-//! and only then may it preempt. Flows travel with their service's
-//! listener and their backend's address and port, not slot ids, which are
-//! each node's own.
+//! - UDP, incremental: the active node sends the flows its data plane
+//!   reports (new flows, state changes) and those that ended, coalesced to
+//!   one report per flow per interval, each datagram numbered with a
+//!   serial; a backup that sees a serial skipped asks for it (Nack), and
+//!   the active node sends those flows again as they are now (events.rs).
+//! - TCP, full dump: a backup that has no full table connects and asks
+//!   (Request, with a random dump id); the active node streams the table in
+//!   frames of that id and ends with the number of flows it sent (End). A
+//!   backup is synced, and may preempt, only when it holds all of them
+//!   (transfer.rs). TCP paces, acknowledges and retransmits.
+//!
+//! Flows travel with their service's listener and their backend's address
+//! and port, not slot ids, which are each node's own.
 //!
 //! ```text
-//!  0..4   "PNSY"     4 version (2)   5 group   6 kind   7 reserved
+//!  0..4   "PNSY"     4 version (3)   5 group   6 kind   7 reserved
 //!  8..10  entries (u16)   10..12 reserved   12..20 sequence (u64)
 //! 20..36  sender address   36..40 dump id (u32; 0: not part of a full dump)
-//! 40..44  the dump's flow count (u32; its End only)
-//! 44..    entries (150 bytes each)   last 32: HMAC-SHA256
+//! 40..44  count (u32): End: flows the dump sent; Nack: serials asked for
+//! 44..48  serial (u32): incremental Flows/Ended: this batch's; Nack: the first asked for
+//! 48..    entries (150 bytes each)   last 32: HMAC-SHA256
 //! entry: flow key (40) | conn entry (72) | service key (20) | backend address (16) | backend port (2)
 //! ```
 //!
 //! Every field has one byte order on the wire, whatever the nodes' CPUs:
 //! numbers big-endian, addresses and ports in network order (as the
-//! structs already hold them). Version 1 sent the connection entry's ids
-//! and times in the sender's order; a node refuses a version it cannot
-//! read, and counts and reports it (rejections.rs).
+//! structs already hold them). A node refuses a version it cannot read,
+//! and counts and reports it (rejections.rs): version 1 sent the
+//! connection entry's numbers in the sender's order, version 2 had no
+//! serials (and dumps over UDP).
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -32,13 +42,17 @@ use super::advert::{hmac, AdvertError};
 
 pub const SYNC_PORT: u16 = 8113;
 const MAGIC: &[u8; 4] = b"PNSY";
-const VERSION: u8 = 2;
-const HEADER: usize = 44;
+const VERSION: u8 = 3;
+const HEADER: usize = 48;
 const CONN: usize = 72;
 const ENTRY: usize = 40 + CONN + 20 + 16 + 2;
 const MAC: usize = 32;
 /// Entries per datagram, under a 1500-byte MTU with IPv6 and UDP headers.
 pub const PER_DATAGRAM: usize = (1400 - HEADER - MAC) / ENTRY;
+/// Entries per frame of a full dump over TCP.
+pub const PER_FRAME: usize = 256;
+/// The longest message a node reads (a dump frame).
+pub const MAX_MESSAGE: usize = HEADER + PER_FRAME * ENTRY + MAC;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -47,6 +61,8 @@ pub enum Kind {
     End = 3,
     /// Flows that ended on the sender (only their keys count).
     Ended = 4,
+    /// Incremental batches a backup missed, by serial.
+    Nack = 5,
 }
 
 /// One flow as nodes exchange it.
@@ -69,7 +85,11 @@ pub struct Message {
     /// End carry the same id, and the End how many flows it sent, so a
     /// backup knows whether it holds all of them.
     pub dump: u32,
-    pub dump_total: u32,
+    /// End: the flows the dump sent. Nack: how many serials it asks for.
+    pub count: u32,
+    /// Incremental Flows and Ended: the batch's serial (a resent batch
+    /// keeps it). Nack: the first serial asked for.
+    pub serial: u32,
     pub flows: Vec<SyncedFlow>,
 }
 
@@ -132,7 +152,8 @@ impl Message {
         out.extend_from_slice(&self.sequence.to_be_bytes());
         out.extend_from_slice(&mapped(self.sender));
         out.extend_from_slice(&self.dump.to_be_bytes());
-        out.extend_from_slice(&self.dump_total.to_be_bytes());
+        out.extend_from_slice(&self.count.to_be_bytes());
+        out.extend_from_slice(&self.serial.to_be_bytes());
         for flow in &self.flows {
             out.extend_from_slice(bytes_of(&flow.key));
             out.extend_from_slice(&conn_to_wire(&flow.conn));
@@ -165,6 +186,7 @@ impl Message {
             2 => Kind::Request,
             3 => Kind::End,
             4 => Kind::Ended,
+            5 => Kind::Nack,
             _ => return Err(AdvertError::NotAnAdvert(bytes.len())),
         };
         let mut sequence = [0u8; 8];
@@ -190,7 +212,8 @@ impl Message {
             sender: unmapped(&bytes[20..36]),
             sequence: u64::from_be_bytes(sequence),
             dump: word(36),
-            dump_total: word(40),
+            count: word(40),
+            serial: word(44),
             flows,
         })
     }
@@ -230,14 +253,15 @@ mod tests {
             sender: "10.77.1.2".parse().unwrap(),
             sequence: 9,
             dump: 5,
-            dump_total: 0,
+            count: 0,
+            serial: 11,
             flows: (0..PER_DATAGRAM as u16).map(flow).collect(),
         };
         let bytes = message.emit(b"key");
         assert!(bytes.len() <= 1400);
         let back = Message::parse(&bytes, b"key").unwrap();
         assert_eq!((back.kind, back.group, back.sequence), (Kind::Flows, 7, 9));
-        assert_eq!(back.dump, 5);
+        assert_eq!((back.dump, back.serial), (5, 11));
         assert_eq!(back.flows.len(), PER_DATAGRAM);
         assert_eq!(back.flows[3].key.src_port, 3u16.to_be());
         assert_eq!(
@@ -289,15 +313,18 @@ mod tests {
             sender: "10.77.1.3".parse().unwrap(),
             sequence: 1,
             dump: 0,
-            dump_total: 0,
+            count: 0,
+            serial: 0,
             flows: Vec::new(),
         };
         let mut bytes = message.emit(b"key");
-        bytes[4] = 1;
-        assert_eq!(
-            Message::parse(&bytes, b"key").unwrap_err(),
-            AdvertError::Version(1)
-        );
+        for old in [1, 2] {
+            bytes[4] = old;
+            assert_eq!(
+                Message::parse(&bytes, b"key").unwrap_err(),
+                AdvertError::Version(old)
+            );
+        }
     }
 
     #[test]
@@ -308,7 +335,8 @@ mod tests {
             sender: "10.77.1.3".parse().unwrap(),
             sequence: 1,
             dump: 0,
-            dump_total: 0,
+            count: 0,
+            serial: 0,
             flows: vec![flow(1)],
         };
         let bytes = message.emit(b"key");

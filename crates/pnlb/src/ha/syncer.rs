@@ -1,105 +1,244 @@
-//! The daemon loop's side of connection-table sync ([`super::sync`] is
-//! the wire format): one non-blocking socket, turned every loop turn. The
-//! active node streams the flows its data plane reported since the last
-//! turn and answers full-dump requests; a backup installs what arrives and
-//! asks for a full dump until it has had one (only then may it preempt).
+//! The sync thread: connection-table sync runs beside the daemon loop, not
+//! in it, so neither a burst of flows nor a big table can delay the loop
+//! (whose turns feed the failover watchdog) — the loop only says whether
+//! this node is active and which flows its sweep ended.
+//!
+//! Active: the flows the data plane reports are coalesced and sent in
+//! numbered batches at a bounded rate (events.rs), batches a backup missed
+//! are sent again, the whole table is re-sent every RESEND_EVERY (a quiet
+//! long connection would otherwise idle out on the backup, whose clocks run
+//! from the last report), and full dumps are served over TCP (transfer.rs,
+//! its own thread). Backup: installs what arrives, asks for missed batches,
+//! and fetches a full dump (a thread per attempt) until it holds one; only
+//! then may it preempt ([`SyncNode::synced`]).
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use pnlb_core::config::Ha;
+use pnlb_dataplane::abi::FlowKey;
 use pnlb_dataplane::sync::{ConnEvents, Flow};
-use pnlb_dataplane::{Dataplane, Programmer};
+use pnlb_dataplane::Dataplane;
 
-use super::dump::{DumpEnd, DumpReceiver};
+use super::context::{SharedNames, SyncContext};
+use super::events::{Gaps, Outbox};
 use super::rejections::Rejections;
 use super::replay::{ReplayGuard, Sequence};
-use super::sync::{Kind, Message, SyncedFlow, PER_DATAGRAM, SYNC_PORT};
+use super::sync::{Kind, Message, SyncedFlow, MAX_MESSAGE, SYNC_PORT};
+use super::transfer::{self, Fetched};
 use crate::log::{info, warning};
 
-/// A backup without a full dump asks again this often.
-const ASK_EVERY: Duration = Duration::from_secs(1);
-/// The active node re-sends its whole table this often: a backup's copy of
-/// a long, quiet connection would otherwise idle out there (its clocks run
-/// from the last report), and a lost datagram is repaired.
+/// A backup without a full dump tries again this often.
+const FETCH_EVERY: Duration = Duration::from_secs(1);
+/// The active node re-sends its whole table this often.
 const RESEND_EVERY: Duration = Duration::from_secs(60);
+/// The thread's turn: how long it waits for a datagram before its other work.
+const TURN: Duration = Duration::from_millis(2);
+/// Datagrams read per turn at most, so sending is never starved.
+const READ_PER_TURN: usize = 512;
+/// Incremental datagrams sent per second at most (x 8 flows), and in one
+/// burst: what a backup's socket buffer takes without loss.
+const SEND_RATE: f64 = 40_000.0;
+const SEND_BURST: f64 = 512.0;
+/// The socket buffers asked for (the kernel's default holds ~150 datagrams).
+const SOCKET_BUFFER: libc::c_int = 8 << 20;
+/// Serials answered per Nack at most.
+const NACK_LIMIT: u32 = 1024;
 
-pub struct Syncer {
-    socket: UdpSocket,
-    events: ConnEvents,
-    key: Vec<u8>,
-    group: u8,
-    me: IpAddr,
-    peers: Vec<IpAddr>,
-    sequence: Sequence,
-    /// Messages already heard, per sender.
-    seen: ReplayGuard,
-    rejections: Rejections,
-    /// The id of the next full dump this node sends.
-    next_dump: u32,
-    /// The full dump this node receives.
-    receiving: DumpReceiver,
-    /// Set once a full dump has arrived since this node last became backup.
+/// The daemon's handle on the sync threads; dropping it stops them.
+pub struct SyncNode {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    /// Set once this backup holds the active node's whole table (a full
+    /// dump arrived whole and no batch since was lost beyond repair).
     pub synced: Arc<AtomicBool>,
-    asked: Option<Instant>,
-    resent: Instant,
-    installed: u64,
+    master: Arc<AtomicBool>,
+    ended: mpsc::Sender<Vec<FlowKey>>,
 }
 
-impl Syncer {
-    pub fn new(ha: &Ha, me: IpAddr, key: Vec<u8>, dataplane: &Dataplane) -> Result<Self> {
+impl Drop for SyncNode {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl SyncNode {
+    pub fn start(
+        ha: &Ha,
+        me: IpAddr,
+        key: Vec<u8>,
+        dataplane: &Dataplane,
+        names: SharedNames,
+    ) -> Result<Self> {
         let bind = match me {
             IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], SYNC_PORT)),
             IpAddr::V6(_) => SocketAddr::from(([0u16; 8], SYNC_PORT)),
         };
         let socket = UdpSocket::bind(bind)
             .with_context(|| format!("ha: cannot listen on udp/{SYNC_PORT}"))?;
-        socket.set_nonblocking(true)?;
-        Ok(Self {
-            socket,
-            events: dataplane.conn_events()?,
-            key,
-            group: ha.group,
+        socket.set_read_timeout(Some(TURN))?;
+        enlarge_buffers(&socket);
+        let context = Arc::new(SyncContext::new(
+            ha,
             me,
-            peers: ha.peers.clone(),
-            sequence: Sequence::start(),
-            seen: ReplayGuard::default(),
-            rejections: Rejections::new("ha sync: message"),
-            next_dump: 1,
-            receiving: DumpReceiver::default(),
-            synced: Arc::new(AtomicBool::new(false)),
-            asked: None,
-            resent: Instant::now(),
-            installed: 0,
+            key,
+            dataplane.conn_tables()?,
+            names,
+        ));
+        let ring = dataplane.conn_event_ring()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let synced = Arc::new(AtomicBool::new(false));
+        let master = Arc::new(AtomicBool::new(false));
+        let (ended, ended_rx) = mpsc::channel();
+        let server = transfer::serve(context.clone(), master.clone(), stop.clone())?;
+        let syncer = {
+            let (stop, synced, master) = (stop.clone(), synced.clone(), master.clone());
+            std::thread::spawn(move || {
+                // The ring's reader is built here: it stays on this thread.
+                let events = match ConnEvents::open(&ring) {
+                    Ok(events) => events,
+                    Err(err) => {
+                        warning!("ha sync: cannot read the data plane's flow reports: {err}");
+                        return;
+                    }
+                };
+                Syncer {
+                    context,
+                    socket,
+                    events,
+                    sequence: Sequence::start(),
+                    seen: ReplayGuard::default(),
+                    rejections: Rejections::new("ha sync: message"),
+                    outbox: Outbox::default(),
+                    gaps: Gaps::default(),
+                    synced,
+                    master,
+                    was_master: false,
+                    ended: ended_rx,
+                    fetching: None,
+                    fetched_at: None,
+                    resent: Instant::now(),
+                    tokens: SEND_BURST,
+                    last_turn: Instant::now(),
+                }
+                .run(&stop)
+            })
+        };
+        Ok(Self {
+            stop,
+            threads: vec![server, syncer],
+            synced,
+            master,
+            ended,
         })
     }
 
-    /// Forget the full dump: a new master must send its own.
-    pub fn became_backup(&mut self) {
-        self.synced.store(false, Ordering::Relaxed);
-        self.asked = None;
+    /// The election's verdict, as the daemon loop acted on it.
+    pub fn set_master(&self, master: bool) {
+        self.master.store(master, Ordering::Relaxed);
     }
 
-    fn send(&mut self, kind: Kind, flows: Vec<SyncedFlow>, to: &[IpAddr]) {
-        self.send_in(kind, flows, to, (0, 0));
-    }
-
-    /// Sends a message of full dump `dump` (id, and for its End the flows
-    /// it sent); (0, 0) for none.
-    fn send_in(&mut self, kind: Kind, flows: Vec<SyncedFlow>, to: &[IpAddr], dump: (u32, u32)) {
-        let bytes = Message {
-            kind,
-            group: self.group,
-            sender: self.me,
-            sequence: self.sequence.next(),
-            dump: dump.0,
-            dump_total: dump.1,
-            flows,
+    /// Flows the sweep ended here (sent on while active).
+    pub fn ended(&self, keys: Vec<FlowKey>) {
+        if !keys.is_empty() {
+            let _ = self.ended.send(keys);
         }
-        .emit(&self.key);
+    }
+}
+
+/// Bigger socket buffers than the kernel's default (SO_*BUFFORCE: the
+/// daemon has CAP_NET_ADMIN; without it the default stays, and a backup
+/// asks for what it misses).
+fn enlarge_buffers(socket: &UdpSocket) {
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        // SAFETY: a valid socket and a c_int option value of its size.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&SOCKET_BUFFER as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+struct Syncer {
+    context: Arc<SyncContext>,
+    socket: UdpSocket,
+    events: ConnEvents,
+    sequence: Sequence,
+    /// Messages already heard, per sender.
+    seen: ReplayGuard,
+    rejections: Rejections,
+    outbox: Outbox,
+    gaps: Gaps,
+    synced: Arc<AtomicBool>,
+    master: Arc<AtomicBool>,
+    was_master: bool,
+    ended: mpsc::Receiver<Vec<FlowKey>>,
+    /// The full-dump fetch under way.
+    fetching: Option<mpsc::Receiver<Result<Fetched>>>,
+    fetched_at: Option<Instant>,
+    resent: Instant,
+    /// Datagrams that may go now (a token bucket of SEND_RATE).
+    tokens: f64,
+    last_turn: Instant,
+}
+
+impl Syncer {
+    fn run(mut self, stop: &AtomicBool) {
+        let mut buffer = vec![0u8; MAX_MESSAGE];
+        while !stop.load(Ordering::Relaxed) {
+            for _ in 0..READ_PER_TURN {
+                let Ok((len, from)) = self.socket.recv_from(&mut buffer) else {
+                    break;
+                };
+                self.heard(&buffer[..len], from);
+            }
+            let master = self.master.load(Ordering::Relaxed);
+            if master != self.was_master {
+                self.was_master = master;
+                self.role_changed(master);
+            }
+            let ended: Vec<FlowKey> = self.ended.try_iter().flatten().collect();
+            let reported = self.events.take();
+            if master {
+                self.outbox.report(reported);
+                self.outbox.ended(ended);
+                self.send_pending();
+            } else {
+                self.repair();
+                self.fetch();
+            }
+        }
+    }
+
+    fn role_changed(&mut self, master: bool) {
+        if master {
+            self.resent = Instant::now();
+        } else {
+            // A new active node sends its own table.
+            self.synced.store(false, Ordering::Relaxed);
+            self.gaps.reset();
+            self.outbox = Outbox::default();
+            self.fetched_at = None;
+        }
+    }
+
+    fn send(&mut self, mut message: Message, to: &[IpAddr]) {
+        message.sequence = self.sequence.next();
+        let bytes = message.emit(&self.context.key);
         for peer in to {
             let _ = self
                 .socket
@@ -107,153 +246,158 @@ impl Syncer {
         }
     }
 
-    /// Sends `flows` (those whose service and backend this node can name)
-    /// in batches, as part of dump `dump` (0: none); returns how many went.
-    fn send_flows(
-        &mut self,
-        flows: Vec<Flow>,
-        programmer: &Programmer,
-        to: &[IpAddr],
-        dump: u32,
-    ) -> usize {
-        let synced: Vec<SyncedFlow> = flows
-            .into_iter()
-            .filter_map(|(key, conn)| {
-                let (service, backend, backend_port) =
-                    programmer.describe(conn.service_id, conn.backend_id)?;
-                Some(SyncedFlow {
-                    key,
-                    conn,
-                    service,
-                    backend,
-                    backend_port,
-                })
-            })
-            .collect();
-        for batch in synced.chunks(PER_DATAGRAM) {
-            self.send_in(Kind::Flows, batch.to_vec(), to, (dump, 0));
-        }
-        synced.len()
-    }
-
-    /// Tells the peers which flows ended here (the expiry sweep).
-    pub fn ended(&mut self, keys: &[pnlb_dataplane::abi::FlowKey]) {
-        let flows: Vec<SyncedFlow> = keys
-            .iter()
-            .map(|key| SyncedFlow {
-                key: *key,
-                conn: Default::default(),
-                service: Default::default(),
-                backend: self.me,
-                backend_port: 0,
-            })
-            .collect();
-        let peers = self.peers.clone();
-        for batch in flows.chunks(PER_DATAGRAM) {
-            self.send(Kind::Ended, batch.to_vec(), &peers);
-        }
-    }
-
-    /// One turn of the daemon loop.
-    pub fn turn(&mut self, master: bool, dataplane: &Dataplane, programmer: &Programmer) {
-        let reported = self.events.take();
-        if master && !reported.is_empty() {
-            let peers = self.peers.clone();
-            self.send_flows(reported, programmer, &peers, 0);
-        }
-        if master && self.resent.elapsed() >= RESEND_EVERY {
+    /// Active: what is pending goes out, as far as the rate allows.
+    fn send_pending(&mut self) {
+        if self.resent.elapsed() >= RESEND_EVERY {
             self.resent = Instant::now();
-            match dataplane.flows() {
-                Ok(flows) => {
-                    let peers = self.peers.clone();
-                    self.send_flows(flows, programmer, &peers, 0);
-                }
+            match self.context.tables.flows() {
+                Ok(flows) => self.outbox.report(flows),
                 Err(err) => warning!("ha sync: reading the table: {err}"),
             }
         }
-        let mut buffer = [0u8; 2048];
-        while let Ok((len, from)) = self.socket.recv_from(&mut buffer) {
-            let message = match Message::parse(&buffer[..len], &self.key) {
-                Ok(m) if m.group == self.group && self.peers.contains(&m.sender) => m,
-                Ok(_) => continue,
-                Err(err) => {
-                    let reason = || format!("from {}: {err}", from.ip());
-                    if let Some(line) = self.rejections.refused(Instant::now(), reason) {
-                        warning!("{line}");
-                    }
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last_turn).as_secs_f64();
+        self.last_turn = now;
+        self.tokens = (self.tokens + elapsed * SEND_RATE).min(SEND_BURST);
+        if self.outbox.pending() == 0 || self.tokens < 1.0 {
+            return;
+        }
+        let peers = self.context.peers.clone();
+        for batch in self.outbox.batches(self.tokens as usize) {
+            self.tokens -= 1.0;
+            let flows = match batch.kind {
+                Kind::Ended => self.context.ended(&batch.flows),
+                _ => self.context.named(&batch.flows),
+            };
+            let mut message = self.context.message(batch.kind, 0, flows);
+            message.serial = batch.serial;
+            self.send(message, &peers);
+        }
+    }
+
+    /// Active: a backup's Nack answered with the flows as they are now.
+    fn resend(&mut self, first: u32, count: u32, to: IpAddr) {
+        for serial in (0..count.min(NACK_LIMIT)).map(|n| first.wrapping_add(n)) {
+            let Some(keys) = self.outbox.carried(serial) else {
+                continue;
+            };
+            let (mut live, mut gone): (Vec<Flow>, Vec<Flow>) = (Vec::new(), Vec::new());
+            for key in keys {
+                match self.context.tables.find(key) {
+                    Some((_, conn)) => live.push((*key, conn)),
+                    None => gone.push((*key, Default::default())),
+                }
+            }
+            let parts: [(Kind, Vec<SyncedFlow>); 2] = [
+                (Kind::Flows, self.context.named(&live)),
+                (Kind::Ended, self.context.ended(&gone)),
+            ];
+            for (kind, flows) in parts {
+                if flows.is_empty() && kind == Kind::Ended {
                     continue;
                 }
-            };
-            if !self.seen.accept(message.sender, message.sequence) {
-                continue;
-            }
-            match (message.kind, master) {
-                (Kind::Request, true) => match dataplane.flows() {
-                    Ok(flows) => {
-                        let dump = self.next_dump;
-                        self.next_dump = self.next_dump.wrapping_add(1).max(1);
-                        let sent = self.send_flows(flows, programmer, &[message.sender], dump);
-                        let total = u32::try_from(sent).unwrap_or(u32::MAX);
-                        self.send_in(Kind::End, Vec::new(), &[message.sender], (dump, total));
-                        info!(
-                            "ha sync: sent a full dump (#{dump}) of {sent} flow(s) to {}",
-                            message.sender
-                        );
-                    }
-                    Err(err) => {
-                        warning!("ha sync: reading the table for {}: {err}", message.sender)
-                    }
-                },
-                (Kind::Flows, false) => {
-                    self.receiving.flows(message.dump, message.flows.len());
-                    for flow in &message.flows {
-                        let Some((service_id, backend_id, generation)) =
-                            programmer.resolve(&flow.service, flow.backend, flow.backend_port)
-                        else {
-                            continue;
-                        };
-                        let mut conn = flow.conn;
-                        conn.service_id = service_id;
-                        conn.backend_id = backend_id;
-                        conn.backend_generation = generation;
-                        if dataplane.install_flow(&flow.key, &conn).is_ok() {
-                            self.installed += 1;
-                        }
-                    }
-                }
-                (Kind::Ended, false) => {
-                    for flow in &message.flows {
-                        let _ = dataplane.remove_flow(&flow.key);
-                    }
-                }
-                (Kind::End, false) if !self.synced.load(Ordering::Relaxed) => {
-                    match self.receiving.end(message.dump, message.dump_total) {
-                        DumpEnd::Whole => {
-                            self.synced.store(true, Ordering::Relaxed);
-                            info!(
-                                "ha sync: full table received from {}, whole (dump #{}, {} flow(s); {} installed so far)",
-                                message.sender, message.dump, message.dump_total, self.installed
-                            );
-                        }
-                        DumpEnd::Short { arrived, sent } => {
-                            warning!(
-                                "ha sync: full dump {} from {} came short ({arrived} of {sent} flows arrived); asking again",
-                                message.dump, message.sender
-                            );
-                            self.asked = None;
-                        }
-                    }
-                }
-                _ => {}
+                let mut message = self.context.message(kind, 0, flows);
+                message.serial = serial;
+                self.send(message, &[to]);
             }
         }
-        if !master
-            && !self.synced.load(Ordering::Relaxed)
-            && self.asked.is_none_or(|t| t.elapsed() >= ASK_EVERY)
+    }
+
+    fn heard(&mut self, bytes: &[u8], from: SocketAddr) {
+        let message = match Message::parse(bytes, &self.context.key) {
+            Ok(m) if self.context.ours(&m) => m,
+            Ok(_) => return,
+            Err(err) => {
+                let reason = || format!("from {}: {err}", from.ip());
+                if let Some(line) = self.rejections.refused(Instant::now(), reason) {
+                    warning!("{line}");
+                }
+                return;
+            }
+        };
+        if !self.seen.accept(message.sender, message.sequence) {
+            return;
+        }
+        let master = self.master.load(Ordering::Relaxed);
+        match (message.kind, master) {
+            (Kind::Nack, true) => self.resend(message.serial, message.count, message.sender),
+            (Kind::Flows | Kind::Ended, false) => {
+                let epoch = (message.sequence >> 32) as u32;
+                self.gaps
+                    .arrived(message.sender, epoch, message.serial, Instant::now());
+                if message.kind == Kind::Flows {
+                    self.context.install(&message.flows);
+                } else {
+                    self.context.remove(&message.flows);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Backup: asks for the batches it missed; gives up on them (and asks
+    /// for a full dump) when they do not come.
+    fn repair(&mut self) {
+        let now = Instant::now();
+        if self.gaps.beyond_repair(now) {
+            warning!(
+                "ha sync: {} batch(es) from the active node lost beyond repair; fetching a full dump",
+                self.gaps.missing()
+            );
+            self.gaps.reset();
+            self.synced.store(false, Ordering::Relaxed);
+            self.fetched_at = None;
+            return;
+        }
+        let Some(source) = self.gaps.source() else {
+            return;
+        };
+        for (first, count) in self.gaps.asks_due(now) {
+            let mut nack = self.context.message(Kind::Nack, 0, Vec::new());
+            nack.serial = first;
+            nack.count = count;
+            self.send(nack, &[source]);
+        }
+    }
+
+    /// Backup: a full dump until one arrives whole.
+    fn fetch(&mut self) {
+        if let Some(done) = self.fetching.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            self.fetching = None;
+            match done {
+                Ok(Fetched::Whole {
+                    from,
+                    dump,
+                    flows,
+                    installed,
+                    took,
+                }) => {
+                    self.synced.store(true, Ordering::Relaxed);
+                    info!(
+                        "ha sync: full table received from {from}, whole (dump #{dump:08x}): {flows} flow(s) in {} ms ({:.0} flows/s), {installed} installed",
+                        took.as_millis(),
+                        flows as f64 / took.as_secs_f64().max(1e-6)
+                    );
+                }
+                Ok(Fetched::Short { from, arrived, sent }) => warning!(
+                    "ha sync: full dump from {from} came short ({arrived} of {sent} flows); asking again"
+                ),
+                Ok(Fetched::NoActive) => {}
+                Err(err) => warning!("ha sync: full dump: {err:#}; asking again"),
+            }
+        }
+        if self.synced.load(Ordering::Relaxed)
+            || self.fetching.is_some()
+            || self.fetched_at.is_some_and(|at| at.elapsed() < FETCH_EVERY)
         {
-            let peers = self.peers.clone();
-            self.send(Kind::Request, Vec::new(), &peers);
-            self.asked = Some(Instant::now());
+            return;
         }
+        self.fetched_at = Some(Instant::now());
+        let (done, rx) = mpsc::channel();
+        let context = self.context.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(transfer::fetch(&context));
+        });
+        self.fetching = Some(rx);
     }
 }

@@ -23,6 +23,8 @@ use pnlb_dataplane::{ApplyReport, Dataplane, LoadOptions, Programmer};
 
 use crate::api::model::{ApiError, Done};
 use crate::api::ApiCall;
+use crate::ha::context::SharedNames;
+use crate::ha::syncer::SyncNode;
 use crate::health::lifecycle::Lifecycle;
 use crate::health::monitor::{BackendKey, Monitor};
 use crate::log::{info, warning};
@@ -102,14 +104,17 @@ pub fn run(path: &Path) -> Result<()> {
 
     let mut daemon = Daemon::start(path, document, config)?;
     // With [ha], this node forwards only while it is the active one.
-    let (ha, mut syncer) = match &daemon.config.ha {
+    let (ha, sync) = match daemon.config.ha.clone() {
         None => (None, None),
         Some(ha) => {
             let me = crate::ha::takeover::own_address(&ha.interface, ha.peers[0].is_ipv6())?;
             let key = crate::ha::read_key(&ha.key_file)?;
-            let syncer = crate::ha::syncer::Syncer::new(ha, me, key.clone(), &daemon.dataplane)?;
-            let node = crate::ha::HaNode::start(ha, me, key, syncer.synced.clone())?;
-            (Some(node), Some(syncer))
+            let names = SharedNames::default();
+            daemon.names = Some(names.clone());
+            daemon.publish_names();
+            let sync = SyncNode::start(&ha, me, key.clone(), &daemon.dataplane, names)?;
+            let node = crate::ha::HaNode::start(&ha, me, key, sync.synced.clone())?;
+            (Some(node), Some(sync))
         }
     };
     // Program the maps first, attach second: the program never sees a
@@ -189,16 +194,12 @@ pub fn run(path: &Path) -> Result<()> {
                     }
                     crate::ha::election::Role::Backup => Vec::new(),
                 };
-                if let (Some(syncer), crate::ha::election::Role::Backup) = (syncer.as_mut(), role) {
-                    syncer.became_backup();
+                if let Some(sync) = &sync {
+                    sync.set_master(master);
                 }
             }
-            if let Some(syncer) = syncer.as_mut() {
-                syncer.turn(master, &daemon.dataplane, &daemon.programmer);
-                let ended = std::mem::take(&mut daemon.ended);
-                if master && !ended.is_empty() {
-                    syncer.ended(&ended);
-                }
+            if let Some(sync) = &sync {
+                sync.ended(std::mem::take(&mut daemon.ended));
             }
             if announce_at.first().is_some_and(|at| Instant::now() >= *at) {
                 announce_at.remove(0);
@@ -222,6 +223,7 @@ pub fn run(path: &Path) -> Result<()> {
         daemon.change_role(crate::ha::election::Role::Backup, &mut attachments);
     }
     drop(ha);
+    drop(sync);
 
     if attachments.iter().all(|a| a.outlives_the_process()) && !attachments.is_empty() {
         info!(
@@ -255,6 +257,8 @@ struct Daemon {
     source: String,
     /// Flows the sweep ended since failover sync last told the peers.
     ended: Vec<pnlb_dataplane::abi::FlowKey>,
+    /// With [ha]: this node's slot names for the sync threads.
+    names: Option<SharedNames>,
     dataplane: Dataplane,
     programmer: Programmer,
     next_hops: NextHops,
@@ -318,6 +322,7 @@ impl Daemon {
             version: 1,
             source: format!("file {}", path.display()),
             ended: Vec::new(),
+            names: None,
             monitor: Monitor::start(&config),
             config,
             dataplane,
@@ -450,6 +455,14 @@ impl Daemon {
             Err(err) => warning!("programming the data plane: {err}"),
         }
         self.applied = effective;
+        self.publish_names();
+    }
+
+    /// Failover sync translates flows with the slots as now programmed.
+    fn publish_names(&self) {
+        if let Some(names) = &self.names {
+            names.publish(self.programmer.names());
+        }
     }
 
     /// on_backend_down = "reset": the backend's flows are marked, so that

@@ -1,0 +1,68 @@
+//! The two connection maps as a handle of their own (duplicated file
+//! descriptors), which threads other than the loader's can own: failover
+//! sync installs and lists flows from its own thread while the daemon loop
+//! runs (crates/pnlb/src/ha/syncer.rs).
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapImpl};
+
+use super::Table;
+use crate::abi::{bytes_of, from_bytes, Conn, FlowKey};
+use crate::loader::{Dataplane, DataplaneError};
+use crate::skel::LbMaps;
+
+impl Dataplane {
+    /// The connection tables (flows in and out for failover sync).
+    pub fn conns(&self) -> &ConnTables {
+        &self.conns
+    }
+
+    /// A handle on the connection tables for another thread.
+    pub fn conn_tables(&self) -> Result<ConnTables, DataplaneError> {
+        ConnTables::open(self.maps())
+    }
+}
+
+pub struct ConnTables {
+    established: MapHandle,
+    new: MapHandle,
+}
+
+impl ConnTables {
+    pub(crate) fn open(maps: &LbMaps<'_>) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            established: handle(&maps.pnlb_conns, Table::Established.map_name())?,
+            new: handle(&maps.pnlb_conns_new, Table::New.map_name())?,
+        })
+    }
+
+    pub(crate) fn map(&self, table: Table) -> &MapHandle {
+        match table {
+            Table::Established => &self.established,
+            Table::New => &self.new,
+        }
+    }
+
+    /// The entry under `key` in `table`, if any.
+    pub fn lookup_in(&self, table: Table, key: &FlowKey) -> Option<Conn> {
+        let value = self
+            .map(table)
+            .lookup(bytes_of(key), MapFlags::ANY)
+            .ok()??;
+        from_bytes::<Conn>(&value)
+    }
+
+    /// The entry under `key` and the table that holds it.
+    pub fn find(&self, key: &FlowKey) -> Option<(Table, Conn)> {
+        Table::BOTH
+            .into_iter()
+            .find_map(|table| Some((table, self.lookup_in(table, key)?)))
+    }
+}
+
+/// A handle of its own on one of the data plane's maps.
+pub(crate) fn handle<T: std::fmt::Debug>(
+    map: &MapImpl<'_, T>,
+    name: &'static str,
+) -> Result<MapHandle, DataplaneError> {
+    MapHandle::try_from(map).map_err(|source| DataplaneError::Map { map: name, source })
+}

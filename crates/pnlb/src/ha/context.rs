@@ -1,0 +1,135 @@
+//! What the sync threads share: the group's identity and key, a handle on
+//! the connection tables, and this node's slot names as the daemon last
+//! published them. Flows leave a node named (service listener, backend
+//! address and port) and enter another in its own slot ids.
+
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use pnlb_core::config::Ha;
+use pnlb_dataplane::conntrack::ConnTables;
+use pnlb_dataplane::programmer::FlowNames;
+use pnlb_dataplane::sync::Flow;
+
+use super::sync::{Kind, Message, SyncedFlow};
+
+/// This node's slot names, replaced by the daemon after every apply.
+#[derive(Clone, Default)]
+pub struct SharedNames(Arc<RwLock<Arc<FlowNames>>>);
+
+impl SharedNames {
+    pub fn publish(&self, names: FlowNames) {
+        if let Ok(mut current) = self.0.write() {
+            *current = Arc::new(names);
+        }
+    }
+
+    pub fn current(&self) -> Arc<FlowNames> {
+        self.0.read().map(|names| names.clone()).unwrap_or_default()
+    }
+}
+
+pub struct SyncContext {
+    pub key: Vec<u8>,
+    pub group: u8,
+    pub me: IpAddr,
+    pub peers: Vec<IpAddr>,
+    pub tables: ConnTables,
+    pub names: SharedNames,
+}
+
+impl SyncContext {
+    pub fn new(ha: &Ha, me: IpAddr, key: Vec<u8>, tables: ConnTables, names: SharedNames) -> Self {
+        Self {
+            key,
+            group: ha.group,
+            me,
+            peers: ha.peers.clone(),
+            tables,
+            names,
+        }
+    }
+
+    /// A message from this node.
+    pub fn message(&self, kind: Kind, sequence: u64, flows: Vec<SyncedFlow>) -> Message {
+        Message {
+            kind,
+            group: self.group,
+            sender: self.me,
+            sequence,
+            dump: 0,
+            count: 0,
+            serial: 0,
+            flows,
+        }
+    }
+
+    /// Whether `message` is for this group and from one of its peers.
+    pub fn ours(&self, message: &Message) -> bool {
+        message.group == self.group && self.peers.contains(&message.sender)
+    }
+
+    /// `flows` named for the peers; those whose service or backend this
+    /// node cannot name (removed meanwhile) are left out.
+    pub fn named(&self, flows: &[Flow]) -> Vec<SyncedFlow> {
+        let names = self.names.current();
+        flows
+            .iter()
+            .filter_map(|(key, conn)| {
+                let (service, backend, backend_port) =
+                    names.describe(conn.service_id, conn.backend_id)?;
+                Some(SyncedFlow {
+                    key: *key,
+                    conn: *conn,
+                    service,
+                    backend,
+                    backend_port,
+                })
+            })
+            .collect()
+    }
+
+    /// Flows that ended, by key alone.
+    pub fn ended(&self, flows: &[Flow]) -> Vec<SyncedFlow> {
+        flows
+            .iter()
+            .map(|(key, _)| SyncedFlow {
+                key: *key,
+                conn: Default::default(),
+                service: Default::default(),
+                backend: self.me,
+                backend_port: 0,
+            })
+            .collect()
+    }
+
+    /// Installs flows a peer sent, in this node's slot ids; returns how
+    /// many went in (a service or backend this node does not have, or a
+    /// reply key another flow holds here, keeps one out).
+    pub fn install(&self, flows: &[SyncedFlow]) -> usize {
+        let names = self.names.current();
+        let mut installed = 0;
+        for flow in flows {
+            let Some((service_id, backend_id, generation)) =
+                names.resolve(&flow.service, flow.backend, flow.backend_port)
+            else {
+                continue;
+            };
+            let mut conn = flow.conn;
+            conn.service_id = service_id;
+            conn.backend_id = backend_id;
+            conn.backend_generation = generation;
+            if self.tables.install_flow(&flow.key, &conn).is_ok() {
+                installed += 1;
+            }
+        }
+        installed
+    }
+
+    /// Removes flows a peer reported ended.
+    pub fn remove(&self, flows: &[SyncedFlow]) {
+        for flow in flows {
+            let _ = self.tables.remove_flow(&flow.key);
+        }
+    }
+}
