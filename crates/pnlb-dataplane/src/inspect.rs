@@ -103,10 +103,7 @@ impl AttachedTables {
         let mut occupants: BTreeMap<u32, (u32, SocketAddr)> = BTreeMap::new();
         let copies = self.map("pnlb_live_copy")?;
         let backends = self.map("pnlb_backends")?;
-        for (key, value) in copies
-            .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
-            .map_err(failed("pnlb_live_copy"))?
-        {
+        for (key, value) in crate::batch::entries(copies, 4096) {
             let (Some(id), Some(copy)) = (from_bytes::<u32>(&key), from_bytes::<u32>(&value))
             else {
                 continue;
@@ -129,11 +126,7 @@ impl AttachedTables {
             .map(|(_, address)| (*address, (0, 0)))
             .collect();
         for name in ["pnlb_conns", "pnlb_conns_new"] {
-            for (_, value) in self
-                .map(name)?
-                .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
-                .map_err(failed("connection table"))?
-            {
+            for (_, value) in crate::batch::entries(self.map(name)?, 4096) {
                 let Some(conn) = from_bytes::<Conn>(&value) else {
                     continue;
                 };

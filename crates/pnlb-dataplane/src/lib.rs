@@ -17,6 +17,7 @@
 //! - [`xdp_ceiling`]: the benchmark's minimal XDP_TX forwarder.
 
 pub mod abi;
+mod batch;
 pub mod conntrack;
 pub mod decap;
 pub mod grace;

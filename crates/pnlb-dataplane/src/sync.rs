@@ -76,9 +76,7 @@ impl ConnTables {
         let mut flows = Vec::new();
         for table in Table::BOTH {
             flows.extend(
-                self.map(table)
-                    .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
-                    .map_err(map_err(table))?
+                crate::batch::entries(self.map(table), 4096)
                     .filter_map(|(key, value)| {
                         Some((from_bytes::<FlowKey>(&key)?, from_bytes::<Conn>(&value)?))
                     })

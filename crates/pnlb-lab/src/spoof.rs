@@ -39,6 +39,31 @@ pub struct Flood {
     pub rate: u64,
     /// Seed for the source ports (so a run can be repeated).
     pub seed: u32,
+    /// 0: random source ports. N: distinct flows one after another — the
+    /// source port counts up through [`WALK_PORTS`], then the source
+    /// address from `source` — each sent N times (UDP: a second datagram
+    /// makes the flow established).
+    pub repeat_each: u32,
+}
+
+/// Source ports a walk uses per source address (1024 up).
+pub const WALK_PORTS: u64 = 60_000;
+
+impl Flood {
+    /// The source address and port of packet `n`; `random` for random ports.
+    fn source_of(&self, n: u64, random: u32) -> (Ipv4Addr, u16) {
+        if self.repeat_each == 0 {
+            return (self.source, 1024 + (random % 64_000) as u16);
+        }
+        let flow = n / u64::from(self.repeat_each);
+        let address = u32::from(self.source).wrapping_add((flow / WALK_PORTS) as u32);
+        (Ipv4Addr::from(address), 1024 + (flow % WALK_PORTS) as u16)
+    }
+
+    /// The last source address the flood uses.
+    fn last_source(&self) -> Ipv4Addr {
+        self.source_of(self.count.saturating_sub(1), 0).0
+    }
 }
 
 /// What was sent.
@@ -91,7 +116,10 @@ pub fn start(ns: &str, flood: Flood) -> Result<Running, LabError> {
 
 /// Lab addresses only, whatever the caller passed.
 fn check_lab_addresses(flood: &Flood) -> Result<(), LabError> {
-    if in_lab(flood.source.into()) && in_lab((*flood.target.ip()).into()) {
+    if in_lab(flood.source.into())
+        && in_lab(flood.last_source().into())
+        && in_lab((*flood.target.ip()).into())
+    {
         return Ok(());
     }
     Err(LabError::Setup(format!(
@@ -138,8 +166,8 @@ fn flood_here(flood: Flood, stop: &AtomicBool) -> Result<Sent, LabError> {
             }
         }
         let word = next();
-        let port = 1024 + (word % 64_000) as u16;
-        let packet = build(flood.kind, flood.source, port, flood.target, word);
+        let (source, port) = flood.source_of(sent, word);
+        let packet = build(flood.kind, source, port, flood.target, word);
         // SAFETY: valid buffer and address for the call.
         let rc = unsafe {
             libc::sendto(

@@ -73,6 +73,7 @@ fn flood(kind: Kind, target: SocketAddrV4, count: u64, seed: u32) -> Flood {
         limit: Duration::from_secs(60),
         rate: 0,
         seed,
+        repeat_each: 0,
     }
 }
 

@@ -32,7 +32,7 @@ impl Census {
     /// base.
     pub(super) fn begin(dataplane: &Dataplane) -> Result<Self, DataplaneError> {
         let mut bases = vec![BackendConns::default(); abi::MAX_BACKENDS as usize];
-        for (key, value) in batch(&dataplane.maps().pnlb_backend_conns, "pnlb_backend_conns")? {
+        for (key, value) in crate::batch::entries(&dataplane.maps().pnlb_backend_conns, 4096) {
             let (Some(id), Some(conns)) =
                 (from_bytes::<u32>(&key), from_bytes::<BackendConns>(&value))
             else {
@@ -101,24 +101,14 @@ impl Census {
     }
 }
 
-/// A map's (key, value) pairs, as bytes.
-type Entries = Vec<(Vec<u8>, Vec<u8>)>;
-
-fn batch(map: &dyn MapCore, name: &'static str) -> Result<Entries, DataplaneError> {
-    Ok(map
-        .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
-        .map_err(|source| DataplaneError::Map { map: name, source })?
-        .collect())
-}
-
 /// Slot id -> generation of every present backend, from the live copies.
 fn live_generations(dataplane: &Dataplane) -> Result<HashMap<u32, u32>, DataplaneError> {
-    let copies: HashMap<u32, u32> = batch(&dataplane.maps().pnlb_live_copy, "pnlb_live_copy")?
+    let copies: HashMap<u32, u32> = crate::batch::entries(&dataplane.maps().pnlb_live_copy, 4096)
         .into_iter()
         .filter_map(|(key, value)| Some((from_bytes::<u32>(&key)?, from_bytes::<u32>(&value)?)))
         .collect();
     let present = BackendFlags::PNLB_BACKEND_F_PRESENT.0 as u8;
-    Ok(batch(&dataplane.maps().pnlb_backends, "pnlb_backends")?
+    Ok(crate::batch::entries(&dataplane.maps().pnlb_backends, 4096)
         .into_iter()
         .filter_map(|(key, value)| {
             let index = from_bytes::<u32>(&key)?;

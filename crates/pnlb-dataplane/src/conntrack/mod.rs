@@ -127,13 +127,7 @@ impl Dataplane {
         let mut marked = 0;
         for table in Table::BOTH {
             let map = self.conn_map(table);
-            let map_err = |source| DataplaneError::Map {
-                map: table.map_name(),
-                source,
-            };
-            let doomed: Vec<(Vec<u8>, Conn)> = map
-                .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
-                .map_err(map_err)?
+            let doomed: Vec<(Vec<u8>, Conn)> = crate::batch::entries(map, 4096)
                 .filter_map(|(key, value)| Some((key, from_bytes::<Conn>(&value)?)))
                 .filter(|(_, conn)| conn.backend_id == backend_id && is_original(conn))
                 .collect();

@@ -138,10 +138,7 @@ impl Dataplane {
         // One streaming pass; only entries idle past their timeout cost
         // more than a comparison (a lookup of the other direction, a
         // re-check, the deletes).
-        for (key, value) in map
-            .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
-            .map_err(map_err)?
-        {
+        for (key, value) in crate::batch::entries(map, 4096) {
             seen += 1;
             let (Some(conn), Some(flow)) =
                 (from_bytes::<Conn>(&value), from_bytes::<FlowKey>(&key))

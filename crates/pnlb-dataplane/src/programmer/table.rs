@@ -154,10 +154,7 @@ impl Dataplane {
         // A map-in-map lookup from userspace gives the inner map's id.
         let inner = MapHandle::from_map_id(id).map_err(map_err("pnlb_table"))?;
         let mut words = Vec::new();
-        for (key, value) in inner
-            .lookup_batch(8192, MapFlags::ANY, MapFlags::ANY)
-            .map_err(map_err("pnlb_table"))?
-        {
+        for (key, value) in crate::batch::entries(&inner, 8192) {
             if let (Some(k), Some(v)) = (
                 crate::abi::from_bytes::<u32>(&key),
                 crate::abi::from_bytes::<u32>(&value),

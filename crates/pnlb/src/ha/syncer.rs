@@ -129,6 +129,8 @@ impl SyncNode {
                     resent: Instant::now(),
                     tokens: SEND_BURST,
                     last_turn: Instant::now(),
+                    asked: 0,
+                    reported: Instant::now(),
                 }
                 .run(&stop)
             })
@@ -194,7 +196,14 @@ struct Syncer {
     /// Datagrams that may go now (a token bucket of SEND_RATE).
     tokens: f64,
     last_turn: Instant,
+    /// Backup: serials asked for again since the last report, and when
+    /// that was (reported at most every REPORT_EVERY).
+    asked: u64,
+    reported: Instant,
 }
+
+/// How often a backup reports the batches it asked for again.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl Syncer {
     fn run(mut self, stop: &AtomicBool) {
@@ -357,6 +366,17 @@ impl Syncer {
             nack.serial = first;
             nack.count = count;
             self.send(nack, &[source]);
+            self.asked += u64::from(count);
+        }
+        if self.asked > 0 && now.duration_since(self.reported) >= REPORT_EVERY {
+            info!(
+                "ha sync: {} missed batch(es) from {source} asked for again in the last {} s; {} still missing",
+                self.asked,
+                now.duration_since(self.reported).as_secs(),
+                self.gaps.missing()
+            );
+            self.asked = 0;
+            self.reported = now;
         }
     }
 

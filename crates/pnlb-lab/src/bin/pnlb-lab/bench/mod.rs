@@ -254,6 +254,7 @@ fn under_syn_flood(lab: &Lab, target: std::net::IpAddr, seconds: u32) -> Result<
             limit: Duration::from_secs(u64::from(seconds) + 5),
             rate: SYN_FLOOD_PPS,
             seed: 0x5f1d,
+            repeat_each: 0,
         },
     )?;
     let run = wrk(lab, target, 32, true, seconds);

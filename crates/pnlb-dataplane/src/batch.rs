@@ -1,0 +1,127 @@
+//! Reading a whole map in batches (BPF_MAP_LOOKUP_BATCH). A hash map's
+//! batch ends at a bucket boundary, so a batch may come back short while
+//! entries remain: only ENOENT ends the walk. libbpf-rs 0.27's iterator
+//! takes a short batch for the last one, and so saw a few thousand flows of
+//! a table of half a million (sweeps, census and failover dumps all stopped
+//! early). A bucket with more entries than the batch holds gives ENOSPC:
+//! the batch grows and the call is repeated.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use libbpf_rs::MapCore;
+
+/// Every (key, value) of a map, as bytes.
+pub(crate) struct Entries<'map> {
+    fd: BorrowedFd<'map>,
+    key_size: usize,
+    value_size: usize,
+    /// Entries a call asks for.
+    count: usize,
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    /// Where the next call starts (None: at the beginning).
+    token: Option<Vec<u8>>,
+    /// Entries the last call returned, and how many were handed out.
+    filled: usize,
+    at: usize,
+    /// The last call reached the end.
+    last: bool,
+}
+
+/// Walks `map`, `batch` entries per call.
+pub(crate) fn entries<M: MapCore + ?Sized>(map: &M, batch: usize) -> Entries<'_> {
+    let key_size = map.key_size() as usize;
+    let value_size = map.value_size() as usize;
+    Entries {
+        fd: map.as_fd(),
+        key_size,
+        value_size,
+        count: batch.max(1),
+        keys: Vec::new(),
+        values: Vec::new(),
+        token: None,
+        filled: 0,
+        at: 0,
+        last: false,
+    }
+}
+
+/// A hash map's batch token is a bucket index (u32); other maps use a key.
+fn token_size(key_size: usize) -> usize {
+    key_size.max(8)
+}
+
+impl Entries<'_> {
+    /// The next call's entries; false when there are none.
+    fn fetch(&mut self) -> bool {
+        while !self.last {
+            self.keys.resize(self.count * self.key_size, 0);
+            self.values.resize(self.count * self.value_size, 0);
+            let mut next = vec![0u8; token_size(self.key_size)];
+            let mut count = self.count as u32;
+            let opts = libbpf_rs::libbpf_sys::bpf_map_batch_opts {
+                sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_batch_opts>() as _,
+                ..Default::default()
+            };
+            let start = self
+                .token
+                .as_mut()
+                .map_or(std::ptr::null_mut(), |t| t.as_mut_ptr());
+            // SAFETY: the buffers hold `count` keys and values of the map's
+            // sizes, and the tokens a bucket index or a key.
+            let rc = unsafe {
+                libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
+                    self.fd.as_raw_fd(),
+                    start.cast(),
+                    next.as_mut_ptr().cast(),
+                    self.keys.as_mut_ptr().cast(),
+                    self.values.as_mut_ptr().cast(),
+                    &mut count,
+                    &opts,
+                )
+            };
+            let errno = if rc < 0 {
+                std::io::Error::last_os_error().raw_os_error()
+            } else {
+                None
+            };
+            match errno {
+                None => {}
+                Some(libc::ENOENT) => self.last = true,
+                Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+                // One bucket holds more than a batch: a bigger batch.
+                Some(libc::ENOSPC) if self.count < (1 << 20) => {
+                    self.count *= 2;
+                    continue;
+                }
+                Some(_) => {
+                    self.last = true;
+                    count = 0;
+                }
+            }
+            self.token = Some(next);
+            self.filled = count as usize;
+            self.at = 0;
+            if self.filled > 0 {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = (Vec<u8>, Vec<u8>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.filled && !self.fetch() {
+            return None;
+        }
+        let i = self.at;
+        self.at += 1;
+        Some((
+            self.keys[i * self.key_size..(i + 1) * self.key_size].to_vec(),
+            self.values[i * self.value_size..(i + 1) * self.value_size].to_vec(),
+        ))
+    }
+}
