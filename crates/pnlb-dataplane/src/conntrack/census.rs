@@ -104,12 +104,10 @@ impl Census {
 /// Slot id -> generation of every present backend, from the live copies.
 fn live_generations(dataplane: &Dataplane) -> Result<HashMap<u32, u32>, DataplaneError> {
     let copies: HashMap<u32, u32> = crate::batch::entries(&dataplane.maps().pnlb_live_copy, 4096)
-        .into_iter()
         .filter_map(|(key, value)| Some((from_bytes::<u32>(&key)?, from_bytes::<u32>(&value)?)))
         .collect();
     let present = BackendFlags::PNLB_BACKEND_F_PRESENT.0 as u8;
     Ok(crate::batch::entries(&dataplane.maps().pnlb_backends, 4096)
-        .into_iter()
         .filter_map(|(key, value)| {
             let index = from_bytes::<u32>(&key)?;
             let backend = from_bytes::<abi::Backend>(&value)?;
