@@ -4,13 +4,14 @@ use std::ffi::CString;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{OpenObject, Xdp, XdpFlags};
 use pnlb_core::config::XdpMode;
 
 use crate::abi::MetaSlot;
-use crate::conntrack::{ConnTables, SweepTally};
+use crate::conntrack::{ConnTables, SweepTally, Sweeper};
 use crate::skel::{LbMaps, LbSkel, LbSkelBuilder};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +50,10 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     /// Whether it took over maps a previous process left pinned.
     adopted: bool,
-    pub(crate) tally: SweepTally,
+    pub(crate) tally: Arc<SweepTally>,
     pub(crate) conns: ConnTables,
+    /// The sweeper tests and tools run on the loader's thread.
+    pub(crate) sweeper: Sweeper,
 }
 
 /// How the program is loaded.
@@ -175,14 +178,17 @@ impl Dataplane {
             _ => DataplaneError::Load(err),
         })?;
         let conns = ConnTables::open(&skel.maps)?;
+        let tally = Arc::new(SweepTally::default());
+        let sweeper = Sweeper::open(&skel.maps, tally.clone())?;
         let dataplane = Self {
             conns,
+            sweeper,
             skel,
             tables,
             hash_seed,
             pin_dir,
             adopted,
-            tally: SweepTally::default(),
+            tally,
         };
         if dataplane.pin_dir.is_some() {
             dataplane.set_meta(MetaSlot::PNLB_META_ABI_VERSION, crate::abi::ABI_VERSION)?;

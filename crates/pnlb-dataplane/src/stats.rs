@@ -1,5 +1,7 @@
 //! Reading the per-CPU counters: each CPU counts alone, we add them up.
 
+use std::sync::atomic::Ordering;
+
 use libbpf_rs::{MapCore, MapFlags};
 
 use crate::abi::{self, from_bytes, BackendStats, Plain, ServiceStats};
@@ -104,6 +106,19 @@ pub fn reason_name(reason: usize) -> &'static str {
     NAMES.get(reason).copied().unwrap_or("unknown")
 }
 
+/// The connection tables' event counters (pnlb_table_stats), summed over CPUs.
+pub(crate) fn table_events(
+    map: &dyn MapCore,
+) -> Result<[u64; abi::TABLE_COUNTERS], DataplaneError> {
+    let mut events = [0u64; abi::TABLE_COUNTERS];
+    for (counter, total) in events.iter_mut().enumerate() {
+        *total = per_cpu::<u64>(map, counter as u32, "pnlb_table_stats")?
+            .iter()
+            .sum();
+    }
+    Ok(events)
+}
+
 fn per_cpu<T: Plain>(
     map: &dyn MapCore,
     key: u32,
@@ -171,17 +186,7 @@ impl Dataplane {
 
     /// Running totals of the connection tables' events, summed over CPUs.
     pub(crate) fn table_events(&self) -> Result<[u64; abi::TABLE_COUNTERS], DataplaneError> {
-        let mut events = [0u64; abi::TABLE_COUNTERS];
-        for (counter, total) in events.iter_mut().enumerate() {
-            *total = per_cpu::<u64>(
-                &self.maps().pnlb_table_stats,
-                counter as u32,
-                "pnlb_table_stats",
-            )?
-            .iter()
-            .sum();
-        }
-        Ok(events)
+        table_events(&self.maps().pnlb_table_stats)
     }
 
     /// The connection tables' fill and events (docs/conntrack.md).
@@ -191,15 +196,15 @@ impl Dataplane {
         let sizes = self.table_sizes();
         let tally = &self.tally;
         Ok(TableStats {
-            established_entries: tally.established_live.get(),
+            established_entries: tally.established_live.load(Ordering::Relaxed),
             established_capacity: u64::from(sizes.established),
-            new_entries_now: tally.new_live.get(),
+            new_entries_now: tally.new_live.load(Ordering::Relaxed),
             new_capacity: u64::from(sizes.new),
             created: event(abi::TableCounter::PNLB_TC_NEW_ENTRIES),
             promoted: event(abi::TableCounter::PNLB_TC_PROMOTED),
             promote_full: event(abi::TableCounter::PNLB_TC_PROMOTE_FULL),
             reset: event(abi::TableCounter::PNLB_TC_RESET),
-            evicted: tally.evicted.get(),
+            evicted: tally.evicted.load(Ordering::Relaxed),
         })
     }
 

@@ -231,9 +231,27 @@ fn half_a_million_flows_reach_the_backup_through_a_lossy_link_before_it_takes_ov
         status(&lab.lb)["connections"]
     );
 
-    // 2. Its adverts while it sweeps that table (every 5 s): 12 s of them.
+    // 2. Its adverts while it sweeps that table (every 5 s): 12 s of them;
+    // meanwhile its API, which the daemon loop answers, is asked every
+    // 200 ms (a sweep on the loop's thread would hold answers back).
+    let lb = lab.lb.clone();
+    let asking = std::thread::spawn(move || {
+        let (mut slowest, start) = (Duration::ZERO, Instant::now());
+        while start.elapsed() < Duration::from_secs(12) {
+            let asked = Instant::now();
+            let _ = status(&lb);
+            slowest = slowest.max(asked.elapsed());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        slowest
+    });
     let (heard, gap) = longest_advert_gap(&lab, Duration::from_secs(12));
-    eprintln!("adverts over 12 s of sweeps of {held} entries: {heard} heard, longest gap {gap:?} (interval 100 ms; a backup takes over after 300 ms)");
+    let slowest = asking.join().unwrap();
+    eprintln!("over 12 s of sweeps of {held} entries: {heard} adverts heard, longest gap {gap:?} (interval 100 ms; a backup takes over after 300 ms); slowest API answer {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "the daemon loop stalled {slowest:?}: its watchdog heartbeat allows 2 s"
+    );
     assert!(heard > 60, "{heard} adverts");
     assert!(
         gap < Duration::from_millis(300),

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use libbpf_rs::{MapCore, MapFlags};
 
 use super::is_established;
+use super::sweep::Sweeper;
 use crate::abi::{self, bytes_of, from_bytes, BackendConns, BackendFlags, BackendLoad, Conn};
 use crate::loader::{Dataplane, DataplaneError};
 
@@ -30,9 +31,9 @@ impl Census {
     /// Starts a census: takes the data plane's counters first, so that
     /// every flow it opens from now on is either in the walk or after the
     /// base.
-    pub(super) fn begin(dataplane: &Dataplane) -> Result<Self, DataplaneError> {
+    pub(super) fn begin(sweeper: &Sweeper) -> Result<Self, DataplaneError> {
         let mut bases = vec![BackendConns::default(); abi::MAX_BACKENDS as usize];
-        for (key, value) in crate::batch::entries(&dataplane.maps().pnlb_backend_conns, 4096) {
+        for (key, value) in crate::batch::entries(&sweeper.backend_conns, 4096) {
             let (Some(id), Some(conns)) =
                 (from_bytes::<u32>(&key), from_bytes::<BackendConns>(&value))
             else {
@@ -63,8 +64,8 @@ impl Census {
 
     /// Writes every slot's count: flows of the slot's current occupant
     /// (its generation); flows of an earlier occupant are not its load.
-    pub(super) fn publish(self, dataplane: &Dataplane) -> Result<(), DataplaneError> {
-        let generations = live_generations(dataplane)?;
+    pub(super) fn publish(self, sweeper: &Sweeper) -> Result<(), DataplaneError> {
+        let generations = live_generations(sweeper)?;
         let mut keys = Vec::with_capacity(self.bases.len() * 4);
         let mut values = Vec::with_capacity(self.bases.len() * size_of::<BackendLoad>());
         for (id, base) in self.bases.iter().enumerate() {
@@ -84,9 +85,8 @@ impl Census {
             keys.extend_from_slice(&id.to_ne_bytes());
             values.extend_from_slice(bytes_of(&load));
         }
-        dataplane
-            .maps()
-            .pnlb_backend_load
+        sweeper
+            .backend_load
             .update_batch(
                 &keys,
                 &values,
@@ -102,12 +102,12 @@ impl Census {
 }
 
 /// Slot id -> generation of every present backend, from the live copies.
-fn live_generations(dataplane: &Dataplane) -> Result<HashMap<u32, u32>, DataplaneError> {
-    let copies: HashMap<u32, u32> = crate::batch::entries(&dataplane.maps().pnlb_live_copy, 4096)
+fn live_generations(sweeper: &Sweeper) -> Result<HashMap<u32, u32>, DataplaneError> {
+    let copies: HashMap<u32, u32> = crate::batch::entries(&sweeper.live_copy, 4096)
         .filter_map(|(key, value)| Some((from_bytes::<u32>(&key)?, from_bytes::<u32>(&value)?)))
         .collect();
     let present = BackendFlags::PNLB_BACKEND_F_PRESENT.0 as u8;
-    Ok(crate::batch::entries(&dataplane.maps().pnlb_backends, 4096)
+    Ok(crate::batch::entries(&sweeper.backends, 4096)
         .filter_map(|(key, value)| {
             let index = from_bytes::<u32>(&key)?;
             let backend = from_bytes::<abi::Backend>(&value)?;

@@ -18,8 +18,8 @@ use pnlb_core::config::Timeouts;
 use crate::abi::{bytes_of, from_bytes, Conn, ConnDirection, ConnFlags, ConnState, FlowKey};
 use crate::loader::{Dataplane, DataplaneError};
 
-pub use sweep::SweepReport;
 pub(crate) use sweep::SweepTally;
+pub use sweep::{SweepReport, Sweeper};
 pub(crate) use tables::handle;
 pub use tables::ConnTables;
 

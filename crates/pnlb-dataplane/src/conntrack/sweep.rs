@@ -13,16 +13,25 @@
 //! the established table is (for admission). The pass streams the tables
 //! and does extra work only for idle entries: it shares two cores with
 //! the traffic.
+//!
+//! A [`Sweeper`] holds handles of its own on the maps it walks and writes,
+//! so the daemon runs it on a thread of its own: a pass over a million
+//! entries takes a second or more, which the daemon loop (API calls, role
+//! changes, the failover watchdog's heartbeat) must not wait for.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use libbpf_rs::{MapCore, MapFlags};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use pnlb_core::config::Timeouts;
 
 use super::census::Census;
-use super::{has_flag, is_original, monotonic_ns, peer_key, timeout_for, Table};
+use super::{
+    handle, has_flag, is_original, monotonic_ns, peer_key, timeout_for, ConnTables, Table,
+};
 use crate::abi::{bytes_of, from_bytes, Conn, ConnFlags, FlowKey, TableCounter};
 use crate::loader::{Dataplane, DataplaneError};
+use crate::skel::LbMaps;
 
 /// What a sweep saw and did.
 #[derive(Clone, Debug, Default)]
@@ -38,17 +47,47 @@ pub struct SweepReport {
     pub ended: Vec<FlowKey>,
 }
 
-/// Running totals the sweeps keep, for the eviction estimate.
+/// Running totals the sweeps keep, for the eviction estimate; shared by
+/// the sweeper and the data plane's statistics.
 #[derive(Default)]
 pub(crate) struct SweepTally {
     /// Entries sweeps removed from pnlb_conns_new since load.
-    pub(crate) new_expired: Cell<u64>,
+    pub(crate) new_expired: AtomicU64,
     /// pnlb_conns_new's entries after the last sweep.
-    pub(crate) new_live: Cell<u64>,
+    pub(crate) new_live: AtomicU64,
     /// pnlb_conns's entries after the last sweep.
-    pub(crate) established_live: Cell<u64>,
+    pub(crate) established_live: AtomicU64,
     /// The eviction estimate last reported (it never goes back).
-    pub(crate) evicted: Cell<u64>,
+    pub(crate) evicted: AtomicU64,
+}
+
+/// What a sweep reads and writes, by handles of its own.
+pub struct Sweeper {
+    pub(crate) conns: ConnTables,
+    snat_rest: MapHandle,
+    usage: MapHandle,
+    table_stats: MapHandle,
+    pub(super) backend_conns: MapHandle,
+    pub(super) backend_load: MapHandle,
+    pub(super) live_copy: MapHandle,
+    pub(super) backends: MapHandle,
+    tally: Arc<SweepTally>,
+}
+
+impl Sweeper {
+    pub(crate) fn open(maps: &LbMaps<'_>, tally: Arc<SweepTally>) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            conns: ConnTables::open(maps)?,
+            snat_rest: handle(&maps.pnlb_snat_rest, "pnlb_snat_rest")?,
+            usage: handle(&maps.pnlb_conns_usage, "pnlb_conns_usage")?,
+            table_stats: handle(&maps.pnlb_table_stats, "pnlb_table_stats")?,
+            backend_conns: handle(&maps.pnlb_backend_conns, "pnlb_backend_conns")?,
+            backend_load: handle(&maps.pnlb_backend_load, "pnlb_backend_load")?,
+            live_copy: handle(&maps.pnlb_live_copy, "pnlb_live_copy")?,
+            backends: handle(&maps.pnlb_backends, "pnlb_backends")?,
+            tally,
+        })
+    }
 }
 
 /// What one table's walk left and removed.
@@ -59,6 +98,27 @@ struct TableWalk {
 }
 
 impl Dataplane {
+    /// A sweeper for another thread.
+    pub fn sweeper(&self) -> Result<Sweeper, DataplaneError> {
+        Sweeper::open(self.maps(), self.tally.clone())
+    }
+
+    /// One pass over the connection tables, on this thread.
+    pub fn sweep_connections(&self, timeouts: &Timeouts) -> Result<SweepReport, DataplaneError> {
+        self.sweeper.sweep_connections(timeouts)
+    }
+
+    /// As [`Self::sweep_connections`], with "now" given (for tests).
+    pub fn sweep_connections_at(
+        &self,
+        timeouts: &Timeouts,
+        now_ns: u64,
+    ) -> Result<SweepReport, DataplaneError> {
+        self.sweeper.sweep_connections_at(timeouts, now_ns)
+    }
+}
+
+impl Sweeper {
     /// One pass over the connection tables, removing what has expired and
     /// counting the rest.
     pub fn sweep_connections(&self, timeouts: &Timeouts) -> Result<SweepReport, DataplaneError> {
@@ -73,7 +133,8 @@ impl Dataplane {
     ) -> Result<SweepReport, DataplaneError> {
         let mut census = Census::begin(self)?;
         let booked_in = self.usage_slot(0)?;
-        let created = self.table_events()?[TableCounter::PNLB_TC_NEW_ENTRIES.0 as usize];
+        let created = crate::stats::table_events(&self.table_stats)?
+            [TableCounter::PNLB_TC_NEW_ENTRIES.0 as usize];
         let mut report = SweepReport::default();
         let established = self.sweep_table(
             Table::Established,
@@ -91,21 +152,23 @@ impl Dataplane {
         let tally = &self.tally;
         tally
             .new_expired
-            .set(tally.new_expired.get() + new.removed as u64);
-        tally.new_live.set(new.left as u64);
-        tally.established_live.set(established.left as u64);
+            .fetch_add(new.removed as u64, Ordering::Relaxed);
+        tally.new_live.store(new.left as u64, Ordering::Relaxed);
+        tally
+            .established_live
+            .store(established.left as u64, Ordering::Relaxed);
         // Entries created before the walk that are neither promoted,
         // removed, expired nor still there were evicted. Counting creations
         // from before the walk and the rest from after it errs low, so the
         // running maximum never counts an eviction that did not happen.
-        let events = self.table_events()?;
+        let events = crate::stats::table_events(&self.table_stats)?;
         let accounted = events[TableCounter::PNLB_TC_PROMOTED.0 as usize]
             + events[TableCounter::PNLB_TC_NEW_REMOVED.0 as usize]
-            + tally.new_expired.get()
-            + tally.new_live.get();
+            + tally.new_expired.load(Ordering::Relaxed)
+            + tally.new_live.load(Ordering::Relaxed);
         tally
             .evicted
-            .set(tally.evicted.get().max(created.saturating_sub(accounted)));
+            .fetch_max(created.saturating_sub(accounted), Ordering::Relaxed);
         report.established = established.left;
         report.new = new.left;
         Ok(report)
@@ -119,7 +182,7 @@ impl Dataplane {
         census: &mut Census,
         report: &mut SweepReport,
     ) -> Result<TableWalk, DataplaneError> {
-        let map = self.conn_map(table);
+        let map = self.conns.map(table);
         let map_err = |source| DataplaneError::Map {
             map: table.map_name(),
             source,
@@ -209,17 +272,14 @@ impl Dataplane {
     /// An ended snat flow's reply key rests from when it was last used.
     fn rest_snat_key(&self, reply_key: &FlowKey, ended_ns: u64) {
         // Best effort: the rest map is an LRU, a failure only shortens a rest.
-        let _ = self.maps().pnlb_snat_rest.update(
-            bytes_of(reply_key),
-            &ended_ns.to_ne_bytes(),
-            MapFlags::ANY,
-        );
+        let _ = self
+            .snat_rest
+            .update(bytes_of(reply_key), &ended_ns.to_ne_bytes(), MapFlags::ANY);
     }
 
     fn usage_slot(&self, slot: u32) -> Result<u64, DataplaneError> {
         Ok(self
-            .maps()
-            .pnlb_conns_usage
+            .usage
             .lookup(&slot.to_ne_bytes(), MapFlags::ANY)
             .map_err(|source| DataplaneError::Map {
                 map: "pnlb_conns_usage",
@@ -230,8 +290,7 @@ impl Dataplane {
     }
 
     fn set_usage_slot(&self, slot: u32, value: u64) -> Result<(), DataplaneError> {
-        self.maps()
-            .pnlb_conns_usage
+        self.usage
             .update(&slot.to_ne_bytes(), &value.to_ne_bytes(), MapFlags::ANY)
             .map_err(|source| DataplaneError::Map {
                 map: "pnlb_conns_usage",

@@ -37,17 +37,16 @@ mod next_hops;
 pub mod persistence;
 mod pressure;
 mod status;
+mod sweeping;
 
 use next_hops::NextHops;
 use pressure::PressureWatch;
+use sweeping::Sweeping;
 
 /// How often every next hop is re-resolved in the background, a safety net
 /// under the kernel's neighbour and route events (next_hops.rs), which
 /// carry MAC changes within a tick.
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
-/// How often idle connections are expired: a pass over the whole table, so
-/// not every second (timeouts then hold to within this much).
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Slow-start ramps are republished at most this often.
 const RAMP_EVERY: Duration = Duration::from_secs(1);
 /// The daemon loop's period (API calls are answered in between).
@@ -267,8 +266,9 @@ struct Daemon {
     /// The effective config last written to the maps.
     applied: Config,
     last_refresh: Instant,
-    last_sweep: Instant,
     last_ramp: Instant,
+    /// Connection expiry, on its own thread.
+    sweeping: Sweeping,
     pressure: PressureWatch,
     /// With a pinned data plane: this namespace's only daemon.
     _claim: Option<persistence::Claim>,
@@ -314,6 +314,7 @@ impl Daemon {
         let lifecycle = Lifecycle::default();
         let applied = lifecycle.effective(&config, Instant::now());
         log_report(&programmer.apply(&dataplane, &applied, &mut next_hops)?);
+        let sweeping = Sweeping::start(dataplane.sweeper()?, config.timeouts.clone());
         let now = Instant::now();
         Ok(Self {
             path: path.to_path_buf(),
@@ -331,8 +332,8 @@ impl Daemon {
             lifecycle,
             applied,
             last_refresh: now,
-            last_sweep: now,
             last_ramp: now,
+            sweeping,
             pressure: PressureWatch::default(),
             _claim: claim,
         })
@@ -366,8 +367,10 @@ impl Daemon {
         for key in resets {
             self.flush(&key);
         }
-        if self.last_sweep.elapsed() >= SWEEP_EVERY {
-            match self.dataplane.sweep_connections(&self.config.timeouts) {
+        // After each expiry pass (its own thread): what depends on the
+        // counts it left.
+        while let Ok(report) = self.sweeping.reports.try_recv() {
+            match report {
                 Ok(report) => {
                     if self.config.ha.is_some() {
                         self.ended.extend(report.ended);
@@ -381,7 +384,6 @@ impl Daemon {
                 Ok(freed) => freed.iter().for_each(|line| info!("{line}")),
                 Err(err) => warning!("freeing removed backends: {err}"),
             }
-            self.last_sweep = Instant::now();
         }
     }
 
@@ -525,6 +527,7 @@ impl Daemon {
             services: next.services,
         };
         self.lifecycle.retain(&self.config);
+        self.sweeping.set_timeouts(&self.config.timeouts);
         let config = &self.config;
         self.drained.retain(|(service, address, port)| {
             config.services.iter().any(|s| {
