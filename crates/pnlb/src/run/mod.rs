@@ -314,7 +314,7 @@ impl Daemon {
         let lifecycle = Lifecycle::default();
         let applied = lifecycle.effective(&config, Instant::now());
         log_report(&programmer.apply(&dataplane, &applied, &mut next_hops)?);
-        let sweeping = Sweeping::start(dataplane.sweeper()?, config.timeouts.clone());
+        let sweeping = Sweeping::start(dataplane.sweeper()?, config.timeouts);
         let now = Instant::now();
         Ok(Self {
             path: path.to_path_buf(),

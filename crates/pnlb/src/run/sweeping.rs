@@ -52,8 +52,8 @@ impl Sweeping {
                     }
                     last = Instant::now();
                     let timeouts = match timeouts.lock() {
-                        Ok(timeouts) => timeouts.clone(),
-                        Err(poisoned) => poisoned.into_inner().clone(),
+                        Ok(timeouts) => *timeouts,
+                        Err(poisoned) => *poisoned.into_inner(),
                     };
                     let report = sweeper
                         .sweep_connections(&timeouts)
@@ -75,7 +75,7 @@ impl Sweeping {
     /// The timeouts of the next passes.
     pub fn set_timeouts(&self, timeouts: &Timeouts) {
         if let Ok(mut current) = self.timeouts.lock() {
-            *current = timeouts.clone();
+            *current = *timeouts;
         }
     }
 }
