@@ -23,13 +23,17 @@
  * to adopt it (it would misread the maps). Bump it with any change to a
  * map's key or value layout or meaning.
  */
-enum pnlb_abi_version { PNLB_ABI_VERSION = 1 };
+enum pnlb_abi_version { PNLB_ABI_VERSION = 2 };
 
 /* pnlb_meta's slots: what a pinned data plane says about itself. */
 enum pnlb_meta_slot {
 	PNLB_META_ABI_VERSION = 0,
 	PNLB_META_HASH_SEED = 1,
 	PNLB_META_NEXT_GENERATION = 2, /* the next backend generation to give */
+	/* Seconds of bpf_ktime_get_ns() after which no daemon has tended
+	 * the data plane for daemon.unattended_limit: new flows are refused
+	 * from then on (0: never). Each daemon tick moves it on. */
+	PNLB_META_UNATTENDED_AFTER = 3,
 	PNLB_META_SLOTS = 4,
 };
 
@@ -205,7 +209,10 @@ enum pnlb_reason {
 	PNLB_PASS_QINQ = 31,           /* two VLAN tags (QinQ, 802.1ad): the
 					* kernel's, untouched */
 	PNLB_DROP_VLAN_FAILED = 32,    /* no room to put a VLAN tag back */
-	PNLB_REASON_MAX = 33,
+	PNLB_DROP_UNATTENDED = 33,     /* a new flow refused: no daemon has
+					* tended the data plane (health checks
+					* stopped) for daemon.unattended_limit */
+	PNLB_REASON_MAX = 34,
 };
 
 /* Connection-table events, per CPU in pnlb_table_stats. */

@@ -617,6 +617,17 @@ static __always_inline int pnlb_rate_allows(const struct pnlb_service *svc)
 	return 0;
 }
 
+/* Whether no daemon has tended this data plane for longer than
+ * daemon.unattended_limit (a pinned data plane outlives its daemon, and
+ * without one nobody checks the backends' health). */
+static __always_inline int pnlb_unattended(void)
+{
+	__u32 slot = PNLB_META_UNATTENDED_AFTER;
+	__u32 *after = bpf_map_lookup_elem(&pnlb_meta, &slot);
+
+	return after && *after && bpf_ktime_get_ns() / 1000000000 > *after;
+}
+
 /* A backend of this service for a new flow (affinity first, then the
  * scheduler); 0 or a drop reason. */
 static __always_inline int pnlb_pick_backend(const struct pnlb_service *svc,
@@ -714,6 +725,9 @@ static __always_inline int pnlb_conn_for(const struct pnlb_service *svc,
 		return PNLB_DROP_NO_FLOW;
 	}
 open:
+	/* Flows already established (re-created by hash) go on regardless. */
+	if (!rehashed && pnlb_unattended())
+		return PNLB_DROP_UNATTENDED;
 	if (!pnlb_rate_allows(svc)) {
 		if (!stateless)
 			return PNLB_DROP_RATE_LIMITED;

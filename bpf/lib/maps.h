@@ -25,7 +25,8 @@ struct {
 } pnlb_vips SEC(".maps");
 
 /* What a pinned data plane says about itself (enum pnlb_meta_slot):
- * written by the control plane, never read by packets. */
+ * written by the control plane; packets read only the unattended
+ * deadline, and only new flows. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, PNLB_META_SLOTS);

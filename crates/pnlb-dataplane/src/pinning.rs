@@ -121,6 +121,25 @@ impl Dataplane {
         )
     }
 
+    /// A daemon tends the data plane: it takes new flows until `limit`
+    /// from now without another tick (daemon.unattended_limit; None: with
+    /// no end).
+    pub fn mark_tended(&self, limit: Option<std::time::Duration>) -> Result<(), DataplaneError> {
+        self.mark_tended_at(crate::conntrack::monotonic_ns(), limit)
+    }
+
+    /// As [`Self::mark_tended`], "now" given (the kernel's monotonic clock).
+    pub fn mark_tended_at(
+        &self,
+        now_ns: u64,
+        limit: Option<std::time::Duration>,
+    ) -> Result<(), DataplaneError> {
+        let after = limit.map_or(0, |limit| {
+            u32::try_from(now_ns / 1_000_000_000 + limit.as_secs()).unwrap_or(u32::MAX)
+        });
+        self.set_meta(MetaSlot::PNLB_META_UNATTENDED_AFTER, after)
+    }
+
     /// One slot of pnlb_meta (0 if unreadable).
     pub(crate) fn meta(&self, slot: MetaSlot) -> u32 {
         meta_slot(&self.maps().pnlb_meta, slot)

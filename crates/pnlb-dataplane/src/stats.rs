@@ -102,6 +102,7 @@ pub fn reason_name(reason: usize) -> &'static str {
         "fwd_fragment",
         "pass_qinq",
         "drop_vlan_failed",
+        "drop_unattended",
     ];
     NAMES.get(reason).copied().unwrap_or("unknown")
 }

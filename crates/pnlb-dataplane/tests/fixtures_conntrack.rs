@@ -762,3 +762,36 @@ fn every_flow_of_a_big_table_is_read_by_the_dump_and_the_sweep() {
     assert_eq!(swept.established, FLOWS as usize);
     assert_eq!(active, u64::from(FLOWS));
 }
+
+/// With no daemon tending it for daemon.unattended_limit, the data plane
+/// refuses new flows (nobody checks the backends' health any more) and
+/// keeps forwarding the established ones; a daemon's next tick lifts it.
+#[test]
+fn an_unattended_data_plane_refuses_new_flows_and_keeps_established_ones() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        for method in ["dr", "nat"] {
+            let fixture = Fixture::new(&config(method, "rr", 2, ""));
+            let limit = Some(std::time::Duration::from_secs(60));
+            fixture.dataplane.mark_tended(limit).unwrap();
+            handshake(&fixture, 41000);
+            // The last tick was two minutes ago.
+            let then = monotonic_ns() - 120_000_000_000;
+            fixture.dataplane.mark_tended_at(then, limit).unwrap();
+            let (verdict, _) = fixture.run(&client(41001, SYN).bytes());
+            assert_eq!(verdict, XDP_DROP, "{method}: a new flow");
+            assert_eq!(fixture.reason("drop_unattended"), 1, "{method}");
+            let (verdict, _) = fixture.run(&client(41000, ACK).bytes());
+            assert_eq!(verdict, XDP_TX, "{method}: an established flow goes on");
+            fixture.dataplane.mark_tended(limit).unwrap();
+            let (verdict, _) = fixture.run(&client(41001, SYN).bytes());
+            assert_eq!(verdict, XDP_TX, "{method}: tended again");
+            // No limit: never unattended.
+            fixture.dataplane.mark_tended_at(then, None).unwrap();
+            let (verdict, _) = fixture.run(&client(41002, SYN).bytes());
+            assert_eq!(verdict, XDP_TX, "{method}: no limit");
+        }
+    });
+}

@@ -257,3 +257,59 @@ fn nat_flows_outlive_a_stopped_and_a_killed_daemon() {
         &[("nat-rr", SocketAddr::new(IpAddr::V4(VIP4), ECHO_PORT))],
     );
 }
+
+/// daemon.unattended_limit bounds how long a data plane takes new flows
+/// with nobody checking its backends: after a kill -9 and that long, new
+/// connections are refused (counted), established ones still answer, and
+/// the next daemon takes new flows again at once.
+#[test]
+fn a_data_plane_left_unattended_past_its_limit_refuses_new_flows_only() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Lab::up(&LabSpec::echo_via_lb()).expect("lab");
+    let text = services_config(&mut lab, true).replacen(
+        '\n',
+        "\nunattended_limit = \"10s\"\napi = \"127.0.0.1:9180\"\n",
+        1,
+    );
+    let path = write_config(&lab, &text);
+    let target = SocketAddr::new(IpAddr::V4(VIP4), ECHO_PORT);
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    let mut idle = open_idle(&lab, target);
+    daemon.signal(libc::SIGKILL);
+    daemon.stop(Duration::from_secs(10));
+    let killed = Instant::now();
+    let new_connection = |lab: &Lab| {
+        in_netns(&lab.client, move || {
+            TcpStream::connect_timeout(&target, Duration::from_secs(2)).is_ok()
+        })
+        .expect("client namespace")
+    };
+    assert!(
+        new_connection(&lab),
+        "within the limit, new flows are taken"
+    );
+    std::thread::sleep(Duration::from_secs(11).saturating_sub(killed.elapsed()));
+    let refused = !new_connection(&lab);
+    let answering = still_answering(&mut idle);
+    println!(
+        "{:.0} s after kill -9 (limit 10 s): a new connection refused: {refused}; {answering}/{IDLE} idle connections answer",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(refused, "past the limit, a new flow is refused");
+    assert_eq!(answering, IDLE, "established flows go on");
+
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run again");
+    assert!(new_connection(&lab), "a daemon again: new flows are taken");
+    let counted = reason_counter(&lab, "drop_unattended");
+    println!("after the restart: drop_unattended = {counted}");
+    assert!(counted > 0, "the refusals are counted");
+    assert_eq!(still_answering(&mut idle), IDLE);
+    drop(daemon);
+    let pin_dir = lab.bpffs().unwrap();
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.lb, PNLB, "down", "--pin-dir"])
+        .arg(&pin_dir)
+        .output();
+}

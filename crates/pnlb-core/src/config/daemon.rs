@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -30,6 +31,10 @@ pub struct Daemon {
     /// the daemon (docs/operations.md); None = the default, used when it is
     /// a bpffs.
     pub pin_dir: Option<PathBuf>,
+    /// How long the data plane takes new flows with no daemon tending it
+    /// (after a crash or a stop, health checks no longer run); after that
+    /// it refuses them, established flows going on. None = without end.
+    pub unattended_limit: Option<Duration>,
 }
 
 /// Where the data plane is pinned unless daemon.pin_dir says otherwise.
@@ -55,6 +60,7 @@ pub(super) struct RawDaemon {
     conn_table_size: Option<i64>,
     hash_seed_file: Option<String>,
     pin_dir: Option<String>,
+    unattended_limit: Option<String>,
 }
 
 impl Validator<'_> {
@@ -157,6 +163,20 @@ impl Validator<'_> {
                 ))
             }
         };
+        let unattended_limit = match raw.unattended_limit.as_deref() {
+            None => None,
+            Some(text) => match self.duration("daemon.unattended_limit", text)? {
+                limit if limit.is_zero() => None,
+                limit if limit < Duration::from_secs(10) => {
+                    return Err(self.error(
+                        "daemon.unattended_limit",
+                        format!("{text} is shorter than a restart takes"),
+                        "use at least \"10s\" (e.g. \"15m\"), or \"0s\" for no limit",
+                    ))
+                }
+                limit => Some(limit),
+            },
+        };
         Ok(Daemon {
             interfaces: raw.interfaces,
             xdp_mode,
@@ -166,6 +186,7 @@ impl Validator<'_> {
             conn_table_size,
             hash_seed_file,
             pin_dir,
+            unattended_limit,
         })
     }
 }

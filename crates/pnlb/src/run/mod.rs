@@ -309,6 +309,9 @@ impl Daemon {
                 );
             }
         }
+        // Tended from the start: an adopted data plane left unattended
+        // too long takes new flows again before it is programmed.
+        dataplane.mark_tended(config.daemon.unattended_limit)?;
         let mut next_hops = NextHops::start();
         dataplane.set_vlan_devices(&pnlb_dataplane::nexthop::vlan_devices())?;
         let lifecycle = Lifecycle::default();
@@ -340,6 +343,12 @@ impl Daemon {
     }
 
     fn tick(&mut self) {
+        if let Err(err) = self
+            .dataplane
+            .mark_tended(self.config.daemon.unattended_limit)
+        {
+            warning!("marking the data plane tended: {err}");
+        }
         let resets = self.health_reports();
         let hops_moved = self.next_hops.poll();
         if let Some(devices) = self.next_hops.take_vlan_devices() {
