@@ -48,12 +48,11 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Vec<u32> {
     }
     live.sort_by(|a, b| a.key.cmp(&b.key).then(a.id.cmp(&b.id)));
 
-    let permutations: Vec<Permutation> = live
-        .iter()
-        .map(|b| Permutation::new(&b.key, size))
-        .collect();
-    let mut table: Vec<Option<u32>> = vec![None; size];
-    let mut cursors = vec![0usize; live.len()];
+    // Each backend walks its permutation from `offset` by `skip`; `next`
+    // is the slot it prefers now (one add and a compare per step, where a
+    // multiplication and a 128-bit modulo per step took most of the build).
+    let mut walks: Vec<Walk> = live.iter().map(|b| Walk::new(&b.key, size)).collect();
+    let mut table = vec![EMPTY; size];
     let mut taken = vec![0u64; live.len()];
     let mut queue: BinaryHeap<Turn> = (0..live.len())
         .map(|index| Turn {
@@ -67,14 +66,12 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Vec<u32> {
     while filled < size {
         let Some(turn) = queue.pop() else { break };
         let i = turn.index;
-        loop {
-            let slot = permutations[i].slot(cursors[i]);
-            cursors[i] += 1;
-            if table[slot].is_none() {
-                table[slot] = Some(live[i].id);
-                break;
-            }
+        let walk = &mut walks[i];
+        while table[walk.next] != EMPTY {
+            walk.step();
         }
+        table[walk.next] = live[i].id;
+        walk.step();
         filled += 1;
         taken[i] += 1;
         queue.push(Turn {
@@ -83,19 +80,28 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Vec<u32> {
             index: i,
         });
     }
+    // Every slot is filled (each walk visits them all, M being prime); the
+    // fallback only matters for a table size that is not.
+    for slot in &mut table {
+        if *slot == EMPTY {
+            *slot = live[0].id;
+        }
+    }
     table
-        .into_iter()
-        .map(|slot| slot.unwrap_or(live[0].id))
-        .collect()
 }
 
-struct Permutation {
-    offset: usize,
+/// A slot no backend has claimed yet (no backend id is u32::MAX).
+const EMPTY: u32 = u32::MAX;
+
+/// A backend's walk through its permutation: offset, offset + skip, ...
+/// (mod size).
+struct Walk {
+    next: usize,
     skip: usize,
     size: usize,
 }
 
-impl Permutation {
+impl Walk {
     fn new(key: &[u8], size: usize) -> Self {
         let mut padded = key.to_vec();
         padded.resize(key.len().div_ceil(4) * 4, 0);
@@ -106,11 +112,19 @@ impl Permutation {
         } else {
             1
         };
-        Self { offset, skip, size }
+        Self {
+            next: offset,
+            skip,
+            size,
+        }
     }
 
-    fn slot(&self, j: usize) -> usize {
-        ((self.offset as u128 + j as u128 * self.skip as u128) % self.size as u128) as usize
+    fn step(&mut self) {
+        // next < size and skip < size: one subtraction at most.
+        self.next += self.skip;
+        if self.next >= self.size {
+            self.next -= self.size;
+        }
     }
 }
 

@@ -188,6 +188,61 @@ fn xdp(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // The same packets with the established table holding more and more
+    // other flows: a hash lookup should not care (issue 17: within 1.1x
+    // from 1,000 to 1,000,000 live flows).
+    let mut group = c.benchmark_group("xdp, established flow, by live flows in the table");
+    let mut filled = 0u32;
+    for live in [1_000u32, 100_000, 1_000_000] {
+        fill(&dataplane, filled, live);
+        filled = live;
+        let dr = tcp("10.77.100.1", 40000, false);
+        group.bench_function(BenchmarkId::new("dr", live), |b| {
+            b.iter_custom(|iters| repeated(&dataplane, iters, &dr))
+        });
+        let nat = tcp("10.77.100.2", 40000, false);
+        group.bench_function(BenchmarkId::new("nat", live), |b| {
+            b.iter_custom(|iters| one_by_one(&dataplane, iters, |_| nat.clone()))
+        });
+        group.bench_function(BenchmarkId::new("not a service (pass)", live), |b| {
+            b.iter_custom(|iters| repeated(&dataplane, iters, &pass))
+        });
+    }
+    group.finish();
+}
+
+/// Fills the established table up to `to` flows of the dr service (from
+/// `from`): distinct clients, installed as failover sync installs them.
+fn fill(dataplane: &Dataplane, from: u32, to: u32) {
+    let Some(template) = dataplane
+        .conns()
+        .find(&flow_key(&tcp("10.77.100.1", 40000, false)))
+        .map(|(_, conn)| conn)
+    else {
+        return;
+    };
+    for n in from..to {
+        let mut key = flow_key(&tcp("10.77.100.1", 1024 + (n % 60_000) as u16, false));
+        // Clients 10.78.x.1: never the measured flow's.
+        key.src = pnlb_dataplane::abi::addr(IpAddr::from([10, 78, (n / 60_000) as u8, 1]));
+        let _ = dataplane.conns().install_flow(&key, &template);
+    }
+}
+
+/// The flow key of an IPv4 TCP packet built by [`tcp`].
+fn flow_key(packet: &[u8]) -> pnlb_dataplane::abi::FlowKey {
+    let mut key = pnlb_dataplane::abi::FlowKey {
+        protocol: 6,
+        ..Default::default()
+    };
+    let address =
+        |at: usize| IpAddr::from([packet[at], packet[at + 1], packet[at + 2], packet[at + 3]]);
+    key.src = pnlb_dataplane::abi::addr(address(26));
+    key.dst = pnlb_dataplane::abi::addr(address(30));
+    key.src_port = u16::from_ne_bytes([packet[34], packet[35]]);
+    key.dst_port = u16::from_ne_bytes([packet[36], packet[37]]);
+    key
 }
 
 criterion_group!(benches, xdp);

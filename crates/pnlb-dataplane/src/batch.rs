@@ -30,6 +30,26 @@ pub(crate) struct Entries<'map> {
 
 /// Walks `map`, `batch` entries per call.
 pub(crate) fn entries<M: MapCore + ?Sized>(map: &M, batch: usize) -> Entries<'_> {
+    entries_from(map, batch, Resume::Start)
+}
+
+/// Where a walk starts: at the beginning, or where an earlier one stopped
+/// at the end of a batch ([`Entries::stopped`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Resume {
+    #[default]
+    Start,
+    At(Vec<u8>),
+    /// The earlier walk had reached the end.
+    Done,
+}
+
+/// Walks `map` from `resume`.
+pub(crate) fn entries_from<M: MapCore + ?Sized>(
+    map: &M,
+    batch: usize,
+    resume: Resume,
+) -> Entries<'_> {
     let key_size = map.key_size() as usize;
     let value_size = map.value_size() as usize;
     Entries {
@@ -39,10 +59,13 @@ pub(crate) fn entries<M: MapCore + ?Sized>(map: &M, batch: usize) -> Entries<'_>
         count: batch.max(1),
         keys: Vec::new(),
         values: Vec::new(),
-        token: None,
+        last: matches!(resume, Resume::Done),
+        token: match resume {
+            Resume::At(token) => Some(token),
+            _ => None,
+        },
         filled: 0,
         at: 0,
-        last: false,
     }
 }
 
@@ -52,6 +75,21 @@ fn token_size(key_size: usize) -> usize {
 }
 
 impl Entries<'_> {
+    /// Whether every entry fetched so far has been handed out: a walk
+    /// stopped here can resume with [`Self::stopped`] and miss nothing.
+    pub(crate) fn at_batch_end(&self) -> bool {
+        self.at >= self.filled
+    }
+
+    /// Where to resume a walk stopped at a batch end.
+    pub(crate) fn stopped(&self) -> Resume {
+        match (&self.token, self.last) {
+            (_, true) => Resume::Done,
+            (Some(token), false) => Resume::At(token.clone()),
+            (None, false) => Resume::Start,
+        }
+    }
+
     /// The next call's entries; false when there are none.
     fn fetch(&mut self) -> bool {
         while !self.last {

@@ -19,7 +19,7 @@ use crate::abi::{bytes_of, from_bytes, Conn, ConnDirection, ConnFlags, ConnState
 use crate::loader::{Dataplane, DataplaneError};
 
 pub(crate) use sweep::SweepTally;
-pub use sweep::{SweepReport, Sweeper};
+pub use sweep::{SweepPass, SweepReport, Sweeper};
 pub(crate) use tables::handle;
 pub use tables::ConnTables;
 

@@ -30,6 +30,7 @@ use super::{
     handle, has_flag, is_original, monotonic_ns, peer_key, timeout_for, ConnTables, Table,
 };
 use crate::abi::{bytes_of, from_bytes, Conn, ConnFlags, FlowKey, TableCounter};
+use crate::batch::Resume;
 use crate::loader::{Dataplane, DataplaneError};
 use crate::skel::LbMaps;
 
@@ -90,11 +91,39 @@ impl Sweeper {
     }
 }
 
-/// What one table's walk left and removed.
+/// What one table's walk saw and removed.
 #[derive(Default)]
 struct TableWalk {
-    left: usize,
+    seen: usize,
     removed: usize,
+}
+
+impl TableWalk {
+    fn left(&self) -> usize {
+        self.seen.saturating_sub(self.removed)
+    }
+}
+
+impl SweepPass {
+    /// About how many entries the pass will walk (to size its steps).
+    pub fn expected_entries(&self) -> usize {
+        self.expected
+    }
+}
+
+/// A pass under way ([`Sweeper::begin_pass`], [`Sweeper::step`]).
+pub struct SweepPass {
+    census: Census,
+    /// About how many entries the pass will walk.
+    expected: usize,
+    /// The admission counter and the new-flow count when the pass began.
+    booked_in: u64,
+    created: u64,
+    /// The table being walked (index into Table::BOTH), and where.
+    table: usize,
+    resume: Resume,
+    walks: [TableWalk; 2],
+    report: SweepReport,
 }
 
 impl Dataplane {
@@ -131,32 +160,80 @@ impl Sweeper {
         timeouts: &Timeouts,
         now_ns: u64,
     ) -> Result<SweepReport, DataplaneError> {
-        let mut census = Census::begin(self)?;
+        let mut pass = self.begin_pass()?;
+        loop {
+            if let Some(report) = self.step(&mut pass, timeouts, now_ns, usize::MAX)? {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Starts a pass, to be walked in [`Self::step`]s: the daemon takes a
+    /// step every tick, so a pass over a million entries costs a little
+    /// each tick instead of a second-long burst on one core.
+    pub fn begin_pass(&self) -> Result<SweepPass, DataplaneError> {
         let booked_in = self.usage_slot(0)?;
-        let created = crate::stats::table_events(&self.table_stats)?
-            [TableCounter::PNLB_TC_NEW_ENTRIES.0 as usize];
-        let mut report = SweepReport::default();
-        let established = self.sweep_table(
-            Table::Established,
-            timeouts,
-            now_ns,
-            &mut census,
-            &mut report,
-        )?;
-        let new = self.sweep_table(Table::New, timeouts, now_ns, &mut census, &mut report)?;
-        census.publish(self)?;
+        // What admission counts in the established table, and what the
+        // last pass left in the other.
+        let expected = booked_in.wrapping_sub(self.usage_slot(1)?).min(1 << 32)
+            + self.tally.new_live.load(Ordering::Relaxed);
+        Ok(SweepPass {
+            census: Census::begin(self)?,
+            expected: expected as usize,
+            booked_in,
+            created: crate::stats::table_events(&self.table_stats)?
+                [TableCounter::PNLB_TC_NEW_ENTRIES.0 as usize],
+            table: 0,
+            resume: Resume::Start,
+            walks: Default::default(),
+            report: SweepReport::default(),
+        })
+    }
+
+    /// Walks on through `pass` for about `budget` entries (whole batches)
+    /// at `now_ns`; the report when the pass is done.
+    pub fn step(
+        &self,
+        pass: &mut SweepPass,
+        timeouts: &Timeouts,
+        now_ns: u64,
+        budget: usize,
+    ) -> Result<Option<SweepReport>, DataplaneError> {
+        let mut left = budget;
+        while pass.table < Table::BOTH.len() && left > 0 {
+            let table = Table::BOTH[pass.table];
+            let resume = std::mem::take(&mut pass.resume);
+            let mut entries = crate::batch::entries_from(self.conns.map(table), 4096, resume);
+            let walked = self.sweep_table(table, &mut entries, timeouts, now_ns, pass, left)?;
+            left = left.saturating_sub(walked);
+            pass.resume = entries.stopped();
+            if matches!(pass.resume, Resume::Done) {
+                pass.table += 1;
+                pass.resume = Resume::Start;
+            }
+        }
+        if pass.table < Table::BOTH.len() {
+            return Ok(None);
+        }
+        self.finish(pass).map(Some)
+    }
+
+    /// The end of a pass: counts published, admission and tallies set.
+    fn finish(&self, pass: &mut SweepPass) -> Result<SweepReport, DataplaneError> {
+        let [established, new] = std::mem::take(&mut pass.walks);
+        std::mem::take(&mut pass.census).publish(self)?;
         // Admission reads used = booked_in - usage[1]: make that the entries
         // the walk left, plus whatever the data plane moved in since.
-        self.set_usage_slot(1, booked_in.wrapping_sub(established.left as u64))?;
+        self.set_usage_slot(1, pass.booked_in.wrapping_sub(established.left() as u64))?;
 
         let tally = &self.tally;
         tally
             .new_expired
             .fetch_add(new.removed as u64, Ordering::Relaxed);
-        tally.new_live.store(new.left as u64, Ordering::Relaxed);
+        tally.new_live.store(new.left() as u64, Ordering::Relaxed);
         tally
             .established_live
-            .store(established.left as u64, Ordering::Relaxed);
+            .store(established.left() as u64, Ordering::Relaxed);
         // Entries created before the walk that are neither promoted,
         // removed, expired nor still there were evicted. Counting creations
         // from before the walk and the rest from after it errs low, so the
@@ -168,20 +245,24 @@ impl Sweeper {
             + tally.new_live.load(Ordering::Relaxed);
         tally
             .evicted
-            .fetch_max(created.saturating_sub(accounted), Ordering::Relaxed);
-        report.established = established.left;
-        report.new = new.left;
+            .fetch_max(pass.created.saturating_sub(accounted), Ordering::Relaxed);
+        let mut report = std::mem::take(&mut pass.report);
+        report.established = established.left();
+        report.new = new.left();
         Ok(report)
     }
 
+    /// Walks `entries` of `table` until the walk ends or, at the end of a
+    /// batch, `budget` entries were seen; returns how many were.
     fn sweep_table(
         &self,
         table: Table,
+        entries: &mut crate::batch::Entries<'_>,
         timeouts: &Timeouts,
         now_ns: u64,
-        census: &mut Census,
-        report: &mut SweepReport,
-    ) -> Result<TableWalk, DataplaneError> {
+        pass: &mut SweepPass,
+        budget: usize,
+    ) -> Result<usize, DataplaneError> {
         let map = self.conns.map(table);
         let map_err = |source| DataplaneError::Map {
             map: table.map_name(),
@@ -196,12 +277,21 @@ impl Sweeper {
                 .map_err(map_err)?
                 .and_then(|v| from_bytes::<Conn>(&v)))
         };
-        let mut walk = TableWalk::default();
+        let SweepPass {
+            census,
+            walks,
+            report,
+            ..
+        } = pass;
+        let walk = &mut walks[table as usize];
         let mut seen = 0usize;
         // One streaming pass; only entries idle past their timeout cost
         // more than a comparison (a lookup of the other direction, a
         // re-check, the deletes).
-        for (key, value) in crate::batch::entries(map, 4096) {
+        while !(seen >= budget && entries.at_batch_end()) {
+            let Some((key, value)) = entries.next() else {
+                break;
+            };
             seen += 1;
             let (Some(conn), Some(flow)) =
                 (from_bytes::<Conn>(&value), from_bytes::<FlowKey>(&key))
@@ -264,9 +354,9 @@ impl Sweeper {
                 self.rest_snat_key(&reply_key, last_seen);
             }
         }
-        report.expired += walk.removed;
-        walk.left = seen.saturating_sub(walk.removed);
-        Ok(walk)
+        walk.seen += seen;
+        report.expired = walks.iter().map(|w| w.removed).sum();
+        Ok(seen)
     }
 
     /// An ended snat flow's reply key rests from when it was last used.

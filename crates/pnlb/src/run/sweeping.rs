@@ -1,9 +1,12 @@
 //! Connection expiry on a thread of its own: a pass over the tables walks
-//! every entry (a second or more at a million), and the daemon loop — API
-//! calls, health, role changes and the failover watchdog's heartbeat — must
-//! not wait for it. The loop takes each pass's report when it comes (the
-//! flows that ended, for failover sync) and gives the thread the timeouts
-//! a reload sets.
+//! every entry (a second or more of CPU at a million), and the daemon loop
+//! — API calls, health, role changes and the failover watchdog's heartbeat
+//! — must not wait for it. The pass is spread over its period in steps
+//! (one every STEP, each a share of the entries the last pass saw), so it
+//! takes a little CPU all the time rather than a core in bursts, which the
+//! traffic would feel as latency spikes. The loop takes each pass's report
+//! when it comes (the flows that ended, for failover sync) and gives the
+//! thread the timeouts a reload sets.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -12,12 +15,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pnlb_core::config::Timeouts;
-use pnlb_dataplane::conntrack::{SweepReport, Sweeper};
+use pnlb_dataplane::conntrack::{monotonic_ns, SweepReport, Sweeper};
 
 /// How often idle connections are expired (timeouts hold to within this).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
-/// How soon the thread notices a stop.
-const NAP: Duration = Duration::from_millis(100);
+/// A step of a pass every STEP (and how soon the thread notices a stop).
+const STEP: Duration = Duration::from_millis(100);
+/// Entries a step walks at least (one batch).
+const MIN_STEP: usize = 4096;
 
 pub struct Sweeping {
     stop: Arc<AtomicBool>,
@@ -44,21 +49,43 @@ impl Sweeping {
         let thread = {
             let (stop, timeouts) = (stop.clone(), timeouts.clone());
             std::thread::spawn(move || {
-                let mut last = Instant::now();
+                let steps = (SWEEP_EVERY.as_millis() / STEP.as_millis()).max(1) as usize;
+                let (mut pass, mut began, mut step_size) = (None, Instant::now(), MIN_STEP);
                 while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(NAP);
-                    if last.elapsed() < SWEEP_EVERY {
-                        continue;
+                    std::thread::sleep(STEP);
+                    if pass.is_none() {
+                        if began.elapsed() < SWEEP_EVERY {
+                            continue;
+                        }
+                        began = Instant::now();
+                        match sweeper.begin_pass() {
+                            Ok(started) => {
+                                // The pass in as many steps as a period has.
+                                step_size = (started.expected_entries() / steps).max(MIN_STEP);
+                                pass = Some(started);
+                            }
+                            Err(err) => {
+                                if sender.send(Err(err.to_string())).is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
+                        }
                     }
-                    last = Instant::now();
+                    let Some(current) = pass.as_mut() else {
+                        continue;
+                    };
                     let timeouts = match timeouts.lock() {
                         Ok(timeouts) => *timeouts,
                         Err(poisoned) => *poisoned.into_inner(),
                     };
-                    let report = sweeper
-                        .sweep_connections(&timeouts)
-                        .map_err(|err| err.to_string());
-                    if sender.send(report).is_err() {
+                    let result = match sweeper.step(current, &timeouts, monotonic_ns(), step_size) {
+                        Ok(None) => continue,
+                        Ok(Some(report)) => Ok(report),
+                        Err(err) => Err(err.to_string()),
+                    };
+                    pass = None;
+                    if sender.send(result).is_err() {
                         return;
                     }
                 }
