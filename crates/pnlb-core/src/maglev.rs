@@ -53,6 +53,9 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Vec<u32> {
     // multiplication and a 128-bit modulo per step took most of the build).
     let mut walks: Vec<Walk> = live.iter().map(|b| Walk::new(&b.key, size)).collect();
     let mut table = vec![EMPTY; size];
+    // Which slots are taken, a bit each: the probes (most of the build)
+    // read 8 KiB that stay in the L1 cache instead of the 256 KiB table.
+    let mut taken_slots = vec![0u64; size.div_ceil(64)];
     let mut taken = vec![0u64; live.len()];
     let mut queue: BinaryHeap<Turn> = (0..live.len())
         .map(|index| Turn {
@@ -67,9 +70,10 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Vec<u32> {
         let Some(turn) = queue.pop() else { break };
         let i = turn.index;
         let walk = &mut walks[i];
-        while table[walk.next] != EMPTY {
+        while taken_slots[walk.next / 64] & (1 << (walk.next % 64)) != 0 {
             walk.step();
         }
+        taken_slots[walk.next / 64] |= 1 << (walk.next % 64);
         table[walk.next] = live[i].id;
         walk.step();
         filled += 1;
@@ -298,5 +302,19 @@ mod tests {
         let after = build(&more, TABLE_SIZE);
         let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
         assert!((moved as f64 / TABLE_SIZE as f64) <= 1.2 / 11.0);
+    }
+
+    /// Every node must build the same table from the same backends, across
+    /// pnlb versions too (a rolling upgrade mixes them): the table for a
+    /// fixed weighted set, pinned by its checksum.
+    #[test]
+    fn the_table_for_a_fixed_set_never_changes() {
+        let backends: Vec<_> = (0..50).map(|id| backend(id, 1 + id % 4)).collect();
+        let table = build(&backends, TABLE_SIZE);
+        let checksum = table.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, id| {
+            (hash ^ u64::from(*id)).wrapping_mul(0x0100_0000_01b3)
+        });
+        // Computed by the build before its probes were made incremental.
+        assert_eq!(checksum, 0x54f5_c6b9_a922_e121, "{checksum:#x}");
     }
 }
