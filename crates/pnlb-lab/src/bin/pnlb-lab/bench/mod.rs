@@ -4,6 +4,7 @@
 //! min and max, and its ratio to the kernel baseline. A benchmark, not a
 //! test: nothing here asserts on speed.
 
+mod daemon_cpu;
 mod flood;
 mod setups;
 mod tools;
@@ -36,6 +37,9 @@ pub struct BenchArgs {
     /// Where to write the machine-readable results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
+    /// Measure only the daemon's own CPU with 10k, 100k and 1M live flows.
+    #[arg(long)]
+    daemon_cpu: bool,
 }
 
 /// The kernel baseline first (each setup also gets a fresh client address).
@@ -93,6 +97,15 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
         prefix: Some(format!("pnlbbench{}", std::process::id())),
         ..LabSpec::default()
     })?;
+    if args.daemon_cpu {
+        println!("the daemon's own CPU by live flows (nat, UDP; 20 s windows):");
+        let measured = daemon_cpu::measure(&lab, binary)?;
+        println!("\n| live flows | daemon CPU, ms per second |\n|---|---|");
+        for m in &measured {
+            println!("| {} | {:.1} |", m.flows, m.cpu_ms_per_s);
+        }
+        return Ok(());
+    }
     let mut iperf_servers = Vec::new();
     for server in &lab.servers {
         let port = IPERF_PORT.to_string();
