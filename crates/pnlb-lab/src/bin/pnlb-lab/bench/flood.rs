@@ -32,7 +32,7 @@ pub struct FloodRun {
 }
 
 /// Busy (non-idle) CPU time of all CPUs so far, in ns, from /proc/stat.
-fn busy_ns() -> u64 {
+pub fn busy_ns() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
         return 0;

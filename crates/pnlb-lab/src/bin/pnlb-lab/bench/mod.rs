@@ -43,8 +43,9 @@ pub struct BenchArgs {
 }
 
 /// The kernel baseline first (each setup also gets a fresh client address).
-const SETUPS: [Setup; 8] = [
+const SETUPS: [Setup; 9] = [
     Setup::Nftables,
+    Setup::NftablesXdpPass,
     Setup::Direct,
     Setup::Haproxy,
     Setup::Pnlb("dr"),
@@ -247,8 +248,15 @@ fn wrk(
         args.extend(["-H", "Connection: close"]);
     }
     args.push(&url);
+    let busy_before = flood::busy_ns();
     let output = lab.client_command("wrk", &args)?;
-    parse_wrk(&output).with_context(|| format!("unreadable wrk output: {output}"))
+    let busy = flood::busy_ns().saturating_sub(busy_before);
+    let mut run = parse_wrk(&output).with_context(|| format!("unreadable wrk output: {output}"))?;
+    let requests = run.requests_per_sec * f64::from(seconds);
+    if requests > 0.0 {
+        run.machine_us_per_request = busy as f64 / 1000.0 / requests;
+    }
+    Ok(run)
 }
 
 /// wrk, new connection per request at c=32, while spoofed SYNs flood the
@@ -313,7 +321,7 @@ fn render(results: &Results) -> String {
         let _ = writeln!(out, "\n== HTTP, {workload} ==");
         let _ = writeln!(
             out,
-            "{:<17} {:>24} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+            "{:<17} {:>24} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}",
             "setup",
             "req/s median (min-max)",
             "x kernel",
@@ -322,6 +330,7 @@ fn render(results: &Results) -> String {
             "p50 us",
             "p99 us",
             "mean xk",
+            "CPU us/req",
             "errors"
         );
         let stat = |name: &str, f: &dyn Fn(&HttpRun) -> f64| {
@@ -337,7 +346,7 @@ fn render(results: &Results) -> String {
             let mean = stat(name, &|r| r.latency_mean_us).unwrap_or(0.0);
             let _ = writeln!(
                 out,
-                "{:<17} {:>24} {:>8} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>8} {:>7}",
+                "{:<17} {:>24} {:>8} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>8} {:>9.1} {:>7}",
                 name,
                 format!("{rps:.0} ({lo:.0}-{hi:.0})"),
                 ratio(rps, base_rps),
@@ -346,6 +355,7 @@ fn render(results: &Results) -> String {
                 stat(name, &|r| r.latency_p50_us).unwrap_or(0.0),
                 stat(name, &|r| r.latency_p99_us).unwrap_or(0.0),
                 ratio(mean, base_mean),
+                stat(name, &|r| r.machine_us_per_request).unwrap_or(0.0),
                 runs.iter().map(|r| r.errors).sum::<u64>(),
             );
         }

@@ -17,6 +17,11 @@ pub enum Setup {
     /// nftables DNAT with `numgen inc mod 3` (kube-proxy's way): the kernel
     /// baseline, standing in for IPVS, which this kernel lacks.
     Nftables,
+    /// The same with a pass-everything XDP program on the LB's veth: on a
+    /// veth any native XDP program makes the kernel copy each packet into
+    /// an XDP buffer and receive it by NAPI, which the kernel path then
+    /// pays too. The baseline for what is pnlb's own cost.
+    NftablesXdpPass,
     /// HAProxy 2.6, `mode tcp`, round-robin.
     Haproxy,
     /// `pnlb run` with this method.
@@ -30,6 +35,7 @@ impl Setup {
         match self {
             Setup::Direct => "direct (floor)".into(),
             Setup::Nftables => "kernel nftables".into(),
+            Setup::NftablesXdpPass => "kernel + XDP_PASS".into(),
             Setup::Haproxy => "haproxy tcp".into(),
             Setup::Pnlb(method) => format!("pnlb {method}"),
             Setup::Ceiling => "xdp_tx ceiling".into(),
@@ -43,6 +49,7 @@ impl Setup {
             Setup::Haproxy => None,
             Setup::Pnlb(_) => Some(Some("pnlb_xdp")),
             Setup::Ceiling => Some(Some("pnlb_xdp_ceiling")),
+            Setup::NftablesXdpPass => Some(Some("pnlb_xdp_pass")),
             Setup::Direct | Setup::Nftables => Some(None),
         }
     }
@@ -57,7 +64,7 @@ impl Setup {
 
     fn servers_route_via(self) -> Gateway {
         match self {
-            Setup::Nftables | Setup::Pnlb("nat") => Gateway::Lb,
+            Setup::Nftables | Setup::NftablesXdpPass | Setup::Pnlb("nat") => Gateway::Lb,
             _ => Gateway::Router,
         }
     }
@@ -69,12 +76,12 @@ impl Setup {
             lb: lab.lb.clone(),
             process: None,
             undo: Vec::new(),
-            ceiling: None,
+            keeper: None,
             decaps: Vec::new(),
         };
         match self {
             Setup::Direct => {}
-            Setup::Nftables => {
+            Setup::Nftables | Setup::NftablesXdpPass => {
                 let rules = lab.dir.join("bench.nft");
                 std::fs::write(&rules, nft_rules(lab)).context("writing nft rules")?;
                 netns::exec(&lab.lb, "nft", &["-f", &rules.display().to_string()])?;
@@ -85,6 +92,16 @@ impl Setup {
                     "ip".into(),
                     "pnlb_bench".into(),
                 ]);
+                if self == Setup::NftablesXdpPass {
+                    running.keeper = Some(hold_in_lb(lab, "XDP_PASS", || {
+                        let pass =
+                            pnlb_dataplane::xdp_pass::XdpPass::load().map_err(|e| e.to_string())?;
+                        let attachment = pass
+                            .attach(pnlb_lab::LB_INTERFACE)
+                            .map_err(|e| e.to_string())?;
+                        Ok(Box::new((pass, attachment)) as Held)
+                    })?);
+                }
             }
             Setup::Haproxy => {
                 // HAProxy terminates connections, so the VIP must be local.
@@ -113,7 +130,7 @@ impl Setup {
                 let _ = &mut process;
                 running.process = Some(process);
             }
-            Setup::Ceiling => running.ceiling = Some(start_ceiling(lab)?),
+            Setup::Ceiling => running.keeper = Some(start_ceiling(lab)?),
             Setup::Pnlb(method) => {
                 if method == "snat" {
                     for address in EXTRA_SNAT_ADDRESSES {
@@ -146,58 +163,67 @@ pub struct Running {
     lb: String,
     process: Option<LabProcess>,
     undo: Vec<Vec<String>>,
-    /// The ceiling program's keeper thread: told to stop, it detaches.
-    ceiling: Option<(std::sync::mpsc::Sender<()>, CeilingKeeper)>,
+    /// The thread holding an XDP program (the ceiling, XDP_PASS) attached
+    /// in the LB namespace: told to stop, it detaches.
+    keeper: Option<(std::sync::mpsc::Sender<()>, Keeper)>,
     /// tun: `pnlb decap` on every server.
     decaps: Vec<LabProcess>,
 }
 
-/// Loads and attaches the ceiling on the LB's interface, from a thread
-/// inside the LB namespace that holds the attachment until told to stop.
-fn start_ceiling(lab: &Lab) -> Result<(std::sync::mpsc::Sender<()>, CeilingKeeper)> {
+/// Whatever a keeper holds attached (a program and its attachment).
+type Held = Box<dyn std::any::Any>;
+
+/// Loads and attaches the ceiling on the LB's interface.
+fn start_ceiling(lab: &Lab) -> Result<(std::sync::mpsc::Sender<()>, Keeper)> {
     use pnlb_dataplane::nexthop::{KernelResolver, Resolver};
     let server = lab.servers[0].ipv4;
+    hold_in_lb(lab, "xdp_tx ceiling", move || {
+        let hop = KernelResolver::default()
+            .resolve(&[IpAddr::V4(server)])
+            .remove(&IpAddr::V4(server))
+            .unwrap_or_else(|| Err("not resolved".into()))?;
+        let ceiling = pnlb_dataplane::xdp_ceiling::XdpCeiling::load().map_err(|e| e.to_string())?;
+        ceiling
+            .configure(VIP4, hop.mac, hop.src_mac)
+            .map_err(|e| e.to_string())?;
+        let attachment = ceiling
+            .attach(pnlb_lab::LB_INTERFACE)
+            .map_err(|e| e.to_string())?;
+        Ok(Box::new((ceiling, attachment)) as Held)
+    })
+}
+
+/// Runs `attach` on a thread inside the LB namespace, which holds what it
+/// attached until told to stop.
+fn hold_in_lb(
+    lab: &Lab,
+    what: &'static str,
+    attach: impl FnOnce() -> Result<Held, String> + Send + 'static,
+) -> Result<(std::sync::mpsc::Sender<()>, Keeper)> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let (ready, started) = std::sync::mpsc::channel::<Result<(), String>>();
-    let keeper = netns::spawn_in_netns(&lab.lb, move || {
-        let attached = (|| -> Result<_, String> {
-            let hop = KernelResolver::default()
-                .resolve(&[IpAddr::V4(server)])
-                .remove(&IpAddr::V4(server))
-                .unwrap_or_else(|| Err("not resolved".into()))?;
-            let ceiling =
-                pnlb_dataplane::xdp_ceiling::XdpCeiling::load().map_err(|e| e.to_string())?;
-            ceiling
-                .configure(VIP4, hop.mac, hop.src_mac)
-                .map_err(|e| e.to_string())?;
-            let attachment = ceiling
-                .attach(pnlb_lab::LB_INTERFACE)
-                .map_err(|e| e.to_string())?;
-            Ok((ceiling, attachment))
-        })();
-        match attached {
-            Err(err) => {
-                let _ = ready.send(Err(err));
-            }
-            Ok(held) => {
-                let _ = ready.send(Ok(()));
-                let _ = stopped.recv();
-                drop(held);
-            }
+    let keeper = netns::spawn_in_netns(&lab.lb, move || match attach() {
+        Err(err) => {
+            let _ = ready.send(Err(err));
+        }
+        Ok(held) => {
+            let _ = ready.send(Ok(()));
+            let _ = stopped.recv();
+            drop(held);
         }
     })?;
     started
         .recv()
-        .context("the ceiling thread ended")?
-        .map_err(|err| anyhow::anyhow!("xdp_tx ceiling: {err}"))?;
+        .context("the keeper thread ended")?
+        .map_err(|err| anyhow::anyhow!("{what}: {err}"))?;
     Ok((stop, keeper))
 }
 
-type CeilingKeeper = std::thread::JoinHandle<Result<(), pnlb_lab::LabError>>;
+type Keeper = std::thread::JoinHandle<Result<(), pnlb_lab::LabError>>;
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some((stop, keeper)) = self.ceiling.take() {
+        if let Some((stop, keeper)) = self.keeper.take() {
             let _ = stop.send(());
             let _ = keeper.join();
         }

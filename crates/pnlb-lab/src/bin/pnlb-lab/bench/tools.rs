@@ -12,6 +12,9 @@ pub struct HttpRun {
     pub latency_p99_us: f64,
     /// Socket errors and non-2xx/3xx responses.
     pub errors: u64,
+    /// Busy CPU time of the whole machine (both cores: client, router, LB,
+    /// servers) per request, from /proc/stat.
+    pub machine_us_per_request: f64,
 }
 
 /// A wrk latency like "123.45us", "1.23ms", "2.00s" in microseconds.
