@@ -120,47 +120,58 @@ impl Walk {
 /// (count + N) / W (W the sum of weights) is listed — at least `count` of
 /// them, at most count + N — bucketed by floor(k W / w_i), which keeps time
 /// order across buckets, and each bucket is sorted exactly.
-fn turn_order(weights: &[u64], count: usize) -> Vec<usize> {
+fn turn_order(weights: &[u64], count: usize) -> impl Iterator<Item = usize> {
     let total: u128 = weights.iter().map(|w| u128::from(*w)).sum();
     let horizon = (count + weights.len()) as u128;
-    // Turns are (k, backend); bucket = floor(k * W / w).
-    let mut turns: Vec<(u64, u32)> = Vec::with_capacity(count + weights.len());
-    let mut bucket_of = Vec::with_capacity(count + weights.len());
-    for (i, w) in weights.iter().enumerate() {
-        let w = u128::from(*w);
+    // Backend i's turns k = 1..=due_by[i], bucketed by floor(k * W / w_i),
+    // computed by steps of W / w_i with the remainder carried (no division
+    // per turn). Two walks over them: count per bucket, then place. Nothing
+    // per turn is stored but its place (small arrays: in a VM, touching
+    // fresh memory costs more than the arithmetic).
+    let walk_buckets = |i: usize, visit: &mut dyn FnMut(u32, usize)| {
+        let w = u128::from(weights[i]);
         let due_by = horizon * w / total;
+        let (step, carry) = (total / w, total % w);
+        let (mut bucket, mut remainder) = (0u128, 0u128);
         for k in 1..=due_by {
-            turns.push((k as u64, i as u32));
-            bucket_of.push((k * total / w) as usize);
+            bucket += step;
+            remainder += carry;
+            if remainder >= w {
+                bucket += 1;
+                remainder -= w;
+            }
+            visit(k as u32, bucket as usize);
         }
+    };
+    // A bucket is at most floor(due_by * W / w) <= horizon.
+    let mut starts = vec![0u32; horizon as usize + 2];
+    for i in 0..weights.len() {
+        walk_buckets(i, &mut |_, bucket| starts[bucket + 1] += 1);
     }
-    // A counting sort by bucket (stable), then each bucket by exact time.
-    let buckets = bucket_of.iter().max().map_or(0, |b| b + 1);
-    let mut starts = vec![0usize; buckets + 1];
-    for b in &bucket_of {
-        starts[b + 1] += 1;
+    for b in 1..starts.len() {
+        starts[b] += starts[b - 1];
     }
-    for b in 0..buckets {
-        starts[b + 1] += starts[b];
-    }
-    let mut sorted = vec![(0u64, 0u32); turns.len()];
+    let listed = starts.last().copied().unwrap_or(0) as usize;
+    let mut sorted = vec![(0u32, 0u32); listed];
     let mut next = starts.clone();
-    for (turn, b) in turns.iter().zip(&bucket_of) {
-        sorted[next[*b]] = *turn;
-        next[*b] += 1;
-    }
-    let due = |(k, i): &(u64, u32)| (u128::from(*k), u128::from(weights[*i as usize]));
-    for b in 0..buckets {
-        sorted[starts[b]..starts[b + 1]].sort_unstable_by(|x, y| {
-            let ((kx, wx), (ky, wy)) = (due(x), due(y));
-            (kx * wy).cmp(&(ky * wx)).then(x.1.cmp(&y.1))
+    for i in 0..weights.len() {
+        walk_buckets(i, &mut |k, bucket| {
+            sorted[next[bucket] as usize] = (k, i as u32);
+            next[bucket] += 1;
         });
     }
-    sorted
-        .into_iter()
-        .take(count)
-        .map(|(_, i)| i as usize)
-        .collect()
+    let due = |(k, i): &(u32, u32)| (u128::from(*k), u128::from(weights[*i as usize]));
+    for window in starts.windows(2) {
+        let bucket = &mut sorted[window[0] as usize..window[1] as usize];
+        if bucket.len() > 1 {
+            bucket.sort_unstable_by(|x, y| {
+                let ((kx, wx), (ky, wy)) = (due(x), due(y));
+                (kx * wy).cmp(&(ky * wx)).then(x.1.cmp(&y.1))
+            });
+        }
+    }
+    sorted.truncate(count);
+    sorted.into_iter().map(|(_, i)| i as usize)
 }
 
 #[cfg(test)]
@@ -350,7 +361,8 @@ mod tests {
                     i
                 })
                 .collect();
-            assert_eq!(turn_order(&weights, count), reference, "{weights:?}");
+            let order: Vec<usize> = turn_order(&weights, count).collect();
+            assert_eq!(order, reference, "{weights:?}");
         }
     }
 }
