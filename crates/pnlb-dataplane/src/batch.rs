@@ -148,18 +148,27 @@ impl Entries<'_> {
     }
 }
 
-impl Iterator for Entries<'_> {
-    type Item = (Vec<u8>, Vec<u8>);
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl Entries<'_> {
+    /// The next entry, borrowed from the batch (no copy: a sweep of a
+    /// million entries would otherwise allocate two million buffers).
+    pub(crate) fn next_borrowed(&mut self) -> Option<(&[u8], &[u8])> {
         if self.at >= self.filled && !self.fetch() {
             return None;
         }
         let i = self.at;
         self.at += 1;
         Some((
-            self.keys[i * self.key_size..(i + 1) * self.key_size].to_vec(),
-            self.values[i * self.value_size..(i + 1) * self.value_size].to_vec(),
+            &self.keys[i * self.key_size..(i + 1) * self.key_size],
+            &self.values[i * self.value_size..(i + 1) * self.value_size],
         ))
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = (Vec<u8>, Vec<u8>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_borrowed()
+            .map(|(key, value)| (key.to_vec(), value.to_vec()))
     }
 }

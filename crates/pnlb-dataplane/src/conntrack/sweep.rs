@@ -289,12 +289,11 @@ impl Sweeper {
         // more than a comparison (a lookup of the other direction, a
         // re-check, the deletes).
         while !(seen >= budget && entries.at_batch_end()) {
-            let Some((key, value)) = entries.next() else {
+            let Some((key, value)) = entries.next_borrowed() else {
                 break;
             };
             seen += 1;
-            let (Some(conn), Some(flow)) =
-                (from_bytes::<Conn>(&value), from_bytes::<FlowKey>(&key))
+            let (Some(conn), Some(flow)) = (from_bytes::<Conn>(value), from_bytes::<FlowKey>(key))
             else {
                 continue;
             };
@@ -320,7 +319,7 @@ impl Sweeper {
                 .last_seen_ns
                 .max(peer_conn.map_or(0, |p| p.last_seen_ns));
             // Still idle now? A packet may have arrived since the dump.
-            let fresh = read(&key)?;
+            let fresh = read(bytes_of(&flow))?;
             if !expired_at(&conn, last_seen)
                 || fresh.is_some_and(|f| !expired_at(&f, f.last_seen_ns.max(last_seen)))
             {
@@ -334,7 +333,7 @@ impl Sweeper {
                     walk.removed += 1;
                 }
             }
-            if map.delete(&key).is_ok() {
+            if map.delete(bytes_of(&flow)).is_ok() {
                 walk.removed += 1;
                 if is_original(&conn) {
                     report.ended.push(flow);
