@@ -11,7 +11,7 @@ use libbpf_rs::{OpenObject, Xdp, XdpFlags};
 use pnlb_core::config::XdpMode;
 
 use crate::abi::MetaSlot;
-use crate::conntrack::{ConnTables, SweepTally, Sweeper};
+use crate::conntrack::{SweepTally, Sweeper};
 use crate::skel::{LbMaps, LbSkel, LbSkelBuilder};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +51,8 @@ pub struct Dataplane {
     /// Whether it took over maps a previous process left pinned.
     adopted: bool,
     pub(crate) tally: Arc<SweepTally>,
-    pub(crate) conns: ConnTables,
-    /// The sweeper tests and tools run on the loader's thread.
+    /// The sweeper tests and tools run on the loader's thread; its handle
+    /// on the connection tables is the data plane's too.
     pub(crate) sweeper: Sweeper,
 }
 
@@ -177,11 +177,9 @@ impl Dataplane {
             },
             _ => DataplaneError::Load(err),
         })?;
-        let conns = ConnTables::open(&skel.maps)?;
         let tally = Arc::new(SweepTally::default());
         let sweeper = Sweeper::open(&skel.maps, tally.clone())?;
         let dataplane = Self {
-            conns,
             sweeper,
             skel,
             tables,

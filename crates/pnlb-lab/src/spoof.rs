@@ -50,6 +50,22 @@ pub struct Flood {
 pub const WALK_PORTS: u64 = 60_000;
 
 impl Flood {
+    /// `flows` distinct UDP flows to `target`, walking source ports and
+    /// addresses from `first`, two datagrams each (a flow is established by
+    /// its second), at a rate the lab's veths carry without dropping many.
+    pub fn udp_flows(first: Ipv4Addr, target: SocketAddrV4, flows: u64) -> Self {
+        Self {
+            kind: Kind::Udp,
+            source: first,
+            target,
+            count: flows * 2,
+            limit: Duration::from_secs(120),
+            rate: 60_000,
+            seed: 1,
+            repeat_each: 2,
+        }
+    }
+
     /// The source address and port of packet `n`; `random` for random ports.
     fn source_of(&self, n: u64, random: u32) -> (Ipv4Addr, u16) {
         if self.repeat_each == 0 {

@@ -49,21 +49,7 @@ fn pair_config(lab: &Lab, method: &str, node: u8, priority: u8) -> std::path::Pa
             "snat_addresses = [\"fd77:1::2\"]",
             "snat_addresses = [\"fd77:1::254\"]",
         );
-    let key = lab.dir.join("ha.key");
-    std::fs::write(&key, "lab-shared-secret-0123456789abcdef\n").unwrap();
-    let text = lab.ha_config(&format!("{base}\n{bulk_services}"), node, priority, &key);
-    let path = lab.dir.join(format!("pnlb-node{node}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn start_node(ns: &str, config: &std::path::Path) -> LabProcess {
-    let config = config.display().to_string();
-    let mut node =
-        LabProcess::spawn(ns, "pnlb run (ha)", PNLB, &["run", "--config", &config]).expect("spawn");
-    node.wait_for_line("standing by", Duration::from_secs(30))
-        .expect("started");
-    node
+    write_ha_config(lab, &format!("{base}\n{bulk_services}"), node, priority)
 }
 
 /// A 1 GiB download through the VIP's bulk service, checked byte for byte.
@@ -183,11 +169,11 @@ fn failover_keeps_transfers_going(method: &str) {
     let lb2 = lab.lb2.clone().unwrap();
     let config1 = pair_config(&lab, method, 1, 150);
     let config2 = pair_config(&lab, method, 2, 100);
-    let mut node1 = start_node(&lab.lb, &config1);
+    let mut node1 = start_ha_node(&lab.lb, &config1);
     node1
         .wait_for_line("ha: MASTER", Duration::from_secs(10))
         .expect("node 1 elected");
-    let node2 = start_node(&lb2, &config2);
+    let node2 = start_ha_node(&lb2, &config2);
     std::thread::sleep(Duration::from_millis(600));
     assert!(
         !node2.output().iter().any(|l| l.contains("ha: MASTER")),
@@ -264,7 +250,7 @@ fn failover_keeps_transfers_going(method: &str) {
     .unwrap();
 
     // 2. Node 1 returns and preempts node 2 after its delay.
-    let node1 = start_node(&lab.lb, &config1);
+    let node1 = start_ha_node(&lab.lb, &config1);
     let preempted = through(
         &lab,
         &format!("{method}: node 1 returns and preempts"),

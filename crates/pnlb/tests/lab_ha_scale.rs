@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use pnlb_lab::spoof::{self, Flood, Kind};
+use pnlb_lab::spoof::{self, Flood};
 use pnlb_lab::{Lab, LabProcess, LabSpec, LB2_4, VIP4};
 use support::*;
 
@@ -25,40 +25,14 @@ fn node_config(lab: &Lab, node: u8, priority: u8) -> std::path::PathBuf {
         "\nconn_table_size = 2097152\n",
         1,
     );
-    let key = lab.dir.join("ha.key");
-    std::fs::write(&key, "lab-shared-secret-0123456789abcdef\n").unwrap();
-    let path = lab.dir.join(format!("pnlb-node{node}.toml"));
-    std::fs::write(&path, lab.ha_config(&base, node, priority, &key)).unwrap();
-    path
-}
-
-fn start(ns: &str, config: &std::path::Path) -> LabProcess {
-    let config = config.display().to_string();
-    let mut node =
-        LabProcess::spawn(ns, "pnlb run (ha)", PNLB, &["run", "--config", &config]).expect("spawn");
-    node.wait_for_line("standing by", Duration::from_secs(30))
-        .expect("started");
-    node
+    write_ha_config(lab, &base, node, priority)
 }
 
 /// `count` UDP flows to the VIP, two datagrams each (established on the
 /// second), walking source ports and addresses from `first`.
 fn flows(lab: &Lab, first: Ipv4Addr, count: u64) -> spoof::Sent {
-    spoof::send(
-        &lab.client,
-        Flood {
-            kind: Kind::Udp,
-            source: first,
-            target: SocketAddrV4::new(VIP4, PORT),
-            count: count * 2,
-            limit: Duration::from_secs(120),
-            // What the lab's veths carry without dropping many.
-            rate: 60_000,
-            seed: 1,
-            repeat_each: 2,
-        },
-    )
-    .expect("flows sent")
+    let flood = Flood::udp_flows(first, SocketAddrV4::new(VIP4, PORT), count);
+    spoof::send(&lab.client, flood).expect("flows sent")
 }
 
 /// The node's status through its API (127.0.0.1:9180 in its namespace).
@@ -83,11 +57,13 @@ fn entries(ns: &str) -> u64 {
     status(ns)["connections"]["entries"].as_u64().unwrap_or(0)
 }
 
-/// The node's table entries once two sweeps (5 s apart) agree.
+/// The node's table entries once two readings two expiry passes apart
+/// agree (a pass spans its 5 s period, so readings closer than two passes
+/// can both come from the same one).
 fn settled_entries(ns: &str) -> u64 {
     let mut last = entries(ns);
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(5500));
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_secs(12));
         let now = entries(ns);
         if now == last && now > 0 {
             return now;
@@ -209,7 +185,7 @@ fn half_a_million_flows_reach_the_backup_through_a_lossy_link_before_it_takes_ov
     .expect("lab");
     lab.route_servers_via(pnlb_lab::Gateway::Floating).unwrap();
     let lb2 = lab.lb2.clone().unwrap();
-    let mut node1 = start(&lab.lb, &node_config(&lab, 1, 150));
+    let mut node1 = start_ha_node(&lab.lb, &node_config(&lab, 1, 150));
     node1
         .wait_for_line("ha: MASTER", Duration::from_secs(10))
         .expect("node 1 elected");
@@ -261,7 +237,7 @@ fn half_a_million_flows_reach_the_backup_through_a_lossy_link_before_it_takes_ov
     // 3. The backup starts behind a lossy link and fetches the table.
     lossy_sync_link(&lb2);
     let started = Instant::now();
-    let mut node2 = start(&lb2, &node_config(&lab, 2, 100));
+    let mut node2 = start_ha_node(&lb2, &node_config(&lab, 2, 100));
     let received = wait_for_log(&node2, "full table received", Duration::from_secs(120));
     let dumped = wait_for_log(&node1, "sent full dump", Duration::from_secs(5));
     eprintln!(
@@ -280,7 +256,7 @@ fn half_a_million_flows_reach_the_backup_through_a_lossy_link_before_it_takes_ov
     // asked for again.
     let later = flows(&lab, Ipv4Addr::new(10, 77, 0, 200), LATER_FLOWS);
     let on_master = settled_entries(&lab.lb);
-    let on_backup = wait_for_entries(&lb2, on_master, Duration::from_secs(15));
+    let on_backup = wait_for_entries(&lb2, on_master, Duration::from_secs(30));
     let (udp, tcp) = dropped_on_the_way(&lb2);
     let repairs: Vec<String> = node2
         .output()

@@ -208,12 +208,7 @@ fn restart_keeps_every_flow(mut lab: Lab, nat: bool, targets: &[(&str, SocketAdd
     // `pnlb down` removes it: XDP detached.
     let (status, _) = daemon.stop(Duration::from_secs(10));
     assert!(status.is_some_and(|s| s.success()));
-    let pin_dir = lab.bpffs().unwrap();
-    let down = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.lb, PNLB, "down", "--pin-dir"])
-        .arg(&pin_dir)
-        .output()
-        .expect("pnlb down");
+    let down = pnlb_down(&mut lab);
     let said = String::from_utf8_lossy(&down.stdout).trim().to_string();
     println!("pnlb down: {said}");
     assert!(
@@ -307,9 +302,15 @@ fn a_data_plane_left_unattended_past_its_limit_refuses_new_flows_only() {
     assert!(counted > 0, "the refusals are counted");
     assert_eq!(still_answering(&mut idle), IDLE);
     drop(daemon);
-    let pin_dir = lab.bpffs().unwrap();
-    let _ = std::process::Command::new("ip")
+    pnlb_down(&mut lab);
+}
+
+/// `pnlb down` of the lab's pinned data plane.
+fn pnlb_down(lab: &mut Lab) -> std::process::Output {
+    let pin_dir = lab.bpffs().expect("the lab's bpffs");
+    std::process::Command::new("ip")
         .args(["netns", "exec", &lab.lb, PNLB, "down", "--pin-dir"])
         .arg(&pin_dir)
-        .output();
+        .output()
+        .expect("pnlb down")
 }

@@ -95,12 +95,12 @@ pub(crate) fn is_established(conn: &Conn) -> bool {
 
 impl Dataplane {
     pub(crate) fn conn_map(&self, table: Table) -> &dyn MapCore {
-        self.conns.map(table)
+        self.sweeper.conns.map(table)
     }
 
     /// The entry under `key` in `table`, if any.
     pub fn lookup_in(&self, table: Table, key: &FlowKey) -> Option<Conn> {
-        self.conns.lookup_in(table, key)
+        self.sweeper.conns.lookup_in(table, key)
     }
 
     /// The entry under `key` in whichever table holds it.
@@ -110,7 +110,7 @@ impl Dataplane {
 
     /// The entry under `key` and the table that holds it.
     pub fn find_connection(&self, key: &FlowKey) -> Option<(Table, Conn)> {
-        self.conns.find(key)
+        self.sweeper.conns.find(key)
     }
 
     /// Removes the one entry under `key` from `table`, as the new-flow

@@ -13,7 +13,7 @@ use crate::skel::LbMaps;
 impl Dataplane {
     /// The connection tables (flows in and out for failover sync).
     pub fn conns(&self) -> &ConnTables {
-        &self.conns
+        &self.sweeper.conns
     }
 
     /// A handle on the connection tables for another thread.

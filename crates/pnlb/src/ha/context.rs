@@ -51,17 +51,8 @@ impl SyncContext {
     }
 
     /// A message from this node.
-    pub fn message(&self, kind: Kind, sequence: u64, flows: Vec<SyncedFlow>) -> Message {
-        Message {
-            kind,
-            group: self.group,
-            sender: self.me,
-            sequence,
-            dump: 0,
-            count: 0,
-            serial: 0,
-            flows,
-        }
+    pub fn message(&self, kind: Kind, flows: Vec<SyncedFlow>) -> Message {
+        Message::new(kind, self.group, self.me, flows)
     }
 
     /// Whether `message` is for this group and from one of its peers.

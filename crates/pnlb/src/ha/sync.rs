@@ -143,6 +143,21 @@ impl ByteOrder for [u8] {
 }
 
 impl Message {
+    /// A message of `kind` from `sender`, outside any dump, serial or
+    /// sequence yet (the sender numbers it when it goes).
+    pub fn new(kind: Kind, group: u8, sender: IpAddr, flows: Vec<SyncedFlow>) -> Self {
+        Self {
+            kind,
+            group,
+            sender,
+            sequence: 0,
+            dump: 0,
+            count: 0,
+            serial: 0,
+            flows,
+        }
+    }
+
     pub fn emit(&self, key: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + self.flows.len() * ENTRY + MAC);
         out.extend_from_slice(MAGIC);
@@ -307,16 +322,7 @@ mod tests {
 
     #[test]
     fn another_version_is_refused_by_its_number() {
-        let message = Message {
-            kind: Kind::Request,
-            group: 7,
-            sender: "10.77.1.3".parse().unwrap(),
-            sequence: 1,
-            dump: 0,
-            count: 0,
-            serial: 0,
-            flows: Vec::new(),
-        };
+        let message = Message::new(Kind::Request, 7, "10.77.1.3".parse().unwrap(), Vec::new());
         let mut bytes = message.emit(b"key");
         for old in [1, 2] {
             bytes[4] = old;
@@ -329,16 +335,12 @@ mod tests {
 
     #[test]
     fn a_wrong_key_or_a_cut_message_is_refused() {
-        let message = Message {
-            kind: Kind::Request,
-            group: 7,
-            sender: "10.77.1.3".parse().unwrap(),
-            sequence: 1,
-            dump: 0,
-            count: 0,
-            serial: 0,
-            flows: vec![flow(1)],
-        };
+        let message = Message::new(
+            Kind::Request,
+            7,
+            "10.77.1.3".parse().unwrap(),
+            vec![flow(1)],
+        );
         let bytes = message.emit(b"key");
         assert_eq!(
             Message::parse(&bytes, b"other").unwrap_err(),

@@ -116,12 +116,12 @@ fn answer(
     let mut out = BufWriter::with_capacity(1 << 16, &stream);
     let mut sent = 0usize;
     for chunk in flows.chunks(PER_FRAME) {
-        let mut frame = context.message(Kind::Flows, 0, context.named(chunk));
+        let mut frame = context.message(Kind::Flows, context.named(chunk));
         frame.dump = request.dump;
         sent += frame.flows.len();
         write_frame(&mut out, &frame, &context.key)?;
     }
-    let mut end = context.message(Kind::End, 0, Vec::new());
+    let mut end = context.message(Kind::End, Vec::new());
     end.dump = request.dump;
     end.count = u32::try_from(sent).unwrap_or(u32::MAX);
     write_frame(&mut out, &end, &context.key)?;
@@ -169,7 +169,7 @@ pub fn fetch(context: &SyncContext) -> Result<Fetched> {
         };
         stream.set_read_timeout(Some(FRAME_TIMEOUT))?;
         stream.set_write_timeout(Some(FRAME_TIMEOUT))?;
-        let mut request = context.message(Kind::Request, 0, Vec::new());
+        let mut request = context.message(Kind::Request, Vec::new());
         request.dump = dump;
         write_frame(&mut &stream, &request, &context.key)?;
         if let Some(fetched) = receive(context, &stream, *peer, dump)? {
@@ -232,14 +232,9 @@ mod tests {
     #[test]
     fn frames_round_trip_and_oversized_or_cut_ones_are_refused() {
         let message = Message {
-            kind: Kind::End,
-            group: 1,
-            sender: "10.77.1.2".parse().unwrap(),
-            sequence: 0,
             dump: 9,
             count: 3,
-            serial: 0,
-            flows: Vec::new(),
+            ..Message::new(Kind::End, 1, "10.77.1.2".parse().unwrap(), Vec::new())
         };
         let mut bytes = Vec::new();
         write_frame(&mut bytes, &message, b"key").unwrap();

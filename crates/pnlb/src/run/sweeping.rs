@@ -10,12 +10,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pnlb_core::config::Timeouts;
-use pnlb_dataplane::conntrack::{monotonic_ns, SweepReport, Sweeper};
+use pnlb_dataplane::conntrack::{monotonic_ns, SweepPass, SweepReport, Sweeper};
 
 /// How often idle connections are expired (timeouts hold to within this).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -48,48 +48,7 @@ impl Sweeping {
         let (sender, reports) = mpsc::channel();
         let thread = {
             let (stop, timeouts) = (stop.clone(), timeouts.clone());
-            std::thread::spawn(move || {
-                let steps = (SWEEP_EVERY.as_millis() / STEP.as_millis()).max(1) as usize;
-                let (mut pass, mut began, mut step_size) = (None, Instant::now(), MIN_STEP);
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(STEP);
-                    if pass.is_none() {
-                        if began.elapsed() < SWEEP_EVERY {
-                            continue;
-                        }
-                        began = Instant::now();
-                        match sweeper.begin_pass() {
-                            Ok(started) => {
-                                // The pass in as many steps as a period has.
-                                step_size = (started.expected_entries() / steps).max(MIN_STEP);
-                                pass = Some(started);
-                            }
-                            Err(err) => {
-                                if sender.send(Err(err.to_string())).is_err() {
-                                    return;
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                    let Some(current) = pass.as_mut() else {
-                        continue;
-                    };
-                    let timeouts = match timeouts.lock() {
-                        Ok(timeouts) => *timeouts,
-                        Err(poisoned) => *poisoned.into_inner(),
-                    };
-                    let result = match sweeper.step(current, &timeouts, monotonic_ns(), step_size) {
-                        Ok(None) => continue,
-                        Ok(Some(report)) => Ok(report),
-                        Err(err) => Err(err.to_string()),
-                    };
-                    pass = None;
-                    if sender.send(result).is_err() {
-                        return;
-                    }
-                }
-            })
+            std::thread::spawn(move || sweep_in_steps(&sweeper, &stop, &timeouts, &sender))
         };
         Self {
             stop,
@@ -103,6 +62,48 @@ impl Sweeping {
     pub fn set_timeouts(&self, timeouts: &Timeouts) {
         if let Ok(mut current) = self.timeouts.lock() {
             *current = *timeouts;
+        }
+    }
+}
+
+/// A pass every SWEEP_EVERY, walked a step every STEP, each report sent
+/// on; until `stop` or the daemon stops listening.
+fn sweep_in_steps(
+    sweeper: &Sweeper,
+    stop: &AtomicBool,
+    timeouts: &Mutex<Timeouts>,
+    reports: &mpsc::Sender<Result<SweepReport, String>>,
+) {
+    let steps = (SWEEP_EVERY.as_millis() / STEP.as_millis()).max(1) as usize;
+    let mut began = Instant::now();
+    let mut pass: Option<SweepPass> = None;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(STEP);
+        if pass.is_none() && began.elapsed() >= SWEEP_EVERY {
+            began = Instant::now();
+            match sweeper.begin_pass() {
+                Ok(started) => pass = Some(started),
+                Err(err) => {
+                    if reports.send(Err(err.to_string())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let Some(current) = pass.as_mut() else {
+            continue;
+        };
+        // The pass in as many steps as a period has.
+        let step = (current.expected_entries() / steps).max(MIN_STEP);
+        let timeouts = *timeouts.lock().unwrap_or_else(PoisonError::into_inner);
+        let done = match sweeper.step(current, &timeouts, monotonic_ns(), step) {
+            Ok(None) => continue,
+            Ok(Some(report)) => Ok(report),
+            Err(err) => Err(err.to_string()),
+        };
+        pass = None;
+        if reports.send(done).is_err() {
+            return;
         }
     }
 }

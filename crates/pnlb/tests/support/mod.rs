@@ -260,3 +260,24 @@ pub fn udp_connected(to: SocketAddr, timeout: Duration) -> std::net::UdpSocket {
         .expect("read timeout");
     socket
 }
+
+/// Node `node`'s config of a failover pair (the lab's shared key), written
+/// next to the lab's other files.
+pub fn write_ha_config(lab: &Lab, base: &str, node: u8, priority: u8) -> PathBuf {
+    let key = lab.dir.join("ha.key");
+    std::fs::write(&key, "lab-shared-secret-0123456789abcdef\n").unwrap();
+    let path = lab.dir.join(format!("pnlb-node{node}.toml"));
+    std::fs::write(&path, lab.ha_config(base, node, priority, &key)).unwrap();
+    path
+}
+
+/// `pnlb run` of a failover node in `ns`, once it stands by.
+pub fn start_ha_node(ns: &str, config: &std::path::Path) -> pnlb_lab::LabProcess {
+    let config = config.display().to_string();
+    let mut node =
+        pnlb_lab::LabProcess::spawn(ns, "pnlb run (ha)", PNLB, &["run", "--config", &config])
+            .expect("spawn");
+    node.wait_for_line("standing by", Duration::from_secs(30))
+        .expect("started");
+    node
+}

@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pnlb_lab::spoof::{self, Flood, Kind};
+use pnlb_lab::spoof::{self, Flood};
 use pnlb_lab::{Lab, VIP4};
 
 const PORT: u16 = 9000;
@@ -46,7 +46,7 @@ pub fn measure(lab: &Lab, binary: &str) -> Result<Vec<DaemonCpu>> {
         std::thread::sleep(WINDOW);
         let ticks = cpu_ticks(daemon.pid())? - before;
         let elapsed = started.elapsed().as_secs_f64();
-        let cpu_ms_per_s = ticks as f64 * 1000.0 / clock_ticks() / elapsed;
+        let cpu_ms_per_s = ticks as f64 * 1000.0 / super::tools::clock_ticks() as f64 / elapsed;
         println!("  {flows} flows: the daemon used {cpu_ms_per_s:.1} ms of CPU per second");
         results.push(DaemonCpu {
             flows,
@@ -61,19 +61,8 @@ fn generate(lab: &Lab, from: u64, count: u64) -> Result<()> {
     // Flows are numbered across calls: each call starts at its own source
     // address (WALK_PORTS flows per address).
     let first = u32::from(Ipv4Addr::new(10, 77, 0, 100)) + (from / spoof::WALK_PORTS) as u32;
-    spoof::send(
-        &lab.client,
-        Flood {
-            kind: Kind::Udp,
-            source: Ipv4Addr::from(first),
-            target: SocketAddrV4::new(VIP4, PORT),
-            count: count * 2,
-            limit: Duration::from_secs(120),
-            rate: 60_000,
-            seed: 1,
-            repeat_each: 2,
-        },
-    )?;
+    let flood = Flood::udp_flows(Ipv4Addr::from(first), SocketAddrV4::new(VIP4, PORT), count);
+    spoof::send(&lab.client, flood)?;
     Ok(())
 }
 
@@ -85,16 +74,6 @@ fn cpu_ticks(pid: i32) -> Result<u64> {
     let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let field = |n: usize| -> u64 { fields.get(n).and_then(|f| f.parse().ok()).unwrap_or(0) };
-    // utime and stime are fields 14 and 15 of stat; 12 and 13 after ')'.
+    // utime and stime: fields 14 and 15 of stat, the 12th and 13th after ')'.
     Ok(field(11) + field(12))
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
 }

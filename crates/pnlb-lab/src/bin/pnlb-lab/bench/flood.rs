@@ -49,9 +49,7 @@ pub fn busy_ns() -> u64 {
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, v)| v)
         .sum();
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    busy * 1_000_000_000 / ticks
+    busy * 1_000_000_000 / super::tools::clock_ticks()
 }
 
 fn delivered(lab: &Lab) -> Result<u64> {

@@ -17,6 +17,12 @@ pub struct HttpRun {
     pub machine_us_per_request: f64,
 }
 
+/// Clock ticks per second, the unit of /proc's CPU times.
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
+}
+
 /// A wrk latency like "123.45us", "1.23ms", "2.00s" in microseconds.
 fn micros(text: &str) -> Option<f64> {
     let split = text.find(|c: char| c.is_ascii_alphabetic())?;
