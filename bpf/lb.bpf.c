@@ -291,12 +291,39 @@ static __always_inline int pnlb_process(struct xdp_md *ctx)
 	return pnlb_forward_to_backend(ctx, svc->id, &pkt, backend, backend_id, new_flow);
 }
 
+#ifdef PNLB_UPGRADE_VARIANT
+/* Built only into the upgrade test's binary (the `upgrade-variant` feature;
+ * crates/pnlb/tests/lab_restart.rs): a program from other sources, with a
+ * map the release build lacks, that must take over a running data plane
+ * without losing a flow, and hand it back. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} pnlb_variant_packets SEC(".maps");
+
+static __always_inline void pnlb_variant_count(void)
+{
+	__u32 zero = 0;
+	__u64 *packets = bpf_map_lookup_elem(&pnlb_variant_packets, &zero);
+
+	if (packets)
+		*packets += 1;
+}
+#else
+static __always_inline void pnlb_variant_count(void)
+{
+}
+#endif
+
 SEC("xdp")
 int pnlb_xdp(struct xdp_md *ctx)
 {
 	int qinq, ingress, ret, verdict;
 	__u32 tci, vid;
 
+	pnlb_variant_count();
 	ingress = pnlb_vlan_pop(ctx, &qinq);
 	if (ingress < 0)
 		return pnlb_pass(qinq ? PNLB_PASS_QINQ : PNLB_PASS_NOT_IP);

@@ -8,6 +8,13 @@ scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+# The upgrade test's second pnlb, its XDP program built from other sources
+# (crates/pnlb/tests/lab_restart.rs): built first, and copied aside, as cargo
+# test then links the release build's pnlb in its place.
+target="${CARGO_TARGET_DIR:-target}"
+cargo build --quiet -p pnlb --bin pnlb --features upgrade-variant
+cp "$target/debug/pnlb" "$target/debug/pnlb-upgrade-variant"
+
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0

@@ -19,10 +19,16 @@ fn main() {
     for name in PROGRAMS {
         let source = bpf_dir.join(format!("{name}.bpf.c"));
         let skeleton = out_dir.join(format!("{name}.skel.rs"));
+        let mut defines = Vec::new();
+        // The upgrade test's second build: the same data plane from other
+        // sources (bpf/lb.bpf.c, PNLB_UPGRADE_VARIANT).
+        if *name == "lb" && env::var_os("CARGO_FEATURE_UPGRADE_VARIANT").is_some() {
+            defines.push("-DPNLB_UPGRADE_VARIANT".to_string());
+        }
         let result = SkeletonBuilder::new()
             .source(&source)
             .clang(&clang)
-            .clang_args([
+            .clang_args(defines.into_iter().chain([
                 "-O2".to_string(),
                 "-g".to_string(),
                 "-Wall".to_string(),
@@ -36,7 +42,7 @@ fn main() {
                 format!("-isystem{}", bpf_dir.join("include/uapi").display()),
                 format!("-I{}", bpf_dir.join("include").display()),
                 format!("-I{}", bpf_dir.display()),
-            ])
+            ]))
             .build_and_generate(&skeleton);
         if let Err(err) = result {
             panic!("building {}: {err:#}", source.display());

@@ -1,7 +1,9 @@
 //! A data plane that outlives its daemon (docs/operations.md): with
 //! daemon.pin_dir on a bpffs, `pnlb run` stopped with SIGTERM, and then
 //! killed with SIGKILL, leaves XDP forwarding; the next `pnlb run` takes it
-//! over. 40 idle established connections per service (dr and nat with rr,
+//! over, and so does a binary built from other sources (an upgrade; the
+//! `upgrade-variant` build scripts/test.sh makes) and this one again after
+//! it (a rollback). 40 idle established connections per service (dr and nat with rr,
 //! snat and tun with maglev) each answer afterwards, on their original
 //! backend (another would reset them), and a stream through the VIP loses
 //! nothing. `pnlb down` then removes it all.
@@ -158,7 +160,18 @@ fn restart_keeps_every_flow(mut lab: Lab, nat: bool, targets: &[(&str, SocketAdd
     let stop = Arc::new(AtomicBool::new(false));
     let stream = start_stream(&lab, targets[0].1, stop.clone());
 
-    for (how, signal) in [("SIGTERM", libc::SIGTERM), ("SIGKILL", libc::SIGKILL)] {
+    // Restarts, a kill, then an upgrade to a binary built from other
+    // sources and a rollback to this one.
+    let variant = upgrade_variant();
+    let steps = [
+        ("SIGTERM, restart", libc::SIGTERM, PNLB),
+        ("SIGKILL, restart", libc::SIGKILL, PNLB),
+        ("upgrade", libc::SIGTERM, variant.as_str()),
+        ("rollback", libc::SIGTERM, PNLB),
+    ];
+    let own_program = attached_program(&lab);
+    println!("this build's program: {own_program:?}");
+    for (how, signal, binary) in steps {
         let stopped_at = Instant::now();
         daemon.signal(signal);
         let (status, output) = daemon.stop(Duration::from_secs(10));
@@ -179,23 +192,40 @@ fn restart_keeps_every_flow(mut lab: Lab, nat: bool, targets: &[(&str, SocketAdd
             println!("{how}, no daemon: {name}: {answering}/{IDLE} idle connections answer");
             assert_eq!(answering, IDLE, "{how}, no daemon: {name}");
         }
-        daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run again");
+        daemon = lab.start_pnlb(binary, &path).expect("pnlb run again");
         let adopted = daemon
             .output()
             .into_iter()
             .find(|l| l.contains("adopting the data plane"))
             .unwrap_or_default();
+        let program = attached_program(&lab);
         println!(
-            "{how}: taken over {:.1} s after the stop: {adopted}",
+            "{how}: {binary} took over {:.1} s after the stop, program {program:?}: {adopted}",
             stopped_at.elapsed().as_secs_f64()
         );
         assert!(!adopted.is_empty(), "{how}: the new daemon adopts");
+        // The program's tag is a hash of its instructions: the variant's
+        // differs, a restart of the same build keeps it.
+        let from_variant = binary == variant;
+        assert_eq!(
+            program.as_ref().map(|p| &p.tag) != own_program.as_ref().map(|p| &p.tag),
+            from_variant,
+            "{how}: the attached program is {binary}'s"
+        );
         for (name, connections) in &mut idle {
             let answering = still_answering(connections);
             println!("{how}, taken over: {name}: {answering}/{IDLE} idle connections answer on their own backend");
             assert_eq!(answering, IDLE, "{how}, after takeover: {name}");
         }
     }
+    // The variant's own map stayed pinned after the rollback (this build
+    // does not know it); `pnlb down` below removes it with the rest.
+    let pin_dir = lab.bpffs().expect("the lab's bpffs");
+    let variant_map = std::fs::read_dir(&pin_dir)
+        .expect("the pin dir")
+        .filter_map(|instance| instance.ok())
+        .any(|instance| instance.path().join("pnlb_variant_packets").exists());
+    assert!(variant_map, "the variant pinned its map");
     stop.store(true, Ordering::Relaxed);
     let (sent, wrong) = stream.join().expect("stream");
     println!(
@@ -306,6 +336,40 @@ fn a_data_plane_left_unattended_past_its_limit_refuses_new_flows_only() {
 }
 
 /// `pnlb down` of the lab's pinned data plane.
+/// The upgrade test's second build of pnlb, next to this one (scripts/test.sh
+/// builds it before the tests run: a build from inside `cargo test` would
+/// wait for the lock cargo holds on the target directory).
+fn upgrade_variant() -> String {
+    let path = std::path::Path::new(PNLB).with_file_name("pnlb-upgrade-variant");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p pnlb --bin pnlb --features upgrade-variant && cp target/debug/pnlb target/debug/pnlb-upgrade-variant` (scripts/test.sh does)",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+/// The XDP program attached to the lab's LB interface: its id and tag (a
+/// hash of its instructions).
+#[derive(Debug, PartialEq)]
+struct AttachedProgram {
+    id: u64,
+    tag: String,
+}
+
+fn attached_program(lab: &Lab) -> Option<AttachedProgram> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &lab.lb, "-d", "-j", "link", "show", LB_INTERFACE])
+        .output()
+        .expect("ip link show");
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let prog = links.get(0)?.get("xdp")?.get("prog")?;
+    Some(AttachedProgram {
+        id: prog.get("id")?.as_u64()?,
+        tag: prog.get("tag")?.as_str()?.to_string(),
+    })
+}
+
 fn pnlb_down(lab: &mut Lab) -> std::process::Output {
     let pin_dir = lab.bpffs().expect("the lab's bpffs");
     std::process::Command::new("ip")
