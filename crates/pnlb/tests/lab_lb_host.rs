@@ -193,25 +193,6 @@ fn doctor_lb_finds_each_prerequisite_left_out_and_its_fix_works() {
     );
 }
 
-/// The capability names in the packaged unit's CapabilityBoundingSet=.
-fn unit_capabilities() -> Vec<String> {
-    let unit = include_str!("../../../packaging/pnlb.service");
-    let line = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
-        .expect("the unit bounds its capabilities");
-    line.split_whitespace().map(str::to_string).collect()
-}
-
-/// `setpriv` arguments that leave a root process only `capabilities`.
-fn bounding_set(capabilities: &[String]) -> String {
-    let names: Vec<String> = capabilities
-        .iter()
-        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
-        .collect();
-    format!("--bounding-set=-all,{}", names.join(","))
-}
-
 #[test]
 fn the_daemon_forwards_with_only_the_capabilities_of_the_systemd_unit() {
     if !privileged() {

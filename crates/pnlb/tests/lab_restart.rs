@@ -283,6 +283,92 @@ fn nat_flows_outlive_a_stopped_and_a_killed_daemon() {
     );
 }
 
+/// `systemctl restart pnlb` as far as the lab can run it (there is no
+/// systemd in it): the packaged unit's ExecStartPre and ExecStart, under its
+/// capability bounding set, stopped with its KillSignal within its
+/// TimeoutStopSec, and started again. The new daemon, with only the unit's
+/// privileges, adopts the pinned data plane, and 40 idle nat connections
+/// answer on their own backend.
+#[test]
+fn a_restart_of_the_packaged_systemd_unit_keeps_every_flow() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Lab::up(&LabSpec::echo_via_lb()).expect("lab");
+    let text = services_config(&mut lab, true);
+    let path = write_config(&lab, &text).display().to_string();
+    let bounding = bounding_set(&unit_capabilities());
+    let unit_command = |directive: &str| -> Vec<String> {
+        let line = unit_directive(directive).unwrap_or_else(|| panic!("the unit has {directive}="));
+        line.replace("/usr/sbin/pnlb", PNLB)
+            .replace("/etc/pnlb/pnlb.toml", &path)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let kill_signal = match unit_directive("KillSignal").as_deref() {
+        None | Some("SIGTERM") => libc::SIGTERM,
+        Some(other) => panic!("the unit stops with {other}; this test sends SIGTERM"),
+    };
+    let stop_timeout = unit_directive("TimeoutStopSec")
+        .and_then(|t| t.strip_suffix('s')?.parse().ok())
+        .map_or(Duration::from_secs(90), Duration::from_secs);
+    let start = || {
+        let check = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.lb, "setpriv", &bounding, "--"])
+            .args(unit_command("ExecStartPre"))
+            .output()
+            .expect("ExecStartPre");
+        assert!(
+            check.status.success(),
+            "ExecStartPre: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let exec = unit_command("ExecStart");
+        let args: Vec<&str> = [bounding.as_str(), "--"]
+            .into_iter()
+            .chain(exec.iter().map(String::as_str))
+            .collect();
+        let mut daemon = LabProcess::spawn(&lab.lb, "pnlb.service", "setpriv", &args)
+            .expect("spawn the unit's ExecStart");
+        daemon
+            .wait_for_line("forwarding", Duration::from_secs(30))
+            .expect("the unit's ExecStart forwards");
+        daemon
+    };
+
+    let daemon = start();
+    let target = SocketAddr::new(IpAddr::V4(VIP4), ECHO_PORT);
+    let mut idle = open_idle(&lab, target);
+    daemon.signal(kill_signal);
+    let stopped_at = Instant::now();
+    let (status, _) = daemon.stop(stop_timeout);
+    println!(
+        "systemctl stop: signal {kill_signal}, exited {:?} after {:.2} s (TimeoutStopSec {} s)",
+        status,
+        stopped_at.elapsed().as_secs_f64(),
+        stop_timeout.as_secs()
+    );
+    assert!(status.is_some_and(|s| s.success()), "a clean stop");
+    let daemon = start();
+    let adopted = daemon
+        .output()
+        .into_iter()
+        .find(|l| l.contains("adopting the data plane"))
+        .unwrap_or_default();
+    println!("systemctl start: {adopted}");
+    assert!(!adopted.is_empty(), "the unit's daemon adopts");
+    let answering = still_answering(&mut idle);
+    println!(
+        "after the restart: {answering}/{IDLE} idle nat connections answer on their own backend"
+    );
+    assert_eq!(answering, IDLE);
+    let (status, _) = daemon.stop(stop_timeout);
+    assert!(status.is_some_and(|s| s.success()));
+    let down = pnlb_down(&mut lab);
+    assert!(down.status.success());
+}
+
 /// daemon.unattended_limit bounds how long a data plane takes new flows
 /// with nobody checking its backends: after a kill -9 and that long, new
 /// connections are refused (counted), established ones still answer, and

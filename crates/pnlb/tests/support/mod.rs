@@ -281,3 +281,26 @@ pub fn start_ha_node(ns: &str, config: &std::path::Path) -> pnlb_lab::LabProcess
         .expect("started");
     node
 }
+
+/// The capability names in the packaged unit's CapabilityBoundingSet=.
+pub fn unit_capabilities() -> Vec<String> {
+    let line = unit_directive("CapabilityBoundingSet").expect("the unit bounds its capabilities");
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+/// The value of `name=` in the packaged systemd unit, if it sets it.
+pub fn unit_directive(name: &str) -> Option<String> {
+    let unit = include_str!("../../../../packaging/pnlb.service");
+    unit.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+        .map(str::to_string)
+}
+
+/// `setpriv` arguments that leave a root process only `capabilities`.
+pub fn bounding_set(capabilities: &[String]) -> String {
+    let names: Vec<String> = capabilities
+        .iter()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    format!("--bounding-set=-all,{}", names.join(","))
+}
