@@ -23,7 +23,7 @@
  * to adopt it (it would misread the maps). Bump it with any change to a
  * map's key or value layout or meaning.
  */
-enum pnlb_abi_version { PNLB_ABI_VERSION = 2 };
+enum pnlb_abi_version { PNLB_ABI_VERSION = 3 };
 
 /* pnlb_meta's slots: what a pinned data plane says about itself. */
 enum pnlb_meta_slot {

@@ -74,9 +74,13 @@ struct {
  * after a header with its lengths (enum pnlb_table_slot). The control
  * plane builds a fresh inner map and swaps it into the outer slot in one
  * update, so a packet sees the old table or the new, never a mix, and the
- * lengths of the very table it reads. */
+ * lengths of the very table it reads. Each is as long as its service's
+ * table (BPF_F_INNER_MAP: inner maps of any length up to this template's;
+ * a read past the end finds nothing, which the readers check), and is
+ * written through a memory mapping (BPF_F_MMAPABLE). */
 struct pnlb_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
 	__uint(max_entries, PNLB_TABLE_CAPACITY);
 	__type(key, __u32);
 	__type(value, __u32);

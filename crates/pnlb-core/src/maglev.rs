@@ -21,6 +21,12 @@ use crate::jhash::{jhash2, words_of};
 /// The lookup-table length: prime, and >> the number of backends (§3.4).
 pub const TABLE_SIZE: usize = 65537;
 
+/// Whether `n` is prime (table sizes are; trial division, for config
+/// checks).
+pub fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+}
+
 const OFFSET_SEED: u32 = 0x6f66_6673; // "offs"
 const SKIP_SEED: u32 = 0x736b_6970; // "skip"
 

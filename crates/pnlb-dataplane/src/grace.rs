@@ -26,29 +26,44 @@ pub fn wait_for_readers() {
     }
 }
 
-/// What was rewritten since readers were last waited for.
+/// Map elements that packets may still be reading, pending a grace period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Element {
     /// A backend slot's spare copy (the one packets stopped reading).
     BackendSpare(u32),
-    /// Any service entry (the services map reuses replaced elements).
-    Service,
+    /// An element the services map took back: a preallocated hash map
+    /// recycles the element an update replaces or a delete removes (into a
+    /// per-CPU spare or its free list), and the next update of any key may
+    /// write it.
+    ServiceRecycled,
 }
 
-/// Waits for readers only when an element is rewritten a second time
-/// before a grace period has passed: one wait per apply at most.
+/// Waits for readers only when an element that may still be read is about
+/// to be written: one wait per apply at most, none for inserts alone.
 #[derive(Default)]
 pub(crate) struct Grace {
     pending: HashSet<Element>,
 }
 
 impl Grace {
-    /// Call before rewriting `element`.
+    /// Call before rewriting `element`; afterwards it may be read until a
+    /// grace period has passed.
     pub(crate) fn before_rewrite(&mut self, element: Element) {
+        self.before_reuse(element);
+        self.pending.insert(element);
+    }
+
+    /// Call before a write that reuses `element` without leaving it to be
+    /// read (an insert takes a freed element and frees none).
+    pub(crate) fn before_reuse(&mut self, element: Element) {
         if self.pending.contains(&element) {
             wait_for_readers();
             self.pending.clear();
         }
+    }
+
+    /// Call after `element` was given up (its readers may still hold it).
+    pub(crate) fn released(&mut self, element: Element) {
         self.pending.insert(element);
     }
 }
@@ -56,6 +71,27 @@ impl Grace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_write_to_an_element_still_read_waits() {
+        let mut grace = Grace::default();
+        // Inserts into a fresh map: nothing recycled, nothing to wait for.
+        grace.before_reuse(Element::ServiceRecycled);
+        grace.before_reuse(Element::ServiceRecycled);
+        assert!(grace.pending.is_empty());
+        // A replace recycles an element; the next write waits for readers.
+        grace.before_rewrite(Element::ServiceRecycled);
+        assert_eq!(grace.pending.len(), 1);
+        grace.before_reuse(Element::ServiceRecycled);
+        assert!(grace.pending.is_empty());
+        grace.released(Element::ServiceRecycled);
+        assert_eq!(grace.pending.len(), 1, "a delete recycles too");
+        grace.before_rewrite(Element::BackendSpare(1));
+        grace.before_rewrite(Element::BackendSpare(2));
+        assert_eq!(grace.pending.len(), 3, "other slots do not wait");
+        grace.before_rewrite(Element::BackendSpare(1));
+        assert_eq!(grace.pending.len(), 1, "the same slot again waited");
+    }
 
     #[test]
     fn waiting_for_readers_returns() {

@@ -48,5 +48,5 @@ mod ceiling_skel {
     include!(concat!(env!("OUT_DIR"), "/xdp_ceiling.skel.rs"));
 }
 
-pub use loader::{Attachment, Dataplane, DataplaneError, LoadOptions};
+pub use loader::{Attachment, Dataplane, DataplaneError, Limits, LoadOptions};
 pub use programmer::{ApplyReport, Programmer};

@@ -45,6 +45,7 @@ pub enum DataplaneError {
 pub struct Dataplane {
     skel: LbSkel<'static>,
     tables: TableSizes,
+    limits: Limits,
     hash_seed: u32,
     /// Where its maps and links are pinned, when it outlives the process.
     pin_dir: Option<PathBuf>,
@@ -70,6 +71,35 @@ pub struct LoadOptions {
     /// previous process left there ([`crate::pinning`]); None = the data
     /// plane ends with the process.
     pub pin_dir: Option<PathBuf>,
+    /// Services and backends its maps are sized for.
+    pub limits: Limits,
+}
+
+/// Services and backends the data plane holds (daemon.max_services,
+/// daemon.max_backends): the maps indexed by their slots are sized at load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub services: u32,
+    pub backends: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            services: pnlb_core::config::DEFAULT_MAX_SERVICES,
+            backends: pnlb_core::config::DEFAULT_MAX_BACKENDS,
+        }
+    }
+}
+
+impl Limits {
+    /// The limits a config asks for.
+    pub fn of(daemon: &pnlb_core::config::Daemon) -> Self {
+        Self {
+            services: daemon.max_services,
+            backends: daemon.max_backends,
+        }
+    }
 }
 
 impl LoadOptions {
@@ -80,6 +110,7 @@ impl LoadOptions {
             conn_sync: false,
             hash_seed: crate::abi::TEST_HASH_SEED,
             pin_dir: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -122,6 +153,7 @@ impl Dataplane {
             conn_sync,
             hash_seed,
             pin_dir,
+            limits,
         } = options;
         let adopted = match &pin_dir {
             Some(dir) => crate::pinning::check_compatible(dir)?,
@@ -135,10 +167,30 @@ impl Dataplane {
             .open(storage)
             .map_err(DataplaneError::Load)?;
         let tables = TableSizes::for_size(conn_table_size);
+        let (services, backends) = (limits.services, limits.backends);
+        let maps = &mut open.maps;
         for (map, entries) in [
-            (&mut open.maps.pnlb_conns, tables.established),
-            (&mut open.maps.pnlb_conns_new, tables.new),
-            (&mut open.maps.pnlb_snat_rest, tables.snat_rest),
+            (&mut maps.pnlb_conns, tables.established),
+            (&mut maps.pnlb_conns_new, tables.new),
+            (&mut maps.pnlb_snat_rest, tables.snat_rest),
+            // Indexed by service slot.
+            (&mut maps.pnlb_services, services),
+            (&mut maps.pnlb_vips, services),
+            (&mut maps.pnlb_tables, services),
+            (&mut maps.pnlb_rates, services),
+            (&mut maps.pnlb_service_stats, services),
+            (&mut maps.pnlb_sched_cursors, services),
+            (
+                &mut maps.pnlb_snat_addrs,
+                services * crate::abi::MAX_SNAT_ADDRS,
+            ),
+            // Indexed by backend slot (two copies each in pnlb_backends).
+            (&mut maps.pnlb_backends, 2 * backends),
+            (&mut maps.pnlb_live_copy, backends),
+            (&mut maps.pnlb_backend_addrs, backends),
+            (&mut maps.pnlb_backend_conns, backends),
+            (&mut maps.pnlb_backend_load, backends),
+            (&mut maps.pnlb_backend_stats, backends),
         ] {
             map.set_max_entries(entries).map_err(DataplaneError::Load)?;
         }
@@ -172,7 +224,7 @@ impl Dataplane {
             Some(dir) if adopted => DataplaneError::Incompatible {
                 dir: dir.clone(),
                 reason: format!(
-                    "its maps do not fit this config (daemon.conn_table_size changed?): {err}"
+                    "its maps do not fit this config (daemon.conn_table_size, max_services or max_backends changed?): {err}"
                 ),
             },
             _ => DataplaneError::Load(err),
@@ -183,6 +235,7 @@ impl Dataplane {
             sweeper,
             skel,
             tables,
+            limits,
             hash_seed,
             pin_dir,
             adopted,
@@ -212,6 +265,11 @@ impl Dataplane {
 
     pub(crate) fn maps(&self) -> &LbMaps<'static> {
         &self.skel.maps
+    }
+
+    /// The services and backends its maps hold.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The sizes the connection maps were loaded with.

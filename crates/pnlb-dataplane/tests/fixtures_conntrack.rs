@@ -614,6 +614,89 @@ fn a_flow_is_only_ever_given_a_backend_of_its_own_service() {
     });
 }
 
+/// table_size: a service's Maglev table is as long as its config says
+/// (1031 slots here), packets index that table, and applying a change to
+/// another service neither rebuilds nor swaps it.
+#[test]
+fn a_small_table_is_what_packets_index_and_other_services_changes_leave_it_alone() {
+    if !privileged() {
+        return;
+    }
+    let text = config("dr", "maglev", 3, "table_size = 1031");
+    let mut fixture = Fixture::new(&text);
+    let id = fixture.programmer.service_id("web").unwrap();
+    let published = fixture.dataplane.published_table(id).unwrap().unwrap();
+    println!(
+        "published: {} slots, header length {}",
+        published.slots.len(),
+        published.len
+    );
+    assert_eq!((published.len, published.slots.len()), (1031, 1031));
+    assert_eq!(published.slots, fixture.programmer.table("web").unwrap());
+    for sport in 42000..42050 {
+        let packet = client(sport, ACK);
+        let (verdict, out) = fixture.run(&packet.bytes());
+        assert_eq!(verdict, XDP_TX);
+        let predicted = fixture.predicted_backend(
+            "web",
+            &packet.bytes(),
+            pnlb_dataplane::abi::HashKey::PNLB_HASH_5TUPLE,
+        );
+        assert_eq!(backend_of(&out), predicted, "sport {sport}");
+    }
+    let version = fixture.programmer.table_version("web");
+    let other = "[[service]]\nname = \"other\"\nvip = \"10.77.100.2\"\nport = 80\n\
+                 [[service.backend]]\naddress = \"10.77.1.20\"\n";
+    fixture.apply(&format!("{text}{other}"));
+    fixture.apply(&format!("{text}{other}").replace("10.77.1.20", "10.77.1.19"));
+    assert!(fixture.programmer.table_version("other") >= Some(2));
+    assert_eq!(fixture.programmer.table_version("web"), version);
+}
+
+/// daemon.max_services and max_backends size the maps: a data plane
+/// loaded for 16 services and 64 backends holds that many, and refuses the
+/// 17th service with the limit named.
+#[test]
+fn the_data_plane_holds_the_services_its_maps_were_sized_for() {
+    if !privileged() {
+        return;
+    }
+    let services = |n: usize| -> String {
+        let mut text = String::from("[daemon]\ninterfaces = [\"eth0\"]\nmax_services = 32\n");
+        for i in 0..n {
+            text += &format!(
+                "[[service]]\nname = \"s{i}\"\nvip = \"10.77.100.{}\"\nport = 80\n\
+                 [[service.backend]]\naddress = \"10.77.1.{}\"\n",
+                i + 1,
+                11 + i % 10
+            );
+        }
+        text
+    };
+    let mut options = pnlb_dataplane::LoadOptions::for_tests(65_536);
+    options.limits = pnlb_dataplane::Limits {
+        services: 16,
+        backends: 64,
+    };
+    let mut fixture = Fixture::with_options(&services(16), options);
+    let last = Pkt::tcp("10.77.0.2", 42000, "10.77.100.16", 80, SYN);
+    let (verdict, out) = fixture.run(&last.bytes());
+    assert_eq!(verdict, XDP_TX, "the 16th service forwards");
+    assert_eq!(backend_of(&out), "10.77.1.16".parse::<IpAddr>().unwrap());
+    let refused = fixture
+        .programmer
+        .apply(
+            &fixture.dataplane,
+            &parse_config(&services(17)),
+            &mut fixture.resolver,
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    println!("the 17th: {refused}");
+    assert!(refused.contains("at most 16"), "{refused}");
+}
+
 #[test]
 fn a_shrunk_table_is_published_with_its_own_length() {
     if !privileged() {

@@ -24,6 +24,11 @@ pub struct Daemon {
     /// is full, new flows that need an entry are refused); the half-open
     /// table gets a quarter (docs/conntrack.md).
     pub conn_table_size: u32,
+    /// Services and backends the data plane holds (its maps are sized for
+    /// them at load; per-CPU counters make each slot cost memory on every
+    /// CPU).
+    pub max_services: u32,
+    pub max_backends: u32,
     /// A secret the flow hash is seeded from; none = the [ha] key's, or a
     /// random one at each start (docs/methods.md, "Hash seed").
     pub hash_seed_file: Option<PathBuf>,
@@ -41,6 +46,12 @@ pub struct Daemon {
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pnlb";
 
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 262_144;
+pub const DEFAULT_MAX_SERVICES: u32 = 1024;
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+/// The largest max_services and max_backends (the per-CPU counters of
+/// that many take about 20 and 10 MB per CPU).
+pub const MAX_SERVICES_LIMIT: u32 = 65_536;
+pub const MAX_BACKENDS_LIMIT: u32 = 262_144;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpMode {
@@ -58,6 +69,8 @@ pub(super) struct RawDaemon {
     api_socket: Option<String>,
     api_token_file: Option<String>,
     conn_table_size: Option<i64>,
+    max_services: Option<i64>,
+    max_backends: Option<i64>,
     hash_seed_file: Option<String>,
     pin_dir: Option<String>,
     unattended_limit: Option<String>,
@@ -163,6 +176,27 @@ impl Validator<'_> {
                 ))
             }
         };
+        let limit = |key: &str, value: Option<i64>, default: u32, most: u32| match value {
+            None => Ok(default),
+            Some(n) if (1..=i64::from(most)).contains(&n) => Ok(n as u32),
+            Some(n) => Err(self.error(
+                format!("daemon.{key}"),
+                format!("{n} is out of range"),
+                format!("use 1 to {most} (default {default})"),
+            )),
+        };
+        let max_services = limit(
+            "max_services",
+            raw.max_services,
+            DEFAULT_MAX_SERVICES,
+            MAX_SERVICES_LIMIT,
+        )?;
+        let max_backends = limit(
+            "max_backends",
+            raw.max_backends,
+            DEFAULT_MAX_BACKENDS,
+            MAX_BACKENDS_LIMIT,
+        )?;
         let unattended_limit = match raw.unattended_limit.as_deref() {
             None => None,
             Some(text) => match self.duration("daemon.unattended_limit", text)? {
@@ -184,6 +218,8 @@ impl Validator<'_> {
             api_socket,
             api_token_file,
             conn_table_size,
+            max_services,
+            max_backends,
             hash_seed_file,
             pin_dir,
             unattended_limit,

@@ -31,7 +31,10 @@ mod tunnel;
 pub use backend::Backend;
 use backend::RawBackend;
 use daemon::RawDaemon;
-pub use daemon::{Daemon, XdpMode, DEFAULT_CONN_TABLE_SIZE, DEFAULT_PIN_DIR};
+pub use daemon::{
+    Daemon, XdpMode, DEFAULT_CONN_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
+    DEFAULT_PIN_DIR,
+};
 pub use ha::Ha;
 use ha::RawHa;
 use health::RawHealth;
@@ -198,12 +201,48 @@ impl Validator<'_> {
             services.push(service);
         }
         self.snat_addresses_are_not_vips(&services)?;
+        self.within_the_data_planes_limits(&daemon, &services)?;
         Ok(Config {
             daemon,
             timeouts,
             ha,
             services,
         })
+    }
+
+    /// Every service and backend gets a slot in maps sized by
+    /// daemon.max_services and daemon.max_backends.
+    fn within_the_data_planes_limits(
+        &self,
+        daemon: &Daemon,
+        services: &[Service],
+    ) -> Result<(), ConfigError> {
+        if services.len() > daemon.max_services as usize {
+            return Err(self.error(
+                "daemon.max_services",
+                format!(
+                    "{} services are configured, the data plane is sized for {}",
+                    services.len(),
+                    daemon.max_services
+                ),
+                format!("set daemon.max_services = {} or more", services.len()),
+            ));
+        }
+        let backends: usize = services
+            .iter()
+            .map(|s| s.backends.len() + usize::from(s.fallback.is_some()))
+            .sum();
+        if backends > daemon.max_backends as usize {
+            return Err(self.error(
+                "daemon.max_backends",
+                format!(
+                    "{backends} backends (fallbacks included) are configured, the data plane is sized for {}",
+                    daemon.max_backends
+                ),
+                format!("set daemon.max_backends = {backends} or more (a removed backend keeps its slot while its flows last: leave room)"),
+            ));
+        }
+        Ok(())
     }
 
     /// An SNAT address that is also a VIP would take the VIP's new flows

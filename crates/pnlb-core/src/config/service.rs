@@ -36,6 +36,9 @@ pub struct Service {
     /// A flood guard: new flows above this rate are forwarded by hash
     /// without state (dr/tun with maglev, sh, dh) or refused (the rest).
     pub new_flow_rate: Option<NewFlowRate>,
+    /// Slots of the Maglev table (maglev, sh, dh, chbl): a prime; each
+    /// costs 4 bytes of kernel memory.
+    pub table_size: u32,
 }
 
 /// `new_flow_rate` and `new_flow_burst`.
@@ -144,7 +147,8 @@ pub enum Scheduler {
 pub const MAX_LEAST_BACKENDS: usize = 64;
 
 impl Scheduler {
-    /// Whether it picks by hashing the flow (and so takes a `hash_key`).
+    /// Whether it picks by hashing the flow (and so takes a `hash_key`,
+    /// and builds a Maglev table of `table_size` slots).
     pub fn hashes(self) -> bool {
         matches!(
             self,
@@ -219,6 +223,7 @@ pub(super) struct RawService {
     snat_reuse_after: Option<String>,
     new_flow_rate: Option<i64>,
     new_flow_burst: Option<i64>,
+    table_size: Option<i64>,
     on_backend_down: Option<String>,
     slow_start: Option<String>,
     fallback: Option<RawBackend>,
@@ -409,6 +414,7 @@ impl Validator<'_> {
                 "use wrr or maglev for larger pools",
             ));
         }
+        let table_size = self.table_size(&at, scheduler, raw.table_size, backends.len())?;
         let fallback = match raw.fallback {
             None => None,
             Some(raw_fallback) => {
@@ -439,7 +445,45 @@ impl Validator<'_> {
             fallback,
             backends,
             new_flow_rate,
+            table_size,
         })
+    }
+
+    /// `table_size`: a prime up to the data plane's 65537, above the
+    /// number of backends, for the schedulers that build a Maglev table.
+    fn table_size(
+        &self,
+        at: &dyn Fn(&str) -> String,
+        scheduler: Scheduler,
+        raw: Option<i64>,
+        backends: usize,
+    ) -> Result<u32, ConfigError> {
+        let Some(size) = raw else {
+            return Ok(crate::maglev::TABLE_SIZE as u32);
+        };
+        if !scheduler.hashes() {
+            return Err(self.error(
+                at("table_size"),
+                format!("scheduler {scheduler} builds no Maglev table"),
+                "remove table_size, or use maglev, sh, dh or chbl",
+            ));
+        }
+        let max = crate::maglev::TABLE_SIZE as i64;
+        if !(3..=max).contains(&size) || !crate::maglev::is_prime(size as u64) {
+            return Err(self.error(
+                at("table_size"),
+                format!("{size} is not a prime from 3 to {max}"),
+                "use a prime about 100 times the number of backends, e.g. 1031 for 10, 65537 (the default) for 600 or more",
+            ));
+        }
+        if size as usize <= backends {
+            return Err(self.error(
+                at("table_size"),
+                format!("{size} slots for {backends} backends"),
+                "use a prime about 100 times the number of backends (Maglev spreads flows evenly only over many more slots than backends)",
+            ));
+        }
+        Ok(size as u32)
     }
 
     fn new_flow_rate(

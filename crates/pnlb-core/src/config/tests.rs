@@ -376,6 +376,64 @@ fn snat_reuse_and_the_new_flow_rate_are_checked() {
 }
 
 #[test]
+fn table_sizes_and_the_data_plane_limits_are_checked() {
+    let config = parse(Path::new("lb.toml"), GOOD).unwrap();
+    assert_eq!(config.services[0].table_size, 65_537, "the default");
+    assert_eq!(
+        (config.daemon.max_services, config.daemon.max_backends),
+        (DEFAULT_MAX_SERVICES, DEFAULT_MAX_BACKENDS)
+    );
+    let sized = |extra: &str| {
+        GOOD.replace(
+            "scheduler = \"maglev\"",
+            &format!("scheduler = \"maglev\"\n{extra}"),
+        )
+    };
+    let config = parse(Path::new("lb.toml"), &sized("table_size = 1031")).unwrap();
+    assert_eq!(config.services[0].table_size, 1031);
+    for (extra, reason) in [
+        ("table_size = 1000", "not a prime"),
+        ("table_size = 65539", "not a prime from 3 to 65537"),
+        ("table_size = 2", "not a prime"),
+        ("table_size = 0", "not a prime"),
+    ] {
+        let err = error_of(&sized(extra));
+        assert!(
+            err.key.ends_with("table_size") && err.reason.contains(reason),
+            "{extra}: {err}"
+        );
+    }
+    let err = error_of(&sized("table_size = 1000"));
+    assert!(err.fix.contains("1031"), "the fix names a size: {err}");
+    // Not above the backends it holds (two here).
+    let err = error_of(&sized("table_size = 2"));
+    assert!(err.key.ends_with("table_size"), "{err}");
+    let err = error_of(&GOOD.replace(
+        "scheduler = \"maglev\"",
+        "scheduler = \"rr\"\ntable_size = 1031",
+    ));
+    assert!(err.reason.contains("builds no Maglev table"), "{err}");
+
+    // The configured services and backends must fit the maps.
+    let limited = |limits: &str| GOOD.replace("[daemon]\n", &format!("[daemon]\n{limits}\n"));
+    let err = error_of(&limited("max_services = 1"));
+    assert!(
+        err.key == "daemon.max_services" && err.reason.contains("2 services"),
+        "{err}"
+    );
+    assert!(err.fix.contains("max_services = 2"), "{err}");
+    let err = error_of(&limited("max_services = 16\nmax_backends = 2"));
+    assert!(
+        err.key == "daemon.max_backends" && err.reason.contains("3 backends"),
+        "{err}"
+    );
+    for bad in ["max_services = 0", "max_backends = 1000000"] {
+        let err = error_of(&limited(bad));
+        assert!(err.reason.contains("out of range"), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn bad_snat_settings_are_rejected() {
     let with =
         |extra: &str| GOOD.replace("method = \"dr\"", &format!("method = \"snat\"\n{extra}"));

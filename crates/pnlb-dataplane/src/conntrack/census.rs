@@ -32,7 +32,11 @@ impl Census {
     /// every flow it opens from now on is either in the walk or after the
     /// base.
     pub(super) fn begin(sweeper: &Sweeper) -> Result<Self, DataplaneError> {
-        let mut bases = vec![BackendConns::default(); abi::MAX_BACKENDS as usize];
+        let slots = sweeper
+            .backend_conns
+            .info()
+            .map_or(0, |info| info.info.max_entries);
+        let mut bases = vec![BackendConns::default(); slots as usize];
         for (key, value) in crate::batch::entries(&sweeper.backend_conns, 4096) {
             let (Some(id), Some(conns)) =
                 (from_bytes::<u32>(&key), from_bytes::<BackendConns>(&value))

@@ -24,6 +24,8 @@ impl Programmer {
         if !dataplane.adopted() {
             return Ok(programmer);
         }
+        programmer.service_ids.none_fresh();
+        programmer.slots.backend_ids.none_fresh();
         let maps = dataplane.maps();
         for key_bytes in maps.pnlb_services.keys() {
             let Some(key) = from_bytes::<ServiceKey>(&key_bytes) else {
@@ -45,7 +47,7 @@ impl Programmer {
                     || format!("(left running) {vip} port {port}/{}", key.protocol),
                     |s| s.name.clone(),
                 );
-            programmer.service_ids.used.insert(value.id);
+            programmer.service_ids.claim(value.id);
             let translates = value.method == abi::Method::PNLB_METHOD_NAT.0 as u8
                 || value.method == abi::Method::PNLB_METHOD_SNAT.0 as u8;
             programmer.services.insert(
@@ -59,6 +61,8 @@ impl Programmer {
                     retiring: HashMap::new(),
                     table_version: 0,
                     table: Vec::new(),
+                    table_inputs: None,
+                    applied: None,
                     snat: None,
                     translates,
                 },
@@ -68,40 +72,50 @@ impl Programmer {
         let mut next_generation = dataplane
             .meta(abi::MetaSlot::PNLB_META_NEXT_GENERATION)
             .max(1);
-        for id in 0..abi::MAX_BACKENDS {
-            let live = maps
-                .pnlb_live_copy
-                .lookup(&id.to_ne_bytes(), MapFlags::ANY)
-                .map_err(map_err("pnlb_live_copy"))?
-                .and_then(|bytes| bytes.try_into().ok())
-                .map_or(0, u32::from_ne_bytes)
-                & 1;
-            programmer.slots.copies.live.insert(id, live);
-            let mut present = None;
-            for copy in 0..2 {
-                let index = id * 2 + copy;
-                let backend = maps
-                    .pnlb_backends
-                    .lookup(&index.to_ne_bytes(), MapFlags::ANY)
-                    .map_err(map_err("pnlb_backends"))?
-                    .and_then(|bytes| from_bytes::<Backend>(&bytes));
-                let Some(backend) = backend else { continue };
-                // No generation either copy ever held is given again.
-                next_generation = next_generation.max(backend.generation.wrapping_add(1));
-                if copy == live && backend.flags & BackendFlags::PNLB_BACKEND_F_PRESENT.0 as u8 != 0
-                {
-                    present = Some(backend);
+        // Whole arrays in batches: hundreds of thousands of slots would
+        // take a lookup each, and a scan of the services each.
+        let mut live_copy = vec![0u32; dataplane.limits().backends as usize];
+        for (key, value) in crate::batch::entries(&maps.pnlb_live_copy, 4096) {
+            if let (Some(id), Some(live)) = (from_bytes::<u32>(&key), from_bytes::<u32>(&value)) {
+                if let Some(slot) = live_copy.get_mut(id as usize) {
+                    *slot = live & 1;
                 }
             }
-            let Some(backend) = present else { continue };
-            let Some(slot) = programmer
-                .services
-                .values_mut()
-                .find(|s| s.id == backend.service_id)
+        }
+        let mut present: HashMap<u32, Backend> = HashMap::new();
+        for (key, value) in crate::batch::entries(&maps.pnlb_backends, 4096) {
+            let (Some(index), Some(backend)) =
+                (from_bytes::<u32>(&key), from_bytes::<Backend>(&value))
             else {
                 continue;
             };
-            programmer.slots.backend_ids.used.insert(id);
+            // No generation either copy ever held is given again.
+            next_generation = next_generation.max(backend.generation.wrapping_add(1));
+            let id = index / 2;
+            let live = live_copy.get(id as usize).copied().unwrap_or(0);
+            if index % 2 == live && backend.flags & BackendFlags::PNLB_BACKEND_F_PRESENT.0 as u8 != 0
+            {
+                present.insert(id, backend);
+            }
+        }
+        for (id, live) in live_copy.iter().enumerate() {
+            programmer.slots.copies.live.insert(id as u32, *live);
+        }
+        let names: HashMap<u32, String> = programmer
+            .services
+            .iter()
+            .map(|(name, slot)| (slot.id, name.clone()))
+            .collect();
+        let mut present: Vec<(u32, Backend)> = present.into_iter().collect();
+        present.sort_unstable_by_key(|(id, _)| *id);
+        for (id, backend) in present {
+            let Some(slot) = names
+                .get(&backend.service_id)
+                .and_then(|name| programmer.services.get_mut(name))
+            else {
+                continue;
+            };
+            programmer.slots.backend_ids.claim(id);
             slot.backends.insert(
                 (abi::ip_of(&backend.addr), u16::from_be(backend.port)),
                 BackendSlot {
@@ -113,6 +127,7 @@ impl Programmer {
             );
         }
         programmer.slots.next_generation = next_generation;
+        programmer.slots.persisted_generation = next_generation;
         Ok(programmer)
     }
 

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use libbpf_rs::{MapCore, MapFlags};
 use pnlb_core::config::{Encap, Method, Service as ServiceConfig};
 
-use super::{map_err, zero_percpu, ApplyReport, BackendSlot, ServiceSlot, Slots};
+use super::{map_err, zero_percpu, ApplyReport, BackendSlot, ServiceSlot, Slots, Taken};
 use crate::abi::{self, bytes_of, Backend, BackendFlags, BackendStats};
 use crate::grace::Element;
 use crate::loader::{Dataplane, DataplaneError};
@@ -24,13 +24,23 @@ pub(super) struct BackendCopies {
 
 impl Slots {
     /// Writes backend slot `id`: the spare copy, then the selector, so a
-    /// packet reads the old entry or the new, never a mix.
+    /// packet reads the old entry or the new, never a mix. A slot never
+    /// used before that no table names yet is written in place: no packet
+    /// reads it.
     pub(super) fn write_backend(
         &mut self,
         dataplane: &Dataplane,
         id: u32,
         value: &Backend,
     ) -> Result<(), DataplaneError> {
+        if self.unpublished.remove(&id) {
+            let index = id * 2 + self.copies.live.get(&id).copied().unwrap_or(0);
+            return dataplane
+                .maps()
+                .pnlb_backends
+                .update(&index.to_ne_bytes(), bytes_of(value), MapFlags::ANY)
+                .map_err(map_err("pnlb_backends"));
+        }
         let spare = self.copies.live.get(&id).copied().unwrap_or(0) ^ 1;
         self.grace.before_rewrite(Element::BackendSpare(id));
         let maps = dataplane.maps();
@@ -42,6 +52,25 @@ impl Slots {
             .update(&id.to_ne_bytes(), &spare.to_ne_bytes(), MapFlags::ANY)
             .map_err(map_err("pnlb_live_copy"))?;
         self.copies.live.insert(id, spare);
+        Ok(())
+    }
+
+    /// Persists the next backend generation in a pinned data plane, so a
+    /// process that adopts it never gives a generation again (adoption
+    /// also takes the highest it finds in the backends). Once per apply,
+    /// before any new backend is in a published table.
+    pub(super) fn persist_generation(
+        &mut self,
+        dataplane: &Dataplane,
+    ) -> Result<(), DataplaneError> {
+        if dataplane.pin_dir().is_none() || self.persisted_generation == self.next_generation {
+            return Ok(());
+        }
+        dataplane.set_meta(
+            abi::MetaSlot::PNLB_META_NEXT_GENERATION,
+            self.next_generation,
+        )?;
+        self.persisted_generation = self.next_generation;
         Ok(())
     }
 
@@ -58,32 +87,29 @@ impl Slots {
     /// earlier occupant had.
     fn new_backend_slot(&mut self, dataplane: &Dataplane) -> Result<BackendSlot, DataplaneError> {
         let maps = dataplane.maps();
-        let id = self
-            .backend_ids
-            .take(abi::MAX_BACKENDS)
-            .ok_or(DataplaneError::Full {
-                what: "backends",
-                limit: abi::MAX_BACKENDS,
-            })?;
-        zero_percpu::<BackendStats>(&maps.pnlb_backend_stats, id, "pnlb_backend_stats")?;
-        // A reused slot starts with no connections counted.
-        for (map, name) in [
-            (&maps.pnlb_backend_conns, "pnlb_backend_conns"),
-            (&maps.pnlb_backend_load, "pnlb_backend_load"),
-        ] {
-            let zero = vec![0u8; map.value_size() as usize];
-            map.update(&id.to_ne_bytes(), &zero, MapFlags::ANY)
-                .map_err(map_err(name))?;
+        let Taken { id, fresh } =
+            self.backend_ids
+                .take(dataplane.limits().backends)
+                .ok_or(DataplaneError::Full {
+                    what: "backends",
+                    limit: dataplane.limits().backends,
+                })?;
+        if fresh {
+            self.unpublished.insert(id);
+        } else {
+            zero_percpu::<BackendStats>(&maps.pnlb_backend_stats, id, "pnlb_backend_stats")?;
+            // A reused slot starts with no connections counted.
+            for (map, name) in [
+                (&maps.pnlb_backend_conns, "pnlb_backend_conns"),
+                (&maps.pnlb_backend_load, "pnlb_backend_load"),
+            ] {
+                let zero = vec![0u8; map.value_size() as usize];
+                map.update(&id.to_ne_bytes(), &zero, MapFlags::ANY)
+                    .map_err(map_err(name))?;
+            }
         }
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
-        if dataplane.pin_dir().is_some() {
-            // A process that adopts this data plane goes on from here.
-            dataplane.set_meta(
-                abi::MetaSlot::PNLB_META_NEXT_GENERATION,
-                self.next_generation,
-            )?;
-        }
         Ok(BackendSlot {
             id,
             value: Backend {
@@ -95,13 +121,16 @@ impl Slots {
         })
     }
 
-    /// Gives every configured backend a slot and writes what changed.
+    /// Gives every configured backend a slot and writes what changed;
+    /// each backend added is reported when `report_added` (not for a new
+    /// service, whose line counts them).
     pub(super) fn apply_backends(
         &mut self,
         dataplane: &Dataplane,
         slot: &mut ServiceSlot,
         config: &ServiceConfig,
         resolution: &Resolution,
+        report_added: bool,
         report: &mut ApplyReport,
     ) -> Result<(), DataplaneError> {
         for backend in &config.backends {
@@ -113,10 +142,12 @@ impl Slots {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => {
                     let fresh = self.new_backend_slot(dataplane)?;
-                    report.changes.push(format!(
-                        "service {}: backend {}:{} weight {} added",
-                        config.name, backend.address, backend.port, backend.weight
-                    ));
+                    if report_added {
+                        report.changes.push(format!(
+                            "service {}: backend {}:{} weight {} added",
+                            config.name, backend.address, backend.port, backend.weight
+                        ));
+                    }
                     e.insert(fresh)
                 }
             };

@@ -22,7 +22,7 @@ mod service_entry;
 mod snat;
 mod table;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use libbpf_rs::{MapCore, MapFlags};
@@ -49,9 +49,16 @@ pub struct ApplyReport {
 
 #[derive(Default)]
 pub struct Programmer {
-    services: BTreeMap<String, ServiceSlot>,
+    /// By name (a hash map: an apply looks up every configured service).
+    services: HashMap<String, ServiceSlot>,
     service_ids: IdPool,
     slots: Slots,
+    vips: AddressSet,
+    backend_addrs: AddressSet,
+    /// pnlb_vips or pnlb_backend_addrs are due a sync.
+    addresses_changed: bool,
+    /// The next hops the last apply wrote.
+    resolved: Resolution,
 }
 
 /// Backend slot bookkeeping shared by all services.
@@ -59,6 +66,10 @@ pub struct Programmer {
 struct Slots {
     backend_ids: IdPool,
     next_generation: u32,
+    /// What pnlb_meta holds of it (pinned data planes).
+    persisted_generation: u32,
+    /// Fresh slots no published table names yet (written in place).
+    unpublished: BTreeSet<u32>,
     copies: backends::BackendCopies,
     grace: Grace,
 }
@@ -74,9 +85,21 @@ struct ServiceSlot {
     /// How many times a new scheduling table was published.
     table_version: u64,
     table: Vec<u32>,
+    /// What `table` was built from (None: read back from an adopted data
+    /// plane, or not built yet).
+    table_inputs: Option<TableInputs>,
+    /// The config it was last applied from, completely (None: not yet).
+    applied: Option<ServiceConfig>,
     snat: Option<Snat>,
     /// nat/snat: replies come back through us.
     translates: bool,
+}
+
+#[derive(PartialEq)]
+struct TableInputs {
+    scheduler: pnlb_core::config::Scheduler,
+    size: u32,
+    candidates: Vec<MaglevBackend>,
 }
 
 struct BackendSlot {
@@ -86,21 +109,63 @@ struct BackendSlot {
     problem: Option<String>,
 }
 
-/// Lowest-free id allocation within a fixed range.
+/// Lowest-free id allocation: a given-back id is taken again before a new
+/// one (tables and counters stay dense); O(log n) a take, for maps of
+/// hundreds of thousands of slots.
 #[derive(Default)]
 struct IdPool {
-    used: BTreeSet<u32>,
+    /// Free ids below `next`.
+    free: BTreeSet<u32>,
+    /// Every id from here on is free.
+    next: u32,
+    /// Ids from here on were never taken in this data plane: their map
+    /// entries are still the zeroes the maps were created with.
+    fresh_from: u32,
+}
+
+/// An id from [`IdPool::take`].
+#[derive(Clone, Copy)]
+struct Taken {
+    id: u32,
+    /// Never taken before in this data plane: nothing to zero, nothing
+    /// refers to it.
+    fresh: bool,
 }
 
 impl IdPool {
-    fn take(&mut self, limit: u32) -> Option<u32> {
-        let id = (0..limit).find(|id| !self.used.contains(id))?;
-        self.used.insert(id);
-        Some(id)
+    fn take(&mut self, limit: u32) -> Option<Taken> {
+        if let Some(id) = self.free.first().copied().filter(|id| *id < limit) {
+            self.free.remove(&id);
+            return Some(Taken { id, fresh: false });
+        }
+        let id = self.next;
+        (id < limit).then(|| {
+            self.next += 1;
+            let fresh = id >= self.fresh_from;
+            self.fresh_from = self.fresh_from.max(id + 1);
+            Taken { id, fresh }
+        })
     }
 
     fn give_back(&mut self, id: u32) {
-        self.used.remove(&id);
+        if id < self.next {
+            self.free.insert(id);
+        }
+    }
+
+    /// Marks `id` taken (a slot found in use in an adopted data plane).
+    fn claim(&mut self, id: u32) {
+        if id >= self.next {
+            self.free.extend(self.next..id);
+            self.next = id + 1;
+        } else {
+            self.free.remove(&id);
+        }
+    }
+
+    /// An adopted data plane: any id may have been used before.
+    fn none_fresh(&mut self) {
+        self.fresh_from = u32::MAX;
     }
 }
 
@@ -115,6 +180,9 @@ impl Programmer {
                 next_generation: 1,
                 ..Slots::default()
             },
+            // The first apply writes them whole (an adopted data plane's
+            // may hold addresses of services since removed).
+            addresses_changed: true,
             ..Self::default()
         }
     }
@@ -146,52 +214,141 @@ impl Programmer {
         resolver: &mut dyn Resolver,
     ) -> Result<ApplyReport, DataplaneError> {
         let mut report = ApplyReport::default();
-        let wanted: BTreeSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
-        let gone: Vec<String> = self
+        let wanted: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        let mut gone: Vec<String> = self
             .services
             .keys()
             .filter(|name| !wanted.contains(name.as_str()))
             .cloned()
             .collect();
+        gone.sort_unstable();
+        self.remove_services(dataplane, &gone)?;
         for name in gone {
-            self.remove_service(dataplane, &name)?;
             report.changes.push(format!("service {name}: removed"));
         }
-        let addresses: BTreeSet<IpAddr> = config
+        let mut addresses: Vec<IpAddr> = config
             .services
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| b.address))
             .collect();
-        let resolution = resolver.resolve(&addresses.into_iter().collect::<Vec<_>>());
-        for service in &config.services {
-            self.apply_service(dataplane, service, &resolution, &mut report)?;
+        addresses.sort_unstable();
+        addresses.dedup();
+        let resolution = resolver.resolve(&addresses);
+        // Backends whose next hop changed since the last apply.
+        let moved: HashSet<IpAddr> = resolution
+            .iter()
+            .filter(|(address, hop)| self.resolved.get(address) != Some(hop))
+            .map(|(address, _)| *address)
+            .collect();
+        // A service applied as it is configured now, whose backends'
+        // next hops stayed, has nothing to write: a change to one of
+        // thousands of services touches that one.
+        let changed: Vec<&ServiceConfig> = config
+            .services
+            .iter()
+            .filter(|service| {
+                let applied = self
+                    .services
+                    .get(&service.name)
+                    .and_then(|s| s.applied.as_ref());
+                applied != Some(*service)
+                    || (!moved.is_empty()
+                        && service.backends.iter().any(|b| moved.contains(&b.address)))
+            })
+            .collect();
+        // In order, across all services: backends, tables, service
+        // entries, addresses.
+        let mut tables = table::PendingTables::default();
+        for service in &changed {
+            self.apply_service(dataplane, service, &resolution, &mut tables, &mut report)?;
         }
-        self.sync_address_sets(dataplane)?;
+        self.resolved = resolution;
+        self.slots.persist_generation(dataplane)?;
+        // From here a table may name the new slots (even if publishing
+        // fails halfway): they are written like any other.
+        self.slots.unpublished.clear();
+        self.publish_tables(dataplane, tables)?;
+        for service in changed {
+            // Every configured service has its slot from apply_service.
+            let Some(slot) = self.services.get_mut(&service.name) else {
+                continue;
+            };
+            let value = service_entry::service_value(slot.id, service);
+            service_entry::write_service(dataplane, &mut self.slots.grace, slot, value)?;
+            slot.applied = Some(service.clone());
+        }
+        if self.addresses_changed {
+            self.sync_address_sets(dataplane)?;
+        }
         Ok(report)
     }
 
-    fn remove_service(&mut self, dataplane: &Dataplane, name: &str) -> Result<(), DataplaneError> {
-        let Some(slot) = self.services.remove(name) else {
-            return Ok(());
-        };
-        service_entry::delete_service(dataplane, &mut self.slots.grace, &slot.key)?;
-        self.sync_address_sets(dataplane)?;
-        table::delete_table(dataplane, slot.id)?;
-        for backend in slot.backends.values().chain(slot.retiring.values()) {
-            self.slots.clear_backend(dataplane, backend.id)?;
-            self.slots.backend_ids.give_back(backend.id);
+    /// Swaps in the tables this apply built; if that fails, the services
+    /// whose table it carried build theirs again on the next apply.
+    fn publish_tables(
+        &mut self,
+        dataplane: &Dataplane,
+        tables: table::PendingTables,
+    ) -> Result<(), DataplaneError> {
+        let ids = tables.service_ids();
+        tables.publish(dataplane).inspect_err(|_| {
+            for slot in self.services.values_mut() {
+                if ids.contains(&slot.id) {
+                    slot.table_inputs = None;
+                    slot.table.clear();
+                    slot.applied = None;
+                }
+            }
+        })
+    }
+
+    /// Removes services in the reverse order of adding: their entries,
+    /// then the VIPs and reply addresses no other service needs, then
+    /// their tables and backend slots.
+    fn remove_services(
+        &mut self,
+        dataplane: &Dataplane,
+        names: &[String],
+    ) -> Result<(), DataplaneError> {
+        let mut removed = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(slot) = self.services.remove(name) else {
+                continue;
+            };
+            // Out of the bookkeeping only once out of the map: a failed
+            // delete is tried again by the next apply.
+            if let Err(err) =
+                service_entry::delete_service(dataplane, &mut self.slots.grace, &slot.key)
+            {
+                self.services.insert(name.clone(), slot);
+                return Err(err);
+            }
+            removed.push(slot);
         }
-        self.service_ids.give_back(slot.id);
+        if removed.is_empty() {
+            return Ok(());
+        }
+        self.sync_address_sets(dataplane)?;
+        for slot in removed {
+            table::delete_table(dataplane, slot.id)?;
+            for backend in slot.backends.values().chain(slot.retiring.values()) {
+                self.slots.clear_backend(dataplane, backend.id)?;
+                self.slots.backend_ids.give_back(backend.id);
+            }
+            self.service_ids.give_back(slot.id);
+        }
         Ok(())
     }
 
-    /// Writes one service in order: backends, scheduling table, SNAT
-    /// addresses, then the service entry that points at them all.
+    /// Writes one service's backends and SNAT addresses and builds its
+    /// scheduling table into `tables`; [`Self::apply`] then swaps the
+    /// tables in and writes the service entries that point at them all.
     fn apply_service(
         &mut self,
         dataplane: &Dataplane,
         config: &ServiceConfig,
         resolution: &Resolution,
+        tables: &mut table::PendingTables,
         report: &mut ApplyReport,
     ) -> Result<(), DataplaneError> {
         let key = ServiceKey {
@@ -200,21 +357,35 @@ impl Programmer {
             protocol: config.protocol.number(),
             _pad: 0,
         };
-        if !self.services.contains_key(&config.name) {
+        let is_new = !self.services.contains_key(&config.name);
+        if is_new {
             let slot = self.new_service_slot(dataplane, config, key)?;
             self.services.insert(config.name.clone(), slot);
+            // One line for a new service (its backends are in it), where
+            // a backend added to a service is a line of its own.
             report.changes.push(format!(
-                "service {}: {} port {} {} via {} ({})",
+                "service {}: {} port {} {} via {} ({}), {} backend(s)",
                 config.name,
                 config.vip,
                 config.port,
                 config.protocol,
                 config.method,
-                config.scheduler
+                config.scheduler,
+                config.backends.len()
             ));
         }
         let slots = &mut self.slots;
         let slot = self.services.get_mut(&config.name).expect("inserted above");
+        // Written to the address sets: its VIP, and for nat/snat its
+        // backends (configured or retiring) as replies come from them.
+        let addresses = |slot: &ServiceSlot| {
+            (
+                slot.vip,
+                slot.translates,
+                slot.backends.len() + slot.retiring.len(),
+            )
+        };
+        let addresses_before = addresses(slot);
 
         // The listener moved (new VIP, port or protocol): retire the old key.
         if bytes_of(&slot.key) != bytes_of(&key) {
@@ -225,7 +396,7 @@ impl Programmer {
         }
 
         backends::retire_removed(dataplane, slot, config, report);
-        slots.apply_backends(dataplane, slot, config, resolution, report)?;
+        slots.apply_backends(dataplane, slot, config, resolution, !is_new, report)?;
 
         // The scheduling table, rebuilt and swapped in only when it changes.
         let candidates: Vec<MaglevBackend> = config
@@ -240,11 +411,22 @@ impl Programmer {
                 })
             })
             .collect();
-        let (new_table, list_len) = table::scheduling_table(config.scheduler, &candidates);
-        if new_table != slot.table {
-            table::publish_table(dataplane, slot.id, &new_table, list_len)?;
-            slot.table = new_table;
-            slot.table_version += 1;
+        // What the table is built from: the same inputs build the same
+        // table, so an apply of thousands of unchanged services builds none.
+        let inputs = TableInputs {
+            scheduler: config.scheduler,
+            size: config.table_size,
+            candidates,
+        };
+        if slot.table_inputs.as_ref() != Some(&inputs) {
+            let (new_table, list_len) =
+                table::scheduling_table(inputs.scheduler, &inputs.candidates, inputs.size);
+            if new_table != slot.table {
+                tables.add(slot.id, &new_table, list_len)?;
+                slot.table = new_table;
+                slot.table_version += 1;
+            }
+            slot.table_inputs = Some(inputs);
         }
 
         if config.snat != slot.snat {
@@ -254,9 +436,11 @@ impl Programmer {
             slot.snat = config.snat.clone();
         }
         slot.translates = config.method.translates();
-
-        let value = service_entry::service_value(slot.id, config);
-        service_entry::write_service(dataplane, &mut slots.grace, slot, value)
+        // A new service is new here too (its slot started empty).
+        if addresses(slot) != addresses_before {
+            self.addresses_changed = true;
+        }
+        Ok(())
     }
 
     /// A slot for a service seen for the first time, its counters zeroed.
@@ -267,17 +451,19 @@ impl Programmer {
         key: ServiceKey,
     ) -> Result<ServiceSlot, DataplaneError> {
         let maps = dataplane.maps();
-        let id = self
-            .service_ids
-            .take(abi::MAX_SERVICES)
-            .ok_or(DataplaneError::Full {
-                what: "services",
-                limit: abi::MAX_SERVICES,
-            })?;
-        zero_percpu::<ServiceStats>(&maps.pnlb_service_stats, id, "pnlb_service_stats")?;
-        maps.pnlb_rates
-            .update(&id.to_ne_bytes(), &0u64.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_err("pnlb_rates"))?;
+        let Taken { id, fresh } =
+            self.service_ids
+                .take(dataplane.limits().services)
+                .ok_or(DataplaneError::Full {
+                    what: "services",
+                    limit: dataplane.limits().services,
+                })?;
+        if !fresh {
+            zero_percpu::<ServiceStats>(&maps.pnlb_service_stats, id, "pnlb_service_stats")?;
+            maps.pnlb_rates
+                .update(&id.to_ne_bytes(), &0u64.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err("pnlb_rates"))?;
+        }
         Ok(ServiceSlot {
             id,
             key,
@@ -287,6 +473,8 @@ impl Programmer {
             retiring: HashMap::new(),
             table_version: 0,
             table: Vec::new(),
+            table_inputs: None,
+            applied: None,
             snat: None,
             translates: false,
         })
@@ -317,19 +505,23 @@ impl Programmer {
         if !freed.is_empty() {
             self.sync_address_sets(dataplane)?;
         }
+        freed.sort_unstable();
         Ok(freed)
     }
 
     /// Removed backends still carrying flows: (service, address, port, slot).
     pub fn retiring(&self) -> Vec<(String, IpAddr, u16, u32)> {
-        self.services
+        let mut retiring: Vec<_> = self
+            .services
             .iter()
             .flat_map(|(name, slot)| {
                 slot.retiring
                     .iter()
                     .map(move |(key, b)| (name.clone(), key.0, key.1, b.id))
             })
-            .collect()
+            .collect();
+        retiring.sort_unstable();
+        retiring
     }
 
     /// Zeroes the packet and byte counters of every service, backend and
@@ -360,43 +552,76 @@ impl Programmer {
 
     /// Makes pnlb_vips hold exactly the configured VIPs, and
     /// pnlb_backend_addrs the backends whose replies need translating.
-    fn sync_address_sets(&self, dataplane: &Dataplane) -> Result<(), DataplaneError> {
+    fn sync_address_sets(&mut self, dataplane: &Dataplane) -> Result<(), DataplaneError> {
+        // Set again if a write fails: the next apply syncs them.
+        self.addresses_changed = true;
         let maps = dataplane.maps();
         let vips = self.services.values().map(|slot| slot.vip);
-        sync_address_set(&maps.pnlb_vips, "pnlb_vips", vips)?;
+        self.vips.sync(&maps.pnlb_vips, "pnlb_vips", vips)?;
         let backends = self
             .services
             .values()
             .filter(|slot| slot.translates)
             .flat_map(|slot| slot.backends.keys().chain(slot.retiring.keys()))
             .map(|(address, _)| *address);
-        sync_address_set(&maps.pnlb_backend_addrs, "pnlb_backend_addrs", backends)
+        self.backend_addrs
+            .sync(&maps.pnlb_backend_addrs, "pnlb_backend_addrs", backends)?;
+        self.addresses_changed = false;
+        Ok(())
     }
 }
 
-/// Makes an address -> count map hold exactly `addresses`, counted.
-fn sync_address_set(
-    map: &dyn MapCore,
-    name: &'static str,
-    addresses: impl Iterator<Item = IpAddr>,
-) -> Result<(), DataplaneError> {
-    let mut counts: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
-    for address in addresses {
-        *counts
-            .entry(bytes_of(&abi::addr(address)).to_vec())
-            .or_default() += 1;
-    }
-    let present: Vec<Vec<u8>> = map.keys().collect();
-    for key in present {
-        if !counts.contains_key(&key) {
-            map.delete(&key).map_err(map_err(name))?;
+/// An address -> count map (pnlb_vips, pnlb_backend_addrs) as last
+/// written, so that an apply writes only the addresses whose count changed.
+#[derive(Default)]
+struct AddressSet {
+    /// None: not known (never written, adopted, or a write failed); the
+    /// next sync reads the map.
+    written: Option<BTreeMap<IpAddr, u32>>,
+}
+
+impl AddressSet {
+    /// Makes the map hold exactly `addresses`, counted.
+    fn sync(
+        &mut self,
+        map: &dyn MapCore,
+        name: &'static str,
+        addresses: impl Iterator<Item = IpAddr>,
+    ) -> Result<(), DataplaneError> {
+        let mut counts: BTreeMap<IpAddr, u32> = BTreeMap::new();
+        for address in addresses {
+            *counts.entry(address).or_default() += 1;
         }
+        let key = |address: &IpAddr| bytes_of(&abi::addr(*address)).to_vec();
+        match self.written.take() {
+            Some(written) => {
+                for address in written.keys().filter(|a| !counts.contains_key(a)) {
+                    map.delete(&key(address)).map_err(map_err(name))?;
+                }
+                for (address, count) in &counts {
+                    if written.get(address) != Some(count) {
+                        map.update(&key(address), &count.to_ne_bytes(), MapFlags::ANY)
+                            .map_err(map_err(name))?;
+                    }
+                }
+            }
+            None => {
+                let wanted: BTreeSet<Vec<u8>> = counts.keys().map(key).collect();
+                let present: Vec<Vec<u8>> = map.keys().collect();
+                for present in present {
+                    if !wanted.contains(&present) {
+                        map.delete(&present).map_err(map_err(name))?;
+                    }
+                }
+                for (address, count) in &counts {
+                    map.update(&key(address), &count.to_ne_bytes(), MapFlags::ANY)
+                        .map_err(map_err(name))?;
+                }
+            }
+        }
+        self.written = Some(counts);
+        Ok(())
     }
-    for (key, count) in counts {
-        map.update(&key, &count.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_err(name))?;
-    }
-    Ok(())
 }
 
 fn zero_percpu<T: abi::Plain>(
@@ -408,4 +633,32 @@ fn zero_percpu<T: abi::Plain>(
     let zero = bytes_of(&T::default()).to_vec();
     map.update_percpu(&id.to_ne_bytes(), &vec![zero; cpus], MapFlags::ANY)
         .map_err(map_err(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdPool;
+
+    #[test]
+    fn ids_are_taken_lowest_free_first() {
+        let mut pool = IdPool::default();
+        let take = |pool: &mut IdPool, limit| pool.take(limit).map(|t| (t.id, t.fresh));
+        assert_eq!(
+            (0..3).map(|_| take(&mut pool, 3)).collect::<Vec<_>>(),
+            [Some((0, true)), Some((1, true)), Some((2, true))]
+        );
+        assert_eq!(take(&mut pool, 3), None, "full");
+        pool.give_back(1);
+        pool.give_back(0);
+        assert_eq!(take(&mut pool, 3), Some((0, false)), "used before");
+        assert_eq!(take(&mut pool, 3), Some((1, false)));
+        // Adoption claims what a running data plane uses; nothing in it
+        // is known never to have been used.
+        let mut adopted = IdPool::default();
+        adopted.none_fresh();
+        adopted.claim(5);
+        adopted.claim(2);
+        let taken: Vec<_> = (0..5).map(|_| take(&mut adopted, 8)).collect();
+        assert_eq!(taken, [0, 1, 3, 4, 6].map(|id| Some((id, false))));
+    }
 }

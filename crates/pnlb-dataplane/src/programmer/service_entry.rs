@@ -107,9 +107,10 @@ fn scheduler(scheduler: Scheduler) -> abi::SchedulerKind {
     }
 }
 
-/// Writes the service entry if it changed. The services map is a hash,
-/// which recycles a replaced element at once: readers are waited for
-/// before a second rewrite ([`Grace`]).
+/// Writes the service entry if it changed. The services map is a
+/// preallocated hash, which recycles replaced and deleted elements at once:
+/// readers are waited for before such an element is written again
+/// ([`Grace`]); inserting new services waits for nothing.
 pub(super) fn write_service(
     dataplane: &Dataplane,
     grace: &mut Grace,
@@ -119,7 +120,13 @@ pub(super) fn write_service(
     if bytes_of(&value) == bytes_of(&slot.value) {
         return Ok(());
     }
-    grace.before_rewrite(Element::Service);
+    // A written entry is never all zeroes (it has a method): an insert
+    // recycles nothing, a replace recycles the element it replaces.
+    if bytes_of(&slot.value) == bytes_of(&abi::Service::default()) {
+        grace.before_reuse(Element::ServiceRecycled);
+    } else {
+        grace.before_rewrite(Element::ServiceRecycled);
+    }
     dataplane
         .maps()
         .pnlb_services
@@ -135,9 +142,11 @@ pub(super) fn delete_service(
     grace: &mut Grace,
     key: &abi::ServiceKey,
 ) -> Result<(), DataplaneError> {
-    grace.before_rewrite(Element::Service);
     match dataplane.maps().pnlb_services.delete(bytes_of(key)) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            grace.released(Element::ServiceRecycled);
+            Ok(())
+        }
         Err(err) if err.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(DataplaneError::Map {
             map: "pnlb_services",

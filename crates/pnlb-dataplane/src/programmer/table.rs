@@ -18,10 +18,11 @@ use crate::loader::{Dataplane, DataplaneError};
 /// the least-load schedulers' scan). Entries are backend ids.
 ///
 /// chbl gets both: the backend list (its length is returned, 0 otherwise)
-/// followed by the Maglev table.
+/// followed by the Maglev table. Maglev tables have `size` slots.
 pub(super) fn scheduling_table(
     scheduler: Scheduler,
     candidates: &[MaglevBackend],
+    size: u32,
 ) -> (Vec<u32>, u16) {
     let weights: Vec<u32> = candidates.iter().map(|c| c.weight).collect();
     let ids = |indexes: Vec<usize>| -> Vec<u32> {
@@ -29,7 +30,7 @@ pub(super) fn scheduling_table(
     };
     match scheduler {
         Scheduler::Maglev | Scheduler::Sh | Scheduler::Dh => {
-            (maglev::build(candidates, abi::TABLE_SIZE as usize), 0)
+            (maglev::build(candidates, size as usize), 0)
         }
         // The least-load family scans this list, reading live counts.
         Scheduler::Rr
@@ -40,7 +41,7 @@ pub(super) fn scheduling_table(
         | Scheduler::P2c => (ids(sched::rr::table(&weights)), 0),
         Scheduler::Wrr => (ids(sched::wrr::cycle(&weights)), 0),
         Scheduler::Chbl { .. } => {
-            let hash = maglev::build(candidates, abi::TABLE_SIZE as usize);
+            let hash = maglev::build(candidates, size as usize);
             if hash.is_empty() {
                 return (Vec::new(), 0);
             }
@@ -63,49 +64,133 @@ pub(super) fn published_form(table: &[u32], list_len: u16) -> Vec<u32> {
     header.iter().chain(table).copied().collect()
 }
 
-/// Builds a new inner table map and swaps it into the service's slot in one
-/// update: packets see the old table or the new one, never a mix.
-pub(super) fn publish_table(
-    dataplane: &Dataplane,
-    service_id: u32,
-    table: &[u32],
-    list_len: u16,
-) -> Result<(), DataplaneError> {
-    if table.is_empty() {
-        return delete_table(dataplane, service_id);
-    }
-    let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
-        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
-        ..Default::default()
-    };
-    let inner = MapHandle::create(
-        MapType::Array,
-        Some("pnlb_table"),
-        4,
-        4,
-        abi::TABLE_CAPACITY,
-        &opts,
-    )
-    .map_err(map_err("pnlb_table"))?;
-    let slots = published_form(table, list_len);
-    let keys: Vec<u8> = (0..slots.len() as u32).flat_map(u32::to_ne_bytes).collect();
-    let values: Vec<u8> = slots.iter().flat_map(|id| id.to_ne_bytes()).collect();
-    inner
-        .update_batch(
-            &keys,
-            &values,
+/// Tables built during an apply, swapped in together. Each update of a
+/// map of maps waits for every running program to finish (the kernel's
+/// RCU grace period, ~10 ms here), so an apply swaps all its tables in one
+/// batch and waits once, not once per service.
+#[derive(Default)]
+pub(super) struct PendingTables {
+    service_ids: Vec<u32>,
+    tables: Vec<MapHandle>,
+    emptied: Vec<u32>,
+}
+
+impl PendingTables {
+    /// Builds a new inner table map for `service_id`, to be swapped into
+    /// its slot by [`Self::publish`]: packets see the old table or the
+    /// new one, never a mix.
+    pub(super) fn add(
+        &mut self,
+        service_id: u32,
+        table: &[u32],
+        list_len: u16,
+    ) -> Result<(), DataplaneError> {
+        if table.is_empty() {
+            self.emptied.push(service_id);
+            return Ok(());
+        }
+        let mut slots = published_form(table, list_len);
+        slots.truncate(abi::TABLE_CAPACITY as usize);
+        // As long as this table (the template's BPF_F_INNER_MAP lets each
+        // service's be its own length), and written through a memory
+        // mapping (BPF_F_MMAPABLE): one copy, where an update per slot
+        // cost more than building the table.
+        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+            map_flags: libbpf_rs::libbpf_sys::BPF_F_INNER_MAP
+                | libbpf_rs::libbpf_sys::BPF_F_MMAPABLE,
+            ..Default::default()
+        };
+        let inner = MapHandle::create(
+            MapType::Array,
+            Some("pnlb_table"),
+            4,
+            4,
             slots.len() as u32,
-            MapFlags::ANY,
-            MapFlags::ANY,
+            &opts,
         )
         .map_err(map_err("pnlb_table"))?;
-    let fd = inner.as_fd().as_raw_fd();
-    dataplane
-        .maps()
-        .pnlb_tables
-        .update(&service_id.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
-        .map_err(map_err("pnlb_tables"))
-    // `inner` closes here; the outer map holds the table now.
+        write_mapped(&inner, &slots).map_err(|err| DataplaneError::Map {
+            map: "pnlb_table",
+            source: libbpf_rs::Error::from(err),
+        })?;
+        self.service_ids.push(service_id);
+        self.tables.push(inner);
+        Ok(())
+    }
+
+    /// The services whose table is pending (added or emptied).
+    pub(super) fn service_ids(&self) -> Vec<u32> {
+        self.service_ids
+            .iter()
+            .chain(&self.emptied)
+            .copied()
+            .collect()
+    }
+
+    /// Swaps every added table into its service's slot (one batch update:
+    /// one wait), and takes the emptied ones out.
+    pub(super) fn publish(self, dataplane: &Dataplane) -> Result<(), DataplaneError> {
+        if !self.tables.is_empty() {
+            let keys: Vec<u8> = self
+                .service_ids
+                .iter()
+                .flat_map(|id| id.to_ne_bytes())
+                .collect();
+            let fds: Vec<u8> = self
+                .tables
+                .iter()
+                .flat_map(|table| table.as_fd().as_raw_fd().to_ne_bytes())
+                .collect();
+            dataplane
+                .maps()
+                .pnlb_tables
+                .update_batch(
+                    &keys,
+                    &fds,
+                    self.tables.len() as u32,
+                    MapFlags::ANY,
+                    MapFlags::ANY,
+                )
+                .map_err(map_err("pnlb_tables"))?;
+        }
+        for service_id in self.emptied {
+            delete_table(dataplane, service_id)?;
+        }
+        // `tables` close here; the outer map holds them now.
+        Ok(())
+    }
+}
+
+/// Writes `words` into a BPF_F_MMAPABLE array of u32 values, one each.
+/// An array keeps each value in an 8-byte element (values are rounded up
+/// to 8 bytes), so the mapping holds a u32 and 4 bytes of padding a slot.
+fn write_mapped(map: &MapHandle, words: &[u32]) -> std::io::Result<()> {
+    const ELEMENT: usize = 8;
+    let mut elements = vec![0u8; words.len() * ELEMENT];
+    for (element, word) in elements.chunks_exact_mut(ELEMENT).zip(words) {
+        element[..4].copy_from_slice(&word.to_ne_bytes());
+    }
+    let len = elements.len();
+    // SAFETY: a shared mapping of the map's own pages, `len` bytes (the
+    // map holds exactly `words.len()` elements of 8 bytes), written once
+    // and unmapped before anything else touches it.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map.as_fd().as_raw_fd(),
+            0,
+        );
+        if at == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::ptr::copy_nonoverlapping(elements.as_ptr(), at.cast::<u8>(), len);
+        libc::munmap(at, len);
+    }
+    Ok(())
 }
 
 pub(super) fn delete_table(dataplane: &Dataplane, service_id: u32) -> Result<(), DataplaneError> {

@@ -127,7 +127,7 @@ impl Fixture {
         )
     }
 
-    fn with_options(config_text: &str, options: LoadOptions) -> Self {
+    pub fn with_options(config_text: &str, options: LoadOptions) -> Self {
         let dataplane = Dataplane::load_with(options).expect("load XDP program");
         let mut fixture = Self {
             dataplane,

@@ -261,14 +261,42 @@ mod tests {
         .is_err());
     }
 
+    /// A loopback TCP port bound but not listening: connections to it are
+    /// refused, and while the socket is held no other socket (another
+    /// test's listener, or a connect's own source port, which would make a
+    /// TCP self-connection) can take it.
+    fn closed_port() -> (std::os::fd::OwnedFd, u16) {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket calls on a socket this function owns; the
+        // address structs are fully initialised and their sizes given.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0, "socket");
+            let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let mut address = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+                },
+                sin_zero: [0; 8],
+            };
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let at = &mut address as *mut libc::sockaddr_in as *mut libc::sockaddr;
+            assert_eq!(libc::bind(fd, at, len), 0, "bind");
+            assert_eq!(libc::getsockname(fd, at, &mut len), 0, "getsockname");
+            (owned, u16::from_be(address.sin_port))
+        }
+    }
+
     #[test]
     fn tcp_checks_fail_on_a_closed_port_within_the_timeout() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         assert_eq!(probe(&check(CheckKind::Tcp, port), LOCAL), Ok(()));
-        drop(listener);
+        let (_held, closed) = closed_port();
         let started = Instant::now();
-        assert!(probe(&check(CheckKind::Tcp, port), LOCAL).is_err());
+        assert!(probe(&check(CheckKind::Tcp, closed), LOCAL).is_err());
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 

@@ -137,17 +137,21 @@ impl Daemon {
             .map(|s| s.backends.len() + usize::from(s.fallback.is_some()))
             .sum::<usize>()
             + self.programmer.retiring().len();
-        if services > pnlb_dataplane::abi::MAX_SERVICES as usize {
+        let limits = self.dataplane.limits();
+        if services > limits.services as usize {
             return Err(ApiError::new(
                 422,
                 format!(
-                    "{services} services: the data plane holds {}",
-                    pnlb_dataplane::abi::MAX_SERVICES
+                    "{services} services: the data plane holds {} (daemon.max_services)",
+                    limits.services
                 ),
+            )
+            .with_fix(
+                "remove services (raising daemon.max_services takes a restart: docs/config.md)",
             ));
         }
-        if backends > pnlb_dataplane::abi::MAX_BACKENDS as usize {
-            return Err(ApiError::new(422, format!("{backends} backends (counting removed ones still carrying flows): the data plane holds {}", pnlb_dataplane::abi::MAX_BACKENDS))
+        if backends > limits.backends as usize {
+            return Err(ApiError::new(422, format!("{backends} backends (counting removed ones still carrying flows): the data plane holds {} (daemon.max_backends)", limits.backends))
                 .with_fix("remove backends, or wait for removed ones to finish their flows"));
         }
         Ok(())

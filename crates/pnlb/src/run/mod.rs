@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use pnlb_core::config::{self, Config, Document, DownPolicy};
 use pnlb_core::health::Transition;
-use pnlb_dataplane::{ApplyReport, Dataplane, LoadOptions, Programmer};
+use pnlb_dataplane::{ApplyReport, Dataplane, Limits, LoadOptions, Programmer};
 
 use crate::api::model::{ApiError, Done};
 use crate::api::ApiCall;
@@ -292,6 +292,7 @@ impl Daemon {
             conn_sync: config.ha.is_some(),
             hash_seed: seed.value,
             pin_dir: pin_dir.clone(),
+            limits: Limits::of(&config.daemon),
         })?;
         let mut programmer = Programmer::adopt(&dataplane, &config)?;
         if let Some(dir) = &pin_dir {
