@@ -24,7 +24,10 @@ pub const TABLE_SIZE: usize = 65537;
 /// Whether `n` is prime (table sizes are; trial division, for config
 /// checks).
 pub fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 const OFFSET_SEED: u32 = 0x6f66_6673; // "offs"

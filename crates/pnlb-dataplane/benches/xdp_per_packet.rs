@@ -7,7 +7,9 @@
 //! Idempotent cases (a pass, dr's MAC rewrite) use test-run repeat mode,
 //! the kernel averaging over a batch. Rewriting cases run one packet per
 //! call, so each run sees the original packet (repeat mode would feed the
-//! rewritten or encapsulated packet back in).
+//! rewritten or encapsulated packet back in); that mode adds the test-run
+//! machinery and cold caches, which the "harness floor" group measures
+//! (an empty program, and dr, both ways).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -103,6 +105,14 @@ fn tcp(dst: &str, sport: u16, syn: bool) -> Vec<u8> {
 
 /// Kernel-timed duration of `iters` runs of `packet(i)`, one per call.
 fn one_by_one(dataplane: &Dataplane, iters: u64, packet: impl Fn(u64) -> Vec<u8>) -> Duration {
+    program_one_by_one(dataplane.program(), iters, packet)
+}
+
+fn program_one_by_one(
+    program: &libbpf_rs::ProgramMut<'static>,
+    iters: u64,
+    packet: impl Fn(u64) -> Vec<u8>,
+) -> Duration {
     let mut total = Duration::ZERO;
     let mut out = vec![0u8; 256];
     for i in 0..iters {
@@ -112,17 +122,21 @@ fn one_by_one(dataplane: &Dataplane, iters: u64, packet: impl Fn(u64) -> Vec<u8>
             data_out: Some(&mut out),
             ..Default::default()
         };
-        total += dataplane
-            .program()
-            .test_run(input)
-            .expect("test run")
-            .duration;
+        total += program.test_run(input).expect("test run").duration;
     }
     total
 }
 
 /// Kernel-timed duration of `iters` runs of one packet in repeat mode.
 fn repeated(dataplane: &Dataplane, iters: u64, packet: &[u8]) -> Duration {
+    program_repeated(dataplane.program(), iters, packet)
+}
+
+fn program_repeated(
+    program: &libbpf_rs::ProgramMut<'static>,
+    iters: u64,
+    packet: &[u8],
+) -> Duration {
     let mut out = vec![0u8; 256];
     let input = ProgramInput {
         data_in: Some(packet),
@@ -130,7 +144,7 @@ fn repeated(dataplane: &Dataplane, iters: u64, packet: &[u8]) -> Duration {
         repeat: iters.clamp(1, u64::from(u32::MAX)) as u32,
         ..Default::default()
     };
-    let result = dataplane.program().test_run(input).expect("test run");
+    let result = program.test_run(input).expect("test run");
     // The kernel reports the mean per run.
     result.duration * iters as u32
 }
@@ -146,6 +160,30 @@ fn xdp(c: &mut Criterion) {
     Programmer::new()
         .apply(&dataplane, &config, &mut Static)
         .expect("program");
+
+    // The harness's own floor: a run of one packet per call (how the
+    // rewriting cases are timed) costs the test-run machinery and cold
+    // caches on top of the program; a program that does nothing shows how
+    // much, so that each figure below can be read both ways.
+    let floor = pnlb_dataplane::xdp_pass::XdpPass::load().expect("load the pass program");
+    let mut group = c.benchmark_group("harness floor");
+    let any = tcp("10.77.1.99", 40000, false);
+    group.bench_function("empty program, repeat mode", |b| {
+        b.iter_custom(|iters| program_repeated(floor.program(), iters, &any))
+    });
+    group.bench_function("empty program, one packet per call", |b| {
+        b.iter_custom(|iters| program_one_by_one(floor.program(), iters, |_| any.clone()))
+    });
+    group.bench_function("not a service, one packet per call", |b| {
+        b.iter_custom(|iters| one_by_one(&dataplane, iters, |_| any.clone()))
+    });
+    let dr_packet = tcp("10.77.100.1", 40000, false);
+    one_by_one(&dataplane, 1, |_| tcp("10.77.100.1", 40000, true));
+    one_by_one(&dataplane, 1, |_| dr_packet.clone());
+    group.bench_function("dr, one packet per call", |b| {
+        b.iter_custom(|iters| one_by_one(&dataplane, iters, |_| dr_packet.clone()))
+    });
+    group.finish();
 
     let mut group = c.benchmark_group("xdp, established flow");
     let pass = tcp("10.77.1.99", 40000, false);

@@ -30,6 +30,12 @@ impl XdpPass {
         })
     }
 
+    /// The program, e.g. for BPF_PROG_TEST_RUN (the benchmarks' floor: a
+    /// program that does nothing).
+    pub fn program(&self) -> &libbpf_rs::ProgramMut<'static> {
+        &self.skel.progs.pnlb_xdp_pass
+    }
+
     /// Attaches in native mode. Returns the attachment; dropping it detaches.
     pub fn attach(&self, interface: &str) -> Result<Attachment, DataplaneError> {
         attach_program(

@@ -93,7 +93,8 @@ impl Programmer {
             next_generation = next_generation.max(backend.generation.wrapping_add(1));
             let id = index / 2;
             let live = live_copy.get(id as usize).copied().unwrap_or(0);
-            if index % 2 == live && backend.flags & BackendFlags::PNLB_BACKEND_F_PRESENT.0 as u8 != 0
+            if index % 2 == live
+                && backend.flags & BackendFlags::PNLB_BACKEND_F_PRESENT.0 as u8 != 0
             {
                 present.insert(id, backend);
             }

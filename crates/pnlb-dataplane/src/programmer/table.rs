@@ -142,17 +142,32 @@ impl PendingTables {
                 .iter()
                 .flat_map(|table| table.as_fd().as_raw_fd().to_ne_bytes())
                 .collect();
-            dataplane
-                .maps()
-                .pnlb_tables
-                .update_batch(
-                    &keys,
-                    &fds,
-                    self.tables.len() as u32,
-                    MapFlags::ANY,
-                    MapFlags::ANY,
-                )
-                .map_err(map_err("pnlb_tables"))?;
+            let outer = &dataplane.maps().pnlb_tables;
+            let batch = outer.update_batch(
+                &keys,
+                &fds,
+                self.tables.len() as u32,
+                MapFlags::ANY,
+                MapFlags::ANY,
+            );
+            match batch {
+                Ok(()) => {}
+                // A kernel without batch updates of maps of maps: one at
+                // a time (a wait each).
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        libbpf_rs::ErrorKind::Unsupported | libbpf_rs::ErrorKind::InvalidInput
+                    ) =>
+                {
+                    for (key, fd) in keys.chunks_exact(4).zip(fds.chunks_exact(4)) {
+                        outer
+                            .update(key, fd, MapFlags::ANY)
+                            .map_err(map_err("pnlb_tables"))?;
+                    }
+                }
+                Err(err) => return Err(map_err("pnlb_tables")(err)),
+            }
         }
         for service_id in self.emptied {
             delete_table(dataplane, service_id)?;

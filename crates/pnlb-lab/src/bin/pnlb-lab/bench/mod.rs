@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// kernel baseline is always included.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Measure only the workloads whose names (as printed) contain one of
+    /// these, e.g. "new connection per request, concurrency 1".
+    #[arg(long, value_delimiter = ',')]
+    workload: Vec<String>,
     /// Where to write the machine-readable results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -69,6 +73,7 @@ const IPERF: [(&str, u32); 2] = [("bulk TCP, 1 stream", 1), ("bulk TCP, 4 stream
 /// address with random source ports, at this rate, for the whole run.
 const SYN_FLOOD_PPS: u64 = 50_000;
 const UNDER_SYN_FLOOD: &str = "new connection per request, concurrency 32, under a 50k/s SYN flood";
+const SMALL_UDP: &str = "small packets: 64-byte UDP, one client thread sending as fast as it can";
 
 /// snat at c=1 with a new connection per request, twice in a row: ports
 /// used in the first run rest (TIME_WAIT on the servers) during the second.
@@ -130,6 +135,9 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
         seconds: args.seconds,
         ..Results::default()
     };
+    let wanted = |workload: &str| {
+        args.workload.is_empty() || args.workload.iter().any(|w| workload.contains(w.as_str()))
+    };
     let chosen = SETUPS.iter().copied().filter(|s| {
         args.only.is_empty()
             || s.name() == BASELINE
@@ -150,21 +158,27 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
                 anyhow::bail!("interrupted; the lab is removed");
             }
             for (name, connections, close) in HTTP {
-                let run = wrk(&lab, target, connections, close, args.seconds)?;
-                record(&mut results.http, name, &setup.name(), run);
+                if wanted(name) {
+                    let run = wrk(&lab, target, connections, close, args.seconds)?;
+                    record(&mut results.http, name, &setup.name(), run);
+                }
             }
-            let run = under_syn_flood(&lab, target, args.seconds)?;
-            record(&mut results.http, UNDER_SYN_FLOOD, &setup.name(), run);
-            if let Some(program) = setup.small_udp_program() {
+            if wanted(UNDER_SYN_FLOOD) {
+                let run = under_syn_flood(&lab, target, args.seconds)?;
+                record(&mut results.http, UNDER_SYN_FLOOD, &setup.name(), run);
+            }
+            if let Some(program) = setup.small_udp_program().filter(|_| wanted(SMALL_UDP)) {
                 let run = flood::flood(&lab, target, args.seconds, program)?;
                 results.small_udp.entry(setup.name()).or_default().push(run);
             }
             for (name, streams) in IPERF {
-                let gbps = iperf3(&lab, target, streams, args.seconds)?;
-                record(&mut results.bulk_gbps, name, &setup.name(), gbps);
+                if wanted(name) {
+                    let gbps = iperf3(&lab, target, streams, args.seconds)?;
+                    record(&mut results.bulk_gbps, name, &setup.name(), gbps);
+                }
             }
         }
-        if setup == Setup::Pnlb("snat") {
+        if setup == Setup::Pnlb("snat") && wanted("back to back") {
             let first = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS)?;
             let second = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS)?;
             results.snat_back_to_back = Some((first, second));
@@ -380,10 +394,7 @@ fn render(results: &Results) -> String {
         }
     }
     if !results.small_udp.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n== small packets: 64-byte UDP, one client thread sending as fast as it can =="
-        );
+        let _ = writeln!(out, "\n== {SMALL_UDP} ==");
         let _ = writeln!(
             out,
             "{:<17} {:>12} {:>28} {:>8} {:>14} {:>11}",
