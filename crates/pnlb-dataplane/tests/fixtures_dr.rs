@@ -330,6 +330,48 @@ fn an_unresolvable_backend_gets_no_new_flows() {
     }
 }
 
+/// An apply skips services whose config is as last applied, but not when
+/// a backend's next hop changed: the same file re-applied after the
+/// neighbour moved (another interface) or went away takes effect, and so
+/// does its coming back.
+#[test]
+fn a_next_hop_change_under_an_unchanged_config_is_applied() {
+    if !privileged() {
+        return;
+    }
+    let mut fixture = Fixture::new(CONFIG);
+    let packet = udp4("10.77.0.2", 5353, "10.77.100.1", 53, b"query");
+    assert_eq!(fixture.run(&packet).0, XDP_TX);
+    fixture.resolver.ifindex = 4242;
+    fixture.apply(CONFIG);
+    assert_eq!(
+        fixture.run(&packet).0,
+        XDP_REDIRECT,
+        "the backend's new interface is written"
+    );
+    fixture.resolver.ifindex = TEST_RUN_IFINDEX;
+    let gone: std::net::IpAddr = "10.77.1.12".parse().unwrap();
+    fixture.resolver.unreachable.push(gone);
+    fixture.apply(CONFIG);
+    // New flows from `first_port` on (flows seen before keep their backend).
+    let reaches = |fixture: &Fixture, first_port: u16| {
+        (first_port..first_port + 200).any(|port| {
+            let packet = tcp4("10.77.0.2", port, "10.77.100.1", 80, b"");
+            assert_forwarded_dr(fixture, "web4", &packet) == gone
+        })
+    };
+    assert!(
+        !reaches(&fixture, 24000),
+        "an unresolvable backend takes no new flows"
+    );
+    fixture.resolver.unreachable.clear();
+    fixture.apply(CONFIG);
+    assert!(
+        reaches(&fixture, 25000),
+        "and takes them again once it resolves"
+    );
+}
+
 #[test]
 fn counters_count_packets_bytes_and_new_flows_per_service_and_backend() {
     if !privileged() {

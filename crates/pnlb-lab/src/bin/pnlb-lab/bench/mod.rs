@@ -34,9 +34,10 @@ pub struct BenchArgs {
     /// kernel baseline is always included.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Measure only the workloads whose names (as printed) contain one of
-    /// these, e.g. "new connection per request, concurrency 1".
-    #[arg(long, value_delimiter = ',')]
+    /// Measure only the workloads whose names (as printed) contain this,
+    /// e.g. "new connection per request, concurrency 1" (names hold
+    /// commas, so give the flag once per workload).
+    #[arg(long)]
     workload: Vec<String>,
     /// Where to write the machine-readable results.
     #[arg(long, default_value = "target/bench/results.json")]
