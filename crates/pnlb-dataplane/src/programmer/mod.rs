@@ -15,14 +15,16 @@
 //! adding; the reverse when removing. A packet therefore never finds a
 //! service whose table names a backend slot that is not written yet.
 
+mod address_set;
 mod adopt;
 mod backends;
+mod ids;
 mod names;
 mod service_entry;
 mod snat;
 mod table;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use libbpf_rs::{MapCore, MapFlags};
@@ -34,6 +36,8 @@ use crate::grace::Grace;
 use crate::loader::{Dataplane, DataplaneError};
 use crate::nexthop::{Resolution, Resolver};
 
+use address_set::AddressSet;
+use ids::{IdPool, Taken};
 pub use names::{FlowNames, SlotIds};
 pub use service_entry::forwards_statelessly;
 pub use table::PublishedTable;
@@ -107,66 +111,6 @@ struct BackendSlot {
     value: Backend,
     reachable: bool,
     problem: Option<String>,
-}
-
-/// Lowest-free id allocation: a given-back id is taken again before a new
-/// one (tables and counters stay dense); O(log n) a take, for maps of
-/// hundreds of thousands of slots.
-#[derive(Default)]
-struct IdPool {
-    /// Free ids below `next`.
-    free: BTreeSet<u32>,
-    /// Every id from here on is free.
-    next: u32,
-    /// Ids from here on were never taken in this data plane: their map
-    /// entries are still the zeroes the maps were created with.
-    fresh_from: u32,
-}
-
-/// An id from [`IdPool::take`].
-#[derive(Clone, Copy)]
-struct Taken {
-    id: u32,
-    /// Never taken before in this data plane: nothing to zero, nothing
-    /// refers to it.
-    fresh: bool,
-}
-
-impl IdPool {
-    fn take(&mut self, limit: u32) -> Option<Taken> {
-        if let Some(id) = self.free.first().copied().filter(|id| *id < limit) {
-            self.free.remove(&id);
-            return Some(Taken { id, fresh: false });
-        }
-        let id = self.next;
-        (id < limit).then(|| {
-            self.next += 1;
-            let fresh = id >= self.fresh_from;
-            self.fresh_from = self.fresh_from.max(id + 1);
-            Taken { id, fresh }
-        })
-    }
-
-    fn give_back(&mut self, id: u32) {
-        if id < self.next {
-            self.free.insert(id);
-        }
-    }
-
-    /// Marks `id` taken (a slot found in use in an adopted data plane).
-    fn claim(&mut self, id: u32) {
-        if id >= self.next {
-            self.free.extend(self.next..id);
-            self.next = id + 1;
-        } else {
-            self.free.remove(&id);
-        }
-    }
-
-    /// An adopted data plane: any id may have been used before.
-    fn none_fresh(&mut self) {
-        self.fresh_from = u32::MAX;
-    }
 }
 
 fn map_err(map: &'static str) -> impl Fn(libbpf_rs::Error) -> DataplaneError {
@@ -260,6 +204,10 @@ impl Programmer {
         // entries, addresses.
         let mut tables = table::PendingTables::default();
         for service in &changed {
+            // Applied again in whole unless everything below succeeds.
+            if let Some(slot) = self.services.get_mut(&service.name) {
+                slot.applied = None;
+            }
             self.apply_service(dataplane, service, &resolution, &mut tables, &mut report)?;
         }
         self.resolved = resolution;
@@ -296,7 +244,6 @@ impl Programmer {
                 if ids.contains(&slot.id) {
                     slot.table_inputs = None;
                     slot.table.clear();
-                    slot.applied = None;
                 }
             }
         })
@@ -571,59 +518,6 @@ impl Programmer {
     }
 }
 
-/// An address -> count map (pnlb_vips, pnlb_backend_addrs) as last
-/// written, so that an apply writes only the addresses whose count changed.
-#[derive(Default)]
-struct AddressSet {
-    /// None: not known (never written, adopted, or a write failed); the
-    /// next sync reads the map.
-    written: Option<BTreeMap<IpAddr, u32>>,
-}
-
-impl AddressSet {
-    /// Makes the map hold exactly `addresses`, counted.
-    fn sync(
-        &mut self,
-        map: &dyn MapCore,
-        name: &'static str,
-        addresses: impl Iterator<Item = IpAddr>,
-    ) -> Result<(), DataplaneError> {
-        let mut counts: BTreeMap<IpAddr, u32> = BTreeMap::new();
-        for address in addresses {
-            *counts.entry(address).or_default() += 1;
-        }
-        let key = |address: &IpAddr| bytes_of(&abi::addr(*address)).to_vec();
-        match self.written.take() {
-            Some(written) => {
-                for address in written.keys().filter(|a| !counts.contains_key(a)) {
-                    map.delete(&key(address)).map_err(map_err(name))?;
-                }
-                for (address, count) in &counts {
-                    if written.get(address) != Some(count) {
-                        map.update(&key(address), &count.to_ne_bytes(), MapFlags::ANY)
-                            .map_err(map_err(name))?;
-                    }
-                }
-            }
-            None => {
-                let wanted: BTreeSet<Vec<u8>> = counts.keys().map(key).collect();
-                let present: Vec<Vec<u8>> = map.keys().collect();
-                for present in present {
-                    if !wanted.contains(&present) {
-                        map.delete(&present).map_err(map_err(name))?;
-                    }
-                }
-                for (address, count) in &counts {
-                    map.update(&key(address), &count.to_ne_bytes(), MapFlags::ANY)
-                        .map_err(map_err(name))?;
-                }
-            }
-        }
-        self.written = Some(counts);
-        Ok(())
-    }
-}
-
 fn zero_percpu<T: abi::Plain>(
     map: &dyn MapCore,
     id: u32,
@@ -633,32 +527,4 @@ fn zero_percpu<T: abi::Plain>(
     let zero = bytes_of(&T::default()).to_vec();
     map.update_percpu(&id.to_ne_bytes(), &vec![zero; cpus], MapFlags::ANY)
         .map_err(map_err(name))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::IdPool;
-
-    #[test]
-    fn ids_are_taken_lowest_free_first() {
-        let mut pool = IdPool::default();
-        let take = |pool: &mut IdPool, limit| pool.take(limit).map(|t| (t.id, t.fresh));
-        assert_eq!(
-            (0..3).map(|_| take(&mut pool, 3)).collect::<Vec<_>>(),
-            [Some((0, true)), Some((1, true)), Some((2, true))]
-        );
-        assert_eq!(take(&mut pool, 3), None, "full");
-        pool.give_back(1);
-        pool.give_back(0);
-        assert_eq!(take(&mut pool, 3), Some((0, false)), "used before");
-        assert_eq!(take(&mut pool, 3), Some((1, false)));
-        // Adoption claims what a running data plane uses; nothing in it
-        // is known never to have been used.
-        let mut adopted = IdPool::default();
-        adopted.none_fresh();
-        adopted.claim(5);
-        adopted.claim(2);
-        let taken: Vec<_> = (0..5).map(|_| take(&mut adopted, 8)).collect();
-        assert_eq!(taken, [0, 1, 3, 4, 6].map(|id| Some((id, false))));
-    }
 }
