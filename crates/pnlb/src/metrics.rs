@@ -223,6 +223,28 @@ impl Collector for Snapshot {
             "Connection-table size: established = daemon.conn_table_size, new = a quarter of it (at least 1024)",
             per_table(table.capacity, table.new_capacity),
         )?;
+        let slots = &status.slots;
+        family(
+            &mut encoder,
+            "dataplane_slots",
+            "Service and backend slots in use (a removed backend keeps its slot while its flows last)",
+            [("services", slots.services), ("backends", slots.backends)]
+                .into_iter()
+                .map(|(kind, n)| (vec![("kind", kind.to_string())], ConstGauge::new(n as i64)))
+                .collect(),
+        )?;
+        family(
+            &mut encoder,
+            "dataplane_slot_limit",
+            "Slots the data plane's maps hold: daemon.max_services and daemon.max_backends",
+            [
+                ("services", slots.max_services),
+                ("backends", slots.max_backends),
+            ]
+            .into_iter()
+            .map(|(kind, n)| (vec![("kind", kind.to_string())], ConstGauge::new(n as i64)))
+            .collect(),
+        )?;
         family(
             &mut encoder,
             "conntrack_events",

@@ -134,11 +134,6 @@ impl Programmer {
 
     /// How many services and backends an adoption found.
     pub fn adopted_counts(&self) -> (usize, usize) {
-        let backends = self
-            .services
-            .values()
-            .map(|s| s.backends.len() + s.retiring.len())
-            .sum();
-        (self.services.len(), backends)
+        self.slots_in_use()
     }
 }

@@ -140,6 +140,17 @@ impl Programmer {
             .map(|b| b.id)
     }
 
+    /// Service slots and backend slots in use (a removed backend holds its
+    /// slot while its flows last), against Dataplane::limits.
+    pub fn slots_in_use(&self) -> (usize, usize) {
+        let backends = self
+            .services
+            .values()
+            .map(|s| s.backends.len() + s.retiring.len())
+            .sum();
+        (self.services.len(), backends)
+    }
+
     /// The per-service counter slot of a configured service.
     pub fn service_id(&self, service: &str) -> Option<u32> {
         self.services.get(service).map(|s| s.id)

@@ -11,12 +11,35 @@ use serde::{Deserialize, Serialize};
 pub struct Status {
     pub services: Vec<ServiceStatus>,
     pub connections: ConnectionTable,
+    /// The data plane's service and backend slots in use.
+    #[serde(default)]
+    pub slots: Slots,
     /// Drops and passes by reason, every service together.
     pub reasons: BTreeMap<String, u64>,
     /// Bumped by every change the daemon applies (edit, reload, drain).
     pub config_version: u64,
     /// Where the desired state came from: the file, or edits through the API.
     pub config_source: String,
+}
+
+/// Service and backend slots: the data plane's maps hold
+/// daemon.max_services and daemon.max_backends; a removed backend keeps
+/// its slot while its flows last.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Slots {
+    pub services: u64,
+    pub max_services: u64,
+    pub backends: u64,
+    pub max_backends: u64,
+}
+
+impl Slots {
+    pub fn describe(&self) -> String {
+        format!(
+            "slots: services {}/{}, backends {}/{}",
+            self.services, self.max_services, self.backends, self.max_backends
+        )
+    }
 }
 
 /// The connection tables (docs/conntrack.md). Fill is as of the last

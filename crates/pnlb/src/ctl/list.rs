@@ -52,10 +52,11 @@ pub fn render(status: &Status, mode: Mode, before: Option<&Status>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "pnlb: {} service(s), connection table {}/{}, config version {} ({})",
+        "pnlb: {} service(s), connection table {}/{}, {}, config version {} ({})",
         status.services.len(),
         status.connections.entries,
         status.connections.capacity,
+        status.slots.describe(),
         status.config_version,
         status.config_source
     );
@@ -234,6 +235,12 @@ mod tests {
                 evicted: 12,
                 refused_full: 0,
                 ..ConnectionTable::default()
+            },
+            slots: crate::api::model::Slots {
+                services: 1,
+                max_services: 1024,
+                backends: 2,
+                max_backends: 4096,
             },
             reasons: Default::default(),
             config_version: 2,

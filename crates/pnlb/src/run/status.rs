@@ -104,9 +104,17 @@ impl Daemon {
                     .collect()
             })
             .unwrap_or_default();
+        let (service_slots, backend_slots) = self.programmer.slots_in_use();
+        let limits = self.dataplane.limits();
         model::Status {
             services,
             connections: crate::summary::connection_table(&self.dataplane),
+            slots: model::Slots {
+                services: service_slots as u64,
+                max_services: u64::from(limits.services),
+                backends: backend_slots as u64,
+                max_backends: u64::from(limits.backends),
+            },
             reasons,
             config_version: self.version,
             config_source: self.source.clone(),
