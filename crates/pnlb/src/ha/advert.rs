@@ -44,19 +44,30 @@ pub enum AdvertError {
     Authentication,
 }
 
-/// HMAC-SHA256 of `data` under `key` (adverts and sync messages).
-pub fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
+/// HMAC-SHA256 of `data` under `key` (adverts and sync messages); None if
+/// OpenSSL fails.
+pub fn hmac(key: &[u8], data: &[u8]) -> Option<[u8; 32]> {
     let computed = PKey::hmac(key)
         .and_then(|pkey| {
             let mut signer = Signer::new(MessageDigest::sha256(), &pkey)?;
             signer.update(data)?;
             signer.sign_to_vec()
         })
-        .unwrap_or_default();
-    let n = computed.len().min(32);
-    out[..n].copy_from_slice(&computed[..n]);
-    out
+        .ok()?;
+    computed.try_into().ok()
+}
+
+/// The tag to send with `data`. If it cannot be computed the message goes
+/// out with a zero tag, which every receiver refuses ([`verify`] fails
+/// closed).
+pub fn sign(key: &[u8], data: &[u8]) -> [u8; 32] {
+    hmac(key, data).unwrap_or([0; 32])
+}
+
+/// Whether `tag` authenticates `data` under `key`; false when the HMAC
+/// cannot be computed, so a failing OpenSSL lets nothing in.
+pub fn verify(key: &[u8], data: &[u8], tag: &[u8]) -> bool {
+    hmac(key, data).is_some_and(|expected| openssl::memcmp::eq(&expected, tag))
 }
 
 impl Advert {
@@ -73,7 +84,7 @@ impl Advert {
         };
         out[8..24].copy_from_slice(&sender.octets());
         out[24..32].copy_from_slice(&self.sequence.to_be_bytes());
-        let tag = hmac(key, &out[..SIGNED]);
+        let tag = sign(key, &out[..SIGNED]);
         out[SIGNED..].copy_from_slice(&tag);
         out
     }
@@ -85,8 +96,7 @@ impl Advert {
         if bytes[4] != VERSION {
             return Err(AdvertError::Version(bytes[4]));
         }
-        let expected = hmac(key, &bytes[..SIGNED]);
-        if !openssl::memcmp::eq(&expected, &bytes[SIGNED..]) {
+        if !verify(key, &bytes[..SIGNED], &bytes[SIGNED..]) {
             return Err(AdvertError::Authentication);
         }
         let mut address = [0u8; 16];
@@ -117,6 +127,27 @@ mod tests {
             sender: "10.77.1.2".parse().unwrap(),
             sequence: 42,
         }
+    }
+
+    #[test]
+    fn hmac_is_hmac_sha256_and_a_zero_tag_never_verifies() {
+        // RFC 4231, test case 2.
+        let tag = hmac(b"Jefe", b"what do ya want for nothing?").unwrap();
+        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(verify(b"Jefe", b"what do ya want for nothing?", &tag));
+        // What a node that cannot compute its HMAC sends, and what a
+        // forger without the key might try: refused.
+        let unsigned = advert().emit(b"secret");
+        let mut zeroed = unsigned;
+        zeroed[SIGNED..].fill(0);
+        assert_eq!(
+            Advert::parse(&zeroed, b"secret"),
+            Err(AdvertError::Authentication)
+        );
     }
 
     #[test]

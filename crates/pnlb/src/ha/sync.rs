@@ -38,7 +38,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use pnlb_dataplane::abi::{bytes_of, from_bytes, Conn, FlowKey, ServiceKey};
 
-use super::advert::{hmac, AdvertError};
+use super::advert::{sign, verify, AdvertError};
 
 pub const SYNC_PORT: u16 = 8113;
 const MAGIC: &[u8; 4] = b"PNSY";
@@ -176,7 +176,7 @@ impl Message {
             out.extend_from_slice(&mapped(flow.backend));
             out.extend_from_slice(&flow.backend_port.to_be_bytes());
         }
-        let tag = hmac(key, &out);
+        let tag = sign(key, &out);
         out.extend_from_slice(&tag);
         out
     }
@@ -189,7 +189,7 @@ impl Message {
             return Err(AdvertError::Version(bytes[4]));
         }
         let (body, tag) = bytes.split_at(bytes.len() - MAC);
-        if !openssl::memcmp::eq(&hmac(key, body), tag) {
+        if !verify(key, body, tag) {
             return Err(AdvertError::Authentication);
         }
         let count = usize::from(u16::from_be_bytes([bytes[8], bytes[9]]));

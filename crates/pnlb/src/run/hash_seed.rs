@@ -47,10 +47,9 @@ pub fn choose(config: &Config, left_running: Option<u32>) -> Result<HashSeed> {
 }
 
 fn from_secret(secret: &[u8]) -> Result<u32> {
-    let tag = crate::ha::advert::hmac(secret, LABEL);
-    if tag == [0; 32] {
+    let Some(tag) = crate::ha::advert::hmac(secret, LABEL) else {
         bail!("deriving the flow-hash seed: HMAC-SHA256 failed (OpenSSL)");
-    }
+    };
     Ok(u32::from_be_bytes([tag[0], tag[1], tag[2], tag[3]]))
 }
 
