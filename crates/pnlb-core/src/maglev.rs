@@ -129,7 +129,13 @@ impl Walk {
 /// (count + N) / W (W the sum of weights) is listed — at least `count` of
 /// them, at most count + N — bucketed by floor(k W / w_i), which keeps time
 /// order across buckets, and each bucket is sorted exactly.
-fn turn_order(weights: &[u64], count: usize) -> impl Iterator<Item = usize> {
+fn turn_order(weights: &[u64], count: usize) -> Box<dyn Iterator<Item = usize>> {
+    // Equal weights (most pools): the k-th turns of all backends come
+    // before any (k+1)-th, in index order, which is plain round robin.
+    if weights.windows(2).all(|pair| pair[0] == pair[1]) {
+        let n = weights.len().max(1);
+        return Box::new((0..count).map(move |turn| turn % n));
+    }
     let total: u128 = weights.iter().map(|w| u128::from(*w)).sum();
     let horizon = (count + weights.len()) as u128;
     // Backend i's turns k = 1..=due_by[i], bucketed by floor(k * W / w_i),
@@ -180,7 +186,7 @@ fn turn_order(weights: &[u64], count: usize) -> impl Iterator<Item = usize> {
         }
     }
     sorted.truncate(count);
-    sorted.into_iter().map(|(_, i)| i as usize)
+    Box::new(sorted.into_iter().map(|(_, i)| i as usize))
 }
 
 #[cfg(test)]
@@ -343,7 +349,7 @@ mod tests {
         let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
         for _case in 0..200 {
             let n = 1 + (rng.next() % 30) as usize;
-            let weights: Vec<u64> = (0..n)
+            let mut weights: Vec<u64> = (0..n)
                 .map(|_| {
                     1 + rng.next()
                         % if rng.next().is_multiple_of(2) {
@@ -353,6 +359,11 @@ mod tests {
                         }
                 })
                 .collect();
+            // A quarter of the cases with equal weights (round robin).
+            if rng.next().is_multiple_of(4) {
+                let w = weights[0];
+                weights.fill(w);
+            }
             let count = 1 + (rng.next() % 3000) as usize;
             let mut taken = vec![0u64; n];
             let reference: Vec<usize> = (0..count)
