@@ -144,45 +144,70 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
             || s.name() == BASELINE
             || args.only.iter().any(|o| s.name().starts_with(o.as_str()))
     });
-    for (index, setup) in chosen.enumerate() {
-        if interrupted() {
-            anyhow::bail!("interrupted; the lab is removed");
-        }
-        use_fresh_client_address(&lab, index)?;
-        println!("measuring {}", setup.name());
-        let _running = setup
-            .start(&lab, binary)
-            .with_context(|| format!("starting {}", setup.name()))?;
-        let target = setup.target(&lab);
-        for _ in 0..args.repetitions {
+    let setups: Vec<Setup> = chosen.collect();
+    // Two rounds over the setups: the calm workloads, then the floods. A
+    // flood leaves work behind (servers retransmitting SYN-ACKs to spoofed
+    // ports for a minute, tables full of flood entries) that would weigh
+    // on whatever is measured next, latency at c=1 most of all.
+    for floods in [false, true] {
+        for (index, &setup) in setups.iter().enumerate() {
+            let measures_here = if floods {
+                wanted(UNDER_SYN_FLOOD)
+                    || (setup.small_udp_program().is_some() && wanted(SMALL_UDP))
+            } else {
+                HTTP.iter().any(|(name, _, _)| wanted(name))
+                    || IPERF.iter().any(|(name, _)| wanted(name))
+                    || (setup == Setup::Pnlb("snat") && wanted("back to back"))
+            };
+            if !measures_here {
+                continue;
+            }
             if interrupted() {
                 anyhow::bail!("interrupted; the lab is removed");
             }
-            for (name, connections, close) in HTTP {
-                if wanted(name) {
-                    let run = wrk(&lab, target, connections, close, args.seconds)?;
-                    record(&mut results.http, name, &setup.name(), run);
+            use_fresh_client_address(&lab, index + usize::from(floods) * SETUPS.len())?;
+            println!(
+                "measuring {}{}",
+                setup.name(),
+                if floods { " under floods" } else { "" }
+            );
+            let _running = setup
+                .start(&lab, binary)
+                .with_context(|| format!("starting {}", setup.name()))?;
+            let target = setup.target(&lab);
+            for _ in 0..args.repetitions {
+                if interrupted() {
+                    anyhow::bail!("interrupted; the lab is removed");
+                }
+                if floods {
+                    if wanted(UNDER_SYN_FLOOD) {
+                        let run = under_syn_flood(&lab, target, args.seconds)?;
+                        record(&mut results.http, UNDER_SYN_FLOOD, &setup.name(), run);
+                    }
+                    if let Some(program) = setup.small_udp_program().filter(|_| wanted(SMALL_UDP)) {
+                        let run = flood::flood(&lab, target, args.seconds, program)?;
+                        results.small_udp.entry(setup.name()).or_default().push(run);
+                    }
+                    continue;
+                }
+                for (name, connections, close) in HTTP {
+                    if wanted(name) {
+                        let run = wrk(&lab, target, connections, close, args.seconds)?;
+                        record(&mut results.http, name, &setup.name(), run);
+                    }
+                }
+                for (name, streams) in IPERF {
+                    if wanted(name) {
+                        let gbps = iperf3(&lab, target, streams, args.seconds)?;
+                        record(&mut results.bulk_gbps, name, &setup.name(), gbps);
+                    }
                 }
             }
-            if wanted(UNDER_SYN_FLOOD) {
-                let run = under_syn_flood(&lab, target, args.seconds)?;
-                record(&mut results.http, UNDER_SYN_FLOOD, &setup.name(), run);
+            if !floods && setup == Setup::Pnlb("snat") && wanted("back to back") {
+                let first = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS)?;
+                let second = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS)?;
+                results.snat_back_to_back = Some((first, second));
             }
-            if let Some(program) = setup.small_udp_program().filter(|_| wanted(SMALL_UDP)) {
-                let run = flood::flood(&lab, target, args.seconds, program)?;
-                results.small_udp.entry(setup.name()).or_default().push(run);
-            }
-            for (name, streams) in IPERF {
-                if wanted(name) {
-                    let gbps = iperf3(&lab, target, streams, args.seconds)?;
-                    record(&mut results.bulk_gbps, name, &setup.name(), gbps);
-                }
-            }
-        }
-        if setup == Setup::Pnlb("snat") && wanted("back to back") {
-            let first = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS)?;
-            let second = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS)?;
-            results.snat_back_to_back = Some((first, second));
         }
     }
     drop(iperf_servers);
