@@ -39,7 +39,7 @@ impl Resolver for Static {
 
 /// One service per method on its own VIP (10.77.100.1-5), then one per
 /// scheduler (10.77.101.x), each over 8 backends.
-fn config() -> String {
+fn bench_config() -> String {
     let mut text = String::from("[daemon]\ninterfaces = [\"eth0\"]\n");
     let backends = |net: u32| -> String {
         (1..=8)
@@ -156,7 +156,8 @@ fn xdp(c: &mut Criterion) {
         return;
     }
     let dataplane = Dataplane::load(1 << 20).expect("load");
-    let config = pnlb_core::config::parse(Path::new("bench.toml"), &config()).expect("config");
+    let config =
+        pnlb_core::config::parse(Path::new("bench.toml"), &bench_config()).expect("config");
     Programmer::new()
         .apply(&dataplane, &config, &mut Static)
         .expect("program");
@@ -248,6 +249,67 @@ fn xdp(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // The same with more services beside the measured ones (issue 17:
+    // within 1.1x from 1 to 10,000 services): each its own data plane,
+    // sized for them, the extra services rr over one backend each (tables
+    // of one slot).
+    let mut group = c.benchmark_group("xdp, established flow, by services in the data plane");
+    for extra in [0usize, 1_000, 10_000] {
+        let services = bench_config().matches("[[service]]").count() + extra;
+        let mut options = pnlb_dataplane::LoadOptions::for_tests(1 << 16);
+        options.limits = pnlb_dataplane::Limits {
+            services: services as u32,
+            backends: (services * 8) as u32,
+        };
+        let sized = Dataplane::load_with(options).expect("load");
+        let text = bench_config().replacen(
+            "[daemon]\n",
+            &format!(
+                "[daemon]\nmax_services = {services}\nmax_backends = {}\n",
+                services * 8
+            ),
+            1,
+        ) + &extra_services(extra);
+        let config = pnlb_core::config::parse(Path::new("bench.toml"), &text).expect("config");
+        Programmer::new()
+            .apply(&sized, &config, &mut Static)
+            .expect("program");
+        let dr = tcp("10.77.100.1", 40000, false);
+        let nat = tcp("10.77.100.2", 40000, false);
+        // The handshake: the SYN creates the flow, the ACK establishes it.
+        for vip in ["10.77.100.1", "10.77.100.2"] {
+            one_by_one(&sized, 1, |_| tcp(vip, 40000, true));
+            one_by_one(&sized, 1, |_| tcp(vip, 40000, false));
+        }
+        group.bench_function(BenchmarkId::new("dr", services), |b| {
+            b.iter_custom(|iters| repeated(&sized, iters, &dr))
+        });
+        group.bench_function(BenchmarkId::new("nat", services), |b| {
+            b.iter_custom(|iters| one_by_one(&sized, iters, |_| nat.clone()))
+        });
+        group.bench_function(BenchmarkId::new("not a service (pass)", services), |b| {
+            b.iter_custom(|iters| repeated(&sized, iters, &pass))
+        });
+    }
+    group.finish();
+}
+
+/// `count` services beside the measured ones: VIPs 10.90.x.y, rr over one
+/// backend each.
+fn extra_services(count: usize) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                "[[service]]\nname = \"extra-{i}\"\nvip = \"10.90.{}.{}\"\nport = 80\nscheduler = \"rr\"\n\
+                 [[service.backend]]\naddress = \"10.91.{}.{}\"\n",
+                i / 250,
+                i % 250 + 1,
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect()
 }
 
 /// Fills the established table up to `to` flows of the dr service (from
