@@ -39,6 +39,11 @@ pub struct BenchArgs {
     /// commas, so give the flag once per workload).
     #[arg(long)]
     workload: Vec<String>,
+    /// Stop (SIGSTOP) each pnlb daemon while its calm workloads run: the
+    /// data plane forwards alone, which tells the daemon's share of the
+    /// latency figures.
+    #[arg(long)]
+    pause_daemon: bool,
     /// Where to write the machine-readable results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -171,9 +176,14 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
                 setup.name(),
                 if floods { " under floods" } else { "" }
             );
-            let _running = setup
+            let running = setup
                 .start(&lab, binary)
                 .with_context(|| format!("starting {}", setup.name()))?;
+            let paused = args.pause_daemon && !floods && matches!(setup, Setup::Pnlb(_));
+            if paused {
+                println!("  (its daemon stopped while measured)");
+                running.pause(true);
+            }
             let target = setup.target(&lab);
             for _ in 0..args.repetitions {
                 if interrupted() {
@@ -208,6 +218,7 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
                 let second = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS)?;
                 results.snat_back_to_back = Some((first, second));
             }
+            running.pause(false);
         }
     }
     drop(iperf_servers);

@@ -221,8 +221,21 @@ fn hold_in_lb(
 
 type Keeper = std::thread::JoinHandle<Result<(), pnlb_lab::LabError>>;
 
+impl Running {
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the setup's own process, if it
+    /// has one (`pnlb run`, haproxy): the data plane goes on without its
+    /// daemon, which tells the daemon's share of a latency figure.
+    pub fn pause(&self, paused: bool) {
+        if let Some(process) = &self.process {
+            process.signal(if paused { libc::SIGSTOP } else { libc::SIGCONT });
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
+        // A stopped process ignores SIGTERM until it is resumed.
+        self.pause(false);
         if let Some((stop, keeper)) = self.keeper.take() {
             let _ = stop.send(());
             let _ = keeper.join();
