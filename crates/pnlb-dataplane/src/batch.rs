@@ -26,6 +26,8 @@ pub(crate) struct Entries<'map> {
     at: usize,
     /// The last call reached the end.
     last: bool,
+    /// The errno that ended the walk early, if one did.
+    failed: Option<i32>,
 }
 
 /// Walks `map`, `batch` entries per call.
@@ -66,6 +68,7 @@ pub(crate) fn entries_from<M: MapCore + ?Sized>(
         },
         filled: 0,
         at: 0,
+        failed: None,
     }
 }
 
@@ -77,6 +80,12 @@ fn token_size(key_size: usize) -> usize {
 impl Entries<'_> {
     /// Whether every entry fetched so far has been handed out: a walk
     /// stopped here can resume with [`Self::stopped`] and miss nothing.
+    /// Why the walk ended before the end of the map, if it did (walks
+    /// that must see everything check it).
+    pub(crate) fn error(&self) -> Option<std::io::Error> {
+        self.failed.map(std::io::Error::from_raw_os_error)
+    }
+
     pub(crate) fn at_batch_end(&self) -> bool {
         self.at >= self.filled
     }
@@ -132,8 +141,9 @@ impl Entries<'_> {
                     self.count *= 2;
                     continue;
                 }
-                Some(_) => {
+                Some(errno) => {
                     self.last = true;
+                    self.failed = Some(errno);
                     count = 0;
                 }
             }

@@ -9,10 +9,9 @@
 
 use std::collections::HashMap;
 
-use libbpf_rs::{MapCore, MapFlags};
 use pnlb_core::config::Config;
 
-use super::{map_err, BackendSlot, Programmer, ServiceSlot};
+use super::{BackendSlot, Programmer, ServiceSlot};
 use crate::abi::{self, from_bytes, Backend, BackendFlags, ServiceKey};
 use crate::loader::{Dataplane, DataplaneError};
 
@@ -27,26 +26,25 @@ impl Programmer {
         programmer.service_ids.none_fresh();
         programmer.slots.backend_ids.none_fresh();
         let maps = dataplane.maps();
-        for key_bytes in maps.pnlb_services.keys() {
-            let Some(key) = from_bytes::<ServiceKey>(&key_bytes) else {
+        let by_listener: HashMap<(std::net::IpAddr, u16, u8), &str> = config
+            .services
+            .iter()
+            .map(|s| ((s.vip, s.port, s.protocol.number()), s.name.as_str()))
+            .collect();
+        let mut services = crate::batch::entries(&maps.pnlb_services, 1024);
+        for (key_bytes, value_bytes) in services.by_ref() {
+            let (Some(key), Some(value)) = (
+                from_bytes::<ServiceKey>(&key_bytes),
+                from_bytes::<abi::Service>(&value_bytes),
+            ) else {
                 continue;
             };
-            let value = maps
-                .pnlb_services
-                .lookup(&key_bytes, MapFlags::ANY)
-                .map_err(map_err("pnlb_services"))?
-                .and_then(|bytes| from_bytes::<abi::Service>(&bytes));
-            let Some(value) = value else { continue };
             let vip = abi::ip_of(&key.vip);
             let port = u16::from_be(key.port);
-            let name = config
-                .services
-                .iter()
-                .find(|s| s.vip == vip && s.port == port && s.protocol.number() == key.protocol)
-                .map_or_else(
-                    || format!("(left running) {vip} port {port}/{}", key.protocol),
-                    |s| s.name.clone(),
-                );
+            let name = by_listener.get(&(vip, port, key.protocol)).map_or_else(
+                || format!("(left running) {vip} port {port}/{}", key.protocol),
+                |name| name.to_string(),
+            );
             programmer.service_ids.claim(value.id);
             let translates = value.method == abi::Method::PNLB_METHOD_NAT.0 as u8
                 || value.method == abi::Method::PNLB_METHOD_SNAT.0 as u8;
@@ -68,6 +66,7 @@ impl Programmer {
                 },
             );
         }
+        read_whole("pnlb_services", &services)?;
 
         let mut next_generation = dataplane
             .meta(abi::MetaSlot::PNLB_META_NEXT_GENERATION)
@@ -75,15 +74,18 @@ impl Programmer {
         // Whole arrays in batches: hundreds of thousands of slots would
         // take a lookup each, and a scan of the services each.
         let mut live_copy = vec![0u32; dataplane.limits().backends as usize];
-        for (key, value) in crate::batch::entries(&maps.pnlb_live_copy, 4096) {
+        let mut copies = crate::batch::entries(&maps.pnlb_live_copy, 4096);
+        for (key, value) in copies.by_ref() {
             if let (Some(id), Some(live)) = (from_bytes::<u32>(&key), from_bytes::<u32>(&value)) {
                 if let Some(slot) = live_copy.get_mut(id as usize) {
                     *slot = live & 1;
                 }
             }
         }
+        read_whole("pnlb_live_copy", &copies)?;
         let mut present: HashMap<u32, Backend> = HashMap::new();
-        for (key, value) in crate::batch::entries(&maps.pnlb_backends, 4096) {
+        let mut backends = crate::batch::entries(&maps.pnlb_backends, 4096);
+        for (key, value) in backends.by_ref() {
             let (Some(index), Some(backend)) =
                 (from_bytes::<u32>(&key), from_bytes::<Backend>(&value))
             else {
@@ -99,6 +101,7 @@ impl Programmer {
                 present.insert(id, backend);
             }
         }
+        read_whole("pnlb_backends", &backends)?;
         for (id, live) in live_copy.iter().enumerate() {
             programmer.slots.copies.live.insert(id as u32, *live);
         }
@@ -135,5 +138,16 @@ impl Programmer {
     /// How many services and backends an adoption found.
     pub fn adopted_counts(&self) -> (usize, usize) {
         self.slots_in_use()
+    }
+}
+
+/// An adoption must see every entry: a walk cut short is an error.
+fn read_whole(map: &'static str, walk: &crate::batch::Entries<'_>) -> Result<(), DataplaneError> {
+    match walk.error() {
+        None => Ok(()),
+        Some(err) => Err(DataplaneError::Map {
+            map,
+            source: libbpf_rs::Error::from(err),
+        }),
     }
 }
