@@ -23,6 +23,7 @@ pub mod decap;
 pub mod grace;
 pub mod inspect;
 pub mod loader;
+pub mod memory;
 pub mod netdev;
 pub mod netwatch;
 pub mod nexthop;

@@ -60,10 +60,12 @@ const ANNOUNCE_AGAIN: [Duration; 2] = [Duration::from_secs(1), Duration::from_se
 
 pub fn check(path: &Path) -> Result<()> {
     let config = config::load(path)?;
+    let cpus = pnlb_dataplane::memory::possible_cpus();
     println!(
-        "{}: ok, {} service(s)",
+        "{}: ok, {} service(s); {}",
         path.display(),
-        config.services.len()
+        config.services.len(),
+        pnlb_dataplane::memory::estimate(&config, cpus).describe(cpus)
     );
     Ok(())
 }
