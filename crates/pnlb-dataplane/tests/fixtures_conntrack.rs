@@ -697,6 +697,48 @@ fn the_data_plane_holds_the_services_its_maps_were_sized_for() {
     assert!(refused.contains("at most 16"), "{refused}");
 }
 
+/// An apply swaps its tables in batches of a bounded size (each pending
+/// table is an open file): 1,200 services take three, and every one is
+/// published.
+#[test]
+fn more_tables_than_one_swap_carries_are_all_published() {
+    if !privileged() {
+        return;
+    }
+    let services = 1200;
+    let mut text = format!(
+        "[daemon]\ninterfaces = [\"eth0\"]\nmax_services = {services}\nmax_backends = {services}\n"
+    );
+    for i in 0..services {
+        text += &format!(
+            "[[service]]\nname = \"s{i}\"\nvip = \"10.90.{}.{}\"\nport = 80\nscheduler = \"rr\"\n\
+             [[service.backend]]\naddress = \"10.77.1.{}\"\n",
+            i / 250,
+            i % 250 + 1,
+            11 + i % 10
+        );
+    }
+    let mut options = pnlb_dataplane::LoadOptions::for_tests(65_536);
+    options.limits = pnlb_dataplane::Limits {
+        services: services as u32,
+        backends: services as u32,
+    };
+    let fixture = Fixture::with_options(&text, options);
+    let unpublished: Vec<usize> = (0..services)
+        .filter(|i| {
+            let id = fixture.programmer.service_id(&format!("s{i}")).unwrap();
+            fixture.dataplane.published_table(id).unwrap().is_none()
+        })
+        .collect();
+    assert_eq!(unpublished, Vec::<usize>::new(), "services without a table");
+    let last = Pkt::tcp("10.77.0.2", 42000, "10.90.4.200", 80, SYN);
+    assert_eq!(
+        fixture.run(&last.bytes()).0,
+        XDP_TX,
+        "the last one forwards"
+    );
+}
+
 #[test]
 fn a_shrunk_table_is_published_with_its_own_length() {
     if !privileged() {

@@ -220,12 +220,14 @@ impl Programmer {
                 slot.applied = None;
             }
             self.apply_service(dataplane, service, &resolution, &mut tables, &mut report)?;
+            // Each pending table is an open map: bounded, so that a big
+            // config cannot run the process out of file descriptors (1,024
+            // where nothing raised the limit). A wait per batch.
+            if tables.len() >= table::TABLES_PER_SWAP {
+                self.publish_tables(dataplane, std::mem::take(&mut tables))?;
+            }
         }
         self.resolved = resolution;
-        self.slots.persist_generation(dataplane)?;
-        // From here a table may name the new slots (even if publishing
-        // fails halfway): they are written like any other.
-        self.slots.unpublished.clear();
         self.publish_tables(dataplane, tables)?;
         for service in changed {
             // Every configured service has its slot from apply_service.
@@ -249,6 +251,12 @@ impl Programmer {
         dataplane: &Dataplane,
         tables: table::PendingTables,
     ) -> Result<(), DataplaneError> {
+        // Generations first: a process that adopts the data plane must
+        // never give one a published table names.
+        self.slots.persist_generation(dataplane)?;
+        // From here a table may name the new slots (even if publishing
+        // fails halfway): they are written like any other.
+        self.slots.unpublished.clear();
         let ids = tables.service_ids();
         tables.publish(dataplane).inspect_err(|_| {
             for slot in self.services.values_mut() {

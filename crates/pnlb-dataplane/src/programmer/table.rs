@@ -64,6 +64,10 @@ pub(super) fn published_form(table: &[u32], list_len: u16) -> Vec<u32> {
     header.iter().chain(table).copied().collect()
 }
 
+/// Most tables swapped in by one batch (each holds a file descriptor until
+/// it is in the outer map).
+pub(super) const TABLES_PER_SWAP: usize = 512;
+
 /// Tables built during an apply, swapped in together. Each update of a
 /// map of maps waits for every running program to finish (the kernel's
 /// RCU grace period, ~10 ms here), so an apply swaps all its tables in one
@@ -117,6 +121,11 @@ impl PendingTables {
         self.service_ids.push(service_id);
         self.tables.push(inner);
         Ok(())
+    }
+
+    /// Tables waiting to be swapped in.
+    pub(super) fn len(&self) -> usize {
+        self.tables.len()
     }
 
     /// The services whose table is pending (added or emptied).
