@@ -214,6 +214,7 @@ impl Programmer {
         // In order, across all services: backends, tables, service
         // entries, addresses.
         let mut tables = table::PendingTables::default();
+        let tables_per_swap = table::tables_per_swap();
         for service in &changed {
             // Applied again in whole unless everything below succeeds.
             if let Some(slot) = self.services.get_mut(&service.name) {
@@ -223,7 +224,7 @@ impl Programmer {
             // Each pending table is an open map: bounded, so that a big
             // config cannot run the process out of file descriptors (1,024
             // where nothing raised the limit). A wait per batch.
-            if tables.len() >= table::TABLES_PER_SWAP {
+            if tables.len() >= tables_per_swap {
                 self.publish_tables(dataplane, std::mem::take(&mut tables))?;
             }
         }

@@ -64,9 +64,23 @@ pub(super) fn published_form(table: &[u32], list_len: u16) -> Vec<u32> {
     header.iter().chain(table).copied().collect()
 }
 
-/// Most tables swapped in by one batch (each holds a file descriptor until
-/// it is in the outer map).
-pub(super) const TABLES_PER_SWAP: usize = 512;
+/// Most tables swapped in by one batch: each holds a file descriptor until
+/// it is in the outer map, so half of what the process may open (at least
+/// 64, at most 8,192: a few batches, each a grace period, for the largest
+/// configs).
+pub(super) fn tables_per_swap() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    let open_files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
+    };
+    (open_files / 2).clamp(64, 8192) as usize
+}
 
 /// Tables built during an apply, swapped in together. Each update of a
 /// map of maps waits for every running program to finish (the kernel's
