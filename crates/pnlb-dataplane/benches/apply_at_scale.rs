@@ -7,37 +7,21 @@
 //! Run: cargo bench -p pnlb-dataplane --bench apply_at_scale [-- SERVICES...]
 //! (default 1000 and 10000).
 
+mod support;
+
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pnlb_core::config::Config;
-use pnlb_dataplane::nexthop::{NextHop, Resolution, Resolver};
 use pnlb_dataplane::{Dataplane, Limits, LoadOptions, Programmer};
+use support::Static;
 
 const BACKENDS_PER_SERVICE: usize = 10;
 /// Distinct servers the backends are drawn from (services share them).
 const SERVERS: usize = 1000;
 /// Maglev table of each service: a prime over 100x its backends.
 const TABLE_SIZE: u32 = 1031;
-
-/// Every backend behind one router, as a flat L2 network would have it.
-struct Static;
-
-impl Resolver for Static {
-    fn resolve(&mut self, backends: &[IpAddr]) -> Resolution {
-        let hop = NextHop {
-            ifindex: 1,
-            vlan: 0,
-            device: 1,
-            mac: [2, 0, 0, 0, 0, 1],
-            src_mac: [2, 0, 0, 0, 0, 2],
-            gateway: None,
-            source: Some(IpAddr::from([10, 77, 1, 2])),
-        };
-        backends.iter().map(|&b| (b, Ok(hop))).collect()
-    }
-}
 
 fn server(k: usize) -> IpAddr {
     IpAddr::from([10, 201, (k / 250) as u8, (k % 250 + 1) as u8])

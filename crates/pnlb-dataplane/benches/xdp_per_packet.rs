@@ -11,31 +11,16 @@
 //! machinery and cold caches, which the "harness floor" group measures
 //! (an empty program, and dr, both ways).
 
+mod support;
+
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use libbpf_rs::ProgramInput;
-use pnlb_dataplane::nexthop::{NextHop, Resolution, Resolver};
 use pnlb_dataplane::{Dataplane, Programmer};
-
-struct Static;
-
-impl Resolver for Static {
-    fn resolve(&mut self, backends: &[IpAddr]) -> Resolution {
-        let hop = NextHop {
-            ifindex: 1,
-            vlan: 0,
-            device: 1,
-            mac: [2, 0, 0, 0, 0, 1],
-            src_mac: [2, 0, 0, 0, 0, 2],
-            gateway: None,
-            source: Some(IpAddr::from([10, 77, 1, 2])),
-        };
-        backends.iter().map(|&b| (b, Ok(hop))).collect()
-    }
-}
+use support::Static;
 
 /// One service per method on its own VIP (10.77.100.1-5), then one per
 /// scheduler (10.77.101.x), each over 8 backends.
