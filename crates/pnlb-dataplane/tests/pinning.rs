@@ -106,7 +106,7 @@ fn a_second_load_adopts_flows_and_slots_and_refuses_what_it_cannot_read() {
         (flow.backend_id, flow.backend_generation)
     );
     let mut programmer = Programmer::adopt(&second, &config).unwrap();
-    assert_eq!(programmer.adopted_counts(), (1, 2));
+    assert_eq!(programmer.slots_in_use(), (1, 2));
     programmer.apply(&second, &config, &mut resolver).unwrap();
     assert_eq!(
         [

@@ -224,26 +224,23 @@ impl Collector for Snapshot {
             per_table(table.capacity, table.new_capacity),
         )?;
         let slots = &status.slots;
+        let by_kind = |services: u64, backends: u64| {
+            [("services", services), ("backends", backends)]
+                .into_iter()
+                .map(|(kind, n)| (vec![("kind", kind.to_string())], ConstGauge::new(n as i64)))
+                .collect()
+        };
         family(
             &mut encoder,
             "dataplane_slots",
             "Service and backend slots in use (a removed backend keeps its slot while its flows last)",
-            [("services", slots.services), ("backends", slots.backends)]
-                .into_iter()
-                .map(|(kind, n)| (vec![("kind", kind.to_string())], ConstGauge::new(n as i64)))
-                .collect(),
+            by_kind(slots.services, slots.backends),
         )?;
         family(
             &mut encoder,
             "dataplane_slot_limit",
             "Slots the data plane's maps hold: daemon.max_services and daemon.max_backends",
-            [
-                ("services", slots.max_services),
-                ("backends", slots.max_backends),
-            ]
-            .into_iter()
-            .map(|(kind, n)| (vec![("kind", kind.to_string())], ConstGauge::new(n as i64)))
-            .collect(),
+            by_kind(slots.max_services, slots.max_backends),
         )?;
         family(
             &mut encoder,

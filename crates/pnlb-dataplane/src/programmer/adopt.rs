@@ -134,11 +134,6 @@ impl Programmer {
         programmer.slots.persisted_generation = next_generation;
         Ok(programmer)
     }
-
-    /// How many services and backends an adoption found.
-    pub fn adopted_counts(&self) -> (usize, usize) {
-        self.slots_in_use()
-    }
 }
 
 /// An adoption must see every entry: a walk cut short is an error.

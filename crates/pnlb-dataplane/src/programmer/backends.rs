@@ -87,13 +87,9 @@ impl Slots {
     /// earlier occupant had.
     fn new_backend_slot(&mut self, dataplane: &Dataplane) -> Result<BackendSlot, DataplaneError> {
         let maps = dataplane.maps();
-        let Taken { id, fresh } =
-            self.backend_ids
-                .take(dataplane.limits().backends)
-                .ok_or(DataplaneError::Full {
-                    what: "backends",
-                    limit: dataplane.limits().backends,
-                })?;
+        let Taken { id, fresh } = self
+            .backend_ids
+            .take_or_full(dataplane.limits().backends, "backends")?;
         if fresh {
             self.unpublished.insert(id);
         } else {

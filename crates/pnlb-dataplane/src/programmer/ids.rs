@@ -41,6 +41,16 @@ impl IdPool {
         })
     }
 
+    /// [`Self::take`], or the error that names the full map.
+    pub(super) fn take_or_full(
+        &mut self,
+        limit: u32,
+        what: &'static str,
+    ) -> Result<Taken, crate::loader::DataplaneError> {
+        self.take(limit)
+            .ok_or(crate::loader::DataplaneError::Full { what, limit })
+    }
+
     pub(super) fn give_back(&mut self, id: u32) {
         if id < self.next {
             self.free.insert(id);

@@ -418,13 +418,9 @@ impl Programmer {
         key: ServiceKey,
     ) -> Result<ServiceSlot, DataplaneError> {
         let maps = dataplane.maps();
-        let Taken { id, fresh } =
-            self.service_ids
-                .take(dataplane.limits().services)
-                .ok_or(DataplaneError::Full {
-                    what: "services",
-                    limit: dataplane.limits().services,
-                })?;
+        let Taken { id, fresh } = self
+            .service_ids
+            .take_or_full(dataplane.limits().services, "services")?;
         if !fresh {
             zero_percpu::<ServiceStats>(&maps.pnlb_service_stats, id, "pnlb_service_stats")?;
             maps.pnlb_rates

@@ -299,7 +299,7 @@ impl Daemon {
         let mut programmer = Programmer::adopt(&dataplane, &config)?;
         if let Some(dir) = &pin_dir {
             if dataplane.adopted() {
-                let (services, backends) = programmer.adopted_counts();
+                let (services, backends) = programmer.slots_in_use();
                 let (established, new) = dataplane.entries();
                 info!(
                     "adopting the data plane left running in {}: {services} service(s), {backends} backend(s), {established} established and {new} half-open connection-table entries",
