@@ -360,8 +360,9 @@ struct pnlb_conn {
 
 /*
  * Failover sync: the data plane reports each flow's original entry when it
- * is created and when its state moves (pnlb_conn_events, a ring buffer the
- * active node streams to its peers). Off unless [ha] is configured.
+ * is established (moved into pnlb_conns) and when its state moves there
+ * (pnlb_conn_events, a ring buffer the active node streams to its peers);
+ * half-open flows are not reported. Off unless [ha] is configured.
  */
 struct pnlb_conn_event {
 	struct pnlb_flow_key key;

@@ -226,7 +226,7 @@ static __always_inline int pnlb_conn_track(struct pnlb_conn *conn, int table,
 	__u8 fins = conn->fin_seen;
 	struct pnlb_flow_key peer_key;
 	struct pnlb_conn *peer;
-	int promote = 0;
+	int promote = 0, moved, report;
 
 	if (now - conn->last_seen_ns > PNLB_CONN_TOUCH_NS)
 		conn->last_seen_ns = now;
@@ -248,14 +248,23 @@ static __always_inline int pnlb_conn_track(struct pnlb_conn *conn, int table,
 		next = PNLB_CT_CLOSE;
 	if (next == PNLB_CT_SYN_SENT)
 		fins = 0; /* a new connection on the same tuple */
-	if (next == conn->state && fins == conn->fin_seen)
+	moved = next != conn->state || fins != conn->fin_seen;
+	/* Only established flows are synced, so that a flood of half-open
+	 * ones never reaches the sync stream (as IPVS's sync threshold): a
+	 * flow is reported when it is promoted (moved or not: UDP's state
+	 * stays) and on its moves in pnlb_conns. */
+	report = table == PNLB_NEW ? promote : moved;
+	if (!moved && !report)
 		return promote;
-	pnlb_count_state_move(conn->backend_id, conn->state, next);
-	conn->state = next;
-	conn->fin_seen = fins;
-	conn->last_seen_ns = now;
+	if (moved) {
+		pnlb_count_state_move(conn->backend_id, conn->state, next);
+		conn->state = next;
+		conn->fin_seen = fins;
+		conn->last_seen_ns = now;
+	}
 	if (!(conn->flags & PNLB_CONN_F_NAT)) {
-		pnlb_conn_report(&pkt->flow, conn);
+		if (report)
+			pnlb_conn_report(&pkt->flow, conn);
 		return promote;
 	}
 	pnlb_peer_key(conn, pkt->flow.protocol, &peer_key);
@@ -263,10 +272,10 @@ static __always_inline int pnlb_conn_track(struct pnlb_conn *conn, int table,
 	if (peer) {
 		peer->state = next;
 		peer->fin_seen = fins;
-		if (conn->direction == PNLB_DIR_REPLY)
+		if (report && conn->direction == PNLB_DIR_REPLY)
 			pnlb_conn_report(&peer_key, peer);
 	}
-	if (conn->direction == PNLB_DIR_ORIGINAL)
+	if (report && conn->direction == PNLB_DIR_ORIGINAL)
 		pnlb_conn_report(&pkt->flow, conn);
 	return promote;
 }
@@ -560,7 +569,6 @@ __attribute__((noinline)) int pnlb_conn_create(const struct pnlb_service *svc,
 		bpf_map_lookup_elem(&pnlb_conns_new, reply_key);
 	pnlb_count_table(PNLB_TC_NEW_ENTRIES, entries);
 	pnlb_count_opened(backend_id);
-	pnlb_conn_report(&pkt->flow, original);
 	return 0;
 }
 

@@ -71,19 +71,48 @@ impl ConnEvents {
 }
 
 impl ConnTables {
-    /// Every flow in the tables (its original entry), for a full dump.
+    /// Every established flow (its original entry), for a full dump: what
+    /// the sync carries. Half-open flows stay out, as the data plane keeps
+    /// them out of its reports: a flood of them churns only this node's
+    /// new-flow table, never the sync stream or a peer's tables.
     pub fn flows(&self) -> Result<Vec<Flow>, DataplaneError> {
-        let mut flows = Vec::new();
-        for table in Table::BOTH {
-            flows.extend(
-                crate::batch::entries(self.map(table), 4096)
-                    .filter_map(|(key, value)| {
-                        Some((from_bytes::<FlowKey>(&key)?, from_bytes::<Conn>(&value)?))
-                    })
-                    .filter(|(_, conn)| is_original(conn)),
-            );
+        Ok(crate::batch::entries(self.map(Table::Established), 4096)
+            .filter_map(|(key, value)| {
+                Some((from_bytes::<FlowKey>(&key)?, from_bytes::<Conn>(&value)?))
+            })
+            .filter(|(_, conn)| is_original(conn))
+            .collect())
+    }
+
+    /// Removes the established flows (both entries of nat/snat ones) that
+    /// nothing installed, reported or carried since `since_ns` (monotonic):
+    /// after a whole dump fetched from then on, those the active node no
+    /// longer holds — ends this node missed. Returns how many went.
+    pub fn purge_untouched_since(&self, since_ns: u64) -> Result<u64, DataplaneError> {
+        let stale: Vec<FlowKey> = crate::batch::entries(self.map(Table::Established), 4096)
+            .filter_map(|(key, value)| {
+                Some((from_bytes::<FlowKey>(&key)?, from_bytes::<Conn>(&value)?))
+            })
+            .filter(|(_, conn)| is_original(conn) && conn.last_seen_ns < since_ns)
+            .map(|(key, _)| key)
+            .collect();
+        let mut purged = 0;
+        for key in &stale {
+            // Read again: a packet or a report may have touched it since.
+            if self
+                .lookup_in(Table::Established, key)
+                .is_some_and(|conn| conn.last_seen_ns < since_ns)
+            {
+                self.remove_from(Table::Established, key);
+                purged += 1;
+            }
         }
-        Ok(flows)
+        Ok(purged)
+    }
+
+    /// The established flow under `key`, as the sync carries it.
+    pub fn established(&self, key: &FlowKey) -> Option<Conn> {
+        self.lookup_in(Table::Established, key)
     }
 
     /// Removes a flow a peer reported ended: its original entry and, for
@@ -106,27 +135,22 @@ impl ConnTables {
         }
     }
 
-    /// Installs a flow a peer reported (ids already translated to ours):
-    /// its original entry and, for nat/snat, its reply entry, in the table
-    /// its state belongs to; idle clocks start now. A flow whose reply key
-    /// another flow holds here is not installed (its replies would reach
-    /// the wrong client), nor is one the established table has no room for.
+    /// Installs an established flow a peer reported (ids already
+    /// translated to ours): its original entry and, for nat/snat, its
+    /// reply entry, in the established table, as on the peer; idle clocks
+    /// start now. A flow whose reply key another flow holds here is not
+    /// installed (its replies would reach the wrong client), nor is one the
+    /// established table has no room for.
     pub fn install_flow(&self, key: &FlowKey, conn: &Conn) -> Result<(), DataplaneError> {
         let now = monotonic_ns();
         let mut original = *conn;
         original.direction = abi::ConnDirection::PNLB_DIR_ORIGINAL.0 as u8;
         original.created_ns = now;
         original.last_seen_ns = now;
-        let table = if u32::from(original.state) == abi::ConnState::PNLB_CT_SYN_SENT.0 {
-            Table::New
-        } else {
-            Table::Established
-        };
-        if table == Table::Established {
-            // A copy reported while the flow was half-open goes: a flow is
-            // held (and counted) in one table.
-            self.remove_from(Table::New, key);
-        }
+        let table = Table::Established;
+        // A copy this node holds half-open goes: a flow is held (and
+        // counted) in one table.
+        self.remove_from(Table::New, key);
         let map = self.map(table);
         let mut reply_key = None;
         if has_flag(&original, abi::ConnFlags::PNLB_CONN_F_NAT) {

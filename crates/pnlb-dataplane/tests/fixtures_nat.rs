@@ -521,20 +521,8 @@ fn a_synced_flow_is_translated_on_the_other_node_in_both_directions() {
     // Replies are routed with bpf_fib_lookup: a namespace with routes.
     in_lb_netns(|| {
         let config = parse_config(SNAT_SYNC_CONFIG);
-        let active = pnlb_dataplane::Dataplane::load_with(pnlb_dataplane::LoadOptions {
-            conn_sync: true,
-            ..pnlb_dataplane::LoadOptions::for_tests(65_536)
-        })
-        .expect("load");
-        let mut active_programmer = pnlb_dataplane::Programmer::new();
-        let mut resolver = StaticResolver {
-            vlan: 0,
-            ifindex: TEST_RUN_IFINDEX,
-            unreachable: Vec::new(),
-        };
-        active_programmer
-            .apply(&active, &config, &mut resolver)
-            .unwrap();
+        let mut resolver = sync_resolver();
+        let (active, active_programmer) = active_node(&config, &mut resolver);
         let events = ConnEvents::open(&active.conn_event_ring().unwrap()).unwrap();
         let mut outputs = Vec::new();
         for sport in [40_000u16, 40_001] {
@@ -543,8 +531,16 @@ fn a_synced_flow_is_translated_on_the_other_node_in_both_directions() {
             assert_eq!(verdict, XDP_TX);
             outputs.push((syn, out));
         }
+        assert!(events.take().is_empty(), "half-open flows are not synced");
+        for (syn, _) in &outputs {
+            let ack = Pkt {
+                tcp: Some(ACK),
+                ..syn.clone()
+            };
+            assert_eq!(run_on(&active, &ack.bytes()).0, XDP_TX);
+        }
         let reported = events.take();
-        assert_eq!(reported.len(), 2, "one report per new flow");
+        assert_eq!(reported.len(), 2, "one report per established flow");
 
         let backup = pnlb_dataplane::Dataplane::load(65_536).expect("load");
         let mut backup_programmer = pnlb_dataplane::Programmer::new();
@@ -568,18 +564,7 @@ fn a_synced_flow_is_translated_on_the_other_node_in_both_directions() {
 
         // The second flow is synced (with the backup's own slot ids).
         let (key, conn) = reported[1];
-        let (service, address, port) = active_programmer
-            .names()
-            .describe(conn.service_id, conn.backend_id)
-            .unwrap();
-        let (service_id, backend_id, generation) = backup_programmer
-            .names()
-            .resolve(&service, address, port)
-            .unwrap();
-        let mut local = conn;
-        local.service_id = service_id;
-        local.backend_id = backend_id;
-        local.backend_generation = generation;
+        let local = in_slots_of(&backup_programmer, &active_programmer, &conn);
         backup.conns().install_flow(&key, &local).unwrap();
 
         let ack = Pkt {
@@ -607,6 +592,63 @@ fn a_synced_flow_is_translated_on_the_other_node_in_both_directions() {
     });
 }
 
+/// Failover sync carries established flows only: a SYN, or a UDP flow's
+/// first datagram, is not reported (a flood of them churns only the
+/// new-flow table, never the sync stream or a peer's tables); the
+/// handshake's ACK and the UDP flow's second datagram are, once each; a
+/// packet that moves nothing is not; a state move after is.
+#[test]
+fn only_established_flows_and_their_moves_are_reported_to_the_sync() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let config = parse_config(SNAT_SYNC_CONFIG);
+        let (active, _programmer) = active_node(&config, &mut sync_resolver());
+        let events = ConnEvents::open(&active.conn_event_ring().unwrap()).unwrap();
+        let syn = Pkt::tcp("10.77.0.2", 40_010, "10.77.100.3", 80, SYN);
+        let datagram = Pkt::udp("10.77.0.2", 40_011, "10.77.100.3", 53);
+        for packet in [&syn, &datagram] {
+            assert_eq!(run_on(&active, &packet.bytes()).0, XDP_TX);
+        }
+        assert!(events.take().is_empty(), "half-open flows are not reported");
+
+        let ack = Pkt {
+            tcp: Some(ACK),
+            ..syn.clone()
+        };
+        for packet in [&ack, &datagram] {
+            assert_eq!(run_on(&active, &packet.bytes()).0, XDP_TX);
+        }
+        let reported = events.take();
+        let states: Vec<(u16, u8)> = reported
+            .iter()
+            .map(|(key, conn)| (u16::from_be(key.src_port), conn.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                (40_010, ConnState::PNLB_CT_ESTABLISHED.0 as u8),
+                (40_011, ConnState::PNLB_CT_UDP.0 as u8)
+            ],
+            "each flow once, as it was established"
+        );
+
+        for packet in [&ack, &datagram] {
+            assert_eq!(run_on(&active, &packet.bytes()).0, XDP_TX);
+        }
+        assert!(events.take().is_empty(), "nothing moved");
+        let fin = Pkt {
+            tcp: Some(FIN),
+            ..syn.clone()
+        };
+        assert_eq!(run_on(&active, &fin.bytes()).0, XDP_TX);
+        let reported = events.take();
+        assert_eq!(reported.len(), 1, "the close: {reported:?}");
+        assert_eq!(reported[0].1.state, ConnState::PNLB_CT_FIN_WAIT.0 as u8);
+    });
+}
+
 const SNAT_SYNC_CONFIG: &str = r#"
 [daemon]
 interfaces = ["eth0"]
@@ -619,7 +661,111 @@ method = "snat"
 snat_addresses = ["10.77.1.254"]
 [[service.backend]]
 address = "10.77.1.11"
+
+[[service]]
+name = "dns"
+vip = "10.77.100.3"
+port = 53
+protocol = "udp"
+method = "snat"
+snat_addresses = ["10.77.1.254"]
+[[service.backend]]
+address = "10.77.1.11"
 "#;
+
+/// After a whole dump, a backup removes the flows the dump did not carry
+/// (ends it missed): both entries of each, and nothing the dump refreshed.
+#[test]
+fn a_whole_dump_purges_the_flows_it_did_not_carry() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let config = parse_config(SNAT_SYNC_CONFIG);
+        let mut resolver = sync_resolver();
+        let (active, active_programmer) = active_node(&config, &mut resolver);
+        let events = ConnEvents::open(&active.conn_event_ring().unwrap()).unwrap();
+        for sport in [40_020u16, 40_021] {
+            let syn = Pkt::tcp("10.77.0.2", sport, "10.77.100.3", 80, SYN);
+            let ack = Pkt {
+                tcp: Some(ACK),
+                ..syn.clone()
+            };
+            for packet in [syn, ack] {
+                assert_eq!(run_on(&active, &packet.bytes()).0, XDP_TX);
+            }
+        }
+        let reported = events.take();
+        assert_eq!(reported.len(), 2);
+        let backup = pnlb_dataplane::Dataplane::load(65_536).expect("load");
+        let mut backup_programmer = pnlb_dataplane::Programmer::new();
+        backup_programmer
+            .apply(&backup, &config, &mut resolver)
+            .unwrap();
+        let install = |(key, conn): &(pnlb_dataplane::abi::FlowKey, Conn)| {
+            let local = in_slots_of(&backup_programmer, &active_programmer, conn);
+            backup.conns().install_flow(key, &local).unwrap();
+        };
+        reported.iter().for_each(install);
+        assert_eq!(backup.entries(), (4, 0), "two snat flows");
+
+        // A dump asked for now carries the second flow only (the first
+        // ended on the active node, and the backup missed the end).
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let asked = pnlb_dataplane::conntrack::monotonic_ns();
+        install(&reported[1]);
+        let purged = backup.conns().purge_untouched_since(asked).unwrap();
+        assert_eq!(purged, 1);
+        assert_eq!(backup.entries(), (2, 0), "both entries went");
+        assert!(backup.conns().established(&reported[1].0).is_some());
+        assert!(backup.conns().established(&reported[0].0).is_none());
+    });
+}
+
+/// `conn` of the active node's slots, in the backup's (as a backup's sync
+/// translates it through the flow's service and backend names).
+fn in_slots_of(
+    backup: &pnlb_dataplane::Programmer,
+    active: &pnlb_dataplane::Programmer,
+    conn: &Conn,
+) -> Conn {
+    let (service, address, port) = active
+        .names()
+        .describe(conn.service_id, conn.backend_id)
+        .unwrap();
+    let (service_id, backend_id, generation) =
+        backup.names().resolve(&service, address, port).unwrap();
+    Conn {
+        service_id,
+        backend_id,
+        backend_generation: generation,
+        ..*conn
+    }
+}
+
+fn sync_resolver() -> StaticResolver {
+    StaticResolver {
+        vlan: 0,
+        ifindex: TEST_RUN_IFINDEX,
+        unreachable: Vec::new(),
+    }
+}
+
+/// A data plane that reports its flows to the sync (as an HA node's does),
+/// programmed with `config`.
+fn active_node(
+    config: &pnlb_core::config::Config,
+    resolver: &mut StaticResolver,
+) -> (pnlb_dataplane::Dataplane, pnlb_dataplane::Programmer) {
+    let dataplane = pnlb_dataplane::Dataplane::load_with(pnlb_dataplane::LoadOptions {
+        conn_sync: true,
+        ..pnlb_dataplane::LoadOptions::for_tests(65_536)
+    })
+    .expect("load");
+    let mut programmer = pnlb_dataplane::Programmer::new();
+    programmer.apply(&dataplane, config, resolver).unwrap();
+    (dataplane, programmer)
+}
 
 fn run_on(dataplane: &pnlb_dataplane::Dataplane, packet: &[u8]) -> (u32, Vec<u8>) {
     test_run(dataplane.program(), packet)

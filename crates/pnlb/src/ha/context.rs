@@ -4,6 +4,7 @@
 //! address and port) and enter another in its own slot ids.
 
 use std::net::IpAddr;
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, RwLock};
 
 use pnlb_core::config::Ha;
@@ -36,6 +37,9 @@ pub struct SyncContext {
     pub peers: Vec<IpAddr>,
     pub tables: ConnTables,
     pub names: SharedNames,
+    /// Active: the last incremental serial sent (a dump read after it
+    /// holds what every batch up to it held).
+    pub last_serial: AtomicU32,
 }
 
 impl SyncContext {
@@ -47,6 +51,7 @@ impl SyncContext {
             peers: ha.peers.clone(),
             tables,
             names,
+            last_serial: AtomicU32::new(0),
         }
     }
 

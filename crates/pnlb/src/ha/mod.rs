@@ -11,6 +11,7 @@ pub mod advert;
 pub mod context;
 pub mod election;
 pub mod events;
+pub mod pace;
 pub mod rejections;
 pub mod replay;
 pub mod sync;
@@ -175,30 +176,50 @@ fn run(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // Silence is judged as of the last moment every advert sent by then
+    // had been read — taken before a read that found the socket empty —
+    // not as of now: a node that was stopped or starved of CPU (SIGSTOP, a
+    // stalled VM) reads the adverts queued meanwhile before it may find
+    // the master silent, instead of taking over on waking. A socket never
+    // found empty (a flood) for as long as a master may be silent falls
+    // back to now.
+    let mut heard_all_until = start;
+    let mut flooded_since: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
-        if let Ok((len, from)) = socket.recv_from(&mut buffer) {
-            let refused = match Advert::parse(&buffer[..len], key) {
-                Ok(advert) if advert.group != config.group || advert.sender == me => None,
-                Ok(advert) if !config.peers.contains(&advert.sender) => Some(format!(
-                    "from {} (sender {} is not one of ha.peers)",
-                    from.ip(),
-                    advert.sender
-                )),
-                Ok(advert) => (election.heard(&advert, Instant::now()) == Heard::Replay)
-                    .then(|| format!("from {}: a replay", from.ip())),
-                Err(err) => Some(format!("from {}: {err}", from.ip())),
-            };
-            if let Some(reason) = refused {
-                if let Some(line) = rejections.refused(Instant::now(), || reason) {
-                    warning!("{line}");
+        let mut emptied = false;
+        for _ in 0..ADVERTS_PER_TURN {
+            let asked = Instant::now();
+            match socket.recv_from(&mut buffer) {
+                Ok((len, from)) => {
+                    let refused = judge(config, me, key, &mut election, &buffer[..len], from);
+                    if let Some(reason) = refused {
+                        if let Some(line) = rejections.refused(Instant::now(), || reason) {
+                            warning!("{line}");
+                        }
+                    }
+                }
+                Err(err) => {
+                    // A timed-out read, or one a stop interrupted (EINTR):
+                    // it blocked, so the socket was empty when it began.
+                    use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+                    if matches!(err.kind(), WouldBlock | TimedOut | Interrupted) {
+                        heard_all_until = asked;
+                        emptied = true;
+                    }
+                    break;
                 }
             }
+        }
+        let now = Instant::now();
+        if emptied {
+            flooded_since = None;
+        } else if now.duration_since(*flooded_since.get_or_insert(now)) >= election.master_down() {
+            heard_all_until = now;
         }
         let healthy = heartbeat.alive(monotonic_ms()) && dataplane_ok.load(Ordering::Relaxed);
         election.set_healthy(healthy);
         election.set_synced(synced.load(Ordering::Relaxed));
-        let now = Instant::now();
-        let next = election.tick(now);
+        let next = election.tick(heard_all_until);
         let resigning = next == Role::Backup && role == Role::Master && !healthy;
         if next != role {
             role = next;
@@ -233,6 +254,31 @@ fn run(
         for peer in &config.peers {
             let _ = socket.send_to(&bytes, SocketAddr::new(*peer, ADVERT_PORT));
         }
+    }
+}
+
+/// Datagrams read per turn at most before the election's tick.
+const ADVERTS_PER_TURN: usize = 64;
+
+/// An advert heard: counted by the election, or the reason it is refused.
+fn judge(
+    config: &Ha,
+    me: IpAddr,
+    key: &[u8],
+    election: &mut Election,
+    bytes: &[u8],
+    from: SocketAddr,
+) -> Option<String> {
+    match Advert::parse(bytes, key) {
+        Ok(advert) if advert.group != config.group || advert.sender == me => None,
+        Ok(advert) if !config.peers.contains(&advert.sender) => Some(format!(
+            "from {} (sender {} is not one of ha.peers)",
+            from.ip(),
+            advert.sender
+        )),
+        Ok(advert) => (election.heard(&advert, Instant::now()) == Heard::Replay)
+            .then(|| format!("from {}: a replay", from.ip())),
+        Err(err) => Some(format!("from {}: {err}", from.ip())),
     }
 }
 

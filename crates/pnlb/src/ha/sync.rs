@@ -22,7 +22,8 @@
 //!  8..10  entries (u16)   10..12 reserved   12..20 sequence (u64)
 //! 20..36  sender address   36..40 dump id (u32; 0: not part of a full dump)
 //! 40..44  count (u32): End: flows the dump sent; Nack: serials asked for
-//! 44..48  serial (u32): incremental Flows/Ended: this batch's; Nack: the first asked for
+//! 44..48  serial (u32): incremental Flows/Ended: this batch's; Nack: the first asked for;
+//!         a dump's End: the last one sent before the table was read (0: none)
 //! 48..    entries (150 bytes each)   last 32: HMAC-SHA256
 //! entry: flow key (40) | conn entry (72) | service key (20) | backend address (16) | backend port (2)
 //! ```
@@ -88,7 +89,9 @@ pub struct Message {
     /// End: the flows the dump sent. Nack: how many serials it asks for.
     pub count: u32,
     /// Incremental Flows and Ended: the batch's serial (a resent batch
-    /// keeps it). Nack: the first serial asked for.
+    /// keeps it). Nack: the first serial asked for. A dump's End: the last
+    /// serial sent before the table was read (what the dump covers; 0:
+    /// nothing).
     pub serial: u32,
     pub flows: Vec<SyncedFlow>,
 }

@@ -5,12 +5,13 @@
 //!
 //! Active: the flows the data plane reports are coalesced and sent in
 //! numbered batches at a bounded rate (events.rs), batches a backup missed
-//! are sent again, the whole table is re-sent every RESEND_EVERY (a quiet
-//! long connection would otherwise idle out on the backup, whose clocks run
-//! from the last report), and full dumps are served over TCP (transfer.rs,
-//! its own thread). Backup: installs what arrives, asks for missed batches,
-//! and fetches a full dump (a thread per attempt) until it holds one; only
-//! then may it preempt ([`SyncNode::synced`]).
+//! are sent again within the same rate, the whole table is re-reported
+//! every RESEND_EVERY, spread over half of it (a quiet long connection
+//! would otherwise idle out on the backup, whose clocks run from the last
+//! report), and full dumps are served over TCP (transfer.rs, its own
+//! thread). Backup: installs what arrives, asks for missed batches at a
+//! bounded rate, and fetches a full dump (a thread per attempt) until it
+//! holds one; only then may it preempt ([`SyncNode::synced`]).
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -27,7 +28,8 @@ use pnlb_dataplane::sync::{ConnEvents, Flow};
 use pnlb_dataplane::Dataplane;
 
 use super::context::{SharedNames, SyncContext};
-use super::events::{Gaps, Outbox};
+use super::events::{Gaps, Outbox, Refresh, Resends};
+use super::pace::Pace;
 use super::rejections::Rejections;
 use super::replay::{ReplayGuard, Sequence};
 use super::sync::{Kind, Message, SyncedFlow, MAX_MESSAGE, SYNC_PORT};
@@ -43,12 +45,19 @@ const TURN: Duration = Duration::from_millis(2);
 /// Datagrams read per turn at most, so sending is never starved.
 const READ_PER_TURN: usize = 512;
 /// Incremental datagrams sent per second at most (x 8 flows: 64,000 flows
-/// a second), and in one burst: what a backup installs (a few map updates
-/// per flow) with room to spare, so that its socket buffer never overflows.
-/// At 40,000 a second, the 60 s re-report of 500,000 flows overran a
-/// backup and lost thousands of batches at once, beyond repair.
+/// a second), and in one burst, answers to Nacks included: what a backup
+/// installs (a few map updates per flow) with room to spare, so that its
+/// socket buffer never overflows. At 40,000 a second, the 60 s re-report
+/// of 500,000 flows overran a backup and lost thousands of batches at
+/// once, beyond repair; with Nacks answered outside the rate, a backup
+/// that fell behind asked for 167,000 batches in 10 s and lost more of
+/// the answers than it got.
 const SEND_RATE: f64 = 8_000.0;
 const SEND_BURST: f64 = 256.0;
+/// Serials a backup asks for again per second at most, and at once: no
+/// more than the active node sends.
+const ASK_RATE: f64 = SEND_RATE;
+const ASK_BURST: f64 = 1024.0;
 /// The socket buffers asked for (the kernel's default holds ~150 datagrams).
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
 /// Serials answered per Nack at most.
@@ -129,10 +138,14 @@ impl SyncNode {
                     ended: ended_rx,
                     fetching: None,
                     fetched_at: None,
-                    resent: Instant::now(),
-                    tokens: SEND_BURST,
-                    last_turn: Instant::now(),
+                    refreshed: Instant::now(),
+                    refresh: None,
+                    resends: Resends::default(),
+                    pace: Pace::new(SEND_RATE, SEND_BURST, Instant::now()),
+                    ask_pace: Pace::new(ASK_RATE, ASK_BURST, Instant::now()),
                     asked: 0,
+                    resent: 0,
+                    unretained: 0,
                     reported: Instant::now(),
                 }
                 .run(&stop)
@@ -195,17 +208,25 @@ struct Syncer {
     /// The full-dump fetch under way.
     fetching: Option<mpsc::Receiver<Result<Fetched>>>,
     fetched_at: Option<Instant>,
-    resent: Instant,
-    /// Datagrams that may go now (a token bucket of SEND_RATE).
-    tokens: f64,
-    last_turn: Instant,
-    /// Backup: serials asked for again since the last report, and when
-    /// that was (reported at most every REPORT_EVERY).
+    /// Active: when the whole table was last re-reported, and the part of
+    /// that re-report still to go.
+    refreshed: Instant,
+    refresh: Option<Refresh>,
+    /// Active: the batches backups asked for again.
+    resends: Resends,
+    /// Active: datagrams that may go now; backup: serials it may ask for.
+    pace: Pace,
+    ask_pace: Pace,
+    /// Serials asked for again (backup), or sent again and asked for but
+    /// no longer held (active), since the last report, and when that was
+    /// (reported at most every REPORT_EVERY).
     asked: u64,
+    resent: u64,
+    unretained: u64,
     reported: Instant,
 }
 
-/// How often a backup reports the batches it asked for again.
+/// How often the batches asked for and sent again are reported.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl Syncer {
@@ -238,7 +259,9 @@ impl Syncer {
 
     fn role_changed(&mut self, master: bool) {
         if master {
-            self.resent = Instant::now();
+            self.refreshed = Instant::now();
+            self.refresh = None;
+            self.resends.clear();
         } else {
             // A new active node sends its own table.
             self.synced.store(false, Ordering::Relaxed);
@@ -258,61 +281,119 @@ impl Syncer {
         }
     }
 
-    /// Active: what is pending goes out, as far as the rate allows.
+    /// Active: what is pending goes out, as far as the rate allows:
+    /// batches asked for again first, then new ones.
     fn send_pending(&mut self) {
-        if self.resent.elapsed() >= RESEND_EVERY {
-            self.resent = Instant::now();
-            match self.context.tables.flows() {
-                Ok(flows) => self.outbox.report(flows),
-                Err(err) => warning!("ha sync: reading the table: {err}"),
+        let now = Instant::now();
+        self.feed_refresh(now);
+        let mut budget = self.pace.available(now);
+        while budget > 0 {
+            let Some((serial, to)) = self.resends.next() else {
+                break;
+            };
+            let sent = self.resend(serial, to);
+            if sent > 0 {
+                self.resent += 1;
+            } else {
+                self.unretained += 1;
+            }
+            budget = budget.saturating_sub(sent);
+            self.pace.spend(sent);
+        }
+        if budget > 0 && self.outbox.pending() > 0 {
+            let peers = self.context.peers.clone();
+            let batches = self.outbox.batches(budget);
+            self.context
+                .last_serial
+                .store(self.outbox.last_serial(), Ordering::Relaxed);
+            for batch in batches {
+                self.pace.spend(1);
+                let flows = match batch.kind {
+                    Kind::Ended => self.context.ended(&batch.flows),
+                    _ => self.context.named(&batch.flows),
+                };
+                let mut message = self.context.message(batch.kind, flows);
+                message.serial = batch.serial;
+                self.send(message, &peers);
             }
         }
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last_turn).as_secs_f64();
-        self.last_turn = now;
-        self.tokens = (self.tokens + elapsed * SEND_RATE).min(SEND_BURST);
-        if self.outbox.pending() == 0 || self.tokens < 1.0 {
-            return;
-        }
-        let peers = self.context.peers.clone();
-        for batch in self.outbox.batches(self.tokens as usize) {
-            self.tokens -= 1.0;
-            let flows = match batch.kind {
-                Kind::Ended => self.context.ended(&batch.flows),
-                _ => self.context.named(&batch.flows),
-            };
-            let mut message = self.context.message(batch.kind, flows);
-            message.serial = batch.serial;
-            self.send(message, &peers);
+        if self.resent + self.unretained > 0 && now.duration_since(self.reported) >= REPORT_EVERY {
+            info!(
+                "ha sync: {} batch(es) sent again on request in the last {} s, {} asked for no longer held (a backup then fetches a full dump); {} still queued",
+                self.resent,
+                now.duration_since(self.reported).as_secs(),
+                self.unretained,
+                self.resends.queued()
+            );
+            self.resent = 0;
+            self.unretained = 0;
+            self.reported = now;
         }
     }
 
-    /// Active: a backup's Nack answered with the flows as they are now.
-    fn resend(&mut self, first: u32, count: u32, to: IpAddr) {
-        for serial in (0..count.min(NACK_LIMIT)).map(|n| first.wrapping_add(n)) {
-            let Some(keys) = self.outbox.carried(serial) else {
-                continue;
-            };
-            let (mut live, mut gone): (Vec<Flow>, Vec<Flow>) = (Vec::new(), Vec::new());
-            for key in keys {
-                match self.context.tables.find(key) {
-                    Some((_, conn)) => live.push((*key, conn)),
-                    None => gone.push((*key, Default::default())),
+    /// Active: the whole table re-reported every RESEND_EVERY, a part each
+    /// turn, each flow as it is when its turn comes (one that ended
+    /// meanwhile is not revived).
+    fn feed_refresh(&mut self, now: Instant) {
+        if self.refreshed.elapsed() >= RESEND_EVERY {
+            self.refreshed = now;
+            match self.context.tables.flows() {
+                Ok(flows) => {
+                    let over = RESEND_EVERY / 2;
+                    info!(
+                        "ha sync: re-reporting the whole table ({} flow(s)) over the next {} s",
+                        flows.len(),
+                        over.as_secs()
+                    );
+                    let keys = flows.into_iter().map(|(key, _)| key).collect();
+                    self.refresh = Some(Refresh::new(keys, now, over));
                 }
-            }
-            let parts: [(Kind, Vec<SyncedFlow>); 2] = [
-                (Kind::Flows, self.context.named(&live)),
-                (Kind::Ended, self.context.ended(&gone)),
-            ];
-            for (kind, flows) in parts {
-                if flows.is_empty() && kind == Kind::Ended {
-                    continue;
-                }
-                let mut message = self.context.message(kind, flows);
-                message.serial = serial;
-                self.send(message, &[to]);
+                Err(err) => warning!("ha sync: reading the table: {err}"),
             }
         }
+        let Some(refresh) = self.refresh.as_mut() else {
+            return;
+        };
+        let tables = &self.context.tables;
+        let live = refresh
+            .due(now)
+            .iter()
+            .filter_map(|key| Some((*key, tables.established(key)?)));
+        self.outbox.report(live);
+        if refresh.done() {
+            self.refresh = None;
+        }
+    }
+
+    /// Active: batch `serial` sent again to the backup that asked, with the
+    /// flows as they are now; how many datagrams that took (none when the
+    /// serial is no longer retained).
+    fn resend(&mut self, serial: u32, to: IpAddr) -> usize {
+        let Some(keys) = self.outbox.carried(serial) else {
+            return 0;
+        };
+        let (mut live, mut gone): (Vec<Flow>, Vec<Flow>) = (Vec::new(), Vec::new());
+        for key in keys {
+            match self.context.tables.established(key) {
+                Some(conn) => live.push((*key, conn)),
+                None => gone.push((*key, Default::default())),
+            }
+        }
+        let parts: [(Kind, Vec<SyncedFlow>); 2] = [
+            (Kind::Flows, self.context.named(&live)),
+            (Kind::Ended, self.context.ended(&gone)),
+        ];
+        let mut sent = 0;
+        for (kind, flows) in parts {
+            if flows.is_empty() && kind == Kind::Ended {
+                continue;
+            }
+            let mut message = self.context.message(kind, flows);
+            message.serial = serial;
+            self.send(message, &[to]);
+            sent += 1;
+        }
+        sent
     }
 
     fn heard(&mut self, bytes: &[u8], from: SocketAddr) {
@@ -332,7 +413,11 @@ impl Syncer {
         }
         let master = self.master.load(Ordering::Relaxed);
         match (message.kind, master) {
-            (Kind::Nack, true) => self.resend(message.serial, message.count, message.sender),
+            (Kind::Nack, true) => self.resends.asked(
+                message.serial,
+                message.count.min(NACK_LIMIT),
+                message.sender,
+            ),
             (Kind::Flows | Kind::Ended, false) => {
                 let epoch = (message.sequence >> 32) as u32;
                 self.gaps
@@ -347,11 +432,12 @@ impl Syncer {
         }
     }
 
-    /// Backup: asks for the batches it missed; gives up on them (and asks
-    /// for a full dump) when they do not come.
+    /// Backup: asks for the batches it missed, at a bounded rate; gives up
+    /// on them (and asks for a full dump) when they do not come — unless a
+    /// dump is already wanted, which holds them or restarts their clocks.
     fn repair(&mut self) {
         let now = Instant::now();
-        if self.gaps.beyond_repair(now) {
+        if self.synced.load(Ordering::Relaxed) && self.gaps.beyond_repair(now) {
             warning!(
                 "ha sync: {} batch(es) from the active node lost beyond repair; fetching a full dump",
                 self.gaps.missing()
@@ -364,12 +450,14 @@ impl Syncer {
         let Some(source) = self.gaps.source() else {
             return;
         };
-        for (first, count) in self.gaps.asks_due(now) {
+        let budget = self.ask_pace.available(now);
+        for (first, count) in self.gaps.asks_due(now, budget) {
             let mut nack = self.context.message(Kind::Nack, Vec::new());
             nack.serial = first;
             nack.count = count;
             self.send(nack, &[source]);
             self.asked += u64::from(count);
+            self.ask_pace.spend(count as usize);
         }
         if self.asked > 0 && now.duration_since(self.reported) >= REPORT_EVERY {
             info!(
@@ -393,11 +481,14 @@ impl Syncer {
                     dump,
                     flows,
                     installed,
+                    purged,
+                    covered,
                     took,
                 }) => {
+                    self.gaps.dump_arrived(Instant::now(), covered);
                     self.synced.store(true, Ordering::Relaxed);
                     info!(
-                        "ha sync: full table received from {from}, whole (dump #{dump:08x}): {flows} flow(s) in {} ms ({:.0} flows/s), {installed} installed",
+                        "ha sync: full table received from {from}, whole (dump #{dump:08x}): {flows} flow(s) in {} ms ({:.0} flows/s), {installed} installed, {purged} no longer held there removed",
                         took.as_millis(),
                         flows as f64 / took.as_secs_f64().max(1e-6)
                     );
@@ -416,6 +507,7 @@ impl Syncer {
             return;
         }
         self.fetched_at = Some(Instant::now());
+        self.gaps.dump_asked();
         let (done, rx) = mpsc::channel();
         let context = self.context.clone();
         std::thread::spawn(move || {

@@ -111,6 +111,8 @@ fn answer(
         return Ok(());
     }
     let started = Instant::now();
+    // Read before the table: every batch up to it is older than the dump.
+    let covered = context.last_serial.load(Ordering::Relaxed);
     let flows = context.tables.flows()?;
     let read = started.elapsed();
     let mut out = BufWriter::with_capacity(1 << 16, &stream);
@@ -124,6 +126,7 @@ fn answer(
     let mut end = context.message(Kind::End, Vec::new());
     end.dump = request.dump;
     end.count = u32::try_from(sent).unwrap_or(u32::MAX);
+    end.serial = covered;
     write_frame(&mut out, &end, &context.key)?;
     out.flush()?;
     let took = started.elapsed();
@@ -146,6 +149,10 @@ pub enum Fetched {
         dump: u32,
         flows: u64,
         installed: u64,
+        /// Flows held here that the dump did not carry, removed.
+        purged: u64,
+        /// The last incremental serial the dump holds.
+        covered: u32,
         took: Duration,
     },
     /// The dump's End counted more flows than arrived.
@@ -162,6 +169,7 @@ pub enum Fetched {
 /// it as it arrives.
 pub fn fetch(context: &SyncContext) -> Result<Fetched> {
     let dump = crate::secret::random_u32()?.max(1);
+    let asked_ns = pnlb_dataplane::conntrack::monotonic_ns();
     for peer in &context.peers {
         let address = SocketAddr::new(*peer, SYNC_PORT);
         let Ok(stream) = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) else {
@@ -172,7 +180,12 @@ pub fn fetch(context: &SyncContext) -> Result<Fetched> {
         let mut request = context.message(Kind::Request, Vec::new());
         request.dump = dump;
         write_frame(&mut &stream, &request, &context.key)?;
-        if let Some(fetched) = receive(context, &stream, *peer, dump)? {
+        if let Some(mut fetched) = receive(context, &stream, *peer, dump)? {
+            if let Fetched::Whole { purged, .. } = &mut fetched {
+                // What the dump did not refresh, the active node no longer
+                // holds (an end this node missed).
+                *purged = context.tables.purge_untouched_since(asked_ns)?;
+            }
             return Ok(fetched);
         }
     }
@@ -210,6 +223,8 @@ fn receive(
                     dump,
                     flows: arrived,
                     installed,
+                    purged: 0,
+                    covered: frame.serial,
                     took: started.elapsed(),
                 }))
             }
