@@ -7,6 +7,12 @@
  * takes it and answers the client directly). Everything else passes
  * untouched; the stack decides about it as it would without us.
  *
+ * Unwrapping is a way around uRPF and interface ACLs (the stack sees the
+ * inner source, not the tunnel's), so it is limited: the tunnel must come
+ * from one of the load balancers' prefixes (`--from`, when given) and the
+ * inner packet must be addressed to this host (the VIP on lo) or to a
+ * `--vip`; other tunnel packets pass untouched, counted.
+ *
  * GUE: variant 1 (the inner IP header right after UDP, what pnlb sends)
  * and variant 0 with a 4-byte header, no extension fields, protocol 4 or
  * 41 (what Linux fou sends). Control messages and flags: left alone.
@@ -28,6 +34,9 @@
 /* The GUE port to strip, network order; set by `pnlb decap` before load. */
 const volatile __u16 gue_port = bpf_htons(6080);
 
+/* Whether tunnels are accepted only from pnlb_decap_from; set before load. */
+const volatile __u8 filter_sources = 0;
+
 /* BTF anchor for libbpf-cargo (see lb.bpf.c). */
 const volatile struct {
 	enum pnlb_decap_counter counter;
@@ -40,6 +49,23 @@ struct {
 	__type(key, struct pnlb_addr);
 	__type(value, __u8);
 } pnlb_decap_addrs SEC(".maps");
+
+/* The load balancers' source prefixes (`--from`). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__type(key, struct pnlb_decap_prefix);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} pnlb_decap_from SEC(".maps");
+
+/* Inner destinations accepted besides this host's addresses (`--vip`). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct pnlb_addr);
+	__type(value, __u8);
+} pnlb_decap_vips SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -127,14 +153,47 @@ static __always_inline int tunnel_inner(__u8 proto, void *payload, void *data_en
 	}
 }
 
-/* The inner header must be there and be what the outer says it is. */
-static __always_inline int inner_ok(void *inner, void *data_end, __u16 proto)
+/* The inner header must be there and be what the outer says it is; its
+ * destination goes to `dst`. */
+static __always_inline int inner_ok(void *inner, void *data_end, __u16 proto,
+				    struct pnlb_addr *dst)
 {
 	__u8 *version = inner;
 
-	if (proto == ETH_P_IP)
-		return inner + sizeof(struct iphdr) <= data_end && (*version >> 4) == 4;
-	return inner + sizeof(struct ipv6hdr) <= data_end && (*version >> 4) == 6;
+	if (proto == ETH_P_IP) {
+		struct iphdr *ip = inner;
+
+		if ((void *)(ip + 1) > data_end || (*version >> 4) != 4)
+			return 0;
+		dst->words[0] = 0;
+		dst->words[1] = 0;
+		dst->words[2] = bpf_htonl(0x0000ffff);
+		dst->words[3] = ip->daddr;
+		return 1;
+	}
+	struct ipv6hdr *ip6 = inner;
+
+	if ((void *)(ip6 + 1) > data_end || (*version >> 4) != 6)
+		return 0;
+	__builtin_memcpy(dst->words, &ip6->daddr, sizeof(dst->words));
+	return 1;
+}
+
+/* Whether a tunnel from `src` may be unwrapped here (`--from`). */
+static __always_inline int from_a_balancer(const struct pnlb_addr *src)
+{
+	struct pnlb_decap_prefix key = { .prefixlen = 128 };
+
+	if (!filter_sources)
+		return 1;
+	__builtin_memcpy(&key.addr, src, sizeof(key.addr));
+	return bpf_map_lookup_elem(&pnlb_decap_from, &key) != NULL;
+}
+
+/* Whether the inner packet is for this host or a `--vip`. */
+static __always_inline int inner_is_ours(const struct pnlb_addr *dst)
+{
+	return is_local(dst) || bpf_map_lookup_elem(&pnlb_decap_vips, dst) != NULL;
 }
 
 SEC("xdp")
@@ -143,7 +202,7 @@ int pnlb_decap(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	struct pnlb_addr dst = {};
+	struct pnlb_addr dst = {}, src = {}, inner_dst = {};
 	struct inner in = {};
 	__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
 	__u32 outer_ip;
@@ -163,6 +222,8 @@ int pnlb_decap(struct xdp_md *ctx)
 			return verdict(PNLB_DECAP_PASS_OTHER, XDP_PASS);
 		dst.words[2] = bpf_htonl(0x0000ffff);
 		dst.words[3] = ip->daddr;
+		src.words[2] = dst.words[2];
+		src.words[3] = ip->saddr;
 		if (!is_local(&dst))
 			return verdict(PNLB_DECAP_PASS_NOT_LOCAL, XDP_PASS);
 		if (ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
@@ -179,6 +240,7 @@ int pnlb_decap(struct xdp_md *ctx)
 		    ip6->nexthdr != IPPROTO_UDP)
 			return verdict(PNLB_DECAP_PASS_OTHER, XDP_PASS);
 		__builtin_memcpy(dst.words, &ip6->daddr, sizeof(dst.words));
+		__builtin_memcpy(src.words, &ip6->saddr, sizeof(src.words));
 		if (!is_local(&dst))
 			return verdict(PNLB_DECAP_PASS_NOT_LOCAL, XDP_PASS);
 		outer_ip = sizeof(*ip6);
@@ -189,8 +251,12 @@ int pnlb_decap(struct xdp_md *ctx)
 	}
 	if (pass)
 		return verdict(pass, XDP_PASS);
-	if (in.skip > 16 || !inner_ok(payload + in.skip, data_end, in.proto))
+	if (!from_a_balancer(&src))
+		return verdict(PNLB_DECAP_PASS_FOREIGN, XDP_PASS);
+	if (in.skip > 16 || !inner_ok(payload + in.skip, data_end, in.proto, &inner_dst))
 		return verdict(PNLB_DECAP_PASS_MALFORMED, XDP_PASS);
+	if (!inner_is_ours(&inner_dst))
+		return verdict(PNLB_DECAP_PASS_NOT_OURS, XDP_PASS);
 
 	__builtin_memcpy(dmac, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(smac, eth->h_source, ETH_ALEN);

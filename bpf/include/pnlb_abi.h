@@ -424,7 +424,16 @@ enum pnlb_decap_counter {
 	PNLB_DECAP_PASS_NOT_LOCAL = 3, /* a tunnel packet for another host */
 	PNLB_DECAP_PASS_MALFORMED = 4, /* truncated, options, fragments, bad GUE */
 	PNLB_DECAP_FAILED = 5,        /* could not move the packet start */
-	PNLB_DECAP_COUNTERS = 6,
+	PNLB_DECAP_PASS_FOREIGN = 6,  /* a tunnel from a source outside --from */
+	PNLB_DECAP_PASS_NOT_OURS = 7, /* inner destination neither local nor a --vip */
+	PNLB_DECAP_COUNTERS = 8,
+};
+
+/* A key of pnlb_decap_from (an LPM trie): the load balancers' source
+ * prefixes; IPv4 ones IPv4-mapped, their length plus 96. */
+struct pnlb_decap_prefix {
+	__u32 prefixlen;
+	struct pnlb_addr addr;
 };
 
 #endif /* PNLB_ABI_H */

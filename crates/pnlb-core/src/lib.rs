@@ -11,4 +11,5 @@ pub mod duration;
 pub mod health;
 pub mod jhash;
 pub mod maglev;
+pub mod prefix;
 pub mod sched;

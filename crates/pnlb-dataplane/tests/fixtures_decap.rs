@@ -1,25 +1,35 @@
 //! `pnlb decap` fixtures: tunnel packets addressed to this host come out
-//! as the inner packet; everything else passes untouched and is counted.
+//! as the inner packet — when they come from a load balancer's prefix and
+//! hold a packet for this host or a `--vip`; everything else passes
+//! untouched and is counted.
 
 mod support;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use pnlb_dataplane::decap::{Decap, DecapCounters};
+use pnlb_dataplane::decap::{Decap, DecapCounters, DecapOptions};
 use support::*;
 
 const HOST4: &str = "10.77.1.11";
 const HOST6: &str = "fd77:1::11";
+/// The VIPs, on the host's lo.
+const VIP4: &str = "10.77.100.1";
+const VIP6: &str = "fd77:100::1";
 const GUE_PORT: u16 = 6080;
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
 
+/// Decap as `pnlb decap` runs it without --from or --vip.
 fn decap() -> Decap {
-    let mut decap = Decap::load(GUE_PORT).expect("load decap program");
-    let local: BTreeSet<IpAddr> = [ip(HOST4), ip(HOST6)].into();
+    decap_with(&DecapOptions::on_port(GUE_PORT))
+}
+
+fn decap_with(options: &DecapOptions) -> Decap {
+    let mut decap = Decap::load(options).expect("load decap program");
+    let local: BTreeSet<IpAddr> = [ip(HOST4), ip(HOST6), ip(VIP4), ip(VIP6)].into();
     decap.set_local_addresses(&local).unwrap();
     decap
 }
@@ -144,6 +154,105 @@ fn foreign_traffic_and_tunnels_for_other_hosts_pass_untouched() {
     let counters = decap.counters().unwrap();
     assert_eq!((counters.passed_not_local, counters.passed_other), (1, 4));
     assert_eq!(counters.ipip + counters.gue, 0);
+}
+
+/// Unwrapping is a way around uRPF and ACLs (the stack sees the inner
+/// source): only tunnels from the balancers' prefixes (`--from`), and only
+/// inner packets for this host or a `--vip`, are unwrapped.
+#[test]
+fn tunnels_from_strangers_or_for_strangers_pass_untouched_and_are_counted() {
+    if !privileged() {
+        return;
+    }
+    let decap = decap_with(&DecapOptions {
+        from: vec![
+            "10.77.1.0/29".parse().unwrap(),
+            "fd77:1::/64".parse().unwrap(),
+        ],
+        vips: vec![ip("10.77.100.9")],
+        ..DecapOptions::on_port(GUE_PORT)
+    });
+    let to = |dst: &str| {
+        if ip(dst).is_ipv4() {
+            Pkt::tcp("10.77.0.2", 40000, dst, 80, SYN).bytes()
+        } else {
+            Pkt::tcp("fd77::2", 40000, dst, 80, SYN).bytes()
+        }
+    };
+    let mut expected = DecapCounters::default();
+    for (what, outer_src, inner_dst, wrap) in [
+        (
+            "from a balancer, to the VIP on lo",
+            "10.77.1.2",
+            VIP4,
+            Wrap::Ipip,
+        ),
+        (
+            "from a balancer, to a --vip",
+            "10.77.1.7",
+            "10.77.100.9",
+            Wrap::Gue(GUE_PORT),
+        ),
+        (
+            "from a balancer over IPv6",
+            "fd77:1::2",
+            VIP6,
+            Wrap::Gue(GUE_PORT),
+        ),
+    ] {
+        let inner = to(inner_dst);
+        let host = host_for(&Pkt::tcp(outer_src, 1, outer_src, 1, SYN));
+        let wrapped = encapsulated(&inner, ip(outer_src), host, wrap);
+        let (verdict, out) = run(&decap, &wrapped);
+        assert_eq!(
+            (verdict, out),
+            (XDP_PASS, bare(&inner[14..], &wrapped)),
+            "{what}"
+        );
+        match wrap {
+            Wrap::Ipip => expected.ipip += 1,
+            Wrap::Gue(_) => expected.gue += 1,
+        }
+    }
+    for (what, outer_src, inner_dst, foreign) in [
+        ("from outside the prefixes", "10.77.1.8", VIP4, true),
+        ("from outside, over IPv6", "fd77:2::2", VIP6, true),
+        ("to an address not ours", "10.77.1.2", "10.77.100.10", false),
+        ("to our peer over IPv6", "fd77:1::2", "fd77:1::12", false),
+    ] {
+        let inner = to(inner_dst);
+        let host = host_for(&Pkt::tcp(outer_src, 1, outer_src, 1, SYN));
+        for wrap in [Wrap::Ipip, Wrap::Gue(GUE_PORT)] {
+            let wrapped = encapsulated(&inner, ip(outer_src), host, wrap);
+            let (verdict, out) = run(&decap, &wrapped);
+            assert_eq!((verdict, &out), (XDP_PASS, &wrapped), "{what} in {wrap:?}");
+            if foreign {
+                expected.passed_foreign += 1;
+            } else {
+                expected.passed_not_ours += 1;
+            }
+        }
+    }
+    assert_eq!(decap.counters().unwrap(), expected);
+}
+
+#[test]
+fn without_from_any_source_is_unwrapped_but_never_a_strangers_packet() {
+    if !privileged() {
+        return;
+    }
+    let decap = decap();
+    let inner = Pkt::tcp("10.77.0.2", 40000, VIP4, 80, SYN).bytes();
+    let wrapped = encapsulated(&inner, ip("192.0.2.7"), ip(HOST4), Wrap::Ipip);
+    assert_eq!(
+        run(&decap, &wrapped),
+        (XDP_PASS, bare(&inner[14..], &wrapped))
+    );
+    let stranger = Pkt::tcp("10.77.0.2", 40000, "10.77.1.12", 22, SYN).bytes();
+    let wrapped = encapsulated(&stranger, ip("10.77.1.2"), ip(HOST4), Wrap::Ipip);
+    assert_eq!(run(&decap, &wrapped), (XDP_PASS, wrapped.clone()));
+    let counters = decap.counters().unwrap();
+    assert_eq!((counters.ipip, counters.passed_not_ours), (1, 1));
 }
 
 #[test]

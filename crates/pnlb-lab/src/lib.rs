@@ -38,6 +38,9 @@ pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2);
 pub const LB4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
 pub const LB6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 2);
+/// The LB side of the lab (the LBs, their floating address): where `pnlb
+/// decap` on the servers accepts tunnels from (`--from`).
+pub const DECAP_FROM: &str = "10.77.1.0/24,fd77:1::/64";
 /// The interface of the LB host that faces the LAN.
 pub const LB_INTERFACE: &str = "eth0";
 /// The second LB of a failover pair (`LabSpec::ha`).
@@ -633,7 +636,7 @@ impl Lab {
             &server.ns,
             &format!("pnlb decap on {}", server.name),
             binary,
-            &["decap", "--interface", "eth0"],
+            &["decap", "--interface", "eth0", "--from", DECAP_FROM],
         )?;
         process.wait_for_line("decapsulating", Duration::from_secs(30))?;
         Ok(process)

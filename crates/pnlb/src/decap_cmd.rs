@@ -3,6 +3,7 @@
 //! interface, keeps its list of this host's addresses current, and
 //! detaches (printing what it did) on SIGINT/SIGTERM.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use pnlb_core::config::XdpMode;
-use pnlb_dataplane::decap::{self, Decap, DEFAULT_GUE_PORT};
+use pnlb_core::prefix::Prefix;
+use pnlb_dataplane::decap::{self, Decap, DecapOptions, DEFAULT_GUE_PORT};
 
 use crate::log::{info, warning};
 
@@ -28,6 +30,15 @@ pub struct DecapArgs {
     /// XDP attach mode: native (driver) or generic (works everywhere).
     #[arg(long, default_value = "native", value_parser = ["native", "generic"])]
     xdp_mode: String,
+    /// Unwrap tunnels only from these sources: the load balancers'
+    /// addresses or prefixes (e.g. 10.77.1.0/24); repeat or separate with
+    /// commas. Without it, tunnels from anyone are unwrapped.
+    #[arg(long, value_delimiter = ',')]
+    from: Vec<Prefix>,
+    /// Inner destinations to accept besides this host's own addresses
+    /// (where a VIP is not on an interface here).
+    #[arg(long, value_delimiter = ',')]
+    vip: Vec<IpAddr>,
 }
 
 pub fn decap(args: DecapArgs) -> Result<()> {
@@ -45,17 +56,36 @@ pub fn decap(args: DecapArgs) -> Result<()> {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
 
-    let mut program = Decap::load(args.gue_port)?;
+    let mut program = Decap::load(&DecapOptions {
+        gue_port: args.gue_port,
+        from: args.from.clone(),
+        vips: args.vip.clone(),
+    })?;
     let addresses = decap::local_addresses().map_err(anyhow::Error::msg)?;
     program.set_local_addresses(&addresses)?;
     let attachment = program.attach(&args.interface, mode)?;
+    let sources = if args.from.is_empty() {
+        "any source".to_string()
+    } else {
+        args.from
+            .iter()
+            .map(Prefix::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     info!(
-        "decapsulating IPIP, IP6IP6 and GUE (udp/{}) addressed to this host on {} ({} XDP); {} local address(es)",
+        "decapsulating IPIP, IP6IP6 and GUE (udp/{}) addressed to this host on {} ({} XDP), from {sources}, holding packets for this host's {} address(es) or {} --vip",
         args.gue_port,
         args.interface,
         args.xdp_mode,
-        addresses.len()
+        addresses.len(),
+        args.vip.len()
     );
+    if args.from.is_empty() {
+        warning!(
+            "tunnels from any source are unwrapped: a way around uRPF and interface ACLs; give --from with the load balancers' addresses (docs/security.md)"
+        );
+    }
 
     let mut last_read = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -77,8 +107,16 @@ pub fn decap(args: DecapArgs) -> Result<()> {
     drop(attachment);
     let c = program.counters()?;
     info!(
-        "detached from {}: decapsulated {} IPIP/IP6IP6 and {} GUE; passed {} other, {} tunnel packets for other hosts, {} malformed; {} failed",
-        args.interface, c.ipip, c.gue, c.passed_other, c.passed_not_local, c.passed_malformed, c.failed
+        "detached from {}: decapsulated {} IPIP/IP6IP6 and {} GUE; passed {} other, {} tunnel packets for other hosts, {} from outside --from, {} holding a packet not for this host, {} malformed; {} failed",
+        args.interface,
+        c.ipip,
+        c.gue,
+        c.passed_other,
+        c.passed_not_local,
+        c.passed_foreign,
+        c.passed_not_ours,
+        c.passed_malformed,
+        c.failed
     );
     Ok(())
 }

@@ -93,7 +93,96 @@ fn curl_reaches_nginx_through_tun_ipip_and_gue_and_replies_bypass_the_lb() {
             number_after("decapsulated ") > 0 && number_after("IP6IP6 and ") > 0,
             "every server unwrapped both kinds: {line}"
         );
+        assert!(
+            line.contains(" 0 from outside --from, 0 holding a packet not for this host"),
+            "the LB's tunnels are all from --from and for the VIPs: {line}"
+        );
     }
+}
+
+/// An IPv4 UDP datagram from `src` to `dst`, port 9 (discard), header
+/// checksum computed (UDP's left out: 0 is allowed over IPv4).
+fn udp4(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) -> Vec<u8> {
+    let mut packet = vec![0x45, 0, 0, 20 + 8 + 4, 0, 0, 0, 0, 64, 17, 0, 0];
+    packet.extend_from_slice(&src.octets());
+    packet.extend_from_slice(&dst.octets());
+    let sum = packet
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let checksum = !((folded & 0xffff) + (folded >> 16)) as u16;
+    packet[10..12].copy_from_slice(&checksum.to_be_bytes());
+    packet.extend_from_slice(&[0x9c, 0x40, 0, 9, 0, 12, 0, 0]);
+    packet.extend_from_slice(b"ping");
+    packet
+}
+
+/// `pnlb decap --from`: unwrapping hands the stack an inner source it never
+/// checked (a way around uRPF and ACLs), so a tunnel from outside the
+/// balancers' prefixes — here the client, wrapping a datagram for the VIP —
+/// is left alone (this kernel then drops it: no ipip module), and counted.
+#[test]
+fn a_tunnel_from_outside_the_balancers_prefixes_is_not_unwrapped() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec {
+        servers: 1,
+        nginx: false,
+        ..LabSpec::default()
+    })
+    .expect("lab");
+    let decap = lab.start_decap(PNLB, 0).expect("pnlb decap");
+    let server = lab.servers[0].ipv4;
+    const SENT: usize = 20;
+    let sent = in_netns(&lab.client, move || {
+        assert_in_lab_netns();
+        // SAFETY: plain socket(2), closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_IPIP) };
+        assert!(
+            fd >= 0,
+            "raw IPIP socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let inner = udp4(pnlb_lab::CLIENT4, VIP4);
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(server).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let mut sent = 0;
+        for _ in 0..SENT {
+            // SAFETY: a valid buffer and address of their sizes.
+            let n = unsafe {
+                libc::sendto(
+                    fd,
+                    inner.as_ptr().cast(),
+                    inner.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            sent += usize::from(n == inner.len() as isize);
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+        sent
+    })
+    .expect("in the client namespace");
+    std::thread::sleep(Duration::from_millis(500));
+    let line = stop_decap(vec![decap]).remove(0);
+    eprintln!("{sent} IPIP packets from the client to {server}; pnlb decap: {line}");
+    assert_eq!(sent, SENT);
+    assert!(
+        line.contains("decapsulated 0 IPIP/IP6IP6")
+            && line.contains(&format!(" {SENT} from outside --from")),
+        "{line}"
+    );
 }
 
 /// Sends `len` bytes to the echo service and reads them back; returns
@@ -226,9 +315,34 @@ fn doctor_finds_each_prerequisite_left_out_and_its_fix_works() {
     assert_eq!(code, 1, "{report}");
     assert!(report.contains("FAIL  nothing decapsulates"), "{report}");
     assert!(fix_for(&report, "nothing decapsulates").starts_with("pnlb decap --interface eth0"));
+    // pnlb decap without --from: found, and the printed fix names it.
+    let mut open = LabProcess::spawn(
+        &lab.servers[0].ns,
+        "pnlb decap without --from",
+        PNLB,
+        &["decap", "--interface", "eth0"],
+    )
+    .expect("pnlb decap");
+    open.wait_for_line("decapsulating", Duration::from_secs(30))
+        .expect("attached");
+    let (code, report) = doctor(&lab, vip4, "tun");
+    assert_eq!(code, 0, "a warning alone does not fail: {report}");
+    assert!(
+        report.contains("unwraps tunnels from any source"),
+        "{report}"
+    );
+    assert!(
+        fix_for(&report, "from any source").starts_with("pnlb decap --interface eth0 --from"),
+        "{report}"
+    );
+    stop_decap(vec![open]);
     let mut decap = Some(lab.start_decap(PNLB, 0).expect("pnlb decap"));
     let (code, report) = doctor(&lab, vip4, "tun");
     assert_eq!(code, 0, "a warning alone does not fail: {report}");
+    assert!(
+        report.contains("from 2 load-balancer prefix(es) only"),
+        "{report}"
+    );
     on_s1(&lab, &fix_for(&report, "WARN  MSS"));
     let (code, report) = doctor(&lab, vip4, "tun");
     assert_eq!(

@@ -135,6 +135,10 @@ impl Link {
         self.xdp.as_ref()?.prog.as_ref()?.name.as_deref()
     }
 
+    fn xdp_program_id(&self) -> Option<u32> {
+        self.xdp.as_ref()?.prog.as_ref()?.id
+    }
+
     fn kind(&self) -> Option<&str> {
         self.linkinfo.as_ref()?.info_kind.as_deref()
     }
@@ -148,6 +152,7 @@ struct LinkXdp {
 #[derive(Deserialize)]
 struct XdpProg {
     name: Option<String>,
+    id: Option<u32>,
 }
 
 #[derive(Deserialize)]

@@ -37,6 +37,7 @@ pub(super) fn check(vip: IpAddr, method: DoctorMethod) -> Result<Vec<Finding>> {
         let routes: Vec<Route> = ip_json(&[family, "route", "show", "default"])?;
         let default_route = routes.first();
         findings.push(decapsulation(&links, vip, default_route));
+        findings.extend(decap_limits(&links));
         findings.push(mtu_headroom(&links, family, default_route));
     }
     Ok(findings)
@@ -153,6 +154,34 @@ fn decapsulation(links: &[Link], vip: IpAddr, default_route: Option<&Route>) -> 
             "pnlb decap --interface {interface}   (or, where the kernel has ipip/fou: modprobe ipip && ip link set tunl0 up)"
         ),
     )
+}
+
+/// A running `pnlb decap` without `--from` unwraps tunnels from anyone: a
+/// way around uRPF and the interface's ACLs (the stack sees the inner
+/// source). Its `--vip` list may be empty: the VIPs on lo are this host's.
+fn decap_limits(links: &[Link]) -> Vec<Finding> {
+    links
+        .iter()
+        .filter(|l| l.xdp_program() == Some("pnlb_decap"))
+        .map(|link| {
+            let interface = &link.ifname;
+            match link.xdp_program_id().and_then(pnlb_dataplane::decap::running_options) {
+                Some((0, _)) => Finding::problem(
+                    Level::Warn,
+                    format!("pnlb decap on {interface} unwraps tunnels from any source (no --from): anyone who can reach this host can send it packets with any inner source, past uRPF and interface ACLs"),
+                    format!("pnlb decap --interface {interface} --from <the load balancers' addresses or prefixes>"),
+                ),
+                Some((from, vips)) => Finding::ok(format!(
+                    "pnlb decap on {interface} unwraps tunnels from {from} load-balancer prefix(es) only, for this host's addresses and {vips} --vip address(es)"
+                )),
+                None => Finding::problem(
+                    Level::Warn,
+                    format!("cannot read what pnlb decap on {interface} accepts (an older pnlb decap, or no privileges)"),
+                    "run pnlb doctor as root; restart pnlb decap with --from".into(),
+                ),
+            }
+        })
+        .collect()
 }
 
 /// Clients send segments as large as this server's MSS allows; wrapped in a
