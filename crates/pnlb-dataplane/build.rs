@@ -25,6 +25,10 @@ fn main() {
         if *name == "lb" && env::var_os("CARGO_FEATURE_UPGRADE_VARIANT").is_some() {
             defines.push("-DPNLB_UPGRADE_VARIANT".to_string());
         }
+        // Per-packet run times for the bench (bpf/lb.bpf.c, PNLB_RUN_TIMES).
+        if *name == "lb" && env::var_os("CARGO_FEATURE_RUN_TIMES").is_some() {
+            defines.push("-DPNLB_RUN_TIMES".to_string());
+        }
         let result = SkeletonBuilder::new()
             .source(&source)
             .clang(&clang)

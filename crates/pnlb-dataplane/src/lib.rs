@@ -30,6 +30,7 @@ pub mod nexthop;
 pub mod pinning;
 pub mod prog_stats;
 pub mod programmer;
+pub mod run_times;
 pub mod stats;
 pub mod sync;
 pub mod vlan;

@@ -20,7 +20,7 @@ use pnlb_lab::{Lab, LabProcess, LabSpec};
 use serde::Serialize;
 
 use setups::{Setup, IPERF_PORT};
-use tools::{parse_iperf3, parse_wrk, HttpRun};
+use tools::{parse_iperf3, parse_wrk, HttpRun, ProgramRunTimes};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -185,6 +185,10 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
                 running.pause(true);
             }
             let target = setup.target(&lab);
+            let timed = running.run_times_map();
+            if let Some(id) = timed {
+                println!("  (its program's run time per packet read from map {id})");
+            }
             for _ in 0..args.repetitions {
                 if interrupted() {
                     anyhow::bail!("interrupted; the lab is removed");
@@ -202,7 +206,7 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
                 }
                 for (name, connections, close) in HTTP {
                     if wanted(name) {
-                        let run = wrk(&lab, target, connections, close, args.seconds)?;
+                        let run = wrk(&lab, target, connections, close, args.seconds, timed)?;
                         record(&mut results.http, name, &setup.name(), run);
                     }
                 }
@@ -214,8 +218,8 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
                 }
             }
             if !floods && setup == Setup::Pnlb("snat") && wanted("back to back") {
-                let first = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS)?;
-                let second = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS)?;
+                let first = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS, None)?;
+                let second = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS, None)?;
                 results.snat_back_to_back = Some((first, second));
             }
             running.pause(false);
@@ -279,6 +283,7 @@ fn wrk(
     connections: u32,
     close: bool,
     seconds: u32,
+    run_times: Option<u32>,
 ) -> Result<HttpRun> {
     let url = format!("http://{target}/");
     let (threads, connections, duration) = (
@@ -299,10 +304,16 @@ fn wrk(
         args.extend(["-H", "Connection: close"]);
     }
     args.push(&url);
+    let timed = || run_times.and_then(pnlb_dataplane::run_times::RunTimes::read);
+    let times_before = timed();
     let busy_before = flood::busy_ns();
     let output = lab.client_command("wrk", &args)?;
     let busy = flood::busy_ns().saturating_sub(busy_before);
+    let program = timed()
+        .zip(times_before)
+        .map(|(after, before)| ProgramRunTimes::of(&after.since(&before)));
     let mut run = parse_wrk(&output).with_context(|| format!("unreadable wrk output: {output}"))?;
+    run.program = program;
     let requests = run.requests_per_sec * f64::from(seconds);
     if requests > 0.0 {
         run.machine_us_per_request = busy as f64 / 1000.0 / requests;
@@ -329,7 +340,7 @@ fn under_syn_flood(lab: &Lab, target: std::net::IpAddr, seconds: u32) -> Result<
             repeat_each: 0,
         },
     )?;
-    let run = wrk(lab, target, 32, true, seconds);
+    let run = wrk(lab, target, 32, true, seconds, None);
     flood.finish()?;
     run
 }
@@ -364,6 +375,45 @@ fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
 }
 
 const BASELINE: &str = "kernel nftables";
+
+/// The program's own run time per packet, for the setups whose pnlb was
+/// built with `run-times` (the worst of the repetitions).
+fn render_program_run_times(
+    out: &mut String,
+    order: &[String],
+    setups: &BTreeMap<String, Vec<HttpRun>>,
+) {
+    let timed: Vec<(&String, Vec<ProgramRunTimes>)> = order
+        .iter()
+        .filter_map(|name| {
+            let runs: Vec<ProgramRunTimes> =
+                setups.get(name)?.iter().filter_map(|r| r.program).collect();
+            (!runs.is_empty()).then_some((name, runs))
+        })
+        .collect();
+    if timed.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  the XDP program's own run time per packet (ns, at most; worst repetition):\n  {:<15} {:>10} {:>7} {:>7} {:>7} {:>8} {:>9}",
+        "setup", "packets", "p50", "p99", "p99.9", "max", ">= 8 us"
+    );
+    for (name, runs) in timed {
+        let worst = |f: fn(&ProgramRunTimes) -> u64| runs.iter().map(f).max().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "  {:<15} {:>10} {:>7} {:>7} {:>7} {:>8} {:>9}",
+            name,
+            worst(|r| r.packets),
+            worst(|r| r.p50_ns),
+            worst(|r| r.p99_ns),
+            worst(|r| r.p999_ns),
+            worst(|r| r.max_ns),
+            worst(|r| r.from_8us),
+        );
+    }
+}
 
 fn render(results: &Results) -> String {
     let mut out = String::new();
@@ -410,6 +460,7 @@ fn render(results: &Results) -> String {
                 runs.iter().map(|r| r.errors).sum::<u64>(),
             );
         }
+        render_program_run_times(&mut out, &order, setups);
     }
     for (workload, setups) in &results.bulk_gbps {
         let _ = writeln!(out, "\n== {workload} ==");

@@ -222,6 +222,13 @@ fn hold_in_lb(
 type Keeper = std::thread::JoinHandle<Result<(), pnlb_lab::LabError>>;
 
 impl Running {
+    /// The map of per-packet run times of the running pnlb, if its build
+    /// keeps them (the `run-times` feature).
+    pub fn run_times_map(&self) -> Option<u32> {
+        self.process.as_ref()?;
+        pnlb_dataplane::run_times::RunTimes::newest_map()
+    }
+
     /// Stops (SIGSTOP) or resumes (SIGCONT) the setup's own process, if it
     /// has one (`pnlb run`, haproxy): the data plane goes on without its
     /// daemon, which tells the daemon's share of a latency figure.

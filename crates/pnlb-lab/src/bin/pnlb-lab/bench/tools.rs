@@ -15,6 +15,36 @@ pub struct HttpRun {
     /// Busy CPU time of the whole machine (both cores: client, router, LB,
     /// servers) per request, from /proc/stat.
     pub machine_us_per_request: f64,
+    /// pnlb built with `run-times`: its program's run time per packet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program: Option<ProgramRunTimes>,
+}
+
+/// The XDP program's own run time per packet over one run (bucket upper
+/// bounds: "at most"), from pnlb's `run-times` build.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ProgramRunTimes {
+    pub packets: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+    /// Packets that took 8 us or more.
+    pub from_8us: u64,
+}
+
+impl ProgramRunTimes {
+    pub fn of(times: &pnlb_dataplane::run_times::RunTimes) -> Self {
+        let quantile = |q| times.quantile_ns(q).unwrap_or(0);
+        Self {
+            packets: times.packets(),
+            p50_ns: quantile(0.5),
+            p99_ns: quantile(0.99),
+            p999_ns: quantile(0.999),
+            max_ns: quantile(1.0),
+            from_8us: times.at_least(8_192),
+        }
+    }
 }
 
 /// Clock ticks per second, the unit of /proc's CPU times.
