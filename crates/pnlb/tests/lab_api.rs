@@ -285,6 +285,109 @@ fn bad_requests_are_refused_whole_and_mutations_need_the_token() {
     daemon.stop(Duration::from_secs(10));
 }
 
+/// One HTTP request from the client namespace to the API on the LB's lab
+/// address (a remote origin): (status, body).
+fn remote(lab: &Lab, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut args = vec!["netns", "exec", &lab.client, "curl", "-s", "-m", "5"];
+    args.extend(["-X", method, "-w", "\n%{http_code}"]);
+    let header = token.map(|t| format!("Authorization: Bearer {t}"));
+    if let Some(header) = &header {
+        args.extend(["-H", header]);
+    }
+    if method == "POST" {
+        args.extend([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            "{}",
+        ]);
+    }
+    let url = format!("http://{}:9180{path}", pnlb_lab::LB4);
+    args.push(&url);
+    let out = std::process::Command::new("ip")
+        .args(&args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// From another host: reads need a token, and the read-only one
+/// (`api_read_token_file`, for a Prometheus scraper) changes nothing; a
+/// request is refused from its headers, before its body is read (a client
+/// announcing 100 MB without the token is answered at once).
+#[test]
+fn remote_reads_need_a_token_the_read_only_one_changes_nothing_and_refusals_read_no_body() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec::default()).expect("lab");
+    const READER: &str = "lab-read-token-0123456789abcdef";
+    let reader = lab.dir.join("api.read-token");
+    write_secret(&reader, READER);
+    let text = api_config(&lab, true)
+        .replace(
+            "api = \"127.0.0.1:9180\"",
+            &format!("api = \"{}:9180\"", pnlb_lab::LB4),
+        )
+        .replacen(
+            "\n",
+            &format!("\napi_read_token_file = \"{}\"\n", reader.display()),
+            1,
+        );
+    let path = write_config(&lab, &text);
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    let started = wait_for_log(&daemon, "API on", Duration::from_secs(5));
+    eprintln!("{started}");
+
+    for (method, route, token, expected) in [
+        ("GET", "/metrics", None, 401),
+        ("GET", "/metrics", Some("wrong-token-0123456789"), 401),
+        ("GET", "/metrics", Some(READER), 200),
+        ("GET", "/api/v1/status", Some(READER), 200),
+        ("GET", "/api/v1/status", Some(TOKEN), 200),
+        ("POST", "/api/v1/zero", Some(READER), 401),
+        ("POST", "/api/v1/zero", None, 401),
+        ("POST", "/api/v1/zero", Some(TOKEN), 200),
+    ] {
+        let (status, body) = remote(&lab, method, route, token);
+        let shown = token.map_or("no token", |t| {
+            if t == READER {
+                "the read-only token"
+            } else if t == TOKEN {
+                "the token"
+            } else {
+                "a wrong token"
+            }
+        });
+        eprintln!("{method} {route} with {shown}: {status}");
+        assert_eq!(status, expected, "{method} {route} with {shown}: {body}");
+    }
+
+    // 100 MB announced, nothing sent, no token: answered from the headers.
+    let answer = pnlb_lab::in_netns(&lab.client, || {
+        assert_in_lab_netns();
+        let mut stream = TcpStream::connect((pnlb_lab::LB4, 9180)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let asked = Instant::now();
+        stream
+            .write_all(b"POST /api/v1/services HTTP/1.1\r\nHost: lb\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n")
+            .unwrap();
+        let mut answer = vec![0u8; 512];
+        let n = stream.read(&mut answer).unwrap_or(0);
+        (String::from_utf8_lossy(&answer[..n]).to_string(), asked.elapsed())
+    })
+    .expect("in the client namespace");
+    eprintln!(
+        "100 MB announced without a token: answered in {:?}: {}",
+        answer.1,
+        answer.0.lines().next().unwrap_or("")
+    );
+    assert!(answer.0.starts_with("HTTP/1.1 401"), "{answer:?}");
+    daemon.stop(Duration::from_secs(10));
+}
+
 #[test]
 fn without_a_token_file_the_api_is_read_only_and_metrics_agree_with_it() {
     if !privileged() {

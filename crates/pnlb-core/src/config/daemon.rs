@@ -20,6 +20,9 @@ pub struct Daemon {
     /// Bearer token for mutations (and for reads from other hosts); none =
     /// the API is read-only.
     pub api_token_file: Option<PathBuf>,
+    /// Bearer token for reads from other hosts only (a Prometheus scraper):
+    /// it changes nothing.
+    pub api_read_token_file: Option<PathBuf>,
     /// Entries of the established-flow table, which never evicts (when it
     /// is full, new flows that need an entry are refused); the half-open
     /// table gets a quarter (docs/conntrack.md).
@@ -68,6 +71,7 @@ pub(super) struct RawDaemon {
     api: Option<String>,
     api_socket: Option<String>,
     api_token_file: Option<String>,
+    api_read_token_file: Option<String>,
     conn_table_size: Option<i64>,
     max_services: Option<i64>,
     max_backends: Option<i64>,
@@ -156,14 +160,20 @@ impl Validator<'_> {
         };
         let api_socket = absolute("api_socket", raw.api_socket)?;
         let api_token_file = absolute("api_token_file", raw.api_token_file)?;
+        let api_read_token_file = absolute("api_read_token_file", raw.api_read_token_file)?;
         let hash_seed_file = absolute("hash_seed_file", raw.hash_seed_file)?;
         let pin_dir = absolute("pin_dir", raw.pin_dir)?;
-        if api.is_none() && api_socket.is_none() && api_token_file.is_some() {
-            return Err(self.error(
-                "daemon.api_token_file",
-                "there is no API to protect",
-                "set daemon.api (e.g. \"127.0.0.1:9180\") or daemon.api_socket, or remove api_token_file",
-            ));
+        for (key, file) in [
+            ("api_token_file", &api_token_file),
+            ("api_read_token_file", &api_read_token_file),
+        ] {
+            if api.is_none() && api_socket.is_none() && file.is_some() {
+                return Err(self.error(
+                    format!("daemon.{key}"),
+                    "there is no API to protect",
+                    format!("set daemon.api (e.g. \"127.0.0.1:9180\") or daemon.api_socket, or remove {key}"),
+                ));
+            }
         }
         let conn_table_size = match raw.conn_table_size {
             None => DEFAULT_CONN_TABLE_SIZE,
@@ -217,6 +227,7 @@ impl Validator<'_> {
             api,
             api_socket,
             api_token_file,
+            api_read_token_file,
             conn_table_size,
             max_services,
             max_backends,

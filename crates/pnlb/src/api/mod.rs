@@ -7,8 +7,10 @@
 //!
 //! Access: mutations need `Authorization: Bearer <token>` (the contents of
 //! `daemon.api_token_file`); without a token file the API is read-only
-//! (403). Reads are open on loopback and the unix socket, and need the
-//! token from anywhere else.
+//! (403). Reads are open on loopback and the unix socket, and need that
+//! token or the read-only one (`daemon.api_read_token_file`, for a
+//! Prometheus scraper) from anywhere else. Who may ask is decided from the
+//! request line and headers: a refused request's body is never read.
 
 pub mod edit;
 pub mod model;
@@ -91,6 +93,7 @@ enum Origin {
 
 struct Access {
     token: Option<String>,
+    read_token: Option<String>,
 }
 
 impl Access {
@@ -100,40 +103,48 @@ impl Access {
         mutation: bool,
         origin: Origin,
     ) -> Result<(), ApiError> {
+        if !mutation && matches!(origin, Origin::Local) {
+            return Ok(());
+        }
         let presented = request
             .headers()
             .iter()
             .find(|h| h.field.equiv("Authorization"))
             .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
             .map(str::trim);
-        let Some(token) = &self.token else {
-            return match (mutation, origin) {
-                (false, Origin::Local) => Ok(()),
-                (false, Origin::Remote) => Err(ApiError::new(
-                    403,
-                    "reads from other hosts need the API token, and no daemon.api_token_file is configured",
-                )
-                .with_fix("read on the host itself (loopback or daemon.api_socket), or configure a token")),
-                (true, _) => Err(ApiError::new(
-                    403,
-                    "the API is read-only here: no daemon.api_token_file is configured",
-                )
-                .with_fix("set daemon.api_token_file to a file holding a token, and restart")),
-            };
+        let matches = |token: &Option<String>| {
+            token
+                .as_ref()
+                .zip(presented)
+                .is_some_and(|(token, given)| constant_time_eq(given.as_bytes(), token.as_bytes()))
         };
-        if !mutation && matches!(origin, Origin::Local) {
+        if matches(&self.token) || (!mutation && matches(&self.read_token)) {
             return Ok(());
         }
+        if mutation && self.token.is_none() {
+            return Err(ApiError::new(
+                403,
+                "the API is read-only here: no daemon.api_token_file is configured",
+            )
+            .with_fix("set daemon.api_token_file to a file holding a token, and restart"));
+        }
+        if self.token.is_none() && self.read_token.is_none() {
+            return Err(ApiError::new(
+                403,
+                "reads from other hosts need an API token, and neither daemon.api_token_file nor daemon.api_read_token_file is configured",
+            )
+            .with_fix("read on the host itself (loopback or daemon.api_socket), or configure a token"));
+        }
+        let which = if mutation {
+            "the token from daemon.api_token_file (the read-only token changes nothing)"
+        } else {
+            "the token from daemon.api_token_file or daemon.api_read_token_file"
+        };
         match presented {
-            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
-            Some(_) => Err(ApiError::new(401, "wrong token").with_fix(
-                "send the token from daemon.api_token_file as `Authorization: Bearer <token>`",
-            )),
-            None => Err(
-                ApiError::new(401, "this request needs the API token").with_fix(
-                    "send `Authorization: Bearer <token>` (the contents of daemon.api_token_file)",
-                ),
-            ),
+            Some(_) => Err(ApiError::new(401, "wrong token")
+                .with_fix(format!("send {which} as `Authorization: Bearer <token>`"))),
+            None => Err(ApiError::new(401, "this request needs an API token")
+                .with_fix(format!("send `Authorization: Bearer <token>`: {which}"))),
         }
     }
 }
@@ -147,6 +158,11 @@ pub fn read_token(path: &std::path::Path) -> Result<String> {
     crate::secret::read(path, "daemon.api_token_file")
 }
 
+/// Reads the read-only token file (daemon.api_read_token_file).
+pub fn read_read_token(path: &std::path::Path) -> Result<String> {
+    crate::secret::read(path, "daemon.api_read_token_file")
+}
+
 /// Starts the listeners the config asks for (none: returns Ok(None)).
 pub fn start(config: &DaemonConfig, calls: mpsc::Sender<ApiCall>) -> Result<Option<ApiServer>> {
     if config.api.is_none() && config.api_socket.is_none() {
@@ -157,7 +173,12 @@ pub fn start(config: &DaemonConfig, calls: mpsc::Sender<ApiCall>) -> Result<Opti
         .as_deref()
         .map(read_token)
         .transpose()?;
-    let access = Arc::new(Access { token });
+    let read_token = config
+        .api_read_token_file
+        .as_deref()
+        .map(read_read_token)
+        .transpose()?;
+    let access = Arc::new(Access { token, read_token });
     let mut server = ApiServer {
         servers: Vec::new(),
         threads: Vec::new(),
@@ -227,25 +248,37 @@ fn handle(
 ) {
     let method = request.method().clone();
     let url = request.url().to_string();
-    let mut body = Vec::new();
-    let read = request
-        .as_reader()
-        .take(MAX_BODY + 1)
-        .read_to_end(&mut body);
-    let response = if read.is_err() {
-        routes::error(&ApiError::new(400, "cannot read the request body"))
-    } else if body.len() as u64 > MAX_BODY {
-        routes::error(&ApiError::new(413, "the request body is over 1 MiB"))
-    } else {
-        match routes::route(&method, &url) {
-            Err(err) => routes::error(&err),
-            Ok(route) => match access.check(&request, route.mutates(), origin) {
-                Err(err) => routes::error(&err),
-                Ok(()) => routes::serve(route, &body, calls),
-            },
-        }
+    let response = match routes::route(&method, &url)
+        .and_then(|route| {
+            access
+                .check(&request, route.mutates(), origin)
+                .map(|()| route)
+        })
+        .and_then(|route| Ok((route, read_body(&mut request)?)))
+    {
+        Err(err) => routes::error(&err),
+        Ok((route, body)) => routes::serve(route, &body, calls),
     };
     if let Err(err) = request.respond(response) {
         warning!("API: answering {method} {url}: {err}");
     }
+}
+
+/// The body of a request already let in, at most MAX_BODY (a larger
+/// declared length is refused before anything is read).
+fn read_body(request: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
+    let too_big = || ApiError::new(413, "the request body is over 1 MiB");
+    if request.body_length().is_some_and(|n| n as u64 > MAX_BODY) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(MAX_BODY + 1)
+        .read_to_end(&mut body)
+        .map_err(|_| ApiError::new(400, "cannot read the request body"))?;
+    if body.len() as u64 > MAX_BODY {
+        return Err(too_big());
+    }
+    Ok(body)
 }

@@ -91,6 +91,9 @@ pub fn run(path: &Path) -> Result<()> {
     if let Some(token) = &config.daemon.api_token_file {
         crate::api::read_token(token)?;
     }
+    if let Some(token) = &config.daemon.api_read_token_file {
+        crate::api::read_read_token(token)?;
+    }
     for interface in &config.daemon.interfaces {
         pnlb_dataplane::loader::ifindex_of(interface)?;
     }
@@ -151,10 +154,14 @@ pub fn run(path: &Path) -> Result<()> {
                 .iter()
                 .map(|p| format!("unix:{}", p.display())),
         );
-        let access = if daemon.config.daemon.api_token_file.is_some() {
-            "changes need the token"
-        } else {
-            "read-only: no api_token_file"
+        let access = match (
+            daemon.config.daemon.api_token_file.is_some(),
+            daemon.config.daemon.api_read_token_file.is_some(),
+        ) {
+            (true, true) => "changes need the token; remote reads the token or the read-only one",
+            (true, false) => "changes need the token",
+            (false, true) => "read-only: no api_token_file; remote reads need the read-only token",
+            (false, false) => "read-only: no api_token_file",
         };
         info!("API on {} ({access})", places.join(" and "));
     }

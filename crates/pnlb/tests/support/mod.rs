@@ -126,11 +126,19 @@ pub fn request(vip: IpAddr) -> Result<String, String> {
 
 pub const TOKEN: &str = "lab-token-0123456789abcdef";
 
+/// Writes a secret as an operator should: readable by its owner only
+/// (pnlb refuses a token or key file others may read).
+pub fn write_secret(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// A config with the API on (TCP 127.0.0.1:9180 and a unix socket, with
 /// or without a token file) and two dr services, web and echo, over s1, s2.
 pub fn api_config(lab: &Lab, with_token: bool) -> String {
     let token_file = lab.dir.join("api.token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    write_secret(&token_file, &format!("{TOKEN}\n"));
     let mut text = format!(
         "[daemon]\ninterfaces = [\"{LB_INTERFACE}\"]\napi = \"127.0.0.1:9180\"\napi_socket = \"{}\"\n",
         lab.dir.join("api.sock").display()
@@ -265,7 +273,7 @@ pub fn udp_connected(to: SocketAddr, timeout: Duration) -> std::net::UdpSocket {
 /// next to the lab's other files.
 pub fn write_ha_config(lab: &Lab, base: &str, node: u8, priority: u8) -> PathBuf {
     let key = lab.dir.join("ha.key");
-    std::fs::write(&key, "lab-shared-secret-0123456789abcdef\n").unwrap();
+    write_secret(&key, "lab-shared-secret-0123456789abcdef\n");
     let path = lab.dir.join(format!("pnlb-node{node}.toml"));
     std::fs::write(&path, lab.ha_config(base, node, priority, &key)).unwrap();
     path

@@ -44,7 +44,7 @@ pub fn up(servers: usize, ha: bool) -> Result<()> {
     );
     if ha {
         println!("a failover pair:   a second LB {}-lb2 (10.77.1.3); the VIPs go to the floating 10.77.1.254", lab.prefix);
-        println!("                   openssl rand -hex 32 > /tmp/pnlb-lab-ha.key");
+        println!("                   (umask 077; openssl rand -hex 32 > /tmp/pnlb-lab-ha.key)");
         println!("                   ip netns exec {0}-lb pnlb run --config docs/examples/lab-ha-node1.toml &", lab.prefix);
         println!("                   ip netns exec {0}-lb2 pnlb run --config docs/examples/lab-ha-node2.toml &", lab.prefix);
     }
