@@ -285,10 +285,10 @@ fn bad_requests_are_refused_whole_and_mutations_need_the_token() {
     daemon.stop(Duration::from_secs(10));
 }
 
-/// One HTTP request from the client namespace to the API on the LB's lab
+/// One HTTP request from namespace `ns` to the API on the LB's lab
 /// address (a remote origin): (status, body).
-fn remote(lab: &Lab, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut args = vec!["netns", "exec", &lab.client, "curl", "-s", "-m", "5"];
+fn remote(ns: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut args = vec!["netns", "exec", ns, "curl", "-s", "-m", "5"];
     args.extend(["-X", method, "-w", "\n%{http_code}"]);
     let header = token.map(|t| format!("Authorization: Bearer {t}"));
     if let Some(header) = &header {
@@ -313,6 +313,122 @@ fn remote(lab: &Lab, method: &str, path: &str, token: Option<&str>) -> (u16, Str
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+const READER: &str = "lab-read-token-0123456789abcdef";
+
+/// `pnlb run` with the API on the LB's lab address (reachable from the
+/// client and the servers), the token and the read-only token [`READER`].
+fn start_with_remote_api(lab: &Lab) -> pnlb_lab::LabProcess {
+    let reader = lab.dir.join("api.read-token");
+    write_secret(&reader, READER);
+    let text = api_config(lab, true)
+        .replace(
+            "api = \"127.0.0.1:9180\"",
+            &format!("api = \"{}:9180\"", pnlb_lab::LB4),
+        )
+        .replacen(
+            "\n",
+            &format!("\napi_read_token_file = \"{}\"\n", reader.display()),
+            1,
+        );
+    let path = write_config(lab, &text);
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    let started = wait_for_log(&daemon, "API on", Duration::from_secs(5));
+    eprintln!("{started}");
+    daemon
+}
+
+/// Slowloris: 20 connections from the client, each sending half a request
+/// head and then nothing, cannot stall the API. The client gets its share
+/// of 8 connections (the other 12 are refused with 503 at once), those 8
+/// are cut off with 408 at the 5 s deadline, and meanwhile the host and
+/// another client are answered at once.
+#[test]
+fn slow_clients_are_cut_off_and_never_stall_the_others() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec::default()).expect("lab");
+    let daemon = start_with_remote_api(&lab);
+    const SLOW: usize = 20;
+    let slow = spawn_in_netns(&lab.client, || {
+        assert_in_lab_netns();
+        let opened = Instant::now();
+        let mut streams: Vec<TcpStream> = (0..SLOW)
+            .filter_map(|_| TcpStream::connect((pnlb_lab::LB4, 9180)).ok())
+            .collect();
+        for stream in &mut streams {
+            let _ = stream.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: lb\r\n");
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
+        }
+        // Each answer as it comes: its status line and when.
+        let answers: Vec<(String, Duration)> = streams
+            .iter_mut()
+            .map(|stream| {
+                let mut answer = vec![0u8; 256];
+                let n = stream.read(&mut answer).unwrap_or(0);
+                let line = String::from_utf8_lossy(&answer[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or("(nothing)")
+                    .to_string();
+                (line, opened.elapsed())
+            })
+            .collect();
+        answers
+    })
+    .expect("client namespace");
+    std::thread::sleep(Duration::from_secs(1));
+    // The host, on the unix socket.
+    let asked = Instant::now();
+    let socket = lab.dir.join("api.sock").display().to_string();
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.lb,
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-w", "%{http_code}", "--unix-socket", &socket])
+        .arg("http://pnlb/api/v1/status")
+        .output()
+        .expect("curl");
+    let local: u16 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let local_took = asked.elapsed();
+    let asked = Instant::now();
+    let (other, _) = remote(&lab.servers[0].ns, "GET", "/metrics", Some(READER));
+    let other_took = asked.elapsed();
+    let answers = slow.join().expect("joined").expect("in netns");
+    let count = |status: &str| answers.iter().filter(|(l, _)| l.contains(status)).count();
+    let cut_at = answers
+        .iter()
+        .filter(|(l, _)| l.contains(" 408 "))
+        .map(|(_, at)| *at)
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "{SLOW} slow connections from the client: {} refused at once (503), {} cut off (408) by {cut_at:?}; meanwhile the host answered {local} in {local_took:?}, another client {other} in {other_took:?}",
+        count(" 503 "),
+        count(" 408 ")
+    );
+    assert_eq!((local, other), (200, 200));
+    assert!(local_took < Duration::from_secs(1) && other_took < Duration::from_secs(1));
+    assert_eq!(count(" 503 "), SLOW - 8, "{answers:?}");
+    assert_eq!(count(" 408 "), 8, "{answers:?}");
+    assert!(
+        cut_at < Duration::from_secs(8),
+        "cut off at the deadline: {cut_at:?}"
+    );
+    daemon.stop(Duration::from_secs(10));
+}
+
 /// From another host: reads need a token, and the read-only one
 /// (`api_read_token_file`, for a Prometheus scraper) changes nothing; a
 /// request is refused from its headers, before its body is read (a client
@@ -323,23 +439,7 @@ fn remote_reads_need_a_token_the_read_only_one_changes_nothing_and_refusals_read
         return;
     }
     let lab = Lab::up(&LabSpec::default()).expect("lab");
-    const READER: &str = "lab-read-token-0123456789abcdef";
-    let reader = lab.dir.join("api.read-token");
-    write_secret(&reader, READER);
-    let text = api_config(&lab, true)
-        .replace(
-            "api = \"127.0.0.1:9180\"",
-            &format!("api = \"{}:9180\"", pnlb_lab::LB4),
-        )
-        .replacen(
-            "\n",
-            &format!("\napi_read_token_file = \"{}\"\n", reader.display()),
-            1,
-        );
-    let path = write_config(&lab, &text);
-    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
-    let started = wait_for_log(&daemon, "API on", Duration::from_secs(5));
-    eprintln!("{started}");
+    let daemon = start_with_remote_api(&lab);
 
     for (method, route, token, expected) in [
         ("GET", "/metrics", None, 401),
@@ -351,7 +451,7 @@ fn remote_reads_need_a_token_the_read_only_one_changes_nothing_and_refusals_read
         ("POST", "/api/v1/zero", None, 401),
         ("POST", "/api/v1/zero", Some(TOKEN), 200),
     ] {
-        let (status, body) = remote(&lab, method, route, token);
+        let (status, body) = remote(&lab.client, method, route, token);
         let shown = token.map_or("no token", |t| {
             if t == READER {
                 "the read-only token"

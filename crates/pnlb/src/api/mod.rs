@@ -1,9 +1,9 @@
 //! The REST/JSON API of `pnlb run` (design.md §5): on `daemon.api` (TCP)
-//! and, if set, `daemon.api_socket` (unix). One thread per listener parses
-//! and authorizes requests; everything that reads or changes state is
-//! handed to the daemon loop as an [`ApiCall`] and answered from there, so
-//! the data plane has one writer and a change is applied whole or not at
-//! all.
+//! and, if set, `daemon.api_socket` (unix), served by [`http`] (deadlines,
+//! bounded connections). Requests are parsed and authorized on their
+//! connection's thread; everything that reads or changes state is handed
+//! to the daemon loop as an [`ApiCall`] and answered from there, so the
+//! data plane has one writer and a change is applied whole or not at all.
 //!
 //! Access: mutations need `Authorization: Bearer <token>` (the contents of
 //! `daemon.api_token_file`); without a token file the API is read-only
@@ -13,10 +13,11 @@
 //! request line and headers: a refused request's body is never read.
 
 pub mod edit;
+pub mod http;
 pub mod model;
 mod routes;
 
-use std::io::Read;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -26,8 +27,8 @@ use anyhow::Result;
 use pnlb_core::config::Daemon as DaemonConfig;
 
 use self::edit::{BackendSelector, Edit};
+use self::http::{Head, Listener, Origin, Refusal, Response};
 use self::model::{ApiError, Done, Status};
-use crate::log::warning;
 
 /// Largest request body accepted (a service with thousands of backends fits).
 const MAX_BODY: u64 = 1 << 20;
@@ -65,16 +66,14 @@ pub struct ApiCall {
 
 /// The listeners; dropping it stops them.
 pub struct ApiServer {
-    servers: Vec<Arc<tiny_http::Server>>,
+    stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     socket: Option<std::path::PathBuf>,
 }
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        for server in &self.servers {
-            server.unblock();
-        }
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -84,33 +83,19 @@ impl Drop for ApiServer {
     }
 }
 
-/// Where a request came from, for the read-access rule.
-#[derive(Clone, Copy)]
-enum Origin {
-    Local,
-    Remote,
-}
-
 struct Access {
     token: Option<String>,
     read_token: Option<String>,
 }
 
 impl Access {
-    fn check(
-        &self,
-        request: &tiny_http::Request,
-        mutation: bool,
-        origin: Origin,
-    ) -> Result<(), ApiError> {
-        if !mutation && matches!(origin, Origin::Local) {
+    fn check(&self, head: &Head, mutation: bool) -> Result<(), ApiError> {
+        if !mutation && head.origin == Origin::Local {
             return Ok(());
         }
-        let presented = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Authorization"))
-            .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        let presented = head
+            .header("Authorization")
+            .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim);
         let matches = |token: &Option<String>| {
             token
@@ -178,17 +163,20 @@ pub fn start(config: &DaemonConfig, calls: mpsc::Sender<ApiCall>) -> Result<Opti
         .as_deref()
         .map(read_read_token)
         .transpose()?;
-    let access = Arc::new(Access { token, read_token });
+    let api = Arc::new(Api {
+        access: Access { token, read_token },
+        calls,
+    });
     let mut server = ApiServer {
-        servers: Vec::new(),
+        stop: Arc::new(AtomicBool::new(false)),
         threads: Vec::new(),
         socket: None,
     };
     if let Some(address) = config.api {
-        let listener = tiny_http::Server::http(address).map_err(|err| {
+        let listener = std::net::TcpListener::bind(address).map_err(|err| {
             anyhow::anyhow!("daemon.api {address}: cannot listen: {err}; pick a free address:port")
         })?;
-        server.listen(Arc::new(listener), access.clone(), calls.clone(), true);
+        server.listen(Listener::Tcp(listener), api.clone())?;
     }
     if let Some(path) = &config.api_socket {
         // A socket left by a previous run would make the bind fail.
@@ -198,35 +186,56 @@ pub fn start(config: &DaemonConfig, calls: mpsc::Sender<ApiCall>) -> Result<Opti
         }) {
             let _ = std::fs::remove_file(path);
         }
-        let listener = tiny_http::Server::http_unix(path).map_err(|err| {
+        let listener = std::os::unix::net::UnixListener::bind(path).map_err(|err| {
             anyhow::anyhow!("daemon.api_socket {}: cannot listen: {err}", path.display())
         })?;
         server.socket = Some(path.clone());
-        server.listen(Arc::new(listener), access, calls, false);
+        server.listen(Listener::Unix(listener), api)?;
     }
     Ok(Some(server))
 }
 
 impl ApiServer {
-    fn listen(
-        &mut self,
-        listener: Arc<tiny_http::Server>,
-        access: Arc<Access>,
-        calls: mpsc::Sender<ApiCall>,
-        tcp: bool,
-    ) {
-        self.servers.push(listener.clone());
-        self.threads.push(std::thread::spawn(move || {
-            for request in listener.incoming_requests() {
-                let origin = match (tcp, request.remote_addr()) {
-                    (false, _) => Origin::Local,
-                    (true, Some(addr)) if addr.ip().is_loopback() => Origin::Local,
-                    _ => Origin::Remote,
-                };
-                handle(request, &access, &calls, origin);
-            }
-        }));
+    fn listen(&mut self, listener: Listener, api: Arc<Api>) -> Result<()> {
+        self.threads
+            .push(http::serve(listener, api, self.stop.clone())?);
+        Ok(())
     }
+}
+
+/// What answers the API's requests.
+struct Api {
+    access: Access,
+    /// To the daemon loop.
+    calls: mpsc::Sender<ApiCall>,
+}
+
+impl http::Handler for Api {
+    /// Who may ask is decided from the head: a refused request's body is
+    /// never read.
+    fn handle(
+        &self,
+        head: &Head,
+        body: &mut dyn FnMut(u64) -> Result<Vec<u8>, Refusal>,
+    ) -> Response {
+        match routes::route(&head.method, &head.target)
+            .and_then(|route| self.access.check(head, route.mutates()).map(|()| route))
+            .and_then(|route| {
+                let body = body(MAX_BODY).map_err(refusal_error)?;
+                Ok((route, body))
+            }) {
+            Err(err) => routes::error(&err),
+            Ok((route, body)) => routes::serve(route, &body, &self.calls),
+        }
+    }
+
+    fn refused(&self, refusal: Refusal) -> Response {
+        routes::error(&refusal_error(refusal))
+    }
+}
+
+fn refusal_error(refusal: Refusal) -> ApiError {
+    ApiError::new(refusal.status(), refusal.reason())
 }
 
 /// Asks the daemon loop and waits for its answer.
@@ -238,47 +247,4 @@ pub fn ask(calls: &mpsc::Sender<ApiCall>, op: Op) -> Reply {
     answer
         .recv_timeout(DAEMON_TIMEOUT)
         .unwrap_or_else(|_| Reply::Failed(ApiError::new(503, "the daemon did not answer in time")))
-}
-
-fn handle(
-    mut request: tiny_http::Request,
-    access: &Access,
-    calls: &mpsc::Sender<ApiCall>,
-    origin: Origin,
-) {
-    let method = request.method().clone();
-    let url = request.url().to_string();
-    let response = match routes::route(&method, &url)
-        .and_then(|route| {
-            access
-                .check(&request, route.mutates(), origin)
-                .map(|()| route)
-        })
-        .and_then(|route| Ok((route, read_body(&mut request)?)))
-    {
-        Err(err) => routes::error(&err),
-        Ok((route, body)) => routes::serve(route, &body, calls),
-    };
-    if let Err(err) = request.respond(response) {
-        warning!("API: answering {method} {url}: {err}");
-    }
-}
-
-/// The body of a request already let in, at most MAX_BODY (a larger
-/// declared length is refused before anything is read).
-fn read_body(request: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
-    let too_big = || ApiError::new(413, "the request body is over 1 MiB");
-    if request.body_length().is_some_and(|n| n as u64 > MAX_BODY) {
-        return Err(too_big());
-    }
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(MAX_BODY + 1)
-        .read_to_end(&mut body)
-        .map_err(|_| ApiError::new(400, "cannot read the request body"))?;
-    if body.len() as u64 > MAX_BODY {
-        return Err(too_big());
-    }
-    Ok(body)
 }

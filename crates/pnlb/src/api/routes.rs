@@ -4,9 +4,9 @@
 use std::sync::mpsc;
 
 use serde::Serialize;
-use tiny_http::{Header, Method, Response};
 
 use super::edit::{BackendSelector, Edit};
+use super::http::{Method, Response};
 use super::model::{ApiError, Status};
 use super::{ask, ApiCall, Op, Reply};
 use crate::metrics;
@@ -29,8 +29,6 @@ impl Route {
         matches!(self, Route::Change(..))
     }
 }
-
-type Body = Response<std::io::Cursor<Vec<u8>>>;
 
 fn percent_decode(segment: &str) -> String {
     let bytes = segment.as_bytes();
@@ -139,18 +137,12 @@ pub fn route(method: &Method, url: &str) -> Result<Route, ApiError> {
     }
 }
 
-fn json<T: Serialize>(status: u16, value: &T) -> Body {
+fn json<T: Serialize>(status: u16, value: &T) -> Response {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    Response::from_data(body)
-        .with_status_code(status)
-        .with_header(header("Content-Type", "application/json"))
+    Response::new(status, "application/json", body)
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
-}
-
-pub fn error(err: &ApiError) -> Body {
+pub fn error(err: &ApiError) -> Response {
     json(err.status, err)
 }
 
@@ -186,16 +178,19 @@ fn no_service(name: &str) -> ApiError {
         .with_fix("GET /api/v1/services lists them")
 }
 
-pub fn serve(route: Route, body: &[u8], calls: &mpsc::Sender<ApiCall>) -> Body {
-    let answer = || -> Result<Body, ApiError> {
+pub fn serve(route: Route, body: &[u8], calls: &mpsc::Sender<ApiCall>) -> Response {
+    let answer = || -> Result<Response, ApiError> {
         Ok(match route {
-            Route::Dashboard => Response::from_data(crate::dashboard::PAGE.as_bytes().to_vec())
-                .with_header(header("Content-Type", "text/html; charset=utf-8")),
-            Route::Metrics => {
-                Response::from_data(metrics::render(&status(calls)?).into_bytes()).with_header(
-                    header("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
-                )
-            }
+            Route::Dashboard => Response::new(
+                200,
+                "text/html; charset=utf-8",
+                crate::dashboard::PAGE.as_bytes().to_vec(),
+            ),
+            Route::Metrics => Response::new(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::render(&status(calls)?).into_bytes(),
+            ),
             Route::Status => json(200, &status(calls)?),
             Route::Document => match ask(calls, Op::Document) {
                 Reply::Document(document) => json(200, &document),
