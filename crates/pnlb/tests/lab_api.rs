@@ -249,6 +249,19 @@ fn bad_requests_are_refused_whole_and_mutations_need_the_token() {
             404,
         ),
         ("PATCH", "/api/v1/services/web", Some(TOKEN), None, 405),
+        // An exec check runs a command on the LB: not through the API
+        // (daemon.api_exec_checks is off).
+        (
+            "POST",
+            "/api/v1/services",
+            Some(TOKEN),
+            Some(
+                r#"{"name": "probed", "vip": "10.77.100.1", "port": 8080, "method": "dr",
+                    "health": {"kind": "exec", "command": ["/bin/sh", "-c", "id > /tmp/owned"]},
+                    "backend": [{"address": "10.77.1.11"}]}"#,
+            ),
+            403,
+        ),
         ("GET", "/api/v1/nothing", None, None, 404),
     ];
     for (method, route, token, body, expected) in cases {

@@ -43,6 +43,14 @@ pub struct Daemon {
     /// (after a crash or a stop, health checks no longer run); after that
     /// it refuses them, established flows going on. None = without end.
     pub unattended_limit: Option<Duration>,
+    /// The one directory exec health checks may run commands from; None =
+    /// anywhere (the config file is root's to write).
+    pub exec_check_dir: Option<PathBuf>,
+    /// Who exec health checks run as; None = the daemon's own user.
+    pub exec_check_user: Option<String>,
+    /// Whether the API may add or change exec health checks (it may not
+    /// unless this is set, and then only from exec_check_dir).
+    pub api_exec_checks: bool,
 }
 
 /// Where the data plane is pinned unless daemon.pin_dir says otherwise.
@@ -72,6 +80,10 @@ pub(super) struct RawDaemon {
     api_socket: Option<String>,
     api_token_file: Option<String>,
     api_read_token_file: Option<String>,
+    exec_check_dir: Option<String>,
+    exec_check_user: Option<String>,
+    #[serde(default)]
+    api_exec_checks: bool,
     conn_table_size: Option<i64>,
     max_services: Option<i64>,
     max_backends: Option<i64>,
@@ -152,6 +164,7 @@ impl Validator<'_> {
                             "api_socket" => "/run/pnlb/api.sock",
                             "hash_seed_file" => "/etc/pnlb/hash-seed",
                             "pin_dir" => DEFAULT_PIN_DIR,
+                            "exec_check_dir" => "/etc/pnlb/checks",
                             _ => "/run/pnlb/api.token",
                         }
                     ),
@@ -163,6 +176,29 @@ impl Validator<'_> {
         let api_read_token_file = absolute("api_read_token_file", raw.api_read_token_file)?;
         let hash_seed_file = absolute("hash_seed_file", raw.hash_seed_file)?;
         let pin_dir = absolute("pin_dir", raw.pin_dir)?;
+        let exec_check_dir = absolute("exec_check_dir", raw.exec_check_dir)?;
+        if raw.api_exec_checks && exec_check_dir.is_none() {
+            return Err(self.error(
+                "daemon.api_exec_checks",
+                "the API may set exec checks only from an allowlisted directory, and none is set",
+                "set daemon.exec_check_dir (e.g. \"/etc/pnlb/checks\", root's, mode 755), or remove api_exec_checks",
+            ));
+        }
+        let exec_check_user = match raw.exec_check_user {
+            Some(user)
+                if user.is_empty()
+                    || !user
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
+            {
+                return Err(self.error(
+                    "daemon.exec_check_user",
+                    format!("{user:?} is not a user name"),
+                    "name an unprivileged user, e.g. \"nobody\" or \"pnlb-check\"",
+                ))
+            }
+            user => user,
+        };
         for (key, file) in [
             ("api_token_file", &api_token_file),
             ("api_read_token_file", &api_read_token_file),
@@ -234,6 +270,9 @@ impl Validator<'_> {
             hash_seed_file,
             pin_dir,
             unattended_limit,
+            exec_check_dir,
+            exec_check_user,
+            api_exec_checks: raw.api_exec_checks,
         })
     }
 }

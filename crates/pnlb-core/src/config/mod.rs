@@ -61,6 +61,29 @@ pub struct Config {
     pub services: Vec<Service>,
 }
 
+impl Config {
+    /// The commands of every exec health check.
+    pub fn exec_commands(&self) -> HashSet<&[String]> {
+        self.services
+            .iter()
+            .flat_map(service_exec_commands)
+            .collect()
+    }
+}
+
+/// The commands of a service's exec health checks (its backends' and its
+/// fallback's).
+fn service_exec_commands(service: &Service) -> impl Iterator<Item = &[String]> {
+    service
+        .backends
+        .iter()
+        .chain(service.fallback.as_ref())
+        .filter_map(|backend| match &backend.health.as_ref()?.kind {
+            CheckKind::Exec { command } if !command.is_empty() => Some(command.as_slice()),
+            _ => None,
+        })
+}
+
 /// What went wrong, where, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {key}: {reason}; {fix}", file.display())]
@@ -202,12 +225,49 @@ impl Validator<'_> {
         }
         self.snat_addresses_are_not_vips(&services)?;
         self.within_the_data_planes_limits(&daemon, &services)?;
+        self.exec_checks_in_their_directory(&daemon, &services)?;
         Ok(Config {
             daemon,
             timeouts,
             ha,
             services,
         })
+    }
+
+    /// With daemon.exec_check_dir set, an exec check's command is a file
+    /// directly in that directory, named by its absolute path.
+    fn exec_checks_in_their_directory(
+        &self,
+        daemon: &Daemon,
+        services: &[Service],
+    ) -> Result<(), ConfigError> {
+        let Some(dir) = &daemon.exec_check_dir else {
+            return Ok(());
+        };
+        for (index, service) in services.iter().enumerate() {
+            for command in service_exec_commands(service) {
+                let program = Path::new(&command[0]);
+                let inside = program.parent() == Some(dir.as_path())
+                    && program.file_name().is_some_and(|name| name != "..");
+                if !inside {
+                    return Err(self.error(
+                        format!("service[{index}].health.command"),
+                        format!(
+                            "{} is not a file in daemon.exec_check_dir ({})",
+                            command[0],
+                            dir.display()
+                        ),
+                        format!(
+                            "put the check in {} and name it by its full path, e.g. \"{}/check-{}\"",
+                            dir.display(),
+                            dir.display(),
+                            service.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every service and backend gets a slot in maps sized by

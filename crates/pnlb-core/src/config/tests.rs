@@ -528,3 +528,47 @@ fn schedulers_default_their_hash_key_and_persistence_parses() {
         .key
         .ends_with("persistence_mask"));
 }
+
+/// GOOD with `daemon` lines added and an exec check of `command` on web.
+fn with_exec_check(daemon: &str, command: &str) -> Result<Config, ConfigError> {
+    let text = GOOD
+        .replacen("[daemon]\n", &format!("[daemon]\n{daemon}"), 1)
+        .replacen(
+            "scheduler = \"maglev\"\n",
+            &format!(
+                "scheduler = \"maglev\"\n[service.health]\nkind = \"exec\"\ncommand = [\"{command}\", \"--quiet\"]\n"
+            ),
+            1,
+        );
+    parse(Path::new("lb.toml"), &text)
+}
+
+#[test]
+fn exec_checks_keep_to_their_directory_and_the_api_needs_one_to_set_them() {
+    let dir = "exec_check_dir = \"/etc/pnlb/checks\"\n";
+    let config = with_exec_check(dir, "/etc/pnlb/checks/web").unwrap();
+    assert_eq!(config.exec_commands().len(), 1);
+    assert!(!config.daemon.api_exec_checks, "off unless set");
+    for outside in [
+        "/bin/sh",
+        "/etc/pnlb/checks/../../../bin/sh",
+        "/etc/pnlb/checks/sub/web",
+        "web",
+    ] {
+        let err = with_exec_check(dir, outside).unwrap_err();
+        assert_eq!(err.key, "service[0].health.command", "{outside}: {err}");
+        assert!(err.fix.contains("/etc/pnlb/checks/check-web"), "{err}");
+    }
+    // Without a directory, commands may be anywhere (the file is root's).
+    assert!(with_exec_check("", "/bin/true").is_ok());
+    let err = with_exec_check("api_exec_checks = true\n", "/bin/true").unwrap_err();
+    assert_eq!(err.key, "daemon.api_exec_checks");
+    let both = format!("{dir}api_exec_checks = true\nexec_check_user = \"nobody\"\n");
+    let config = with_exec_check(&both, "/etc/pnlb/checks/web").unwrap();
+    assert!(config.daemon.api_exec_checks);
+    assert_eq!(config.daemon.exec_check_user.as_deref(), Some("nobody"));
+    let err = with_exec_check("exec_check_user = \"no body\"\n", "/bin/true").unwrap_err();
+    assert_eq!(err.key, "daemon.exec_check_user");
+    let err = with_exec_check("exec_check_dir = \"checks\"\n", "/bin/true").unwrap_err();
+    assert!(err.fix.contains("/etc/pnlb/checks"), "{err}");
+}

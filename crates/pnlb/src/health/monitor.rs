@@ -11,8 +11,9 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use pnlb_core::config::{Config, HealthCheck};
+use pnlb_core::config::{CheckKind, Config, HealthCheck};
 
+use super::exec::{identity_of, Identity};
 use super::probe::probe;
 
 /// A backend of a service: (service name, address, port).
@@ -29,18 +30,25 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Starts checking every backend of `config` that has a check.
+    /// Starts checking every backend of `config` that has a check. Exec
+    /// checks run as daemon.exec_check_user (`pnlb run` has checked at
+    /// start that it exists; one removed since fails the checks, logged).
     pub fn start(config: &Config) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (sender, reports) = channel();
+        let exec_as = match config.daemon.exec_check_user.as_deref().map(identity_of) {
+            None => Ok(None),
+            Some(Ok(identity)) => Ok(Some(identity)),
+            Some(Err(err)) => Err(err),
+        };
         for service in &config.services {
             for backend in &service.backends {
                 let Some(check) = backend.health.clone() else {
                     continue;
                 };
                 let key = (service.name.clone(), backend.address, backend.port);
-                let (stop, sender) = (stop.clone(), sender.clone());
-                std::thread::spawn(move || check_loop(key, check, &stop, &sender));
+                let (stop, sender, exec_as) = (stop.clone(), sender.clone(), exec_as.clone());
+                std::thread::spawn(move || check_loop(key, check, exec_as, &stop, &sender));
             }
         }
         Self { stop, reports }
@@ -53,7 +61,13 @@ impl Drop for Monitor {
     }
 }
 
-fn check_loop(key: BackendKey, check: HealthCheck, stop: &AtomicBool, sender: &Sender<Report>) {
+fn check_loop(
+    key: BackendKey,
+    check: HealthCheck,
+    exec_as: Result<Option<Identity>, String>,
+    stop: &AtomicBool,
+    sender: &Sender<Report>,
+) {
     let mut jitter = Jitter::seeded(&key);
     let mut next = Instant::now() + check.interval.mul_f64(jitter.unit());
     loop {
@@ -66,7 +80,10 @@ fn check_loop(key: BackendKey, check: HealthCheck, stop: &AtomicBool, sender: &S
                     .min(Duration::from_millis(50)),
             );
         }
-        let result = probe(&check, key.1);
+        let result = match (&check.kind, &exec_as) {
+            (CheckKind::Exec { .. }, Err(err)) => Err(err.clone()),
+            (_, exec_as) => probe(&check, key.1, exec_as.clone().ok().flatten()),
+        };
         if stop.load(Ordering::Relaxed)
             || sender
                 .send(Report {

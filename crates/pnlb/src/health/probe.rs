@@ -4,17 +4,23 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use pnlb_core::config::{CheckKind, HealthCheck, HttpCheck};
 
+use super::exec;
+
 /// Largest HTTP response read (status line, headers and enough body).
 const MAX_RESPONSE: usize = 64 * 1024;
 
 /// Ok if healthy, else what was wrong (for the one log line per transition).
-pub fn probe(check: &HealthCheck, address: IpAddr) -> Result<(), String> {
+/// Exec checks run as `exec_as` when given.
+pub fn probe(
+    check: &HealthCheck,
+    address: IpAddr,
+    exec_as: Option<exec::Identity>,
+) -> Result<(), String> {
     let target = SocketAddr::new(address, check.port);
     let deadline = Instant::now() + check.timeout;
     match &check.kind {
@@ -33,7 +39,9 @@ pub fn probe(check: &HealthCheck, address: IpAddr) -> Result<(), String> {
         CheckKind::Udp { payload, expect } => {
             udp(target, payload, expect.as_deref(), check.timeout)
         }
-        CheckKind::Exec { command } => exec(command, address, check.port, check.timeout),
+        CheckKind::Exec { command } => {
+            exec::run(command, address, check.port, check.timeout, exec_as)
+        }
     }
 }
 
@@ -151,41 +159,16 @@ fn udp(
     }
 }
 
-fn exec(command: &[String], address: IpAddr, port: u16, timeout: Duration) -> Result<(), String> {
-    let (program, args) = command
-        .split_first()
-        .ok_or_else(|| "empty command".to_string())?;
-    let mut child = Command::new(program)
-        .args(args)
-        .env("PNLB_BACKEND_ADDRESS", address.to_string())
-        .env("PNLB_BACKEND_PORT", port.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|err| format!("exec {program}: {err}"))?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("{program} exited with {status}")),
-            Ok(None) if Instant::now() >= deadline => {
-                // Our own child, ended by its PID.
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{program} did not finish within {timeout:?}"));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(err) => return Err(format!("waiting for {program}: {err}")),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::TcpListener;
 
     use super::*;
+
+    /// A probe as the monitor runs it when no exec_check_user is set.
+    fn probe_local(check: &HealthCheck, address: IpAddr) -> Result<(), String> {
+        probe(check, address, None)
+    }
 
     fn check(kind: CheckKind, port: u16) -> HealthCheck {
         HealthCheck {
@@ -228,7 +211,7 @@ mod tests {
     fn http_checks_read_the_status_and_the_body() {
         let ok = "HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\nall ok\n";
         assert_eq!(
-            probe(
+            probe_local(
                 &check(
                     CheckKind::Http(http(Some("ok"), (200, 399))),
                     serve_once(ok)
@@ -237,7 +220,7 @@ mod tests {
             ),
             Ok(())
         );
-        let err = probe(
+        let err = probe_local(
             &check(
                 CheckKind::Http(http(Some("fine"), (200, 399))),
                 serve_once(ok),
@@ -247,14 +230,14 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("body"), "{err}");
         let missing = "HTTP/1.0 503 Service Unavailable\r\n\r\n";
-        let err = probe(
+        let err = probe_local(
             &check(CheckKind::Http(http(None, (200, 399))), serve_once(missing)),
             LOCAL,
         )
         .unwrap_err();
         assert!(err.contains("503"), "{err}");
         let garbage = "SSH-2.0-OpenSSH\r\n";
-        assert!(probe(
+        assert!(probe_local(
             &check(CheckKind::Http(http(None, (200, 399))), serve_once(garbage)),
             LOCAL
         )
@@ -293,10 +276,10 @@ mod tests {
     fn tcp_checks_fail_on_a_closed_port_within_the_timeout() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        assert_eq!(probe(&check(CheckKind::Tcp, port), LOCAL), Ok(()));
+        assert_eq!(probe_local(&check(CheckKind::Tcp, port), LOCAL), Ok(()));
         let (_held, closed) = closed_port();
         let started = Instant::now();
-        assert!(probe(&check(CheckKind::Tcp, closed), LOCAL).is_err());
+        assert!(probe_local(&check(CheckKind::Tcp, closed), LOCAL).is_err());
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 
@@ -306,7 +289,7 @@ mod tests {
             command: vec!["sh".into(), "-c".into(), s.into()],
         };
         assert_eq!(
-            probe(
+            probe_local(
                 &check(
                     script("test \"$PNLB_BACKEND_ADDRESS:$PNLB_BACKEND_PORT\" = 127.0.0.1:81"),
                     81
@@ -315,11 +298,11 @@ mod tests {
             ),
             Ok(())
         );
-        assert!(probe(&check(script("exit 3"), 81), LOCAL)
+        assert!(probe_local(&check(script("exit 3"), 81), LOCAL)
             .unwrap_err()
             .contains("exit"));
         let started = Instant::now();
-        assert!(probe(&check(script("sleep 5"), 81), LOCAL)
+        assert!(probe_local(&check(script("sleep 5"), 81), LOCAL)
             .unwrap_err()
             .contains("did not finish"));
         assert!(started.elapsed() < Duration::from_secs(2));
@@ -341,7 +324,7 @@ mod tests {
             payload: b"ping".to_vec(),
             expect: Some(expect.into()),
         };
-        assert_eq!(probe(&check(kind("pong"), port), LOCAL), Ok(()));
-        assert!(probe(&check(kind("PONG"), port), LOCAL).is_err());
+        assert_eq!(probe_local(&check(kind("pong"), port), LOCAL), Ok(()));
+        assert!(probe_local(&check(kind("PONG"), port), LOCAL).is_err());
     }
 }

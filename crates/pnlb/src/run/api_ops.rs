@@ -63,6 +63,21 @@ impl Daemon {
                     .with_fix("edit the file and restart pnlb run"),
             );
         }
+        if !next.daemon.api_exec_checks {
+            // An exec check runs a command on this host: the API token
+            // must not be a way to run one the config file does not name.
+            let known = self.config.exec_commands();
+            if let Some(command) = next.exec_commands().difference(&known).next() {
+                return Err(ApiError::new(
+                    403,
+                    format!(
+                        "exec health checks cannot be set through the API: {:?} is not one the config file runs",
+                        command.join(" ")
+                    ),
+                )
+                .with_fix("add the check to the config file (and reload), or set daemon.api_exec_checks = true with daemon.exec_check_dir"));
+            }
+        }
         self.fits(&next)?;
         self.source = format!("file {} + API edits", self.path.display());
         Ok(self.adopt(document, next, format!("API: {what}")))

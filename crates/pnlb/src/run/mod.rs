@@ -84,6 +84,25 @@ pub fn down(config: Option<&Path>, pin_dir: Option<&Path>) -> Result<()> {
     persistence::down(&base)
 }
 
+/// Exec health checks: their user exists, their directory is root's
+/// alone; without a user of their own, they run with the daemon's
+/// privileges (said once).
+fn exec_checks_as_configured(config: &Config) -> Result<()> {
+    use crate::health::exec;
+    if let Some(user) = &config.daemon.exec_check_user {
+        exec::identity_of(user).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(dir) = &config.daemon.exec_check_dir {
+        exec::check_dir(dir).map_err(anyhow::Error::msg)?;
+    }
+    if config.daemon.exec_check_user.is_none() && !config.exec_commands().is_empty() {
+        warning!(
+            "exec health checks run with the daemon's own privileges; set daemon.exec_check_user (e.g. \"nobody\") and daemon.exec_check_dir (docs/health.md)"
+        );
+    }
+    Ok(())
+}
+
 pub fn run(path: &Path) -> Result<()> {
     // Everything that can be wrong with the file is found before anything
     // is loaded or attached.
@@ -94,6 +113,7 @@ pub fn run(path: &Path) -> Result<()> {
     if let Some(token) = &config.daemon.api_read_token_file {
         crate::api::read_read_token(token)?;
     }
+    exec_checks_as_configured(&config)?;
     for interface in &config.daemon.interfaces {
         pnlb_dataplane::loader::ifindex_of(interface)?;
     }
