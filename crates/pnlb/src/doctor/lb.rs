@@ -102,7 +102,8 @@ impl Kernel {
 
 /// CAP_BPF and CAP_PERFMON load the program (the verifier needs the latter
 /// for its pointer use), CAP_NET_ADMIN attaches it; failover sends
-/// gratuitous ARP with CAP_NET_RAW.
+/// gratuitous ARP with CAP_NET_RAW; exec checks as another user need
+/// CAP_SETUID, CAP_SETGID and CAP_KILL.
 fn privileges(config: &Config) -> Result<Finding> {
     let status =
         std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
@@ -114,6 +115,9 @@ fn privileges(config: &Config) -> Result<Finding> {
     let mut needed = vec![("CAP_BPF", 39), ("CAP_PERFMON", 38), ("CAP_NET_ADMIN", 12)];
     if config.ha.is_some() {
         needed.push(("CAP_NET_RAW", 13));
+    }
+    if config.daemon.exec_check_user.is_some() {
+        needed.extend([("CAP_SETUID", 7), ("CAP_SETGID", 6), ("CAP_KILL", 5)]);
     }
     let missing: Vec<&str> = needed
         .iter()
