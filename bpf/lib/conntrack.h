@@ -166,11 +166,21 @@ static __always_inline void pnlb_conn_remove(int table, const struct pnlb_flow_k
 	pnlb_conn_delete(table, key);
 }
 
-/* A packet that may open a flow: a TCP SYN without ACK, or UDP. */
+/* A packet that may open a flow: a TCP SYN without ACK (nor FIN or RST:
+ * no connection starts with those), or UDP. */
 static __always_inline int pnlb_opens_flow(const struct pnlb_packet *pkt)
 {
 	return pkt->flow.protocol != IPPROTO_TCP ||
-	       (pkt->tcp_flags & (PNLB_TCP_SYN | PNLB_TCP_ACK)) == PNLB_TCP_SYN;
+	       (pkt->tcp_flags & (PNLB_TCP_SYN | PNLB_TCP_ACK | PNLB_TCP_FIN | PNLB_TCP_RST)) ==
+		       PNLB_TCP_SYN;
+}
+
+/* A TCP packet that looks mid-flow, which a hashing nat/snat service may
+ * re-create its flow from: ACK, and neither SYN nor RST (a flow that ends
+ * is not worth re-creating; a packet with no flags is no flow's). */
+static __always_inline int pnlb_continues_flow(const struct pnlb_packet *pkt)
+{
+	return (pkt->tcp_flags & (PNLB_TCP_SYN | PNLB_TCP_ACK | PNLB_TCP_RST)) == PNLB_TCP_ACK;
 }
 
 /* The state of a flow opened by this packet (pnlb_opens_flow). */
@@ -726,7 +736,7 @@ static __always_inline int pnlb_conn_for(const struct pnlb_service *svc,
 	} else if (stateless) {
 		reason = pnlb_pick_backend(svc, pkt, backend, backend_id);
 		return reason ? reason : PNLB_STATELESS;
-	} else if (svc->flags & PNLB_SVC_F_REHASH) {
+	} else if ((svc->flags & PNLB_SVC_F_REHASH) && pnlb_continues_flow(pkt)) {
 		state = pnlb_next_state(PNLB_CT_ESTABLISHED, pkt->tcp_flags);
 		rehashed = 1;
 	} else {

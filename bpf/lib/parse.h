@@ -92,15 +92,18 @@ static __always_inline int pnlb_is_backend(const struct pnlb_addr *addr)
 	return bpf_map_lookup_elem(&pnlb_backend_addrs, addr) != NULL;
 }
 
+/* The ports (and TCP flags) of the L4 header at `l4`, of which the IP
+ * header says `l4_len` bytes are the datagram's: a header that reaches past
+ * them is not this datagram's, whatever bytes follow in the frame. */
 static __always_inline int pnlb_parse_ports(void *l4, void *data_end,
-					    struct pnlb_packet *pkt)
+					    struct pnlb_packet *pkt, __u32 l4_len)
 {
 	if (pkt->flow.protocol == IPPROTO_TCP) {
 		struct tcphdr *tcp = l4;
 
-		if ((void *)(tcp + 1) > data_end)
+		if ((void *)(tcp + 1) > data_end || l4_len < sizeof(*tcp))
 			return PNLB_DROP_TRUNCATED_L4;
-		if (tcp->doff < 5)
+		if (tcp->doff < 5 || (__u32)tcp->doff * 4 > l4_len)
 			return PNLB_DROP_TRUNCATED_L4;
 		pkt->flow.src_port = tcp->source;
 		pkt->flow.dst_port = tcp->dest;
@@ -110,7 +113,7 @@ static __always_inline int pnlb_parse_ports(void *l4, void *data_end,
 	if (pkt->flow.protocol == IPPROTO_UDP) {
 		struct udphdr *udp = l4;
 
-		if ((void *)(udp + 1) > data_end)
+		if ((void *)(udp + 1) > data_end || l4_len < sizeof(*udp))
 			return PNLB_DROP_TRUNCATED_L4;
 		pkt->flow.src_port = udp->source;
 		pkt->flow.dst_port = udp->dest;
@@ -129,10 +132,10 @@ static __always_inline int pnlb_parse_ports(void *l4, void *data_end,
  * forward.
  */
 static __always_inline int pnlb_parse_l4(void *l4, void *data_end, struct pnlb_packet *pkt,
-					 __u16 offset_units)
+					 __u16 offset_units, __u32 l4_len)
 {
 	if (pkt->fragment != PNLB_LATER_FRAGMENT)
-		return pnlb_parse_ports(l4, data_end, pkt);
+		return pnlb_parse_ports(l4, data_end, pkt, l4_len);
 	if (pkt->flow.protocol != IPPROTO_TCP && pkt->flow.protocol != IPPROTO_UDP)
 		return PNLB_PASS_VIP_OTHER_PROTO;
 	if (pkt->flow.protocol == IPPROTO_TCP && offset_units == PNLB_TINY_OFFSET)
@@ -147,12 +150,17 @@ static __always_inline int pnlb_parse_ipv4(void *l3, void *data_end,
 {
 	struct iphdr *ip = l3;
 	__u16 offset = 0;
+	__u32 total, l4_len;
+	int cut_short;
 
 	if ((void *)(ip + 1) > data_end)
 		return PNLB_DROP_TRUNCATED_IP;
-	if (ip->version != 4 || ip->ihl < 5 ||
-	    bpf_ntohs(ip->tot_len) < (__u16)(ip->ihl * 4))
+	total = bpf_ntohs(ip->tot_len);
+	if (ip->version != 4 || ip->ihl < 5 || total < (__u32)ip->ihl * 4)
 		return PNLB_DROP_BAD_IP_HEADER;
+	/* A frame may be padded past its datagram, never cut short of it. */
+	cut_short = total > (__u32)(data_end - l3);
+	l4_len = total - (__u32)ip->ihl * 4;
 
 	pnlb_addr_from_ipv4(&pkt->flow.dst, ip->daddr);
 	pnlb_addr_from_ipv4(&pkt->flow.src, ip->saddr);
@@ -174,16 +182,18 @@ static __always_inline int pnlb_parse_ipv4(void *l3, void *data_end,
 	if (!pnlb_is_vip(&pkt->flow.dst)) {
 		/* Maybe a reply from a nat/snat backend. What we could not
 		 * translate safely is the kernel's, untouched. */
-		if (!pnlb_is_backend(&pkt->flow.src) || ip->ihl != 5)
+		if (!pnlb_is_backend(&pkt->flow.src) || ip->ihl != 5 || cut_short)
 			return PNLB_PASS_NOT_SERVICE;
-		if (pnlb_parse_l4(ip + 1, data_end, pkt, offset) != PNLB_PARSE_TO_VIP)
+		if (pnlb_parse_l4(ip + 1, data_end, pkt, offset, l4_len) != PNLB_PARSE_TO_VIP)
 			return PNLB_PASS_NOT_SERVICE;
 		return PNLB_PARSE_FROM_BACKEND;
 	}
 
+	if (cut_short)
+		return PNLB_DROP_BAD_IP_HEADER;
 	if (ip->ihl != 5)
 		return PNLB_DROP_IPV4_OPTIONS;
-	return pnlb_parse_l4(ip + 1, data_end, pkt, offset);
+	return pnlb_parse_l4(ip + 1, data_end, pkt, offset, l4_len);
 }
 
 static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
@@ -192,11 +202,15 @@ static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
 	struct ipv6hdr *ip6 = l3;
 	void *l4 = ip6 + 1;
 	__u16 offset = 0;
+	__u32 l4_len;
+	int cut_short;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return PNLB_DROP_TRUNCATED_IP;
 	if (ip6->version != 6)
 		return PNLB_DROP_BAD_IP_HEADER;
+	l4_len = bpf_ntohs(ip6->payload_len);
+	cut_short = l4_len > (__u32)(data_end - (void *)(ip6 + 1));
 
 	pkt->ipv6 = 1;
 	pnlb_addr_from_ipv6(&pkt->flow.dst, &ip6->daddr);
@@ -221,14 +235,17 @@ static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
 			offset = bpf_ntohs(frag->frag_off) >> 3;
 			pkt->fragment = offset ? PNLB_LATER_FRAGMENT : PNLB_FIRST_FRAGMENT;
 			l4 = frag + 1;
+			l4_len = l4_len > sizeof(*frag) ? l4_len - sizeof(*frag) : 0;
 		}
 	}
 	if (!pnlb_is_vip(&pkt->flow.dst)) {
-		if (!pnlb_is_backend(&pkt->flow.src) ||
-		    pnlb_parse_l4(l4, data_end, pkt, offset) != PNLB_PARSE_TO_VIP)
+		if (!pnlb_is_backend(&pkt->flow.src) || cut_short ||
+		    pnlb_parse_l4(l4, data_end, pkt, offset, l4_len) != PNLB_PARSE_TO_VIP)
 			return PNLB_PASS_NOT_SERVICE;
 		return PNLB_PARSE_FROM_BACKEND;
 	}
+	if (cut_short)
+		return PNLB_DROP_BAD_IP_HEADER;
 
 	switch (pkt->flow.protocol) {
 	case IPPROTO_TCP:
@@ -246,7 +263,7 @@ static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
 		return PNLB_PASS_VIP_OTHER_PROTO;
 	}
 
-	return pnlb_parse_l4(l4, data_end, pkt, offset);
+	return pnlb_parse_l4(l4, data_end, pkt, offset, l4_len);
 }
 
 /* Fills pkt and returns PNLB_PARSE_TO_VIP / _FROM_BACKEND, or the reason not

@@ -76,7 +76,12 @@ impl ConnTables {
     /// them out of its reports: a flood of them churns only this node's
     /// new-flow table, never the sync stream or a peer's tables.
     pub fn flows(&self) -> Result<Vec<Flow>, DataplaneError> {
-        Ok(crate::batch::entries(self.map(Table::Established), 4096)
+        self.flows_in(Table::Established)
+    }
+
+    /// Every flow (its original entry) in one table.
+    pub fn flows_in(&self, table: Table) -> Result<Vec<Flow>, DataplaneError> {
+        Ok(crate::batch::entries(self.map(table), 4096)
             .filter_map(|(key, value)| {
                 Some((from_bytes::<FlowKey>(&key)?, from_bytes::<Conn>(&value)?))
             })

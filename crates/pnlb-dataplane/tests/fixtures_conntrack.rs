@@ -825,7 +825,11 @@ fn connection_counts_equal_the_tables_after_each_sweep() {
             .unwrap();
 
         let mut held: HashMap<u32, (u64, u64)> = HashMap::new();
-        for (_, conn) in fixture.dataplane.conns().flows().unwrap() {
+        let tables = fixture.dataplane.conns();
+        let both = Table::BOTH
+            .into_iter()
+            .flat_map(|t| tables.flows_in(t).unwrap());
+        for (_, conn) in both {
             let entry = held.entry(conn.backend_id).or_default();
             if u32::from(conn.state) == ConnState::PNLB_CT_ESTABLISHED.0 {
                 entry.0 += 1;

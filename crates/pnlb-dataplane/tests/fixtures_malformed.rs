@@ -193,10 +193,22 @@ fn truncated_l4_headers_are_dropped() {
         return;
     }
     let fixture = Fixture::new(CONFIG);
-    let tcp = tcp4("10.77.0.2", 40000, "10.77.100.1", 80, b"");
-    expect(&fixture, &tcp[..34 + 10], XDP_DROP, "drop_truncated_l4");
-    let udp = udp6("fd77::2", 40000, "fd77:100::1", 80, b"");
-    expect(&fixture, &udp[..54 + 4], XDP_DROP, "drop_truncated_l4");
+    // Datagrams whose L4 header is cut short (their IP lengths say so).
+    let mut tcp = tcp4("10.77.0.2", 40000, "10.77.100.1", 80, b"")[..34 + 10].to_vec();
+    tcp[16..18].copy_from_slice(&30u16.to_be_bytes());
+    fix_ipv4_checksum(&mut tcp);
+    expect(&fixture, &tcp, XDP_DROP, "drop_truncated_l4");
+    let mut udp = udp6("fd77::2", 40000, "fd77:100::1", 80, b"")[..54 + 4].to_vec();
+    udp[18..20].copy_from_slice(&4u16.to_be_bytes());
+    expect(&fixture, &udp, XDP_DROP, "drop_truncated_l4");
+    // A TCP header the datagram ends within, however long the frame.
+    let mut short = tcp4("10.77.0.2", 40000, "10.77.100.1", 80, b"payload");
+    short[16..18].copy_from_slice(&30u16.to_be_bytes());
+    fix_ipv4_checksum(&mut short);
+    expect(&fixture, &short, XDP_DROP, "drop_truncated_l4");
+    // A frame cut short of its datagram's length: a bad IP header.
+    let whole = tcp4("10.77.0.2", 40000, "10.77.100.1", 80, b"");
+    expect(&fixture, &whole[..34 + 10], XDP_DROP, "drop_bad_ip_header");
     let mut bad_offset = tcp4("10.77.0.2", 40000, "10.77.100.1", 80, b"");
     bad_offset[34 + 12] = 0x20; // data offset 2 words: less than a header
     expect(&fixture, &bad_offset, XDP_DROP, "drop_truncated_l4");
