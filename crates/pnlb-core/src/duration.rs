@@ -15,10 +15,9 @@ pub fn parse(text: &str) -> Option<Duration> {
         "h" => value * 3600.0,
         _ => return None,
     };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return None;
-    }
-    Some(Duration::from_secs_f64(seconds))
+    // Past u64::MAX seconds, from_secs_f64 would panic: refused instead
+    // (found by the config fuzz target, crates/pnlb/src/fuzz.rs).
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 #[cfg(test)]
@@ -36,7 +35,16 @@ mod tests {
 
     #[test]
     fn rejects_missing_or_unknown_units() {
-        for bad in ["", "5", "s", "5 parsecs", "-1s", "1.2.3s"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5 parsecs",
+            "-1s",
+            "1.2.3s",
+            "109999999999999999999990ms",
+            "99999999999999999999999h",
+        ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
     }

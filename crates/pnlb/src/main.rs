@@ -6,6 +6,8 @@ mod ctl;
 mod dashboard;
 mod decap_cmd;
 mod doctor;
+#[cfg(test)]
+mod fuzz;
 mod ha;
 mod health;
 mod log;

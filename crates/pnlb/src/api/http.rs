@@ -386,7 +386,13 @@ fn read_head(
         let n = stream.read_by(&mut chunk, started)?;
         buffer.extend_from_slice(&chunk[..n]);
     };
-    let text = std::str::from_utf8(&buffer[..end]).map_err(|_| Refusal::Malformed)?;
+    let head = parse_head(&buffer[..end], origin)?;
+    Ok((head, buffer[end + 4..].to_vec()))
+}
+
+/// A request head (request line and headers, without the blank line).
+pub fn parse_head(bytes: &[u8], origin: Origin) -> Result<Head, Refusal> {
+    let text = std::str::from_utf8(bytes).map_err(|_| Refusal::Malformed)?;
     let mut lines = text.split("\r\n");
     let mut request_line = lines.next().unwrap_or("").split(' ');
     let (Some(method), Some(target), Some(version)) = (
@@ -411,13 +417,12 @@ fn read_head(
         "DELETE" => Method::Delete,
         other => Method::Other(other.to_string()),
     };
-    let head = Head {
+    Ok(Head {
         method,
         target: target.to_string(),
         headers,
         origin,
-    };
-    Ok((head, buffer[end + 4..].to_vec()))
+    })
 }
 
 fn read_body(

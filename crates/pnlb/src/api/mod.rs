@@ -15,7 +15,7 @@
 pub mod edit;
 pub mod http;
 pub mod model;
-mod routes;
+pub(crate) mod routes;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;

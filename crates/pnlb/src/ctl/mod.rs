@@ -3,7 +3,7 @@
 //! `zero`), plus `reload` and `import` of ipvsadm / keepalived setups.
 
 mod client;
-mod import;
+pub(crate) mod import;
 mod list;
 
 use std::net::SocketAddr;
