@@ -409,6 +409,11 @@ impl Syncer {
             }
         };
         if !self.seen.accept(message.sender, message.sequence) {
+            // Heard before (or from an epoch the sender has left): a replay.
+            let reason = || format!("from {}: a replay", from.ip());
+            if let Some(line) = self.rejections.refused(Instant::now(), reason) {
+                warning!("{line}");
+            }
             return;
         }
         let master = self.master.load(Ordering::Relaxed);
