@@ -408,8 +408,9 @@ fn half_a_million_flows_reach_the_backup_through_a_lossy_link_before_it_takes_ov
         phase_over.elapsed().as_secs_f64()
     );
     assert_eq!(on_backup, on_master, "every flow on the starved backup");
-    // Before pacing, a backup starved so gave up every ~2 s for a minute.
-    assert!(gave_up <= 3, "{gave_up} give-ups: a repair storm");
+    // Before pacing, a backup starved so gave up every ~2 s for a minute
+    // (~30 times); now it is one dump at a time, 0-2 in the runs so far.
+    assert!(gave_up <= 5, "{gave_up} give-ups: a repair storm");
     assert_eq!(dumps, gave_up, "one dump per give-up, never two at once");
     assert!(
         step.last().is_none_or(|l| l.contains("whole")),
