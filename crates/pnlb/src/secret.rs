@@ -12,6 +12,23 @@ use anyhow::{bail, Context, Result};
 /// its group or others may read is refused: the secret is as good as
 /// shared with them.
 pub fn read(path: &Path, key: &str) -> Result<String> {
+    check_private(path, key)?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{key} {}: cannot read it", path.display()))?;
+    let secret = text.trim().to_string();
+    if secret.len() < 16 {
+        bail!(
+            "{key} {}: the secret is shorter than 16 characters; write a long random one, e.g. `(umask 077; openssl rand -hex 32 > {})`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(secret)
+}
+
+/// Refuses a file (a secret, a private key) its group or others may read
+/// or write, naming the chmod that fixes it.
+pub fn check_private(path: &Path, key: &str) -> Result<()> {
     let mode = std::fs::metadata(path)
         .with_context(|| format!("{key} {}: cannot read it", path.display()))?
         .permissions()
@@ -24,17 +41,7 @@ pub fn read(path: &Path, key: &str) -> Result<String> {
             path.display()
         );
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{key} {}: cannot read it", path.display()))?;
-    let secret = text.trim().to_string();
-    if secret.len() < 16 {
-        bail!(
-            "{key} {}: the secret is shorter than 16 characters; write a long random one, e.g. `(umask 077; openssl rand -hex 32 > {})`",
-            path.display(),
-            path.display()
-        );
-    }
-    Ok(secret)
+    Ok(())
 }
 
 /// 32 random bits from the kernel (/dev/urandom).

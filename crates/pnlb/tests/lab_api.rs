@@ -501,6 +501,115 @@ fn remote_reads_need_a_token_the_read_only_one_changes_nothing_and_refusals_read
     daemon.stop(Duration::from_secs(10));
 }
 
+/// HTTPS on daemon.api (api_tls_cert_file, api_tls_key_file): curl that
+/// trusts the certificate is answered, plain HTTP is not, `pnlb ctl --api
+/// --tls-ca` works; a key file others may read stops `pnlb run` at once.
+#[test]
+fn the_api_over_tls() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec::default()).expect("lab");
+    let (cert, key) = (lab.dir.join("api.crt"), lab.dir.join("api.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=pnlb"])
+        .args(["-addext", &format!("subjectAltName=IP:{}", pnlb_lab::LB4)])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{made:?}");
+    let token = lab.dir.join("api.token");
+    let text = api_config(&lab, true)
+        .replace(
+            "api = \"127.0.0.1:9180\"",
+            &format!(
+                "api = \"{}:9443\"\napi_tls_cert_file = \"{}\"\napi_tls_key_file = \"{}\"",
+                pnlb_lab::LB4,
+                cert.display(),
+                key.display()
+            ),
+        )
+        .replace(
+            &format!("api_socket = \"{}\"\n", lab.dir.join("api.sock").display()),
+            "",
+        );
+    let path = write_config(&lab, &text);
+
+    // The key as openssl wrote it (mode 644 under the usual umask): refused.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.lb, PNLB, "run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("pnlb run");
+    let said = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(
+        !refused.status.success() && said.contains("chmod 600"),
+        "{said}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    let started = wait_for_log(&daemon, "API on", Duration::from_secs(5));
+    assert!(started.contains("https://"), "{started}");
+    let curl = |url: &str, trust: bool| {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", &lab.client, "curl", "-s", "-m", "5"]);
+        command.args(["-o", "/dev/null", "-w", "%{http_code}"]);
+        command.args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
+        if trust {
+            command.arg("--cacert").arg(&cert);
+        }
+        let out = command.arg(url).output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let https = format!("https://{}:9443/api/v1/status", pnlb_lab::LB4);
+    let http = format!("http://{}:9443/api/v1/status", pnlb_lab::LB4);
+    let (secure, untrusted, plain) = (curl(&https, true), curl(&https, false), curl(&http, false));
+    eprintln!("{started}\nhttps with the certificate: {secure}; without trusting it: {untrusted}; plain http: {plain}");
+    assert_eq!(
+        (secure.as_str(), untrusted.as_str(), plain.as_str()),
+        ("200", "000", "000")
+    );
+
+    let api = format!("{}:9443", pnlb_lab::LB4);
+    let ctl = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client,
+            PNLB,
+            "ctl",
+            "--api",
+            &api,
+            "--tls-ca",
+        ])
+        .arg(&cert)
+        .arg("--token-file")
+        .arg(&token)
+        .arg("list")
+        .output()
+        .expect("pnlb ctl");
+    let listed = String::from_utf8_lossy(&ctl.stdout).to_string();
+    assert!(
+        ctl.status.success() && listed.contains("10.77.100.1"),
+        "{listed} {ctl:?}"
+    );
+    daemon.stop(Duration::from_secs(10));
+}
+
 #[test]
 fn without_a_token_file_the_api_is_read_only_and_metrics_agree_with_it() {
     if !privileged() {

@@ -23,6 +23,8 @@ pub struct Daemon {
     /// Bearer token for reads from other hosts only (a Prometheus scraper):
     /// it changes nothing.
     pub api_read_token_file: Option<PathBuf>,
+    /// HTTPS on daemon.api: a PEM certificate (chain) and its private key.
+    pub api_tls: Option<ApiTls>,
     /// Entries of the established-flow table, which never evicts (when it
     /// is full, new flows that need an entry are refused); the half-open
     /// table gets a quarter (docs/conntrack.md).
@@ -53,6 +55,12 @@ pub struct Daemon {
     pub api_exec_checks: bool,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
 /// Where the data plane is pinned unless daemon.pin_dir says otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pnlb";
 
@@ -80,6 +88,8 @@ pub(super) struct RawDaemon {
     api_socket: Option<String>,
     api_token_file: Option<String>,
     api_read_token_file: Option<String>,
+    api_tls_cert_file: Option<String>,
+    api_tls_key_file: Option<String>,
     exec_check_dir: Option<String>,
     exec_check_user: Option<String>,
     #[serde(default)]
@@ -165,6 +175,8 @@ impl Validator<'_> {
                             "hash_seed_file" => "/etc/pnlb/hash-seed",
                             "pin_dir" => DEFAULT_PIN_DIR,
                             "exec_check_dir" => "/etc/pnlb/checks",
+                            "api_tls_cert_file" => "/etc/pnlb/api.crt",
+                            "api_tls_key_file" => "/etc/pnlb/api.key",
                             _ => "/run/pnlb/api.token",
                         }
                     ),
@@ -174,6 +186,35 @@ impl Validator<'_> {
         let api_socket = absolute("api_socket", raw.api_socket)?;
         let api_token_file = absolute("api_token_file", raw.api_token_file)?;
         let api_read_token_file = absolute("api_read_token_file", raw.api_read_token_file)?;
+        let api_tls = match (
+            absolute("api_tls_cert_file", raw.api_tls_cert_file)?,
+            absolute("api_tls_key_file", raw.api_tls_key_file)?,
+        ) {
+            (None, None) => None,
+            (Some(cert_file), Some(key_file)) if api.is_some() => Some(ApiTls {
+                cert_file,
+                key_file,
+            }),
+            (Some(_), Some(_)) => {
+                return Err(self.error(
+                    "daemon.api_tls_cert_file",
+                    "TLS is for the TCP API, and daemon.api is not set",
+                    "set daemon.api (e.g. \"10.0.0.2:9443\"), or remove the api_tls_* keys",
+                ))
+            }
+            (cert, _) => {
+                let (key, missing) = if cert.is_some() {
+                    ("daemon.api_tls_key_file", "the certificate's private key")
+                } else {
+                    ("daemon.api_tls_cert_file", "the certificate")
+                };
+                return Err(self.error(
+                    key,
+                    format!("HTTPS needs {missing} too"),
+                    "set both daemon.api_tls_cert_file and daemon.api_tls_key_file (PEM files)",
+                ));
+            }
+        };
         let hash_seed_file = absolute("hash_seed_file", raw.hash_seed_file)?;
         let pin_dir = absolute("pin_dir", raw.pin_dir)?;
         let exec_check_dir = absolute("exec_check_dir", raw.exec_check_dir)?;
@@ -264,6 +305,7 @@ impl Validator<'_> {
             api_socket,
             api_token_file,
             api_read_token_file,
+            api_tls,
             conn_table_size,
             max_services,
             max_backends,

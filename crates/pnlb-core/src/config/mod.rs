@@ -32,7 +32,7 @@ pub use backend::Backend;
 use backend::RawBackend;
 use daemon::RawDaemon;
 pub use daemon::{
-    Daemon, XdpMode, DEFAULT_CONN_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
+    ApiTls, Daemon, XdpMode, DEFAULT_CONN_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
     DEFAULT_PIN_DIR,
 };
 pub use ha::Ha;

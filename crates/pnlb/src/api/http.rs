@@ -6,7 +6,9 @@
 //! host itself has slots of its own), heads of 16 KiB at most, and the
 //! caller deciding from the head alone whether the body is read at all.
 //! One request per connection (`Connection: close`): `pnlb ctl`, curl,
-//! Prometheus and the dashboard need no more.
+//! Prometheus and the dashboard need no more. TLS, when configured, is
+//! OpenSSL's (already linked for HMAC and https health checks), its
+//! handshake on the connection's own thread and within the deadline.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -16,6 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use openssl::ssl::{SslAcceptor, SslStream};
 
 /// A request's head must arrive within this, its body within as long again.
 pub const DEADLINE: Duration = Duration::from_secs(5);
@@ -146,9 +150,10 @@ impl Refusal {
     }
 }
 
-/// A connection of either kind.
+/// A connection of any kind.
 enum Stream {
     Tcp(TcpStream),
+    Tls(Box<SslStream<TcpStream>>),
     Unix(UnixStream),
 }
 
@@ -158,6 +163,10 @@ impl Stream {
             Stream::Tcp(s) => s
                 .set_read_timeout(Some(read))
                 .and_then(|()| s.set_write_timeout(Some(write))),
+            Stream::Tls(s) => s
+                .get_ref()
+                .set_read_timeout(Some(read))
+                .and_then(|()| s.get_ref().set_write_timeout(Some(write))),
             Stream::Unix(s) => s
                 .set_read_timeout(Some(read))
                 .and_then(|()| s.set_write_timeout(Some(write))),
@@ -184,6 +193,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
         }
     }
@@ -193,6 +203,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
         }
     }
@@ -200,6 +211,7 @@ impl Write for Stream {
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Stream::Tcp(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
             Stream::Unix(s) => s.flush(),
         }
     }
@@ -264,16 +276,18 @@ fn take_slot(slots: &Arc<Mutex<Slots>>, origin: Origin) -> Option<Slot> {
     })
 }
 
-/// A listener of either kind.
+/// A listener of any kind.
 pub enum Listener {
     Tcp(TcpListener),
+    /// HTTPS: each connection's handshake by this acceptor.
+    Tls(TcpListener, Arc<SslAcceptor>),
     Unix(UnixListener),
 }
 
 impl Listener {
     fn accept(&self) -> std::io::Result<(Stream, Origin)> {
         match self {
-            Listener::Tcp(listener) => {
+            Listener::Tcp(listener) | Listener::Tls(listener, _) => {
                 let (stream, peer) = listener.accept()?;
                 let origin = if peer.ip().to_canonical().is_loopback() {
                     Origin::Local
@@ -288,8 +302,15 @@ impl Listener {
 
     fn set_nonblocking(&self) -> std::io::Result<()> {
         match self {
-            Listener::Tcp(l) => l.set_nonblocking(true),
+            Listener::Tcp(l) | Listener::Tls(l, _) => l.set_nonblocking(true),
             Listener::Unix(l) => l.set_nonblocking(true),
+        }
+    }
+
+    fn tls(&self) -> Option<Arc<SslAcceptor>> {
+        match self {
+            Listener::Tls(_, acceptor) => Some(acceptor.clone()),
+            _ => None,
         }
     }
 }
@@ -302,6 +323,7 @@ pub fn serve(
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     listener.set_nonblocking()?;
+    let tls = listener.tls();
     let slots = Arc::new(Mutex::new(Slots::default()));
     Ok(std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
@@ -326,9 +348,17 @@ pub fn serve(
                 let _ = write_response(&mut stream, &handler.refused(Refusal::Busy));
                 continue;
             };
-            let handler = handler.clone();
+            let (handler, tls) = (handler.clone(), tls.clone());
             std::thread::spawn(move || {
                 let _slot = slot;
+                let stream = match (tls, stream) {
+                    (Some(acceptor), Stream::Tcp(tcp)) => match acceptor.accept(tcp) {
+                        Ok(tls) => Stream::Tls(Box::new(tls)),
+                        // Not TLS, or too slow to shake hands: nothing to say.
+                        Err(_) => return,
+                    },
+                    (_, stream) => stream,
+                };
                 serve_one(stream, origin, handler.as_ref());
             });
         }

@@ -148,6 +148,39 @@ pub fn read_read_token(path: &std::path::Path) -> Result<String> {
     crate::secret::read(path, "daemon.api_read_token_file")
 }
 
+/// The HTTPS side of daemon.api: the certificate (chain) and its key, the
+/// key readable by its owner only; Mozilla's "intermediate" settings.
+pub fn tls_acceptor(tls: &pnlb_core::config::ApiTls) -> Result<openssl::ssl::SslAcceptor> {
+    use anyhow::Context;
+    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+    crate::secret::check_private(&tls.key_file, "daemon.api_tls_key_file")?;
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
+    builder
+        .set_certificate_chain_file(&tls.cert_file)
+        .with_context(|| {
+            format!(
+                "daemon.api_tls_cert_file {}: not a PEM certificate (chain)",
+                tls.cert_file.display()
+            )
+        })?;
+    builder
+        .set_private_key_file(&tls.key_file, SslFiletype::PEM)
+        .with_context(|| {
+            format!(
+                "daemon.api_tls_key_file {}: not a PEM private key",
+                tls.key_file.display()
+            )
+        })?;
+    builder.check_private_key().with_context(|| {
+        format!(
+            "daemon.api_tls_key_file {} is not the key of {}",
+            tls.key_file.display(),
+            tls.cert_file.display()
+        )
+    })?;
+    Ok(builder.build())
+}
+
 /// Starts the listeners the config asks for (none: returns Ok(None)).
 pub fn start(config: &DaemonConfig, calls: mpsc::Sender<ApiCall>) -> Result<Option<ApiServer>> {
     if config.api.is_none() && config.api_socket.is_none() {
@@ -176,7 +209,11 @@ pub fn start(config: &DaemonConfig, calls: mpsc::Sender<ApiCall>) -> Result<Opti
         let listener = std::net::TcpListener::bind(address).map_err(|err| {
             anyhow::anyhow!("daemon.api {address}: cannot listen: {err}; pick a free address:port")
         })?;
-        server.listen(Listener::Tcp(listener), api.clone())?;
+        let listener = match &config.api_tls {
+            Some(tls) => Listener::Tls(listener, Arc::new(tls_acceptor(tls)?)),
+            None => Listener::Tcp(listener),
+        };
+        server.listen(listener, api.clone())?;
     }
     if let Some(path) = &config.api_socket {
         // A socket left by a previous run would make the bind fail.

@@ -1,6 +1,7 @@
-//! A small HTTP/1.1 client for the API, over TCP or a unix socket: one
-//! request per connection, JSON in and out. (The API is local and small;
-//! a full HTTP client library would be most of the binary.)
+//! A small HTTP/1.1 client for the API, over TCP (TLS when the API has it)
+//! or a unix socket: one request per connection, JSON in and out. (The API
+//! is local and small; a full HTTP client library would be most of the
+//! binary.)
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,6 +18,9 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 
 pub enum Endpoint {
     Tcp(SocketAddr),
+    /// HTTPS, trusting the certificate in this file (daemon.api_tls_cert_file
+    /// or a CA's): the API's own certificate, not a public name, is checked.
+    Tls(SocketAddr, PathBuf),
     Unix(PathBuf),
 }
 
@@ -58,6 +62,15 @@ impl Client {
                 stream.set_read_timeout(Some(TIMEOUT))?;
                 exchange(&mut stream, &head, &payload)?
             }
+            Endpoint::Tls(address, trusted) => {
+                let stream = TcpStream::connect_timeout(address, TIMEOUT).with_context(|| {
+                    format!("cannot reach the pnlb API at {address}: is `pnlb run` running with daemon.api = \"{address}\"?")
+                })?;
+                stream.set_read_timeout(Some(TIMEOUT))?;
+                let mut tls = tls_connect(stream, trusted)
+                    .with_context(|| format!("TLS with the pnlb API at {address}"))?;
+                exchange(&mut tls, &head, &payload)?
+            }
             Endpoint::Unix(path) => {
                 let mut stream = UnixStream::connect(path).with_context(|| {
                     format!("cannot reach the pnlb API at {}: is `pnlb run` running with daemon.api_socket set to it?", path.display())
@@ -94,6 +107,23 @@ impl Client {
         }
         serde_json::from_slice(&answer.body).context("unexpected answer from the API")
     }
+}
+
+/// A TLS session with the API, whose certificate must be signed by (or be)
+/// the one in `trusted`; the name in it is not checked (the API is reached
+/// by address).
+fn tls_connect(
+    stream: TcpStream,
+    trusted: &std::path::Path,
+) -> Result<openssl::ssl::SslStream<TcpStream>> {
+    use openssl::ssl::{SslConnector, SslMethod};
+    let mut builder = SslConnector::builder(SslMethod::tls())?;
+    builder
+        .set_ca_file(trusted)
+        .with_context(|| format!("{}: not a PEM certificate", trusted.display()))?;
+    let mut config = builder.build().configure()?;
+    config.set_verify_hostname(false);
+    Ok(config.connect("pnlb", stream)?)
 }
 
 fn exchange(stream: &mut (impl Read + Write), head: &str, payload: &str) -> Result<Vec<u8>> {

@@ -26,6 +26,10 @@ pub struct CtlArgs {
     /// The API's unix socket (daemon.api_socket).
     #[arg(long, global = true, conflicts_with = "api")]
     socket: Option<PathBuf>,
+    /// With --api: HTTPS, trusting this PEM certificate (the API's own,
+    /// daemon.api_tls_cert_file, or its CA's).
+    #[arg(long, global = true, requires = "api")]
+    tls_ca: Option<PathBuf>,
     /// Take the API address, socket and token file from this config file.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
@@ -265,19 +269,29 @@ fn path(segment: &str) -> String {
 }
 
 fn connect(args: &CtlArgs) -> Result<Client> {
-    let mut endpoint = match (&args.socket, args.api) {
-        (Some(path), _) => Some(Endpoint::Unix(path.clone())),
-        (None, Some(address)) => Some(Endpoint::Tcp(address)),
-        (None, None) => None,
+    let mut endpoint = match (&args.socket, args.api, &args.tls_ca) {
+        (Some(path), _, _) => Some(Endpoint::Unix(path.clone())),
+        (None, Some(address), Some(trusted)) => Some(Endpoint::Tls(address, trusted.clone())),
+        (None, Some(address), None) => Some(Endpoint::Tcp(address)),
+        (None, None, _) => None,
     };
     let mut token_file = args.token_file.clone();
     if let Some(config) = &args.config {
         let config = pnlb_core::config::load(config)?;
         if endpoint.is_none() {
-            endpoint = match (&config.daemon.api_socket, config.daemon.api) {
-                (Some(path), _) => Some(Endpoint::Unix(path.clone())),
-                (None, Some(address)) => Some(Endpoint::Tcp(address)),
-                (None, None) => bail!("the config has neither daemon.api nor daemon.api_socket"),
+            endpoint = match (
+                &config.daemon.api_socket,
+                config.daemon.api,
+                &config.daemon.api_tls,
+            ) {
+                (Some(path), _, _) => Some(Endpoint::Unix(path.clone())),
+                (None, Some(address), Some(tls)) => {
+                    Some(Endpoint::Tls(address, tls.cert_file.clone()))
+                }
+                (None, Some(address), None) => Some(Endpoint::Tcp(address)),
+                (None, None, _) => {
+                    bail!("the config has neither daemon.api nor daemon.api_socket")
+                }
             };
         }
         token_file = token_file.or(config.daemon.api_token_file);

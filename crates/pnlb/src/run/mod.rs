@@ -113,6 +113,9 @@ pub fn run(path: &Path) -> Result<()> {
     if let Some(token) = &config.daemon.api_read_token_file {
         crate::api::read_read_token(token)?;
     }
+    if let Some(tls) = &config.daemon.api_tls {
+        crate::api::tls_acceptor(tls)?;
+    }
     exec_checks_as_configured(&config)?;
     for interface in &config.daemon.interfaces {
         pnlb_dataplane::loader::ifindex_of(interface)?;
@@ -164,7 +167,14 @@ pub fn run(path: &Path) -> Result<()> {
             .daemon
             .api
             .iter()
-            .map(|a| format!("http://{a}"))
+            .map(|a| {
+                let scheme = if daemon.config.daemon.api_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{a}")
+            })
             .collect();
         places.extend(
             daemon
