@@ -51,6 +51,9 @@ const volatile struct {
 	enum pnlb_abi_version abi_version;
 	enum pnlb_meta_slot meta_slot;
 	struct pnlb_vlan_device vlan_device;
+	enum pnlb_access_limits access_limits;
+	struct pnlb_access_key access_key;
+	struct pnlb_access_rule access_rule;
 } pnlb_abi_anchor;
 
 static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_flow_key *flow)
@@ -244,6 +247,8 @@ static __always_inline int pnlb_process(struct xdp_md *ctx)
 	svc = pnlb_find_service(&pkt.flow);
 	if (!svc)
 		return pnlb_pass(PNLB_PASS_VIP_NO_SERVICE);
+	if (!pnlb_access_allows(svc, &pkt.flow.src))
+		return pnlb_service_drop(svc->id, PNLB_DROP_ACCESS_DENIED);
 	if (pnlb_method_routes(svc) && pnlb_ttl_expires(&pkt))
 		return pnlb_time_exceeded(ctx, svc->id, &pkt, &pkt.flow.dst);
 	pnlb_fragment_seen(svc->id, &pkt);

@@ -23,7 +23,7 @@
  * to adopt it (it would misread the maps). Bump it with any change to a
  * map's key or value layout or meaning.
  */
-enum pnlb_abi_version { PNLB_ABI_VERSION = 3 };
+enum pnlb_abi_version { PNLB_ABI_VERSION = 4 };
 
 /* pnlb_meta's slots: what a pinned data plane says about itself. */
 enum pnlb_meta_slot {
@@ -140,7 +140,16 @@ enum pnlb_service_flags {
 	/* nat/snat with a hashing scheduler: such a packet re-creates its
 	 * flow as it was (the backend by hash, the SNAT port by hash). */
 	PNLB_SVC_F_REHASH = 2,
+	/* Access rules (service.allow / service.deny) name its sources in
+	 * pnlb_access: every packet to it is looked up there. */
+	PNLB_SVC_F_ACCESS = 4,
+	/* It has allow rules: a source no rule matches is denied. */
+	PNLB_SVC_F_ALLOWLIST = 8,
 };
+
+/* Access rules, all services together: source prefixes per service. */
+enum pnlb_access_limits { PNLB_MAX_ACCESS_RULES = 65536 };
+
 
 /* Most SNAT addresses one service may have. */
 enum pnlb_snat_limits { PNLB_MAX_SNAT_ADDRS = 16, PNLB_SNAT_TRIES = 64 };
@@ -212,7 +221,9 @@ enum pnlb_reason {
 	PNLB_DROP_UNATTENDED = 33,     /* a new flow refused: no daemon has
 					* tended the data plane (health checks
 					* stopped) for daemon.unattended_limit */
-	PNLB_REASON_MAX = 34,
+	PNLB_DROP_ACCESS_DENIED = 34,  /* the source is denied by the service's
+					* access rules (or allowed by none) */
+	PNLB_REASON_MAX = 35,
 };
 
 /* Connection-table events, per CPU in pnlb_table_stats. */
@@ -229,6 +240,21 @@ enum pnlb_table_counter {
 
 struct pnlb_addr {
 	__u32 words[4];
+};
+
+/* A key of pnlb_access (an LPM trie): the service id's 32 bits, then the
+ * source prefix (IPv4-mapped: an IPv4 /n is 96 + n bits of it). */
+struct pnlb_access_key {
+	__u32 prefixlen;
+	__u32 service_id;
+	struct pnlb_addr addr;
+};
+
+/* What a rule says, and where its hits are counted (pnlb_access_hits). */
+struct pnlb_access_rule {
+	__u32 index;
+	__u8 allow; /* 1 allow, 0 deny */
+	__u8 _pad[3];
 };
 
 struct pnlb_service_key {

@@ -221,6 +221,48 @@ struct {
 	__type(value, __u64);
 } pnlb_reason_stats SEC(".maps");
 
+/* Access rules (enum pnlb_service_flags: PNLB_SVC_F_ACCESS): the longest
+ * prefix of (service id, source) decides. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, PNLB_MAX_ACCESS_RULES);
+	__type(key, struct pnlb_access_key);
+	__type(value, struct pnlb_access_rule);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} pnlb_access SEC(".maps");
+
+/* Packets each rule dropped (deny rules), by pnlb_access_rule.index. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PNLB_MAX_ACCESS_RULES);
+	__type(key, __u32);
+	__type(value, __u64);
+} pnlb_access_hits SEC(".maps");
+
+/* Whether `src` may reach `svc` by its access rules (when it has any). A
+ * deny rule that decides counts the drop as its own. */
+static __always_inline int pnlb_access_allows(const struct pnlb_service *svc,
+					      const struct pnlb_addr *src)
+{
+	struct pnlb_access_key key = { .prefixlen = 32 + 128 };
+	struct pnlb_access_rule *rule;
+	__u64 *hits;
+
+	if (!(svc->flags & PNLB_SVC_F_ACCESS))
+		return 1;
+	key.service_id = svc->id;
+	key.addr = *src;
+	rule = bpf_map_lookup_elem(&pnlb_access, &key);
+	if (!rule)
+		return !(svc->flags & PNLB_SVC_F_ALLOWLIST);
+	if (rule->allow)
+		return 1;
+	hits = bpf_map_lookup_elem(&pnlb_access_hits, &rule->index);
+	if (hits)
+		*hits += 1;
+	return 0;
+}
+
 /* The live copy of backend slot `id`. */
 static __always_inline struct pnlb_backend *pnlb_backend_get(__u32 id)
 {

@@ -103,6 +103,7 @@ pub fn reason_name(reason: usize) -> &'static str {
         "pass_qinq",
         "drop_vlan_failed",
         "drop_unattended",
+        "drop_access_denied",
     ];
     NAMES.get(reason).copied().unwrap_or("unknown")
 }

@@ -78,6 +78,11 @@ pub fn render(dataplane: &Dataplane, programmer: &Programmer, config: &Config) -
                 let _ = writeln!(out, "     {what} {count} ({name})");
             }
         }
+        for (prefix, allows, drops) in programmer.access_hits(dataplane, &service.name) {
+            if !allows {
+                let _ = writeln!(out, "     deny {prefix}: dropped {drops}");
+            }
+        }
     }
     if let Ok(reasons) = dataplane.reason_counters() {
         let listed: Vec<String> = reasons

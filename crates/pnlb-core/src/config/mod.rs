@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::duration;
 
+mod access;
 mod backend;
 mod daemon;
 mod ha;
@@ -28,6 +29,7 @@ mod tests;
 mod timeouts;
 mod tunnel;
 
+pub use access::{Access, MAX_ACCESS_RULES};
 pub use backend::Backend;
 use backend::RawBackend;
 use daemon::RawDaemon;
@@ -251,7 +253,7 @@ impl Validator<'_> {
                     && program.file_name().is_some_and(|name| name != "..");
                 if !inside {
                     return Err(self.error(
-                        format!("service[{index}].health.command"),
+                        format!("service[{index}] ({}).health.command", service.name),
                         format!(
                             "{} is not a file in daemon.exec_check_dir ({})",
                             command[0],
@@ -292,6 +294,14 @@ impl Validator<'_> {
             .iter()
             .map(|s| s.backends.len() + usize::from(s.fallback.is_some()))
             .sum();
+        let rules: usize = services.iter().map(|s| s.access.len()).sum();
+        if rules > MAX_ACCESS_RULES {
+            return Err(self.error(
+                "service",
+                format!("{rules} access rules (allow, deny) in all; the data plane holds {MAX_ACCESS_RULES}"),
+                "merge prefixes",
+            ));
+        }
         if backends > daemon.max_backends as usize {
             return Err(self.error(
                 "daemon.max_backends",

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::access::Access;
 use super::{Backend, ConfigError, DownPolicy, RawBackend, RawHealth, Snat, Tunnel, Validator};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -39,6 +40,8 @@ pub struct Service {
     /// Slots of the Maglev table (maglev, sh, dh, chbl): a prime; each
     /// costs 4 bytes of kernel memory.
     pub table_size: u32,
+    /// Who may reach it (`allow`, `deny`).
+    pub access: Access,
 }
 
 /// `new_flow_rate` and `new_flow_burst`.
@@ -224,6 +227,8 @@ pub(super) struct RawService {
     new_flow_rate: Option<i64>,
     new_flow_burst: Option<i64>,
     table_size: Option<i64>,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
     on_backend_down: Option<String>,
     slow_start: Option<String>,
     fallback: Option<RawBackend>,
@@ -356,6 +361,7 @@ impl Validator<'_> {
             raw.snat_reuse_after,
         )?;
         let new_flow_rate = self.new_flow_rate(&at, raw.new_flow_rate, raw.new_flow_burst)?;
+        let access = self.access(&at, raw.allow, raw.deny)?;
         let persistence =
             self.persistence(&at, vip, raw.persistence.as_deref(), raw.persistence_mask)?;
         let tunnel = self.tunnel(
@@ -446,6 +452,7 @@ impl Validator<'_> {
             backends,
             new_flow_rate,
             table_size,
+            access,
         })
     }
 

@@ -556,7 +556,10 @@ fn exec_checks_keep_to_their_directory_and_the_api_needs_one_to_set_them() {
         "web",
     ] {
         let err = with_exec_check(dir, outside).unwrap_err();
-        assert_eq!(err.key, "service[0].health.command", "{outside}: {err}");
+        assert_eq!(
+            err.key, "service[0] (web).health.command",
+            "{outside}: {err}"
+        );
         assert!(err.fix.contains("/etc/pnlb/checks/check-web"), "{err}");
     }
     // Without a directory, commands may be anywhere (the file is root's).
@@ -571,4 +574,33 @@ fn exec_checks_keep_to_their_directory_and_the_api_needs_one_to_set_them() {
     assert_eq!(err.key, "daemon.exec_check_user");
     let err = with_exec_check("exec_check_dir = \"checks\"\n", "/bin/true").unwrap_err();
     assert!(err.fix.contains("/etc/pnlb/checks"), "{err}");
+}
+
+#[test]
+fn access_rules_are_prefixes_and_a_prefix_is_not_both_allowed_and_denied() {
+    let with = |rules: &str| {
+        parse(
+            Path::new("lb.toml"),
+            &GOOD.replacen(
+                "scheduler = \"maglev\"\n",
+                &format!("scheduler = \"maglev\"\n{rules}"),
+                1,
+            ),
+        )
+    };
+    let config = with(
+        "allow = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\ndeny = [\"10.66.0.0/16\"]\n",
+    )
+    .unwrap();
+    let access = &config.services[0].access;
+    assert_eq!(access.len(), 4);
+    assert_eq!(access.allow[2].to_string(), "192.0.2.7/32");
+    assert!(config.services[1].access.is_empty());
+    let err = with("allow = [\"10.0.0.1/8\"]\n").unwrap_err();
+    assert_eq!(err.key, "service[0] (web).allow[0]");
+    assert!(err.reason.contains("did you mean 10.0.0.0/8"), "{err}");
+    let err = with("deny = [\"example.org\"]\n").unwrap_err();
+    assert_eq!(err.key, "service[0] (web).deny[0]");
+    let err = with("allow = [\"10.0.0.0/8\"]\ndeny = [\"10.0.0.0/8\"]\n").unwrap_err();
+    assert!(err.reason.contains("both allowed and denied"), "{err}");
 }

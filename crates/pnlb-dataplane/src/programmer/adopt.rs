@@ -25,6 +25,7 @@ impl Programmer {
         }
         programmer.service_ids.none_fresh();
         programmer.slots.backend_ids.none_fresh();
+        programmer.access = super::access::AccessRules::adopt(dataplane);
         let maps = dataplane.maps();
         let by_listener: HashMap<(std::net::IpAddr, u16, u8), &str> = config
             .services

@@ -15,6 +15,7 @@
 //! adding; the reverse when removing. A packet therefore never finds a
 //! service whose table names a backend slot that is not written yet.
 
+mod access;
 mod address_set;
 mod adopt;
 mod backends;
@@ -63,6 +64,8 @@ pub struct Programmer {
     addresses_changed: bool,
     /// The next hops the last apply wrote.
     resolved: Resolution,
+    /// The services' access rules as written.
+    access: access::AccessRules,
 }
 
 /// Backend slot bookkeeping shared by all services.
@@ -129,6 +132,20 @@ impl Programmer {
             addresses_changed: true,
             ..Self::default()
         }
+    }
+
+    /// The access rules of `service` as written, each with the packets it
+    /// dropped (deny rules; allow rules count nothing): (prefix, allows,
+    /// drops), by prefix.
+    pub fn access_hits(
+        &self,
+        dataplane: &Dataplane,
+        service: &str,
+    ) -> Vec<(pnlb_core::prefix::Prefix, bool, u64)> {
+        self.services
+            .get(service)
+            .map(|slot| self.access.hits(dataplane, slot.id))
+            .unwrap_or_default()
     }
 
     /// The backend map slot of a configured backend, if it has one.
@@ -235,8 +252,11 @@ impl Programmer {
             let Some(slot) = self.services.get_mut(&service.name) else {
                 continue;
             };
+            // Rules the entry will name first; those it no longer names after.
+            let stale = self.access.write(dataplane, slot.id, &service.access)?;
             let value = service_entry::service_value(slot.id, service);
             service_entry::write_service(dataplane, &mut self.slots.grace, slot, value)?;
+            self.access.delete(dataplane, slot.id, &stale)?;
             slot.applied = Some(service.clone());
         }
         if self.addresses_changed {
@@ -290,6 +310,7 @@ impl Programmer {
                 self.services.insert(name.clone(), slot);
                 return Err(err);
             }
+            self.access.remove_service(dataplane, slot.id)?;
             removed.push(slot);
         }
         if removed.is_empty() {

@@ -54,7 +54,7 @@ pub(super) fn service_value(id: u32, config: &ServiceConfig) -> abi::Service {
             (true, _) => abi::ServiceFlags::PNLB_SVC_F_STATELESS.0 as u8,
             (false, true) => abi::ServiceFlags::PNLB_SVC_F_REHASH.0 as u8,
             (false, false) => 0,
-        },
+        } | access_flags(&config.access),
         snat_reuse_s,
         chbl_epsilon_pct: match config.scheduler {
             Scheduler::Chbl { epsilon } => (epsilon * 100.0).round() as u32,
@@ -63,6 +63,19 @@ pub(super) fn service_value(id: u32, config: &ServiceConfig) -> abi::Service {
         rate_interval_ns,
         rate_burst,
     }
+}
+
+/// Access rules: looked up at all when there are any; with allow rules, a
+/// source none matches is denied.
+fn access_flags(access: &pnlb_core::config::Access) -> u8 {
+    let mut flags = 0;
+    if !access.is_empty() {
+        flags |= abi::ServiceFlags::PNLB_SVC_F_ACCESS.0 as u8;
+    }
+    if !access.allow.is_empty() {
+        flags |= abi::ServiceFlags::PNLB_SVC_F_ALLOWLIST.0 as u8;
+    }
+    flags
 }
 
 /// dr/tun with a hashing scheduler: a packet of a flow the tables do not
