@@ -223,7 +223,9 @@ enum pnlb_reason {
 					* stopped) for daemon.unattended_limit */
 	PNLB_DROP_ACCESS_DENIED = 34,  /* the source is denied by the service's
 					* access rules (or allowed by none) */
-	PNLB_REASON_MAX = 35,
+	PNLB_DROP_SOURCE_RATE_LIMITED = 35, /* a new flow above the service's
+					     * source_new_flow_rate for its source */
+	PNLB_REASON_MAX = 36,
 };
 
 /* Connection-table events, per CPU in pnlb_table_stats. */
@@ -283,7 +285,20 @@ struct pnlb_service {
 	 * many may come at once; 0 = no limit */
 	__u32 rate_interval_ns;
 	__u32 rate_burst;
+	/* source_new_flow_rate: the same, for each source address alone */
+	__u32 source_interval_ns;
+	__u32 source_burst;
 };
+
+/* A key of pnlb_source_rates: one source of one service. */
+struct pnlb_source_key {
+	__u32 service_id;
+	__u32 _pad;
+	struct pnlb_addr addr;
+};
+
+/* Sources whose new flows are metered at once (an LRU: the quietest go). */
+enum pnlb_source_limits { PNLB_MAX_METERED_SOURCES = 65536 };
 
 /* Source affinity (IPVS persistence): a client prefix -> its backend. */
 struct pnlb_affinity_key {
@@ -425,7 +440,7 @@ struct pnlb_vlan_device {
 /* Compile-time layout checks; the Rust side asserts the same numbers. */
 _Static_assert(sizeof(struct pnlb_addr) == 16, "pnlb_addr");
 _Static_assert(sizeof(struct pnlb_service_key) == 20, "pnlb_service_key");
-_Static_assert(sizeof(struct pnlb_service) == 32, "pnlb_service");
+_Static_assert(sizeof(struct pnlb_service) == 40, "pnlb_service");
 _Static_assert(sizeof(struct pnlb_affinity_key) == 24, "pnlb_affinity_key");
 _Static_assert(sizeof(struct pnlb_affinity) == 16, "pnlb_affinity");
 _Static_assert(sizeof(struct pnlb_backend) == 76, "pnlb_backend");

@@ -604,24 +604,15 @@ static __always_inline int pnlb_conn_heal(const struct pnlb_flow_key *key,
 }
 
 /*
- * new_flow_rate: whether the service may admit another new flow now. The
- * generic cell rate algorithm on one shared clock per service: each flow
- * moves the service's theoretical arrival time on by the interval, and a
- * flow that would move it more than `burst` intervals past now waits.
+ * The generic cell rate algorithm on the theoretical arrival time in
+ * `slot`: each event moves it on by `interval` ns, and one that would move
+ * it more than `burst` intervals past now waits.
  */
-static __always_inline int pnlb_rate_allows(const struct pnlb_service *svc)
+static __always_inline int pnlb_gcra_allows(__u64 *slot, __u64 interval, __u32 burst)
 {
-	__u64 interval = svc->rate_interval_ns, now, tat, base, next, limit;
-	__u32 id = svc->id;
-	__u64 *slot;
+	__u64 now = bpf_ktime_get_ns(), tat, base, next;
+	__u64 limit = interval * (burst ? burst : 1);
 
-	if (!interval)
-		return 1;
-	slot = bpf_map_lookup_elem(&pnlb_rates, &id);
-	if (!slot)
-		return 1;
-	now = bpf_ktime_get_ns();
-	limit = interval * (svc->rate_burst ? svc->rate_burst : 1);
 	for (int attempt = 0; attempt < 2; attempt++) {
 		tat = *(volatile __u64 *)slot;
 		base = tat > now ? tat : now;
@@ -631,8 +622,44 @@ static __always_inline int pnlb_rate_allows(const struct pnlb_service *svc)
 		if (__sync_val_compare_and_swap(slot, tat, next) == tat)
 			return 1;
 	}
-	/* Two CPUs beat us to it: the service is at its rate anyway. */
+	/* Two CPUs beat us to it: at the rate anyway. */
 	return 0;
+}
+
+/* new_flow_rate: whether the service may admit another new flow now (one
+ * clock per service, shared by every CPU). */
+static __always_inline int pnlb_rate_allows(const struct pnlb_service *svc)
+{
+	__u32 id = svc->id;
+	__u64 *slot;
+
+	if (!svc->rate_interval_ns)
+		return 1;
+	slot = bpf_map_lookup_elem(&pnlb_rates, &id);
+	if (!slot)
+		return 1;
+	return pnlb_gcra_allows(slot, svc->rate_interval_ns, svc->rate_burst);
+}
+
+/* source_new_flow_rate: the same budget, for each source of the service
+ * alone. A source not yet metered starts with its whole burst. */
+static __always_inline int pnlb_source_rate_allows(const struct pnlb_service *svc,
+						   const struct pnlb_addr *src)
+{
+	struct pnlb_source_key key = { .service_id = svc->id };
+	__u64 *slot, fresh = 0;
+
+	if (!svc->source_interval_ns)
+		return 1;
+	key.addr = *src;
+	slot = bpf_map_lookup_elem(&pnlb_source_rates, &key);
+	if (!slot) {
+		bpf_map_update_elem(&pnlb_source_rates, &key, &fresh, BPF_NOEXIST);
+		slot = bpf_map_lookup_elem(&pnlb_source_rates, &key);
+		if (!slot)
+			return 1;
+	}
+	return pnlb_gcra_allows(slot, svc->source_interval_ns, svc->source_burst);
 }
 
 /* Whether no daemon has tended this data plane for longer than
@@ -746,6 +773,10 @@ open:
 	/* Flows already established (re-created by hash) go on regardless. */
 	if (!rehashed && pnlb_unattended())
 		return PNLB_DROP_UNATTENDED;
+	/* A source over its own budget is refused before it spends the
+	 * service's (rehashed flows are established ones: never). */
+	if (!rehashed && !pnlb_source_rate_allows(svc, &pkt->flow.src))
+		return PNLB_DROP_SOURCE_RATE_LIMITED;
 	if (!pnlb_rate_allows(svc)) {
 		if (!stateless)
 			return PNLB_DROP_RATE_LIMITED;

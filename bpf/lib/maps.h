@@ -162,6 +162,15 @@ struct {
 	__type(value, __u64);
 } pnlb_rates SEC(".maps");
 
+/* source_new_flow_rate: each (service, source)'s theoretical arrival time
+ * (GCRA); an LRU, so a flood of spoofed sources evicts only its own. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PNLB_MAX_METERED_SOURCES);
+	__type(key, struct pnlb_source_key);
+	__type(value, __u64);
+} pnlb_source_rates SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, PNLB_MAX_SERVICES);

@@ -26,7 +26,7 @@ const _: () = {
     assert!(size_of::<ServiceKey>() == 20);
     assert!(offset_of!(ServiceKey, port) == 16);
     assert!(offset_of!(ServiceKey, protocol) == 18);
-    assert!(size_of::<Service>() == 32);
+    assert!(size_of::<Service>() == 40);
     assert!(offset_of!(Service, snat_port_min) == 8);
     assert!(offset_of!(Service, persistence_s) == 12);
     assert!(offset_of!(Service, flags) == 17);

@@ -104,6 +104,7 @@ pub fn reason_name(reason: usize) -> &'static str {
         "drop_vlan_failed",
         "drop_unattended",
         "drop_access_denied",
+        "drop_source_rate_limited",
     ];
     NAMES.get(reason).copied().unwrap_or("unknown")
 }

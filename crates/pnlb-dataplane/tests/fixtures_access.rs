@@ -149,3 +149,36 @@ fn rules_change_with_the_config_for_established_flows_too() {
         .access_hits(&fixture.dataplane, "web")
         .is_empty());
 }
+
+/// source_new_flow_rate: each source's new flows on its own budget; one
+/// source over it is refused while another is not, and its established
+/// flows go on.
+#[test]
+fn a_source_over_its_new_flow_rate_is_refused_and_others_are_not() {
+    if !privileged() {
+        return;
+    }
+    let fixture = Fixture::new(&config(
+        "source_new_flow_rate = 1\nsource_new_flow_burst = 3\n",
+    ));
+    let syn = |src: &str, port: u16| Pkt::tcp(src, port, "10.77.100.1", 80, SYN);
+    let verdicts: Vec<u32> = (0..5)
+        .map(|n| fixture.run(&syn("10.77.0.2", 41000 + n).bytes()).0)
+        .collect();
+    assert_eq!(verdicts, vec![XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP]);
+    assert_eq!(fixture.reason("drop_source_rate_limited"), 2);
+    assert_eq!(
+        fixture.run(&syn("10.77.0.3", 41000).bytes()).0,
+        XDP_TX,
+        "another source"
+    );
+    let ack = Pkt {
+        tcp: Some(ACK),
+        ..syn("10.77.0.2", 41000)
+    };
+    assert_eq!(
+        fixture.run(&ack.bytes()).0,
+        XDP_TX,
+        "its established flow goes on"
+    );
+}

@@ -100,3 +100,64 @@ fn allowed_clients_are_served_under_load_and_denied_ones_are_not() {
         "the exit summary counts the denied packets: {output:#?}"
     );
 }
+
+/// source_new_flow_rate: a source flooding SYNs at 30,000/s spends its own
+/// budget of 200 new flows a second, not the service's; short requests
+/// from another source all succeed meanwhile.
+#[test]
+fn a_flooding_source_spends_its_own_budget_not_the_services() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec::default()).expect("lab");
+    let everyone: Vec<usize> = (0..lab.servers.len()).collect();
+    let limited = lab.config("dr", 80, &everyone).replace(
+        "scheduler = \"maglev\"\n",
+        "scheduler = \"maglev\"\nsource_new_flow_rate = 200\nsource_new_flow_burst = 20\n",
+    );
+    let path = write_config(&lab, &limited);
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    let flood = pnlb_lab::spoof::start(
+        &lab.client,
+        pnlb_lab::spoof::Flood {
+            kind: pnlb_lab::spoof::Kind::Syn,
+            source: Ipv4Addr::new(10, 77, 0, 98),
+            target: std::net::SocketAddrV4::new(VIP4, 80),
+            count: 90_000,
+            limit: Duration::from_secs(5),
+            rate: 30_000,
+            seed: 0xf100d,
+            repeat_each: 0,
+        },
+    )
+    .expect("flood");
+    let started = std::time::Instant::now();
+    let (mut ok, mut failed) = (0u32, 0u32);
+    while started.elapsed() < Duration::from_secs(3) {
+        if answered(&lab, None) {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    let sent = flood.finish().expect("flood sent");
+    let (_, output) = daemon.stop(Duration::from_secs(10));
+    let limited: u64 = output
+        .iter()
+        .find(|l| l.starts_with("Not forwarded"))
+        .and_then(|l| l.split("drop_source_rate_limited ").nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    eprintln!(
+        "{} spoofed SYNs from 10.77.0.98 in {:.1} s: {limited} refused for the source's rate; meanwhile from 10.77.0.2: {ok} answered, {failed} failed",
+        sent.packets,
+        sent.elapsed.as_secs_f64()
+    );
+    assert!(ok > 10 && failed == 0, "{ok} answered, {failed} failed");
+    assert!(
+        limited + 200 * 6 >= sent.packets,
+        "every SYN over 200/s refused: {limited} of {}",
+        sent.packets
+    );
+}

@@ -37,6 +37,10 @@ pub struct Service {
     /// A flood guard: new flows above this rate are forwarded by hash
     /// without state (dr/tun with maglev, sh, dh) or refused (the rest).
     pub new_flow_rate: Option<NewFlowRate>,
+    /// The same for each source address alone: new flows above it from one
+    /// source are refused (a flooding client spends its own budget, not
+    /// the service's).
+    pub source_new_flow_rate: Option<NewFlowRate>,
     /// Slots of the Maglev table (maglev, sh, dh, chbl): a prime; each
     /// costs 4 bytes of kernel memory.
     pub table_size: u32,
@@ -226,6 +230,8 @@ pub(super) struct RawService {
     snat_reuse_after: Option<String>,
     new_flow_rate: Option<i64>,
     new_flow_burst: Option<i64>,
+    source_new_flow_rate: Option<i64>,
+    source_new_flow_burst: Option<i64>,
     table_size: Option<i64>,
     allow: Option<Vec<String>>,
     deny: Option<Vec<String>>,
@@ -360,7 +366,18 @@ impl Validator<'_> {
             raw.snat_ports,
             raw.snat_reuse_after,
         )?;
-        let new_flow_rate = self.new_flow_rate(&at, raw.new_flow_rate, raw.new_flow_burst)?;
+        let new_flow_rate = self.new_flow_rate(
+            &at,
+            ("new_flow_rate", "new_flow_burst"),
+            raw.new_flow_rate,
+            raw.new_flow_burst,
+        )?;
+        let source_new_flow_rate = self.new_flow_rate(
+            &at,
+            ("source_new_flow_rate", "source_new_flow_burst"),
+            raw.source_new_flow_rate,
+            raw.source_new_flow_burst,
+        )?;
         let access = self.access(&at, raw.allow, raw.deny)?;
         let persistence =
             self.persistence(&at, vip, raw.persistence.as_deref(), raw.persistence_mask)?;
@@ -451,6 +468,7 @@ impl Validator<'_> {
             fallback,
             backends,
             new_flow_rate,
+            source_new_flow_rate,
             table_size,
             access,
         })
@@ -493,25 +511,29 @@ impl Validator<'_> {
         Ok(size as u32)
     }
 
+    /// `new_flow_rate` and `new_flow_burst`, or their per-source kin
+    /// (`keys`: the rate's key and the burst's).
     fn new_flow_rate(
         &self,
         at: &dyn Fn(&str) -> String,
+        keys: (&str, &str),
         rate: Option<i64>,
         burst: Option<i64>,
     ) -> Result<Option<NewFlowRate>, ConfigError> {
+        let (rate_key, burst_key) = keys;
         let Some(rate) = rate else {
             if burst.is_some() {
                 return Err(self.error(
-                    at("new_flow_burst"),
-                    "set without new_flow_rate",
-                    "add new_flow_rate = 50000 (new flows per second), or remove new_flow_burst",
+                    at(burst_key),
+                    format!("set without {rate_key}"),
+                    format!("add {rate_key} = 50000 (new flows per second), or remove {burst_key}"),
                 ));
             }
             return Ok(None);
         };
         if !(1..=MAX_NEW_FLOW_RATE).contains(&rate) {
             return Err(self.error(
-                at("new_flow_rate"),
+                at(rate_key),
                 format!("{rate} new flows per second is out of range"),
                 format!("use 1 to {MAX_NEW_FLOW_RATE}, or remove it for no limit"),
             ));
@@ -521,9 +543,9 @@ impl Validator<'_> {
             Some(b) if (1..=MAX_NEW_FLOW_RATE).contains(&b) => b,
             Some(b) => {
                 return Err(self.error(
-                    at("new_flow_burst"),
+                    at(burst_key),
                     format!("a burst of {b} is out of range"),
-                    format!("use 1 to {MAX_NEW_FLOW_RATE} (default: a tenth of new_flow_rate)"),
+                    format!("use 1 to {MAX_NEW_FLOW_RATE} (default: a tenth of {rate_key})"),
                 ))
             }
         };

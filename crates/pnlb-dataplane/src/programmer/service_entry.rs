@@ -2,7 +2,7 @@
 //! last, once everything it points at is in place.
 
 use libbpf_rs::{MapCore, MapFlags};
-use pnlb_core::config::{HashKey, Method, Scheduler, Service as ServiceConfig};
+use pnlb_core::config::{HashKey, Method, NewFlowRate, Scheduler, Service as ServiceConfig};
 
 use super::{map_err, ServiceSlot};
 use crate::abi::{self, bytes_of};
@@ -20,13 +20,15 @@ pub(super) fn service_value(id: u32, config: &ServiceConfig) -> abi::Service {
         ),
         None => (0, 0, 0, 0),
     };
-    let (rate_interval_ns, rate_burst) = match config.new_flow_rate {
+    let gcra = |rate: Option<NewFlowRate>| match rate {
         Some(rate) => (
             1_000_000_000u32.div_ceil(rate.per_second.max(1)),
             rate.burst,
         ),
         None => (0, 0),
     };
+    let (rate_interval_ns, rate_burst) = gcra(config.new_flow_rate);
+    let (source_interval_ns, source_burst) = gcra(config.source_new_flow_rate);
     abi::Service {
         id,
         method: method(config.method).0 as u8,
@@ -62,6 +64,8 @@ pub(super) fn service_value(id: u32, config: &ServiceConfig) -> abi::Service {
         },
         rate_interval_ns,
         rate_burst,
+        source_interval_ns,
+        source_burst,
     }
 }
 
