@@ -52,6 +52,8 @@ const volatile struct {
 	enum pnlb_meta_slot meta_slot;
 	struct pnlb_vlan_device vlan_device;
 	enum pnlb_access_limits access_limits;
+	enum pnlb_source_limits source_limits;
+	struct pnlb_source_key source_key;
 	struct pnlb_access_key access_key;
 	struct pnlb_access_rule access_rule;
 } pnlb_abi_anchor;

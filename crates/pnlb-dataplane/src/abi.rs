@@ -6,18 +6,19 @@ use std::mem::{offset_of, size_of};
 use std::net::IpAddr;
 
 pub use crate::skel::types::{
-    pnlb_abi_version as AbiVersion, pnlb_addr as Addr, pnlb_backend as Backend,
-    pnlb_backend_conns as BackendConns, pnlb_backend_flags as BackendFlags,
-    pnlb_backend_load as BackendLoad, pnlb_backend_stats as BackendStats, pnlb_conn as Conn,
-    pnlb_conn_direction as ConnDirection, pnlb_conn_event as ConnEvent,
-    pnlb_conn_flags as ConnFlags, pnlb_conn_state as ConnState, pnlb_decap_counter as DecapCounter,
-    pnlb_encap as Encap, pnlb_flow_key as FlowKey, pnlb_hash_key as HashKey,
-    pnlb_hash_seed as HashSeed, pnlb_limits as Limits, pnlb_meta_slot as MetaSlot,
-    pnlb_method as Method, pnlb_reason as Reason, pnlb_scheduler as SchedulerKind,
-    pnlb_service as Service, pnlb_service_flags as ServiceFlags, pnlb_service_key as ServiceKey,
-    pnlb_service_stats as ServiceStats, pnlb_snat_limits as SnatLimits,
-    pnlb_table_counter as TableCounter, pnlb_table_slot as TableSlot,
-    pnlb_vlan_device as VlanDeviceEntry,
+    pnlb_abi_version as AbiVersion, pnlb_access_limits as AccessLimits, pnlb_addr as Addr,
+    pnlb_backend as Backend, pnlb_backend_conns as BackendConns,
+    pnlb_backend_flags as BackendFlags, pnlb_backend_load as BackendLoad,
+    pnlb_backend_stats as BackendStats, pnlb_conn as Conn, pnlb_conn_direction as ConnDirection,
+    pnlb_conn_event as ConnEvent, pnlb_conn_flags as ConnFlags, pnlb_conn_state as ConnState,
+    pnlb_decap_counter as DecapCounter, pnlb_encap as Encap, pnlb_flow_key as FlowKey,
+    pnlb_hash_key as HashKey, pnlb_hash_seed as HashSeed, pnlb_limits as Limits,
+    pnlb_meta_slot as MetaSlot, pnlb_method as Method, pnlb_reason as Reason,
+    pnlb_scheduler as SchedulerKind, pnlb_service as Service, pnlb_service_flags as ServiceFlags,
+    pnlb_service_key as ServiceKey, pnlb_service_stats as ServiceStats,
+    pnlb_snat_limits as SnatLimits, pnlb_source_key as SourceKey,
+    pnlb_source_limits as SourceLimits, pnlb_table_counter as TableCounter,
+    pnlb_table_slot as TableSlot, pnlb_vlan_device as VlanDeviceEntry,
 };
 
 // The same numbers bpf/include/pnlb_abi.h checks with _Static_assert.

@@ -6,7 +6,7 @@
 
 use pnlb_core::config::Config;
 
-use crate::abi::{Backend, BackendStats, Conn, FlowKey, ServiceStats};
+use crate::abi::{self, Backend, BackendStats, Conn, FlowKey, ServiceStats};
 use crate::loader::{Limits, TableSizes};
 
 /// Bytes, by what takes them.
@@ -80,11 +80,22 @@ pub fn estimate(config: &Config, cpus: usize) -> MemoryEstimate {
             (crate::abi::TABLE_HEADER as usize + slots) as u64 * 8
         })
         .sum();
+    // Access rules' hit counters: one per possible rule, per CPU.
+    let access_hits = u64::from(abi::AccessLimits::PNLB_MAX_ACCESS_RULES.0) * 8;
     let per_cpu = (u64::from(limits.services) * size_of::<ServiceStats>() as u64
-        + u64::from(limits.backends) * size_of::<BackendStats>() as u64)
+        + u64::from(limits.backends) * size_of::<BackendStats>() as u64
+        + access_hits)
         * cpus as u64;
     const SYNC_RING: u64 = 4 << 20;
-    let other = u64::from(limits.backends) * 2 * size_of::<Backend>() as u64 + SYNC_RING;
+    // The per-source new-flow clocks (an LRU, preallocated); the access
+    // rules' trie allocates per rule, next to nothing.
+    let source_rates = hash_map(
+        abi::SourceLimits::PNLB_MAX_METERED_SOURCES.0,
+        size_of::<abi::SourceKey>(),
+        size_of::<u64>(),
+    );
+    let other =
+        u64::from(limits.backends) * 2 * size_of::<Backend>() as u64 + SYNC_RING + source_rates;
     MemoryEstimate {
         connections,
         tables,
