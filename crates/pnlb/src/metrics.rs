@@ -133,6 +133,25 @@ impl Collector for Snapshot {
         )?;
         family(
             &mut encoder,
+            "service_access_dropped",
+            "Per service and deny rule (service.deny): packets dropped",
+            status
+                .services
+                .iter()
+                .flat_map(|s| {
+                    s.access
+                        .iter()
+                        .filter(|rule| rule.action == "deny")
+                        .map(move |rule| {
+                            let mut labels = service_labels(s);
+                            labels.push(("prefix", rule.prefix.clone()));
+                            (labels, ConstCounter::new(rule.dropped))
+                        })
+                })
+                .collect(),
+        )?;
+        family(
+            &mut encoder,
             "service_table_version",
             "Per service: scheduling tables published so far",
             status

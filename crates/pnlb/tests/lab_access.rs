@@ -52,7 +52,9 @@ fn allowed_clients_are_served_under_load_and_denied_ones_are_not() {
     )
     .expect("a second client address");
     let everyone: Vec<usize> = (0..lab.servers.len()).collect();
-    let open = lab.config("dr", 80, &everyone);
+    let open = lab
+        .config("dr", 80, &everyone)
+        .replacen('\n', "\napi = \"127.0.0.1:9180\"\n", 1);
     let guarded = open.replace(
         "scheduler = \"maglev\"\n",
         "scheduler = \"maglev\"\ndeny = [\"10.77.0.96/29\"]\n",
@@ -77,6 +79,25 @@ fn allowed_clients_are_served_under_load_and_denied_ones_are_not() {
         });
         let from_denied = || (0..5).filter(|_| answered(&lab, Some(DENIED))).count();
         let denied_before = from_denied();
+        // The rule's drops, in the API and in /metrics.
+        let (_, services) = api(&lab, "GET", "/api/v1/services", None, None);
+        let services: serde_json::Value = serde_json::from_str(&services).unwrap_or_default();
+        let dropped: u64 = services
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["access"].as_array().cloned().unwrap_or_default())
+            .filter(|rule| rule["prefix"] == "10.77.0.96/29" && rule["action"] == "deny")
+            .filter_map(|rule| rule["dropped"].as_u64())
+            .sum();
+        let (_, metrics) = api(&lab, "GET", "/metrics", None, None);
+        eprintln!("the deny rule's drops in the API: {dropped}");
+        assert!(dropped >= 5, "{services}");
+        assert!(
+            metrics.contains("pnlb_service_access_dropped_total{")
+                && metrics.contains("prefix=\"10.77.0.96/29\""),
+            "{metrics}"
+        );
         reload(&daemon, &path, &open);
         let denied_after = from_denied();
         stop.store(true, Ordering::Relaxed);

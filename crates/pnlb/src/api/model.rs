@@ -127,6 +127,18 @@ pub struct ServiceStatus {
     pub counters: Counters,
     pub drops: BTreeMap<String, u64>,
     pub backends: Vec<BackendStatus>,
+    /// Its access rules (allow, deny), each with the packets it dropped.
+    #[serde(default)]
+    pub access: Vec<AccessRuleStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessRuleStatus {
+    pub prefix: String,
+    /// "allow" or "deny".
+    pub action: String,
+    /// Packets the rule dropped (deny rules; allow rules drop none).
+    pub dropped: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

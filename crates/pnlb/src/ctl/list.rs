@@ -212,6 +212,7 @@ mod tests {
                 method: "dr".into(),
                 scheduler: "wlc".into(),
                 table_version: 1,
+                access: Vec::new(),
                 counters,
                 drops: Default::default(),
                 backends: vec![BackendStatus {

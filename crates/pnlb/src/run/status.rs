@@ -90,6 +90,16 @@ impl Daemon {
                 },
                 drops,
                 backends,
+                access: self
+                    .programmer
+                    .access_hits(&self.dataplane, &service.name)
+                    .into_iter()
+                    .map(|(prefix, allows, dropped)| model::AccessRuleStatus {
+                        prefix: prefix.to_string(),
+                        action: if allows { "allow" } else { "deny" }.into(),
+                        dropped,
+                    })
+                    .collect(),
             });
         }
         let reasons = self
