@@ -182,3 +182,30 @@ fn a_source_over_its_new_flow_rate_is_refused_and_others_are_not() {
         "its established flow goes on"
     );
 }
+
+/// Thousands of prefixes (the scale): 5,000 /32 deny rules apply,
+/// the 4,321st drops its source, a source outside them all passes.
+#[test]
+fn thousands_of_rules_apply_and_decide() {
+    if !privileged() {
+        return;
+    }
+    let denied: Vec<String> = (0..5000u32)
+        .map(|n| format!("\"10.1.{}.{}\"", n / 250, n % 250))
+        .collect();
+    let started = std::time::Instant::now();
+    let fixture = Fixture::new(&config(&format!("deny = [{}]\n", denied.join(", "))));
+    let took = started.elapsed();
+    eprintln!("5,000 deny rules loaded and applied in {took:?}");
+    let n = 4321u32;
+    let inside = format!("10.1.{}.{}", n / 250, n % 250);
+    assert_eq!(verdict(&fixture, &inside, "10.77.100.1"), XDP_DROP);
+    assert_eq!(verdict(&fixture, "10.1.200.1", "10.77.100.1"), XDP_TX);
+    assert_eq!(
+        fixture
+            .programmer
+            .access_hits(&fixture.dataplane, "web")
+            .len(),
+        5000
+    );
+}

@@ -2,6 +2,8 @@
 //! IPv4 and IPv6; the longest prefix that matches a packet's source
 //! decides; with any `allow`, a source no rule matches is denied.
 
+use std::collections::HashSet;
+
 use crate::prefix::Prefix;
 
 use super::{ConfigError, Validator};
@@ -40,6 +42,7 @@ impl Validator<'_> {
     ) -> Result<Access, ConfigError> {
         let parse = |key: &str, list: Option<Vec<String>>| -> Result<Vec<Prefix>, ConfigError> {
             let mut prefixes: Vec<Prefix> = Vec::new();
+            let mut seen = HashSet::new();
             for (i, text) in list.unwrap_or_default().iter().enumerate() {
                 let prefix: Prefix = text.parse().map_err(|reason: String| {
                     self.error(
@@ -48,7 +51,7 @@ impl Validator<'_> {
                         "write a source prefix like \"192.0.2.0/24\" or \"2001:db8::/32\", or an address",
                     )
                 })?;
-                if !prefixes.contains(&prefix) {
+                if seen.insert(prefix) {
                     prefixes.push(prefix);
                 }
             }
@@ -58,7 +61,8 @@ impl Validator<'_> {
             allow: parse("allow", allow)?,
             deny: parse("deny", deny)?,
         };
-        if let Some(both) = access.allow.iter().find(|p| access.deny.contains(p)) {
+        let denied: HashSet<&Prefix> = access.deny.iter().collect();
+        if let Some(both) = access.allow.iter().find(|p| denied.contains(p)) {
             return Err(self.error(
                 at("deny"),
                 format!("{both} is both allowed and denied"),

@@ -4,7 +4,7 @@
 //! has any, and its old ones deleted after the entry is written, so no
 //! packet meets a half state that denies what the config allows.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use libbpf_rs::{MapCore, MapFlags};
 use pnlb_core::config::{Access, MAX_ACCESS_RULES};
@@ -90,7 +90,7 @@ impl AccessRules {
                 .map_err(map_err("pnlb_access"))?;
             applied.insert(prefix, rule);
         }
-        let wanted: Vec<Prefix> = access.rules().map(|(prefix, _)| prefix).collect();
+        let wanted: HashSet<Prefix> = access.rules().map(|(prefix, _)| prefix).collect();
         Ok(applied
             .keys()
             .filter(|prefix| !wanted.contains(prefix))
