@@ -301,29 +301,9 @@ fn bad_requests_are_refused_whole_and_mutations_need_the_token() {
 /// One HTTP request from namespace `ns` to the API on the LB's lab
 /// address (a remote origin): (status, body).
 fn remote(ns: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut args = vec!["netns", "exec", ns, "curl", "-s", "-m", "5"];
-    args.extend(["-X", method, "-w", "\n%{http_code}"]);
-    let header = token.map(|t| format!("Authorization: Bearer {t}"));
-    if let Some(header) = &header {
-        args.extend(["-H", header]);
-    }
-    if method == "POST" {
-        args.extend([
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            "{}",
-        ]);
-    }
-    let url = format!("http://{}:9180{path}", pnlb_lab::LB4);
-    args.push(&url);
-    let out = std::process::Command::new("ip")
-        .args(&args)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    let base = format!("http://{}:9180", pnlb_lab::LB4);
+    let body = (method == "POST").then_some("{}");
+    api_from(ns, &base, method, path, token, body)
 }
 
 const READER: &str = "lab-read-token-0123456789abcdef";

@@ -88,13 +88,7 @@ fn entries_once(lab: &Lab, want: u64, within: Duration) -> u64 {
 
 fn entries(lab: &Lab) -> u64 {
     let ns = lab.lb2.clone().expect("a pair");
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, "curl", "-s", "-m", "5"])
-        .arg("http://127.0.0.1:9180/api/v1/status")
-        .output()
-        .expect("curl");
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    status["connections"]["entries"]
+    status_in(&ns)["connections"]["entries"]
         .as_u64()
         .unwrap_or(u64::MAX)
 }

@@ -41,34 +41,18 @@ fn flows(lab: &Lab, first: Ipv4Addr, count: u64) -> spoof::Sent {
     spoof::send(&lab.client, flood).expect("flows sent")
 }
 
-/// The node's status through its API (127.0.0.1:9180 in its namespace).
-fn status(ns: &str) -> serde_json::Value {
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "curl",
-            "-s",
-            "-m",
-            "5",
-            "http://127.0.0.1:9180/api/v1/status",
-        ])
-        .output()
-        .expect("curl");
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
-}
-
 /// Entries of the established table: what sync carries. A UDP flow whose
 /// second datagram the generator lost (on a loaded machine) stays
 /// half-open in the active node's new-flow table, and is not synced.
 fn entries(ns: &str) -> u64 {
-    status(ns)["connections"]["entries"].as_u64().unwrap_or(0)
+    status_in(ns)["connections"]["entries"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 /// Entries of the new-flow table (half-open flows).
 fn half_open_entries(ns: &str) -> u64 {
-    status(ns)["connections"]["new_entries"]
+    status_in(ns)["connections"]["new_entries"]
         .as_u64()
         .unwrap_or(0)
 }
@@ -162,7 +146,7 @@ fn flows_in(line: &str) -> u64 {
 
 /// Backends' inactive connections (UDP flows), summed over the node's services.
 fn inactive_conns(ns: &str) -> u64 {
-    let status = status(ns);
+    let status = status_in(ns);
     let mut total = 0;
     for service in status["services"].as_array().into_iter().flatten() {
         for backend in service["backends"].as_array().into_iter().flatten() {
@@ -271,7 +255,7 @@ fn half_a_million_flows_reach_the_backup_through_a_lossy_link_before_it_takes_ov
     assert!(
         held >= 2 * FLOWS * 95 / 100,
         "node 1 holds {held} entries: {}",
-        status(&lab.lb)["connections"]
+        status_in(&lab.lb)["connections"]
     );
 
     // 2. Its adverts while it sweeps that table (every 5 s): 12 s of them;
@@ -282,7 +266,7 @@ fn half_a_million_flows_reach_the_backup_through_a_lossy_link_before_it_takes_ov
         let (mut slowest, start) = (Duration::ZERO, Instant::now());
         while start.elapsed() < Duration::from_secs(12) {
             let asked = Instant::now();
-            let _ = status(&lb);
+            let _ = status_in(&lb);
             slowest = slowest.max(asked.elapsed());
             std::thread::sleep(Duration::from_millis(200));
         }

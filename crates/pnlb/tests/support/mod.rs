@@ -172,12 +172,27 @@ pub fn api(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
+    api_from(&lab.lb, "http://127.0.0.1:9180", method, path, token, body)
+}
+
+/// One HTTP request from namespace `ns` to the API at `base` (scheme,
+/// address and port): (status, body; status 0 when none came).
+pub fn api_from(
+    ns: &str,
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
     let mut args = vec![
         "netns".to_string(),
         "exec".into(),
-        lab.lb.clone(),
+        ns.to_string(),
         "curl".into(),
         "-s".into(),
+        "-m".into(),
+        "15".into(),
         "-X".into(),
         method.into(),
         "-w".into(),
@@ -194,7 +209,7 @@ pub fn api(
             body.into(),
         ]);
     }
-    args.push(format!("http://127.0.0.1:9180{path}"));
+    args.push(format!("{base}{path}"));
     let out = std::process::Command::new("ip")
         .args(&args)
         .output()
@@ -202,6 +217,20 @@ pub fn api(
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The status of the node whose API listens on 127.0.0.1:9180 in `ns`
+/// (null when it does not answer).
+pub fn status_in(ns: &str) -> serde_json::Value {
+    let (_, body) = api_from(
+        ns,
+        "http://127.0.0.1:9180",
+        "GET",
+        "/api/v1/status",
+        None,
+        None,
+    );
+    serde_json::from_str(&body).unwrap_or_default()
 }
 
 /// The `fix:` line that follows the FAIL/WARN line containing `problem`.
