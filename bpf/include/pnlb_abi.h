@@ -23,7 +23,7 @@
  * to adopt it (it would misread the maps). Bump it with any change to a
  * map's key or value layout or meaning.
  */
-enum pnlb_abi_version { PNLB_ABI_VERSION = 4 };
+enum pnlb_abi_version { PNLB_ABI_VERSION = 5 };
 
 /* pnlb_meta's slots: what a pinned data plane says about itself. */
 enum pnlb_meta_slot {
@@ -130,6 +130,9 @@ enum pnlb_conn_flags {
 	/* Re-created by hash from a mid-flow packet (PNLB_SVC_F_REHASH): it
 	 * moves to the established table only once its backend answers. */
 	PNLB_CONN_F_REHASHED = 8,
+	/* Opened while its service had source_max_flows: its openings and
+	 * closings move its source's count (pnlb_source_flows). */
+	PNLB_CONN_F_SOURCE_COUNTED = 16,
 };
 
 enum pnlb_service_flags {
@@ -225,7 +228,9 @@ enum pnlb_reason {
 					* access rules (or allowed by none) */
 	PNLB_DROP_SOURCE_RATE_LIMITED = 35, /* a new flow above the service's
 					     * source_new_flow_rate for its source */
-	PNLB_REASON_MAX = 36,
+	PNLB_DROP_SOURCE_FLOWS_LIMITED = 36, /* a new flow from a source that
+					      * has source_max_flows open */
+	PNLB_REASON_MAX = 37,
 };
 
 /* Connection-table events, per CPU in pnlb_table_stats. */
@@ -288,6 +293,9 @@ struct pnlb_service {
 	/* source_new_flow_rate: the same, for each source address alone */
 	__u32 source_interval_ns;
 	__u32 source_burst;
+	/* source_max_flows: flows each source may have open at once; 0 = no
+	 * limit */
+	__u32 source_max_flows;
 };
 
 /* A key of pnlb_source_rates: one source of one service. */
@@ -295,6 +303,26 @@ struct pnlb_source_key {
 	__u32 service_id;
 	__u32 _pad;
 	struct pnlb_addr addr;
+};
+
+/*
+ * source_max_flows: what the data plane saw a source's flows do
+ * (pnlb_source_flows, counters it alone adds to) and what the daemon's
+ * last census of the tables counted (pnlb_source_census, written by the
+ * sweep with the counters as they were when its walk began). Open flows =
+ * census.flows + (opened - opened_base) - (closed - closed_base), as
+ * backend loads are kept: flows that end unseen (idle, evicted) leave the
+ * count at the next census.
+ */
+struct pnlb_source_flows {
+	__u64 opened; /* flows opened, or reopened on their tuple by a SYN */
+	__u64 closed; /* flows closed by a FIN or RST, or removed here */
+};
+
+struct pnlb_source_census {
+	__u64 flows; /* open flows the census found */
+	__u64 opened_base;
+	__u64 closed_base;
 };
 
 /* Sources whose new flows are metered at once (an LRU: the quietest go). */
@@ -440,7 +468,8 @@ struct pnlb_vlan_device {
 /* Compile-time layout checks; the Rust side asserts the same numbers. */
 _Static_assert(sizeof(struct pnlb_addr) == 16, "pnlb_addr");
 _Static_assert(sizeof(struct pnlb_service_key) == 20, "pnlb_service_key");
-_Static_assert(sizeof(struct pnlb_service) == 40, "pnlb_service");
+_Static_assert(sizeof(struct pnlb_service) == 44, "pnlb_service");
+_Static_assert(sizeof(struct pnlb_source_census) == 24, "pnlb_source_census");
 _Static_assert(sizeof(struct pnlb_affinity_key) == 24, "pnlb_affinity_key");
 _Static_assert(sizeof(struct pnlb_affinity) == 16, "pnlb_affinity");
 _Static_assert(sizeof(struct pnlb_backend) == 76, "pnlb_backend");

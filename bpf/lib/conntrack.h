@@ -33,6 +33,7 @@
 #include "sched.h"
 #include "affinity.h"
 #include "load.h"
+#include "source_flows.h"
 #include "stats.h"
 
 /* last_seen is refreshed at most this often, to keep writes off the hot path. */
@@ -268,6 +269,9 @@ static __always_inline int pnlb_conn_track(struct pnlb_conn *conn, int table,
 		return promote;
 	if (moved) {
 		pnlb_count_state_move(conn->backend_id, conn->state, next);
+		pnlb_source_flow_state(conn, conn->direction == PNLB_DIR_ORIGINAL ?
+						     &pkt->flow.src : &conn->rewrite_dst,
+				       conn->state, next);
 		conn->state = next;
 		conn->fin_seen = fins;
 		conn->last_seen_ns = now;
@@ -714,7 +718,7 @@ static __always_inline int pnlb_conn_for(const struct pnlb_service *svc,
 {
 	int stateless = svc->flags & PNLB_SVC_F_STATELESS;
 	int rehashed = 0;
-	__u8 state;
+	__u8 state, flags;
 	int reason;
 
 	*new_flow = 0;
@@ -724,6 +728,7 @@ static __always_inline int pnlb_conn_for(const struct pnlb_service *svc,
 			/* on_backend_down = "reset": the next packet, whatever it is,
 			 * goes to a live backend, which resets the connection; the
 			 * entry expires soon. */
+			pnlb_source_flow_state(*conn, &pkt->flow.src, (*conn)->state, PNLB_CT_CLOSE);
 			pnlb_conn_remove(*table, &pkt->flow, *conn);
 			pnlb_count_table(PNLB_TC_RESET, 1);
 			state = pnlb_opens_flow(pkt) ? pnlb_initial_state(pkt) : PNLB_CT_CLOSE;
@@ -755,6 +760,7 @@ static __always_inline int pnlb_conn_for(const struct pnlb_service *svc,
 			return 0;
 		}
 		/* Its backend is gone: the flow cannot go on there. */
+		pnlb_source_flow_state(*conn, &pkt->flow.src, (*conn)->state, PNLB_CT_CLOSE);
 		pnlb_conn_remove(*table, &pkt->flow, *conn);
 	}
 
@@ -773,8 +779,12 @@ open:
 	/* Flows already established (re-created by hash) go on regardless. */
 	if (!rehashed && pnlb_unattended())
 		return PNLB_DROP_UNATTENDED;
-	/* A source over its own budget is refused before it spends the
-	 * service's (rehashed flows are established ones: never). */
+	/* A source with all the flows it may have open, or over its own
+	 * budget, is refused before it spends the service's (rehashed flows
+	 * are established ones: never). */
+	if (!rehashed && svc->source_max_flows &&
+	    pnlb_source_flows_open(svc->id, &pkt->flow.src) >= svc->source_max_flows)
+		return PNLB_DROP_SOURCE_FLOWS_LIMITED;
 	if (!rehashed && !pnlb_source_rate_allows(svc, &pkt->flow.src))
 		return PNLB_DROP_SOURCE_RATE_LIMITED;
 	if (!pnlb_rate_allows(svc)) {
@@ -792,10 +802,14 @@ open:
 		return reason;
 	if (svc->persistence_s && !rehashed)
 		pnlb_affinity_record(svc, &pkt->flow.src, *backend_id, (*backend)->generation);
-	reason = pnlb_conn_create(svc, pkt, *backend_id, *backend,
-				  PNLB_OPENING(state, rehashed ? PNLB_CONN_F_REHASHED : 0));
+	flags = rehashed ? PNLB_CONN_F_REHASHED : 0;
+	if (svc->source_max_flows)
+		flags |= PNLB_CONN_F_SOURCE_COUNTED;
+	reason = pnlb_conn_create(svc, pkt, *backend_id, *backend, PNLB_OPENING(state, flags));
 	if (reason)
 		return reason;
+	if ((flags & PNLB_CONN_F_SOURCE_COUNTED) && pnlb_state_is_open(state))
+		pnlb_source_flow_moved(svc->id, &pkt->flow.src, 1);
 	if (rehashed)
 		pnlb_service_count(svc->id, PNLB_FWD_REHASHED);
 	*conn = bpf_map_lookup_elem(&pnlb_conns_new, &pkt->flow);

@@ -171,6 +171,23 @@ struct {
 	__type(value, __u64);
 } pnlb_source_rates SEC(".maps");
 
+/* source_max_flows: each (service, source)'s flows as the data plane saw
+ * them open and close, and as the last census counted them (see
+ * pnlb_abi.h); LRUs, like pnlb_source_rates. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PNLB_MAX_METERED_SOURCES);
+	__type(key, struct pnlb_source_key);
+	__type(value, struct pnlb_source_flows);
+} pnlb_source_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PNLB_MAX_METERED_SOURCES);
+	__type(key, struct pnlb_source_key);
+	__type(value, struct pnlb_source_census);
+} pnlb_source_census SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, PNLB_MAX_SERVICES);

@@ -16,7 +16,8 @@ pub use crate::skel::types::{
     pnlb_meta_slot as MetaSlot, pnlb_method as Method, pnlb_reason as Reason,
     pnlb_scheduler as SchedulerKind, pnlb_service as Service, pnlb_service_flags as ServiceFlags,
     pnlb_service_key as ServiceKey, pnlb_service_stats as ServiceStats,
-    pnlb_snat_limits as SnatLimits, pnlb_source_key as SourceKey,
+    pnlb_snat_limits as SnatLimits, pnlb_source_census as SourceCensus,
+    pnlb_source_flows as SourceFlows, pnlb_source_key as SourceKey,
     pnlb_source_limits as SourceLimits, pnlb_table_counter as TableCounter,
     pnlb_table_slot as TableSlot, pnlb_vlan_device as VlanDeviceEntry,
 };
@@ -27,7 +28,11 @@ const _: () = {
     assert!(size_of::<ServiceKey>() == 20);
     assert!(offset_of!(ServiceKey, port) == 16);
     assert!(offset_of!(ServiceKey, protocol) == 18);
-    assert!(size_of::<Service>() == 40);
+    assert!(size_of::<Service>() == 44);
+    assert!(offset_of!(Service, source_max_flows) == 40);
+    assert!(size_of::<SourceKey>() == 24);
+    assert!(size_of::<SourceFlows>() == 16);
+    assert!(size_of::<SourceCensus>() == 24);
     assert!(offset_of!(Service, snat_port_min) == 8);
     assert!(offset_of!(Service, persistence_s) == 12);
     assert!(offset_of!(Service, flags) == 17);
@@ -87,6 +92,9 @@ unsafe impl Plain for Service {}
 unsafe impl Plain for Backend {}
 unsafe impl Plain for BackendConns {}
 unsafe impl Plain for BackendLoad {}
+unsafe impl Plain for SourceKey {}
+unsafe impl Plain for SourceFlows {}
+unsafe impl Plain for SourceCensus {}
 unsafe impl Plain for FlowKey {}
 unsafe impl Plain for Conn {}
 unsafe impl Plain for ConnEvent {}

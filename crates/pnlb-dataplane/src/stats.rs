@@ -105,6 +105,7 @@ pub fn reason_name(reason: usize) -> &'static str {
         "drop_unattended",
         "drop_access_denied",
         "drop_source_rate_limited",
+        "drop_source_flows_limited",
     ];
     NAMES.get(reason).copied().unwrap_or("unknown")
 }

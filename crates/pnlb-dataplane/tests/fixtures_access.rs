@@ -2,10 +2,16 @@
 //! longest matching source prefix decides, IPv4 and IPv6; with allow rules
 //! a source none matches is denied; every drop is counted under
 //! drop_access_denied and, for a deny rule, as that rule's hit; changes
-//! apply to every packet, established flows' included.
+//! apply to every packet, established flows' included. And the
+//! per-source limits: new flows per second (source_new_flow_rate) and
+//! flows open at once (source_max_flows).
 
 mod support;
 
+use std::time::Duration;
+
+use pnlb_core::config::Timeouts;
+use pnlb_dataplane::conntrack::{monotonic_ns, Table};
 use support::*;
 
 fn config(web_rules: &str) -> String {
@@ -181,6 +187,110 @@ fn a_source_over_its_new_flow_rate_is_refused_and_others_are_not() {
         XDP_TX,
         "its established flow goes on"
     );
+}
+
+/// source_max_flows: a source with all its flows open gets no new one
+/// until one ends, by its FIN or RST (seen at once) or unseen (idle,
+/// evicted: the next census); other sources are not affected.
+#[test]
+fn a_source_with_its_flows_open_gets_no_more_until_one_ends() {
+    if !privileged() {
+        return;
+    }
+    let fixture = Fixture::new(&config("source_max_flows = 3\n"));
+    let packet = |src: &str, port: u16, flags| Pkt::tcp(src, port, "10.77.100.1", 80, flags);
+    let verdict = |src: &str, port: u16, flags| fixture.run(&packet(src, port, flags).bytes()).0;
+    let sweep_at = |now: u64| {
+        fixture
+            .dataplane
+            .sweep_connections_at(&Timeouts::default(), now)
+            .expect("sweep")
+    };
+    let opened: Vec<u32> = (41000..41004)
+        .map(|port| verdict("10.77.0.2", port, SYN))
+        .collect();
+    assert_eq!(opened, vec![XDP_TX, XDP_TX, XDP_TX, XDP_DROP]);
+    assert_eq!(fixture.reason("drop_source_flows_limited"), 1);
+    assert_eq!(verdict("10.77.0.3", 41000, SYN), XDP_TX, "another source");
+    assert_eq!(verdict("10.77.0.2", 41000, ACK), XDP_TX, "its flows go on");
+    assert_eq!(
+        verdict("10.77.0.2", 41003, SYN),
+        XDP_DROP,
+        "established: still open"
+    );
+
+    // Flows the data plane sees end make room at once.
+    assert_eq!(verdict("10.77.0.2", 41000, RST), XDP_TX);
+    assert_eq!(verdict("10.77.0.2", 41003, SYN), XDP_TX, "after a reset");
+    assert_eq!(verdict("10.77.0.2", 41001, FIN), XDP_TX);
+    assert_eq!(verdict("10.77.0.2", 41004, SYN), XDP_TX, "after a FIN");
+    assert_eq!(verdict("10.77.0.2", 41005, SYN), XDP_DROP, "3 open again");
+
+    // A flow that leaves unseen (evicted from the new-flow table) holds
+    // its place until the census finds it gone.
+    let evicted = flow_of(&packet("10.77.0.2", 41002, SYN).bytes());
+    assert!(fixture.dataplane.forget_entry(Table::New, &evicted));
+    assert_eq!(
+        verdict("10.77.0.2", 41005, SYN),
+        XDP_DROP,
+        "before a census"
+    );
+    let report = sweep_at(monotonic_ns());
+    eprintln!("census after an eviction: {report:?}");
+    assert_eq!(verdict("10.77.0.2", 41005, SYN), XDP_TX, "after the census");
+    assert_eq!(verdict("10.77.0.2", 41006, SYN), XDP_DROP);
+
+    // Once every flow has gone idle and expired, the source starts afresh.
+    let later = monotonic_ns() + Duration::from_secs(3600).as_nanos() as u64;
+    sweep_at(later);
+    let opened: Vec<u32> = (42000..42004)
+        .map(|port| verdict("10.77.0.2", port, SYN))
+        .collect();
+    assert_eq!(
+        opened,
+        vec![XDP_TX, XDP_TX, XDP_TX, XDP_DROP],
+        "after expiry"
+    );
+    assert_eq!(fixture.reason("drop_source_flows_limited"), 6);
+}
+
+/// source_max_flows with nat: a flow ended from the backend's side (its
+/// reset, on the reply entry) counts for the client's source too.
+#[test]
+fn a_reset_from_the_backend_frees_the_clients_place() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(
+            r#"
+[daemon]
+interfaces = ["eth0"]
+
+[[service]]
+name = "nat4"
+vip = "10.77.100.1"
+port = 80
+method = "nat"
+source_max_flows = 1
+[[service.backend]]
+address = "10.77.1.11"
+port = 8080
+"#,
+        );
+        let client = |port, flags| Pkt::tcp("10.77.0.2", port, "10.77.100.1", 80, flags);
+        let verdict = |packet: Pkt| fixture.run(&packet.bytes()).0;
+        assert_eq!(verdict(client(43000, SYN)), XDP_TX);
+        assert_eq!(verdict(client(43001, SYN)), XDP_DROP, "one open");
+        let reset = Pkt::tcp("10.77.1.11", 8080, "10.77.0.2", 43000, RST);
+        assert_eq!(
+            verdict(reset),
+            XDP_REDIRECT,
+            "the backend's reset goes back"
+        );
+        assert_eq!(verdict(client(43001, SYN)), XDP_TX, "its place is free");
+        assert_eq!(fixture.reason("drop_source_flows_limited"), 1);
+    });
 }
 
 /// Thousands of prefixes (the issue's scale): 5,000 /32 deny rules apply,

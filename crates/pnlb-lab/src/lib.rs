@@ -14,6 +14,7 @@
 //! namespaces. Nothing is added to the root namespace.
 
 pub mod bulk;
+pub mod connect;
 pub mod echo;
 pub mod frames;
 pub mod netns;

@@ -182,3 +182,101 @@ fn a_flooding_source_spends_its_own_budget_not_the_services() {
         sent.packets
     );
 }
+
+/// source_max_flows: one client address holds at most 10 connections open
+/// (the 11th waits until one of its own ends), a SYN flood from another
+/// address gets 10 flows and no more, and short requests from the client's
+/// own address all succeed throughout.
+#[test]
+fn a_source_holds_at_most_its_flows_open_under_load() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec::default()).expect("lab");
+    let holder = Ipv4Addr::new(10, 77, 0, 98);
+    pnlb_lab::netns::ip(
+        &lab.client,
+        &["addr", "add", "10.77.0.98/24", "dev", "eth0"],
+    )
+    .expect("a second client address");
+    let everyone: Vec<usize> = (0..lab.servers.len()).collect();
+    let limited = lab.config("dr", 80, &everyone).replace(
+        "scheduler = \"maglev\"\n",
+        "scheduler = \"maglev\"\nsource_max_flows = 10\n",
+    );
+    let path = write_config(&lab, &limited);
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    let target = std::net::SocketAddrV4::new(VIP4, 80);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ((first, second), (flooded, ok, failed)) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            let deadline = std::time::Instant::now() + Duration::from_secs(90);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                if answered(&lab, None) {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            (ok, failed)
+        });
+        // From the holder: 16 tries while holding what opens, 5 closed,
+        // then 8 more tries.
+        let held = pnlb_lab::in_netns(&lab.client, move || {
+            let open = |tries: usize| -> Vec<std::net::TcpStream> {
+                (0..tries)
+                    .filter_map(|_| {
+                        pnlb_lab::connect::connect_from(holder, target, Duration::from_secs(1)).ok()
+                    })
+                    .collect()
+            };
+            let mut streams = open(16);
+            let first = streams.len();
+            streams.truncate(first.saturating_sub(5));
+            std::thread::sleep(Duration::from_millis(300));
+            let second = open(8).len();
+            (first, second)
+        })
+        .expect("client namespace");
+        let sent = pnlb_lab::spoof::send(
+            &lab.client,
+            pnlb_lab::spoof::Flood {
+                kind: pnlb_lab::spoof::Kind::Syn,
+                source: Ipv4Addr::new(10, 77, 0, 97),
+                target,
+                count: 20_000,
+                limit: Duration::from_secs(5),
+                rate: 10_000,
+                seed: 0x5eed,
+                repeat_each: 0,
+            },
+        )
+        .expect("flood sent");
+        stop.store(true, Ordering::Relaxed);
+        let (ok, failed) = load.join().expect("joined");
+        (held, (sent.packets, ok, failed))
+    });
+    let (_, output) = daemon.stop(Duration::from_secs(10));
+    let limited: u64 = output
+        .iter()
+        .find(|l| l.starts_with("Not forwarded"))
+        .and_then(|l| l.split("drop_source_flows_limited ").nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    eprintln!(
+        "source_max_flows = 10: from {holder}, {first} of 16 connections opened while it held them; after closing 5, {second} of 8 more; {flooded} spoofed SYNs from 10.77.0.97: {limited} refused as at its limit (with the holder's refused SYNs and their retries); meanwhile from 10.77.0.2: {ok} answered, {failed} failed"
+    );
+    assert_eq!(
+        (first, second),
+        (10, 5),
+        "10 open at most, 5 freed by closing 5"
+    );
+    assert!(ok > 10 && failed == 0, "{ok} answered, {failed} failed");
+    assert!(
+        limited >= flooded - 10,
+        "every spoofed SYN past the source's 10 flows refused: {limited} of {flooded}"
+    );
+}

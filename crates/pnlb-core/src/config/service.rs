@@ -41,6 +41,9 @@ pub struct Service {
     /// source are refused (a flooding client spends its own budget, not
     /// the service's).
     pub source_new_flow_rate: Option<NewFlowRate>,
+    /// Flows each source address may have open at once; a source at it
+    /// gets no new flow until one of its flows ends.
+    pub source_max_flows: Option<u32>,
     /// Slots of the Maglev table (maglev, sh, dh, chbl): a prime; each
     /// costs 4 bytes of kernel memory.
     pub table_size: u32,
@@ -59,6 +62,9 @@ pub struct NewFlowRate {
 
 /// The highest new_flow_rate (one flow per nanosecond is past any NIC).
 pub const MAX_NEW_FLOW_RATE: i64 = 100_000_000;
+
+/// The highest source_max_flows: every flow the connection table holds.
+pub const MAX_SOURCE_FLOWS: i64 = 1 << 20;
 
 /// New flows from one client (address under `prefix_len`) go to the
 /// backend its last flow went to, for `timeout` after that flow started.
@@ -232,6 +238,7 @@ pub(super) struct RawService {
     new_flow_burst: Option<i64>,
     source_new_flow_rate: Option<i64>,
     source_new_flow_burst: Option<i64>,
+    source_max_flows: Option<i64>,
     table_size: Option<i64>,
     allow: Option<Vec<String>>,
     deny: Option<Vec<String>>,
@@ -378,6 +385,7 @@ impl Validator<'_> {
             raw.source_new_flow_rate,
             raw.source_new_flow_burst,
         )?;
+        let source_max_flows = self.source_max_flows(&at, raw.source_max_flows)?;
         let access = self.access(&at, raw.allow, raw.deny)?;
         let persistence =
             self.persistence(&at, vip, raw.persistence.as_deref(), raw.persistence_mask)?;
@@ -469,6 +477,7 @@ impl Validator<'_> {
             backends,
             new_flow_rate,
             source_new_flow_rate,
+            source_max_flows,
             table_size,
             access,
         })
@@ -509,6 +518,23 @@ impl Validator<'_> {
             ));
         }
         Ok(size as u32)
+    }
+
+    /// `source_max_flows`: 1 up to what the connection table holds.
+    fn source_max_flows(
+        &self,
+        at: &dyn Fn(&str) -> String,
+        raw: Option<i64>,
+    ) -> Result<Option<u32>, ConfigError> {
+        match raw {
+            None => Ok(None),
+            Some(n) if (1..=MAX_SOURCE_FLOWS).contains(&n) => Ok(Some(n as u32)),
+            Some(n) => Err(self.error(
+                at("source_max_flows"),
+                format!("{n} flows per source is out of range"),
+                format!("use 1 to {MAX_SOURCE_FLOWS}, or remove it for no limit"),
+            )),
+        }
     }
 
     /// `new_flow_rate` and `new_flow_burst`, or their per-source kin

@@ -364,11 +364,16 @@ fn snat_reuse_and_the_new_flow_rate_are_checked() {
         "the burst defaults to a tenth of the rate"
     );
     assert_eq!(config.services[1].new_flow_rate, None, "off by default");
+    let config = parse(Path::new("lb.toml"), &rate("source_max_flows = 100")).unwrap();
+    assert_eq!(config.services[0].source_max_flows, Some(100));
+    assert_eq!(config.services[1].source_max_flows, None, "off by default");
     for (extra, key) in [
         ("new_flow_rate = 0", "new_flow_rate"),
         ("new_flow_rate = 1000000000", "new_flow_rate"),
         ("new_flow_rate = 10\nnew_flow_burst = 0", "new_flow_burst"),
         ("new_flow_burst = 10", "new_flow_burst"),
+        ("source_max_flows = 0", "source_max_flows"),
+        ("source_max_flows = 2000000", "source_max_flows"),
     ] {
         let err = error_of(&rate(extra));
         assert!(err.key.ends_with(key), "{extra}: {err}");

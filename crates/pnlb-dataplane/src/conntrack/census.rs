@@ -15,16 +15,21 @@ use std::collections::HashMap;
 use libbpf_rs::{MapCore, MapFlags};
 
 use super::is_established;
+use super::source_census::SourceTally;
 use super::sweep::Sweeper;
-use crate::abi::{self, bytes_of, from_bytes, BackendConns, BackendFlags, BackendLoad, Conn};
+use crate::abi::{
+    self, bytes_of, from_bytes, BackendConns, BackendFlags, BackendLoad, Conn, FlowKey,
+};
 use crate::loader::{Dataplane, DataplaneError};
 
-/// Flows per (backend slot, generation): (active, inactive).
+/// Flows per (backend slot, generation): (active, inactive); and per
+/// source of the services with source_max_flows.
 #[derive(Default)]
 pub(super) struct Census {
     counts: HashMap<(u32, u32), (u64, u64)>,
     /// The data plane's counters per slot when the walk began.
     bases: Vec<BackendConns>,
+    sources: SourceTally,
 }
 
 impl Census {
@@ -50,11 +55,13 @@ impl Census {
         Ok(Self {
             counts: HashMap::new(),
             bases,
+            sources: SourceTally::begin(&sweeper.source_maps),
         })
     }
 
-    /// Counts one flow, by its original entry.
-    pub(super) fn count(&mut self, conn: &Conn) {
+    /// Counts one flow, by its original entry (keyed `flow`).
+    pub(super) fn count(&mut self, conn: &Conn, flow: &FlowKey) {
+        self.sources.count(conn, flow);
         let entry = self
             .counts
             .entry((conn.backend_id, conn.backend_generation))
@@ -69,6 +76,7 @@ impl Census {
     /// Writes every slot's count: flows of the slot's current occupant
     /// (its generation); flows of an earlier occupant are not its load.
     pub(super) fn publish(self, sweeper: &Sweeper) -> Result<(), DataplaneError> {
+        self.sources.publish(&sweeper.source_maps)?;
         let generations = live_generations(sweeper)?;
         let mut keys = Vec::with_capacity(self.bases.len() * 4);
         let mut values = Vec::with_capacity(self.bases.len() * size_of::<BackendLoad>());

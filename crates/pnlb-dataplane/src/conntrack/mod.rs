@@ -3,10 +3,12 @@
 //! The XDP program creates entries, moves them from the new-flow table
 //! (`pnlb_conns_new`, an LRU) to the established table (`pnlb_conns`,
 //! never evicted) and tracks TCP state. Userspace expires idle entries
-//! ([`sweep`]), counts what the tables hold per backend ([`census`]), and
+//! ([`sweep`]), counts what the tables hold per backend ([`census`]) and
+//! per source of a service with `source_max_flows` ([`source_census`]), and
 //! marks a dead backend's flows for reset.
 
 mod census;
+mod source_census;
 mod sweep;
 mod tables;
 

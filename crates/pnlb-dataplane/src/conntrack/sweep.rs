@@ -26,6 +26,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use pnlb_core::config::Timeouts;
 
 use super::census::Census;
+use super::source_census::SourceMaps;
 use super::{
     handle, has_flag, is_original, monotonic_ns, peer_key, timeout_for, ConnTables, Table,
 };
@@ -72,6 +73,7 @@ pub struct Sweeper {
     pub(super) backend_load: MapHandle,
     pub(super) live_copy: MapHandle,
     pub(super) backends: MapHandle,
+    pub(super) source_maps: SourceMaps,
     tally: Arc<SweepTally>,
 }
 
@@ -86,6 +88,7 @@ impl Sweeper {
             backend_load: handle(&maps.pnlb_backend_load, "pnlb_backend_load")?,
             live_copy: handle(&maps.pnlb_live_copy, "pnlb_live_copy")?,
             backends: handle(&maps.pnlb_backends, "pnlb_backends")?,
+            source_maps: SourceMaps::open(maps)?,
             tally,
         })
     }
@@ -299,7 +302,7 @@ impl Sweeper {
             };
             if !expired_at(&conn, conn.last_seen_ns) {
                 if is_original(&conn) {
-                    census.count(&conn);
+                    census.count(&conn, &flow);
                 }
                 continue;
             }
@@ -324,7 +327,7 @@ impl Sweeper {
                 || fresh.is_some_and(|f| !expired_at(&f, f.last_seen_ns.max(last_seen)))
             {
                 if is_original(&conn) {
-                    census.count(&fresh.unwrap_or(conn));
+                    census.count(&fresh.unwrap_or(conn), &flow);
                 }
                 continue;
             }

@@ -66,6 +66,7 @@ pub(super) fn service_value(id: u32, config: &ServiceConfig) -> abi::Service {
         rate_burst,
         source_interval_ns,
         source_burst,
+        source_max_flows: config.source_max_flows.unwrap_or(0),
     }
 }
 
