@@ -254,6 +254,43 @@ fn a_source_with_its_flows_open_gets_no_more_until_one_ends() {
     assert_eq!(fixture.reason("drop_source_flows_limited"), 6);
 }
 
+/// source_max_flows set, changed and lifted by a reload: flows opened
+/// before the limit count from the next census on.
+#[test]
+fn the_flow_limit_follows_the_config() {
+    if !privileged() {
+        return;
+    }
+    let mut fixture = Fixture::new(&config(""));
+    let verdict = |fixture: &Fixture, port: u16| {
+        let syn = Pkt::tcp("10.77.0.2", port, "10.77.100.1", 80, SYN);
+        fixture.run(&syn.bytes()).0
+    };
+    let opened = (44000..44004)
+        .filter(|&p| verdict(&fixture, p) == XDP_TX)
+        .count();
+    assert_eq!(opened, 4, "no limit");
+    fixture.apply(&config("source_max_flows = 5\n"));
+    fixture
+        .dataplane
+        .sweep_connections_at(&Timeouts::default(), monotonic_ns())
+        .expect("sweep");
+    let opened = (44100..44104)
+        .filter(|&p| verdict(&fixture, p) == XDP_TX)
+        .count();
+    assert_eq!(opened, 1, "the 4 opened before count once censused");
+    fixture.apply(&config("source_max_flows = 7\n"));
+    let opened = (44200..44204)
+        .filter(|&p| verdict(&fixture, p) == XDP_TX)
+        .count();
+    assert_eq!(opened, 2, "raised to 7");
+    fixture.apply(&config(""));
+    let opened = (44300..44304)
+        .filter(|&p| verdict(&fixture, p) == XDP_TX)
+        .count();
+    assert_eq!(opened, 4, "lifted");
+}
+
 /// source_max_flows with nat: a flow ended from the backend's side (its
 /// reset, on the reply entry) counts for the client's source too.
 #[test]
