@@ -28,6 +28,7 @@ need_command nginx nginx-light          # lab: real HTTP servers
 need_command wrk wrk                    # benchmarks
 need_command iperf3 iperf3              # benchmarks
 need_command nft nftables               # benchmarks: the kernel baseline
+need_command bird bird2                 # [bgp]: announces VIPs (and the lab's ECMP router)
 need_command haproxy haproxy            # benchmarks: the proxy baseline
 need_command chromium chromium          # tests: the web dashboard in headless Chromium
 need_command dpkg-shlibdeps dpkg-dev    # scripts/package.sh: the package's library dependencies
@@ -47,6 +48,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
         trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# bird2's own service would run BIRD in this host's namespace with the
+# package's config: pnlb runs BIRD where it is configured to (the lab in
+# its namespaces), never the packaged service.
+if [ -e /lib/systemd/system/bird.service ] && command -v systemctl >/dev/null 2>&1 \
+    && systemctl is-enabled --quiet bird.service 2>/dev/null; then
+    systemctl disable --now bird.service >/dev/null 2>&1 || true
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -16,6 +16,7 @@
 pub mod bulk;
 pub mod connect;
 pub mod echo;
+pub mod ecmp;
 pub mod frames;
 pub mod netns;
 pub mod nginx;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 
 pub use bulk::BULK_PORT;
 pub use echo::{EchoServer, ECHO_PORT, MIRROR_PORT};
+pub use ecmp::EcmpNode;
 pub use netns::{in_netns, spawn_in_netns};
 pub use process::LabProcess;
 
@@ -108,6 +110,10 @@ pub struct LabSpec {
     /// pair; the router then sends the VIPs to the floating address
     /// (10.77.1.254 / fd77:1::254) that the active LB holds.
     pub ha: bool,
+    /// N LB nodes behind ECMP (0: none): namespaces `-lb`, `-lb2` ...
+    /// `-lbN` (10.77.1.2 ...), the router running BIRD and spreading each
+    /// VIP over the nodes that announce it (ecmp.rs).
+    pub ecmp: usize,
     /// Start nginx on every server.
     pub nginx: bool,
     /// Start the Rust echo server on every server.
@@ -124,6 +130,7 @@ impl Default for LabSpec {
             client_path_mtu: None,
             lan_mtu: None,
             ha: false,
+            ecmp: 0,
             nginx: true,
             echo: false,
             prefix: None,
@@ -158,6 +165,10 @@ pub struct Lab {
     pub lb: String,
     /// The second LB of a failover pair, when `LabSpec::ha` asked for one.
     pub lb2: Option<String>,
+    /// The LB nodes behind ECMP (`LabSpec::ecmp`), node 1 being `lb`.
+    pub ecmp_nodes: Vec<EcmpNode>,
+    /// The router's BIRD, in an ECMP lab.
+    router_bird: Option<LabProcess>,
     pub servers: Vec<Server>,
     pub dir: PathBuf,
     /// Per server (by index): its nginx and its echo server, when running.
@@ -181,6 +192,14 @@ impl Lab {
                 spec.servers
             )));
         }
+        if spec.ecmp > ecmp::MAX_NODES || (spec.ecmp > 0 && spec.ha) {
+            return Err(LabError::Setup(format!(
+                "{} ECMP nodes{}: use 1 to {} nodes, without a failover pair",
+                spec.ecmp,
+                if spec.ha { " with --ha" } else { "" },
+                ecmp::MAX_NODES
+            )));
+        }
         let prefix = spec.prefix.clone().unwrap_or_else(|| {
             format!(
                 "pnlb{}x{}",
@@ -199,6 +218,8 @@ impl Lab {
             switch: ns("switch"),
             lb: ns("lb"),
             lb2: spec.ha.then(|| ns("lb2")),
+            ecmp_nodes: (1..=spec.ecmp).map(|i| EcmpNode::new(&prefix, i)).collect(),
+            router_bird: None,
             servers: (1..=spec.servers)
                 .map(|i| Server {
                     name: format!("s{i}"),
@@ -224,6 +245,7 @@ impl Lab {
             .into_iter()
             .cloned()
             .chain(self.lb2.clone())
+            .chain(self.other_ecmp_nodes().map(|node| node.ns.clone()))
             .chain(self.servers.iter().map(|s| s.ns.clone()))
             .collect();
         for host in &hosts {
@@ -290,6 +312,15 @@ impl Lab {
         if let Some(lb2) = self.lb2.clone() {
             self.link(&lb2, LB_INTERFACE, &switch, "lb2")?;
         }
+        for node in self.other_ecmp_nodes().cloned().collect::<Vec<_>>() {
+            self.link(&node.ns, LB_INTERFACE, &switch, &node.port())?;
+            self.address(
+                &node.ns,
+                LB_INTERFACE,
+                &format!("{}/24", node.ipv4),
+                &format!("{}/64", node.ipv6),
+            )?;
+        }
         for i in 0..self.servers.len() {
             let (server_ns, name) = (self.servers[i].ns.clone(), self.servers[i].name.clone());
             self.link(&server_ns, "eth0", &switch, &name)?;
@@ -318,14 +349,17 @@ impl Lab {
         } else {
             (LB4.to_string(), LB6.to_string())
         };
-        netns::ip(
-            &self.router,
-            &["route", "add", "10.77.100.0/24", "via", &via4],
-        )?;
-        netns::ip(
-            &self.router,
-            &["-6", "route", "add", "fd77:100::/64", "via", &via6],
-        )?;
+        // Behind ECMP the VIP routes come from BIRD (ecmp.rs).
+        if spec.ecmp == 0 {
+            netns::ip(
+                &self.router,
+                &["route", "add", "10.77.100.0/24", "via", &via4],
+            )?;
+            netns::ip(
+                &self.router,
+                &["-6", "route", "add", "fd77:100::/64", "via", &via6],
+            )?;
+        }
         if let Some(mtu) = spec.client_path_mtu {
             let mtu = mtu.to_string();
             let v4 = [
@@ -361,7 +395,11 @@ impl Lab {
                 &format!("{LB2_6}/64"),
             )?;
         }
-        for lb in std::iter::once(self.lb.clone()).chain(self.lb2.clone()) {
+        let lbs: Vec<String> = std::iter::once(self.lb.clone())
+            .chain(self.lb2.clone())
+            .chain(self.other_ecmp_nodes().map(|node| node.ns.clone()))
+            .collect();
+        for lb in lbs {
             netns::ip(&lb, &["route", "add", "default", "via", "10.77.1.1"])?;
             netns::ip(&lb, &["-6", "route", "add", "default", "via", "fd77:1::1"])?;
 
@@ -401,15 +439,13 @@ impl Lab {
         }
 
         // veth: native XDP_TX from the LB only arrives if the peer runs XDP.
-        let ports: Vec<&'static str> = if self.lb2.is_some() {
-            vec!["lb", "lb2"]
-        } else {
-            vec!["lb"]
-        };
+        let mut ports: Vec<String> = vec!["lb".into()];
+        ports.extend(self.lb2.as_ref().map(|_| "lb2".to_string()));
+        ports.extend(self.other_ecmp_nodes().map(EcmpNode::port));
         in_netns(&switch, move || {
             let pass = pnlb_dataplane::xdp_pass::XdpPass::load().map_err(|err| err.to_string())?;
             for port in ports {
-                pass.attach(port)
+                pass.attach(&port)
                     .map(|a| a.leave_attached())
                     .map_err(|err| err.to_string())?;
             }
@@ -417,6 +453,10 @@ impl Lab {
         })?
         .map_err(|err| LabError::Setup(format!("XDP_PASS on the LB's switch port: {err}")))?;
         self.wait_for_links()?;
+        if spec.ecmp > 0 {
+            self.write_hash_seed()?;
+            self.start_router_bird()?;
+        }
 
         self.nginx = (0..self.servers.len()).map(|_| None).collect();
         self.echo = (0..self.servers.len()).map(|_| None).collect();
@@ -725,6 +765,9 @@ impl Lab {
         for process in self.nginx.drain(..).flatten() {
             std::mem::forget(process);
         }
+        if let Some(bird) = self.router_bird.take() {
+            std::mem::forget(bird);
+        }
     }
 
     /// Removes every namespace starting with `prefix`, ending the
@@ -763,6 +806,7 @@ impl Drop for Lab {
         }
         self.echo.clear();
         self.nginx.clear();
+        self.router_bird = None;
         for ns in self.namespaces.drain(..) {
             netns::delete(&ns);
         }

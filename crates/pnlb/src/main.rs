@@ -1,6 +1,7 @@
 //! pnlb: a Layer-4 load balancer with an XDP data plane.
 
 mod api;
+mod bgp;
 mod cli;
 mod ctl;
 mod dashboard;

@@ -5,7 +5,8 @@
 //! One file per section: each holds the section's model, its raw serde
 //! form and its rules (`[daemon]` daemon.rs, `[timeouts]` timeouts.rs,
 //! `[[service]]` service.rs with its tunnel.rs and snat.rs settings,
-//! backends backend.rs, checks health.rs, `[ha]` ha.rs). This file reads
+//! backends backend.rs, checks health.rs, `[ha]` ha.rs, `[bgp]` bgp.rs).
+//! This file reads
 //! the file and holds what every section shares.
 
 use std::collections::HashSet;
@@ -19,6 +20,7 @@ use crate::duration;
 
 mod access;
 mod backend;
+mod bgp;
 mod daemon;
 mod ha;
 mod health;
@@ -32,6 +34,8 @@ mod tunnel;
 pub use access::{Access, MAX_ACCESS_RULES};
 pub use backend::Backend;
 use backend::RawBackend;
+use bgp::RawBgp;
+pub use bgp::{Bgp, DEFAULT_DRAIN_DEADLINE};
 use daemon::RawDaemon;
 pub use daemon::{
     ApiTls, Daemon, XdpMode, DEFAULT_CONN_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
@@ -60,6 +64,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// A failover group, when this node is one of several.
     pub ha: Option<Ha>,
+    /// Every node active behind ECMP, its VIPs announced through BIRD.
+    pub bgp: Option<Bgp>,
     pub services: Vec<Service>,
 }
 
@@ -171,6 +177,7 @@ struct RawConfig {
     daemon: Option<RawDaemon>,
     timeouts: Option<RawTimeouts>,
     ha: Option<RawHa>,
+    bgp: Option<RawBgp>,
     #[serde(default)]
     service: Vec<RawService>,
 }
@@ -201,6 +208,21 @@ impl Validator<'_> {
             .ha
             .map(|ha| self.ha(ha, &daemon.interfaces))
             .transpose()?;
+        let bgp = raw.bgp.map(|bgp| self.bgp(bgp)).transpose()?;
+        if bgp.is_some() && daemon.hash_seed_file.is_none() {
+            return Err(self.error(
+                "daemon.hash_seed_file",
+                "missing with [bgp]: every node behind the same VIPs must give a flow the same backend, so they share the flow-hash seed",
+                "create it once, (umask 077; openssl rand -hex 32 > /etc/pnlb/hash-seed), copy it to every node and set hash_seed_file = \"/etc/pnlb/hash-seed\"",
+            ));
+        }
+        if ha.is_some() && bgp.is_some() {
+            return Err(self.error(
+                "bgp",
+                "set together with [ha]: a node is either one of an active-passive pair or one of many active nodes behind ECMP",
+                "keep [ha] for a pair that moves the VIPs, or [bgp] for nodes that all announce them (docs/scale-out.md)",
+            ));
+        }
         let mut services = Vec::with_capacity(raw.service.len());
         let mut names = HashSet::new();
         let mut keys = HashSet::new();
@@ -232,6 +254,7 @@ impl Validator<'_> {
             daemon,
             timeouts,
             ha,
+            bgp,
             services,
         })
     }

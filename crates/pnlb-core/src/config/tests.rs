@@ -609,3 +609,48 @@ fn access_rules_are_prefixes_and_a_prefix_is_not_both_allowed_and_denied() {
     let err = with("allow = [\"10.0.0.0/8\"]\ndeny = [\"10.0.0.0/8\"]\n").unwrap_err();
     assert!(err.reason.contains("both allowed and denied"), "{err}");
 }
+
+#[test]
+fn bgp_needs_birds_socket_its_routes_file_and_a_shared_seed() {
+    let with = |daemon_extra: &str, bgp: &str| {
+        GOOD.replacen("[daemon]\n", &format!("[daemon]\n{daemon_extra}"), 1)
+            + &format!("\n[bgp]\n{bgp}")
+    };
+    let seeded = "hash_seed_file = \"/etc/pnlb/hash-seed\"\n";
+    let full = "bird_socket = \"/run/bird/bird.ctl\"\nroutes_file = \"/etc/bird/pnlb-vips.conf\"\n";
+    let config = parse(Path::new("lb.toml"), &with(seeded, full)).unwrap();
+    let bgp = config.bgp.expect("[bgp]");
+    assert_eq!(bgp.bird_socket, Path::new("/run/bird/bird.ctl"));
+    assert_eq!(bgp.drain_deadline, DEFAULT_DRAIN_DEADLINE);
+    for (daemon_extra, bgp, key) in [
+        ("", full, "daemon.hash_seed_file"),
+        (
+            seeded,
+            "routes_file = \"/etc/bird/pnlb-vips.conf\"\n",
+            "bgp.bird_socket",
+        ),
+        (
+            seeded,
+            "bird_socket = \"/run/bird/bird.ctl\"\nroutes_file = \"pnlb.conf\"\n",
+            "bgp.routes_file",
+        ),
+        (
+            seeded,
+            &format!("{full}drain_deadline = \"2d\"\n"),
+            "bgp.drain_deadline",
+        ),
+        (seeded, &format!("{full}peers = []\n"), "(document)"),
+    ] {
+        let err = error_of(&with(daemon_extra, bgp));
+        assert!(
+            err.key.contains(key) || err.reason.contains("peers"),
+            "{bgp}: {err}"
+        );
+    }
+    let both = with(seeded, full).replace(
+        "[bgp]",
+        "[ha]\ngroup = 1\ninterface = \"eth0\"\npeers = [\"10.77.1.3\"]\nkey_file = \"/etc/pnlb/ha.key\"\n\n[bgp]",
+    );
+    let err = error_of(&both);
+    assert_eq!(err.key, "bgp", "{err}");
+}

@@ -49,6 +49,13 @@ pub enum Op {
     },
     Reload,
     Zero,
+    /// `pnlb ctl drain-node` / `resume-node` (with [bgp]): withdraw every
+    /// VIP, or announce them again. `deadline`: how long a drain waits for
+    /// the node to go quiet (None: bgp.drain_deadline).
+    Node {
+        drained: bool,
+        deadline: Option<std::time::Duration>,
+    },
 }
 
 #[derive(Debug)]

@@ -20,6 +20,59 @@ pub struct Status {
     pub config_version: u64,
     /// Where the desired state came from: the file, or edits through the API.
     pub config_source: String,
+    /// This node: what it agrees on with its peers, and what it announces.
+    #[serde(default)]
+    pub node: NodeStatus,
+}
+
+/// This node among others.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    /// A hash of what every node behind the same VIPs must agree on to
+    /// pick the same backend for a flow: the services, their backends
+    /// (address, port, weight, in order), schedulers and the flow-hash
+    /// seed (docs/scale-out.md). Nodes that show different ones disagree.
+    pub fingerprint: String,
+    /// With [bgp]: what this node announces through BIRD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BgpStatus {
+    /// The VIPs announced now.
+    pub announced: Vec<IpAddr>,
+    /// The VIPs not announced, and why.
+    pub withdrawn: Vec<WithdrawnVip>,
+    /// The last change BIRD refused or could not be told about (retried
+    /// every second), until one goes through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// While the node is drained (`pnlb ctl drain-node`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WithdrawnVip {
+    pub vip: IpAddr,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DrainStatus {
+    /// "draining", "drained" (no packet for 2 s) or "deadline passed".
+    pub state: String,
+    /// Since the drain began.
+    pub seconds: f64,
+    pub deadline_seconds: f64,
+    /// How long no packet of any service has arrived.
+    pub quiet_seconds: f64,
+    /// Packets of every service, both directions, in the last second.
+    pub packets_per_second: f64,
+    /// Entries left in the established table (flows that answer through
+    /// this node, or that moved elsewhere and idle out here).
+    pub established_entries: u64,
 }
 
 /// Service and backend slots: the data plane's maps hold

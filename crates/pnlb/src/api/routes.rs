@@ -128,6 +128,18 @@ pub fn route(method: &Method, url: &str) -> Result<Route, ApiError> {
                 false,
             ))
         }
+        ["api", "v1", "node", action @ ("drain" | "resume")] => {
+            if *method != Method::Post {
+                return Err(not_allowed(method, "POST"));
+            }
+            Ok(mutation(
+                Op::Node {
+                    drained: *action == "drain",
+                    deadline: None,
+                },
+                false,
+            ))
+        }
         ["api", "v1", "reload"] if *method == Method::Post => Ok(mutation(Op::Reload, false)),
         ["api", "v1", "zero"] if *method == Method::Post => Ok(mutation(Op::Zero, false)),
         ["api", "v1", "reload" | "zero"] => Err(not_allowed(method, "POST")),
@@ -161,8 +173,29 @@ fn with_body(op: Op, body: &[u8]) -> Result<Op, ApiError> {
         Op::Edit(Edit::ReplaceBackend(name, selector, _)) => {
             Op::Edit(Edit::ReplaceBackend(name, selector, parse()?))
         }
+        Op::Node {
+            drained: true,
+            deadline: _,
+        } if !body.iter().all(u8::is_ascii_whitespace) => Op::Node {
+            drained: true,
+            deadline: Some(drain_deadline(&parse()?)?),
+        },
         other => other,
     })
+}
+
+/// A drain's body: `{"deadline": "60s"}` (or no body: bgp.drain_deadline).
+fn drain_deadline(body: &serde_json::Value) -> Result<std::time::Duration, ApiError> {
+    let fix = "send {\"deadline\": \"60s\"} (at most \"24h\"), or no body for bgp.drain_deadline";
+    let text = body
+        .as_object()
+        .filter(|object| object.keys().all(|key| key == "deadline"))
+        .and_then(|object| object.get("deadline"))
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| ApiError::new(400, "the body holds no deadline").with_fix(fix))?;
+    pnlb_core::duration::parse(text)
+        .filter(|deadline| *deadline <= std::time::Duration::from_secs(24 * 3600))
+        .ok_or_else(|| ApiError::new(400, format!("{text:?} is not a deadline")).with_fix(fix))
 }
 
 fn status(calls: &mpsc::Sender<ApiCall>) -> Result<Status, ApiError> {

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::api::model::{BackendStatus, Counters, ServiceStatus, Status};
+use crate::api::model::{BackendStatus, Counters, NodeStatus, ServiceStatus, Status};
 
 #[derive(Clone, Copy, PartialEq)]
 pub enum Mode {
@@ -60,6 +60,7 @@ pub fn render(status: &Status, mode: Mode, before: Option<&Status>) -> String {
         status.config_version,
         status.config_source
     );
+    let _ = writeln!(out, "{}", node_line(&status.node));
     match mode {
         Mode::Plain => {
             let _ = writeln!(out, "Prot LocalAddress:Port Scheduler Flags");
@@ -148,6 +149,44 @@ pub fn render(status: &Status, mode: Mode, before: Option<&Status>) -> String {
         let _ = writeln!(out, "Connection table: {}", status.connections.describe());
     }
     out
+}
+
+/// The node: its fingerprint (every node behind the same VIPs must show
+/// the same) and, with [bgp], what it announces.
+fn node_line(node: &NodeStatus) -> String {
+    let mut line = format!("node fingerprint {}", node.fingerprint);
+    if let Some(bgp) = &node.bgp {
+        let list = |vips: &[IpAddr]| {
+            vips.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let _ = write!(line, "; bgp announces: {}", or_none(list(&bgp.announced)));
+        let withdrawn: Vec<IpAddr> = bgp.withdrawn.iter().map(|w| w.vip).collect();
+        if !withdrawn.is_empty() {
+            let _ = write!(line, "; withdrawn: {}", list(&withdrawn));
+        }
+        if let Some(drain) = &bgp.drain {
+            let _ = write!(
+                line,
+                "; node {} for {:.0} s ({:.0} packets/s)",
+                drain.state, drain.seconds, drain.packets_per_second
+            );
+        }
+        if let Some(error) = &bgp.error {
+            let _ = write!(line, "; BIRD: {error}");
+        }
+    }
+    line
+}
+
+fn or_none(text: String) -> String {
+    if text.is_empty() {
+        "nothing".into()
+    } else {
+        text
+    }
 }
 
 fn figures(c: &Counters) -> String {
@@ -246,6 +285,7 @@ mod tests {
             reasons: Default::default(),
             config_version: 2,
             config_source: "file lb.toml".into(),
+            node: Default::default(),
         }
     }
 

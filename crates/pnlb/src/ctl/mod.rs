@@ -97,6 +97,19 @@ enum Verb {
     Drain { service: String, backend: String },
     /// Undo drain.
     Undrain { service: String, backend: String },
+    /// With [bgp]: withdraw every VIP of this node, then wait until no
+    /// packet reaches it for 2 s (the routers moved its flows elsewhere)
+    /// or the deadline passes. It stays withdrawn until resume-node.
+    DrainNode {
+        /// How long to wait (default: bgp.drain_deadline), e.g. "60s".
+        #[arg(long)]
+        deadline: Option<String>,
+        /// Return once the VIPs are withdrawn, without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Undo drain-node: announce the VIPs again.
+    ResumeNode,
     /// Re-read the config file (API edits since are replaced by it).
     Reload,
     /// Zero the packet and byte counters (ipvsadm -Z).
@@ -234,6 +247,8 @@ pub fn ctl(args: CtlArgs) -> Result<()> {
         }
         Verb::Drain { service, backend } => drain(&client, &service, &backend, "drain")?,
         Verb::Undrain { service, backend } => drain(&client, &service, &backend, "undrain")?,
+        Verb::DrainNode { deadline, no_wait } => drain_node(&client, deadline, no_wait)?,
+        Verb::ResumeNode => done(client.call("POST", "/api/v1/node/resume", None)?),
         Verb::Reload => done(client.call("POST", "/api/v1/reload", None)?),
         Verb::Zero => done(client.call("POST", "/api/v1/zero", None)?),
         Verb::Import { .. } => unreachable!("handled above"),
@@ -249,6 +264,40 @@ fn drain(client: &Client, service: &str, backend: &str, action: &str) -> Result<
     );
     done(client.call("POST", &url, None)?);
     Ok(())
+}
+
+/// drain-node: withdraws, then follows the drain once a second until the
+/// node is quiet or the deadline passes.
+fn drain_node(client: &Client, deadline: Option<String>, no_wait: bool) -> Result<()> {
+    let body = deadline.map(|deadline| json!({ "deadline": deadline }));
+    done(client.call("POST", "/api/v1/node/drain", body.as_ref())?);
+    if no_wait {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let status: Status = client.call("GET", "/api/v1/status", None)?;
+        let Some(drain) = status.node.bgp.and_then(|bgp| bgp.drain) else {
+            println!("the node was resumed meanwhile");
+            return Ok(());
+        };
+        println!(
+            "{:>5.0} s: {}, {:.0} packets/s, quiet for {:.1} s, {} established entries",
+            drain.seconds,
+            drain.state,
+            drain.packets_per_second,
+            drain.quiet_seconds,
+            drain.established_entries
+        );
+        match drain.state.as_str() {
+            "drained" => return Ok(()),
+            "deadline passed" => bail!(
+                "the deadline ({:.0} s) passed with packets still arriving; the node stays withdrawn",
+                drain.deadline_seconds
+            ),
+            _ => {}
+        }
+    }
 }
 
 fn done(done: Done) {

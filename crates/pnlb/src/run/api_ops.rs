@@ -33,6 +33,7 @@ impl Daemon {
                 backend,
                 drained,
             } => self.drain(&service, backend, drained),
+            Op::Node { drained, deadline } => self.drain_node(drained, deadline),
             Op::Zero => match self.programmer.zero_counters(&self.dataplane) {
                 Ok(()) => {
                     info!("counters zeroed through the API");

@@ -32,8 +32,10 @@ use crate::summary;
 
 mod api_ops;
 mod failover;
+mod fingerprint;
 mod hash_seed;
 mod next_hops;
+mod node;
 pub mod persistence;
 mod pressure;
 mod status;
@@ -157,6 +159,16 @@ pub fn run(path: &Path) -> Result<()> {
             daemon.config.daemon.interfaces.join(", ")
         );
     }
+    if let Some(bgp) = &daemon.config.bgp {
+        daemon.announcer =
+            Some(crate::bgp::Announcer::start(bgp).context("starting the BGP announcer")?);
+        info!(
+            "bgp: announcing through BIRD ({}), routes in {}; fingerprint {}",
+            bgp.bird_socket.display(),
+            bgp.routes_file.display(),
+            daemon.fingerprint
+        );
+    }
     let mut master = false;
     warn_without_forwarding(&daemon.config);
     let (calls, requests) = std::sync::mpsc::channel::<ApiCall>();
@@ -262,6 +274,9 @@ pub fn run(path: &Path) -> Result<()> {
     }
     drop(ha);
     drop(sync);
+    // Withdrawn before anything stops forwarding: the routers move the
+    // flows to the other nodes while this one still serves them.
+    drop(daemon.announcer.take());
 
     if attachments.iter().all(|a| a.outlives_the_process()) && !attachments.is_empty() {
         info!(
@@ -311,6 +326,13 @@ struct Daemon {
     pressure: PressureWatch,
     /// With a pinned data plane: this namespace's only daemon.
     _claim: Option<persistence::Claim>,
+    /// The flow-hash seed in use, and the fingerprint of what the nodes
+    /// behind the same VIPs must agree on.
+    seed: u32,
+    fingerprint: String,
+    /// With [bgp]: the announcer, and the node's drain when drained.
+    announcer: Option<crate::bgp::Announcer>,
+    node_drain: Option<crate::bgp::drain::NodeDrain>,
 }
 
 impl Daemon {
@@ -359,7 +381,12 @@ impl Daemon {
         log_report(&programmer.apply(&dataplane, &applied, &mut next_hops)?);
         let sweeping = Sweeping::start(dataplane.sweeper()?, config.timeouts);
         let now = Instant::now();
+        let fingerprint = fingerprint::of(&config, seed.value);
         Ok(Self {
+            seed: seed.value,
+            fingerprint,
+            announcer: None,
+            node_drain: None,
             path: path.to_path_buf(),
             document,
             drained: BTreeSet::new(),
@@ -416,6 +443,7 @@ impl Daemon {
         for key in resets {
             self.flush(&key);
         }
+        self.announce();
         // After each expiry pass (its own thread): what depends on the
         // counts it left.
         while let Ok(report) = self.sweeping.reports.try_recv() {
@@ -557,8 +585,11 @@ impl Daemon {
     fn reload(&mut self) -> Result<Done, ApiError> {
         let (document, next) = config::load_document(&self.path)
             .map_err(|err| ApiError::new(422, err.to_string()).with_fix(err.fix.clone()))?;
-        if next.daemon != self.config.daemon || next.ha != self.config.ha {
-            warning!("reload: [daemon] and [ha] changes need a restart; applying the rest");
+        if next.daemon != self.config.daemon
+            || next.ha != self.config.ha
+            || next.bgp != self.config.bgp
+        {
+            warning!("reload: [daemon], [ha] and [bgp] changes need a restart; applying the rest");
         }
         self.fits(&next)?;
         self.source = format!("file {}", self.path.display());
@@ -572,11 +603,13 @@ impl Daemon {
         self.config = Config {
             daemon: self.config.daemon.clone(),
             ha: self.config.ha.clone(),
+            bgp: self.config.bgp.clone(),
             timeouts: next.timeouts,
             services: next.services,
         };
         self.lifecycle.retain(&self.config);
         self.sweeping.set_timeouts(&self.config.timeouts);
+        self.fingerprint = fingerprint::of(&self.config, self.seed);
         let config = &self.config;
         self.drained.retain(|(service, address, port)| {
             config.services.iter().any(|s| {

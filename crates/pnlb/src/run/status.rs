@@ -128,6 +128,7 @@ impl Daemon {
             reasons,
             config_version: self.version,
             config_source: self.source.clone(),
+            node: self.node_status(),
         }
     }
 

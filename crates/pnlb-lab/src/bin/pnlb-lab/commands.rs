@@ -15,13 +15,14 @@ pub fn down() -> Result<()> {
 }
 
 /// Builds the lab and leaves it running, with the commands to use it.
-pub fn up(servers: usize, ha: bool) -> Result<()> {
+pub fn up(servers: usize, ha: bool, ecmp: usize) -> Result<()> {
     if !pnlb_lab::netns::list(&format!("{PERSISTENT_PREFIX}-")).is_empty() {
         anyhow::bail!("a lab is already up; remove it with `pnlb-lab down`");
     }
     let spec = LabSpec {
         servers,
         ha,
+        ecmp,
         prefix: Some(PERSISTENT_PREFIX.into()),
         ..LabSpec::default()
     };
@@ -47,6 +48,28 @@ pub fn up(servers: usize, ha: bool) -> Result<()> {
         println!("                   (umask 077; openssl rand -hex 32 > /tmp/pnlb-lab-ha.key)");
         println!("                   ip netns exec {0}-lb pnlb run --config docs/examples/lab-ha-node1.toml &", lab.prefix);
         println!("                   ip netns exec {0}-lb2 pnlb run --config docs/examples/lab-ha-node2.toml &", lab.prefix);
+    }
+    if ecmp > 0 {
+        let everyone: Vec<usize> = (0..servers).collect();
+        let base = lab.config("dr", 80, &everyone);
+        println!("behind ECMP:       {ecmp} LB nodes, the router (BIRD) spreads {VIP4} over those that announce it");
+        for index in 1..=ecmp {
+            let bird = lab.start_node_bird(index)?;
+            std::mem::forget(bird);
+            let path = lab.dir.join(format!("lab-ecmp-node{index}.toml"));
+            std::fs::write(&path, lab.ecmp_config(&base, index))?;
+            let node = &lab.ecmp_nodes[index - 1];
+            println!(
+                "                   ip netns exec {} pnlb run --config {} &   # {} (BIRD running)",
+                node.ns,
+                path.display(),
+                node.ipv4
+            );
+        }
+        println!(
+            "                   ip netns exec {}-router ip route show {VIP4}   # the next hops",
+            lab.prefix
+        );
     }
     println!("remove it:         pnlb-lab down");
     lab.keep();

@@ -37,6 +37,11 @@ enum Command {
         /// to the floating 10.77.1.254 / fd77:1::254).
         #[arg(long)]
         ha: bool,
+        /// N LB nodes behind ECMP instead of one LB: the router runs BIRD
+        /// and spreads each VIP over the nodes that announce it; each node
+        /// runs BIRD, and pnlb with the [bgp] config written for it.
+        #[arg(long, default_value_t = 0, conflicts_with = "ha")]
+        ecmp: usize,
     },
     /// Remove the lab `pnlb-lab up` built: its processes, then its namespaces.
     Down,
@@ -50,7 +55,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Up { servers, ha } => commands::up(servers, ha),
+        Command::Up { servers, ha, ecmp } => commands::up(servers, ha, ecmp),
         Command::Down => commands::down(),
         Command::Demo => pnlb_binary(cli.pnlb).and_then(|pnlb| demo::demo(&pnlb)),
         Command::Bench(args) => pnlb_binary(cli.pnlb).and_then(|pnlb| bench::bench(args, &pnlb)),

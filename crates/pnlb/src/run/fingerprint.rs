@@ -1,0 +1,105 @@
+//! The fingerprint of what every node behind the same VIPs must agree on
+//! to give a flow the same backend (docs/scale-out.md): each service's
+//! listener, method and scheduling, its backends in order with their
+//! weights, and the flow-hash seed. Settings that are each node's own (SNAT
+//! addresses, tunnel sources, health checks, limits) stay out.
+//!
+//! The seed is a secret: it goes in through PBKDF2 (100,000 rounds of
+//! HMAC-SHA256, salted with the rest), so the fingerprint, which remote
+//! readers of the API see, does not give it away to a cheap search of its
+//! 2^32 values.
+
+use std::fmt::Write as _;
+
+use openssl::hash::{hash, MessageDigest};
+use pnlb_core::config::Config;
+
+const ROUNDS: usize = 100_000;
+
+/// The fingerprint of `config` with flow-hash seed `seed`: 16 hex digits.
+pub fn of(config: &Config, seed: u32) -> String {
+    let canonical = canonical(config);
+    let salt = hash(MessageDigest::sha256(), canonical.as_bytes())
+        .map(|digest| digest.to_vec())
+        .unwrap_or_default();
+    let mut out = [0u8; 8];
+    match openssl::pkcs5::pbkdf2_hmac(
+        &seed.to_be_bytes(),
+        &salt,
+        ROUNDS,
+        MessageDigest::sha256(),
+        &mut out,
+    ) {
+        Ok(()) => out.iter().fold(String::new(), |mut text, byte| {
+            let _ = write!(text, "{byte:02x}");
+            text
+        }),
+        Err(err) => format!("unavailable ({err})"),
+    }
+}
+
+/// What the fingerprint covers, one line per service and backend.
+fn canonical(config: &Config) -> String {
+    let mut out = String::new();
+    for service in &config.services {
+        let _ = writeln!(
+            out,
+            "service {} {} {} {} {} {} {:?} {} {:?} {:?}",
+            service.name,
+            service.vip,
+            service.port,
+            service.protocol,
+            service.method,
+            service.scheduler,
+            service.hash_key,
+            service.table_size,
+            service.persistence,
+            service.tunnel.as_ref().map(|t| t.encap),
+        );
+        for backend in &service.backends {
+            let _ = writeln!(
+                out,
+                "backend {} {} {}",
+                backend.address, backend.port, backend.weight
+            );
+        }
+        if let Some(fallback) = &service.fallback {
+            let _ = writeln!(
+                out,
+                "fallback {} {} {}",
+                fallback.address, fallback.port, fallback.weight
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "[daemon]\ninterfaces = [\"eth0\"]\n\n[[service]]\nname = \"web\"\nvip = \"10.77.100.1\"\nport = 80\nmethod = \"dr\"\n{extra}\n[[service.backend]]\naddress = \"10.77.1.11\"\n[[service.backend]]\naddress = \"10.77.1.12\"\n"
+        );
+        pnlb_core::config::parse(std::path::Path::new("lb.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn nodes_agree_on_scheduling_and_the_seed_not_on_their_own_settings() {
+        let base = of(&config(""), 7);
+        assert_eq!(base.len(), 16, "{base}");
+        assert_eq!(of(&config(""), 7), base, "deterministic");
+        assert_ne!(of(&config(""), 8), base, "another seed");
+        assert_ne!(
+            of(&config("scheduler = \"rr\""), 7),
+            base,
+            "another scheduler"
+        );
+        assert_eq!(
+            of(&config("source_max_flows = 10\nnew_flow_rate = 100"), 7),
+            base,
+            "limits are each node's own"
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! This node among others behind ECMP ([bgp]): what it wants announced
+//! each tick, draining it and resuming it, and what the API shows of it.
+
+use std::time::{Duration, Instant};
+
+use super::Daemon;
+use crate::api::model::{self, ApiError, Done};
+use crate::bgp::drain::{DrainState, NodeDrain};
+use crate::bgp::Wanted;
+use crate::log::info;
+
+impl Daemon {
+    /// Tells the announcer what to announce now (each tick, and at once
+    /// after a drain or a resume).
+    pub(super) fn announce(&mut self) {
+        if self.announcer.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let packets = self.node_drain.as_ref().map(|_| self.packets_total());
+        if let (Some(drain), Some(packets)) = (self.node_drain.as_mut(), packets) {
+            drain.observe(now, packets);
+            let state = drain.state(now);
+            if state != drain.reported {
+                let established = self.dataplane.entries().0;
+                match state {
+                    DrainState::Drained => info!(
+                        "node drain: no packet for {:.1} s after {:.1} s: drained ({established} established entries left to idle out)",
+                        drain.quiet_for(now).as_secs_f64(),
+                        now.saturating_duration_since(drain.since).as_secs_f64()
+                    ),
+                    DrainState::DeadlinePassed => info!(
+                        "node drain: the deadline ({:?}) passed with {:.0} packets a second still arriving",
+                        drain.deadline, drain.recent_rate
+                    ),
+                    DrainState::Draining => {}
+                }
+                drain.reported = state;
+            }
+        }
+        let wanted = if self.node_drain.is_some() {
+            Wanted::none(
+                &self.applied,
+                "the node is drained (pnlb ctl resume-node announces it again)",
+            )
+        } else if self.dataplane.reason_counters().is_err() {
+            Wanted::none(&self.applied, "the data plane's maps cannot be read")
+        } else {
+            Wanted::of(&self.applied)
+        };
+        if let Some(announcer) = &self.announcer {
+            announcer.want(wanted);
+        }
+    }
+
+    /// Packets of every service, both directions.
+    fn packets_total(&self) -> u64 {
+        self.config
+            .services
+            .iter()
+            .filter_map(|service| self.programmer.service_id(&service.name))
+            .filter_map(|id| self.dataplane.service_counters(id).ok())
+            .map(|counters| counters.packets + counters.reply_packets)
+            .sum()
+    }
+
+    /// `pnlb ctl drain-node` / `resume-node`.
+    pub(super) fn drain_node(
+        &mut self,
+        drained: bool,
+        deadline: Option<Duration>,
+    ) -> Result<Done, ApiError> {
+        let Some(bgp) = &self.config.bgp else {
+            return Err(ApiError::new(
+                409,
+                "this node announces nothing: its config has no [bgp]",
+            )
+            .with_fix("drain-node is for nodes behind ECMP ([bgp], docs/scale-out.md); `pnlb ctl drain SERVICE BACKEND` drains a backend"));
+        };
+        let now = Instant::now();
+        let done = if drained {
+            let deadline = deadline.unwrap_or(bgp.drain_deadline);
+            let packets = self.packets_total();
+            match &mut self.node_drain {
+                Some(drain) => drain.deadline = deadline,
+                None => self.node_drain = Some(NodeDrain::start(now, deadline, packets)),
+            }
+            info!(
+                "node drain: withdrawing every VIP; drained once no packet arrives for {} s, or after {deadline:?}",
+                crate::bgp::drain::QUIET.as_secs()
+            );
+            "node draining: every VIP withdrawn"
+        } else {
+            if self.node_drain.take().is_some() {
+                info!("node resumed: announcing its VIPs again");
+            }
+            "node resumed: its VIPs are announced while they have usable backends"
+        };
+        self.announce();
+        Ok(Done {
+            done: done.into(),
+            config_version: self.version,
+        })
+    }
+
+    /// This node in the API's status.
+    pub(super) fn node_status(&self) -> model::NodeStatus {
+        let now = Instant::now();
+        let bgp = self.announcer.as_ref().map(|announcer| {
+            let announced = announcer.announced();
+            model::BgpStatus {
+                announced: announced.vips.into_iter().collect(),
+                withdrawn: announced
+                    .withdrawn
+                    .into_iter()
+                    .map(|(vip, reason)| model::WithdrawnVip { vip, reason })
+                    .collect(),
+                error: announced.error,
+                drain: self.node_drain.as_ref().map(|drain| model::DrainStatus {
+                    state: match drain.state(now) {
+                        DrainState::Draining => "draining",
+                        DrainState::Drained => "drained",
+                        DrainState::DeadlinePassed => "deadline passed",
+                    }
+                    .into(),
+                    seconds: now.saturating_duration_since(drain.since).as_secs_f64(),
+                    deadline_seconds: drain.deadline.as_secs_f64(),
+                    quiet_seconds: drain.quiet_for(now).as_secs_f64(),
+                    packets_per_second: drain.recent_rate,
+                    established_entries: self.dataplane.entries().0 as u64,
+                }),
+            }
+        });
+        model::NodeStatus {
+            fingerprint: self.fingerprint.clone(),
+            bgp,
+        }
+    }
+}
