@@ -90,6 +90,18 @@ pub struct Download {
 
 /// Client side: asks for `length` bytes and checksums them as they come.
 pub fn download(stream: &mut TcpStream, length: u64, seed: u64) -> io::Result<Download> {
+    download_at(stream, length, seed, None)
+}
+
+/// [`download`] reading at most `rate` bytes a second (None: as fast as
+/// they come), so that a transfer lasts through what a test does meanwhile.
+pub fn download_at(
+    stream: &mut TcpStream,
+    length: u64,
+    seed: u64,
+    rate: Option<u64>,
+) -> io::Result<Download> {
+    let started = std::time::Instant::now();
     let mut request = [0u8; 16];
     request[..8].copy_from_slice(&length.to_be_bytes());
     request[8..].copy_from_slice(&seed.to_be_bytes());
@@ -108,6 +120,12 @@ pub fn download(stream: &mut TcpStream, length: u64, seed: u64) -> io::Result<Do
         }
         checksum.update(&buf[..n]);
         received += n as u64;
+        if let Some(rate) = rate.filter(|r| *r > 0) {
+            let due = std::time::Duration::from_secs_f64(received as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
     }
     let mut trailer = [0u8; 8];
     stream.read_exact(&mut trailer)?;

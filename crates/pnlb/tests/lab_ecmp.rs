@@ -3,13 +3,15 @@
 //! each VIP over the nodes that announce it. Each test prints what it
 //! measured.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod support;
 
-use pnlb_lab::{Lab, LabProcess, LabSpec, VIP4};
+use pnlb_lab::{spawn_in_netns, Lab, LabProcess, LabSpec, BULK_PORT, VIP4};
 use support::*;
 
 /// A node running: its BIRD and its pnlb.
@@ -20,9 +22,14 @@ struct Node {
 }
 
 fn node_config(lab: &Lab, base: &str, index: usize) -> PathBuf {
+    let token = lab.dir.join("api.token");
+    write_secret(&token, &format!("{TOKEN}\n"));
     let text = lab.ecmp_config(base, index).replacen(
         "[daemon]\n",
-        "[daemon]\napi = \"127.0.0.1:9180\"\n",
+        &format!(
+            "[daemon]\napi = \"127.0.0.1:9180\"\napi_token_file = \"{}\"\n",
+            token.display()
+        ),
         1,
     );
     let path = lab.dir.join(format!("lb{index}.toml"));
@@ -161,4 +168,215 @@ fn new_connections_spread_over_every_node_and_a_vip_without_backends_is_withdraw
         );
         drop(node.bird);
     }
+}
+
+/// Bytes of each long transfer, and the rate the client reads them at:
+/// each lasts ~25 s, through everything the test does to the nodes.
+const LONG: u64 = 25 << 20;
+const LONG_RATE: u64 = 1 << 20;
+
+/// `count` long byte-exact downloads through the VIP's bulk service, each
+/// on its own connection; each one's result.
+fn long_transfers(
+    lab: &Lab,
+    count: u64,
+) -> Vec<std::thread::JoinHandle<Result<Result<(), String>, pnlb_lab::LabError>>> {
+    (0..count)
+        .map(|n| {
+            spawn_in_netns(&lab.client, move || {
+                let vip = SocketAddr::new(IpAddr::V4(VIP4), BULK_PORT);
+                let mut stream = TcpStream::connect_timeout(&vip, Duration::from_secs(3))
+                    .map_err(|e| format!("connect: {e}"))?;
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(15)))
+                    .map_err(|e| e.to_string())?;
+                let done = pnlb_lab::bulk::download_at(&mut stream, LONG, 100 + n, Some(LONG_RATE))
+                    .map_err(|e| format!("broke: {e}"))?;
+                if done.received != LONG || done.client_checksum != done.server_checksum {
+                    return Err(format!("{done:?}: not the bytes the server sent"));
+                }
+                Ok(())
+            })
+            .expect("client namespace")
+        })
+        .collect()
+}
+
+/// Short requests until told to stop: (answered, failed).
+fn short_requests(
+    lab: &Lab,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<(u32, u32), pnlb_lab::LabError>> {
+    spawn_in_netns(&lab.client, move || {
+        let (mut ok, mut failed) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match request(IpAddr::V4(VIP4)) {
+                Ok(_) => ok += 1,
+                Err(_) => failed += 1,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (ok, failed)
+    })
+    .expect("client namespace")
+}
+
+/// Runs `change` with short requests going on; (answered, failed, what
+/// `change` returned).
+fn during<T>(lab: &Lab, change: impl FnOnce() -> T) -> (u32, u32, T) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = short_requests(lab, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let result = change();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = requests.join().expect("joined").expect("client namespace");
+    (ok, failed, result)
+}
+
+/// 30 long transfers and a stream of short requests while a 4th node is
+/// added, one node drained and one killed (kill -9 and its link cut), for
+/// `method`.
+fn through_node_changes(method: &str) {
+    let lab = Lab::up(&LabSpec {
+        ecmp: 4,
+        nginx: true,
+        echo: true,
+        ..LabSpec::default()
+    })
+    .expect("lab");
+    let everyone: Vec<usize> = (0..lab.servers.len()).collect();
+    let web = if method == "tun" {
+        lab.tun_config("ipip", 80, &everyone)
+    } else {
+        lab.config(method, 80, &everyone)
+    };
+    let bulk = web
+        .replace("port = 80", &format!("port = {BULK_PORT}"))
+        .replace("name = \"web", "name = \"bulk");
+    let bulk_services = bulk.split_once("\n\n").map_or("", |(_, s)| s);
+    let base = format!("{web}\n{bulk_services}");
+    let decaps: Vec<LabProcess> = if method == "tun" {
+        (0..lab.servers.len())
+            .map(|i| lab.start_decap(PNLB, i).expect("decap"))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|index| start_node(&lab, &base, index))
+        .collect();
+    lab.wait_for_next_hops(VIP4, &[1, 2, 3], Duration::from_secs(20))
+        .expect("3 nodes announced");
+
+    let transfers = long_transfers(&lab, 30);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // A 4th node joins.
+    let (ok, failed, joined) = during(&lab, || {
+        let started = Instant::now();
+        nodes.push(start_node(&lab, &base, 4));
+        lab.wait_for_next_hops(VIP4, &[1, 2, 3, 4], Duration::from_secs(20))
+            .expect("4 nodes announced");
+        started.elapsed()
+    });
+    eprintln!("{method}: node 4 added: in the route {:.1} s after it started; short requests meanwhile: {ok} answered, {failed} failed", joined.as_secs_f64());
+    let added_failed = failed;
+
+    // Node 2 drained: withdrawn, then quiet.
+    let (ok, failed, (withdrawn, drained, ctl)) = during(&lab, || {
+        let started = Instant::now();
+        let token = lab.dir.join("api.token").display().to_string();
+        let ctl = std::thread::scope(|scope| {
+            let ctl = scope.spawn(|| {
+                pnlb_lab::netns::exec(
+                    &ns_of(&lab, 2),
+                    PNLB,
+                    &[
+                        "ctl",
+                        "--api",
+                        "127.0.0.1:9180",
+                        "--token-file",
+                        &token,
+                        "drain-node",
+                        "--deadline",
+                        "20s",
+                    ],
+                )
+            });
+            let withdrawn = lab
+                .wait_for_next_hops(VIP4, &[1, 3, 4], Duration::from_secs(10))
+                .unwrap_or_else(|err| {
+                    panic!(
+                        "node 2 withdrawn: {err}; its log: {:#?}",
+                        nodes[1].pnlb.output()
+                    )
+                });
+            let out = ctl.join().expect("joined").expect("pnlb ctl drain-node");
+            (withdrawn, out)
+        });
+        (ctl.0, started.elapsed(), ctl.1)
+    });
+    let ctl_output = String::from_utf8_lossy(&ctl.stdout).to_string();
+    eprintln!(
+        "{method}: node 2 drained: out of the route in {:.2} s, quiet (ctl drain-node returned) in {:.1} s; short requests meanwhile: {ok} answered, {failed} failed\n{ctl_output}",
+        withdrawn.as_secs_f64(),
+        drained.as_secs_f64()
+    );
+    assert!(
+        ctl.status.success(),
+        "drain-node: {ctl_output} {}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    let drained_failed = failed;
+
+    // Node 3 killed: kill -9 of its pnlb and BIRD, its link cut.
+    let (ok, failed, gone) = during(&lab, || {
+        let victim = nodes.remove(2);
+        assert_eq!(victim.index, 3);
+        victim.pnlb.signal(libc::SIGKILL);
+        victim.bird.signal(libc::SIGKILL);
+        pnlb_lab::netns::ip(&ns_of(&lab, 3), &["link", "set", "eth0", "down"]).expect("link cut");
+        let gone = lab
+            .wait_for_next_hops(VIP4, &[1, 4], Duration::from_secs(10))
+            .expect("node 3 out of the route");
+        drop(victim);
+        gone
+    });
+    eprintln!("{method}: node 3 killed: out of the route in {:.2} s (BFD); short requests meanwhile: {ok} answered, {failed} failed", gone.as_secs_f64());
+
+    let results: Vec<Result<(), String>> = transfers
+        .into_iter()
+        .map(|t| t.join().expect("joined").expect("client namespace"))
+        .collect();
+    let broken: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    eprintln!(
+        "{method}: {} of 30 long transfers ({} MiB each) completed byte-exact; broken: {broken:?}",
+        30 - broken.len(),
+        LONG >> 20
+    );
+    assert_eq!(
+        (added_failed, drained_failed),
+        (0, 0),
+        "no failed request while adding or draining"
+    );
+    assert!(broken.is_empty(), "{broken:?}");
+    drop(decaps);
+}
+
+#[test]
+fn dr_flows_survive_a_node_added_drained_and_killed() {
+    if !privileged() {
+        return;
+    }
+    through_node_changes("dr");
+}
+
+#[test]
+fn tun_flows_survive_a_node_added_drained_and_killed() {
+    if !privileged() {
+        return;
+    }
+    through_node_changes("tun");
 }
