@@ -133,6 +133,11 @@ enum pnlb_conn_flags {
 	/* Opened while its service had source_max_flows: its openings and
 	 * closings move its source's count (pnlb_source_flows). */
 	PNLB_CONN_F_SOURCE_COUNTED = 16,
+	/* Installed from a peer's sync report, not yet seen here: the node
+	 * whose packets it is re-reports it and tells of its end. The first
+	 * packet here clears it (both entries) and reports the flow: this
+	 * node carries it now (nodes behind ECMP, docs/scale-out.md). */
+	PNLB_CONN_F_SYNCED = 32,
 };
 
 enum pnlb_service_flags {

@@ -237,10 +237,15 @@ static __always_inline int pnlb_conn_track(struct pnlb_conn *conn, int table,
 	__u8 fins = conn->fin_seen;
 	struct pnlb_flow_key peer_key;
 	struct pnlb_conn *peer;
-	int promote = 0, moved, report;
+	int promote = 0, moved, report, claimed = 0;
 
 	if (now - conn->last_seen_ns > PNLB_CONN_TOUCH_NS)
 		conn->last_seen_ns = now;
+	if (conn->flags & PNLB_CONN_F_SYNCED) {
+		/* A peer's flow whose packets now come here: ours to report. */
+		conn->flags &= ~PNLB_CONN_F_SYNCED;
+		claimed = 1;
+	}
 	if (table == PNLB_NEW && !new_flow) {
 		if (conn->state == PNLB_CT_UDP)
 			promote = 1;
@@ -264,7 +269,7 @@ static __always_inline int pnlb_conn_track(struct pnlb_conn *conn, int table,
 	 * ones never reaches the sync stream (as IPVS's sync threshold): a
 	 * flow is reported when it is promoted (moved or not: UDP's state
 	 * stays) and on its moves in pnlb_conns. */
-	report = table == PNLB_NEW ? promote : moved;
+	report = table == PNLB_NEW ? promote : moved || claimed;
 	if (!moved && !report)
 		return promote;
 	if (moved) {
@@ -286,6 +291,7 @@ static __always_inline int pnlb_conn_track(struct pnlb_conn *conn, int table,
 	if (peer) {
 		peer->state = next;
 		peer->fin_seen = fins;
+		peer->flags &= ~PNLB_CONN_F_SYNCED;
 		if (report && conn->direction == PNLB_DIR_REPLY)
 			pnlb_conn_report(&peer_key, peer);
 	}

@@ -89,6 +89,18 @@ impl ConnTables {
             .collect())
     }
 
+    /// The established flows this node carries: those it saw packets of,
+    /// not those only installed from a peer's report (nodes behind ECMP
+    /// each tell the others of their own).
+    pub fn own_flows(&self) -> Result<Vec<Flow>, DataplaneError> {
+        let synced = abi::ConnFlags::PNLB_CONN_F_SYNCED;
+        Ok(self
+            .flows()?
+            .into_iter()
+            .filter(|(_, conn)| !has_flag(conn, synced))
+            .collect())
+    }
+
     /// Removes the established flows (both entries of nat/snat ones) that
     /// nothing installed, reported or carried since `since_ns` (monotonic):
     /// after a whole dump fetched from then on, those the active node no
@@ -152,6 +164,8 @@ impl ConnTables {
         original.direction = abi::ConnDirection::PNLB_DIR_ORIGINAL.0 as u8;
         original.created_ns = now;
         original.last_seen_ns = now;
+        // A peer's flow until a packet of it comes here.
+        original.flags |= abi::ConnFlags::PNLB_CONN_F_SYNCED.0 as u8;
         let table = Table::Established;
         // A copy this node holds half-open goes: a flow is held (and
         // counted) in one table.

@@ -16,7 +16,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::{netns, Lab, LabError, LabProcess};
+use crate::{netns, Lab, LabError, LabProcess, LB4, LB6};
 
 /// The router's AS and the LB nodes' (one AS for all, so that their routes
 /// are equal and merge into one multipath route).
@@ -80,21 +80,47 @@ impl Lab {
         self.dir.join("hash-seed")
     }
 
-    /// `base` (a [`Lab::config`]) for node `index`: the shared seed, and a
-    /// `[bgp]` table naming its BIRD.
+    /// The key every node signs connection sync with (bgp.key_file).
+    pub fn sync_key_file(&self) -> PathBuf {
+        self.dir.join("sync.key")
+    }
+
+    /// `base` (a [`Lab::config`]) for node `index`: the shared seed, snat
+    /// from the node's own addresses, and a `[bgp]` table naming its BIRD
+    /// and every other node as a sync peer.
     pub fn ecmp_config(&self, base: &str, index: usize) -> String {
-        let seeded = base.replacen(
-            "[daemon]\n",
-            &format!(
-                "[daemon]\nhash_seed_file = \"{}\"\n",
-                self.hash_seed_file().display()
-            ),
-            1,
-        );
+        let Some(node) = self.ecmp_nodes.get(index.wrapping_sub(1)) else {
+            return base.to_string();
+        };
+        let seeded = base
+            .replacen(
+                "[daemon]\n",
+                &format!(
+                    "[daemon]\nhash_seed_file = \"{}\"\n",
+                    self.hash_seed_file().display()
+                ),
+                1,
+            )
+            .replace(
+                &format!("snat_addresses = [\"{LB4}\"]"),
+                &format!("snat_addresses = [\"{}\"]", node.ipv4),
+            )
+            .replace(
+                &format!("snat_addresses = [\"{LB6}\"]"),
+                &format!("snat_addresses = [\"{}\"]", node.ipv6),
+            );
+        let peers: Vec<String> = self
+            .ecmp_nodes
+            .iter()
+            .filter(|other| other.index != index)
+            .map(|other| format!("\"{}\"", other.ipv4))
+            .collect();
         format!(
-            "{seeded}\n[bgp]\nbird_socket = \"{}\"\nroutes_file = \"{}\"\n",
+            "{seeded}\n[bgp]\nbird_socket = \"{}\"\nroutes_file = \"{}\"\npeers = [{}]\nkey_file = \"{}\"\n",
             self.node_bird_socket(index).display(),
-            self.node_routes_file(index).display()
+            self.node_routes_file(index).display(),
+            peers.join(", "),
+            self.sync_key_file().display()
         )
     }
 
@@ -103,19 +129,23 @@ impl Lab {
         self.ecmp_nodes.iter().skip(1)
     }
 
-    /// The seed every node shares, written once (mode 600).
-    pub(crate) fn write_hash_seed(&self) -> Result<(), LabError> {
+    /// The secrets every node shares, written once (mode 600).
+    pub(crate) fn write_secrets(&self) -> Result<(), LabError> {
+        self.write_secret(&self.hash_seed_file(), "flow-hash seed")?;
+        self.write_secret(&self.sync_key_file(), "sync key")
+    }
+
+    fn write_secret(&self, path: &std::path::Path, what: &str) -> Result<(), LabError> {
         use std::os::unix::fs::OpenOptionsExt;
-        let path = self.hash_seed_file();
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&path)
+            .open(path)
             .map_err(|err| LabError::Setup(format!("create {}: {err}", path.display())))?;
-        let seed = format!("pnlb lab {} flow-hash seed\n", self.prefix);
-        std::io::Write::write_all(&mut file, seed.as_bytes())
+        let secret = format!("pnlb lab {} {what}\n", self.prefix);
+        std::io::Write::write_all(&mut file, secret.as_bytes())
             .map_err(|err| LabError::Setup(format!("write {}: {err}", path.display())))
     }
 

@@ -454,7 +454,7 @@ impl Lab {
         .map_err(|err| LabError::Setup(format!("XDP_PASS on the LB's switch port: {err}")))?;
         self.wait_for_links()?;
         if spec.ecmp > 0 {
-            self.write_hash_seed()?;
+            self.write_secrets()?;
             self.start_router_bird()?;
         }
 

@@ -2,6 +2,7 @@
 //! speaks BGP and BFD to the routers; pnlb decides what it announces), the
 //! routers spreading flows over the nodes with ECMP (docs/scale-out.md).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,6 +19,12 @@ pub struct Bgp {
     pub routes_file: PathBuf,
     /// How long `pnlb ctl drain-node` waits for flows to end by default.
     pub drain_deadline: Duration,
+    /// The other nodes behind the same VIPs, for connection sync among
+    /// all of them (what nat, snat and per-node schedulers need to keep a
+    /// flow the routers move to another node); empty: no sync.
+    pub peers: Vec<IpAddr>,
+    /// The secret signing sync messages, the same on every node (mode 600).
+    pub key_file: Option<PathBuf>,
 }
 
 /// The default drain deadline.
@@ -29,6 +36,9 @@ pub(super) struct RawBgp {
     bird_socket: Option<String>,
     routes_file: Option<String>,
     drain_deadline: Option<String>,
+    #[serde(default)]
+    peers: Vec<String>,
+    key_file: Option<String>,
 }
 
 impl Validator<'_> {
@@ -64,10 +74,42 @@ impl Validator<'_> {
                 deadline
             }
         };
+        let peers = raw
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, text)| self.address(&format!("bgp.peers[{i}]"), text))
+            .collect::<Result<Vec<_>, _>>()?;
+        if peers.iter().any(|p| p.is_ipv4()) && peers.iter().any(|p| p.is_ipv6()) {
+            return Err(self.error(
+                "bgp.peers",
+                "IPv4 and IPv6 addresses mixed",
+                "list every node by addresses of one family",
+            ));
+        }
+        let key_file = match (raw.key_file, peers.is_empty()) {
+            (None, false) => {
+                return Err(self.error(
+                    "bgp.key_file",
+                    "missing with peers: connection sync is signed",
+                    "create it once, (umask 077; openssl rand -hex 32 > /etc/pnlb/sync.key), copy it to every node and set key_file = \"/etc/pnlb/sync.key\"",
+                ))
+            }
+            (Some(_), true) => {
+                return Err(self.error(
+                    "bgp.key_file",
+                    "set without peers",
+                    "list the other nodes in peers to sync connections with them, or remove key_file",
+                ))
+            }
+            (key, _) => key.map(|text| path("key_file", Some(text), "/etc/pnlb/sync.key")).transpose()?,
+        };
         Ok(Bgp {
             bird_socket,
             routes_file,
             drain_deadline,
+            peers,
+            key_file,
         })
     }
 }

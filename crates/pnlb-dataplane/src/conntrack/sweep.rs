@@ -45,7 +45,8 @@ pub struct SweepReport {
     /// Entries removed, from both tables.
     pub expired: usize,
     /// The original keys of the flows that ended (failover sync tells the
-    /// peers).
+    /// peers); flows installed from a peer and never seen here are left
+    /// out.
     pub ended: Vec<FlowKey>,
 }
 
@@ -338,7 +339,9 @@ impl Sweeper {
             }
             if map.delete(bytes_of(&flow)).is_ok() {
                 walk.removed += 1;
-                if is_original(&conn) {
+                // A peer's flow that never reached this node is the peer's
+                // to end (it may carry it still).
+                if is_original(&conn) && !has_flag(&conn, ConnFlags::PNLB_CONN_F_SYNCED) {
                     report.ended.push(flow);
                 }
             }

@@ -30,11 +30,46 @@ impl SharedNames {
     }
 }
 
+/// Who syncs with whom.
+#[derive(Clone, Debug)]
+pub struct SyncGroup {
+    pub group: u8,
+    pub peers: Vec<IpAddr>,
+    /// false: an [ha] pair, the active node sends and backups install.
+    /// true: nodes behind ECMP ([bgp]), every node sends the flows it
+    /// carries to every other and installs theirs.
+    pub mesh: bool,
+}
+
+/// The group number of a mesh's messages: no [ha] group has it, so the
+/// two kinds never mix.
+const MESH_GROUP: u8 = 0;
+
+impl SyncGroup {
+    pub fn pair(ha: &Ha) -> Self {
+        Self {
+            group: ha.group,
+            peers: ha.peers.clone(),
+            mesh: false,
+        }
+    }
+
+    pub fn mesh(peers: &[IpAddr]) -> Self {
+        Self {
+            group: MESH_GROUP,
+            peers: peers.to_vec(),
+            mesh: true,
+        }
+    }
+}
+
 pub struct SyncContext {
     pub key: Vec<u8>,
     pub group: u8,
     pub me: IpAddr,
     pub peers: Vec<IpAddr>,
+    /// Every node sends its own flows and installs the others' (SyncGroup).
+    pub mesh: bool,
     pub tables: ConnTables,
     pub names: SharedNames,
     /// Active: the last incremental serial sent (a dump read after it
@@ -43,15 +78,33 @@ pub struct SyncContext {
 }
 
 impl SyncContext {
-    pub fn new(ha: &Ha, me: IpAddr, key: Vec<u8>, tables: ConnTables, names: SharedNames) -> Self {
+    pub fn new(
+        group: &SyncGroup,
+        me: IpAddr,
+        key: Vec<u8>,
+        tables: ConnTables,
+        names: SharedNames,
+    ) -> Self {
         Self {
             key,
-            group: ha.group,
+            group: group.group,
             me,
-            peers: ha.peers.clone(),
+            peers: group.peers.clone(),
+            mesh: group.mesh,
             tables,
             names,
             last_serial: AtomicU32::new(0),
+        }
+    }
+
+    /// The flows this node tells its peers of in re-reports and dumps:
+    /// the whole established table in a pair; in a mesh, the flows it
+    /// carries itself (each node tells of its own).
+    pub fn flows_to_tell(&self) -> Result<Vec<Flow>, pnlb_dataplane::DataplaneError> {
+        if self.mesh {
+            self.tables.own_flows()
+        } else {
+            self.tables.flows()
         }
     }
 

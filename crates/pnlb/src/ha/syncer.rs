@@ -13,6 +13,7 @@
 //! bounded rate, and fetches a full dump (a thread per attempt) until it
 //! holds one; only then may it preempt ([`SyncNode::synced`]).
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,12 +23,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pnlb_core::config::Ha;
 use pnlb_dataplane::abi::FlowKey;
 use pnlb_dataplane::sync::{ConnEvents, Flow};
 use pnlb_dataplane::Dataplane;
 
-use super::context::{SharedNames, SyncContext};
+use super::context::{SharedNames, SyncContext, SyncGroup};
 use super::events::{Gaps, Outbox, Refresh, Resends};
 use super::pace::Pace;
 use super::rejections::Rejections;
@@ -85,7 +85,7 @@ impl Drop for SyncNode {
 
 impl SyncNode {
     pub fn start(
-        ha: &Ha,
+        group: &SyncGroup,
         me: IpAddr,
         key: Vec<u8>,
         dataplane: &Dataplane,
@@ -100,7 +100,7 @@ impl SyncNode {
         socket.set_read_timeout(Some(TURN))?;
         enlarge_buffers(&socket);
         let context = Arc::new(SyncContext::new(
-            ha,
+            group,
             me,
             key,
             dataplane.conn_tables()?,
@@ -109,8 +109,18 @@ impl SyncNode {
         let ring = dataplane.conn_event_ring()?;
         let stop = Arc::new(AtomicBool::new(false));
         let synced = Arc::new(AtomicBool::new(false));
-        let master = Arc::new(AtomicBool::new(false));
+        // In a mesh every node sends its own flows and serves its dumps.
+        let master = Arc::new(AtomicBool::new(group.mesh));
         let (ended, ended_rx) = mpsc::channel();
+        let peer_dumps: BTreeMap<IpAddr, PeerDump> = if group.mesh {
+            group
+                .peers
+                .iter()
+                .map(|peer| (*peer, PeerDump::Wanted(Instant::now())))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         let server = transfer::serve(context.clone(), master.clone(), stop.clone())?;
         let syncer = {
             let (stop, synced, master) = (stop.clone(), synced.clone(), master.clone());
@@ -132,6 +142,8 @@ impl SyncNode {
                     rejections: Rejections::new("ha sync: message"),
                     outbox: Outbox::default(),
                     gaps: Gaps::default(),
+                    peer_gaps: HashMap::new(),
+                    peer_dumps,
                     synced,
                     master,
                     was_master: false,
@@ -201,6 +213,9 @@ struct Syncer {
     rejections: Rejections,
     outbox: Outbox,
     gaps: Gaps,
+    /// Mesh: each peer's stream, and where its dump stands.
+    peer_gaps: HashMap<IpAddr, Gaps>,
+    peer_dumps: BTreeMap<IpAddr, PeerDump>,
     synced: Arc<AtomicBool>,
     master: Arc<AtomicBool>,
     was_master: bool,
@@ -229,6 +244,15 @@ struct Syncer {
 /// How often the batches asked for and sent again are reported.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
+/// Mesh: where a peer's dump of its own flows stands.
+enum PeerDump {
+    /// To fetch from this moment on.
+    Wanted(Instant),
+    Fetching(mpsc::Receiver<Result<Fetched>>),
+    /// Whole, or the peer does not run (it has no flows to tell of).
+    Done,
+}
+
 impl Syncer {
     fn run(mut self, stop: &AtomicBool) {
         let mut buffer = vec![0u8; MAX_MESSAGE];
@@ -246,7 +270,13 @@ impl Syncer {
             }
             let ended: Vec<FlowKey> = self.ended.try_iter().flatten().collect();
             let reported = self.events.take();
-            if master {
+            if self.context.mesh {
+                self.outbox.report(reported);
+                self.outbox.ended(ended);
+                self.send_pending();
+                self.repair_mesh();
+                self.fetch_mesh();
+            } else if master {
                 self.outbox.report(reported);
                 self.outbox.ended(ended);
                 self.send_pending();
@@ -337,7 +367,7 @@ impl Syncer {
     fn feed_refresh(&mut self, now: Instant) {
         if self.refreshed.elapsed() >= RESEND_EVERY {
             self.refreshed = now;
-            match self.context.tables.flows() {
+            match self.context.flows_to_tell() {
                 Ok(flows) => {
                     let over = RESEND_EVERY / 2;
                     info!(
@@ -417,6 +447,21 @@ impl Syncer {
             return;
         }
         let master = self.master.load(Ordering::Relaxed);
+        if self.context.mesh && matches!(message.kind, Kind::Flows | Kind::Ended) {
+            let epoch = (message.sequence >> 32) as u32;
+            self.peer_gaps.entry(message.sender).or_default().arrived(
+                message.sender,
+                epoch,
+                message.serial,
+                Instant::now(),
+            );
+            if message.kind == Kind::Flows {
+                self.context.install(&message.flows);
+            } else {
+                self.context.remove(&message.flows);
+            }
+            return;
+        }
         match (message.kind, master) {
             (Kind::Nack, true) => self.resends.asked(
                 message.serial,
@@ -473,6 +518,105 @@ impl Syncer {
             );
             self.asked = 0;
             self.reported = now;
+        }
+    }
+
+    /// Mesh: asks each peer for the batches of its stream this node
+    /// missed, at a bounded rate; a peer's stream lost beyond repair is
+    /// fetched whole again.
+    fn repair_mesh(&mut self) {
+        let now = Instant::now();
+        let mut budget = self.ask_pace.available(now);
+        let mut nacks = Vec::new();
+        for (peer, gaps) in &mut self.peer_gaps {
+            if gaps.beyond_repair(now) {
+                warning!(
+                    "sync: {} batch(es) from {peer} lost beyond repair; fetching its flows whole",
+                    gaps.missing()
+                );
+                gaps.reset();
+                self.peer_dumps.insert(*peer, PeerDump::Wanted(now));
+                continue;
+            }
+            for (first, count) in gaps.asks_due(now, budget) {
+                budget = budget.saturating_sub(count as usize);
+                nacks.push((*peer, first, count));
+            }
+        }
+        for (peer, first, count) in nacks {
+            let mut nack = self.context.message(Kind::Nack, Vec::new());
+            nack.serial = first;
+            nack.count = count;
+            self.send(nack, &[peer]);
+            self.asked += u64::from(count);
+            self.ask_pace.spend(count as usize);
+        }
+    }
+
+    /// Mesh: each peer's dump of the flows it carries, one fetch at a time;
+    /// synced once every peer's arrived whole or the peer does not run.
+    fn fetch_mesh(&mut self) {
+        let now = Instant::now();
+        let mut busy = false;
+        for (peer, state) in self.peer_dumps.iter_mut() {
+            let PeerDump::Fetching(rx) = state else {
+                continue;
+            };
+            let Ok(done) = rx.try_recv() else {
+                busy = true;
+                continue;
+            };
+            *state = match done {
+                Ok(Fetched::Whole {
+                    flows,
+                    installed,
+                    covered,
+                    took,
+                    ..
+                }) => {
+                    self.peer_gaps
+                        .entry(*peer)
+                        .or_default()
+                        .dump_arrived(now, covered);
+                    info!(
+                        "sync: {flows} flow(s) of {peer} received in {} ms, {installed} installed",
+                        took.as_millis()
+                    );
+                    PeerDump::Done
+                }
+                Ok(Fetched::NoActive) => PeerDump::Done,
+                Ok(Fetched::Short { arrived, sent, .. }) => {
+                    warning!("sync: the dump from {peer} came short ({arrived} of {sent} flows); asking again");
+                    PeerDump::Wanted(now + FETCH_EVERY)
+                }
+                Err(err) => {
+                    warning!("sync: dump from {peer}: {err:#}; asking again");
+                    PeerDump::Wanted(now + FETCH_EVERY)
+                }
+            };
+        }
+        if !busy {
+            let due = self
+                .peer_dumps
+                .iter()
+                .find(|(_, state)| matches!(state, PeerDump::Wanted(at) if *at <= now))
+                .map(|(peer, _)| *peer);
+            if let Some(peer) = due {
+                self.peer_gaps.entry(peer).or_default().dump_asked();
+                let (done, rx) = mpsc::channel();
+                let context = self.context.clone();
+                std::thread::spawn(move || {
+                    let _ = done.send(transfer::fetch_from(&context, peer));
+                });
+                self.peer_dumps.insert(peer, PeerDump::Fetching(rx));
+            }
+        }
+        let all = self
+            .peer_dumps
+            .values()
+            .all(|state| matches!(state, PeerDump::Done));
+        if all != self.synced.swap(all, Ordering::Relaxed) && all {
+            info!("sync: every peer's flows learned");
         }
     }
 

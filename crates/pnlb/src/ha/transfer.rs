@@ -113,7 +113,7 @@ fn answer(
     let started = Instant::now();
     // Read before the table: every batch up to it is older than the dump.
     let covered = context.last_serial.load(Ordering::Relaxed);
-    let flows = context.tables.flows()?;
+    let flows = context.flows_to_tell()?;
     let read = started.elapsed();
     let mut out = BufWriter::with_capacity(1 << 16, &stream);
     let mut sent = 0usize;
@@ -168,28 +168,35 @@ pub enum Fetched {
 /// The backup's side: asks the peers in turn for a full dump and installs
 /// it as it arrives.
 pub fn fetch(context: &SyncContext) -> Result<Fetched> {
-    let dump = crate::secret::random_u32()?.max(1);
     let asked_ns = pnlb_dataplane::conntrack::monotonic_ns();
     for peer in &context.peers {
-        let address = SocketAddr::new(*peer, SYNC_PORT);
-        let Ok(stream) = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) else {
-            continue;
-        };
-        stream.set_read_timeout(Some(FRAME_TIMEOUT))?;
-        stream.set_write_timeout(Some(FRAME_TIMEOUT))?;
-        let mut request = context.message(Kind::Request, Vec::new());
-        request.dump = dump;
-        write_frame(&mut &stream, &request, &context.key)?;
-        if let Some(mut fetched) = receive(context, &stream, *peer, dump)? {
-            if let Fetched::Whole { purged, .. } = &mut fetched {
-                // What the dump did not refresh, the active node no longer
-                // holds (an end this node missed).
-                *purged = context.tables.purge_untouched_since(asked_ns)?;
-            }
+        let mut fetched = fetch_from(context, *peer)?;
+        if let Fetched::Whole { purged, .. } = &mut fetched {
+            // What the dump did not refresh, the active node no longer
+            // holds (an end this node missed).
+            *purged = context.tables.purge_untouched_since(asked_ns)?;
+        }
+        if !matches!(fetched, Fetched::NoActive) {
             return Ok(fetched);
         }
     }
     Ok(Fetched::NoActive)
+}
+
+/// One peer's dump (in a mesh, each node's of the flows it carries);
+/// NoActive when it does not answer or hangs up at once.
+pub fn fetch_from(context: &SyncContext, peer: IpAddr) -> Result<Fetched> {
+    let dump = crate::secret::random_u32()?.max(1);
+    let address = SocketAddr::new(peer, SYNC_PORT);
+    let Ok(stream) = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) else {
+        return Ok(Fetched::NoActive);
+    };
+    stream.set_read_timeout(Some(FRAME_TIMEOUT))?;
+    stream.set_write_timeout(Some(FRAME_TIMEOUT))?;
+    let mut request = context.message(Kind::Request, Vec::new());
+    request.dump = dump;
+    write_frame(&mut &stream, &request, &context.key)?;
+    Ok(receive(context, &stream, peer, dump)?.unwrap_or(Fetched::NoActive))
 }
 
 /// Reads one dump; None when the peer hung up at once (not active).

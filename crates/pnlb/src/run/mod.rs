@@ -133,15 +133,38 @@ pub fn run(path: &Path) -> Result<()> {
 
     let mut daemon = Daemon::start(path, document, config)?;
     // With [ha], this node forwards only while it is the active one.
-    let (ha, sync) = match daemon.config.ha.clone() {
-        None => (None, None),
-        Some(ha) => {
+    let (ha, sync) = match (daemon.config.ha.clone(), daemon.config.bgp.clone()) {
+        (None, Some(bgp)) if !bgp.peers.is_empty() => {
+            // Behind ECMP: every node syncs the flows it carries with the
+            // others, and learns theirs before it is announced.
+            let interface = &daemon.config.daemon.interfaces[0];
+            let me = crate::ha::takeover::own_address(interface, bgp.peers[0].is_ipv6())?;
+            let key_file = bgp
+                .key_file
+                .clone()
+                .context("[bgp] peers without key_file")?;
+            let key = crate::secret::read(&key_file, "bgp.key_file")?.into_bytes();
+            let names = SharedNames::default();
+            daemon.names = Some(names.clone());
+            daemon.publish_names();
+            let group = crate::ha::context::SyncGroup::mesh(&bgp.peers);
+            let sync = SyncNode::start(&group, me, key, &daemon.dataplane, names)?;
+            info!(
+                "sync: connections with {} peer(s) as {me}; announcing once their flows are learned",
+                bgp.peers.len()
+            );
+            daemon.synced = Some(sync.synced.clone());
+            (None, Some(sync))
+        }
+        (None, _) => (None, None),
+        (Some(ha), _) => {
             let me = crate::ha::takeover::own_address(&ha.interface, ha.peers[0].is_ipv6())?;
             let key = crate::ha::read_key(&ha.key_file)?;
             let names = SharedNames::default();
             daemon.names = Some(names.clone());
             daemon.publish_names();
-            let sync = SyncNode::start(&ha, me, key.clone(), &daemon.dataplane, names)?;
+            let group = crate::ha::context::SyncGroup::pair(&ha);
+            let sync = SyncNode::start(&group, me, key.clone(), &daemon.dataplane, names)?;
             let node = crate::ha::HaNode::start(&ha, me, key, sync.synced.clone())?;
             (Some(node), Some(sync))
         }
@@ -248,9 +271,6 @@ pub fn run(path: &Path) -> Result<()> {
                     sync.set_master(master);
                 }
             }
-            if let Some(sync) = &sync {
-                sync.ended(std::mem::take(&mut daemon.ended));
-            }
             if announce_at.first().is_some_and(|at| Instant::now() >= *at) {
                 announce_at.remove(0);
                 daemon.announce_floating();
@@ -260,6 +280,9 @@ pub fn run(path: &Path) -> Result<()> {
                 node.dataplane_ok
                     .store(role_ok && readable, Ordering::Relaxed);
             }
+        }
+        if let Some(sync) = &sync {
+            sync.ended(std::mem::take(&mut daemon.ended));
         }
         if last_tick.elapsed() >= TICK {
             daemon.tick();
@@ -333,6 +356,8 @@ struct Daemon {
     /// With [bgp]: the announcer, and the node's drain when drained.
     announcer: Option<crate::bgp::Announcer>,
     node_drain: Option<crate::bgp::drain::NodeDrain>,
+    /// With [bgp] peers: set once every peer's flows are learned.
+    synced: Option<Arc<AtomicBool>>,
 }
 
 impl Daemon {
@@ -350,7 +375,8 @@ impl Daemon {
         info!("flow-hash seed: {}", seed.source);
         let dataplane = Dataplane::load_with(LoadOptions {
             conn_table_size: config.daemon.conn_table_size,
-            conn_sync: config.ha.is_some(),
+            conn_sync: config.ha.is_some()
+                || config.bgp.as_ref().is_some_and(|bgp| !bgp.peers.is_empty()),
             hash_seed: seed.value,
             pin_dir: pin_dir.clone(),
             limits: Limits::of(&config.daemon),
@@ -387,6 +413,7 @@ impl Daemon {
             fingerprint,
             announcer: None,
             node_drain: None,
+            synced: None,
             path: path.to_path_buf(),
             document,
             drained: BTreeSet::new(),
@@ -449,7 +476,7 @@ impl Daemon {
         while let Ok(report) = self.sweeping.reports.try_recv() {
             match report {
                 Ok(report) => {
-                    if self.config.ha.is_some() {
+                    if self.names.is_some() {
                         self.ended.extend(report.ended);
                     }
                 }

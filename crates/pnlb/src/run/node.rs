@@ -43,6 +43,15 @@ impl Daemon {
                 &self.applied,
                 "the node is drained (pnlb ctl resume-node announces it again)",
             )
+        } else if self
+            .synced
+            .as_ref()
+            .is_some_and(|synced| !synced.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            Wanted::none(
+                &self.applied,
+                "learning the flows the other nodes carry (connection sync) before it is announced",
+            )
         } else if self.dataplane.reason_counters().is_err() {
             Wanted::none(&self.applied, "the data plane's maps cannot be read")
         } else {
