@@ -649,6 +649,71 @@ fn only_established_flows_and_their_moves_are_reported_to_the_sync() {
     });
 }
 
+/// Nodes behind ECMP: a flow installed from a peer's report is the
+/// peer's (marked synced: this node neither re-reports it nor tells of its
+/// end) until a packet of it comes here; that packet, from either side,
+/// makes it this node's and reports it to the others.
+#[test]
+fn a_synced_flow_becomes_this_nodes_with_its_first_packet_here() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let config = parse_config(SNAT_SYNC_CONFIG);
+        let mut resolver = sync_resolver();
+        let (first, first_programmer) = active_node(&config, &mut resolver);
+        let first_events = ConnEvents::open(&first.conn_event_ring().unwrap()).unwrap();
+        let syn = Pkt::tcp("10.77.0.2", 40_020, "10.77.100.3", 80, SYN);
+        let (_, on_first) = run_on(&first, &syn.bytes());
+        let ack = Pkt {
+            tcp: Some(ACK),
+            ..syn.clone()
+        };
+        run_on(&first, &ack.bytes());
+        let reported = first_events.take();
+        assert_eq!(reported.len(), 1);
+        let (key, conn) = reported[0];
+        assert_eq!(
+            first.conns().own_flows().unwrap().len(),
+            1,
+            "the node that saw it carries it"
+        );
+
+        let (second, second_programmer) = active_node(&config, &mut resolver);
+        let second_events = ConnEvents::open(&second.conn_event_ring().unwrap()).unwrap();
+        let local = in_slots_of(&second_programmer, &first_programmer, &conn);
+        second.conns().install_flow(&key, &local).unwrap();
+        assert_eq!(second.conns().flows().unwrap().len(), 1);
+        assert!(
+            second.conns().own_flows().unwrap().is_empty(),
+            "installed from a peer: the peer's"
+        );
+        let (snat_src, snat_port, backend, backend_port) = endpoints(&on_first);
+        let reply = Pkt::tcp(
+            &backend.to_string(),
+            backend_port,
+            &snat_src.to_string(),
+            snat_port,
+            ACK,
+        )
+        .macs(backend_mac(backend), LB_MAC);
+        assert_eq!(run_on(&second, &reply.bytes()).0, XDP_REDIRECT);
+        let claimed = second_events.take();
+        assert_eq!(claimed.len(), 1, "reported once it came here: {claimed:?}");
+        assert_eq!(claimed[0].0.src_port, key.src_port, "by its original key");
+        assert_eq!(
+            second.conns().own_flows().unwrap().len(),
+            1,
+            "now this node's"
+        );
+        run_on(&second, &ack.bytes());
+        assert!(
+            second_events.take().is_empty(),
+            "reported once, not per packet"
+        );
+    });
+}
+
 const SNAT_SYNC_CONFIG: &str = r#"
 [daemon]
 interfaces = ["eth0"]
