@@ -169,6 +169,9 @@ fn every_documented_operation_answers_as_the_openapi_document_says() {
             200,
         ),
         ("post", "/api/v1/zero", "/api/v1/zero", 200),
+        // Without [bgp] a node announces nothing to drain.
+        ("post", "/api/v1/node/drain", "/api/v1/node/drain", 409),
+        ("post", "/api/v1/node/resume", "/api/v1/node/resume", 409),
         ("post", "/api/v1/reload", "/api/v1/reload", 200),
         // Documented errors, answered with the Error schema.
         (
