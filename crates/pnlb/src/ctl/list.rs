@@ -60,7 +60,6 @@ pub fn render(status: &Status, mode: Mode, before: Option<&Status>) -> String {
         status.config_version,
         status.config_source
     );
-    let _ = writeln!(out, "{}", node_line(&status.node));
     match mode {
         Mode::Plain => {
             let _ = writeln!(out, "Prot LocalAddress:Port Scheduler Flags");
@@ -148,6 +147,7 @@ pub fn render(status: &Status, mode: Mode, before: Option<&Status>) -> String {
     if mode != Mode::Plain {
         let _ = writeln!(out, "Connection table: {}", status.connections.describe());
     }
+    let _ = writeln!(out, "{}", node_line(&status.node));
     out
 }
 
@@ -298,6 +298,28 @@ mod tests {
         assert_eq!(
             lines[4],
             "  -> 10.77.1.11:80                Route   0      3          7         up, drained"
+        );
+    }
+
+    #[test]
+    fn the_last_line_shows_the_node_and_what_it_announces() {
+        let mut status = status(10);
+        status.node = NodeStatus {
+            fingerprint: "63a9498ceb77b093".into(),
+            bgp: Some(crate::api::model::BgpStatus {
+                announced: vec!["10.77.100.1".parse().unwrap()],
+                withdrawn: vec![crate::api::model::WithdrawnVip {
+                    vip: "10.77.100.2".parse().unwrap(),
+                    reason: "no usable backend".into(),
+                }],
+                error: None,
+                drain: None,
+            }),
+        };
+        let text = render(&status, Mode::Plain, None);
+        assert_eq!(
+            text.lines().last(),
+            Some("node fingerprint 63a9498ceb77b093; bgp announces: 10.77.100.1; withdrawn: 10.77.100.2")
         );
     }
 
