@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 /// No packet for this long: drained.
 pub const QUIET: Duration = Duration::from_secs(2);
+/// How often the packet count is looked at.
+const OBSERVE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct NodeDrain {
@@ -22,6 +24,7 @@ pub struct NodeDrain {
     rate_packets: u64,
     /// The state last logged.
     pub reported: DrainState,
+    observed_at: Instant,
 }
 
 /// Where a drain is.
@@ -45,11 +48,18 @@ impl NodeDrain {
             rate_since: now,
             rate_packets: packets,
             reported: DrainState::Draining,
+            observed_at: now,
         }
+    }
+
+    /// Whether the packet count is due to be looked at again (once a second).
+    pub fn observe_due(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.observed_at) >= OBSERVE_EVERY
     }
 
     /// Notes the packet count at `now`.
     pub fn observe(&mut self, now: Instant, packets: u64) {
+        self.observed_at = now;
         if packets != self.packets {
             self.packets = packets;
             self.moved_at = now;

@@ -551,6 +551,16 @@ impl Syncer {
             self.asked += u64::from(count);
             self.ask_pace.spend(count as usize);
         }
+        if self.asked > 0 && now.duration_since(self.reported) >= REPORT_EVERY {
+            let missing: usize = self.peer_gaps.values().map(Gaps::missing).sum();
+            info!(
+                "sync: {} missed batch(es) asked for again in the last {} s; {missing} still missing",
+                self.asked,
+                now.duration_since(self.reported).as_secs()
+            );
+            self.asked = 0;
+            self.reported = now;
+        }
     }
 
     /// Mesh: each peer's dump of the flows it carries, one fetch at a time;

@@ -147,11 +147,18 @@ pub fn run(path: &Path) -> Result<()> {
             let names = SharedNames::default();
             daemon.names = Some(names.clone());
             daemon.publish_names();
-            let group = crate::ha::context::SyncGroup::mesh(&bgp.peers);
+            // The same peers list on every node may name this one too.
+            let peers: Vec<std::net::IpAddr> = bgp
+                .peers
+                .iter()
+                .copied()
+                .filter(|peer| *peer != me)
+                .collect();
+            let group = crate::ha::context::SyncGroup::mesh(&peers);
             let sync = SyncNode::start(&group, me, key, &daemon.dataplane, names)?;
             info!(
                 "sync: connections with {} peer(s) as {me}; announcing once their flows are learned",
-                bgp.peers.len()
+                peers.len()
             );
             daemon.synced = Some(sync.synced.clone());
             (None, Some(sync))

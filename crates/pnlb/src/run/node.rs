@@ -17,12 +17,18 @@ impl Daemon {
             return;
         }
         let now = Instant::now();
-        let packets = self.node_drain.as_ref().map(|_| self.packets_total());
+        // Every service's counters, read once a second while draining (a
+        // read per service: at 10,000 services, ~10 ms).
+        let packets = self
+            .node_drain
+            .as_ref()
+            .filter(|drain| drain.observe_due(now))
+            .map(|_| self.packets_total());
+        let established = packets.map(|_| self.established_entries()).unwrap_or(0);
         if let (Some(drain), Some(packets)) = (self.node_drain.as_mut(), packets) {
             drain.observe(now, packets);
             let state = drain.state(now);
             if state != drain.reported {
-                let established = self.dataplane.entries().0;
                 match state {
                     DrainState::Drained => info!(
                         "node drain: no packet for {:.1} s after {:.1} s: drained ({established} established entries left to idle out)",
@@ -60,6 +66,14 @@ impl Daemon {
         if let Some(announcer) = &self.announcer {
             announcer.want(wanted);
         }
+    }
+
+    /// Entries in the established table, as the last sweep left them plus
+    /// what the data plane added since (no walk of the table).
+    fn established_entries(&self) -> u64 {
+        self.dataplane
+            .table_stats()
+            .map_or(0, |tables| tables.established_entries)
     }
 
     /// Packets of every service, both directions.
@@ -136,7 +150,7 @@ impl Daemon {
                     deadline_seconds: drain.deadline.as_secs_f64(),
                     quiet_seconds: drain.quiet_for(now).as_secs_f64(),
                     packets_per_second: drain.recent_rate,
-                    established_entries: self.dataplane.entries().0 as u64,
+                    established_entries: self.established_entries(),
                 }),
             }
         });
