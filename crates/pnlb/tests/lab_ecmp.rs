@@ -107,6 +107,29 @@ fn new_connections_spread_over_every_node_and_a_vip_without_backends_is_withdraw
         })
         .collect();
     eprintln!("fingerprints: {fingerprints:?}");
+    let doctor = pnlb_lab::netns::exec(
+        &ns_of(&lab, 1),
+        PNLB,
+        &[
+            "doctor",
+            "--lb",
+            "--config",
+            &lab.dir.join("lb1.toml").display().to_string(),
+        ],
+    )
+    .expect("pnlb doctor");
+    let doctor = String::from_utf8_lossy(&doctor.stdout).to_string();
+    let bird_lines: Vec<&str> = doctor
+        .lines()
+        .filter(|l| l.contains("BIRD") || l.contains("BGP"))
+        .collect();
+    eprintln!("pnlb doctor --lb on node 1: {bird_lines:#?}");
+    assert!(
+        doctor.contains("BIRD answers on")
+            && doctor.contains("pnlb_vips4 and pnlb_vips6")
+            && doctor.contains("a BGP session of BIRD is established"),
+        "{doctor}"
+    );
     assert!(
         fingerprints
             .iter()

@@ -50,6 +50,12 @@ pub fn write_routes(path: &Path, text: &str) -> Result<(), String> {
 
 /// Asks BIRD at `socket` to read its configuration again; its answer.
 pub fn configure(socket: &Path) -> Result<String, String> {
+    command(socket, "configure")
+        .map_err(|err| err.replace("BIRD refused the command", "BIRD refused the configuration"))
+}
+
+/// Sends one command to BIRD at `socket`; its whole answer, or why not.
+pub fn command(socket: &Path, command: &str) -> Result<String, String> {
     let stream = UnixStream::connect(socket).map_err(|err| {
         format!(
             "BIRD's control socket {}: {err} (is bird running with -s {}?)",
@@ -69,11 +75,11 @@ pub fn configure(socket: &Path) -> Result<String, String> {
         return Err(format!("BIRD greeted with {}", greeting.text));
     }
     (&stream)
-        .write_all(b"configure\n")
+        .write_all(format!("{command}\n").as_bytes())
         .map_err(|err| format!("BIRD's control socket: {err}"))?;
     let reply = read_reply(&mut reader)?;
     if reply.code >= 8000 {
-        return Err(format!("BIRD refused the configuration: {}", reply.text));
+        return Err(format!("BIRD refused the command: {}", reply.text));
     }
     Ok(reply.text)
 }

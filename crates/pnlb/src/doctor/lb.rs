@@ -50,6 +50,9 @@ pub(super) fn check(config_path: &Path) -> Result<Vec<Finding>> {
     }
     findings.extend(forwarding(&config));
     findings.extend(rp_filter(&config, &links)?);
+    if let Some(bgp) = &config.bgp {
+        findings.extend(super::bgp::check(bgp));
+    }
     Ok(findings)
 }
 

@@ -8,6 +8,7 @@
 //! - `--real-server`: a real server for dr or tun (VIP on lo, ARP, rp_filter,
 //!   decapsulation, MSS).
 
+mod bgp;
 mod lb;
 mod real_server;
 
