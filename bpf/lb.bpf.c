@@ -56,6 +56,9 @@ const volatile struct {
 	struct pnlb_source_key source_key;
 	struct pnlb_access_key access_key;
 	struct pnlb_access_rule access_rule;
+	enum pnlb_node_limits node_limits;
+	struct pnlb_node node;
+	struct pnlb_mac_key mac_key;
 } pnlb_abi_anchor;
 
 static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_flow_key *flow)
@@ -94,6 +97,25 @@ static __always_inline const struct pnlb_addr *pnlb_server_peer(const struct pnl
 }
 
 /*
+ * A packet from a backend that no entry here translates: behind ECMP, a
+ * nat reply of a flow this node does not hold goes to the flow's
+ * designated node (its client is the destination), unless it is for this
+ * host (a health check's answer) or another node handed it on; the rest
+ * is the kernel's.
+ */
+static __always_inline int pnlb_reply_without_flow(struct xdp_md *ctx,
+						   const struct pnlb_packet *pkt)
+{
+	struct pnlb_node *node = pnlb_designated_node(&pkt->flow.dst, pkt->flow.dst_port,
+						      pkt->flow.protocol);
+
+	if (!node || pnlb_from_node(ctx) || pnlb_for_this_host(ctx, pkt))
+		return pnlb_pass(PNLB_PASS_NOT_SERVICE);
+	pnlb_count_reason(PNLB_FWD_HANDED_ON);
+	return pnlb_hand_on(ctx, node);
+}
+
+/*
  * A packet from a nat/snat backend: translate it back if it is a reply.
  */
 static __always_inline int pnlb_handle_reply(struct xdp_md *ctx, const struct pnlb_packet *pkt)
@@ -105,7 +127,7 @@ static __always_inline int pnlb_handle_reply(struct xdp_md *ctx, const struct pn
 
 	conn = pnlb_conn_find(&pkt->flow, &table);
 	if (!conn || conn->direction != PNLB_DIR_REPLY)
-		return pnlb_pass(PNLB_PASS_NOT_SERVICE);
+		return pnlb_reply_without_flow(ctx, pkt);
 	if (pnlb_ttl_expires(pkt))
 		return pnlb_time_exceeded(ctx, conn->service_id, pkt, pnlb_server_peer(conn, pkt));
 	pnlb_fragment_seen(conn->service_id, pkt);
@@ -228,6 +250,7 @@ static __always_inline int pnlb_handle_icmp_error(struct xdp_md *ctx, const stru
 static __always_inline int pnlb_process(struct xdp_md *ctx)
 {
 	struct pnlb_backend *backend = NULL;
+	struct pnlb_node *node = NULL;
 	struct pnlb_conn *conn = NULL;
 	struct pnlb_service *svc;
 	struct pnlb_packet pkt;
@@ -255,7 +278,14 @@ static __always_inline int pnlb_process(struct xdp_md *ctx)
 		return pnlb_time_exceeded(ctx, svc->id, &pkt, &pkt.flow.dst);
 	pnlb_fragment_seen(svc->id, &pkt);
 
-	reason = pnlb_conn_for(svc, &pkt, &conn, &table, &backend, &backend_id, &new_flow);
+	reason = pnlb_conn_for(ctx, svc, &pkt, &conn, &table, &backend, &backend_id, &new_flow,
+			       &node);
+	if (reason == PNLB_HAND_ON) {
+		if (!node)
+			return pnlb_service_drop(svc->id, PNLB_DROP_NO_FLOW);
+		pnlb_service_count(svc->id, PNLB_FWD_HANDED_ON);
+		return pnlb_hand_on(ctx, node);
+	}
 	if (reason == PNLB_STATELESS) {
 		/* dr/tun by hash, without state: the backend the flow's hash
 		 * gives, which is where it went unless the backends changed. */

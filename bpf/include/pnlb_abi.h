@@ -34,7 +34,10 @@ enum pnlb_meta_slot {
 	 * the data plane for daemon.unattended_limit: new flows are refused
 	 * from then on (0: never). Each daemon tick moves it on. */
 	PNLB_META_UNATTENDED_AFTER = 3,
-	PNLB_META_SLOTS = 4,
+	/* Nodes behind ECMP in pnlb_nodes (0: none published; nat's flows
+	 * without state are then this node's alone). */
+	PNLB_META_NODES = 4,
+	PNLB_META_SLOTS = 5,
 };
 
 enum pnlb_limits {
@@ -235,7 +238,10 @@ enum pnlb_reason {
 					     * source_new_flow_rate for its source */
 	PNLB_DROP_SOURCE_FLOWS_LIMITED = 36, /* a new flow from a source that
 					      * has source_max_flows open */
-	PNLB_REASON_MAX = 37,
+	PNLB_FWD_HANDED_ON = 37,       /* nat behind ECMP: a packet of a flow
+					* this node holds no entry of, handed to
+					* the flow's designated node (not a drop) */
+	PNLB_REASON_MAX = 38,
 };
 
 /* Connection-table events, per CPU in pnlb_table_stats. */
@@ -301,6 +307,30 @@ struct pnlb_service {
 	/* source_max_flows: flows each source may have open at once; 0 = no
 	 * limit */
 	__u32 source_max_flows;
+};
+
+/*
+ * Nodes behind ECMP with nat (docs/scale-out.md): the servers' replies
+ * come back through whichever node their routing picks, not necessarily
+ * the one that saw the flow's SYN. Until a flow is established and synced
+ * to every node, its packets go to its designated node: the live node at
+ * hash(client address, client port, protocol) % count in pnlb_nodes (in
+ * address order, the same list on every node). A node without the flow
+ * hands a packet on to the designated node at L2; a packet another node
+ * handed on (its source MAC in pnlb_node_macs) is never handed on again.
+ */
+enum pnlb_node_limits { PNLB_MAX_NODES = 16 };
+
+struct pnlb_node {
+	__u8 mac[6];     /* the node's MAC on ifindex */
+	__u8 src_mac[6]; /* ours on ifindex */
+	__u32 ifindex;
+	__u32 is_self;   /* 1: this node */
+};
+
+struct pnlb_mac_key {
+	__u8 mac[6];
+	__u8 _pad[2];
 };
 
 /* A key of pnlb_source_rates: one source of one service. */
@@ -475,6 +505,7 @@ _Static_assert(sizeof(struct pnlb_addr) == 16, "pnlb_addr");
 _Static_assert(sizeof(struct pnlb_service_key) == 20, "pnlb_service_key");
 _Static_assert(sizeof(struct pnlb_service) == 44, "pnlb_service");
 _Static_assert(sizeof(struct pnlb_source_census) == 24, "pnlb_source_census");
+_Static_assert(sizeof(struct pnlb_node) == 20, "pnlb_node");
 _Static_assert(sizeof(struct pnlb_affinity_key) == 24, "pnlb_affinity_key");
 _Static_assert(sizeof(struct pnlb_affinity) == 16, "pnlb_affinity");
 _Static_assert(sizeof(struct pnlb_backend) == 76, "pnlb_backend");

@@ -34,6 +34,7 @@
 #include "affinity.h"
 #include "load.h"
 #include "source_flows.h"
+#include "nodes.h"
 #include "stats.h"
 
 /* last_seen is refreshed at most this often, to keep writes off the hot path. */
@@ -41,6 +42,8 @@
 
 /* pnlb_conn_for's "forward without state": the backend is set, no entry. */
 #define PNLB_STATELESS (-1)
+/* pnlb_conn_for's "another node's flow": hand it to *node (nodes.h). */
+#define PNLB_HAND_ON (-2)
 
 /* errno values bpf_map_update_elem returns (asm-generic/errno-base.h). */
 #define PNLB_E2BIG 7
@@ -717,10 +720,10 @@ static __always_inline int pnlb_pick_backend(const struct pnlb_service *svc,
  * table, where a spoofed packet stays until evicted and a real flow moves
  * on once its backend answers. Every other service drops it.
  */
-static __always_inline int pnlb_conn_for(const struct pnlb_service *svc,
+static __always_inline int pnlb_conn_for(struct xdp_md *ctx, const struct pnlb_service *svc,
 					 const struct pnlb_packet *pkt, struct pnlb_conn **conn,
 					 int *table, struct pnlb_backend **backend,
-					 __u32 *backend_id, int *new_flow)
+					 __u32 *backend_id, int *new_flow, struct pnlb_node **node)
 {
 	int stateless = svc->flags & PNLB_SVC_F_STATELESS;
 	int rehashed = 0;
@@ -768,6 +771,17 @@ static __always_inline int pnlb_conn_for(const struct pnlb_service *svc,
 		/* Its backend is gone: the flow cannot go on there. */
 		pnlb_source_flow_state(*conn, &pkt->flow.src, (*conn)->state, PNLB_CT_CLOSE);
 		pnlb_conn_remove(*table, &pkt->flow, *conn);
+	}
+
+	/* nat behind ECMP: a flow this node holds no entry of belongs to its
+	 * designated node until it is synced everywhere (its replies may come
+	 * back through any node). */
+	if (svc->method == PNLB_METHOD_NAT) {
+		*node = pnlb_designated_node(&pkt->flow.src, pkt->flow.src_port,
+					     pkt->flow.protocol);
+		if (*node && !pnlb_from_node(ctx))
+			return PNLB_HAND_ON;
+		*node = NULL;
 	}
 
 	if (pnlb_opens_flow(pkt)) {

@@ -171,6 +171,22 @@ struct {
 	__type(value, __u64);
 } pnlb_source_rates SEC(".maps");
 
+/* Nodes behind ECMP (pnlb_abi.h): the live ones in address order, and
+ * their MACs, to tell a packet another node handed on. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PNLB_MAX_NODES);
+	__type(key, __u32);
+	__type(value, struct pnlb_node);
+} pnlb_nodes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PNLB_MAX_NODES);
+	__type(key, struct pnlb_mac_key);
+	__type(value, __u32);
+} pnlb_node_macs SEC(".maps");
+
 /* source_max_flows: each (service, source)'s flows as the data plane saw
  * them open and close, and as the last census counted them (see
  * pnlb_abi.h); LRUs, like pnlb_source_rates. */

@@ -27,6 +27,7 @@ pub mod memory;
 pub mod netdev;
 pub mod netwatch;
 pub mod nexthop;
+pub mod nodes;
 pub mod pinning;
 pub mod prog_stats;
 pub mod programmer;

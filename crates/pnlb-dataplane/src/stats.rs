@@ -106,6 +106,7 @@ pub fn reason_name(reason: usize) -> &'static str {
         "drop_access_denied",
         "drop_source_rate_limited",
         "drop_source_flows_limited",
+        "fwd_handed_on",
     ];
     NAMES.get(reason).copied().unwrap_or("unknown")
 }

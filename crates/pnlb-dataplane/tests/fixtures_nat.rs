@@ -835,3 +835,79 @@ fn active_node(
 fn run_on(dataplane: &pnlb_dataplane::Dataplane, packet: &[u8]) -> (u32, Vec<u8>) {
     test_run(dataplane.program(), packet)
 }
+
+/// nat behind ECMP: with a node list published, a packet of a flow this
+/// node holds no entry of goes to the flow's designated node, unchanged
+/// but for its MACs, from the client's side (by source) and the server's
+/// (by destination) alike; a frame another node handed on is handled
+/// here; an answer to this host's own address (a health check's) and a
+/// flow designated to this node stay here.
+#[test]
+fn nat_flows_this_node_does_not_hold_go_to_their_designated_node() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        use pnlb_dataplane::nodes::Node;
+        const PEER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 2];
+        let fixture = Fixture::new(CONFIG);
+        let nodes = [
+            Node {
+                mac: LB_MAC,
+                src_mac: LB_MAC,
+                ifindex: TEST_RUN_IFINDEX,
+                is_self: true,
+            },
+            Node {
+                mac: PEER_MAC,
+                src_mac: LB_MAC,
+                ifindex: TEST_RUN_IFINDEX,
+                is_self: false,
+            },
+        ];
+        fixture.dataplane.set_nodes(&nodes).unwrap();
+        let syn = |port| Pkt::tcp("10.77.0.2", port, "10.77.100.1", 80, SYN);
+        let (mut handed, mut here) = (Vec::new(), Vec::new());
+        for port in 41_000..41_040u16 {
+            let (verdict, out) = fixture.run(&syn(port).bytes());
+            assert_eq!(verdict, XDP_TX);
+            if out[..6] == PEER_MAC {
+                let expected = syn(port).macs(LB_MAC, PEER_MAC).bytes();
+                assert_eq!(out, expected, "handed on unchanged but for its MACs");
+                handed.push(port);
+            } else {
+                here.push(port);
+            }
+        }
+        eprintln!(
+            "40 SYNs: {} handed to the other node, {} opened here",
+            handed.len(),
+            here.len()
+        );
+        assert!((8..=32).contains(&handed.len()), "{handed:?}");
+        assert_eq!(fixture.reason("fwd_handed_on"), handed.len() as u64);
+
+        // Handed on by the other node: opened here.
+        let from_peer = syn(handed[0]).macs(PEER_MAC, LB_MAC);
+        let (_, out) = fixture.run(&from_peer.bytes());
+        assert_eq!(out[..6], backend_mac(ip("10.77.1.11")), "to the backend");
+
+        // The server's side: a reply this node holds no entry of.
+        let reply = |port| {
+            Pkt::tcp("10.77.1.11", 8080, "10.77.0.2", port, SYN_ACK)
+                .macs(backend_mac(ip("10.77.1.11")), LB_MAC)
+        };
+        let (verdict, out) = fixture.run(&reply(handed[1]).bytes());
+        assert_eq!((verdict, out[..6].to_vec()), (XDP_TX, PEER_MAC.to_vec()));
+        let (verdict, _) = fixture.run(&reply(here[0]).bytes());
+        assert_eq!(verdict, XDP_REDIRECT, "its own flow: translated here");
+        let health = Pkt::tcp("10.77.1.11", 8080, "10.77.1.2", handed[1], SYN_ACK)
+            .macs(backend_mac(ip("10.77.1.11")), LB_MAC);
+        assert_eq!(fixture.run(&health.bytes()).0, XDP_PASS, "for this host");
+
+        // No list: every flow is this node's again.
+        fixture.dataplane.set_nodes(&[]).unwrap();
+        let (_, out) = fixture.run(&syn(handed[2]).bytes());
+        assert_eq!(out[..6], backend_mac(ip("10.77.1.11")));
+    });
+}

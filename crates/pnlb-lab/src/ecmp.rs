@@ -124,6 +124,30 @@ impl Lab {
         )
     }
 
+    /// Points the servers' default routes at the nodes `nodes` (1-based),
+    /// one multipath route hashed on the 5-tuple: nat's replies go back
+    /// through any of them (the servers' routing follows the node set as
+    /// the router's does).
+    pub fn route_servers_via_nodes(&self, nodes: &[usize]) -> Result<(), LabError> {
+        let mut args: Vec<String> = ["route", "replace", "default"].map(String::from).to_vec();
+        for node in nodes
+            .iter()
+            .filter_map(|i| self.ecmp_nodes.get(i.wrapping_sub(1)))
+        {
+            args.extend(["nexthop".into(), "via".into(), node.ipv4.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        for server in &self.servers {
+            netns::exec(
+                &server.ns,
+                "sysctl",
+                &["-qw", "net.ipv4.fib_multipath_hash_policy=1"],
+            )?;
+            netns::ip(&server.ns, &args)?;
+        }
+        Ok(())
+    }
+
     /// The ECMP nodes other than node 1 (the lab's `lb`).
     pub(crate) fn other_ecmp_nodes(&self) -> impl Iterator<Item = &EcmpNode> {
         self.ecmp_nodes.iter().skip(1)

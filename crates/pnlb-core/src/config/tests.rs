@@ -639,14 +639,40 @@ fn bgp_needs_birds_socket_its_routes_file_and_a_shared_seed() {
             &format!("{full}drain_deadline = \"2d\"\n"),
             "bgp.drain_deadline",
         ),
-        (seeded, &format!("{full}peers = []\n"), "(document)"),
+        (seeded, &format!("{full}neighbours = []\n"), "neighbours"),
+        (
+            seeded,
+            &format!("{full}peers = [\"10.0.1.3\"]\n"),
+            "bgp.key_file",
+        ),
+        (
+            seeded,
+            &format!("{full}key_file = \"/k\"\n"),
+            "bgp.key_file",
+        ),
+        (
+            seeded,
+            &format!("{full}peers = [\"10.0.1.3\", \"fd00::3\"]\nkey_file = \"/k\"\n"),
+            "bgp.peers",
+        ),
+        (
+            seeded,
+            &format!("{full}peers = [\"nope\"]\nkey_file = \"/k\"\n"),
+            "bgp.peers[0]",
+        ),
     ] {
         let err = error_of(&with(daemon_extra, bgp));
         assert!(
-            err.key.contains(key) || err.reason.contains("peers"),
+            err.key.contains(key) || err.reason.contains(key),
             "{bgp}: {err}"
         );
     }
+    let synced = with(
+        seeded,
+        &format!("{full}peers = [\"10.0.1.3\", \"10.0.1.4\"]\nkey_file = \"/k\"\n"),
+    );
+    let bgp = parse(Path::new("lb.toml"), &synced).unwrap().bgp.unwrap();
+    assert_eq!(bgp.peers.len(), 2);
     let both = with(seeded, full).replace(
         "[bgp]",
         "[ha]\ngroup = 1\ninterface = \"eth0\"\npeers = [\"10.77.1.3\"]\nkey_file = \"/etc/pnlb/ha.key\"\n\n[bgp]",

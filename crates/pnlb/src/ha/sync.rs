@@ -21,7 +21,7 @@
 //!  0..4   "PNSY"     4 version (3)   5 group   6 kind   7 reserved
 //!  8..10  entries (u16)   10..12 reserved   12..20 sequence (u64)
 //! 20..36  sender address   36..40 dump id (u32; 0: not part of a full dump)
-//! 40..44  count (u32): End: flows the dump sent; Nack: serials asked for
+//! 40..44  count (u32): End: flows the dump sent; Nack: serials asked for; Hello: 1 announcing, 0 not
 //! 44..48  serial (u32): incremental Flows/Ended: this batch's; Nack: the first asked for;
 //!         a dump's End: the last one sent before the table was read (0: none)
 //! 48..    entries (150 bytes each)   last 32: HMAC-SHA256
@@ -64,6 +64,9 @@ pub enum Kind {
     Ended = 4,
     /// Incremental batches a backup missed, by serial.
     Nack = 5,
+    /// Nodes behind ECMP: "I run", every HELLO_EVERY; `count` 1 while the
+    /// sender announces its VIPs (it takes new flows), 0 while not.
+    Hello = 6,
 }
 
 /// One flow as nodes exchange it.
@@ -205,6 +208,7 @@ impl Message {
             3 => Kind::End,
             4 => Kind::Ended,
             5 => Kind::Nack,
+            6 => Kind::Hello,
             _ => return Err(AdvertError::NotAnAdvert(bytes.len())),
         };
         let mut sequence = [0u8; 8];

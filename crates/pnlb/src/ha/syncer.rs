@@ -63,6 +63,15 @@ const SOCKET_BUFFER: libc::c_int = 8 << 20;
 /// Serials answered per Nack at most.
 const NACK_LIMIT: u32 = 1024;
 
+/// Mesh: how often a node says it runs, and how long one that fell
+/// silent still counts as running.
+const HELLO_EVERY: Duration = Duration::from_millis(200);
+pub const PEER_SILENT_AFTER: Duration = Duration::from_secs(1);
+
+/// Mesh: what each peer last said of itself (when, and whether it takes
+/// new flows).
+pub type PeersHeard = Arc<std::sync::Mutex<BTreeMap<IpAddr, (Instant, bool)>>>;
+
 /// The daemon's handle on the sync threads; dropping it stops them.
 pub struct SyncNode {
     stop: Arc<AtomicBool>,
@@ -72,6 +81,10 @@ pub struct SyncNode {
     pub synced: Arc<AtomicBool>,
     master: Arc<AtomicBool>,
     ended: mpsc::Sender<Vec<FlowKey>>,
+    /// Mesh: whether this node takes new flows (announces), as its Hellos
+    /// say; and what the peers' Hellos said.
+    pub announcing: Arc<AtomicBool>,
+    pub peers_heard: PeersHeard,
 }
 
 impl Drop for SyncNode {
@@ -109,6 +122,8 @@ impl SyncNode {
         let ring = dataplane.conn_event_ring()?;
         let stop = Arc::new(AtomicBool::new(false));
         let synced = Arc::new(AtomicBool::new(false));
+        let announcing = Arc::new(AtomicBool::new(false));
+        let peers_heard = PeersHeard::default();
         // In a mesh every node sends its own flows and serves its dumps.
         let master = Arc::new(AtomicBool::new(group.mesh));
         let (ended, ended_rx) = mpsc::channel();
@@ -124,6 +139,7 @@ impl SyncNode {
         let server = transfer::serve(context.clone(), master.clone(), stop.clone())?;
         let syncer = {
             let (stop, synced, master) = (stop.clone(), synced.clone(), master.clone());
+            let (announcing, peers_heard) = (announcing.clone(), peers_heard.clone());
             std::thread::spawn(move || {
                 // The ring's reader is built here: it stays on this thread.
                 let events = match ConnEvents::open(&ring) {
@@ -144,6 +160,9 @@ impl SyncNode {
                     gaps: Gaps::default(),
                     peer_gaps: HashMap::new(),
                     peer_dumps,
+                    announcing,
+                    peers_heard,
+                    hello_at: Instant::now(),
                     synced,
                     master,
                     was_master: false,
@@ -169,6 +188,8 @@ impl SyncNode {
             synced,
             master,
             ended,
+            announcing,
+            peers_heard,
         })
     }
 
@@ -216,6 +237,9 @@ struct Syncer {
     /// Mesh: each peer's stream, and where its dump stands.
     peer_gaps: HashMap<IpAddr, Gaps>,
     peer_dumps: BTreeMap<IpAddr, PeerDump>,
+    announcing: Arc<AtomicBool>,
+    peers_heard: PeersHeard,
+    hello_at: Instant,
     synced: Arc<AtomicBool>,
     master: Arc<AtomicBool>,
     was_master: bool,
@@ -271,6 +295,7 @@ impl Syncer {
             let ended: Vec<FlowKey> = self.ended.try_iter().flatten().collect();
             let reported = self.events.take();
             if self.context.mesh {
+                self.hello();
                 self.outbox.report(reported);
                 self.outbox.ended(ended);
                 self.send_pending();
@@ -447,6 +472,12 @@ impl Syncer {
             return;
         }
         let master = self.master.load(Ordering::Relaxed);
+        if self.context.mesh && message.kind == Kind::Hello {
+            if let Ok(mut heard) = self.peers_heard.lock() {
+                heard.insert(message.sender, (Instant::now(), message.count == 1));
+            }
+            return;
+        }
         if self.context.mesh && matches!(message.kind, Kind::Flows | Kind::Ended) {
             let epoch = (message.sequence >> 32) as u32;
             self.peer_gaps.entry(message.sender).or_default().arrived(
@@ -519,6 +550,19 @@ impl Syncer {
             self.asked = 0;
             self.reported = now;
         }
+    }
+
+    /// Mesh: tells every peer, every HELLO_EVERY, that this node runs and
+    /// whether it takes new flows.
+    fn hello(&mut self) {
+        if self.hello_at.elapsed() < HELLO_EVERY {
+            return;
+        }
+        self.hello_at = Instant::now();
+        let mut hello = self.context.message(Kind::Hello, Vec::new());
+        hello.count = u32::from(self.announcing.load(Ordering::Relaxed));
+        let peers = self.context.peers.clone();
+        self.send(hello, &peers);
     }
 
     /// Mesh: asks each peer for the batches of its stream this node

@@ -161,6 +161,13 @@ pub fn run(path: &Path) -> Result<()> {
                 peers.len()
             );
             daemon.synced = Some(sync.synced.clone());
+            daemon.mesh = Some(node::MeshView {
+                me,
+                announcing: sync.announcing.clone(),
+                peers_heard: sync.peers_heard.clone(),
+                published: None,
+                retry_at: None,
+            });
             (None, Some(sync))
         }
         (None, _) => (None, None),
@@ -363,8 +370,10 @@ struct Daemon {
     /// With [bgp]: the announcer, and the node's drain when drained.
     announcer: Option<crate::bgp::Announcer>,
     node_drain: Option<crate::bgp::drain::NodeDrain>,
-    /// With [bgp] peers: set once every peer's flows are learned.
+    /// With [bgp] peers: set once every peer's flows are learned; and the
+    /// nodes as this one sees them.
     synced: Option<Arc<AtomicBool>>,
+    mesh: Option<node::MeshView>,
 }
 
 impl Daemon {
@@ -421,6 +430,7 @@ impl Daemon {
             announcer: None,
             node_drain: None,
             synced: None,
+            mesh: None,
             path: path.to_path_buf(),
             document,
             drained: BTreeSet::new(),

@@ -1,13 +1,33 @@
 //! This node among others behind ECMP ([bgp]): what it wants announced
 //! each tick, draining it and resuming it, and what the API shows of it.
 
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use pnlb_dataplane::nexthop::{KernelResolver, NextHop, Resolver};
+use pnlb_dataplane::nodes::Node;
 
 use super::Daemon;
 use crate::api::model::{self, ApiError, Done};
 use crate::bgp::drain::{DrainState, NodeDrain};
 use crate::bgp::Wanted;
-use crate::log::info;
+use crate::ha::syncer::{PeersHeard, PEER_SILENT_AFTER};
+use crate::log::{info, warning};
+
+/// Nodes behind ECMP as this node sees them (connection sync's Hellos).
+pub(super) struct MeshView {
+    /// This node's address among them.
+    pub me: IpAddr,
+    /// Told to the peers: whether this node takes new flows.
+    pub announcing: Arc<AtomicBool>,
+    pub peers_heard: PeersHeard,
+    /// The live nodes last published to the data plane.
+    pub published: Option<Vec<IpAddr>>,
+    /// After a node's MAC could not be resolved: when to try again.
+    pub retry_at: Option<Instant>,
+}
 
 impl Daemon {
     /// Tells the announcer what to announce now (each tick, and at once
@@ -52,7 +72,7 @@ impl Daemon {
         } else if self
             .synced
             .as_ref()
-            .is_some_and(|synced| !synced.load(std::sync::atomic::Ordering::Relaxed))
+            .is_some_and(|synced| !synced.load(Ordering::Relaxed))
         {
             Wanted::none(
                 &self.applied,
@@ -63,8 +83,94 @@ impl Daemon {
         } else {
             Wanted::of(&self.applied)
         };
+        let takes_flows = !wanted.vips.is_empty();
         if let Some(announcer) = &self.announcer {
             announcer.want(wanted);
+        }
+        self.publish_nodes(takes_flows);
+    }
+
+    /// With connection sync behind ECMP: the live nodes that take new
+    /// flows (this one while it announces, the peers whose Hellos say they
+    /// do) go to the data plane, in address order, for nat's designated
+    /// nodes (bpf/lib/nodes.h), whenever they change.
+    fn publish_nodes(&mut self, takes_flows: bool) {
+        let Some(mesh) = &mut self.mesh else {
+            return;
+        };
+        mesh.announcing.store(takes_flows, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut live: Vec<IpAddr> = mesh
+            .peers_heard
+            .lock()
+            .map(|heard| {
+                heard
+                    .iter()
+                    .filter(|(_, (at, announcing))| {
+                        *announcing && now.saturating_duration_since(*at) < PEER_SILENT_AFTER
+                    })
+                    .map(|(address, _)| *address)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if takes_flows {
+            live.push(mesh.me);
+        }
+        live.sort();
+        if mesh.published.as_ref() == Some(&live) || mesh.retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let peers: Vec<IpAddr> = live.iter().copied().filter(|a| *a != mesh.me).collect();
+        let resolution = KernelResolver {
+            probe_wait: Duration::from_millis(300),
+        }
+        .resolve(&peers);
+        let hops: Vec<(IpAddr, NextHop)> = peers
+            .iter()
+            .filter_map(|peer| Some((*peer, *resolution.get(peer)?.as_ref().ok()?)))
+            .collect();
+        if hops.len() < peers.len() {
+            warning!(
+                "nodes behind ECMP: cannot resolve the MAC of every live node ({} of {}); trying again in a second",
+                hops.len(),
+                peers.len()
+            );
+            mesh.retry_at = Some(now + Duration::from_secs(1));
+            return;
+        }
+        mesh.retry_at = None;
+        let nodes: Vec<Node> = live
+            .iter()
+            .filter_map(|address| {
+                if *address == mesh.me {
+                    let (_, hop) = hops.first()?;
+                    return Some(Node {
+                        mac: hop.src_mac,
+                        src_mac: hop.src_mac,
+                        ifindex: hop.ifindex,
+                        is_self: true,
+                    });
+                }
+                let (_, hop) = hops.iter().find(|(peer, _)| peer == address)?;
+                Some(Node {
+                    mac: hop.mac,
+                    src_mac: hop.src_mac,
+                    ifindex: hop.ifindex,
+                    is_self: false,
+                })
+            })
+            .collect();
+        match self.dataplane.set_nodes(&nodes) {
+            Ok(()) => {
+                let names: Vec<String> = live.iter().map(IpAddr::to_string).collect();
+                info!(
+                    "nodes behind ECMP taking new flows: {} ({})",
+                    names.len(),
+                    names.join(", ")
+                );
+                mesh.published = Some(live);
+            }
+            Err(err) => warning!("publishing the nodes behind ECMP: {err}"),
         }
     }
 

@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * nat behind ECMP: a packet of a flow this node holds no entry of goes to
+ * the flow's designated node, until the flow is established and synced
+ * everywhere (pnlb_abi.h, docs/scale-out.md).
+ */
+#ifndef PNLB_NODES_H
+#define PNLB_NODES_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_helpers.h>
+#include "maps.h"
+#include "jhash.h"
+#include "parse.h"
+
+/* The designated node of the flow of client `addr`:`port`, when it is
+ * another node; NULL when it is this one or no node list is published. */
+static __always_inline struct pnlb_node *pnlb_designated_node(const struct pnlb_addr *addr,
+							       __u16 port, __u8 protocol)
+{
+	__u32 slot = PNLB_META_NODES, index, words[5];
+	__u32 *count = bpf_map_lookup_elem(&pnlb_meta, &slot);
+	struct pnlb_node *node;
+
+	if (!count || *count < 2 || *count > PNLB_MAX_NODES)
+		return NULL;
+	words[0] = addr->words[0];
+	words[1] = addr->words[1];
+	words[2] = addr->words[2];
+	words[3] = addr->words[3];
+	words[4] = (__u32)port << 8 | protocol;
+	index = pnlb_jhash2(words, 5, pnlb_hash_seed) % *count;
+	node = bpf_map_lookup_elem(&pnlb_nodes, &index);
+	if (!node || node->is_self)
+		return NULL;
+	return node;
+}
+
+/* Whether another node handed this frame on (its source MAC is a node's). */
+static __always_inline int pnlb_from_node(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct pnlb_mac_key key = {};
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return 1;
+	__builtin_memcpy(key.mac, eth->h_source, ETH_ALEN);
+	return bpf_map_lookup_elem(&pnlb_node_macs, &key) != NULL;
+}
+
+/* Hands the frame, unchanged but for its MACs, to `node`. */
+static __always_inline int pnlb_hand_on(struct xdp_md *ctx, const struct pnlb_node *node)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(eth->h_dest, node->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, node->src_mac, ETH_ALEN);
+	if (node->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(node->ifindex, 0);
+}
+
+/* Whether the packet is for this host (no forwarding route: a local
+ * address), as a health check's answer is. */
+static __always_inline int pnlb_for_this_host(struct xdp_md *ctx, const struct pnlb_packet *pkt)
+{
+	struct bpf_fib_lookup fib;
+
+	__builtin_memset(&fib, 0, sizeof(fib));
+	fib.ifindex = ctx->ingress_ifindex;
+	fib.l4_protocol = pkt->flow.protocol;
+	fib.sport = pkt->flow.src_port;
+	fib.dport = pkt->flow.dst_port;
+	fib.tot_len = pkt->len - PNLB_L3_OFFSET;
+	if (pkt->ipv6) {
+		fib.family = 10; /* AF_INET6 */
+		__builtin_memcpy(fib.ipv6_src, pkt->flow.src.words, 16);
+		__builtin_memcpy(fib.ipv6_dst, pkt->flow.dst.words, 16);
+	} else {
+		fib.family = 2; /* AF_INET */
+		fib.ipv4_src = pkt->flow.src.words[3];
+		fib.ipv4_dst = pkt->flow.dst.words[3];
+	}
+	return bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) == BPF_FIB_LKUP_RET_NOT_FWDED;
+}
+
+#endif

@@ -1,0 +1,67 @@
+//! The nodes behind ECMP, for nat (pnlb_abi.h's `pnlb_nodes`): the live
+//! nodes in address order, self included, and their MACs, so that a packet
+//! of a flow this node holds no entry of goes to the flow's designated
+//! node (bpf/lib/nodes.h).
+
+use libbpf_rs::{MapCore, MapFlags};
+
+use crate::abi::{self, bytes_of, MetaSlot};
+use crate::loader::{Dataplane, DataplaneError};
+
+/// One node as the data plane reaches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub mac: [u8; 6],
+    /// Our MAC on `ifindex`.
+    pub src_mac: [u8; 6],
+    pub ifindex: u32,
+    pub is_self: bool,
+}
+
+/// The most nodes the data plane takes.
+pub const MAX_NODES: usize = abi::NodeLimits::PNLB_MAX_NODES.0 as usize;
+
+impl Dataplane {
+    /// Publishes the live nodes (in the order every node agrees on:
+    /// their addresses'); fewer than two turns designated nodes off.
+    /// The count goes to 0 first and to its value last, so no packet
+    /// reads a half-written list.
+    pub fn set_nodes(&self, nodes: &[Node]) -> Result<(), DataplaneError> {
+        let nodes = &nodes[..nodes.len().min(MAX_NODES)];
+        let map_err = |map: &'static str| move |source| DataplaneError::Map { map, source };
+        self.set_meta(MetaSlot::PNLB_META_NODES, 0)?;
+        let macs = &self.maps().pnlb_node_macs;
+        let old: Vec<Vec<u8>> = macs.keys().collect();
+        for key in old {
+            let _ = macs.delete(&key);
+        }
+        for (index, node) in nodes.iter().enumerate() {
+            let entry = abi::Node {
+                mac: node.mac,
+                src_mac: node.src_mac,
+                ifindex: node.ifindex,
+                is_self: u32::from(node.is_self),
+            };
+            self.maps()
+                .pnlb_nodes
+                .update(
+                    &(index as u32).to_ne_bytes(),
+                    bytes_of(&entry),
+                    MapFlags::ANY,
+                )
+                .map_err(map_err("pnlb_nodes"))?;
+            if !node.is_self {
+                let key = abi::MacKey {
+                    mac: node.mac,
+                    ..Default::default()
+                };
+                macs.update(bytes_of(&key), &1u32.to_ne_bytes(), MapFlags::ANY)
+                    .map_err(map_err("pnlb_node_macs"))?;
+            }
+        }
+        if nodes.len() >= 2 {
+            self.set_meta(MetaSlot::PNLB_META_NODES, nodes.len() as u32)?;
+        }
+        Ok(())
+    }
+}
