@@ -99,17 +99,16 @@ static __always_inline const struct pnlb_addr *pnlb_server_peer(const struct pnl
 /*
  * A packet from a backend that no entry here translates: behind ECMP, a
  * nat reply of a flow this node does not hold goes to the flow's
- * designated node (its client is the destination), unless it is for this
- * host (a health check's answer) or another node handed it on; the rest
- * is the kernel's.
+ * designated node (its client is the destination; nodes.h), unless it is
+ * for this host (a health check's answer); the rest is the kernel's.
  */
 static __always_inline int pnlb_reply_without_flow(struct xdp_md *ctx,
 						   const struct pnlb_packet *pkt)
 {
-	struct pnlb_node *node = pnlb_designated_node(&pkt->flow.dst, pkt->flow.dst_port,
-						      pkt->flow.protocol);
+	struct pnlb_node *node = pnlb_node_for(ctx, &pkt->flow.dst, pkt->flow.dst_port,
+					       pkt->flow.protocol, 0);
 
-	if (!node || pnlb_from_node(ctx) || pnlb_for_this_host(ctx, pkt))
+	if (!node || pnlb_for_this_host(ctx, pkt))
 		return pnlb_pass(PNLB_PASS_NOT_SERVICE);
 	pnlb_count_reason(PNLB_FWD_HANDED_ON);
 	return pnlb_hand_on(ctx, node);

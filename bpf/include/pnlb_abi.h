@@ -37,7 +37,10 @@ enum pnlb_meta_slot {
 	/* Nodes behind ECMP in pnlb_nodes (0: none published; nat's flows
 	 * without state are then this node's alone). */
 	PNLB_META_NODES = 4,
-	PNLB_META_SLOTS = 5,
+	/* The list before the last change, in pnlb_nodes_previous, for a
+	 * while (0: none): a flow's second chance (nodes.h). */
+	PNLB_META_NODES_PREVIOUS = 5,
+	PNLB_META_SLOTS = 6,
 };
 
 enum pnlb_limits {
@@ -316,8 +319,13 @@ struct pnlb_service {
  * to every node, its packets go to its designated node: the live node at
  * hash(client address, client port, protocol) % count in pnlb_nodes (in
  * address order, the same list on every node). A node without the flow
- * hands a packet on to the designated node at L2; a packet another node
- * handed on (its source MAC in pnlb_node_macs) is never handed on again.
+ * hands a packet on to the designated node at L2. A packet that finds no
+ * entry at its designated node, or that another node handed on (its
+ * source MAC in pnlb_node_macs), is handled there if it opens the flow;
+ * otherwise it gets a second chance: the flow's designated node in the
+ * list as it was before the last change (a handshake under way when a
+ * node joined or left), unless that is this node or the one that handed
+ * it on; it is never handed on a third time.
  */
 enum pnlb_node_limits { PNLB_MAX_NODES = 16 };
 

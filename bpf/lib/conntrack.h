@@ -777,11 +777,10 @@ static __always_inline int pnlb_conn_for(struct xdp_md *ctx, const struct pnlb_s
 	 * designated node until it is synced everywhere (its replies may come
 	 * back through any node). */
 	if (svc->method == PNLB_METHOD_NAT) {
-		*node = pnlb_designated_node(&pkt->flow.src, pkt->flow.src_port,
-					     pkt->flow.protocol);
-		if (*node && !pnlb_from_node(ctx))
+		*node = pnlb_node_for(ctx, &pkt->flow.src, pkt->flow.src_port, pkt->flow.protocol,
+				      pnlb_opens_flow(pkt));
+		if (*node)
 			return PNLB_HAND_ON;
-		*node = NULL;
 	}
 
 	if (pnlb_opens_flow(pkt)) {

@@ -181,6 +181,13 @@ struct {
 } pnlb_nodes SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PNLB_MAX_NODES);
+	__type(key, __u32);
+	__type(value, struct pnlb_node);
+} pnlb_nodes_previous SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, PNLB_MAX_NODES);
 	__type(key, struct pnlb_mac_key);

@@ -14,24 +14,36 @@
 #include "jhash.h"
 #include "parse.h"
 
-/* The designated node of the flow of client `addr`:`port`, when it is
- * another node; NULL when it is this one or no node list is published. */
-static __always_inline struct pnlb_node *pnlb_designated_node(const struct pnlb_addr *addr,
-							       __u16 port, __u8 protocol)
+/* The index of the flow of client `addr`:`port` in a list of the count
+ * in meta slot `slot`; -1 without a list. */
+static __always_inline int pnlb_designated_index(__u32 slot, const struct pnlb_addr *addr,
+						 __u16 port, __u8 protocol)
 {
-	__u32 slot = PNLB_META_NODES, index, words[5];
 	__u32 *count = bpf_map_lookup_elem(&pnlb_meta, &slot);
-	struct pnlb_node *node;
+	__u32 words[5];
 
 	if (!count || *count < 2 || *count > PNLB_MAX_NODES)
-		return NULL;
+		return -1;
 	words[0] = addr->words[0];
 	words[1] = addr->words[1];
 	words[2] = addr->words[2];
 	words[3] = addr->words[3];
 	words[4] = (__u32)port << 8 | protocol;
-	index = pnlb_jhash2(words, 5, pnlb_hash_seed) % *count;
-	node = bpf_map_lookup_elem(&pnlb_nodes, &index);
+	return pnlb_jhash2(words, 5, pnlb_hash_seed) % *count;
+}
+
+/* The designated node of the flow of client `addr`:`port`, when it is
+ * another node; NULL when it is this one or no node list is published. */
+static __always_inline struct pnlb_node *pnlb_designated_node(const struct pnlb_addr *addr,
+							       __u16 port, __u8 protocol)
+{
+	int index = pnlb_designated_index(PNLB_META_NODES, addr, port, protocol);
+	__u32 key = index;
+	struct pnlb_node *node;
+
+	if (index < 0)
+		return NULL;
+	node = bpf_map_lookup_elem(&pnlb_nodes, &key);
 	if (!node || node->is_self)
 		return NULL;
 	return node;
@@ -49,6 +61,49 @@ static __always_inline int pnlb_from_node(struct xdp_md *ctx)
 		return 1;
 	__builtin_memcpy(key.mac, eth->h_source, ETH_ALEN);
 	return bpf_map_lookup_elem(&pnlb_node_macs, &key) != NULL;
+}
+
+/* A packet another node handed on that finds no entry here: the flow's
+ * designated node before the last change of the list, unless that is this
+ * node or the one that handed it on; NULL: handled here. */
+static __always_inline struct pnlb_node *pnlb_second_chance(struct xdp_md *ctx,
+							     const struct pnlb_addr *addr,
+							     __u16 port, __u8 protocol)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	int index = pnlb_designated_index(PNLB_META_NODES_PREVIOUS, addr, port, protocol);
+	struct ethhdr *eth = data;
+	struct pnlb_node *node;
+	__u32 key = index;
+
+	if (index < 0 || (void *)(eth + 1) > data_end)
+		return NULL;
+	node = bpf_map_lookup_elem(&pnlb_nodes_previous, &key);
+	if (!node || node->is_self || !__builtin_memcmp(node->mac, eth->h_source, ETH_ALEN))
+		return NULL;
+	return node;
+}
+
+/* Where a nat packet of a flow this node holds no entry of goes. One that
+ * opens the flow: its designated node (here, if this is it or another
+ * node handed it on). One that does not: its designated node, unless this
+ * is it or another node handed it on; then its second chance (the flow
+ * began before the list changed). NULL: handled here. */
+static __always_inline struct pnlb_node *pnlb_node_for(struct xdp_md *ctx,
+							const struct pnlb_addr *addr, __u16 port,
+							__u8 protocol, int opens)
+{
+	struct pnlb_node *node = NULL;
+
+	if (!pnlb_from_node(ctx)) {
+		node = pnlb_designated_node(addr, port, protocol);
+		if (node)
+			return node;
+	}
+	if (opens)
+		return NULL;
+	return pnlb_second_chance(ctx, addr, port, protocol);
 }
 
 /* Hands the frame, unchanged but for its MACs, to `node`. */

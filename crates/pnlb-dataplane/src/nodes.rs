@@ -23,18 +23,53 @@ pub const MAX_NODES: usize = abi::NodeLimits::PNLB_MAX_NODES.0 as usize;
 
 impl Dataplane {
     /// Publishes the live nodes (in the order every node agrees on:
-    /// their addresses'); fewer than two turns designated nodes off.
-    /// The count goes to 0 first and to its value last, so no packet
-    /// reads a half-written list.
-    pub fn set_nodes(&self, nodes: &[Node]) -> Result<(), DataplaneError> {
-        let nodes = &nodes[..nodes.len().min(MAX_NODES)];
-        let map_err = |map: &'static str| move |source| DataplaneError::Map { map, source };
-        self.set_meta(MetaSlot::PNLB_META_NODES, 0)?;
-        let macs = &self.maps().pnlb_node_macs;
+    /// their addresses'; fewer than two turns designated nodes off) and
+    /// the list before the last change (a flow's second chance; empty:
+    /// none). Each count goes to 0 first and to its value last, so no
+    /// packet reads a half-written list.
+    pub fn set_nodes(&self, nodes: &[Node], previous: &[Node]) -> Result<(), DataplaneError> {
+        let maps = self.maps();
+        self.write_nodes(
+            &maps.pnlb_nodes_previous,
+            "pnlb_nodes_previous",
+            MetaSlot::PNLB_META_NODES_PREVIOUS,
+            previous,
+        )?;
+        self.write_nodes(
+            &maps.pnlb_nodes,
+            "pnlb_nodes",
+            MetaSlot::PNLB_META_NODES,
+            nodes,
+        )?;
+        let map_err = |source| DataplaneError::Map {
+            map: "pnlb_node_macs",
+            source,
+        };
+        let macs = &maps.pnlb_node_macs;
         let old: Vec<Vec<u8>> = macs.keys().collect();
         for key in old {
             let _ = macs.delete(&key);
         }
+        for node in nodes.iter().chain(previous).filter(|node| !node.is_self) {
+            let key = abi::MacKey {
+                mac: node.mac,
+                ..Default::default()
+            };
+            macs.update(bytes_of(&key), &1u32.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    fn write_nodes(
+        &self,
+        map: &dyn MapCore,
+        name: &'static str,
+        count: MetaSlot,
+        nodes: &[Node],
+    ) -> Result<(), DataplaneError> {
+        let nodes = &nodes[..nodes.len().min(MAX_NODES)];
+        self.set_meta(count, 0)?;
         for (index, node) in nodes.iter().enumerate() {
             let entry = abi::Node {
                 mac: node.mac,
@@ -42,25 +77,15 @@ impl Dataplane {
                 ifindex: node.ifindex,
                 is_self: u32::from(node.is_self),
             };
-            self.maps()
-                .pnlb_nodes
-                .update(
-                    &(index as u32).to_ne_bytes(),
-                    bytes_of(&entry),
-                    MapFlags::ANY,
-                )
-                .map_err(map_err("pnlb_nodes"))?;
-            if !node.is_self {
-                let key = abi::MacKey {
-                    mac: node.mac,
-                    ..Default::default()
-                };
-                macs.update(bytes_of(&key), &1u32.to_ne_bytes(), MapFlags::ANY)
-                    .map_err(map_err("pnlb_node_macs"))?;
-            }
+            map.update(
+                &(index as u32).to_ne_bytes(),
+                bytes_of(&entry),
+                MapFlags::ANY,
+            )
+            .map_err(|source| DataplaneError::Map { map: name, source })?;
         }
         if nodes.len() >= 2 {
-            self.set_meta(MetaSlot::PNLB_META_NODES, nodes.len() as u32)?;
+            self.set_meta(count, nodes.len() as u32)?;
         }
         Ok(())
     }

@@ -865,7 +865,7 @@ fn nat_flows_this_node_does_not_hold_go_to_their_designated_node() {
                 is_self: false,
             },
         ];
-        fixture.dataplane.set_nodes(&nodes).unwrap();
+        fixture.dataplane.set_nodes(&nodes, &[]).unwrap();
         let syn = |port| Pkt::tcp("10.77.0.2", port, "10.77.100.1", 80, SYN);
         let (mut handed, mut here) = (Vec::new(), Vec::new());
         for port in 41_000..41_040u16 {
@@ -905,8 +905,47 @@ fn nat_flows_this_node_does_not_hold_go_to_their_designated_node() {
             .macs(backend_mac(ip("10.77.1.11")), LB_MAC);
         assert_eq!(fixture.run(&health.bytes()).0, XDP_PASS, "for this host");
 
+        // The list changed (the peer left, another came): a packet the new
+        // peer hands on that finds no entry here gets its second chance at
+        // the flow's designated node in the list before, unless that is
+        // this node or the node it came from; never a third.
+        const NEW_PEER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 3];
+        let new_peer = Node {
+            mac: NEW_PEER_MAC,
+            ..nodes[1]
+        };
+        fixture
+            .dataplane
+            .set_nodes(&[nodes[0], new_peer], &nodes)
+            .unwrap();
+        let mid_flow = |port| Pkt::tcp("10.77.0.2", port, "10.77.100.1", 80, ACK);
+        let (_, out) = fixture.run(&syn(handed[4] + 1000).macs(NEW_PEER_MAC, LB_MAC).bytes());
+        assert_eq!(
+            out[..6],
+            backend_mac(ip("10.77.1.11")),
+            "a SYN handed on is opened here"
+        );
+        let (mut second_chance, mut kept) = (0, 0);
+        for port in handed.iter().chain(&here).copied() {
+            let from_new_peer = mid_flow(port + 1000).macs(NEW_PEER_MAC, LB_MAC);
+            let before = mid_flow(port + 1000);
+            let (_, out) = fixture.run(&from_new_peer.bytes());
+            if out[..6] == PEER_MAC {
+                second_chance += 1;
+                assert_eq!(out, before.macs(LB_MAC, PEER_MAC).bytes());
+            } else {
+                kept += 1;
+                assert_eq!(out[..6], backend_mac(ip("10.77.1.11")), "re-created here");
+            }
+        }
+        eprintln!("mid-flow packets handed on by the new peer: {second_chance} to the old peer (second chance), {kept} handled here");
+        assert!(second_chance > 0 && kept > 0);
+        let from_old_peer = mid_flow(handed[3] + 2000).macs(PEER_MAC, LB_MAC);
+        let (_, out) = fixture.run(&from_old_peer.bytes());
+        assert_ne!(out[..6], PEER_MAC, "never back to the node it came from");
+
         // No list: every flow is this node's again.
-        fixture.dataplane.set_nodes(&[]).unwrap();
+        fixture.dataplane.set_nodes(&[], &[]).unwrap();
         let (_, out) = fixture.run(&syn(handed[2]).bytes());
         assert_eq!(out[..6], backend_mac(ip("10.77.1.11")));
     });

@@ -167,6 +167,11 @@ pub fn run(path: &Path) -> Result<()> {
                 peers_heard: sync.peers_heard.clone(),
                 published: None,
                 retry_at: None,
+                current: Vec::new(),
+                previous_until: None,
+                takes_flows: false,
+                changed_at: Instant::now(),
+                announced: None,
             });
             (None, Some(sync))
         }

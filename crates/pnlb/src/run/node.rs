@@ -27,7 +27,24 @@ pub(super) struct MeshView {
     pub published: Option<Vec<IpAddr>>,
     /// After a node's MAC could not be resolved: when to try again.
     pub retry_at: Option<Instant>,
+    /// The nodes as published, and until when the list before them stays
+    /// published as the second chance.
+    pub current: Vec<Node>,
+    pub previous_until: Option<Instant>,
+    /// Whether this node takes new flows, since when, and what the
+    /// routers were last told (handed_off).
+    pub takes_flows: bool,
+    pub changed_at: Instant,
+    pub announced: Option<Wanted>,
 }
+
+/// How long the other nodes' lists have to follow this one's before the
+/// routers do: a few Hellos (HELLO_EVERY) and daemon ticks.
+const HANDOFF: Duration = Duration::from_secs(1);
+
+/// How long the list before a change stays: longer than any handshake
+/// takes (a SYN retransmitted after 1 s and 3 s included).
+const SECOND_CHANCE_FOR: Duration = Duration::from_secs(5);
 
 impl Daemon {
     /// Tells the announcer what to announce now (each tick, and at once
@@ -83,23 +100,65 @@ impl Daemon {
         } else {
             Wanted::of(&self.applied)
         };
-        let takes_flows = !wanted.vips.is_empty();
+        let wanted = self.hand_off(wanted, now);
         if let Some(announcer) = &self.announcer {
             announcer.want(wanted);
         }
-        self.publish_nodes(takes_flows);
+    }
+
+    /// With designated nodes (nat behind ECMP), a node that starts or
+    /// stops taking new flows tells the others at once (its Hellos: their
+    /// lists follow within a few hundred ms), changes its own list half a
+    /// HANDOFF later and the routers' (BGP) a HANDOFF later: a flow's
+    /// packets then never meet two lists that disagree on where it belongs.
+    /// What the routers are to be told now.
+    fn hand_off(&mut self, wanted: Wanted, now: Instant) -> Wanted {
+        let takes_flows = !wanted.vips.is_empty();
+        let Some(mesh) = &mut self.mesh else {
+            return wanted;
+        };
+        if mesh.takes_flows != takes_flows {
+            mesh.takes_flows = takes_flows;
+            mesh.changed_at = now;
+        }
+        let since = now.saturating_duration_since(mesh.changed_at);
+        let in_own_list = if since < HANDOFF / 2 {
+            !takes_flows
+        } else {
+            takes_flows
+        };
+        let routed = if since < HANDOFF {
+            mesh.announced.clone()
+        } else {
+            mesh.announced = Some(wanted.clone());
+            Some(wanted)
+        };
+        self.publish_nodes(takes_flows, in_own_list);
+        routed.unwrap_or_else(|| {
+            Wanted::none(
+                &self.applied,
+                "telling the other nodes it takes new flows before the routers",
+            )
+        })
     }
 
     /// With connection sync behind ECMP: the live nodes that take new
-    /// flows (this one while it announces, the peers whose Hellos say they
-    /// do) go to the data plane, in address order, for nat's designated
-    /// nodes (bpf/lib/nodes.h), whenever they change.
-    fn publish_nodes(&mut self, takes_flows: bool) {
+    /// flows (this one when `in_own_list`, the peers whose Hellos say they
+    /// do; this one's Hellos say `takes_flows`) go to the data plane, in
+    /// address order, for nat's designated nodes (bpf/lib/nodes.h),
+    /// whenever they change.
+    fn publish_nodes(&mut self, takes_flows: bool, in_own_list: bool) {
         let Some(mesh) = &mut self.mesh else {
             return;
         };
         mesh.announcing.store(takes_flows, Ordering::Relaxed);
         let now = Instant::now();
+        if mesh.previous_until.is_some_and(|until| now >= until) {
+            mesh.previous_until = None;
+            if let Err(err) = self.dataplane.set_nodes(&mesh.current, &[]) {
+                warning!("publishing the nodes behind ECMP: {err}");
+            }
+        }
         let mut live: Vec<IpAddr> = mesh
             .peers_heard
             .lock()
@@ -113,7 +172,7 @@ impl Daemon {
                     .collect()
             })
             .unwrap_or_default();
-        if takes_flows {
+        if in_own_list {
             live.push(mesh.me);
         }
         live.sort();
@@ -160,7 +219,9 @@ impl Daemon {
                 })
             })
             .collect();
-        match self.dataplane.set_nodes(&nodes) {
+        // The list before this change stays a while: a handshake under way
+        // keeps its designated node as a second chance.
+        match self.dataplane.set_nodes(&nodes, &mesh.current) {
             Ok(()) => {
                 let names: Vec<String> = live.iter().map(IpAddr::to_string).collect();
                 info!(
@@ -169,6 +230,8 @@ impl Daemon {
                     names.join(", ")
                 );
                 mesh.published = Some(live);
+                mesh.current = nodes;
+                mesh.previous_until = Some(now + SECOND_CHANCE_FOR);
             }
             Err(err) => warning!("publishing the nodes behind ECMP: {err}"),
         }
