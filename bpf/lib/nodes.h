@@ -94,8 +94,14 @@ static __always_inline struct pnlb_node *pnlb_node_for(struct xdp_md *ctx,
 							const struct pnlb_addr *addr, __u16 port,
 							__u8 protocol, int opens)
 {
+	__u32 current = PNLB_META_NODES, previous = PNLB_META_NODES_PREVIOUS;
+	__u32 *count = bpf_map_lookup_elem(&pnlb_meta, &current);
+	__u32 *count_before = bpf_map_lookup_elem(&pnlb_meta, &previous);
 	struct pnlb_node *node = NULL;
 
+	/* No list (a single node): nothing to look up per new flow. */
+	if ((!count || *count < 2) && (!count_before || *count_before < 2))
+		return NULL;
 	if (!pnlb_from_node(ctx)) {
 		node = pnlb_designated_node(addr, port, protocol);
 		if (node)

@@ -107,6 +107,16 @@ fn new_connections_spread_over_every_node_and_a_vip_without_backends_is_withdraw
         })
         .collect();
     eprintln!("fingerprints: {fingerprints:?}");
+    let lists: Vec<String> = (1..=3)
+        .map(|i| status_in(&ns_of(&lab, i))["node"]["bgp"]["nodes"].to_string())
+        .collect();
+    eprintln!("the nodes taking new flows, as each node sees them: {lists:?}");
+    assert!(
+        lists
+            .iter()
+            .all(|l| *l == lists[0] && l.matches("10.77.1.").count() == 3),
+        "{lists:?}"
+    );
     let doctor = pnlb_lab::netns::exec(
         &ns_of(&lab, 1),
         PNLB,

@@ -314,6 +314,7 @@ mod tests {
                 }],
                 error: None,
                 drain: None,
+                nodes: Vec::new(),
             }),
         };
         let text = render(&status, Mode::Plain, None);

@@ -321,6 +321,11 @@ impl Daemon {
                     packets_per_second: drain.recent_rate,
                     established_entries: self.established_entries(),
                 }),
+                nodes: self
+                    .mesh
+                    .as_ref()
+                    .and_then(|mesh| mesh.published.clone())
+                    .unwrap_or_default(),
             }
         });
         model::NodeStatus {
