@@ -164,8 +164,18 @@ impl ConnTables {
         original.direction = abi::ConnDirection::PNLB_DIR_ORIGINAL.0 as u8;
         original.created_ns = now;
         original.last_seen_ns = now;
-        // A peer's flow until a packet of it comes here.
-        original.flags |= abi::ConnFlags::PNLB_CONN_F_SYNCED.0 as u8;
+        // A peer's flow until a packet of it comes here; one this node
+        // carries too (its client's packets come here, its replies there)
+        // stays carried here, or each node's next packet would claim it
+        // back and report it again, packet after packet.
+        let synced = abi::ConnFlags::PNLB_CONN_F_SYNCED;
+        let carried_here = self
+            .lookup_in(Table::Established, key)
+            .is_some_and(|held| !has_flag(&held, synced));
+        original.flags &= !(synced.0 as u8);
+        if !carried_here {
+            original.flags |= synced.0 as u8;
+        }
         let table = Table::Established;
         // A copy this node holds half-open goes: a flow is held (and
         // counted) in one table.

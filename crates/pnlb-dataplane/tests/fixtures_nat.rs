@@ -711,6 +711,18 @@ fn a_synced_flow_becomes_this_nodes_with_its_first_packet_here() {
             second_events.take().is_empty(),
             "reported once, not per packet"
         );
+
+        // The first node carries it too (its replies go there) and reports
+        // it again: this node keeps carrying it, and its packets report
+        // nothing (no ping-pong of claims between the two).
+        second.conns().install_flow(&key, &local).unwrap();
+        assert_eq!(
+            second.conns().own_flows().unwrap().len(),
+            1,
+            "still carried here"
+        );
+        run_on(&second, &ack.bytes());
+        assert!(second_events.take().is_empty(), "no claim, no report");
     });
 }
 
