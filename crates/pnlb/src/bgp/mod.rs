@@ -10,6 +10,9 @@
 //! - nothing while the node is drained (`pnlb ctl drain-node`) and from
 //!   the moment it stops.
 //!
+//! With connection sync, what the daemon wants reaches BIRD a second
+//! after the other nodes hear of it (run/node.rs, `hand_off`).
+//!
 //! The announcer runs on a thread of its own, so a slow BIRD never holds
 //! the daemon loop; a change BIRD refused or could not be told about is
 //! tried again every second.
