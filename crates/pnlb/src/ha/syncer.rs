@@ -11,7 +11,8 @@
 //! report), and full dumps are served over TCP (transfer.rs, its own
 //! thread). Backup: installs what arrives, asks for missed batches at a
 //! bounded rate, and fetches a full dump (a thread per attempt) until it
-//! holds one; only then may it preempt ([`SyncNode::synced`]).
+//! holds one; only then may it preempt ([`SyncNode::synced`]). Behind
+//! ECMP every node is both, for the flows it carries ([`mesh`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -34,6 +35,9 @@ use super::rejections::Rejections;
 use super::replay::{ReplayGuard, Sequence};
 use super::sync::{Kind, Message, SyncedFlow, MAX_MESSAGE, SYNC_PORT};
 use super::transfer::{self, Fetched};
+use mesh::PeerDump;
+
+mod mesh;
 use crate::log::{info, warning};
 
 /// A backup without a full dump tries again this often.
@@ -63,9 +67,7 @@ const SOCKET_BUFFER: libc::c_int = 8 << 20;
 /// Serials answered per Nack at most.
 const NACK_LIMIT: u32 = 1024;
 
-/// Mesh: how often a node says it runs, and how long one that fell
-/// silent still counts as running.
-const HELLO_EVERY: Duration = Duration::from_millis(200);
+/// Mesh: how long a node that fell silent still counts as running.
 pub const PEER_SILENT_AFTER: Duration = Duration::from_secs(1);
 
 /// Mesh: what each peer last said of itself (when, and whether it takes
@@ -267,15 +269,6 @@ struct Syncer {
 
 /// How often the batches asked for and sent again are reported.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
-
-/// Mesh: where a peer's dump of its own flows stands.
-enum PeerDump {
-    /// To fetch from this moment on.
-    Wanted(Instant),
-    Fetching(mpsc::Receiver<Result<Fetched>>),
-    /// Whole, or the peer does not run (it has no flows to tell of).
-    Done,
-}
 
 impl Syncer {
     fn run(mut self, stop: &AtomicBool) {
@@ -549,128 +542,6 @@ impl Syncer {
             );
             self.asked = 0;
             self.reported = now;
-        }
-    }
-
-    /// Mesh: tells every peer, every HELLO_EVERY, that this node runs and
-    /// whether it takes new flows.
-    fn hello(&mut self) {
-        if self.hello_at.elapsed() < HELLO_EVERY {
-            return;
-        }
-        self.hello_at = Instant::now();
-        let mut hello = self.context.message(Kind::Hello, Vec::new());
-        hello.count = u32::from(self.announcing.load(Ordering::Relaxed));
-        let peers = self.context.peers.clone();
-        self.send(hello, &peers);
-    }
-
-    /// Mesh: asks each peer for the batches of its stream this node
-    /// missed, at a bounded rate; a peer's stream lost beyond repair is
-    /// fetched whole again.
-    fn repair_mesh(&mut self) {
-        let now = Instant::now();
-        let mut budget = self.ask_pace.available(now);
-        let mut nacks = Vec::new();
-        for (peer, gaps) in &mut self.peer_gaps {
-            if gaps.beyond_repair(now) {
-                warning!(
-                    "sync: {} batch(es) from {peer} lost beyond repair; fetching its flows whole",
-                    gaps.missing()
-                );
-                gaps.reset();
-                self.peer_dumps.insert(*peer, PeerDump::Wanted(now));
-                continue;
-            }
-            for (first, count) in gaps.asks_due(now, budget) {
-                budget = budget.saturating_sub(count as usize);
-                nacks.push((*peer, first, count));
-            }
-        }
-        for (peer, first, count) in nacks {
-            let mut nack = self.context.message(Kind::Nack, Vec::new());
-            nack.serial = first;
-            nack.count = count;
-            self.send(nack, &[peer]);
-            self.asked += u64::from(count);
-            self.ask_pace.spend(count as usize);
-        }
-        if self.asked > 0 && now.duration_since(self.reported) >= REPORT_EVERY {
-            let missing: usize = self.peer_gaps.values().map(Gaps::missing).sum();
-            info!(
-                "sync: {} missed batch(es) asked for again in the last {} s; {missing} still missing",
-                self.asked,
-                now.duration_since(self.reported).as_secs()
-            );
-            self.asked = 0;
-            self.reported = now;
-        }
-    }
-
-    /// Mesh: each peer's dump of the flows it carries, one fetch at a time;
-    /// synced once every peer's arrived whole or the peer does not run.
-    fn fetch_mesh(&mut self) {
-        let now = Instant::now();
-        let mut busy = false;
-        for (peer, state) in self.peer_dumps.iter_mut() {
-            let PeerDump::Fetching(rx) = state else {
-                continue;
-            };
-            let Ok(done) = rx.try_recv() else {
-                busy = true;
-                continue;
-            };
-            *state = match done {
-                Ok(Fetched::Whole {
-                    flows,
-                    installed,
-                    covered,
-                    took,
-                    ..
-                }) => {
-                    self.peer_gaps
-                        .entry(*peer)
-                        .or_default()
-                        .dump_arrived(now, covered);
-                    info!(
-                        "sync: {flows} flow(s) of {peer} received in {} ms, {installed} installed",
-                        took.as_millis()
-                    );
-                    PeerDump::Done
-                }
-                Ok(Fetched::NoActive) => PeerDump::Done,
-                Ok(Fetched::Short { arrived, sent, .. }) => {
-                    warning!("sync: the dump from {peer} came short ({arrived} of {sent} flows); asking again");
-                    PeerDump::Wanted(now + FETCH_EVERY)
-                }
-                Err(err) => {
-                    warning!("sync: dump from {peer}: {err:#}; asking again");
-                    PeerDump::Wanted(now + FETCH_EVERY)
-                }
-            };
-        }
-        if !busy {
-            let due = self
-                .peer_dumps
-                .iter()
-                .find(|(_, state)| matches!(state, PeerDump::Wanted(at) if *at <= now))
-                .map(|(peer, _)| *peer);
-            if let Some(peer) = due {
-                self.peer_gaps.entry(peer).or_default().dump_asked();
-                let (done, rx) = mpsc::channel();
-                let context = self.context.clone();
-                std::thread::spawn(move || {
-                    let _ = done.send(transfer::fetch_from(&context, peer));
-                });
-                self.peer_dumps.insert(peer, PeerDump::Fetching(rx));
-            }
-        }
-        let all = self
-            .peer_dumps
-            .values()
-            .all(|state| matches!(state, PeerDump::Done));
-        if all != self.synced.swap(all, Ordering::Relaxed) && all {
-            info!("sync: every peer's flows learned");
         }
     }
 
