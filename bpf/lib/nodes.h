@@ -63,9 +63,11 @@ static __always_inline int pnlb_from_node(struct xdp_md *ctx)
 	return bpf_map_lookup_elem(&pnlb_node_macs, &key) != NULL;
 }
 
-/* A packet another node handed on that finds no entry here: the flow's
- * designated node before the last change of the list, unless that is this
- * node or the one that handed it on; NULL: handled here. */
+/* A mid-flow packet that finds no entry here: the flow's designated node
+ * before the last change of the list, unless that is this node, or the
+ * packet comes from that node or from the flow's designated node (which
+ * gave it its second chance already): no packet goes round. NULL:
+ * handled here. */
 static __always_inline struct pnlb_node *pnlb_second_chance(struct xdp_md *ctx,
 							     const struct pnlb_addr *addr,
 							     __u16 port, __u8 protocol)
@@ -73,12 +75,21 @@ static __always_inline struct pnlb_node *pnlb_second_chance(struct xdp_md *ctx,
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	int index = pnlb_designated_index(PNLB_META_NODES_PREVIOUS, addr, port, protocol);
+	int current = pnlb_designated_index(PNLB_META_NODES, addr, port, protocol);
 	struct ethhdr *eth = data;
 	struct pnlb_node *node;
-	__u32 key = index;
+	__u32 key = current;
 
 	if (index < 0 || (void *)(eth + 1) > data_end)
 		return NULL;
+	/* From the flow's designated node: it gave this packet its second
+	 * chance already. */
+	if (current >= 0) {
+		node = bpf_map_lookup_elem(&pnlb_nodes, &key);
+		if (node && !__builtin_memcmp(node->mac, eth->h_source, ETH_ALEN))
+			return NULL;
+	}
+	key = index;
 	node = bpf_map_lookup_elem(&pnlb_nodes_previous, &key);
 	if (!node || node->is_self || !__builtin_memcmp(node->mac, eth->h_source, ETH_ALEN))
 		return NULL;

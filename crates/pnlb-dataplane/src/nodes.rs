@@ -23,11 +23,19 @@ pub const MAX_NODES: usize = abi::NodeLimits::PNLB_MAX_NODES.0 as usize;
 
 impl Dataplane {
     /// Publishes the live nodes (in the order every node agrees on:
-    /// their addresses'; fewer than two turns designated nodes off) and
-    /// the list before the last change (a flow's second chance; empty:
-    /// none). Each count goes to 0 first and to its value last, so no
-    /// packet reads a half-written list.
-    pub fn set_nodes(&self, nodes: &[Node], previous: &[Node]) -> Result<(), DataplaneError> {
+    /// their addresses'; fewer than two turns designated nodes off), the
+    /// list before the last change (a flow's second chance; empty: none),
+    /// and the MAC of every other node known, live or not: a frame from
+    /// any of them is never handed on again (two nodes whose lists
+    /// disagree must not pass a packet back and forth). Each count goes to
+    /// 0 first and to its value last, so no packet reads a half-written
+    /// list.
+    pub fn set_nodes(
+        &self,
+        nodes: &[Node],
+        previous: &[Node],
+        peer_macs: &[[u8; 6]],
+    ) -> Result<(), DataplaneError> {
         let maps = self.maps();
         self.write_nodes(
             &maps.pnlb_nodes_previous,
@@ -50,9 +58,10 @@ impl Dataplane {
         for key in old {
             let _ = macs.delete(&key);
         }
-        for node in nodes.iter().chain(previous).filter(|node| !node.is_self) {
+        let others = nodes.iter().chain(previous).filter(|node| !node.is_self);
+        for mac in others.map(|node| node.mac).chain(peer_macs.iter().copied()) {
             let key = abi::MacKey {
-                mac: node.mac,
+                mac,
                 ..Default::default()
             };
             macs.update(bytes_of(&key), &1u32.to_ne_bytes(), MapFlags::ANY)

@@ -877,7 +877,7 @@ fn nat_flows_this_node_does_not_hold_go_to_their_designated_node() {
                 is_self: false,
             },
         ];
-        fixture.dataplane.set_nodes(&nodes, &[]).unwrap();
+        fixture.dataplane.set_nodes(&nodes, &[], &[]).unwrap();
         let syn = |port| Pkt::tcp("10.77.0.2", port, "10.77.100.1", 80, SYN);
         let (mut handed, mut here) = (Vec::new(), Vec::new());
         for port in 41_000..41_040u16 {
@@ -917,18 +917,21 @@ fn nat_flows_this_node_does_not_hold_go_to_their_designated_node() {
             .macs(backend_mac(ip("10.77.1.11")), LB_MAC);
         assert_eq!(fixture.run(&health.bytes()).0, XDP_PASS, "for this host");
 
-        // The list changed (the peer left, another came): a packet the new
-        // peer hands on that finds no entry here gets its second chance at
-        // the flow's designated node in the list before, unless that is
-        // this node or the node it came from; never a third.
+        // The list changed (the peer left, another came): a mid-flow packet
+        // the new peer hands on that finds no entry here gets its second
+        // chance at the flow's designated node in the list before, unless
+        // that is this node, the node it came from, or the new peer is the
+        // flow's designated node (it gave the second chance already).
         const NEW_PEER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 3];
         let new_peer = Node {
             mac: NEW_PEER_MAC,
             ..nodes[1]
         };
+        // (The earlier list in another order, so that a flow's designated
+        // node before and now differ.)
         fixture
             .dataplane
-            .set_nodes(&[nodes[0], new_peer], &nodes)
+            .set_nodes(&[nodes[0], new_peer], &[nodes[1], nodes[0]], &[])
             .unwrap();
         let mid_flow = |port| Pkt::tcp("10.77.0.2", port, "10.77.100.1", 80, ACK);
         let (_, out) = fixture.run(&syn(handed[4] + 1000).macs(NEW_PEER_MAC, LB_MAC).bytes());
@@ -956,8 +959,22 @@ fn nat_flows_this_node_does_not_hold_go_to_their_designated_node() {
         let (_, out) = fixture.run(&from_old_peer.bytes());
         assert_ne!(out[..6], PEER_MAC, "never back to the node it came from");
 
+        // A node this one knows but does not count as live (its lists
+        // disagree): what it hands on is handled here, never passed back.
+        const SILENT_PEER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 4];
+        fixture
+            .dataplane
+            .set_nodes(&nodes, &[], &[SILENT_PEER_MAC])
+            .unwrap();
+        let (_, out) = fixture.run(&syn(handed[5]).macs(SILENT_PEER_MAC, LB_MAC).bytes());
+        assert_eq!(
+            out[..6],
+            backend_mac(ip("10.77.1.11")),
+            "opened here, not handed back"
+        );
+
         // No list: every flow is this node's again.
-        fixture.dataplane.set_nodes(&[], &[]).unwrap();
+        fixture.dataplane.set_nodes(&[], &[], &[]).unwrap();
         let (_, out) = fixture.run(&syn(handed[2]).bytes());
         assert_eq!(out[..6], backend_mac(ip("10.77.1.11")));
     });

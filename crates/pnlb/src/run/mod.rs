@@ -167,6 +167,8 @@ pub fn run(path: &Path) -> Result<()> {
                 peers_heard: sync.peers_heard.clone(),
                 published: None,
                 retry_at: None,
+                hops: Default::default(),
+                in_own_list: false,
                 current: Vec::new(),
                 previous_until: None,
                 takes_flows: false,
@@ -252,7 +254,13 @@ pub fn run(path: &Path) -> Result<()> {
 
     let mut last_tick = Instant::now();
     // With [ha] the loop turns faster: a role change is acted on within it.
-    let turn = if ha.is_some() { HA_TURN } else { TICK };
+    // Behind ECMP with sync too: a peer that starts or stops taking flows
+    // is in this node's list within a turn (nat's designated nodes).
+    let turn = if ha.is_some() || daemon.mesh.is_some() {
+        HA_TURN
+    } else {
+        TICK
+    };
     let mut role_ok = true;
     // When a new master repeats its announcements.
     let mut announce_at: Vec<Instant> = Vec::new();
@@ -303,6 +311,7 @@ pub fn run(path: &Path) -> Result<()> {
         if let Some(sync) = &sync {
             sync.ended(std::mem::take(&mut daemon.ended));
         }
+        daemon.follow_peers();
         if last_tick.elapsed() >= TICK {
             daemon.tick();
             last_tick = Instant::now();

@@ -27,6 +27,10 @@ pub(super) struct MeshView {
     pub published: Option<Vec<IpAddr>>,
     /// After a node's MAC could not be resolved: when to try again.
     pub retry_at: Option<Instant>,
+    /// The peers' next hops, resolved when first heard.
+    pub hops: std::collections::HashMap<IpAddr, NextHop>,
+    /// Whether this node is in its own list (hand_off).
+    pub in_own_list: bool,
     /// The nodes as published, and until when the list before them stays
     /// published as the second chance.
     pub current: Vec<Node>,
@@ -41,6 +45,13 @@ pub(super) struct MeshView {
 /// How long the other nodes' lists have to follow this one's before the
 /// routers do: a few Hellos (HELLO_EVERY) and daemon ticks.
 const HANDOFF: Duration = Duration::from_secs(1);
+
+impl MeshView {
+    /// The MAC of every peer ever resolved, live or not.
+    fn peer_macs(&self) -> Vec<[u8; 6]> {
+        self.hops.values().map(|hop| hop.mac).collect()
+    }
+}
 
 /// How long the list before a change stays: longer than any handshake
 /// takes (a SYN retransmitted after 1 s and 3 s included).
@@ -152,52 +163,68 @@ impl Daemon {
             return;
         };
         mesh.announcing.store(takes_flows, Ordering::Relaxed);
+        mesh.in_own_list = in_own_list;
         let now = Instant::now();
         if mesh.previous_until.is_some_and(|until| now >= until) {
             mesh.previous_until = None;
-            if let Err(err) = self.dataplane.set_nodes(&mesh.current, &[]) {
+            if let Err(err) = self
+                .dataplane
+                .set_nodes(&mesh.current, &[], &mesh.peer_macs())
+            {
                 warning!("publishing the nodes behind ECMP: {err}");
             }
         }
-        let mut live: Vec<IpAddr> = mesh
+        // Every peer heard lately, taking flows or not: their MACs are
+        // resolved before they are needed (a joining node says it runs
+        // while it still learns the flows).
+        let heard: Vec<(IpAddr, bool)> = mesh
             .peers_heard
             .lock()
             .map(|heard| {
                 heard
                     .iter()
-                    .filter(|(_, (at, announcing))| {
-                        *announcing && now.saturating_duration_since(*at) < PEER_SILENT_AFTER
-                    })
-                    .map(|(address, _)| *address)
+                    .filter(|(_, (at, _))| now.saturating_duration_since(*at) < PEER_SILENT_AFTER)
+                    .map(|(address, (_, announcing))| (*address, *announcing))
                     .collect()
             })
             .unwrap_or_default();
+        let unresolved: Vec<IpAddr> = heard
+            .iter()
+            .map(|(address, _)| *address)
+            .filter(|address| !mesh.hops.contains_key(address))
+            .collect();
+        if !unresolved.is_empty() && mesh.retry_at.is_none_or(|at| now >= at) {
+            let resolution = KernelResolver {
+                probe_wait: Duration::from_millis(300),
+            }
+            .resolve(&unresolved);
+            for address in &unresolved {
+                match resolution.get(address) {
+                    Some(Ok(hop)) => {
+                        mesh.hops.insert(*address, *hop);
+                        // Republished below with its MAC among the nodes'.
+                        mesh.published = None;
+                    }
+                    _ => mesh.retry_at = Some(now + Duration::from_secs(1)),
+                }
+            }
+        }
+        let mut live: Vec<IpAddr> = heard
+            .iter()
+            .filter(|(address, announcing)| *announcing && mesh.hops.contains_key(address))
+            .map(|(address, _)| *address)
+            .collect();
         if in_own_list {
             live.push(mesh.me);
         }
         live.sort();
-        if mesh.published.as_ref() == Some(&live) || mesh.retry_at.is_some_and(|at| now < at) {
+        if mesh.published.as_ref() == Some(&live) {
             return;
         }
-        let peers: Vec<IpAddr> = live.iter().copied().filter(|a| *a != mesh.me).collect();
-        let resolution = KernelResolver {
-            probe_wait: Duration::from_millis(300),
-        }
-        .resolve(&peers);
-        let hops: Vec<(IpAddr, NextHop)> = peers
+        let hops: Vec<(IpAddr, NextHop)> = live
             .iter()
-            .filter_map(|peer| Some((*peer, *resolution.get(peer)?.as_ref().ok()?)))
+            .filter_map(|address| Some((*address, *mesh.hops.get(address)?)))
             .collect();
-        if hops.len() < peers.len() {
-            warning!(
-                "nodes behind ECMP: cannot resolve the MAC of every live node ({} of {}); trying again in a second",
-                hops.len(),
-                peers.len()
-            );
-            mesh.retry_at = Some(now + Duration::from_secs(1));
-            return;
-        }
-        mesh.retry_at = None;
         let nodes: Vec<Node> = live
             .iter()
             .filter_map(|address| {
@@ -221,7 +248,10 @@ impl Daemon {
             .collect();
         // The list before this change stays a while: a handshake under way
         // keeps its designated node as a second chance.
-        match self.dataplane.set_nodes(&nodes, &mesh.current) {
+        match self
+            .dataplane
+            .set_nodes(&nodes, &mesh.current, &mesh.peer_macs())
+        {
             Ok(()) => {
                 let names: Vec<String> = live.iter().map(IpAddr::to_string).collect();
                 info!(
@@ -293,6 +323,17 @@ impl Daemon {
             done: done.into(),
             config_version: self.version,
         })
+    }
+
+    /// Each turn of the daemon loop behind ECMP: a peer that starts or
+    /// stops taking flows is in this node's list within milliseconds of
+    /// the others' (nat's designated nodes must agree).
+    pub(super) fn follow_peers(&mut self) {
+        let Some(mesh) = &self.mesh else {
+            return;
+        };
+        let (takes_flows, in_own_list) = (mesh.takes_flows, mesh.in_own_list);
+        self.publish_nodes(takes_flows, in_own_list);
     }
 
     /// This node in the API's status.

@@ -30,15 +30,18 @@ pub(super) enum PeerDump {
 }
 
 impl Syncer {
-    /// Mesh: tells every peer, every HELLO_EVERY, that this node runs and
-    /// whether it takes new flows.
+    /// Mesh: tells every peer, every HELLO_EVERY and at once when it
+    /// changes, that this node runs and whether it takes new flows (every
+    /// node's list then follows within milliseconds of the others').
     pub(super) fn hello(&mut self) {
-        if self.hello_at.elapsed() < HELLO_EVERY {
+        let announcing = self.announcing.load(Ordering::Relaxed);
+        if self.hello_at.elapsed() < HELLO_EVERY && announcing == self.hello_said {
             return;
         }
         self.hello_at = Instant::now();
+        self.hello_said = announcing;
         let mut hello = self.context.message(Kind::Hello, Vec::new());
-        hello.count = u32::from(self.announcing.load(Ordering::Relaxed));
+        hello.count = u32::from(announcing);
         let peers = self.context.peers.clone();
         self.send(hello, &peers);
     }
