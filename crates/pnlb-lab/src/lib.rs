@@ -468,16 +468,7 @@ impl Lab {
         }
         if spec.echo {
             for i in 0..self.servers.len() {
-                let server = &self.servers[i];
-                // UDP answers from the address it was asked on: the VIPs
-                // (direct routing) and the server's own (nat, health checks).
-                let udp = [
-                    IpAddr::V4(VIP4),
-                    IpAddr::V6(VIP6),
-                    IpAddr::V4(server.ipv4),
-                    IpAddr::V6(server.ipv6),
-                ];
-                self.echo[i] = Some(EchoServer::start(&server.ns, &server.name, &udp)?);
+                self.start_echo(i)?;
             }
         }
         Ok(())
@@ -528,6 +519,24 @@ impl Lab {
         if let Some(process) = self.nginx.get_mut(index).and_then(Option::take) {
             process.stop(Duration::from_secs(5));
         }
+    }
+
+    /// Starts the echo servers (TCP and UDP) of server `index`.
+    pub fn start_echo(&mut self, index: usize) -> Result<(), LabError> {
+        let server = self
+            .servers
+            .get(index)
+            .ok_or_else(|| LabError::Setup(format!("no server {index}")))?;
+        // UDP answers from the address it was asked on: the VIPs (direct
+        // routing) and the server's own (nat, health checks).
+        let udp = [
+            IpAddr::V4(VIP4),
+            IpAddr::V6(VIP6),
+            IpAddr::V4(server.ipv4),
+            IpAddr::V6(server.ipv6),
+        ];
+        self.echo[index] = Some(EchoServer::start(&server.ns, &server.name, &udp)?);
+        Ok(())
     }
 
     /// Stops the echo servers (TCP and UDP) of server `index`.

@@ -147,19 +147,9 @@ fn new_connections_spread_over_every_node_and_a_vip_without_backends_is_withdraw
         "{fingerprints:?}"
     );
 
-    let before: Vec<u64> = (1..=3).map(|i| new_flows(&lab, i)).collect();
-    let failed = requests(&lab, 300);
-    let taken: Vec<u64> = (1..=3)
-        .map(|i| new_flows(&lab, i) - before[i - 1])
-        .collect();
-    let total: u64 = taken.iter().sum();
-    let shares: Vec<f64> = taken
-        .iter()
-        .map(|n| 100.0 * *n as f64 / total.max(1) as f64)
-        .collect();
-    eprintln!("300 new connections: {failed} failed; taken per node {taken:?} ({shares:.1?} %)");
+    let (failed, shares) = spread(&lab, &[1, 2, 3], 300);
+    eprintln!("300 new connections: {failed} failed; per node {shares:.1?} %");
     assert_eq!(failed, 0);
-    assert!(total >= 300, "every connection counted: {taken:?}");
     assert!(
         shares.iter().all(|s| (20.0..=46.0).contains(s)),
         "{shares:?}"
@@ -272,7 +262,7 @@ fn during<T>(lab: &Lab, change: impl FnOnce() -> T) -> (u32, u32, T) {
 /// added, one node drained and one killed (kill -9 and its link cut), for
 /// `method` with `scheduler`.
 fn through_node_changes(method: &str, scheduler: &str) {
-    let lab = Lab::up(&LabSpec {
+    let mut lab = Lab::up(&LabSpec {
         ecmp: 4,
         nginx: true,
         echo: true,
@@ -289,7 +279,7 @@ fn through_node_changes(method: &str, scheduler: &str) {
         .replace("port = 80", &format!("port = {BULK_PORT}"))
         .replace("name = \"web", "name = \"bulk");
     let bulk_services = bulk.split_once("\n\n").map_or("", |(_, s)| s);
-    let base = format!("{web}\n{bulk_services}").replace(
+    let base = with_health(&format!("{web}\n{bulk_services}")).replace(
         "scheduler = \"maglev\"",
         &format!("scheduler = \"{scheduler}\""),
     );
@@ -314,6 +304,16 @@ fn through_node_changes(method: &str, scheduler: &str) {
         }
     };
     route_servers(&[1, 2, 3]);
+
+    let (failed, shares) = spread(&lab, &[1, 2, 3], 150);
+    eprintln!(
+        "{method}: 150 new connections over 3 nodes: {failed} failed; per node {shares:.1?} %"
+    );
+    assert_eq!(failed, 0);
+    assert!(
+        shares.iter().all(|s| (20.0..=46.0).contains(s)),
+        "{shares:?}"
+    );
 
     let transfers = long_transfers(&lab, 30);
     std::thread::sleep(Duration::from_secs(2));
@@ -403,7 +403,73 @@ fn through_node_changes(method: &str, scheduler: &str) {
         "no failed request while adding or draining"
     );
     assert!(broken.len() <= through_killed, "{broken:?}");
+
+    // Every backend of the VIP down (both its services): withdrawn by
+    // every node still announcing it, and announced again on recovery.
+    for server in 0..lab.servers.len() {
+        lab.stop_nginx(server);
+        lab.stop_echo(server);
+    }
+    let withdrawn = lab
+        .wait_for_next_hops(VIP4, &[], Duration::from_secs(30))
+        .expect("withdrawn by every node");
+    for server in 0..lab.servers.len() {
+        lab.start_nginx(server).expect("nginx again");
+        lab.start_echo(server).expect("echo again");
+    }
+    let announced = lab
+        .wait_for_next_hops(VIP4, &[1, 4], Duration::from_secs(30))
+        .expect("announced again");
+    eprintln!(
+        "{method}: every backend down: withdrawn by nodes 1 and 4 {:.1} s after the servers stopped; announced again {:.1} s after they started",
+        withdrawn.as_secs_f64(),
+        announced.as_secs_f64()
+    );
     drop(decaps);
+}
+
+/// Each service's health check: quick, so that a VIP whose backends all
+/// stop is withdrawn within a second or two.
+const HEALTH: &str =
+    "[service.health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\nfall = 2\n";
+
+/// `config` with HEALTH for each of its services (after the service's
+/// own keys, before its first backend).
+fn with_health(config: &str) -> String {
+    config
+        .split("[[service]]")
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part.to_string()
+            } else {
+                part.replacen(
+                    "[[service.backend]]",
+                    &format!("{HEALTH}\n[[service.backend]]"),
+                    1,
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("[[service]]")
+}
+
+/// `count` new connections from the client: (failed, each node's share of
+/// them in %, by its new-flow counter for service "web").
+fn spread(lab: &Lab, nodes: &[usize], count: usize) -> (usize, Vec<f64>) {
+    let before: Vec<u64> = nodes.iter().map(|i| new_flows(lab, *i)).collect();
+    let failed = requests(lab, count);
+    let taken: Vec<u64> = nodes
+        .iter()
+        .zip(&before)
+        .map(|(i, was)| new_flows(lab, *i) - was)
+        .collect();
+    let total: u64 = taken.iter().sum();
+    let shares = taken
+        .iter()
+        .map(|n| 100.0 * *n as f64 / total.max(1) as f64)
+        .collect();
+    (failed, shares)
 }
 
 /// `pnlb ctl drain-node` on a node: waiting for quiet, except for snat,
