@@ -46,6 +46,19 @@ fn start_node(lab: &Lab, base: &str, index: usize) -> Node {
     Node { index, bird, pnlb }
 }
 
+/// What each running node announces and why not, for a failure message.
+fn announcements(lab: &Lab, nodes: &[Node]) -> String {
+    nodes
+        .iter()
+        .map(|node| {
+            let status = status_in(&ns_of(lab, node.index));
+            let recent: Vec<String> = node.pnlb.output().into_iter().rev().take(8).collect();
+            format!("lb{}: {} {recent:#?}", node.index, status["node"]["bgp"])
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn ns_of(lab: &Lab, index: usize) -> String {
     lab.ecmp_nodes[index - 1].ns.clone()
 }
@@ -293,8 +306,9 @@ fn through_node_changes(method: &str, scheduler: &str) {
     let mut nodes: Vec<Node> = (1..=3)
         .map(|index| start_node(&lab, &base, index))
         .collect();
-    lab.wait_for_next_hops(VIP4, &[1, 2, 3], Duration::from_secs(20))
-        .expect("3 nodes announced");
+    if let Err(err) = lab.wait_for_next_hops(VIP4, &[1, 2, 3], Duration::from_secs(20)) {
+        panic!("3 nodes announced: {err}\n{}", announcements(&lab, &nodes));
+    }
     // nat's replies go back through the nodes the servers' routing picks:
     // it follows the node set as the router's does.
     let route_servers = |nodes: &[usize]| {
@@ -322,8 +336,9 @@ fn through_node_changes(method: &str, scheduler: &str) {
     let (ok, failed, joined) = during(&lab, || {
         let started = Instant::now();
         nodes.push(start_node(&lab, &base, 4));
-        lab.wait_for_next_hops(VIP4, &[1, 2, 3, 4], Duration::from_secs(20))
-            .expect("4 nodes announced");
+        if let Err(err) = lab.wait_for_next_hops(VIP4, &[1, 2, 3, 4], Duration::from_secs(20)) {
+            panic!("4 nodes announced: {err}\n{}", announcements(&lab, &nodes));
+        }
         route_servers(&[1, 2, 3, 4]);
         started.elapsed()
     });
@@ -429,9 +444,10 @@ fn through_node_changes(method: &str, scheduler: &str) {
 }
 
 /// Each service's health check: quick, so that a VIP whose backends all
-/// stop is withdrawn within a second or two.
+/// stop is withdrawn within a few seconds, with room for a 2-core VM busy
+/// with 30 transfers and a program load.
 const HEALTH: &str =
-    "[service.health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\nfall = 2\n";
+    "[service.health]\nkind = \"tcp\"\ninterval = \"500ms\"\ntimeout = \"400ms\"\nrise = 1\nfall = 2\n";
 
 /// `config` with HEALTH for each of its services (after the service's
 /// own keys, before its first backend).
