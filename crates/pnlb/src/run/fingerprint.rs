@@ -5,36 +5,65 @@
 //! addresses, tunnel sources, health checks, limits) stay out.
 //!
 //! The seed is a secret: it goes in through PBKDF2 (100,000 rounds of
-//! HMAC-SHA256, salted with the rest), so the fingerprint, which remote
-//! readers of the API see, does not give it away to a cheap search of its
-//! 2^32 values.
+//! HMAC-SHA256, salted with the deployment's VIPs), so the fingerprint,
+//! which remote readers of the API see, does not give it away to a cheap
+//! search of its 2^32 values. That slow part is redone only when the VIPs
+//! change; a change of backends or weights costs one SHA-256.
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
 use openssl::hash::{hash, MessageDigest};
 use pnlb_core::config::Config;
 
 const ROUNDS: usize = 100_000;
 
-/// The fingerprint of `config` with flow-hash seed `seed`: 16 hex digits.
-pub fn of(config: &Config, seed: u32) -> String {
-    let canonical = canonical(config);
-    let salt = hash(MessageDigest::sha256(), canonical.as_bytes())
-        .map(|digest| digest.to_vec())
-        .unwrap_or_default();
-    let mut out = [0u8; 8];
-    match openssl::pkcs5::pbkdf2_hmac(
-        &seed.to_be_bytes(),
-        &salt,
-        ROUNDS,
-        MessageDigest::sha256(),
-        &mut out,
-    ) {
-        Ok(()) => out.iter().fold(String::new(), |mut text, byte| {
-            let _ = write!(text, "{byte:02x}");
-            text
-        }),
-        Err(err) => format!("unavailable ({err})"),
+/// Fingerprints configs for one flow-hash seed.
+pub struct Fingerprinter {
+    seed: u32,
+    /// The seed through PBKDF2, and the VIPs it was salted with.
+    tag: Option<(Vec<IpAddr>, [u8; 32])>,
+}
+
+impl Fingerprinter {
+    pub fn new(seed: u32) -> Self {
+        Self { seed, tag: None }
+    }
+
+    /// The fingerprint of `config`: 16 hex digits.
+    pub fn of(&mut self, config: &Config) -> String {
+        let mut vips: Vec<IpAddr> = config.services.iter().map(|s| s.vip).collect();
+        vips.sort();
+        vips.dedup();
+        if self.tag.as_ref().is_none_or(|(salted, _)| *salted != vips) {
+            let salt: Vec<u8> = vips
+                .iter()
+                .flat_map(|vip| vip.to_string().into_bytes())
+                .collect();
+            let mut tag = [0u8; 32];
+            if let Err(err) = openssl::pkcs5::pbkdf2_hmac(
+                &self.seed.to_be_bytes(),
+                &salt,
+                ROUNDS,
+                MessageDigest::sha256(),
+                &mut tag,
+            ) {
+                return format!("unavailable ({err})");
+            }
+            self.tag = Some((vips, tag));
+        }
+        let Some((_, tag)) = &self.tag else {
+            return "unavailable".into();
+        };
+        let mut input = tag.to_vec();
+        input.extend_from_slice(canonical(config).as_bytes());
+        match hash(MessageDigest::sha256(), &input) {
+            Ok(digest) => digest[..8].iter().fold(String::new(), |mut text, byte| {
+                let _ = write!(text, "{byte:02x}");
+                text
+            }),
+            Err(err) => format!("unavailable ({err})"),
+        }
     }
 }
 
@@ -77,6 +106,10 @@ fn canonical(config: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn of(config: &Config, seed: u32) -> String {
+        Fingerprinter::new(seed).of(config)
+    }
 
     fn config(extra: &str) -> Config {
         let text = format!(

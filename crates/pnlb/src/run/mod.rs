@@ -377,9 +377,9 @@ struct Daemon {
     pressure: PressureWatch,
     /// With a pinned data plane: this namespace's only daemon.
     _claim: Option<persistence::Claim>,
-    /// The flow-hash seed in use, and the fingerprint of what the nodes
-    /// behind the same VIPs must agree on.
-    seed: u32,
+    /// The fingerprint of what the nodes behind the same VIPs must agree
+    /// on (with the flow-hash seed in use), and what makes it.
+    fingerprinter: fingerprint::Fingerprinter,
     fingerprint: String,
     /// With [bgp]: the announcer, and the node's drain when drained.
     announcer: Option<crate::bgp::Announcer>,
@@ -437,9 +437,10 @@ impl Daemon {
         log_report(&programmer.apply(&dataplane, &applied, &mut next_hops)?);
         let sweeping = Sweeping::start(dataplane.sweeper()?, config.timeouts);
         let now = Instant::now();
-        let fingerprint = fingerprint::of(&config, seed.value);
+        let mut fingerprinter = fingerprint::Fingerprinter::new(seed.value);
+        let fingerprint = fingerprinter.of(&config);
         Ok(Self {
-            seed: seed.value,
+            fingerprinter,
             fingerprint,
             announcer: None,
             node_drain: None,
@@ -667,7 +668,7 @@ impl Daemon {
         };
         self.lifecycle.retain(&self.config);
         self.sweeping.set_timeouts(&self.config.timeouts);
-        self.fingerprint = fingerprint::of(&self.config, self.seed);
+        self.fingerprint = self.fingerprinter.of(&self.config);
         let config = &self.config;
         self.drained.retain(|(service, address, port)| {
             config.services.iter().any(|s| {
