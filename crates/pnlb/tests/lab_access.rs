@@ -40,6 +40,32 @@ fn answered(lab: &Lab, source: Option<Ipv4Addr>) -> bool {
         .is_ok_and(|out| out.stdout == b"200")
 }
 
+/// Requests from the client's own address until `stop` or `limit`:
+/// (answered, failed).
+fn load(lab: &Lab, stop: &AtomicBool, limit: Duration) -> (u32, u32) {
+    let (mut ok, mut failed) = (0u32, 0u32);
+    let deadline = std::time::Instant::now() + limit;
+    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+        if answered(lab, None) {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    (ok, failed)
+}
+
+/// A reason's count on the exit summary's "Not forwarded" line.
+fn not_forwarded(output: &[String], reason: &str) -> u64 {
+    output
+        .iter()
+        .find(|l| l.starts_with("Not forwarded"))
+        .and_then(|l| l.split(&format!("{reason} ")).nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn allowed_clients_are_served_under_load_and_denied_ones_are_not() {
     if !privileged() {
@@ -65,18 +91,7 @@ fn allowed_clients_are_served_under_load_and_denied_ones_are_not() {
     // The load: requests from the allowed address until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
     let load = std::thread::scope(|scope| {
-        let load = scope.spawn(|| {
-            let (mut ok, mut failed) = (0u32, 0u32);
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
-                if answered(&lab, None) {
-                    ok += 1;
-                } else {
-                    failed += 1;
-                }
-            }
-            (ok, failed)
-        });
+        let load = scope.spawn(|| load(&lab, &stop, Duration::from_secs(60)));
         let from_denied = || (0..5).filter(|_| answered(&lab, Some(DENIED))).count();
         let denied_before = from_denied();
         // The rule's drops, in the API and in /metrics.
@@ -163,13 +178,7 @@ fn a_flooding_source_spends_its_own_budget_not_the_services() {
     }
     let sent = flood.finish().expect("flood sent");
     let (_, output) = daemon.stop(Duration::from_secs(10));
-    let limited: u64 = output
-        .iter()
-        .find(|l| l.starts_with("Not forwarded"))
-        .and_then(|l| l.split("drop_source_rate_limited ").nth(1))
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let limited = not_forwarded(&output, "drop_source_rate_limited");
     eprintln!(
         "{} spoofed SYNs from 10.77.0.98 in {:.1} s: {limited} refused for the source's rate; meanwhile from 10.77.0.2: {ok} answered, {failed} failed",
         sent.packets,
@@ -210,18 +219,7 @@ fn a_source_holds_at_most_its_flows_open_under_load() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let ((first, second), (flooded, ok, failed)) = std::thread::scope(|scope| {
-        let load = scope.spawn(|| {
-            let (mut ok, mut failed) = (0u32, 0u32);
-            let deadline = std::time::Instant::now() + Duration::from_secs(90);
-            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
-                if answered(&lab, None) {
-                    ok += 1;
-                } else {
-                    failed += 1;
-                }
-            }
-            (ok, failed)
-        });
+        let load = scope.spawn(|| load(&lab, &stop, Duration::from_secs(90)));
         // From the holder: 16 tries while holding what opens, 5 closed,
         // then 8 more tries.
         let held = pnlb_lab::in_netns(&lab.client, move || {
@@ -259,13 +257,7 @@ fn a_source_holds_at_most_its_flows_open_under_load() {
         (held, (sent.packets, ok, failed))
     });
     let (_, output) = daemon.stop(Duration::from_secs(10));
-    let limited: u64 = output
-        .iter()
-        .find(|l| l.starts_with("Not forwarded"))
-        .and_then(|l| l.split("drop_source_flows_limited ").nth(1))
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let limited = not_forwarded(&output, "drop_source_flows_limited");
     eprintln!(
         "source_max_flows = 10: from {holder}, {first} of 16 connections opened while it held them; after closing 5, {second} of 8 more; {flooded} spoofed SYNs from 10.77.0.97: {limited} refused as at its limit (with the holder's refused SYNs and their retries); meanwhile from 10.77.0.2: {ok} answered, {failed} failed"
     );

@@ -238,31 +238,11 @@ fn long_transfers(
         .collect()
 }
 
-/// Short requests until told to stop: (answered, failed).
-fn short_requests(
-    lab: &Lab,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Result<(u32, u32), pnlb_lab::LabError>> {
-    spawn_in_netns(&lab.client, move || {
-        let (mut ok, mut failed) = (0, 0);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            match request(IpAddr::V4(VIP4)) {
-                Ok(_) => ok += 1,
-                Err(_) => failed += 1,
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (ok, failed)
-    })
-    .expect("client namespace")
-}
-
 /// Runs `change` with short requests going on; (answered, failed, what
 /// `change` returned).
 fn during<T>(lab: &Lab, change: impl FnOnce() -> T) -> (u32, u32, T) {
     let stop = Arc::new(AtomicBool::new(false));
-    let requests = short_requests(lab, stop.clone());
+    let requests = short_requests(lab, stop.clone(), Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(300));
     let result = change();
     std::thread::sleep(Duration::from_millis(500));

@@ -73,31 +73,11 @@ fn long_download(
     .expect("client namespace")
 }
 
-/// Short requests until told to stop: (answered, failed).
-fn short_requests(
-    lab: &Lab,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Result<(u32, u32), pnlb_lab::LabError>> {
-    spawn_in_netns(&lab.client, move || {
-        let (mut ok, mut failed) = (0, 0);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            match request(IpAddr::V4(VIP4)) {
-                Ok(_) => ok += 1,
-                Err(_) => failed += 1,
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (ok, failed)
-    })
-    .expect("client namespace")
-}
-
 /// Runs `fault` in the middle of a long download and short requests;
 /// returns the takeover time (fault until `taker` logs it is master).
 fn through(lab: &Lab, what: &str, taker: &LabProcess, fault: impl FnOnce()) -> Duration {
     let stop = Arc::new(AtomicBool::new(false));
-    let requests = short_requests(lab, stop.clone());
+    let requests = short_requests(lab, stop.clone(), Duration::from_secs(120));
     let download = long_download(lab);
     std::thread::sleep(Duration::from_millis(800));
     let masters_before = taker

@@ -341,3 +341,26 @@ pub fn bounding_set(capabilities: &[String]) -> String {
         .collect();
     format!("--bounding-set=-all,{}", names.join(","))
 }
+
+/// Short requests to the IPv4 VIP from the client, one every 20 ms, until
+/// `stop` or `limit`: (answered, failed).
+pub fn short_requests(
+    lab: &Lab,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    limit: Duration,
+) -> std::thread::JoinHandle<Result<(u32, u32), pnlb_lab::LabError>> {
+    use std::sync::atomic::Ordering;
+    pnlb_lab::spawn_in_netns(&lab.client, move || {
+        let (mut ok, mut failed) = (0, 0);
+        let deadline = std::time::Instant::now() + limit;
+        while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+            match request(IpAddr::V4(VIP4)) {
+                Ok(_) => ok += 1,
+                Err(_) => failed += 1,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (ok, failed)
+    })
+    .expect("client namespace")
+}
