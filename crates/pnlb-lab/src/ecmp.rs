@@ -12,7 +12,7 @@
 //!                                         +----- servers
 //! ```
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -186,13 +186,16 @@ impl Lab {
         )?;
         let mut config = format!(
             "router id 10.77.1.1;\nlog \"{}\" all;\nprotocol device {{ scan time 1; }}\n{BFD}\
-             protocol kernel {{\n\tipv4 {{ import none; export all; }};\n\tmerge paths on;\n}}\n",
+             protocol kernel {{\n\tipv4 {{ import none; export all; }};\n\tmerge paths on;\n}}\n\
+             protocol kernel kernel6 {{\n\tipv6 {{ import none; export all; }};\n\tmerge paths on;\n}}\n",
             self.dir.join("bird-router.log").display()
         );
+        // A session per node and family: IPv6 routes with IPv6 next hops.
         for node in &self.ecmp_nodes {
             config += &format!(
-                "protocol bgp lb{} {{\n\tlocal 10.77.1.1 as {ROUTER_AS};\n\tneighbor {} as {NODES_AS};\n\t{TIMERS}\n\tipv4 {{ import all; export none; }};\n}}\n",
-                node.index, node.ipv4
+                "protocol bgp lb{} {{\n\tlocal 10.77.1.1 as {ROUTER_AS};\n\tneighbor {} as {NODES_AS};\n\t{TIMERS}\n\tipv4 {{ import all; export none; }};\n}}\n\
+                 protocol bgp lb{}_6 {{\n\tlocal fd77:1::1 as {ROUTER_AS};\n\tneighbor {} as {NODES_AS};\n\t{TIMERS}\n\tipv6 {{ import all; export none; }};\n}}\n",
+                node.index, node.ipv4, node.index, node.ipv6
             );
         }
         let path = self.dir.join("bird-router.conf");
@@ -221,11 +224,14 @@ impl Lab {
         let config = format!(
             "router id {};\nlog \"{}\" all;\nprotocol device {{ scan time 1; }}\n{BFD}include \"{}\";\n\
              protocol bgp upstream {{\n\tlocal {} as {NODES_AS};\n\tneighbor 10.77.1.1 as {ROUTER_AS};\n\t{TIMERS}\n\
-             \tipv4 {{ import none; export where proto = \"pnlb_vips4\"; }};\n}}\n",
+             \tipv4 {{ import none; export where proto = \"pnlb_vips4\"; }};\n}}\n\
+             protocol bgp upstream6 {{\n\tlocal {} as {NODES_AS};\n\tneighbor fd77:1::1 as {ROUTER_AS};\n\t{TIMERS}\n\
+             \tipv6 {{ import none; export where proto = \"pnlb_vips6\"; }};\n}}\n",
             node.ipv4,
             self.dir.join(format!("bird-lb{index}.log")).display(),
             routes.display(),
-            node.ipv4
+            node.ipv4,
+            node.ipv6
         );
         let path = self.dir.join(format!("bird-lb{index}.conf"));
         write(&path, &config)?;
@@ -259,8 +265,17 @@ impl Lab {
     }
 
     /// The router's current next hops for `vip` (its multipath route).
-    pub fn router_next_hops(&self, vip: Ipv4Addr) -> Result<Vec<Ipv4Addr>, LabError> {
-        let out = netns::ip(&self.router, &["route", "show", &format!("{vip}/32")])?;
+    pub fn router_next_hops(&self, vip: impl Into<IpAddr>) -> Result<Vec<IpAddr>, LabError> {
+        let vip = vip.into();
+        let (family, prefix) = if vip.is_ipv6() {
+            ("-6", 128)
+        } else {
+            ("-4", 32)
+        };
+        let out = netns::ip(
+            &self.router,
+            &[family, "route", "show", &format!("{vip}/{prefix}")],
+        )?;
         let text = String::from_utf8_lossy(&out.stdout);
         Ok(text
             .split_whitespace()
@@ -272,18 +287,25 @@ impl Lab {
     }
 
     /// Waits until the router's next hops for `vip` are exactly `nodes`
-    /// (their addresses); how long that took.
+    /// (their addresses of its family); how long that took.
     pub fn wait_for_next_hops(
         &self,
-        vip: Ipv4Addr,
+        vip: impl Into<IpAddr>,
         nodes: &[usize],
         timeout: Duration,
     ) -> Result<Duration, LabError> {
+        let vip = vip.into();
         let started = Instant::now();
-        let mut wanted: Vec<Ipv4Addr> = nodes
+        let mut wanted: Vec<IpAddr> = nodes
             .iter()
             .filter_map(|i| self.ecmp_nodes.get(i.wrapping_sub(1)))
-            .map(|node| node.ipv4)
+            .map(|node| {
+                if vip.is_ipv6() {
+                    IpAddr::V6(node.ipv6)
+                } else {
+                    IpAddr::V4(node.ipv4)
+                }
+            })
             .collect();
         wanted.sort();
         loop {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use pnlb_lab::{spawn_in_netns, Lab, LabProcess, LabSpec, BULK_PORT, VIP4};
+use pnlb_lab::{spawn_in_netns, Lab, LabProcess, LabSpec, BULK_PORT, VIP4, VIP6};
 use support::*;
 
 /// A node running: its BIRD and its pnlb.
@@ -52,7 +52,7 @@ fn announcements(lab: &Lab, nodes: &[Node]) -> String {
         .iter()
         .map(|node| {
             let status = status_in(&ns_of(lab, node.index));
-            let recent: Vec<String> = node.pnlb.output().into_iter().rev().take(8).collect();
+            let recent: Vec<String> = node.pnlb.output().into_iter().rev().take(30).collect();
             format!("lb{}: {} {recent:#?}", node.index, status["node"]["bgp"])
         })
         .collect::<Vec<_>>()
@@ -63,21 +63,29 @@ fn ns_of(lab: &Lab, index: usize) -> String {
     lab.ecmp_nodes[index - 1].ns.clone()
 }
 
-/// New flows node `index` has taken for service "web".
-fn new_flows(lab: &Lab, index: usize) -> u64 {
+/// The lab's service on `vip`: "web" on the IPv4 VIP, "web6" on the IPv6.
+fn service_on(vip: IpAddr) -> &'static str {
+    if vip.is_ipv6() {
+        "web6"
+    } else {
+        "web"
+    }
+}
+
+/// New flows node `index` has taken for `service`.
+fn new_flows(lab: &Lab, index: usize, service: &str) -> u64 {
     status_in(&ns_of(lab, index))["services"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|s| s["name"] == "web")
+        .filter(|s| s["name"] == service)
         .filter_map(|s| s["counters"]["new_flows"].as_u64())
         .sum()
 }
 
-/// Short HTTP requests from the client, each on a new connection; how many
-/// failed.
-fn requests(lab: &Lab, count: usize) -> usize {
-    let vip = IpAddr::V4(VIP4);
+/// Short HTTP requests from the client to `vip`, each on a new
+/// connection; how many failed.
+fn requests(lab: &Lab, vip: IpAddr, count: usize) -> usize {
     pnlb_lab::in_netns(&lab.client, move || {
         (0..count).filter(|_| request(vip).is_err()).count()
     })
@@ -160,13 +168,23 @@ fn new_connections_spread_over_every_node_and_a_vip_without_backends_is_withdraw
         "{fingerprints:?}"
     );
 
-    let (failed, shares) = spread(&lab, &[1, 2, 3], 300);
-    eprintln!("300 new connections: {failed} failed; per node {shares:.1?} %");
-    assert_eq!(failed, 0);
-    assert!(
-        shares.iter().all(|s| (20.0..=46.0).contains(s)),
-        "{shares:?}"
-    );
+    // The IPv6 VIP too: its own sessions, next hops and multipath route.
+    lab.wait_for_next_hops(VIP6, &[1, 2, 3], Duration::from_secs(20))
+        .unwrap_or_else(|err| {
+            panic!(
+                "the router spreads the IPv6 VIP over 3 nodes: {err}\n{}",
+                announcements(&lab, &nodes)
+            )
+        });
+    for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+        let (failed, shares) = spread(&lab, vip, &[1, 2, 3], 300);
+        eprintln!("300 new connections to {vip}: {failed} failed; per node {shares:.1?} %");
+        assert_eq!(failed, 0);
+        assert!(
+            shares.iter().all(|s| (20.0..=46.0).contains(s)),
+            "{shares:?}"
+        );
+    }
 
     // Every backend down: every node withdraws the VIP; back up: announced.
     for server in 0..lab.servers.len() {
@@ -174,10 +192,17 @@ fn new_connections_spread_over_every_node_and_a_vip_without_backends_is_withdraw
     }
     let withdrawn = lab
         .wait_for_next_hops(VIP4, &[], Duration::from_secs(30))
-        .expect("withdrawn by every node");
+        .unwrap_or_else(|err| {
+            panic!(
+                "withdrawn by every node: {err}\n{}",
+                announcements(&lab, &nodes)
+            )
+        });
+    lab.wait_for_next_hops(VIP6, &[], Duration::from_secs(30))
+        .unwrap_or_else(|err| panic!("IPv6 VIP withdrawn: {err}\n{}", announcements(&lab, &nodes)));
     let reason = status_in(&ns_of(&lab, 2))["node"]["bgp"]["withdrawn"].to_string();
     eprintln!(
-        "every backend down: withdrawn by every node {:.1} s after nginx stopped ({reason})",
+        "every backend down: both VIPs withdrawn by every node {:.1} s after nginx stopped ({reason})",
         withdrawn.as_secs_f64()
     );
     assert!(reason.contains("no usable backend"), "{reason}");
@@ -187,11 +212,18 @@ fn new_connections_spread_over_every_node_and_a_vip_without_backends_is_withdraw
     let announced = lab
         .wait_for_next_hops(VIP4, &[1, 2, 3], Duration::from_secs(30))
         .expect("announced again by every node");
+    lab.wait_for_next_hops(VIP6, &[1, 2, 3], Duration::from_secs(30))
+        .expect("the IPv6 VIP announced again by every node");
     eprintln!(
         "backends up again: announced by every node {:.1} s after nginx started",
         announced.as_secs_f64()
     );
-    assert_eq!(requests(&lab, 20), 0, "served again");
+    assert_eq!(requests(&lab, IpAddr::V4(VIP4), 20), 0, "served again");
+    assert_eq!(
+        requests(&lab, IpAddr::V6(VIP6), 20),
+        0,
+        "served again over IPv6"
+    );
 
     for node in nodes {
         let (_, output) = node.pnlb.stop(Duration::from_secs(10));
@@ -299,7 +331,7 @@ fn through_node_changes(method: &str, scheduler: &str) {
     };
     route_servers(&[1, 2, 3]);
 
-    let (failed, shares) = spread(&lab, &[1, 2, 3], 150);
+    let (failed, shares) = spread(&lab, IpAddr::V4(VIP4), &[1, 2, 3], 150);
     eprintln!(
         "{method}: 150 new connections over 3 nodes: {failed} failed; per node {shares:.1?} %"
     );
@@ -376,7 +408,12 @@ fn through_node_changes(method: &str, scheduler: &str) {
         route_servers(&[1, 4]);
         let gone = lab
             .wait_for_next_hops(VIP4, &[1, 4], Duration::from_secs(10))
-            .expect("node 3 out of the route");
+            .unwrap_or_else(|err| {
+                panic!(
+                    "node 3 out of the route: {err}\n{}",
+                    announcements(&lab, &nodes)
+                )
+            });
         drop(victim);
         gone
     });
@@ -407,14 +444,19 @@ fn through_node_changes(method: &str, scheduler: &str) {
     }
     let withdrawn = lab
         .wait_for_next_hops(VIP4, &[], Duration::from_secs(30))
-        .expect("withdrawn by every node");
+        .unwrap_or_else(|err| {
+            panic!(
+                "withdrawn by every node: {err}\n{}",
+                announcements(&lab, &nodes)
+            )
+        });
     for server in 0..lab.servers.len() {
         lab.start_nginx(server).expect("nginx again");
         lab.start_echo(server).expect("echo again");
     }
     let announced = lab
         .wait_for_next_hops(VIP4, &[1, 4], Duration::from_secs(30))
-        .expect("announced again");
+        .unwrap_or_else(|err| panic!("announced again: {err}\n{}", announcements(&lab, &nodes)));
     eprintln!(
         "{method}: every backend down: withdrawn by nodes 1 and 4 {:.1} s after the servers stopped; announced again {:.1} s after they started",
         withdrawn.as_secs_f64(),
@@ -450,15 +492,16 @@ fn with_health(config: &str) -> String {
         .join("[[service]]")
 }
 
-/// `count` new connections from the client: (failed, each node's share of
-/// them in %, by its new-flow counter for service "web").
-fn spread(lab: &Lab, nodes: &[usize], count: usize) -> (usize, Vec<f64>) {
-    let before: Vec<u64> = nodes.iter().map(|i| new_flows(lab, *i)).collect();
-    let failed = requests(lab, count);
+/// `count` new connections from the client to `vip`: (failed, each node's
+/// share of them in %, by its new-flow counter for the VIP's service).
+fn spread(lab: &Lab, vip: IpAddr, nodes: &[usize], count: usize) -> (usize, Vec<f64>) {
+    let service = service_on(vip);
+    let before: Vec<u64> = nodes.iter().map(|i| new_flows(lab, *i, service)).collect();
+    let failed = requests(lab, vip, count);
     let taken: Vec<u64> = nodes
         .iter()
         .zip(&before)
-        .map(|(i, was)| new_flows(lab, *i) - was)
+        .map(|(i, was)| new_flows(lab, *i, service) - was)
         .collect();
     let total: u64 = taken.iter().sum();
     let shares = taken
