@@ -411,12 +411,42 @@ static __always_inline void pnlb_run_ended(__u64 started)
 }
 #endif
 
+/*
+ * Whether the frame is unicast to a MAC other than the ingress
+ * interface's own: a bridge floods frames for a MAC it has not learned (or
+ * whose port went down) to every port, and a port in promiscuous mode
+ * takes them. Forwarding them would duplicate another host's packets.
+ */
+static __always_inline int pnlb_for_another_host(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct pnlb_own_macs *own;
+	__u32 zero = 0, i;
+
+	if ((void *)(eth + 1) > data_end || (eth->h_dest[0] & 1))
+		return 0;
+	own = bpf_map_lookup_elem(&pnlb_own_macs, &zero);
+	if (!own)
+		return 0;
+	for (i = 0; i < PNLB_MAX_OWN_MACS; i++) {
+		if (i >= own->count)
+			return 0;
+		if (own->entries[i].ifindex == ctx->ingress_ifindex)
+			return __builtin_memcmp(own->entries[i].mac, eth->h_dest, ETH_ALEN) != 0;
+	}
+	return 0;
+}
+
 static __always_inline int pnlb_xdp_packet(struct xdp_md *ctx)
 {
 	int qinq, ingress, ret, verdict;
 	__u32 tci, vid;
 
 	pnlb_variant_count();
+	if (pnlb_for_another_host(ctx))
+		return pnlb_pass(PNLB_PASS_OTHER_HOST);
 	ingress = pnlb_vlan_pop(ctx, &qinq);
 	if (ingress < 0)
 		return pnlb_pass(qinq ? PNLB_PASS_QINQ : PNLB_PASS_NOT_IP);

@@ -23,7 +23,7 @@
  * to adopt it (it would misread the maps). Bump it with any change to a
  * map's key or value layout or meaning.
  */
-enum pnlb_abi_version { PNLB_ABI_VERSION = 5 };
+enum pnlb_abi_version { PNLB_ABI_VERSION = 6 };
 
 /* pnlb_meta's slots: what a pinned data plane says about itself. */
 enum pnlb_meta_slot {
@@ -34,13 +34,11 @@ enum pnlb_meta_slot {
 	 * the data plane for daemon.unattended_limit: new flows are refused
 	 * from then on (0: never). Each daemon tick moves it on. */
 	PNLB_META_UNATTENDED_AFTER = 3,
-	/* Nodes behind ECMP in pnlb_nodes (0: none published; nat's flows
-	 * without state are then this node's alone). */
-	PNLB_META_NODES = 4,
-	/* The list before the last change, in pnlb_nodes_previous, for a
-	 * while (0: none): a flow's second chance (nodes.h). */
-	PNLB_META_NODES_PREVIOUS = 5,
-	PNLB_META_SLOTS = 6,
+	/* Nodes behind ECMP: PNLB_NODE_LISTS slots, the count of each list
+	 * in pnlb_nodes (see pnlb_node_limits; from when each applies is in
+	 * pnlb_node_since). */
+	PNLB_META_NODE_COUNT = 4,
+	PNLB_META_SLOTS = 7,
 };
 
 enum pnlb_limits {
@@ -244,7 +242,11 @@ enum pnlb_reason {
 	PNLB_FWD_HANDED_ON = 37,       /* nat behind ECMP: a packet of a flow
 					* this node holds no entry of, handed to
 					* the flow's designated node (not a drop) */
-	PNLB_REASON_MAX = 38,
+	PNLB_PASS_OTHER_HOST = 38,     /* a frame addressed to another host's MAC
+					* (a bridge flooding it, a port in
+					* promiscuous mode): the kernel's, which
+					* drops it */
+	PNLB_REASON_MAX = 39,
 };
 
 /* Connection-table events, per CPU in pnlb_table_stats. */
@@ -326,14 +328,47 @@ struct pnlb_service {
  * list as it was before the last change (a handshake under way when a
  * node joined or left), unless that is this node or the one that handed
  * it on; it is never handed on a third time.
+ *
+ * Every node must switch lists at the same instant: a list is published
+ * ahead of time with the instant it applies from (its pnlb_node_since:
+ * bpf_ktime_get_ns(); 0: unused or being written), and the program picks
+ * by the clock. Of PNLB_NODE_LISTS lists, the current one is the one with
+ * the latest start not in the future, the one before
+ * it serves second chances for PNLB_SECOND_CHANCE_S after the switch,
+ * and the third is free to be written (or waits for its instant).
  */
-enum pnlb_node_limits { PNLB_MAX_NODES = 16 };
+enum pnlb_node_limits {
+	PNLB_MAX_NODES = 16,
+	PNLB_NODE_LISTS = 3,
+	/* How long after a switch of lists the list before it serves second
+	 * chances: longer than a handshake takes (a SYN retransmitted after
+	 * 1 s and 3 s included). */
+	PNLB_SECOND_CHANCE_S = 5,
+};
 
 struct pnlb_node {
 	__u8 mac[6];     /* the node's MAC on ifindex */
 	__u8 src_mac[6]; /* ours on ifindex */
 	__u32 ifindex;
 	__u32 is_self;   /* 1: this node */
+};
+
+/*
+ * The MAC of each interface the program is attached to (pnlb_own_macs'
+ * one entry): a unicast frame addressed to another MAC is not this host's
+ * to forward. An interface not listed is not checked.
+ */
+enum pnlb_own_mac_limits { PNLB_MAX_OWN_MACS = 8 };
+
+struct pnlb_own_mac {
+	__u32 ifindex;
+	__u8 mac[6];
+	__u8 _pad[2];
+};
+
+struct pnlb_own_macs {
+	__u32 count;
+	struct pnlb_own_mac entries[PNLB_MAX_OWN_MACS];
 };
 
 struct pnlb_mac_key {
@@ -514,6 +549,7 @@ _Static_assert(sizeof(struct pnlb_service_key) == 20, "pnlb_service_key");
 _Static_assert(sizeof(struct pnlb_service) == 44, "pnlb_service");
 _Static_assert(sizeof(struct pnlb_source_census) == 24, "pnlb_source_census");
 _Static_assert(sizeof(struct pnlb_node) == 20, "pnlb_node");
+_Static_assert(sizeof(struct pnlb_own_macs) == 100, "pnlb_own_macs");
 _Static_assert(sizeof(struct pnlb_affinity_key) == 24, "pnlb_affinity_key");
 _Static_assert(sizeof(struct pnlb_affinity) == 16, "pnlb_affinity");
 _Static_assert(sizeof(struct pnlb_backend) == 76, "pnlb_backend");

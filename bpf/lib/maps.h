@@ -171,21 +171,30 @@ struct {
 	__type(value, __u64);
 } pnlb_source_rates SEC(".maps");
 
-/* Nodes behind ECMP (pnlb_abi.h): the live ones in address order, and
- * their MACs, to tell a packet another node handed on. */
+/* The attached interfaces' own MACs (pnlb_abi.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, PNLB_MAX_NODES);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pnlb_own_macs);
+} pnlb_own_macs SEC(".maps");
+
+/* Nodes behind ECMP (pnlb_abi.h): PNLB_NODE_LISTS lists of the live ones
+ * in address order (list l at l * PNLB_MAX_NODES), and their MACs, to tell
+ * a packet another node handed on. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PNLB_NODE_LISTS * PNLB_MAX_NODES);
 	__type(key, __u32);
 	__type(value, struct pnlb_node);
 } pnlb_nodes SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, PNLB_MAX_NODES);
+	__uint(max_entries, PNLB_NODE_LISTS);
 	__type(key, __u32);
-	__type(value, struct pnlb_node);
-} pnlb_nodes_previous SEC(".maps");
+	__type(value, __u64);
+} pnlb_node_since SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

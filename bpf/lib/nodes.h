@@ -14,39 +14,66 @@
 #include "jhash.h"
 #include "parse.h"
 
-/* The index of the flow of client `addr`:`port` in a list of the count
- * in meta slot `slot`; -1 without a list. */
-static __always_inline int pnlb_designated_index(__u32 slot, const struct pnlb_addr *addr,
-						 __u16 port, __u8 protocol)
-{
-	__u32 *count = bpf_map_lookup_elem(&pnlb_meta, &slot);
-	__u32 words[5];
+/* The node lists as the clock picks them (pnlb_abi.h): the current one
+ * and the one before it, while it still serves second chances; -1: none. */
+struct pnlb_node_lists {
+	int current;
+	int previous;
+};
 
+static __always_inline __u64 pnlb_node_list_since(__u32 list)
+{
+	__u64 *since = bpf_map_lookup_elem(&pnlb_node_since, &list);
+
+	return since ? *since : 0;
+}
+
+static __always_inline struct pnlb_node_lists pnlb_node_lists_now(void)
+{
+	struct pnlb_node_lists lists = { -1, -1 };
+	__u64 now = bpf_ktime_get_ns(), latest = 0, before = 0;
+	int list;
+
+	for (list = 0; list < PNLB_NODE_LISTS; list++) {
+		__u64 since = pnlb_node_list_since(list);
+
+		if (!since || since > now)
+			continue;
+		if (since > latest) {
+			before = latest;
+			lists.previous = lists.current;
+			latest = since;
+			lists.current = list;
+		} else if (since > before) {
+			before = since;
+			lists.previous = list;
+		}
+	}
+	if (now - latest >= PNLB_SECOND_CHANCE_S * 1000000000ULL)
+		lists.previous = -1;
+	return lists;
+}
+
+/* The node of the flow of client `addr`:`port` in `list`; NULL without a
+ * list of two or more. */
+static __always_inline struct pnlb_node *pnlb_designated_in(int list, const struct pnlb_addr *addr,
+							    __u16 port, __u8 protocol)
+{
+	__u32 slot = PNLB_META_NODE_COUNT + list, words[5], key;
+	__u32 *count;
+
+	if (list < 0 || list >= PNLB_NODE_LISTS)
+		return NULL;
+	count = bpf_map_lookup_elem(&pnlb_meta, &slot);
 	if (!count || *count < 2 || *count > PNLB_MAX_NODES)
-		return -1;
+		return NULL;
 	words[0] = addr->words[0];
 	words[1] = addr->words[1];
 	words[2] = addr->words[2];
 	words[3] = addr->words[3];
 	words[4] = (__u32)port << 8 | protocol;
-	return pnlb_jhash2(words, 5, pnlb_hash_seed) % *count;
-}
-
-/* The designated node of the flow of client `addr`:`port`, when it is
- * another node; NULL when it is this one or no node list is published. */
-static __always_inline struct pnlb_node *pnlb_designated_node(const struct pnlb_addr *addr,
-							       __u16 port, __u8 protocol)
-{
-	int index = pnlb_designated_index(PNLB_META_NODES, addr, port, protocol);
-	__u32 key = index;
-	struct pnlb_node *node;
-
-	if (index < 0)
-		return NULL;
-	node = bpf_map_lookup_elem(&pnlb_nodes, &key);
-	if (!node || node->is_self)
-		return NULL;
-	return node;
+	key = list * PNLB_MAX_NODES + pnlb_jhash2(words, 5, pnlb_hash_seed) % *count;
+	return bpf_map_lookup_elem(&pnlb_nodes, &key);
 }
 
 /* Whether another node handed this frame on (its source MAC is a node's). */
@@ -64,63 +91,53 @@ static __always_inline int pnlb_from_node(struct xdp_md *ctx)
 }
 
 /* A mid-flow packet that finds no entry here: the flow's designated node
- * before the last change of the list, unless that is this node, or the
- * packet comes from that node or from the flow's designated node (which
- * gave it its second chance already): no packet goes round. NULL:
+ * before the last switch of lists, unless that is this node, or the
+ * packet comes from that node or from the flow's designated node now
+ * (which gave it its second chance already): no packet goes round. NULL:
  * handled here. */
 static __always_inline struct pnlb_node *pnlb_second_chance(struct xdp_md *ctx,
+							     struct pnlb_node_lists lists,
 							     const struct pnlb_addr *addr,
 							     __u16 port, __u8 protocol)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	int index = pnlb_designated_index(PNLB_META_NODES_PREVIOUS, addr, port, protocol);
-	int current = pnlb_designated_index(PNLB_META_NODES, addr, port, protocol);
+	struct pnlb_node *before = pnlb_designated_in(lists.previous, addr, port, protocol);
+	struct pnlb_node *now = pnlb_designated_in(lists.current, addr, port, protocol);
 	struct ethhdr *eth = data;
-	struct pnlb_node *node;
-	__u32 key = current;
 
-	if (index < 0 || (void *)(eth + 1) > data_end)
+	if (!before || before->is_self || (void *)(eth + 1) > data_end)
 		return NULL;
-	/* From the flow's designated node: it gave this packet its second
-	 * chance already. */
-	if (current >= 0) {
-		node = bpf_map_lookup_elem(&pnlb_nodes, &key);
-		if (node && !__builtin_memcmp(node->mac, eth->h_source, ETH_ALEN))
-			return NULL;
-	}
-	key = index;
-	node = bpf_map_lookup_elem(&pnlb_nodes_previous, &key);
-	if (!node || node->is_self || !__builtin_memcmp(node->mac, eth->h_source, ETH_ALEN))
+	if (now && !__builtin_memcmp(now->mac, eth->h_source, ETH_ALEN))
 		return NULL;
-	return node;
+	if (!__builtin_memcmp(before->mac, eth->h_source, ETH_ALEN))
+		return NULL;
+	return before;
 }
 
 /* Where a nat packet of a flow this node holds no entry of goes. One that
  * opens the flow: its designated node (here, if this is it or another
  * node handed it on). One that does not: its designated node, unless this
  * is it or another node handed it on; then its second chance (the flow
- * began before the list changed). NULL: handled here. */
+ * began before the lists switched). NULL: handled here. */
 static __always_inline struct pnlb_node *pnlb_node_for(struct xdp_md *ctx,
 							const struct pnlb_addr *addr, __u16 port,
 							__u8 protocol, int opens)
 {
-	__u32 current = PNLB_META_NODES, previous = PNLB_META_NODES_PREVIOUS;
-	__u32 *count = bpf_map_lookup_elem(&pnlb_meta, &current);
-	__u32 *count_before = bpf_map_lookup_elem(&pnlb_meta, &previous);
-	struct pnlb_node *node = NULL;
+	struct pnlb_node_lists lists = pnlb_node_lists_now();
+	struct pnlb_node *node;
 
-	/* No list (a single node): nothing to look up per new flow. */
-	if ((!count || *count < 2) && (!count_before || *count_before < 2))
+	/* No list (a single node): nothing more to look up per new flow. */
+	if (lists.current < 0 && lists.previous < 0)
 		return NULL;
 	if (!pnlb_from_node(ctx)) {
-		node = pnlb_designated_node(addr, port, protocol);
-		if (node)
+		node = pnlb_designated_in(lists.current, addr, port, protocol);
+		if (node && !node->is_self)
 			return node;
 	}
 	if (opens)
 		return NULL;
-	return pnlb_second_chance(ctx, addr, port, protocol);
+	return pnlb_second_chance(ctx, lists, addr, port, protocol);
 }
 
 /* Hands the frame, unchanged but for its MACs, to `node`. */

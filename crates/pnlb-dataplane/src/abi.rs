@@ -14,13 +14,13 @@ pub use crate::skel::types::{
     pnlb_decap_counter as DecapCounter, pnlb_encap as Encap, pnlb_flow_key as FlowKey,
     pnlb_hash_key as HashKey, pnlb_hash_seed as HashSeed, pnlb_limits as Limits,
     pnlb_mac_key as MacKey, pnlb_meta_slot as MetaSlot, pnlb_method as Method, pnlb_node as Node,
-    pnlb_node_limits as NodeLimits, pnlb_reason as Reason, pnlb_scheduler as SchedulerKind,
-    pnlb_service as Service, pnlb_service_flags as ServiceFlags, pnlb_service_key as ServiceKey,
-    pnlb_service_stats as ServiceStats, pnlb_snat_limits as SnatLimits,
-    pnlb_source_census as SourceCensus, pnlb_source_flows as SourceFlows,
-    pnlb_source_key as SourceKey, pnlb_source_limits as SourceLimits,
-    pnlb_table_counter as TableCounter, pnlb_table_slot as TableSlot,
-    pnlb_vlan_device as VlanDeviceEntry,
+    pnlb_node_limits as NodeLimits, pnlb_own_macs as OwnMacs, pnlb_reason as Reason,
+    pnlb_scheduler as SchedulerKind, pnlb_service as Service, pnlb_service_flags as ServiceFlags,
+    pnlb_service_key as ServiceKey, pnlb_service_stats as ServiceStats,
+    pnlb_snat_limits as SnatLimits, pnlb_source_census as SourceCensus,
+    pnlb_source_flows as SourceFlows, pnlb_source_key as SourceKey,
+    pnlb_source_limits as SourceLimits, pnlb_table_counter as TableCounter,
+    pnlb_table_slot as TableSlot, pnlb_vlan_device as VlanDeviceEntry,
 };
 
 // The same numbers bpf/include/pnlb_abi.h checks with _Static_assert.
@@ -35,6 +35,7 @@ const _: () = {
     assert!(size_of::<SourceFlows>() == 16);
     assert!(size_of::<SourceCensus>() == 24);
     assert!(size_of::<Node>() == 20);
+    assert!(size_of::<OwnMacs>() == 100);
     assert!(size_of::<MacKey>() == 8);
     assert!(offset_of!(Service, snat_port_min) == 8);
     assert!(offset_of!(Service, persistence_s) == 12);
@@ -98,6 +99,7 @@ unsafe impl Plain for BackendLoad {}
 unsafe impl Plain for SourceKey {}
 unsafe impl Plain for Node {}
 unsafe impl Plain for MacKey {}
+unsafe impl Plain for OwnMacs {}
 unsafe impl Plain for SourceFlows {}
 unsafe impl Plain for SourceCensus {}
 unsafe impl Plain for FlowKey {}

@@ -28,6 +28,7 @@ pub mod netdev;
 pub mod netwatch;
 pub mod nexthop;
 pub mod nodes;
+pub mod own_macs;
 pub mod pinning;
 pub mod prog_stats;
 pub mod programmer;

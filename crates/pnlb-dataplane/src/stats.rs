@@ -107,6 +107,7 @@ pub fn reason_name(reason: usize) -> &'static str {
         "drop_source_rate_limited",
         "drop_source_flows_limited",
         "fwd_handed_on",
+        "pass_other_host",
     ];
     NAMES.get(reason).copied().unwrap_or("unknown")
 }

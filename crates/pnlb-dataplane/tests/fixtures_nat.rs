@@ -860,7 +860,8 @@ fn nat_flows_this_node_does_not_hold_go_to_their_designated_node() {
         return;
     }
     in_lb_netns(|| {
-        use pnlb_dataplane::nodes::Node;
+        use pnlb_dataplane::nodes::{Node, NodeLists};
+        use std::time::{Duration, Instant};
         const PEER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 2];
         let fixture = Fixture::new(CONFIG);
         let nodes = [
@@ -877,7 +878,17 @@ fn nat_flows_this_node_does_not_hold_go_to_their_designated_node() {
                 is_self: false,
             },
         ];
-        fixture.dataplane.set_nodes(&nodes, &[], &[]).unwrap();
+        let dataplane = &fixture.dataplane;
+        let mut lists = NodeLists::clear(dataplane).unwrap();
+        // A list that applies now; the next may be written once its switch
+        // is a few ms past.
+        let mut publish_now = |nodes: &[Node]| {
+            let now = Instant::now();
+            assert!(lists.publish(dataplane, nodes, now, now).unwrap());
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        publish_now(&nodes);
+        dataplane.set_node_macs(&[PEER_MAC]).unwrap();
         let syn = |port| Pkt::tcp("10.77.0.2", port, "10.77.100.1", 80, SYN);
         let (mut handed, mut here) = (Vec::new(), Vec::new());
         for port in 41_000..41_040u16 {
@@ -929,10 +940,9 @@ fn nat_flows_this_node_does_not_hold_go_to_their_designated_node() {
         };
         // (The earlier list in another order, so that a flow's designated
         // node before and now differ.)
-        fixture
-            .dataplane
-            .set_nodes(&[nodes[0], new_peer], &[nodes[1], nodes[0]], &[])
-            .unwrap();
+        publish_now(&[nodes[1], nodes[0]]);
+        publish_now(&[nodes[0], new_peer]);
+        dataplane.set_node_macs(&[PEER_MAC, NEW_PEER_MAC]).unwrap();
         let mid_flow = |port| Pkt::tcp("10.77.0.2", port, "10.77.100.1", 80, ACK);
         let (_, out) = fixture.run(&syn(handed[4] + 1000).macs(NEW_PEER_MAC, LB_MAC).bytes());
         assert_eq!(
@@ -962,10 +972,8 @@ fn nat_flows_this_node_does_not_hold_go_to_their_designated_node() {
         // A node this one knows but does not count as live (its lists
         // disagree): what it hands on is handled here, never passed back.
         const SILENT_PEER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 4];
-        fixture
-            .dataplane
-            .set_nodes(&nodes, &[], &[SILENT_PEER_MAC])
-            .unwrap();
+        publish_now(&nodes);
+        dataplane.set_node_macs(&[SILENT_PEER_MAC]).unwrap();
         let (_, out) = fixture.run(&syn(handed[5]).macs(SILENT_PEER_MAC, LB_MAC).bytes());
         assert_eq!(
             out[..6],
@@ -974,8 +982,86 @@ fn nat_flows_this_node_does_not_hold_go_to_their_designated_node() {
         );
 
         // No list: every flow is this node's again.
-        fixture.dataplane.set_nodes(&[], &[], &[]).unwrap();
+        publish_now(&[]);
         let (_, out) = fixture.run(&syn(handed[2]).bytes());
         assert_eq!(out[..6], backend_mac(ip("10.77.1.11")));
+    });
+}
+
+/// Every node switches lists at one instant: a list published ahead of
+/// its instant changes nothing until then, and the list before it serves
+/// second chances from that instant on.
+#[test]
+fn nat_node_lists_switch_at_their_instant() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        use pnlb_dataplane::nodes::{Node, NodeLists};
+        use std::time::{Duration, Instant};
+        const PEER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 2];
+        const NEW_PEER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 3];
+        let fixture = Fixture::new(CONFIG);
+        let node = |mac, is_self| Node {
+            mac,
+            src_mac: LB_MAC,
+            ifindex: TEST_RUN_IFINDEX,
+            is_self,
+        };
+        let before = [node(LB_MAC, true), node(PEER_MAC, false)];
+        let after = [
+            node(LB_MAC, true),
+            node(PEER_MAC, false),
+            node(NEW_PEER_MAC, false),
+        ];
+        let dataplane = &fixture.dataplane;
+        let mut lists = NodeLists::clear(dataplane).unwrap();
+        let now = Instant::now();
+        assert!(lists.publish(dataplane, &before, now, now).unwrap());
+        dataplane.set_node_macs(&[PEER_MAC, NEW_PEER_MAC]).unwrap();
+        std::thread::sleep(Duration::from_millis(25));
+        let switch = Instant::now() + Duration::from_millis(300);
+        assert!(lists
+            .publish(dataplane, &after, switch, Instant::now())
+            .unwrap());
+        assert_eq!(lists.pending(Instant::now()), Some(switch));
+
+        let syn = |port| Pkt::tcp("10.77.0.2", port, "10.77.100.1", 80, SYN);
+        let to = |port| fixture.run(&syn(port).bytes()).1[..6].to_vec();
+        let ports = 42_000..42_060u16;
+        let early: Vec<Vec<u8>> = ports.clone().map(to).collect();
+        assert!(Instant::now() < switch, "measured before the switch");
+        assert!(
+            early.iter().all(|mac| mac[..] != NEW_PEER_MAC),
+            "no flow goes to the new node before its instant"
+        );
+        std::thread::sleep(
+            switch.saturating_duration_since(Instant::now()) + Duration::from_millis(5),
+        );
+        let late: Vec<Vec<u8>> = ports.clone().map(|port| to(port + 100)).collect();
+        let to_new = late.iter().filter(|mac| mac[..] == NEW_PEER_MAC).count();
+        eprintln!("60 SYNs: 0 to the joining node before its instant, {to_new} after");
+        assert!((8..=40).contains(&to_new), "{to_new}");
+
+        // A flow from before the switch: a mid-flow packet another node
+        // hands on that finds no entry here goes to the flow's designated
+        // node before the switch (its second chance).
+        let moved = ports.clone().find(|port| {
+            let early_mac = &early[usize::from(port - 42_000)];
+            early_mac[..] == PEER_MAC && {
+                let reply =
+                    Pkt::tcp("10.77.0.2", *port, "10.77.100.1", 80, ACK).macs(NEW_PEER_MAC, LB_MAC);
+                fixture.run(&reply.bytes()).1[..6] == PEER_MAC
+            }
+        });
+        eprintln!(
+            "a mid-flow packet handed on by the new node: second chance at the old one: {moved:?}"
+        );
+        assert!(
+            moved.is_some(),
+            "some flow's designated node moved from the peer"
+        );
+        assert_eq!(lists.at(Instant::now()), &after[..]);
+        assert_eq!(lists.pending(Instant::now()), None);
     });
 }

@@ -322,3 +322,52 @@ fn ipv6_udp_without_a_checksum_keeps_none_through_nat() {
         assert_eq!(out[21], 63, "one hop off");
     });
 }
+
+/// A router forwards only frames addressed to it: a unicast frame for
+/// another MAC (a bridge floods one for a MAC it has not learned, or whose
+/// port went down; a port in promiscuous mode takes it) is left to the
+/// kernel, counted, and never forwarded beside its real recipient's copy.
+/// Broadcast frames and interfaces whose MAC is not published go on.
+#[test]
+fn a_frame_for_another_hosts_mac_is_not_forwarded() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        const OTHER_NODE_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 9];
+        let fixture = Fixture::new(CONFIG);
+        fixture
+            .dataplane
+            .set_own_mac_entries(&[(TEST_RUN_IFINDEX, LB_MAC)])
+            .unwrap();
+        let backend_dr = backend_mac(ip("10.77.1.51"));
+        let backend_nat = backend_mac(ip("10.77.1.11"));
+        let dr = Pkt::tcp("10.77.0.2", 40100, "10.77.100.5", 80, SYN);
+        let nat = Pkt::tcp("10.77.0.2", 40101, "10.77.100.1", 80, SYN);
+        let mut passed = 0;
+        for (packet, backend) in [(&dr, backend_dr), (&nat, backend_nat)] {
+            let (verdict, out) = fixture.run(&packet.bytes());
+            assert_eq!((verdict, &out[..6]), (XDP_TX, &backend[..]), "ours");
+            let flooded = packet.macs(ROUTER_MAC, OTHER_NODE_MAC);
+            let (verdict, out) = fixture.run(&flooded.bytes());
+            assert_eq!(
+                (verdict, out),
+                (XDP_PASS, flooded.bytes()),
+                "another host's"
+            );
+            passed += 1;
+            let broadcast = packet.macs(ROUTER_MAC, [0xff; 6]);
+            assert_eq!(fixture.run(&broadcast.bytes()).0, XDP_TX, "broadcast");
+        }
+        assert_eq!(fixture.reason("pass_other_host"), passed);
+        eprintln!("frames to another host's MAC: {passed} left to the kernel, 0 forwarded");
+
+        // Another interface's MAC only: this one is not checked.
+        fixture
+            .dataplane
+            .set_own_mac_entries(&[(TEST_RUN_IFINDEX + 1000, LB_MAC)])
+            .unwrap();
+        let flooded = dr.macs(ROUTER_MAC, OTHER_NODE_MAC);
+        assert_eq!(fixture.run(&flooded.bytes()).0, XDP_TX);
+    });
+}

@@ -11,6 +11,7 @@ pub mod advert;
 pub mod context;
 pub mod election;
 pub mod events;
+pub mod membership;
 pub mod pace;
 pub mod rejections;
 pub mod replay;

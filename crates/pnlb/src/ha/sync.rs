@@ -21,9 +21,10 @@
 //!  0..4   "PNSY"     4 version (3)   5 group   6 kind   7 reserved
 //!  8..10  entries (u16)   10..12 reserved   12..20 sequence (u64)
 //! 20..36  sender address   36..40 dump id (u32; 0: not part of a full dump)
-//! 40..44  count (u32): End: flows the dump sent; Nack: serials asked for; Hello: 1 announcing, 0 not
+//! 40..44  count (u32): End: flows the dump sent; Nack: serials asked for; Hello: 1 takes new flows, 0 not
 //! 44..48  serial (u32): incremental Flows/Ended: this batch's; Nack: the first asked for;
-//!         a dump's End: the last one sent before the table was read (0: none)
+//!         a dump's End: the last one sent before the table was read (0: none);
+//!         Hello: ms until what it says applies (ha/membership.rs)
 //! 48..    entries (150 bytes each)   last 32: HMAC-SHA256
 //! entry: flow key (40) | conn entry (72) | service key (20) | backend address (16) | backend port (2)
 //! ```
@@ -94,7 +95,7 @@ pub struct Message {
     /// Incremental Flows and Ended: the batch's serial (a resent batch
     /// keeps it). Nack: the first serial asked for. A dump's End: the last
     /// serial sent before the table was read (what the dump covers; 0:
-    /// nothing).
+    /// nothing). Hello: the ms until what it says applies.
     pub serial: u32,
     pub flows: Vec<SyncedFlow>,
 }

@@ -30,6 +30,7 @@ use pnlb_dataplane::Dataplane;
 
 use super::context::{SharedNames, SyncContext, SyncGroup};
 use super::events::{Gaps, Outbox, Refresh, Resends};
+use super::membership::{self, PeersHeard, SharedOwnWord};
 use super::pace::Pace;
 use super::rejections::Rejections;
 use super::replay::{ReplayGuard, Sequence};
@@ -70,10 +71,6 @@ const NACK_LIMIT: u32 = 1024;
 /// Mesh: how long a node that fell silent still counts as running.
 pub const PEER_SILENT_AFTER: Duration = Duration::from_secs(1);
 
-/// Mesh: what each peer last said of itself (when, and whether it takes
-/// new flows).
-pub type PeersHeard = Arc<std::sync::Mutex<BTreeMap<IpAddr, (Instant, bool)>>>;
-
 /// The daemon's handle on the sync threads; dropping it stops them.
 pub struct SyncNode {
     stop: Arc<AtomicBool>,
@@ -83,9 +80,9 @@ pub struct SyncNode {
     pub synced: Arc<AtomicBool>,
     master: Arc<AtomicBool>,
     ended: mpsc::Sender<Vec<FlowKey>>,
-    /// Mesh: whether this node takes new flows (announces), as its Hellos
-    /// say; and what the peers' Hellos said.
-    pub announcing: Arc<AtomicBool>,
+    /// Mesh: whether this node takes new flows and from when, as its
+    /// Hellos say; and what the peers' Hellos said.
+    pub own_word: SharedOwnWord,
     pub peers_heard: PeersHeard,
 }
 
@@ -124,7 +121,7 @@ impl SyncNode {
         let ring = dataplane.conn_event_ring()?;
         let stop = Arc::new(AtomicBool::new(false));
         let synced = Arc::new(AtomicBool::new(false));
-        let announcing = Arc::new(AtomicBool::new(false));
+        let own_word = SharedOwnWord::default();
         let peers_heard = PeersHeard::default();
         // In a mesh every node sends its own flows and serves its dumps.
         let master = Arc::new(AtomicBool::new(group.mesh));
@@ -141,7 +138,7 @@ impl SyncNode {
         let server = transfer::serve(context.clone(), master.clone(), stop.clone())?;
         let syncer = {
             let (stop, synced, master) = (stop.clone(), synced.clone(), master.clone());
-            let (announcing, peers_heard) = (announcing.clone(), peers_heard.clone());
+            let (own_word, peers_heard) = (own_word.clone(), peers_heard.clone());
             std::thread::spawn(move || {
                 // The ring's reader is built here: it stays on this thread.
                 let events = match ConnEvents::open(&ring) {
@@ -162,7 +159,7 @@ impl SyncNode {
                     gaps: Gaps::default(),
                     peer_gaps: HashMap::new(),
                     peer_dumps,
-                    announcing,
+                    own_word,
                     peers_heard,
                     hello_at: Instant::now(),
                     hello_said: false,
@@ -191,7 +188,7 @@ impl SyncNode {
             synced,
             master,
             ended,
-            announcing,
+            own_word,
             peers_heard,
         })
     }
@@ -240,7 +237,7 @@ struct Syncer {
     /// Mesh: each peer's stream, and where its dump stands.
     peer_gaps: HashMap<IpAddr, Gaps>,
     peer_dumps: BTreeMap<IpAddr, PeerDump>,
-    announcing: Arc<AtomicBool>,
+    own_word: SharedOwnWord,
     peers_heard: PeersHeard,
     hello_at: Instant,
     hello_said: bool,
@@ -468,9 +465,14 @@ impl Syncer {
         }
         let master = self.master.load(Ordering::Relaxed);
         if self.context.mesh && message.kind == Kind::Hello {
-            if let Ok(mut heard) = self.peers_heard.lock() {
-                heard.insert(message.sender, (Instant::now(), message.count == 1));
-            }
+            let takes_flows = message.count == 1;
+            membership::heard(
+                &self.peers_heard,
+                message.sender,
+                takes_flows,
+                message.serial,
+                Instant::now(),
+            );
             return;
         }
         if self.context.mesh && matches!(message.kind, Kind::Flows | Kind::Ended) {

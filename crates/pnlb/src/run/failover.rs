@@ -17,6 +17,7 @@ impl Daemon {
                     .attach(interface, self.config.daemon.xdp_mode)?,
             );
         }
+        self.publish_own_macs();
         if let Some(dir) = self.dataplane.pin_dir() {
             match pnlb_dataplane::pinning::remove_other_links(dir, &self.config.daemon.interfaces) {
                 Ok(gone) if !gone.is_empty() => info!(
@@ -39,6 +40,14 @@ impl Daemon {
             self.config.daemon.interfaces.join(", ")
         );
         Ok(attachments)
+    }
+
+    /// The interfaces' own MACs, so that the program leaves frames for
+    /// other hosts alone (own_macs.rs).
+    pub(super) fn publish_own_macs(&self) {
+        if let Err(err) = self.dataplane.set_own_macs(&self.config.daemon.interfaces) {
+            warning!("publishing the interfaces' own MACs: {err}");
+        }
     }
 
     /// The VIPs and floating addresses an active node holds.

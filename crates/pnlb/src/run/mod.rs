@@ -49,6 +49,9 @@ use sweeping::Sweeping;
 /// under the kernel's neighbour and route events (next_hops.rs), which
 /// carry MAC changes within a tick.
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// How often the interfaces' own MACs are published again (a MAC changed
+/// by hand is followed within it).
+const OWN_MACS_EVERY: Duration = Duration::from_secs(1);
 /// Slow-start ramps are republished at most this often.
 const RAMP_EVERY: Duration = Duration::from_secs(1);
 /// The daemon loop's period (API calls are answered in between).
@@ -161,20 +164,7 @@ pub fn run(path: &Path) -> Result<()> {
                 peers.len()
             );
             daemon.synced = Some(sync.synced.clone());
-            daemon.mesh = Some(node::MeshView {
-                me,
-                announcing: sync.announcing.clone(),
-                peers_heard: sync.peers_heard.clone(),
-                published: None,
-                retry_at: None,
-                hops: Default::default(),
-                in_own_list: false,
-                current: Vec::new(),
-                previous_until: None,
-                takes_flows: false,
-                changed_at: Instant::now(),
-                announced: None,
-            });
+            daemon.mesh = Some(node::MeshView::new(me, &sync, &daemon.dataplane)?);
             (None, Some(sync))
         }
         (None, _) => (None, None),
@@ -371,6 +361,8 @@ struct Daemon {
     /// The effective config last written to the maps.
     applied: Config,
     last_refresh: Instant,
+    /// When the interfaces' own MACs were last published (OWN_MACS_EVERY).
+    own_macs_at: Instant,
     last_ramp: Instant,
     /// Connection expiry, on its own thread.
     sweeping: Sweeping,
@@ -461,6 +453,7 @@ impl Daemon {
             lifecycle,
             applied,
             last_refresh: now,
+            own_macs_at: now,
             last_ramp: now,
             sweeping,
             pressure: PressureWatch::default(),
@@ -494,6 +487,10 @@ impl Daemon {
             self.last_ramp = now;
         } else if hops_moved {
             self.apply(self.applied.clone());
+        }
+        if self.own_macs_at.elapsed() >= OWN_MACS_EVERY {
+            self.publish_own_macs();
+            self.own_macs_at = Instant::now();
         }
         if self.last_refresh.elapsed() >= REFRESH_EVERY {
             self.next_hops.refresh();

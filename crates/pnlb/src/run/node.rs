@@ -1,61 +1,129 @@
 //! This node among others behind ECMP ([bgp]): what it wants announced
 //! each tick, draining it and resuming it, and what the API shows of it.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use pnlb_dataplane::nexthop::{KernelResolver, NextHop, Resolver};
-use pnlb_dataplane::nodes::Node;
+use pnlb_dataplane::nodes::{Node, NodeLists};
+use pnlb_dataplane::{Dataplane, DataplaneError};
 
 use super::Daemon;
 use crate::api::model::{self, ApiError, Done};
 use crate::bgp::drain::{DrainState, NodeDrain};
 use crate::bgp::Wanted;
-use crate::ha::syncer::{PeersHeard, PEER_SILENT_AFTER};
+use crate::ha::membership::{Membership, PeersHeard, SharedOwnWord, SWITCH_AFTER};
+use crate::ha::monotonic_ms;
+use crate::ha::syncer::{SyncNode, PEER_SILENT_AFTER};
 use crate::log::{info, warning};
 
 /// Nodes behind ECMP as this node sees them (connection sync's Hellos).
 pub(super) struct MeshView {
     /// This node's address among them.
     pub me: IpAddr,
-    /// Told to the peers: whether this node takes new flows.
-    pub announcing: Arc<AtomicBool>,
+    /// Told to the peers: whether this node takes new flows, from when.
+    pub own_word: SharedOwnWord,
     pub peers_heard: PeersHeard,
-    /// The live nodes last published to the data plane.
-    pub published: Option<Vec<IpAddr>>,
+    /// This node's own word, as the lists follow it.
+    pub membership: Membership,
+    /// The data plane's lists (each applies from its instant).
+    pub lists: NodeLists,
+    /// The members of each list published (by address, for the API and
+    /// the log), with the instant each applies from; the last few.
+    pub published: Vec<(Instant, Vec<IpAddr>)>,
     /// After a node's MAC could not be resolved: when to try again.
     pub retry_at: Option<Instant>,
     /// The peers' next hops, resolved when first heard.
-    pub hops: std::collections::HashMap<IpAddr, NextHop>,
-    /// Whether this node is in its own list (hand_off).
-    pub in_own_list: bool,
-    /// The nodes as published, and until when the list before them stays
-    /// published as the second chance.
-    pub current: Vec<Node>,
-    pub previous_until: Option<Instant>,
-    /// Whether this node takes new flows, since when, and what the
-    /// routers were last told (handed_off).
-    pub takes_flows: bool,
+    pub hops: HashMap<IpAddr, NextHop>,
+    /// When this node last started or stopped taking flows, and what the
+    /// routers were last told (hand_off).
     pub changed_at: Instant,
     pub announced: Option<Wanted>,
 }
 
 /// How long the other nodes' lists have to follow this one's before the
-/// routers do: a few Hellos (HELLO_EVERY) and daemon ticks.
+/// routers do: every list switches SWITCH_AFTER after a change.
 const HANDOFF: Duration = Duration::from_secs(1);
 
 impl MeshView {
+    pub fn new(me: IpAddr, sync: &SyncNode, dataplane: &Dataplane) -> Result<Self, DataplaneError> {
+        let now = Instant::now();
+        Ok(MeshView {
+            me,
+            own_word: sync.own_word.clone(),
+            peers_heard: sync.peers_heard.clone(),
+            membership: Membership::steady(false, now),
+            lists: NodeLists::clear(dataplane)?,
+            published: Vec::new(),
+            retry_at: None,
+            hops: HashMap::new(),
+            changed_at: now,
+            announced: None,
+        })
+    }
+
     /// The MAC of every peer ever resolved, live or not.
     fn peer_macs(&self) -> Vec<[u8; 6]> {
         self.hops.values().map(|hop| hop.mac).collect()
     }
-}
 
-/// How long the list before a change stays: longer than any handshake
-/// takes (a SYN retransmitted after 1 s and 3 s included).
-const SECOND_CHANCE_FOR: Duration = Duration::from_secs(5);
+    /// The nodes that take new flows at `at`, in address order: this one
+    /// by its own word, the peers heard lately (`heard`) by theirs, those
+    /// whose MAC is known.
+    fn members_at(&self, heard: &[(IpAddr, Membership)], at: Instant) -> Vec<IpAddr> {
+        let mut members: Vec<IpAddr> = heard
+            .iter()
+            .filter(|(address, membership)| {
+                membership.takes_flows_at(at) && self.hops.contains_key(address)
+            })
+            .map(|(address, _)| *address)
+            .collect();
+        if self.membership.takes_flows_at(at) {
+            members.push(self.me);
+        }
+        members.sort();
+        members
+    }
+
+    /// `members` as the data plane reaches them; this node's own entry
+    /// takes its MAC and interface from the way to a peer.
+    fn nodes_of(&self, members: &[IpAddr]) -> Vec<Node> {
+        let own_way = members.iter().find_map(|address| self.hops.get(address));
+        members
+            .iter()
+            .filter_map(|address| {
+                if *address == self.me {
+                    let hop = own_way?;
+                    return Some(Node {
+                        mac: hop.src_mac,
+                        src_mac: hop.src_mac,
+                        ifindex: hop.ifindex,
+                        is_self: true,
+                    });
+                }
+                let hop = self.hops.get(address)?;
+                Some(Node {
+                    mac: hop.mac,
+                    src_mac: hop.src_mac,
+                    ifindex: hop.ifindex,
+                    is_self: false,
+                })
+            })
+            .collect()
+    }
+
+    /// The members of the list that applies at `at`.
+    fn members_published_at(&self, at: Instant) -> Vec<IpAddr> {
+        self.published
+            .iter()
+            .filter(|(since, _)| *since <= at)
+            .max_by_key(|(since, _)| *since)
+            .map(|(_, members)| members.clone())
+            .unwrap_or_default()
+    }
+}
 
 impl Daemon {
     /// Tells the announcer what to announce now (each tick, and at once
@@ -118,33 +186,31 @@ impl Daemon {
     }
 
     /// With designated nodes (nat behind ECMP), a node that starts or
-    /// stops taking new flows tells the others at once (its Hellos: their
-    /// lists follow within a few hundred ms), changes its own list half a
-    /// HANDOFF later and the routers' (BGP) a HANDOFF later: a flow's
-    /// packets then never meet two lists that disagree on where it belongs.
-    /// What the routers are to be told now.
+    /// stops taking new flows tells the others at once that the change
+    /// applies SWITCH_AFTER later (its Hellos); every node's list switches
+    /// at that instant, and the routers (BGP) follow a HANDOFF after the
+    /// change: a flow's packets then never meet two lists that disagree on
+    /// where it belongs. What the routers are to be told now.
     fn hand_off(&mut self, wanted: Wanted, now: Instant) -> Wanted {
         let takes_flows = !wanted.vips.is_empty();
         let Some(mesh) = &mut self.mesh else {
             return wanted;
         };
-        if mesh.takes_flows != takes_flows {
-            mesh.takes_flows = takes_flows;
+        if mesh.membership.takes_flows != takes_flows {
+            mesh.membership.said(takes_flows, now + SWITCH_AFTER, now);
+            mesh.own_word.set(
+                takes_flows,
+                monotonic_ms() + SWITCH_AFTER.as_millis() as u64,
+            );
             mesh.changed_at = now;
         }
-        let since = now.saturating_duration_since(mesh.changed_at);
-        let in_own_list = if since < HANDOFF / 2 {
-            !takes_flows
-        } else {
-            takes_flows
-        };
-        let routed = if since < HANDOFF {
+        let routed = if now.saturating_duration_since(mesh.changed_at) < HANDOFF {
             mesh.announced.clone()
         } else {
             mesh.announced = Some(wanted.clone());
             Some(wanted)
         };
-        self.publish_nodes(takes_flows, in_own_list);
+        self.publish_nodes(now);
         routed.unwrap_or_else(|| {
             Wanted::none(
                 &self.applied,
@@ -153,38 +219,27 @@ impl Daemon {
         })
     }
 
-    /// With connection sync behind ECMP: the live nodes that take new
-    /// flows (this one when `in_own_list`, the peers whose Hellos say they
-    /// do; this one's Hellos say `takes_flows`) go to the data plane, in
-    /// address order, for nat's designated nodes (bpf/lib/nodes.h),
-    /// whenever they change.
-    fn publish_nodes(&mut self, takes_flows: bool, in_own_list: bool) {
+    /// With connection sync behind ECMP: the nodes that take new flows
+    /// (in address order) go to the data plane for nat's designated nodes
+    /// (bpf/lib/nodes.h): the list that applies now whenever it is not the
+    /// one in use, and the next one ahead of its instant.
+    fn publish_nodes(&mut self, now: Instant) {
         let Some(mesh) = &mut self.mesh else {
             return;
         };
-        mesh.announcing.store(takes_flows, Ordering::Relaxed);
-        mesh.in_own_list = in_own_list;
-        let now = Instant::now();
-        if mesh.previous_until.is_some_and(|until| now >= until) {
-            mesh.previous_until = None;
-            if let Err(err) = self
-                .dataplane
-                .set_nodes(&mesh.current, &[], &mesh.peer_macs())
-            {
-                warning!("publishing the nodes behind ECMP: {err}");
-            }
-        }
         // Every peer heard lately, taking flows or not: their MACs are
         // resolved before they are needed (a joining node says it runs
         // while it still learns the flows).
-        let heard: Vec<(IpAddr, bool)> = mesh
+        let heard: Vec<(IpAddr, Membership)> = mesh
             .peers_heard
             .lock()
             .map(|heard| {
                 heard
                     .iter()
-                    .filter(|(_, (at, _))| now.saturating_duration_since(*at) < PEER_SILENT_AFTER)
-                    .map(|(address, (_, announcing))| (*address, *announcing))
+                    .filter(|(_, peer)| {
+                        now.saturating_duration_since(peer.last) < PEER_SILENT_AFTER
+                    })
+                    .map(|(address, peer)| (*address, peer.membership))
                     .collect()
             })
             .unwrap_or_default();
@@ -198,71 +253,64 @@ impl Daemon {
                 probe_wait: Duration::from_millis(300),
             }
             .resolve(&unresolved);
+            let known = mesh.hops.len();
             for address in &unresolved {
                 match resolution.get(address) {
                     Some(Ok(hop)) => {
                         mesh.hops.insert(*address, *hop);
-                        // Republished below with its MAC among the nodes'.
-                        mesh.published = None;
                     }
                     _ => mesh.retry_at = Some(now + Duration::from_secs(1)),
                 }
             }
-        }
-        let mut live: Vec<IpAddr> = heard
-            .iter()
-            .filter(|(address, announcing)| *announcing && mesh.hops.contains_key(address))
-            .map(|(address, _)| *address)
-            .collect();
-        if in_own_list {
-            live.push(mesh.me);
-        }
-        live.sort();
-        if mesh.published.as_ref() == Some(&live) {
-            return;
-        }
-        let hops: Vec<(IpAddr, NextHop)> = live
-            .iter()
-            .filter_map(|address| Some((*address, *mesh.hops.get(address)?)))
-            .collect();
-        let nodes: Vec<Node> = live
-            .iter()
-            .filter_map(|address| {
-                if *address == mesh.me {
-                    let (_, hop) = hops.first()?;
-                    return Some(Node {
-                        mac: hop.src_mac,
-                        src_mac: hop.src_mac,
-                        ifindex: hop.ifindex,
-                        is_self: true,
-                    });
+            if mesh.hops.len() != known {
+                if let Err(err) = self.dataplane.set_node_macs(&mesh.peer_macs()) {
+                    warning!("publishing the MACs of the nodes behind ECMP: {err}");
                 }
-                let (_, hop) = hops.iter().find(|(peer, _)| peer == address)?;
-                Some(Node {
-                    mac: hop.mac,
-                    src_mac: hop.src_mac,
-                    ifindex: hop.ifindex,
-                    is_self: false,
-                })
-            })
-            .collect();
-        // The list before this change stays a while: a handshake under way
-        // keeps its designated node as a second chance.
-        match self
-            .dataplane
-            .set_nodes(&nodes, &mesh.current, &mesh.peer_macs())
-        {
-            Ok(()) => {
-                let names: Vec<String> = live.iter().map(IpAddr::to_string).collect();
+            }
+        }
+        let members_now = mesh.members_at(&heard, now);
+        let next_switch = heard
+            .iter()
+            .map(|(_, membership)| membership.switch_at)
+            .chain([mesh.membership.switch_at])
+            .filter(|at| *at > now)
+            .min();
+        // The list that applies now first; then the one to come.
+        let (members, since) = if mesh.lists.at(now) != mesh.nodes_of(&members_now).as_slice() {
+            (members_now, now)
+        } else if let Some(at) = next_switch {
+            let members = mesh.members_at(&heard, at);
+            if mesh.lists.holds(&mesh.nodes_of(&members), at) {
+                return;
+            }
+            (members, at)
+        } else {
+            if mesh.lists.pending(now).is_some() {
+                if let Err(err) = mesh.lists.cancel_pending(&self.dataplane, now) {
+                    warning!("publishing the nodes behind ECMP: {err}");
+                }
+            }
+            return;
+        };
+        let nodes = mesh.nodes_of(&members);
+        match mesh.lists.publish(&self.dataplane, &nodes, since, now) {
+            Ok(true) => {
+                let names: Vec<String> = members.iter().map(IpAddr::to_string).collect();
+                let when = match since.saturating_duration_since(now).as_millis() {
+                    0 => "now".to_string(),
+                    ms => format!("in {ms} ms"),
+                };
                 info!(
-                    "nodes behind ECMP taking new flows: {} ({})",
+                    "nodes behind ECMP taking new flows from {when}: {} ({})",
                     names.len(),
                     names.join(", ")
                 );
-                mesh.published = Some(live);
-                mesh.current = nodes;
-                mesh.previous_until = Some(now + SECOND_CHANCE_FOR);
+                mesh.published
+                    .retain(|(at, _)| now.saturating_duration_since(*at) < HANDOFF * 10);
+                mesh.published.push((since, members));
             }
+            // A switch is due within milliseconds: on a later turn.
+            Ok(false) => {}
             Err(err) => warning!("publishing the nodes behind ECMP: {err}"),
         }
     }
@@ -325,15 +373,11 @@ impl Daemon {
         })
     }
 
-    /// Each turn of the daemon loop behind ECMP: a peer that starts or
-    /// stops taking flows is in this node's list within milliseconds of
-    /// the others' (nat's designated nodes must agree).
+    /// Each turn of the daemon loop behind ECMP: a peer's change of word
+    /// goes to the data plane ahead of its instant (nat's designated nodes
+    /// must agree).
     pub(super) fn follow_peers(&mut self) {
-        let Some(mesh) = &self.mesh else {
-            return;
-        };
-        let (takes_flows, in_own_list) = (mesh.takes_flows, mesh.in_own_list);
-        self.publish_nodes(takes_flows, in_own_list);
+        self.publish_nodes(Instant::now());
     }
 
     /// This node in the API's status.
@@ -365,7 +409,7 @@ impl Daemon {
                 nodes: self
                     .mesh
                     .as_ref()
-                    .and_then(|mesh| mesh.published.clone())
+                    .map(|mesh| mesh.members_published_at(now))
                     .unwrap_or_default(),
             }
         });

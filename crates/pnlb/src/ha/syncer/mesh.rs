@@ -1,6 +1,6 @@
 //! The sync thread's part behind ECMP ([bgp] peers): every node is a
 //! sender and a receiver. It says every HELLO_EVERY that it runs and
-//! whether it takes new flows, asks each peer for the batches of that
+//! whether it takes new flows (ha/membership.rs), asks each peer for the batches of that
 //! peer's stream it missed, and fetches each peer's dump of the flows that
 //! peer carries (before this node is announced, and again when a stream is
 //! lost beyond repair).
@@ -13,6 +13,7 @@ use anyhow::Result;
 
 use super::{Syncer, FETCH_EVERY, REPORT_EVERY};
 use crate::ha::events::Gaps;
+use crate::ha::monotonic_ms;
 use crate::ha::sync::Kind;
 use crate::ha::transfer::{self, Fetched};
 use crate::log::{info, warning};
@@ -31,17 +32,18 @@ pub(super) enum PeerDump {
 
 impl Syncer {
     /// Mesh: tells every peer, every HELLO_EVERY and at once when it
-    /// changes, that this node runs and whether it takes new flows (every
-    /// node's list then follows within milliseconds of the others').
+    /// changes, that this node runs, whether it takes new flows and in how
+    /// many ms that applies (every node's list switches at that instant).
     pub(super) fn hello(&mut self) {
-        let announcing = self.announcing.load(Ordering::Relaxed);
-        if self.hello_at.elapsed() < HELLO_EVERY && announcing == self.hello_said {
+        let (takes_flows, switch_in_ms) = self.own_word.read(monotonic_ms());
+        if self.hello_at.elapsed() < HELLO_EVERY && takes_flows == self.hello_said {
             return;
         }
         self.hello_at = Instant::now();
-        self.hello_said = announcing;
+        self.hello_said = takes_flows;
         let mut hello = self.context.message(Kind::Hello, Vec::new());
-        hello.count = u32::from(announcing);
+        hello.count = u32::from(takes_flows);
+        hello.serial = switch_in_ms;
         let peers = self.context.peers.clone();
         self.send(hello, &peers);
     }
