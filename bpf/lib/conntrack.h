@@ -718,7 +718,9 @@ static __always_inline int pnlb_pick_backend(const struct pnlb_service *svc,
  * snat re-create the flow's entries (the same backend, the same
  * translation: snat ports come from the flow's hash too) in the new-flow
  * table, where a spoofed packet stays until evicted and a real flow moves
- * on once its backend answers. Every other service drops it.
+ * on once its backend answers; snat not behind ECMP, where the flow may
+ * be another node's with that node's SNAT address. Every other service
+ * drops it.
  */
 static __always_inline int pnlb_conn_for(struct xdp_md *ctx, const struct pnlb_service *svc,
 					 const struct pnlb_packet *pkt, struct pnlb_conn **conn,
@@ -788,7 +790,12 @@ static __always_inline int pnlb_conn_for(struct xdp_md *ctx, const struct pnlb_s
 	} else if (stateless) {
 		reason = pnlb_pick_backend(svc, pkt, backend, backend_id);
 		return reason ? reason : PNLB_STATELESS;
-	} else if ((svc->flags & PNLB_SVC_F_REHASH) && pnlb_continues_flow(pkt)) {
+	} else if ((svc->flags & PNLB_SVC_F_REHASH) && pnlb_continues_flow(pkt) &&
+		   !(svc->method == PNLB_METHOD_SNAT && pnlb_among_nodes())) {
+		/* (Behind ECMP an snat flow without an entry here is another
+		 * node's, whose sync has not arrived: re-created here it would
+		 * take this node's SNAT address, and the server would reset it.
+		 * Dropped, the client sends again once the entry is here.) */
 		state = pnlb_next_state(PNLB_CT_ESTABLISHED, pkt->tcp_flags);
 		rehashed = 1;
 	} else {

@@ -76,6 +76,22 @@ static __always_inline struct pnlb_node *pnlb_designated_in(int list, const stru
 	return bpf_map_lookup_elem(&pnlb_nodes, &key);
 }
 
+/* Whether this node is one of several behind ECMP (a list of two or more
+ * is current): a flow it holds no entry of may be another node's, not
+ * synced here yet. */
+static __always_inline int pnlb_among_nodes(void)
+{
+	struct pnlb_node_lists lists = pnlb_node_lists_now();
+	__u32 slot;
+	__u32 *count;
+
+	if (lists.current < 0)
+		return 0;
+	slot = PNLB_META_NODE_COUNT + lists.current;
+	count = bpf_map_lookup_elem(&pnlb_meta, &slot);
+	return count && *count >= 2;
+}
+
 /* Whether another node handed this frame on (its source MAC is a node's). */
 static __always_inline int pnlb_from_node(struct xdp_md *ctx)
 {

@@ -60,8 +60,12 @@ impl EcmpNode {
     }
 }
 
-/// BIRD's settings shared by both ends: fast keepalives, BFD at 100 ms.
-const TIMERS: &str = "hold time 3; keepalive time 1; connect retry time 1; bfd on;";
+/// BIRD's settings shared by both ends: fast keepalives, BFD at 100 ms,
+/// and a session that failed (a BFD or hold timer expiring on a VM busy
+/// with other tests) restarting after 1-5 s rather than BIRD's default
+/// 60-300 s.
+const TIMERS: &str =
+    "hold time 3; keepalive time 1; connect retry time 1; error wait time 1, 5; bfd on;";
 const BFD: &str = "protocol bfd {\n\tinterface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };\n}\n";
 
 impl Lab {
@@ -262,6 +266,16 @@ impl Lab {
         )?;
         process.wait_for_line("forwarding", Duration::from_secs(30))?;
         Ok(process)
+    }
+
+    /// The router's BGP sessions as its BIRD shows them (for a failure
+    /// message).
+    pub fn router_sessions(&self) -> String {
+        let socket = self.dir.join("bird-router.ctl").display().to_string();
+        match netns::exec(&self.router, "birdc", &["-s", &socket, "show", "protocols"]) {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).to_string(),
+            Err(err) => format!("birdc: {err}"),
+        }
     }
 
     /// The router's current next hops for `vip` (its multipath route).

@@ -48,12 +48,35 @@ fn start_node(lab: &Lab, base: &str, index: usize) -> Node {
 
 /// What each running node announces and why not, for a failure message.
 fn announcements(lab: &Lab, nodes: &[Node]) -> String {
-    nodes
+    let each: Vec<String> = nodes
         .iter()
         .map(|node| {
             let status = status_in(&ns_of(lab, node.index));
             let recent: Vec<String> = node.pnlb.output().into_iter().rev().take(30).collect();
             format!("lb{}: {} {recent:#?}", node.index, status["node"]["bgp"])
+        })
+        .collect();
+    format!(
+        "{}\nthe router's sessions:\n{}",
+        each.join("\n"),
+        lab.router_sessions()
+    )
+}
+
+/// What each node logged of its node lists, sync and BGP: when a short
+/// request failed while a node joined or left, the times to set beside
+/// the failure's.
+fn node_lists(nodes: &[Node]) -> String {
+    nodes
+        .iter()
+        .map(|node| {
+            let lines: Vec<String> = node
+                .pnlb
+                .output()
+                .into_iter()
+                .filter(|l| l.contains("ECMP") || l.contains("sync") || l.contains("bgp"))
+                .collect();
+            format!("lb{}'s node lists, sync and BGP: {lines:#?}", node.index)
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -356,6 +379,9 @@ fn through_node_changes(method: &str, scheduler: &str) {
     });
     eprintln!("{method}: node 4 added: in the route {:.1} s after it started; short requests meanwhile: {ok} answered, {failed} failed", joined.as_secs_f64());
     let added_failed = failed;
+    if failed > 0 {
+        eprintln!("{}", node_lists(&nodes));
+    }
 
     // Node 2 drained: withdrawn, then quiet.
     let (ok, failed, (withdrawn, drained, ctl)) = during(&lab, || {
@@ -391,6 +417,9 @@ fn through_node_changes(method: &str, scheduler: &str) {
         String::from_utf8_lossy(&ctl.stderr)
     );
     let drained_failed = failed;
+    if failed > 0 {
+        eprintln!("{}", node_lists(&nodes));
+    }
 
     // Node 3 killed: kill -9 of its pnlb and BIRD, its link cut. snat
     // flows whose source is its SNAT address cannot survive it.

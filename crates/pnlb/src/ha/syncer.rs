@@ -38,6 +38,7 @@ use super::sync::{Kind, Message, SyncedFlow, MAX_MESSAGE, SYNC_PORT};
 use super::transfer::{self, Fetched};
 use mesh::PeerDump;
 
+mod arrival;
 mod mesh;
 use crate::log::{info, warning};
 
@@ -111,6 +112,9 @@ impl SyncNode {
             .with_context(|| format!("ha: cannot listen on udp/{SYNC_PORT}"))?;
         socket.set_read_timeout(Some(TURN))?;
         enlarge_buffers(&socket);
+        if let Err(err) = arrival::stamp_arrivals(&socket) {
+            warning!("ha sync: no kernel receive timestamps ({err}): a Hello's instant is reckoned from when it is read");
+        }
         let context = Arc::new(SyncContext::new(
             group,
             me,
@@ -274,10 +278,10 @@ impl Syncer {
         let mut buffer = vec![0u8; MAX_MESSAGE];
         while !stop.load(Ordering::Relaxed) {
             for _ in 0..READ_PER_TURN {
-                let Ok((len, from)) = self.socket.recv_from(&mut buffer) else {
+                let Ok((len, from, arrived)) = arrival::receive(&self.socket, &mut buffer) else {
                     break;
                 };
-                self.heard(&buffer[..len], from);
+                self.heard(&buffer[..len], from, arrived);
             }
             let master = self.master.load(Ordering::Relaxed);
             if master != self.was_master {
@@ -443,7 +447,8 @@ impl Syncer {
         sent
     }
 
-    fn heard(&mut self, bytes: &[u8], from: SocketAddr) {
+    /// A datagram from `from` that the kernel received at `arrived`.
+    fn heard(&mut self, bytes: &[u8], from: SocketAddr, arrived: Instant) {
         let message = match Message::parse(bytes, &self.context.key) {
             Ok(m) if self.context.ours(&m) => m,
             Ok(_) => return,
@@ -471,7 +476,7 @@ impl Syncer {
                 message.sender,
                 takes_flows,
                 message.serial,
-                Instant::now(),
+                arrived,
             );
             return;
         }

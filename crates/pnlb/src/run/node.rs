@@ -297,11 +297,11 @@ impl Daemon {
             Ok(true) => {
                 let names: Vec<String> = members.iter().map(IpAddr::to_string).collect();
                 let when = match since.saturating_duration_since(now).as_millis() {
-                    0 => "now".to_string(),
+                    0 => "from now".to_string(),
                     ms => format!("in {ms} ms"),
                 };
                 info!(
-                    "nodes behind ECMP taking new flows from {when}: {} ({})",
+                    "nodes behind ECMP taking new flows, {when}: {} ({})",
                     names.len(),
                     names.join(", ")
                 );

@@ -342,8 +342,22 @@ pub fn bounding_set(capabilities: &[String]) -> String {
     format!("--bounding-set=-all,{}", names.join(","))
 }
 
+/// `at` as HH:MM:SS.micros (UTC), as the daemon's log lines show time.
+pub fn time_of_day(at: std::time::SystemTime) -> String {
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seconds = since.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60,
+        since.subsec_micros()
+    )
+}
+
 /// Short requests to the IPv4 VIP from the client, one every 20 ms, until
-/// `stop` or `limit`: (answered, failed).
+/// `stop` or `limit`: (answered, failed). Each failure is printed with the
+/// time it was asked.
 pub fn short_requests(
     lab: &Lab,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -354,9 +368,16 @@ pub fn short_requests(
         let (mut ok, mut failed) = (0, 0);
         let deadline = std::time::Instant::now() + limit;
         while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+            let asked = std::time::SystemTime::now();
             match request(IpAddr::V4(VIP4)) {
                 Ok(_) => ok += 1,
-                Err(_) => failed += 1,
+                Err(err) => {
+                    failed += 1;
+                    eprintln!(
+                        "a short request asked at {} UTC failed: {err}",
+                        time_of_day(asked)
+                    );
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
