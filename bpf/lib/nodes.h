@@ -31,21 +31,27 @@ static __always_inline __u64 pnlb_node_list_since(__u32 list)
 static __always_inline struct pnlb_node_lists pnlb_node_lists_now(void)
 {
 	struct pnlb_node_lists lists = { -1, -1 };
-	__u64 now = bpf_ktime_get_ns(), latest = 0, before = 0;
-	int list;
+	__u64 since[PNLB_NODE_LISTS], now, latest = 0, before = 0;
+	int list, any = 0;
 
 	for (list = 0; list < PNLB_NODE_LISTS; list++) {
-		__u64 since = pnlb_node_list_since(list);
-
-		if (!since || since > now)
+		since[list] = pnlb_node_list_since(list);
+		any |= since[list] != 0;
+	}
+	/* A single node (no list): no clock read per new flow. */
+	if (!any)
+		return lists;
+	now = bpf_ktime_get_ns();
+	for (list = 0; list < PNLB_NODE_LISTS; list++) {
+		if (!since[list] || since[list] > now)
 			continue;
-		if (since > latest) {
+		if (since[list] > latest) {
 			before = latest;
 			lists.previous = lists.current;
-			latest = since;
+			latest = since[list];
 			lists.current = list;
-		} else if (since > before) {
-			before = since;
+		} else if (since[list] > before) {
+			before = since[list];
 			lists.previous = list;
 		}
 	}

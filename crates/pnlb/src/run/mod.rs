@@ -180,6 +180,11 @@ pub fn run(path: &Path) -> Result<()> {
             (Some(node), Some(sync))
         }
     };
+    if daemon.mesh.is_none() {
+        // A data plane left pinned by a node behind ECMP may hold its node
+        // lists: alone now, every flow is this node's.
+        pnlb_dataplane::nodes::NodeLists::clear(&daemon.dataplane)?;
+    }
     // Program the maps first, attach second: the program never sees a
     // half-written configuration.
     // With [ha] too: a backup keeps the program attached, so packets that
