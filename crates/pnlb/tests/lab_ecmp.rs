@@ -310,6 +310,12 @@ fn during<T>(lab: &Lab, change: impl FnOnce() -> T) -> (u32, u32, T) {
 /// added, one node drained and one killed (kill -9 and its link cut), for
 /// `method` with `scheduler`.
 fn through_node_changes(method: &str, scheduler: &str) {
+    // What each line it prints begins with: "nat", "dr rr".
+    let label = if scheduler == "maglev" {
+        method.to_string()
+    } else {
+        format!("{method} {scheduler}")
+    };
     let mut lab = Lab::up(&LabSpec {
         ecmp: 4,
         nginx: true,
@@ -356,7 +362,7 @@ fn through_node_changes(method: &str, scheduler: &str) {
 
     let (failed, shares) = spread(&lab, IpAddr::V4(VIP4), &[1, 2, 3], 150);
     eprintln!(
-        "{method}: 150 new connections over 3 nodes: {failed} failed; per node {shares:.1?} %"
+        "{label}: 150 new connections over 3 nodes: {failed} failed; per node {shares:.1?} %"
     );
     assert_eq!(failed, 0);
     assert!(
@@ -377,7 +383,7 @@ fn through_node_changes(method: &str, scheduler: &str) {
         route_servers(&[1, 2, 3, 4]);
         started.elapsed()
     });
-    eprintln!("{method}: node 4 added: in the route {:.1} s after it started; short requests meanwhile: {ok} answered, {failed} failed", joined.as_secs_f64());
+    eprintln!("{label}: node 4 added: in the route {:.1} s after it started; short requests meanwhile: {ok} answered, {failed} failed", joined.as_secs_f64());
     let added_failed = failed;
     if failed > 0 {
         eprintln!("{}", node_lists(&nodes));
@@ -407,7 +413,7 @@ fn through_node_changes(method: &str, scheduler: &str) {
     });
     let ctl_output = String::from_utf8_lossy(&ctl.stdout).to_string();
     eprintln!(
-        "{method}: node 2 drained: out of the route in {:.2} s, quiet (ctl drain-node returned) in {:.1} s; short requests meanwhile: {ok} answered, {failed} failed\n{ctl_output}",
+        "{label}: node 2 drained: out of the route in {:.2} s, quiet (ctl drain-node returned) in {:.1} s; short requests meanwhile: {ok} answered, {failed} failed\n{ctl_output}",
         withdrawn.as_secs_f64(),
         drained.as_secs_f64()
     );
@@ -446,7 +452,7 @@ fn through_node_changes(method: &str, scheduler: &str) {
         drop(victim);
         gone
     });
-    eprintln!("{method}: node 3 killed: out of the route in {:.2} s (BFD); short requests meanwhile: {ok} answered, {failed} failed", gone.as_secs_f64());
+    eprintln!("{label}: node 3 killed: out of the route in {:.2} s (BFD); short requests meanwhile: {ok} answered, {failed} failed", gone.as_secs_f64());
 
     let results: Vec<Result<(), String>> = transfers
         .into_iter()
@@ -454,7 +460,7 @@ fn through_node_changes(method: &str, scheduler: &str) {
         .collect();
     let broken: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     eprintln!(
-        "{method}: {} of 30 long transfers ({} MiB each) completed byte-exact ({through_killed} had the killed node's SNAT address); broken: {broken:?}",
+        "{label}: {} of 30 long transfers ({} MiB each) completed byte-exact ({through_killed} had the killed node's SNAT address); broken: {broken:?}",
         30 - broken.len(),
         LONG >> 20
     );
@@ -487,7 +493,7 @@ fn through_node_changes(method: &str, scheduler: &str) {
         .wait_for_next_hops(VIP4, &[1, 4], Duration::from_secs(30))
         .unwrap_or_else(|err| panic!("announced again: {err}\n{}", announcements(&lab, &nodes)));
     eprintln!(
-        "{method}: every backend down: withdrawn by nodes 1 and 4 {:.1} s after the servers stopped; announced again {:.1} s after they started",
+        "{label}: every backend down: withdrawn by nodes 1 and 4 {:.1} s after the servers stopped; announced again {:.1} s after they started",
         withdrawn.as_secs_f64(),
         announced.as_secs_f64()
     );
