@@ -66,8 +66,7 @@ impl NodeLists {
             .map_or(&[], |(_, nodes)| nodes.as_slice())
     }
 
-    /// Whether `nodes` is published to apply from `since` (or, with no
-    /// list pending after it, from any earlier moment).
+    /// Whether `nodes` is published to apply from exactly `since`.
     pub fn holds(&self, nodes: &[Node], since: Instant) -> bool {
         self.slots
             .iter()
@@ -155,13 +154,11 @@ impl NodeLists {
         }
         dataplane.set_meta(node_count_slot(slot), nodes.len() as u32)?;
         let since = since.max(now);
-        dataplane.set_list_since(slot, ktime_ns(since, now))?;
+        dataplane.set_list_since(slot, ktime_ns(since))?;
         self.slots[slot] = Some((since, nodes.to_vec()));
         Ok(true)
     }
-}
 
-impl NodeLists {
     /// Drops a list still pending (the change it was for was taken back),
     /// unless its instant is within SWITCH_MARGIN of `now`.
     pub fn cancel_pending(
@@ -186,10 +183,14 @@ fn node_count_slot(slot: usize) -> MetaSlot {
     MetaSlot(MetaSlot::PNLB_META_NODE_COUNT.0 + slot as u32)
 }
 
-/// `at` on the clock bpf_ktime_get_ns() reads (CLOCK_MONOTONIC, as
-/// Instant's on Linux; read afresh rather than assumed equal).
-fn ktime_ns(at: Instant, now: Instant) -> u64 {
-    monotonic_ns() + at.saturating_duration_since(now).as_nanos() as u64
+/// `at` on the clock bpf_ktime_get_ns() reads (CLOCK_MONOTONIC), by
+/// both clocks read now: Instant does not show its own nanoseconds.
+fn ktime_ns(at: Instant) -> u64 {
+    let (now, now_ns) = (Instant::now(), monotonic_ns());
+    match at.checked_duration_since(now) {
+        Some(ahead) => now_ns + ahead.as_nanos() as u64,
+        None => now_ns.saturating_sub(now.duration_since(at).as_nanos() as u64),
+    }
 }
 
 impl Dataplane {

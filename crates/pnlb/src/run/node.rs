@@ -268,6 +268,8 @@ impl Daemon {
                 }
             }
         }
+        // Resolving may have waited for a neighbour's answer.
+        let now = Instant::now();
         let members_now = mesh.members_at(&heard, now);
         let next_switch = heard
             .iter()
