@@ -18,6 +18,7 @@
 
 pub mod abi;
 mod batch;
+pub mod checksum;
 pub mod conntrack;
 pub mod decap;
 pub mod grace;

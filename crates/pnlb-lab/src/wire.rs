@@ -4,16 +4,7 @@
 use std::net::IpAddr;
 
 /// The Internet checksum (RFC 1071) of `bytes`.
-pub(crate) fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+pub(crate) use pnlb_dataplane::checksum::internet as checksum;
 
 /// Whether `address` is one of the lab's (10.77.0.0/16, fd77::/16).
 pub(crate) fn in_lab(address: IpAddr) -> bool {
