@@ -36,11 +36,11 @@ use super::rejections::Rejections;
 use super::replay::{ReplayGuard, Sequence};
 use super::sync::{Kind, Message, SyncedFlow, MAX_MESSAGE, SYNC_PORT};
 use super::transfer::{self, Fetched};
+use crate::log::{info, warning};
 use mesh::PeerDump;
 
 mod arrival;
 mod mesh;
-use crate::log::{info, warning};
 
 /// A backup without a full dump tries again this often.
 const FETCH_EVERY: Duration = Duration::from_secs(1);
@@ -535,12 +535,7 @@ impl Syncer {
         };
         let budget = self.ask_pace.available(now);
         for (first, count) in self.gaps.asks_due(now, budget) {
-            let mut nack = self.context.message(Kind::Nack, Vec::new());
-            nack.serial = first;
-            nack.count = count;
-            self.send(nack, &[source]);
-            self.asked += u64::from(count);
-            self.ask_pace.spend(count as usize);
+            self.ask_again(source, first, count);
         }
         if self.asked > 0 && now.duration_since(self.reported) >= REPORT_EVERY {
             info!(
@@ -552,6 +547,17 @@ impl Syncer {
             self.asked = 0;
             self.reported = now;
         }
+    }
+
+    /// Asks `peer` for `count` batches from serial `first` again (a Nack),
+    /// within the pace.
+    fn ask_again(&mut self, peer: IpAddr, first: u32, count: u32) {
+        let mut nack = self.context.message(Kind::Nack, Vec::new());
+        nack.serial = first;
+        nack.count = count;
+        self.send(nack, &[peer]);
+        self.asked += u64::from(count);
+        self.ask_pace.spend(count as usize);
     }
 
     /// Backup: a full dump until one arrives whole.

@@ -1,9 +1,9 @@
 //! The sync thread's part behind ECMP ([bgp] peers): every node is a
 //! sender and a receiver. It says every HELLO_EVERY that it runs and
-//! whether it takes new flows (ha/membership.rs), asks each peer for the batches of that
-//! peer's stream it missed, and fetches each peer's dump of the flows that
-//! peer carries (before this node is announced, and again when a stream is
-//! lost beyond repair).
+//! whether it takes new flows (ha/membership.rs), asks each peer for the
+//! batches of that peer's stream it missed, and fetches each peer's dump
+//! of the flows that peer carries (before this node is announced, and
+//! again when a stream is lost beyond repair).
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -71,12 +71,7 @@ impl Syncer {
             }
         }
         for (peer, first, count) in nacks {
-            let mut nack = self.context.message(Kind::Nack, Vec::new());
-            nack.serial = first;
-            nack.count = count;
-            self.send(nack, &[peer]);
-            self.asked += u64::from(count);
-            self.ask_pace.spend(count as usize);
+            self.ask_again(peer, first, count);
         }
         if self.asked > 0 && now.duration_since(self.reported) >= REPORT_EVERY {
             let missing: usize = self.peer_gaps.values().map(Gaps::missing).sum();
