@@ -848,6 +848,17 @@ fn run_on(dataplane: &pnlb_dataplane::Dataplane, packet: &[u8]) -> (u32, Vec<u8>
     test_run(dataplane.program(), packet)
 }
 
+/// A node behind ECMP reached through the test run's interface (`is_self`:
+/// this one, whose MAC is LB_MAC).
+fn node(mac: [u8; 6], is_self: bool) -> pnlb_dataplane::nodes::Node {
+    pnlb_dataplane::nodes::Node {
+        mac,
+        src_mac: LB_MAC,
+        ifindex: TEST_RUN_IFINDEX,
+        is_self,
+    }
+}
+
 /// nat behind ECMP: with a node list published, a packet of a flow this
 /// node holds no entry of goes to the flow's designated node, unchanged
 /// but for its MACs, from the client's side (by source) and the server's
@@ -864,20 +875,7 @@ fn nat_flows_this_node_does_not_hold_go_to_their_designated_node() {
         use std::time::{Duration, Instant};
         const PEER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 2];
         let fixture = Fixture::new(CONFIG);
-        let nodes = [
-            Node {
-                mac: LB_MAC,
-                src_mac: LB_MAC,
-                ifindex: TEST_RUN_IFINDEX,
-                is_self: true,
-            },
-            Node {
-                mac: PEER_MAC,
-                src_mac: LB_MAC,
-                ifindex: TEST_RUN_IFINDEX,
-                is_self: false,
-            },
-        ];
+        let nodes = [node(LB_MAC, true), node(PEER_MAC, false)];
         let dataplane = &fixture.dataplane;
         let mut lists = NodeLists::clear(dataplane).unwrap();
         // A list that applies now; the next may be written once its switch
@@ -934,10 +932,7 @@ fn nat_flows_this_node_does_not_hold_go_to_their_designated_node() {
         // that is this node, the node it came from, or the new peer is the
         // flow's designated node (it gave the second chance already).
         const NEW_PEER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 3];
-        let new_peer = Node {
-            mac: NEW_PEER_MAC,
-            ..nodes[1]
-        };
+        let new_peer = node(NEW_PEER_MAC, false);
         // (The earlier list in another order, so that a flow's designated
         // node before and now differ.)
         publish_now(&[nodes[1], nodes[0]]);
@@ -997,17 +992,11 @@ fn nat_node_lists_switch_at_their_instant() {
         return;
     }
     in_lb_netns(|| {
-        use pnlb_dataplane::nodes::{Node, NodeLists};
+        use pnlb_dataplane::nodes::NodeLists;
         use std::time::{Duration, Instant};
         const PEER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 2];
         const NEW_PEER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 3];
         let fixture = Fixture::new(CONFIG);
-        let node = |mac, is_self| Node {
-            mac,
-            src_mac: LB_MAC,
-            ifindex: TEST_RUN_IFINDEX,
-            is_self,
-        };
         let before = [node(LB_MAC, true), node(PEER_MAC, false)];
         let after = [
             node(LB_MAC, true),
@@ -1077,7 +1066,7 @@ fn snat_behind_ecmp_leaves_another_nodes_flow_alone() {
         return;
     }
     in_lb_netns(|| {
-        use pnlb_dataplane::nodes::{Node, NodeLists};
+        use pnlb_dataplane::nodes::NodeLists;
         use std::time::Instant;
         const PEER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 2];
         let fixture = Fixture::new(CONFIG);
@@ -1087,12 +1076,6 @@ fn snat_behind_ecmp_leaves_another_nodes_flow_alone() {
         assert_eq!(out[..6], backend_mac(ip("10.77.1.21")));
         assert_eq!(fixture.reason("fwd_rehashed"), 1);
 
-        let node = |mac, is_self| Node {
-            mac,
-            src_mac: LB_MAC,
-            ifindex: TEST_RUN_IFINDEX,
-            is_self,
-        };
         let mut lists = NodeLists::clear(&fixture.dataplane).unwrap();
         let now = Instant::now();
         let nodes = [node(LB_MAC, true), node(PEER_MAC, false)];

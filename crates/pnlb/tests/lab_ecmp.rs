@@ -46,6 +46,21 @@ fn start_node(lab: &Lab, base: &str, index: usize) -> Node {
     Node { index, bird, pnlb }
 }
 
+/// Waits until the router's next hops for `vip` are the nodes `want`
+/// (1-based) and returns how long that took; on a timeout, fails with
+/// `what`, what each node announces and the router's sessions.
+fn routed(
+    lab: &Lab,
+    nodes: &[Node],
+    vip: impl Into<IpAddr>,
+    want: &[usize],
+    seconds: u64,
+    what: &str,
+) -> Duration {
+    lab.wait_for_next_hops(vip, want, Duration::from_secs(seconds))
+        .unwrap_or_else(|err| panic!("{what}: {err}\n{}", announcements(lab, nodes)))
+}
+
 /// What each running node announces and why not, for a failure message.
 fn announcements(lab: &Lab, nodes: &[Node]) -> String {
     let each: Vec<String> = nodes
@@ -134,9 +149,14 @@ fn new_connections_spread_over_every_node_and_a_vip_without_backends_is_withdraw
     let nodes: Vec<Node> = (1..=3)
         .map(|index| start_node(&lab, &base, index))
         .collect();
-    let converged = lab
-        .wait_for_next_hops(VIP4, &[1, 2, 3], Duration::from_secs(20))
-        .expect("the router spreads the VIP over 3 nodes");
+    let converged = routed(
+        &lab,
+        &nodes,
+        VIP4,
+        &[1, 2, 3],
+        20,
+        "the router spreads the VIP over 3 nodes",
+    );
     eprintln!(
         "3 nodes started and announced in {:.1} s (the router's multipath route {:.1} s after the last started)",
         started.elapsed().as_secs_f64(),
@@ -192,13 +212,14 @@ fn new_connections_spread_over_every_node_and_a_vip_without_backends_is_withdraw
     );
 
     // The IPv6 VIP too: its own sessions, next hops and multipath route.
-    lab.wait_for_next_hops(VIP6, &[1, 2, 3], Duration::from_secs(20))
-        .unwrap_or_else(|err| {
-            panic!(
-                "the router spreads the IPv6 VIP over 3 nodes: {err}\n{}",
-                announcements(&lab, &nodes)
-            )
-        });
+    routed(
+        &lab,
+        &nodes,
+        VIP6,
+        &[1, 2, 3],
+        20,
+        "the router spreads the IPv6 VIP over 3 nodes",
+    );
     for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
         let (failed, shares) = spread(&lab, vip, &[1, 2, 3], 300);
         eprintln!("300 new connections to {vip}: {failed} failed; per node {shares:.1?} %");
@@ -213,16 +234,8 @@ fn new_connections_spread_over_every_node_and_a_vip_without_backends_is_withdraw
     for server in 0..lab.servers.len() {
         lab.stop_nginx(server);
     }
-    let withdrawn = lab
-        .wait_for_next_hops(VIP4, &[], Duration::from_secs(30))
-        .unwrap_or_else(|err| {
-            panic!(
-                "withdrawn by every node: {err}\n{}",
-                announcements(&lab, &nodes)
-            )
-        });
-    lab.wait_for_next_hops(VIP6, &[], Duration::from_secs(30))
-        .unwrap_or_else(|err| panic!("IPv6 VIP withdrawn: {err}\n{}", announcements(&lab, &nodes)));
+    let withdrawn = routed(&lab, &nodes, VIP4, &[], 30, "withdrawn by every node");
+    routed(&lab, &nodes, VIP6, &[], 30, "IPv6 VIP withdrawn");
     let reason = status_in(&ns_of(&lab, 2))["node"]["bgp"]["withdrawn"].to_string();
     eprintln!(
         "every backend down: both VIPs withdrawn by every node {:.1} s after nginx stopped ({reason})",
@@ -232,11 +245,22 @@ fn new_connections_spread_over_every_node_and_a_vip_without_backends_is_withdraw
     for server in 0..lab.servers.len() {
         lab.start_nginx(server).expect("nginx again");
     }
-    let announced = lab
-        .wait_for_next_hops(VIP4, &[1, 2, 3], Duration::from_secs(30))
-        .expect("announced again by every node");
-    lab.wait_for_next_hops(VIP6, &[1, 2, 3], Duration::from_secs(30))
-        .expect("the IPv6 VIP announced again by every node");
+    let announced = routed(
+        &lab,
+        &nodes,
+        VIP4,
+        &[1, 2, 3],
+        30,
+        "announced again by every node",
+    );
+    routed(
+        &lab,
+        &nodes,
+        VIP6,
+        &[1, 2, 3],
+        30,
+        "the IPv6 VIP announced again by every node",
+    );
     eprintln!(
         "backends up again: announced by every node {:.1} s after nginx started",
         announced.as_secs_f64()
@@ -347,9 +371,7 @@ fn through_node_changes(method: &str, scheduler: &str) {
     let mut nodes: Vec<Node> = (1..=3)
         .map(|index| start_node(&lab, &base, index))
         .collect();
-    if let Err(err) = lab.wait_for_next_hops(VIP4, &[1, 2, 3], Duration::from_secs(20)) {
-        panic!("3 nodes announced: {err}\n{}", announcements(&lab, &nodes));
-    }
+    routed(&lab, &nodes, VIP4, &[1, 2, 3], 20, "3 nodes announced");
     // nat's replies go back through the nodes the servers' routing picks:
     // it follows the node set as the router's does.
     let route_servers = |nodes: &[usize]| {
@@ -377,9 +399,7 @@ fn through_node_changes(method: &str, scheduler: &str) {
     let (ok, failed, joined) = during(&lab, || {
         let started = Instant::now();
         nodes.push(start_node(&lab, &base, 4));
-        if let Err(err) = lab.wait_for_next_hops(VIP4, &[1, 2, 3, 4], Duration::from_secs(20)) {
-            panic!("4 nodes announced: {err}\n{}", announcements(&lab, &nodes));
-        }
+        routed(&lab, &nodes, VIP4, &[1, 2, 3, 4], 20, "4 nodes announced");
         route_servers(&[1, 2, 3, 4]);
         started.elapsed()
     });
@@ -441,14 +461,7 @@ fn through_node_changes(method: &str, scheduler: &str) {
         victim.bird.signal(libc::SIGKILL);
         pnlb_lab::netns::ip(&ns_of(&lab, 3), &["link", "set", "eth0", "down"]).expect("link cut");
         route_servers(&[1, 4]);
-        let gone = lab
-            .wait_for_next_hops(VIP4, &[1, 4], Duration::from_secs(10))
-            .unwrap_or_else(|err| {
-                panic!(
-                    "node 3 out of the route: {err}\n{}",
-                    announcements(&lab, &nodes)
-                )
-            });
+        let gone = routed(&lab, &nodes, VIP4, &[1, 4], 10, "node 3 out of the route");
         drop(victim);
         gone
     });
@@ -477,21 +490,12 @@ fn through_node_changes(method: &str, scheduler: &str) {
         lab.stop_nginx(server);
         lab.stop_echo(server);
     }
-    let withdrawn = lab
-        .wait_for_next_hops(VIP4, &[], Duration::from_secs(30))
-        .unwrap_or_else(|err| {
-            panic!(
-                "withdrawn by every node: {err}\n{}",
-                announcements(&lab, &nodes)
-            )
-        });
+    let withdrawn = routed(&lab, &nodes, VIP4, &[], 30, "withdrawn by every node");
     for server in 0..lab.servers.len() {
         lab.start_nginx(server).expect("nginx again");
         lab.start_echo(server).expect("echo again");
     }
-    let announced = lab
-        .wait_for_next_hops(VIP4, &[1, 4], Duration::from_secs(30))
-        .unwrap_or_else(|err| panic!("announced again: {err}\n{}", announcements(&lab, &nodes)));
+    let announced = routed(&lab, &nodes, VIP4, &[1, 4], 30, "announced again");
     eprintln!(
         "{label}: every backend down: withdrawn by nodes 1 and 4 {:.1} s after the servers stopped; announced again {:.1} s after they started",
         withdrawn.as_secs_f64(),
