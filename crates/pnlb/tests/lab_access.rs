@@ -1,7 +1,8 @@
 //! Per-service access rules in the lab (issue 18): short requests from an
 //! allowed client address run without a failure while another address of
 //! the same client, denied, gets no answer; a reload that lifts the rule
-//! lets it in, the load going on throughout.
+//! lets it in, an API edit that puts it back shuts it out again, the load
+//! going on throughout.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,9 +79,16 @@ fn allowed_clients_are_served_under_load_and_denied_ones_are_not() {
     )
     .expect("a second client address");
     let everyone: Vec<usize> = (0..lab.servers.len()).collect();
-    let open = lab
-        .config("dr", 80, &everyone)
-        .replacen('\n', "\napi = \"127.0.0.1:9180\"\n", 1);
+    let token_file = lab.dir.join("api.token");
+    write_secret(&token_file, &format!("{TOKEN}\n"));
+    let open = lab.config("dr", 80, &everyone).replacen(
+        '\n',
+        &format!(
+            "\napi = \"127.0.0.1:9180\"\napi_token_file = \"{}\"\n",
+            token_file.display()
+        ),
+        1,
+    );
     let guarded = open.replace(
         "scheduler = \"maglev\"\n",
         "scheduler = \"maglev\"\ndeny = [\"10.77.0.96/29\"]\n",
@@ -115,15 +123,31 @@ fn allowed_clients_are_served_under_load_and_denied_ones_are_not() {
         );
         reload(&daemon, &path, &open);
         let denied_after = from_denied();
+        // The rule back through the API: the service as the config holds
+        // it, with the deny list, PUT in its place.
+        let (_, document) = api(&lab, "GET", "/api/v1/config", None, None);
+        let document: serde_json::Value = serde_json::from_str(&document).unwrap_or_default();
+        let mut service = document["service"][0].clone();
+        let name = service["name"].as_str().unwrap_or_default().to_string();
+        service["deny"] = serde_json::json!(["10.77.0.96/29"]);
+        let (status, answer) = api(
+            &lab,
+            "PUT",
+            &format!("/api/v1/services/{name}"),
+            Some(TOKEN),
+            Some(&service.to_string()),
+        );
+        assert_eq!(status, 200, "PUT /api/v1/services/{name}: {answer}");
+        let denied_by_api = from_denied();
         stop.store(true, Ordering::Relaxed);
         let (ok, failed) = load.join().expect("joined");
-        (denied_before, denied_after, ok, failed)
+        (denied_before, denied_after, denied_by_api, ok, failed)
     });
-    let (denied_before, denied_after, ok, failed) = load;
+    let (denied_before, denied_after, denied_by_api, ok, failed) = load;
     eprintln!(
-        "from {DENIED} (denied by 10.77.0.96/29): {denied_before}/5 answered; after the reload lifting it: {denied_after}/5; meanwhile from 10.77.0.2: {ok} answered, {failed} failed"
+        "from {DENIED} (denied by 10.77.0.96/29): {denied_before}/5 answered; after the reload lifting it: {denied_after}/5; after the API put it back: {denied_by_api}/5; meanwhile from 10.77.0.2: {ok} answered, {failed} failed"
     );
-    assert_eq!((denied_before, denied_after), (0, 5));
+    assert_eq!((denied_before, denied_after, denied_by_api), (0, 5, 0));
     assert!(ok > 20 && failed == 0, "{ok} answered, {failed} failed");
     let (_, output) = daemon.stop(Duration::from_secs(10));
     let counted: Vec<&String> = output
