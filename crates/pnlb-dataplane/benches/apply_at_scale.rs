@@ -1,7 +1,8 @@
 //! The control plane at scale: a config of thousands of services with ten
 //! backends each, parsed from its text and applied to a freshly loaded data
 //! plane; then the same config again (nothing to do), one backend's weight
-//! changed, and one service added. Prints each time; a benchmark, not a
+//! changed (the whole config compared, then the service named as the
+//! daemon's health verdicts and drains name it), and one service added. Prints each time; a benchmark, not a
 //! test (nothing asserts on speed). Needs root (it loads the program).
 //!
 //! Run: cargo bench -p pnlb-dataplane --bench apply_at_scale [-- SERVICES...]
@@ -9,6 +10,7 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -120,7 +122,21 @@ fn run(services: usize) {
         version,
         "its table was swapped"
     );
-    let added = parse(&config_text(services, 3, true));
+    // As the daemon applies a health verdict or a drain: the service named.
+    let again = parse(&config_text(services, 7, false));
+    let version = programmer.table_version(&changed_service);
+    let named: HashSet<&str> = [changed_service.as_str()].into();
+    timed("apply one backend's weight changed, named", || {
+        programmer
+            .apply_services(&dataplane, &again, &named, &mut Static)
+            .expect("apply")
+    });
+    assert_ne!(
+        programmer.table_version(&changed_service),
+        version,
+        "its table was written"
+    );
+    let added = parse(&config_text(services, 7, true));
     let (report, _) = timed("apply one service added", || {
         programmer
             .apply(&dataplane, &added, &mut Static)

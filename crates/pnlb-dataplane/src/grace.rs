@@ -9,7 +9,10 @@
 //! update) waits for readers first. Readers are done once an RCU grace
 //! period has passed: XDP runs inside an RCU read-side section (softirq).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// membarrier(2)'s MEMBARRIER_CMD_GLOBAL, which is synchronize_rcu().
@@ -39,10 +42,54 @@ pub(crate) enum Element {
 }
 
 /// Waits for readers only when an element that may still be read is about
-/// to be written: one wait per apply at most, none for inserts alone.
+/// to be written: one wait per apply at most, none for inserts alone, and
+/// none for an element whose grace period already passed in the
+/// background ([`Grace::settle`]).
 #[derive(Default)]
 pub(crate) struct Grace {
+    /// Written or given up since the last grace period was asked for.
     pending: HashSet<Element>,
+    /// Waiting on a grace period asked of the background thread: the
+    /// ticket it must have passed.
+    asked: HashMap<Element, u64>,
+    background: Option<Background>,
+}
+
+/// A thread that waits for readers on request, so that the daemon does
+/// not: the next write to an element finds its grace period passed.
+struct Background {
+    requests: Sender<u64>,
+    /// The last ticket handed out.
+    issued: u64,
+    /// Every ticket up to this one has had its grace period.
+    passed: Arc<AtomicU64>,
+}
+
+impl Background {
+    fn start() -> Option<Self> {
+        let (requests, asked) = channel::<u64>();
+        let passed = Arc::new(AtomicU64::new(0));
+        let done = Arc::clone(&passed);
+        std::thread::Builder::new()
+            .name("pnlb-grace".into())
+            .spawn(move || {
+                // Ends when the Grace that sends is dropped.
+                while let Ok(mut ticket) = asked.recv() {
+                    // Every request queued is covered by one wait.
+                    while let Ok(later) = asked.try_recv() {
+                        ticket = ticket.max(later);
+                    }
+                    wait_for_readers();
+                    done.store(ticket, Ordering::Release);
+                }
+            })
+            .ok()?;
+        Some(Self {
+            requests,
+            issued: 0,
+            passed,
+        })
+    }
 }
 
 impl Grace {
@@ -56,15 +103,47 @@ impl Grace {
     /// Call before a write that reuses `element` without leaving it to be
     /// read (an insert takes a freed element and frees none).
     pub(crate) fn before_reuse(&mut self, element: Element) {
-        if self.pending.contains(&element) {
+        if let Some(ticket) = self.asked.get(&element) {
+            let passed = self
+                .background
+                .as_ref()
+                .map_or(0, |b| b.passed.load(Ordering::Acquire));
+            if passed >= *ticket {
+                self.asked.remove(&element);
+            }
+        }
+        if self.pending.contains(&element) || self.asked.contains_key(&element) {
             wait_for_readers();
             self.pending.clear();
+            self.asked.clear();
         }
     }
 
     /// Call after `element` was given up (its readers may still hold it).
     pub(crate) fn released(&mut self, element: Element) {
         self.pending.insert(element);
+    }
+
+    /// Call once the writes are done (the end of an apply): the grace
+    /// period for what they left pending is waited for in the background.
+    pub(crate) fn settle(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if self.background.is_none() {
+            self.background = Background::start();
+        }
+        // Without the thread, the next write waits as before.
+        let Some(background) = self.background.as_mut() else {
+            return;
+        };
+        background.issued += 1;
+        if background.requests.send(background.issued).is_err() {
+            return;
+        }
+        let ticket = background.issued;
+        self.asked
+            .extend(self.pending.drain().map(|element| (element, ticket)));
     }
 }
 
@@ -91,6 +170,32 @@ mod tests {
         assert_eq!(grace.pending.len(), 3, "other slots do not wait");
         grace.before_rewrite(Element::BackendSpare(1));
         assert_eq!(grace.pending.len(), 1, "the same slot again waited");
+    }
+
+    #[test]
+    fn a_grace_period_passed_in_the_background_is_not_waited_for_again() {
+        let mut grace = Grace::default();
+        grace.before_rewrite(Element::BackendSpare(1));
+        grace.settle();
+        assert!(grace.pending.is_empty());
+        assert_eq!(grace.asked.len(), 1);
+        let passed = |grace: &Grace| {
+            grace
+                .background
+                .as_ref()
+                .unwrap()
+                .passed
+                .load(Ordering::Acquire)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while passed(&grace) < 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(passed(&grace), 1, "the thread waited for readers");
+        // The same slot again: its grace period passed, no wait needed.
+        grace.before_rewrite(Element::BackendSpare(1));
+        assert!(grace.asked.is_empty());
+        assert_eq!(grace.pending.len(), 1);
     }
 
     #[test]

@@ -653,6 +653,88 @@ fn a_small_table_is_what_packets_index_and_other_services_changes_leave_it_alone
     assert_eq!(fixture.programmer.table_version("web"), version);
 }
 
+/// A table of the shape already published (Maglev after a weight change,
+/// a backend removed, a backend back) is written over the published one
+/// instead of swapped in (a swap waits for a grace period): the same map,
+/// the new slots, packets picking by them at once. A table of another
+/// shape (another table_size) is swapped in.
+#[test]
+fn a_table_of_the_published_shape_is_rewritten_in_place_and_packets_follow_it() {
+    if !privileged() {
+        return;
+    }
+    let text = config("dr", "maglev", 3, "table_size = 1031");
+    let mut fixture = Fixture::new(&text);
+    let id = fixture.programmer.service_id("web").unwrap();
+    let first = fixture.dataplane.published_table(id).unwrap().unwrap();
+    let heavier = text.replacen(
+        "address = \"10.77.1.11\"\n",
+        "address = \"10.77.1.11\"\nweight = 5\n",
+        1,
+    );
+    let third = format!(
+        "[[service.backend]]\naddress = \"10.77.1.13\"\nport = {}\n",
+        backend_port("dr")
+    );
+    let without_third = |text: &str| text.replace(&third, "");
+    let steps = [
+        ("10.77.1.11 at weight 5", heavier.clone()),
+        ("10.77.1.13 removed", without_third(&heavier)),
+        ("10.77.1.13 back", heavier.clone()),
+    ];
+    for (step, (what, next)) in steps.into_iter().enumerate() {
+        let version = fixture.programmer.table_version("web");
+        fixture.apply(&next);
+        let published = fixture.dataplane.published_table(id).unwrap().unwrap();
+        // A removed backend has no slot to name (0 slots).
+        let share = |backend: &str| {
+            fixture
+                .programmer
+                .backend_id("web", backend.parse().unwrap(), 80)
+                .map_or(0, |id| published.slots.iter().filter(|&&b| b == id).count())
+        };
+        println!(
+            "{what}: map {} (first {}), table version {:?} -> {:?}, slots of 10.77.1.11: {}, of 10.77.1.13: {}",
+            published.map_id,
+            first.map_id,
+            version,
+            fixture.programmer.table_version("web"),
+            share("10.77.1.11"),
+            share("10.77.1.13")
+        );
+        assert_eq!(published.map_id, first.map_id, "{what}: written in place");
+        assert_ne!(
+            fixture.programmer.table_version("web"),
+            version,
+            "{what}: a new table"
+        );
+        assert_eq!(
+            published.slots,
+            fixture.programmer.table("web").unwrap(),
+            "{what}"
+        );
+        assert_eq!((published.len, published.list_len), (1031, 0), "{what}");
+        // New flows each step (a flow with an entry keeps its backend).
+        let first_port = 43000 + 100 * step as u16;
+        for sport in first_port..first_port + 40 {
+            let packet = client(sport, SYN);
+            let (verdict, out) = fixture.run(&packet.bytes());
+            assert_eq!(verdict, XDP_TX);
+            let predicted = fixture.predicted_backend(
+                "web",
+                &packet.bytes(),
+                pnlb_dataplane::abi::HashKey::PNLB_HASH_5TUPLE,
+            );
+            assert_eq!(backend_of(&out), predicted, "{what}: sport {sport}");
+        }
+    }
+    fixture.apply(&heavier.replace("table_size = 1031", "table_size = 1033"));
+    let resized = fixture.dataplane.published_table(id).unwrap().unwrap();
+    println!("table_size 1033: map {}", resized.map_id);
+    assert_ne!(resized.map_id, first.map_id, "another shape is swapped in");
+    assert_eq!(resized.len, 1033);
+}
+
 /// daemon.max_services and max_backends size the maps: a data plane
 /// loaded for 16 services and 64 backends holds that many, and refuses the
 /// 17th service with the limit named.
