@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use pnlb_core::config::{Config, HealthCheck};
+use pnlb_core::config::{Config, HealthCheck, Service};
 use pnlb_core::health::{slow_start_weight, Health, HealthTracker, Transition};
 
 use super::monitor::BackendKey;
@@ -100,33 +100,38 @@ impl Lifecycle {
     pub fn effective(&self, config: &Config, now: Instant) -> Config {
         let mut effective = config.clone();
         for service in &mut effective.services {
-            for backend in &mut service.backends {
-                let key = (service.name.clone(), backend.address, backend.port);
-                let Some(health) = self.backends.get(&key) else {
-                    continue;
-                };
-                backend.weight = match health.tracker.state() {
-                    Health::Down => 0,
-                    Health::Up | Health::Unknown => match health.up_since {
-                        Some(since) => slow_start_weight(
-                            backend.weight,
-                            now.duration_since(since),
-                            service.slow_start,
-                        ),
-                        None => backend.weight,
-                    },
-                };
-            }
-            if service.backends.iter().all(|b| b.weight == 0) {
-                if let Some(fallback) = service.fallback.clone() {
-                    let weight = fallback.weight.max(1);
-                    service
-                        .backends
-                        .push(pnlb_core::config::Backend { weight, ..fallback });
-                }
-            }
+            self.effective_service(service, now);
         }
         effective
+    }
+
+    /// One service of the config made as the data plane should see it now.
+    pub fn effective_service(&self, service: &mut Service, now: Instant) {
+        for backend in &mut service.backends {
+            let key = (service.name.clone(), backend.address, backend.port);
+            let Some(health) = self.backends.get(&key) else {
+                continue;
+            };
+            backend.weight = match health.tracker.state() {
+                Health::Down => 0,
+                Health::Up | Health::Unknown => match health.up_since {
+                    Some(since) => slow_start_weight(
+                        backend.weight,
+                        now.duration_since(since),
+                        service.slow_start,
+                    ),
+                    None => backend.weight,
+                },
+            };
+        }
+        if service.backends.iter().all(|b| b.weight == 0) {
+            if let Some(fallback) = service.fallback.clone() {
+                let weight = fallback.weight.max(1);
+                service
+                    .backends
+                    .push(pnlb_core::config::Backend { weight, ..fallback });
+            }
+        }
     }
 }
 

@@ -131,8 +131,9 @@ impl Daemon {
             (false, false) => format!("service {service}: backend {endpoint} was not drained"),
         };
         if changed {
-            let effective = self.effective(Instant::now());
-            self.apply(effective);
+            // This service alone (a drain is the operator's single change).
+            self.due.insert(service.to_string());
+            self.apply_due(Instant::now(), true);
             self.version += 1;
             info!("API: {what}");
         }

@@ -10,14 +10,14 @@
 //! The desired config is a document (the file as read, then as edited
 //! through the API); every change is validated whole before it is adopted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pnlb_core::config::{self, Config, Document, DownPolicy};
+use pnlb_core::config::{self, Config, Document, DownPolicy, Service};
 use pnlb_core::health::Transition;
 use pnlb_dataplane::{ApplyReport, Dataplane, Limits, LoadOptions, Programmer};
 
@@ -365,6 +365,17 @@ struct Daemon {
     lifecycle: Lifecycle,
     /// The effective config last written to the maps.
     applied: Config,
+    /// Services whose effective config may differ from `applied` (a
+    /// health verdict came in, or a change waits its turn): worked out
+    /// again on the next tick, they alone. A tick does not copy and compare
+    /// the whole config (at 10,000 services that was a quarter of a core)
+    /// and a verdict writes its service only (`Programmer::apply_services`).
+    due: HashSet<String>,
+    /// Services whose slow start is under way, and when it ends: until
+    /// then each tick works out their weights again.
+    ramps: HashMap<String, Instant>,
+    /// `config.services` by name, for the health reports.
+    service_index: HashMap<String, usize>,
     last_refresh: Instant,
     /// When the interfaces' own MACs were last published (OWN_MACS_EVERY).
     own_macs_at: Instant,
@@ -451,12 +462,15 @@ impl Daemon {
             ended: Vec::new(),
             names: None,
             monitor: Monitor::start(&config),
+            service_index: index_services(&config),
             config,
             dataplane,
             programmer,
             next_hops,
             lifecycle,
             applied,
+            due: HashSet::new(),
+            ramps: HashMap::new(),
             last_refresh: now,
             own_macs_at: now,
             last_ramp: now,
@@ -481,16 +495,11 @@ impl Daemon {
             }
         }
         let now = Instant::now();
-        let effective = self.effective(now);
-        let changed = effective != self.applied;
-        if changed
-            && (!resets.is_empty()
-                || self.last_ramp.elapsed() >= RAMP_EVERY
-                || self.weights_only_fell(&effective))
-        {
-            self.apply(effective);
-            self.last_ramp = now;
-        } else if hops_moved {
+        self.ramps.retain(|_, until| now < *until);
+        if !self.due.is_empty() || !self.ramps.is_empty() {
+            self.apply_due(now, !resets.is_empty());
+        }
+        if hops_moved {
             self.apply(self.applied.clone());
         }
         if self.own_macs_at.elapsed() >= OWN_MACS_EVERY {
@@ -525,20 +534,63 @@ impl Daemon {
         }
     }
 
-    /// A backend going down is applied at once; ramps wait for RAMP_EVERY.
-    fn weights_only_fell(&self, effective: &Config) -> bool {
-        effective
-            .services
-            .iter()
-            .zip(&self.applied.services)
-            .any(|(new, old)| {
-                new.backends.len() != old.backends.len()
-                    || new
-                        .backends
-                        .iter()
-                        .zip(&old.backends)
-                        .any(|(n, o)| n.weight == 0 && o.weight != 0)
-            })
+    /// Works out the due and ramping services' effective configs and
+    /// writes those that changed, when their turn has come (a backend going
+    /// down, or `urgent`, at once; ramps every RAMP_EVERY). A service whose
+    /// change waits stays due.
+    fn apply_due(&mut self, now: Instant, urgent: bool) {
+        let mut names: Vec<String> = self.due.drain().collect();
+        names.extend(self.ramps.keys().cloned());
+        names.sort_unstable();
+        names.dedup();
+        let mut changed: Vec<(usize, Service)> = Vec::new();
+        for name in &names {
+            let Some(&i) = self.service_index.get(name) else {
+                continue;
+            };
+            let (Some(configured), Some(applied)) =
+                (self.config.services.get(i), self.applied.services.get(i))
+            else {
+                continue;
+            };
+            let mut effective = configured.clone();
+            self.drained_weights(&mut effective);
+            self.lifecycle.effective_service(&mut effective, now);
+            if effective != *applied {
+                changed.push((i, effective));
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let fell = changed.iter().any(|(i, new)| {
+            self.applied
+                .services
+                .get(*i)
+                .is_some_and(|old| weights_fell(new, old))
+        });
+        if !(urgent || fell || self.last_ramp.elapsed() >= RAMP_EVERY) {
+            self.due
+                .extend(changed.into_iter().map(|(_, service)| service.name));
+            return;
+        }
+        let mut written = HashSet::new();
+        for (i, service) in changed {
+            written.insert(service.name.clone());
+            self.applied.services[i] = service;
+        }
+        let named: HashSet<&str> = written.iter().map(String::as_str).collect();
+        match self.programmer.apply_services(
+            &self.dataplane,
+            &self.applied,
+            &named,
+            &mut self.next_hops,
+        ) {
+            Ok(report) => log_report(&report),
+            Err(err) => warning!("programming the data plane: {err}"),
+        }
+        self.publish_names();
+        self.last_ramp = now;
     }
 
     /// Takes the health reports; logs transitions once; returns the
@@ -546,20 +598,33 @@ impl Daemon {
     fn health_reports(&mut self) -> Vec<BackendKey> {
         let mut resets = Vec::new();
         while let Ok(report) = self.monitor.reports.try_recv() {
-            let Some((service, check)) = self.config.services.iter().find_map(|s| {
-                let backend = s.backends.iter().find(|b| {
-                    s.name == report.key.0 && b.address == report.key.1 && b.port == report.key.2
-                })?;
-                Some((s, backend.health.clone()?))
-            }) else {
-                continue;
-            };
-            let Some(event) =
-                self.lifecycle
-                    .observe(report.key, &check, report.result, Instant::now())
+            let Some((service, check)) = self
+                .service_index
+                .get(&report.key.0)
+                .and_then(|&i| self.config.services.get(i))
+                .and_then(|s| {
+                    let backend = s
+                        .backends
+                        .iter()
+                        .find(|b| b.address == report.key.1 && b.port == report.key.2)?;
+                    Some((s, backend.health.clone()?))
+                })
             else {
                 continue;
             };
+            let now = Instant::now();
+            let Some(event) = self
+                .lifecycle
+                .observe(report.key, &check, report.result, now)
+            else {
+                continue;
+            };
+            self.due.insert(service.name.clone());
+            if event.transition == Transition::Up && !service.slow_start.is_zero() {
+                // Its ramp, and one more turn for the last step.
+                self.ramps
+                    .insert(service.name.clone(), now + service.slow_start + RAMP_EVERY);
+            }
             let (name, address, port) = &event.key;
             let state = match event.transition {
                 Transition::Up => "UP",
@@ -629,16 +694,24 @@ impl Daemon {
     fn effective(&self, now: Instant) -> Config {
         let mut desired = self.config.clone();
         for service in &mut desired.services {
-            for backend in &mut service.backends {
-                if self
-                    .drained
-                    .contains(&(service.name.clone(), backend.address, backend.port))
-                {
-                    backend.weight = 0;
-                }
-            }
+            self.drained_weights(service);
         }
         self.lifecycle.effective(&desired, now)
+    }
+
+    /// The service's drained backends at weight 0.
+    fn drained_weights(&self, service: &mut Service) {
+        if self.drained.is_empty() {
+            return;
+        }
+        for backend in &mut service.backends {
+            if self
+                .drained
+                .contains(&(service.name.clone(), backend.address, backend.port))
+            {
+                backend.weight = 0;
+            }
+        }
     }
 
     /// Applies a changed config file; an invalid one is rejected whole and
@@ -668,6 +741,7 @@ impl Daemon {
             timeouts: next.timeouts,
             services: next.services,
         };
+        self.service_index = index_services(&self.config);
         self.lifecycle.retain(&self.config);
         self.sweeping.set_timeouts(&self.config.timeouts);
         self.fingerprint = self.fingerprinter.of(&self.config);
@@ -705,6 +779,27 @@ fn endpoint(address: std::net::IpAddr, port: u16) -> String {
 
 /// nat/snat replies whose next hop is not resolved yet go through the
 /// kernel's forwarding path, which must be on (as IPVS NAT requires).
+/// A backend going down (or one more backend, a fallback) is written at
+/// once; ramps up wait their turn.
+fn weights_fell(new: &Service, old: &Service) -> bool {
+    new.backends.len() != old.backends.len()
+        || new
+            .backends
+            .iter()
+            .zip(&old.backends)
+            .any(|(n, o)| n.weight == 0 && o.weight != 0)
+}
+
+/// Each service's place in `config.services`, by name.
+fn index_services(config: &Config) -> HashMap<String, usize> {
+    config
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.clone(), i))
+        .collect()
+}
+
 fn warn_without_forwarding(config: &Config) {
     let wants = |v6: bool| {
         config
