@@ -98,6 +98,83 @@ fn a_stopped_server_leaves_within_the_detection_window_and_comes_back() {
     );
 }
 
+/// slow_start: a backend back from down takes a growing share, not all
+/// of its weight at once; the daemon works out its weight again every
+/// second until the ramp ends (the weights the data plane was given, read
+/// from the API while it ramps).
+#[test]
+fn a_recovered_backend_ramps_up_over_its_slow_start() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Lab::up(&LabSpec::default()).expect("lab");
+    let health = format!("kind = \"tcp\"\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"{TIMEOUT_MS}ms\"\nrise = {RISE}\nfall = {FALL}");
+    let text = config_with_health(&lab, 80, &health)
+        .replacen('\n', "\napi = \"127.0.0.1:9180\"\n", 1)
+        .replace(
+            "scheduler = \"maglev\"\n",
+            "scheduler = \"maglev\"\nslow_start = \"4s\"\n",
+        )
+        .replace(
+            "address = \"10.77.1.12\"\n",
+            "address = \"10.77.1.12\"\nweight = 100\n",
+        );
+    let path = write_config(&lab, &text);
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    wait_for_log(&daemon, "API on", Duration::from_secs(5));
+    let lb = lab.lb.clone();
+    let weight_of_s2 = || -> Option<u64> {
+        let status = status_in(&lb);
+        status["services"][0]["backends"]
+            .as_array()?
+            .iter()
+            .find(|b| b["address"] == "10.77.1.12")?["effective_weight"]
+            .as_u64()
+    };
+    assert_eq!(weight_of_s2(), Some(100), "in service at its weight");
+    lab.stop_nginx(1);
+    wait_for_log(
+        &daemon,
+        "backend 10.77.1.12:80 is DOWN",
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let down = weight_of_s2();
+    lab.start_nginx(1).expect("restart nginx on s2");
+    wait_for_log(
+        &daemon,
+        "backend 10.77.1.12:80 is UP",
+        Duration::from_secs(5),
+    );
+    let up_at = Instant::now();
+    let mut seen = Vec::new();
+    while up_at.elapsed() < Duration::from_secs(7) {
+        seen.push((up_at.elapsed().as_millis(), weight_of_s2()));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("s2 down: weight {down:?}; after it came back (ms, weight): {seen:?}");
+    assert_eq!(down, Some(0));
+    let weights: Vec<u64> = seen.iter().filter_map(|(_, w)| *w).collect();
+    let ramping: Vec<u64> = weights
+        .iter()
+        .copied()
+        .filter(|w| (1..100).contains(w))
+        .collect();
+    assert!(
+        ramping.len() >= 3,
+        "several steps between 0 and 100: {seen:?}"
+    );
+    assert!(
+        ramping.windows(2).all(|pair| pair[0] <= pair[1]),
+        "it only grows: {seen:?}"
+    );
+    assert_eq!(
+        weights.last(),
+        Some(&100),
+        "at its weight after the ramp: {seen:?}"
+    );
+}
+
 #[test]
 fn a_draining_backend_finishes_its_transfer_and_gets_no_new_flows() {
     if !privileged() {
