@@ -1,5 +1,6 @@
 //! Step 2 of applying a service: its scheduling table, built here and
-//! swapped in whole.
+//! swapped in whole, or written over the published one when it has the
+//! same shape.
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -109,10 +110,9 @@ pub(super) struct PendingTables {
 impl PendingTables {
     /// Builds a new inner table map for `service_id`, to be swapped into
     /// its slot by [`Self::publish`]: packets see the old table or the
-    /// new one, never a mix.
-    ///
-    /// `published`: whether the service has a table in the data plane now
-    /// (one of the same shape is written over instead, at publish).
+    /// new one, never a mix of lengths. `published`: whether the service
+    /// has a table in the data plane now; one of the same shape is
+    /// written over instead, at publish.
     pub(super) fn add(
         &mut self,
         dataplane: &Dataplane,
