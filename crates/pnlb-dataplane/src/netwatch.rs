@@ -138,9 +138,26 @@ impl NetWatch {
         }
     }
 
+    /// Re-verifies those of `hops` (ifindex, address) whose entries are
+    /// STALE ([`Self::confirm`] each); returns how many. Only those: the
+    /// kernel takes the request's state for the entry's, so a confirmed
+    /// PERMANENT entry (an operator's static ARP or neighbour entry)
+    /// became INCOMPLETE, and then FAILED where nothing answers.
+    pub fn reverify(&self, hops: &[(u32, IpAddr)]) -> usize {
+        if hops.is_empty() {
+            return 0;
+        }
+        let stale = crate::nexthop::stale_neighbours();
+        hops.iter()
+            .filter(|hop| stale.contains(hop))
+            .filter(|(ifindex, address)| self.confirm(*ifindex, *address).is_ok())
+            .count()
+    }
+
     /// Asks the kernel to verify its neighbour entry for `address` on
     /// `ifindex` (a STALE entry is probed, by unicast first); the answer
-    /// comes back as an event. Harmless on an entry that is fresh.
+    /// comes back as an event. For STALE entries only ([`Self::reverify`]
+    /// picks them): the entry takes the request's state.
     pub fn confirm(&self, ifindex: u32, address: IpAddr) -> io::Result<()> {
         let request = confirm_request(ifindex, address);
         // SAFETY: sockaddr_nl is plain data; zeroed is a valid value.

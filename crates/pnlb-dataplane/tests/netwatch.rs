@@ -79,7 +79,11 @@ fn a_stale_neighbour_is_reverified_on_request_and_a_new_mac_is_an_event() {
         ));
         assert!(state_of("10.99.0.2").contains("STALE"));
         let _ = watch.wait(Duration::ZERO);
-        watch.confirm(n0, neighbour).expect("NTF_USE");
+        assert_eq!(
+            watch.reverify(&[(n0, neighbour)]),
+            1,
+            "a STALE entry is asked about"
+        );
         // Used while STALE: DELAY (only a use does that), then after
         // delay_first_probe_time a unicast probe, answered: REACHABLE.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -128,4 +132,37 @@ fn a_stale_neighbour_is_reverified_on_request_and_a_new_mac_is_an_event() {
     let _ = holder.kill();
     let _ = holder.wait();
     result.expect("test body");
+}
+
+/// An operator's static entry (`nud permanent`) stays as it is when the
+/// watch re-verifies the neighbours we forward to (a confirmation made it
+/// INCOMPLETE, then FAILED: the static MAC lost).
+#[test]
+fn a_permanent_neighbour_stays_permanent_when_reverified() {
+    if !privileged() {
+        return;
+    }
+    let result = std::thread::spawn(move || {
+        // SAFETY: unshare on this thread only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        sh("set -e
+            ip link add n0 type veth peer name n1
+            ip addr add 10.99.0.1/24 dev n0
+            ip link set n0 up
+            ip link set n1 up
+            ip neigh replace 10.99.0.7 dev n0 lladdr 02:99:00:00:00:07 nud permanent");
+        let watch = NetWatch::subscribe().expect("rtnetlink");
+        let n0 = pnlb_dataplane::loader::ifindex_of("n0").unwrap();
+        let before = state_of("10.99.0.7");
+        let asked = watch.reverify(&[(n0, "10.99.0.7".parse().unwrap())]);
+        assert_eq!(asked, 0, "a static entry is not asked about");
+        std::thread::sleep(Duration::from_millis(500));
+        let after = state_of("10.99.0.7");
+        println!("before: {before:?}; after reverify: {after:?}");
+        (before, after)
+    })
+    .join();
+    let (before, after) = result.expect("the test thread");
+    assert!(before.contains("PERMANENT"), "{before}");
+    assert_eq!(after, before);
 }

@@ -12,8 +12,9 @@
 //!   effect in well under a second. Route and link events trigger a
 //!   refresh. Every CONFIRM_EVERY it asks the kernel to re-verify the
 //!   neighbours we forward to (backends' next hops and the default
-//!   routers), which XDP traffic never confirms: a MAC that changes
-//!   without a word is found by the kernel's probes within seconds.
+//!   routers) whose entries went STALE, which XDP traffic never confirms:
+//!   a MAC that changes without a word is found by the kernel's probes
+//!   within seconds. Static entries are left alone.
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -277,11 +278,11 @@ fn watch_thread(
             if let Ok(watched) = watched.lock() {
                 hops.extend(watched.iter().copied());
             }
-            for (ifindex, neighbour) in hops {
-                // An entry the kernel no longer has is re-learned by the
-                // resolver's probe on the next refresh.
-                let _ = watch.confirm(ifindex, neighbour);
-            }
+            // STALE ones only (an operator's static entries stay as they
+            // are); an entry the kernel no longer has is re-learned by the
+            // resolver's probe on the next refresh.
+            let hops: Vec<(u32, IpAddr)> = hops.into_iter().collect();
+            watch.reverify(&hops);
         }
     }
 }
