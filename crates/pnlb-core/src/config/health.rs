@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, Validator};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HealthCheck {
     pub kind: CheckKind,
     pub interval: Duration,
@@ -21,7 +21,7 @@ pub struct HealthCheck {
     pub port: u16,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum CheckKind {
     /// A TCP connection is accepted.
     Tcp,
@@ -39,7 +39,7 @@ pub enum CheckKind {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HttpCheck {
     pub method: String,
     pub path: String,

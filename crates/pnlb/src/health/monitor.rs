@@ -1,9 +1,13 @@
-//! One checking thread per checked backend. Each waits its interval with
-//! up to ±10% jitter (and a random first delay) so checks do not align,
-//! probes, and reports the result to the daemon's loop. A reload replaces
-//! the monitor; the old threads notice within 50 ms and end.
+//! One checking thread per distinct probe: backends of several services
+//! on the same server with the same check share one (10,000 services over
+//! 1,000 servers are 1,000 probes, not 100,000 threads), and its result is
+//! reported for each of them. Each thread waits its interval with up to
+//! ±10% jitter (and a random first delay) so checks do not align, probes,
+//! and reports the result to the daemon's loop. A reload replaces the
+//! monitor; the old threads notice within 50 ms and end.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,15 +45,9 @@ impl Monitor {
             Some(Ok(identity)) => Ok(Some(identity)),
             Some(Err(err)) => Err(err),
         };
-        for service in &config.services {
-            for backend in &service.backends {
-                let Some(check) = backend.health.clone() else {
-                    continue;
-                };
-                let key = (service.name.clone(), backend.address, backend.port);
-                let (stop, sender, exec_as) = (stop.clone(), sender.clone(), exec_as.clone());
-                std::thread::spawn(move || check_loop(key, check, exec_as, &stop, &sender));
-            }
+        for ((address, check), keys) in probes(config) {
+            let (stop, sender, exec_as) = (stop.clone(), sender.clone(), exec_as.clone());
+            std::thread::spawn(move || check_loop(address, keys, check, exec_as, &stop, &sender));
         }
         Self { stop, reports }
     }
@@ -61,14 +59,35 @@ impl Drop for Monitor {
     }
 }
 
+/// The distinct probes of `config`, each with the backends it judges: a
+/// probe depends on the address and the check alone (the check holds the
+/// port it probes and its rise and fall).
+fn probes(config: &Config) -> HashMap<(IpAddr, HealthCheck), Vec<BackendKey>> {
+    let mut probes: HashMap<(IpAddr, HealthCheck), Vec<BackendKey>> = HashMap::new();
+    for service in &config.services {
+        for backend in &service.backends {
+            let Some(check) = backend.health.clone() else {
+                continue;
+            };
+            probes.entry((backend.address, check)).or_default().push((
+                service.name.clone(),
+                backend.address,
+                backend.port,
+            ));
+        }
+    }
+    probes
+}
+
 fn check_loop(
-    key: BackendKey,
+    address: IpAddr,
+    keys: Vec<BackendKey>,
     check: HealthCheck,
     exec_as: Result<Option<Identity>, String>,
     stop: &AtomicBool,
     sender: &Sender<Report>,
 ) {
-    let mut jitter = Jitter::seeded(&key);
+    let mut jitter = Jitter::seeded(&keys);
     let mut next = Instant::now() + check.interval.mul_f64(jitter.unit());
     loop {
         while Instant::now() < next {
@@ -82,17 +101,19 @@ fn check_loop(
         }
         let result = match (&check.kind, &exec_as) {
             (CheckKind::Exec { .. }, Err(err)) => Err(err.clone()),
-            (_, exec_as) => probe(&check, key.1, exec_as.clone().ok().flatten()),
+            (_, exec_as) => probe(&check, address, exec_as.clone().ok().flatten()),
         };
-        if stop.load(Ordering::Relaxed)
-            || sender
-                .send(Report {
-                    key: key.clone(),
-                    result,
-                })
-                .is_err()
-        {
+        if stop.load(Ordering::Relaxed) {
             return;
+        }
+        for key in &keys {
+            let report = Report {
+                key: key.clone(),
+                result: result.clone(),
+            };
+            if sender.send(report).is_err() {
+                return;
+            }
         }
         next += check.interval.mul_f64(0.9 + 0.2 * jitter.unit());
         next = next.max(Instant::now());
@@ -103,7 +124,7 @@ fn check_loop(
 struct Jitter(u64);
 
 impl Jitter {
-    fn seeded(key: &BackendKey) -> Self {
+    fn seeded(key: &[BackendKey]) -> Self {
         let mut hasher = DefaultHasher::new();
         key.hash(&mut hasher);
         SystemTime::now().hash(&mut hasher);
@@ -116,5 +137,67 @@ impl Jitter {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn services_on_the_same_server_with_the_same_check_share_one_probe() {
+        let text = r#"
+[daemon]
+interfaces = ["eth0"]
+[[service]]
+name = "a"
+vip = "10.77.100.1"
+port = 80
+[service.health]
+kind = "tcp"
+[[service.backend]]
+address = "10.77.1.11"
+[[service.backend]]
+address = "10.77.1.12"
+[[service]]
+name = "b"
+vip = "10.77.100.2"
+port = 80
+[service.health]
+kind = "tcp"
+[[service.backend]]
+address = "10.77.1.11"
+[[service]]
+name = "c"
+vip = "10.77.100.3"
+port = 80
+[service.health]
+kind = "tcp"
+port = 8080
+[[service.backend]]
+address = "10.77.1.11"
+"#;
+        let config = pnlb_core::config::parse(Path::new("t.toml"), text).unwrap();
+        let probes = probes(&config);
+        let mut judged: Vec<(IpAddr, u16, Vec<String>)> = probes
+            .iter()
+            .map(|((address, check), keys)| {
+                let mut services: Vec<String> = keys.iter().map(|k| k.0.clone()).collect();
+                services.sort();
+                (*address, check.port, services)
+            })
+            .collect();
+        judged.sort();
+        let server = |last: u8| IpAddr::from([10, 77, 1, last]);
+        assert_eq!(
+            judged,
+            vec![
+                (server(11), 80, vec!["a".into(), "b".into()]),
+                (server(11), 8080, vec!["c".into()]),
+                (server(12), 80, vec!["a".into()]),
+            ]
+        );
     }
 }
