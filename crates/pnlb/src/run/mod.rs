@@ -777,8 +777,6 @@ fn endpoint(address: std::net::IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(address, port).to_string()
 }
 
-/// nat/snat replies whose next hop is not resolved yet go through the
-/// kernel's forwarding path, which must be on (as IPVS NAT requires).
 /// A backend going down (or one more backend, a fallback) is written at
 /// once; ramps up wait their turn.
 fn weights_fell(new: &Service, old: &Service) -> bool {
@@ -800,6 +798,8 @@ fn index_services(config: &Config) -> HashMap<String, usize> {
         .collect()
 }
 
+/// nat/snat replies whose next hop is not resolved yet go through the
+/// kernel's forwarding path, which must be on (as IPVS NAT requires).
 fn warn_without_forwarding(config: &Config) {
     let wants = |v6: bool| {
         config
