@@ -238,15 +238,14 @@ impl Programmer {
         resolver: &mut dyn Resolver,
     ) -> Result<ApplyReport, DataplaneError> {
         let mut report = ApplyReport::default();
-        let named: Vec<ServiceConfig> = config
+        let named: Vec<&ServiceConfig> = config
             .services
             .iter()
             .filter(|s| names.contains(s.name.as_str()) && self.services.contains_key(&s.name))
-            .cloned()
             .collect();
-        let resolution = resolver.resolve(&backend_addresses(&named));
+        let resolution = resolver.resolve(&backend_addresses(named.iter().copied()));
         let changed: Vec<&ServiceConfig> = named
-            .iter()
+            .into_iter()
             .filter(|service| {
                 !self.is_applied(service)
                     || service
@@ -610,11 +609,11 @@ impl Programmer {
 }
 
 /// Every backend address of `services`, once each.
-fn backend_addresses(services: &[ServiceConfig]) -> Vec<IpAddr> {
+fn backend_addresses<'a>(services: impl IntoIterator<Item = &'a ServiceConfig>) -> Vec<IpAddr> {
     // Deduplicated before sorting: services share servers (10,000
     // services x 10 backends were 100,000 addresses of 1,000 servers).
     let unique: HashSet<IpAddr> = services
-        .iter()
+        .into_iter()
         .flat_map(|s| s.backends.iter().map(|b| b.address))
         .collect();
     let mut addresses: Vec<IpAddr> = unique.into_iter().collect();

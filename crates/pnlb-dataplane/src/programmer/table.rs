@@ -244,18 +244,9 @@ fn same_shape(
     service_id: u32,
     slots: &[u32],
 ) -> Result<Option<u32>, DataplaneError> {
-    let Some(value) = dataplane
-        .maps()
-        .pnlb_tables
-        .lookup(&service_id.to_ne_bytes(), MapFlags::ANY)
-        .map_err(map_err("pnlb_tables"))?
-    else {
+    let Some((id, map)) = published_map(dataplane, service_id)? else {
         return Ok(None);
     };
-    let Some(id) = crate::abi::from_bytes::<u32>(&value) else {
-        return Ok(None);
-    };
-    let map = MapHandle::from_map_id(id).map_err(map_err("pnlb_table"))?;
     if map.max_entries() as usize != slots.len() {
         return Ok(None);
     }
@@ -273,6 +264,27 @@ fn same_shape(
         .zip(&slots[..header])
         .all(|(old, new)| *old == Some(*new));
     Ok(same.then_some(id))
+}
+
+/// The table map published for service slot `service_id`, with its id.
+fn published_map(
+    dataplane: &Dataplane,
+    service_id: u32,
+) -> Result<Option<(u32, MapHandle)>, DataplaneError> {
+    let Some(value) = dataplane
+        .maps()
+        .pnlb_tables
+        .lookup(&service_id.to_ne_bytes(), MapFlags::ANY)
+        .map_err(map_err("pnlb_tables"))?
+    else {
+        return Ok(None);
+    };
+    // A map-in-map lookup from userspace gives the inner map's id.
+    let Some(id) = crate::abi::from_bytes::<u32>(&value) else {
+        return Ok(None);
+    };
+    let map = MapHandle::from_map_id(id).map_err(map_err("pnlb_table"))?;
+    Ok(Some((id, map)))
 }
 
 /// How a table's slots are written through its mapping.
@@ -365,19 +377,9 @@ impl Dataplane {
         &self,
         service_id: u32,
     ) -> Result<Option<PublishedTable>, DataplaneError> {
-        let Some(fd) = self
-            .maps()
-            .pnlb_tables
-            .lookup(&service_id.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_err("pnlb_tables"))?
-        else {
+        let Some((id, inner)) = published_map(self, service_id)? else {
             return Ok(None);
         };
-        let Some(id) = crate::abi::from_bytes::<u32>(&fd) else {
-            return Ok(None);
-        };
-        // A map-in-map lookup from userspace gives the inner map's id.
-        let inner = MapHandle::from_map_id(id).map_err(map_err("pnlb_table"))?;
         let mut words = Vec::new();
         for (key, value) in crate::batch::entries(&inner, 8192) {
             if let (Some(k), Some(v)) = (
