@@ -977,10 +977,12 @@ fn every_flow_of_a_big_table_is_read_by_the_dump_and_the_sweep() {
             .unwrap();
     }
     let dumped = fixture.dataplane.conns().flows().unwrap().len();
+    let started = std::time::Instant::now();
     let swept = fixture
         .dataplane
         .sweep_connections_at(&Timeouts::default(), monotonic_ns())
         .unwrap();
+    let took = started.elapsed();
     let (active, _) = fixture.dataplane.backend_load(backend).unwrap();
     // The daemon's way: a pass in steps of a few thousand entries.
     let sweeper = fixture.dataplane.sweeper().unwrap();
@@ -996,13 +998,71 @@ fn every_flow_of_a_big_table_is_read_by_the_dump_and_the_sweep() {
         }
     };
     let (active_after_steps, _) = fixture.dataplane.backend_load(backend).unwrap();
-    eprintln!("{FLOWS} flows installed: dump read {dumped}, sweep counted {} entries, census {active} active on the backend; a pass in {steps} steps counted {} ({active_after_steps} active)", swept.established, stepped.established);
+    eprintln!("{FLOWS} flows installed: dump read {dumped}, sweep counted {} entries in {took:?}, census {active} active on the backend; a pass in {steps} steps counted {} ({active_after_steps} active)", swept.established, stepped.established);
     assert_eq!(dumped, FLOWS as usize);
     assert_eq!(swept.established, FLOWS as usize);
     assert_eq!(active, u64::from(FLOWS));
     assert!(steps >= 20, "{steps} steps");
     assert_eq!(stepped.established, FLOWS as usize);
     assert_eq!(active_after_steps, u64::from(FLOWS));
+}
+
+/// 80,000 flows end at once among 5,000 that stay (a flood's leftovers
+/// expiring together): one pass removes every one of them, and counts
+/// what stays once.
+#[test]
+fn a_sweep_removes_every_flow_that_ended_at_once_and_counts_the_rest() {
+    if !privileged() {
+        return;
+    }
+    const ENDED: u32 = 80_000;
+    const STAYING: u32 = 5_000;
+    let fixture = Fixture::with_table_size(&config("dr", "maglev", 2, ""), 1 << 18);
+    let a = "10.77.1.11".parse().unwrap();
+    let backend = fixture.programmer.backend_id("web", a, 80).unwrap();
+    let service = fixture.programmer.service_id("web").unwrap();
+    let names = fixture.programmer.names();
+    let (listener, _, _) = names.describe(service, backend).unwrap();
+    let (_, _, generation) = names.resolve(&listener, a, 80).unwrap();
+    let flow = |state: ConnState| Conn {
+        service_id: service,
+        backend_id: backend,
+        backend_generation: generation,
+        state: state.0 as u8,
+        ..Default::default()
+    };
+    // UDP flows idle 300 s end; established TCP flows (900 s) stay.
+    for n in 0..ENDED + STAYING {
+        let mut key = flow_of(&client(1024 + (n % 60_000) as u16, ACK).bytes());
+        key.src.words[0] ^= (n / 60_000).to_be();
+        let state = if n < ENDED {
+            ConnState::PNLB_CT_UDP
+        } else {
+            ConnState::PNLB_CT_ESTABLISHED
+        };
+        fixture
+            .dataplane
+            .conns()
+            .install_flow(&key, &flow(state))
+            .unwrap();
+    }
+    let later = monotonic_ns() + 400_000_000_000;
+    let report = fixture
+        .dataplane
+        .sweep_connections_at(&Timeouts::default(), later)
+        .unwrap();
+    let left = fixture.dataplane.conns().flows().unwrap().len();
+    let load = fixture.dataplane.backend_load(backend).unwrap();
+    eprintln!(
+        "{} flows, {ENDED} idle past their timeout: {} removed, {} left by the report, {left} by a dump; load {load:?}",
+        ENDED + STAYING,
+        report.expired,
+        report.established
+    );
+    assert_eq!(report.expired, ENDED as usize);
+    assert_eq!(report.established, STAYING as usize);
+    assert_eq!(left, STAYING as usize);
+    assert_eq!(load, (u64::from(STAYING), 0));
 }
 
 /// With no daemon tending it for daemon.unattended_limit, the data plane

@@ -428,6 +428,60 @@ fn established_flows_outlive_the_sweeper_until_their_timeout() {
     });
 }
 
+/// A nat flow whose client has gone quiet while its server still sends (a
+/// one-way stream) keeps both entries: a pair is judged by the more recent
+/// of its two, in the kernel's walk as in the re-check.
+#[test]
+fn a_nat_pair_stays_while_either_direction_is_used() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(CONFIG);
+        let client = |flags| Pkt::tcp("10.77.0.2", 43100, "10.77.100.1", 80, flags);
+        let server = |flags| Pkt::tcp("10.77.1.11", 8080, "10.77.0.2", 43100, flags);
+        forward(&fixture, &client(SYN));
+        reply(&fixture, &server(SYN_ACK));
+        forward(&fixture, &client(ACK));
+        let began = pnlb_dataplane::conntrack::monotonic_ns();
+        // The entries' stamps move at most once a second.
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+        reply(&fixture, &server(ACK));
+        let timeouts = Timeouts {
+            tcp: std::time::Duration::from_millis(1500),
+            ..Timeouts::default()
+        };
+        // The client's entry is idle past 1.5 s, the server's is not.
+        let report = fixture
+            .dataplane
+            .sweep_connections_at(&timeouts, began + 2_700_000_000)
+            .unwrap();
+        let (active, _) = fixture
+            .dataplane
+            .backend_load(
+                fixture
+                    .programmer
+                    .backend_id("nat4", "10.77.1.11".parse().unwrap(), 8080)
+                    .unwrap(),
+            )
+            .unwrap();
+        eprintln!(
+            "client quiet 2.7 s, server 0.5 s: {} removed, {} left, {active} active",
+            report.expired, report.established
+        );
+        assert_eq!(report.expired, 0);
+        assert_eq!(report.established, 2);
+        assert_eq!(active, 1);
+        // Both quiet: the pair goes together.
+        let report = fixture
+            .dataplane
+            .sweep_connections_at(&timeouts, began + 5_000_000_000)
+            .unwrap();
+        assert_eq!(report.expired, 2);
+        assert_eq!(report.established, 0);
+    });
+}
+
 #[test]
 fn packets_from_a_backend_that_match_no_flow_pass_untouched() {
     if !privileged() {
