@@ -10,6 +10,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use libbpf_rs::MapCore;
 
+use crate::abi::{from_bytes, Plain};
+
 /// Every (key, value) of a map, as bytes.
 pub(crate) struct Entries<'map> {
     fd: BorrowedFd<'map>,
@@ -70,6 +72,43 @@ pub(crate) fn entries_from<M: MapCore + ?Sized>(
         at: 0,
         failed: None,
     }
+}
+
+/// Every value of an array map, by index (a slot the read missed stays
+/// at its default).
+pub(crate) fn array_values<T: Plain, M: MapCore + ?Sized>(map: &M) -> Vec<T> {
+    let mut values = vec![T::default(); map.max_entries() as usize];
+    for (key, value) in entries(map, 4096) {
+        if let (Some(index), Some(value)) = (from_bytes::<u32>(&key), from_bytes::<T>(&value)) {
+            if let Some(slot) = values.get_mut(index as usize) {
+                *slot = value;
+            }
+        }
+    }
+    values
+}
+
+/// Every value of a per-CPU array map, by index: each CPU's copy.
+pub(crate) fn per_cpu_array_values<T: Plain, M: MapCore + ?Sized>(map: &M) -> Vec<Vec<T>> {
+    let Ok(cpus) = libbpf_rs::num_possible_cpus() else {
+        return Vec::new();
+    };
+    // The kernel lays out each CPU's copy 8-byte aligned.
+    let stride = (map.value_size() as usize).next_multiple_of(8);
+    let mut walk = entries(map, 4096);
+    walk.value_size = stride * cpus;
+    let mut values = vec![Vec::new(); map.max_entries() as usize];
+    for (key, value) in walk {
+        if let (Some(index), true) = (from_bytes::<u32>(&key), value.len() == stride * cpus) {
+            if let Some(slot) = values.get_mut(index as usize) {
+                *slot = value
+                    .chunks_exact(stride)
+                    .filter_map(from_bytes::<T>)
+                    .collect();
+            }
+        }
+    }
+    values
 }
 
 /// A hash map's batch token is a bucket index (u32); other maps use a key.

@@ -1,5 +1,6 @@
 //! Reading the per-CPU counters: each CPU counts alone, we add them up.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use libbpf_rs::{MapCore, MapFlags};
@@ -140,40 +141,115 @@ fn per_cpu<T: Plain>(
         .collect())
 }
 
+fn service_total(cpus: &[ServiceStats]) -> ServiceCounters {
+    let mut total = ServiceCounters::default();
+    for cpu in cpus {
+        total.packets += cpu.packets;
+        total.bytes += cpu.bytes;
+        total.new_flows += cpu.new_flows;
+        total.reply_packets += cpu.reply_packets;
+        total.reply_bytes += cpu.reply_bytes;
+        for (sum, n) in total.drops.iter_mut().zip(cpu.drops) {
+            *sum += n;
+        }
+    }
+    total
+}
+
+fn backend_total(cpus: &[BackendStats]) -> BackendCounters {
+    let mut total = BackendCounters::default();
+    for cpu in cpus {
+        total.packets += cpu.packets;
+        total.bytes += cpu.bytes;
+        total.new_flows += cpu.new_flows;
+        total.reply_packets += cpu.reply_packets;
+        total.reply_bytes += cpu.reply_bytes;
+    }
+    total
+}
+
+/// Services' and backends' counters and connection counts, read at once:
+/// every slot by a batched read of each array (the status of 10,000
+/// services with 100,000 backends read slot by slot took 300,000 system
+/// calls and over two seconds), or a few slots one by one.
+#[derive(Default)]
+pub struct CounterSnapshot {
+    services: HashMap<u32, ServiceCounters>,
+    backends: HashMap<u32, BackendCounters>,
+    loads: HashMap<u32, (u64, u64)>,
+}
+
+impl CounterSnapshot {
+    pub fn service(&self, service_id: u32) -> ServiceCounters {
+        self.services.get(&service_id).cloned().unwrap_or_default()
+    }
+
+    pub fn backend(&self, backend_id: u32) -> BackendCounters {
+        self.backends.get(&backend_id).cloned().unwrap_or_default()
+    }
+
+    /// (active, inactive) connections, as [`Dataplane::backend_load`].
+    pub fn backend_load(&self, backend_id: u32) -> (u64, u64) {
+        self.loads.get(&backend_id).copied().unwrap_or_default()
+    }
+}
+
+/// Slot id -> value, for a whole array read in order.
+fn by_slot<T>(values: impl IntoIterator<Item = T>) -> HashMap<u32, T> {
+    (0u32..).zip(values).collect()
+}
+
 impl Dataplane {
     pub fn service_counters(&self, service_id: u32) -> Result<ServiceCounters, DataplaneError> {
-        let mut total = ServiceCounters::default();
-        for cpu in per_cpu::<ServiceStats>(
+        Ok(service_total(&per_cpu::<ServiceStats>(
             &self.maps().pnlb_service_stats,
             service_id,
             "pnlb_service_stats",
-        )? {
-            total.packets += cpu.packets;
-            total.bytes += cpu.bytes;
-            total.new_flows += cpu.new_flows;
-            total.reply_packets += cpu.reply_packets;
-            total.reply_bytes += cpu.reply_bytes;
-            for (sum, n) in total.drops.iter_mut().zip(cpu.drops) {
-                *sum += n;
-            }
-        }
-        Ok(total)
+        )?))
     }
 
     pub fn backend_counters(&self, backend_id: u32) -> Result<BackendCounters, DataplaneError> {
-        let mut total = BackendCounters::default();
-        for cpu in per_cpu::<BackendStats>(
+        Ok(backend_total(&per_cpu::<BackendStats>(
             &self.maps().pnlb_backend_stats,
             backend_id,
             "pnlb_backend_stats",
-        )? {
-            total.packets += cpu.packets;
-            total.bytes += cpu.bytes;
-            total.new_flows += cpu.new_flows;
-            total.reply_packets += cpu.reply_packets;
-            total.reply_bytes += cpu.reply_bytes;
+        )?))
+    }
+
+    /// Every slot's counters, read now ([`CounterSnapshot`]).
+    pub fn counter_snapshot(&self) -> CounterSnapshot {
+        let maps = self.maps();
+        CounterSnapshot {
+            services: by_slot(
+                crate::batch::per_cpu_array_values(&maps.pnlb_service_stats)
+                    .iter()
+                    .map(|cpus| service_total(cpus)),
+            ),
+            backends: by_slot(
+                crate::batch::per_cpu_array_values(&maps.pnlb_backend_stats)
+                    .iter()
+                    .map(|cpus| backend_total(cpus)),
+            ),
+            loads: by_slot(self.backend_loads()),
         }
-        Ok(total)
+    }
+
+    /// The counters of one service and its backends' slots, read now (a
+    /// slot that cannot be read reads as zero).
+    pub fn counter_snapshot_of(&self, service_id: u32, backend_ids: &[u32]) -> CounterSnapshot {
+        let mut snapshot = CounterSnapshot::default();
+        if let Ok(counters) = self.service_counters(service_id) {
+            snapshot.services.insert(service_id, counters);
+        }
+        for &id in backend_ids {
+            if let Ok(counters) = self.backend_counters(id) {
+                snapshot.backends.insert(id, counters);
+            }
+            if let Ok(load) = self.backend_load(id) {
+                snapshot.loads.insert(id, load);
+            }
+        }
+        snapshot
     }
 
     /// Every pass/drop reason with its total, in reason order.

@@ -394,6 +394,25 @@ fn counters_count_packets_bytes_and_new_flows_per_service_and_backend() {
     let counters = fixture.dataplane.backend_counters(id).unwrap();
     assert_eq!((counters.packets, counters.new_flows), (3, 1));
     assert_eq!(fixture.dataplane.connection_count(), 1);
+    // The status reads every slot at once: the same figures.
+    let now = fixture.dataplane.counter_snapshot();
+    let service_id = fixture.programmer.service_id("dns4").unwrap();
+    assert_eq!(now.service(service_id), service);
+    assert_eq!(now.backend(id), counters);
+    assert_eq!(
+        now.backend_load(id),
+        fixture.dataplane.backend_load(id).unwrap()
+    );
+    assert_eq!(
+        now.backend_load(id),
+        (0, 1),
+        "one UDP flow: inactive, as in IPVS"
+    );
+    let other = fixture.programmer.service_id("web4").unwrap();
+    assert_eq!(
+        now.service(other),
+        fixture.dataplane.service_counters(other).unwrap()
+    );
 }
 
 #[test]

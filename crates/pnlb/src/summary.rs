@@ -21,13 +21,12 @@ pub fn render(dataplane: &Dataplane, programmer: &Programmer, config: &Config) -
         out,
         "  -> RemoteAddress:Port           Weight              Conns     InPkts    OutPkts      InBytes     OutBytes"
     );
+    let now = dataplane.counter_snapshot();
     for service in &config.services {
         let Some(id) = programmer.service_id(&service.name) else {
             continue;
         };
-        let Ok(counters) = dataplane.service_counters(id) else {
-            continue;
-        };
+        let counters = now.service(id);
         let local = endpoint(service.vip, service.port);
         let _ = writeln!(
             out,
@@ -49,9 +48,7 @@ pub fn render(dataplane: &Dataplane, programmer: &Programmer, config: &Config) -
             else {
                 continue;
             };
-            let Ok(b) = dataplane.backend_counters(backend_id) else {
-                continue;
-            };
+            let b = now.backend(backend_id);
             let _ = writeln!(
                 out,
                 "  -> {:<29} {:<6} {:<9} {:>7} {:>10} {:>10} {:>12} {:>12}",

@@ -150,6 +150,20 @@ impl Dataplane {
     }
 }
 
+impl Dataplane {
+    /// Every backend slot's (active, inactive), by slot id: two batched
+    /// reads, for the status of every backend at once.
+    pub(crate) fn backend_loads(&self) -> Vec<(u64, u64)> {
+        let conns: Vec<BackendConns> = crate::batch::array_values(&self.maps().pnlb_backend_conns);
+        let loads: Vec<BackendLoad> = crate::batch::array_values(&self.maps().pnlb_backend_load);
+        conns
+            .iter()
+            .zip(&loads)
+            .map(|(conns, load)| combine(load, conns))
+            .collect()
+    }
+}
+
 /// The data plane's arithmetic (bpf/lib/load.h), wrapping and clamped alike.
 fn combine(load: &BackendLoad, conns: &BackendConns) -> (u64, u64) {
     let delta = |now: u64, base: u64| now.wrapping_sub(base) as i64;

@@ -546,6 +546,23 @@ impl Programmer {
         Ok(freed)
     }
 
+    /// The backends of `service` removed from the config that keep their
+    /// slot while flows use it: (address, port, slot id), sorted.
+    pub fn retiring_of(&self, service: &str) -> Vec<(IpAddr, u16, u32)> {
+        let mut retiring: Vec<_> = self
+            .services
+            .get(service)
+            .map(|slot| {
+                slot.retiring
+                    .iter()
+                    .map(|(key, b)| (key.0, key.1, b.id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        retiring.sort_unstable();
+        retiring
+    }
+
     /// Removed backends still carrying flows: (service, address, port, slot).
     pub fn retiring(&self) -> Vec<(String, IpAddr, u16, u32)> {
         let mut retiring: Vec<_> = self

@@ -28,7 +28,7 @@ use pnlb_core::config::Daemon as DaemonConfig;
 
 use self::edit::{BackendSelector, Edit};
 use self::http::{Head, Listener, Origin, Refusal, Response};
-use self::model::{ApiError, Done, Status};
+use self::model::{ApiError, Done, ServiceStatus, Status};
 
 /// Largest request body accepted (a service with thousands of backends fits).
 const MAX_BODY: u64 = 1 << 20;
@@ -39,6 +39,8 @@ const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum Op {
     Status,
+    /// One service's status (its own slots read, not every one).
+    ServiceStatus(String),
     /// The desired state as a document (the config file's keys, as JSON).
     Document,
     Edit(Edit),
@@ -61,6 +63,7 @@ pub enum Op {
 #[derive(Debug)]
 pub enum Reply {
     Status(Box<Status>),
+    Service(Option<Box<ServiceStatus>>),
     Document(serde_json::Value),
     Done(Done),
     Failed(ApiError),

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::edit::{BackendSelector, Edit};
 use super::http::{Method, Response};
-use super::model::{ApiError, Status};
+use super::model::{ApiError, ServiceStatus, Status};
 use super::{ask, ApiCall, Op, Reply};
 use crate::metrics;
 
@@ -206,6 +206,15 @@ fn status(calls: &mpsc::Sender<ApiCall>) -> Result<Status, ApiError> {
     }
 }
 
+fn service_status(calls: &mpsc::Sender<ApiCall>, name: &str) -> Result<ServiceStatus, ApiError> {
+    match ask(calls, Op::ServiceStatus(name.to_string())) {
+        Reply::Service(Some(service)) => Ok(*service),
+        Reply::Service(None) => Err(no_service(name)),
+        Reply::Failed(err) => Err(err),
+        _ => Err(ApiError::new(500, "unexpected answer from the daemon")),
+    }
+}
+
 fn no_service(name: &str) -> ApiError {
     ApiError::new(404, format!("no service named {name:?}"))
         .with_fix("GET /api/v1/services lists them")
@@ -231,23 +240,10 @@ pub fn serve(route: Route, body: &[u8], calls: &mpsc::Sender<ApiCall>) -> Respon
                 _ => return Err(ApiError::new(500, "unexpected answer from the daemon")),
             },
             Route::Services => json(200, &status(calls)?.services),
-            Route::Service(name) => {
-                let status = status(calls)?;
-                let service = status.services.iter().find(|s| s.name == name);
-                json(200, service.ok_or_else(|| no_service(&name))?)
-            }
-            Route::Backends(name) => {
-                let status = status(calls)?;
-                let service = status.services.iter().find(|s| s.name == name);
-                json(200, &service.ok_or_else(|| no_service(&name))?.backends)
-            }
+            Route::Service(name) => json(200, &service_status(calls, &name)?),
+            Route::Backends(name) => json(200, &service_status(calls, &name)?.backends),
             Route::Backend(name, selector) => {
-                let status = status(calls)?;
-                let service = status
-                    .services
-                    .iter()
-                    .find(|s| s.name == name)
-                    .ok_or_else(|| no_service(&name))?;
+                let service = service_status(calls, &name)?;
                 let backend = service
                     .backends
                     .iter()

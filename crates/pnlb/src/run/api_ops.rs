@@ -18,6 +18,9 @@ impl Daemon {
     pub(super) fn serve(&mut self, op: Op) -> Reply {
         let result = match op {
             Op::Status => return Reply::Status(Box::new(self.status())),
+            Op::ServiceStatus(name) => {
+                return Reply::Service(self.one_service_status(&name).map(Box::new))
+            }
             Op::Document => {
                 return match serde_json::to_value(&self.document) {
                     Ok(document) => Reply::Document(document),
