@@ -835,6 +835,58 @@ fn more_tables_than_one_swap_carries_are_all_published() {
     );
 }
 
+/// Many services lose their last backend in one apply (every backend
+/// failing its checks at once): their tables are closed (written in place
+/// to length 0: a delete from a map of maps waits for a grace period each,
+/// one at a time, and 10,000 of them took minutes), the others' stay,
+/// packets follow, and the tables come back with the backends.
+#[test]
+fn services_that_lose_every_backend_at_once_lose_their_tables_together() {
+    if !privileged() {
+        return;
+    }
+    let services = 40;
+    let text = |with_backends: &dyn Fn(usize) -> bool| {
+        let mut text = format!(
+            "[daemon]\ninterfaces = [\"eth0\"]\nmax_services = {services}\nmax_backends = {services}\n"
+        );
+        for i in 0..services {
+            text += &format!(
+                "[[service]]\nname = \"s{i}\"\nvip = \"10.90.0.{}\"\nport = 80\nscheduler = \"maglev\"\ntable_size = 251\n",
+                i + 1
+            );
+            if with_backends(i) {
+                text += &format!(
+                    "[[service.backend]]\naddress = \"10.77.1.{}\"\n",
+                    11 + i % 10
+                );
+            }
+        }
+        text
+    };
+    let mut fixture = Fixture::new(&text(&|_| true));
+    let published = |fixture: &Fixture| -> Vec<usize> {
+        (0..services)
+            .filter(|i| {
+                let id = fixture.programmer.service_id(&format!("s{i}")).unwrap();
+                fixture.dataplane.published_table(id).unwrap().is_some()
+            })
+            .collect()
+    };
+    let syn = |i: usize| Pkt::tcp("10.77.0.2", 42000, &format!("10.90.0.{}", i + 1), 80, SYN);
+    assert_eq!(published(&fixture).len(), services);
+    // All but every fourth lose their backend in one apply.
+    fixture.apply(&text(&|i| i % 4 == 0));
+    let kept: Vec<usize> = (0..services).filter(|i| i % 4 == 0).collect();
+    assert_eq!(published(&fixture), kept);
+    assert_eq!(fixture.run(&syn(1).bytes()).0, XDP_DROP, "no backend left");
+    assert_eq!(fixture.run(&syn(4).bytes()).0, XDP_TX, "still served");
+    // And back.
+    fixture.apply(&text(&|_| true));
+    assert_eq!(published(&fixture).len(), services);
+    assert_eq!(fixture.run(&syn(1).bytes()).0, XDP_TX);
+}
+
 #[test]
 fn a_shrunk_table_is_published_with_its_own_length() {
     if !privileged() {

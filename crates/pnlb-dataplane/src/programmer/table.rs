@@ -102,7 +102,15 @@ pub(super) fn tables_per_swap() -> usize {
 pub(super) struct PendingTables {
     service_ids: Vec<u32>,
     tables: Vec<MapHandle>,
+    /// Services left without a backend.
     emptied: Vec<u32>,
+    /// Their published tables (inner map ids), closed in place: a length
+    /// of 0 reads as no table (pnlb_table_view). Taking a table out of the
+    /// map of maps waits for a grace period, and can only be done one at a
+    /// time (no batch delete there): 10,000 services losing their last
+    /// backend at once took minutes, the daemon deaf to the API and to
+    /// SIGINT meanwhile.
+    closed: Vec<u32>,
     /// (service, inner map id, published form) written in place.
     rewrites: Vec<(u32, u32, Vec<u32>)>,
 }
@@ -123,6 +131,9 @@ impl PendingTables {
     ) -> Result<(), DataplaneError> {
         if table.is_empty() {
             self.emptied.push(service_id);
+            if let Some((inner, _)) = published_map(dataplane, service_id)? {
+                self.closed.push(inner);
+            }
             return Ok(());
         }
         let mut slots = published_form(table, list_len);
@@ -224,8 +235,12 @@ impl PendingTables {
                 Err(err) => return Err(map_err("pnlb_tables")(err)),
             }
         }
-        for service_id in self.emptied {
-            delete_table(dataplane, service_id)?;
+        for inner in &self.closed {
+            let map = MapHandle::from_map_id(*inner).map_err(map_err("pnlb_table"))?;
+            close_in_place(&map).map_err(|err| DataplaneError::Map {
+                map: "pnlb_table",
+                source: libbpf_rs::Error::from(err),
+            })?;
         }
         // `tables` close here; the outer map holds them now.
         Ok(())
@@ -295,6 +310,35 @@ enum Write {
     /// The published table: each slot one atomic store, header untouched
     /// (it is the same).
     InPlace,
+}
+
+/// Sets a published table's length to 0 (one atomic store through its
+/// mapping): packets find no backend in it from then on, as with no table.
+fn close_in_place(map: &MapHandle) -> std::io::Result<()> {
+    let len = ELEMENT * abi::TABLE_HEADER as usize;
+    // SAFETY: a shared mapping of the first `len` bytes of the map's pages
+    // (every table holds its header), unmapped before returning.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map.as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let slot = TableSlot::PNLB_TABLE_LEN_SLOT.0 as usize;
+    // SAFETY: the length slot's element, inside the mapping (page-aligned,
+    // so 4-byte aligned); programs read it concurrently, hence atomic.
+    let length = unsafe { &*at.cast::<u8>().add(slot * ELEMENT).cast::<AtomicU32>() };
+    length.store(0, Ordering::Relaxed);
+    // SAFETY: the mapping made above, not used after.
+    unsafe { libc::munmap(at, len) };
+    Ok(())
 }
 
 /// Writes `words` into a BPF_F_MMAPABLE array of u32 values, one each.
@@ -380,6 +424,16 @@ impl Dataplane {
         let Some((id, inner)) = published_map(self, service_id)? else {
             return Ok(None);
         };
+        let len_slot = TableSlot::PNLB_TABLE_LEN_SLOT.0;
+        // Closed (its service has no backend): packets read no table.
+        let closed = inner
+            .lookup(&len_slot.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("pnlb_table"))?
+            .and_then(|v| crate::abi::from_bytes::<u32>(&v))
+            .is_none_or(|len| len == 0);
+        if closed {
+            return Ok(None);
+        }
         let mut words = Vec::new();
         for (key, value) in crate::batch::entries(&inner, 8192) {
             if let (Some(k), Some(v)) = (

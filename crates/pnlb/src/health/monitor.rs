@@ -4,16 +4,21 @@
 //! reported for each of them. Each thread waits its interval with up to
 //! ±10% jitter (and a random first delay) so checks do not align, probes,
 //! and reports the result to the daemon's loop. A reload replaces the
-//! monitor; the old threads notice within 50 ms and end.
+//! monitor; the old threads are woken at once and end (a probe under way
+//! first runs to its timeout). Threads sleep until their next probe: a
+//! wake-up every 50 ms to look for a stop cost 110,000 wake-ups a second
+//! with 5,500 probes. A result the same as the last `max(rise, fall)` is
+//! not reported: the daemon judges by streaks that long, so it would
+//! change nothing (100,000 checked backends reported 50,000 results a
+//! second to the daemon's loop, every one a repeat).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Instant, SystemTime};
 
 use pnlb_core::config::{CheckKind, Config, HealthCheck};
 
@@ -29,8 +34,43 @@ pub struct Report {
 }
 
 pub struct Monitor {
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     pub reports: Receiver<Report>,
+}
+
+/// Tells the checking threads to end, waking the ones asleep.
+#[derive(Default)]
+struct Stop {
+    stopped: Mutex<bool>,
+    signal: Condvar,
+}
+
+impl Stop {
+    fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.signal.notify_all();
+    }
+
+    fn is_stopped(&self) -> bool {
+        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sleeps until `deadline`; true if told to stop first.
+    fn wait_until(&self, deadline: Instant) -> bool {
+        let mut stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*stopped {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            stopped = self
+                .signal
+                .wait_timeout(stopped, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
 }
 
 impl Monitor {
@@ -38,7 +78,7 @@ impl Monitor {
     /// checks run as daemon.exec_check_user (`pnlb run` has checked at
     /// start that it exists; one removed since fails the checks, logged).
     pub fn start(config: &Config) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Stop::default());
         let (sender, reports) = channel();
         let exec_as = match config.daemon.exec_check_user.as_deref().map(identity_of) {
             None => Ok(None),
@@ -55,7 +95,7 @@ impl Monitor {
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.stop();
     }
 }
 
@@ -84,29 +124,25 @@ fn check_loop(
     keys: Vec<BackendKey>,
     check: HealthCheck,
     exec_as: Result<Option<Identity>, String>,
-    stop: &AtomicBool,
+    stop: &Stop,
     sender: &Sender<Report>,
 ) {
     let mut jitter = Jitter::seeded(&keys);
     let mut next = Instant::now() + check.interval.mul_f64(jitter.unit());
+    let mut streak = Streak::new(check.rise.max(check.fall));
     loop {
-        while Instant::now() < next {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            std::thread::sleep(
-                next.saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(50)),
-            );
+        if stop.wait_until(next) {
+            return;
         }
         let result = match (&check.kind, &exec_as) {
             (CheckKind::Exec { .. }, Err(err)) => Err(err.clone()),
             (_, exec_as) => probe(&check, address, exec_as.clone().ok().flatten()),
         };
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_stopped() {
             return;
         }
-        for key in &keys {
+        let news = streak.news(result.is_ok());
+        for key in keys.iter().filter(|_| news) {
             let report = Report {
                 key: key.clone(),
                 result: result.clone(),
@@ -117,6 +153,36 @@ fn check_loop(
         }
         next += check.interval.mul_f64(0.9 + 0.2 * jitter.unit());
         next = next.max(Instant::now());
+    }
+}
+
+/// Which results the daemon needs: every one until the same result has come
+/// `max(rise, fall)` times in a row (enough for any verdict), then none
+/// until it changes.
+struct Streak {
+    enough: u32,
+    last: Option<bool>,
+    length: u32,
+}
+
+impl Streak {
+    fn new(enough: u32) -> Self {
+        Self {
+            enough,
+            last: None,
+            length: 0,
+        }
+    }
+
+    /// Records a result; whether it is worth reporting.
+    fn news(&mut self, ok: bool) -> bool {
+        if self.last == Some(ok) {
+            self.length = self.length.saturating_add(1);
+        } else {
+            self.last = Some(ok);
+            self.length = 1;
+        }
+        self.length <= self.enough
     }
 }
 
@@ -145,6 +211,39 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    #[test]
+    fn a_result_is_reported_until_a_streak_is_long_enough_for_any_verdict() {
+        // rise 2, fall 3
+        let mut streak = Streak::new(3);
+        let reported: Vec<bool> = [
+            false, false, false, false, false, true, true, true, true, false, true,
+        ]
+        .iter()
+        .map(|ok| streak.news(*ok))
+        .collect();
+        assert_eq!(
+            reported,
+            [true, true, true, false, false, true, true, true, false, true, true]
+        );
+    }
+
+    #[test]
+    fn a_sleeping_checker_wakes_at_once_when_stopped() {
+        let stop = Arc::new(Stop::default());
+        let far = Instant::now() + std::time::Duration::from_secs(60);
+        let sleeper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || stop.wait_until(far))
+        };
+        assert!(!stop.wait_until(Instant::now() + std::time::Duration::from_millis(20)));
+        stop.stop();
+        assert!(
+            sleeper.join().unwrap(),
+            "woken by the stop, not the deadline"
+        );
+        assert!(stop.wait_until(far), "once stopped, no more sleeping");
+    }
 
     #[test]
     fn services_on_the_same_server_with_the_same_check_share_one_probe() {
