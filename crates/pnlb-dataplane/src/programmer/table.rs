@@ -188,7 +188,7 @@ impl PendingTables {
     }
 
     /// Swaps every added table into its service's slot (one batch update:
-    /// one wait), and takes the emptied ones out.
+    /// one wait), and closes the emptied ones.
     pub(super) fn publish(self, dataplane: &Dataplane) -> Result<(), DataplaneError> {
         for (_, inner, slots) in &self.rewrites {
             let map = MapHandle::from_map_id(*inner).map_err(map_err("pnlb_table"))?;

@@ -141,14 +141,15 @@ fn check_loop(
         if stop.is_stopped() {
             return;
         }
-        let news = streak.news(result.is_ok());
-        for key in keys.iter().filter(|_| news) {
-            let report = Report {
-                key: key.clone(),
-                result: result.clone(),
-            };
-            if sender.send(report).is_err() {
-                return;
+        if streak.news(result.is_ok()) {
+            for key in &keys {
+                let report = Report {
+                    key: key.clone(),
+                    result: result.clone(),
+                };
+                if sender.send(report).is_err() {
+                    return;
+                }
             }
         }
         next += check.interval.mul_f64(0.9 + 0.2 * jitter.unit());
