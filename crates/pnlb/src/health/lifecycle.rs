@@ -73,6 +73,9 @@ impl Lifecycle {
 
     /// Forgets backends that are no longer configured.
     pub fn retain(&mut self, config: &Config) {
+        if self.backends.is_empty() {
+            return;
+        }
         // A set first: a scan of the config per checked backend was
         // quadratic (100,000 checked backends of 10,000 services).
         let configured: HashSet<(&str, IpAddr, u16)> = config

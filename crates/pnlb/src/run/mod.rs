@@ -733,14 +733,18 @@ impl Daemon {
 
     /// Makes `document` (already validated into `next`) the desired state.
     fn adopt(&mut self, document: Document, next: Config, what: String) -> Done {
-        self.document = document;
-        self.config = Config {
+        let config = Config {
             daemon: self.config.daemon.clone(),
             ha: self.config.ha.clone(),
             bgp: self.config.bgp.clone(),
             timeouts: next.timeouts,
             services: next.services,
         };
+        let old_document = std::mem::replace(&mut self.document, document);
+        let old_config = std::mem::replace(&mut self.config, config);
+        // Freeing them is not the loop's work: at 10,000 services it took
+        // ~140 ms of an API edit's 0.8 s.
+        std::thread::spawn(move || drop((old_document, old_config)));
         self.service_index = index_services(&self.config);
         self.lifecycle.retain(&self.config);
         self.sweeping.set_timeouts(&self.config.timeouts);
