@@ -995,6 +995,25 @@ fn connection_counts_equal_the_tables_after_each_sweep() {
     });
 }
 
+/// Backend 10.77.1.11:80 of service "web" (its slot), and an established
+/// flow's entry on it, for installing flows in bulk.
+fn established_on_web(fixture: &Fixture) -> (u32, Conn) {
+    let a = "10.77.1.11".parse().unwrap();
+    let backend = fixture.programmer.backend_id("web", a, 80).unwrap();
+    let service = fixture.programmer.service_id("web").unwrap();
+    let names = fixture.programmer.names();
+    let (listener, _, _) = names.describe(service, backend).unwrap();
+    let (_, _, generation) = names.resolve(&listener, a, 80).unwrap();
+    let entry = Conn {
+        service_id: service,
+        backend_id: backend,
+        backend_generation: generation,
+        state: ConnState::PNLB_CT_ESTABLISHED.0 as u8,
+        ..Default::default()
+    };
+    (backend, entry)
+}
+
 /// A table of 200,000 flows is read whole: by the failover dump, the sweep
 /// and its census, in one pass and in the daemon's steps. (A hash map's batch read ends at bucket boundaries, so
 /// batches come back short long before the end; a reader that took a short
@@ -1006,19 +1025,7 @@ fn every_flow_of_a_big_table_is_read_by_the_dump_and_the_sweep() {
     }
     const FLOWS: u32 = 200_000;
     let fixture = Fixture::with_table_size(&config("dr", "maglev", 2, ""), 1 << 19);
-    let a = "10.77.1.11".parse().unwrap();
-    let backend = fixture.programmer.backend_id("web", a, 80).unwrap();
-    let service = fixture.programmer.service_id("web").unwrap();
-    let names = fixture.programmer.names();
-    let (listener, _, _) = names.describe(service, backend).unwrap();
-    let (_, _, generation) = names.resolve(&listener, a, 80).unwrap();
-    let template = Conn {
-        service_id: service,
-        backend_id: backend,
-        backend_generation: generation,
-        state: ConnState::PNLB_CT_ESTABLISHED.0 as u8,
-        ..Default::default()
-    };
+    let (backend, template) = established_on_web(&fixture);
     for n in 0..FLOWS {
         let mut key = flow_of(&client(1024 + (n % 60_000) as u16, ACK).bytes());
         key.src.words[0] ^= (n / 60_000).to_be();
@@ -1070,18 +1077,10 @@ fn a_sweep_removes_every_flow_that_ended_at_once_and_counts_the_rest() {
     const ENDED: u32 = 80_000;
     const STAYING: u32 = 5_000;
     let fixture = Fixture::with_table_size(&config("dr", "maglev", 2, ""), 1 << 18);
-    let a = "10.77.1.11".parse().unwrap();
-    let backend = fixture.programmer.backend_id("web", a, 80).unwrap();
-    let service = fixture.programmer.service_id("web").unwrap();
-    let names = fixture.programmer.names();
-    let (listener, _, _) = names.describe(service, backend).unwrap();
-    let (_, _, generation) = names.resolve(&listener, a, 80).unwrap();
+    let (backend, established) = established_on_web(&fixture);
     let flow = |state: ConnState| Conn {
-        service_id: service,
-        backend_id: backend,
-        backend_generation: generation,
         state: state.0 as u8,
-        ..Default::default()
+        ..established
     };
     // UDP flows idle 300 s end; established TCP flows (900 s) stay.
     for n in 0..ENDED + STAYING {

@@ -148,9 +148,7 @@ impl Dataplane {
             .unwrap_or_default();
         Ok(combine(&load, &conns))
     }
-}
 
-impl Dataplane {
     /// Every backend slot's (active, inactive), by slot id: two batched
     /// reads, for the status of every backend at once.
     pub(crate) fn backend_loads(&self) -> Vec<(u64, u64)> {

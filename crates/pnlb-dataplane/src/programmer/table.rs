@@ -312,77 +312,90 @@ enum Write {
     InPlace,
 }
 
+/// The first `elements` slots of a BPF_F_MMAPABLE table, mapped shared
+/// (unmapped on drop).
+struct Mapped {
+    at: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(map: &MapHandle, elements: usize) -> std::io::Result<Self> {
+        let len = elements * ELEMENT;
+        // SAFETY: a shared mapping of the map's own pages, `len` bytes (the
+        // map holds at least `elements` elements of 8 bytes).
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { at, len })
+    }
+
+    /// Slot `i`'s word: programs read it concurrently, hence atomic.
+    fn slot(&self, i: usize) -> &AtomicU32 {
+        assert!(
+            (i + 1) * ELEMENT <= self.len,
+            "slot {i} outside the mapping"
+        );
+        // SAFETY: element i starts i * 8 bytes into the mapping (page-
+        // aligned, so 4-byte aligned), inside its `len` bytes (checked).
+        unsafe { &*self.at.cast::<u8>().add(i * ELEMENT).cast::<AtomicU32>() }
+    }
+
+    /// Copies `bytes` over the start of the mapping (no reader yet).
+    fn fill(&self, bytes: &[u8]) {
+        let len = bytes.len().min(self.len);
+        // SAFETY: `len` bytes at `at` are inside the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.at.cast::<u8>(), len) };
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new, not used after.
+        unsafe { libc::munmap(self.at, self.len) };
+    }
+}
+
 /// Sets a published table's length to 0 (one atomic store through its
 /// mapping): packets find no backend in it from then on, as with no table.
 fn close_in_place(map: &MapHandle) -> std::io::Result<()> {
-    let len = ELEMENT * abi::TABLE_HEADER as usize;
-    // SAFETY: a shared mapping of the first `len` bytes of the map's pages
-    // (every table holds its header), unmapped before returning.
-    let at = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            map.as_fd().as_raw_fd(),
-            0,
-        )
-    };
-    if at == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    let slot = TableSlot::PNLB_TABLE_LEN_SLOT.0 as usize;
-    // SAFETY: the length slot's element, inside the mapping (page-aligned,
-    // so 4-byte aligned); programs read it concurrently, hence atomic.
-    let length = unsafe { &*at.cast::<u8>().add(slot * ELEMENT).cast::<AtomicU32>() };
-    length.store(0, Ordering::Relaxed);
-    // SAFETY: the mapping made above, not used after.
-    unsafe { libc::munmap(at, len) };
+    let mapped = Mapped::new(map, abi::TABLE_HEADER as usize)?;
+    mapped
+        .slot(TableSlot::PNLB_TABLE_LEN_SLOT.0 as usize)
+        .store(0, Ordering::Relaxed);
     Ok(())
 }
 
 /// Writes `words` into a BPF_F_MMAPABLE array of u32 values, one each.
 fn write_mapped(map: &MapHandle, words: &[u32], how: Write) -> std::io::Result<()> {
-    let len = words.len() * ELEMENT;
-    // SAFETY: a shared mapping of the map's own pages, `len` bytes (the
-    // map holds exactly `words.len()` elements of 8 bytes), unmapped
-    // before returning.
-    let at = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            map.as_fd().as_raw_fd(),
-            0,
-        )
-    };
-    if at == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
+    let mapped = Mapped::new(map, words.len())?;
     match how {
         Write::Fresh => {
-            let mut elements = vec![0u8; len];
+            let mut elements = vec![0u8; words.len() * ELEMENT];
             for (element, word) in elements.chunks_exact_mut(ELEMENT).zip(words) {
                 element[..4].copy_from_slice(&word.to_ne_bytes());
             }
-            // SAFETY: `len` bytes at `at` are the mapping made above.
-            unsafe { std::ptr::copy_nonoverlapping(elements.as_ptr(), at.cast::<u8>(), len) };
+            mapped.fill(&elements);
         }
         Write::InPlace => {
             for (i, word) in words.iter().enumerate().skip(abi::TABLE_HEADER as usize) {
-                // SAFETY: element i starts i * 8 bytes into the mapping
-                // (page-aligned, so 4-byte aligned), inside its `len`
-                // bytes; programs read it concurrently, hence atomic.
-                let slot = unsafe { &*at.cast::<u8>().add(i * ELEMENT).cast::<AtomicU32>() };
+                let slot = mapped.slot(i);
                 if slot.load(Ordering::Relaxed) != *word {
                     slot.store(*word, Ordering::Relaxed);
                 }
             }
         }
     }
-    // SAFETY: the mapping made above, not used after.
-    unsafe { libc::munmap(at, len) };
     Ok(())
 }
 
