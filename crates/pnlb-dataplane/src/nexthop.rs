@@ -44,8 +44,16 @@ pub type Resolution = HashMap<IpAddr, Result<NextHop, String>>;
 
 /// Finds the next hops of backend addresses.
 pub trait Resolver {
-    /// Resolves every address given; each one gets an answer.
+    /// Resolves every address given; each one gets an answer. The
+    /// addresses are every backend there is (a resolver that keeps them
+    /// may forget the others).
     fn resolve(&mut self, backends: &[IpAddr]) -> Resolution;
+
+    /// Resolves some backends among others that stay (a change to a few
+    /// services): a resolver that keeps them forgets none.
+    fn resolve_some(&mut self, backends: &[IpAddr]) -> Resolution {
+        self.resolve(backends)
+    }
 }
 
 /// The host's kernel tables, in the calling thread's network namespace.

@@ -255,6 +255,45 @@ mod targets {
             .unwrap_or("web")
             .to_string();
         let selector = BackendSelector::parse("10.77.1.11").expect("a selector");
+        let origin = Path::new("api");
+        let base = pnlb_core::config::validate_document(origin, &document).expect("a valid seed");
+        // The daemon validates an edit's one service and the rules across
+        // services (edit::revalidate); the whole document validated must
+        // come to the same verdict and the same services.
+        let verdicts = std::cell::Cell::new((0u64, 0u64));
+        let agree = |edit: &Edit| {
+            let mut changed = document.clone();
+            let Ok(applied) = edit::apply(&mut changed, edit) else {
+                return;
+            };
+            let (accepted, refused) = verdicts.get();
+            let whole = pnlb_core::config::validate_document(origin, &changed);
+            let mut services = base.services.clone();
+            let one = edit::revalidate(
+                origin,
+                &changed,
+                &applied.change,
+                &base.daemon,
+                &mut services,
+            );
+            assert_eq!(
+                whole.is_ok(),
+                one.is_ok(),
+                "{edit:?}: the whole document {whole:?}, its one service {one:?}"
+            );
+            match whole {
+                Ok(config) => {
+                    assert!(config.services == services, "{edit:?}: other services");
+                    verdicts.set((accepted + 1, refused));
+                }
+                Err(_) => {
+                    assert!(services == base.services, "{edit:?}: not undone");
+                    verdicts.set((accepted, refused + 1));
+                }
+            }
+        };
+        agree(&Edit::RemoveService(service.clone()));
+        agree(&Edit::RemoveBackend(service.clone(), selector));
         run("api-bodies", &seeds, JSON, |input| {
             let Ok(body) = serde_json::from_slice::<serde_json::Value>(input) else {
                 return;
@@ -265,12 +304,12 @@ mod targets {
                 Edit::AddBackend(service.clone(), body.clone()),
                 Edit::ReplaceBackend(service.clone(), selector, body.clone()),
             ] {
-                let mut changed = document.clone();
-                if edit::apply(&mut changed, &edit).is_ok() {
-                    let _ = pnlb_core::config::validate_document(Path::new("api"), &changed);
-                }
+                agree(&edit);
             }
         });
+        let (accepted, refused) = verdicts.get();
+        println!("api-bodies: whole document and one service agreed on {accepted} accepted and {refused} refused edits");
+        assert!(accepted > 0 && refused > 0, "both verdicts tried");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use pnlb_lab::{spawn_in_netns, Lab, LabSpec, ECHO_PORT, VIP4};
+use pnlb_lab::{in_netns, spawn_in_netns, Lab, LabSpec, ECHO_PORT, VIP4};
 use support::*;
 
 /// `pnlb ctl --config … ARGS` in the LB namespace: (success, stdout + stderr).
@@ -764,4 +764,133 @@ fn the_grafana_dashboard_asks_only_for_metrics_pnlb_exports() {
     }
     assert!(asked >= 10);
     daemon.stop(Duration::from_secs(10));
+}
+
+/// The health of each backend of `service` as the API shows it, by address.
+fn health_of(lab: &Lab, service: &str) -> Vec<(String, String)> {
+    let (_, body) = api(
+        lab,
+        "GET",
+        &format!("/api/v1/services/{service}"),
+        None,
+        None,
+    );
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    status["backends"]
+        .as_array()
+        .map(|backends| {
+            backends
+                .iter()
+                .map(|b| {
+                    let field = |key: &str| b[key].as_str().unwrap_or_default().to_string();
+                    (field("address"), field("health"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_edit_changes_its_own_service_in_the_data_plane_and_leaves_the_others_flows_alone() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec {
+        echo: true,
+        ..LabSpec::default()
+    })
+    .expect("lab");
+    let (_, daemon) = start_with_api(&lab, true);
+    let stop = Arc::new(AtomicBool::new(false));
+    // The other service's flow, open through every edit of web.
+    let stream = echo_stream(&lab, stop.clone());
+    let servers = |n| spread(&lab, IpAddr::V4(VIP4), n);
+    let edit = |method: &str, route: &str, body: Option<&str>| {
+        let (status, answer) = api(&lab, method, route, Some(TOKEN), body);
+        println!("{method} {route}: {status} {answer}");
+        (status, answer)
+    };
+
+    // web replaced: one backend, checked. Traffic and checks follow.
+    let only = |address: &str| {
+        format!(
+            r#"{{"vip": "{VIP4}", "port": 80, "method": "dr", "scheduler": "maglev",
+                "health": {{"kind": "tcp", "interval": "200ms", "rise": 1}},
+                "backend": [{{"address": "{address}"}}]}}"#
+        )
+    };
+    assert_eq!(
+        edit("PUT", "/api/v1/services/web", Some(&only("10.77.1.12"))).0,
+        200
+    );
+    let twelve = servers(10);
+    println!("web on 10.77.1.12 alone: {twelve:?}");
+    assert_eq!(twelve.len(), 1, "{twelve:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while health_of(&lab, "web") != [("10.77.1.12".to_string(), "up".to_string())] {
+        assert!(
+            Instant::now() < deadline,
+            "the edited service's check did not judge its backend: {:?}",
+            health_of(&lab, "web")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        edit("PUT", "/api/v1/services/web", Some(&only("10.77.1.11"))).0,
+        200
+    );
+    let eleven = servers(10);
+    println!("web on 10.77.1.11 alone: {eleven:?}");
+    assert_eq!(eleven.len(), 1, "{eleven:?}");
+    assert_ne!(eleven.keys().next(), twelve.keys().next());
+
+    // Refused across services: the listener is web's. Nothing changes.
+    let (_, before) = api(&lab, "GET", "/api/v1/config", None, None);
+    let (status, answer) = edit(
+        "POST",
+        "/api/v1/services",
+        Some(&format!(
+            r#"{{"name": "copy", "vip": "{VIP4}", "port": 80, "backend": [{{"address": "10.77.1.12"}}]}}"#
+        )),
+    );
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.contains("already listens"), "{answer}");
+    let (_, after) = api(&lab, "GET", "/api/v1/config", None, None);
+    assert_eq!(before, after, "the refused edit was undone");
+    assert_eq!(
+        servers(5).keys().collect::<Vec<_>>(),
+        eleven.keys().collect::<Vec<_>>()
+    );
+
+    // Removed: the VIP's port 80 is no service's any more; added back.
+    assert_eq!(edit("DELETE", "/api/v1/services/web", None).0, 200);
+    let unserved = in_netns(&lab.client, || request(IpAddr::V4(VIP4))).expect("client namespace");
+    assert!(unserved.is_err(), "removed, yet answered by {unserved:?}");
+    let (status, _) = edit(
+        "POST",
+        "/api/v1/services",
+        Some(&format!(
+            r#"{{"name": "web", "vip": "{VIP4}", "port": 80, "method": "dr",
+                "backend": [{{"address": "10.77.1.11"}}, {{"address": "10.77.1.12"}}]}}"#
+        )),
+    );
+    assert_eq!(status, 201);
+    let both = servers(20);
+    println!("web added back with both: {both:?}");
+    assert_eq!(both.len(), 2, "{both:?}");
+
+    stop.store(true, Ordering::Relaxed);
+    let (server, bytes) = stream
+        .join()
+        .unwrap()
+        .unwrap()
+        .unwrap_or_else(|err| panic!("echo's flow broke while web was edited: {err}"));
+    println!("echo's flow on {server}: {bytes} bytes echoed through the edits");
+    let (status, log) = daemon.stop(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()));
+    let failed: Vec<&String> = log
+        .iter()
+        .filter(|line| line.contains("programming the data plane"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
 }

@@ -5,9 +5,9 @@
 //! One file per section: each holds the section's model, its raw serde
 //! form and its rules (`[daemon]` daemon.rs, `[timeouts]` timeouts.rs,
 //! `[[service]]` service.rs with its tunnel.rs and snat.rs settings,
-//! backends backend.rs, checks health.rs, `[ha]` ha.rs, `[bgp]` bgp.rs).
-//! This file reads
-//! the file and holds what every section shares.
+//! backends backend.rs, checks health.rs, `[ha]` ha.rs, `[bgp]` bgp.rs; the rules
+//! that span services together.rs). This file reads the file and holds
+//! what every section shares.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -29,6 +29,7 @@ mod snat;
 #[cfg(test)]
 mod tests;
 mod timeouts;
+mod together;
 mod tunnel;
 
 pub use access::{Access, MAX_ACCESS_RULES};
@@ -76,6 +77,14 @@ impl Config {
             .iter()
             .flat_map(service_exec_commands)
             .collect()
+    }
+}
+
+impl Service {
+    /// The commands of its exec health checks (its backends' and its
+    /// fallback's).
+    pub fn exec_commands(&self) -> impl Iterator<Item = &[String]> {
+        service_exec_commands(self)
     }
 }
 
@@ -153,6 +162,34 @@ pub fn validate_document(origin: &Path, document: &Document) -> Result<Config, C
     Validator { file: origin }.config(raw)
 }
 
+/// Validates one `[[service]]` table of a document on its own, as the
+/// service at `index`: with [`check_services`] over the edited list, what
+/// an API edit of one service needs (the rest of the document is valid
+/// already).
+pub fn validate_service(
+    origin: &Path,
+    index: usize,
+    table: &toml::Value,
+) -> Result<Service, ConfigError> {
+    let raw = RawService::deserialize(table.clone()).map_err(|err| ConfigError {
+        file: origin.to_path_buf(),
+        key: format!("service[{index}]"),
+        reason: err.message().trim().replace('\n', " "),
+        fix: "see docs/config.md for the keys and their types".into(),
+    })?;
+    Validator { file: origin }.service(index, raw)
+}
+
+/// The rules that span services (names, listeners, SNAT addresses, the
+/// data plane's limits, exec checks' directory), as a whole file is held to.
+pub fn check_services(
+    origin: &Path,
+    daemon: &Daemon,
+    services: &[Service],
+) -> Result<(), ConfigError> {
+    Validator { file: origin }.services_together(daemon, services)
+}
+
 fn syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
     let location = err
         .span()
@@ -223,33 +260,13 @@ impl Validator<'_> {
                 "keep [ha] for a pair that moves the VIPs, or [bgp] for nodes that all announce them (docs/scale-out.md)",
             ));
         }
-        let mut services = Vec::with_capacity(raw.service.len());
-        let mut names = HashSet::new();
-        let mut keys = HashSet::new();
-        for (index, raw_service) in raw.service.into_iter().enumerate() {
-            let service = self.service(index, raw_service)?;
-            if !names.insert(service.name.clone()) {
-                return Err(self.error(
-                    format!("service[{index}].name"),
-                    format!("service name {:?} is used twice", service.name),
-                    "give every [[service]] its own name",
-                ));
-            }
-            if !keys.insert((service.vip, service.port, service.protocol)) {
-                return Err(self.error(
-                    format!("service[{index}]"),
-                    format!(
-                        "another service already listens on {} port {} {}",
-                        service.vip, service.port, service.protocol
-                    ),
-                    "each (vip, port, protocol) may belong to one service only",
-                ));
-            }
-            services.push(service);
-        }
-        self.snat_addresses_are_not_vips(&services)?;
-        self.within_the_data_planes_limits(&daemon, &services)?;
-        self.exec_checks_in_their_directory(&daemon, &services)?;
+        let services = raw
+            .service
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw_service)| self.service(index, raw_service))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.services_together(&daemon, &services)?;
         Ok(Config {
             daemon,
             timeouts,
@@ -257,107 +274,6 @@ impl Validator<'_> {
             bgp,
             services,
         })
-    }
-
-    /// With daemon.exec_check_dir set, an exec check's command is a file
-    /// directly in that directory, named by its absolute path.
-    fn exec_checks_in_their_directory(
-        &self,
-        daemon: &Daemon,
-        services: &[Service],
-    ) -> Result<(), ConfigError> {
-        let Some(dir) = &daemon.exec_check_dir else {
-            return Ok(());
-        };
-        for (index, service) in services.iter().enumerate() {
-            for command in service_exec_commands(service) {
-                let program = Path::new(&command[0]);
-                let inside = program.parent() == Some(dir.as_path())
-                    && program.file_name().is_some_and(|name| name != "..");
-                if !inside {
-                    return Err(self.error(
-                        format!("service[{index}] ({}).health.command", service.name),
-                        format!(
-                            "{} is not a file in daemon.exec_check_dir ({})",
-                            command[0],
-                            dir.display()
-                        ),
-                        format!(
-                            "put the check in {} and name it by its full path, e.g. \"{}/check-{}\"",
-                            dir.display(),
-                            dir.display(),
-                            service.name
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Every service and backend gets a slot in maps sized by
-    /// daemon.max_services and daemon.max_backends.
-    fn within_the_data_planes_limits(
-        &self,
-        daemon: &Daemon,
-        services: &[Service],
-    ) -> Result<(), ConfigError> {
-        if services.len() > daemon.max_services as usize {
-            return Err(self.error(
-                "daemon.max_services",
-                format!(
-                    "{} services are configured, the data plane is sized for {}",
-                    services.len(),
-                    daemon.max_services
-                ),
-                format!("set daemon.max_services = {} or more", services.len()),
-            ));
-        }
-        let backends: usize = services
-            .iter()
-            .map(|s| s.backends.len() + usize::from(s.fallback.is_some()))
-            .sum();
-        let rules: usize = services.iter().map(|s| s.access.len()).sum();
-        if rules > MAX_ACCESS_RULES {
-            return Err(self.error(
-                "service",
-                format!("{rules} access rules (allow, deny) in all; the data plane holds {MAX_ACCESS_RULES}"),
-                "merge prefixes",
-            ));
-        }
-        if backends > daemon.max_backends as usize {
-            return Err(self.error(
-                "daemon.max_backends",
-                format!(
-                    "{backends} backends (fallbacks included) are configured, the data plane is sized for {}",
-                    daemon.max_backends
-                ),
-                format!("set daemon.max_backends = {backends} or more (a removed backend keeps its slot while its flows last: leave room)"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// An SNAT address that is also a VIP would take the VIP's new flows
-    /// for replies (and its replies for new flows).
-    fn snat_addresses_are_not_vips(&self, services: &[Service]) -> Result<(), ConfigError> {
-        let vips: HashSet<IpAddr> = services.iter().map(|s| s.vip).collect();
-        for (index, service) in services.iter().enumerate() {
-            let Some(snat) = &service.snat else { continue };
-            if let Some((i, address)) = snat
-                .addresses
-                .iter()
-                .enumerate()
-                .find(|(_, address)| vips.contains(address))
-            {
-                return Err(self.error(
-                    format!("service[{index}] ({}).snat_addresses[{i}]", service.name),
-                    format!("{address} is a VIP; its clients' packets would be taken for replies"),
-                    "use a local address of the load balancer that no service listens on",
-                ));
-            }
-        }
-        Ok(())
     }
 
     fn address(&self, key: &str, text: &str) -> Result<IpAddr, ConfigError> {

@@ -185,7 +185,6 @@ impl Programmer {
         config: &Config,
         resolver: &mut dyn Resolver,
     ) -> Result<ApplyReport, DataplaneError> {
-        let mut report = ApplyReport::default();
         let wanted: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
         let mut gone: Vec<String> = self
             .services
@@ -194,10 +193,7 @@ impl Programmer {
             .cloned()
             .collect();
         gone.sort_unstable();
-        self.remove_services(dataplane, &gone)?;
-        for name in gone {
-            report.changes.push(format!("service {name}: removed"));
-        }
+        let mut report = self.remove(dataplane, &gone)?;
         let resolution = resolver.resolve(&backend_addresses(&config.services));
         // Backends whose next hop changed since the last apply.
         let moved: HashSet<IpAddr> = resolution
@@ -229,7 +225,8 @@ impl Programmer {
     /// that it costs what they cost and not a pass over every service
     /// (at 10,000 services that pass is ~15-30 ms). Their backends' next
     /// hops are looked up again; the others' wait for the next
-    /// [`Self::apply`]. Services are neither added nor removed here.
+    /// [`Self::apply`]. A named service not written yet is added;
+    /// [`Self::remove`] removes.
     pub fn apply_services(
         &mut self,
         dataplane: &Dataplane,
@@ -241,9 +238,9 @@ impl Programmer {
         let named: Vec<&ServiceConfig> = config
             .services
             .iter()
-            .filter(|s| names.contains(s.name.as_str()) && self.services.contains_key(&s.name))
+            .filter(|s| names.contains(s.name.as_str()))
             .collect();
-        let resolution = resolver.resolve(&backend_addresses(named.iter().copied()));
+        let resolution = resolver.resolve_some(&backend_addresses(named.iter().copied()));
         let changed: Vec<&ServiceConfig> = named
             .into_iter()
             .filter(|service| {
@@ -256,6 +253,25 @@ impl Programmer {
             .collect();
         self.write_services(dataplane, &changed, &resolution, &mut report)?;
         self.resolved.extend(resolution);
+        Ok(report)
+    }
+
+    /// Removes the named services (an API edit that removes one knows it).
+    pub fn remove(
+        &mut self,
+        dataplane: &Dataplane,
+        names: &[String],
+    ) -> Result<ApplyReport, DataplaneError> {
+        let mut report = ApplyReport::default();
+        let gone: Vec<String> = names
+            .iter()
+            .filter(|name| self.services.contains_key(*name))
+            .cloned()
+            .collect();
+        self.remove_services(dataplane, &gone)?;
+        for name in gone {
+            report.changes.push(format!("service {name}: removed"));
+        }
         Ok(report)
     }
 

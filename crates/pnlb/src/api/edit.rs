@@ -1,12 +1,15 @@
 //! API changes as edits of the config document. Bodies use the config
 //! file's own keys (a service is a `[[service]]` table as JSON, with its
-//! `backend` list); after an edit the whole document is validated exactly
-//! as a file would be, so the API accepts nothing a file would not, and a
-//! rejected edit changes nothing.
+//! `backend` list). An edit touches one service's table, in place, and
+//! says which with the table as it was ([`Change`]); the daemon validates
+//! that service alone and the rules across services as a file would be
+//! held to them, so the API accepts nothing a file would not, and a
+//! rejected edit is undone.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 
-use pnlb_core::config::Document;
+use pnlb_core::config::{self, ConfigError, Daemon, Document, Service};
 use serde_json::Value as Json;
 use toml::Value;
 
@@ -61,8 +64,140 @@ pub enum Edit {
     RemoveBackend(String, BackendSelector),
 }
 
-/// Applies `edit` to `document`; returns what it did, in words.
-pub fn apply(document: &mut Document, edit: &Edit) -> Result<String, ApiError> {
+/// The one service an edit touched, by its place in the document's
+/// `[[service]]` list, with what it was.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Added(usize),
+    Replaced { index: usize, before: Value },
+    Removed { index: usize, before: Value },
+}
+
+impl Change {
+    /// Puts `document` back as it was before the edit.
+    pub fn undo(self, document: &mut Document) {
+        let services = services_mut(document);
+        match self {
+            Change::Added(index) => {
+                if index < services.len() {
+                    services.remove(index);
+                }
+            }
+            Change::Replaced { index, before } => {
+                if let Some(service) = services.get_mut(index) {
+                    *service = before;
+                }
+            }
+            Change::Removed { index, before } => {
+                services.insert(index.min(services.len()), before);
+            }
+        }
+    }
+}
+
+impl Change {
+    fn index(&self) -> usize {
+        match self {
+            Change::Added(index)
+            | Change::Replaced { index, .. }
+            | Change::Removed { index, .. } => *index,
+        }
+    }
+}
+
+/// A change taken into the validated services, with what undoes it.
+#[derive(Debug)]
+pub enum Swap {
+    Added(usize),
+    Replaced(usize, Service),
+    Removed(usize, Service),
+}
+
+impl Swap {
+    /// Puts `services` back as they were before [`revalidate`].
+    pub fn undo(self, services: &mut Vec<Service>) {
+        match self {
+            Swap::Added(index) => {
+                if index < services.len() {
+                    services.remove(index);
+                }
+            }
+            Swap::Replaced(index, before) => {
+                if let Some(service) = services.get_mut(index) {
+                    *service = before;
+                }
+            }
+            Swap::Removed(index, before) => services.insert(index.min(services.len()), before),
+        }
+    }
+}
+
+/// Makes `services` (validated from the document before `change`, in its
+/// order) hold the document's services after it: the touched service
+/// validated on its own, then the rules across services over the result,
+/// which is what validating the whole document would find (the fuzz test
+/// `api_bodies` holds the two to the same verdicts). On an error
+/// `services` is as it was.
+pub fn revalidate(
+    origin: &Path,
+    document: &Document,
+    change: &Change,
+    daemon: &Daemon,
+    services: &mut Vec<Service>,
+) -> Result<Swap, ConfigError> {
+    let index = change.index();
+    let edited = || {
+        let table = self::services(document)
+            .get(index)
+            .ok_or_else(|| disagree(origin, index))?;
+        config::validate_service(origin, index, table)
+    };
+    let swap = match change {
+        Change::Removed { .. } if index < services.len() => {
+            Swap::Removed(index, services.remove(index))
+        }
+        Change::Added(_) if index == services.len() => {
+            services.push(edited()?);
+            Swap::Added(index)
+        }
+        Change::Replaced { .. } if index < services.len() => {
+            let service = edited()?;
+            Swap::Replaced(index, std::mem::replace(&mut services[index], service))
+        }
+        _ => return Err(disagree(origin, index)),
+    };
+    if let Err(err) = config::check_services(origin, daemon, services) {
+        swap.undo(services);
+        return Err(err);
+    }
+    Ok(swap)
+}
+
+/// The document and the validated services out of step (not expected: both
+/// change together).
+fn disagree(origin: &Path, index: usize) -> ConfigError {
+    ConfigError {
+        file: origin.to_path_buf(),
+        key: format!("service[{index}]"),
+        reason: "the config document and the running config disagree on the services".into(),
+        fix: "reload the config file".into(),
+    }
+}
+
+/// An edit made: what it did, in words, and the service it touched.
+#[derive(Debug)]
+pub struct Applied {
+    pub what: String,
+    pub change: Change,
+}
+
+/// Applies `edit` to `document` in place.
+pub fn apply(document: &mut Document, edit: &Edit) -> Result<Applied, ApiError> {
+    let (what, change) = edit_document(document, edit)?;
+    Ok(Applied { what, change })
+}
+
+fn edit_document(document: &mut Document, edit: &Edit) -> Result<(String, Change), ApiError> {
     match edit {
         Edit::AddService(body) => {
             let table = table_from(body)?;
@@ -77,8 +212,12 @@ pub fn apply(document: &mut Document, edit: &Edit) -> Result<String, ApiError> {
                 return Err(ApiError::new(409, format!("service {name} exists"))
                     .with_fix(format!("change it with PUT /api/v1/services/{name}")));
             }
-            services_mut(document).push(Value::Table(table));
-            Ok(format!("service {name} added"))
+            let services = services_mut(document);
+            services.push(Value::Table(table));
+            Ok((
+                format!("service {name} added"),
+                Change::Added(services.len() - 1),
+            ))
         }
         Edit::ReplaceService(name, body) => {
             let mut table = table_from(body)?;
@@ -95,13 +234,19 @@ pub fn apply(document: &mut Document, edit: &Edit) -> Result<String, ApiError> {
                 }
             }
             let index = service_index(document, name)?;
-            services_mut(document)[index] = Value::Table(table);
-            Ok(format!("service {name} replaced"))
+            let before = std::mem::replace(&mut services_mut(document)[index], Value::Table(table));
+            Ok((
+                format!("service {name} replaced"),
+                Change::Replaced { index, before },
+            ))
         }
         Edit::RemoveService(name) => {
             let index = service_index(document, name)?;
-            services_mut(document).remove(index);
-            Ok(format!("service {name} removed"))
+            let before = services_mut(document).remove(index);
+            Ok((
+                format!("service {name} removed"),
+                Change::Removed { index, before },
+            ))
         }
         Edit::AddBackend(name, body) => {
             let table = table_from(body)?;
@@ -124,21 +269,39 @@ pub fn apply(document: &mut Document, edit: &Edit) -> Result<String, ApiError> {
                     .with_fix("change it with PUT …/backends/ADDRESS"));
                 }
             }
+            let before = services(document)[index].clone();
             backends_mut(document, index).push(Value::Table(table));
-            Ok(format!("service {name}: backend added"))
+            Ok((
+                format!("service {name}: backend added"),
+                Change::Replaced { index, before },
+            ))
         }
         Edit::ReplaceBackend(name, selector, body) => {
             let table = table_from(body)?;
             let service = service_index(document, name)?;
             let backend = backend_index(document, service, selector)?;
+            let before = services(document)[service].clone();
             backends_mut(document, service)[backend] = Value::Table(table);
-            Ok(format!("service {name}: backend {selector} replaced"))
+            Ok((
+                format!("service {name}: backend {selector} replaced"),
+                Change::Replaced {
+                    index: service,
+                    before,
+                },
+            ))
         }
         Edit::RemoveBackend(name, selector) => {
             let service = service_index(document, name)?;
             let backend = backend_index(document, service, selector)?;
+            let before = services(document)[service].clone();
             backends_mut(document, service).remove(backend);
-            Ok(format!("service {name}: backend {selector} removed"))
+            Ok((
+                format!("service {name}: backend {selector} removed"),
+                Change::Replaced {
+                    index: service,
+                    before,
+                },
+            ))
         }
     }
 }
@@ -317,6 +480,34 @@ address = "10.77.1.12"
         let weight = serde_json::json!({"address": "10.77.1.12", "weight": 5});
         apply(&mut doc, &Edit::ReplaceBackend("web".into(), one, weight)).unwrap();
         assert_eq!(valid(&doc).services[0].backends[1].weight, 5);
+    }
+
+    #[test]
+    fn every_edit_is_undone_to_the_document_it_was_made_on() {
+        let original = document();
+        let web = BackendSelector::parse("10.77.1.12").unwrap();
+        let edits = [
+            Edit::AddService(serde_json::json!({"name": "dns", "vip": "10.77.100.2", "port": 53})),
+            Edit::ReplaceService(
+                "web".into(),
+                serde_json::json!({"vip": "10.77.100.3", "port": 80}),
+            ),
+            Edit::RemoveService("web".into()),
+            Edit::AddBackend("web".into(), serde_json::json!({"address": "10.77.1.13"})),
+            Edit::ReplaceBackend(
+                "web".into(),
+                web,
+                serde_json::json!({"address": "10.77.1.12", "weight": 3}),
+            ),
+            Edit::RemoveBackend("web".into(), web),
+        ];
+        for edit in edits {
+            let mut doc = original.clone();
+            let applied = apply(&mut doc, &edit).unwrap();
+            assert_ne!(doc, original, "{edit:?} changed something");
+            applied.change.undo(&mut doc);
+            assert_eq!(doc, original, "{edit:?} undone");
+        }
     }
 
     #[test]

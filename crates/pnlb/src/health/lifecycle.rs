@@ -92,6 +92,21 @@ impl Lifecycle {
         });
     }
 
+    /// Forgets the backends of service `name` that `service` (what it is
+    /// now; `None` once removed) no longer has: a pass over the checked
+    /// backends, without the set of every configured one [`Self::retain`]
+    /// builds.
+    pub fn retain_service(&mut self, name: &str, service: Option<&Service>) {
+        self.backends.retain(|(of, address, port), _| {
+            of != name
+                || service.is_some_and(|s| {
+                    s.backends
+                        .iter()
+                        .any(|b| b.address == *address && b.port == *port)
+                })
+        });
+    }
+
     /// A backend's health and how many times it has changed.
     pub fn health(&self, key: &BackendKey) -> (Health, u64) {
         self.backends.get(key).map_or((Health::Unknown, 0), |b| {

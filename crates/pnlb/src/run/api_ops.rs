@@ -1,13 +1,15 @@
 //! API calls, answered by the daemon loop: edits of the config document
-//! (validated whole, checked for room, then adopted), drains, zeroing.
+//! (one service validated, the rules across services checked, room
+//! checked, then that service adopted), drains, zeroing.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
-use pnlb_core::config::{self, Config};
+use pnlb_core::config::Config;
 
-use super::{endpoint, Daemon};
-use crate::api::edit::BackendSelector;
+use super::{endpoint, index_services, log_written, warn_without_forwarding, Daemon};
+use crate::api::edit::{self, Applied, BackendSelector, Edit, Swap};
 use crate::api::model::{ApiError, Done};
 use crate::api::{Op, Reply};
 use crate::health::monitor::BackendKey;
@@ -54,39 +56,146 @@ impl Daemon {
         }
     }
 
-    fn edit(&mut self, edit: &crate::api::edit::Edit) -> Result<Done, ApiError> {
-        let mut document = self.document.clone();
-        let what = crate::api::edit::apply(&mut document, edit)?;
-        let next =
-            config::validate_document(Path::new("API request"), &document).map_err(|err| {
-                ApiError::new(422, format!("{}: {}", err.key, err.reason)).with_fix(err.fix.clone())
-            })?;
-        if next.daemon != self.config.daemon || next.ha != self.config.ha {
-            return Err(
-                ApiError::new(422, "the API does not change [daemon] or [ha]")
-                    .with_fix("edit the file and restart pnlb run"),
-            );
-        }
-        if !next.daemon.api_exec_checks {
-            // An exec check runs a command on this host: the API token
-            // must not be a way to run one the config file does not name.
-            let known = self.config.exec_commands();
-            if let Some(command) = next.exec_commands().difference(&known).next() {
-                return Err(ApiError::new(
-                    403,
-                    format!(
-                        "exec health checks cannot be set through the API: {:?} is not one the config file runs",
-                        command.join(" ")
-                    ),
-                )
-                .with_fix("add the check to the config file (and reload), or set daemon.api_exec_checks = true with daemon.exec_check_dir"));
+    /// An API edit: made in the document in place, the service it touches
+    /// validated alone and the rules across services over the result (what
+    /// validating the whole document would find), then adopted as that one
+    /// service's change. A refused edit is undone. At 10,000 services the
+    /// whole document copied, validated and adopted took 0.6-0.8 s.
+    fn edit(&mut self, edit: &Edit) -> Result<Done, ApiError> {
+        let origin = Path::new("API request");
+        let Applied { what, change } = edit::apply(&mut self.document, edit)?;
+        let swap = match edit::revalidate(
+            origin,
+            &self.document,
+            &change,
+            &self.config.daemon,
+            &mut self.config.services,
+        ) {
+            Ok(swap) => swap,
+            Err(err) => {
+                change.undo(&mut self.document);
+                return Err(
+                    ApiError::new(422, format!("{}: {}", err.key, err.reason)).with_fix(err.fix)
+                );
             }
+        };
+        if let Err(err) = self
+            .exec_checks_allowed(&swap)
+            .and_then(|()| self.fits(&self.config))
+        {
+            swap.undo(&mut self.config.services);
+            change.undo(&mut self.document);
+            return Err(err);
         }
-        self.fits(&next)?;
         self.source = format!("file {} + API edits", self.path.display());
-        Ok(self.adopt(document, next, format!("API: {what}")))
+        Ok(self.adopt_one(swap, format!("API: {what}")))
     }
 
+    /// An exec check runs a command on this host: the API token must not be
+    /// a way to run one the config file does not name (unless
+    /// daemon.api_exec_checks). `swap` is in `config.services` already.
+    fn exec_checks_allowed(&self, swap: &Swap) -> Result<(), ApiError> {
+        let (index, before) = match swap {
+            Swap::Added(index) => (*index, None),
+            Swap::Replaced(index, before) => (*index, Some(before)),
+            Swap::Removed(..) => return Ok(()),
+        };
+        if self.config.daemon.api_exec_checks {
+            return Ok(());
+        }
+        let Some(service) = self.config.services.get(index) else {
+            return Ok(());
+        };
+        let known = |command: &[String]| {
+            before.is_some_and(|b| b.exec_commands().any(|c| c == command))
+                || self
+                    .config
+                    .services
+                    .iter()
+                    .enumerate()
+                    .any(|(i, s)| i != index && s.exec_commands().any(|c| c == command))
+        };
+        match service.exec_commands().find(|command| !known(command)) {
+            None => Ok(()),
+            Some(command) => Err(ApiError::new(
+                403,
+                format!(
+                    "exec health checks cannot be set through the API: {:?} is not one the config file runs",
+                    command.join(" ")
+                ),
+            )
+            .with_fix("add the check to the config file (and reload), or set daemon.api_exec_checks = true with daemon.exec_check_dir")),
+        }
+    }
+
+    /// Makes one service's change (in `config.services` already) the
+    /// desired state: its health checks, drains, fingerprint and data plane
+    /// entries follow, no other service's.
+    fn adopt_one(&mut self, swap: Swap, what: String) -> Done {
+        let now = Instant::now();
+        let (index, before) = match &swap {
+            Swap::Added(index) => (*index, None),
+            Swap::Replaced(index, before) | Swap::Removed(index, before) => (*index, Some(before)),
+        };
+        let after = match swap {
+            Swap::Removed(..) => None,
+            _ => self.config.services.get(index),
+        };
+        let Some(name) = after.or(before).map(|s| s.name.clone()) else {
+            return self.done(what);
+        };
+        self.monitor.change_service(before, after);
+        self.lifecycle.retain_service(&name, after);
+        self.drained.retain(|(service, address, port)| {
+            *service != name
+                || after.is_some_and(|s| {
+                    s.backends
+                        .iter()
+                        .any(|b| b.address == *address && b.port == *port)
+                })
+        });
+        let effective = after.map(|service| {
+            let mut effective = service.clone();
+            self.drained_weights(&mut effective);
+            self.lifecycle.effective_service(&mut effective, now);
+            effective
+        });
+        let applied = &mut self.applied.services;
+        match (&swap, effective) {
+            (Swap::Added(_), Some(effective)) => {
+                applied.insert(index.min(applied.len()), effective)
+            }
+            (Swap::Replaced(..), Some(effective)) if index < applied.len() => {
+                applied[index] = effective
+            }
+            (Swap::Removed(..), _) if index < applied.len() => {
+                applied.remove(index);
+            }
+            _ => {}
+        }
+        if !matches!(swap, Swap::Replaced(..)) {
+            self.service_index = index_services(&self.config);
+        }
+        self.fingerprint = self.fingerprinter.again(&self.config, &name);
+        let written = match &swap {
+            Swap::Removed(..) => self
+                .programmer
+                .remove(&self.dataplane, std::slice::from_ref(&name)),
+            _ => self.programmer.apply_services(
+                &self.dataplane,
+                &self.applied,
+                &HashSet::from([name.as_str()]),
+                &mut self.next_hops,
+            ),
+        };
+        log_written(written);
+        drop(swap);
+        self.publish_names();
+        if after.is_some_and(|s| s.method.translates()) {
+            warn_without_forwarding(&self.config);
+        }
+        self.done(what)
+    }
     fn drain(
         &mut self,
         service: &str,

@@ -580,15 +580,12 @@ impl Daemon {
             self.applied.services[i] = service;
         }
         let named: HashSet<&str> = written.iter().map(String::as_str).collect();
-        match self.programmer.apply_services(
+        log_written(self.programmer.apply_services(
             &self.dataplane,
             &self.applied,
             &named,
             &mut self.next_hops,
-        ) {
-            Ok(report) => log_report(&report),
-            Err(err) => warning!("programming the data plane: {err}"),
-        }
+        ));
         self.publish_names();
         self.last_ramp = now;
     }
@@ -652,13 +649,10 @@ impl Daemon {
     }
 
     fn apply(&mut self, effective: Config) {
-        match self
-            .programmer
-            .apply(&self.dataplane, &effective, &mut self.next_hops)
-        {
-            Ok(report) => log_report(&report),
-            Err(err) => warning!("programming the data plane: {err}"),
-        }
+        log_written(
+            self.programmer
+                .apply(&self.dataplane, &effective, &mut self.next_hops),
+        );
         self.applied = effective;
         self.publish_names();
     }
@@ -764,6 +758,11 @@ impl Daemon {
         self.next_hops.refresh();
         self.last_refresh = Instant::now();
         warn_without_forwarding(&self.config);
+        self.done(what)
+    }
+
+    /// A change adopted: the next config version, logged.
+    fn done(&mut self, what: String) -> Done {
         self.version += 1;
         info!(
             "{what}: {} service(s), config version {}",
@@ -829,6 +828,14 @@ fn warn_without_forwarding(config: &Config) {
         if wants(v6) && off {
             warning!("{key} is 0: nat/snat replies need it (bpf_fib_lookup and the kernel's forwarding); set {key}=1");
         }
+    }
+}
+
+/// What an apply wrote, or why it could not.
+fn log_written(written: Result<ApplyReport, pnlb_dataplane::DataplaneError>) {
+    match written {
+        Ok(report) => log_report(&report),
+        Err(err) => warning!("programming the data plane: {err}"),
     }
 }
 

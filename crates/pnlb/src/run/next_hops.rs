@@ -186,8 +186,25 @@ impl NextHops {
 
 impl Resolver for NextHops {
     fn resolve(&mut self, backends: &[IpAddr]) -> Resolution {
+        let wanted: HashSet<IpAddr> = backends.iter().copied().collect();
+        self.known.retain(|address, _| wanted.contains(address));
         self.current = backends.to_vec();
-        self.known.retain(|address, _| backends.contains(address));
+        self.look_up(backends)
+    }
+
+    /// A change to some services: the other backends stay current (their
+    /// MAC changes followed, their next hops refreshed).
+    fn resolve_some(&mut self, backends: &[IpAddr]) -> Resolution {
+        let current: HashSet<IpAddr> = self.current.iter().copied().collect();
+        self.current
+            .extend(backends.iter().filter(|b| !current.contains(b)));
+        self.look_up(backends)
+    }
+}
+
+impl NextHops {
+    /// `backends`' next hops as known, the unknown ones looked up.
+    fn look_up(&mut self, backends: &[IpAddr]) -> Resolution {
         let new: Vec<IpAddr> = backends
             .iter()
             .copied()
@@ -284,5 +301,55 @@ fn watch_thread(
             let hops: Vec<(u32, IpAddr)> = hops.into_iter().collect();
             watch.reverify(&hops);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Next hops as if resolved already: no thread, no lookup, no packet.
+    fn resolved(addresses: &[IpAddr]) -> NextHops {
+        let (requests, _) = channel();
+        let (_, answers) = channel();
+        let (_, events) = channel();
+        let hop = pnlb_dataplane::nexthop::NextHop {
+            ifindex: 2,
+            vlan: 0,
+            device: 2,
+            mac: [2, 0, 0, 0, 0, 1],
+            src_mac: [2, 0, 0, 0, 0, 2],
+            gateway: None,
+            source: None,
+        };
+        NextHops {
+            known: addresses.iter().map(|a| (*a, Ok(hop))).collect(),
+            current: addresses.to_vec(),
+            pending: HashSet::new(),
+            requests,
+            answers,
+            events,
+            vlan_devices: None,
+            watched: Arc::default(),
+            topology_changed: None,
+            started: true,
+        }
+    }
+
+    #[test]
+    fn a_change_to_some_services_keeps_every_other_backend_current() {
+        let servers: Vec<IpAddr> = (1..=4).map(|i| IpAddr::from([10, 77, 1, i])).collect();
+        let mut hops = resolved(&servers);
+        let some = hops.resolve_some(&servers[..1]);
+        assert_eq!(some.len(), 1);
+        assert_eq!(
+            hops.current, servers,
+            "the others still refreshed and followed"
+        );
+        assert_eq!(hops.known.len(), 4, "and still known");
+        // The whole set, given again, is what is current.
+        hops.resolve(&servers[1..]);
+        assert_eq!(hops.current, servers[1..].to_vec());
+        assert_eq!(hops.known.len(), 3);
     }
 }
