@@ -181,13 +181,17 @@ pub fn validate_service(
 }
 
 /// The rules that span services (names, listeners, SNAT addresses, the
-/// data plane's limits, exec checks' directory), as a whole file is held to.
-pub fn check_services(
+/// data plane's limits, exec checks' directory) for the service at
+/// `index` among `services`, the others being valid together already: what
+/// a whole file would be held to after one service changed. An `index`
+/// past the end (a service removed) checks the limits alone.
+pub fn check_service_among(
     origin: &Path,
     daemon: &Daemon,
     services: &[Service],
+    index: usize,
 ) -> Result<(), ConfigError> {
-    Validator { file: origin }.services_together(daemon, services)
+    Validator { file: origin }.service_among(daemon, services, index)
 }
 
 fn syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {

@@ -166,7 +166,11 @@ pub fn revalidate(
         }
         _ => return Err(disagree(origin, index)),
     };
-    if let Err(err) = config::check_services(origin, daemon, services) {
+    let checked = match swap {
+        Swap::Removed(..) => usize::MAX,
+        _ => index,
+    };
+    if let Err(err) = config::check_service_among(origin, daemon, services, checked) {
         swap.undo(services);
         return Err(err);
     }
@@ -507,6 +511,125 @@ address = "10.77.1.12"
             assert_ne!(doc, original, "{edit:?} changed something");
             applied.change.undo(&mut doc);
             assert_eq!(doc, original, "{edit:?} undone");
+        }
+    }
+
+    #[test]
+    fn one_service_checked_among_the_others_is_refused_where_the_whole_document_is() {
+        let file = FILE.replace(
+            "interfaces = [\"eth0\"]",
+            "interfaces = [\"eth0\"]\nmax_services = 3\nmax_backends = 4",
+        ) + r#"
+[[service]]
+name = "out"
+vip = "10.77.100.9"
+port = 80
+method = "snat"
+snat_addresses = ["10.77.1.2"]
+[[service.backend]]
+address = "10.77.1.21"
+"#;
+        let base_document: Document = file.parse().unwrap();
+        let base = valid(&base_document);
+        let service = |vip: &str, port: u16, extra: serde_json::Value| {
+            let mut body = serde_json::json!({"name": "new", "vip": vip, "port": port,
+                "backend": [{"address": "10.77.1.31"}]});
+            if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+                body.extend(extra.clone());
+            }
+            body
+        };
+        let cases = [
+            (
+                "a free listener",
+                Edit::AddService(service("10.77.100.2", 80, serde_json::json!({}))),
+                true,
+            ),
+            (
+                "web's listener",
+                Edit::AddService(service("10.77.100.1", 80, serde_json::json!({}))),
+                false,
+            ),
+            (
+                "a VIP that is out's SNAT address",
+                Edit::AddService(service("10.77.1.2", 80, serde_json::json!({}))),
+                false,
+            ),
+            (
+                "an SNAT address that is web's VIP",
+                Edit::AddService(service(
+                    "10.77.100.2",
+                    80,
+                    serde_json::json!({"method": "snat", "snat_addresses": ["10.77.100.1"]}),
+                )),
+                false,
+            ),
+            (
+                "an SNAT address that is its own VIP",
+                Edit::AddService(service(
+                    "10.77.100.2",
+                    80,
+                    serde_json::json!({"method": "snat", "snat_addresses": ["10.77.100.2"]}),
+                )),
+                false,
+            ),
+            (
+                "web moved onto out's listener",
+                Edit::ReplaceService(
+                    "web".into(),
+                    serde_json::json!({"vip": "10.77.100.9", "port": 80}),
+                ),
+                false,
+            ),
+            (
+                "web moved onto out's SNAT address",
+                Edit::ReplaceService(
+                    "web".into(),
+                    serde_json::json!({"vip": "10.77.1.2", "port": 80}),
+                ),
+                false,
+            ),
+            (
+                "a fifth backend (max_backends 4)",
+                Edit::AddService(service(
+                    "10.77.100.2",
+                    80,
+                    serde_json::json!({"backend": [{"address": "10.77.1.31"}, {"address": "10.77.1.32"}]}),
+                )),
+                false,
+            ),
+            ("a service removed", Edit::RemoveService("web".into()), true),
+        ];
+        for (case, edit, accepted) in cases {
+            let mut document = base_document.clone();
+            let applied = apply(&mut document, &edit).unwrap();
+            let whole = pnlb_core::config::validate_document(Path::new("api"), &document);
+            let mut services = base.services.clone();
+            let one = revalidate(
+                Path::new("api"),
+                &document,
+                &applied.change,
+                &base.daemon,
+                &mut services,
+            );
+            assert_eq!(
+                whole.is_ok(),
+                accepted,
+                "{case}: the whole document: {whole:?}"
+            );
+            assert_eq!(one.is_ok(), accepted, "{case}: one service: {one:?}");
+            match whole {
+                Ok(config) => assert_eq!(config.services, services, "{case}"),
+                Err(whole) => {
+                    assert_eq!(services, base.services, "{case}: undone");
+                    let one = one.unwrap_err();
+                    assert_eq!(
+                        (&one.key, &one.reason),
+                        (&whole.key, &whole.reason),
+                        "{case}"
+                    );
+                }
+            }
         }
     }
 

@@ -19,7 +19,10 @@ impl Daemon {
     /// Answers one API call.
     pub(super) fn serve(&mut self, op: Op) -> Reply {
         let result = match op {
-            Op::Status => return Reply::Status(Box::new(self.status())),
+            Op::Status => {
+                self.fingerprinter.current(&self.config);
+                return Reply::Status(Box::new(self.status()));
+            }
             Op::ServiceStatus(name) => {
                 return Reply::Service(self.one_service_status(&name).map(Box::new))
             }
@@ -176,7 +179,7 @@ impl Daemon {
         if !matches!(swap, Swap::Replaced(..)) {
             self.service_index = index_services(&self.config);
         }
-        self.fingerprint = self.fingerprinter.again(&self.config, &name);
+        self.fingerprinter.changed(&name);
         let written = match &swap {
             Swap::Removed(..) => self
                 .programmer

@@ -205,7 +205,7 @@ pub fn run(path: &Path) -> Result<()> {
             "bgp: announcing through BIRD ({}), routes in {}; fingerprint {}",
             bgp.bird_socket.display(),
             bgp.routes_file.display(),
-            daemon.fingerprint
+            daemon.fingerprinter.last()
         );
     }
     let mut master = false;
@@ -388,7 +388,6 @@ struct Daemon {
     /// The fingerprint of what the nodes behind the same VIPs must agree
     /// on (with the flow-hash seed in use), and what makes it.
     fingerprinter: fingerprint::Fingerprinter,
-    fingerprint: String,
     /// With [bgp]: the announcer, and the node's drain when drained.
     announcer: Option<crate::bgp::Announcer>,
     node_drain: Option<crate::bgp::drain::NodeDrain>,
@@ -446,10 +445,9 @@ impl Daemon {
         let sweeping = Sweeping::start(dataplane.sweeper()?, config.timeouts);
         let now = Instant::now();
         let mut fingerprinter = fingerprint::Fingerprinter::new(seed.value);
-        let fingerprint = fingerprinter.of(&config);
+        fingerprinter.of(&config);
         Ok(Self {
             fingerprinter,
-            fingerprint,
             announcer: None,
             node_drain: None,
             synced: None,
@@ -742,7 +740,7 @@ impl Daemon {
         self.service_index = index_services(&self.config);
         self.lifecycle.retain(&self.config);
         self.sweeping.set_timeouts(&self.config.timeouts);
-        self.fingerprint = self.fingerprinter.of(&self.config);
+        self.fingerprinter.of(&self.config);
         let config = &self.config;
         self.drained.retain(|(service, address, port)| {
             config.services.iter().any(|s| {

@@ -416,7 +416,7 @@ impl Daemon {
             }
         });
         model::NodeStatus {
-            fingerprint: self.fingerprint.clone(),
+            fingerprint: self.fingerprinter.last().to_string(),
             bgp,
         }
     }
