@@ -8,7 +8,9 @@
 //! reprogrammed only when that differs from what was last applied.
 //!
 //! The desired config is a document (the file as read, then as edited
-//! through the API); every change is validated whole before it is adopted.
+//! through the API, document.rs); a file is validated whole before it is
+//! adopted, an API edit as the one service it changes among the others
+//! (api_ops.rs).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pnlb_core::config::{self, Config, Document, DownPolicy, Service};
+use pnlb_core::config::{self, Config, DownPolicy, Service};
 use pnlb_core::health::Transition;
 use pnlb_dataplane::{ApplyReport, Dataplane, Limits, LoadOptions, Programmer};
 
@@ -31,6 +33,7 @@ use crate::log::{info, warning};
 use crate::summary;
 
 mod api_ops;
+mod document;
 mod failover;
 mod fingerprint;
 mod hash_seed;
@@ -111,7 +114,8 @@ fn exec_checks_as_configured(config: &Config) -> Result<()> {
 pub fn run(path: &Path) -> Result<()> {
     // Everything that can be wrong with the file is found before anything
     // is loaded or attached.
-    let (document, config) = config::load_document(path)?;
+    let (text, config) = config::load_text(path)?;
+    let document = document::DesiredDocument::parse(path, text);
     if let Some(token) = &config.daemon.api_token_file {
         crate::api::read_token(token)?;
     }
@@ -346,7 +350,7 @@ pub fn run(path: &Path) -> Result<()> {
 struct Daemon {
     path: PathBuf,
     /// The desired state as written: the file, then API edits.
-    document: Document,
+    document: document::DesiredDocument,
     config: Config,
     /// Backends drained through the API: weight 0 until undrained.
     drained: BTreeSet<BackendKey>,
@@ -398,7 +402,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(path: &Path, document: Document, config: Config) -> Result<Self> {
+    fn start(path: &Path, document: document::DesiredDocument, config: Config) -> Result<Self> {
         let pin_dir = persistence::pin_dir(&config)?;
         let claim = match pin_dir {
             Some(_) => Some(persistence::claim_instance()?),
@@ -709,7 +713,7 @@ impl Daemon {
     /// Applies a changed config file; an invalid one is rejected whole and
     /// the running one stays. API edits made since are replaced by the file.
     fn reload(&mut self) -> Result<Done, ApiError> {
-        let (document, next) = config::load_document(&self.path)
+        let (text, next) = config::load_text(&self.path)
             .map_err(|err| ApiError::new(422, err.to_string()).with_fix(err.fix.clone()))?;
         if next.daemon != self.config.daemon
             || next.ha != self.config.ha
@@ -719,12 +723,13 @@ impl Daemon {
         }
         self.fits(&next)?;
         self.source = format!("file {}", self.path.display());
+        let document = document::DesiredDocument::parse(&self.path, text);
         let done = self.adopt(document, next, format!("reloaded {}", self.path.display()));
         Ok(done)
     }
 
     /// Makes `document` (already validated into `next`) the desired state.
-    fn adopt(&mut self, document: Document, next: Config, what: String) -> Done {
+    fn adopt(&mut self, document: document::DesiredDocument, next: Config, what: String) -> Done {
         let config = Config {
             daemon: self.config.daemon.clone(),
             ha: self.config.ha.clone(),
