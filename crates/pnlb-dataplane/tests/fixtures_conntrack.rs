@@ -1148,3 +1148,126 @@ fn an_unattended_data_plane_refuses_new_flows_and_keeps_established_ones() {
         }
     });
 }
+
+/// The address sets as a whole count of `config` gives them: each VIP once
+/// per service, each nat/snat backend's address once per backend,
+/// configured or retiring.
+fn address_sets_of(
+    fixture: &Fixture,
+    config: &pnlb_core::config::Config,
+) -> (
+    pnlb_dataplane::programmer::AddressCounts,
+    pnlb_dataplane::programmer::AddressCounts,
+) {
+    let (mut vips, mut replies) = (Default::default(), Default::default());
+    let count = |counts: &mut pnlb_dataplane::programmer::AddressCounts, address| {
+        *counts.entry(address).or_default() += 1;
+    };
+    for service in &config.services {
+        count(&mut vips, service.vip);
+        if service.method.translates() {
+            for backend in &service.backends {
+                count(&mut replies, backend.address);
+            }
+            for (address, _, _) in fixture.programmer.retiring_of(&service.name) {
+                count(&mut replies, address);
+            }
+        }
+    }
+    (vips, replies)
+}
+
+#[test]
+fn the_address_sets_follow_each_change_as_a_whole_count_would() {
+    if !privileged() {
+        return;
+    }
+    let service = |name: &str, vip: &str, port: u16, method: &str, backends: &[&str]| {
+        let mut text = format!(
+            "[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nmethod = \"{method}\"\n"
+        );
+        for backend in backends {
+            let port = if method == "nat" { 8080 } else { 80 };
+            text += &format!("[[service.backend]]\naddress = \"{backend}\"\nport = {port}\n");
+        }
+        text
+    };
+    let head = "[daemon]\ninterfaces = [\"eth0\"]\n";
+    let a = service("a", "10.90.0.1", 80, "dr", &["10.77.1.11", "10.77.1.12"]);
+    let b = service("b", "10.90.0.1", 81, "nat", &["10.77.1.11", "10.77.1.13"]);
+    let steps: Vec<(&str, String)> = vec![
+        (
+            "a VIP shared by two services",
+            format!(
+                "{head}{a}{b}{}",
+                service("c", "10.90.0.2", 80, "nat", &["10.77.1.12"])
+            ),
+        ),
+        (
+            "one of them removed",
+            format!(
+                "{head}{a}{}",
+                service("c", "10.90.0.2", 80, "nat", &["10.77.1.12"])
+            ),
+        ),
+        (
+            "a backend added, one retiring",
+            format!(
+                "{head}{a}{}",
+                service("c", "10.90.0.2", 80, "nat", &["10.77.1.11"])
+            ),
+        ),
+        (
+            "the VIP moved, dr now",
+            format!(
+                "{head}{a}{}",
+                service("c", "10.90.0.3", 80, "dr", &["10.77.1.11"])
+            ),
+        ),
+        (
+            "nat again",
+            format!(
+                "{head}{a}{}",
+                service("c", "10.90.0.3", 80, "nat", &["10.77.1.11", "10.77.1.14"])
+            ),
+        ),
+    ];
+    let mut fixture = Fixture::new(&steps[0].1);
+    for (step, text) in &steps {
+        fixture.apply(text);
+        let config = parse_config(text);
+        let sets = fixture.dataplane.address_sets().unwrap();
+        println!("{step}: VIPs {:?}, replies {:?}", sets.0, sets.1);
+        assert_eq!(sets, address_sets_of(&fixture, &config), "{step}");
+    }
+    // The retiring backends' slots freed (no flows): their addresses go.
+    let freed = fixture.programmer.reap(&fixture.dataplane).unwrap();
+    assert_eq!(freed.len(), 2, "{freed:?}");
+    let last = parse_config(&steps[steps.len() - 1].1);
+    assert_eq!(
+        fixture.dataplane.address_sets().unwrap(),
+        address_sets_of(&fixture, &last)
+    );
+    // A service added and removed by name (an API edit's way).
+    let with_d = parse_config(&format!(
+        "{}{}",
+        steps[steps.len() - 1].1,
+        service("d", "10.90.0.1", 82, "nat", &["10.77.1.15"])
+    ));
+    let named: HashSet<&str> = ["d"].into();
+    fixture
+        .programmer
+        .apply_services(&fixture.dataplane, &with_d, &named, &mut fixture.resolver)
+        .unwrap();
+    let sets = fixture.dataplane.address_sets().unwrap();
+    println!("d added by name: VIPs {:?}, replies {:?}", sets.0, sets.1);
+    assert_eq!(sets, address_sets_of(&fixture, &with_d));
+    fixture
+        .programmer
+        .remove(&fixture.dataplane, &["d".to_string()])
+        .unwrap();
+    assert_eq!(
+        fixture.dataplane.address_sets().unwrap(),
+        address_sets_of(&fixture, &last)
+    );
+}

@@ -10,7 +10,7 @@ use libbpf_rs::{MapCore, MapFlags};
 
 use super::map_err;
 use crate::abi::{self, bytes_of};
-use crate::loader::DataplaneError;
+use crate::loader::{Dataplane, DataplaneError};
 
 /// An address -> count map (pnlb_vips, pnlb_backend_addrs) as last
 /// written, so that an apply writes only the addresses whose count changed.
@@ -62,5 +62,82 @@ impl AddressSet {
         }
         self.written = Some(counts);
         Ok(())
+    }
+
+    /// Counts `gone` down and `new` up (an address once per service or
+    /// backend that needs it) and writes the addresses whose count changed.
+    /// False when the map as written is not known: [`Self::sync`] it.
+    pub(super) fn count(
+        &mut self,
+        map: &dyn MapCore,
+        name: &'static str,
+        gone: &[IpAddr],
+        new: &[IpAddr],
+    ) -> Result<bool, DataplaneError> {
+        let Some(mut counts) = self.written.take() else {
+            return Ok(false);
+        };
+        let mut was: BTreeMap<IpAddr, u32> = BTreeMap::new();
+        for address in gone.iter().chain(new) {
+            was.entry(*address)
+                .or_insert_with(|| counts.get(address).copied().unwrap_or(0));
+        }
+        for address in gone {
+            if let Some(count) = counts.get_mut(address) {
+                *count = count.saturating_sub(1);
+            }
+        }
+        for address in new {
+            *counts.entry(*address).or_default() += 1;
+        }
+        let key = |address: &IpAddr| bytes_of(&abi::addr(*address)).to_vec();
+        for (address, before) in was {
+            let now = counts.get(&address).copied().unwrap_or(0);
+            if now == before {
+                continue;
+            }
+            // Left unknown (None) if a write fails: the next apply syncs.
+            if now == 0 {
+                counts.remove(&address);
+                map.delete(&key(&address)).map_err(map_err(name))?;
+            } else {
+                map.update(&key(&address), &now.to_ne_bytes(), MapFlags::ANY)
+                    .map_err(map_err(name))?;
+            }
+        }
+        self.written = Some(counts);
+        Ok(true)
+    }
+}
+
+/// An address set as the data plane holds it: address -> count.
+pub type AddressCounts = BTreeMap<IpAddr, u32>;
+
+impl Dataplane {
+    /// pnlb_vips and pnlb_backend_addrs as they are now (for checks).
+    pub fn address_sets(&self) -> Result<(AddressCounts, AddressCounts), DataplaneError> {
+        let read = |map: &dyn MapCore,
+                    name: &'static str|
+         -> Result<AddressCounts, DataplaneError> {
+            let mut counts = AddressCounts::new();
+            for key in map.keys() {
+                let Some(value) = map.lookup(&key, MapFlags::ANY).map_err(map_err(name))? else {
+                    continue;
+                };
+                let (Some(address), Some(count)) = (
+                    abi::from_bytes::<abi::Addr>(&key),
+                    abi::from_bytes::<u32>(&value),
+                ) else {
+                    continue;
+                };
+                counts.insert(abi::ip_of(&address), count);
+            }
+            Ok(counts)
+        };
+        let maps = self.maps();
+        Ok((
+            read(&maps.pnlb_vips, "pnlb_vips")?,
+            read(&maps.pnlb_backend_addrs, "pnlb_backend_addrs")?,
+        ))
     }
 }
