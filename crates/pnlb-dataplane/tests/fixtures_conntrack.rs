@@ -1262,6 +1262,9 @@ fn the_address_sets_follow_each_change_as_a_whole_count_would() {
     let sets = fixture.dataplane.address_sets().unwrap();
     println!("d added by name: VIPs {:?}, replies {:?}", sets.0, sets.1);
     assert_eq!(sets, address_sets_of(&fixture, &with_d));
+    let to_d = Pkt::tcp("10.77.0.2", 42000, "10.90.0.1", 82, SYN);
+    assert_eq!(fixture.run(&to_d.bytes()).0, XDP_TX, "d forwards");
+    let d = fixture.programmer.service_id("d").unwrap();
     fixture
         .programmer
         .remove(&fixture.dataplane, &["d".to_string()])
@@ -1270,4 +1273,8 @@ fn the_address_sets_follow_each_change_as_a_whole_count_would() {
         fixture.dataplane.address_sets().unwrap(),
         address_sets_of(&fixture, &last)
     );
+    // Its table closed in place, not taken out of the map of maps (a
+    // grace period); nothing names it, and its VIP:port is no service.
+    assert_eq!(fixture.dataplane.published_table(d).unwrap(), None);
+    assert_eq!(fixture.run(&to_d.bytes()).0, XDP_PASS, "d removed");
 }

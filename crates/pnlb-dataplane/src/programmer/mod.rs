@@ -410,7 +410,7 @@ impl Programmer {
         }
         self.write_address_sets(dataplane)?;
         for slot in removed {
-            table::delete_table(dataplane, slot.id)?;
+            table::close_table(dataplane, slot.id)?;
             for backend in slot.backends.values().chain(slot.retiring.values()) {
                 self.slots.clear_backend(dataplane, backend.id)?;
                 self.slots.backend_ids.give_back(backend.id);

@@ -399,19 +399,19 @@ fn write_mapped(map: &MapHandle, words: &[u32], how: Write) -> std::io::Result<(
     Ok(())
 }
 
-pub(super) fn delete_table(dataplane: &Dataplane, service_id: u32) -> Result<(), DataplaneError> {
-    match dataplane
-        .maps()
-        .pnlb_tables
-        .delete(&service_id.to_ne_bytes())
-    {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(DataplaneError::Map {
-            map: "pnlb_tables",
-            source: err,
-        }),
-    }
+/// A removed service's table, closed in place (length 0: no table to
+/// packets) rather than deleted from the map of maps, which waits for a
+/// grace period (~10 ms, most of a service's removal at 10,000 services).
+/// No entry names its slot any more; the slot's next service swaps in a
+/// table of its own, and until then the closed one keeps its memory.
+pub(super) fn close_table(dataplane: &Dataplane, service_id: u32) -> Result<(), DataplaneError> {
+    let Some((_, map)) = published_map(dataplane, service_id)? else {
+        return Ok(());
+    };
+    close_in_place(&map).map_err(|err| DataplaneError::Map {
+        map: "pnlb_table",
+        source: libbpf_rs::Error::from(err),
+    })
 }
 
 /// What a service's published table holds, read back from the maps.
