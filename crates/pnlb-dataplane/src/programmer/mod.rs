@@ -329,7 +329,13 @@ impl Programmer {
             if let Some(slot) = self.services.get_mut(&service.name) {
                 slot.applied = None;
             }
-            self.apply_service(dataplane, service, resolution, &mut tables, report)?;
+            if let Err(err) =
+                self.apply_service(dataplane, service, resolution, &mut tables, report)
+            {
+                // Its addresses may have changed uncounted: recount whole.
+                self.addresses_changed = true;
+                return Err(err);
+            }
             // Each pending table is an open map: bounded, so that a big
             // config cannot run the process out of file descriptors (1,024
             // where nothing raised the limit). A wait per batch.
@@ -576,7 +582,11 @@ impl Programmer {
             let before = slot.addresses();
             for key in done {
                 if let Some(backend) = slot.retiring.remove(&key) {
+                    // A failure leaves the addresses uncounted: recount whole.
+                    let recount = self.addresses_changed;
+                    self.addresses_changed = true;
                     self.slots.clear_backend(dataplane, backend.id)?;
+                    self.addresses_changed = recount;
                     self.slots.backend_ids.give_back(backend.id);
                     freed.push(format!(
                         "service {name}: removed backend {} has no connections left; slot freed",

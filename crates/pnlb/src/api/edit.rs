@@ -93,9 +93,7 @@ impl Change {
             }
         }
     }
-}
 
-impl Change {
     fn index(&self) -> usize {
         match self {
             Change::Added(index)

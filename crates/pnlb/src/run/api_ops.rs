@@ -200,6 +200,7 @@ impl Daemon {
         }
         self.done(what)
     }
+
     fn drain(
         &mut self,
         service: &str,
