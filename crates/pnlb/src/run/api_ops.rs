@@ -193,9 +193,13 @@ impl Daemon {
             ),
         };
         log_written(written);
+        // Said at start and reload; again only when this edit brings
+        // translation in (not on every edit of a nat service).
+        let translates_now = after.is_some_and(|s| s.method.translates())
+            && !before.is_some_and(|b| b.method.translates());
         drop(swap);
         self.publish_names();
-        if after.is_some_and(|s| s.method.translates()) {
+        if translates_now {
             warn_without_forwarding(&self.config);
         }
         self.done(what)
