@@ -78,6 +78,26 @@ fn announcements(lab: &Lab, nodes: &[Node]) -> String {
     )
 }
 
+/// The router's route to `vip` and its neighbours, for a failure message:
+/// a node in the multipath route that takes no flows (a CI run saw one
+/// IPv6 node at 0% with the route naming it) shows here why.
+fn router_view(lab: &Lab, vip: IpAddr) -> String {
+    let family = if vip.is_ipv6() { "-6" } else { "-4" };
+    let vip = vip.to_string();
+    [
+        vec![family, "route", "show", vip.as_str()],
+        vec![family, "neigh", "show"],
+    ]
+    .iter()
+    .map(|args| {
+        pnlb_lab::netns::exec(&lab.router, "ip", args)
+            .map(|out| String::from_utf8_lossy(&out.stdout).to_string())
+            .unwrap_or_else(|err| err.to_string())
+    })
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
 /// What each node logged of its node lists, sync and BGP: when a short
 /// request failed while a node joined or left, the times to set beside
 /// the failure's.
@@ -226,7 +246,9 @@ fn new_connections_spread_over_every_node_and_a_vip_without_backends_is_withdraw
         assert_eq!(failed, 0);
         assert!(
             shares.iter().all(|s| (20.0..=46.0).contains(s)),
-            "{shares:?}"
+            "{shares:?}\n{}\n{}",
+            router_view(&lab, vip),
+            announcements(&lab, &nodes)
         );
     }
 
