@@ -64,70 +64,52 @@ pub enum Edit {
     RemoveBackend(String, BackendSelector),
 }
 
-/// The one service an edit touched, by its place in the document's
-/// `[[service]]` list, with what it was.
+/// One entry of a list changed at its index, with what it was: the undo
+/// of an edit in the document's `[[service]]` list ([`Change`]) and in
+/// the validated services ([`Swap`]).
 #[derive(Clone, Debug, PartialEq)]
-pub enum Change {
+pub enum ListChange<T> {
     Added(usize),
-    Replaced { index: usize, before: Value },
-    Removed { index: usize, before: Value },
+    Replaced(usize, T),
+    Removed(usize, T),
 }
 
-impl Change {
-    /// Puts `document` back as it was before the edit.
-    pub fn undo(self, document: &mut Document) {
-        let services = services_mut(document);
+/// The one service an edit touched in the document, with its table as it was.
+pub type Change = ListChange<Value>;
+
+/// A change taken into the validated services, with the service as it was.
+pub type Swap = ListChange<Service>;
+
+impl<T> ListChange<T> {
+    /// Puts `list` back as it was before the change.
+    pub fn undo(self, list: &mut Vec<T>) {
         match self {
-            Change::Added(index) => {
-                if index < services.len() {
-                    services.remove(index);
+            ListChange::Added(index) => {
+                if index < list.len() {
+                    list.remove(index);
                 }
             }
-            Change::Replaced { index, before } => {
-                if let Some(service) = services.get_mut(index) {
-                    *service = before;
+            ListChange::Replaced(index, before) => {
+                if let Some(entry) = list.get_mut(index) {
+                    *entry = before;
                 }
             }
-            Change::Removed { index, before } => {
-                services.insert(index.min(services.len()), before);
-            }
+            ListChange::Removed(index, before) => list.insert(index.min(list.len()), before),
         }
     }
 
-    fn index(&self) -> usize {
+    pub fn index(&self) -> usize {
         match self {
-            Change::Added(index)
-            | Change::Replaced { index, .. }
-            | Change::Removed { index, .. } => *index,
+            ListChange::Added(index)
+            | ListChange::Replaced(index, _)
+            | ListChange::Removed(index, _) => *index,
         }
     }
 }
 
-/// A change taken into the validated services, with what undoes it.
-#[derive(Debug)]
-pub enum Swap {
-    Added(usize),
-    Replaced(usize, Service),
-    Removed(usize, Service),
-}
-
-impl Swap {
-    /// Puts `services` back as they were before [`revalidate`].
-    pub fn undo(self, services: &mut Vec<Service>) {
-        match self {
-            Swap::Added(index) => {
-                if index < services.len() {
-                    services.remove(index);
-                }
-            }
-            Swap::Replaced(index, before) => {
-                if let Some(service) = services.get_mut(index) {
-                    *service = before;
-                }
-            }
-            Swap::Removed(index, before) => services.insert(index.min(services.len()), before),
-        }
-    }
+/// Puts `document` back as it was before the edit that made `change`.
+pub fn undo(change: Change, document: &mut Document) {
+    change.undo(services_mut(document));
 }
 
 /// Makes `services` (validated from the document before `change`, in its
@@ -151,14 +133,14 @@ pub fn revalidate(
         config::validate_service(origin, index, table)
     };
     let swap = match change {
-        Change::Removed { .. } if index < services.len() => {
+        Change::Removed(..) if index < services.len() => {
             Swap::Removed(index, services.remove(index))
         }
         Change::Added(_) if index == services.len() => {
             services.push(edited()?);
             Swap::Added(index)
         }
-        Change::Replaced { .. } if index < services.len() => {
+        Change::Replaced(..) if index < services.len() => {
             let service = edited()?;
             Swap::Replaced(index, std::mem::replace(&mut services[index], service))
         }
@@ -239,7 +221,7 @@ fn edit_document(document: &mut Document, edit: &Edit) -> Result<(String, Change
             let before = std::mem::replace(&mut services_mut(document)[index], Value::Table(table));
             Ok((
                 format!("service {name} replaced"),
-                Change::Replaced { index, before },
+                Change::Replaced(index, before),
             ))
         }
         Edit::RemoveService(name) => {
@@ -247,7 +229,7 @@ fn edit_document(document: &mut Document, edit: &Edit) -> Result<(String, Change
             let before = services_mut(document).remove(index);
             Ok((
                 format!("service {name} removed"),
-                Change::Removed { index, before },
+                Change::Removed(index, before),
             ))
         }
         Edit::AddBackend(name, body) => {
@@ -275,7 +257,7 @@ fn edit_document(document: &mut Document, edit: &Edit) -> Result<(String, Change
             backends_mut(document, index).push(Value::Table(table));
             Ok((
                 format!("service {name}: backend added"),
-                Change::Replaced { index, before },
+                Change::Replaced(index, before),
             ))
         }
         Edit::ReplaceBackend(name, selector, body) => {
@@ -286,10 +268,7 @@ fn edit_document(document: &mut Document, edit: &Edit) -> Result<(String, Change
             backends_mut(document, service)[backend] = Value::Table(table);
             Ok((
                 format!("service {name}: backend {selector} replaced"),
-                Change::Replaced {
-                    index: service,
-                    before,
-                },
+                Change::Replaced(service, before),
             ))
         }
         Edit::RemoveBackend(name, selector) => {
@@ -299,10 +278,7 @@ fn edit_document(document: &mut Document, edit: &Edit) -> Result<(String, Change
             backends_mut(document, service).remove(backend);
             Ok((
                 format!("service {name}: backend {selector} removed"),
-                Change::Replaced {
-                    index: service,
-                    before,
-                },
+                Change::Replaced(service, before),
             ))
         }
     }
@@ -507,7 +483,7 @@ address = "10.77.1.12"
             let mut doc = original.clone();
             let applied = apply(&mut doc, &edit).unwrap();
             assert_ne!(doc, original, "{edit:?} changed something");
-            applied.change.undo(&mut doc);
+            undo(applied.change, &mut doc);
             assert_eq!(doc, original, "{edit:?} undone");
         }
     }

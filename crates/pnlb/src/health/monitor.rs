@@ -8,9 +8,9 @@
 //! first runs to its timeout). An API edit of one service changes only
 //! its backends' probes: a probe that loses its last backend ends, a new
 //! one starts, the rest go on (restarting 5,500 probes per edit was what
-//! an edit at 10,000 services would have cost). Threads sleep until their next probe: a
-//! wake-up every 50 ms to look for a stop cost 110,000 wake-ups a second
-//! with 5,500 probes. A result the same as the last `max(rise, fall)` is
+//! an edit at 10,000 services would have cost). Threads sleep until their
+//! next probe: a wake-up every 50 ms to look for a stop cost 110,000
+//! wake-ups a second with 5,500 probes. A result the same as the last `max(rise, fall)` is
 //! not reported: the daemon judges by streaks that long, so it would
 //! change nothing (100,000 checked backends reported 50,000 results a
 //! second to the daemon's loop, every one a repeat).

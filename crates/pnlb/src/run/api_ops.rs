@@ -77,7 +77,7 @@ impl Daemon {
         ) {
             Ok(swap) => swap,
             Err(err) => {
-                change.undo(document);
+                edit::undo(change, document);
                 return Err(
                     ApiError::new(422, format!("{}: {}", err.key, err.reason)).with_fix(err.fix)
                 );
@@ -88,7 +88,7 @@ impl Daemon {
             .and_then(|()| self.fits(&self.config))
         {
             swap.undo(&mut self.config.services);
-            change.undo(self.document.get());
+            edit::undo(change, self.document.get());
             return Err(err);
         }
         self.source = format!("file {} + API edits", self.path.display());
