@@ -59,6 +59,7 @@ const volatile struct {
 	enum pnlb_node_limits node_limits;
 	struct pnlb_node node;
 	struct pnlb_mac_key mac_key;
+	enum pnlb_address_filter_limits address_filter_limits;
 } pnlb_abi_anchor;
 
 static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_flow_key *flow)
@@ -258,19 +259,28 @@ static __always_inline int pnlb_process(struct xdp_md *ctx)
 	int reason, verdict;
 
 	reason = pnlb_parse(ctx, &pkt);
+	svc = NULL;
+	if (reason == PNLB_PARSE_TO_VIP) {
+		/* Parse took it for a VIP's by its filter bit (pnlb_may_be_vip):
+		 * a service confirms it. Without one, a VIP's is passed; an
+		 * address that only shares the bit is what it would have been. */
+		svc = pnlb_find_service(&pkt.flow);
+		if (!svc) {
+			if (bpf_map_lookup_elem(&pnlb_vips, &pkt.flow.dst))
+				return pnlb_pass(PNLB_PASS_VIP_NO_SERVICE);
+			reason = pnlb_is_backend(&pkt.flow.src) ? PNLB_PARSE_FROM_BACKEND
+								: PNLB_PASS_NOT_SERVICE;
+		}
+	}
 	if (reason == PNLB_PARSE_FROM_BACKEND)
 		return pnlb_handle_reply(ctx, &pkt);
 	if (reason == PNLB_PARSE_ICMP_ERROR)
 		return pnlb_handle_icmp_error(ctx, &pkt);
-	if (reason != PNLB_PARSE_TO_VIP) {
+	if (reason != PNLB_PARSE_TO_VIP || !svc) {
 		if (pnlb_reason_is_pass(reason))
 			return pnlb_pass(reason);
 		return pnlb_drop(reason);
 	}
-
-	svc = pnlb_find_service(&pkt.flow);
-	if (!svc)
-		return pnlb_pass(PNLB_PASS_VIP_NO_SERVICE);
 	if (!pnlb_access_allows(svc, &pkt.flow.src))
 		return pnlb_service_drop(svc->id, PNLB_DROP_ACCESS_DENIED);
 	if (pnlb_method_routes(svc) && pnlb_ttl_expires(&pkt))

@@ -23,7 +23,7 @@
  * to adopt it (it would misread the maps). Bump it with any change to a
  * map's key or value layout or meaning.
  */
-enum pnlb_abi_version { PNLB_ABI_VERSION = 6 };
+enum pnlb_abi_version { PNLB_ABI_VERSION = 7 };
 
 /* pnlb_meta's slots: what a pinned data plane says about itself. */
 enum pnlb_meta_slot {
@@ -52,6 +52,22 @@ enum pnlb_limits {
 	/* A table's capacity: the header, a backend list (chbl), the Maglev part. */
 	PNLB_TABLE_CAPACITY = 2 + 64 + 65537,
 	PNLB_MAX_CONNS = 262144,
+};
+
+/*
+ * The address filters in front of pnlb_vips and pnlb_backend_addrs
+ * (pnlb_vip_filter, pnlb_backend_filter): PNLB_ADDRESS_FILTER_BITS bits
+ * in 64-bit words, bit pnlb_address_filter_bit(address) set while the set
+ * holds an address of that hash. A clear bit says "not in the set"
+ * without a hash lookup; a set one says "maybe" (the set is looked up).
+ * The hash, on the address's four 32-bit words as stored (w0..w3):
+ *   h = w0 ^ w1 ^ w2 ^ w3; h ^= h >> 16; h *= 0x7feb352d;
+ *   h ^= h >> 15; h *= 0x846ca68b; h ^= h >> 16;
+ *   bit = h % PNLB_ADDRESS_FILTER_BITS
+ */
+enum pnlb_address_filter_limits {
+	PNLB_ADDRESS_FILTER_BITS = 1 << 18,
+	PNLB_ADDRESS_FILTER_WORDS = (1 << 18) / 64,
 };
 
 /* The header slots of a published table. */

@@ -24,6 +24,19 @@ struct {
 	__type(value, __u32);
 } pnlb_vips SEC(".maps");
 
+/* The filters of pnlb_vips and pnlb_backend_addrs (pnlb_address_filter_limits
+ * says how): most packets that are not a service's are told so by one word
+ * of an array. Written through a shared mapping by the control plane,
+ * which sets an address's bit before the address enters its set and
+ * clears it only after the last address of that bit left. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, PNLB_ADDRESS_FILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} pnlb_vip_filter SEC(".maps"), pnlb_backend_filter SEC(".maps");
+
 /* What a pinned data plane says about itself (enum pnlb_meta_slot):
  * written by the control plane; packets read only the unattended
  * deadline, and only new flows. */

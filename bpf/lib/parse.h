@@ -26,6 +26,8 @@
 #define PNLB_PARSE_FROM_BACKEND (-2)
 /* An ICMP error that may quote a translated flow (see icmp.h). */
 #define PNLB_PARSE_ICMP_ERROR (-3)
+/* Within parse: a packet its VIP filter bit let through is not a VIP's. */
+#define PNLB_PARSE_NOT_VIP (-4)
 
 #define PNLB_TCP_FIN 0x01
 #define PNLB_TCP_SYN 0x02
@@ -76,9 +78,56 @@ static __always_inline void pnlb_addr_from_ipv6(struct pnlb_addr *addr,
 	addr->words[3] = ip->in6_u.u6_addr32[3];
 }
 
+/* The address's bit in an address filter (pnlb_address_filter_limits). */
+static __always_inline __u32 pnlb_address_filter_bit(const struct pnlb_addr *addr)
+{
+	__u32 h = addr->words[0] ^ addr->words[1] ^ addr->words[2] ^ addr->words[3];
+
+	h ^= h >> 16;
+	h *= 0x7feb352d;
+	h ^= h >> 15;
+	h *= 0x846ca68b;
+	h ^= h >> 16;
+	return h % PNLB_ADDRESS_FILTER_BITS;
+}
+
+/* Whether the set `filter` stands in front of may hold `addr`. */
+static __always_inline int pnlb_may_hold(void *filter, const struct pnlb_addr *addr)
+{
+	__u32 bit = pnlb_address_filter_bit(addr), index = bit / 64;
+	__u64 *word = bpf_map_lookup_elem(filter, &index);
+
+	return !word || (*word >> (bit % 64)) & 1;
+}
+
 static __always_inline int pnlb_is_vip(const struct pnlb_addr *addr)
 {
-	return bpf_map_lookup_elem(&pnlb_vips, addr) != NULL;
+	return pnlb_may_hold(&pnlb_vip_filter, addr) &&
+	       bpf_map_lookup_elem(&pnlb_vips, addr) != NULL;
+}
+
+/*
+ * Whether parse may take a packet to `addr` for a VIP's: its filter bit is
+ * set. A TCP/UDP packet so taken is confirmed by its service's lookup
+ * (every service's VIP is in pnlb_vips), which spares the lookup of
+ * pnlb_vips on the path of every forwarded packet; one parse would refuse
+ * is confirmed here first (pnlb_vip_refusal), as what is not a VIP is the
+ * kernel's, untouched.
+ */
+static __always_inline int pnlb_may_be_vip(const struct pnlb_addr *addr)
+{
+	return pnlb_may_hold(&pnlb_vip_filter, addr);
+}
+
+/* Parse's verdict on a packet it took for a VIP's: TO_VIP stands until
+ * the service lookup; another stands only for a VIP (PNLB_PARSE_NOT_VIP:
+ * not one). */
+static __always_inline int pnlb_vip_refusal(const struct pnlb_packet *pkt, int verdict)
+{
+	if (verdict == PNLB_PARSE_TO_VIP ||
+	    bpf_map_lookup_elem(&pnlb_vips, &pkt->flow.dst))
+		return verdict;
+	return PNLB_PARSE_NOT_VIP;
 }
 
 /* ICMPv4 destination unreachable, time exceeded, parameter problem. */
@@ -89,7 +138,8 @@ static __always_inline int pnlb_icmp_type_is_error(__u8 type)
 
 static __always_inline int pnlb_is_backend(const struct pnlb_addr *addr)
 {
-	return bpf_map_lookup_elem(&pnlb_backend_addrs, addr) != NULL;
+	return pnlb_may_hold(&pnlb_backend_filter, addr) &&
+	       bpf_map_lookup_elem(&pnlb_backend_addrs, addr) != NULL;
 }
 
 /* The ports (and TCP flags) of the L4 header at `l4`, of which the IP
@@ -151,7 +201,7 @@ static __always_inline int pnlb_parse_ipv4(void *l3, void *data_end,
 	struct iphdr *ip = l3;
 	__u16 offset = 0;
 	__u32 total, l4_len;
-	int cut_short;
+	int cut_short, verdict;
 
 	if ((void *)(ip + 1) > data_end)
 		return PNLB_DROP_TRUNCATED_IP;
@@ -179,21 +229,50 @@ static __always_inline int pnlb_parse_ipv4(void *l3, void *data_end,
 		offset = bpf_ntohs(ip->frag_off) & PNLB_IP_OFFSET;
 		pkt->fragment = offset ? PNLB_LATER_FRAGMENT : PNLB_FIRST_FRAGMENT;
 	}
-	if (!pnlb_is_vip(&pkt->flow.dst)) {
-		/* Maybe a reply from a nat/snat backend. What we could not
-		 * translate safely is the kernel's, untouched. */
-		if (!pnlb_is_backend(&pkt->flow.src) || ip->ihl != 5 || cut_short)
-			return PNLB_PASS_NOT_SERVICE;
-		if (pnlb_parse_l4(ip + 1, data_end, pkt, offset, l4_len) != PNLB_PARSE_TO_VIP)
-			return PNLB_PASS_NOT_SERVICE;
-		return PNLB_PARSE_FROM_BACKEND;
+	if (pnlb_may_be_vip(&pkt->flow.dst)) {
+		if (cut_short)
+			verdict = PNLB_DROP_BAD_IP_HEADER;
+		else if (ip->ihl != 5)
+			verdict = PNLB_DROP_IPV4_OPTIONS;
+		else
+			verdict = pnlb_parse_l4(ip + 1, data_end, pkt, offset, l4_len);
+		verdict = pnlb_vip_refusal(pkt, verdict);
+		if (verdict != PNLB_PARSE_NOT_VIP)
+			return verdict;
 	}
+	/* Maybe a reply from a nat/snat backend. What we could not translate
+	 * safely is the kernel's, untouched. */
+	if (!pnlb_is_backend(&pkt->flow.src) || ip->ihl != 5 || cut_short)
+		return PNLB_PASS_NOT_SERVICE;
+	if (pnlb_parse_l4(ip + 1, data_end, pkt, offset, l4_len) != PNLB_PARSE_TO_VIP)
+		return PNLB_PASS_NOT_SERVICE;
+	return PNLB_PARSE_FROM_BACKEND;
+}
 
+/* An IPv6 packet to a VIP: PNLB_PARSE_TO_VIP for well-formed TCP/UDP, or
+ * the reason it is not forwarded. */
+static __always_inline int pnlb_parse_to_vip6(void *l4, void *data_end,
+					      struct pnlb_packet *pkt, __u16 offset,
+					      __u32 l4_len, int cut_short)
+{
 	if (cut_short)
 		return PNLB_DROP_BAD_IP_HEADER;
-	if (ip->ihl != 5)
-		return PNLB_DROP_IPV4_OPTIONS;
-	return pnlb_parse_l4(ip + 1, data_end, pkt, offset, l4_len);
+	switch (pkt->flow.protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		break;
+	case IPPROTO_FRAGMENT:
+		return PNLB_DROP_FRAGMENT;
+	case IPPROTO_HOPOPTS:
+	case IPPROTO_ROUTING:
+	case IPPROTO_DSTOPTS:
+	case IPPROTO_AH:
+	case IPPROTO_MH:
+		return PNLB_DROP_IPV6_EXT_HEADER;
+	default:
+		return PNLB_PASS_VIP_OTHER_PROTO;
+	}
+	return pnlb_parse_l4(l4, data_end, pkt, offset, l4_len);
 }
 
 static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
@@ -203,7 +282,7 @@ static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
 	void *l4 = ip6 + 1;
 	__u16 offset = 0;
 	__u32 l4_len;
-	int cut_short;
+	int cut_short, verdict;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return PNLB_DROP_TRUNCATED_IP;
@@ -238,32 +317,16 @@ static __always_inline int pnlb_parse_ipv6(void *l3, void *data_end,
 			l4_len = l4_len > sizeof(*frag) ? l4_len - sizeof(*frag) : 0;
 		}
 	}
-	if (!pnlb_is_vip(&pkt->flow.dst)) {
-		if (!pnlb_is_backend(&pkt->flow.src) || cut_short ||
-		    pnlb_parse_l4(l4, data_end, pkt, offset, l4_len) != PNLB_PARSE_TO_VIP)
-			return PNLB_PASS_NOT_SERVICE;
-		return PNLB_PARSE_FROM_BACKEND;
+	if (pnlb_may_be_vip(&pkt->flow.dst)) {
+		verdict = pnlb_vip_refusal(pkt, pnlb_parse_to_vip6(l4, data_end, pkt, offset,
+								   l4_len, cut_short));
+		if (verdict != PNLB_PARSE_NOT_VIP)
+			return verdict;
 	}
-	if (cut_short)
-		return PNLB_DROP_BAD_IP_HEADER;
-
-	switch (pkt->flow.protocol) {
-	case IPPROTO_TCP:
-	case IPPROTO_UDP:
-		break;
-	case IPPROTO_FRAGMENT:
-		return PNLB_DROP_FRAGMENT;
-	case IPPROTO_HOPOPTS:
-	case IPPROTO_ROUTING:
-	case IPPROTO_DSTOPTS:
-	case IPPROTO_AH:
-	case IPPROTO_MH:
-		return PNLB_DROP_IPV6_EXT_HEADER;
-	default:
-		return PNLB_PASS_VIP_OTHER_PROTO;
-	}
-
-	return pnlb_parse_l4(l4, data_end, pkt, offset, l4_len);
+	if (!pnlb_is_backend(&pkt->flow.src) || cut_short ||
+	    pnlb_parse_l4(l4, data_end, pkt, offset, l4_len) != PNLB_PARSE_TO_VIP)
+		return PNLB_PASS_NOT_SERVICE;
+	return PNLB_PARSE_FROM_BACKEND;
 }
 
 /* Fills pkt and returns PNLB_PARSE_TO_VIP / _FROM_BACKEND, or the reason not

@@ -17,6 +17,7 @@
 //! - [`xdp_ceiling`]: the benchmark's minimal XDP_TX forwarder.
 
 pub mod abi;
+pub mod address_filter;
 mod batch;
 pub mod checksum;
 pub mod conntrack;
@@ -24,6 +25,7 @@ pub mod decap;
 pub mod grace;
 pub mod inspect;
 pub mod loader;
+mod mapped;
 pub mod memory;
 pub mod netdev;
 pub mod netwatch;

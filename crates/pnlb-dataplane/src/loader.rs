@@ -11,6 +11,7 @@ use libbpf_rs::{OpenObject, Xdp, XdpFlags};
 use pnlb_core::config::XdpMode;
 
 use crate::abi::MetaSlot;
+use crate::address_filter::AddressFilter;
 use crate::conntrack::{SweepTally, Sweeper};
 use crate::skel::{LbMaps, LbSkel, LbSkelBuilder};
 
@@ -55,6 +56,9 @@ pub struct Dataplane {
     /// The sweeper tests and tools run on the loader's thread; its handle
     /// on the connection tables is the data plane's too.
     pub(crate) sweeper: Sweeper,
+    /// pnlb_vip_filter and pnlb_backend_filter, mapped.
+    pub(crate) vip_filter: AddressFilter,
+    pub(crate) backend_filter: AddressFilter,
 }
 
 /// How the program is loaded.
@@ -231,8 +235,18 @@ impl Dataplane {
         })?;
         let tally = Arc::new(SweepTally::default());
         let sweeper = Sweeper::open(&skel.maps, tally.clone())?;
+        let filter = |map: &libbpf_rs::Map, name: &'static str| {
+            AddressFilter::map(map).map_err(|err| DataplaneError::Map {
+                map: name,
+                source: libbpf_rs::Error::from(err),
+            })
+        };
+        let vip_filter = filter(&skel.maps.pnlb_vip_filter, "pnlb_vip_filter")?;
+        let backend_filter = filter(&skel.maps.pnlb_backend_filter, "pnlb_backend_filter")?;
         let dataplane = Self {
             sweeper,
+            vip_filter,
+            backend_filter,
             skel,
             tables,
             limits,

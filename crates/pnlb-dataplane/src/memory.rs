@@ -94,8 +94,12 @@ pub fn estimate(config: &Config, cpus: usize) -> MemoryEstimate {
         size_of::<abi::SourceKey>(),
         size_of::<u64>(),
     );
-    let other =
-        u64::from(limits.backends) * 2 * size_of::<Backend>() as u64 + SYNC_RING + source_rates;
+    // The two address filters, 64 bits a word.
+    let address_filters = 2 * crate::address_filter::WORDS as u64 * 8;
+    let other = u64::from(limits.backends) * 2 * size_of::<Backend>() as u64
+        + SYNC_RING
+        + source_rates
+        + address_filters;
     MemoryEstimate {
         connections,
         tables,

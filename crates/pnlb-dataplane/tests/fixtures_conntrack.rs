@@ -13,6 +13,7 @@ use std::net::IpAddr;
 
 use pnlb_core::config::Timeouts;
 use pnlb_dataplane::abi::{Conn, ConnState};
+use pnlb_dataplane::address_filter;
 use pnlb_dataplane::conntrack::{monotonic_ns, Table};
 use support::*;
 
@@ -1177,6 +1178,30 @@ fn address_sets_of(
     (vips, replies)
 }
 
+/// The address sets are `expected`, and the filters in front of them have
+/// exactly their addresses' bits.
+fn assert_address_sets(
+    fixture: &Fixture,
+    expected: &(
+        pnlb_dataplane::programmer::AddressCounts,
+        pnlb_dataplane::programmer::AddressCounts,
+    ),
+    step: &str,
+) {
+    let sets = fixture.dataplane.address_sets().unwrap();
+    println!("{step}: VIPs {:?}, replies {:?}", sets.0, sets.1);
+    assert_eq!(&sets, expected, "{step}");
+    let (vip_filter, reply_filter) = fixture.dataplane.address_filters();
+    assert!(
+        vip_filter == address_filter::words_of(expected.0.keys().copied()),
+        "{step}: the VIP filter has other bits than its addresses'"
+    );
+    assert!(
+        reply_filter == address_filter::words_of(expected.1.keys().copied()),
+        "{step}: the reply filter has other bits than its addresses'"
+    );
+}
+
 #[test]
 fn the_address_sets_follow_each_change_as_a_whole_count_would() {
     if !privileged() {
@@ -1236,18 +1261,13 @@ fn the_address_sets_follow_each_change_as_a_whole_count_would() {
     for (step, text) in &steps {
         fixture.apply(text);
         let config = parse_config(text);
-        let sets = fixture.dataplane.address_sets().unwrap();
-        println!("{step}: VIPs {:?}, replies {:?}", sets.0, sets.1);
-        assert_eq!(sets, address_sets_of(&fixture, &config), "{step}");
+        assert_address_sets(&fixture, &address_sets_of(&fixture, &config), step);
     }
     // The retiring backends' slots freed (no flows): their addresses go.
     let freed = fixture.programmer.reap(&fixture.dataplane).unwrap();
     assert_eq!(freed.len(), 2, "{freed:?}");
     let last = parse_config(&steps[steps.len() - 1].1);
-    assert_eq!(
-        fixture.dataplane.address_sets().unwrap(),
-        address_sets_of(&fixture, &last)
-    );
+    assert_address_sets(&fixture, &address_sets_of(&fixture, &last), "reaped");
     // A service added and removed by name (an API edit's way).
     let with_d = parse_config(&format!(
         "{}{}",
@@ -1259,9 +1279,11 @@ fn the_address_sets_follow_each_change_as_a_whole_count_would() {
         .programmer
         .apply_services(&fixture.dataplane, &with_d, &named, &mut fixture.resolver)
         .unwrap();
-    let sets = fixture.dataplane.address_sets().unwrap();
-    println!("d added by name: VIPs {:?}, replies {:?}", sets.0, sets.1);
-    assert_eq!(sets, address_sets_of(&fixture, &with_d));
+    assert_address_sets(
+        &fixture,
+        &address_sets_of(&fixture, &with_d),
+        "d added by name",
+    );
     let to_d = Pkt::tcp("10.77.0.2", 42000, "10.90.0.1", 82, SYN);
     assert_eq!(fixture.run(&to_d.bytes()).0, XDP_TX, "d forwards");
     let d = fixture.programmer.service_id("d").unwrap();
@@ -1269,10 +1291,7 @@ fn the_address_sets_follow_each_change_as_a_whole_count_would() {
         .programmer
         .remove(&fixture.dataplane, &["d".to_string()])
         .unwrap();
-    assert_eq!(
-        fixture.dataplane.address_sets().unwrap(),
-        address_sets_of(&fixture, &last)
-    );
+    assert_address_sets(&fixture, &address_sets_of(&fixture, &last), "d removed");
     // Its table closed in place, not taken out of the map of maps (a
     // grace period); nothing names it, and its VIP:port is no service.
     assert_eq!(fixture.dataplane.published_table(d).unwrap(), None);

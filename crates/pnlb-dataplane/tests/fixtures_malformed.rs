@@ -150,21 +150,84 @@ fn ipv4_options_to_a_vip_are_dropped_but_not_to_others() {
         ("10.77.100.1", XDP_DROP, "drop_ipv4_options"),
         ("10.77.1.2", XDP_PASS, "pass_not_service"),
     ] {
-        let plain = tcp4("10.77.0.2", 40000, dst, 80, b"");
-        // Insert 4 bytes of options (NOP NOP NOP EOL) after the 20-byte header.
-        let mut packet = plain[..34].to_vec();
-        packet.extend_from_slice(&[1, 1, 1, 0]);
-        packet.extend_from_slice(&plain[34..]);
-        packet[14] = 0x46;
-        let total = (packet.len() - 14) as u16;
-        packet[16..18].copy_from_slice(&total.to_be_bytes());
-        fix_ipv4_checksum(&mut packet);
+        let packet = with_ipv4_options(&tcp4("10.77.0.2", 40000, dst, 80, b""));
         expect(&fixture, &packet, verdict, reason);
     }
 }
 
-fn with_ipv6_extension(next_header: u8, extension: &[u8]) -> Vec<u8> {
-    let plain = tcp6("fd77::2", 40000, "fd77:100::1", 80, b"");
+/// `plain` with 4 bytes of IPv4 options (NOP NOP NOP EOL) after its
+/// 20-byte header.
+fn with_ipv4_options(plain: &[u8]) -> Vec<u8> {
+    let mut packet = plain[..34].to_vec();
+    packet.extend_from_slice(&[1, 1, 1, 0]);
+    packet.extend_from_slice(&plain[34..]);
+    packet[14] = 0x46;
+    let total = (packet.len() - 14) as u16;
+    packet[16..18].copy_from_slice(&total.to_be_bytes());
+    fix_ipv4_checksum(&mut packet);
+    packet
+}
+
+/// The address filter in front of the VIP set lets a packet to an address
+/// that shares a VIP's bit through to the service lookup: it must still
+/// be what it is, not the VIP's (passed where a VIP's would be dropped).
+#[test]
+fn an_address_sharing_a_vips_filter_bit_is_not_taken_for_the_vip() {
+    if !privileged() {
+        return;
+    }
+    let fixture = Fixture::new(CONFIG);
+    let (other4, other6) = (
+        sharing_filter_bit("10.77.100.1"),
+        sharing_filter_bit("fd77:100::1"),
+    );
+    println!("sharing the VIPs' filter bits: {other4}, {other6}");
+    expect(
+        &fixture,
+        &tcp4("10.77.0.2", 40000, &other4, 80, b""),
+        XDP_PASS,
+        "pass_not_service",
+    );
+    expect(
+        &fixture,
+        &udp6("fd77::2", 40000, &other6, 80, b""),
+        XDP_PASS,
+        "pass_not_service",
+    );
+    expect(
+        &fixture,
+        &with_ipv4_options(&tcp4("10.77.0.2", 40000, &other4, 80, b"")),
+        XDP_PASS,
+        "pass_not_service",
+    );
+    expect(
+        &fixture,
+        &with_ipv6_extension(&other6, 0, &[6, 0, 1, 4, 0, 0, 0, 0]),
+        XDP_PASS,
+        "pass_not_service",
+    );
+    // Cut short of its IP length: a VIP's is dropped, another's passed.
+    let mut cut = tcp4("10.77.0.2", 40000, &other4, 80, b"");
+    ipv4_header_mut(&mut cut)[2..4].copy_from_slice(&200u16.to_be_bytes());
+    fix_ipv4_checksum(&mut cut);
+    expect(&fixture, &cut, XDP_PASS, "pass_not_service");
+    // The VIPs themselves, the same packets: refused as before.
+    expect(
+        &fixture,
+        &with_ipv4_options(&tcp4("10.77.0.2", 40000, "10.77.100.1", 80, b"")),
+        XDP_DROP,
+        "drop_ipv4_options",
+    );
+    expect(
+        &fixture,
+        &with_ipv6_extension("fd77:100::1", 0, &[6, 0, 1, 4, 0, 0, 0, 0]),
+        XDP_DROP,
+        "drop_ipv6_ext_header",
+    );
+}
+
+fn with_ipv6_extension(dst: &str, next_header: u8, extension: &[u8]) -> Vec<u8> {
+    let plain = tcp6("fd77::2", 40000, dst, 80, b"");
     let mut packet = plain[..54].to_vec();
     packet[20] = next_header;
     packet.extend_from_slice(extension);
@@ -180,10 +243,10 @@ fn ipv6_extension_headers_to_a_vip_are_dropped() {
         return;
     }
     let fixture = Fixture::new(CONFIG);
-    let hop_by_hop = with_ipv6_extension(0, &[6, 0, 1, 4, 0, 0, 0, 0]);
+    let hop_by_hop = with_ipv6_extension("fd77:100::1", 0, &[6, 0, 1, 4, 0, 0, 0, 0]);
     expect(&fixture, &hop_by_hop, XDP_DROP, "drop_ipv6_ext_header");
     // A fragment header, then another extension header.
-    let fragment = with_ipv6_extension(44, &[0, 0, 0, 1, 0, 0, 0, 7]);
+    let fragment = with_ipv6_extension("fd77:100::1", 44, &[0, 0, 0, 1, 0, 0, 0, 7]);
     expect(&fixture, &fragment, XDP_DROP, "drop_ipv6_ext_header");
 }
 

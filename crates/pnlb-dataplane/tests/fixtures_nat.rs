@@ -147,6 +147,45 @@ fn nat_ipv4_tcp_rewrites_the_destination_with_port_mapping_and_back() {
     });
 }
 
+/// A client whose address shares the VIP's address filter bit: its
+/// packets from the backend are taken for a VIP's by parse, and must still
+/// be translated back as replies once the service lookup finds none.
+#[test]
+fn a_reply_to_a_client_sharing_the_vips_filter_bit_is_translated() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(CONFIG);
+        for (vip, port, backend, backend_port, udp) in [
+            ("10.77.100.1", 80, "10.77.1.11", 8080, false),
+            ("fd77:100::1", 53, "fd77:1::11", 53, true),
+        ] {
+            let client = sharing_filter_bit(vip);
+            let packet = |src: &str, sport, dst: &str, dport| {
+                if udp {
+                    Pkt::udp(src, sport, dst, dport)
+                } else {
+                    Pkt::tcp(src, sport, dst, dport, SYN)
+                }
+            };
+            forward(&fixture, &packet(&client, 40000, vip, port));
+            let answer = packet(backend, backend_port, &client, 40000)
+                .macs(backend_mac(ip(backend)), LB_MAC);
+            let out = reply(&fixture, &answer);
+            assert_eq!(
+                out,
+                answer
+                    .with(ip(vip), port, ip(&client), 40000)
+                    .routed()
+                    .macs(LB_MAC, ROUTER_MAC)
+                    .bytes(),
+                "the reply to {client} (the bit of {vip}) comes from the VIP"
+            );
+        }
+    });
+}
+
 #[test]
 fn nat_ipv6_udp_rewrites_both_ways() {
     if !privileged() {

@@ -10,31 +10,49 @@ use libbpf_rs::{MapCore, MapFlags};
 
 use super::map_err;
 use crate::abi::{self, bytes_of};
+use crate::address_filter::{AddressFilter, FilterBits};
 use crate::loader::{Dataplane, DataplaneError};
 
 /// An address -> count map (pnlb_vips, pnlb_backend_addrs) as last
-/// written, so that an apply writes only the addresses whose count changed.
+/// written, so that an apply writes only the addresses whose count changed,
+/// and the filter in front of it (crate::address_filter).
 #[derive(Default)]
 pub(super) struct AddressSet {
     /// None: not known (never written, adopted, or a write failed); the
-    /// next sync reads the map.
-    written: Option<BTreeMap<IpAddr, u32>>,
+    /// next sync reads the map and writes the filter whole.
+    written: Option<Written>,
+}
+
+struct Written {
+    counts: BTreeMap<IpAddr, u32>,
+    bits: FilterBits,
+}
+
+/// A set's map and the filter in front of it.
+pub(super) struct SetMaps<'a> {
+    pub(super) map: &'a dyn MapCore,
+    pub(super) name: &'static str,
+    pub(super) filter: &'a AddressFilter,
 }
 
 impl AddressSet {
-    /// Makes the map hold exactly `addresses`, counted.
+    /// Makes the map hold exactly `addresses`, counted, and the filter
+    /// exactly their bits.
     pub(super) fn sync(
         &mut self,
-        map: &dyn MapCore,
-        name: &'static str,
+        set: SetMaps<'_>,
         addresses: impl Iterator<Item = IpAddr>,
     ) -> Result<(), DataplaneError> {
+        let SetMaps { map, name, filter } = set;
         let mut counts: BTreeMap<IpAddr, u32> = BTreeMap::new();
         for address in addresses {
             *counts.entry(address).or_default() += 1;
         }
+        let bits = FilterBits::of(counts.keys());
+        // The bits of what is to be in before it is: what is in keeps its own.
+        bits.include(filter);
         let key = |address: &IpAddr| bytes_of(&abi::addr(*address)).to_vec();
-        match self.written.take() {
+        match self.written.take().map(|w| w.counts) {
             Some(written) => {
                 for address in written.keys().filter(|a| !counts.contains_key(a)) {
                     map.delete(&key(address)).map_err(map_err(name))?;
@@ -60,7 +78,9 @@ impl AddressSet {
                 }
             }
         }
-        self.written = Some(counts);
+        // Only what is in now: the bits of addresses gone are cleared.
+        bits.store(filter);
+        self.written = Some(Written { counts, bits });
         Ok(())
     }
 
@@ -69,12 +89,16 @@ impl AddressSet {
     /// False when the map as written is not known: [`Self::sync`] it.
     pub(super) fn count(
         &mut self,
-        map: &dyn MapCore,
-        name: &'static str,
+        set: SetMaps<'_>,
         gone: &[IpAddr],
         new: &[IpAddr],
     ) -> Result<bool, DataplaneError> {
-        let Some(mut counts) = self.written.take() else {
+        let SetMaps { map, name, filter } = set;
+        let Some(Written {
+            mut counts,
+            mut bits,
+        }) = self.written.take()
+        else {
             return Ok(false);
         };
         let mut was: BTreeMap<IpAddr, u32> = BTreeMap::new();
@@ -100,12 +124,16 @@ impl AddressSet {
             if now == 0 {
                 counts.remove(&address);
                 map.delete(&key(&address)).map_err(map_err(name))?;
+                bits.left(filter, address);
             } else {
+                if before == 0 {
+                    bits.entering(filter, address);
+                }
                 map.update(&key(&address), &now.to_ne_bytes(), MapFlags::ANY)
                     .map_err(map_err(name))?;
             }
         }
-        self.written = Some(counts);
+        self.written = Some(Written { counts, bits });
         Ok(true)
     }
 }
@@ -139,5 +167,11 @@ impl Dataplane {
             read(&maps.pnlb_vips, "pnlb_vips")?,
             read(&maps.pnlb_backend_addrs, "pnlb_backend_addrs")?,
         ))
+    }
+
+    /// pnlb_vip_filter and pnlb_backend_filter as packets read them now
+    /// (for checks: [`crate::address_filter::words_of`] the sets).
+    pub fn address_filters(&self) -> (Vec<u64>, Vec<u64>) {
+        (self.vip_filter.read(), self.backend_filter.read())
     }
 }

@@ -38,7 +38,7 @@ use crate::loader::{Dataplane, DataplaneError};
 use crate::nexthop::{Resolution, Resolver};
 
 pub use address_set::AddressCounts;
-use address_set::AddressSet;
+use address_set::{AddressSet, SetMaps};
 use ids::{IdPool, Taken};
 pub use names::{FlowNames, SlotIds};
 pub use service_entry::forwards_statelessly;
@@ -677,18 +677,12 @@ impl Programmer {
             replies.0.extend(before.replies);
             replies.1.extend(after.replies);
         }
-        let maps = dataplane.maps();
         // Synced whole if either fails or is not known.
         self.addresses_changed = true;
-        let known = self
-            .vips
-            .count(&maps.pnlb_vips, "pnlb_vips", &vips.0, &vips.1)?
-            && self.backend_addrs.count(
-                &maps.pnlb_backend_addrs,
-                "pnlb_backend_addrs",
-                &replies.0,
-                &replies.1,
-            )?;
+        let known = self.vips.count(vip_set(dataplane), &vips.0, &vips.1)?
+            && self
+                .backend_addrs
+                .count(reply_set(dataplane), &replies.0, &replies.1)?;
         if !known {
             return self.sync_address_sets(dataplane);
         }
@@ -702,15 +696,31 @@ impl Programmer {
         self.address_changes.clear();
         // Set again if a write fails: the next apply syncs them.
         self.addresses_changed = true;
-        let maps = dataplane.maps();
         let every: Vec<Addresses> = self.services.values().map(ServiceSlot::addresses).collect();
         let vips = every.iter().flat_map(|a| a.vips.iter().copied());
-        self.vips.sync(&maps.pnlb_vips, "pnlb_vips", vips)?;
+        self.vips.sync(vip_set(dataplane), vips)?;
         let replies = every.iter().flat_map(|a| a.replies.iter().copied());
-        self.backend_addrs
-            .sync(&maps.pnlb_backend_addrs, "pnlb_backend_addrs", replies)?;
+        self.backend_addrs.sync(reply_set(dataplane), replies)?;
         self.addresses_changed = false;
         Ok(())
+    }
+}
+
+/// pnlb_vips and its filter.
+fn vip_set(dataplane: &Dataplane) -> SetMaps<'_> {
+    SetMaps {
+        map: &dataplane.maps().pnlb_vips,
+        name: "pnlb_vips",
+        filter: &dataplane.vip_filter,
+    }
+}
+
+/// pnlb_backend_addrs and its filter.
+fn reply_set(dataplane: &Dataplane) -> SetMaps<'_> {
+    SetMaps {
+        map: &dataplane.maps().pnlb_backend_addrs,
+        name: "pnlb_backend_addrs",
+        filter: &dataplane.backend_filter,
     }
 }
 

@@ -3,7 +3,7 @@
 //! same shape.
 
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use pnlb_core::config::Scheduler;
@@ -13,6 +13,7 @@ use pnlb_core::sched;
 use super::map_err;
 use crate::abi::{self, TableSlot};
 use crate::loader::{Dataplane, DataplaneError};
+use crate::mapped::{Mapped, ELEMENT};
 
 /// The table the data plane indexes for new flows: Maglev for the hashing
 /// schedulers (by flow hash), the interleaved wrr cycle (by a per-service
@@ -247,10 +248,6 @@ impl PendingTables {
     }
 }
 
-/// An array keeps each value in an 8-byte element (values are rounded up
-/// to 8 bytes), so a mapping holds a u32 and 4 bytes of padding a slot.
-const ELEMENT: usize = 8;
-
 /// The id of the service's published table if it has the shape of
 /// `slots` (the published form of the next one): as many slots, the same
 /// header. None: it must be swapped.
@@ -312,73 +309,19 @@ enum Write {
     InPlace,
 }
 
-/// The first `elements` slots of a BPF_F_MMAPABLE table, mapped shared
-/// (unmapped on drop).
-struct Mapped {
-    at: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapped {
-    fn new(map: &MapHandle, elements: usize) -> std::io::Result<Self> {
-        let len = elements * ELEMENT;
-        // SAFETY: a shared mapping of the map's own pages, `len` bytes (the
-        // map holds at least `elements` elements of 8 bytes).
-        let at = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if at == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self { at, len })
-    }
-
-    /// Slot `i`'s word: programs read it concurrently, hence atomic.
-    fn slot(&self, i: usize) -> &AtomicU32 {
-        assert!(
-            (i + 1) * ELEMENT <= self.len,
-            "slot {i} outside the mapping"
-        );
-        // SAFETY: element i starts i * 8 bytes into the mapping (page-
-        // aligned, so 4-byte aligned), inside its `len` bytes (checked).
-        unsafe { &*self.at.cast::<u8>().add(i * ELEMENT).cast::<AtomicU32>() }
-    }
-
-    /// Copies `bytes` over the start of the mapping (no reader yet).
-    fn fill(&self, bytes: &[u8]) {
-        let len = bytes.len().min(self.len);
-        // SAFETY: `len` bytes at `at` are inside the mapping.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.at.cast::<u8>(), len) };
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in new, not used after.
-        unsafe { libc::munmap(self.at, self.len) };
-    }
-}
-
 /// Sets a published table's length to 0 (one atomic store through its
 /// mapping): packets find no backend in it from then on, as with no table.
 fn close_in_place(map: &MapHandle) -> std::io::Result<()> {
-    let mapped = Mapped::new(map, abi::TABLE_HEADER as usize)?;
+    let mapped = Mapped::new(map.as_fd(), abi::TABLE_HEADER as usize)?;
     mapped
-        .slot(TableSlot::PNLB_TABLE_LEN_SLOT.0 as usize)
+        .u32_at(TableSlot::PNLB_TABLE_LEN_SLOT.0 as usize)
         .store(0, Ordering::Relaxed);
     Ok(())
 }
 
 /// Writes `words` into a BPF_F_MMAPABLE array of u32 values, one each.
 fn write_mapped(map: &MapHandle, words: &[u32], how: Write) -> std::io::Result<()> {
-    let mapped = Mapped::new(map, words.len())?;
+    let mapped = Mapped::new(map.as_fd(), words.len())?;
     match how {
         Write::Fresh => {
             let mut elements = vec![0u8; words.len() * ELEMENT];
@@ -389,7 +332,7 @@ fn write_mapped(map: &MapHandle, words: &[u32], how: Write) -> std::io::Result<(
         }
         Write::InPlace => {
             for (i, word) in words.iter().enumerate().skip(abi::TABLE_HEADER as usize) {
-                let slot = mapped.slot(i);
+                let slot = mapped.u32_at(i);
                 if slot.load(Ordering::Relaxed) != *word {
                     slot.store(*word, Ordering::Relaxed);
                 }

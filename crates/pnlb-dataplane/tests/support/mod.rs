@@ -233,6 +233,27 @@ pub fn flow_of(packet: &[u8]) -> FlowKey {
     }
 }
 
+/// An address other than `address`, of its family (IPv4 in 10.0.0.0/8,
+/// IPv6 in fd99::/96), whose address filter bit is `address`'s: the data
+/// plane takes a packet to it for the VIP's until a lookup says otherwise.
+pub fn sharing_filter_bit(address: &str) -> String {
+    let address: IpAddr = address.parse().unwrap();
+    let bit = pnlb_dataplane::address_filter::bit_of(&abi::addr(address));
+    let candidate = |n: u32| -> IpAddr {
+        match address {
+            IpAddr::V4(_) => std::net::Ipv4Addr::from((10u32 << 24) | n).into(),
+            IpAddr::V6(_) => std::net::Ipv6Addr::from((0xfd99u128 << 112) | u128::from(n)).into(),
+        }
+    };
+    (0..1 << 24)
+        .map(candidate)
+        .find(|other| {
+            *other != address && pnlb_dataplane::address_filter::bit_of(&abi::addr(*other)) == bit
+        })
+        .expect("an address shares the bit")
+        .to_string()
+}
+
 pub fn ip4(text: &str) -> [u8; 4] {
     text.parse::<std::net::Ipv4Addr>().unwrap().octets()
 }
