@@ -266,7 +266,7 @@ static __always_inline int pnlb_process(struct xdp_md *ctx)
 		 * address that only shares the bit is what it would have been. */
 		svc = pnlb_find_service(&pkt.flow);
 		if (!svc) {
-			if (bpf_map_lookup_elem(&pnlb_vips, &pkt.flow.dst))
+			if (pnlb_vip_set_holds(&pkt.flow.dst))
 				return pnlb_pass(PNLB_PASS_VIP_NO_SERVICE);
 			reason = pnlb_is_backend(&pkt.flow.src) ? PNLB_PARSE_FROM_BACKEND
 								: PNLB_PASS_NOT_SERVICE;

@@ -100,10 +100,15 @@ static __always_inline int pnlb_may_hold(void *filter, const struct pnlb_addr *a
 	return !word || (*word >> (bit % 64)) & 1;
 }
 
+/* Whether pnlb_vips itself holds `addr` (its filter bit aside). */
+static __always_inline int pnlb_vip_set_holds(const struct pnlb_addr *addr)
+{
+	return bpf_map_lookup_elem(&pnlb_vips, addr) != NULL;
+}
+
 static __always_inline int pnlb_is_vip(const struct pnlb_addr *addr)
 {
-	return pnlb_may_hold(&pnlb_vip_filter, addr) &&
-	       bpf_map_lookup_elem(&pnlb_vips, addr) != NULL;
+	return pnlb_may_hold(&pnlb_vip_filter, addr) && pnlb_vip_set_holds(addr);
 }
 
 /*
@@ -124,8 +129,7 @@ static __always_inline int pnlb_may_be_vip(const struct pnlb_addr *addr)
  * not one). */
 static __always_inline int pnlb_vip_refusal(const struct pnlb_packet *pkt, int verdict)
 {
-	if (verdict == PNLB_PARSE_TO_VIP ||
-	    bpf_map_lookup_elem(&pnlb_vips, &pkt->flow.dst))
+	if (verdict == PNLB_PARSE_TO_VIP || pnlb_vip_set_holds(&pkt->flow.dst))
 		return verdict;
 	return PNLB_PARSE_NOT_VIP;
 }

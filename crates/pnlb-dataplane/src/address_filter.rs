@@ -41,9 +41,17 @@ pub fn bit_of(address: &Addr) -> u32 {
 /// The filter of exactly `addresses`, word by word (what a filter should
 /// read, for checks).
 pub fn words_of(addresses: impl IntoIterator<Item = IpAddr>) -> Vec<u64> {
+    words_with(
+        addresses
+            .into_iter()
+            .map(|address| bit_of(&abi::addr(address))),
+    )
+}
+
+/// The filter words with exactly `bits` set.
+fn words_with(bits: impl IntoIterator<Item = u32>) -> Vec<u64> {
     let mut words = vec![0u64; WORDS];
-    for address in addresses {
-        let bit = bit_of(&abi::addr(address));
+    for bit in bits {
         words[bit as usize / 64] |= 1 << (bit % 64);
     }
     words
@@ -78,6 +86,26 @@ impl AddressFilter {
         self.words
             .u64_at(bit as usize / 64)
             .fetch_and(!(1 << (bit % 64)), Ordering::SeqCst);
+    }
+
+    /// Before a set is written whole: every bit of `words` is set, the
+    /// others left as they are (the set still holds their addresses).
+    pub(crate) fn include(&self, words: &[u64]) {
+        for (i, word) in words.iter().enumerate() {
+            if *word != 0 {
+                self.words.u64_at(i).fetch_or(*word, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// After a set was written whole: exactly `words`.
+    pub(crate) fn store(&self, words: &[u64]) {
+        for (i, word) in words.iter().enumerate() {
+            let at = self.words.u64_at(i);
+            if at.load(Ordering::Relaxed) != *word {
+                at.store(*word, Ordering::SeqCst);
+            }
+        }
     }
 }
 
@@ -136,33 +164,9 @@ impl FilterBits {
         Some(bit)
     }
 
-    fn words(&self) -> Vec<u64> {
-        let mut words = vec![0u64; WORDS];
-        for bit in self.addresses_on.keys() {
-            words[*bit as usize / 64] |= 1 << (bit % 64);
-        }
-        words
-    }
-
-    /// Before the set is written whole: every bit these addresses need is
-    /// set, the others left as they are (the set still holds their
-    /// addresses).
-    pub(crate) fn include(&self, filter: &AddressFilter) {
-        for (i, word) in self.words().into_iter().enumerate() {
-            if word != 0 {
-                filter.words.u64_at(i).fetch_or(word, Ordering::SeqCst);
-            }
-        }
-    }
-
-    /// After the set was written whole: exactly these bits.
-    pub(crate) fn store(&self, filter: &AddressFilter) {
-        for (i, word) in self.words().into_iter().enumerate() {
-            let at = filter.words.u64_at(i);
-            if at.load(Ordering::Relaxed) != word {
-                at.store(word, Ordering::SeqCst);
-            }
-        }
+    /// The filter words of the counted addresses.
+    pub(crate) fn words(&self) -> Vec<u64> {
+        words_with(self.addresses_on.keys().copied())
     }
 }
 

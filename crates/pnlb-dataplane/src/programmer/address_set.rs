@@ -49,8 +49,9 @@ impl AddressSet {
             *counts.entry(address).or_default() += 1;
         }
         let bits = FilterBits::of(counts.keys());
+        let words = bits.words();
         // The bits of what is to be in before it is: what is in keeps its own.
-        bits.include(filter);
+        filter.include(&words);
         let key = |address: &IpAddr| bytes_of(&abi::addr(*address)).to_vec();
         match self.written.take().map(|w| w.counts) {
             Some(written) => {
@@ -79,7 +80,7 @@ impl AddressSet {
             }
         }
         // Only what is in now: the bits of addresses gone are cleared.
-        bits.store(filter);
+        filter.store(&words);
         self.written = Some(Written { counts, bits });
         Ok(())
     }
