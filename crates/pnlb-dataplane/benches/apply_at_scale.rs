@@ -53,17 +53,19 @@ fn service_text(i: usize, first_weight: u32) -> String {
     text
 }
 
-fn config_text(services: usize, changed_weight: u32, extra: bool) -> String {
+/// `services` services (the one in the middle with `changed_weight` on its
+/// first backend), then `extra` more; room for two more than that.
+fn config_text(services: usize, changed_weight: u32, extra: usize) -> String {
     let mut text = format!(
         "[daemon]\ninterfaces = [\"eth0\"]\nmax_services = {}\nmax_backends = {}\n",
-        services + 1,
-        (services + 1) * BACKENDS_PER_SERVICE
+        services + 4,
+        (services + 4) * BACKENDS_PER_SERVICE
     );
     for i in 0..services {
         text += &service_text(i, if i == services / 2 { changed_weight } else { 1 });
     }
-    if extra {
-        text += &service_text(services, 1);
+    for i in services..services + extra {
+        text += &service_text(i, 1);
     }
     text
 }
@@ -84,7 +86,7 @@ fn run(services: usize) {
     println!(
         "{services} services x {BACKENDS_PER_SERVICE} backends (Maglev tables of {TABLE_SIZE}):"
     );
-    let text = config_text(services, 1, false);
+    let text = config_text(services, 1, 0);
     println!("  config file: {:.1} MB", text.len() as f64 / 1e6);
     let (config, parse_took) = timed("parse and validate", || parse(&text));
     let mut options = LoadOptions::for_tests(1 << 16);
@@ -109,7 +111,7 @@ fn run(services: usize) {
             .apply(&dataplane, &config, &mut Static)
             .expect("apply")
     });
-    let changed = parse(&config_text(services, 3, false));
+    let changed = parse(&config_text(services, 3, 0));
     let changed_service = format!("svc-{}", services / 2);
     let version = programmer.table_version(&changed_service);
     timed("apply one backend's weight changed", || {
@@ -123,7 +125,7 @@ fn run(services: usize) {
         "its table was swapped"
     );
     // As the daemon applies a health verdict or a drain: the service named.
-    let again = parse(&config_text(services, 7, false));
+    let again = parse(&config_text(services, 7, 0));
     let version = programmer.table_version(&changed_service);
     let named: HashSet<&str> = [changed_service.as_str()].into();
     timed("apply one backend's weight changed, named", || {
@@ -136,10 +138,40 @@ fn run(services: usize) {
         version,
         "its table was written"
     );
-    let added = parse(&config_text(services, 7, true));
+    let added = parse(&config_text(services, 7, 1));
     let (report, _) = timed("apply one service added", || {
         programmer
             .apply(&dataplane, &added, &mut Static)
+            .expect("apply")
+    });
+    assert_eq!(report.changes.len(), 1, "{:?}", report.changes);
+    // As API edits apply: the service removed by name and added back named,
+    // at once and then as a later call would (the removal's grace period
+    // for the elements it freed passes in the background meanwhile); then
+    // a service new to the data plane, in a slot never used.
+    let extra = format!("svc-{services}");
+    let named: HashSet<&str> = [extra.as_str()].into();
+    for (round, pause) in [("at once", 0), ("100 ms later", 100)] {
+        let (report, _) = timed("remove one service, named", || {
+            programmer
+                .remove(&dataplane, std::slice::from_ref(&extra))
+                .expect("remove")
+        });
+        assert_eq!(report.changes.len(), 1, "{:?}", report.changes);
+        std::thread::sleep(Duration::from_millis(pause));
+        let (report, _) = timed(&format!("add it back, named, {round}"), || {
+            programmer
+                .apply_services(&dataplane, &added, &named, &mut Static)
+                .expect("apply")
+        });
+        assert_eq!(report.changes.len(), 1, "{:?}", report.changes);
+    }
+    let fresh = parse(&config_text(services, 7, 2));
+    let new_name = format!("svc-{}", services + 1);
+    let named: HashSet<&str> = [new_name.as_str()].into();
+    let (report, _) = timed("add a new service, named", || {
+        programmer
+            .apply_services(&dataplane, &fresh, &named, &mut Static)
             .expect("apply")
     });
     assert_eq!(report.changes.len(), 1, "{:?}", report.changes);

@@ -79,7 +79,8 @@ pub fn estimate(config: &Config, cpus: usize) -> MemoryEstimate {
             };
             (crate::abi::TABLE_HEADER as usize + slots) as u64 * 8
         })
-        .sum();
+        .sum::<u64>()
+        + spare_tables(config, &limits);
     // Access rules' hit counters: one per possible rule, per CPU.
     let access_hits = u64::from(abi::AccessLimits::PNLB_MAX_ACCESS_RULES.0) * 8;
     let per_cpu = (u64::from(limits.services) * size_of::<ServiceStats>() as u64
@@ -108,6 +109,13 @@ pub fn estimate(config: &Config, cpus: usize) -> MemoryEstimate {
     }
 }
 
+/// The full-size closed tables kept ahead at the next free service slots
+/// (programmer/spare_tables.rs), as many as fit under max_services.
+fn spare_tables(config: &Config, limits: &Limits) -> u64 {
+    let free = limits.services.saturating_sub(config.services.len() as u32);
+    u64::from(crate::programmer::SPARE_TABLES.min(free)) * u64::from(abi::TABLE_CAPACITY) * 8
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,12 +136,20 @@ mod tests {
             (60 << 20..90 << 20).contains(&default.connections),
             "{default:?}"
         );
-        // One Maglev table of 65,537 slots: about 512 KiB.
-        assert_eq!(default.tables, (2 + 65_537 + 1) * 8);
+        // One Maglev table of 65,537 slots (about 512 KiB), and two
+        // spares of the full capacity.
+        let spares = 2 * u64::from(abi::TABLE_CAPACITY) * 8;
+        assert_eq!(default.tables, (2 + 65_537 + 1) * 8 + spares);
         let small = estimate(&config("", "table_size = 1031"), 2);
-        assert_eq!(small.tables, (2 + 1031 + 1) * 8);
+        assert_eq!(small.tables, (2 + 1031 + 1) * 8 + spares);
         let rr = estimate(&config("", "scheduler = \"rr\""), 2);
-        assert_eq!(rr.tables, (2 + 1) * 8, "a list, not a Maglev table");
+        assert_eq!(
+            rr.tables,
+            (2 + 1) * 8 + spares,
+            "a list, not a Maglev table"
+        );
+        let full = estimate(&config("max_services = 1", "scheduler = \"rr\""), 2);
+        assert_eq!(full.tables, (2 + 1) * 8, "no slot left for a spare");
         let big = estimate(&config("conn_table_size = 1048576", ""), 2);
         assert!(big.connections > 3 * default.connections);
         let more_cpus = estimate(&config("", ""), 64);

@@ -736,6 +736,124 @@ fn a_table_of_the_published_shape_is_rewritten_in_place_and_packets_follow_it() 
     assert_eq!(resized.len, 1033);
 }
 
+/// A new service takes a slot that already holds a closed table (a spare
+/// published ahead, or a removed service's) and opens it in place: no
+/// swap into the map of maps, so no grace period. Its packets pick by the
+/// table at once; a table too long for the closed one is swapped in.
+#[test]
+fn a_new_service_opens_a_spare_or_freed_table_in_place() {
+    if !privileged() {
+        return;
+    }
+    let web = config("dr", "maglev", 3, "table_size = 1031");
+    let mut fixture = Fixture::new(&web);
+    // The spare for the next slot is published in the background.
+    let next = fixture.programmer.service_id("web").unwrap() + 1;
+    let started = std::time::Instant::now();
+    let spare = loop {
+        if let Some(id) = fixture.dataplane.table_map_id(next).unwrap() {
+            break id;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "no spare table at slot {next}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    println!(
+        "spare at slot {next}: map {spare}, after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        fixture.dataplane.published_table(next).unwrap(),
+        None,
+        "closed"
+    );
+    let other = |name: &str, scheduler: &str, extra: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nvip = \"10.77.100.2\"\nport = 80\nmethod = \"dr\"\nscheduler = \"{scheduler}\"\n{extra}\n\
+             [[service.backend]]\naddress = \"10.77.1.15\"\nport = {port}\n\
+             [[service.backend]]\naddress = \"10.77.1.16\"\nport = {port}\n",
+            port = backend_port("dr")
+        )
+    };
+    let steps = [
+        ("a spare", "other", "maglev", "table_size = 1031"),
+        ("a removed service's", "again", "rr", ""),
+    ];
+    let mut previous = spare;
+    for (step, (what, name, scheduler, extra)) in steps.into_iter().enumerate() {
+        let started = std::time::Instant::now();
+        fixture.apply(&format!("{web}{}", other(name, scheduler, extra)));
+        let took = started.elapsed();
+        let id = fixture.programmer.service_id(name).unwrap();
+        let published = fixture.dataplane.published_table(id).unwrap().unwrap();
+        println!(
+            "{what}: {name} ({scheduler}) at slot {id}, map {} (closed one {previous}), {} slots, applied in {took:?}",
+            published.map_id, published.len
+        );
+        assert_eq!(id, next, "{what}: the lowest free slot");
+        assert_eq!(published.map_id, previous, "{what}: opened in place");
+        assert_eq!(
+            published.slots,
+            fixture.programmer.table(name).unwrap(),
+            "{what}"
+        );
+        for sport in 0..20 {
+            let packet = Pkt::tcp(
+                "10.77.0.2",
+                44000 + 100 * step as u16 + sport,
+                "10.77.100.2",
+                80,
+                SYN,
+            );
+            let (verdict, out) = fixture.run(&packet.bytes());
+            assert_eq!(verdict, XDP_TX, "{what}");
+            let sent_to = backend_of(&out);
+            assert!(
+                ["10.77.1.15", "10.77.1.16"].contains(&sent_to.to_string().as_str()),
+                "{what}: sent to {sent_to}"
+            );
+            if scheduler == "maglev" {
+                let predicted = fixture.predicted_backend(
+                    name,
+                    &packet.bytes(),
+                    pnlb_dataplane::abi::HashKey::PNLB_HASH_5TUPLE,
+                );
+                assert_eq!(sent_to, predicted, "{what}: sport {sport}");
+            }
+        }
+        // Removed: its table closed, the slot free for the next step.
+        previous = published.map_id;
+        fixture.apply(&web);
+        assert_eq!(
+            fixture.dataplane.published_table(id).unwrap(),
+            None,
+            "{what}: closed"
+        );
+        assert_eq!(fixture.dataplane.table_map_id(id).unwrap(), Some(previous));
+    }
+    // web's slot (the lowest once it is gone) holds a table of 1031 slots:
+    // too short for the default 65537, so the new one is swapped in.
+    let web_id = fixture.programmer.service_id("web").unwrap();
+    let web_table = fixture.dataplane.table_map_id(web_id).unwrap();
+    fixture.apply(&format!(
+        "[daemon]\ninterfaces = [\"eth0\"]\n{}",
+        other("big", "maglev", "")
+    ));
+    let id = fixture.programmer.service_id("big").unwrap();
+    let published = fixture.dataplane.published_table(id).unwrap().unwrap();
+    println!(
+        "too short: big at slot {id}, map {} (closed one {web_table:?}), {} slots",
+        published.map_id, published.len
+    );
+    assert_eq!(id, web_id);
+    assert_ne!(Some(published.map_id), web_table, "swapped in");
+    assert_eq!((published.len, published.capacity), (65537, 65537));
+    let packet = Pkt::tcp("10.77.0.2", 45000, "10.77.100.2", 80, SYN);
+    assert_eq!(fixture.run(&packet.bytes()).0, XDP_TX);
+}
+
 /// daemon.max_services and max_backends size the maps: a data plane
 /// loaded for 16 services and 64 backends holds that many, and refuses the
 /// 17th service with the limit named.
@@ -790,7 +908,8 @@ fn more_tables_than_one_swap_carries_are_all_published() {
     }
     let services = 1200;
     let mut text = format!(
-        "[daemon]\ninterfaces = [\"eth0\"]\nmax_services = {services}\nmax_backends = {services}\n"
+        "[daemon]\ninterfaces = [\"eth0\"]\nmax_services = {services}\nmax_backends = {}\n",
+        services + 8
     );
     for i in 0..services {
         text += &format!(
@@ -804,7 +923,8 @@ fn more_tables_than_one_swap_carries_are_all_published() {
     let mut options = pnlb_dataplane::LoadOptions::for_tests(65_536);
     options.limits = pnlb_dataplane::Limits {
         services: services as u32,
-        backends: services as u32,
+        // Room for a backend moved while the one it replaced retires.
+        backends: services as u32 + 8,
     };
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -834,6 +954,29 @@ fn more_tables_than_one_swap_carries_are_all_published() {
         XDP_TX,
         "the last one forwards"
     );
+    // The last ones' tables are past the descriptors the programmer keeps
+    // (half of 1,024): moved to another backend, left without one and
+    // given one again, each is swapped whole.
+    let mut fixture = fixture;
+    let block = "[[service.backend]]\naddress = \"10.77.1.20\"\n";
+    let at = text.rfind(block).expect("the last service's backend");
+    let moved = format!(
+        "{}[[service.backend]]\naddress = \"10.77.1.19\"\n{}",
+        &text[..at],
+        &text[at + block.len()..]
+    );
+    let without = format!("{}{}", &text[..at], &text[at + block.len()..]);
+    let syn = |sport| Pkt::tcp("10.77.0.2", sport, "10.90.4.200", 80, SYN);
+    fixture.apply(&moved);
+    let (verdict, out) = fixture.run(&syn(42001).bytes());
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(backend_of(&out).to_string(), "10.77.1.19", "moved");
+    fixture.apply(&without);
+    assert_eq!(fixture.run(&syn(42002).bytes()).0, XDP_DROP, "no backend");
+    fixture.apply(&moved);
+    let (verdict, out) = fixture.run(&syn(42003).bytes());
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(backend_of(&out).to_string(), "10.77.1.19", "back");
 }
 
 /// Many services lose their last backend in one apply (every backend
@@ -876,15 +1019,25 @@ fn services_that_lose_every_backend_at_once_lose_their_tables_together() {
     };
     let syn = |i: usize| Pkt::tcp("10.77.0.2", 42000, &format!("10.90.0.{}", i + 1), 80, SYN);
     assert_eq!(published(&fixture).len(), services);
+    let maps = |fixture: &Fixture| -> Vec<Option<u32>> {
+        (0..services)
+            .map(|i| {
+                let id = fixture.programmer.service_id(&format!("s{i}")).unwrap();
+                fixture.dataplane.table_map_id(id).unwrap()
+            })
+            .collect()
+    };
+    let maps_before = maps(&fixture);
     // All but every fourth lose their backend in one apply.
     fixture.apply(&text(&|i| i % 4 == 0));
     let kept: Vec<usize> = (0..services).filter(|i| i % 4 == 0).collect();
     assert_eq!(published(&fixture), kept);
     assert_eq!(fixture.run(&syn(1).bytes()).0, XDP_DROP, "no backend left");
     assert_eq!(fixture.run(&syn(4).bytes()).0, XDP_TX, "still served");
-    // And back.
+    // And back, each in the table it had (opened in place).
     fixture.apply(&text(&|_| true));
     assert_eq!(published(&fixture).len(), services);
+    assert_eq!(maps(&fixture), maps_before);
     assert_eq!(fixture.run(&syn(1).bytes()).0, XDP_TX);
 }
 
@@ -910,7 +1063,7 @@ fn a_shrunk_table_is_published_with_its_own_length() {
             .collect();
         let used = (after.list_len + after.len) as usize;
         assert!(
-            used <= after.slots.len(),
+            used <= after.capacity as usize && used == after.slots.len(),
             "{scheduler}: the header fits its table"
         );
         assert!(

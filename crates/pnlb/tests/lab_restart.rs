@@ -10,6 +10,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -363,6 +364,67 @@ fn a_restart_of_the_packaged_systemd_unit_keeps_every_flow() {
         "after the restart: {answering}/{IDLE} idle nat connections answer on their own backend"
     );
     assert_eq!(answering, IDLE);
+
+    // Tables changed by the unit's daemon with only its privileges (a
+    // table map can be opened by its id only with CAP_SYS_ADMIN): a
+    // backend removed, the service removed, and the service back.
+    let mut daemon = daemon;
+    let greeted = |lab: &Lab| -> BTreeSet<String> {
+        open_idle(lab, target)
+            .into_iter()
+            .map(|c| c.server)
+            .collect()
+    };
+    let every_server = greeted(&lab);
+    let last = lab.servers.last().expect("servers").ipv4;
+    let without_last = text.replace(
+        &format!("[[service.backend]]\naddress = \"{last}\"\nport = {ECHO_PORT}\n"),
+        "",
+    );
+    let without_service = text[..text.find("\n[[service]]").expect("a service")].to_string();
+    let mut reloads = 0;
+    let mut reload = |daemon: &mut LabProcess, text: &str| {
+        std::fs::write(&path, text).expect("write config");
+        daemon.signal(libc::SIGHUP);
+        reloads += 1;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while daemon
+            .output()
+            .iter()
+            .filter(|l| l.contains("reloaded"))
+            .count()
+            < reloads
+        {
+            assert!(
+                Instant::now() < deadline,
+                "reload {reloads} not applied: {:#?}",
+                daemon.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    reload(&mut daemon, &without_last);
+    let fewer = greeted(&lab);
+    reload(&mut daemon, &without_service);
+    let refused = in_netns(&lab.client, move || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(2)).is_err()
+    })
+    .expect("client namespace");
+    reload(&mut daemon, &text);
+    let back = greeted(&lab);
+    println!(
+        "under the unit's privileges: servers {every_server:?}; {last} removed: {fewer:?}; the service removed: a new connection refused: {refused}; back: {back:?}"
+    );
+    let failed: Vec<String> = daemon
+        .output()
+        .into_iter()
+        .filter(|l| l.contains("pnlb_table") || l.contains("not permitted"))
+        .collect();
+    assert_eq!(failed, Vec::<String>::new(), "table writes refused");
+    assert_eq!(fewer.len() + 1, every_server.len(), "{fewer:?}");
+    assert!(fewer.is_subset(&every_server));
+    assert!(refused, "no service, no connection");
+    assert_eq!(back, every_server);
     let (status, _) = daemon.stop(stop_timeout);
     assert!(status.is_some_and(|s| s.success()));
     let down = pnlb_down(&mut lab);

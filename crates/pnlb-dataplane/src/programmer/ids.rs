@@ -57,6 +57,12 @@ impl IdPool {
         }
     }
 
+    /// The first id never taken (ids from here on are taken only once
+    /// every given-back one is).
+    pub(super) fn first_unused(&self) -> u32 {
+        self.next
+    }
+
     /// Marks `id` taken (a slot found in use in an adopted data plane).
     pub(super) fn claim(&mut self, id: u32) {
         if id >= self.next {

@@ -19,10 +19,12 @@ mod access;
 mod address_set;
 mod adopt;
 mod backends;
+mod held_tables;
 mod ids;
 mod names;
 mod service_entry;
 mod snat;
+mod spare_tables;
 mod table;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -42,6 +44,7 @@ use address_set::{AddressSet, SetMaps};
 use ids::{IdPool, Taken};
 pub use names::{FlowNames, SlotIds};
 pub use service_entry::forwards_statelessly;
+pub(crate) use spare_tables::SPARE_TABLES;
 pub use table::PublishedTable;
 
 /// What an apply did, in words a log can print.
@@ -70,6 +73,10 @@ pub struct Programmer {
     resolved: Resolution,
     /// The services' access rules as written.
     access: access::AccessRules,
+    /// The table maps this process published, open (by service slot).
+    held: held_tables::HeldTables,
+    /// Closed tables published ahead at the next fresh service slots.
+    spares: spare_tables::SpareTables,
 }
 
 /// Backend slot bookkeeping shared by all services.
@@ -358,6 +365,12 @@ impl Programmer {
         }
         self.write_address_sets(dataplane)?;
         self.slots.grace.settle();
+        self.spares.restock(
+            dataplane,
+            &mut self.held,
+            self.service_ids.first_unused(),
+            dataplane.limits().services,
+        );
         Ok(())
     }
 
@@ -375,7 +388,7 @@ impl Programmer {
         // fails halfway): they are written like any other.
         self.slots.unpublished.clear();
         let ids = tables.service_ids();
-        tables.publish(dataplane).inspect_err(|_| {
+        tables.publish(dataplane, &mut self.held).inspect_err(|_| {
             for slot in self.services.values_mut() {
                 if ids.contains(&slot.id) {
                     slot.table_inputs = None;
@@ -416,7 +429,7 @@ impl Programmer {
         }
         self.write_address_sets(dataplane)?;
         for slot in removed {
-            table::close_table(dataplane, slot.id)?;
+            table::close_table(&self.held, slot.id)?;
             for backend in slot.backends.values().chain(slot.retiring.values()) {
                 self.slots.clear_backend(dataplane, backend.id)?;
                 self.slots.backend_ids.give_back(backend.id);
@@ -507,6 +520,7 @@ impl Programmer {
             if new_table != slot.table {
                 tables.add(
                     dataplane,
+                    &self.held,
                     slot.id,
                     &new_table,
                     list_len,
@@ -543,6 +557,8 @@ impl Programmer {
         let Taken { id, fresh } = self
             .service_ids
             .take_or_full(dataplane.limits().services, "services")?;
+        // Its table may be a spare still on its way: not touched before.
+        self.spares.settle(id, &mut self.held);
         if !fresh {
             zero_percpu::<ServiceStats>(&maps.pnlb_service_stats, id, "pnlb_service_stats")?;
             maps.pnlb_rates

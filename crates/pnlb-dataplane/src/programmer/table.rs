@@ -10,6 +10,7 @@ use pnlb_core::config::Scheduler;
 use pnlb_core::maglev::{self, MaglevBackend};
 use pnlb_core::sched;
 
+use super::held_tables::{open_file_limit, HeldTables};
 use super::map_err;
 use crate::abi::{self, TableSlot};
 use crate::loader::{Dataplane, DataplaneError};
@@ -68,21 +69,12 @@ pub(super) fn published_form(table: &[u32], list_len: u16) -> Vec<u32> {
 }
 
 /// Most tables swapped in by one batch: each holds a file descriptor until
-/// it is in the outer map, so half of what the process may open (at least
-/// 64, at most 8,192: a few batches, each a grace period, for the largest
+/// it is in the outer map, so a quarter of what the process may open (the
+/// tables kept afterwards take up to half: [`HeldTables`]), at least 64, at
+/// most 8,192 (a few batches, each a grace period, for the largest
 /// configs).
 pub(super) fn tables_per_swap() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct it is given.
-    let open_files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur
-    } else {
-        1024
-    };
-    (open_files / 2).clamp(64, 8192) as usize
+    (open_file_limit() / 4).clamp(64, 8192)
 }
 
 /// Tables built during an apply, swapped in together. Each update of a
@@ -105,15 +97,18 @@ pub(super) struct PendingTables {
     tables: Vec<MapHandle>,
     /// Services left without a backend.
     emptied: Vec<u32>,
-    /// Their published tables (inner map ids), closed in place: a length
-    /// of 0 reads as no table (pnlb_table_view). Taking a table out of the
-    /// map of maps waits for a grace period, and can only be done one at a
+    /// Their published tables (by service), closed in place: a length of
+    /// 0 reads as no table (pnlb_table_view). Taking a table out of the map
+    /// of maps waits for a grace period, and can only be done one at a
     /// time (no batch delete there): 10,000 services losing their last
     /// backend at once took minutes, the daemon deaf to the API and to
-    /// SIGINT meanwhile.
+    /// SIGINT meanwhile. (One this process does not hold is swapped for a
+    /// closed one in the batch instead.)
     closed: Vec<u32>,
-    /// (service, inner map id, published form) written in place.
-    rewrites: Vec<(u32, u32, Vec<u32>)>,
+    /// (service, published form) written over its held table in place.
+    rewrites: Vec<(u32, Vec<u32>)>,
+    /// (service, published form): its held table, closed, opened in place.
+    reopens: Vec<(u32, Vec<u32>)>,
 }
 
 impl PendingTables {
@@ -125,6 +120,7 @@ impl PendingTables {
     pub(super) fn add(
         &mut self,
         dataplane: &Dataplane,
+        held: &HeldTables,
         service_id: u32,
         table: &[u32],
         list_len: u16,
@@ -132,39 +128,35 @@ impl PendingTables {
     ) -> Result<(), DataplaneError> {
         if table.is_empty() {
             self.emptied.push(service_id);
-            if let Some((inner, _)) = published_map(dataplane, service_id)? {
-                self.closed.push(inner);
+            if held.get(service_id).is_some() {
+                self.closed.push(service_id);
+            } else if published_id(dataplane, service_id)?.is_some() {
+                // Not ours to write: a closed one (length 0) swapped in.
+                self.swap(service_id, &[0; abi::TABLE_HEADER as usize])?;
             }
             return Ok(());
         }
         let mut slots = published_form(table, list_len);
         slots.truncate(abi::TABLE_CAPACITY as usize);
-        if published {
-            if let Some(inner) = same_shape(dataplane, service_id, &slots)? {
-                self.rewrites.push((service_id, inner, slots));
+        if let Some(map) = held.get(service_id) {
+            if published && same_shape(map, &slots)? {
+                self.rewrites.push((service_id, slots));
+                return Ok(());
+            }
+            // Closed (a spare, a removed service's, or this one's while it
+            // had no backend) and long enough: opened in place, no swap.
+            if !published && is_closed(map)? && map.max_entries() as usize >= slots.len() {
+                self.reopens.push((service_id, slots));
                 return Ok(());
             }
         }
-        // As long as this table (the template's BPF_F_INNER_MAP lets each
-        // service's be its own length), and written through a memory
-        // mapping (BPF_F_MMAPABLE): one copy, where an update per slot
-        // cost more than building the table.
-        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
-            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
-            map_flags: libbpf_rs::libbpf_sys::BPF_F_INNER_MAP
-                | libbpf_rs::libbpf_sys::BPF_F_MMAPABLE,
-            ..Default::default()
-        };
-        let inner = MapHandle::create(
-            MapType::Array,
-            Some("pnlb_table"),
-            4,
-            4,
-            slots.len() as u32,
-            &opts,
-        )
-        .map_err(map_err("pnlb_table"))?;
-        write_mapped(&inner, &slots, Write::Fresh).map_err(|err| DataplaneError::Map {
+        self.swap(service_id, &slots)
+    }
+
+    /// A new table map holding `slots`, to be swapped in at `service_id`.
+    fn swap(&mut self, service_id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
+        let inner = table_map(slots.len() as u32)?;
+        write_mapped(&inner, slots, Write::Fresh).map_err(|err| DataplaneError::Map {
             map: "pnlb_table",
             source: libbpf_rs::Error::from(err),
         })?;
@@ -183,20 +175,35 @@ impl PendingTables {
         self.service_ids
             .iter()
             .chain(&self.emptied)
-            .chain(self.rewrites.iter().map(|(id, _, _)| id))
+            .chain(self.rewrites.iter().map(|(id, _)| id))
+            .chain(self.reopens.iter().map(|(id, _)| id))
             .copied()
             .collect()
     }
 
     /// Swaps every added table into its service's slot (one batch update:
-    /// one wait), and closes the emptied ones.
-    pub(super) fn publish(self, dataplane: &Dataplane) -> Result<(), DataplaneError> {
-        for (_, inner, slots) in &self.rewrites {
-            let map = MapHandle::from_map_id(*inner).map_err(map_err("pnlb_table"))?;
-            write_mapped(&map, slots, Write::InPlace).map_err(|err| DataplaneError::Map {
-                map: "pnlb_table",
-                source: libbpf_rs::Error::from(err),
-            })?;
+    /// one wait) and keeps it in `held`; writes the rewritten and reopened
+    /// ones in place, and closes the emptied ones.
+    pub(super) fn publish(
+        self,
+        dataplane: &Dataplane,
+        held: &mut HeldTables,
+    ) -> Result<(), DataplaneError> {
+        let rewrites = self
+            .rewrites
+            .iter()
+            .map(|(id, slots)| (id, slots, Write::InPlace));
+        let reopens = self
+            .reopens
+            .iter()
+            .map(|(id, slots)| (id, slots, Write::Reopen));
+        for (service_id, slots, how) in rewrites.chain(reopens) {
+            if let Some(map) = held.get(*service_id) {
+                write_mapped(map, slots, how).map_err(|err| DataplaneError::Map {
+                    map: "pnlb_table",
+                    source: libbpf_rs::Error::from(err),
+                })?;
+            }
         }
         if !self.tables.is_empty() {
             let keys: Vec<u8> = self
@@ -217,8 +224,8 @@ impl PendingTables {
                 MapFlags::ANY,
                 MapFlags::ANY,
             );
-            match batch {
-                Ok(()) => {}
+            let swapped = match batch {
+                Ok(()) => Ok(()),
                 // A kernel without batch updates of maps of maps: one at
                 // a time (a wait each).
                 Err(err)
@@ -227,76 +234,90 @@ impl PendingTables {
                         libbpf_rs::ErrorKind::Unsupported | libbpf_rs::ErrorKind::InvalidInput
                     ) =>
                 {
-                    for (key, fd) in keys.chunks_exact(4).zip(fds.chunks_exact(4)) {
-                        outer
-                            .update(key, fd, MapFlags::ANY)
-                            .map_err(map_err("pnlb_tables"))?;
-                    }
+                    keys.chunks_exact(4)
+                        .zip(fds.chunks_exact(4))
+                        .try_for_each(|(key, fd)| outer.update(key, fd, MapFlags::ANY))
                 }
-                Err(err) => return Err(map_err("pnlb_tables")(err)),
+                Err(err) => Err(err),
+            };
+            if let Err(err) = swapped {
+                // Some may be in: which table each slot holds is not known.
+                for service_id in &self.service_ids {
+                    held.forget(*service_id);
+                }
+                return Err(map_err("pnlb_tables")(err));
+            }
+            for (service_id, table) in self.service_ids.iter().zip(self.tables) {
+                held.hold(*service_id, table);
             }
         }
-        for inner in &self.closed {
-            let map = MapHandle::from_map_id(*inner).map_err(map_err("pnlb_table"))?;
-            close_in_place(&map).map_err(|err| DataplaneError::Map {
-                map: "pnlb_table",
-                source: libbpf_rs::Error::from(err),
-            })?;
+        for service_id in &self.closed {
+            if let Some(map) = held.get(*service_id) {
+                close_in_place(map).map_err(|err| DataplaneError::Map {
+                    map: "pnlb_table",
+                    source: libbpf_rs::Error::from(err),
+                })?;
+            }
         }
-        // `tables` close here; the outer map holds them now.
         Ok(())
     }
 }
 
-/// The id of the service's published table if it has the shape of
-/// `slots` (the published form of the next one): as many slots, the same
-/// header. None: it must be swapped.
-fn same_shape(
-    dataplane: &Dataplane,
-    service_id: u32,
-    slots: &[u32],
-) -> Result<Option<u32>, DataplaneError> {
-    let Some((id, map)) = published_map(dataplane, service_id)? else {
-        return Ok(None);
-    };
-    if map.max_entries() as usize != slots.len() {
-        return Ok(None);
+/// Whether a published table `map` has the shape of `slots` (the
+/// published form of the next one): room for them, the same header (so
+/// the same lengths). Otherwise it must be swapped.
+fn same_shape(map: &MapHandle, slots: &[u32]) -> Result<bool, DataplaneError> {
+    if (map.max_entries() as usize) < slots.len() {
+        return Ok(false);
     }
-    let header = abi::TABLE_HEADER as usize;
-    let mut published = Vec::with_capacity(header);
-    for slot in 0..header as u32 {
-        let word = map
-            .lookup(&slot.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_err("pnlb_table"))?
-            .and_then(|v| crate::abi::from_bytes::<u32>(&v));
-        published.push(word);
-    }
-    let same = published
+    let header = header_of(map)?;
+    Ok(header
         .iter()
-        .zip(&slots[..header])
-        .all(|(old, new)| *old == Some(*new));
-    Ok(same.then_some(id))
+        .zip(&slots[..abi::TABLE_HEADER as usize])
+        .all(|(old, new)| *old == Some(*new)))
 }
 
-/// The table map published for service slot `service_id`, with its id.
-fn published_map(
-    dataplane: &Dataplane,
-    service_id: u32,
-) -> Result<Option<(u32, MapHandle)>, DataplaneError> {
-    let Some(value) = dataplane
+/// Whether packets read no table from `map` (its length is 0).
+fn is_closed(map: &MapHandle) -> Result<bool, DataplaneError> {
+    let len = header_of(map)?[TableSlot::PNLB_TABLE_LEN_SLOT.0 as usize];
+    Ok(len.is_none_or(|len| len == 0))
+}
+
+/// A table map's header words, as published.
+fn header_of(map: &MapHandle) -> Result<Vec<Option<u32>>, DataplaneError> {
+    (0..abi::TABLE_HEADER)
+        .map(|slot| {
+            Ok(map
+                .lookup(&slot.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err("pnlb_table"))?
+                .and_then(|v| crate::abi::from_bytes::<u32>(&v)))
+        })
+        .collect()
+}
+
+/// A new table map of `slots` u32 slots, all 0: as the program's template
+/// declares it (BPF_F_INNER_MAP lets each be its own length), written
+/// through a memory mapping (BPF_F_MMAPABLE: one copy, where an update
+/// per slot cost more than building the table).
+pub(super) fn table_map(slots: u32) -> Result<MapHandle, DataplaneError> {
+    let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+        map_flags: libbpf_rs::libbpf_sys::BPF_F_INNER_MAP | libbpf_rs::libbpf_sys::BPF_F_MMAPABLE,
+        ..Default::default()
+    };
+    MapHandle::create(MapType::Array, Some("pnlb_table"), 4, 4, slots, &opts)
+        .map_err(map_err("pnlb_table"))
+}
+
+/// The id of the table map published for service slot `service_id` (a
+/// map-in-map lookup from userspace gives the inner map's id).
+fn published_id(dataplane: &Dataplane, service_id: u32) -> Result<Option<u32>, DataplaneError> {
+    Ok(dataplane
         .maps()
         .pnlb_tables
         .lookup(&service_id.to_ne_bytes(), MapFlags::ANY)
         .map_err(map_err("pnlb_tables"))?
-    else {
-        return Ok(None);
-    };
-    // A map-in-map lookup from userspace gives the inner map's id.
-    let Some(id) = crate::abi::from_bytes::<u32>(&value) else {
-        return Ok(None);
-    };
-    let map = MapHandle::from_map_id(id).map_err(map_err("pnlb_table"))?;
-    Ok(Some((id, map)))
+        .and_then(|value| crate::abi::from_bytes::<u32>(&value)))
 }
 
 /// How a table's slots are written through its mapping.
@@ -307,6 +328,10 @@ enum Write {
     /// The published table: each slot one atomic store, header untouched
     /// (it is the same).
     InPlace,
+    /// A published table that is closed: every slot but the length, then
+    /// the length (a release store), so a packet that reads the length
+    /// reads the slots written before it.
+    Reopen,
 }
 
 /// Sets a published table's length to 0 (one atomic store through its
@@ -338,6 +363,15 @@ fn write_mapped(map: &MapHandle, words: &[u32], how: Write) -> std::io::Result<(
                 }
             }
         }
+        Write::Reopen => {
+            let len_slot = TableSlot::PNLB_TABLE_LEN_SLOT.0 as usize;
+            for (i, word) in words.iter().enumerate().filter(|(i, _)| *i != len_slot) {
+                mapped.u32_at(i).store(*word, Ordering::Relaxed);
+            }
+            mapped
+                .u32_at(len_slot)
+                .store(words[len_slot], Ordering::Release);
+        }
     }
     Ok(())
 }
@@ -345,13 +379,14 @@ fn write_mapped(map: &MapHandle, words: &[u32], how: Write) -> std::io::Result<(
 /// A removed service's table, closed in place (length 0: no table to
 /// packets) rather than deleted from the map of maps, which waits for a
 /// grace period (~10 ms, most of a service's removal at 10,000 services).
-/// No entry names its slot any more; the slot's next service swaps in a
-/// table of its own, and until then the closed one keeps its memory.
-pub(super) fn close_table(dataplane: &Dataplane, service_id: u32) -> Result<(), DataplaneError> {
-    let Some((_, map)) = published_map(dataplane, service_id)? else {
+/// No entry names its slot any more; the slot's next service opens it
+/// again in place if it is long enough, or swaps in its own. A table this
+/// process does not hold is left as it is: nothing reaches it.
+pub(super) fn close_table(held: &HeldTables, service_id: u32) -> Result<(), DataplaneError> {
+    let Some(map) = held.get(service_id) else {
         return Ok(());
     };
-    close_in_place(&map).map_err(|err| DataplaneError::Map {
+    close_in_place(map).map_err(|err| DataplaneError::Map {
         map: "pnlb_table",
         source: libbpf_rs::Error::from(err),
     })
@@ -367,19 +402,30 @@ pub struct PublishedTable {
     pub len: u32,
     /// The header's chbl list length.
     pub list_len: u32,
-    /// Every slot after the header, up to the map's capacity.
+    /// The slots after the header that packets read (list_len + len).
     pub slots: Vec<u32>,
+    /// How many slots the map has room for after the header (a map opened
+    /// in place may have room for more than it holds).
+    pub capacity: u32,
 }
 
 impl Dataplane {
+    /// The id of the table map in service slot `service_id`, open or
+    /// closed (a spare, or a removed service's), if there is one.
+    pub fn table_map_id(&self, service_id: u32) -> Result<Option<u32>, DataplaneError> {
+        published_id(self, service_id)
+    }
+
     /// The table packets of service slot `service_id` read now, if any.
     pub fn published_table(
         &self,
         service_id: u32,
     ) -> Result<Option<PublishedTable>, DataplaneError> {
-        let Some((id, inner)) = published_map(self, service_id)? else {
+        // By id, which needs CAP_SYS_ADMIN: for tests and inspection.
+        let Some(id) = published_id(self, service_id)? else {
             return Ok(None);
         };
+        let inner = MapHandle::from_map_id(id).map_err(map_err("pnlb_table"))?;
         let len_slot = TableSlot::PNLB_TABLE_LEN_SLOT.0;
         // Closed (its service has no backend): packets read no table.
         let closed = inner
@@ -401,13 +447,19 @@ impl Dataplane {
         }
         words.sort_unstable();
         let value = |slot: TableSlot| words.get(slot.0 as usize).map_or(0, |w| w.1);
+        let (len, list_len) = (
+            value(TableSlot::PNLB_TABLE_LEN_SLOT),
+            value(TableSlot::PNLB_TABLE_LIST_SLOT),
+        );
         Ok(Some(PublishedTable {
             map_id: id,
-            len: value(TableSlot::PNLB_TABLE_LEN_SLOT),
-            list_len: value(TableSlot::PNLB_TABLE_LIST_SLOT),
+            len,
+            list_len,
+            capacity: inner.max_entries().saturating_sub(abi::TABLE_HEADER),
             slots: words
                 .iter()
                 .skip(abi::TABLE_HEADER as usize)
+                .take((len + list_len) as usize)
                 .map(|w| w.1)
                 .collect(),
         }))

@@ -129,6 +129,7 @@ pub fn run(path: &Path) -> Result<()> {
     for interface in &config.daemon.interfaces {
         pnlb_dataplane::loader::ifindex_of(interface)?;
     }
+    raise_open_file_limit();
 
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
@@ -775,6 +776,26 @@ impl Daemon {
         Done {
             done: what,
             config_version: self.version,
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one, as systemd asks
+/// of a program that needs many: the programmer keeps a descriptor per
+/// scheduling table (to write it in place) within half the soft limit,
+/// which a shell leaves at 1,024.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct given, for
+    // this process.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }

@@ -1,0 +1,68 @@
+//! The table maps this process put into the map of maps, kept open.
+//!
+//! Writing a published table in place, closing it and opening it again
+//! need a file descriptor of it. Reading one back from the map of maps
+//! gives only the map's id, and an id becomes a descriptor only with
+//! CAP_SYS_ADMIN (BPF_MAP_GET_FD_BY_ID), which the packaged unit does not
+//! grant. So the descriptor a table was created with is kept, as many as
+//! half the open-file limit allows; a table not kept (over that budget,
+//! or published by an earlier process) is swapped whole when it changes,
+//! as every table was before in-place writes.
+
+use std::collections::HashMap;
+
+use libbpf_rs::MapHandle;
+
+pub(super) struct HeldTables {
+    /// By service slot.
+    maps: HashMap<u32, MapHandle>,
+    /// Most descriptors kept.
+    budget: usize,
+}
+
+impl Default for HeldTables {
+    fn default() -> Self {
+        Self {
+            maps: HashMap::new(),
+            budget: open_file_limit() / 2,
+        }
+    }
+}
+
+impl HeldTables {
+    /// The table published at `slot`, if this process holds it.
+    pub(super) fn get(&self, slot: u32) -> Option<&MapHandle> {
+        self.maps.get(&slot)
+    }
+
+    /// Keeps `map`, now published at `slot` (the one it replaced is
+    /// closed), if the budget allows.
+    pub(super) fn hold(&mut self, slot: u32, map: MapHandle) {
+        if self.maps.contains_key(&slot) || self.has_room() {
+            self.maps.insert(slot, map);
+        }
+    }
+
+    /// `slot`'s table is no longer known to be the one published there.
+    pub(super) fn forget(&mut self, slot: u32) {
+        self.maps.remove(&slot);
+    }
+
+    pub(super) fn has_room(&self) -> bool {
+        self.maps.len() < self.budget
+    }
+}
+
+/// The process's soft limit on open files.
+pub(super) fn open_file_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    }
+}
