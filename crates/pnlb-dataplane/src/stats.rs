@@ -216,15 +216,21 @@ impl Dataplane {
         )?))
     }
 
+    /// Every service slot's counters, by slot, in one batched read (one
+    /// system call for all, where a read per service took ~10,000 at
+    /// 10,000 services).
+    pub fn every_service_counters(&self) -> Vec<ServiceCounters> {
+        crate::batch::per_cpu_array_values(&self.maps().pnlb_service_stats)
+            .iter()
+            .map(|cpus| service_total(cpus))
+            .collect()
+    }
+
     /// Every slot's counters, read now ([`CounterSnapshot`]).
     pub fn counter_snapshot(&self) -> CounterSnapshot {
         let maps = self.maps();
         CounterSnapshot {
-            services: by_slot(
-                crate::batch::per_cpu_array_values(&maps.pnlb_service_stats)
-                    .iter()
-                    .map(|cpus| service_total(cpus)),
-            ),
+            services: by_slot(self.every_service_counters()),
             backends: by_slot(
                 crate::batch::per_cpu_array_values(&maps.pnlb_backend_stats)
                     .iter()

@@ -900,7 +900,8 @@ fn the_data_plane_holds_the_services_its_maps_were_sized_for() {
 
 /// An apply swaps its tables in batches of a bounded size (each pending
 /// table is an open file): with the open-file limit at 1,024, 1,200
-/// services take three, and every one is published.
+/// services take ten, and every one is published. The programmer keeps
+/// 640 of them open; the others' changes are swapped in whole.
 #[test]
 fn more_tables_than_one_swap_carries_are_all_published() {
     if !privileged() {

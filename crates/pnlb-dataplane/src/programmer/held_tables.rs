@@ -5,7 +5,9 @@
 //! gives only the map's id, and an id becomes a descriptor only with
 //! CAP_SYS_ADMIN (BPF_MAP_GET_FD_BY_ID), which the packaged unit does not
 //! grant. So the descriptor a table was created with is kept, as many as
-//! half the open-file limit allows; a table not kept (over that budget,
+//! five eighths of the open-file limit (an apply's batch of new tables
+//! takes up to an eighth more, the rest is the daemon's sockets and
+//! maps); a table not kept (over that budget,
 //! or published by an earlier process) is swapped whole when it changes,
 //! as every table was before in-place writes.
 
@@ -18,13 +20,16 @@ pub(super) struct HeldTables {
     maps: HashMap<u32, MapHandle>,
     /// Most descriptors kept.
     budget: usize,
+    /// A table was refused for want of budget (to say once).
+    over_budget: Option<bool>,
 }
 
 impl Default for HeldTables {
     fn default() -> Self {
         Self {
             maps: HashMap::new(),
-            budget: open_file_limit() / 2,
+            budget: open_file_limit() / 8 * 5,
+            over_budget: None,
         }
     }
 }
@@ -40,7 +45,22 @@ impl HeldTables {
     pub(super) fn hold(&mut self, slot: u32, map: MapHandle) {
         if self.maps.contains_key(&slot) || self.has_room() {
             self.maps.insert(slot, map);
+        } else if self.over_budget.is_none() {
+            self.over_budget = Some(false);
         }
+    }
+
+    /// The first time a table could not be kept: what to tell the operator.
+    pub(super) fn budget_problem(&mut self) -> Option<String> {
+        if self.over_budget != Some(false) {
+            return None;
+        }
+        self.over_budget = Some(true);
+        Some(format!(
+            "scheduling tables: {} kept open (5/8 of the open-file limit, {}); changes to the others' tables are swapped in whole and wait for an RCU grace period each apply, and new services get no spare table. Raise LimitNOFILE (ulimit -n)",
+            self.maps.len(),
+            open_file_limit()
+        ))
     }
 
     /// `slot`'s table is no longer known to be the one published there.

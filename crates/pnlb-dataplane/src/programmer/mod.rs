@@ -351,6 +351,7 @@ impl Programmer {
             }
         }
         self.publish_tables(dataplane, tables)?;
+        report.problems.extend(self.held.budget_problem());
         for service in changed {
             // Every configured service has its slot from apply_service.
             let Some(slot) = self.services.get_mut(&service.name) else {

@@ -69,12 +69,12 @@ pub(super) fn published_form(table: &[u32], list_len: u16) -> Vec<u32> {
 }
 
 /// Most tables swapped in by one batch: each holds a file descriptor until
-/// it is in the outer map, so a quarter of what the process may open (the
-/// tables kept afterwards take up to half: [`HeldTables`]), at least 64, at
-/// most 8,192 (a few batches, each a grace period, for the largest
-/// configs).
+/// it is in the outer map, so an eighth of what the process may open (the
+/// tables kept afterwards take up to five eighths: [`HeldTables`]), at
+/// least 64, at most 8,192 (a few batches, each a grace period, for the
+/// largest configs).
 pub(super) fn tables_per_swap() -> usize {
-    (open_file_limit() / 4).clamp(64, 8192)
+    (open_file_limit() / 8).clamp(64, 8192)
 }
 
 /// Tables built during an apply, swapped in together. Each update of a

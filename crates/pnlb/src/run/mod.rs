@@ -782,7 +782,7 @@ impl Daemon {
 
 /// Raises the soft limit on open files to the hard one, as systemd asks
 /// of a program that needs many: the programmer keeps a descriptor per
-/// scheduling table (to write it in place) within half the soft limit,
+/// scheduling table (to write it in place) within 5/8 of the soft limit,
 /// which a shell leaves at 1,024.
 fn raise_open_file_limit() {
     let mut limit = libc::rlimit {
@@ -823,6 +823,24 @@ fn index_services(config: &Config) -> HashMap<String, usize> {
         .enumerate()
         .map(|(i, s)| (s.name.clone(), i))
         .collect()
+}
+
+/// [`index_services`] after `name` was inserted at `at`: those after it
+/// move up one.
+fn index_added(index: &mut HashMap<String, usize>, name: &str, at: usize) {
+    for i in index.values_mut().filter(|i| **i >= at) {
+        *i += 1;
+    }
+    index.insert(name.to_string(), at);
+}
+
+/// [`index_services`] after `name` was removed from `at`: those after it
+/// move down one.
+fn index_removed(index: &mut HashMap<String, usize>, name: &str, at: usize) {
+    index.remove(name);
+    for i in index.values_mut().filter(|i| **i > at) {
+        *i -= 1;
+    }
 }
 
 /// nat/snat replies whose next hop is not resolved yet go through the
@@ -869,5 +887,31 @@ fn log_report(report: &ApplyReport) {
     }
     for problem in &report.problems {
         warning!("{problem}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_shifted_by_an_edit_is_the_index_built_again() {
+        let names = |list: &[&str]| -> HashMap<String, usize> {
+            list.iter()
+                .enumerate()
+                .map(|(i, n)| (n.to_string(), i))
+                .collect()
+        };
+        let mut index = names(&["a", "b", "c"]);
+        index_added(&mut index, "d", 3);
+        assert_eq!(index, names(&["a", "b", "c", "d"]));
+        index_added(&mut index, "x", 1);
+        assert_eq!(index, names(&["a", "x", "b", "c", "d"]));
+        index_removed(&mut index, "a", 0);
+        assert_eq!(index, names(&["x", "b", "c", "d"]));
+        index_removed(&mut index, "c", 2);
+        assert_eq!(index, names(&["x", "b", "d"]));
+        index_removed(&mut index, "d", 2);
+        assert_eq!(index, names(&["x", "b"]));
     }
 }

@@ -40,10 +40,16 @@ impl Episode {
     }
 }
 
+/// The refusals watched per service.
+const WATCHED: [Reason; 2] = [
+    Reason::PNLB_DROP_SNAT_EXHAUSTED,
+    Reason::PNLB_DROP_RATE_LIMITED,
+];
+
 #[derive(Default)]
 pub(super) struct PressureWatch {
-    /// (service, reason) -> episode.
-    services: HashMap<(String, u32), Episode>,
+    /// service -> an episode per reason of [`WATCHED`].
+    services: HashMap<String, [Episode; 2]>,
     table_full: Episode,
     /// New flows per service at the last check, for the opening rate.
     new_flows: HashMap<String, (u64, Instant)>,
@@ -70,26 +76,29 @@ impl PressureWatch {
             }
         }
         let mut resting = 0.0;
+        let every = dataplane.every_service_counters();
         for service in &config.services {
             let Some(id) = programmer.service_id(&service.name) else {
                 continue;
             };
-            let Ok(counters) = dataplane.service_counters(id) else {
+            let Some(counters) = every.get(id as usize) else {
                 continue;
             };
             let rate = self.opening_rate(&service.name, counters.new_flows);
             if let (Some(snat), Some(rate)) = (&service.snat, rate) {
                 resting += rate * snat.reuse_after.as_secs_f64();
             }
-            for reason in [
-                Reason::PNLB_DROP_SNAT_EXHAUSTED,
-                Reason::PNLB_DROP_RATE_LIMITED,
-            ] {
+            // Looked up by name before a key is made: a name allocated per
+            // service and check was much of a check at 10,000 services.
+            if !self.services.contains_key(&service.name) {
+                self.services
+                    .insert(service.name.clone(), Default::default());
+            }
+            let Some(episodes) = self.services.get_mut(&service.name) else {
+                continue;
+            };
+            for (reason, episode) in WATCHED.into_iter().zip(episodes.iter_mut()) {
                 let count = counters.drops[reason.0 as usize];
-                let episode = self
-                    .services
-                    .entry((service.name.clone(), reason.0))
-                    .or_default();
                 match episode.observe(count) {
                     Some((true, n)) => warning!("{}", episode_start(service, reason, n, rate)),
                     Some((false, n)) => info!(
@@ -122,9 +131,11 @@ impl PressureWatch {
     /// New flows per second since the last check.
     fn opening_rate(&mut self, service: &str, new_flows: u64) -> Option<f64> {
         let now = Instant::now();
-        let (before, then) = self
-            .new_flows
-            .insert(service.to_string(), (new_flows, now))?;
+        let Some(last) = self.new_flows.get_mut(service) else {
+            self.new_flows.insert(service.to_string(), (new_flows, now));
+            return None;
+        };
+        let (before, then) = std::mem::replace(last, (new_flows, now));
         let seconds = now.duration_since(then).as_secs_f64();
         (seconds > 0.0).then(|| new_flows.saturating_sub(before) as f64 / seconds)
     }
