@@ -6,6 +6,7 @@
 //! held to them, so the API accepts nothing a file would not, and a
 //! rejected edit is undone.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
@@ -175,13 +176,31 @@ pub struct Applied {
     pub change: Change,
 }
 
-/// Applies `edit` to `document` in place.
+/// Applies `edit` to `document` in place, finding services by a search
+/// (the tests' way; the daemon has an index).
+#[cfg(test)]
 pub fn apply(document: &mut Document, edit: &Edit) -> Result<Applied, ApiError> {
-    let (what, change) = edit_document(document, edit)?;
+    let (what, change) = edit_document(document, edit, None)?;
     Ok(Applied { what, change })
 }
 
-fn edit_document(document: &mut Document, edit: &Edit) -> Result<(String, Change), ApiError> {
+/// [`apply`], finding services by `index` (name -> place in the document,
+/// kept in step with it by the daemon): a search of 10,000 services was
+/// half of an edit. A place the document does not confirm is searched for.
+pub fn apply_indexed(
+    document: &mut Document,
+    edit: &Edit,
+    index: &HashMap<String, usize>,
+) -> Result<Applied, ApiError> {
+    let (what, change) = edit_document(document, edit, Some(index))?;
+    Ok(Applied { what, change })
+}
+
+fn edit_document(
+    document: &mut Document,
+    edit: &Edit,
+    index: Option<&HashMap<String, usize>>,
+) -> Result<(String, Change), ApiError> {
     match edit {
         Edit::AddService(body) => {
             let table = table_from(body)?;
@@ -192,7 +211,7 @@ fn edit_document(document: &mut Document, edit: &Edit) -> Result<(String, Change
                     ApiError::new(400, "the service has no name").with_fix("add \"name\": \"web\"")
                 })?
                 .to_string();
-            if find_service(document, &name).is_some() {
+            if find_service(document, &name, index).is_some() {
                 return Err(ApiError::new(409, format!("service {name} exists"))
                     .with_fix(format!("change it with PUT /api/v1/services/{name}")));
             }
@@ -217,7 +236,7 @@ fn edit_document(document: &mut Document, edit: &Edit) -> Result<(String, Change
                     table.insert("name".into(), Value::String(name.clone()));
                 }
             }
-            let index = service_index(document, name)?;
+            let index = service_index(document, name, index)?;
             let before = std::mem::replace(&mut services_mut(document)[index], Value::Table(table));
             Ok((
                 format!("service {name} replaced"),
@@ -225,7 +244,7 @@ fn edit_document(document: &mut Document, edit: &Edit) -> Result<(String, Change
             ))
         }
         Edit::RemoveService(name) => {
-            let index = service_index(document, name)?;
+            let index = service_index(document, name, index)?;
             let before = services_mut(document).remove(index);
             Ok((
                 format!("service {name} removed"),
@@ -234,7 +253,7 @@ fn edit_document(document: &mut Document, edit: &Edit) -> Result<(String, Change
         }
         Edit::AddBackend(name, body) => {
             let table = table_from(body)?;
-            let index = service_index(document, name)?;
+            let index = service_index(document, name, index)?;
             let address = table
                 .get("address")
                 .and_then(Value::as_str)
@@ -262,7 +281,7 @@ fn edit_document(document: &mut Document, edit: &Edit) -> Result<(String, Change
         }
         Edit::ReplaceBackend(name, selector, body) => {
             let table = table_from(body)?;
-            let service = service_index(document, name)?;
+            let service = service_index(document, name, index)?;
             let backend = backend_index(document, service, selector)?;
             let before = services(document)[service].clone();
             backends_mut(document, service)[backend] = Value::Table(table);
@@ -272,7 +291,7 @@ fn edit_document(document: &mut Document, edit: &Edit) -> Result<(String, Change
             ))
         }
         Edit::RemoveBackend(name, selector) => {
-            let service = service_index(document, name)?;
+            let service = service_index(document, name, index)?;
             let backend = backend_index(document, service, selector)?;
             let before = services(document)[service].clone();
             backends_mut(document, service).remove(backend);
@@ -322,14 +341,28 @@ fn array_at<'a>(table: &'a mut toml::Table, key: &str) -> &'a mut Vec<Value> {
     }
 }
 
-fn find_service(document: &Document, name: &str) -> Option<usize> {
-    services(document)
-        .iter()
-        .position(|s| s.get("name").and_then(Value::as_str) == Some(name))
+fn find_service(
+    document: &Document,
+    name: &str,
+    index: Option<&HashMap<String, usize>>,
+) -> Option<usize> {
+    let services = services(document);
+    let named = |s: &Value| s.get("name").and_then(Value::as_str) == Some(name);
+    match index.map(|index| index.get(name).copied()) {
+        Some(Some(place)) if services.get(place).is_some_and(named) => Some(place),
+        // Not indexed: not there (a duplicate name would also be refused
+        // by the rules across services).
+        Some(None) => None,
+        _ => services.iter().position(named),
+    }
 }
 
-fn service_index(document: &Document, name: &str) -> Result<usize, ApiError> {
-    find_service(document, name).ok_or_else(|| {
+fn service_index(
+    document: &Document,
+    name: &str,
+    index: Option<&HashMap<String, usize>>,
+) -> Result<usize, ApiError> {
+    find_service(document, name, index).ok_or_else(|| {
         ApiError::new(404, format!("no service named {name:?}"))
             .with_fix("GET /api/v1/services lists them")
     })
@@ -413,6 +446,37 @@ address = "10.77.1.12"
 
     fn valid(document: &Document) -> pnlb_core::config::Config {
         pnlb_core::config::validate_document(Path::new("api"), document).unwrap()
+    }
+
+    #[test]
+    fn an_index_finds_what_a_search_finds_and_a_stale_place_is_searched_for() {
+        let index_of = |doc: &Document| -> HashMap<String, usize> {
+            services(doc)
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| Some((s.get("name")?.as_str()?.to_string(), i)))
+                .collect()
+        };
+        let mut doc = document();
+        let body = serde_json::json!({
+            "name": "dns", "vip": "10.77.100.1", "port": 53, "protocol": "udp",
+            "backend": [{"address": "10.77.1.21"}]
+        });
+        let index = index_of(&doc);
+        apply_indexed(&mut doc, &Edit::AddService(body.clone()), &index).unwrap();
+        let index = index_of(&doc);
+        let again = apply_indexed(&mut doc, &Edit::AddService(body), &index).unwrap_err();
+        assert_eq!(again.status, 409);
+        let mut stale = index.clone();
+        stale.insert("dns".into(), 0);
+        let removed = apply_indexed(&mut doc, &Edit::RemoveService("dns".into()), &stale).unwrap();
+        assert!(
+            matches!(removed.change, Change::Removed(1, _)),
+            "{removed:?}"
+        );
+        let index = index_of(&doc);
+        let gone = apply_indexed(&mut doc, &Edit::RemoveService("dns".into()), &index);
+        assert_eq!(gone.unwrap_err().status, 404);
     }
 
     #[test]

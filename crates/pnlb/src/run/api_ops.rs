@@ -67,7 +67,7 @@ impl Daemon {
     fn edit(&mut self, edit: &Edit) -> Result<Done, ApiError> {
         let origin = Path::new("API request");
         let document = self.document.get();
-        let Applied { what, change } = edit::apply(document, edit)?;
+        let Applied { what, change } = edit::apply_indexed(document, edit, &self.service_index)?;
         let swap = match edit::revalidate(
             origin,
             document,
