@@ -296,3 +296,58 @@ fn a_source_holds_at_most_its_flows_open_under_load() {
         "every spoofed SYN past the source's 10 flows refused: {limited} of {flooded}"
     );
 }
+
+/// new_flow_rate: a burst of SYNs over the service's 20 new flows a second
+/// is refused, and the daemon says so once and says once when it is over.
+/// A dr service has no SNAT rate to watch, so the daemon looks at it only
+/// because a refusal was counted since its last look.
+#[test]
+fn a_service_over_its_new_flow_rate_is_said_once_and_when_it_ends() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::up(&LabSpec::default()).expect("lab");
+    let everyone: Vec<usize> = (0..lab.servers.len()).collect();
+    let limited = lab.config("dr", 80, &everyone).replace(
+        "scheduler = \"maglev\"\n",
+        // rr: a dr Maglev service forwards statelessly over its rate.
+        "scheduler = \"rr\"\nnew_flow_rate = 20\nnew_flow_burst = 20\n",
+    );
+    let path = write_config(&lab, &limited);
+    let mut daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    let flood = pnlb_lab::spoof::start(
+        &lab.client,
+        pnlb_lab::spoof::Flood {
+            kind: pnlb_lab::spoof::Kind::Syn,
+            source: Ipv4Addr::new(10, 77, 0, 98),
+            target: std::net::SocketAddrV4::new(VIP4, 80),
+            count: 2_000,
+            limit: Duration::from_secs(3),
+            rate: 1_000,
+            seed: 0x5e1f,
+            repeat_each: 0,
+        },
+    )
+    .expect("flood");
+    // finish() stops it: the 3 s it was given first.
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = flood.finish().expect("flood sent");
+    let started = daemon
+        .wait_for_line("over new_flow_rate", Duration::from_secs(15))
+        .expect("the refusals said");
+    let ended = daemon
+        .wait_for_line("no longer refusing", Duration::from_secs(20))
+        .expect("their end said");
+    let (_, output) = daemon.stop(Duration::from_secs(10));
+    let said = output
+        .iter()
+        .filter(|l| l.contains("over new_flow_rate"))
+        .count();
+    let limited = not_forwarded(&output, "drop_rate_limited");
+    eprintln!(
+        "{} SYNs at 1,000/s: {limited} refused; said: {started:?}, then {ended:?} ({said} start line(s))",
+        sent.packets
+    );
+    assert_eq!(said, 1, "one episode, one line");
+    assert!(limited > sent.packets / 2, "{limited} of {}", sent.packets);
+}
