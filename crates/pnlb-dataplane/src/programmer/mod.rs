@@ -271,15 +271,28 @@ impl Programmer {
         names: &HashSet<&str>,
         resolver: &mut dyn Resolver,
     ) -> Result<ApplyReport, DataplaneError> {
-        let mut report = ApplyReport::default();
         let named: Vec<&ServiceConfig> = config
             .services
             .iter()
             .filter(|s| names.contains(s.name.as_str()))
             .collect();
+        self.apply_given(dataplane, &named, resolver)
+    }
+
+    /// [`Self::apply_services`] for services in hand (an API edit has its
+    /// one: picking it out of 10,000 by name was most of the programmer's
+    /// part of an edit).
+    pub fn apply_given(
+        &mut self,
+        dataplane: &Dataplane,
+        named: &[&ServiceConfig],
+        resolver: &mut dyn Resolver,
+    ) -> Result<ApplyReport, DataplaneError> {
+        let mut report = ApplyReport::default();
         let resolution = resolver.resolve_some(&backend_addresses(named.iter().copied()));
         let changed: Vec<&ServiceConfig> = named
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|service| {
                 !self.is_applied(service)
                     || service

@@ -2,11 +2,10 @@
 //! (one service validated, the rules across services checked, room
 //! checked, then that service adopted), drains, zeroing.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
-use pnlb_core::config::Config;
+use pnlb_core::config::{Config, Service};
 
 use super::{endpoint, index_added, index_removed, log_written, warn_without_forwarding, Daemon};
 use crate::api::edit::{self, Applied, BackendSelector, Edit, Swap};
@@ -189,12 +188,19 @@ impl Daemon {
             Swap::Removed(..) => self
                 .programmer
                 .remove(&self.dataplane, std::slice::from_ref(&name)),
-            _ => self.programmer.apply_services(
-                &self.dataplane,
-                &self.applied,
-                &HashSet::from([name.as_str()]),
-                &mut self.next_hops,
-            ),
+            _ => {
+                // At its index (the effective list follows the config's),
+                // searched for only if it is not there.
+                let services = &self.applied.services;
+                let service: Vec<&Service> = services
+                    .get(index)
+                    .filter(|s| s.name == name)
+                    .or_else(|| services.iter().find(|s| s.name == name))
+                    .into_iter()
+                    .collect();
+                self.programmer
+                    .apply_given(&self.dataplane, &service, &mut self.next_hops)
+            }
         };
         log_written(written);
         // Said at start and reload; again only when this edit brings
