@@ -20,8 +20,10 @@ pub(super) struct HeldTables {
     maps: HashMap<u32, MapHandle>,
     /// Most descriptors kept.
     budget: usize,
-    /// A table was refused for want of budget (to say once).
-    over_budget: Option<bool>,
+    /// A table was not kept for want of budget.
+    refused_one: bool,
+    /// ... and the operator was told (once is enough).
+    told: bool,
 }
 
 impl Default for HeldTables {
@@ -29,7 +31,8 @@ impl Default for HeldTables {
         Self {
             maps: HashMap::new(),
             budget: open_file_limit() / 8 * 5,
-            over_budget: None,
+            refused_one: false,
+            told: false,
         }
     }
 }
@@ -40,22 +43,22 @@ impl HeldTables {
         self.maps.get(&slot)
     }
 
-    /// Keeps `map`, now published at `slot` (the one it replaced is
-    /// closed), if the budget allows.
+    /// Keeps `map`, now published at `slot` (the descriptor of the one it
+    /// replaced is closed), if the budget allows.
     pub(super) fn hold(&mut self, slot: u32, map: MapHandle) {
         if self.maps.contains_key(&slot) || self.has_room() {
             self.maps.insert(slot, map);
-        } else if self.over_budget.is_none() {
-            self.over_budget = Some(false);
+        } else {
+            self.refused_one = true;
         }
     }
 
     /// The first time a table could not be kept: what to tell the operator.
     pub(super) fn budget_problem(&mut self) -> Option<String> {
-        if self.over_budget != Some(false) {
+        if !self.refused_one || self.told {
             return None;
         }
-        self.over_budget = Some(true);
+        self.told = true;
         Some(format!(
             "scheduling tables: {} kept open (5/8 of the open-file limit, {}); changes to the others' tables are swapped in whole and wait for an RCU grace period each apply, and new services get no spare table. Raise LimitNOFILE (ulimit -n)",
             self.maps.len(),

@@ -37,6 +37,9 @@ pub(super) struct SpareTables {
     /// Spares on their way: slot -> the worker's ticket, and the table.
     pending: BTreeMap<u32, (u64, MapHandle)>,
     worker: Option<Worker>,
+    /// No worker could be started, or a spare could not be put in: none is
+    /// tried again (each try would make a full-size table for nothing).
+    given_up: bool,
 }
 
 /// Publishes spares into the data plane's map of maps, in order.
@@ -88,15 +91,28 @@ impl Worker {
         })
     }
 
-    /// Whether `ticket` is through and in (Some(true)) or failed
-    /// (Some(false)); None: still on its way. `wait`: until it is through.
-    fn outcome(&self, ticket: u64, wait: bool) -> Option<bool> {
+    fn is_through(&self, ticket: u64) -> bool {
+        self.done
+            .0
+            .lock()
+            .map_or(true, |done| done.through >= ticket)
+    }
+
+    /// Waits until `ticket` is through; whether its spare went in.
+    fn went_in(&self, ticket: u64) -> bool {
         let (lock, changed) = &*self.done;
-        let mut done = lock.lock().ok()?;
-        while wait && done.through < ticket {
-            done = changed.wait(done).ok()?;
+        let Ok(mut done) = lock.lock() else {
+            return false;
+        };
+        while done.through < ticket {
+            match changed.wait(done) {
+                Ok(next) => done = next,
+                Err(_) => return false,
+            }
         }
-        (done.through >= ticket).then(|| !done.failed.contains(&ticket))
+        let failed = done.failed.len();
+        done.failed.retain(|t| *t != ticket);
+        done.failed.len() == failed
     }
 }
 
@@ -118,12 +134,10 @@ impl SpareTables {
         let Some((ticket, table)) = self.pending.remove(&slot) else {
             return;
         };
-        let went_in = self
-            .worker
-            .as_ref()
-            .and_then(|worker| worker.outcome(ticket, true));
-        if went_in == Some(true) {
+        if self.worker.as_ref().is_some_and(|w| w.went_in(ticket)) {
             held.hold(slot, table);
+        } else {
+            self.given_up = true;
         }
     }
 
@@ -142,11 +156,7 @@ impl SpareTables {
         let through: Vec<u32> = self
             .pending
             .iter()
-            .filter(|(_, (ticket, _))| {
-                self.worker
-                    .as_ref()
-                    .is_some_and(|w| w.outcome(*ticket, false).is_some())
-            })
+            .filter(|(_, (ticket, _))| self.worker.as_ref().is_some_and(|w| w.is_through(*ticket)))
             .map(|(slot, _)| *slot)
             .collect();
         for slot in through {
@@ -156,7 +166,7 @@ impl SpareTables {
         let missing: Vec<u32> = wanted
             .filter(|slot| held.get(*slot).is_none() && !self.pending.contains_key(slot))
             .collect();
-        if missing.is_empty() || !held.has_room() {
+        if missing.is_empty() || !held.has_room() || self.given_up {
             return;
         }
         if self.worker.is_none() {
@@ -165,6 +175,7 @@ impl SpareTables {
         }
         // No thread: new services swap their tables in.
         let Some(worker) = self.worker.as_mut() else {
+            self.given_up = true;
             return;
         };
         for slot in missing {
