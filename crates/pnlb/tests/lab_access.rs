@@ -67,6 +67,31 @@ fn not_forwarded(output: &[String], reason: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `count` spoofed SYNs from 10.77.0.98 to the VIP's port 80, `rate` a
+/// second for at most `seconds`.
+fn syn_flood(
+    lab: &Lab,
+    count: u64,
+    rate: u64,
+    seconds: u64,
+    seed: u32,
+) -> pnlb_lab::spoof::Running {
+    pnlb_lab::spoof::start(
+        &lab.client,
+        pnlb_lab::spoof::Flood {
+            kind: pnlb_lab::spoof::Kind::Syn,
+            source: Ipv4Addr::new(10, 77, 0, 98),
+            target: std::net::SocketAddrV4::new(VIP4, 80),
+            count,
+            limit: Duration::from_secs(seconds),
+            rate,
+            seed,
+            repeat_each: 0,
+        },
+    )
+    .expect("flood")
+}
+
 #[test]
 fn allowed_clients_are_served_under_load_and_denied_ones_are_not() {
     if !privileged() {
@@ -177,20 +202,7 @@ fn a_flooding_source_spends_its_own_budget_not_the_services() {
     );
     let path = write_config(&lab, &limited);
     let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
-    let flood = pnlb_lab::spoof::start(
-        &lab.client,
-        pnlb_lab::spoof::Flood {
-            kind: pnlb_lab::spoof::Kind::Syn,
-            source: Ipv4Addr::new(10, 77, 0, 98),
-            target: std::net::SocketAddrV4::new(VIP4, 80),
-            count: 90_000,
-            limit: Duration::from_secs(5),
-            rate: 30_000,
-            seed: 0xf100d,
-            repeat_each: 0,
-        },
-    )
-    .expect("flood");
+    let flood = syn_flood(&lab, 90_000, 30_000, 5, 0xf100d);
     let started = std::time::Instant::now();
     let (mut ok, mut failed) = (0u32, 0u32);
     while started.elapsed() < Duration::from_secs(3) {
@@ -315,20 +327,7 @@ fn a_service_over_its_new_flow_rate_is_said_once_and_when_it_ends() {
     );
     let path = write_config(&lab, &limited);
     let mut daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
-    let flood = pnlb_lab::spoof::start(
-        &lab.client,
-        pnlb_lab::spoof::Flood {
-            kind: pnlb_lab::spoof::Kind::Syn,
-            source: Ipv4Addr::new(10, 77, 0, 98),
-            target: std::net::SocketAddrV4::new(VIP4, 80),
-            count: 2_000,
-            limit: Duration::from_secs(3),
-            rate: 1_000,
-            seed: 0x5e1f,
-            repeat_each: 0,
-        },
-    )
-    .expect("flood");
+    let flood = syn_flood(&lab, 2_000, 1_000, 3, 0x5e1f);
     // finish() stops it: the 3 s it was given first.
     std::thread::sleep(Duration::from_secs(3));
     let sent = flood.finish().expect("flood sent");
