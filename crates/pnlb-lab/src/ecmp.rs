@@ -60,13 +60,17 @@ impl EcmpNode {
     }
 }
 
-/// BIRD's settings shared by both ends: fast keepalives, BFD at 100 ms,
-/// and a session that failed (a BFD or hold timer expiring on a VM busy
-/// with other tests) restarting after 1-5 s rather than BIRD's default
+/// BIRD's settings shared by both ends: fast keepalives, BFD, and a
+/// session that failed (a BFD or hold timer expiring on a VM busy with
+/// other tests) restarting after 1-5 s rather than BIRD's default
 /// 60-300 s.
 const TIMERS: &str =
     "hold time 3; keepalive time 1; connect retry time 1; error wait time 1, 5; bfd on;";
-const BFD: &str = "protocol bfd {\n\tinterface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };\n}\n";
+/// BFD at 300 ms x 3: this VM's host pauses it now and then (10% steal
+/// during lab_ecmp, whole-guest stalls up to ~350 ms measured), and at
+/// 100 ms x 3 such a pause dropped sessions, and with them a node's
+/// routes for the 1-5 s a session takes to come back.
+const BFD: &str = "protocol bfd {\n\tinterface \"*\" { min rx interval 300 ms; min tx interval 300 ms; multiplier 3; };\n}\n";
 
 impl Lab {
     /// Where node `index`'s BIRD keeps its control socket.
@@ -189,7 +193,7 @@ impl Lab {
             ],
         )?;
         let mut config = format!(
-            "router id 10.77.1.1;\nlog \"{}\" all;\nprotocol device {{ scan time 1; }}\n{BFD}\
+            "router id 10.77.1.1;\nlog \"{}\" all;\ndebug protocols {{ states }};\nprotocol device {{ scan time 1; }}\n{BFD}\
              protocol kernel {{\n\tipv4 {{ import none; export all; }};\n\tmerge paths on;\n}}\n\
              protocol kernel kernel6 {{\n\tipv6 {{ import none; export all; }};\n\tmerge paths on;\n}}\n",
             self.dir.join("bird-router.log").display()
@@ -266,6 +270,22 @@ impl Lab {
         )?;
         process.wait_for_line("forwarding", Duration::from_secs(30))?;
         Ok(process)
+    }
+
+    /// What the router's BIRD logged of its sessions going down and up
+    /// and why (for a failure message: a session that dropped takes its
+    /// node's routes with it for seconds).
+    pub fn router_session_changes(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("bird-router.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| {
+                ["State changed", "Cease", "BFD", "Hold timer", "Error"]
+                    .iter()
+                    .any(|word| line.contains(word))
+            })
+            .map(String::from)
+            .collect()
     }
 
     /// The router's BGP sessions as its BIRD shows them (for a failure

@@ -72,9 +72,10 @@ fn announcements(lab: &Lab, nodes: &[Node]) -> String {
         })
         .collect();
     format!(
-        "{}\nthe router's sessions:\n{}",
+        "{}\nthe router's sessions:\n{}\nwhat the router logged of them: {:#?}",
         each.join("\n"),
-        lab.router_sessions()
+        lab.router_sessions(),
+        lab.router_session_changes()
     )
 }
 
@@ -101,8 +102,8 @@ fn router_view(lab: &Lab, vip: IpAddr) -> String {
 /// What each node logged of its node lists, sync and BGP: when a short
 /// request failed while a node joined or left, the times to set beside
 /// the failure's.
-fn node_lists(nodes: &[Node]) -> String {
-    nodes
+fn node_lists(lab: &Lab, nodes: &[Node]) -> String {
+    let lists = nodes
         .iter()
         .map(|node| {
             let lines: Vec<String> = node
@@ -114,7 +115,11 @@ fn node_lists(nodes: &[Node]) -> String {
             format!("lb{}'s node lists, sync and BGP: {lines:#?}", node.index)
         })
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    format!(
+        "{lists}\nwhat the router logged of its sessions: {:#?}",
+        lab.router_session_changes()
+    )
 }
 
 fn ns_of(lab: &Lab, index: usize) -> String {
@@ -428,7 +433,7 @@ fn through_node_changes(method: &str, scheduler: &str) {
     eprintln!("{label}: node 4 added: in the route {:.1} s after it started; short requests meanwhile: {ok} answered, {failed} failed", joined.as_secs_f64());
     let added_failed = failed;
     if failed > 0 {
-        eprintln!("{}", node_lists(&nodes));
+        eprintln!("{}", node_lists(&lab, &nodes));
     }
 
     // Node 2 drained: withdrawn, then quiet.
@@ -466,7 +471,7 @@ fn through_node_changes(method: &str, scheduler: &str) {
     );
     let drained_failed = failed;
     if failed > 0 {
-        eprintln!("{}", node_lists(&nodes));
+        eprintln!("{}", node_lists(&lab, &nodes));
     }
 
     // Node 3 killed: kill -9 of its pnlb and BIRD, its link cut. snat
