@@ -790,10 +790,9 @@ static __always_inline int pnlb_conn_for(struct xdp_md *ctx, const struct pnlb_s
 		pnlb_conn_remove(*table, &pkt->flow, *conn);
 	}
 
-	/* nat behind ECMP: a flow this node holds no entry of belongs to its
-	 * designated node until it is synced everywhere (its replies may come
-	 * back through any node). */
-	if (svc->method == PNLB_METHOD_NAT) {
+	/* Behind ECMP a flow this node holds no entry of belongs to its
+	 * designated node until it is synced everywhere (nodes.h). */
+	if (pnlb_flows_have_designated_nodes(svc)) {
 		*node = pnlb_node_for(ctx, &pkt->flow.src, pkt->flow.src_port, pkt->flow.protocol,
 				      pnlb_opens_flow(pkt));
 		if (*node)

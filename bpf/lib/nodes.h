@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * nat behind ECMP: a packet of a flow this node holds no entry of goes to
- * the flow's designated node, until the flow is established and synced
+ * Behind ECMP: a packet of a flow this node holds no entry of goes to the
+ * flow's designated node, until the flow is established and synced
  * everywhere (pnlb_abi.h, docs/scale-out.md).
  */
 #ifndef PNLB_NODES_H
@@ -137,7 +137,20 @@ static __always_inline struct pnlb_node *pnlb_second_chance(struct xdp_md *ctx,
 	return before;
 }
 
-/* Where a nat packet of a flow this node holds no entry of goes. One that
+/* Whether a flow of this service that the routers move to a node before
+ * its entry is synced there needs its designated node: nat (its replies
+ * may come back through any node), snat (its translation is the node's
+ * own: re-created elsewhere the server would reset it) and every per-node
+ * scheduler (rr, wrr, the least-load family: another node would pick
+ * another backend; a flow still in its handshake when the routers moved
+ * it was never synced, and was lost). dr and tun by hash need none: every
+ * node picks the same backend, and such a packet is forwarded by hash. */
+static __always_inline int pnlb_flows_have_designated_nodes(const struct pnlb_service *svc)
+{
+	return !(svc->flags & PNLB_SVC_F_STATELESS);
+}
+
+/* Where a packet of a flow this node holds no entry of goes. One that
  * opens the flow: its designated node (here, if this is it or another
  * node handed it on). One that does not: its designated node, unless this
  * is it or another node handed it on; then its second chance (the flow

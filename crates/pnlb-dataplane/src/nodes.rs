@@ -1,4 +1,4 @@
-//! The nodes behind ECMP, for nat (pnlb_abi.h's `pnlb_nodes`): lists of
+//! The nodes behind ECMP, for designated nodes (pnlb_abi.h's `pnlb_nodes`): lists of
 //! the live nodes in address order, self included, each published ahead of
 //! the instant it applies from, so that every node switches lists at the
 //! same moment; and the MACs of the other nodes, so that a packet of a flow

@@ -66,6 +66,25 @@ snat_ports = "30000-30003"
 snat_reuse_after = "1s"
 [[service.backend]]
 address = "10.77.1.31"
+
+[[service]]
+name = "rr4"
+vip = "10.77.100.4"
+port = 80
+method = "dr"
+scheduler = "rr"
+[[service.backend]]
+address = "10.77.1.41"
+[[service.backend]]
+address = "10.77.1.42"
+
+[[service]]
+name = "hash4"
+vip = "10.77.100.5"
+port = 80
+method = "dr"
+[[service.backend]]
+address = "10.77.1.51"
 "#;
 
 fn ip(text: &str) -> IpAddr {
@@ -1148,13 +1167,18 @@ fn nat_node_lists_switch_at_their_instant() {
     });
 }
 
-/// Behind ECMP an snat flow this node holds no entry of is another node's,
-/// whose sync has not arrived yet (the routers moved it): re-created here
-/// it would take this node's SNAT address and the server would reset it,
-/// so its packets are dropped until the entry arrives (the client sends
-/// again). A single node still re-creates such a flow by hash.
+/// Behind ECMP a flow that another node cannot rebuild belongs to its
+/// designated node until its entry is synced everywhere: snat's (its
+/// translation is the node's own; re-created elsewhere the server would
+/// reset it) and a per-node scheduler's (rr: another node would pick
+/// another backend). Its SYN goes there, and so does a mid-flow packet of
+/// it that finds no entry here: a flow still in its handshake when the
+/// routers moved it is never synced, and without this was lost. At its
+/// designated node such a packet is dropped, not re-created (the client
+/// sends again once the entry is here). A single node still re-creates an
+/// snat flow by hash, and dr by hash is never handed on.
 #[test]
-fn snat_behind_ecmp_leaves_another_nodes_flow_alone() {
+fn snat_and_rr_flows_behind_ecmp_go_to_their_designated_node() {
     if !privileged() {
         return;
     }
@@ -1163,8 +1187,8 @@ fn snat_behind_ecmp_leaves_another_nodes_flow_alone() {
         use std::time::Instant;
         const PEER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 2];
         let fixture = Fixture::new(CONFIG);
-        let moved = |port| Pkt::tcp("10.77.0.2", port, "10.77.100.2", 80, ACK);
-        let (verdict, out) = fixture.run(&moved(43_000).bytes());
+        let packet = |vip, port, flags| Pkt::tcp("10.77.0.2", port, vip, 80, flags);
+        let (verdict, out) = fixture.run(&packet("10.77.100.2", 43_000, ACK).bytes());
         assert_eq!(verdict, XDP_TX, "alone: re-created");
         assert_eq!(out[..6], backend_mac(ip("10.77.1.21")));
         assert_eq!(fixture.reason("fwd_rehashed"), 1);
@@ -1173,12 +1197,66 @@ fn snat_behind_ecmp_leaves_another_nodes_flow_alone() {
         let now = Instant::now();
         let nodes = [node(LB_MAC, true), node(PEER_MAC, false)];
         assert!(lists.publish(&fixture.dataplane, &nodes, now, now).unwrap());
-        let (verdict, _) = fixture.run(&moved(43_001).bytes());
-        assert_eq!(verdict, XDP_DROP, "behind ECMP: left for its own entry");
-        assert_eq!(fixture.reason("fwd_rehashed"), 1);
-        assert_eq!(fixture.reason("drop_no_flow"), 1);
-        let syn = Pkt::tcp("10.77.0.2", 43_001, "10.77.100.2", 80, SYN);
-        assert_eq!(fixture.run(&syn.bytes()).0, XDP_TX, "a new flow opens here");
-        eprintln!("snat behind ECMP: a mid-flow packet of no flow here dropped (1), not re-created; alone it was re-created (1)");
+        fixture.dataplane.set_node_macs(&[PEER_MAC]).unwrap();
+        let backends = [
+            backend_mac(ip("10.77.1.21")),
+            backend_mac(ip("10.77.1.41")),
+            backend_mac(ip("10.77.1.42")),
+        ];
+        for (vip, method) in [("10.77.100.2", "snat"), ("10.77.100.4", "dr rr")] {
+            let (mut handed, mut opened) = (0, 0);
+            for port in 43_100..43_140u16 {
+                let syn = packet(vip, port, SYN);
+                let (verdict, out) = fixture.run(&syn.bytes());
+                assert_eq!(verdict, XDP_TX, "{method} {port}");
+                if out[..6] == PEER_MAC {
+                    assert_eq!(out, syn.macs(LB_MAC, PEER_MAC).bytes(), "unchanged");
+                    let (verdict, out) = fixture.run(&packet(vip, port, ACK).bytes());
+                    assert_eq!(
+                        (verdict, &out[..6]),
+                        (XDP_TX, &PEER_MAC[..]),
+                        "the handshake's ACK follows its SYN"
+                    );
+                    handed += 1;
+                } else {
+                    assert!(
+                        backends.iter().any(|mac| out[..6] == mac[..]),
+                        "{method}: opened here"
+                    );
+                    opened += 1;
+                }
+            }
+            // Mid-flow packets of flows no node here has seen open.
+            let (mut moved_on, mut dropped) = (0, 0);
+            for port in 44_000..44_040u16 {
+                let (verdict, out) = fixture.run(&packet(vip, port, ACK).bytes());
+                match verdict {
+                    XDP_TX if out[..6] == PEER_MAC => moved_on += 1,
+                    XDP_DROP => dropped += 1,
+                    other => panic!("{method}: a mid-flow packet of no flow: {other}"),
+                }
+            }
+            eprintln!("{method} behind ECMP: 40 SYNs, {handed} handed to their designated node (the ACK after each too), {opened} opened here; 40 mid-flow packets of no flow: {moved_on} handed on, {dropped} dropped here (designated here, not re-created)");
+            assert!(handed > 0 && opened > 0 && moved_on > 0 && dropped > 0);
+            // Handed on by the other node: opened here.
+            let from_peer = packet(vip, 45_000, SYN).macs(PEER_MAC, LB_MAC);
+            let (_, out) = fixture.run(&from_peer.bytes());
+            assert!(
+                backends.iter().any(|mac| out[..6] == mac[..]),
+                "{method}: a SYN handed on opens here"
+            );
+        }
+        assert_eq!(fixture.reason("fwd_rehashed"), 1, "nothing re-created");
+
+        // dr by hash: every node picks the same backend; never handed on.
+        for port in 46_000..46_020u16 {
+            for flags in [SYN, ACK] {
+                let (verdict, out) = fixture.run(&packet("10.77.100.5", port, flags).bytes());
+                assert_eq!(
+                    (verdict, &out[..6]),
+                    (XDP_TX, &backend_mac(ip("10.77.1.51"))[..])
+                );
+            }
+        }
     });
 }

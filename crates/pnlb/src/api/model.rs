@@ -52,7 +52,7 @@ pub struct BgpStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainStatus>,
     /// With connection sync: the nodes this one counts as taking new
-    /// flows, in the order nat's designated nodes are drawn from (every
+    /// flows, in the order flows' designated nodes are drawn from (every
     /// node should show the same).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<IpAddr>,

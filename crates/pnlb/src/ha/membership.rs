@@ -2,7 +2,7 @@
 //! that starts or stops taking flows says so in its Hellos together with
 //! the time left until the change applies (SWITCH_AFTER after it decided);
 //! every node, itself included, switches its list of nodes at that instant
-//! (the data plane picks the list by the clock), so nat's designated nodes
+//! (the data plane picks the list by the clock), so flows' designated nodes
 //! agree across nodes to within the Hello's delivery time.
 
 use std::collections::BTreeMap;

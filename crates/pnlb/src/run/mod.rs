@@ -255,7 +255,7 @@ pub fn run(path: &Path) -> Result<()> {
     let mut last_tick = Instant::now();
     // With [ha] the loop turns faster: a role change is acted on within it.
     // Behind ECMP with sync too: a peer that starts or stops taking flows
-    // is in this node's list within a turn (nat's designated nodes).
+    // is in this node's list within a turn (flows' designated nodes).
     let turn = if ha.is_some() || daemon.mesh.is_some() {
         HA_TURN
     } else {

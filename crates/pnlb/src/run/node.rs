@@ -185,7 +185,7 @@ impl Daemon {
         }
     }
 
-    /// With designated nodes (nat behind ECMP), a node that starts or
+    /// With designated nodes (behind ECMP), a node that starts or
     /// stops taking new flows tells the others at once that the change
     /// applies SWITCH_AFTER later (its Hellos); every node's list switches
     /// at that instant, and the routers (BGP) follow a HANDOFF after the
@@ -220,7 +220,7 @@ impl Daemon {
     }
 
     /// With connection sync behind ECMP: the nodes that take new flows
-    /// (in address order) go to the data plane for nat's designated nodes
+    /// (in address order) go to the data plane for flows' designated nodes
     /// (bpf/lib/nodes.h): the list that applies now whenever it is not the
     /// one in use, and the next one ahead of its instant.
     fn publish_nodes(&mut self, now: Instant) {
@@ -376,7 +376,7 @@ impl Daemon {
     }
 
     /// Each turn of the daemon loop behind ECMP: a peer's change of word
-    /// goes to the data plane ahead of its instant (nat's designated nodes
+    /// goes to the data plane ahead of its instant (flows' designated nodes
     /// must agree).
     pub(super) fn follow_peers(&mut self) {
         self.publish_nodes(Instant::now());
