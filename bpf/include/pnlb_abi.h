@@ -334,8 +334,9 @@ struct pnlb_service {
  * Nodes behind ECMP (docs/scale-out.md): with nat the servers' replies
  * come back through whichever node their routing picks, not necessarily
  * the one that saw the flow's SYN; an snat flow or a per-node scheduler's
- * (rr, the least-load family) cannot be rebuilt on another node. Until a flow is established and synced
- * to every node, its packets go to its designated node: the live node at
+ * (rr, the least-load family) cannot be rebuilt on another node (dr and
+ * tun by hash can). Until such a flow is established and synced to every
+ * node, its packets go to its designated node: the live node at
  * hash(client address, client port, protocol) % count in pnlb_nodes (in
  * address order, the same list on every node). A node without the flow
  * hands a packet on to the designated node at L2. A packet that finds no
