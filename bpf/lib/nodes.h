@@ -141,7 +141,7 @@ static __always_inline struct pnlb_node *pnlb_second_chance(struct xdp_md *ctx,
  * its entry is synced there needs its designated node: nat (its replies
  * may come back through any node), snat (its translation is the node's
  * own: re-created elsewhere the server would reset it) and every per-node
- * scheduler (rr, wrr, the least-load family: another node would pick
+ * scheduler (rr, wrr, chbl, the least-load family: another node would pick
  * another backend; a flow still in its handshake when the routers moved
  * it was never synced, and was lost). dr and tun by hash need none: every
  * node picks the same backend, and such a packet is forwarded by hash. */
