@@ -1,5 +1,8 @@
 //! nat and snat fixtures: both directions, IPv4 and IPv6, TCP and UDP,
-//! port mapping, TCP state, SNAT port reservation and exhaustion, expiry.
+//! port mapping, TCP state, SNAT port reservation and exhaustion, expiry;
+//! connection sync, and designated nodes behind ECMP (with a dr rr and a
+//! dr maglev service beside nat and snat, for the flows that need one and
+//! the flows that do not).
 //! Replies are routed with bpf_fib_lookup, so each test runs in a network
 //! namespace of its own set up as an LB host (support::in_lb_netns).
 
