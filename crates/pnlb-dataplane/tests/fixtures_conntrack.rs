@@ -902,6 +902,83 @@ fn the_data_plane_holds_the_services_its_maps_were_sized_for() {
 /// table is an open file): with the open-file limit at 1,024, 1,200
 /// services take ten, and every one is published. The programmer keeps
 /// 640 of them open; the others' changes are swapped in whole.
+/// An apply of many services builds their Maglev tables on a second
+/// thread while it writes the backends, and takes them back as they come:
+/// each service publishes its own table, and a change builds it again.
+#[test]
+fn tables_built_beside_an_apply_are_each_their_services() {
+    if !privileged() {
+        return;
+    }
+    let services = 150;
+    let server = |i: usize, j: usize| -> IpAddr {
+        format!("10.77.1.{}", 11 + (i * 7 + j * 3) % 20)
+            .parse()
+            .unwrap()
+    };
+    let config = |first_weight: u32| {
+        let mut text = format!(
+            "[daemon]\ninterfaces = [\"eth0\"]\nmax_services = {services}\nmax_backends = {}\n",
+            services * 6
+        );
+        for i in 0..services {
+            text += &format!(
+                "[[service]]\nname = \"s{i}\"\nvip = \"10.90.0.{}\"\nport = 80\nscheduler = \"maglev\"\ntable_size = 251\n",
+                i + 1
+            );
+            // Three of twenty servers, another three for most services.
+            for j in 0..3 {
+                let weight = if j == 0 { first_weight } else { 1 };
+                text += &format!(
+                    "[[service.backend]]\naddress = \"{}\"\nweight = {weight}\n",
+                    server(i, j)
+                );
+            }
+        }
+        text
+    };
+    // Services whose published table is not the one built for them from
+    // their own three backends.
+    let published = |fixture: &Fixture| -> Vec<String> {
+        (0..services)
+            .filter_map(|i| {
+                let name = format!("s{i}");
+                let id = fixture.programmer.service_id(&name).unwrap();
+                let table = fixture.dataplane.published_table(id).unwrap();
+                let slots = table.map(|t| t.slots).unwrap_or_default();
+                let built = fixture.programmer.table(&name).unwrap_or_default();
+                let own: HashSet<u32> = (0..3)
+                    .filter_map(|j| fixture.programmer.backend_id(&name, server(i, j), 80))
+                    .collect();
+                let all_own = slots.iter().all(|id| own.contains(id));
+                (slots != built || slots.len() != 251 || !all_own).then_some(name)
+            })
+            .collect()
+    };
+    let mut fixture = Fixture::new(&config(1));
+    let distinct: HashSet<Vec<u32>> = (0..services)
+        .map(|i| fixture.programmer.table(&format!("s{i}")).unwrap().to_vec())
+        .collect();
+    println!("{services} services, {} distinct tables", distinct.len());
+    assert!(distinct.len() > 100, "a mix-up would show");
+    assert_eq!(
+        published(&fixture),
+        Vec::<String>::new(),
+        "not their own table"
+    );
+    fixture.apply(&config(3));
+    let rebuilt = (0..services)
+        .filter(|i| !distinct.contains(fixture.programmer.table(&format!("s{i}")).unwrap()))
+        .count();
+    println!("after every first backend's weight went to 3: {rebuilt} tables rebuilt");
+    assert_eq!(rebuilt, services);
+    assert_eq!(
+        published(&fixture),
+        Vec::<String>::new(),
+        "not their own table"
+    );
+}
+
 #[test]
 fn more_tables_than_one_swap_carries_are_all_published() {
     if !privileged() {

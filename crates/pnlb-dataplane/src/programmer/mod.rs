@@ -26,6 +26,7 @@ mod service_entry;
 mod snat;
 mod spare_tables;
 mod table;
+mod table_builder;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -46,6 +47,7 @@ pub use names::{FlowNames, SlotIds};
 pub use service_entry::forwards_statelessly;
 pub(crate) use spare_tables::SPARE_TABLES;
 pub use table::PublishedTable;
+use table_builder::{BuiltTable, TableBuilder, TableJob};
 
 /// What an apply did, in words a log can print.
 #[derive(Debug, Default)]
@@ -343,26 +345,31 @@ impl Programmer {
         report: &mut ApplyReport,
     ) -> Result<(), DataplaneError> {
         let mut tables = table::PendingTables::default();
-        let tables_per_swap = table::tables_per_swap();
-        for service in changed {
-            // Applied again in whole unless everything below succeeds.
-            if let Some(slot) = self.services.get_mut(&service.name) {
-                slot.applied = None;
+        std::thread::scope(|scope| {
+            let mut builder = TableBuilder::start(scope, changed.len());
+            for service in changed {
+                // Applied again in whole unless everything below succeeds.
+                if let Some(slot) = self.services.get_mut(&service.name) {
+                    slot.applied = None;
+                }
+                match self.apply_service(dataplane, service, resolution, report) {
+                    Ok(Some(job)) => builder.submit(job),
+                    Ok(None) => {}
+                    Err(err) => {
+                        // Its addresses may have changed uncounted: recount whole.
+                        self.addresses_changed = true;
+                        return Err(err);
+                    }
+                }
+                for built in builder.ready() {
+                    self.add_table(dataplane, built, &mut tables)?;
+                }
             }
-            if let Err(err) =
-                self.apply_service(dataplane, service, resolution, &mut tables, report)
-            {
-                // Its addresses may have changed uncounted: recount whole.
-                self.addresses_changed = true;
-                return Err(err);
+            for built in builder.finish() {
+                self.add_table(dataplane, built, &mut tables)?;
             }
-            // Each pending table is an open map: bounded, so that a big
-            // config cannot run the process out of file descriptors (1,024
-            // where nothing raised the limit). A wait per batch.
-            if tables.len() >= tables_per_swap {
-                self.publish_tables(dataplane, std::mem::take(&mut tables))?;
-            }
-        }
+            Ok(())
+        })?;
         self.publish_tables(dataplane, tables)?;
         report.problems.extend(self.held.budget_problem());
         for service in changed {
@@ -385,6 +392,41 @@ impl Programmer {
             self.service_ids.first_unused(),
             dataplane.limits().services,
         );
+        Ok(())
+    }
+
+    /// Step 2 of applying a service, once its table is built: the table
+    /// goes with the others to be published, unless it is the one the
+    /// data plane has.
+    fn add_table(
+        &mut self,
+        dataplane: &Dataplane,
+        built: BuiltTable,
+        tables: &mut table::PendingTables,
+    ) -> Result<(), DataplaneError> {
+        // Every job is for a service apply_service has a slot for.
+        let Some(slot) = self.services.get_mut(&built.service) else {
+            return Ok(());
+        };
+        if built.table != slot.table {
+            tables.add(
+                dataplane,
+                &self.held,
+                slot.id,
+                &built.table,
+                built.list_len,
+                !slot.table.is_empty(),
+            )?;
+            slot.table = built.table;
+            slot.table_version += 1;
+        }
+        slot.table_inputs = Some(built.inputs);
+        // Each pending table is an open map: bounded, so that a big
+        // config cannot run the process out of file descriptors (1,024
+        // where nothing raised the limit). A wait per batch.
+        if tables.len() >= table::tables_per_swap() {
+            self.publish_tables(dataplane, std::mem::take(tables))?;
+        }
         Ok(())
     }
 
@@ -454,17 +496,17 @@ impl Programmer {
         Ok(())
     }
 
-    /// Writes one service's backends and SNAT addresses and builds its
-    /// scheduling table into `tables`; [`Self::apply`] then swaps the
+    /// Writes one service's backends and SNAT addresses, and says which
+    /// scheduling table it needs built (if its inputs changed):
+    /// `write_services` builds it, adds it ([`Self::add_table`]), swaps the
     /// tables in and writes the service entries that point at them all.
     fn apply_service(
         &mut self,
         dataplane: &Dataplane,
         config: &ServiceConfig,
         resolution: &Resolution,
-        tables: &mut table::PendingTables,
         report: &mut ApplyReport,
-    ) -> Result<(), DataplaneError> {
+    ) -> Result<Option<TableJob>, DataplaneError> {
         let key = ServiceKey {
             vip: abi::addr(config.vip),
             port: config.port.to_be(),
@@ -523,28 +565,16 @@ impl Programmer {
             .collect();
         // What the table is built from: the same inputs build the same
         // table, so an apply of thousands of unchanged services builds none.
+        // It is built by the caller's TableBuilder, then added (add_table).
         let inputs = TableInputs {
             scheduler: config.scheduler,
             size: config.table_size,
             candidates,
         };
-        if slot.table_inputs.as_ref() != Some(&inputs) {
-            let (new_table, list_len) =
-                table::scheduling_table(inputs.scheduler, &inputs.candidates, inputs.size);
-            if new_table != slot.table {
-                tables.add(
-                    dataplane,
-                    &self.held,
-                    slot.id,
-                    &new_table,
-                    list_len,
-                    !slot.table.is_empty(),
-                )?;
-                slot.table = new_table;
-                slot.table_version += 1;
-            }
-            slot.table_inputs = Some(inputs);
-        }
+        let table_job = (slot.table_inputs.as_ref() != Some(&inputs)).then(|| TableJob {
+            service: config.name.clone(),
+            inputs,
+        });
 
         if config.snat != slot.snat {
             if let Some(snat) = &config.snat {
@@ -557,7 +587,7 @@ impl Programmer {
         if addresses != addresses_before {
             self.address_changes.push((addresses_before, addresses));
         }
-        Ok(())
+        Ok(table_job)
     }
 
     /// A slot for a service seen for the first time, its counters zeroed.
