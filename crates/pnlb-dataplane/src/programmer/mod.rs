@@ -345,6 +345,7 @@ impl Programmer {
         report: &mut ApplyReport,
     ) -> Result<(), DataplaneError> {
         let mut tables = table::PendingTables::default();
+        let tables_per_swap = table::tables_per_swap();
         std::thread::scope(|scope| {
             let mut builder = TableBuilder::start(scope, changed.len());
             for service in changed {
@@ -362,11 +363,11 @@ impl Programmer {
                     }
                 }
                 for built in builder.ready() {
-                    self.add_table(dataplane, built, &mut tables)?;
+                    self.add_table(dataplane, built, &mut tables, tables_per_swap)?;
                 }
             }
             for built in builder.finish() {
-                self.add_table(dataplane, built, &mut tables)?;
+                self.add_table(dataplane, built, &mut tables, tables_per_swap)?;
             }
             Ok(())
         })?;
@@ -403,6 +404,7 @@ impl Programmer {
         dataplane: &Dataplane,
         built: BuiltTable,
         tables: &mut table::PendingTables,
+        tables_per_swap: usize,
     ) -> Result<(), DataplaneError> {
         // Every job is for a service apply_service has a slot for.
         let Some(slot) = self.services.get_mut(&built.service) else {
@@ -424,7 +426,7 @@ impl Programmer {
         // Each pending table is an open map: bounded, so that a big
         // config cannot run the process out of file descriptors (1,024
         // where nothing raised the limit). A wait per batch.
-        if tables.len() >= table::tables_per_swap() {
+        if tables.len() >= tables_per_swap {
             self.publish_tables(dataplane, std::mem::take(tables))?;
         }
         Ok(())
