@@ -1,11 +1,12 @@
 //! `[[service.backend]]` (and `[service.fallback]`): a real server, its
 //! port, weight and connection limit.
 
+use std::fmt;
 use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::{ConfigError, HealthCheck, Method, RawHealth, Validator};
+use super::{ConfigError, Field, HealthCheck, Method, RawHealth, Validator};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backend {
@@ -33,7 +34,7 @@ pub(super) struct RawBackend {
 impl Validator<'_> {
     pub(super) fn backend(
         &self,
-        key: &str,
+        key: &dyn fmt::Display,
         raw: RawBackend,
         vip: IpAddr,
         service_port: u16,
@@ -47,7 +48,7 @@ impl Validator<'_> {
                 "add the real server's address, e.g. address = \"10.77.2.11\"",
             )
         })?;
-        let address = self.address(&format!("{key}.address"), &text)?;
+        let address = self.address(&Field(key, "address"), &text)?;
         if address.is_ipv4() != vip.is_ipv4() {
             return Err(self.error(
                 format!("{key}.address"),
@@ -57,7 +58,7 @@ impl Validator<'_> {
         }
         let port = match raw.port {
             None => service_port,
-            Some(p) => self.port(&format!("{key}.port"), p)?,
+            Some(p) => self.port(&Field(key, "port"), p)?,
         };
         if service_port == 0 && port != 0 {
             return Err(self.error(
@@ -88,7 +89,7 @@ impl Validator<'_> {
             (None, None) => None,
             (service, own) => {
                 let merged = RawHealth::merge(service, own);
-                self.health_check(&format!("{key}.health"), merged, port)?
+                self.health_check(&Field(key, "health"), merged, port)?
             }
         };
         let max_conns = match raw.max_conns {

@@ -63,7 +63,7 @@ impl Validator<'_> {
         let drain_deadline = match raw.drain_deadline {
             None => DEFAULT_DRAIN_DEADLINE,
             Some(text) => {
-                let deadline = self.duration("bgp.drain_deadline", &text)?;
+                let deadline = self.duration(&"bgp.drain_deadline", &text)?;
                 if deadline > Duration::from_secs(24 * 3600) {
                     return Err(self.error(
                         "bgp.drain_deadline",

@@ -286,7 +286,7 @@ impl Validator<'_> {
         )?;
         let unattended_limit = match raw.unattended_limit.as_deref() {
             None => None,
-            Some(text) => match self.duration("daemon.unattended_limit", text)? {
+            Some(text) => match self.duration(&"daemon.unattended_limit", text)? {
                 limit if limit.is_zero() => None,
                 limit if limit < Duration::from_secs(10) => {
                     return Err(self.error(

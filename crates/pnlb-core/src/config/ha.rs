@@ -106,7 +106,7 @@ impl Validator<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         let advert_interval = match &raw.advert_interval {
             None => Duration::from_millis(200),
-            Some(text) => self.duration("ha.advert_interval", text)?,
+            Some(text) => self.duration(&"ha.advert_interval", text)?,
         };
         if !(Duration::from_millis(20)..=Duration::from_secs(10)).contains(&advert_interval) {
             return Err(self.error(
@@ -117,7 +117,7 @@ impl Validator<'_> {
         }
         let preempt_delay = match &raw.preempt_delay {
             None => Duration::from_secs(5),
-            Some(text) => self.duration("ha.preempt_delay", text)?,
+            Some(text) => self.duration(&"ha.preempt_delay", text)?,
         };
         let key_file =
             match raw.key_file {

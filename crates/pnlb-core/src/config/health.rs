@@ -2,11 +2,12 @@
 //! keys override the service's): what to probe, how often, and what counts
 //! as healthy. Modelled on keepalived's and HAProxy's checks.
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, Validator};
+use super::{ConfigError, Field, Validator};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HealthCheck {
@@ -113,17 +114,17 @@ impl Validator<'_> {
     /// A validated check, or None for `kind = "none"`.
     pub(super) fn health_check(
         &self,
-        key: &str,
+        key: &dyn fmt::Display,
         raw: RawHealth,
         backend_port: u16,
     ) -> Result<Option<HealthCheck>, ConfigError> {
         let at = |field: &str| format!("{key}.{field}");
         let interval = match &raw.interval {
-            Some(text) => self.duration(&at("interval"), text)?,
+            Some(text) => self.duration(&Field(key, "interval"), text)?,
             None => DEFAULT_INTERVAL,
         };
         let timeout = match &raw.timeout {
-            Some(text) => self.duration(&at("timeout"), text)?,
+            Some(text) => self.duration(&Field(key, "timeout"), text)?,
             None => DEFAULT_TIMEOUT.min(interval),
         };
         if interval < Duration::from_millis(100) {

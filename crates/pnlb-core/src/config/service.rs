@@ -9,7 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::access::Access;
-use super::{Backend, ConfigError, DownPolicy, RawBackend, RawHealth, Snat, Tunnel, Validator};
+use super::{
+    Backend, ConfigError, DownPolicy, Field, LazyKey, RawBackend, RawHealth, Snat, Tunnel,
+    Validator,
+};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Service {
@@ -264,6 +267,9 @@ impl Validator<'_> {
             )
         })?;
         let at = |key: &str| format!("service[{index}] ({name}).{key}");
+        // The same, for keys of valid values (written out only on an error).
+        let lazy_at = LazyKey(|f| write!(f, "service[{index}] ({name})"));
+        let lazy_at = |field: &'static str| Field(&lazy_at, field);
 
         let vip_text = raw.vip.ok_or_else(|| {
             self.error(
@@ -272,7 +278,7 @@ impl Validator<'_> {
                 "add the virtual IP, e.g. vip = \"10.77.1.100\"",
             )
         })?;
-        let vip = self.address(&at("vip"), &vip_text)?;
+        let vip = self.address(&lazy_at("vip"), &vip_text)?;
         let port = match raw.port {
             None => {
                 return Err(self.error(
@@ -281,7 +287,7 @@ impl Validator<'_> {
                     "add port = 80 (or port = 0 for every port of the VIP)",
                 ))
             }
-            Some(p) => self.port(&at("port"), p)?,
+            Some(p) => self.port(&lazy_at("port"), p)?,
         };
         let protocol = match raw.protocol.as_deref() {
             None | Some("tcp") => Protocol::Tcp,
@@ -410,14 +416,14 @@ impl Validator<'_> {
         };
         let slow_start = match &raw.slow_start {
             None => Duration::ZERO,
-            Some(text) => self.duration(&at("slow_start"), text)?,
+            Some(text) => self.duration(&lazy_at("slow_start"), text)?,
         };
         let service_health = raw.health;
 
         let mut backends = Vec::with_capacity(raw.backend.len());
         let mut seen = HashSet::new();
         for (b, raw_backend) in raw.backend.into_iter().enumerate() {
-            let key = format!("service[{index}] ({name}).backend[{b}]");
+            let key = LazyKey(|f| write!(f, "service[{index}] ({name}).backend[{b}]"));
             let backend = self.backend(
                 &key,
                 raw_backend,
@@ -428,7 +434,7 @@ impl Validator<'_> {
             )?;
             if !seen.insert((backend.address, backend.port)) {
                 return Err(self.error(
-                    key,
+                    key.to_string(),
                     format!(
                         "backend {} port {} is listed twice",
                         backend.address, backend.port

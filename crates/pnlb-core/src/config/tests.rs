@@ -117,6 +117,29 @@ fn bad_values_are_rejected_with_the_key() {
             GOOD.replace("vip = \"10.77.100.1\"", "vip = \"127.0.0.1\""),
             "service[0] (web).vip",
         ),
+        // Keys written out only when an error names them (LazyKey, Field).
+        (
+            GOOD.replace("weight = 3", "weight = 3\nport = 70000"),
+            "service[0] (web).backend[1].port",
+        ),
+        (
+            GOOD.replace(
+                "weight = 3",
+                "weight = 3\n[service.backend.health]\ninterval = \"soon\"",
+            ),
+            "service[0] (web).backend[1].health.interval",
+        ),
+        (
+            GOOD.replace(
+                "scheduler = \"maglev\"",
+                "scheduler = \"maglev\"\nslow_start = \"later\"",
+            ),
+            "service[0] (web).slow_start",
+        ),
+        (
+            GOOD.replace("10.77.1.12", "10.77.1.11"),
+            "service[0] (web).backend[1]",
+        ),
     ];
     for (text, key) in cases {
         assert_eq!(error_of(&text).key, key);

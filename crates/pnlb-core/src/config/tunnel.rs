@@ -123,7 +123,7 @@ impl Validator<'_> {
             None => (text, None),
             Some((address, length)) => (address, Some(length)),
         };
-        let address = self.address(key, address_text)?;
+        let address = self.address(&key, address_text)?;
         if address.is_ipv4() != vip.is_ipv4() {
             return Err(self.error(
                 key,
