@@ -172,6 +172,11 @@ impl Sweeper {
         }
     }
 
+    /// How many entries the established table holds at most.
+    pub fn established_capacity(&self) -> usize {
+        self.conns.map(Table::Established).max_entries() as usize
+    }
+
     /// Starts a pass, to be walked in [`Self::step`]s: the daemon takes a
     /// step every tick, so a pass over a million entries costs a little
     /// each tick instead of a second-long burst on one core.

@@ -101,8 +101,8 @@ impl Slots {
 }
 
 /// The connection tables (docs/conntrack.md). Fill is as of the last
-/// expiry sweep (every 5 s: counting walks the tables); the rest are
-/// running totals since start.
+/// expiry sweep (every 5 s, up to 30 s in a large table: counting walks
+/// the tables); the rest are running totals since start.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ConnectionTable {
     /// Established flows' entries (nat/snat flows take two); never evicted.

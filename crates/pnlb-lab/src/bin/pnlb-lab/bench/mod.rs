@@ -110,7 +110,7 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
         ..LabSpec::default()
     })?;
     if args.daemon_cpu {
-        println!("the daemon's own CPU by live flows (nat, UDP; 20 s windows):");
+        println!("the daemon's own CPU by live flows (nat, UDP; 60 s windows):");
         let measured = daemon_cpu::measure(&lab, binary)?;
         println!("\n| live flows | daemon CPU, ms per second |\n|---|---|");
         for m in &measured {
