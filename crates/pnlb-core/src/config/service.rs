@@ -268,8 +268,8 @@ impl Validator<'_> {
         })?;
         let at = |key: &str| format!("service[{index}] ({name}).{key}");
         // The same, for keys of valid values (written out only on an error).
-        let lazy_at = LazyKey(|f| write!(f, "service[{index}] ({name})"));
-        let lazy_at = |field: &'static str| Field(&lazy_at, field);
+        let service_key = LazyKey(|f| write!(f, "service[{index}] ({name})"));
+        let lazy_at = |field: &'static str| Field(&service_key, field);
 
         let vip_text = raw.vip.ok_or_else(|| {
             self.error(
