@@ -77,6 +77,36 @@ static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_
 	return bpf_map_lookup_elem(&pnlb_services, &key);
 }
 
+/*
+ * The service of an established flow's packet, through the flow's entry:
+ * the copy its service_id names, if that copy is of a listener the packet
+ * is for (an empty copy, or another service's that took the id since, is
+ * not). So an established flow stays with the service that took it while
+ * that service lasts, as IPVS keeps a connection: one on every port of
+ * its VIP keeps its flows when a service on one of those ports is added
+ * (which takes the new flows).
+ */
+static __always_inline struct pnlb_service *pnlb_flow_service(const struct pnlb_conn *conn,
+							      const struct pnlb_flow_key *flow)
+{
+	struct pnlb_service_copy *copy;
+	__u32 id = conn->service_id, index;
+	__u32 *live;
+
+	if (conn->direction != PNLB_DIR_ORIGINAL)
+		return NULL;
+	live = bpf_map_lookup_elem(&pnlb_service_live_copy, &id);
+	if (!live)
+		return NULL;
+	index = id * 2 + (*live & 1);
+	copy = bpf_map_lookup_elem(&pnlb_service_copies, &index);
+	if (!copy || (copy->key.port && copy->key.port != flow->dst_port) ||
+	    !copy->key.protocol || copy->key.protocol != flow->protocol || copy->service.id != id ||
+	    !pnlb_addr_eq(&copy->key.vip, &flow->dst))
+		return NULL;
+	return &copy->service;
+}
+
 /* A fragment of a service's flow: counted, and a first one remembered. */
 static __always_inline void pnlb_fragment_seen(__u32 service_id, const struct pnlb_packet *pkt)
 {
@@ -251,8 +281,9 @@ static __always_inline int pnlb_process(struct xdp_md *ctx)
 {
 	struct pnlb_backend *backend = NULL;
 	struct pnlb_node *node = NULL;
+	struct pnlb_conn *established = NULL;
 	struct pnlb_conn *conn = NULL;
-	struct pnlb_service *svc;
+	struct pnlb_service *svc, service;
 	struct pnlb_packet pkt;
 	__u32 backend_id = 0;
 	int new_flow = 0, table = 0, promote = 0;
@@ -263,9 +294,19 @@ static __always_inline int pnlb_process(struct xdp_md *ctx)
 	if (reason == PNLB_PARSE_TO_VIP) {
 		/* Parse took it for a VIP's by its filter bit (pnlb_may_be_vip):
 		 * a service confirms it. Without one, a VIP's is passed; an
-		 * address that only shares the bit is what it would have been. */
-		svc = pnlb_find_service(&pkt.flow);
-		if (!svc) {
+		 * address that only shares the bit is what it would have been.
+		 * An established flow's entry names its service: one hash
+		 * lookup (the flow's) instead of two. */
+		established = bpf_map_lookup_elem(&pnlb_conns, &pkt.flow);
+		svc = established ? pnlb_flow_service(established, &pkt.flow) : NULL;
+		if (!svc)
+			svc = pnlb_find_service(&pkt.flow);
+		if (svc) {
+			/* On the stack, wherever it was found: the verifier then
+			 * walks the rest once, not once per map it came from. */
+			service = *svc;
+			svc = &service;
+		} else {
 			if (pnlb_vip_set_holds(&pkt.flow.dst))
 				return pnlb_pass(PNLB_PASS_VIP_NO_SERVICE);
 			reason = pnlb_is_backend(&pkt.flow.src) ? PNLB_PARSE_FROM_BACKEND
@@ -287,8 +328,8 @@ static __always_inline int pnlb_process(struct xdp_md *ctx)
 		return pnlb_time_exceeded(ctx, svc->id, &pkt, &pkt.flow.dst);
 	pnlb_fragment_seen(svc->id, &pkt);
 
-	reason = pnlb_conn_for(ctx, svc, &pkt, &conn, &table, &backend, &backend_id, &new_flow,
-			       &node);
+	reason = pnlb_conn_for(ctx, svc, &pkt, &conn, &table, established, &backend, &backend_id,
+			       &new_flow, &node);
 	if (reason == PNLB_HAND_ON) {
 		if (!node)
 			return pnlb_service_drop(svc->id, PNLB_DROP_NO_FLOW);

@@ -331,6 +331,18 @@ struct pnlb_service {
 };
 
 /*
+ * A service found by its id (pnlb_service_copies): an established flow's
+ * packets read their service through their entry's service_id instead of
+ * hashing the packet's listener. The key says which listener the copy is
+ * of; a reader takes the copy only when the key is the packet's own, so an
+ * empty copy, or one of another service that took the id, is never used.
+ */
+struct pnlb_service_copy {
+	struct pnlb_service_key key;
+	struct pnlb_service service;
+};
+
+/*
  * Nodes behind ECMP (docs/scale-out.md): with nat the servers' replies
  * come back through whichever node their routing picks, not necessarily
  * the one that saw the flow's SYN; an snat flow or a per-node scheduler's
@@ -565,6 +577,7 @@ struct pnlb_vlan_device {
 _Static_assert(sizeof(struct pnlb_addr) == 16, "pnlb_addr");
 _Static_assert(sizeof(struct pnlb_service_key) == 20, "pnlb_service_key");
 _Static_assert(sizeof(struct pnlb_service) == 44, "pnlb_service");
+_Static_assert(sizeof(struct pnlb_service_copy) == 64, "pnlb_service_copy");
 _Static_assert(sizeof(struct pnlb_source_census) == 24, "pnlb_source_census");
 _Static_assert(sizeof(struct pnlb_node) == 20, "pnlb_node");
 _Static_assert(sizeof(struct pnlb_own_macs) == 100, "pnlb_own_macs");

@@ -95,24 +95,32 @@ static __always_inline void pnlb_conn_delete(int table, const struct pnlb_flow_k
 }
 
 /*
- * A flow's entry from either table; *table says which. A flow that moves
+ * A flow's entry from either table; *table says which. pnlb_conn_find_after
+ * is for a caller that looked in the established table already and found
+ * `established` (or NULL). A flow that moves
  * to the established table while we look is found by the second look
  * there (it is inserted there before it leaves the new-flow table).
  */
-static __always_inline struct pnlb_conn *pnlb_conn_find(const struct pnlb_flow_key *key,
-							int *table)
+static __always_inline struct pnlb_conn *
+pnlb_conn_find_after(struct pnlb_conn *established, const struct pnlb_flow_key *key, int *table)
 {
-	struct pnlb_conn *conn = bpf_map_lookup_elem(&pnlb_conns, key);
+	struct pnlb_conn *conn;
 
 	*table = PNLB_ESTABLISHED;
-	if (conn)
-		return conn;
+	if (established)
+		return established;
 	conn = bpf_map_lookup_elem(&pnlb_conns_new, key);
 	if (conn) {
 		*table = PNLB_NEW;
 		return conn;
 	}
 	return bpf_map_lookup_elem(&pnlb_conns, key);
+}
+
+static __always_inline struct pnlb_conn *pnlb_conn_find(const struct pnlb_flow_key *key,
+							int *table)
+{
+	return pnlb_conn_find_after(bpf_map_lookup_elem(&pnlb_conns, key), key, table);
 }
 
 /* The backend in slot `id` if it still holds the occupant a flow was given. */
@@ -739,8 +747,9 @@ static __always_inline int pnlb_pick_backend(const struct pnlb_service *svc,
  */
 static __always_inline int pnlb_conn_for(struct xdp_md *ctx, const struct pnlb_service *svc,
 					 const struct pnlb_packet *pkt, struct pnlb_conn **conn,
-					 int *table, struct pnlb_backend **backend,
-					 __u32 *backend_id, int *new_flow, struct pnlb_node **node)
+					 int *table, struct pnlb_conn *established,
+					 struct pnlb_backend **backend, __u32 *backend_id,
+					 int *new_flow, struct pnlb_node **node)
 {
 	int stateless = svc->flags & PNLB_SVC_F_STATELESS;
 	int rehashed = 0;
@@ -748,44 +757,54 @@ static __always_inline int pnlb_conn_for(struct xdp_md *ctx, const struct pnlb_s
 	int reason;
 
 	*new_flow = 0;
-	*conn = pnlb_conn_find(&pkt->flow, table);
-	if (*conn && (*conn)->service_id == svc->id && (*conn)->direction == PNLB_DIR_ORIGINAL) {
-		if ((*conn)->flags & PNLB_CONN_F_RESET) {
-			/* on_backend_down = "reset": the next packet, whatever it is,
-			 * goes to a live backend, which resets the connection; the
-			 * entry expires soon. */
-			pnlb_source_flow_state(*conn, &pkt->flow.src, (*conn)->state, PNLB_CT_CLOSE);
-			pnlb_conn_remove(*table, &pkt->flow, *conn);
-			pnlb_count_table(PNLB_TC_RESET, 1);
-			state = pnlb_opens_flow(pkt) ? pnlb_initial_state(pkt) : PNLB_CT_CLOSE;
-			goto open;
-		}
-		*backend = pnlb_live_backend((*conn)->backend_id, (*conn)->backend_generation);
-		if (*backend) {
-			if ((*backend)->service_id != svc->id)
-				return PNLB_DROP_FOREIGN_BACKEND;
-			*backend_id = (*conn)->backend_id;
-			/* A half-open translated flow goes on only with its own
-			 * reply entry: never on a translation another flow holds. */
-			if (*table == PNLB_NEW && ((*conn)->flags & PNLB_CONN_F_NAT)) {
-				struct pnlb_flow_key peer_key;
-				struct pnlb_conn *peer;
-
-				pnlb_peer_key(*conn, pkt->flow.protocol, &peer_key);
-				peer = bpf_map_lookup_elem(&pnlb_conns_new, &peer_key);
-				reason = 0;
-				if (!peer)
-					reason = pnlb_conn_heal(&pkt->flow, *conn, &peer_key);
-				else if (!pnlb_is_peer_of(peer, *conn, &pkt->flow))
-					reason = PNLB_DROP_FLOW_CONFLICT;
-				if (reason) {
-					pnlb_conn_delete(PNLB_NEW, &pkt->flow);
-					return reason;
-				}
+	*conn = pnlb_conn_find_after(established, &pkt->flow, table);
+	if (*conn && (*conn)->direction == PNLB_DIR_ORIGINAL) {
+		if ((*conn)->service_id == svc->id) {
+			if ((*conn)->flags & PNLB_CONN_F_RESET) {
+				/* on_backend_down = "reset": the next packet,
+				 * whatever it is, goes to a live backend, which
+				 * resets the connection; the entry expires soon. */
+				pnlb_source_flow_state(*conn, &pkt->flow.src, (*conn)->state,
+						       PNLB_CT_CLOSE);
+				pnlb_conn_remove(*table, &pkt->flow, *conn);
+				pnlb_count_table(PNLB_TC_RESET, 1);
+				state = pnlb_opens_flow(pkt) ? pnlb_initial_state(pkt)
+							     : PNLB_CT_CLOSE;
+				goto open;
 			}
-			return 0;
+			*backend = pnlb_live_backend((*conn)->backend_id,
+						     (*conn)->backend_generation);
+			if (*backend) {
+				if ((*backend)->service_id != svc->id)
+					return PNLB_DROP_FOREIGN_BACKEND;
+				*backend_id = (*conn)->backend_id;
+				/* A half-open translated flow goes on only with
+				 * its own reply entry: never on a translation
+				 * another flow holds. */
+				if (*table == PNLB_NEW && ((*conn)->flags & PNLB_CONN_F_NAT)) {
+					struct pnlb_flow_key peer_key;
+					struct pnlb_conn *peer;
+
+					pnlb_peer_key(*conn, pkt->flow.protocol, &peer_key);
+					peer = bpf_map_lookup_elem(&pnlb_conns_new, &peer_key);
+					reason = 0;
+					if (!peer)
+						reason = pnlb_conn_heal(&pkt->flow, *conn,
+								&peer_key);
+					else if (!pnlb_is_peer_of(peer, *conn, &pkt->flow))
+						reason = PNLB_DROP_FLOW_CONFLICT;
+					if (reason) {
+						pnlb_conn_delete(PNLB_NEW, &pkt->flow);
+						return reason;
+					}
+				}
+				return 0;
+			}
 		}
-		/* Its backend is gone: the flow cannot go on there. */
+		/* Its backend is gone, or its service is (the entry is of one
+		 * that no longer holds the packet's listener: removed, or moved):
+		 * the flow cannot go on there, and its entry must not stay in
+		 * the way of the one this service gives it. */
 		pnlb_source_flow_state(*conn, &pkt->flow.src, (*conn)->state, PNLB_CT_CLOSE);
 		pnlb_conn_remove(*table, &pkt->flow, *conn);
 	}

@@ -15,6 +15,28 @@ struct {
 	__type(value, struct pnlb_service);
 } pnlb_services SEC(".maps");
 
+/* Service id -> the service and its key, in two copies (id * 2 + copy)
+ * with a selector, as pnlb_backends has: an established flow's packets
+ * find their service here from their entry. Written through shared
+ * mappings by the control plane, which mirrors every write and removal
+ * of pnlb_services here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 2 * PNLB_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct pnlb_service_copy);
+} pnlb_service_copies SEC(".maps");
+
+/* Service id -> which of its two copies is live (0 or 1). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, PNLB_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, __u32);
+} pnlb_service_live_copy SEC(".maps");
+
 /* VIP -> number of services on it: tells "not ours" from "ours, but no
  * such port" with a single lookup before any L4 parsing. */
 struct {

@@ -16,12 +16,13 @@ pub use crate::skel::types::{
     pnlb_hash_seed as HashSeed, pnlb_limits as Limits, pnlb_mac_key as MacKey,
     pnlb_meta_slot as MetaSlot, pnlb_method as Method, pnlb_node as Node,
     pnlb_node_limits as NodeLimits, pnlb_own_macs as OwnMacs, pnlb_reason as Reason,
-    pnlb_scheduler as SchedulerKind, pnlb_service as Service, pnlb_service_flags as ServiceFlags,
-    pnlb_service_key as ServiceKey, pnlb_service_stats as ServiceStats,
-    pnlb_snat_limits as SnatLimits, pnlb_source_census as SourceCensus,
-    pnlb_source_flows as SourceFlows, pnlb_source_key as SourceKey,
-    pnlb_source_limits as SourceLimits, pnlb_table_counter as TableCounter,
-    pnlb_table_slot as TableSlot, pnlb_vlan_device as VlanDeviceEntry,
+    pnlb_scheduler as SchedulerKind, pnlb_service as Service, pnlb_service_copy as ServiceCopy,
+    pnlb_service_flags as ServiceFlags, pnlb_service_key as ServiceKey,
+    pnlb_service_stats as ServiceStats, pnlb_snat_limits as SnatLimits,
+    pnlb_source_census as SourceCensus, pnlb_source_flows as SourceFlows,
+    pnlb_source_key as SourceKey, pnlb_source_limits as SourceLimits,
+    pnlb_table_counter as TableCounter, pnlb_table_slot as TableSlot,
+    pnlb_vlan_device as VlanDeviceEntry,
 };
 
 // The same numbers bpf/include/pnlb_abi.h checks with _Static_assert.
@@ -31,6 +32,8 @@ const _: () = {
     assert!(offset_of!(ServiceKey, port) == 16);
     assert!(offset_of!(ServiceKey, protocol) == 18);
     assert!(size_of::<Service>() == 44);
+    assert!(size_of::<ServiceCopy>() == 64);
+    assert!(offset_of!(ServiceCopy, service) == 20);
     assert!(offset_of!(Service, source_max_flows) == 40);
     assert!(size_of::<SourceKey>() == 24);
     assert!(size_of::<SourceFlows>() == 16);
@@ -94,6 +97,7 @@ pub unsafe trait Plain: Copy + Default {}
 unsafe impl Plain for Addr {}
 unsafe impl Plain for ServiceKey {}
 unsafe impl Plain for Service {}
+unsafe impl Plain for ServiceCopy {}
 unsafe impl Plain for Backend {}
 unsafe impl Plain for BackendConns {}
 unsafe impl Plain for BackendLoad {}

@@ -34,6 +34,8 @@ pub fn wait_for_readers() {
 pub(crate) enum Element {
     /// A backend slot's spare copy (the one packets stopped reading).
     BackendSpare(u32),
+    /// A service id's spare copy in pnlb_service_copies.
+    ServiceSpare(u32),
     /// An element the services map took back: a preallocated hash map
     /// recycles the element an update replaces or a delete removes (into a
     /// per-CPU spare or its free list), and the next update of any key may

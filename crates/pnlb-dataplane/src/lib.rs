@@ -36,6 +36,7 @@ pub mod pinning;
 pub mod prog_stats;
 pub mod programmer;
 pub mod run_times;
+pub mod service_copies;
 pub mod stats;
 pub mod sync;
 pub mod vlan;

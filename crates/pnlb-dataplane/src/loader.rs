@@ -13,6 +13,7 @@ use pnlb_core::config::XdpMode;
 use crate::abi::MetaSlot;
 use crate::address_filter::AddressFilter;
 use crate::conntrack::{SweepTally, Sweeper};
+use crate::service_copies::ServiceCopies;
 use crate::skel::{LbMaps, LbSkel, LbSkelBuilder};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,8 @@ pub struct Dataplane {
     /// pnlb_vip_filter and pnlb_backend_filter, mapped.
     pub(crate) vip_filter: AddressFilter,
     pub(crate) backend_filter: AddressFilter,
+    /// pnlb_service_copies and pnlb_service_live_copy, mapped.
+    pub(crate) service_copies: ServiceCopies,
 }
 
 /// How the program is loaded.
@@ -184,6 +187,8 @@ impl Dataplane {
             (&mut maps.pnlb_rates, services),
             (&mut maps.pnlb_service_stats, services),
             (&mut maps.pnlb_sched_cursors, services),
+            (&mut maps.pnlb_service_live_copy, services),
+            (&mut maps.pnlb_service_copies, 2 * services),
             (
                 &mut maps.pnlb_snat_addrs,
                 services * crate::abi::MAX_SNAT_ADDRS,
@@ -243,10 +248,20 @@ impl Dataplane {
         };
         let vip_filter = filter(&skel.maps.pnlb_vip_filter, "pnlb_vip_filter")?;
         let backend_filter = filter(&skel.maps.pnlb_backend_filter, "pnlb_backend_filter")?;
+        let service_copies = ServiceCopies::map(
+            &skel.maps.pnlb_service_copies,
+            &skel.maps.pnlb_service_live_copy,
+            services,
+        )
+        .map_err(|err| DataplaneError::Map {
+            map: "pnlb_service_copies",
+            source: libbpf_rs::Error::from(err),
+        })?;
         let dataplane = Self {
             sweeper,
             vip_filter,
             backend_filter,
+            service_copies,
             skel,
             tables,
             limits,

@@ -71,6 +71,31 @@ impl Mapped {
         unsafe { self.at.cast::<u8>().add(i * ELEMENT) }
     }
 
+    /// Copies `bytes` over the elements from `first` on, which no
+    /// program run reads (the caller's guarantee).
+    pub(crate) fn write_from(&self, first: usize, bytes: &[u8]) {
+        assert!(
+            first * ELEMENT + bytes.len() <= self.len,
+            "{} bytes at element {first} outside the mapping",
+            bytes.len()
+        );
+        // SAFETY: inside the mapping (asserted).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.element(first), bytes.len()) };
+    }
+
+    /// `len` bytes from element `first` on, as they are now (a copy no
+    /// program run writes).
+    pub(crate) fn read_from(&self, first: usize, len: usize) -> Vec<u8> {
+        assert!(
+            first * ELEMENT + len <= self.len,
+            "{len} bytes at element {first} outside the mapping"
+        );
+        let mut bytes = vec![0u8; len];
+        // SAFETY: inside the mapping (asserted).
+        unsafe { std::ptr::copy_nonoverlapping(self.element(first), bytes.as_mut_ptr(), len) };
+        bytes
+    }
+
     /// Copies `bytes` over the start of the mapping (no reader yet).
     pub(crate) fn fill(&self, bytes: &[u8]) {
         let len = bytes.len().min(self.len);

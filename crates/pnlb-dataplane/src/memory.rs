@@ -97,7 +97,11 @@ pub fn estimate(config: &Config, cpus: usize) -> MemoryEstimate {
     );
     // The two address filters, 64 bits a word.
     let address_filters = 2 * crate::address_filter::WORDS as u64 * 8;
+    // Two copies of each service by id, and their selectors.
+    let service_copies =
+        u64::from(limits.services) * (2 * size_of::<abi::ServiceCopy>() as u64 + 8);
     let other = u64::from(limits.backends) * 2 * size_of::<Backend>() as u64
+        + service_copies
         + SYNC_RING
         + source_rates
         + address_filters;

@@ -1493,6 +1493,7 @@ fn the_address_sets_follow_each_change_as_a_whole_count_would() {
         fixture.apply(text);
         let config = parse_config(text);
         assert_address_sets(&fixture, &address_sets_of(&fixture, &config), step);
+        assert_copies_mirror_services(&fixture.dataplane, step);
     }
     // The retiring backends' slots freed (no flows): their addresses go.
     let freed = fixture.programmer.reap(&fixture.dataplane).unwrap();
@@ -1523,8 +1524,101 @@ fn the_address_sets_follow_each_change_as_a_whole_count_would() {
         .remove(&fixture.dataplane, &["d".to_string()])
         .unwrap();
     assert_address_sets(&fixture, &address_sets_of(&fixture, &last), "d removed");
+    assert_copies_mirror_services(&fixture.dataplane, "d removed");
     // Its table closed in place, not taken out of the map of maps (a
     // grace period); nothing names it, and its VIP:port is no service.
     assert_eq!(fixture.dataplane.published_table(d).unwrap(), None);
     assert_eq!(fixture.run(&to_d.bytes()).0, XDP_PASS, "d removed");
+}
+
+/// An established flow's packets find their service through their entry's
+/// id (pnlb_service_copies), not by hashing their listener; a copy counts
+/// only while it is of a listener the packet is for. An established flow
+/// stays with the service that took it while that service lasts (as IPVS
+/// keeps a connection), and goes where a lookup by listener sends it once
+/// it is gone. Each step makes the two ways differ: another service takes
+/// a removed one's id; a service on the flow's own port joins the VIP's
+/// every-port one; the flow's service gains a deny rule, and loses it; the
+/// port's own service leaves its flow to the every-port one.
+#[test]
+fn an_established_flow_keeps_its_service_while_it_lasts_and_no_longer() {
+    if !privileged() {
+        return;
+    }
+    let service = |name: &str, vip: &str, port: u16, backend: &str, extra: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"udp\"\nmethod = \"dr\"\nscheduler = \"rr\"\n{extra}[[service.backend]]\naddress = \"{backend}\"\n"
+        )
+    };
+    let head = "[daemon]\ninterfaces = [\"eth0\"]\n";
+    let a = service("a", "10.90.0.1", 53, "10.77.1.11", "");
+    // On a's VIP, so that a's packets still get past the VIP filter.
+    let b = service("b", "10.90.0.1", 54, "10.77.1.12", "");
+    let c = service("c", "10.90.0.3", 53, "10.77.1.13", "");
+    let every_port = |extra: &str| service("p", "10.90.0.4", 0, "10.77.1.14", extra);
+    let q = service("q", "10.90.0.4", 53, "10.77.1.15", "");
+    let to_a = Pkt::udp("10.77.0.2", 41000, "10.90.0.1", 53);
+    let to_p = Pkt::udp("10.77.0.2", 41001, "10.90.0.4", 53);
+    let to_q = Pkt::udp("10.77.0.2", 41002, "10.90.0.4", 53);
+    let establish = |fixture: &Fixture, packet: &Pkt| -> IpAddr {
+        for _ in 0..2 {
+            assert_eq!(fixture.run(&packet.bytes()).0, XDP_TX);
+        }
+        assert_eq!(table_of(fixture, packet), Some(Table::Established));
+        let (_, out) = fixture.run(&packet.bytes());
+        backend_of(&out)
+    };
+    let next_datagram = |fixture: &Fixture, packet: &Pkt| {
+        let (verdict, out) = fixture.run(&packet.bytes());
+        (verdict, (verdict == XDP_TX).then(|| backend_of(&out)))
+    };
+    let sent_to = |backend: &str| (XDP_TX, Some(backend.parse::<IpAddr>().unwrap()));
+
+    let mut fixture = Fixture::new(&format!("{head}{a}{b}{}", every_port("")));
+    assert_copies_mirror_services(&fixture.dataplane, "a, b and p");
+    let a_id = fixture.programmer.service_id("a").unwrap();
+    assert_eq!(establish(&fixture, &to_a).to_string(), "10.77.1.11");
+    assert_eq!(establish(&fixture, &to_p).to_string(), "10.77.1.14");
+
+    fixture.apply(&format!("{head}{b}{c}{}", every_port("")));
+    assert_copies_mirror_services(&fixture.dataplane, "a removed, c added");
+    assert_eq!(
+        fixture.programmer.service_id("c"),
+        Some(a_id),
+        "c took a's id (else this step shows nothing)"
+    );
+    let after = next_datagram(&fixture, &to_a);
+    println!("a's flow after c took a's id: {after:?}");
+    assert_eq!(after, (XDP_PASS, None), "a's port is no service now");
+
+    fixture.apply(&format!("{head}{b}{c}{}{q}", every_port("")));
+    assert_copies_mirror_services(&fixture.dataplane, "q on p's VIP and port");
+    let after = next_datagram(&fixture, &to_p);
+    println!("p's flow after q joined on its port: {after:?}");
+    assert_eq!(after, sent_to("10.77.1.14"), "the flow stays with p");
+    assert_eq!(establish(&fixture, &to_q).to_string(), "10.77.1.15");
+
+    fixture.apply(&format!(
+        "{head}{b}{c}{}{q}",
+        every_port("deny = [\"10.77.0.2/32\"]\n")
+    ));
+    assert_copies_mirror_services(&fixture.dataplane, "p denies the client");
+    let after = next_datagram(&fixture, &to_p);
+    println!("p's flow with its client denied: {after:?}");
+    assert_eq!(after, (XDP_DROP, None));
+
+    fixture.apply(&format!("{head}{b}{c}{}{q}", every_port("")));
+    assert_copies_mirror_services(&fixture.dataplane, "p allows it again");
+    let after = next_datagram(&fixture, &to_p);
+    println!("p's flow allowed again: {after:?}");
+    assert_eq!(after, sent_to("10.77.1.14"));
+
+    // q's entry, of a service gone, gives way to p's: every datagram
+    // after goes on (it used to stay in the way until it expired).
+    fixture.apply(&format!("{head}{b}{c}{}", every_port("")));
+    assert_copies_mirror_services(&fixture.dataplane, "q removed");
+    let after: Vec<_> = (0..3).map(|_| next_datagram(&fixture, &to_q)).collect();
+    println!("q's flow after q left: {after:?}");
+    assert_eq!(after, vec![sent_to("10.77.1.14"); 3]);
+    assert_eq!(table_of(&fixture, &to_q), Some(Table::Established));
 }

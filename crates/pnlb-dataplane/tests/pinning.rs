@@ -88,8 +88,35 @@ fn a_second_load_adopts_flows_and_slots_and_refuses_what_it_cannot_read() {
     ];
     assert!(ids.iter().all(Option::is_some), "{ids:?}");
     let flow = first.lookup_connection(&flow_of(&syn)).expect("the flow");
+    assert_copies_mirror_services(&first, "first load");
     drop(programmer);
     drop(first);
+    // Copies by id a process of another version might have left: every
+    // one of nat4's listener, none of its service. Adoption trusts none.
+    let stale = libbpf_rs::MapHandle::from_pinned_path(dir.join("pnlb_service_copies")).unwrap();
+    for index in 0..8u32 {
+        let copy = abi::ServiceCopy {
+            key: abi::ServiceKey {
+                vip: abi::addr("10.77.100.1".parse().unwrap()),
+                port: 80u16.to_be(),
+                protocol: 6,
+                _pad: 0,
+            },
+            service: abi::Service {
+                id: index / 2,
+                method: abi::Method::PNLB_METHOD_DR.0 as u8,
+                ..Default::default()
+            },
+        };
+        stale
+            .update(
+                &index.to_ne_bytes(),
+                abi::bytes_of(&copy),
+                libbpf_rs::MapFlags::ANY,
+            )
+            .unwrap();
+    }
+    drop(stale);
 
     let meta = pinning::pinned_meta(&dir)
         .unwrap()
@@ -106,6 +133,7 @@ fn a_second_load_adopts_flows_and_slots_and_refuses_what_it_cannot_read() {
         (flow.backend_id, flow.backend_generation)
     );
     let mut programmer = Programmer::adopt(&second, &config).unwrap();
+    assert_copies_mirror_services(&second, "adopted over stale copies");
     assert_eq!(programmer.slots_in_use(), (1, 2));
     programmer.apply(&second, &config, &mut resolver).unwrap();
     assert_eq!(

@@ -68,6 +68,12 @@ impl Programmer {
             );
         }
         read_whole("pnlb_services", &services)?;
+        let by_id: HashMap<u32, (ServiceKey, abi::Service)> = programmer
+            .services
+            .values()
+            .map(|slot| (slot.id, (slot.key, slot.value)))
+            .collect();
+        dataplane.service_copies.rewrite_all(&by_id);
 
         let mut next_generation = dataplane
             .meta(abi::MetaSlot::PNLB_META_NEXT_GENERATION)

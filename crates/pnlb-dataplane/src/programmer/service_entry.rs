@@ -125,10 +125,11 @@ fn scheduler(scheduler: Scheduler) -> abi::SchedulerKind {
     }
 }
 
-/// Writes the service entry if it changed. The services map is a
-/// preallocated hash, which recycles replaced and deleted elements at once:
-/// readers are waited for before such an element is written again
-/// ([`Grace`]); inserting new services waits for nothing.
+/// Writes the service entry if it changed, and its copy by id
+/// ([`crate::service_copies`]). The services map is a preallocated hash,
+/// which recycles replaced and deleted elements at once: readers are
+/// waited for before such an element is written again ([`Grace`]);
+/// inserting new services waits for nothing.
 pub(super) fn write_service(
     dataplane: &Dataplane,
     grace: &mut Grace,
@@ -150,16 +151,22 @@ pub(super) fn write_service(
         .pnlb_services
         .update(bytes_of(&slot.key), bytes_of(&value), MapFlags::ANY)
         .map_err(map_err("pnlb_services"))?;
+    dataplane
+        .service_copies
+        .write(grace, slot.id, &slot.key, &value);
     slot.value = value;
     Ok(())
 }
 
-/// Removes a service entry (its listener moved, or the service went).
+/// Removes service `id`'s entry under `key` (its listener moved, or the
+/// service went), its copy by id first.
 pub(super) fn delete_service(
     dataplane: &Dataplane,
     grace: &mut Grace,
+    id: u32,
     key: &abi::ServiceKey,
 ) -> Result<(), DataplaneError> {
+    dataplane.service_copies.clear(grace, id);
     match dataplane.maps().pnlb_services.delete(bytes_of(key)) {
         Ok(()) => {
             grace.released(Element::ServiceRecycled);

@@ -784,3 +784,29 @@ pub fn tag(frame: &[u8], tci: u16) -> Vec<u8> {
     out.extend_from_slice(&frame[12..]);
     out
 }
+
+/// Every service entry has its copy by id (pnlb_service_copies), the same
+/// byte for byte, and no other id holds one.
+pub fn assert_copies_mirror_services(dataplane: &Dataplane, step: &str) {
+    let bytes = |services: &pnlb_dataplane::service_copies::ServicesById| {
+        let mut all: Vec<(u32, Vec<u8>, Vec<u8>)> = services
+            .iter()
+            .map(|(id, (key, service))| {
+                (
+                    *id,
+                    abi::bytes_of(key).to_vec(),
+                    abi::bytes_of(service).to_vec(),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let entries = dataplane.service_entries().expect("read pnlb_services");
+    assert_eq!(
+        bytes(&dataplane.service_copies()),
+        bytes(&entries),
+        "{step}: the copies by id are not the service entries"
+    );
+    println!("{step}: {} services, each copied by id", entries.len());
+}
