@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /*
- * pnlb XDP entry point: classify -> service lookup -> connection table /
+ * pnlb XDP entry point: classify -> the established flow's entry, which
+ * names its service, or else the service by listener -> connection table /
  * scheduler -> forward. Everything slow-changing (services, backends,
  * tables) is decided in userspace and published through maps.
  */
