@@ -68,7 +68,9 @@ impl Programmer {
             );
         }
         read_whole("pnlb_services", &services)?;
-        let by_id: HashMap<u32, (ServiceKey, abi::Service)> = programmer
+        // Before anything else reads them (docs/conntrack.md, "A flow's
+        // service").
+        let by_id: crate::service_copies::ServicesById = programmer
             .services
             .values()
             .map(|slot| (slot.id, (slot.key, slot.value)))
