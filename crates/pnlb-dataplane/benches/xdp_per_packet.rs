@@ -197,16 +197,21 @@ fn xdp(c: &mut Criterion) {
     });
     group.finish();
 
+    print_low_percentiles(&dataplane, floor.program(), &pass);
+
     let mut group = c.benchmark_group("xdp, new flow (8 backends)");
     for (i, scheduler) in SCHEDULERS.iter().enumerate() {
         let vip = format!("10.77.101.{}", i + 1);
-        let sent = std::cell::Cell::new(0u64);
+        let sent = std::cell::Cell::new(0u32);
         group.bench_function(BenchmarkId::from_parameter(scheduler), |b| {
             b.iter_custom(|iters| {
                 one_by_one(&dataplane, iters, |_| {
                     sent.set(sent.get() + 1);
-                    // A new source port each time: a new flow, a new pick.
-                    tcp(&vip, 1024 + (sent.get() % 60_000) as u16, true)
+                    // A flow never seen each time, a new pick. (Until
+                    // 2026-12-03 only the port changed, and after 60,000
+                    // most SYNs found the half-open entry of an earlier
+                    // one.) Past 262,144 the new-flow table evicts.
+                    new_syn(&vip, 80, sent.get())
                 })
             })
         });
@@ -278,6 +283,132 @@ fn xdp(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// Batches each figure of [`print_low_percentiles`] is taken over.
+const BATCHES: usize = 200;
+
+/// The 10th percentile and the median of [`BATCHES`] batches' mean cost
+/// per packet, in ns.
+fn low_percentiles(mut batch_ns: impl FnMut() -> f64) -> (f64, f64) {
+    let mut means: Vec<f64> = (0..BATCHES).map(|_| batch_ns()).collect();
+    means.sort_by(f64::total_cmp);
+    (means[BATCHES / 10], means[BATCHES / 2])
+}
+
+/// Each target's case as the 10th percentile and the median of many
+/// short batches, next to the harness floor of its mode. On a VM whose
+/// host takes the CPU away at random, criterion's means move by half
+/// from one run to the next; a low percentile of short batches leaves
+/// most of those pauses out and is the program's own cost, the median is
+/// what a run meets. Needs the established flows of the group before.
+fn print_low_percentiles(
+    dataplane: &Dataplane,
+    floor: &libbpf_rs::ProgramMut<'static>,
+    pass: &[u8],
+) {
+    const REPEATS: u64 = 2_000;
+    const CALLS: u64 = 200;
+    const NEW_CALLS: u64 = 100;
+    let per = |total: Duration, count: u64| total.as_nanos() as f64 / count as f64;
+    let any = tcp("10.77.1.99", 40000, false);
+    let floor_repeat = low_percentiles(|| per(program_repeated(floor, REPEATS, &any), REPEATS));
+    let floor_calls =
+        low_percentiles(|| per(program_one_by_one(floor, CALLS, |_| any.clone()), CALLS));
+    let mut rows = vec![
+        ("harness floor, repeat mode".to_string(), floor_repeat, None),
+        (
+            "harness floor, one packet per call".to_string(),
+            floor_calls,
+            None,
+        ),
+        (
+            "not a service (pass), repeat mode".to_string(),
+            low_percentiles(|| per(repeated(dataplane, REPEATS, pass), REPEATS)),
+            Some(floor_repeat),
+        ),
+    ];
+    for (name, vip) in METHODS {
+        let packet = tcp(vip, 40000, false);
+        let row = if name == "dr" {
+            (
+                "dr, established, repeat mode".to_string(),
+                low_percentiles(|| per(repeated(dataplane, REPEATS, &packet), REPEATS)),
+                Some(floor_repeat),
+            )
+        } else {
+            (
+                format!("{name}, established, one packet per call"),
+                low_percentiles(|| per(one_by_one(dataplane, CALLS, |_| packet.clone()), CALLS)),
+                Some(floor_calls),
+            )
+        };
+        rows.push(row);
+    }
+    // New flows from clients no other case uses, each packet a flow of
+    // its own (BATCHES * NEW_CALLS per scheduler: 220,000 in all, under
+    // the new-flow table's 262,144, so that none is evicted).
+    for (i, scheduler) in SCHEDULERS.iter().enumerate() {
+        let vip = format!("10.77.101.{}", i + 1);
+        let syn = |n: u32| new_syn(&vip, 79, n);
+        let sent = std::cell::Cell::new(0u32);
+        let figure = low_percentiles(|| {
+            per(
+                one_by_one(dataplane, NEW_CALLS, |_| {
+                    sent.set(sent.get() + 1);
+                    syn(sent.get())
+                }),
+                NEW_CALLS,
+            )
+        });
+        // Each was a flow of its own: the last one has its entry.
+        assert!(
+            dataplane
+                .conns()
+                .find(&flow_key(&syn(sent.get())))
+                .is_some(),
+            "the new flows of {scheduler} were not taken"
+        );
+        rows.push((
+            format!("new flow, {scheduler}, one packet per call"),
+            figure,
+            Some(floor_calls),
+        ));
+    }
+    println!(
+        "\nper packet, kernel-timed: 10th percentile / median of {BATCHES} batches, ns \
+         (net: the 10th percentile less its mode's floor's)"
+    );
+    for (name, (low, median), floor) in rows {
+        let net = floor.map_or(String::new(), |(floor_low, _)| {
+            format!("   net {:6.1}", low - floor_low)
+        });
+        println!("  {name:45} {low:7.1} / {median:7.1}{net}");
+    }
+    println!();
+}
+
+/// The SYN of client `n` of network 10.`net`: source port 1024 + n %
+/// 60,000 of address 10.`net`.(n / 60,000 / 256).(n / 60,000 % 256).
+fn new_syn(vip: &str, net: u8, n: u32) -> Vec<u8> {
+    let mut packet = tcp(vip, 1024 + (n % 60_000) as u16, true);
+    let host = n / 60_000;
+    packet[26..30].copy_from_slice(&[10, net, (host / 256) as u8, (host % 256) as u8]);
+    fix_ipv4_checksum(&mut packet);
+    packet
+}
+
+/// Sets an IPv4 header's checksum (the Ethernet frame's bytes 14..34).
+fn fix_ipv4_checksum(frame: &mut [u8]) {
+    frame[24] = 0;
+    frame[25] = 0;
+    let sum = frame[14..34]
+        .chunks(2)
+        .map(|word| u32::from(u16::from_be_bytes([word[0], word[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    frame[24..26].copy_from_slice(&(!(folded as u16)).to_be_bytes());
 }
 
 /// `count` services beside the measured ones: VIPs 10.90.x.y, rr over one
