@@ -10,6 +10,10 @@
 //! rewritten or encapsulated packet back in); that mode adds the test-run
 //! machinery and cold caches, which the "harness floor" group measures
 //! (an empty program, and dr, both ways).
+//!
+//! After the established group it prints each target's case as the 10th
+//! percentile and the median of many short batches, beside its mode's
+//! floor: on a VM the host's pauses move criterion's means by half.
 
 mod support;
 
