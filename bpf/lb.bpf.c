@@ -102,7 +102,7 @@ static __always_inline struct pnlb_service *pnlb_flow_service(const struct pnlb_
 	index = id * 2 + (*live & 1);
 	copy = bpf_map_lookup_elem(&pnlb_service_copies, &index);
 	if (!copy || (copy->key.port && copy->key.port != flow->dst_port) ||
-	    !copy->key.protocol || copy->key.protocol != flow->protocol || copy->service.id != id ||
+	    copy->key.protocol != flow->protocol || copy->service.id != id ||
 	    !pnlb_addr_eq(&copy->key.vip, &flow->dst))
 		return NULL;
 	return &copy->service;

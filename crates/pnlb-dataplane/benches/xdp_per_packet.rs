@@ -79,12 +79,16 @@ const SCHEDULERS: [&str; 11] = [
 ];
 
 fn tcp(dst: &str, sport: u16, syn: bool) -> Vec<u8> {
+    tcp_from([10, 77, 0, 2], dst, sport, syn)
+}
+
+fn tcp_from(src: [u8; 4], dst: &str, sport: u16, syn: bool) -> Vec<u8> {
     let dst = dst
         .parse::<std::net::Ipv4Addr>()
         .expect("fixed address")
         .octets();
     let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 3], [2, 0, 0, 0, 0, 2])
-        .ipv4([10, 77, 0, 2], dst, 64)
+        .ipv4(src, dst, 64)
         .tcp(sport, 80, 1, 64240);
     let builder = if syn { builder.syn() } else { builder.ack(1) };
     let mut out = Vec::new();
@@ -395,24 +399,9 @@ fn print_low_percentiles(
 /// The SYN of client `n` of network 10.`net`: source port 1024 + n %
 /// 60,000 of address 10.`net`.(n / 60,000 / 256).(n / 60,000 % 256).
 fn new_syn(vip: &str, net: u8, n: u32) -> Vec<u8> {
-    let mut packet = tcp(vip, 1024 + (n % 60_000) as u16, true);
     let host = n / 60_000;
-    packet[26..30].copy_from_slice(&[10, net, (host / 256) as u8, (host % 256) as u8]);
-    fix_ipv4_checksum(&mut packet);
-    packet
-}
-
-/// Sets an IPv4 header's checksum (the Ethernet frame's bytes 14..34).
-fn fix_ipv4_checksum(frame: &mut [u8]) {
-    frame[24] = 0;
-    frame[25] = 0;
-    let sum = frame[14..34]
-        .chunks(2)
-        .map(|word| u32::from(u16::from_be_bytes([word[0], word[1]])))
-        .sum::<u32>();
-    let folded = (sum & 0xffff) + (sum >> 16);
-    let folded = (folded & 0xffff) + (folded >> 16);
-    frame[24..26].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+    let src = [10, net, (host / 256) as u8, (host % 256) as u8];
+    tcp_from(src, vip, 1024 + (n % 60_000) as u16, true)
 }
 
 /// `count` services beside the measured ones: VIPs 10.90.x.y, rr over one

@@ -72,7 +72,7 @@ impl ServiceCopies {
     }
 
     /// The live copy of every id that holds a service.
-    fn live(&self) -> HashMap<u32, (ServiceKey, Service)> {
+    fn live(&self) -> ServicesById {
         (0..self.live.elements() as u32)
             .filter_map(|id| {
                 let live = self.live.u32_at(id as usize).load(Ordering::Acquire) & 1;
