@@ -25,21 +25,19 @@ pub(super) struct BackendCopies {
 impl Slots {
     /// Writes backend slot `id`: the spare copy, then the selector, so a
     /// packet reads the old entry or the new, never a mix. A slot never
-    /// used before that no table names yet is written in place: no packet
-    /// reads it.
+    /// used before that no table names yet is written in place, and not
+    /// at once: no packet reads it, so its entry waits for
+    /// [`Self::write_unpublished`], in one system call with the others.
     pub(super) fn write_backend(
         &mut self,
         dataplane: &Dataplane,
         id: u32,
         value: &Backend,
     ) -> Result<(), DataplaneError> {
-        if self.unpublished.remove(&id) {
+        if self.unpublished.contains(&id) {
             let index = id * 2 + self.copies.live.get(&id).copied().unwrap_or(0);
-            return dataplane
-                .maps()
-                .pnlb_backends
-                .update(&index.to_ne_bytes(), bytes_of(value), MapFlags::ANY)
-                .map_err(map_err("pnlb_backends"));
+            self.unwritten.push((index, *value));
+            return Ok(());
         }
         let spare = self.copies.live.get(&id).copied().unwrap_or(0) ^ 1;
         self.grace.before_rewrite(Element::BackendSpare(id));
@@ -52,6 +50,56 @@ impl Slots {
             .update(&id.to_ne_bytes(), &spare.to_ne_bytes(), MapFlags::ANY)
             .map_err(map_err("pnlb_live_copy"))?;
         self.copies.live.insert(id, spare);
+        Ok(())
+    }
+
+    /// Writes the entries of the slots no table names yet, all in one
+    /// batch (at 10,000 services of ten backends, 100,000 updates of one
+    /// entry each were a quarter of an apply); then tables may name them.
+    /// Before any table that names one is published. An entry the batch
+    /// failed to write stays to write, and its slot unpublished.
+    pub(super) fn write_unpublished(
+        &mut self,
+        dataplane: &Dataplane,
+    ) -> Result<(), DataplaneError> {
+        if !self.unwritten.is_empty() {
+            let map = &dataplane.maps().pnlb_backends;
+            let keys: Vec<u8> = self
+                .unwritten
+                .iter()
+                .flat_map(|(index, _)| index.to_ne_bytes())
+                .collect();
+            let values: Vec<u8> = self
+                .unwritten
+                .iter()
+                .flat_map(|(_, value)| bytes_of(value).iter().copied())
+                .collect();
+            let batch = map.update_batch(
+                &keys,
+                &values,
+                self.unwritten.len() as u32,
+                MapFlags::ANY,
+                MapFlags::ANY,
+            );
+            match batch {
+                Ok(()) => {}
+                // A kernel without batch updates of arrays: one at a time.
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        libbpf_rs::ErrorKind::Unsupported | libbpf_rs::ErrorKind::InvalidInput
+                    ) =>
+                {
+                    for (index, value) in &self.unwritten {
+                        map.update(&index.to_ne_bytes(), bytes_of(value), MapFlags::ANY)
+                            .map_err(map_err("pnlb_backends"))?;
+                    }
+                }
+                Err(err) => return Err(map_err("pnlb_backends")(err)),
+            }
+            self.unwritten.clear();
+        }
+        self.unpublished.clear();
         Ok(())
     }
 

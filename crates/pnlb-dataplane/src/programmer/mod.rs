@@ -90,6 +90,9 @@ struct Slots {
     persisted_generation: u32,
     /// Fresh slots no published table names yet (written in place).
     unpublished: BTreeSet<u32>,
+    /// Their entries (pnlb_backends index, value), in the order written,
+    /// until `write_unpublished`.
+    unwritten: Vec<(u32, Backend)>,
     copies: backends::BackendCopies,
     grace: Grace,
 }
@@ -439,14 +442,8 @@ impl Programmer {
         dataplane: &Dataplane,
         tables: table::PendingTables,
     ) -> Result<(), DataplaneError> {
-        // Generations first: a process that adopts the data plane must
-        // never give one a published table names.
-        self.slots.persist_generation(dataplane)?;
-        // From here a table may name the new slots (even if publishing
-        // fails halfway): they are written like any other.
-        self.slots.unpublished.clear();
         let ids = tables.service_ids();
-        tables.publish(dataplane, &mut self.held).inspect_err(|_| {
+        publish_in_order(dataplane, &mut self.slots, &mut self.held, tables).inspect_err(|_| {
             for slot in self.services.values_mut() {
                 if ids.contains(&slot.id) {
                     slot.table_inputs = None;
@@ -769,6 +766,22 @@ impl Programmer {
 }
 
 /// pnlb_vips and its filter.
+/// What a table may name goes in before it: the backend generations
+/// (a process that adopts the data plane must never give one a published
+/// table names), then the new slots' entries (from here a table may name
+/// them, even if publishing fails halfway: they are written like any
+/// other), then the tables.
+fn publish_in_order(
+    dataplane: &Dataplane,
+    slots: &mut Slots,
+    held: &mut held_tables::HeldTables,
+    tables: table::PendingTables,
+) -> Result<(), DataplaneError> {
+    slots.persist_generation(dataplane)?;
+    slots.write_unpublished(dataplane)?;
+    tables.publish(dataplane, held)
+}
+
 fn vip_set(dataplane: &Dataplane) -> SetMaps<'_> {
     SetMaps {
         map: &dataplane.maps().pnlb_vips,
