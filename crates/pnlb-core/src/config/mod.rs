@@ -7,7 +7,7 @@
 //! `[[service]]` service.rs with its tunnel.rs and snat.rs settings,
 //! backends backend.rs, checks health.rs, `[ha]` ha.rs, `[bgp]` bgp.rs; the rules
 //! that span services together.rs). This file reads the file and holds
-//! what every section shares.
+//! what every section shares; a long file is parsed in pieces (pieces.rs).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -25,6 +25,7 @@ mod bgp;
 mod daemon;
 mod ha;
 mod health;
+mod pieces;
 mod service;
 mod snat;
 #[cfg(test)]
@@ -120,7 +121,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates config text; `path` is used in error messages.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|err| syntax_error(path, text, &err))?;
+    let raw = pieces::raw_config(text).map_err(|err| syntax_error(path, text, &err))?;
     Validator { file: path }.config(raw)
 }
 
