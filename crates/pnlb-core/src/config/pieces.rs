@@ -1,7 +1,8 @@
 //! A long file parsed on every core: the text cut at `[[service]]` headers
 //! into one piece per core, each piece parsed on a thread of its own, and
 //! the pieces' services joined in order. At 10,000 services (7.8 MB) one
-//! TOML parse took 300-500 ms on two cores, half of a start from the file.
+//! TOML parse took 300-500 ms, a third or more of a start from the file;
+//! in two pieces on two cores, 190-215 ms (docs/benchmarks.md).
 //!
 //! A cut only ever lands on a line that is exactly `[[service]]`, so each
 //! piece after the first is whole services. Wherever that could read the

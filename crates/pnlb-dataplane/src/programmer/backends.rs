@@ -54,10 +54,10 @@ impl Slots {
     }
 
     /// Writes the entries of the slots no table names yet, all in one
-    /// batch (at 10,000 services of ten backends, 100,000 updates of one
-    /// entry each were a quarter of an apply); then tables may name them.
-    /// Before any table that names one is published. An entry the batch
-    /// failed to write stays to write, and its slot unpublished.
+    /// batch (a start of 10,000 services of ten backends made 100,000
+    /// updates of one entry each); then tables may name them. Before any
+    /// table that names one is published. An entry the batch failed to
+    /// write stays to write, and its slot unpublished.
     pub(super) fn write_unpublished(
         &mut self,
         dataplane: &Dataplane,

@@ -88,7 +88,8 @@ struct Slots {
     next_generation: u32,
     /// What pnlb_meta holds of it (pinned data planes).
     persisted_generation: u32,
-    /// Fresh slots no published table names yet (written in place).
+    /// Fresh slots no published table names yet (written in place, in
+    /// one batch before the next tables are published).
     unpublished: BTreeSet<u32>,
     /// Their entries (pnlb_backends index, value), in the order written,
     /// until `write_unpublished`.
@@ -765,7 +766,6 @@ impl Programmer {
     }
 }
 
-/// pnlb_vips and its filter.
 /// What a table may name goes in before it: the backend generations
 /// (a process that adopts the data plane must never give one a published
 /// table names), then the new slots' entries (from here a table may name
@@ -782,6 +782,7 @@ fn publish_in_order(
     tables.publish(dataplane, held)
 }
 
+/// pnlb_vips and its filter.
 fn vip_set(dataplane: &Dataplane) -> SetMaps<'_> {
     SetMaps {
         map: &dataplane.maps().pnlb_vips,
