@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /*
  * pnlb XDP entry point: classify -> the established flow's entry, which
- * names its service, or else the service by listener -> connection table /
- * scheduler -> forward. Everything slow-changing (services, backends,
+ * names its service, or else the service's id by listener -> the service
+ * by id -> connection table / scheduler -> forward. Everything slow-changing (services, backends,
  * tables) is decided in userspace and published through maps.
  */
 #include <linux/bpf.h>
@@ -63,39 +63,17 @@ const volatile struct {
 	enum pnlb_address_filter_limits address_filter_limits;
 } pnlb_abi_anchor;
 
-static __always_inline struct pnlb_service *pnlb_find_service(const struct pnlb_flow_key *flow)
-{
-	struct pnlb_service_key key = {};
-	struct pnlb_service *svc;
-
-	key.vip = flow->dst;
-	key.port = flow->dst_port;
-	key.protocol = flow->protocol;
-	svc = bpf_map_lookup_elem(&pnlb_services, &key);
-	if (svc)
-		return svc;
-	key.port = 0;
-	return bpf_map_lookup_elem(&pnlb_services, &key);
-}
-
 /*
- * The service of an established flow's packet, through the flow's entry:
- * the copy its service_id names, if that copy is of a listener the packet
- * is for (an empty copy, or another service's that took the id since, is
- * not). So an established flow stays with the service that took it while
- * that service lasts, as IPVS keeps a connection: one on every port of
- * its VIP keeps its flows when a service on one of those ports is added
- * (which takes the new flows).
+ * Service `id` as its live copy holds it, if that copy is of a listener
+ * the flow is for: an empty copy, or another service's that took the id
+ * since, is not.
  */
-static __always_inline struct pnlb_service *pnlb_flow_service(const struct pnlb_conn *conn,
-							      const struct pnlb_flow_key *flow)
+static __always_inline struct pnlb_service *pnlb_service_by_id(__u32 id,
+							       const struct pnlb_flow_key *flow)
 {
 	struct pnlb_service_copy *copy;
-	__u32 id = conn->service_id, index;
-	__u32 *live;
+	__u32 index, *live;
 
-	if (conn->direction != PNLB_DIR_ORIGINAL)
-		return NULL;
 	live = bpf_map_lookup_elem(&pnlb_service_live_copy, &id);
 	if (!live)
 		return NULL;
@@ -106,6 +84,68 @@ static __always_inline struct pnlb_service *pnlb_flow_service(const struct pnlb_
 	    !pnlb_addr_eq(&copy->key.vip, &flow->dst))
 		return NULL;
 	return &copy->service;
+}
+
+/*
+ * The service of listener `key` for the flow. pnlb_services gives its id
+ * only, one aligned word, and the copy gives the rest: the map, a
+ * preallocated hash, hands an element it replaced or deleted to the next
+ * write at once, so the element found may hold another service by the
+ * time it is read. Its id then names a copy of another listener, and a
+ * second lookup finds the key's element as it is now. So the control
+ * plane never waits for readers before writing this map.
+ */
+static __always_inline struct pnlb_service *pnlb_listener_service(struct pnlb_service_key *key,
+								  const struct pnlb_flow_key *flow)
+{
+	struct pnlb_service *entry, *svc;
+
+	entry = bpf_map_lookup_elem(&pnlb_services, key);
+	if (!entry)
+		return NULL;
+	svc = pnlb_service_by_id(*(volatile __u32 *)&entry->id, flow);
+	if (svc)
+		return svc;
+	entry = bpf_map_lookup_elem(&pnlb_services, key);
+	return entry ? pnlb_service_by_id(*(volatile __u32 *)&entry->id, flow) : NULL;
+}
+
+/*
+ * The id of the service on the flow's port of its VIP, or on every port of
+ * it; -1 for none. A global function (the verifier checks it once): its
+ * lookups and checks are off the established path.
+ */
+__attribute__((noinline)) int pnlb_find_service_id(const struct pnlb_flow_key *flow)
+{
+	struct pnlb_service_key key = {};
+	struct pnlb_service *svc;
+
+	if (!flow)
+		return -1;
+	key.vip = flow->dst;
+	key.port = flow->dst_port;
+	key.protocol = flow->protocol;
+	svc = pnlb_listener_service(&key, flow);
+	if (!svc) {
+		key.port = 0;
+		svc = pnlb_listener_service(&key, flow);
+	}
+	return svc ? (int)svc->id : -1;
+}
+
+/*
+ * The service of an established flow's packet, through the flow's entry
+ * (its copy by the entry's service_id). So an established flow stays with
+ * the service that took it while that service lasts, as IPVS keeps a
+ * connection: one on every port of its VIP keeps its flows when a service
+ * on one of those ports is added (which takes the new flows).
+ */
+static __always_inline struct pnlb_service *pnlb_flow_service(const struct pnlb_conn *conn,
+							      const struct pnlb_flow_key *flow)
+{
+	if (conn->direction != PNLB_DIR_ORIGINAL)
+		return NULL;
+	return pnlb_service_by_id(conn->service_id, flow);
 }
 
 /* A fragment of a service's flow: counted, and a first one remembered. */
@@ -288,7 +328,7 @@ static __always_inline int pnlb_process(struct xdp_md *ctx)
 	struct pnlb_packet pkt;
 	__u32 backend_id = 0;
 	int new_flow = 0, table = 0, promote = 0;
-	int reason, verdict;
+	int reason, verdict, found;
 
 	reason = pnlb_parse(ctx, &pkt);
 	svc = NULL;
@@ -300,11 +340,13 @@ static __always_inline int pnlb_process(struct xdp_md *ctx)
 		 * lookup (the flow's) instead of two. */
 		established = bpf_map_lookup_elem(&pnlb_conns, &pkt.flow);
 		svc = established ? pnlb_flow_service(established, &pkt.flow) : NULL;
-		if (!svc)
-			svc = pnlb_find_service(&pkt.flow);
+		if (!svc) {
+			found = pnlb_find_service_id(&pkt.flow);
+			svc = found >= 0 ? pnlb_service_by_id(found, &pkt.flow) : NULL;
+		}
 		if (svc) {
-			/* On the stack, wherever it was found: the verifier then
-			 * walks the rest once, not once per map it came from. */
+			/* On the stack, whichever way it was found: the verifier
+			 * then walks the rest once, not once per way. */
 			service = *svc;
 			svc = &service;
 		} else {

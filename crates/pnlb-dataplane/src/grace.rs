@@ -4,10 +4,10 @@
 //! rewritten meanwhile is read half old, half new. So values that packets
 //! read as a whole (backends, services) are never rewritten while a run
 //! may still be reading them: a backend has two copies and a selector
-//! (the spare copy is written, then the selector flips), and a service
-//! update (a hash map, which hands the replaced element to the next
-//! update) waits for readers first. Readers are done once an RCU grace
-//! period has passed: XDP runs inside an RCU read-side section (softirq).
+//! (the spare copy is written, then the selector flips, and that copy is
+//! written again only once its readers are done); so has a service by id
+//! (pnlb_service_copies). Readers are done once an RCU grace period has
+//! passed: XDP runs inside an RCU read-side section (softirq).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,11 +36,6 @@ pub(crate) enum Element {
     BackendSpare(u32),
     /// A service id's spare copy in pnlb_service_copies.
     ServiceSpare(u32),
-    /// An element the services map took back: a preallocated hash map
-    /// recycles the element an update replaces or a delete removes (into a
-    /// per-CPU spare or its free list), and the next update of any key may
-    /// write it.
-    ServiceRecycled,
 }
 
 /// Waits for readers only when an element that may still be read is about
@@ -55,6 +50,7 @@ pub(crate) struct Grace {
     /// ticket it must have passed.
     asked: HashMap<Element, u64>,
     background: Option<Background>,
+    waits: u64,
 }
 
 /// A thread that waits for readers on request, so that the daemon does
@@ -98,13 +94,18 @@ impl Grace {
     /// Call before rewriting `element`; afterwards it may be read until a
     /// grace period has passed.
     pub(crate) fn before_rewrite(&mut self, element: Element) {
-        self.before_reuse(element);
+        if self.may_be_read(element) {
+            wait_for_readers();
+            self.waits += 1;
+            self.pending.clear();
+            self.asked.clear();
+        }
         self.pending.insert(element);
     }
 
-    /// Call before a write that reuses `element` without leaving it to be
-    /// read (an insert takes a freed element and frees none).
-    pub(crate) fn before_reuse(&mut self, element: Element) {
+    /// Whether program runs may still be reading `element`: a rewrite now
+    /// would wait for them.
+    pub(crate) fn may_be_read(&mut self, element: Element) -> bool {
         if let Some(ticket) = self.asked.get(&element) {
             let passed = self
                 .background
@@ -114,16 +115,20 @@ impl Grace {
                 self.asked.remove(&element);
             }
         }
-        if self.pending.contains(&element) || self.asked.contains_key(&element) {
-            wait_for_readers();
-            self.pending.clear();
-            self.asked.clear();
-        }
+        self.pending.contains(&element) || self.asked.contains_key(&element)
     }
 
-    /// Call after `element` was given up (its readers may still hold it).
-    pub(crate) fn released(&mut self, element: Element) {
-        self.pending.insert(element);
+    /// Waits for the readers of every element written or given up so far:
+    /// from here any of them is written without waiting.
+    pub(crate) fn wait_now(&mut self) {
+        wait_for_readers();
+        self.pending.clear();
+        self.asked.clear();
+    }
+
+    /// How many times a rewrite waited for readers.
+    pub(crate) fn waits(&self) -> u64 {
+        self.waits
     }
 
     /// Call once the writes are done (the end of an apply): the grace
@@ -156,54 +161,16 @@ mod tests {
     #[test]
     fn only_a_write_to_an_element_still_read_waits() {
         let mut grace = Grace::default();
-        // Inserts into a fresh map: nothing recycled, nothing to wait for.
-        grace.before_reuse(Element::ServiceRecycled);
-        grace.before_reuse(Element::ServiceRecycled);
-        assert!(grace.pending.is_empty());
-        // A replace recycles an element; the next write waits for readers.
-        grace.before_rewrite(Element::ServiceRecycled);
-        assert_eq!(grace.pending.len(), 1);
-        grace.before_reuse(Element::ServiceRecycled);
-        assert!(grace.pending.is_empty());
-        grace.released(Element::ServiceRecycled);
-        assert_eq!(grace.pending.len(), 1, "a delete recycles too");
         grace.before_rewrite(Element::BackendSpare(1));
         grace.before_rewrite(Element::BackendSpare(2));
-        assert_eq!(grace.pending.len(), 3, "other slots do not wait");
+        grace.before_rewrite(Element::ServiceSpare(1));
+        assert_eq!(grace.pending.len(), 3, "other elements do not wait");
+        assert_eq!(grace.waits(), 0);
+        assert!(grace.may_be_read(Element::ServiceSpare(1)));
+        assert!(!grace.may_be_read(Element::ServiceSpare(2)));
         grace.before_rewrite(Element::BackendSpare(1));
-        assert_eq!(grace.pending.len(), 1, "the same slot again waited");
-    }
-
-    #[test]
-    fn a_grace_period_passed_in_the_background_is_not_waited_for_again() {
-        let mut grace = Grace::default();
-        grace.before_rewrite(Element::BackendSpare(1));
-        grace.settle();
-        assert!(grace.pending.is_empty());
-        assert_eq!(grace.asked.len(), 1);
-        let passed = |grace: &Grace| {
-            grace
-                .background
-                .as_ref()
-                .unwrap()
-                .passed
-                .load(Ordering::Acquire)
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while passed(&grace) < 1 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert_eq!(passed(&grace), 1, "the thread waited for readers");
-        // The same slot again: its grace period passed, no wait needed.
-        grace.before_rewrite(Element::BackendSpare(1));
-        assert!(grace.asked.is_empty());
-        assert_eq!(grace.pending.len(), 1);
-    }
-
-    #[test]
-    fn waiting_for_readers_returns() {
-        let start = std::time::Instant::now();
-        wait_for_readers();
-        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_eq!(grace.pending.len(), 1, "the same element again waited");
+        assert_eq!(grace.waits(), 1);
+        assert!(!grace.may_be_read(Element::ServiceSpare(1)));
     }
 }

@@ -823,9 +823,12 @@ fn a_new_service_opens_a_spare_or_freed_table_in_place() {
                 assert_eq!(sent_to, predicted, "{what}: sport {sport}");
             }
         }
-        // Removed: its table closed, the slot free for the next step.
+        // Removed: its table closed, the slot free for the next step once
+        // no packet can still be reading its entries (before, an add takes
+        // another slot: a_service_added_right_after_a_removal_...).
         previous = published.map_id;
         fixture.apply(&web);
+        fixture.programmer.wait_for_readers();
         assert_eq!(
             fixture.dataplane.published_table(id).unwrap(),
             None,
@@ -837,6 +840,8 @@ fn a_new_service_opens_a_spare_or_freed_table_in_place() {
     // too short for the default 65537, so the new one is swapped in.
     let web_id = fixture.programmer.service_id("web").unwrap();
     let web_table = fixture.dataplane.table_map_id(web_id).unwrap();
+    fixture.apply("[daemon]\ninterfaces = [\"eth0\"]\n");
+    fixture.programmer.wait_for_readers();
     fixture.apply(&format!(
         "[daemon]\ninterfaces = [\"eth0\"]\n{}",
         other("big", "maglev", "")
@@ -1580,6 +1585,8 @@ fn an_established_flow_keeps_its_service_while_it_lasts_and_no_longer() {
     assert_eq!(establish(&fixture, &to_a).to_string(), "10.77.1.11");
     assert_eq!(establish(&fixture, &to_p).to_string(), "10.77.1.14");
 
+    fixture.apply(&format!("{head}{b}{}", every_port("")));
+    fixture.programmer.wait_for_readers();
     fixture.apply(&format!("{head}{b}{c}{}", every_port("")));
     assert_copies_mirror_services(&fixture.dataplane, "a removed, c added");
     assert_eq!(

@@ -5,7 +5,9 @@ mod support;
 
 use std::net::IpAddr;
 
-use pnlb_dataplane::abi::HashKey;
+use libbpf_rs::MapCore;
+use pnlb_dataplane::abi::{self, HashKey};
+use pnlb_dataplane::LoadOptions;
 use support::*;
 
 const CONFIG: &str = r#"
@@ -182,6 +184,94 @@ fn a_backend_on_another_interface_is_reached_by_redirect() {
     );
     let (verdict, _) = fixture.run(&udp4("10.77.0.2", 5353, "10.77.100.1", 53, b"query"));
     assert_eq!(verdict, XDP_REDIRECT);
+}
+
+/// A service of its own on 10.77.100.`host`, port 80, one backend.
+fn lone_service(name: &str, host: u8, backend: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nvip = \"10.77.100.{host}\"\nport = 80\nprotocol = \"tcp\"\n\
+         method = \"dr\"\n[[service.backend]]\naddress = \"{backend}\"\n"
+    )
+}
+
+#[test]
+fn a_service_added_right_after_a_removal_waits_for_no_readers() {
+    if !privileged() {
+        return;
+    }
+    let gone = lone_service("gone", 9, "10.77.1.31");
+    let mut fixture = Fixture::new(&format!("{CONFIG}{gone}"));
+    fixture.apply(CONFIG);
+    // The removed service's slots (its id's copy, its backend's entry) may
+    // still be read: the added one takes others, or the same once their
+    // grace period passed, and writes without waiting.
+    let waits = fixture.programmer.waits_for_readers();
+    fixture.apply(&format!(
+        "{CONFIG}{}",
+        lone_service("next", 8, "10.77.1.32")
+    ));
+    assert_eq!(fixture.programmer.waits_for_readers(), waits);
+    let backend = assert_forwarded_dr(
+        &fixture,
+        "next",
+        &tcp4("10.77.0.2", 30000, "10.77.100.8", 80, b""),
+    );
+    assert_eq!(backend.to_string(), "10.77.1.32");
+    let (verdict, _) = fixture.run(&tcp4("10.77.0.2", 30001, "10.77.100.9", 80, b""));
+    assert_eq!(verdict, XDP_PASS, "the removed service's VIP has none now");
+}
+
+#[test]
+fn an_entry_whose_id_names_another_listeners_service_is_not_taken() {
+    if !privileged() {
+        return;
+    }
+    // pnlb_services hands a replaced or deleted element to the next write
+    // at once, so a packet may find an element that holds another
+    // service's entry by the time it reads it. Planted here: web4's key
+    // with dns4's id. The packet takes the id only, and dns4's copy is of
+    // another listener: no service for it (nothing on every port either).
+    let bpffs = Bpffs::mount("recycled");
+    let options = LoadOptions {
+        pin_dir: Some(pnlb_dataplane::pinning::instance_dir(&bpffs.0)),
+        ..LoadOptions::for_tests(65_536)
+    };
+    let fixture = Fixture::with_options(CONFIG, options.clone());
+    let services =
+        libbpf_rs::MapHandle::from_pinned_path(options.pin_dir.expect("set").join("pnlb_services"))
+            .expect("pinned");
+    let key = abi::ServiceKey {
+        vip: abi::addr("10.77.100.1".parse().expect("address")),
+        port: 80u16.to_be(),
+        protocol: 6,
+        _pad: 0,
+    };
+    let written = services
+        .lookup(abi::bytes_of(&key), libbpf_rs::MapFlags::ANY)
+        .expect("lookup")
+        .expect("web4's entry");
+    let mut recycled = abi::from_bytes::<abi::Service>(&written).expect("an entry");
+    recycled.id = fixture.programmer.service_id("dns4").expect("applied");
+    services
+        .update(
+            abi::bytes_of(&key),
+            abi::bytes_of(&recycled),
+            libbpf_rs::MapFlags::ANY,
+        )
+        .expect("update");
+    let (verdict, _) = fixture.run(&tcp4("10.77.0.2", 31001, "10.77.100.1", 80, b""));
+    assert_eq!(
+        verdict, XDP_PASS,
+        "taken as dns4's, or as web4's from the entry"
+    );
+    services
+        .update(abi::bytes_of(&key), &written, libbpf_rs::MapFlags::ANY)
+        .expect("update");
+    assert_forwarded_dr(
+        &fixture,
+        "web4",
+        &tcp4("10.77.0.2", 31002, "10.77.100.1", 80, b""),
+    );
 }
 
 #[test]

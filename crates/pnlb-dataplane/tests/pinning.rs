@@ -2,12 +2,11 @@
 //! maps (flows, slots, generations, the seed) and a programmer rebuilt from
 //! them keeps every slot; a data plane of another ABI, or maps of another
 //! size, are refused with the command that clears the way. The bpffs is
-//! the test's own, mounted in a temporary directory.
+//! the test's own ([`support::Bpffs`]).
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use pnlb_dataplane::abi::{self, MetaSlot};
 use pnlb_dataplane::pinning;
@@ -30,29 +29,6 @@ address = "10.77.1.11"
 address = "10.77.1.12"
 "#;
 
-struct Bpffs(PathBuf);
-
-impl Bpffs {
-    fn mount() -> Self {
-        let dir = std::env::temp_dir().join(format!("pnlb-pin-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount -t bpf");
-        Self(dir)
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 fn options(dir: &Path, conn_table_size: u32, hash_seed: u32) -> LoadOptions {
     LoadOptions {
         hash_seed,
@@ -66,7 +42,7 @@ fn a_second_load_adopts_flows_and_slots_and_refuses_what_it_cannot_read() {
     if !privileged() {
         return;
     }
-    let bpffs = Bpffs::mount();
+    let bpffs = Bpffs::mount("pin-test");
     assert!(pinning::on_bpffs(&bpffs.0));
     let dir = pinning::instance_dir(&bpffs.0);
     let config = parse_config(CONFIG);

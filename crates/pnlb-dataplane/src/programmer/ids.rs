@@ -15,6 +15,10 @@ pub(super) struct IdPool {
     /// Ids from here on were never taken in this data plane: their map
     /// entries are still the zeroes the maps were created with.
     fresh_from: u32,
+    /// Given back while program runs may still read their entries: taken
+    /// again once [`Self::wake`] finds them read no more, or when no other
+    /// id is left (whose write then waits for the readers).
+    resting: Vec<u32>,
 }
 
 /// An id from [`IdPool::take`].
@@ -28,6 +32,17 @@ pub(super) struct Taken {
 
 impl IdPool {
     pub(super) fn take(&mut self, limit: u32) -> Option<Taken> {
+        if let Some(taken) = self.take_free(limit) {
+            return Some(taken);
+        }
+        if self.resting.is_empty() {
+            return None;
+        }
+        self.free.extend(self.resting.drain(..));
+        self.take_free(limit)
+    }
+
+    fn take_free(&mut self, limit: u32) -> Option<Taken> {
         if let Some(id) = self.free.first().copied().filter(|id| *id < limit) {
             self.free.remove(&id);
             return Some(Taken { id, fresh: false });
@@ -55,6 +70,28 @@ impl IdPool {
         if id < self.next {
             self.free.insert(id);
         }
+    }
+
+    /// Gives `id` back to rest: its entries may still be read, and a
+    /// rewrite of them would wait for the readers (the grace period a
+    /// removal leaves), so other ids are taken first.
+    pub(super) fn rest(&mut self, id: u32) {
+        if id < self.next {
+            self.resting.push(id);
+        }
+    }
+
+    /// Makes the resting ids that `still_read` says no run reads any more
+    /// free to take again.
+    pub(super) fn wake(&mut self, mut still_read: impl FnMut(u32) -> bool) {
+        let free = &mut self.free;
+        self.resting.retain(|&id| {
+            if still_read(id) {
+                return true;
+            }
+            free.insert(id);
+            false
+        });
     }
 
     /// The first id never taken (ids from here on are taken only once
@@ -104,5 +141,25 @@ mod tests {
         adopted.claim(2);
         let taken: Vec<_> = (0..5).map(|_| take(&mut adopted, 8)).collect();
         assert_eq!(taken, [0, 1, 3, 4, 6].map(|id| Some((id, false))));
+    }
+
+    #[test]
+    fn a_resting_id_is_taken_after_the_others_until_it_wakes() {
+        let mut pool = IdPool::default();
+        let take = |pool: &mut IdPool, limit| pool.take(limit).map(|t| t.id);
+        for _ in 0..3 {
+            take(&mut pool, 4);
+        }
+        pool.rest(0);
+        pool.rest(1);
+        assert_eq!(take(&mut pool, 4), Some(3), "a never-used id first");
+        pool.wake(|id| id == 1);
+        assert_eq!(take(&mut pool, 4), Some(0), "woken");
+        assert_eq!(
+            take(&mut pool, 4),
+            Some(1),
+            "none else left: the resting one"
+        );
+        assert_eq!(take(&mut pool, 4), None);
     }
 }

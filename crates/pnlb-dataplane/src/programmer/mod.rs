@@ -36,7 +36,7 @@ use pnlb_core::config::{Config, Service as ServiceConfig, Snat};
 use pnlb_core::maglev::MaglevBackend;
 
 use crate::abi::{self, bytes_of, Backend, BackendStats, ServiceKey, ServiceStats};
-use crate::grace::Grace;
+use crate::grace::{Element, Grace};
 use crate::loader::{Dataplane, DataplaneError};
 use crate::nexthop::{Resolution, Resolver};
 
@@ -216,6 +216,20 @@ impl Programmer {
         self.services.get(service).map(|s| s.id)
     }
 
+    /// How many times an apply waited for program runs to finish reading
+    /// an element it was about to write (a grace period each, ~10 ms
+    /// here): what makes a change slow that is otherwise a few writes.
+    pub fn waits_for_readers(&self) -> u64 {
+        self.slots.grace.waits()
+    }
+
+    /// Waits (a grace period) until no program run can still read what
+    /// this programmer rewrote or gave up, so that the next apply may take
+    /// any freed slot again, the lowest first, without waiting itself.
+    pub fn wait_for_readers(&mut self) {
+        self.slots.grace.wait_now();
+    }
+
     /// The service's published scheduling table (slot -> backend id).
     pub fn table(&self, service: &str) -> Option<&[u32]> {
         self.services.get(service).map(|s| s.table.as_slice())
@@ -348,6 +362,15 @@ impl Programmer {
         resolution: &Resolution,
         report: &mut ApplyReport,
     ) -> Result<(), DataplaneError> {
+        // Slots given back whose grace period passed may be taken again
+        // (before it, a write to one would wait: an add right after a
+        // removal takes other slots instead).
+        let Slots {
+            backend_ids, grace, ..
+        } = &mut self.slots;
+        backend_ids.wake(|id| grace.may_be_read(Element::BackendSpare(id)));
+        self.service_ids
+            .wake(|id| grace.may_be_read(Element::ServiceSpare(id)));
         let mut tables = table::PendingTables::default();
         let tables_per_swap = table::tables_per_swap();
         std::thread::scope(|scope| {
@@ -488,9 +511,9 @@ impl Programmer {
             table::close_table(&self.held, slot.id)?;
             for backend in slot.backends.values().chain(slot.retiring.values()) {
                 self.slots.clear_backend(dataplane, backend.id)?;
-                self.slots.backend_ids.give_back(backend.id);
+                self.slots.backend_ids.rest(backend.id);
             }
-            self.service_ids.give_back(slot.id);
+            self.service_ids.rest(slot.id);
         }
         self.slots.grace.settle();
         Ok(())
@@ -647,7 +670,7 @@ impl Programmer {
                     self.addresses_changed = true;
                     self.slots.clear_backend(dataplane, backend.id)?;
                     self.addresses_changed = recount;
-                    self.slots.backend_ids.give_back(backend.id);
+                    self.slots.backend_ids.rest(backend.id);
                     freed.push(format!(
                         "service {name}: removed backend {} has no connections left; slot freed",
                         std::net::SocketAddr::new(key.0, key.1)

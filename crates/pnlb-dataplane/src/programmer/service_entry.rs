@@ -6,7 +6,7 @@ use pnlb_core::config::{HashKey, Method, NewFlowRate, Scheduler, Service as Serv
 
 use super::{map_err, ServiceSlot};
 use crate::abi::{self, bytes_of};
-use crate::grace::{Element, Grace};
+use crate::grace::Grace;
 use crate::loader::{Dataplane, DataplaneError};
 
 /// The service's map value.
@@ -125,11 +125,13 @@ fn scheduler(scheduler: Scheduler) -> abi::SchedulerKind {
     }
 }
 
-/// Writes the service entry if it changed, and its copy by id
-/// ([`crate::service_copies`]). The services map is a preallocated hash,
-/// which recycles replaced and deleted elements at once: readers are
-/// waited for before such an element is written again ([`Grace`]);
-/// inserting new services waits for nothing.
+/// Writes the service if it changed: its copy by id
+/// ([`crate::service_copies`]), then its entry. Packets take only the id
+/// from the entry and the service from the copy, so the copy goes first,
+/// and the entry is written without waiting for readers: the services map
+/// (a preallocated hash) recycles replaced and deleted elements at once,
+/// and a packet that reads a recycled one finds its id's copy is of
+/// another listener and looks again (pnlb_listener_service).
 pub(super) fn write_service(
     dataplane: &Dataplane,
     grace: &mut Grace,
@@ -139,21 +141,14 @@ pub(super) fn write_service(
     if bytes_of(&value) == bytes_of(&slot.value) {
         return Ok(());
     }
-    // A written entry is never all zeroes (it has a method): an insert
-    // recycles nothing, a replace recycles the element it replaces.
-    if bytes_of(&slot.value) == bytes_of(&abi::Service::default()) {
-        grace.before_reuse(Element::ServiceRecycled);
-    } else {
-        grace.before_rewrite(Element::ServiceRecycled);
-    }
+    dataplane
+        .service_copies
+        .write(grace, slot.id, &slot.key, &value);
     dataplane
         .maps()
         .pnlb_services
         .update(bytes_of(&slot.key), bytes_of(&value), MapFlags::ANY)
         .map_err(map_err("pnlb_services"))?;
-    dataplane
-        .service_copies
-        .write(grace, slot.id, &slot.key, &value);
     slot.value = value;
     Ok(())
 }
@@ -168,10 +163,7 @@ pub(super) fn delete_service(
 ) -> Result<(), DataplaneError> {
     dataplane.service_copies.clear(grace, id);
     match dataplane.maps().pnlb_services.delete(bytes_of(key)) {
-        Ok(()) => {
-            grace.released(Element::ServiceRecycled);
-            Ok(())
-        }
+        Ok(()) => Ok(()),
         Err(err) if err.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(DataplaneError::Map {
             map: "pnlb_services",

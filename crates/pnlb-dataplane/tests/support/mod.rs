@@ -5,7 +5,8 @@
 #![allow(dead_code)]
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use libbpf_rs::ProgramInput;
 use pnlb_core::config::{self, Config};
@@ -22,6 +23,32 @@ pub const LB_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 1];
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0x52, 0x54, 0, 0, 1];
 /// Ingress interface of BPF_PROG_TEST_RUN: the loopback device.
 pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// A bpffs of the test's own, mounted in a temporary directory named after
+/// `tag` and the process (unmounted on drop): a data plane pinned in it
+/// has its maps at paths a test can open.
+pub struct Bpffs(pub PathBuf);
+
+impl Bpffs {
+    pub fn mount(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pnlb-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t bpf");
+        Self(dir)
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
 
 /// Privileged tests run as root; elsewhere they may skip only outside CI.
 pub fn privileged() -> bool {
