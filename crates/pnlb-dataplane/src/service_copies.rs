@@ -9,7 +9,7 @@
 //! mappings, not a syscall per write.
 
 use std::collections::HashMap;
-use std::mem::size_of;
+use std::mem::{offset_of, size_of};
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 
@@ -22,6 +22,13 @@ use crate::mapped::{Mapped, ELEMENT};
 
 /// A copy's 8-byte array elements (the value is 64 bytes).
 const COPY_ELEMENTS: usize = size_of::<ServiceCopy>() / ELEMENT;
+
+/// The element of a copy whose first four bytes are its listener's port,
+/// protocol and padding (after the 16-byte VIP).
+const LISTENER_PORT_ELEMENT: usize = offset_of!(ServiceCopy, key.port) / ELEMENT;
+const _: () = assert!(offset_of!(ServiceCopy, key.port) % ELEMENT == 0);
+const _: () =
+    assert!(offset_of!(ServiceCopy, key.protocol) == offset_of!(ServiceCopy, key.port) + 2);
 
 pub(crate) struct ServiceCopies {
     copies: Mapped,
@@ -49,9 +56,17 @@ impl ServiceCopies {
     }
 
     /// Makes `id` read as no service (its service left, or moved to
-    /// another listener): packets of its flows look their listener up.
-    pub(crate) fn clear(&self, grace: &mut Grace, id: u32) {
-        self.write(grace, id, &ServiceKey::default(), &Service::default());
+    /// another listener): packets of its flows look their listener up. In
+    /// place, without waiting: one atomic store zeroes the live copy's
+    /// port and protocol, so a packet reads the copy whole as it was (the
+    /// rest is untouched) or as of no listener. The other copy keeps its
+    /// grace period for the id's next write.
+    pub(crate) fn clear(&self, id: u32) {
+        let live = self.live.u32_at(id as usize).load(Ordering::Acquire) & 1;
+        let copy = (id as usize * 2 + live as usize) * COPY_ELEMENTS;
+        self.copies
+            .u32_at(copy + LISTENER_PORT_ELEMENT)
+            .store(0, Ordering::Release);
     }
 
     /// After adopting a data plane: every id reads as `services` says

@@ -825,7 +825,7 @@ fn a_new_service_opens_a_spare_or_freed_table_in_place() {
         }
         // Removed: its table closed, the slot free for the next step once
         // no packet can still be reading its entries (before, an add takes
-        // another slot: a_service_added_right_after_a_removal_...).
+        // another slot: a_removal_right_after_an_add_...).
         previous = published.map_id;
         fixture.apply(&web);
         fixture.programmer.wait_for_readers();

@@ -195,22 +195,24 @@ fn lone_service(name: &str, host: u8, backend: &str) -> String {
 }
 
 #[test]
-fn a_service_added_right_after_a_removal_waits_for_no_readers() {
+fn a_removal_right_after_an_add_and_an_add_right_after_it_wait_for_no_readers() {
     if !privileged() {
         return;
     }
     let gone = lone_service("gone", 9, "10.77.1.31");
     let mut fixture = Fixture::new(&format!("{CONFIG}{gone}"));
-    fixture.apply(CONFIG);
-    // The removed service's slots (its id's copy, its backend's entry) may
-    // still be read: the added one takes others, or the same once their
-    // grace period passed, and writes without waiting.
     let waits = fixture.programmer.waits_for_readers();
+    // Its copy is cleared in place, not rewritten.
+    fixture.apply(CONFIG);
+    assert_eq!(fixture.programmer.waits_for_readers(), waits, "the removal");
+    // The removed service's slots (its id's other copy, its backend's
+    // entry) may still be read: the added one takes others, or the same
+    // once their grace period passed, and writes without waiting.
     fixture.apply(&format!(
         "{CONFIG}{}",
         lone_service("next", 8, "10.77.1.32")
     ));
-    assert_eq!(fixture.programmer.waits_for_readers(), waits);
+    assert_eq!(fixture.programmer.waits_for_readers(), waits, "the add");
     let backend = assert_forwarded_dr(
         &fixture,
         "next",

@@ -492,9 +492,7 @@ impl Programmer {
             };
             // Out of the bookkeeping only once out of the map: a failed
             // delete is tried again by the next apply.
-            if let Err(err) =
-                service_entry::delete_service(dataplane, &mut self.slots.grace, slot.id, &slot.key)
-            {
+            if let Err(err) = service_entry::delete_service(dataplane, slot.id, &slot.key) {
                 self.services.insert(name.clone(), slot);
                 return Err(err);
             }
@@ -564,7 +562,7 @@ impl Programmer {
 
         // The listener moved (new VIP, port or protocol): retire the old key.
         if bytes_of(&slot.key) != bytes_of(&key) {
-            service_entry::delete_service(dataplane, &mut slots.grace, slot.id, &slot.key)?;
+            service_entry::delete_service(dataplane, slot.id, &slot.key)?;
             slot.key = key;
             slot.vip = config.vip;
             slot.value = abi::Service::default();

@@ -157,11 +157,10 @@ pub(super) fn write_service(
 /// service went), its copy by id first.
 pub(super) fn delete_service(
     dataplane: &Dataplane,
-    grace: &mut Grace,
     id: u32,
     key: &abi::ServiceKey,
 ) -> Result<(), DataplaneError> {
-    dataplane.service_copies.clear(grace, id);
+    dataplane.service_copies.clear(id);
     match dataplane.maps().pnlb_services.delete(bytes_of(key)) {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
