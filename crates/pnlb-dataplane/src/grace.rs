@@ -36,6 +36,10 @@ pub(crate) enum Element {
     BackendSpare(u32),
     /// A service id's spare copy in pnlb_service_copies.
     ServiceSpare(u32),
+    /// An element pnlb_services took back (a preallocated hash recycles
+    /// what a replace or a delete frees into its next write): read whole
+    /// only by a program of an earlier build ([`Grace::earlier_program`]).
+    ServiceRecycled,
 }
 
 /// Waits for readers only when an element that may still be read is about
@@ -51,6 +55,10 @@ pub(crate) struct Grace {
     asked: HashMap<Element, u64>,
     background: Option<Background>,
     waits: u64,
+    /// A program of a build before 2026-12-03 may be attached (an adopted
+    /// data plane, until this process attached its own): it reads
+    /// pnlb_services entries whole, so writes there wait for it.
+    earlier_program: bool,
 }
 
 /// A thread that waits for readers on request, so that the daemon does
@@ -95,12 +103,48 @@ impl Grace {
     /// grace period has passed.
     pub(crate) fn before_rewrite(&mut self, element: Element) {
         if self.may_be_read(element) {
-            wait_for_readers();
-            self.waits += 1;
-            self.pending.clear();
-            self.asked.clear();
+            self.wait();
         }
         self.pending.insert(element);
+    }
+
+    fn wait(&mut self) {
+        wait_for_readers();
+        self.waits += 1;
+        self.pending.clear();
+        self.asked.clear();
+    }
+
+    /// Whether a program of an earlier build, which reads pnlb_services
+    /// entries whole, may be attached.
+    pub(crate) fn set_earlier_program(&mut self, may_be_attached: bool) {
+        self.earlier_program = may_be_attached;
+    }
+
+    pub(crate) fn earlier_program(&self) -> bool {
+        self.earlier_program
+    }
+
+    /// Before writing a pnlb_services entry (`replaces`: one is there),
+    /// while an earlier program may read entries whole: the element this
+    /// write takes may be one a delete or replace freed, still read.
+    pub(crate) fn before_services_write(&mut self, replaces: bool) {
+        if !self.earlier_program {
+            return;
+        }
+        if self.may_be_read(Element::ServiceRecycled) {
+            self.wait();
+        }
+        if replaces {
+            self.pending.insert(Element::ServiceRecycled);
+        }
+    }
+
+    /// After deleting a pnlb_services entry: likewise.
+    pub(crate) fn after_services_delete(&mut self) {
+        if self.earlier_program {
+            self.pending.insert(Element::ServiceRecycled);
+        }
     }
 
     /// Whether program runs may still be reading `element`: a rewrite now
@@ -172,5 +216,25 @@ mod tests {
         assert_eq!(grace.pending.len(), 1, "the same element again waited");
         assert_eq!(grace.waits(), 1);
         assert!(!grace.may_be_read(Element::ServiceSpare(1)));
+    }
+
+    #[test]
+    fn service_entries_wait_only_while_an_earlier_program_may_read_them() {
+        let mut grace = Grace::default();
+        grace.after_services_delete();
+        grace.before_services_write(false);
+        grace.before_services_write(true);
+        grace.before_services_write(true);
+        assert_eq!(grace.waits(), 0, "no reader of whole entries");
+        grace.set_earlier_program(true);
+        grace.before_services_write(false);
+        assert_eq!(grace.waits(), 0, "an insert into a map nothing freed");
+        grace.after_services_delete();
+        grace.before_services_write(false);
+        assert_eq!(grace.waits(), 1, "the freed element may be the one taken");
+        grace.before_services_write(true);
+        assert_eq!(grace.waits(), 1);
+        grace.before_services_write(false);
+        assert_eq!(grace.waits(), 2, "a replace frees one too");
     }
 }

@@ -25,6 +25,8 @@ impl Programmer {
         }
         programmer.service_ids.none_fresh();
         programmer.slots.backend_ids.none_fresh();
+        // Its program, until ours replaces it, may be of an earlier build.
+        programmer.slots.grace.set_earlier_program(true);
         programmer.access = super::access::AccessRules::adopt(dataplane);
         let maps = dataplane.maps();
         let by_listener: HashMap<(std::net::IpAddr, u16, u8), &str> = config

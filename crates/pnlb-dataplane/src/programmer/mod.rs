@@ -223,6 +223,17 @@ impl Programmer {
         self.slots.grace.waits()
     }
 
+    /// This process's program is attached to every interface: once the
+    /// runs of a program of an earlier build that an adopted data plane
+    /// may have carried are done (a grace period), service entries are
+    /// written without waiting for readers.
+    pub fn program_attached(&mut self) {
+        if self.slots.grace.earlier_program() {
+            self.slots.grace.wait_now();
+            self.slots.grace.set_earlier_program(false);
+        }
+    }
+
     /// Waits (a grace period) until no program run can still read what
     /// this programmer rewrote or gave up, so that the next apply may take
     /// any freed slot again, the lowest first, without waiting itself.
@@ -492,7 +503,9 @@ impl Programmer {
             };
             // Out of the bookkeeping only once out of the map: a failed
             // delete is tried again by the next apply.
-            if let Err(err) = service_entry::delete_service(dataplane, slot.id, &slot.key) {
+            if let Err(err) =
+                service_entry::delete_service(dataplane, &mut self.slots.grace, slot.id, &slot.key)
+            {
                 self.services.insert(name.clone(), slot);
                 return Err(err);
             }
@@ -562,7 +575,7 @@ impl Programmer {
 
         // The listener moved (new VIP, port or protocol): retire the old key.
         if bytes_of(&slot.key) != bytes_of(&key) {
-            service_entry::delete_service(dataplane, slot.id, &slot.key)?;
+            service_entry::delete_service(dataplane, &mut slots.grace, slot.id, &slot.key)?;
             slot.key = key;
             slot.vip = config.vip;
             slot.value = abi::Service::default();

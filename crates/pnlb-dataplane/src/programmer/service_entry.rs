@@ -131,7 +131,9 @@ fn scheduler(scheduler: Scheduler) -> abi::SchedulerKind {
 /// and the entry is written without waiting for readers: the services map
 /// (a preallocated hash) recycles replaced and deleted elements at once,
 /// and a packet that reads a recycled one finds its id's copy is of
-/// another listener and looks again (pnlb_listener_service).
+/// another listener and looks again (pnlb_listener_service). Only while a
+/// program of an earlier build may be attached, which reads entries
+/// whole, does a write wait ([`Grace::before_services_write`]).
 pub(super) fn write_service(
     dataplane: &Dataplane,
     grace: &mut Grace,
@@ -144,6 +146,8 @@ pub(super) fn write_service(
     dataplane
         .service_copies
         .write(grace, slot.id, &slot.key, &value);
+    // A written entry is never all zeroes (it has a method).
+    grace.before_services_write(bytes_of(&slot.value) != bytes_of(&abi::Service::default()));
     dataplane
         .maps()
         .pnlb_services
@@ -157,12 +161,16 @@ pub(super) fn write_service(
 /// service went), its copy by id first.
 pub(super) fn delete_service(
     dataplane: &Dataplane,
+    grace: &mut Grace,
     id: u32,
     key: &abi::ServiceKey,
 ) -> Result<(), DataplaneError> {
     dataplane.service_copies.clear(id);
     match dataplane.maps().pnlb_services.delete(bytes_of(key)) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            grace.after_services_delete();
+            Ok(())
+        }
         Err(err) if err.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(DataplaneError::Map {
             map: "pnlb_services",

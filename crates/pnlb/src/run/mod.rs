@@ -196,6 +196,7 @@ pub fn run(path: &Path) -> Result<()> {
     // still reach it (neighbours not yet switched after a failback) are
     // forwarded by its synced table rather than by the kernel untranslated.
     let mut attachments = daemon.attach()?;
+    daemon.programmer.program_attached();
     if ha.is_some() {
         info!(
             "ha: {} service(s) on {} programmed; standing by until elected",
