@@ -237,4 +237,37 @@ mod tests {
         grace.before_services_write(false);
         assert_eq!(grace.waits(), 2, "a replace frees one too");
     }
+
+    #[test]
+    fn a_grace_period_passed_in_the_background_is_not_waited_for_again() {
+        let mut grace = Grace::default();
+        grace.before_rewrite(Element::BackendSpare(1));
+        grace.settle();
+        assert!(grace.pending.is_empty());
+        assert_eq!(grace.asked.len(), 1);
+        let passed = |grace: &Grace| {
+            grace
+                .background
+                .as_ref()
+                .unwrap()
+                .passed
+                .load(Ordering::Acquire)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while passed(&grace) < 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(passed(&grace), 1, "the thread waited for readers");
+        // The same slot again: its grace period passed, no wait needed.
+        grace.before_rewrite(Element::BackendSpare(1));
+        assert!(grace.asked.is_empty());
+        assert_eq!(grace.pending.len(), 1);
+    }
+
+    #[test]
+    fn waiting_for_readers_returns() {
+        let start = std::time::Instant::now();
+        wait_for_readers();
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
 }
