@@ -2,8 +2,9 @@
 /*
  * pnlb XDP entry point: classify -> the established flow's entry, which
  * names its service, or else the service's id by listener -> the service
- * by id -> connection table / scheduler -> forward. Everything slow-changing (services, backends,
- * tables) is decided in userspace and published through maps.
+ * by id -> connection table / scheduler -> forward. Everything
+ * slow-changing (services, backends, tables) is decided in userspace and
+ * published through maps.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
