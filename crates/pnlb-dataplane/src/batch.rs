@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use libbpf_rs::MapCore;
+use libbpf_rs::{MapCore, MapFlags};
 
 use crate::abi::{from_bytes, Plain};
 
@@ -30,6 +30,30 @@ pub(crate) struct Entries<'map> {
     last: bool,
     /// The errno that ended the walk early, if one did.
     failed: Option<i32>,
+}
+
+/// Writes `count` entries, their keys and values back to back, in one
+/// BPF_MAP_UPDATE_BATCH; on a kernel without batch updates for this kind
+/// of map, one update each.
+pub(crate) fn update_all<M: MapCore + ?Sized>(
+    map: &M,
+    keys: &[u8],
+    values: &[u8],
+    count: usize,
+) -> Result<(), libbpf_rs::Error> {
+    match map.update_batch(keys, values, count as u32, MapFlags::ANY, MapFlags::ANY) {
+        Err(err)
+            if matches!(
+                err.kind(),
+                libbpf_rs::ErrorKind::Unsupported | libbpf_rs::ErrorKind::InvalidInput
+            ) =>
+        {
+            keys.chunks_exact(map.key_size() as usize)
+                .zip(values.chunks_exact(map.value_size() as usize))
+                .try_for_each(|(key, value)| map.update(key, value, MapFlags::ANY))
+        }
+        done => done,
+    }
 }
 
 /// Walks `map`, `batch` entries per call.

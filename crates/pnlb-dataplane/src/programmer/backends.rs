@@ -74,29 +74,8 @@ impl Slots {
                 .iter()
                 .flat_map(|(_, value)| bytes_of(value).iter().copied())
                 .collect();
-            let batch = map.update_batch(
-                &keys,
-                &values,
-                self.unwritten.len() as u32,
-                MapFlags::ANY,
-                MapFlags::ANY,
-            );
-            match batch {
-                Ok(()) => {}
-                // A kernel without batch updates of arrays: one at a time.
-                Err(err)
-                    if matches!(
-                        err.kind(),
-                        libbpf_rs::ErrorKind::Unsupported | libbpf_rs::ErrorKind::InvalidInput
-                    ) =>
-                {
-                    for (index, value) in &self.unwritten {
-                        map.update(&index.to_ne_bytes(), bytes_of(value), MapFlags::ANY)
-                            .map_err(map_err("pnlb_backends"))?;
-                    }
-                }
-                Err(err) => return Err(map_err("pnlb_backends")(err)),
-            }
+            crate::batch::update_all(map, &keys, &values, self.unwritten.len())
+                .map_err(map_err("pnlb_backends"))?;
             self.unwritten.clear();
         }
         self.unpublished.clear();

@@ -217,29 +217,9 @@ impl PendingTables {
                 .flat_map(|table| table.as_fd().as_raw_fd().to_ne_bytes())
                 .collect();
             let outer = &dataplane.maps().pnlb_tables;
-            let batch = outer.update_batch(
-                &keys,
-                &fds,
-                self.tables.len() as u32,
-                MapFlags::ANY,
-                MapFlags::ANY,
-            );
-            let swapped = match batch {
-                Ok(()) => Ok(()),
-                // A kernel without batch updates of maps of maps: one at
-                // a time (a wait each).
-                Err(err)
-                    if matches!(
-                        err.kind(),
-                        libbpf_rs::ErrorKind::Unsupported | libbpf_rs::ErrorKind::InvalidInput
-                    ) =>
-                {
-                    keys.chunks_exact(4)
-                        .zip(fds.chunks_exact(4))
-                        .try_for_each(|(key, fd)| outer.update(key, fd, MapFlags::ANY))
-                }
-                Err(err) => Err(err),
-            };
+            // Without batch updates of maps of maps: one at a time (a
+            // wait each).
+            let swapped = crate::batch::update_all(outer, &keys, &fds, self.tables.len());
             if let Err(err) = swapped {
                 // Some may be in: which table each slot holds is not known.
                 for service_id in &self.service_ids {
