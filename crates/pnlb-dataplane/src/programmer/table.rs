@@ -14,7 +14,7 @@ use super::held_tables::{open_file_limit, HeldTables};
 use super::map_err;
 use crate::abi::{self, TableSlot};
 use crate::loader::{Dataplane, DataplaneError};
-use crate::mapped::{Mapped, ELEMENT};
+use crate::mapped::{Mapped, MappingArena};
 
 /// The table the data plane indexes for new flows: Maglev for the hashing
 /// schedulers (by flow hash), the interleaved wrr cycle (by a per-service
@@ -109,6 +109,9 @@ pub(super) struct PendingTables {
     rewrites: Vec<(u32, Vec<u32>)>,
     /// (service, published form): its held table, closed, opened in place.
     reopens: Vec<(u32, Vec<u32>)>,
+    /// Where the new tables are mapped to be written, unmapped at once
+    /// after the swap.
+    mappings: MappingArena,
 }
 
 impl PendingTables {
@@ -156,7 +159,15 @@ impl PendingTables {
     /// A new table map holding `slots`, to be swapped in at `service_id`.
     fn swap(&mut self, service_id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
         let inner = table_map(slots.len() as u32)?;
-        write_mapped(&inner, slots, Write::Fresh).map_err(|err| DataplaneError::Map {
+        // No program reads it yet, and it starts zeroed: plain stores.
+        let written = self
+            .mappings
+            .with_mapping(inner.as_fd(), slots.len(), |mapped| {
+                for (i, word) in slots.iter().enumerate() {
+                    mapped.u32_at(i).store(*word, Ordering::Relaxed);
+                }
+            });
+        written.map_err(|err| DataplaneError::Map {
             map: "pnlb_table",
             source: libbpf_rs::Error::from(err),
         })?;
@@ -303,8 +314,6 @@ fn published_id(dataplane: &Dataplane, service_id: u32) -> Result<Option<u32>, D
 /// How a table's slots are written through its mapping.
 #[derive(Clone, Copy, PartialEq)]
 enum Write {
-    /// A map no program reads yet: one copy.
-    Fresh,
     /// The published table: each slot one atomic store, header untouched
     /// (it is the same).
     InPlace,
@@ -328,13 +337,6 @@ fn close_in_place(map: &MapHandle) -> std::io::Result<()> {
 fn write_mapped(map: &MapHandle, words: &[u32], how: Write) -> std::io::Result<()> {
     let mapped = Mapped::new(map.as_fd(), words.len())?;
     match how {
-        Write::Fresh => {
-            let mut elements = vec![0u8; words.len() * ELEMENT];
-            for (element, word) in elements.chunks_exact_mut(ELEMENT).zip(words) {
-                element[..4].copy_from_slice(&word.to_ne_bytes());
-            }
-            mapped.fill(&elements);
-        }
         Write::InPlace => {
             for (i, word) in words.iter().enumerate().skip(abi::TABLE_HEADER as usize) {
                 let slot = mapped.u32_at(i);
