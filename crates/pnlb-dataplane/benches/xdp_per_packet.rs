@@ -383,6 +383,27 @@ fn print_low_percentiles(
             Some(floor_calls),
         ));
     }
+    // The same hundred new flows in every batch, their entries forgotten
+    // after it (untimed): each SYN still misses in both tables and takes
+    // an entry from the LRU's free list, but the buckets, the entries and
+    // the free nodes it touches are the ones the batch before touched, in
+    // cache. Against the row above (maglev, every flow new to memory
+    // too): what a new flow costs in cache misses on the tables.
+    let warm = |n: u64| new_syn("10.77.101.1", 78, n as u32);
+    let figure = low_percentiles(|| {
+        let ns = per(one_by_one(dataplane, NEW_CALLS, warm), NEW_CALLS);
+        for n in 0..NEW_CALLS {
+            for table in pnlb_dataplane::conntrack::Table::BOTH {
+                dataplane.forget_entry(table, &flow_key(&warm(n)));
+            }
+        }
+        ns
+    });
+    rows.push((
+        "new flow, maglev, its tables' memory in cache".to_string(),
+        figure,
+        Some(floor_calls),
+    ));
     println!(
         "\nper packet, kernel-timed: 10th percentile / median of {BATCHES} batches, ns \
          (net: the 10th percentile less its mode's floor's)"
