@@ -44,6 +44,14 @@ pub struct BenchArgs {
     /// latency figures.
     #[arg(long)]
     pause_daemon: bool,
+    /// Take the setups in turn for every repetition of the calm
+    /// workloads, each started afresh, instead of measuring each setup's
+    /// repetitions in one block: a VM's slow and quick phases (every
+    /// figure 2-3x for minutes) then fall on every setup alike. snat pays
+    /// for it: a fresh start forgets the ports that rest after use, and
+    /// the servers still hold the last repetition's in TIME_WAIT.
+    #[arg(long)]
+    interleave: bool,
     /// Where to write the machine-readable results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -154,76 +162,23 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
     // flood leaves work behind (servers retransmitting SYN-ACKs to spoofed
     // ports for a minute, tables full of flood entries) that would weigh
     // on whatever is measured next, latency at c=1 most of all.
-    for floods in [false, true] {
+    let runner = Runner {
+        lab: &lab,
+        binary,
+        args: &args,
+        wanted: &wanted,
+        interrupted: &interrupted,
+    };
+    let calm_rounds = if args.interleave { args.repetitions } else { 1 };
+    let calm_repetitions = if args.interleave { 1 } else { args.repetitions };
+    for round in 0..calm_rounds {
         for (index, &setup) in setups.iter().enumerate() {
-            let measures_here = if floods {
-                wanted(UNDER_SYN_FLOOD)
-                    || (setup.small_udp_program().is_some() && wanted(SMALL_UDP))
-            } else {
-                HTTP.iter().any(|(name, _, _)| wanted(name))
-                    || IPERF.iter().any(|(name, _)| wanted(name))
-                    || (setup == Setup::Pnlb("snat") && wanted("back to back"))
-            };
-            if !measures_here {
-                continue;
-            }
-            if interrupted() {
-                anyhow::bail!("interrupted; the lab is removed");
-            }
-            use_fresh_client_address(&lab, index + usize::from(floods) * SETUPS.len())?;
-            println!(
-                "measuring {}{}",
-                setup.name(),
-                if floods { " under floods" } else { "" }
-            );
-            let running = setup
-                .start(&lab, binary)
-                .with_context(|| format!("starting {}", setup.name()))?;
-            let paused = args.pause_daemon && !floods && matches!(setup, Setup::Pnlb(_));
-            if paused {
-                println!("  (its daemon stopped while measured)");
-                running.pause(true);
-            }
-            let target = setup.target(&lab);
-            let timed = running.run_times_map();
-            if let Some(id) = timed {
-                println!("  (its program's run time per packet read from map {id})");
-            }
-            for _ in 0..args.repetitions {
-                if interrupted() {
-                    anyhow::bail!("interrupted; the lab is removed");
-                }
-                if floods {
-                    if wanted(UNDER_SYN_FLOOD) {
-                        let run = under_syn_flood(&lab, target, args.seconds)?;
-                        record(&mut results.http, UNDER_SYN_FLOOD, &setup.name(), run);
-                    }
-                    if let Some(program) = setup.small_udp_program().filter(|_| wanted(SMALL_UDP)) {
-                        let run = flood::flood(&lab, target, args.seconds, program)?;
-                        results.small_udp.entry(setup.name()).or_default().push(run);
-                    }
-                    continue;
-                }
-                for (name, connections, close) in HTTP {
-                    if wanted(name) {
-                        let run = wrk(&lab, target, connections, close, args.seconds, timed)?;
-                        record(&mut results.http, name, &setup.name(), run);
-                    }
-                }
-                for (name, streams) in IPERF {
-                    if wanted(name) {
-                        let gbps = iperf3(&lab, target, streams, args.seconds)?;
-                        record(&mut results.bulk_gbps, name, &setup.name(), gbps);
-                    }
-                }
-            }
-            if !floods && setup == Setup::Pnlb("snat") && wanted("back to back") {
-                let first = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS, None)?;
-                let second = wrk(&lab, target, 1, true, BACK_TO_BACK_SECONDS, None)?;
-                results.snat_back_to_back = Some((first, second));
-            }
-            running.pause(false);
+            let last = round + 1 == calm_rounds;
+            runner.measure(&mut results, setup, index, false, calm_repetitions, last)?;
         }
+    }
+    for (index, &setup) in setups.iter().enumerate() {
+        runner.measure(&mut results, setup, index, true, args.repetitions, true)?;
     }
     drop(iperf_servers);
 
@@ -235,6 +190,99 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
         .with_context(|| format!("writing {}", args.json.display()))?;
     println!("\nmachine-readable results: {}", args.json.display());
     Ok(())
+}
+
+/// What every measurement of a run shares.
+struct Runner<'a> {
+    lab: &'a Lab,
+    binary: &'a str,
+    args: &'a BenchArgs,
+    wanted: &'a dyn Fn(&str) -> bool,
+    interrupted: &'a dyn Fn() -> bool,
+}
+
+impl Runner<'_> {
+    /// Starts `setup` and measures `repetitions` repetitions of its calm
+    /// workloads (or, with `floods`, of the floods), then stops it. snat's
+    /// back-to-back runs come with its `last` calm measurement.
+    fn measure(
+        &self,
+        results: &mut Results,
+        setup: Setup,
+        index: usize,
+        floods: bool,
+        repetitions: usize,
+        last: bool,
+    ) -> Result<()> {
+        let (lab, args, wanted) = (self.lab, self.args, self.wanted);
+        let measures_here = if floods {
+            wanted(UNDER_SYN_FLOOD) || (setup.small_udp_program().is_some() && wanted(SMALL_UDP))
+        } else {
+            HTTP.iter().any(|(name, _, _)| wanted(name))
+                || IPERF.iter().any(|(name, _)| wanted(name))
+                || (setup == Setup::Pnlb("snat") && wanted("back to back"))
+        };
+        if !measures_here {
+            return Ok(());
+        }
+        if (self.interrupted)() {
+            anyhow::bail!("interrupted; the lab is removed");
+        }
+        use_fresh_client_address(lab, index + usize::from(floods) * SETUPS.len())?;
+        println!(
+            "measuring {}{}",
+            setup.name(),
+            if floods { " under floods" } else { "" }
+        );
+        let running = setup
+            .start(lab, self.binary)
+            .with_context(|| format!("starting {}", setup.name()))?;
+        let paused = args.pause_daemon && !floods && matches!(setup, Setup::Pnlb(_));
+        if paused {
+            println!("  (its daemon stopped while measured)");
+            running.pause(true);
+        }
+        let target = setup.target(lab);
+        let timed = running.run_times_map();
+        if let Some(id) = timed {
+            println!("  (its program's run time per packet read from map {id})");
+        }
+        for _ in 0..repetitions {
+            if (self.interrupted)() {
+                anyhow::bail!("interrupted; the lab is removed");
+            }
+            if floods {
+                if wanted(UNDER_SYN_FLOOD) {
+                    let run = under_syn_flood(lab, target, args.seconds)?;
+                    record(&mut results.http, UNDER_SYN_FLOOD, &setup.name(), run);
+                }
+                if let Some(program) = setup.small_udp_program().filter(|_| wanted(SMALL_UDP)) {
+                    let run = flood::flood(lab, target, args.seconds, program)?;
+                    results.small_udp.entry(setup.name()).or_default().push(run);
+                }
+                continue;
+            }
+            for (name, connections, close) in HTTP {
+                if wanted(name) {
+                    let run = wrk(lab, target, connections, close, args.seconds, timed)?;
+                    record(&mut results.http, name, &setup.name(), run);
+                }
+            }
+            for (name, streams) in IPERF {
+                if wanted(name) {
+                    let gbps = iperf3(lab, target, streams, args.seconds)?;
+                    record(&mut results.bulk_gbps, name, &setup.name(), gbps);
+                }
+            }
+        }
+        if !floods && last && setup == Setup::Pnlb("snat") && wanted("back to back") {
+            let first = wrk(lab, target, 1, true, BACK_TO_BACK_SECONDS, None)?;
+            let second = wrk(lab, target, 1, true, BACK_TO_BACK_SECONDS, None)?;
+            results.snat_back_to_back = Some((first, second));
+        }
+        running.pause(false);
+        Ok(())
+    }
 }
 
 /// Adds one repetition's figure under (workload, setup).
@@ -255,12 +303,13 @@ fn record<T>(
 /// Each setup gets its own client source address: servers keep earlier
 /// setups' connections in TIME_WAIT, and a 4-tuple reused on another path
 /// (another TCP timestamp offset) is refused until TCP retries, which would
-/// make the later setups' new-connection figures measure the lab.
+/// make the later setups' new-connection figures measure the lab. A
+/// setup measured again (the next repetition) takes its own again.
 fn use_fresh_client_address(lab: &Lab, index: usize) -> Result<()> {
     let address = format!("10.77.0.{}", 10 + index);
     pnlb_lab::netns::ip(
         &lab.client,
-        &["addr", "add", &format!("{address}/24"), "dev", "eth0"],
+        &["addr", "replace", &format!("{address}/24"), "dev", "eth0"],
     )?;
     pnlb_lab::netns::ip(
         &lab.client,
