@@ -81,12 +81,14 @@ impl ConnTables {
 
     /// Every flow (its original entry) in one table.
     pub fn flows_in(&self, table: Table) -> Result<Vec<Flow>, DataplaneError> {
-        Ok(crate::batch::entries(self.map(table), 4096)
-            .filter_map(|(key, value)| {
-                Some((from_bytes::<FlowKey>(&key)?, from_bytes::<Conn>(&value)?))
-            })
-            .filter(|(_, conn)| is_original(conn))
-            .collect())
+        Ok(
+            crate::batch::entries(self.map(table), crate::batch::HASH_BATCH)
+                .filter_map(|(key, value)| {
+                    Some((from_bytes::<FlowKey>(&key)?, from_bytes::<Conn>(&value)?))
+                })
+                .filter(|(_, conn)| is_original(conn))
+                .collect(),
+        )
     }
 
     /// The established flows this node carries: those it saw packets of,
@@ -106,13 +108,14 @@ impl ConnTables {
     /// after a whole dump fetched from then on, those the active node no
     /// longer holds — ends this node missed. Returns how many went.
     pub fn purge_untouched_since(&self, since_ns: u64) -> Result<u64, DataplaneError> {
-        let stale: Vec<FlowKey> = crate::batch::entries(self.map(Table::Established), 4096)
-            .filter_map(|(key, value)| {
-                Some((from_bytes::<FlowKey>(&key)?, from_bytes::<Conn>(&value)?))
-            })
-            .filter(|(_, conn)| is_original(conn) && conn.last_seen_ns < since_ns)
-            .map(|(key, _)| key)
-            .collect();
+        let stale: Vec<FlowKey> =
+            crate::batch::entries(self.map(Table::Established), crate::batch::HASH_BATCH)
+                .filter_map(|(key, value)| {
+                    Some((from_bytes::<FlowKey>(&key)?, from_bytes::<Conn>(&value)?))
+                })
+                .filter(|(_, conn)| is_original(conn) && conn.last_seen_ns < since_ns)
+                .map(|(key, _)| key)
+                .collect();
         let mut purged = 0;
         for key in &stale {
             // Read again: a packet or a report may have touched it since.

@@ -129,7 +129,7 @@ impl Dataplane {
         let mut marked = 0;
         for table in Table::BOTH {
             let map = self.conn_map(table);
-            let doomed: Vec<(Vec<u8>, Conn)> = crate::batch::entries(map, 4096)
+            let doomed: Vec<(Vec<u8>, Conn)> = crate::batch::entries(map, crate::batch::HASH_BATCH)
                 .filter_map(|(key, value)| Some((key, from_bytes::<Conn>(&value)?)))
                 .filter(|(_, conn)| conn.backend_id == backend_id && is_original(conn))
                 .collect();

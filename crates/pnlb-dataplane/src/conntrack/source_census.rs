@@ -80,7 +80,7 @@ fn is_open(conn: &Conn) -> bool {
 }
 
 fn entries<T: crate::abi::Plain>(map: &MapHandle) -> impl Iterator<Item = (Source, T)> + '_ {
-    crate::batch::entries(map, 4096).filter_map(|(key, value)| {
+    crate::batch::entries(map, crate::batch::HASH_BATCH).filter_map(|(key, value)| {
         Some((
             source_of(&from_bytes::<SourceKey>(&key)?),
             from_bytes::<T>(&value)?,
