@@ -27,21 +27,9 @@ unsafe impl Sync for Mapped {}
 impl Mapped {
     pub(crate) fn new(map: BorrowedFd<'_>, elements: usize) -> std::io::Result<Self> {
         let len = elements * ELEMENT;
-        // SAFETY: a shared mapping of the map's own pages, `len` bytes (the
-        // map holds at least `elements` elements of 8 bytes).
-        let at = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.as_raw_fd(),
-                0,
-            )
-        };
-        if at == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+        // SAFETY: no fixed address (the kernel picks one); the map holds at
+        // least `elements` elements of 8 bytes.
+        let at = unsafe { map_shared(map, std::ptr::null_mut(), len, 0)? };
         Ok(Self {
             at,
             len,
@@ -102,6 +90,35 @@ impl Mapped {
     }
 }
 
+/// Maps `len` bytes of `map`'s pages shared, readable and writable, at
+/// `at` (with MAP_FIXED in `flags`) or where the kernel picks (null).
+///
+/// # Safety
+/// `len` must not exceed the map's mmapable size; with MAP_FIXED, `at..at
+/// + len` must be address space the caller owns and nothing else uses.
+unsafe fn map_shared(
+    map: BorrowedFd<'_>,
+    at: *mut libc::c_void,
+    len: usize,
+    flags: libc::c_int,
+) -> std::io::Result<*mut libc::c_void> {
+    // SAFETY: the caller's contract above.
+    let mapped = unsafe {
+        libc::mmap(
+            at,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | flags,
+            map.as_raw_fd(),
+            0,
+        )
+    };
+    if mapped == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(mapped)
+}
+
 impl Drop for Mapped {
     fn drop(&mut self) {
         if self.owned {
@@ -148,20 +165,8 @@ impl MappingArena {
         let at = self.room(span)?;
         // SAFETY: `at` is `span` bytes of this arena's reserved address
         // space that nothing else maps (MAP_FIXED replaces only the
-        // reservation there), a shared mapping of the map's own pages.
-        let mapped = unsafe {
-            libc::mmap(
-                at,
-                span,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                map.as_raw_fd(),
-                0,
-            )
-        };
-        if mapped == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+        // reservation there); `span` is the map's own size in pages.
+        let mapped = unsafe { map_shared(map, at, span, libc::MAP_FIXED)? };
         let view = Mapped {
             at: mapped,
             len,
