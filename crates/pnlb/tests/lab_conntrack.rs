@@ -409,3 +409,50 @@ fn after_churn_resets_and_a_backend_removed_and_re_added_the_counts_are_what_the
     println!("  after expiry: all 0; {}", table_line(&output));
     assert!(failed < 200, "{failed} of 20000 short connections failed");
 }
+
+/// The scheduling policy (`/proc/PID/task/TID/stat` field 41) of each of
+/// a process's threads, by thread name.
+fn thread_policies(pid: i32) -> BTreeMap<String, i32> {
+    let mut policies = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let path = task.expect("task").path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("stat")),
+        ) else {
+            continue;
+        };
+        // Fields after the name (which may hold spaces) start at field 3.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        if let Some(policy) = after_name.split_whitespace().nth(41 - 3) {
+            policies.insert(comm.trim().to_string(), policy.parse().unwrap_or(-1));
+        }
+    }
+    policies
+}
+
+/// Expiry walks the tables beside the traffic's processes: its thread is
+/// in the idle scheduling class, so a process the traffic wakes takes the
+/// core from it at once (docs/benchmarks.md, the c=1 spread).
+#[test]
+fn the_expiry_thread_runs_in_the_idle_scheduling_class() {
+    if !privileged() {
+        return;
+    }
+    let lab = lab_for("dr");
+    let path = write_config(&lab, &lab.config("dr", ECHO_PORT, &[0, 1, 2]));
+    let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run");
+    wait_for_log(&daemon, "forwarding", Duration::from_secs(10));
+    let policies = thread_policies(daemon.pid());
+    println!("threads and their policies: {policies:?}");
+    assert_eq!(
+        policies.get("pnlb-sweep"),
+        Some(&libc::SCHED_IDLE),
+        "{policies:?}"
+    );
+    assert_eq!(
+        policies.get("pnlb"),
+        Some(&libc::SCHED_OTHER),
+        "the daemon loop stays in the normal class: {policies:?}"
+    );
+}

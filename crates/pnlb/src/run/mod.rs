@@ -448,7 +448,8 @@ impl Daemon {
         let lifecycle = Lifecycle::default();
         let applied = lifecycle.effective(&config, Instant::now());
         log_report(&programmer.apply(&dataplane, &applied, &mut next_hops)?);
-        let sweeping = Sweeping::start(dataplane.sweeper()?, config.timeouts);
+        let sweeping = Sweeping::start(dataplane.sweeper()?, config.timeouts)
+            .context("starting the expiry thread")?;
         let now = Instant::now();
         let mut fingerprinter = fingerprint::Fingerprinter::new(seed.value);
         fingerprinter.of(&config);

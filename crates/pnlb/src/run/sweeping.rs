@@ -8,6 +8,14 @@
 //! when it comes (the flows that ended, for failover sync) and gives the
 //! thread the timeouts a reload sets.
 //!
+//! The thread runs in the kernel's idle scheduling class (SCHED_IDLE):
+//! a process the traffic wakes (a server, a proxy on the same host) takes
+//! the core from it at once, where a normal thread keeps it to the end of
+//! its slice. Steps of 1-4 ms on end were the daemon's share of the c=1
+//! latency tail (docs/benchmarks.md). A pass that runs past twice its
+//! period (the cores busy with other work) finishes in the normal class,
+//! so expiry never starves.
+//!
 //! The period is 5 s while the tables are small. A large table of flows
 //! that mostly go on is walked at WALK_PER_SECOND (so the daemon's CPU
 //! stops growing with the table), in up to 30 s; a table more than half
@@ -22,6 +30,8 @@ use std::time::{Duration, Instant};
 
 use pnlb_core::config::Timeouts;
 use pnlb_dataplane::conntrack::{monotonic_ns, SweepPass, SweepReport, Sweeper};
+
+use crate::log::info;
 
 /// How often idle connections are expired at most (timeouts hold to
 /// within this while the tables are small, full or churning).
@@ -55,20 +65,22 @@ impl Drop for Sweeping {
 }
 
 impl Sweeping {
-    pub fn start(sweeper: Sweeper, timeouts: Timeouts) -> Self {
+    pub fn start(sweeper: Sweeper, timeouts: Timeouts) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let timeouts = Arc::new(Mutex::new(timeouts));
         let (sender, reports) = mpsc::channel();
         let thread = {
             let (stop, timeouts) = (stop.clone(), timeouts.clone());
-            std::thread::spawn(move || sweep_in_steps(&sweeper, &stop, &timeouts, &sender))
+            std::thread::Builder::new()
+                .name("pnlb-sweep".into())
+                .spawn(move || sweep_in_steps(&sweeper, &stop, &timeouts, &sender))?
         };
-        Self {
+        Ok(Self {
             stop,
             thread: Some(thread),
             timeouts,
             reports,
-        }
+        })
     }
 
     /// The timeouts of the next passes.
@@ -91,8 +103,17 @@ fn sweep_in_steps(
     let mut period = SWEEP_EVERY;
     let mut began = Instant::now();
     let mut pass: Option<SweepPass> = None;
+    let mut idle_class = enter_idle_class(true);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(STEP);
+        if idle_class
+            && pass.is_some()
+            && overdue(began.elapsed(), period)
+            && enter_idle_class(false)
+        {
+            idle_class = false;
+            info!("expiry is behind (the CPUs are busy): this pass goes on at normal priority");
+        }
         if pass.is_none() && began.elapsed() >= period {
             began = Instant::now();
             match sweeper.begin_pass() {
@@ -120,10 +141,32 @@ fn sweep_in_steps(
             Err(err) => Err(err.to_string()),
         };
         pass = None;
+        if !idle_class {
+            idle_class = enter_idle_class(true);
+        }
         if reports.send(done).is_err() {
             return;
         }
     }
+}
+
+/// Whether a pass begun `elapsed` ago runs too late for its `period`.
+fn overdue(elapsed: Duration, period: Duration) -> bool {
+    elapsed > period * 2
+}
+
+/// Moves the calling thread into the idle scheduling class (`true`) or
+/// the normal one; whether it took.
+fn enter_idle_class(idle: bool) -> bool {
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 names the calling thread; param is a valid sched_param
+    // (priority 0, as both classes require).
+    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
 }
 
 /// The period until the next pass, from what the last one saw: every 5 s
@@ -174,6 +217,14 @@ mod tests {
             next_period(&report(2_000_000, 1_000_000, 0), 8 << 20),
             SWEEP_AT_LEAST_EVERY
         );
+    }
+
+    #[test]
+    fn a_pass_past_twice_its_period_is_overdue() {
+        let period = Duration::from_secs(5);
+        assert!(!overdue(Duration::from_secs(9), period));
+        assert!(!overdue(Duration::from_secs(10), period));
+        assert!(overdue(Duration::from_millis(10_100), period));
     }
 
     #[test]
