@@ -35,6 +35,7 @@ pub mod own_macs;
 pub mod pinning;
 pub mod prog_stats;
 pub mod programmer;
+pub mod rtdump;
 pub mod run_times;
 pub mod service_copies;
 pub mod stats;

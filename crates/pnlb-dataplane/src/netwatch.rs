@@ -36,7 +36,7 @@ const NTF_USE: u8 = 0x01;
 /// has a usable MAC.
 const NUD_VALID: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
 
-const NLMSG_HDRLEN: usize = 16;
+pub(crate) const NLMSG_HDRLEN: usize = 16;
 const NDMSG_LEN: usize = 12;
 const NLM_F_REQUEST: u16 = 0x1;
 
@@ -65,19 +65,7 @@ pub struct NetWatch {
 impl NetWatch {
     /// Subscribes in the calling thread's network namespace.
     pub fn subscribe() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the descriptor is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor that nothing else owns.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let socket = route_socket()?;
         // SAFETY: sockaddr_nl is plain data; zeroed is a valid value.
         let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         address.nl_family = libc::AF_NETLINK as u16;
@@ -147,7 +135,7 @@ impl NetWatch {
         if hops.is_empty() {
             return 0;
         }
-        let stale = crate::nexthop::stale_neighbours();
+        let stale = crate::rtdump::stale_neighbours().unwrap_or_default();
         hops.iter()
             .filter(|hop| stale.contains(hop))
             .filter(|(ifindex, address)| self.confirm(*ifindex, *address).is_ok())
@@ -181,6 +169,23 @@ impl NetWatch {
     }
 }
 
+/// A NETLINK_ROUTE socket in the calling thread's network namespace.
+pub(crate) fn route_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the descriptor is owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// RTM_NEWNEIGH with NTF_USE for an existing entry: the kernel's
 /// neigh_event_send, as if it had a packet for the neighbour.
 fn confirm_request(ifindex: u32, address: IpAddr) -> Vec<u8> {
@@ -206,11 +211,11 @@ fn confirm_request(ifindex: u32, address: IpAddr) -> Vec<u8> {
     message
 }
 
-fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+pub(crate) fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
@@ -239,11 +244,36 @@ fn parse_messages(mut bytes: &[u8]) -> Vec<NetEvent> {
     events
 }
 
-fn align4(n: usize) -> usize {
+pub(crate) fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-fn parse_neighbour(kind: u16, body: &[u8]) -> Option<NetEvent> {
+/// A neighbour entry as an RTM_NEWNEIGH / RTM_DELNEIGH message gives it.
+pub(crate) struct NeighbourEntry {
+    pub(crate) ifindex: u32,
+    pub(crate) address: IpAddr,
+    /// NUD_* bits.
+    pub(crate) state: u16,
+    pub(crate) mac: Option<[u8; 6]>,
+}
+
+/// The (type, value) attributes of a netlink message's tail; stops at the
+/// first that does not fit.
+pub(crate) fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = usize::from(u16_at(bytes, 0)?);
+        let kind = u16_at(bytes, 2)?;
+        if len < 4 || len > bytes.len() {
+            return None;
+        }
+        let value = &bytes[4..len];
+        bytes = &bytes[align4(len).min(bytes.len())..];
+        Some((kind, value))
+    })
+}
+
+/// An ndmsg body (and its attributes) as an entry; None without an address.
+pub(crate) fn parse_neighbour_entry(body: &[u8]) -> Option<NeighbourEntry> {
     if body.len() < NDMSG_LEN {
         return None;
     }
@@ -252,14 +282,7 @@ fn parse_neighbour(kind: u16, body: &[u8]) -> Option<NetEvent> {
     let state = u16_at(body, 8)?;
     let mut address = None;
     let mut mac = None;
-    let mut attributes = &body[NDMSG_LEN..];
-    while attributes.len() >= 4 {
-        let len = usize::from(u16_at(attributes, 0)?);
-        let kind = u16_at(attributes, 2)?;
-        if len < 4 || len > attributes.len() {
-            break;
-        }
-        let value = &attributes[4..len];
+    for (kind, value) in attributes(&body[NDMSG_LEN..]) {
         match (kind, family as i32, value.len()) {
             (NDA_DST, libc::AF_INET, 4) => {
                 address = Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(value).ok()?)))
@@ -272,9 +295,22 @@ fn parse_neighbour(kind: u16, body: &[u8]) -> Option<NetEvent> {
             (NDA_LLADDR, _, 6) => mac = <[u8; 6]>::try_from(value).ok(),
             _ => {}
         }
-        attributes = &attributes[align4(len).min(attributes.len())..];
     }
-    let address = address?;
+    Some(NeighbourEntry {
+        ifindex,
+        address: address?,
+        state,
+        mac,
+    })
+}
+
+fn parse_neighbour(kind: u16, body: &[u8]) -> Option<NetEvent> {
+    let NeighbourEntry {
+        ifindex,
+        address,
+        state,
+        mac,
+    } = parse_neighbour_entry(body)?;
     match (kind, mac) {
         (RTM_NEWNEIGH, Some(mac)) if state & NUD_VALID != 0 => Some(NetEvent::Neighbour {
             ifindex,

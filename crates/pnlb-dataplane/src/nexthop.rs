@@ -307,34 +307,6 @@ fn neighbour_macs(
         .collect())
 }
 
-/// The neighbour entries in state STALE, as (ifindex, address): the ones
-/// worth re-verifying (see NetWatch::reverify).
-pub fn stale_neighbours() -> std::collections::HashSet<(u32, IpAddr)> {
-    ip_batch::<NeighJson>(&[], &["neigh show nud stale".to_string()])
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|n| n.state.iter().any(|s| s == "STALE"))
-        .filter_map(|n| Some((ifindex_of(&n.dev?).ok()?, n.dst?.parse().ok()?)))
-        .collect()
-}
-
-/// The routers of the default routes, IPv4 and IPv6, with their interface:
-/// where translated replies go (bpf_fib_lookup reads the kernel's
-/// neighbour entries for them, which XDP traffic never confirms).
-pub fn default_gateways() -> Vec<(u32, IpAddr)> {
-    ["-4", "-6"]
-        .into_iter()
-        .flat_map(|family| {
-            ip_batch::<RouteJson>(&[family], &["route show default".to_string()])
-                .unwrap_or_default()
-        })
-        .filter_map(|route| {
-            let gateway = route.gateway.as_deref()?.parse().ok()?;
-            Some((ifindex_of(route.dev.as_deref()?).ok()?, gateway))
-        })
-        .collect()
-}
-
 /// One empty datagram: enough for the kernel to resolve the neighbour.
 fn probe(hop: IpAddr) {
     let bind: SocketAddr = match hop {

@@ -19,6 +19,28 @@ fn sh(script: &str) {
     assert!(status.success(), "{script}");
 }
 
+/// Runs `body` on a thread in a network namespace of its own, with a veth
+/// pair n0 (10.99.0.1/24) - n1 up and `setup` (shell lines) run first.
+fn in_own_netns<T: Send + 'static>(
+    setup: &'static str,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::Result<T> {
+    std::thread::spawn(move || {
+        // SAFETY: unshare on this thread only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        sh(&format!(
+            "set -e
+            ip link add n0 type veth peer name n1
+            ip addr add 10.99.0.1/24 dev n0
+            ip link set n0 up
+            ip link set n1 up
+            {setup}"
+        ));
+        body()
+    })
+    .join()
+}
+
 fn state_of(neighbour: &str) -> String {
     let out = Command::new("ip")
         .args(["neigh", "show", neighbour, "dev", "n0"])
@@ -142,27 +164,62 @@ fn a_permanent_neighbour_stays_permanent_when_reverified() {
     if !privileged() {
         return;
     }
-    let result = std::thread::spawn(move || {
-        // SAFETY: unshare on this thread only.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-        sh("set -e
-            ip link add n0 type veth peer name n1
-            ip addr add 10.99.0.1/24 dev n0
-            ip link set n0 up
-            ip link set n1 up
-            ip neigh replace 10.99.0.7 dev n0 lladdr 02:99:00:00:00:07 nud permanent");
-        let watch = NetWatch::subscribe().expect("rtnetlink");
-        let n0 = pnlb_dataplane::loader::ifindex_of("n0").unwrap();
-        let before = state_of("10.99.0.7");
-        let asked = watch.reverify(&[(n0, "10.99.0.7".parse().unwrap())]);
-        assert_eq!(asked, 0, "a static entry is not asked about");
-        std::thread::sleep(Duration::from_millis(500));
-        let after = state_of("10.99.0.7");
-        println!("before: {before:?}; after reverify: {after:?}");
-        (before, after)
-    })
-    .join();
+    let result = in_own_netns(
+        "ip neigh replace 10.99.0.7 dev n0 lladdr 02:99:00:00:00:07 nud permanent",
+        || {
+            let watch = NetWatch::subscribe().expect("rtnetlink");
+            let n0 = pnlb_dataplane::loader::ifindex_of("n0").unwrap();
+            let before = state_of("10.99.0.7");
+            let asked = watch.reverify(&[(n0, "10.99.0.7".parse().unwrap())]);
+            assert_eq!(asked, 0, "a static entry is not asked about");
+            std::thread::sleep(Duration::from_millis(500));
+            let after = state_of("10.99.0.7");
+            println!("before: {before:?}; after reverify: {after:?}");
+            (before, after)
+        },
+    );
     let (before, after) = result.expect("the test thread");
     assert!(before.contains("PERMANENT"), "{before}");
     assert_eq!(after, before);
+}
+
+/// The daemon's periodic questions (which neighbours are STALE, which
+/// routers the default routes use) answered over rtnetlink in process, as
+/// `ip` lists them: the main table's default routes only, STALE entries
+/// only.
+#[test]
+fn stale_neighbours_and_default_routers_are_read_over_rtnetlink() {
+    if !privileged() {
+        return;
+    }
+    let result = in_own_netns(
+        "ip -6 addr add fd99::1/64 dev n0 nodad
+            ip route add default via 10.99.0.254 dev n0
+            ip -6 route add default via fd99::254 dev n0
+            ip route add default via 10.99.0.253 dev n0 table 100
+            ip route add 10.98.0.0/16 via 10.99.0.252 dev n0
+            ip neigh replace 10.99.0.7 dev n0 lladdr 02:99:00:00:00:07 nud stale
+            ip neigh replace 10.99.0.8 dev n0 lladdr 02:99:00:00:00:08 nud permanent
+            ip neigh replace 10.99.0.9 dev n0 lladdr 02:99:00:00:00:09 nud reachable
+            ip neigh replace fd99::7 dev n0 lladdr 02:99:00:00:00:17 nud stale",
+        || {
+            let n0 = pnlb_dataplane::loader::ifindex_of("n0").unwrap();
+            let started = Instant::now();
+            let gateways = pnlb_dataplane::rtdump::default_gateways().expect("route dump");
+            let stale = pnlb_dataplane::rtdump::stale_neighbours().expect("neighbour dump");
+            println!(
+                "both dumps in {:?}: default routers {gateways:?}, stale {stale:?}",
+                started.elapsed()
+            );
+            (n0, gateways, stale)
+        },
+    );
+    let (n0, gateways, stale) = result.expect("the test thread");
+    let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+    assert_eq!(
+        gateways,
+        vec![(n0, ip("10.99.0.254")), (n0, ip("fd99::254"))]
+    );
+    let expected = [(n0, ip("10.99.0.7")), (n0, ip("fd99::7"))];
+    assert_eq!(stale, expected.into_iter().collect());
 }

@@ -23,9 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pnlb_dataplane::netwatch::{NetEvent, NetWatch};
-use pnlb_dataplane::nexthop::{
-    default_gateways, vlan_devices, KernelResolver, Resolution, Resolver, VlanDevice,
-};
+use pnlb_dataplane::nexthop::{vlan_devices, KernelResolver, Resolution, Resolver, VlanDevice};
 
 use crate::log::warning;
 
@@ -291,7 +289,10 @@ fn watch_thread(
         }
         if last_confirm.elapsed() >= CONFIRM_EVERY {
             last_confirm = Instant::now();
-            let mut hops: BTreeSet<(u32, IpAddr)> = default_gateways().into_iter().collect();
+            let mut hops: BTreeSet<(u32, IpAddr)> = pnlb_dataplane::rtdump::default_gateways()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
             if let Ok(watched) = watched.lock() {
                 hops.extend(watched.iter().copied());
             }
