@@ -475,6 +475,8 @@ fn a_data_plane_left_unattended_past_its_limit_refuses_new_flows_only() {
 
     let daemon = lab.start_pnlb(PNLB, &path).expect("pnlb run again");
     assert!(new_connection(&lab), "a daemon again: new flows are taken");
+    // The data plane takes new flows before the API listens.
+    wait_for_log(&daemon, "API on", Duration::from_secs(10));
     let counted = reason_counter(&lab, "drop_unattended");
     println!("after the restart: drop_unattended = {counted}");
     assert!(counted > 0, "the refusals are counted");
