@@ -24,9 +24,9 @@ const RTMGRP_IPV6_ROUTE: u32 = 0x400;
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
-const RTM_NEWROUTE: u16 = 24;
+pub(crate) const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
-const RTM_NEWNEIGH: u16 = 28;
+pub(crate) const RTM_NEWNEIGH: u16 = 28;
 const RTM_DELNEIGH: u16 = 29;
 
 const NDA_DST: u16 = 1;
@@ -38,7 +38,7 @@ const NUD_VALID: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
 
 pub(crate) const NLMSG_HDRLEN: usize = 16;
 const NDMSG_LEN: usize = 12;
-const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 
 /// What changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,7 +211,7 @@ fn confirm_request(ifindex: u32, address: IpAddr) -> Vec<u8> {
     message
 }
 
-pub(crate) fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
 }
 
@@ -221,17 +221,9 @@ pub(crate) fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
 
 /// The events in one datagram of netlink messages; what does not parse is
 /// skipped.
-fn parse_messages(mut bytes: &[u8]) -> Vec<NetEvent> {
+fn parse_messages(bytes: &[u8]) -> Vec<NetEvent> {
     let mut events = Vec::new();
-    while bytes.len() >= NLMSG_HDRLEN {
-        let Some(len) = u32_at(bytes, 0).map(|l| l as usize) else {
-            break;
-        };
-        if len < NLMSG_HDRLEN || len > bytes.len() {
-            break;
-        }
-        let kind = u16_at(bytes, 4).unwrap_or(0);
-        let body = &bytes[NLMSG_HDRLEN..len];
+    for (kind, body) in messages(bytes) {
         match kind {
             RTM_NEWNEIGH | RTM_DELNEIGH => events.extend(parse_neighbour(kind, body)),
             RTM_NEWROUTE | RTM_DELROUTE | RTM_NEWLINK | RTM_DELLINK => {
@@ -239,12 +231,26 @@ fn parse_messages(mut bytes: &[u8]) -> Vec<NetEvent> {
             }
             _ => {}
         }
-        bytes = &bytes[align4(len).min(bytes.len())..];
     }
     events
 }
 
-pub(crate) fn align4(n: usize) -> usize {
+/// The (type, body) of each netlink message in one datagram; stops at the
+/// first whose length does not fit.
+pub(crate) fn messages(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = u32_at(bytes, 0)? as usize;
+        if len < NLMSG_HDRLEN || len > bytes.len() {
+            return None;
+        }
+        let kind = u16_at(bytes, 4)?;
+        let body = &bytes[NLMSG_HDRLEN..len];
+        bytes = &bytes[align4(len).min(bytes.len())..];
+        Some((kind, body))
+    })
+}
+
+fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 

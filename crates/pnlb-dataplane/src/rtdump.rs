@@ -11,16 +11,14 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use crate::netwatch::{
-    align4, attributes, parse_neighbour_entry, route_socket, u16_at, u32_at, NLMSG_HDRLEN,
+    attributes, messages, parse_neighbour_entry, route_socket, u32_at, NLMSG_HDRLEN, NLM_F_REQUEST,
+    RTM_NEWNEIGH, RTM_NEWROUTE,
 };
 
-const RTM_NEWROUTE: u16 = 24;
 const RTM_GETROUTE: u16 = 26;
-const RTM_NEWNEIGH: u16 = 28;
 const RTM_GETNEIGH: u16 = 30;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
 
 const NUD_STALE: u16 = 0x04;
@@ -146,28 +144,17 @@ fn dump(kind: u16, header: &[u8], mut each: impl FnMut(u16, &[u8])) -> io::Resul
         if n == 0 {
             return Ok(());
         }
-        let mut bytes = &buffer[..n as usize];
-        while bytes.len() >= NLMSG_HDRLEN {
-            let len = u32_at(bytes, 0).map_or(0, |len| len as usize);
-            if len < NLMSG_HDRLEN || len > bytes.len() {
-                break;
-            }
-            let body = &bytes[NLMSG_HDRLEN..len];
-            match u16_at(bytes, 4).unwrap_or(0) {
+        for (message, body) in messages(&buffer[..n as usize]) {
+            match message {
                 NLMSG_DONE => return Ok(()),
                 NLMSG_ERROR => {
-                    let errno = body
-                        .get(..4)
-                        .and_then(|b| b.try_into().ok())
-                        .map_or(0, i32::from_ne_bytes);
-                    return match errno {
+                    return match u32_at(body, 0).map_or(0, |errno| errno as i32) {
                         0 => Ok(()),
                         errno => Err(io::Error::from_raw_os_error(-errno)),
                     };
                 }
                 message => each(message, body),
             }
-            bytes = &bytes[align4(len).min(bytes.len())..];
         }
     }
 }
@@ -203,7 +190,7 @@ mod tests {
         let mut out = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
         out.extend_from_slice(&kind.to_ne_bytes());
         out.extend_from_slice(value);
-        out.resize(align4(out.len()), 0);
+        out.resize(out.len().next_multiple_of(4), 0);
         out
     }
 
