@@ -186,34 +186,3 @@ pub fn running_options(program: u32) -> Option<(usize, usize)> {
     };
     Some((entries("pnlb_decap_from")?, entries("pnlb_decap_vips")?))
 }
-
-/// Every address configured on this network namespace's interfaces, as
-/// `ip -j addr show` lists them.
-pub fn local_addresses() -> Result<BTreeSet<IpAddr>, String> {
-    #[derive(serde::Deserialize)]
-    struct Link {
-        #[serde(default)]
-        addr_info: Vec<AddrInfo>,
-    }
-    #[derive(serde::Deserialize)]
-    struct AddrInfo {
-        local: Option<String>,
-    }
-    let output = std::process::Command::new("ip")
-        .args(["-j", "addr", "show"])
-        .output()
-        .map_err(|err| format!("cannot run `ip` (install iproute2): {err}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "`ip -j addr show` failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-    }
-    let links: Vec<Link> = serde_json::from_slice(&output.stdout)
-        .map_err(|err| format!("unexpected `ip -j addr show` output: {err}"))?;
-    Ok(links
-        .into_iter()
-        .flat_map(|link| link.addr_info)
-        .filter_map(|info| info.local?.parse().ok())
-        .collect())
-}

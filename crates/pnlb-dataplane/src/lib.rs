@@ -9,6 +9,7 @@
 //! - [`nexthop`]: find the MAC and interface each backend is reached through;
 //! - [`pinning`]: a data plane that outlives its daemon (bpffs pins, adoption);
 //! - [`netwatch`]: neighbour, route and link events, and neighbour re-verification;
+//! - [`rtnetlink`]: the kernel's route, neighbour, link and address tables, asked in process;
 //! - [`stats`]: read the per-CPU counters;
 //! - [`sync`]: flows in and out, for failover sync;
 //! - [`vlan`]: the VLAN devices replies may be routed out of;
@@ -35,7 +36,7 @@ pub mod own_macs;
 pub mod pinning;
 pub mod prog_stats;
 pub mod programmer;
-pub mod rtdump;
+pub mod rtnetlink;
 pub mod run_times;
 pub mod service_copies;
 pub mod stats;

@@ -13,32 +13,27 @@
 //! (NTF_USE), as if the kernel had a packet for it.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
+
+use crate::rtnetlink::neighbours::{
+    parse_neighbour_entry, stale_neighbours, NeighbourEntry, NDA_DST, NDMSG_LEN,
+};
+use crate::rtnetlink::{
+    family_and_octets, message, messages, route_socket, NLM_F_REQUEST, RTM_DELLINK, RTM_DELNEIGH,
+    RTM_DELROUTE, RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE,
+};
 
 const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_NEIGH: u32 = 0x4;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 const RTMGRP_IPV6_ROUTE: u32 = 0x400;
 
-const RTM_NEWLINK: u16 = 16;
-const RTM_DELLINK: u16 = 17;
-pub(crate) const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
-pub(crate) const RTM_NEWNEIGH: u16 = 28;
-const RTM_DELNEIGH: u16 = 29;
-
-const NDA_DST: u16 = 1;
-const NDA_LLADDR: u16 = 2;
 const NTF_USE: u8 = 0x01;
 /// NUD_REACHABLE | STALE | DELAY | PROBE | NOARP | PERMANENT: the entry
 /// has a usable MAC.
 const NUD_VALID: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
-
-pub(crate) const NLMSG_HDRLEN: usize = 16;
-const NDMSG_LEN: usize = 12;
-pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 
 /// What changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,7 +130,7 @@ impl NetWatch {
         if hops.is_empty() {
             return 0;
         }
-        let stale = crate::rtdump::stale_neighbours().unwrap_or_default();
+        let stale = stale_neighbours().unwrap_or_default();
         hops.iter()
             .filter(|hop| stale.contains(hop))
             .filter(|(ifindex, address)| self.confirm(*ifindex, *address).is_ok())
@@ -169,54 +164,22 @@ impl NetWatch {
     }
 }
 
-/// A NETLINK_ROUTE socket in the calling thread's network namespace.
-pub(crate) fn route_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the descriptor is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// RTM_NEWNEIGH with NTF_USE for an existing entry: the kernel's
 /// neigh_event_send, as if it had a packet for the neighbour.
 fn confirm_request(ifindex: u32, address: IpAddr) -> Vec<u8> {
-    let (family, bytes): (u8, Vec<u8>) = match address {
-        IpAddr::V4(v4) => (libc::AF_INET as u8, v4.octets().to_vec()),
-        IpAddr::V6(v6) => (libc::AF_INET6 as u8, v6.octets().to_vec()),
-    };
-    let attribute_len = 4 + bytes.len();
-    let total = NLMSG_HDRLEN + NDMSG_LEN + attribute_len;
-    let mut message = Vec::with_capacity(total);
-    message.extend_from_slice(&(total as u32).to_ne_bytes());
-    message.extend_from_slice(&RTM_NEWNEIGH.to_ne_bytes());
-    message.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    message.extend_from_slice(&0u32.to_ne_bytes()); // sequence
-    message.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
-    message.extend_from_slice(&[family, 0, 0, 0]);
-    message.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-    message.extend_from_slice(&0u16.to_ne_bytes()); // state: unchanged
-    message.extend_from_slice(&[NTF_USE, 0]);
-    message.extend_from_slice(&(attribute_len as u16).to_ne_bytes());
-    message.extend_from_slice(&NDA_DST.to_ne_bytes());
-    message.extend_from_slice(&bytes);
-    message
-}
-
-fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
-}
-
-pub(crate) fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    let (family, octets) = family_and_octets(address);
+    let mut header = [0u8; NDMSG_LEN];
+    header[0] = family;
+    header[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+    // state 0: unchanged
+    header[10] = NTF_USE;
+    message(
+        RTM_NEWNEIGH,
+        NLM_F_REQUEST,
+        0,
+        &header,
+        &[(NDA_DST, &octets)],
+    )
 }
 
 /// The events in one datagram of netlink messages; what does not parse is
@@ -233,81 +196,6 @@ fn parse_messages(bytes: &[u8]) -> Vec<NetEvent> {
         }
     }
     events
-}
-
-/// The (type, body) of each netlink message in one datagram; stops at the
-/// first whose length does not fit.
-pub(crate) fn messages(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        let len = u32_at(bytes, 0)? as usize;
-        if len < NLMSG_HDRLEN || len > bytes.len() {
-            return None;
-        }
-        let kind = u16_at(bytes, 4)?;
-        let body = &bytes[NLMSG_HDRLEN..len];
-        bytes = &bytes[align4(len).min(bytes.len())..];
-        Some((kind, body))
-    })
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// A neighbour entry as an RTM_NEWNEIGH / RTM_DELNEIGH message gives it.
-pub(crate) struct NeighbourEntry {
-    pub(crate) ifindex: u32,
-    pub(crate) address: IpAddr,
-    /// NUD_* bits.
-    pub(crate) state: u16,
-    pub(crate) mac: Option<[u8; 6]>,
-}
-
-/// The (type, value) attributes of a netlink message's tail; stops at the
-/// first that does not fit.
-pub(crate) fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        let len = usize::from(u16_at(bytes, 0)?);
-        let kind = u16_at(bytes, 2)?;
-        if len < 4 || len > bytes.len() {
-            return None;
-        }
-        let value = &bytes[4..len];
-        bytes = &bytes[align4(len).min(bytes.len())..];
-        Some((kind, value))
-    })
-}
-
-/// An ndmsg body (and its attributes) as an entry; None without an address.
-pub(crate) fn parse_neighbour_entry(body: &[u8]) -> Option<NeighbourEntry> {
-    if body.len() < NDMSG_LEN {
-        return None;
-    }
-    let family = body[0];
-    let ifindex = u32_at(body, 4)?;
-    let state = u16_at(body, 8)?;
-    let mut address = None;
-    let mut mac = None;
-    for (kind, value) in attributes(&body[NDMSG_LEN..]) {
-        match (kind, family as i32, value.len()) {
-            (NDA_DST, libc::AF_INET, 4) => {
-                address = Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(value).ok()?)))
-            }
-            (NDA_DST, libc::AF_INET6, 16) => {
-                address = Some(IpAddr::V6(Ipv6Addr::from(
-                    <[u8; 16]>::try_from(value).ok()?,
-                )))
-            }
-            (NDA_LLADDR, _, 6) => mac = <[u8; 6]>::try_from(value).ok(),
-            _ => {}
-        }
-    }
-    Some(NeighbourEntry {
-        ifindex,
-        address: address?,
-        state,
-        mac,
-    })
 }
 
 fn parse_neighbour(kind: u16, body: &[u8]) -> Option<NetEvent> {
@@ -330,6 +218,9 @@ fn parse_neighbour(kind: u16, body: &[u8]) -> Option<NetEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rtnetlink::neighbours::NDA_LLADDR;
+    use crate::rtnetlink::NLMSG_HDRLEN;
+    use std::net::Ipv6Addr;
 
     fn neighbour_message(kind: u16, state: u16, dst: &[u8], mac: Option<[u8; 6]>) -> Vec<u8> {
         let family = if dst.len() == 4 {

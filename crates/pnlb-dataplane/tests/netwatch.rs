@@ -205,8 +205,10 @@ fn stale_neighbours_and_default_routers_are_read_over_rtnetlink() {
         || {
             let n0 = pnlb_dataplane::loader::ifindex_of("n0").unwrap();
             let started = Instant::now();
-            let gateways = pnlb_dataplane::rtdump::default_gateways().expect("route dump");
-            let stale = pnlb_dataplane::rtdump::stale_neighbours().expect("neighbour dump");
+            let gateways =
+                pnlb_dataplane::rtnetlink::routes::default_gateways().expect("route dump");
+            let stale =
+                pnlb_dataplane::rtnetlink::neighbours::stale_neighbours().expect("neighbour dump");
             println!(
                 "both dumps in {:?}: default routers {gateways:?}, stale {stale:?}",
                 started.elapsed()
@@ -222,4 +224,128 @@ fn stale_neighbours_and_default_routers_are_read_over_rtnetlink() {
     );
     let expected = [(n0, ip("10.99.0.7")), (n0, ip("fd99::7"))];
     assert_eq!(stale, expected.into_iter().collect());
+}
+
+/// Every backend's next hop, read over rtnetlink (routes asked together,
+/// links and neighbours dumped): on-link, behind a router, on an 802.1Q
+/// VLAN device (sent on its parent, tagged; where the kernel has 802.1Q,
+/// which this machine's does not: there the parse test covers it), IPv6,
+/// and the two ways one fails (no route, no neighbour). Then a thousand
+/// routes asked at once, more than the socket's buffer holds answers for
+/// in one go.
+#[test]
+fn next_hops_vlans_and_local_addresses_are_read_over_rtnetlink() {
+    use pnlb_dataplane::nexthop::{vlan_devices, KernelResolver, Resolver, VlanDevice};
+    use pnlb_dataplane::rtnetlink::{addresses::local_addresses, routes::routes_to};
+
+    if !privileged() {
+        return;
+    }
+    let result = in_own_netns(
+        "ip link set n0 address 02:99:00:00:00:01
+            ip -6 addr add fd99::1/64 dev n0 nodad
+            ip route add 10.98.0.0/16 via 10.99.0.7 dev n0 src 10.99.0.1
+            ip route add unreachable 10.96.0.0/16
+            ip neigh replace 10.99.0.7 dev n0 lladdr 02:99:00:00:00:07 nud permanent
+            ip neigh replace fd99::7 dev n0 lladdr 02:99:00:00:00:17 nud permanent
+            ip neigh replace 10.99.0.66 dev n0 nud failed",
+        || {
+            let vlans_here = Command::new("sh")
+                .args([
+                    "-c",
+                    "ip link add link n0 name n0.42 type vlan id 42 2>/dev/null",
+                ])
+                .status()
+                .is_ok_and(|status| status.success());
+            if vlans_here {
+                sh("set -e
+                    ip link add link n0 name n0.ad type vlan proto 802.1ad id 43
+                    ip link set n0.42 address 02:99:00:00:00:42
+                    ip link set n0.42 up
+                    ip addr add 10.99.42.1/24 dev n0.42
+                    ip route add 10.97.0.0/16 dev n0.42 src 10.99.42.1
+                    ip neigh replace 10.99.42.9 dev n0.42 lladdr 02:99:00:00:42:09 nud stale
+                    ip neigh replace 10.97.0.5 dev n0.42 lladdr 02:99:00:00:97:05 nud reachable");
+            } else {
+                println!("this kernel makes no 802.1Q devices: the VLAN case is left out");
+            }
+            let index = |name: &str| pnlb_dataplane::loader::ifindex_of(name).unwrap();
+            let n0 = index("n0");
+            let vlan = vlans_here.then(|| index("n0.42"));
+            let mut backends = vec![
+                "10.99.0.7",
+                "10.98.1.1",
+                "fd99::7",
+                "10.96.0.1",
+                "10.99.0.66",
+            ];
+            if vlans_here {
+                backends.extend(["10.99.42.9", "10.97.0.5"]);
+            }
+            let backends: Vec<IpAddr> = backends.iter().map(|a| a.parse().unwrap()).collect();
+            let started = Instant::now();
+            let resolution = KernelResolver {
+                probe_wait: Duration::ZERO,
+            }
+            .resolve(&backends);
+            println!(
+                "{} backends resolved in {:?}",
+                backends.len(),
+                started.elapsed()
+            );
+            let hops: Vec<String> = backends
+                .iter()
+                .map(|b| match &resolution[b] {
+                    Ok(hop) => format!(
+                        "{b}: send on {} vlan {} device {} to {:02x?} from {:02x?} gateway {:?} source {:?}",
+                        hop.ifindex, hop.vlan, hop.device, hop.mac, hop.src_mac, hop.gateway,
+                        hop.source
+                    ),
+                    Err(err) => format!("{b}: {err}"),
+                })
+                .collect();
+            let vlans = vlan_devices().expect("link dump");
+            let local = local_addresses().expect("address dump");
+
+            let many: Vec<IpAddr> = (0..1000u32)
+                .map(|i| IpAddr::from([10, 98, (i / 250) as u8, (i % 250) as u8 + 1]))
+                .collect();
+            let started = Instant::now();
+            let routes = routes_to(&many).expect("routes asked together");
+            println!("{} routes asked in {:?}", many.len(), started.elapsed());
+            (n0, vlan, hops, vlans, local, routes.len())
+        },
+    );
+    let (n0, vlan, hops, vlans, local, many) = result.expect("the test thread");
+    for hop in &hops {
+        println!("{hop}");
+    }
+    let mut expected = vec![
+        format!("10.99.0.7: send on {n0} vlan 0 device {n0} to [02, 99, 00, 00, 00, 07] from [02, 99, 00, 00, 00, 01] gateway None source Some(10.99.0.1)"),
+        format!("10.98.1.1: send on {n0} vlan 0 device {n0} to [02, 99, 00, 00, 00, 07] from [02, 99, 00, 00, 00, 01] gateway Some(10.99.0.7) source Some(10.99.0.1)"),
+        format!("fd99::7: send on {n0} vlan 0 device {n0} to [02, 99, 00, 00, 00, 17] from [02, 99, 00, 00, 00, 01] gateway None source Some(fd99::1)"),
+        "10.96.0.1: no route to 10.96.0.1".to_string(),
+        "10.99.0.66: 10.99.0.66 does not answer ARP/neighbour discovery on n0".to_string(),
+    ];
+    let mut expected_vlans = Vec::new();
+    if let Some(vlan) = vlan {
+        expected.extend([
+            format!("10.99.42.9: send on {n0} vlan 42 device {vlan} to [02, 99, 00, 00, 42, 09] from [02, 99, 00, 00, 00, 42] gateway None source Some(10.99.42.1)"),
+            format!("10.97.0.5: send on {n0} vlan 42 device {vlan} to [02, 99, 00, 00, 97, 05] from [02, 99, 00, 00, 00, 42] gateway None source Some(10.99.42.1)"),
+        ]);
+        // The 802.1ad device is not ours.
+        expected_vlans.push(VlanDevice {
+            ifindex: vlan,
+            parent_ifindex: n0,
+            vid: 42,
+        });
+    }
+    assert_eq!(hops, expected);
+    assert_eq!(vlans, expected_vlans);
+    let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+    for address in ["10.99.0.1", "fd99::1"] {
+        assert!(local.contains(&ip(address)), "{address} in {local:?}");
+    }
+    assert!(!local.contains(&ip("10.99.0.7")));
+    assert_eq!(many, 1000, "every route of a thousand asked together");
 }

@@ -12,7 +12,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use pnlb_core::config::XdpMode;
 use pnlb_core::prefix::Prefix;
-use pnlb_dataplane::decap::{self, Decap, DecapOptions, DEFAULT_GUE_PORT};
+use pnlb_dataplane::decap::{Decap, DecapOptions, DEFAULT_GUE_PORT};
+use pnlb_dataplane::rtnetlink::addresses::local_addresses;
 
 use crate::log::{info, warning};
 
@@ -61,7 +62,7 @@ pub fn decap(args: DecapArgs) -> Result<()> {
         from: args.from.clone(),
         vips: args.vip.clone(),
     })?;
-    let addresses = decap::local_addresses().map_err(anyhow::Error::msg)?;
+    let addresses = local_addresses().context("reading this host's addresses")?;
     program.set_local_addresses(&addresses)?;
     let attachment = program.attach(&args.interface, mode)?;
     let sources = if args.from.is_empty() {
@@ -94,7 +95,7 @@ pub fn decap(args: DecapArgs) -> Result<()> {
             continue;
         }
         last_read = Instant::now();
-        match decap::local_addresses() {
+        match local_addresses() {
             Ok(addresses) => {
                 if program.set_local_addresses(&addresses)? {
                     info!("local addresses changed: {} now", addresses.len());

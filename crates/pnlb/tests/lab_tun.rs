@@ -9,7 +9,9 @@ use std::time::Duration;
 
 mod support;
 
-use pnlb_lab::{in_netns, Lab, LabProcess, LabSpec, ECHO_PORT, LB_INTERFACE, VIP4, VIP6};
+use pnlb_lab::{
+    in_netns, Lab, LabProcess, LabSpec, DECAP_FROM, ECHO_PORT, LB_INTERFACE, VIP4, VIP6,
+};
 use support::*;
 
 fn start_decap_everywhere(lab: &Lab) -> Vec<LabProcess> {
@@ -395,4 +397,71 @@ fn doctor_finds_each_prerequisite_left_out_and_its_fix_works() {
     let (code, report) = doctor(&lab, vip4, "tun");
     assert_eq!(code, 1, "{report}");
     assert!(report.contains("FAIL  nothing decapsulates"), "{report}");
+}
+
+/// The daemon and `pnlb decap` read the kernel's routes, links, neighbours
+/// and addresses over rtnetlink: with no `ip` to run (an empty PATH for
+/// both), every backend resolves and every server unwraps for its own
+/// addresses. (It also means they start no process on a timer.)
+#[test]
+fn tun_balances_with_no_iproute2_to_run() {
+    if !privileged() {
+        return;
+    }
+    const NO_PATH: &str = "PATH=/nonexistent";
+    let lab = Lab::up(&LabSpec::default()).expect("lab");
+    let decaps: Vec<LabProcess> = lab
+        .servers
+        .iter()
+        .map(|server| {
+            let mut decap = LabProcess::spawn(
+                &server.ns,
+                "pnlb decap",
+                "env",
+                &[
+                    NO_PATH,
+                    PNLB,
+                    "decap",
+                    "--interface",
+                    "eth0",
+                    "--from",
+                    DECAP_FROM,
+                ],
+            )
+            .expect("pnlb decap");
+            decap
+                .wait_for_line("decapsulating", Duration::from_secs(30))
+                .expect("pnlb decap attaches");
+            decap
+        })
+        .collect();
+    let path = write_config(&lab, &lab.tun_config("ipip", 80, &[0, 1, 2]));
+    let config = path.display().to_string();
+    let mut daemon = LabProcess::spawn(
+        &lab.lb,
+        "pnlb run",
+        "env",
+        &[NO_PATH, PNLB, "run", "--config", &config],
+    )
+    .expect("pnlb run");
+    daemon
+        .wait_for_line("forwarding", Duration::from_secs(30))
+        .expect("pnlb run forwards");
+    for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+        let answers = spread(&lab, vip, 60);
+        println!("{vip}: {answers:?}");
+        assert!(
+            ["s1", "s2", "s3"]
+                .iter()
+                .all(|s| answers.get(*s).copied().unwrap_or(0) > 5),
+            "{vip}: 60 requests over three servers: {answers:?}"
+        );
+    }
+    let (status, output) = daemon.stop(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{output:?}");
+    assert!(
+        !output.iter().any(|l| l.contains("cannot")),
+        "nothing it could not do: {output:?}"
+    );
+    stop_decap(decaps);
 }

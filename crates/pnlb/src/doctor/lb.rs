@@ -235,6 +235,7 @@ fn interface(link: &Link, config: &Config, kernel: &Kernel) -> Vec<Finding> {
             }
             let vlans = link.ifindex.map_or(0, |ifindex| {
                 pnlb_dataplane::nexthop::vlan_devices()
+                    .unwrap_or_default()
                     .iter()
                     .filter(|d| d.parent_ifindex == ifindex)
                     .count()

@@ -444,7 +444,12 @@ impl Daemon {
         // too long takes new flows again before it is programmed.
         dataplane.mark_tended(config.daemon.unattended_limit)?;
         let mut next_hops = NextHops::start();
-        dataplane.set_vlan_devices(&pnlb_dataplane::nexthop::vlan_devices())?;
+        match pnlb_dataplane::nexthop::vlan_devices() {
+            Some(devices) => dataplane.set_vlan_devices(&devices)?,
+            None => {
+                warning!("cannot read the VLAN devices yet (rtnetlink); the refresh tries again")
+            }
+        }
         let lifecycle = Lifecycle::default();
         let applied = lifecycle.effective(&config, Instant::now());
         log_report(&programmer.apply(&dataplane, &applied, &mut next_hops)?);

@@ -39,7 +39,7 @@ pub(super) struct NextHops {
     /// Asked of the resolver thread, not answered yet.
     pending: HashSet<IpAddr>,
     requests: Sender<Vec<IpAddr>>,
-    answers: Receiver<(Resolution, Vec<VlanDevice>)>,
+    answers: Receiver<(Resolution, Option<Vec<VlanDevice>>)>,
     events: Receiver<NetEvent>,
     /// The host's VLAN devices as last read, until the daemon takes them.
     vlan_devices: Option<Vec<VlanDevice>>,
@@ -103,7 +103,10 @@ impl NextHops {
     pub(super) fn poll(&mut self) -> bool {
         let mut moved = false;
         while let Ok((answers, vlans)) = self.answers.try_recv() {
-            self.vlan_devices = Some(vlans);
+            // Unread (the kernel not asked): the devices stay as they are.
+            if vlans.is_some() {
+                self.vlan_devices = vlans;
+            }
             for (address, answer) in answers {
                 self.pending.remove(&address);
                 if !self.current.contains(&address) {
@@ -247,7 +250,10 @@ impl NextHops {
 /// Answers requests with the kernel's tables, probing unresolved
 /// neighbours and waiting for them, and the VLAN devices as they are now;
 /// queued requests are merged.
-fn resolver_thread(asked: &Receiver<Vec<IpAddr>>, answer: &Sender<(Resolution, Vec<VlanDevice>)>) {
+fn resolver_thread(
+    asked: &Receiver<Vec<IpAddr>>,
+    answer: &Sender<(Resolution, Option<Vec<VlanDevice>>)>,
+) {
     let mut kernel = KernelResolver::default();
     while let Ok(first) = asked.recv() {
         let mut addresses: BTreeSet<IpAddr> = first.into_iter().collect();
@@ -289,10 +295,11 @@ fn watch_thread(
         }
         if last_confirm.elapsed() >= CONFIRM_EVERY {
             last_confirm = Instant::now();
-            let mut hops: BTreeSet<(u32, IpAddr)> = pnlb_dataplane::rtdump::default_gateways()
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
+            let mut hops: BTreeSet<(u32, IpAddr)> =
+                pnlb_dataplane::rtnetlink::routes::default_gateways()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
             if let Ok(watched) = watched.lock() {
                 hops.extend(watched.iter().copied());
             }
