@@ -136,7 +136,9 @@ impl ConnTables {
     }
 
     /// Removes a flow a peer reported ended: its original entry and, for
-    /// nat/snat, its reply entry.
+    /// nat/snat, its reply entry. An snat flow's reply key rests here as it
+    /// does on the peer: this node may take the traffic over, and must not
+    /// hand that port to a new flow while the backend holds it.
     pub fn remove_flow(&self, key: &FlowKey) -> Result<(), DataplaneError> {
         for table in Table::BOTH {
             self.remove_from(table, key);
@@ -144,14 +146,24 @@ impl ConnTables {
         Ok(())
     }
 
-    /// Removes a flow's entries (both directions) from one table.
+    /// Removes a flow's entries (both directions) from one table; an
+    /// established TCP snat flow's reply key rests from now (as the sweep
+    /// rests the flows it ends).
     fn remove_from(&self, table: Table, key: &FlowKey) {
         if let Some(conn) = self.lookup_in(table, key) {
             let map = self.map(table);
+            let reply_key = peer_key(&conn, key.protocol);
             if has_flag(&conn, abi::ConnFlags::PNLB_CONN_F_NAT) {
-                let _ = map.delete(bytes_of(&peer_key(&conn, key.protocol)));
+                let _ = map.delete(bytes_of(&reply_key));
             }
             let _ = map.delete(bytes_of(key));
+            if table == Table::Established
+                && is_original(&conn)
+                && key.protocol == libc::IPPROTO_TCP as u8
+                && has_flag(&conn, abi::ConnFlags::PNLB_CONN_F_SNAT)
+            {
+                self.rest_snat_key(&reply_key, monotonic_ns());
+            }
         }
     }
 

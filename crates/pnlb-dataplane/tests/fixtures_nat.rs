@@ -707,6 +707,80 @@ fn a_synced_flow_is_translated_on_the_other_node_in_both_directions() {
     });
 }
 
+/// A flow the active node ended and reported rests its SNAT port on the
+/// backup too, as on the active: after a takeover the backup must not hand
+/// that port to a new flow while the backend may hold it in TIME_WAIT (a
+/// SYN there is answered as the old connection, PAWS, and the client
+/// retries after a timeout). A pool of two ports, both used and ended: a
+/// new flow on the backup finds both resting, and one after
+/// snat_reuse_after.
+#[test]
+fn a_flow_ended_on_the_peer_rests_its_snat_port_on_this_node_too() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let text = SNAT_SYNC_CONFIG.replacen(
+            "snat_addresses = [\"10.77.1.254\"]\n",
+            "snat_addresses = [\"10.77.1.254\"]\nsnat_ports = \"30000-30001\"\nsnat_reuse_after = \"1s\"\n",
+            1,
+        );
+        let config = parse_config(&text);
+        let mut resolver = sync_resolver();
+        let (active, active_programmer) = active_node(&config, &mut resolver);
+        let events = ConnEvents::open(&active.conn_event_ring().unwrap()).unwrap();
+        let mut ports = Vec::new();
+        for sport in [40_100u16, 40_101] {
+            let syn = Pkt::tcp("10.77.0.2", sport, "10.77.100.3", 80, SYN);
+            let (verdict, out) = run_on(&active, &syn.bytes());
+            assert_eq!(verdict, XDP_TX);
+            ports.push(endpoints(&out).1);
+            let ack = Pkt {
+                tcp: Some(ACK),
+                ..syn
+            };
+            assert_eq!(run_on(&active, &ack.bytes()).0, XDP_TX);
+        }
+        let reported = events.take();
+        assert_eq!(reported.len(), 2, "both flows established and reported");
+
+        let backup = pnlb_dataplane::Dataplane::load(65_536).expect("load");
+        let mut backup_programmer = pnlb_dataplane::Programmer::new();
+        backup_programmer
+            .apply(&backup, &config, &mut resolver)
+            .unwrap();
+        for (key, conn) in &reported {
+            let local = in_slots_of(&backup_programmer, &active_programmer, conn);
+            backup.conns().install_flow(key, &local).unwrap();
+        }
+        // The active node ended both (their FINs, then its sweep) and
+        // reported it.
+        let mut rests = Vec::new();
+        for (key, conn) in &reported {
+            backup.conns().remove_flow(key).unwrap();
+            assert!(backup.lookup_connection(key).is_none());
+            let reply_key = pnlb_dataplane::conntrack::peer_key(conn, key.protocol);
+            rests.push(backup.conns().snat_rest_of(&reply_key));
+        }
+        println!("ports {ports:?}, rests on the backup {rests:?}");
+        assert!(rests.iter().all(Option::is_some), "both reply keys rest");
+
+        let new = Pkt::tcp("10.77.0.3", 40_200, "10.77.100.3", 80, SYN);
+        assert_eq!(
+            run_on(&backup, &new.bytes()).0,
+            XDP_DROP,
+            "both ports rest: no new flow takes one"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let (verdict, out) = run_on(&backup, &new.bytes());
+        assert_eq!(
+            verdict, XDP_TX,
+            "after snat_reuse_after a port serves again"
+        );
+        assert!(ports.contains(&endpoints(&out).1));
+    });
+}
+
 /// Failover sync carries established flows only: a SYN, or a UDP flow's
 /// first datagram, is not reported (a flood of them churns only the
 /// new-flow table, never the sync stream or a peer's tables); the

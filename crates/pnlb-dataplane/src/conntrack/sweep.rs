@@ -67,7 +67,6 @@ pub(crate) struct SweepTally {
 /// What a sweep reads and writes, by handles of its own.
 pub struct Sweeper {
     pub(crate) conns: ConnTables,
-    snat_rest: MapHandle,
     usage: MapHandle,
     table_stats: MapHandle,
     pub(super) backend_conns: MapHandle,
@@ -82,7 +81,6 @@ impl Sweeper {
     pub(crate) fn open(maps: &LbMaps<'_>, tally: Arc<SweepTally>) -> Result<Self, DataplaneError> {
         Ok(Self {
             conns: ConnTables::open(maps)?,
-            snat_rest: handle(&maps.pnlb_snat_rest, "pnlb_snat_rest")?,
             usage: handle(&maps.pnlb_conns_usage, "pnlb_conns_usage")?,
             table_stats: handle(&maps.pnlb_table_stats, "pnlb_table_stats")?,
             backend_conns: handle(&maps.pnlb_backend_conns, "pnlb_backend_conns")?,
@@ -362,20 +360,12 @@ impl Sweeper {
                     Some(peer) if is_original(&conn) => *peer,
                     _ => flow,
                 };
-                self.rest_snat_key(&reply_key, last_seen);
+                self.conns.rest_snat_key(&reply_key, last_seen);
             }
         }
         walk.seen += seen;
         report.expired = walks.iter().map(|w| w.removed).sum();
         Ok(seen)
-    }
-
-    /// An ended snat flow's reply key rests from when it was last used.
-    fn rest_snat_key(&self, reply_key: &FlowKey, ended_ns: u64) {
-        // Best effort: the rest map is an LRU, a failure only shortens a rest.
-        let _ = self
-            .snat_rest
-            .update(bytes_of(reply_key), &ended_ns.to_ne_bytes(), MapFlags::ANY);
     }
 
     fn usage_slot(&self, slot: u32) -> Result<u64, DataplaneError> {

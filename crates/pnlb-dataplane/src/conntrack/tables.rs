@@ -1,7 +1,8 @@
-//! The two connection maps as a handle of their own (duplicated file
-//! descriptors), which threads other than the loader's can own: failover
-//! sync installs and lists flows from its own thread while the daemon loop
-//! runs (crates/pnlb/src/ha/syncer.rs).
+//! The two connection maps, and the SNAT keys resting after their flows,
+//! as a handle of their own (duplicated file descriptors), which threads
+//! other than the loader's can own: failover sync installs and lists flows
+//! from its own thread while the daemon loop runs
+//! (crates/pnlb/src/ha/syncer.rs).
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapImpl};
 
@@ -25,6 +26,7 @@ impl Dataplane {
 pub struct ConnTables {
     established: MapHandle,
     new: MapHandle,
+    snat_rest: MapHandle,
 }
 
 impl ConnTables {
@@ -32,7 +34,28 @@ impl ConnTables {
         Ok(Self {
             established: handle(&maps.pnlb_conns, Table::Established.map_name())?,
             new: handle(&maps.pnlb_conns_new, Table::New.map_name())?,
+            snat_rest: handle(&maps.pnlb_snat_rest, "pnlb_snat_rest")?,
         })
+    }
+
+    /// An ended snat flow's reply key (SNAT address and port towards one
+    /// backend) rests from `ended_ns` (monotonic) for its service's
+    /// snat_reuse_after: the backend may hold it in TIME_WAIT, and a new
+    /// flow on it would be answered as the old one (PAWS) and retried.
+    pub(crate) fn rest_snat_key(&self, reply_key: &FlowKey, ended_ns: u64) {
+        // Best effort: the rest map is an LRU, a failure only shortens a rest.
+        let _ = self
+            .snat_rest
+            .update(bytes_of(reply_key), &ended_ns.to_ne_bytes(), MapFlags::ANY);
+    }
+
+    /// When `reply_key` was put to rest, if it rests (or rested).
+    pub fn snat_rest_of(&self, reply_key: &FlowKey) -> Option<u64> {
+        let value = self
+            .snat_rest
+            .lookup(bytes_of(reply_key), MapFlags::ANY)
+            .ok()??;
+        from_bytes::<u64>(&value)
     }
 
     pub(crate) fn map(&self, table: Table) -> &MapHandle {
