@@ -47,9 +47,9 @@ pub struct BenchArgs {
     /// Take the setups in turn for every repetition of the calm
     /// workloads, each started afresh, instead of measuring each setup's
     /// repetitions in one block: a VM's slow and quick phases (every
-    /// figure 2-3x for minutes) then fall on every setup alike. snat pays
-    /// for it: a fresh start forgets the ports that rest after use, and
-    /// the servers still hold the last repetition's in TIME_WAIT.
+    /// figure 2-3x for minutes) then fall on every setup alike. (snat
+    /// takes new SNAT addresses at every start: a fresh start forgets the
+    /// ports that rest after use.)
     #[arg(long)]
     interleave: bool,
     /// Where to write the machine-readable results.
@@ -168,6 +168,7 @@ pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
         args: &args,
         wanted: &wanted,
         interrupted: &interrupted,
+        starts: Default::default(),
     };
     let calm_rounds = if args.interleave { args.repetitions } else { 1 };
     let calm_repetitions = if args.interleave { 1 } else { args.repetitions };
@@ -199,6 +200,8 @@ struct Runner<'a> {
     args: &'a BenchArgs,
     wanted: &'a dyn Fn(&str) -> bool,
     interrupted: &'a dyn Fn() -> bool,
+    /// Setups started so far.
+    starts: std::cell::Cell<usize>,
 }
 
 impl Runner<'_> {
@@ -235,7 +238,7 @@ impl Runner<'_> {
             if floods { " under floods" } else { "" }
         );
         let running = setup
-            .start(lab, self.binary)
+            .start(lab, self.binary, self.starts.replace(self.starts.get() + 1))
             .with_context(|| format!("starting {}", setup.name()))?;
         let paused = args.pause_daemon && !floods && matches!(setup, Setup::Pnlb(_));
         if paused {

@@ -69,8 +69,9 @@ impl Setup {
         }
     }
 
-    /// Prepares the LB host; the returned guard undoes it.
-    pub fn start(self, lab: &Lab, pnlb_binary: &str) -> Result<Running> {
+    /// Prepares the LB host; the returned guard undoes it. `start` counts
+    /// the bench's starts (snat takes SNAT addresses of its own by it).
+    pub fn start(self, lab: &Lab, pnlb_binary: &str, start: usize) -> Result<Running> {
         lab.route_servers_via(self.servers_route_via())?;
         let mut running = Running {
             lb: lab.lb.clone(),
@@ -132,8 +133,9 @@ impl Setup {
             }
             Setup::Ceiling => running.keeper = Some(start_ceiling(lab)?),
             Setup::Pnlb(method) => {
+                let snat_addresses = snat_addresses(start);
                 if method == "snat" {
-                    for address in EXTRA_SNAT_ADDRESSES {
+                    for address in &snat_addresses {
                         let with_prefix = format!("{address}/24");
                         netns::ip(&lab.lb, &["addr", "add", &with_prefix, "dev", "eth0"])?;
                         running.undo.push(
@@ -149,7 +151,7 @@ impl Setup {
                     }
                 }
                 let config = lab.dir.join(format!("bench-{method}.toml"));
-                std::fs::write(&config, pnlb_config(lab, method))
+                std::fs::write(&config, pnlb_config(lab, method, &snat_addresses))
                     .context("writing the pnlb config")?;
                 running.process = Some(lab.start_pnlb(pnlb_binary, &config)?);
             }
@@ -318,7 +320,7 @@ backend iperf
 
 /// HTTP on :80 over all servers (Maglev); iperf3 on :5201 hashed by source,
 /// because its control and data connections must reach the same server.
-fn pnlb_config(lab: &Lab, method: &str) -> String {
+fn pnlb_config(lab: &Lab, method: &str, snat_addresses: &[String]) -> String {
     let everyone: Vec<usize> = (0..lab.servers.len()).collect();
     // The services of one more config (its [daemon] header dropped), renamed.
     let more = |port: u16, name: &str, swap: (&str, &str)| -> String {
@@ -344,10 +346,7 @@ fn pnlb_config(lab: &Lab, method: &str) -> String {
     // backend) resting 120 s after use: give snat the whole port range
     // (the LB itself opens no connections in the lab) on five addresses,
     // about 2,700 new connections a second per backend (docs/conntrack.md).
-    let extra: String = EXTRA_SNAT_ADDRESSES
-        .iter()
-        .map(|a| format!(", \"{a}\""))
-        .collect();
+    let quoted: Vec<String> = snat_addresses.iter().map(|a| format!("\"{a}\"")).collect();
     // The runs open about 270,000 snat connections within two minutes, each
     // port resting 120 s: the rest map (conn_table_size keys) must hold them.
     let web = if method == "snat" {
@@ -362,9 +361,21 @@ fn pnlb_config(lab: &Lab, method: &str) -> String {
         )
         .replace(
             &format!("snat_addresses = [\"{}\"]", pnlb_lab::LB4),
-            &format!("snat_addresses = [\"{}\"{extra}]", pnlb_lab::LB4),
+            &format!("snat_addresses = [{}]", quoted.join(", ")),
         )
 }
 
-/// More LB addresses for snat (on the LB's LAN, inside the lab).
-pub const EXTRA_SNAT_ADDRESSES: [&str; 4] = ["10.77.1.5", "10.77.1.6", "10.77.1.7", "10.77.1.8"];
+/// Five SNAT addresses (on the LB's LAN, inside the lab: 10.77.1.100 to
+/// .249) that no start of the last 30 used. A fresh daemon knows none of
+/// the ports that rest after use, and draws the same ports for the same
+/// client ports as the last one did: on the same addresses the servers
+/// would still hold them in TIME_WAIT, refuse the SYNs (PAWS) and the
+/// clients retry after a timeout (docs/benchmarks.md), so snat's figures
+/// would measure its restarts. (Keeping rests across a restart is the
+/// pinned data plane's job; the bench starts each setup afresh.)
+fn snat_addresses(start: usize) -> Vec<String> {
+    let first = 100 + 5 * (start % 30);
+    (first..first + 5)
+        .map(|host| format!("10.77.1.{host}"))
+        .collect()
+}
