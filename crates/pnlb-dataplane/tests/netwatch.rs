@@ -349,3 +349,69 @@ fn next_hops_vlans_and_local_addresses_are_read_over_rtnetlink() {
     assert!(!local.contains(&ip("10.99.0.7")));
     assert_eq!(many, 1000, "every route of a thousand asked together");
 }
+
+/// The host addresses that change hands with HA mastership, added and
+/// removed over rtnetlink (a takeover forks no `ip`): IPv4 /32 and IPv6
+/// /128 without DAD (usable at once, not "tentative"); adding one that is
+/// there, or removing one that is gone, is fine.
+#[test]
+fn host_addresses_are_added_and_removed_over_rtnetlink() {
+    use pnlb_dataplane::rtnetlink::addresses::{
+        add_host_address, interface_addresses, remove_host_address,
+    };
+
+    if !privileged() {
+        return;
+    }
+    let result = in_own_netns("ip -6 addr add fd99::1/64 dev n0 nodad", || {
+        let n0 = pnlb_dataplane::loader::ifindex_of("n0").unwrap();
+        let floating: [IpAddr; 2] = ["10.99.0.254".parse().unwrap(), "fd99::254".parse().unwrap()];
+        let started = Instant::now();
+        for address in floating {
+            add_host_address(n0, address).expect("added");
+            add_host_address(n0, address).expect("added again: fine");
+        }
+        println!("added (twice each) in {:?}", started.elapsed());
+        let held: Vec<(IpAddr, u8)> = interface_addresses()
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.ifindex == n0)
+            .map(|a| (a.address, a.prefix_len))
+            .collect();
+        let shown = Command::new("ip")
+            .args(["addr", "show", "dev", "n0"])
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&shown.stdout).to_string();
+        for address in floating {
+            remove_host_address(n0, address).expect("removed");
+            remove_host_address(n0, address).expect("removed again: fine");
+        }
+        let after: Vec<IpAddr> = interface_addresses()
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.ifindex == n0)
+            .map(|a| a.address)
+            .collect();
+        (held, shown, after)
+    });
+    let (held, shown, after) = result.expect("the test thread");
+    println!("{shown}");
+    let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+    assert!(held.contains(&(ip("10.99.0.254"), 32)), "{held:?}");
+    assert!(held.contains(&(ip("fd99::254"), 128)), "{held:?}");
+    assert!(held.contains(&(ip("10.99.0.1"), 24)), "{held:?}");
+    let line = shown
+        .lines()
+        .find(|l| l.contains("inet6 fd99::254/128"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("nodad") && !line.contains("tentative"),
+        "added without DAD: {shown}"
+    );
+    assert!(!after.contains(&ip("10.99.0.254")) && !after.contains(&ip("fd99::254")));
+    assert!(
+        after.contains(&ip("10.99.0.1")),
+        "only the host addresses went"
+    );
+}

@@ -11,7 +11,8 @@
 //! - [`neighbours`]: the ARP / NDP table;
 //! - [`routes`]: default routers, and the route to each of a set of hosts;
 //! - [`links`]: interfaces, their MACs and VLANs;
-//! - [`addresses`]: the addresses configured here.
+//! - [`addresses`]: the addresses configured here, and the host addresses
+//!   that change hands with HA mastership.
 
 pub mod addresses;
 pub mod links;
@@ -25,6 +26,9 @@ use std::time::Duration;
 
 pub(crate) const NLMSG_HDRLEN: usize = 16;
 pub(crate) const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -33,6 +37,7 @@ pub(crate) const RTM_NEWLINK: u16 = 16;
 pub(crate) const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_GETADDR: u16 = 22;
 pub(crate) const RTM_NEWROUTE: u16 = 24;
 pub(crate) const RTM_DELROUTE: u16 = 25;
@@ -144,6 +149,24 @@ fn ask_each(requests: &[Vec<u8>], mut each: impl FnMut(u16, &[u8])) -> io::Resul
         }
     }
     Ok(())
+}
+
+/// Sends one request that asks for an acknowledgement (NLM_F_ACK) and
+/// waits for it: Ok, or the error the kernel answered with.
+fn ask(request: &[u8]) -> io::Result<()> {
+    let mut errno = None;
+    ask_each(&[request.to_vec()], |kind, body| {
+        if kind == NLMSG_ERROR {
+            errno = Some(error_of(body));
+        }
+    })?;
+    match errno {
+        Some(0) => Ok(()),
+        Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+        None => Err(io::Error::other(
+            "the kernel answered without an acknowledgement",
+        )),
+    }
 }
 
 /// The (negative) errno an NLMSG_ERROR body carries, as a positive one; 0

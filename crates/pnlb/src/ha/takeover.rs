@@ -5,70 +5,34 @@
 //! caches to expire.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::process::Command;
 
-use anyhow::{bail, Context, Result};
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    // Adding what is there, or removing what is gone, is fine.
-    if !out.status.success() && !err.contains("File exists") && !err.contains("Cannot assign") {
-        bail!("ip {}: {}", args.join(" "), err.trim());
-    }
-    Ok(())
-}
-
-fn prefix(address: IpAddr) -> String {
-    match address {
-        IpAddr::V4(_) => format!("{address}/32"),
-        IpAddr::V6(_) => format!("{address}/128"),
-    }
-}
+use anyhow::{Context, Result};
+use pnlb_dataplane::loader::ifindex_of;
+use pnlb_dataplane::rtnetlink::addresses::{
+    add_host_address, interface_addresses, remove_host_address, SCOPE_GLOBAL,
+};
 
 /// This node's own (first global) address of the family on `interface`.
 pub fn own_address(interface: &str, v6: bool) -> Result<IpAddr> {
-    #[derive(serde::Deserialize)]
-    struct Link {
-        #[serde(default)]
-        addr_info: Vec<Info>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Info {
-        local: Option<String>,
-        scope: Option<String>,
-        prefixlen: Option<u8>,
-    }
-    let out = Command::new("ip")
-        .args(["-j", "addr", "show", "dev", interface])
-        .output()
-        .context("running ip")?;
-    let links: Vec<Link> = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("ha.interface {interface}: cannot read its addresses"))?;
-    links
-        .iter()
-        .flat_map(|l| &l.addr_info)
-        .filter(|i| i.scope.as_deref() == Some("global"))
+    let ifindex = ifindex_of(interface)?;
+    interface_addresses()
+        .with_context(|| format!("ha.interface {interface}: cannot read its addresses"))?
+        .into_iter()
+        .filter(|a| a.ifindex == ifindex && a.scope == SCOPE_GLOBAL)
         // Host routes (/32, /128) are floating addresses, not ours.
-        .filter(|i| !matches!(i.prefixlen, Some(32) | Some(128)))
-        .filter_map(|i| i.local.as_deref()?.parse::<IpAddr>().ok())
+        .filter(|a| !matches!(a.prefix_len, 32 | 128))
+        .map(|a| a.address)
         .find(|a| a.is_ipv6() == v6)
         .with_context(|| format!("ha.interface {interface} has no address to advertise from"))
 }
 
-/// Puts the addresses on the interface and announces them.
+/// Puts the addresses on the interface (over rtnetlink: a takeover forks
+/// no process) and announces them.
 pub fn claim(interface: &str, addresses: &[IpAddr]) -> Result<()> {
+    let ifindex = ifindex_of(interface)?;
     for &address in addresses {
-        let family = if address.is_ipv6() { "-6" } else { "-4" };
-        let prefix_text = prefix(address);
-        let mut args = vec![family, "addr", "add", &prefix_text, "dev", interface];
-        if address.is_ipv6() {
-            args.push("nodad");
-        }
-        ip(&args)?;
+        add_host_address(ifindex, address)
+            .with_context(|| format!("adding {address} to {interface}"))?;
     }
     announce(interface, addresses)
 }
@@ -90,9 +54,10 @@ pub fn announce(interface: &str, addresses: &[IpAddr]) -> Result<()> {
 
 /// Takes the addresses off the interface.
 pub fn release(interface: &str, addresses: &[IpAddr]) -> Result<()> {
+    let ifindex = ifindex_of(interface)?;
     for &address in addresses {
-        let family = if address.is_ipv6() { "-6" } else { "-4" };
-        ip(&[family, "addr", "del", &prefix(address), "dev", interface])?;
+        remove_host_address(ifindex, address)
+            .with_context(|| format!("removing {address} from {interface}"))?;
     }
     Ok(())
 }
