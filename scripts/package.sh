@@ -57,6 +57,8 @@ mkdir -p "$shlibs_dir/debian"
 touch "$shlibs_dir/debian/control"
 shlibs="$(cd "$shlibs_dir" && dpkg-shlibdeps -O "$OLDPWD/$stage/usr/sbin/pnlb" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')"
 
+# iproute2: `pnlb doctor` reads the links with `ip -j -d addr` (the daemon
+# itself asks the kernel over rtnetlink).
 cat > "$stage/DEBIAN/control" <<EOF
 Package: pnlb
 Version: $version

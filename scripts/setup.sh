@@ -20,7 +20,7 @@ need_command openssl openssl            # lab: self-signed certificate for nginx
 need_package linux-libc-dev             # linux/bpf.h and friends
 need_command pkg-config pkg-config
 need_command make make
-need_command ip iproute2                # lab namespaces, next-hop resolution
+need_command ip iproute2                # lab namespaces, `pnlb doctor`
 need_command sysctl procps              # lab and fixtures: forwarding on in their namespaces
 need_command ethtool ethtool            # lab: checksum offload off on veths
 need_command curl curl                  # lab: real HTTP client
