@@ -21,6 +21,13 @@ use crate::abi::{from_bytes, Plain};
 /// reschedule between elements.)
 pub(crate) const HASH_BATCH: usize = 256;
 
+/// The expiry sweep's batch, smaller again: the sweep runs all the time,
+/// and its thread, though in SCHED_IDLE, keeps a CPU a woken process
+/// wants until the call returns (preempt=none). With 256 a woken server or
+/// client waited 0.1-0.4 ms for it 42-81 times in 10 s of c=1 requests;
+/// with 64, 0-2 times (docs/benchmarks.md).
+pub(crate) const SWEEP_BATCH: usize = 64;
+
 /// Every (key, value) of a map, as bytes.
 pub(crate) struct Entries<'map> {
     fd: BorrowedFd<'map>,
