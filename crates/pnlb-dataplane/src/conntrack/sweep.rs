@@ -210,8 +210,11 @@ impl Sweeper {
         while pass.table < Table::BOTH.len() && left > 0 {
             let table = Table::BOTH[pass.table];
             let resume = std::mem::take(&mut pass.resume);
-            let mut entries =
-                crate::batch::entries_from(self.conns.map(table), crate::batch::SWEEP_BATCH, resume);
+            let mut entries = crate::batch::entries_from(
+                self.conns.map(table),
+                crate::batch::SWEEP_BATCH,
+                resume,
+            );
             let walked = self.sweep_table(table, &mut entries, timeouts, now_ns, pass, left)?;
             left = left.saturating_sub(walked);
             pass.resume = entries.stopped();
