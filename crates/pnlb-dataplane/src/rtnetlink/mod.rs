@@ -136,7 +136,7 @@ fn ask_each(requests: &[Vec<u8>], mut each: impl FnMut(u16, &[u8])) -> io::Resul
     let socket = query_socket()?;
     let mut buffer = vec![0u8; 64 * 1024];
     for group in requests.chunks(GROUP) {
-        send(&socket, &group.concat())?;
+        send(&socket, &datagram_of(group))?;
         let mut answered = 0;
         while answered < group.len() {
             let Some(datagram) = receive(&socket, &mut buffer)? else {
@@ -149,6 +149,17 @@ fn ask_each(requests: &[Vec<u8>], mut each: impl FnMut(u16, &[u8])) -> io::Resul
         }
     }
     Ok(())
+}
+
+/// Requests as one datagram: each starts 4-byte aligned, where the kernel
+/// looks for the next (NLMSG_ALIGN of the one before).
+fn datagram_of(requests: &[Vec<u8>]) -> Vec<u8> {
+    let mut datagram = Vec::new();
+    for request in requests {
+        datagram.resize(align4(datagram.len()), 0);
+        datagram.extend_from_slice(request);
+    }
+    datagram
 }
 
 /// Sends one request that asks for an acknowledgement (NLM_F_ACK) and
@@ -322,6 +333,17 @@ pub(crate) mod tests {
         assert_eq!(walked[0].0, RTM_GETROUTE);
         let attrs: Vec<(u16, &[u8])> = attributes(&walked[0].1[12..]).collect();
         assert_eq!(attrs, vec![(1, &[10, 0, 0, 1][..]), (4, &[1, 2][..])]);
+    }
+
+    #[test]
+    fn requests_of_odd_lengths_go_out_aligned_and_walk_back_whole() {
+        let mac = [2u8, 0, 0, 0, 0, 1];
+        let odd = message(RTM_NEWNEIGH, NLM_F_REQUEST, 1, &[0; 12], &[(2, &mac)]);
+        assert_eq!(odd.len() % 4, 2, "a 6-byte attribute leaves it unaligned");
+        let next = message(RTM_GETROUTE, NLM_F_REQUEST, 2, &[0; 12], &[]);
+        let datagram = datagram_of(&[odd, next]);
+        let kinds: Vec<u16> = messages(&datagram).map(|(kind, _)| kind).collect();
+        assert_eq!(kinds, vec![RTM_NEWNEIGH, RTM_GETROUTE]);
     }
 
     #[test]
