@@ -32,13 +32,12 @@ pub struct InterfaceAddress {
 
 /// Every address of every interface here, IPv4 and IPv6.
 pub fn interface_addresses() -> io::Result<Vec<InterfaceAddress>> {
-    let mut addresses = Vec::new();
-    dump(RTM_GETADDR, &[0u8; IFADDRMSG_LEN], |kind, body| {
-        if kind == RTM_NEWADDR {
-            addresses.extend(parse_address(body));
-        }
-    })?;
-    Ok(addresses)
+    dump(
+        RTM_GETADDR,
+        &[0u8; IFADDRMSG_LEN],
+        RTM_NEWADDR,
+        parse_address,
+    )
 }
 
 /// Every address configured here, IPv4 and IPv6.

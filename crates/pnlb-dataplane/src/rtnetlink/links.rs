@@ -32,13 +32,7 @@ pub struct Link {
 
 /// Every interface of this network namespace.
 pub fn links() -> io::Result<Vec<Link>> {
-    let mut links = Vec::new();
-    dump(RTM_GETLINK, &[0u8; IFINFOMSG_LEN], |kind, body| {
-        if kind == RTM_NEWLINK {
-            links.extend(parse_link(body));
-        }
-    })?;
-    Ok(links)
+    dump(RTM_GETLINK, &[0u8; IFINFOMSG_LEN], RTM_NEWLINK, parse_link)
 }
 
 fn parse_link(body: &[u8]) -> Option<Link> {

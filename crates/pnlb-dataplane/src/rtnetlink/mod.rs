@@ -98,27 +98,35 @@ pub(crate) fn message(
     out
 }
 
-/// Sends a dump request (`kind`, its family's fixed `header`) and hands
-/// every answer's (type, body) to `each` until the kernel says done.
-fn dump(kind: u16, header: &[u8], mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
+/// Sends a dump request (`kind`, its family's fixed `header`) and parses
+/// every answer of type `answer` with `parse` until the kernel says done;
+/// what does not parse is left out.
+fn dump<T>(
+    kind: u16,
+    header: &[u8],
+    answer: u16,
+    parse: impl Fn(&[u8]) -> Option<T>,
+) -> io::Result<Vec<T>> {
     let socket = query_socket()?;
     let request = message(kind, NLM_F_REQUEST | NLM_F_DUMP, 1, header, &[]);
     send(&socket, &request)?;
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut parsed = Vec::new();
     loop {
         let Some(datagram) = receive(&socket, &mut buffer)? else {
-            return Ok(());
+            return Ok(parsed);
         };
         for (message, body) in messages(datagram) {
             match message {
-                NLMSG_DONE => return Ok(()),
+                NLMSG_DONE => return Ok(parsed),
                 NLMSG_ERROR => {
                     return match error_of(body) {
-                        0 => Ok(()),
+                        0 => Ok(parsed),
                         errno => Err(io::Error::from_raw_os_error(errno)),
                     };
                 }
-                message => each(message, body),
+                message if message == answer => parsed.extend(parse(body)),
+                _ => {}
             }
         }
     }

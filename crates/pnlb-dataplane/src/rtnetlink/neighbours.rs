@@ -37,14 +37,13 @@ impl NeighbourEntry {
 
 /// Every neighbour entry, IPv4 and IPv6, of every interface.
 pub fn neighbours() -> io::Result<Vec<NeighbourEntry>> {
-    let mut entries = Vec::new();
     // struct ndmsg, all zero: every family, every interface.
-    dump(RTM_GETNEIGH, &[0u8; NDMSG_LEN], |kind, body| {
-        if kind == RTM_NEWNEIGH {
-            entries.extend(parse_neighbour_entry(body));
-        }
-    })?;
-    Ok(entries)
+    dump(
+        RTM_GETNEIGH,
+        &[0u8; NDMSG_LEN],
+        RTM_NEWNEIGH,
+        parse_neighbour_entry,
+    )
 }
 
 /// The entries in state STALE, as (ifindex, address): the ones worth

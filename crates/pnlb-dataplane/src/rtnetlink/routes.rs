@@ -75,11 +75,12 @@ pub fn default_gateways() -> io::Result<Vec<(u32, IpAddr)>> {
     for family in [libc::AF_INET, libc::AF_INET6] {
         let mut request = [0u8; RTMSG_LEN];
         request[0] = family as u8;
-        dump(RTM_GETROUTE, &request, |kind, body| {
-            if kind == RTM_NEWROUTE {
-                gateways.extend(parse_default_route(body));
-            }
-        })?;
+        gateways.extend(dump(
+            RTM_GETROUTE,
+            &request,
+            RTM_NEWROUTE,
+            parse_default_route,
+        )?);
     }
     Ok(gateways)
 }
