@@ -421,7 +421,9 @@ static __always_inline int pnlb_snat_resting(const struct pnlb_service *svc,
 {
 	__u64 *ended = bpf_map_lookup_elem(&pnlb_snat_rest, reply_key);
 
-	return ended && now - *ended < (__u64)svc->snat_reuse_s * 1000000000ULL;
+	/* Signed: `now` is the coarse clock, up to a tick behind the stamp
+	 * the daemon wrote with the exact one. */
+	return ended && (__s64)(now - *ended) < (__s64)svc->snat_reuse_s * 1000000000LL;
 }
 
 /*
@@ -440,7 +442,7 @@ static __always_inline int pnlb_snat_reserve(const struct pnlb_service *svc,
 {
 	__u32 count = svc->snat_count;
 	__u32 range = svc->snat_port_count;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = pnlb_conn_clock();
 	__u32 seed[2] = { pnlb_flow_hash(&pkt->flow, PNLB_HASH_5TUPLE), 0 };
 	struct pnlb_flow_key reply_key;
 
@@ -553,7 +555,9 @@ __attribute__((noinline)) int pnlb_conn_create(const struct pnlb_service *svc,
 	scratch = bpf_map_lookup_elem(&pnlb_new_flow_scratch, &zero);
 	if (!svc || !pkt || !backend || !scratch)
 		return PNLB_DROP_NO_BACKEND;
-	__builtin_memset(scratch, 0, sizeof(*scratch));
+	/* The reply entry is copied whole from the original and its key
+	 * built by pnlb_peer_key: only the original starts from zero. */
+	__builtin_memset(&scratch->original, 0, sizeof(scratch->original));
 	original = &scratch->original;
 	reply = &scratch->reply;
 	reply_key = &scratch->reply_key;
@@ -706,7 +710,7 @@ static __always_inline int pnlb_unattended(void)
 	__u32 slot = PNLB_META_UNATTENDED_AFTER;
 	__u32 *after = bpf_map_lookup_elem(&pnlb_meta, &slot);
 
-	return after && *after && bpf_ktime_get_ns() / 1000000000 > *after;
+	return after && *after && pnlb_conn_clock() / 1000000000 > *after;
 }
 
 /* A backend of this service for a new flow (affinity first, then the
