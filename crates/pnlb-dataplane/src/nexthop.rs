@@ -101,18 +101,28 @@ fn vlan_devices_of(links: &[Link]) -> Vec<VlanDevice> {
 
 impl Resolver for KernelResolver {
     fn resolve(&mut self, backends: &[IpAddr]) -> Resolution {
+        self.try_resolve(backends).unwrap_or_else(|err| {
+            backends
+                .iter()
+                .map(|&backend| (backend, Err(err.clone())))
+                .collect()
+        })
+    }
+}
+
+impl KernelResolver {
+    /// Every backend's next hop or why it has none; Err when the kernel's
+    /// tables could not be read at all (an rtnetlink failure), which says
+    /// nothing about any backend: a caller that knows their last next
+    /// hops should keep them rather than take this for "no route".
+    pub fn try_resolve(&mut self, backends: &[IpAddr]) -> Result<Resolution, String> {
         let mut answers = Resolution::new();
         if backends.is_empty() {
-            return answers;
+            return Ok(answers);
         }
-        let asked = routes_to(backends).and_then(|routes| Ok((routes, links()?)));
-        let (routes, links) = match asked {
-            Ok(answers) => answers,
-            Err(err) => {
-                let err = format!("cannot read the kernel's routes and links: {err}");
-                return backends.iter().map(|&b| (b, Err(err.clone()))).collect();
-            }
-        };
+        let (routes, links) = routes_to(backends)
+            .and_then(|routes| Ok((routes, links()?)))
+            .map_err(|err| format!("cannot read the kernel's routes and links: {err}"))?;
         let links: HashMap<u32, Link> = links.into_iter().map(|l| (l.ifindex, l)).collect();
         let hops: BTreeSet<(IpAddr, u32)> = routes
             .iter()
@@ -122,7 +132,8 @@ impl Resolver for KernelResolver {
         let deadline = Instant::now() + self.probe_wait;
         let mut probed = false;
         let neighbours = loop {
-            let neighbours = neighbour_macs(&hops);
+            let neighbours = neighbour_macs(&hops)
+                .map_err(|err| format!("cannot read the kernel's neighbours: {err}"))?;
             let missing: Vec<IpAddr> = hops
                 .iter()
                 .filter(|h| !neighbours.contains_key(h))
@@ -174,23 +185,24 @@ impl Resolver for KernelResolver {
             };
             answers.insert(backend, answer);
         }
-        answers
+        Ok(answers)
     }
 }
 
 /// The MACs of those `hops` (address, interface) the kernel has one for
 /// now. One dump of the whole table, matched here (the kernel filters
 /// neighbour dumps by device only).
-fn neighbour_macs(hops: &BTreeSet<(IpAddr, u32)>) -> HashMap<(IpAddr, u32), [u8; 6]> {
-    neighbours()
-        .unwrap_or_default()
+fn neighbour_macs(
+    hops: &BTreeSet<(IpAddr, u32)>,
+) -> std::io::Result<HashMap<(IpAddr, u32), [u8; 6]>> {
+    Ok(neighbours()?
         .into_iter()
         .filter_map(|entry| {
             let hop = (entry.address, entry.ifindex);
             let mac = entry.usable_mac()?;
             hops.contains(&hop).then_some((hop, mac))
         })
-        .collect()
+        .collect())
 }
 
 /// One empty datagram: enough for the kernel to resolve the neighbour.

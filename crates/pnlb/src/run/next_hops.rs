@@ -2,10 +2,16 @@
 //! loop, and kept true by the kernel's own events.
 //!
 //! - A new backend address is looked up at once without waiting for its
-//!   neighbour (a few ms of `ip`; at start, before serving, it waits); one
-//!   the kernel cannot name a MAC for yet goes to the resolver thread,
-//!   which waits for the probe's answer, applied when it comes. Periodic, reload and route-change refreshes go
-//!   there too: the loop never waits for a neighbour.
+//!   neighbour (rtnetlink, a few ms; at start, before serving, it waits);
+//!   one the kernel cannot name a MAC for yet goes to the resolver thread,
+//!   which waits for the probe's answer, applied when it comes. Periodic,
+//!   reload and route-change refreshes go there too: the loop never waits
+//!   for a neighbour.
+//! - A refresh that cannot read the kernel's tables at all (an rtnetlink
+//!   failure) changes nothing: every backend keeps its last next hop, and
+//!   it is asked again in [`RETRY_UNREADABLE`] rather than at the next
+//!   periodic refresh. Taken for "no route", it would have kept new flows
+//!   from every backend until then.
 //! - The watch thread turns rtnetlink neighbour events into MAC changes,
 //!   applied on the next tick (100 ms): a router's VRRP failover or a
 //!   server's new MAC (announced by gratuitous ARP / unsolicited NA) takes
@@ -25,12 +31,23 @@ use std::time::{Duration, Instant};
 use pnlb_dataplane::netwatch::{NetEvent, NetWatch};
 use pnlb_dataplane::nexthop::{vlan_devices, KernelResolver, Resolution, Resolver, VlanDevice};
 
-use crate::log::warning;
+use crate::log::{info, warning};
 
 /// How often the neighbours we forward to are re-verified.
 const CONFIRM_EVERY: Duration = Duration::from_secs(5);
 /// Route and link changes come in bursts: one refresh after this quiet.
 const TOPOLOGY_SETTLE: Duration = Duration::from_millis(200);
+/// A refresh that could not read the kernel's tables is tried again after this.
+const RETRY_UNREADABLE: Duration = Duration::from_secs(1);
+
+/// The resolver thread's answer to one request.
+struct Answer {
+    asked: Vec<IpAddr>,
+    /// Err: the kernel's tables could not be read (nothing is known of any).
+    found: Result<Resolution, String>,
+    /// The host's VLAN devices; None if they could not be read.
+    vlans: Option<Vec<VlanDevice>>,
+}
 
 pub(super) struct NextHops {
     known: Resolution,
@@ -39,13 +56,17 @@ pub(super) struct NextHops {
     /// Asked of the resolver thread, not answered yet.
     pending: HashSet<IpAddr>,
     requests: Sender<Vec<IpAddr>>,
-    answers: Receiver<(Resolution, Option<Vec<VlanDevice>>)>,
+    answers: Receiver<Answer>,
     events: Receiver<NetEvent>,
     /// The host's VLAN devices as last read, until the daemon takes them.
     vlan_devices: Option<Vec<VlanDevice>>,
     /// (interface, neighbour) pairs the watch thread re-verifies.
     watched: Arc<Mutex<Vec<(u32, IpAddr)>>>,
-    topology_changed: Option<Instant>,
+    /// When the next refresh off the periodic cadence is due (after a
+    /// topology change settles, or to retry an unreadable kernel).
+    refresh_at: Option<Instant>,
+    /// The last refresh could not read the kernel's tables (warned once).
+    unreadable: bool,
     /// The first resolution waits for neighbours: the data plane does not
     /// serve yet, and should start with every backend it can reach.
     started: bool,
@@ -78,7 +99,8 @@ impl NextHops {
             events,
             vlan_devices: None,
             watched,
-            topology_changed: None,
+            refresh_at: None,
+            unreadable: false,
             started: false,
         }
     }
@@ -102,13 +124,32 @@ impl NextHops {
     /// next hop moved (the data plane must be written again).
     pub(super) fn poll(&mut self) -> bool {
         let mut moved = false;
-        while let Ok((answers, vlans)) = self.answers.try_recv() {
+        while let Ok(answer) = self.answers.try_recv() {
             // Unread (the kernel not asked): the devices stay as they are.
-            if vlans.is_some() {
-                self.vlan_devices = vlans;
+            if answer.vlans.is_some() {
+                self.vlan_devices = answer.vlans;
+            }
+            for address in &answer.asked {
+                self.pending.remove(address);
+            }
+            let answers = match answer.found {
+                Ok(answers) => answers,
+                Err(err) => {
+                    if !self.unreadable {
+                        warning!(
+                            "{err}; every backend keeps its last next hop, asking again every {} s",
+                            RETRY_UNREADABLE.as_secs()
+                        );
+                    }
+                    self.unreadable = true;
+                    self.refresh_by(Instant::now() + RETRY_UNREADABLE);
+                    continue;
+                }
+            };
+            if std::mem::take(&mut self.unreadable) {
+                info!("the kernel's routes and neighbours are readable again");
             }
             for (address, answer) in answers {
-                self.pending.remove(&address);
                 if !self.current.contains(&address) {
                     continue;
                 }
@@ -125,25 +166,25 @@ impl NextHops {
                     address,
                     mac,
                 } => moved |= self.learn(ifindex, address, mac),
-                NetEvent::Topology => {
-                    self.topology_changed.get_or_insert_with(Instant::now);
-                }
+                NetEvent::Topology => self.refresh_by(Instant::now() + TOPOLOGY_SETTLE),
                 // Kept: established flows go on with the last MAC while the
                 // kernel re-resolves; health checks judge the backend.
                 NetEvent::NeighbourLost { .. } => {}
             }
         }
-        if self
-            .topology_changed
-            .is_some_and(|at| at.elapsed() >= TOPOLOGY_SETTLE)
-        {
-            self.topology_changed = None;
+        if self.refresh_at.is_some_and(|at| Instant::now() >= at) {
+            self.refresh_at = None;
             self.refresh();
         }
         if moved {
             self.publish_watched();
         }
         moved
+    }
+
+    /// A refresh off the periodic cadence, due by `at` (the earlier of two).
+    fn refresh_by(&mut self, at: Instant) {
+        self.refresh_at = Some(self.refresh_at.map_or(at, |due| due.min(at)));
     }
 
     /// The VLAN devices read since the last call, if any (for the data
@@ -250,19 +291,22 @@ impl NextHops {
 /// Answers requests with the kernel's tables, probing unresolved
 /// neighbours and waiting for them, and the VLAN devices as they are now;
 /// queued requests are merged.
-fn resolver_thread(
-    asked: &Receiver<Vec<IpAddr>>,
-    answer: &Sender<(Resolution, Option<Vec<VlanDevice>>)>,
-) {
+fn resolver_thread(asked: &Receiver<Vec<IpAddr>>, answer: &Sender<Answer>) {
     let mut kernel = KernelResolver::default();
     while let Ok(first) = asked.recv() {
         let mut addresses: BTreeSet<IpAddr> = first.into_iter().collect();
         while let Ok(more) = asked.try_recv() {
             addresses.extend(more);
         }
-        let addresses: Vec<IpAddr> = addresses.into_iter().collect();
+        let asked: Vec<IpAddr> = addresses.into_iter().collect();
+        let found = kernel.try_resolve(&asked);
+        let vlans = vlan_devices();
         if answer
-            .send((kernel.resolve(&addresses), vlan_devices()))
+            .send(Answer {
+                asked,
+                found,
+                vlans,
+            })
             .is_err()
         {
             return;
@@ -318,8 +362,16 @@ mod tests {
 
     /// Next hops as if resolved already: no thread, no lookup, no packet.
     fn resolved(addresses: &[IpAddr]) -> NextHops {
-        let (requests, _) = channel();
-        let (_, answers) = channel();
+        resolved_with_resolver_ends(addresses).0
+    }
+
+    /// The same, with the resolver thread's ends kept by the test: what is
+    /// asked of it, and where it answers.
+    fn resolved_with_resolver_ends(
+        addresses: &[IpAddr],
+    ) -> (NextHops, Receiver<Vec<IpAddr>>, Sender<Answer>) {
+        let (requests, asked) = channel();
+        let (answer, answers) = channel();
         let (_, events) = channel();
         let hop = pnlb_dataplane::nexthop::NextHop {
             ifindex: 2,
@@ -330,7 +382,7 @@ mod tests {
             gateway: None,
             source: None,
         };
-        NextHops {
+        let hops = NextHops {
             known: addresses.iter().map(|a| (*a, Ok(hop))).collect(),
             current: addresses.to_vec(),
             pending: HashSet::new(),
@@ -339,9 +391,52 @@ mod tests {
             events,
             vlan_devices: None,
             watched: Arc::default(),
-            topology_changed: None,
+            refresh_at: None,
+            unreadable: false,
             started: true,
-        }
+        };
+        (hops, asked, answer)
+    }
+
+    #[test]
+    fn a_refresh_that_cannot_read_the_kernel_keeps_every_next_hop_and_asks_again_soon() {
+        let servers: Vec<IpAddr> = (1..=4).map(|i| IpAddr::from([10, 77, 1, i])).collect();
+        let (mut hops, asked, answer) = resolved_with_resolver_ends(&servers);
+        let before = hops.known.clone();
+        hops.refresh();
+        assert_eq!(asked.try_recv(), Ok(servers.clone()));
+        let unreadable = Answer {
+            asked: servers.clone(),
+            found: Err("cannot read the kernel's routes and links: \
+                        No buffer space available (os error 105)"
+                .into()),
+            vlans: None,
+        };
+        answer.send(unreadable).unwrap();
+        assert!(!hops.poll(), "no next hop moved");
+        assert_eq!(hops.known, before, "every backend keeps its next hop");
+        assert!(hops.pending.is_empty(), "the request was answered");
+        let due = hops.refresh_at.expect("a retry is due");
+        assert!(due <= Instant::now() + RETRY_UNREADABLE);
+
+        // Due: the next poll asks again, without waiting for the periodic refresh.
+        hops.refresh_at = Some(Instant::now());
+        hops.poll();
+        assert_eq!(asked.try_recv(), Ok(servers.clone()), "asked again");
+
+        // A kernel that answers is believed again, a backend's "no route" too.
+        let mut found = before.clone();
+        found.insert(servers[0], Err(format!("no route to {}", servers[0])));
+        answer
+            .send(Answer {
+                asked: servers.clone(),
+                found: Ok(found.clone()),
+                vlans: None,
+            })
+            .unwrap();
+        assert!(hops.poll(), "the backend without a route moved");
+        assert_eq!(hops.known, found);
+        assert!(!hops.unreadable);
     }
 
     #[test]
