@@ -205,6 +205,32 @@ fn neighbour_macs(
         .collect())
 }
 
+/// Probes those of `hops` (interface, neighbour) the kernel has no usable
+/// entry for (none, INCOMPLETE or FAILED); returns how many. For next hops
+/// the data plane needs before anything else on this host sends to them:
+/// a node that takes over has never sent to its default router, and the
+/// replies it translates can then only go to the kernel, which refuses
+/// them while the VIPs they come from are its own addresses (a martian
+/// source), until the router happens to ask for us.
+pub fn probe_unresolved(hops: &[(u32, IpAddr)]) -> usize {
+    if hops.is_empty() {
+        return 0;
+    }
+    // Unread: nothing is known to be missing.
+    let Ok(entries) = neighbours() else {
+        return 0;
+    };
+    let resolved: BTreeSet<(u32, IpAddr)> = entries
+        .into_iter()
+        .filter(|entry| entry.usable_mac().is_some())
+        .map(|entry| (entry.ifindex, entry.address))
+        .collect();
+    hops.iter()
+        .filter(|hop| !resolved.contains(hop))
+        .inspect(|(_, address)| probe(*address))
+        .count()
+}
+
 /// One empty datagram: enough for the kernel to resolve the neighbour.
 fn probe(hop: IpAddr) {
     let bind: SocketAddr = match hop {

@@ -20,7 +20,10 @@
 //!   neighbours we forward to (backends' next hops and the default
 //!   routers) whose entries went STALE, which XDP traffic never confirms:
 //!   a MAC that changes without a word is found by the kernel's probes
-//!   within seconds. Static entries are left alone.
+//!   within seconds. Static entries are left alone. Those the kernel has
+//!   no entry for are probed, from the first second on: a backup that
+//!   takes over has its default routers resolved, or the first replies it
+//!   translates would have nowhere to go (nexthop::probe_unresolved).
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -29,7 +32,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pnlb_dataplane::netwatch::{NetEvent, NetWatch};
-use pnlb_dataplane::nexthop::{vlan_devices, KernelResolver, Resolution, Resolver, VlanDevice};
+use pnlb_dataplane::nexthop::{
+    probe_unresolved, vlan_devices, KernelResolver, Resolution, Resolver, VlanDevice,
+};
 
 use crate::log::{info, warning};
 
@@ -320,7 +325,9 @@ fn watch_thread(
     events: &Sender<NetEvent>,
     watched: &Mutex<Vec<(u32, IpAddr)>>,
 ) {
-    let mut last_confirm = Instant::now();
+    // The first round within a second of the start: a node may take over
+    // any moment.
+    let mut last_confirm: Option<Instant> = None;
     loop {
         match watch.wait(Duration::from_secs(1)) {
             Ok(batch) => {
@@ -337,8 +344,8 @@ fn watch_thread(
                 return;
             }
         }
-        if last_confirm.elapsed() >= CONFIRM_EVERY {
-            last_confirm = Instant::now();
+        if last_confirm.is_none_or(|at| at.elapsed() >= CONFIRM_EVERY) {
+            last_confirm = Some(Instant::now());
             let mut hops: BTreeSet<(u32, IpAddr)> =
                 pnlb_dataplane::rtnetlink::routes::default_gateways()
                     .unwrap_or_default()
@@ -347,11 +354,11 @@ fn watch_thread(
             if let Ok(watched) = watched.lock() {
                 hops.extend(watched.iter().copied());
             }
-            // STALE ones only (an operator's static entries stay as they
-            // are); an entry the kernel no longer has is re-learned by the
-            // resolver's probe on the next refresh.
+            // STALE ones are re-verified (an operator's static entries
+            // stay as they are); those the kernel has none for, probed.
             let hops: Vec<(u32, IpAddr)> = hops.into_iter().collect();
             watch.reverify(&hops);
+            probe_unresolved(&hops);
         }
     }
 }
