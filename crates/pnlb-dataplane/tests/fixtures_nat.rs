@@ -781,6 +781,83 @@ fn a_flow_ended_on_the_peer_rests_its_snat_port_on_this_node_too() {
     });
 }
 
+/// A backup that starts after flows ended on the active node learns their
+/// rests from the whole dump (`snat_rests` there, `go_on_resting` here):
+/// it hands out neither port until `snat_reuse_after` has passed since
+/// the flows ended, as the active node would not. A fresh node without
+/// them takes a resting port at once.
+#[test]
+fn the_rests_a_whole_dump_carries_keep_a_fresh_backup_off_their_ports() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let text = SNAT_SYNC_CONFIG.replacen(
+            "snat_addresses = [\"10.77.1.254\"]\n",
+            "snat_addresses = [\"10.77.1.254\"]\nsnat_ports = \"30000-30001\"\nsnat_reuse_after = \"2s\"\n",
+            1,
+        );
+        let config = parse_config(&text);
+        let mut resolver = sync_resolver();
+        let (active, _active_programmer) = active_node(&config, &mut resolver);
+        let mut ports = Vec::new();
+        let mut flows = Vec::new();
+        for sport in [40_300u16, 40_301] {
+            let syn = Pkt::tcp("10.77.0.2", sport, "10.77.100.3", 80, SYN);
+            let (verdict, out) = run_on(&active, &syn.bytes());
+            assert_eq!(verdict, XDP_TX);
+            ports.push(endpoints(&out).1);
+            let ack = Pkt {
+                tcp: Some(ACK),
+                ..syn.clone()
+            };
+            assert_eq!(run_on(&active, &ack.bytes()).0, XDP_TX);
+            flows.push(flow_of(&syn.bytes()));
+        }
+        // Both end on the active node (as its sweep ends them): they rest there.
+        for key in &flows {
+            active.conns().remove_flow(key).unwrap();
+        }
+        let rests = active.conns().snat_rests(3_600_000_000_000);
+        let rested_us: Vec<u64> = rests.iter().map(|(_, ns)| ns / 1000).collect();
+        println!("ports {ports:?}; rested on the active node so far: {rested_us:?} us");
+        assert_eq!(rests.len(), 2, "both reply keys rest on the active node");
+        assert!(rests.iter().all(|(_, rested)| *rested < 1_000_000_000));
+
+        let fresh_node = || {
+            let node = pnlb_dataplane::Dataplane::load(65_536).expect("load");
+            let mut programmer = pnlb_dataplane::Programmer::new();
+            programmer
+                .apply(&node, &config, &mut sync_resolver())
+                .unwrap();
+            (node, programmer)
+        };
+        let new = Pkt::tcp("10.77.0.3", 40_400, "10.77.100.3", 80, SYN);
+        let (without, _p1) = fresh_node();
+        let (verdict, out) = run_on(&without, &new.bytes());
+        assert_eq!(verdict, XDP_TX, "a node that knows no rests takes a port");
+        assert!(ports.contains(&endpoints(&out).1), "one of the resting two");
+        drop(without);
+
+        let (backup, _p2) = fresh_node();
+        for (key, rested) in &rests {
+            backup.conns().go_on_resting(key, *rested);
+        }
+        assert_eq!(
+            run_on(&backup, &new.bytes()).0,
+            XDP_DROP,
+            "both ports rest on the backup too: no new flow takes one"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let (verdict, out) = run_on(&backup, &new.bytes());
+        assert_eq!(
+            verdict, XDP_TX,
+            "after snat_reuse_after a port serves again"
+        );
+        assert!(ports.contains(&endpoints(&out).1));
+    });
+}
+
 /// Failover sync carries established flows only: a SYN, or a UDP flow's
 /// first datagram, is not reported (a flood of them churns only the
 /// new-flow table, never the sync stream or a peer's tables); the

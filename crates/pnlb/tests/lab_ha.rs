@@ -307,3 +307,87 @@ fn snat_failover_keeps_a_long_download_going_through_kill_preemption_and_link_cu
     }
     failover_keeps_transfers_going("snat");
 }
+
+/// A backup that starts after snat flows ended on the active node gets
+/// their rests in its full dump (the SNAT ports the servers may still hold
+/// in TIME_WAIT). When it then takes over, having carried no traffic and
+/// never sent to its router, the first new connection is answered: its
+/// replies are translated in XDP towards a router the daemon resolved
+/// beforehand (the kernel could not forward them: their source, the VIP,
+/// is its own address on the node that holds it).
+#[test]
+fn snat_rests_reach_a_fresh_backup_which_then_serves_at_once_on_takeover() {
+    if !privileged() {
+        return;
+    }
+    const REQUESTS: u64 = 6;
+    let lab = Lab::up(&LabSpec {
+        ha: true,
+        ..LabSpec::default()
+    })
+    .expect("lab");
+    // Closed flows are swept within tcp_close and one sweep (5 s).
+    let with_short_close = |path: std::path::PathBuf| {
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("[timeouts]\ntcp_close = \"1s\"\n\n{text}")).unwrap();
+        path
+    };
+    let config1 = with_short_close(pair_config(&lab, "snat", 1, 150));
+    let config2 = with_short_close(pair_config(&lab, "snat", 2, 100));
+    let mut node1 = start_ha_node(&lab.lb, &config1);
+    node1
+        .wait_for_line("ha: MASTER", Duration::from_secs(10))
+        .expect("node 1 elected");
+    for n in 0..REQUESTS {
+        let answer = pnlb_lab::in_netns(&lab.client, || request(IpAddr::V4(VIP4))).unwrap();
+        assert!(
+            answer.is_ok(),
+            "request {n}: {answer:?}: {:?}",
+            node1.output()
+        );
+    }
+    // Every flow closed, swept and put to rest on node 1 (tcp_close 1 s,
+    // a sweep every 5 s), before node 2 first starts.
+    std::thread::sleep(Duration::from_secs(8));
+
+    let lb2 = lab.lb2.clone().unwrap();
+    let node2 = start_ha_node(&lb2, &config2);
+    let received = wait_for_log(&node2, "full table received", Duration::from_secs(10));
+    let sent = wait_for_log(&node1, "sent full dump", Duration::from_secs(5));
+    eprintln!("node 1: {sent}\nnode 2: {received}");
+    let count_before = |line: &str, words: &str| -> u64 {
+        line.split(words)
+            .next()
+            .and_then(|head| head.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count before {words:?} in {line:?}"))
+    };
+    assert!(
+        count_before(&sent, " SNAT rest(s) in ") >= REQUESTS,
+        "node 1 sent every rest: {sent}"
+    );
+    assert!(
+        count_before(&received, " SNAT rest(s) taken on") >= REQUESTS,
+        "node 2 took every rest on: {received}"
+    );
+
+    // Node 1 steps down; node 2, idle so far, takes over.
+    std::thread::sleep(Duration::from_millis(1500));
+    node1.signal(libc::SIGTERM);
+    wait_for_log(&node2, "ha: MASTER", Duration::from_secs(5));
+    let taken_over = Instant::now();
+    let answers: Vec<Result<String, String>> = (0..3)
+        .map(|_| pnlb_lab::in_netns(&lab.client, || request(IpAddr::V4(VIP4))).unwrap())
+        .collect();
+    eprintln!(
+        "the first three connections after the takeover, within {:?}: {answers:?}",
+        taken_over.elapsed()
+    );
+    assert!(
+        answers.iter().all(Result::is_ok),
+        "{answers:?}: {:?}",
+        node2.output()
+    );
+    node1.stop(Duration::from_secs(5));
+    node2.stop(Duration::from_secs(5));
+}

@@ -6,7 +6,7 @@
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapImpl};
 
-use super::Table;
+use super::{monotonic_ns, Table};
 use crate::abi::{bytes_of, from_bytes, Conn, FlowKey};
 use crate::loader::{Dataplane, DataplaneError};
 use crate::skel::LbMaps;
@@ -47,6 +47,28 @@ impl ConnTables {
         let _ = self
             .snat_rest
             .update(bytes_of(reply_key), &ended_ns.to_ne_bytes(), MapFlags::ANY);
+    }
+
+    /// The reply keys put to rest less than `within_ns` ago, each with how
+    /// long it has rested (ns): what a peer that may take this node's
+    /// traffic over must not hand out either (the failover dump carries
+    /// them, crates/pnlb/src/ha/transfer.rs). Ages, not stamps: each
+    /// node's monotonic clock is its own.
+    pub fn snat_rests(&self, within_ns: u64) -> Vec<(FlowKey, u64)> {
+        let now = monotonic_ns();
+        crate::batch::entries(&self.snat_rest, crate::batch::HASH_BATCH)
+            .filter_map(|(key, value)| {
+                let key = from_bytes::<FlowKey>(&key)?;
+                let rested = now.saturating_sub(from_bytes::<u64>(&value)?);
+                (rested < within_ns).then_some((key, rested))
+            })
+            .collect()
+    }
+
+    /// A reply key that has rested `rested_ns` on a peer rests here for
+    /// the rest of its time.
+    pub fn go_on_resting(&self, reply_key: &FlowKey, rested_ns: u64) {
+        self.rest_snat_key(reply_key, monotonic_ns().saturating_sub(rested_ns));
     }
 
     /// When `reply_key` was put to rest, if it rests (or rested).

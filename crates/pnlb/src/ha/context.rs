@@ -12,7 +12,7 @@ use pnlb_dataplane::conntrack::ConnTables;
 use pnlb_dataplane::programmer::FlowNames;
 use pnlb_dataplane::sync::Flow;
 
-use super::sync::{Kind, Message, SyncedFlow};
+use super::sync::{Kind, Message, Rest, SyncedFlow};
 
 /// This node's slot names, replaced by the daemon after every apply.
 #[derive(Clone, Default)]
@@ -173,6 +173,13 @@ impl SyncContext {
             }
         }
         installed
+    }
+
+    /// SNAT reply keys resting on a peer rest here for the rest of their time.
+    pub fn go_on_resting(&self, rests: &[Rest]) {
+        for rest in rests {
+            self.tables.go_on_resting(&rest.key, rest.rested_ns);
+        }
     }
 
     /// Removes flows a peer reported ended.

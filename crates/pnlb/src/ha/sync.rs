@@ -12,7 +12,10 @@
 //!   (Request, with a random dump id); the active node streams the table in
 //!   frames of that id and ends with the number of flows it sent (End). A
 //!   backup is synced, and may preempt, only when it holds all of them
-//!   (transfer.rs). TCP paces, acknowledges and retransmits.
+//!   (transfer.rs). TCP paces, acknowledges and retransmits. A Request
+//!   with count 1 asks for the SNAT rests too (Rests frames before the
+//!   End): what a fresh backup must not hand out once it takes over. A
+//!   node of an earlier build asks with 0 and ignores the count it gets.
 //!
 //! Flows travel with their service's listener and their backend's address
 //! and port, not slot ids, which are each node's own.
@@ -21,12 +24,14 @@
 //!  0..4   "PNSY"     4 version (3)   5 group   6 kind   7 reserved
 //!  8..10  entries (u16)   10..12 reserved   12..20 sequence (u64)
 //! 20..36  sender address   36..40 dump id (u32; 0: not part of a full dump)
-//! 40..44  count (u32): End: flows the dump sent; Nack: serials asked for; Hello: 1 takes new flows, 0 not
+//! 40..44  count (u32): End: flows the dump sent; Nack: serials asked for; Hello: 1 takes new flows, 0 not;
+//!         Request: 1 asks for the SNAT rests too
 //! 44..48  serial (u32): incremental Flows/Ended: this batch's; Nack: the first asked for;
 //!         a dump's End: the last one sent before the table was read (0: none);
 //!         Hello: ms until what it says applies (ha/membership.rs)
-//! 48..    entries (150 bytes each)   last 32: HMAC-SHA256
+//! 48..    entries (150 bytes each; Rests: 48)   last 32: HMAC-SHA256
 //! entry: flow key (40) | conn entry (72) | service key (20) | backend address (16) | backend port (2)
+//! Rests entry: reply key (40) | ns it has rested (u64)
 //! ```
 //!
 //! Every field has one byte order on the wire, whatever the nodes' CPUs:
@@ -48,6 +53,9 @@ const VERSION: u8 = 3;
 const HEADER: usize = 48;
 const CONN: usize = 72;
 const ENTRY: usize = 40 + CONN + 20 + 16 + 2;
+const REST_ENTRY: usize = 40 + 8;
+/// A Request's count that asks for the SNAT rests too.
+pub const ASKS_FOR_RESTS: u32 = 1;
 const MAC: usize = 32;
 /// Entries per datagram, under a 1500-byte MTU with IPv6 and UDP headers.
 pub const PER_DATAGRAM: usize = (1400 - HEADER - MAC) / ENTRY;
@@ -68,6 +76,17 @@ pub enum Kind {
     /// Nodes behind ECMP: "I run", every HELLO_EVERY; `count` 1 while the
     /// sender announces its VIPs (it takes new flows), 0 while not.
     Hello = 6,
+    /// SNAT reply keys resting on the sender, in a full dump that asked
+    /// for them (ASKS_FOR_RESTS).
+    Rests = 7,
+}
+
+/// An SNAT reply key resting after its flow ended, as nodes exchange it:
+/// with how long it has rested (each node's clock is its own).
+#[derive(Clone, Copy, Debug)]
+pub struct Rest {
+    pub key: FlowKey,
+    pub rested_ns: u64,
 }
 
 /// One flow as nodes exchange it.
@@ -98,6 +117,8 @@ pub struct Message {
     /// nothing). Hello: the ms until what it says applies.
     pub serial: u32,
     pub flows: Vec<SyncedFlow>,
+    /// Rests: the rests it carries (no flows).
+    pub rests: Vec<Rest>,
 }
 
 fn mapped(address: IpAddr) -> [u8; 16] {
@@ -149,6 +170,25 @@ impl ByteOrder for [u8] {
     }
 }
 
+/// One flow entry (ENTRY bytes) as it travels.
+fn flow_of(entry: &[u8]) -> Option<SyncedFlow> {
+    Some(SyncedFlow {
+        key: from_bytes::<FlowKey>(entry.get(0..40)?)?,
+        conn: conn_from_wire(entry.get(40..112)?)?,
+        service: from_bytes::<ServiceKey>(entry.get(112..132)?)?,
+        backend: unmapped(entry.get(132..148)?),
+        backend_port: u16::from_be_bytes(entry.get(148..150)?.try_into().ok()?),
+    })
+}
+
+/// One Rests entry (REST_ENTRY bytes) as it travels.
+fn rest_of(entry: &[u8]) -> Option<Rest> {
+    Some(Rest {
+        key: from_bytes::<FlowKey>(entry.get(0..40)?)?,
+        rested_ns: u64::from_be_bytes(entry.get(40..48)?.try_into().ok()?),
+    })
+}
+
 impl Message {
     /// A message of `kind` from `sender`, outside any dump, serial or
     /// sequence yet (the sender numbers it when it goes).
@@ -162,14 +202,19 @@ impl Message {
             count: 0,
             serial: 0,
             flows,
+            rests: Vec::new(),
         }
     }
 
+    fn entries(&self) -> usize {
+        self.flows.len() + self.rests.len()
+    }
+
     pub fn emit(&self, key: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER + self.flows.len() * ENTRY + MAC);
+        let mut out = Vec::with_capacity(HEADER + self.entries() * ENTRY + MAC);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[VERSION, self.group, self.kind as u8, 0]);
-        out.extend_from_slice(&(self.flows.len() as u16).to_be_bytes());
+        out.extend_from_slice(&(self.entries() as u16).to_be_bytes());
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&self.sequence.to_be_bytes());
         out.extend_from_slice(&mapped(self.sender));
@@ -182,6 +227,10 @@ impl Message {
             out.extend_from_slice(bytes_of(&flow.service));
             out.extend_from_slice(&mapped(flow.backend));
             out.extend_from_slice(&flow.backend_port.to_be_bytes());
+        }
+        for rest in &self.rests {
+            out.extend_from_slice(bytes_of(&rest.key));
+            out.extend_from_slice(&rest.rested_ns.to_be_bytes());
         }
         let tag = sign(key, &out);
         out.extend_from_slice(&tag);
@@ -199,10 +248,6 @@ impl Message {
         if !verify(key, body, tag) {
             return Err(AdvertError::Authentication);
         }
-        let count = usize::from(u16::from_be_bytes([bytes[8], bytes[9]]));
-        if body.len() != HEADER + count * ENTRY {
-            return Err(AdvertError::NotAnAdvert(bytes.len()));
-        }
         let kind = match bytes[6] {
             1 => Kind::Flows,
             2 => Kind::Request,
@@ -210,22 +255,35 @@ impl Message {
             4 => Kind::Ended,
             5 => Kind::Nack,
             6 => Kind::Hello,
+            7 => Kind::Rests,
             _ => return Err(AdvertError::NotAnAdvert(bytes.len())),
         };
+        let count = usize::from(u16::from_be_bytes([bytes[8], bytes[9]]));
+        let entry_len = if kind == Kind::Rests {
+            REST_ENTRY
+        } else {
+            ENTRY
+        };
+        if body.len() != HEADER + count * entry_len {
+            return Err(AdvertError::NotAnAdvert(bytes.len()));
+        }
         let mut sequence = [0u8; 8];
         sequence.copy_from_slice(&bytes[12..20]);
-        let flows = body[HEADER..]
-            .chunks_exact(ENTRY)
-            .filter_map(|entry| {
-                Some(SyncedFlow {
-                    key: from_bytes::<FlowKey>(&entry[0..40])?,
-                    conn: conn_from_wire(&entry[40..112])?,
-                    service: from_bytes::<ServiceKey>(&entry[112..132])?,
-                    backend: unmapped(&entry[132..148]),
-                    backend_port: u16::from_be_bytes([entry[148], entry[149]]),
-                })
-            })
-            .collect();
+        let entries = &body[HEADER..];
+        let (flows, rests) = if kind == Kind::Rests {
+            (
+                Vec::new(),
+                entries
+                    .chunks_exact(REST_ENTRY)
+                    .filter_map(rest_of)
+                    .collect(),
+            )
+        } else {
+            (
+                entries.chunks_exact(ENTRY).filter_map(flow_of).collect(),
+                Vec::new(),
+            )
+        };
         let word = |at: usize| {
             u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
         };
@@ -238,6 +296,7 @@ impl Message {
             count: word(40),
             serial: word(44),
             flows,
+            rests,
         })
     }
 }
@@ -279,6 +338,7 @@ mod tests {
             count: 0,
             serial: 11,
             flows: (0..PER_DATAGRAM as u16).map(flow).collect(),
+            rests: Vec::new(),
         };
         let bytes = message.emit(b"key");
         assert!(bytes.len() <= 1400);
@@ -301,6 +361,46 @@ mod tests {
             Message::parse(&ended.emit(b"key"), b"key").unwrap().kind,
             Kind::Ended
         );
+    }
+
+    #[test]
+    fn a_frame_of_rests_round_trips_and_fits_the_longest_message() {
+        let rests: Vec<Rest> = (0..PER_FRAME as u16)
+            .map(|n| Rest {
+                key: flow(n).key,
+                rested_ns: 0x0102_0304_0506_0708 + u64::from(n),
+            })
+            .collect();
+        let message = Message {
+            dump: 5,
+            rests,
+            ..Message::new(Kind::Rests, 7, "10.77.1.2".parse().unwrap(), Vec::new())
+        };
+        let bytes = message.emit(b"key");
+        assert!(bytes.len() <= MAX_MESSAGE);
+        assert_eq!(
+            bytes[HEADER + 40..HEADER + 48],
+            [1, 2, 3, 4, 5, 6, 7, 8],
+            "big-endian"
+        );
+        let back = Message::parse(&bytes, b"key").unwrap();
+        assert_eq!((back.kind, back.dump), (Kind::Rests, 5));
+        assert!(back.flows.is_empty());
+        assert_eq!(back.rests.len(), PER_FRAME);
+        assert_eq!(back.rests[3].key.src_port, 3u16.to_be());
+        assert_eq!(back.rests[3].rested_ns, 0x0102_0304_0506_070b);
+        // Cut by one byte, or taken for flows: refused whole, no panic.
+        let mut cut = bytes.clone();
+        cut.remove(HEADER);
+        let tag = sign(b"key", &cut[..cut.len() - MAC]);
+        let at = cut.len() - MAC;
+        cut[at..].copy_from_slice(&tag);
+        assert!(Message::parse(&cut, b"key").is_err());
+        let mut as_flows = bytes.clone();
+        as_flows[6] = Kind::Flows as u8;
+        let tag = sign(b"key", &as_flows[..at + 1]);
+        as_flows[at + 1..].copy_from_slice(&tag);
+        assert!(Message::parse(&as_flows, b"key").is_err());
     }
 
     #[test]

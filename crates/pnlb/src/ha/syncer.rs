@@ -571,13 +571,14 @@ impl Syncer {
                     flows,
                     installed,
                     purged,
+                    rests,
                     covered,
                     took,
                 }) => {
                     self.gaps.dump_arrived(Instant::now(), covered);
                     self.synced.store(true, Ordering::Relaxed);
                     info!(
-                        "ha sync: full table received from {from}, whole (dump #{dump:08x}): {flows} flow(s) in {} ms ({:.0} flows/s), {installed} installed, {purged} no longer held there removed",
+                        "ha sync: full table received from {from}, whole (dump #{dump:08x}): {flows} flow(s) in {} ms ({:.0} flows/s), {installed} installed, {purged} no longer held there removed, {rests} SNAT rest(s) taken on",
                         took.as_millis(),
                         flows as f64 / took.as_secs_f64().max(1e-6)
                     );

@@ -5,8 +5,8 @@
 //!
 //! A backup without a full table connects to each peer in turn and sends a
 //! Request with a random dump id; the active node (the others hang up)
-//! answers with frames of that id, then an End with how many flows it
-//! sent. Every frame is signed; a frame of another dump id (a replayed
+//! answers with frames of that id, then (if asked: every node of this
+//! build asks) the SNAT rests, then an End with how many flows it sent. Every frame is signed; a frame of another dump id (a replayed
 //! stream) or from another sender ends the transfer. Both sides work on
 //! threads of their own: neither the daemon loop nor the advert thread
 //! waits for a dump.
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::context::SyncContext;
-use super::sync::{Kind, Message, MAX_MESSAGE, PER_FRAME, SYNC_PORT};
+use super::sync::{Kind, Message, Rest, ASKS_FOR_RESTS, MAX_MESSAGE, PER_FRAME, SYNC_PORT};
 use crate::log::{info, warning};
 
 /// How long a peer may take to connect, or to send the next frame.
@@ -123,6 +123,21 @@ fn answer(
         sent += frame.flows.len();
         write_frame(&mut out, &frame, &context.key)?;
     }
+    let mut rests_sent = 0usize;
+    if request.count & ASKS_FOR_RESTS != 0 {
+        // Every rest that any service's snat_reuse_after may still hold.
+        let longest = pnlb_core::config::MAX_SNAT_REUSE_AFTER.as_nanos() as u64;
+        for chunk in context.tables.snat_rests(longest).chunks(PER_FRAME) {
+            let mut frame = context.message(Kind::Rests, Vec::new());
+            frame.dump = request.dump;
+            frame.rests = chunk
+                .iter()
+                .map(|&(key, rested_ns)| Rest { key, rested_ns })
+                .collect();
+            rests_sent += chunk.len();
+            write_frame(&mut out, &frame, &context.key)?;
+        }
+    }
     let mut end = context.message(Kind::End, Vec::new());
     end.dump = request.dump;
     end.count = u32::try_from(sent).unwrap_or(u32::MAX);
@@ -131,7 +146,7 @@ fn answer(
     out.flush()?;
     let took = started.elapsed();
     info!(
-        "ha sync: sent full dump #{:08x} to {peer}: {sent} flow(s) in {} ms (table read {} ms; {:.0} flows/s)",
+        "ha sync: sent full dump #{:08x} to {peer}: {sent} flow(s) and {rests_sent} SNAT rest(s) in {} ms (table read {} ms; {:.0} flows/s)",
         request.dump,
         took.as_millis(),
         read.as_millis(),
@@ -151,6 +166,8 @@ pub enum Fetched {
         installed: u64,
         /// Flows held here that the dump did not carry, removed.
         purged: u64,
+        /// SNAT reply keys resting there, resting here now too.
+        rests: u64,
         /// The last incremental serial the dump holds.
         covered: u32,
         took: Duration,
@@ -195,6 +212,7 @@ pub fn fetch_from(context: &SyncContext, peer: IpAddr) -> Result<Fetched> {
     stream.set_write_timeout(Some(FRAME_TIMEOUT))?;
     let mut request = context.message(Kind::Request, Vec::new());
     request.dump = dump;
+    request.count = ASKS_FOR_RESTS;
     write_frame(&mut &stream, &request, &context.key)?;
     Ok(receive(context, &stream, peer, dump)?.unwrap_or(Fetched::NoActive))
 }
@@ -208,7 +226,7 @@ fn receive(
 ) -> Result<Option<Fetched>> {
     let started = Instant::now();
     let mut input = BufReader::with_capacity(1 << 16, stream);
-    let (mut arrived, mut installed) = (0u64, 0u64);
+    let (mut arrived, mut installed, mut rests) = (0u64, 0u64, 0u64);
     loop {
         let Some(frame) = read_frame(&mut input, &context.key)? else {
             if arrived == 0 {
@@ -224,6 +242,10 @@ fn receive(
                 arrived += frame.flows.len() as u64;
                 installed += context.install(&frame.flows) as u64;
             }
+            Kind::Rests => {
+                rests += frame.rests.len() as u64;
+                context.go_on_resting(&frame.rests);
+            }
             Kind::End if u64::from(frame.count) == arrived => {
                 return Ok(Some(Fetched::Whole {
                     from: peer,
@@ -231,6 +253,7 @@ fn receive(
                     flows: arrived,
                     installed,
                     purged: 0,
+                    rests,
                     covered: frame.serial,
                     took: started.elapsed(),
                 }))
