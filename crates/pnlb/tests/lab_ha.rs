@@ -114,6 +114,9 @@ fn through(lab: &Lab, what: &str, taker: &LabProcess, fault: impl FnOnce()) -> D
         "{what}: takeover after {takeover:?}; short requests: {ok} answered, {failed} failed"
     );
     assert!(ok > 20, "{what}: only {ok} requests answered");
+    // Each failure is a second without an answer (the connect timeout):
+    // a takeover's gap is well under one; more than three is an outage.
+    assert!(failed <= 3, "{what}: {failed} requests failed");
     // IPv6 follows the floating fd77:1::254 (unsolicited neighbour advertisement).
     let v6 = pnlb_lab::in_netns(&lab.client, || request(IpAddr::V6(pnlb_lab::VIP6))).unwrap();
     if v6.is_err() {
