@@ -11,7 +11,7 @@
 //! once.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -134,16 +134,15 @@ impl KernelResolver {
         let neighbours = loop {
             let neighbours = neighbour_macs(&hops)
                 .map_err(|err| format!("cannot read the kernel's neighbours: {err}"))?;
-            let missing: Vec<IpAddr> = hops
+            let missing: Vec<&(IpAddr, u32)> = hops
                 .iter()
                 .filter(|h| !neighbours.contains_key(h))
-                .map(|(ip, _)| *ip)
                 .collect();
             if missing.is_empty() {
                 break neighbours;
             }
             if !probed {
-                missing.iter().for_each(|&hop| probe(hop));
+                missing.iter().for_each(|&&(hop, oif)| probe(oif, hop));
                 probed = true;
             }
             if Instant::now() >= deadline {
@@ -227,18 +226,31 @@ pub fn probe_unresolved(hops: &[(u32, IpAddr)]) -> usize {
         .collect();
     hops.iter()
         .filter(|hop| !resolved.contains(hop))
-        .inspect(|(_, address)| probe(*address))
+        .inspect(|&&(ifindex, address)| probe(ifindex, address))
         .count()
 }
 
-/// One empty datagram: enough for the kernel to resolve the neighbour.
-fn probe(hop: IpAddr) {
-    let bind: SocketAddr = match hop {
-        IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
-        IpAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+/// One empty datagram to `hop` on interface `ifindex`: enough for the
+/// kernel to resolve the neighbour. A link-local IPv6 hop (an IPv6 router
+/// as router advertisements name it) is sent to on that interface: without
+/// a scope the kernel refuses the datagram, and nothing is resolved.
+fn probe(ifindex: u32, hop: IpAddr) {
+    let (bind, to) = match hop {
+        IpAddr::V4(_) => (SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::new(hop, 9)),
+        IpAddr::V6(v6) => {
+            let scope = if v6.is_unicast_link_local() {
+                ifindex
+            } else {
+                0
+            };
+            (
+                SocketAddr::from(([0u16; 8], 0)),
+                SocketAddr::V6(SocketAddrV6::new(v6, 9, 0, scope)),
+            )
+        }
     };
     if let Ok(socket) = UdpSocket::bind(bind) {
-        let _ = socket.send_to(&[], SocketAddr::new(hop, 9));
+        let _ = socket.send_to(&[], to);
     }
 }
 

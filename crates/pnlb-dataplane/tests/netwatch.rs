@@ -415,3 +415,66 @@ fn host_addresses_are_added_and_removed_over_rtnetlink() {
         "only the host addresses went"
     );
 }
+
+/// Default routers the kernel has no neighbour entry for are probed
+/// (`nexthop::probe_unresolved`, the daemon's neighbour watch): an IPv4
+/// router, and an IPv6 one by its link-local address (as router
+/// advertisements install it), probed on its own interface while another
+/// (m0) has link-local routes too. Resolved ones are left alone.
+#[test]
+fn unresolved_routers_are_probed_link_local_ones_on_their_interface() {
+    if !privileged() {
+        return;
+    }
+    // The routers' namespace lives as long as this child (bounded: 60 s).
+    let mut holder = Command::new("unshare")
+        .args(["--net", "sleep", "60"])
+        .spawn()
+        .expect("unshare --net sleep");
+    let peer = holder.id();
+    std::thread::sleep(Duration::from_millis(200));
+    let result = std::thread::spawn(move || {
+        // SAFETY: unshare on this thread only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        sh(&format!(
+            "set -e
+            ip link set lo up
+            ip link add n0 type veth peer name n1
+            ip link set n1 netns {peer}
+            ip addr add 10.99.0.1/24 dev n0
+            ip -6 addr add fe80::1/64 dev n0 nodad
+            ip link set n0 up
+            nsenter -t {peer} -n ip addr add 10.99.0.254/24 dev n1
+            nsenter -t {peer} -n ip -6 addr add fe80::254/64 dev n1 nodad
+            nsenter -t {peer} -n ip link set n1 up
+            ip route add default via 10.99.0.254 dev n0
+            ip -6 route add default via fe80::254 dev n0
+            ip link add m0 type veth peer name m1
+            ip -6 addr add fe80::1/64 dev m0 nodad
+            ip link set m0 up
+            ip link set m1 up"
+        ));
+        let gateways = pnlb_dataplane::rtnetlink::routes::default_gateways().expect("route dump");
+        let probed = pnlb_dataplane::nexthop::probe_unresolved(&gateways);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let resolved = |neighbour: &str| state_of(neighbour).contains("REACHABLE");
+        while !(resolved("10.99.0.254") && resolved("fe80::254")) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let states = (state_of("10.99.0.254"), state_of("fe80::254"));
+        let probed_again = pnlb_dataplane::nexthop::probe_unresolved(&gateways);
+        (gateways, probed, states, probed_again)
+    })
+    .join();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let (gateways, probed, (v4, v6), probed_again) = result.expect("the test thread");
+    println!(
+        "routers {gateways:?}: {probed} probed; then {v4:?} and {v6:?}; {probed_again} probed again"
+    );
+    assert_eq!(gateways.len(), 2, "{gateways:?}");
+    assert_eq!(probed, 2, "neither had an entry");
+    assert!(v4.contains("REACHABLE"), "IPv4 router: {v4:?}");
+    assert!(v6.contains("REACHABLE"), "link-local IPv6 router: {v6:?}");
+    assert_eq!(probed_again, 0, "resolved ones are not probed again");
+}
