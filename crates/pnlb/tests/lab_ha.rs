@@ -311,32 +311,33 @@ fn snat_failover_keeps_a_long_download_going_through_kill_preemption_and_link_cu
     failover_keeps_transfers_going("snat");
 }
 
-/// A backup that starts after snat flows ended on the active node gets
-/// their rests in its full dump (the SNAT ports the servers may still hold
-/// in TIME_WAIT). When it then takes over, having carried no traffic and
-/// never sent to its router, the first new connection is answered: its
-/// replies are translated in XDP towards a router the daemon resolved
-/// beforehand (the kernel could not forward them: their source, the VIP,
-/// is its own address on the node that holds it).
-#[test]
-fn snat_rests_reach_a_fresh_backup_which_then_serves_at_once_on_takeover() {
-    if !privileged() {
-        return;
-    }
+/// A backup that starts after flows ended on the active node, and then
+/// takes over having carried no traffic and never sent to its router.
+/// snat: the full dump carries the ended flows' rests (the SNAT ports the
+/// servers may still hold in TIME_WAIT). nat and snat: the first new
+/// connections after the takeover are answered, their replies translated
+/// in XDP towards a router the daemon resolved beforehand (the kernel
+/// could not forward them: their source, the VIP, is its own address on
+/// the node that holds it).
+fn a_fresh_backup_takes_over(method: &str) {
     const REQUESTS: u64 = 6;
     let lab = Lab::up(&LabSpec {
         ha: true,
         ..LabSpec::default()
     })
     .expect("lab");
+    if method == "nat" {
+        // nat replies go back through the pair: via its floating address.
+        lab.route_servers_via(pnlb_lab::Gateway::Floating).unwrap();
+    }
     // Closed flows are swept within tcp_close and one sweep (5 s).
     let with_short_close = |path: std::path::PathBuf| {
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, format!("[timeouts]\ntcp_close = \"1s\"\n\n{text}")).unwrap();
         path
     };
-    let config1 = with_short_close(pair_config(&lab, "snat", 1, 150));
-    let config2 = with_short_close(pair_config(&lab, "snat", 2, 100));
+    let config1 = with_short_close(pair_config(&lab, method, 1, 150));
+    let config2 = with_short_close(pair_config(&lab, method, 2, 100));
     let mut node1 = start_ha_node(&lab.lb, &config1);
     node1
         .wait_for_line("ha: MASTER", Duration::from_secs(10))
@@ -349,15 +350,15 @@ fn snat_rests_reach_a_fresh_backup_which_then_serves_at_once_on_takeover() {
             node1.output()
         );
     }
-    // Every flow closed, swept and put to rest on node 1 (tcp_close 1 s,
-    // a sweep every 5 s), before node 2 first starts.
+    // Every flow closed, swept and (snat) put to rest on node 1 (tcp_close
+    // 1 s, a sweep every 5 s), before node 2 first starts.
     std::thread::sleep(Duration::from_secs(8));
 
     let lb2 = lab.lb2.clone().unwrap();
     let node2 = start_ha_node(&lb2, &config2);
     let received = wait_for_log(&node2, "full table received", Duration::from_secs(10));
     let sent = wait_for_log(&node1, "sent full dump", Duration::from_secs(5));
-    eprintln!("node 1: {sent}\nnode 2: {received}");
+    eprintln!("{method}: node 1: {sent}\n{method}: node 2: {received}");
     let count_before = |line: &str, words: &str| -> u64 {
         line.split(words)
             .next()
@@ -365,16 +366,18 @@ fn snat_rests_reach_a_fresh_backup_which_then_serves_at_once_on_takeover() {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no count before {words:?} in {line:?}"))
     };
+    let rests = if method == "snat" { REQUESTS } else { 0 };
     assert!(
-        count_before(&sent, " SNAT rest(s) in ") >= REQUESTS,
+        count_before(&sent, " SNAT rest(s) in ") >= rests,
         "node 1 sent every rest: {sent}"
     );
     assert!(
-        count_before(&received, " SNAT rest(s) taken on") >= REQUESTS,
+        count_before(&received, " SNAT rest(s) taken on") >= rests,
         "node 2 took every rest on: {received}"
     );
 
-    // Node 1 steps down; node 2, idle so far, takes over.
+    // Node 1 steps down; node 2, idle so far (a second and a half up: its
+    // first neighbour round is within a second), takes over.
     std::thread::sleep(Duration::from_millis(1500));
     node1.signal(libc::SIGTERM);
     wait_for_log(&node2, "ha: MASTER", Duration::from_secs(5));
@@ -383,7 +386,7 @@ fn snat_rests_reach_a_fresh_backup_which_then_serves_at_once_on_takeover() {
         .map(|_| pnlb_lab::in_netns(&lab.client, || request(IpAddr::V4(VIP4))).unwrap())
         .collect();
     eprintln!(
-        "the first three connections after the takeover, within {:?}: {answers:?}",
+        "{method}: the first three connections after the takeover, within {:?}: {answers:?}",
         taken_over.elapsed()
     );
     assert!(
@@ -393,4 +396,20 @@ fn snat_rests_reach_a_fresh_backup_which_then_serves_at_once_on_takeover() {
     );
     node1.stop(Duration::from_secs(5));
     node2.stop(Duration::from_secs(5));
+}
+
+#[test]
+fn snat_rests_reach_a_fresh_backup_which_then_serves_at_once_on_takeover() {
+    if !privileged() {
+        return;
+    }
+    a_fresh_backup_takes_over("snat");
+}
+
+#[test]
+fn nat_a_fresh_backup_serves_at_once_on_takeover() {
+    if !privileged() {
+        return;
+    }
+    a_fresh_backup_takes_over("nat");
 }
