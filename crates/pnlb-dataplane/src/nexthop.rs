@@ -233,7 +233,8 @@ pub fn probe_unresolved(hops: &[(u32, IpAddr)]) -> usize {
 /// One empty datagram to `hop` on interface `ifindex`: enough for the
 /// kernel to resolve the neighbour. A link-local IPv6 hop (an IPv6 router
 /// as router advertisements name it) is sent to on that interface: without
-/// a scope the kernel refuses the datagram, and nothing is resolved.
+/// a scope the kernel picks one itself, which on a host with several need
+/// not be the router's.
 fn probe(ifindex: u32, hop: IpAddr) {
     let (bind, to) = match hop {
         IpAddr::V4(_) => (SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::new(hop, 9)),

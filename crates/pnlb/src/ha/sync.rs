@@ -206,8 +206,13 @@ impl Message {
         }
     }
 
+    /// The entries it carries: a Rests message its rests, any other its flows.
     fn entries(&self) -> usize {
-        self.flows.len() + self.rests.len()
+        if self.kind == Kind::Rests {
+            self.rests.len()
+        } else {
+            self.flows.len()
+        }
     }
 
     pub fn emit(&self, key: &[u8]) -> Vec<u8> {
@@ -221,14 +226,19 @@ impl Message {
         out.extend_from_slice(&self.dump.to_be_bytes());
         out.extend_from_slice(&self.count.to_be_bytes());
         out.extend_from_slice(&self.serial.to_be_bytes());
-        for flow in &self.flows {
+        let (flows, rests) = if self.kind == Kind::Rests {
+            (&[][..], &self.rests[..])
+        } else {
+            (&self.flows[..], &[][..])
+        };
+        for flow in flows {
             out.extend_from_slice(bytes_of(&flow.key));
             out.extend_from_slice(&conn_to_wire(&flow.conn));
             out.extend_from_slice(bytes_of(&flow.service));
             out.extend_from_slice(&mapped(flow.backend));
             out.extend_from_slice(&flow.backend_port.to_be_bytes());
         }
-        for rest in &self.rests {
+        for rest in rests {
             out.extend_from_slice(bytes_of(&rest.key));
             out.extend_from_slice(&rest.rested_ns.to_be_bytes());
         }

@@ -6,8 +6,9 @@
 //! A backup without a full table connects to each peer in turn and sends a
 //! Request with a random dump id; the active node (the others hang up)
 //! answers with frames of that id, then (if asked: every node of this
-//! build asks) the SNAT rests, then an End with how many flows it sent. Every frame is signed; a frame of another dump id (a replayed
-//! stream) or from another sender ends the transfer. Both sides work on
+//! build asks) the SNAT rests, then an End with how many flows it sent.
+//! Every frame is signed; a frame of another dump id (a replayed stream)
+//! or from another sender ends the transfer. Both sides work on
 //! threads of their own: neither the daemon loop nor the advert thread
 //! waits for a dump.
 //!
@@ -126,7 +127,8 @@ fn answer(
     let mut rests_sent = 0usize;
     if request.count & ASKS_FOR_RESTS != 0 {
         // Every rest that any service's snat_reuse_after may still hold.
-        let longest = pnlb_core::config::MAX_SNAT_REUSE_AFTER.as_nanos() as u64;
+        let longest =
+            u64::try_from(pnlb_core::config::MAX_SNAT_REUSE_AFTER.as_nanos()).unwrap_or(u64::MAX);
         for chunk in context.tables.snat_rests(longest).chunks(PER_FRAME) {
             let mut frame = context.message(Kind::Rests, Vec::new());
             frame.dump = request.dump;
