@@ -657,11 +657,7 @@ fn a_synced_flow_is_translated_on_the_other_node_in_both_directions() {
         let reported = events.take();
         assert_eq!(reported.len(), 2, "one report per established flow");
 
-        let backup = pnlb_dataplane::Dataplane::load(65_536).expect("load");
-        let mut backup_programmer = pnlb_dataplane::Programmer::new();
-        backup_programmer
-            .apply(&backup, &config, &mut resolver)
-            .unwrap();
+        let (backup, backup_programmer) = backup_node(&config, &mut resolver);
         // Before the sync, the backup knows nothing of the flow: a reply
         // (in a download, the first packet after a takeover) is not
         // translated, it goes to the kernel.
@@ -720,35 +716,15 @@ fn a_flow_ended_on_the_peer_rests_its_snat_port_on_this_node_too() {
         return;
     }
     in_lb_netns(|| {
-        let text = SNAT_SYNC_CONFIG.replacen(
-            "snat_addresses = [\"10.77.1.254\"]\n",
-            "snat_addresses = [\"10.77.1.254\"]\nsnat_ports = \"30000-30001\"\nsnat_reuse_after = \"1s\"\n",
-            1,
-        );
-        let config = parse_config(&text);
+        let config = two_port_snat_config("1s");
         let mut resolver = sync_resolver();
         let (active, active_programmer) = active_node(&config, &mut resolver);
         let events = ConnEvents::open(&active.conn_event_ring().unwrap()).unwrap();
-        let mut ports = Vec::new();
-        for sport in [40_100u16, 40_101] {
-            let syn = Pkt::tcp("10.77.0.2", sport, "10.77.100.3", 80, SYN);
-            let (verdict, out) = run_on(&active, &syn.bytes());
-            assert_eq!(verdict, XDP_TX);
-            ports.push(endpoints(&out).1);
-            let ack = Pkt {
-                tcp: Some(ACK),
-                ..syn
-            };
-            assert_eq!(run_on(&active, &ack.bytes()).0, XDP_TX);
-        }
+        let (ports, _) = two_established_snat_flows(&active, [40_100, 40_101]);
         let reported = events.take();
         assert_eq!(reported.len(), 2, "both flows established and reported");
 
-        let backup = pnlb_dataplane::Dataplane::load(65_536).expect("load");
-        let mut backup_programmer = pnlb_dataplane::Programmer::new();
-        backup_programmer
-            .apply(&backup, &config, &mut resolver)
-            .unwrap();
+        let (backup, backup_programmer) = backup_node(&config, &mut resolver);
         for (key, conn) in &reported {
             let local = in_slots_of(&backup_programmer, &active_programmer, conn);
             backup.conns().install_flow(key, &local).unwrap();
@@ -792,28 +768,9 @@ fn the_rests_a_whole_dump_carries_keep_a_fresh_backup_off_their_ports() {
         return;
     }
     in_lb_netns(|| {
-        let text = SNAT_SYNC_CONFIG.replacen(
-            "snat_addresses = [\"10.77.1.254\"]\n",
-            "snat_addresses = [\"10.77.1.254\"]\nsnat_ports = \"30000-30001\"\nsnat_reuse_after = \"2s\"\n",
-            1,
-        );
-        let config = parse_config(&text);
-        let mut resolver = sync_resolver();
-        let (active, _active_programmer) = active_node(&config, &mut resolver);
-        let mut ports = Vec::new();
-        let mut flows = Vec::new();
-        for sport in [40_300u16, 40_301] {
-            let syn = Pkt::tcp("10.77.0.2", sport, "10.77.100.3", 80, SYN);
-            let (verdict, out) = run_on(&active, &syn.bytes());
-            assert_eq!(verdict, XDP_TX);
-            ports.push(endpoints(&out).1);
-            let ack = Pkt {
-                tcp: Some(ACK),
-                ..syn.clone()
-            };
-            assert_eq!(run_on(&active, &ack.bytes()).0, XDP_TX);
-            flows.push(flow_of(&syn.bytes()));
-        }
+        let config = two_port_snat_config("2s");
+        let (active, _active_programmer) = active_node(&config, &mut sync_resolver());
+        let (ports, flows) = two_established_snat_flows(&active, [40_300, 40_301]);
         // Both end on the active node (as its sweep ends them): they rest there.
         for key in &flows {
             active.conns().remove_flow(key).unwrap();
@@ -824,22 +781,14 @@ fn the_rests_a_whole_dump_carries_keep_a_fresh_backup_off_their_ports() {
         assert_eq!(rests.len(), 2, "both reply keys rest on the active node");
         assert!(rests.iter().all(|(_, rested)| *rested < 1_000_000_000));
 
-        let fresh_node = || {
-            let node = pnlb_dataplane::Dataplane::load(65_536).expect("load");
-            let mut programmer = pnlb_dataplane::Programmer::new();
-            programmer
-                .apply(&node, &config, &mut sync_resolver())
-                .unwrap();
-            (node, programmer)
-        };
         let new = Pkt::tcp("10.77.0.3", 40_400, "10.77.100.3", 80, SYN);
-        let (without, _p1) = fresh_node();
+        let (without, _p1) = backup_node(&config, &mut sync_resolver());
         let (verdict, out) = run_on(&without, &new.bytes());
         assert_eq!(verdict, XDP_TX, "a node that knows no rests takes a port");
         assert!(ports.contains(&endpoints(&out).1), "one of the resting two");
         drop(without);
 
-        let (backup, _p2) = fresh_node();
+        let (backup, _p2) = backup_node(&config, &mut sync_resolver());
         for (key, rested) in &rests {
             backup.conns().go_on_resting(key, *rested);
         }
@@ -1040,11 +989,7 @@ fn a_whole_dump_purges_the_flows_it_did_not_carry() {
         }
         let reported = events.take();
         assert_eq!(reported.len(), 2);
-        let backup = pnlb_dataplane::Dataplane::load(65_536).expect("load");
-        let mut backup_programmer = pnlb_dataplane::Programmer::new();
-        backup_programmer
-            .apply(&backup, &config, &mut resolver)
-            .unwrap();
+        let (backup, backup_programmer) = backup_node(&config, &mut resolver);
         let install = |(key, conn): &(pnlb_dataplane::abi::FlowKey, Conn)| {
             let local = in_slots_of(&backup_programmer, &active_programmer, conn);
             backup.conns().install_flow(key, &local).unwrap();
@@ -1096,6 +1041,53 @@ fn sync_resolver() -> StaticResolver {
 
 /// A data plane that reports its flows to the sync (as an HA node's does),
 /// programmed with `config`.
+/// SNAT_SYNC_CONFIG with a pool of two ports (30000-30001) that rest
+/// `reuse_after` after their flows end.
+fn two_port_snat_config(reuse_after: &str) -> pnlb_core::config::Config {
+    parse_config(&SNAT_SYNC_CONFIG.replacen(
+        "snat_addresses = [\"10.77.1.254\"]\n",
+        &format!(
+            "snat_addresses = [\"10.77.1.254\"]\nsnat_ports = \"30000-30001\"\nsnat_reuse_after = \"{reuse_after}\"\n"
+        ),
+        1,
+    ))
+}
+
+/// Two snat flows from 10.77.0.2's `sports`, established on `node` (SYN,
+/// then the client's ACK): the SNAT port each was given, and their keys.
+fn two_established_snat_flows(
+    node: &pnlb_dataplane::Dataplane,
+    sports: [u16; 2],
+) -> (Vec<u16>, Vec<pnlb_dataplane::abi::FlowKey>) {
+    let mut ports = Vec::new();
+    let mut flows = Vec::new();
+    for sport in sports {
+        let syn = Pkt::tcp("10.77.0.2", sport, "10.77.100.3", 80, SYN);
+        let (verdict, out) = run_on(node, &syn.bytes());
+        assert_eq!(verdict, XDP_TX);
+        ports.push(endpoints(&out).1);
+        flows.push(flow_of(&syn.bytes()));
+        let ack = Pkt {
+            tcp: Some(ACK),
+            ..syn
+        };
+        assert_eq!(run_on(node, &ack.bytes()).0, XDP_TX);
+    }
+    (ports, flows)
+}
+
+/// A node that reports no flows of its own (no sync ring), programmed with
+/// `config`.
+fn backup_node(
+    config: &pnlb_core::config::Config,
+    resolver: &mut StaticResolver,
+) -> (pnlb_dataplane::Dataplane, pnlb_dataplane::Programmer) {
+    let dataplane = pnlb_dataplane::Dataplane::load(65_536).expect("load");
+    let mut programmer = pnlb_dataplane::Programmer::new();
+    programmer.apply(&dataplane, config, resolver).unwrap();
+    (dataplane, programmer)
+}
+
 fn active_node(
     config: &pnlb_core::config::Config,
     resolver: &mut StaticResolver,
