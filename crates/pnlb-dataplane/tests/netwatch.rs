@@ -41,6 +41,39 @@ fn in_own_netns<T: Send + 'static>(
     .join()
 }
 
+/// Runs `body(peer)` on a thread in a network namespace of its own, with a
+/// veth pair n0 - n1 whose n1 is in a second namespace, held by a child
+/// (bounded: 60 s; ended by its own PID after) that `nsenter -t {peer} -n`
+/// reaches; `setup(peer)` (shell lines) runs first.
+fn with_peer_netns<T: Send + 'static>(
+    setup: impl FnOnce(u32) -> String,
+    body: impl FnOnce(u32) -> T + Send + 'static,
+) -> std::thread::Result<T> {
+    let mut holder = Command::new("unshare")
+        .args(["--net", "sleep", "60"])
+        .spawn()
+        .expect("unshare --net sleep");
+    let peer = holder.id();
+    std::thread::sleep(Duration::from_millis(200));
+    let setup = setup(peer);
+    let result = std::thread::spawn(move || {
+        // SAFETY: unshare on this thread only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        sh(&format!(
+            "set -e
+            ip link set lo up
+            ip link add n0 type veth peer name n1
+            ip link set n1 netns {peer}
+            {setup}"
+        ));
+        body(peer)
+    })
+    .join();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    result
+}
+
 fn state_of(neighbour: &str) -> String {
     let out = Command::new("ip")
         .args(["neigh", "show", neighbour, "dev", "n0"])
@@ -54,27 +87,16 @@ fn a_stale_neighbour_is_reverified_on_request_and_a_new_mac_is_an_event() {
     if !privileged() {
         return;
     }
-    // The peer's namespace lives as long as this child (bounded: 60 s).
-    let mut holder = Command::new("unshare")
-        .args(["--net", "sleep", "60"])
-        .spawn()
-        .expect("unshare --net sleep");
-    let peer = holder.id();
-    std::thread::sleep(Duration::from_millis(200));
-    let result = std::thread::spawn(move || {
-        // SAFETY: unshare on this thread only.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-        sh(&format!(
-            "set -e
-            ip link set lo up
-            ip link add n0 type veth peer name n1
-            ip link set n1 netns {peer}
-            ip addr add 10.99.0.1/24 dev n0
+    let setup = |peer: u32| {
+        format!(
+            "ip addr add 10.99.0.1/24 dev n0
             ip link set n0 up
             nsenter -t {peer} -n ip addr add 10.99.0.2/24 dev n1
             nsenter -t {peer} -n ip link set n1 up
             sysctl -qw net.ipv4.neigh.n0.delay_first_probe_time=1"
-        ));
+        )
+    };
+    let result = with_peer_netns(setup, |peer| {
         let mut watch = NetWatch::subscribe().expect("rtnetlink");
         let n0 = pnlb_dataplane::loader::ifindex_of("n0").unwrap();
         let neighbour: IpAddr = "10.99.0.2".parse().unwrap();
@@ -148,11 +170,7 @@ fn a_stale_neighbour_is_reverified_on_request_and_a_new_mac_is_an_event() {
             }
         }
         assert!(learned, "the new MAC arrived as an event");
-    })
-    .join();
-    // Ours, ended by its own PID.
-    let _ = holder.kill();
-    let _ = holder.wait();
+    });
     result.expect("test body");
 }
 
@@ -426,22 +444,10 @@ fn unresolved_routers_are_probed_link_local_ones_on_their_interface() {
     if !privileged() {
         return;
     }
-    // The routers' namespace lives as long as this child (bounded: 60 s).
-    let mut holder = Command::new("unshare")
-        .args(["--net", "sleep", "60"])
-        .spawn()
-        .expect("unshare --net sleep");
-    let peer = holder.id();
-    std::thread::sleep(Duration::from_millis(200));
-    let result = std::thread::spawn(move || {
-        // SAFETY: unshare on this thread only.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-        sh(&format!(
-            "set -e
-            ip link set lo up
-            ip link add n0 type veth peer name n1
-            ip link set n1 netns {peer}
-            ip addr add 10.99.0.1/24 dev n0
+    // The routers are the peer namespace's n1.
+    let setup = |peer: u32| {
+        format!(
+            "ip addr add 10.99.0.1/24 dev n0
             ip -6 addr add fe80::1/64 dev n0 nodad
             ip link set n0 up
             nsenter -t {peer} -n ip addr add 10.99.0.254/24 dev n1
@@ -453,7 +459,9 @@ fn unresolved_routers_are_probed_link_local_ones_on_their_interface() {
             ip -6 addr add fe80::1/64 dev m0 nodad
             ip link set m0 up
             ip link set m1 up"
-        ));
+        )
+    };
+    let result = with_peer_netns(setup, |_| {
         let gateways = pnlb_dataplane::rtnetlink::routes::default_gateways().expect("route dump");
         let probed = pnlb_dataplane::nexthop::probe_unresolved(&gateways);
         let deadline = Instant::now() + Duration::from_secs(3);
@@ -464,10 +472,7 @@ fn unresolved_routers_are_probed_link_local_ones_on_their_interface() {
         let states = (state_of("10.99.0.254"), state_of("fe80::254"));
         let probed_again = pnlb_dataplane::nexthop::probe_unresolved(&gateways);
         (gateways, probed, states, probed_again)
-    })
-    .join();
-    let _ = holder.kill();
-    let _ = holder.wait();
+    });
     let (gateways, probed, (v4, v6), probed_again) = result.expect("the test thread");
     println!(
         "routers {gateways:?}: {probed} probed; then {v4:?} and {v6:?}; {probed_again} probed again"
