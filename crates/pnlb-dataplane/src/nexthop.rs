@@ -215,18 +215,15 @@ pub fn probe_unresolved(hops: &[(u32, IpAddr)]) -> usize {
     if hops.is_empty() {
         return 0;
     }
+    let wanted: BTreeSet<(IpAddr, u32)> = hops.iter().map(|&(i, a)| (a, i)).collect();
     // Unread: nothing is known to be missing.
-    let Ok(entries) = neighbours() else {
+    let Ok(resolved) = neighbour_macs(&wanted) else {
         return 0;
     };
-    let resolved: BTreeSet<(u32, IpAddr)> = entries
-        .into_iter()
-        .filter(|entry| entry.usable_mac().is_some())
-        .map(|entry| (entry.ifindex, entry.address))
-        .collect();
-    hops.iter()
-        .filter(|hop| !resolved.contains(hop))
-        .inspect(|&&(ifindex, address)| probe(ifindex, address))
+    wanted
+        .iter()
+        .filter(|hop| !resolved.contains_key(hop))
+        .inspect(|&&(address, ifindex)| probe(ifindex, address))
         .count()
 }
 
