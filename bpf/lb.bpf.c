@@ -62,6 +62,7 @@ const volatile struct {
 	struct pnlb_node node;
 	struct pnlb_mac_key mac_key;
 	enum pnlb_address_filter_limits address_filter_limits;
+	enum pnlb_last_known_limits last_known_limits;
 } pnlb_abi_anchor;
 
 /*

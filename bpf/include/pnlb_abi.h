@@ -565,6 +565,27 @@ struct pnlb_backend_stats {
 	__u64 reply_bytes;
 };
 
+/*
+ * A next hop's MAC as the daemon last saw the kernel hold it usable
+ * (pnlb_last_known_neighbours, by the interface the FIB names and the next
+ * hop's address): a translated reply whose FIB answer is "no neighbour"
+ * goes to it rather than to the kernel, which cannot forward it while the
+ * VIP it comes from is a local address (a martian source). Only the
+ * routers and next hops the daemon watches are listed; one the kernel has
+ * given up on (FAILED) is taken out.
+ */
+enum pnlb_last_known_limits { PNLB_MAX_LAST_KNOWN = 256 };
+
+struct pnlb_neighbour_key {
+	__u32 ifindex;
+	struct pnlb_addr addr; /* IPv4-mapped for IPv4 */
+};
+
+struct pnlb_neighbour {
+	__u8 mac[6];     /* the next hop's */
+	__u8 src_mac[6]; /* ours on ifindex */
+};
+
 /* A VLAN device the FIB may route replies out of (pnlb_vlan_devices, by
  * its ifindex): sent on its parent, tagged with its id. */
 struct pnlb_vlan_device {
@@ -593,6 +614,8 @@ _Static_assert(sizeof(struct pnlb_service_stats) == 40 + 8 * PNLB_REASON_MAX,
 	       "pnlb_service_stats");
 _Static_assert(sizeof(struct pnlb_backend_stats) == 40, "pnlb_backend_stats");
 _Static_assert(sizeof(struct pnlb_vlan_device) == 8, "pnlb_vlan_device");
+_Static_assert(sizeof(struct pnlb_neighbour_key) == 20, "pnlb_neighbour_key");
+_Static_assert(sizeof(struct pnlb_neighbour) == 12, "pnlb_neighbour");
 
 /*
  * `pnlb decap` (bpf/decap.bpf.c), the real-server side of tun: its

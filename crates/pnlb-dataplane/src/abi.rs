@@ -13,8 +13,9 @@ pub use crate::skel::types::{
     pnlb_conn_direction as ConnDirection, pnlb_conn_event as ConnEvent,
     pnlb_conn_flags as ConnFlags, pnlb_conn_state as ConnState, pnlb_decap_counter as DecapCounter,
     pnlb_encap as Encap, pnlb_flow_key as FlowKey, pnlb_hash_key as HashKey,
-    pnlb_hash_seed as HashSeed, pnlb_limits as Limits, pnlb_mac_key as MacKey,
-    pnlb_meta_slot as MetaSlot, pnlb_method as Method, pnlb_node as Node,
+    pnlb_hash_seed as HashSeed, pnlb_last_known_limits as LastKnownLimits, pnlb_limits as Limits,
+    pnlb_mac_key as MacKey, pnlb_meta_slot as MetaSlot, pnlb_method as Method,
+    pnlb_neighbour as Neighbour, pnlb_neighbour_key as NeighbourKey, pnlb_node as Node,
     pnlb_node_limits as NodeLimits, pnlb_own_macs as OwnMacs, pnlb_reason as Reason,
     pnlb_scheduler as SchedulerKind, pnlb_service as Service, pnlb_service_copy as ServiceCopy,
     pnlb_service_flags as ServiceFlags, pnlb_service_key as ServiceKey,
@@ -47,6 +48,8 @@ const _: () = {
     assert!(offset_of!(Service, snat_reuse_s) == 18);
     assert!(offset_of!(Service, rate_interval_ns) == 24);
     assert!(size_of::<VlanDeviceEntry>() == 8);
+    assert!(size_of::<NeighbourKey>() == 20);
+    assert!(size_of::<Neighbour>() == 12);
     assert!(size_of::<Backend>() == 76);
     assert!(offset_of!(Backend, service_id) == 68);
     assert!(offset_of!(Backend, vlan) == 72);
@@ -84,6 +87,7 @@ pub const ABI_VERSION: u32 = AbiVersion::PNLB_ABI_VERSION.0;
 pub const TEST_HASH_SEED: u32 = HashSeed::PNLB_TEST_HASH_SEED.0;
 pub const REASON_COUNT: usize = Reason::PNLB_REASON_MAX.0 as usize;
 pub const MAX_SNAT_ADDRS: u32 = SnatLimits::PNLB_MAX_SNAT_ADDRS.0;
+pub const MAX_LAST_KNOWN: u32 = LastKnownLimits::PNLB_MAX_LAST_KNOWN.0;
 pub const DECAP_COUNTERS: usize = DecapCounter::PNLB_DECAP_COUNTERS.0 as usize;
 
 /// Types whose every byte pattern is a valid value and which have no
@@ -113,6 +117,8 @@ unsafe impl Plain for ConnEvent {}
 unsafe impl Plain for ServiceStats {}
 unsafe impl Plain for BackendStats {}
 unsafe impl Plain for VlanDeviceEntry {}
+unsafe impl Plain for NeighbourKey {}
+unsafe impl Plain for Neighbour {}
 unsafe impl Plain for u32 {}
 unsafe impl Plain for u64 {}
 

@@ -25,6 +25,7 @@ pub mod conntrack;
 pub mod decap;
 pub mod grace;
 pub mod inspect;
+pub mod last_known;
 pub mod loader;
 mod mapped;
 pub mod memory;

@@ -126,7 +126,7 @@ pub(crate) fn table_events(
     Ok(events)
 }
 
-fn per_cpu<T: Plain>(
+pub(crate) fn per_cpu<T: Plain>(
     map: &dyn MapCore,
     key: u32,
     name: &'static str,

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 
 use pnlb_core::config::Timeouts;
 use pnlb_dataplane::abi::{Conn, ConnDirection, ConnState};
+use pnlb_dataplane::last_known::LastKnownNeighbours;
 use pnlb_dataplane::sync::ConnEvents;
 use support::*;
 
@@ -167,6 +168,87 @@ fn nat_ipv4_tcp_rewrites_the_destination_with_port_mapping_and_back() {
             (1, 1, 1)
         );
     });
+}
+
+/// The kernel loses its entry for the router (garbage collection between
+/// two of the daemon's probes): the reply goes to the MAC the daemon last
+/// saw for it, not to the kernel, which would refuse it on a node whose
+/// VIP is a local address. Once the kernel gives up on the router (FAILED),
+/// the last known MAC is forgotten and replies go to the kernel again.
+#[test]
+fn a_reply_whose_router_the_kernel_forgot_goes_to_its_last_known_mac() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(CONFIG);
+        let d0 = pnlb_dataplane::loader::ifindex_of("d0").unwrap();
+        let routers = [(d0, ip("10.77.1.1")), (d0, ip("fd77:1::1"))];
+        let mut known = LastKnownNeighbours::default();
+        assert!(known.look(&routers).unwrap(), "both routers seen");
+        fixture
+            .dataplane
+            .set_last_known_neighbours(&known.entries())
+            .unwrap();
+        sh("ip neigh del 10.77.1.1 dev d0; ip -6 neigh del fd77:1::1 dev d0");
+        assert!(
+            !known.look(&routers).unwrap(),
+            "kept while the kernel has none"
+        );
+
+        for (client, vip, port, backend, backend_port) in [
+            ("10.77.0.2", "10.77.100.1", 80, "10.77.1.11", 8080),
+            ("fd77::2", "fd77:100::1", 53, "fd77:1::11", 53),
+        ] {
+            let udp = client.contains(':');
+            let packet = |src: &str, sport, dst: &str, dport| {
+                if udp {
+                    Pkt::udp(src, sport, dst, dport)
+                } else {
+                    Pkt::tcp(src, sport, dst, dport, SYN)
+                }
+            };
+            forward(&fixture, &packet(client, 40000, vip, port));
+            let answer =
+                packet(backend, backend_port, client, 40000).macs(backend_mac(ip(backend)), LB_MAC);
+            let expected = answer
+                .with(ip(vip), port, ip(client), 40000)
+                .routed()
+                .macs(LB_MAC, ROUTER_MAC);
+            assert_eq!(
+                reply(&fixture, &answer),
+                expected.bytes(),
+                "the reply to {client} goes to the router's last known MAC"
+            );
+        }
+        assert_eq!(fixture.dataplane.last_known_sent().unwrap(), 2);
+        assert_eq!(fixture.reason("pass_no_neigh"), 0);
+
+        // Asked, and nobody answered: the router is gone.
+        sh("ip neigh replace 10.77.1.1 dev d0 nud failed");
+        assert!(known.look(&routers).unwrap(), "a FAILED router forgotten");
+        fixture
+            .dataplane
+            .set_last_known_neighbours(&known.entries())
+            .unwrap();
+        let answer = Pkt::tcp("10.77.1.11", 8080, "10.77.0.2", 40000, ACK)
+            .macs(backend_mac(ip("10.77.1.11")), LB_MAC);
+        let (verdict, _) = fixture.run(&answer.bytes());
+        println!(
+            "last known MACs: {} sent; the FAILED router's reply: verdict {verdict}",
+            fixture.dataplane.last_known_sent().unwrap()
+        );
+        assert_eq!(verdict, XDP_PASS, "to the kernel, to resolve the router");
+        assert_eq!(fixture.reason("pass_no_neigh"), 1);
+    });
+}
+
+fn sh(script: &str) {
+    let status = std::process::Command::new("sh")
+        .args(["-c", script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script}");
 }
 
 /// A client whose address shares the VIP's address filter bit: its

@@ -318,7 +318,9 @@ fn snat_failover_keeps_a_long_download_going_through_kill_preemption_and_link_cu
 /// connections after the takeover are answered, their replies translated
 /// in XDP towards a router the daemon resolved beforehand (the kernel
 /// could not forward them: their source, the VIP, is its own address on
-/// the node that holds it).
+/// the node that holds it). Then the node's kernel loses its entry for the
+/// router (as neighbour garbage collection does between two of the
+/// daemon's probes): replies go on, to the router's last known MAC.
 fn a_fresh_backup_takes_over(method: &str) {
     const REQUESTS: u64 = 6;
     let lab = Lab::up(&LabSpec {
@@ -405,6 +407,24 @@ fn a_fresh_backup_takes_over(method: &str) {
         "{answers:?}: {:?}",
         node2.output()
     );
+
+    pnlb_lab::netns::ip(&lb2, &["neigh", "del", "10.77.1.1", "dev", LB_INTERFACE]).unwrap();
+    let forgotten = Instant::now();
+    let answers: Vec<Result<String, String>> = (0..3)
+        .map(|_| pnlb_lab::in_netns(&lab.client, || request(IpAddr::V4(VIP4))).unwrap())
+        .collect();
+    let within = forgotten.elapsed();
+    let sent = status_in(&lb2)["reasons"]["fwd_last_known_neigh"].as_u64();
+    eprintln!(
+        "{method}: three connections once node 2's kernel forgot the router, within {within:?}: \
+         {answers:?}; replies sent to its last known MAC: {sent:?}"
+    );
+    assert!(
+        answers.iter().all(Result::is_ok),
+        "{answers:?}: {:?}",
+        node2.output()
+    );
+    assert!(sent.is_some_and(|n| n > 0), "{sent:?}");
     node1.stop(Duration::from_secs(5));
     node2.stop(Duration::from_secs(5));
 }

@@ -504,6 +504,11 @@ impl Daemon {
                 warning!("publishing VLAN devices: {err}");
             }
         }
+        if let Some(neighbours) = self.next_hops.take_last_known() {
+            if let Err(err) = self.dataplane.set_last_known_neighbours(&neighbours) {
+                warning!("publishing the routers' last known MACs: {err}");
+            }
+        }
         let now = Instant::now();
         self.ramps.retain(|_, until| now < *until);
         if !self.due.is_empty() || !self.ramps.is_empty() {

@@ -24,6 +24,9 @@
 //!   no entry for are probed, from the first second on: a backup that
 //!   takes over has its default routers resolved, or the first replies it
 //!   translates would have nowhere to go (nexthop::probe_unresolved).
+//!   Each round also notes the MAC the kernel holds for each of them; the
+//!   data plane uses it when the kernel has lost the entry (last_known.rs),
+//!   for the seconds until the next round's probe has it back.
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -31,6 +34,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pnlb_dataplane::last_known::{LastKnownNeighbour, LastKnownNeighbours};
 use pnlb_dataplane::netwatch::{NetEvent, NetWatch};
 use pnlb_dataplane::nexthop::{
     probe_unresolved, vlan_devices, KernelResolver, Resolution, Resolver, VlanDevice,
@@ -63,6 +67,8 @@ pub(super) struct NextHops {
     requests: Sender<Vec<IpAddr>>,
     answers: Receiver<Answer>,
     events: Receiver<NetEvent>,
+    /// The watch thread's last known neighbours, each time they change.
+    last_known: Receiver<Vec<LastKnownNeighbour>>,
     /// The host's VLAN devices as last read, until the daemon takes them.
     vlan_devices: Option<Vec<VlanDevice>>,
     /// (interface, neighbour) pairs the watch thread re-verifies.
@@ -85,11 +91,12 @@ impl NextHops {
         let (answer, answers) = channel();
         std::thread::spawn(move || resolver_thread(&asked, &answer));
         let (event, events) = channel();
+        let (known, last_known) = channel();
         let watched = Arc::new(Mutex::new(Vec::new()));
         let shared = watched.clone();
         match NetWatch::subscribe() {
             Ok(mut watch) => {
-                std::thread::spawn(move || watch_thread(&mut watch, &event, &shared));
+                std::thread::spawn(move || watch_thread(&mut watch, &event, &known, &shared));
             }
             Err(err) => warning!(
                 "no neighbour events (rtnetlink: {err}): next-hop MAC changes are seen only at the periodic refresh"
@@ -102,6 +109,7 @@ impl NextHops {
             requests,
             answers,
             events,
+            last_known,
             vlan_devices: None,
             watched,
             refresh_at: None,
@@ -196,6 +204,12 @@ impl NextHops {
     /// plane's table of them).
     pub(super) fn take_vlan_devices(&mut self) -> Option<Vec<VlanDevice>> {
         self.vlan_devices.take()
+    }
+
+    /// The last known neighbours, if they changed since the last call (for
+    /// the data plane's table of them).
+    pub(super) fn take_last_known(&mut self) -> Option<Vec<LastKnownNeighbour>> {
+        self.last_known.try_iter().last()
     }
 
     /// A neighbour's MAC as the kernel now has it on `device`: every next
@@ -319,19 +333,34 @@ fn resolver_thread(asked: &Receiver<Vec<IpAddr>>, answer: &Sender<Answer>) {
     }
 }
 
-/// Forwards rtnetlink events and re-verifies the neighbours we forward to.
+/// Forwards rtnetlink events, re-verifies the neighbours we forward to and
+/// notes their MACs (sent to `known` whenever they change).
 fn watch_thread(
     watch: &mut NetWatch,
     events: &Sender<NetEvent>,
+    known: &Sender<Vec<LastKnownNeighbour>>,
     watched: &Mutex<Vec<(u32, IpAddr)>>,
 ) {
     // The first round within a second of the start: a node may take over
     // any moment.
     let mut last_confirm: Option<Instant> = None;
+    let mut last_known = LastKnownNeighbours::default();
+    // The first round's are sent even if empty: a restarted daemon's data
+    // plane may hold an earlier one's.
+    let mut first = true;
     loop {
+        let mut moved = false;
         match watch.wait(Duration::from_secs(1)) {
             Ok(batch) => {
                 for event in batch {
+                    if let NetEvent::Neighbour {
+                        ifindex,
+                        address,
+                        mac,
+                    } = event
+                    {
+                        moved |= last_known.learn(ifindex, address, mac);
+                    }
                     if events.send(event).is_err() {
                         return;
                     }
@@ -359,6 +388,14 @@ fn watch_thread(
             let hops: Vec<(u32, IpAddr)> = hops.into_iter().collect();
             watch.reverify(&hops);
             probe_unresolved(&hops);
+            // Unread: what was known stays.
+            moved |= last_known.look(&hops).unwrap_or(false);
+        }
+        if moved || first {
+            first = false;
+            if known.send(last_known.entries()).is_err() {
+                return;
+            }
         }
     }
 }
@@ -380,6 +417,7 @@ mod tests {
         let (requests, asked) = channel();
         let (answer, answers) = channel();
         let (_, events) = channel();
+        let (_, last_known) = channel();
         let hop = pnlb_dataplane::nexthop::NextHop {
             ifindex: 2,
             vlan: 0,
@@ -396,6 +434,7 @@ mod tests {
             requests,
             answers,
             events,
+            last_known,
             vlan_devices: None,
             watched: Arc::default(),
             refresh_at: None,

@@ -9,6 +9,9 @@ use pnlb_dataplane::stats::CounterSnapshot;
 use super::Daemon;
 use crate::api::model;
 
+/// Replies sent to a next hop's last known MAC: the kernel had none.
+const LAST_KNOWN_SENT: &str = "fwd_last_known_neigh";
+
 impl Daemon {
     /// Everything the API shows, read now.
     pub(super) fn status(&self) -> model::Status {
@@ -16,7 +19,7 @@ impl Daemon {
         let services = (0..self.config.services.len())
             .filter_map(|i| self.service_status(i, &now))
             .collect();
-        let reasons = self
+        let mut reasons: std::collections::BTreeMap<String, u64> = self
             .dataplane
             .reason_counters()
             .map(|totals| {
@@ -28,6 +31,13 @@ impl Daemon {
                     .collect()
             })
             .unwrap_or_default();
+        // Counted apart from the reasons (a map of its own: a new reason
+        // would change the ABI).
+        if let Ok(sent) = self.dataplane.last_known_sent() {
+            if sent > 0 {
+                reasons.insert(LAST_KNOWN_SENT.to_string(), sent);
+            }
+        }
         let (service_slots, backend_slots) = self.programmer.slots_in_use();
         let limits = self.dataplane.limits();
         model::Status {
