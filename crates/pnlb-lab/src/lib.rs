@@ -764,6 +764,29 @@ impl Lab {
         interface_counter(ns, dev, "rx_packets")
     }
 
+    /// Every lab link's drop counters so far, as "role/device rx" and
+    /// "role/device tx" (role: the namespace without the lab's prefix).
+    /// A veth counts on its sending side the packets its peer could not
+    /// take (the receiving CPU's backlog full, or with XDP on the peer its
+    /// 256-packet ring), and on the receiving side what it dropped itself.
+    pub fn link_drops(&self) -> Result<std::collections::BTreeMap<String, u64>, LabError> {
+        let mut drops = std::collections::BTreeMap::new();
+        for ns in &self.namespaces {
+            let out = netns::ip(ns, &["-s", "-j", "link", "show"])?;
+            let links: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .map_err(|err| LabError::Setup(format!("ip -s -j link in {ns}: {err}")))?;
+            let role = ns.strip_prefix(&format!("{}-", self.prefix)).unwrap_or(ns);
+            for link in links.as_array().into_iter().flatten() {
+                let name = link["ifname"].as_str().unwrap_or("?");
+                for direction in ["rx", "tx"] {
+                    let n = link["stats64"][direction]["dropped"].as_u64().unwrap_or(0);
+                    drops.insert(format!("{role}/{name} {direction}"), n);
+                }
+            }
+        }
+        Ok(drops)
+    }
+
     pub fn server(&self, name: &str) -> Option<&Server> {
         self.servers.iter().find(|s| s.name == name)
     }

@@ -52,6 +52,27 @@ pub fn busy_ns() -> u64 {
     busy * 1_000_000_000 / super::tools::clock_ticks()
 }
 
+/// The machine's packet backlog events so far, both CPUs summed, from
+/// /proc/net/softnet_stat: packets dropped because a CPU's backlog queue
+/// was full, and the times receive processing ran out of its budget with
+/// packets left (handed to ksoftirqd).
+pub fn softnet_drops_and_squeezes() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
+    stat.lines()
+        .map(|line| {
+            let column = |i| {
+                line.split_whitespace()
+                    .nth(i)
+                    .and_then(|f| u64::from_str_radix(f, 16).ok())
+                    .unwrap_or(0)
+            };
+            (column(1), column(2))
+        })
+        .fold((0, 0), |(d, s), (dropped, squeezed)| {
+            (d + dropped, s + squeezed)
+        })
+}
+
 fn delivered(lab: &Lab) -> Result<u64> {
     lab.servers.iter().try_fold(0, |sum, server| {
         Ok(sum + lab.rx_packets(&server.ns, "eth0")?)

@@ -105,6 +105,9 @@ struct Results {
     small_udp: BTreeMap<String, Vec<flood::FloodRun>>,
     /// snat, c=1, new connection per request: two runs back to back.
     snat_back_to_back: Option<(HttpRun, HttpRun)>,
+    /// setup -> per repetition of the SYN flood run: the packets each lab
+    /// link dropped during it (Lab::link_drops' names).
+    flood_drops: BTreeMap<String, Vec<BTreeMap<String, u64>>>,
 }
 
 pub fn bench(args: BenchArgs, binary: &str) -> Result<()> {
@@ -256,8 +259,29 @@ impl Runner<'_> {
             }
             if floods {
                 if wanted(UNDER_SYN_FLOOD) {
+                    let before = lab.link_drops()?;
+                    let softnet_before = flood::softnet_drops_and_squeezes();
                     let run = under_syn_flood(lab, target, args.seconds)?;
+                    let softnet = flood::softnet_drops_and_squeezes();
+                    let after = lab.link_drops()?;
                     record(&mut results.http, UNDER_SYN_FLOOD, &setup.name(), run);
+                    let softnet = [
+                        (BACKLOG_DROPS, softnet.0.saturating_sub(softnet_before.0)),
+                        (SQUEEZES, softnet.1.saturating_sub(softnet_before.1)),
+                    ];
+                    let dropped = after
+                        .into_iter()
+                        .map(|(link, n)| {
+                            let then = before.get(&link).copied().unwrap_or(0);
+                            (link, n.saturating_sub(then))
+                        })
+                        .chain(softnet.map(|(name, n)| (name.to_string(), n)))
+                        .collect();
+                    results
+                        .flood_drops
+                        .entry(setup.name())
+                        .or_default()
+                        .push(dropped);
                 }
                 if let Some(program) = setup.small_udp_program().filter(|_| wanted(SMALL_UDP)) {
                     let run = flood::flood(lab, target, args.seconds, program)?;
@@ -467,6 +491,65 @@ fn render_program_run_times(
     }
 }
 
+/// The machine-wide softnet figures kept beside the links' drops.
+const BACKLOG_DROPS: &str = "backlog drops";
+const SQUEEZES: &str = "softirq squeezes";
+
+/// Where packets were lost during the SYN flood runs: per setup, the
+/// median over repetitions of every link's drops, the largest first, then
+/// the machine's backlog drops and softirq squeezes.
+fn render_flood_drops(
+    out: &mut String,
+    order: &[String],
+    drops: &BTreeMap<String, Vec<BTreeMap<String, u64>>>,
+) {
+    const SHOWN: usize = 4;
+    if drops.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n== packets dropped on the lab's links during the SYN flood run (medians; the {SHOWN} largest) =="
+    );
+    for name in order.iter().filter(|n| drops.contains_key(*n)) {
+        let runs = &drops[name];
+        let links: std::collections::BTreeSet<&String> =
+            runs.iter().flat_map(|run| run.keys()).collect();
+        let median = |link: &str| {
+            let values = runs
+                .iter()
+                .map(|run| run.get(link).copied().unwrap_or(0) as f64)
+                .collect();
+            spread(values).0 as u64
+        };
+        let mut medians: Vec<(u64, &String)> = links
+            .into_iter()
+            .filter(|link| ![BACKLOG_DROPS, SQUEEZES].contains(&link.as_str()))
+            .map(|link| (median(link), link))
+            .filter(|(n, _)| *n > 0)
+            .collect();
+        medians.sort_by(|a, b| b.cmp(a));
+        let total: u64 = medians.iter().map(|(n, _)| n).sum();
+        let largest: Vec<String> = medians
+            .iter()
+            .take(SHOWN)
+            .map(|(n, link)| format!("{link} {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{name:<17} {total:>9} in all: {}; machine: {BACKLOG_DROPS} {}, {SQUEEZES} {}",
+            largest.join(", "),
+            median(BACKLOG_DROPS),
+            median(SQUEEZES)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "a veth counts on its sending side ('tx') what its peer could not take: the receiving CPU's \
+         backlog full, or, with an XDP program on the peer, its 256-packet ring (switch/lb tx: the LB's)."
+    );
+}
+
 fn render(results: &Results) -> String {
     let mut out = String::new();
     let order: Vec<String> = SETUPS.iter().map(|s| s.name()).collect();
@@ -578,6 +661,7 @@ fn render(results: &Results) -> String {
              haproxy is left out: it has no UDP in mode tcp."
         );
     }
+    render_flood_drops(&mut out, &order, &results.flood_drops);
     if let Some((first, second)) = &results.snat_back_to_back {
         let _ = writeln!(
             out,
