@@ -7,6 +7,7 @@ mod support;
 
 use std::net::IpAddr;
 
+use pnlb_dataplane::last_known::LastKnownNeighbours;
 use pnlb_dataplane::nexthop::VlanDevice;
 use support::*;
 
@@ -190,6 +191,35 @@ fn nat_and_snat_translate_tagged_frames_and_route_replies_out_of_a_vlan() {
                 .bytes(),
             "the reply leaves tagged 300, to the router behind VLAN 300"
         );
+
+        // The kernel loses router 2's entry: its last known MAC, on the
+        // same VLAN.
+        let mut known = LastKnownNeighbours::default();
+        assert!(known.look(&[(d0, ip("10.79.1.1"))]).unwrap());
+        fixture
+            .dataplane
+            .set_last_known_neighbours(&known.entries())
+            .unwrap();
+        let status = std::process::Command::new("ip")
+            .args(["neigh", "del", "10.79.1.1", "dev", "d0"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let data = Pkt::tcp("10.77.1.21", 8080, "10.79.0.2", 40002, ACK)
+            .macs(backend_mac(backend), LB_MAC)
+            .tagged(200);
+        let (verdict, out) = fixture.run(&data.bytes());
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            out,
+            Pkt::tcp("10.77.100.2", 80, "10.79.0.2", 40002, ACK)
+                .routed()
+                .macs(LB_MAC, router2_mac)
+                .tagged(300)
+                .bytes(),
+            "to router 2's last known MAC, tagged 300"
+        );
+        assert_eq!(fixture.dataplane.last_known_sent().unwrap(), 1);
 
         let query = Pkt::udp("fd79::2", 5353, "fd77:100::2", 53).tagged(300);
         let (verdict, out) = fixture.run(&query.bytes());
