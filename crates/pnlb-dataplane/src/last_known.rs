@@ -7,13 +7,13 @@
 //! address. An entry the kernel gave up on (FAILED: asked, and nobody
 //! answered) is taken out: the neighbour is gone, not merely forgotten.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::IpAddr;
 
 use libbpf_rs::{MapCore, MapFlags};
 
-use crate::abi::{self, bytes_of, from_bytes, Neighbour, NeighbourKey};
+use crate::abi::{self, bytes_of, Neighbour, NeighbourKey};
 use crate::loader::{Dataplane, DataplaneError};
 use crate::rtnetlink::links::links;
 use crate::rtnetlink::neighbours::{neighbours, NeighbourEntry, NUD_FAILED};
@@ -110,13 +110,6 @@ impl LastKnownNeighbours {
     }
 }
 
-fn key_of(ifindex: u32, address: IpAddr) -> NeighbourKey {
-    NeighbourKey {
-        ifindex,
-        addr: abi::addr(address),
-    }
-}
-
 impl Dataplane {
     /// Makes the program's table of last known neighbours exactly
     /// `neighbours` (at most PNLB_MAX_LAST_KNOWN; the rest are left out).
@@ -129,35 +122,32 @@ impl Dataplane {
             map: "pnlb_last_known_neighbours",
             source,
         };
-        let wanted: Vec<&LastKnownNeighbour> = neighbours
+        let wanted: Vec<(NeighbourKey, Neighbour)> = neighbours
             .iter()
             .take(abi::MAX_LAST_KNOWN as usize)
+            .map(|n| {
+                let key = NeighbourKey {
+                    ifindex: n.ifindex,
+                    addr: abi::addr(n.address),
+                };
+                let value = Neighbour {
+                    mac: n.mac,
+                    src_mac: n.src_mac,
+                };
+                (key, value)
+            })
             .collect();
+        let keys: HashSet<&[u8]> = wanted.iter().map(|(key, _)| bytes_of(key)).collect();
         let stale: Vec<Vec<u8>> = map
             .keys()
-            .filter(|key| {
-                from_bytes::<NeighbourKey>(key).is_none_or(|key| {
-                    !wanted.iter().any(|n| {
-                        let k = key_of(n.ifindex, n.address);
-                        k.ifindex == key.ifindex && k.addr.words == key.addr.words
-                    })
-                })
-            })
+            .filter(|key| !keys.contains(key.as_slice()))
             .collect();
         for key in stale {
             map.delete(&key).map_err(failed)?;
         }
-        for neighbour in wanted {
-            let value = Neighbour {
-                mac: neighbour.mac,
-                src_mac: neighbour.src_mac,
-            };
-            map.update(
-                bytes_of(&key_of(neighbour.ifindex, neighbour.address)),
-                bytes_of(&value),
-                MapFlags::ANY,
-            )
-            .map_err(failed)?;
+        for (key, value) in &wanted {
+            map.update(bytes_of(key), bytes_of(value), MapFlags::ANY)
+                .map_err(failed)?;
         }
         Ok(())
     }

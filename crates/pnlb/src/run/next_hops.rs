@@ -98,9 +98,13 @@ impl NextHops {
             Ok(mut watch) => {
                 std::thread::spawn(move || watch_thread(&mut watch, &event, &known, &shared));
             }
-            Err(err) => warning!(
-                "no neighbour events (rtnetlink: {err}): next-hop MAC changes are seen only at the periodic refresh"
-            ),
+            Err(err) => {
+                warning!(
+                    "no neighbour events (rtnetlink: {err}): next-hop MAC changes are seen only at the periodic refresh"
+                );
+                // No last known MACs: an earlier daemon's would stay as they were.
+                let _ = known.send(Vec::new());
+            }
         }
         Self {
             known: Resolution::new(),
@@ -370,6 +374,8 @@ fn watch_thread(
                 warning!(
                     "neighbour events stopped (rtnetlink: {err}); the periodic refresh goes on"
                 );
+                // Nobody keeps the last known MACs true any more.
+                let _ = known.send(Vec::new());
                 return;
             }
         }
