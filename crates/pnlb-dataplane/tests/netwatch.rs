@@ -203,8 +203,8 @@ fn a_permanent_neighbour_stays_permanent_when_reverified() {
 
 /// The daemon's periodic questions (which neighbours are STALE, which
 /// routers the default routes use) answered over rtnetlink in process, as
-/// `ip` lists them: the main table's default routes only, STALE entries
-/// only.
+/// `ip` lists them: the main table's default routes only (each router of
+/// a multipath one), STALE entries only.
 #[test]
 fn stale_neighbours_and_default_routers_are_read_over_rtnetlink() {
     if !privileged() {
@@ -213,7 +213,7 @@ fn stale_neighbours_and_default_routers_are_read_over_rtnetlink() {
     let result = in_own_netns(
         "ip -6 addr add fd99::1/64 dev n0 nodad
             ip route add default via 10.99.0.254 dev n0
-            ip -6 route add default via fd99::254 dev n0
+            ip -6 route add default nexthop via fd99::254 dev n0 nexthop via fd99::251 dev n0
             ip route add default via 10.99.0.253 dev n0 table 100
             ip route add 10.98.0.0/16 via 10.99.0.252 dev n0
             ip neigh replace 10.99.0.7 dev n0 lladdr 02:99:00:00:00:07 nud stale
@@ -238,7 +238,11 @@ fn stale_neighbours_and_default_routers_are_read_over_rtnetlink() {
     let ip = |text: &str| text.parse::<IpAddr>().unwrap();
     assert_eq!(
         gateways,
-        vec![(n0, ip("10.99.0.254")), (n0, ip("fd99::254"))]
+        vec![
+            (n0, ip("10.99.0.254")),
+            (n0, ip("fd99::254")),
+            (n0, ip("fd99::251"))
+        ]
     );
     let expected = [(n0, ip("10.99.0.7")), (n0, ip("fd99::7"))];
     assert_eq!(stale, expected.into_iter().collect());

@@ -6,7 +6,7 @@ use std::io;
 use std::net::IpAddr;
 
 use super::{
-    address_of, ask_each, attributes, dump, error_of, family_and_octets, message, u32_at,
+    address_of, ask_each, attributes, dump, error_of, family_and_octets, message, u16_at, u32_at,
     NLMSG_ERROR, NLM_F_REQUEST, RTM_GETROUTE, RTM_NEWROUTE,
 };
 
@@ -19,6 +19,10 @@ const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_PREFSRC: u16 = 7;
+const RTA_MULTIPATH: u16 = 9;
+/// struct rtnexthop: len (u16), flags, hops, ifindex (i32); its own
+/// attributes (the router: RTA_GATEWAY) follow, up to len.
+const RTNH_LEN: usize = 8;
 const RTA_TABLE: u16 = 15;
 
 /// The route to one host, as the kernel picks it.
@@ -42,6 +46,8 @@ struct RouteMessage {
     oif: Option<u32>,
     gateway: Option<IpAddr>,
     source: Option<IpAddr>,
+    /// A multipath route's (interface, router) pairs.
+    nexthops: Vec<(u32, IpAddr)>,
 }
 
 fn parse_route(body: &[u8]) -> Option<RouteMessage> {
@@ -61,36 +67,61 @@ fn parse_route(body: &[u8]) -> Option<RouteMessage> {
             RTA_PREFSRC => route.source = address_of(family, value),
             // The whole table id, where the header's byte holds 255.
             RTA_TABLE => route.table = u32_at(value, 0).unwrap_or(route.table),
+            RTA_MULTIPATH => route.nexthops = nexthops(family, value),
             _ => {}
         }
     }
     Some(route)
 }
 
+/// The (interface, router) of each of an RTA_MULTIPATH's rtnexthops that
+/// names one; a malformed one ends the list.
+fn nexthops(family: u8, mut bytes: &[u8]) -> Vec<(u32, IpAddr)> {
+    let mut hops = Vec::new();
+    while let (Some(len), Some(ifindex)) = (u16_at(bytes, 0), u32_at(bytes, 4)) {
+        let len = usize::from(len);
+        if len < RTNH_LEN || len > bytes.len() {
+            break;
+        }
+        let router = attributes(&bytes[RTNH_LEN..len])
+            .find(|&(attribute, _)| attribute == RTA_GATEWAY)
+            .and_then(|(_, value)| address_of(family, value));
+        hops.extend(router.map(|router| (ifindex, router)));
+        bytes = &bytes[((len + 3) & !3).min(bytes.len())..];
+    }
+    hops
+}
+
 /// The routers of the main table's default routes, IPv4 and IPv6, with
-/// their interface (as `ip route show default` lists them; a multipath
-/// default route names no single router and is left out).
+/// their interface (as `ip route show default` lists them; each router of
+/// a multipath one).
 pub fn default_gateways() -> io::Result<Vec<(u32, IpAddr)>> {
     let mut gateways = Vec::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
         let mut request = [0u8; RTMSG_LEN];
         request[0] = family as u8;
-        gateways.extend(dump(
-            RTM_GETROUTE,
-            &request,
-            RTM_NEWROUTE,
-            parse_default_route,
-        )?);
+        gateways.extend(
+            dump(RTM_GETROUTE, &request, RTM_NEWROUTE, parse_default_route)?
+                .into_iter()
+                .flatten(),
+        );
     }
     Ok(gateways)
 }
 
-/// (ifindex, router) of a default route of the main table, if `body` (an
-/// RTM_NEWROUTE message's) is one.
-fn parse_default_route(body: &[u8]) -> Option<(u32, IpAddr)> {
+/// The (ifindex, router) pairs of a default route of the main table, if
+/// `body` (an RTM_NEWROUTE message's) is one: one, or a multipath route's
+/// each.
+fn parse_default_route(body: &[u8]) -> Option<Vec<(u32, IpAddr)>> {
     let route = parse_route(body)?;
     let default = route.dst_len == 0 && route.kind == RTN_UNICAST && route.table == RT_TABLE_MAIN;
-    default.then_some((route.oif?, route.gateway?))
+    if !default {
+        return None;
+    }
+    if !route.nexthops.is_empty() {
+        return Some(route.nexthops);
+    }
+    Some(vec![(route.oif?, route.gateway?)])
 }
 
 /// The route to each of `hosts` (`ip route get` of each, asked together);
@@ -175,7 +206,7 @@ mod tests {
         );
         assert_eq!(
             parse_default_route(&v4),
-            Some((2, IpAddr::V4(Ipv4Addr::new(10, 77, 1, 1))))
+            Some(vec![(2, IpAddr::V4(Ipv4Addr::new(10, 77, 1, 1)))])
         );
         let router6: Ipv6Addr = "fd77:1::1".parse().unwrap();
         let v6 = route(
@@ -189,7 +220,54 @@ mod tests {
                 attribute(RTA_GATEWAY, &router6.octets()),
             ],
         );
-        assert_eq!(parse_default_route(&v6), Some((3, IpAddr::V6(router6))));
+        assert_eq!(
+            parse_default_route(&v6),
+            Some(vec![(3, IpAddr::V6(router6))])
+        );
+    }
+
+    /// struct rtnexthop with its attributes.
+    fn nexthop(ifindex: u32, attributes: &[Vec<u8>]) -> Vec<u8> {
+        let len: usize = RTNH_LEN + attributes.iter().map(Vec::len).sum::<usize>();
+        let mut out = (len as u16).to_ne_bytes().to_vec();
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&ifindex.to_ne_bytes());
+        for a in attributes {
+            out.extend_from_slice(a);
+        }
+        out
+    }
+
+    #[test]
+    fn a_multipath_default_route_gives_each_router_with_its_interface() {
+        let first: Ipv6Addr = "fe80::1".parse().unwrap();
+        let second: Ipv6Addr = "fe80::2".parse().unwrap();
+        let mut hops = nexthop(4, &[attribute(RTA_GATEWAY, &first.octets())]);
+        // One without a router (a device route) is no router.
+        hops.extend(nexthop(6, &[]));
+        hops.extend(nexthop(5, &[attribute(RTA_GATEWAY, &second.octets())]));
+        let v6 = route(
+            libc::AF_INET6 as u8,
+            0,
+            RT_TABLE_MAIN as u8,
+            RTN_UNICAST,
+            &[attribute(RTA_MULTIPATH, &hops)],
+        );
+        assert_eq!(
+            parse_default_route(&v6),
+            Some(vec![(4, IpAddr::V6(first)), (5, IpAddr::V6(second))])
+        );
+        // Cut anywhere, or with a length that lies: no panic, no router
+        // that was not there.
+        for cut in 0..hops.len() {
+            let found = nexthops(libc::AF_INET6 as u8, &hops[..cut]);
+            assert!(found.len() <= 2, "{found:?}");
+        }
+        let mut lying = hops.clone();
+        lying[0] = 0xff;
+        assert!(nexthops(libc::AF_INET6 as u8, &lying).is_empty());
+        lying[0] = 2;
+        assert!(nexthops(libc::AF_INET6 as u8, &lying).is_empty());
     }
 
     #[test]
