@@ -768,7 +768,7 @@ impl Lab {
     /// "role/device tx" (role: the namespace without the lab's prefix).
     /// A veth counts on its sending side the packets its peer could not
     /// take (the receiving CPU's backlog full, or with XDP on the peer its
-    /// 256-packet ring), and on the receiving side what it dropped itself.
+    /// 256-packet ring); a backlog drop is counted by the receiver too.
     pub fn link_drops(&self) -> Result<std::collections::BTreeMap<String, u64>, LabError> {
         let mut drops = std::collections::BTreeMap::new();
         for ns in &self.namespaces {

@@ -546,7 +546,8 @@ fn render_flood_drops(
     let _ = writeln!(
         out,
         "a veth counts on its sending side ('tx') what its peer could not take: the receiving CPU's \
-         backlog full, or, with an XDP program on the peer, its 256-packet ring (switch/lb tx: the LB's)."
+         backlog full (counted by the receiver's 'rx' too, and in the machine's backlog drops), or, \
+         with an XDP program on the peer, its 256-packet ring (switch/lb tx: the LB's)."
     );
 }
 
