@@ -381,11 +381,10 @@ fn watch_thread(
         }
         if last_confirm.is_none_or(|at| at.elapsed() >= CONFIRM_EVERY) {
             last_confirm = Some(Instant::now());
+            let routers = pnlb_dataplane::rtnetlink::routes::default_gateways();
+            let routers_read = routers.is_ok();
             let mut hops: BTreeSet<(u32, IpAddr)> =
-                pnlb_dataplane::rtnetlink::routes::default_gateways()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect();
+                routers.unwrap_or_default().into_iter().collect();
             if let Ok(watched) = watched.lock() {
                 hops.extend(watched.iter().copied());
             }
@@ -394,8 +393,11 @@ fn watch_thread(
             let hops: Vec<(u32, IpAddr)> = hops.into_iter().collect();
             watch.reverify(&hops);
             probe_unresolved(&hops);
-            // Unread: what was known stays.
-            moved |= last_known.look(&hops).unwrap_or(false);
+            // Unread (the routers or the neighbours): what was known
+            // stays, rather than the routers taken for gone.
+            if routers_read {
+                moved |= last_known.look(&hops).unwrap_or(false);
+            }
         }
         if moved || first {
             first = false;
