@@ -243,14 +243,6 @@ fn a_reply_whose_router_the_kernel_forgot_goes_to_its_last_known_mac() {
     });
 }
 
-fn sh(script: &str) {
-    let status = std::process::Command::new("sh")
-        .args(["-c", script])
-        .status()
-        .unwrap();
-    assert!(status.success(), "{script}");
-}
-
 /// A client whose address shares the VIP's address filter bit: its
 /// packets from the backend are taken for a VIP's by parse, and must still
 /// be translated back as replies once the service lookup finds none.
@@ -824,18 +816,13 @@ fn a_flow_ended_on_the_peer_rests_its_snat_port_on_this_node_too() {
         assert!(rests.iter().all(Option::is_some), "both reply keys rest");
 
         let new = Pkt::tcp("10.77.0.3", 40_200, "10.77.100.3", 80, SYN);
-        assert_eq!(
-            run_on(&backup, &new.bytes()).0,
-            XDP_DROP,
-            "both ports rest: no new flow takes one"
+        ports_rest_then_serve(
+            &backup,
+            &new,
+            &ports,
+            "both ports rest: no new flow takes one",
+            1100,
         );
-        std::thread::sleep(std::time::Duration::from_millis(1100));
-        let (verdict, out) = run_on(&backup, &new.bytes());
-        assert_eq!(
-            verdict, XDP_TX,
-            "after snat_reuse_after a port serves again"
-        );
-        assert!(ports.contains(&endpoints(&out).1));
     });
 }
 
@@ -874,18 +861,13 @@ fn the_rests_a_whole_dump_carries_keep_a_fresh_backup_off_their_ports() {
         for (key, rested) in &rests {
             backup.conns().go_on_resting(key, *rested);
         }
-        assert_eq!(
-            run_on(&backup, &new.bytes()).0,
-            XDP_DROP,
-            "both ports rest on the backup too: no new flow takes one"
+        ports_rest_then_serve(
+            &backup,
+            &new,
+            &ports,
+            "both ports rest on the backup too: no new flow takes one",
+            2100,
         );
-        std::thread::sleep(std::time::Duration::from_millis(2100));
-        let (verdict, out) = run_on(&backup, &new.bytes());
-        assert_eq!(
-            verdict, XDP_TX,
-            "after snat_reuse_after a port serves again"
-        );
-        assert!(ports.contains(&endpoints(&out).1));
     });
 }
 
@@ -1156,6 +1138,26 @@ fn two_established_snat_flows(
         assert_eq!(run_on(node, &ack.bytes()).0, XDP_TX);
     }
     (ports, flows)
+}
+
+/// `new` (a SYN) is dropped on `node` while both of the service's `ports`
+/// rest (`resting`: what the assertion says), and takes one of them once
+/// `snat_reuse_after` has passed (`reuse_after_ms` later).
+fn ports_rest_then_serve(
+    node: &pnlb_dataplane::Dataplane,
+    new: &Pkt,
+    ports: &[u16],
+    resting: &str,
+    reuse_after_ms: u64,
+) {
+    assert_eq!(run_on(node, &new.bytes()).0, XDP_DROP, "{resting}");
+    std::thread::sleep(std::time::Duration::from_millis(reuse_after_ms));
+    let (verdict, out) = run_on(node, &new.bytes());
+    assert_eq!(
+        verdict, XDP_TX,
+        "after snat_reuse_after a port serves again"
+    );
+    assert!(ports.contains(&endpoints(&out).1));
 }
 
 /// A node that reports no flows of its own (no sync ring), programmed with

@@ -144,11 +144,7 @@ fn nat_and_snat_translate_tagged_frames_and_route_replies_out_of_a_vlan() {
             ip neigh add 10.79.1.1 lladdr {router2} dev d0 nud permanent
             ip -6 neigh add fd79:1::1 lladdr {router2} dev d0 nud permanent"
         );
-        let status = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        sh(&script);
         let fixture = fixture_on_vlan(200);
         let d0 = pnlb_dataplane::loader::ifindex_of("d0").unwrap();
         fixture
@@ -200,11 +196,7 @@ fn nat_and_snat_translate_tagged_frames_and_route_replies_out_of_a_vlan() {
             .dataplane
             .set_last_known_neighbours(&known.entries())
             .unwrap();
-        let status = std::process::Command::new("ip")
-            .args(["neigh", "del", "10.79.1.1", "dev", "d0"])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        sh("ip neigh del 10.79.1.1 dev d0");
         let data = Pkt::tcp("10.77.1.21", 8080, "10.79.0.2", 40002, ACK)
             .macs(backend_mac(backend), LB_MAC)
             .tagged(200);

@@ -12,12 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pnlb_dataplane::netwatch::{NetEvent, NetWatch};
-use support::privileged;
-
-fn sh(script: &str) {
-    let status = Command::new("sh").args(["-c", script]).status().unwrap();
-    assert!(status.success(), "{script}");
-}
+use support::{privileged, sh};
 
 /// Runs `body` on a thread in a network namespace of its own, with a veth
 /// pair n0 (10.99.0.1/24) - n1 up and `setup` (shell lines) run first.

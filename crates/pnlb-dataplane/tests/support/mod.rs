@@ -515,6 +515,12 @@ pub fn endpoints(packet: &[u8]) -> (IpAddr, u16, IpAddr, u16) {
     )
 }
 
+/// Runs a shell script (`ip` and `sysctl` lines), which must succeed.
+pub fn sh(script: &str) {
+    let status = Command::new("sh").args(["-c", script]).status().unwrap();
+    assert!(status.success(), "{script}");
+}
+
 /// Runs `f` on a thread in a fresh network namespace of its own (gone
 /// when the thread ends), set up as an LB host: veth d0 with the LB's MAC and
 /// addresses, a router at 10.77.1.1 / fd77:1::1 with a permanent neighbour
@@ -552,11 +558,7 @@ pub fn in_lb_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) ->
             ip -6 neigh add fd77:1::1 lladdr {router} dev d0 nud permanent
             sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
         );
-        let status = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .status()
-            .unwrap();
-        assert!(status.success(), "setting up the LB namespace");
+        sh(&script);
         f()
     })
     .join()
@@ -567,11 +569,7 @@ pub fn in_lb_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) ->
 /// backends behind it: a fixture for `config` whose backends egress on d0.
 pub fn in_small_mtu_netns(config: &'static str, f: impl FnOnce(&mut Fixture) + Send + 'static) {
     in_lb_netns(move || {
-        let status = std::process::Command::new("ip")
-            .args(["link", "set", "d0", "mtu", "1400"])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        sh("ip link set d0 mtu 1400");
         let mut fixture = Fixture::new(config);
         fixture.resolver.ifindex = pnlb_dataplane::loader::ifindex_of("d0").unwrap();
         fixture.apply(config);
