@@ -209,7 +209,7 @@ static __always_inline int pnlb_handle_reply(struct xdp_md *ctx, const struct pn
 		return pnlb_too_big(ctx, conn->service_id, pkt, pnlb_server_peer(conn, pkt),
 				    fib.mtu_result, 0);
 	/* A UDP reply establishes its flow. */
-	promote = pnlb_conn_track(conn, table, pkt, 0);
+	promote = pnlb_conn_track(conn, table, pkt);
 	reason = pnlb_nat_rewrite(ctx, pkt, conn);
 	if (reason)
 		return pnlb_service_drop(conn->service_id, reason);
@@ -399,7 +399,9 @@ static __always_inline int pnlb_process(struct xdp_md *ctx)
 	verdict = pnlb_check_egress(ctx, svc->id, &pkt, backend);
 	if (verdict != PNLB_FITS)
 		return verdict;
-	promote = pnlb_conn_track(conn, table, &pkt, new_flow);
+	/* A new flow's entries were written as its first packet leaves them. */
+	if (!new_flow)
+		promote = pnlb_conn_track(conn, table, &pkt);
 
 	switch (svc->method) {
 	case PNLB_METHOD_DR:

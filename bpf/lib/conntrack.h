@@ -254,7 +254,7 @@ static __always_inline void pnlb_conn_report(const struct pnlb_flow_key *key,
  * the handshake's ACK, UDP on any packet after the first.
  */
 static __always_inline int pnlb_conn_track(struct pnlb_conn *conn, int table,
-					   const struct pnlb_packet *pkt, int new_flow)
+					   const struct pnlb_packet *pkt)
 {
 	__u64 now = pnlb_conn_clock();
 	__u8 next = pnlb_next_state(conn->state, pkt->tcp_flags);
@@ -272,7 +272,7 @@ static __always_inline int pnlb_conn_track(struct pnlb_conn *conn, int table,
 		conn->flags &= ~PNLB_CONN_F_SYNCED;
 		claimed = 1;
 	}
-	if (table == PNLB_NEW && !new_flow) {
+	if (table == PNLB_NEW) {
 		if (conn->state == PNLB_CT_UDP)
 			promote = 1;
 		else if (conn->flags & PNLB_CONN_F_REHASHED)
@@ -568,6 +568,10 @@ __attribute__((noinline)) int pnlb_conn_create(const struct pnlb_service *svc,
 	original->state = state;
 	original->flags = flags;
 	original->direction = PNLB_DIR_ORIGINAL;
+	/* What pnlb_conn_track would make of this first packet: every opening
+	 * state is the state this packet leaves it in, so only its FIN is left. */
+	if (pkt->tcp_flags & PNLB_TCP_FIN)
+		original->fin_seen = 1 << (PNLB_DIR_ORIGINAL & 1);
 	original->created_ns = now;
 	original->last_seen_ns = now;
 	original->rewrite_src = pkt->flow.src;
@@ -620,6 +624,15 @@ __attribute__((noinline)) int pnlb_conn_create(const struct pnlb_service *svc,
 	pnlb_count_table(PNLB_TC_NEW_ENTRIES, entries);
 	pnlb_count_opened(backend_id);
 	return 0;
+}
+
+/* The original entry pnlb_conn_create wrote last on this CPU. */
+static __always_inline struct pnlb_conn *pnlb_new_flow_written(void)
+{
+	__u32 zero = 0;
+	struct pnlb_new_flow *scratch = bpf_map_lookup_elem(&pnlb_new_flow_scratch, &zero);
+
+	return scratch ? &scratch->original : NULL;
 }
 
 /*
@@ -875,7 +888,10 @@ open:
 		pnlb_source_flow_moved(svc->id, &pkt->flow.src, 1);
 	if (rehashed)
 		pnlb_service_count(svc->id, PNLB_FWD_REHASHED);
-	*conn = bpf_map_lookup_elem(&pnlb_conns_new, &pkt->flow);
+	/* The entry as it was written (pnlb_conn_create's per-CPU copy):
+	 * its first packet needs it only to be rewritten, not tracked, so it
+	 * is not looked up again (one hash of the key and bucket walk less). */
+	*conn = pnlb_new_flow_written();
 	if (!*conn)
 		return PNLB_DROP_NO_BACKEND;
 	*table = PNLB_NEW;

@@ -336,6 +336,57 @@ fn a_nat_or_snat_flow_no_table_holds_is_re_created_by_hash() {
     });
 }
 
+/// A flow re-created from its client's FIN (a failover while it was
+/// closing) has that FIN in both entries from the start: a new flow's
+/// entries are written as its first packet leaves them, not tracked after.
+/// The backend's FIN then closes it (the short tcp_close timeout) instead
+/// of leaving it in FIN_WAIT.
+#[test]
+fn a_flow_re_created_from_its_fin_remembers_it_and_the_backends_fin_closes_it() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        for method in ["nat", "snat"] {
+            let fixture = Fixture::new(&config(method, "maglev", 3, ""));
+            let fin = client(42300, FIN);
+            let (verdict, out) = fixture.run(&fin.bytes());
+            assert_eq!(verdict, XDP_TX, "{method}: re-created");
+            let key = flow_of(&fin.bytes());
+            let (table, conn) = fixture.dataplane.find_connection(&key).unwrap();
+            println!(
+                "{method}: re-created from a FIN: {table:?}, state {}, fin_seen {}",
+                conn.state, conn.fin_seen
+            );
+            assert_eq!(table, Table::New, "{method}");
+            assert_eq!(u32::from(conn.state), ConnState::PNLB_CT_FIN_WAIT.0);
+            assert_eq!(conn.fin_seen, 1, "{method}: the client's FIN");
+
+            let backend = backend_of(&out);
+            let (source, source_port, _, _) = endpoints(&out);
+            let answer = Pkt::tcp(
+                &backend.to_string(),
+                8080,
+                &source.to_string(),
+                source_port,
+                FIN,
+            )
+            .macs(backend_mac(backend), LB_MAC);
+            assert_eq!(fixture.run(&answer.bytes()).0, XDP_REDIRECT, "{method}");
+            let conn = fixture.dataplane.lookup_connection(&key).unwrap();
+            println!(
+                "{method}: after the backend's FIN: state {}, fin_seen {}",
+                conn.state, conn.fin_seen
+            );
+            assert_eq!(
+                u32::from(conn.state),
+                ConnState::PNLB_CT_CLOSE.0,
+                "{method}: both sides closed"
+            );
+        }
+    });
+}
+
 /// The held figure of the issue: 40 idle established flows on a table of
 /// the minimum size, then 30,000 spoofed ACKs and 30,000 SYNs with random
 /// source ports; every idle flow still reaches its backend.
