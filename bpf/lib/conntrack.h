@@ -97,12 +97,13 @@ static __always_inline void pnlb_conn_delete(int table, const struct pnlb_flow_k
 /*
  * A flow's entry from either table; *table says which. pnlb_conn_find_after
  * is for a caller that looked in the established table already and found
- * `established` (or NULL). A flow that moves
- * to the established table while we look is found by the second look
- * there (it is inserted there before it leaves the new-flow table).
+ * `established` (or NULL). With `look_again`, a flow that moves to the
+ * established table while we look is found by a second look there (it is
+ * inserted there before it leaves the new-flow table).
  */
 static __always_inline struct pnlb_conn *
-pnlb_conn_find_after(struct pnlb_conn *established, const struct pnlb_flow_key *key, int *table)
+pnlb_conn_find_after(struct pnlb_conn *established, const struct pnlb_flow_key *key, int *table,
+		     int look_again)
 {
 	struct pnlb_conn *conn;
 
@@ -114,13 +115,13 @@ pnlb_conn_find_after(struct pnlb_conn *established, const struct pnlb_flow_key *
 		*table = PNLB_NEW;
 		return conn;
 	}
-	return bpf_map_lookup_elem(&pnlb_conns, key);
+	return look_again ? bpf_map_lookup_elem(&pnlb_conns, key) : NULL;
 }
 
 static __always_inline struct pnlb_conn *pnlb_conn_find(const struct pnlb_flow_key *key,
 							int *table)
 {
-	return pnlb_conn_find_after(bpf_map_lookup_elem(&pnlb_conns, key), key, table);
+	return pnlb_conn_find_after(bpf_map_lookup_elem(&pnlb_conns, key), key, table, 1);
 }
 
 /* The backend in slot `id` if it still holds the occupant a flow was given. */
@@ -774,7 +775,13 @@ static __always_inline int pnlb_conn_for(struct xdp_md *ctx, const struct pnlb_s
 	int reason;
 
 	*new_flow = 0;
-	*conn = pnlb_conn_find_after(established, &pkt->flow, table);
+	/* A TCP SYN's flow is moved to the established table by a later packet
+	 * of the client's, which comes in on the same queue (the same CPU) and
+	 * so not while this one looks: one look there is enough. Other packets
+	 * look twice: a nat UDP flow is moved by its backend's first reply,
+	 * which may come in on another CPU meanwhile. */
+	*conn = pnlb_conn_find_after(established, &pkt->flow, table,
+				     !(pkt->flow.protocol == IPPROTO_TCP && pnlb_opens_flow(pkt)));
 	if (*conn && (*conn)->direction == PNLB_DIR_ORIGINAL) {
 		if ((*conn)->service_id == svc->id) {
 			if ((*conn)->flags & PNLB_CONN_F_RESET) {
