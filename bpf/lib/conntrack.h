@@ -618,10 +618,10 @@ __attribute__((noinline)) int pnlb_conn_create(const struct pnlb_service *svc,
 			bpf_map_delete_elem(&pnlb_conns_new, reply_key);
 		return PNLB_DROP_FLOW_CONFLICT;
 	}
-	/* Referenced, as the original is by the caller's lookup: the LRU then
-	 * treats the pair alike instead of taking the untouched reply first. */
-	if (entries == 2)
-		bpf_map_lookup_elem(&pnlb_conns_new, reply_key);
+	/* Neither entry is looked up again: the LRU inserts them unreferenced,
+	 * so it takes the older first, the reply, which the client's next
+	 * packet puts back (pnlb_conn_heal). A referenced reply would outlive
+	 * its original, and the flow would be lost. */
 	pnlb_count_table(PNLB_TC_NEW_ENTRIES, entries);
 	pnlb_count_opened(backend_id);
 	return 0;

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use pnlb_core::config::Timeouts;
-use pnlb_dataplane::abi::{Conn, ConnState};
+use pnlb_dataplane::abi::{Conn, ConnState, FlowKey};
 use pnlb_dataplane::address_filter;
 use pnlb_dataplane::conntrack::{monotonic_ns, Table};
 use support::*;
@@ -254,6 +254,71 @@ fn a_half_open_flow_whose_reply_entry_was_evicted_gets_it_back() {
                 "{method}: translated"
             );
             assert_eq!(fixture.reason("drop_flow_conflict"), 0, "{method}");
+        }
+    });
+}
+
+/// A full new-flow table evicts a half-open nat flow's reply entry before
+/// its original: a flow without its reply entry is healed by the client's
+/// next packet (above), one without its original is lost (its SYN-ACK goes
+/// out, the client's ACK finds no flow). The LRU takes entries oldest and
+/// unreferenced first, so both of a new flow's entries must start alike,
+/// the reply inserted first.
+#[test]
+fn a_full_new_flow_table_takes_a_half_open_flows_reply_entry_before_its_original() {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        for method in ["nat", "snat"] {
+            let fixture = Fixture::with_table_size(&config(method, "rr", 2, ""), 1024);
+            let flows: Vec<(FlowKey, FlowKey)> = (0..4000u16)
+                .map(|i| {
+                    let syn = client(20000 + i, SYN);
+                    let (verdict, out) = fixture.run(&syn.bytes());
+                    assert_eq!(verdict, XDP_TX, "{method}");
+                    let (source, source_port, backend, backend_port) = endpoints(&out);
+                    let answer = Pkt::tcp(
+                        &backend.to_string(),
+                        backend_port,
+                        &source.to_string(),
+                        source_port,
+                        SYN_ACK,
+                    );
+                    (flow_of(&syn.bytes()), flow_of(&answer.bytes()))
+                })
+                .collect();
+            let held = |key: &FlowKey| fixture.dataplane.find_connection(key).is_some();
+            // An snat reply key may have gone to a later flow since (its
+            // port drawn again): only a reply entry back to this client is
+            // this flow's.
+            let reply_of = |reply: &FlowKey, original: &FlowKey| {
+                fixture
+                    .dataplane
+                    .find_connection(reply)
+                    .is_some_and(|(_, conn)| conn.rewrite_dport == original.src_port)
+            };
+            let (mut whole, mut healable, mut lost) = (0, 0, 0);
+            for (original, reply) in &flows {
+                match (held(original), reply_of(reply, original)) {
+                    (true, true) => whole += 1,
+                    (true, false) => healable += 1,
+                    (false, true) => lost += 1,
+                    (false, false) => {}
+                }
+            }
+            let stats = fixture.dataplane.table_stats().unwrap();
+            println!(
+                "{method}: 4000 half-open flows into a new-flow table of {}: {whole} whole, \
+                 {healable} without their reply entry (healed by the next packet), \
+                 {lost} without their original (lost)",
+                stats.new_capacity
+            );
+            assert!(whole > 0, "{method}");
+            assert!(
+                lost <= 2,
+                "{method}: {lost} flows kept a reply entry and lost their original"
+            );
         }
     });
 }
