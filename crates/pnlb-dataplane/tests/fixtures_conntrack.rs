@@ -63,18 +63,9 @@ fn handshake(fixture: &Fixture, sport: u16) -> IpAddr {
     let (verdict, out) = fixture.run(&client(sport, SYN).bytes());
     assert_eq!(verdict, XDP_TX, "SYN from port {sport}");
     let backend = backend_of(&out);
-    let (_, _, to, to_port) = endpoints(&out);
-    let (source, source_port, _, _) = endpoints(&out);
-    let answer = Pkt::tcp(
-        &to.to_string(),
-        to_port,
-        &source.to_string(),
-        source_port,
-        SYN_ACK,
-    )
-    .macs(backend_mac(backend), LB_MAC);
+    let (_, _, to, _) = endpoints(&out);
     if to != "10.77.100.1".parse::<IpAddr>().unwrap() {
-        let (verdict, _) = fixture.run(&answer.bytes());
+        let (verdict, _) = fixture.run(&backend_answer(&out, SYN_ACK).bytes());
         assert_eq!(verdict, XDP_REDIRECT, "the SYN-ACK goes back to the client");
     }
     let (verdict, out) = fixture.run(&client(sport, ACK).bytes());
@@ -221,18 +212,7 @@ fn a_half_open_flow_whose_reply_entry_was_evicted_gets_it_back() {
             let fixture = Fixture::new(&config(method, "rr", 2, ""));
             let (verdict, out) = fixture.run(&client(42300, SYN).bytes());
             assert_eq!(verdict, XDP_TX);
-            let (to, to_port, from, from_port) = {
-                let (source, source_port, backend, backend_port) = endpoints(&out);
-                (backend, backend_port, source, source_port)
-            };
-            let answer = Pkt::tcp(
-                &to.to_string(),
-                to_port,
-                &from.to_string(),
-                from_port,
-                SYN_ACK,
-            )
-            .macs(backend_mac(to), LB_MAC);
+            let answer = backend_answer(&out, SYN_ACK);
             let reply_key = flow_of(&answer.bytes());
             assert!(
                 fixture.dataplane.forget_entry(Table::New, &reply_key),
@@ -277,14 +257,7 @@ fn a_full_new_flow_table_takes_a_half_open_flows_reply_entry_before_its_original
                     let syn = client(20000 + i, SYN);
                     let (verdict, out) = fixture.run(&syn.bytes());
                     assert_eq!(verdict, XDP_TX, "{method}");
-                    let (source, source_port, backend, backend_port) = endpoints(&out);
-                    let answer = Pkt::tcp(
-                        &backend.to_string(),
-                        backend_port,
-                        &source.to_string(),
-                        source_port,
-                        SYN_ACK,
-                    );
+                    let answer = backend_answer(&out, SYN_ACK);
                     (flow_of(&syn.bytes()), flow_of(&answer.bytes()))
                 })
                 .collect();
@@ -355,15 +328,7 @@ fn a_nat_or_snat_flow_no_table_holds_is_re_created_by_hash() {
                 Some(Table::New),
                 "{method}: more client packets prove nothing (a spoofer can send them)"
             );
-            let (source, source_port, _, _) = endpoints(&here);
-            let answer = Pkt::tcp(
-                &backend.to_string(),
-                8080,
-                &source.to_string(),
-                source_port,
-                ACK,
-            )
-            .macs(backend_mac(backend), LB_MAC);
+            let answer = backend_answer(&here, ACK);
             assert_eq!(second.run(&answer.bytes()).0, XDP_REDIRECT);
             assert_eq!(
                 second.dataplane.find_connection(&key).map(|(t, _)| t),
@@ -379,16 +344,7 @@ fn a_nat_or_snat_flow_no_table_holds_is_re_created_by_hash() {
 
             // A spoofed packet's backend answers with a reset: it stays half-open.
             let (_, spoofed) = second.run(&client(42201, ACK).bytes());
-            let (source, source_port, _, _) = endpoints(&spoofed);
-            let reset = Pkt::tcp(
-                &backend_of(&spoofed).to_string(),
-                8080,
-                &source.to_string(),
-                source_port,
-                RST,
-            )
-            .macs(backend_mac(backend_of(&spoofed)), LB_MAC);
-            second.run(&reset.bytes());
+            second.run(&backend_answer(&spoofed, RST).bytes());
             let key = flow_of(&client(42201, ACK).bytes());
             let (table, conn) = second.dataplane.find_connection(&key).unwrap();
             assert_eq!(table, Table::New, "{method}");
@@ -427,16 +383,7 @@ fn a_flow_re_created_from_its_fin_remembers_it_and_the_backends_fin_closes_it() 
             assert_eq!(u32::from(conn.state), ConnState::PNLB_CT_FIN_WAIT.0);
             assert_eq!(conn.fin_seen, 1, "{method}: the client's FIN");
 
-            let backend = backend_of(&out);
-            let (source, source_port, _, _) = endpoints(&out);
-            let answer = Pkt::tcp(
-                &backend.to_string(),
-                8080,
-                &source.to_string(),
-                source_port,
-                FIN,
-            )
-            .macs(backend_mac(backend), LB_MAC);
+            let answer = backend_answer(&out, FIN);
             assert_eq!(fixture.run(&answer.bytes()).0, XDP_REDIRECT, "{method}");
             let conn = fixture.dataplane.lookup_connection(&key).unwrap();
             println!(

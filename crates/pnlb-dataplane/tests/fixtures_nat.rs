@@ -736,15 +736,7 @@ fn a_synced_flow_is_translated_on_the_other_node_in_both_directions() {
         // (in a download, the first packet after a takeover) is not
         // translated, it goes to the kernel.
         let (syn, on_active) = &outputs[1];
-        let (snat_src, snat_port, backend, backend_port) = endpoints(on_active);
-        let reply = Pkt::tcp(
-            &backend.to_string(),
-            backend_port,
-            &snat_src.to_string(),
-            snat_port,
-            ACK,
-        )
-        .macs(backend_mac(backend), LB_MAC);
+        let reply = backend_answer(on_active, ACK);
         assert_eq!(run_on(&backup, &reply.bytes()).0, XDP_PASS);
 
         // The second flow is synced (with the backup's own slot ids).
@@ -967,15 +959,7 @@ fn a_synced_flow_becomes_this_nodes_with_its_first_packet_here() {
             second.conns().own_flows().unwrap().is_empty(),
             "installed from a peer: the peer's"
         );
-        let (snat_src, snat_port, backend, backend_port) = endpoints(&on_first);
-        let reply = Pkt::tcp(
-            &backend.to_string(),
-            backend_port,
-            &snat_src.to_string(),
-            snat_port,
-            ACK,
-        )
-        .macs(backend_mac(backend), LB_MAC);
+        let reply = backend_answer(&on_first, ACK);
         assert_eq!(run_on(&second, &reply.bytes()).0, XDP_REDIRECT);
         let claimed = second_events.take();
         assert_eq!(claimed.len(), 1, "reported once it came here: {claimed:?}");

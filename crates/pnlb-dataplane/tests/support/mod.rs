@@ -515,6 +515,21 @@ pub fn endpoints(packet: &[u8]) -> (IpAddr, u16, IpAddr, u16) {
     )
 }
 
+/// The backend's TCP answer to `forwarded` (a translated packet the data
+/// plane sent it): from the address and port it went to, back to the
+/// source it was given, from the backend's MAC to ours.
+pub fn backend_answer(forwarded: &[u8], flags: Flags) -> Pkt {
+    let (source, source_port, backend, backend_port) = endpoints(forwarded);
+    Pkt::tcp(
+        &backend.to_string(),
+        backend_port,
+        &source.to_string(),
+        source_port,
+        flags,
+    )
+    .macs(backend_mac(backend), LB_MAC)
+}
+
 /// Runs a shell script (`ip` and `sysctl` lines), which must succeed.
 pub fn sh(script: &str) {
     let status = Command::new("sh").args(["-c", script]).status().unwrap();
