@@ -14,6 +14,9 @@
 //! After the established group it prints each target's case as the 10th
 //! percentile and the median of many short batches, beside its mode's
 //! floor: on a VM the host's pauses move criterion's means by half.
+//!
+//! With PNLB_BENCH_PROFILE_NEW_FLOW=<seconds> it runs only the in-cache
+//! new flow for that long, for a profiler (`perf record -g`).
 
 mod support;
 
@@ -228,80 +231,160 @@ fn xdp(c: &mut Criterion) {
 
     // The same packets with the established table holding more and more
     // other flows: a hash lookup should not care (issue 17: within 1.1x
-    // from 1,000 to 1,000,000 live flows).
+    // from 1,000 to 1,000,000 live flows). A table of its own, sized as a
+    // deployment for a million flows would be: admission keeps 1/16 of a
+    // table free, so a million flows need more than 2^20 entries (in one
+    // of 2^20 they would stand where no new flow is admitted any more).
     let mut group = c.benchmark_group("xdp, established flow, by live flows in the table");
-    let mut filled = 0u32;
-    for live in [1_000u32, 100_000, 1_000_000] {
-        fill(&dataplane, filled, live);
-        filled = live;
-        let dr = tcp("10.77.100.1", 40000, false);
-        group.bench_function(BenchmarkId::new("dr", live), |b| {
-            b.iter_custom(|iters| repeated(&dataplane, iters, &dr))
-        });
-        let nat = tcp("10.77.100.2", 40000, false);
-        group.bench_function(BenchmarkId::new("nat", live), |b| {
-            b.iter_custom(|iters| one_by_one(&dataplane, iters, |_| nat.clone()))
-        });
-        group.bench_function(BenchmarkId::new("not a service (pass)", live), |b| {
-            b.iter_custom(|iters| repeated(&dataplane, iters, &pass))
-        });
+    let sizes = [1_000usize, 100_000, 1_000_000];
+    let by_flows: Vec<Dataplane> = sizes
+        .iter()
+        .map(|&live| {
+            let roomy = sized_dataplane(1 << 21, 0);
+            fill(&roomy, live as u32);
+            roomy
+        })
+        .collect();
+    print_size_rows("live flows in the table", &sizes, &by_flows, &pass);
+    for (live, roomy) in sizes.iter().zip(&by_flows) {
+        size_group(&mut group, roomy, *live, &pass);
     }
     group.finish();
+    drop(by_flows);
 
     // The same with more services beside the measured ones (issue 17:
     // within 1.1x from 1 to 10,000 services): each its own data plane,
     // sized for them, the extra services rr over one backend each (tables
     // of one slot).
     let mut group = c.benchmark_group("xdp, established flow, by services in the data plane");
-    for extra in [0usize, 1_000, 10_000] {
-        let services = bench_config().matches("[[service]]").count() + extra;
-        let mut options = pnlb_dataplane::LoadOptions::for_tests(1 << 16);
-        options.limits = pnlb_dataplane::Limits {
-            services: services as u32,
-            backends: (services * 8) as u32,
-        };
-        let sized = Dataplane::load_with(options).expect("load");
-        let text = bench_config().replacen(
-            "[daemon]\n",
-            &format!(
-                "[daemon]\nmax_services = {services}\nmax_backends = {}\n",
-                services * 8
-            ),
-            1,
-        ) + &extra_services(extra);
-        let config = pnlb_core::config::parse(Path::new("bench.toml"), &text).expect("config");
-        Programmer::new()
-            .apply(&sized, &config, &mut Static)
-            .expect("program");
-        let dr = tcp("10.77.100.1", 40000, false);
-        let nat = tcp("10.77.100.2", 40000, false);
-        // The handshake: the SYN creates the flow, the ACK establishes it.
-        for vip in ["10.77.100.1", "10.77.100.2"] {
-            one_by_one(&sized, 1, |_| tcp(vip, 40000, true));
-            one_by_one(&sized, 1, |_| tcp(vip, 40000, false));
-        }
-        group.bench_function(BenchmarkId::new("dr", services), |b| {
-            b.iter_custom(|iters| repeated(&sized, iters, &dr))
-        });
-        group.bench_function(BenchmarkId::new("nat", services), |b| {
-            b.iter_custom(|iters| one_by_one(&sized, iters, |_| nat.clone()))
-        });
-        group.bench_function(BenchmarkId::new("not a service (pass)", services), |b| {
-            b.iter_custom(|iters| repeated(&sized, iters, &pass))
-        });
+    let base = bench_config().matches("[[service]]").count();
+    let sizes = [base, base + 1_000, base + 10_000];
+    let by_services: Vec<Dataplane> = sizes
+        .iter()
+        .map(|services| sized_dataplane(1 << 16, services - base))
+        .collect();
+    print_size_rows("services in the data plane", &sizes, &by_services, &pass);
+    for (services, sized) in sizes.iter().zip(&by_services) {
+        size_group(&mut group, sized, *services, &pass);
     }
     group.finish();
+}
+
+/// A data plane of `conns` established entries with the bench's services
+/// and `extra` more (rr over one backend each), sized for them, its dr
+/// and nat flows established.
+fn sized_dataplane(conns: u32, extra: usize) -> Dataplane {
+    let services = bench_config().matches("[[service]]").count() + extra;
+    let mut options = pnlb_dataplane::LoadOptions::for_tests(conns);
+    options.limits = pnlb_dataplane::Limits {
+        services: services as u32,
+        backends: (services * 8) as u32,
+    };
+    let sized = Dataplane::load_with(options).expect("load");
+    let text = bench_config().replacen(
+        "[daemon]\n",
+        &format!(
+            "[daemon]\nmax_services = {services}\nmax_backends = {}\n",
+            services * 8
+        ),
+        1,
+    ) + &extra_services(extra);
+    let config = pnlb_core::config::parse(Path::new("bench.toml"), &text).expect("config");
+    Programmer::new()
+        .apply(&sized, &config, &mut Static)
+        .expect("program");
+    // The handshake: the SYN creates the flow, the ACK establishes it.
+    for vip in ["10.77.100.1", "10.77.100.2"] {
+        one_by_one(&sized, 1, |_| tcp(vip, 40000, true));
+        one_by_one(&sized, 1, |_| tcp(vip, 40000, false));
+    }
+    sized
+}
+
+/// Criterion's figures of one size: established dr and nat, and the pass.
+fn size_group(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    dataplane: &Dataplane,
+    size: usize,
+    pass: &[u8],
+) {
+    let dr = tcp("10.77.100.1", 40000, false);
+    let nat = tcp("10.77.100.2", 40000, false);
+    group.bench_function(BenchmarkId::new("dr", size), |b| {
+        b.iter_custom(|iters| repeated(dataplane, iters, &dr))
+    });
+    group.bench_function(BenchmarkId::new("nat", size), |b| {
+        b.iter_custom(|iters| one_by_one(dataplane, iters, |_| nat.clone()))
+    });
+    group.bench_function(BenchmarkId::new("not a service (pass)", size), |b| {
+        b.iter_custom(|iters| repeated(dataplane, iters, pass))
+    });
 }
 
 /// Batches each figure of [`print_low_percentiles`] is taken over.
 const BATCHES: usize = 200;
 
+/// Runs per batch in repeat mode, and calls per batch one packet per call.
+const REPEATS: u64 = 2_000;
+const CALLS: u64 = 200;
+
+fn per(total: Duration, count: u64) -> f64 {
+    total.as_nanos() as f64 / count as f64
+}
+
+/// The size groups' flatness (issue 17: within 1.1x from the smallest
+/// size to the largest): established dr, established nat and the pass in
+/// each size's data plane, as 10th percentiles of short batches, each next
+/// to its ratio to the first size. The sizes take turns batch by batch,
+/// so that the VM's slower and quicker spells fall on all of them alike.
+fn print_size_rows(what: &str, sizes: &[usize], dataplanes: &[Dataplane], pass: &[u8]) {
+    let dr = tcp("10.77.100.1", 40000, false);
+    let nat = tcp("10.77.100.2", 40000, false);
+    let mut batches = vec![[Vec::new(), Vec::new(), Vec::new()]; dataplanes.len()];
+    for _ in 0..BATCHES {
+        for (dataplane, batch) in dataplanes.iter().zip(&mut batches) {
+            batch[0].push(per(repeated(dataplane, REPEATS, &dr), REPEATS));
+            batch[1].push(per(one_by_one(dataplane, CALLS, |_| nat.clone()), CALLS));
+            batch[2].push(per(repeated(dataplane, REPEATS, pass), REPEATS));
+        }
+    }
+    let figures: Vec<[f64; 3]> = batches
+        .into_iter()
+        .map(|cases| cases.map(|mut means| tenth_percentile(&mut means)))
+        .collect();
+    println!("\nper packet by {what}: 10th percentile of {BATCHES} batches, ns (x the first size)");
+    println!(
+        "  {:>10}  {:>16}  {:>16}  {:>16}",
+        "size", "dr", "nat", "pass"
+    );
+    let Some(first) = figures.first() else {
+        return;
+    };
+    for (size, row) in sizes.iter().zip(&figures) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(first)
+            .map(|(now, then)| format!("{now:7.1} ({:4.2}x)", now / then))
+            .collect();
+        println!(
+            "  {size:>10}  {:>16}  {:>16}  {:>16}",
+            cells[0], cells[1], cells[2]
+        );
+    }
+}
+
 /// The 10th percentile and the median of [`BATCHES`] batches' mean cost
 /// per packet, in ns.
 fn low_percentiles(mut batch_ns: impl FnMut() -> f64) -> (f64, f64) {
     let mut means: Vec<f64> = (0..BATCHES).map(|_| batch_ns()).collect();
+    let tenth = tenth_percentile(&mut means);
+    (tenth, means[means.len() / 2])
+}
+
+/// The 10th percentile of batch means (sorts them).
+fn tenth_percentile(means: &mut [f64]) -> f64 {
     means.sort_by(f64::total_cmp);
-    (means[BATCHES / 10], means[BATCHES / 2])
+    means.get(means.len() / 10).copied().unwrap_or(f64::NAN)
 }
 
 /// Each target's case as the 10th percentile and the median of many
@@ -315,10 +398,7 @@ fn print_low_percentiles(
     floor: &libbpf_rs::ProgramMut<'static>,
     pass: &[u8],
 ) {
-    const REPEATS: u64 = 2_000;
-    const CALLS: u64 = 200;
     const NEW_CALLS: u64 = 100;
-    let per = |total: Duration, count: u64| total.as_nanos() as f64 / count as f64;
     let any = tcp("10.77.1.99", 40000, false);
     let floor_repeat = low_percentiles(|| per(program_repeated(floor, REPEATS, &any), REPEATS));
     let floor_calls =
@@ -392,13 +472,25 @@ fn print_low_percentiles(
     // cache. Against the row above (maglev, every flow new to memory
     // too): what a new flow costs in cache misses on the tables.
     let warm = |n: u64| new_syn("10.77.101.1", 78, n as u32);
-    let figure = low_percentiles(|| {
-        let ns = per(one_by_one(dataplane, NEW_CALLS, warm), NEW_CALLS);
+    let forget_warm = || {
         for n in 0..NEW_CALLS {
             for table in pnlb_dataplane::conntrack::Table::BOTH {
                 dataplane.forget_entry(table, &flow_key(&warm(n)));
             }
         }
+    };
+    if let Some(seconds) = profile_new_flow_seconds() {
+        println!("only the in-cache new flow, for {seconds} s, for a profiler");
+        let until = std::time::Instant::now() + Duration::from_secs(seconds);
+        while std::time::Instant::now() < until {
+            one_by_one(dataplane, NEW_CALLS, warm);
+            forget_warm();
+        }
+        std::process::exit(0);
+    }
+    let figure = low_percentiles(|| {
+        let ns = per(one_by_one(dataplane, NEW_CALLS, warm), NEW_CALLS);
+        forget_warm();
         ns
     });
     rows.push((
@@ -455,6 +547,17 @@ fn print_low_percentiles(
     println!();
 }
 
+/// PNLB_BENCH_PROFILE_NEW_FLOW=<seconds>: run only the in-cache new-flow
+/// case that long, then exit, for `perf record` (docs/benchmarks.md, "What
+/// a new flow's time is spent on").
+fn profile_new_flow_seconds() -> Option<u64> {
+    let value = std::env::var("PNLB_BENCH_PROFILE_NEW_FLOW").ok()?;
+    match value.parse() {
+        Ok(seconds) => Some(seconds),
+        Err(_) => panic!("PNLB_BENCH_PROFILE_NEW_FLOW={value}: give a number of seconds"),
+    }
+}
+
 /// The SYN of client `n` of network 10.`net`: source port 1024 + n %
 /// 60,000 of address 10.`net`.(n / 60,000 / 256).(n / 60,000 % 256).
 fn new_syn(vip: &str, net: u8, n: u32) -> Vec<u8> {
@@ -480,9 +583,9 @@ fn extra_services(count: usize) -> String {
         .collect()
 }
 
-/// Fills the established table up to `to` flows of the dr service (from
-/// `from`): distinct clients, installed as failover sync installs them.
-fn fill(dataplane: &Dataplane, from: u32, to: u32) {
+/// Fills the established table with `count` flows of the dr service:
+/// distinct clients, installed as failover sync installs them.
+fn fill(dataplane: &Dataplane, count: u32) {
     let Some(template) = dataplane
         .conns()
         .find(&flow_key(&tcp("10.77.100.1", 40000, false)))
@@ -490,7 +593,7 @@ fn fill(dataplane: &Dataplane, from: u32, to: u32) {
     else {
         return;
     };
-    for n in from..to {
+    for n in 0..count {
         let mut key = flow_key(&tcp("10.77.100.1", 1024 + (n % 60_000) as u16, false));
         // Clients 10.78.x.1: never the measured flow's.
         key.src = pnlb_dataplane::abi::addr(IpAddr::from([10, 78, (n / 60_000) as u8, 1]));
