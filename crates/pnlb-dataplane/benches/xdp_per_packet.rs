@@ -13,7 +13,9 @@
 //!
 //! After the established group it prints each target's case as the 10th
 //! percentile and the median of many short batches, beside its mode's
-//! floor: on a VM the host's pauses move criterion's means by half.
+//! floor: on a VM the host's pauses move criterion's means by half. The
+//! size groups (live flows, services) print theirs the same way, the
+//! sizes taking turns batch by batch, each as a ratio to the smallest.
 //!
 //! With PNLB_BENCH_PROFILE_NEW_FLOW=<seconds> it runs only the in-cache
 //! new flow for that long, for a profiler (`perf record -g`).
