@@ -488,6 +488,9 @@ fn print_low_percentiles(
             one_by_one(dataplane, NEW_CALLS, warm);
             forget_warm();
         }
+        let map = Path::new(JIT_LINES);
+        write_jit_lines(dataplane.program(), map).expect("the JIT line map");
+        println!("where each source line's code starts: {}", map.display());
         std::process::exit(0);
     }
     let figure = low_percentiles(|| {
@@ -558,6 +561,55 @@ fn profile_new_flow_seconds() -> Option<u64> {
         Ok(seconds) => Some(seconds),
         Err(_) => panic!("PNLB_BENCH_PROFILE_NEW_FLOW={value}: give a number of seconds"),
     }
+}
+
+/// Where [`write_jit_lines`] writes, from the crate's directory.
+const JIT_LINES: &str = "../../target/bench/jit-lines.txt";
+
+/// Where each source line of the loaded program starts in its JIT-ed code,
+/// one line each: "<address, hex> <file>:<line> <source>", from the
+/// kernel's line info (scripts/profile-lines.py reads it with `perf
+/// script`'s samples: this kernel's perf cannot annotate BPF code).
+fn write_jit_lines(program: &libbpf_rs::ProgramMut<'static>, path: &Path) -> std::io::Result<()> {
+    use libbpf_rs::libbpf_sys;
+    use libbpf_rs::AsRawLibbpf;
+    use std::os::fd::AsFd;
+
+    let id = libbpf_rs::Program::id_from_fd(program.as_fd()).map_err(std::io::Error::other)?;
+    let options = libbpf_rs::query::ProgInfoQueryOptions::default().include_all();
+    let info = libbpf_rs::query::ProgInfoIter::with_query_opts(options)
+        .find(|info| info.id == id)
+        .ok_or_else(|| std::io::Error::other(format!("program {id} not listed")))?;
+    let btf = libbpf_rs::btf::Btf::from_prog_id(id).map_err(std::io::Error::other)?;
+    let text = |offset: u32| -> String {
+        // SAFETY: btf is a loaded BTF object; libbpf returns NULL or a
+        // string inside it for any offset.
+        let name =
+            unsafe { libbpf_sys::btf__name_by_offset(btf.as_libbpf_object().as_ptr(), offset) };
+        if name.is_null() {
+            return String::new();
+        }
+        // SAFETY: non-null strings from libbpf are NUL-terminated and live
+        // as long as btf.
+        unsafe { std::ffi::CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut out = String::new();
+    for (line, address) in info.line_info.iter().zip(&info.jited_line_info) {
+        let file = text(line.file_name_off);
+        let file = file.rsplit('/').next().unwrap_or_default();
+        out += &format!(
+            "{:x} {file}:{} {}\n",
+            *address as u64,
+            line.line_num,
+            text(line.line_off).trim()
+        );
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, out)
 }
 
 /// The SYN of client `n` of network 10.`net`: source port 1024 + n %
