@@ -7,7 +7,7 @@ bench writes (docs/benchmarks.md, "What a new flow's time is spent on"):
 
   cd crates/pnlb-dataplane
   cargo bench --bench xdp_per_packet --no-run
-  PNLB_BENCH_PROFILE_NEW_FLOW=20 perf record -g -C 1 -o /tmp/pnlb.perf -- \\
+  PNLB_BENCH_PROFILE="new flow:20" perf record -g -C 1 -o /tmp/pnlb.perf -- \\
       taskset -c 1 ../../target/release/deps/xdp_per_packet-<hash> --bench none
   perf script -i /tmp/pnlb.perf -F ip,sym | scripts/profile-lines.py target/bench/jit-lines.txt
 

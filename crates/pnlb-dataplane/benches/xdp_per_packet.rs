@@ -17,8 +17,8 @@
 //! size groups (live flows, services) print theirs the same way, the
 //! sizes taking turns batch by batch, each as a ratio to the smallest.
 //!
-//! With PNLB_BENCH_PROFILE_NEW_FLOW=<seconds> it runs only the in-cache
-//! new flow for that long, for a profiler (`perf record -g`).
+//! With PNLB_BENCH_PROFILE=<case>:<seconds> it runs only that case for
+//! that long, for a profiler (`perf record -g`; scripts/profile-lines.py).
 
 mod support;
 
@@ -401,6 +401,9 @@ fn print_low_percentiles(
     pass: &[u8],
 ) {
     const NEW_CALLS: u64 = 100;
+    if let Some((case, seconds)) = profile_request() {
+        profile_only(dataplane, &case, seconds, NEW_CALLS);
+    }
     let any = tcp("10.77.1.99", 40000, false);
     let floor_repeat = low_percentiles(|| per(program_repeated(floor, REPEATS, &any), REPEATS));
     let floor_calls =
@@ -473,29 +476,9 @@ fn print_low_percentiles(
     // the free nodes it touches are the ones the batch before touched, in
     // cache. Against the row above (maglev, every flow new to memory
     // too): what a new flow costs in cache misses on the tables.
-    let warm = |n: u64| new_syn("10.77.101.1", 78, n as u32);
-    let forget_warm = || {
-        for n in 0..NEW_CALLS {
-            for table in pnlb_dataplane::conntrack::Table::BOTH {
-                dataplane.forget_entry(table, &flow_key(&warm(n)));
-            }
-        }
-    };
-    if let Some(seconds) = profile_new_flow_seconds() {
-        println!("only the in-cache new flow, for {seconds} s, for a profiler");
-        let until = std::time::Instant::now() + Duration::from_secs(seconds);
-        while std::time::Instant::now() < until {
-            one_by_one(dataplane, NEW_CALLS, warm);
-            forget_warm();
-        }
-        let map = Path::new(JIT_LINES);
-        write_jit_lines(dataplane.program(), map).expect("the JIT line map");
-        println!("where each source line's code starts: {}", map.display());
-        std::process::exit(0);
-    }
     let figure = low_percentiles(|| {
-        let ns = per(one_by_one(dataplane, NEW_CALLS, warm), NEW_CALLS);
-        forget_warm();
+        let ns = per(one_by_one(dataplane, NEW_CALLS, in_cache_syn), NEW_CALLS);
+        forget_in_cache_syns(dataplane, NEW_CALLS);
         ns
     });
     rows.push((
@@ -552,14 +535,60 @@ fn print_low_percentiles(
     println!();
 }
 
-/// PNLB_BENCH_PROFILE_NEW_FLOW=<seconds>: run only the in-cache new-flow
-/// case that long, then exit, for `perf record` (docs/benchmarks.md, "What
-/// a new flow's time is spent on").
-fn profile_new_flow_seconds() -> Option<u64> {
-    let value = std::env::var("PNLB_BENCH_PROFILE_NEW_FLOW").ok()?;
-    match value.parse() {
-        Ok(seconds) => Some(seconds),
-        Err(_) => panic!("PNLB_BENCH_PROFILE_NEW_FLOW={value}: give a number of seconds"),
+/// PNLB_BENCH_PROFILE=<case>:<seconds>: run only that case that long,
+/// then write the program's line map and exit, for `perf record` and
+/// scripts/profile-lines.py (docs/benchmarks.md, "What a new flow's time
+/// is spent on"). The case is "new flow" (maglev, its tables' memory in
+/// cache) or an established flow's method: dr, nat, snat, tun ipip, tun gue.
+fn profile_request() -> Option<(String, u64)> {
+    let value = std::env::var("PNLB_BENCH_PROFILE").ok()?;
+    let parsed = value
+        .rsplit_once(':')
+        .and_then(|(case, seconds)| Some((case.to_string(), seconds.parse().ok()?)));
+    match parsed {
+        Some(request) => Some(request),
+        None => panic!("PNLB_BENCH_PROFILE={value}: give <case>:<seconds>, e.g. \"nat:20\""),
+    }
+}
+
+fn profile_only(dataplane: &Dataplane, case: &str, seconds: u64, new_calls: u64) -> ! {
+    let until = std::time::Instant::now() + Duration::from_secs(seconds);
+    let established = METHODS.iter().find(|(name, _)| *name == case);
+    println!("only \"{case}\", for {seconds} s, for a profiler");
+    match (case, established) {
+        ("new flow", _) => {
+            while std::time::Instant::now() < until {
+                one_by_one(dataplane, new_calls, in_cache_syn);
+                forget_in_cache_syns(dataplane, new_calls);
+            }
+        }
+        (_, Some((_, vip))) => {
+            let packet = tcp(vip, 40000, false);
+            while std::time::Instant::now() < until {
+                one_by_one(dataplane, CALLS, |_| packet.clone());
+            }
+        }
+        _ => panic!(
+            "PNLB_BENCH_PROFILE: no case \"{case}\" (new flow, dr, nat, snat, tun ipip, tun gue)"
+        ),
+    }
+    let map = Path::new(JIT_LINES);
+    write_jit_lines(dataplane.program(), map).expect("the JIT line map");
+    println!("where each source line's code starts: {}", map.display());
+    std::process::exit(0);
+}
+
+/// The in-cache new-flow case's SYN `n`: the same clients batch after
+/// batch, their entries forgotten in between.
+fn in_cache_syn(n: u64) -> Vec<u8> {
+    new_syn("10.77.101.1", 78, n as u32)
+}
+
+fn forget_in_cache_syns(dataplane: &Dataplane, count: u64) {
+    for n in 0..count {
+        for table in pnlb_dataplane::conntrack::Table::BOTH {
+            dataplane.forget_entry(table, &flow_key(&in_cache_syn(n)));
+        }
     }
 }
 
