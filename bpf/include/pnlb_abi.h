@@ -532,7 +532,11 @@ struct pnlb_conn {
 	struct pnlb_addr rewrite_dst;
 	__u16 rewrite_sport;
 	__u16 rewrite_dport;
-	__u32 _pad2;
+	/* The data plane's: the kernel tick (jiffies, low 32 bits) at which it
+	 * last stamped last_seen_ns (conntrack.h). 0 or another host's value
+	 * (an entry userspace installed or a peer synced) only makes the next
+	 * packet stamp it, so this field needs no ABI version of its own. */
+	__u32 touched;
 };
 
 /*

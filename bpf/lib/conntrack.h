@@ -37,20 +37,31 @@
 #include "nodes.h"
 #include "stats.h"
 
-/* last_seen is refreshed at most this often, to keep writes off the hot path. */
-#define PNLB_CONN_TOUCH_NS 1000000000ULL
-
 /*
  * The clock of an entry's created/last_seen stamps: CLOCK_MONOTONIC as the
  * daemon's sweep reads it, to the kernel's tick (1-4 ms behind the exact
- * time, where last_seen is kept to the second). The coarse read is a load
- * of the timekeeper's last tick; bpf_ktime_get_ns() reads the clock source
- * (the TSC), which BPF_PROG_TEST_RUN put at ~15% of an established dr
- * packet here. Rate limits keep the exact clock.
+ * time). The coarse read is a helper call that reads the timekeeper under
+ * its sequence count (~15% of an established packet in BPF_PROG_TEST_RUN);
+ * bpf_ktime_get_ns() reads the clock source (the TSC) and cost as much.
+ * Rate limits keep the exact clock.
  */
 static __always_inline __u64 pnlb_conn_clock(void)
 {
 	return bpf_ktime_get_coarse_ns();
+}
+
+/*
+ * An established packet does not read that clock: it compares the kernel's
+ * tick count (jiffies, which the verifier turns into one load) with the
+ * tick its entry was last stamped at (`touched`), and stamps last_seen
+ * again once this many ticks have passed: every 0.1-1 s (HZ 1000-100),
+ * well inside any timeout the sweep applies.
+ */
+#define PNLB_CONN_TOUCH_TICKS 100
+
+static __always_inline __u32 pnlb_conn_tick(void)
+{
+	return (__u32)bpf_jiffies64();
 }
 
 /* pnlb_conn_for's "forward without state": the backend is set, no entry. */
@@ -257,17 +268,22 @@ static __always_inline void pnlb_conn_report(const struct pnlb_flow_key *key,
 static __always_inline int pnlb_conn_track(struct pnlb_conn *conn, int table,
 					   const struct pnlb_packet *pkt)
 {
-	__u64 now = pnlb_conn_clock();
+	__u32 tick = pnlb_conn_tick();
 	__u8 next = pnlb_next_state(conn->state, pkt->tcp_flags);
 	__u8 fins = conn->fin_seen;
 	struct pnlb_flow_key peer_key;
 	struct pnlb_conn *peer;
 	int promote = 0, moved, report, claimed = 0;
 
-	/* Signed: a stamp the daemon wrote (a synced flow) may be ahead of
-	 * the coarse clock by a tick. */
-	if ((__s64)(now - conn->last_seen_ns) > (__s64)PNLB_CONN_TOUCH_NS)
-		conn->last_seen_ns = now;
+	if (tick - conn->touched >= PNLB_CONN_TOUCH_TICKS) {
+		__u64 now = pnlb_conn_clock();
+
+		conn->touched = tick;
+		/* Signed: a stamp the daemon wrote (a synced flow) may be
+		 * ahead of the coarse clock by a tick. */
+		if ((__s64)(now - conn->last_seen_ns) > 0)
+			conn->last_seen_ns = now;
+	}
 	if (conn->flags & PNLB_CONN_F_SYNCED) {
 		/* A peer's flow whose packets now come here: ours to report. */
 		conn->flags &= ~PNLB_CONN_F_SYNCED;
@@ -306,7 +322,7 @@ static __always_inline int pnlb_conn_track(struct pnlb_conn *conn, int table,
 				       conn->state, next);
 		conn->state = next;
 		conn->fin_seen = fins;
-		conn->last_seen_ns = now;
+		conn->last_seen_ns = pnlb_conn_clock();
 	}
 	if (!(conn->flags & PNLB_CONN_F_NAT)) {
 		if (report)
@@ -575,6 +591,7 @@ __attribute__((noinline)) int pnlb_conn_create(const struct pnlb_service *svc,
 		original->fin_seen = 1 << (PNLB_DIR_ORIGINAL & 1);
 	original->created_ns = now;
 	original->last_seen_ns = now;
+	original->touched = pnlb_conn_tick();
 	original->rewrite_src = pkt->flow.src;
 	original->rewrite_sport = pkt->flow.src_port;
 	original->rewrite_dst = pkt->flow.dst;

@@ -179,6 +179,9 @@ impl ConnTables {
         original.direction = abi::ConnDirection::PNLB_DIR_ORIGINAL.0 as u8;
         original.created_ns = now;
         original.last_seen_ns = now;
+        // The peer's kernel tick means nothing here: 0 has the flow's next
+        // packet here stamp it (conntrack.h, PNLB_CONN_TOUCH_TICKS).
+        original.touched = 0;
         // A peer's flow until a packet of it comes here; one this node
         // carries too (its client's packets come here, its replies there)
         // stays carried here, or each node's next packet would claim it

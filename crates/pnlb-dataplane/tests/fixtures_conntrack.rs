@@ -459,6 +459,58 @@ fn flood_spares_established(method: &str, scheduler: &str) {
 }
 
 #[test]
+fn a_flow_with_packets_stamps_its_entries_again_after_a_hundred_ticks_and_an_entry_from_elsewhere_at_once(
+) {
+    if !privileged() {
+        return;
+    }
+    in_lb_netns(|| {
+        let fixture = Fixture::new(&config("nat", "rr", 2, ""));
+        handshake(&fixture, 40000);
+        let key = flow_of(&client(40000, ACK).bytes());
+        let entry = |what: &str| {
+            let (table, conn) = fixture.dataplane.find_connection(&key).expect(what);
+            assert_eq!(table, Table::Established, "{what}");
+            conn
+        };
+        let stamped = entry("the handshake's entry");
+
+        // A hundred ticks are 0.1-1 s (HZ 1000-100): after 1.1 s the
+        // client's next packet stamps the entry again.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(fixture.run(&client(40000, ACK).bytes()).0, XDP_TX);
+        let again = entry("the entry after 1.1 s");
+        let ticks = again.touched.wrapping_sub(stamped.touched);
+        let ns = again.last_seen_ns.saturating_sub(stamped.last_seen_ns);
+        println!(
+            "after 1.1 s: last_seen moved {ns} ns, {ticks} ticks (HZ ~{})",
+            u64::from(ticks) * 1_000_000_000 / ns.max(1)
+        );
+        assert!(ticks >= 100, "stamped again once 100 ticks had passed");
+        assert!(ns >= 1_000_000_000, "last_seen follows the clock");
+
+        // An entry a peer synced carries the peer's tick, which means
+        // nothing here: it is installed without it (as an older data
+        // plane's entries hold none), and the next packet stamps it.
+        fixture
+            .dataplane
+            .conns()
+            .install_flow(&key, &again)
+            .unwrap();
+        let installed = entry("the installed entry");
+        assert_eq!(installed.touched, 0, "installed without the peer's tick");
+        assert_eq!(fixture.run(&client(40000, ACK).bytes()).0, XDP_TX);
+        let after = entry("the installed entry after a packet");
+        println!(
+            "installed entry: touched 0 -> {}, last_seen {} -> {}",
+            after.touched, installed.last_seen_ns, after.last_seen_ns
+        );
+        assert_ne!(after.touched, 0, "the first packet stamps it");
+        assert!(after.last_seen_ns >= installed.last_seen_ns);
+    });
+}
+
+#[test]
 fn half_open_floods_never_evict_established_flows() {
     if !privileged() {
         return;

@@ -1,7 +1,8 @@
 //! Expiring idle connections, and counting what stays.
 //!
-//! The XDP program stamps `last_seen` (to the second) and moves the TCP
-//! state; a sweep removes entries idle for longer than their state's
+//! The XDP program stamps `last_seen` (while a flow has packets, every
+//! 100 kernel ticks: 0.1-1 s) and moves the TCP state; a sweep removes
+//! entries idle for longer than their state's
 //! timeout (IPVS's defaults: 900 s established, 120 s closing, 300 s UDP),
 //! from both tables. A nat/snat flow's two entries go together, judged by
 //! the more recent of the two, so a one-way stream never loses its reply
