@@ -36,7 +36,8 @@ static __always_inline __u16 *pnlb_l4_check(void *l4, void *data_end, __u8 proto
 	return NULL;
 }
 
-static __always_inline void pnlb_rewrite_ports(void *l4, void *data_end, __u16 *l4_check,
+/* The ports; their change to the L4 checksum goes into *l4_delta. */
+static __always_inline void pnlb_rewrite_ports(void *l4, void *data_end, __u32 *l4_delta,
 					       __u16 sport, __u16 dport)
 {
 	/* TCP and UDP both start with source and destination port. */
@@ -45,41 +46,43 @@ static __always_inline void pnlb_rewrite_ports(void *l4, void *data_end, __u16 *
 	if ((void *)(ports + 2) > data_end)
 		return;
 	if (ports[0] != sport) {
-		if (l4_check)
-			pnlb_csum_replace2(l4_check, ports[0], sport);
+		*l4_delta += pnlb_csum_delta2(ports[0], sport);
 		ports[0] = sport;
 	}
 	if (ports[1] != dport) {
-		if (l4_check)
-			pnlb_csum_replace2(l4_check, ports[1], dport);
+		*l4_delta += pnlb_csum_delta2(ports[1], dport);
 		ports[1] = dport;
 	}
 }
 
-/* One hop less (see ttl.h); the header checksum follows. */
-static __always_inline void pnlb_ipv4_hop(struct iphdr *ip)
+/* One hop less (see ttl.h); its change to the header checksum goes into
+ * *ip_delta. */
+static __always_inline void pnlb_ipv4_hop(struct iphdr *ip, __u32 *ip_delta)
 {
 	__u16 *ttl_protocol = (__u16 *)&ip->ttl;
 	__u16 from = *ttl_protocol;
 
 	ip->ttl -= 1;
-	pnlb_csum_replace2(&ip->check, from, *ttl_protocol);
+	*ip_delta += pnlb_csum_delta2(from, *ttl_protocol);
 }
 
-/* The addresses, into the header checksum and `l4_check` (NULL: none). */
+/* The addresses; their change goes into both checksums' deltas (the L4
+ * checksum's pseudo-header holds them too). */
 static __always_inline void pnlb_rewrite_addr4(struct iphdr *ip, __u32 src, __u32 dst,
-					       __u16 *l4_check)
+					       __u32 *ip_delta, __u32 *l4_delta)
 {
+	__u32 delta;
+
 	if (ip->saddr != src) {
-		pnlb_csum_replace4(&ip->check, ip->saddr, src);
-		if (l4_check)
-			pnlb_csum_replace4(l4_check, ip->saddr, src);
+		delta = pnlb_csum_delta4(ip->saddr, src);
+		*ip_delta += delta;
+		*l4_delta += delta;
 		ip->saddr = src;
 	}
 	if (ip->daddr != dst) {
-		pnlb_csum_replace4(&ip->check, ip->daddr, dst);
-		if (l4_check)
-			pnlb_csum_replace4(l4_check, ip->daddr, dst);
+		delta = pnlb_csum_delta4(ip->daddr, dst);
+		*ip_delta += delta;
+		*l4_delta += delta;
 		ip->daddr = dst;
 	}
 }
@@ -94,6 +97,7 @@ static __always_inline int pnlb_nat_ipv4(struct xdp_md *ctx, const struct pnlb_p
 	void *l4 = data + PNLB_L4_OFFSET_V4;
 	__u32 src = conn->rewrite_src.words[3];
 	__u32 dst = conn->rewrite_dst.words[3];
+	__u32 ip_delta = 0, l4_delta = 0;
 	__u16 *l4_check;
 
 	if ((void *)(ip + 1) > data_end)
@@ -101,33 +105,36 @@ static __always_inline int pnlb_nat_ipv4(struct xdp_md *ctx, const struct pnlb_p
 	if (pkt->fragment == PNLB_LATER_FRAGMENT) {
 		/* No L4 header here: the first fragment's checksum covered
 		 * the whole datagram's change. */
-		pnlb_rewrite_addr4(ip, src, dst, NULL);
-		pnlb_ipv4_hop(ip);
+		pnlb_rewrite_addr4(ip, src, dst, &ip_delta, &l4_delta);
+		pnlb_ipv4_hop(ip, &ip_delta);
+		pnlb_csum_apply(&ip->check, ip_delta);
 		return 0;
 	}
 	l4_check = pnlb_l4_check(l4, data_end, protocol);
 	if (!l4_check)
 		return PNLB_DROP_TRUNCATED_L4;
+
+	pnlb_rewrite_addr4(ip, src, dst, &ip_delta, &l4_delta);
+	pnlb_rewrite_ports(l4, data_end, &l4_delta, conn->rewrite_sport, conn->rewrite_dport);
+	pnlb_ipv4_hop(ip, &ip_delta);
+	pnlb_csum_apply(&ip->check, ip_delta);
 	/* A UDP checksum of 0 means "none": keep it that way. */
 	if (protocol == IPPROTO_UDP && *l4_check == 0)
-		l4_check = NULL;
-
-	pnlb_rewrite_addr4(ip, src, dst, l4_check);
-	pnlb_rewrite_ports(l4, data_end, l4_check, conn->rewrite_sport, conn->rewrite_dport);
-	if (l4_check && protocol == IPPROTO_UDP && *l4_check == 0)
+		return 0;
+	pnlb_csum_apply(l4_check, l4_delta);
+	if (protocol == IPPROTO_UDP && *l4_check == 0)
 		*l4_check = 0xffff;
-	pnlb_ipv4_hop(ip);
 	return 0;
 }
 
+/* An IPv6 address; its change to the L4 checksum goes into *l4_delta. */
 static __always_inline void pnlb_rewrite_addr6(__u32 *field, const struct pnlb_addr *to,
-					       __u16 *l4_check)
+					       __u32 *l4_delta)
 {
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
 		if (field[i] != to->words[i]) {
-			if (l4_check)
-				pnlb_csum_replace4(l4_check, field[i], to->words[i]);
+			*l4_delta += pnlb_csum_delta4(field[i], to->words[i]);
 			field[i] = to->words[i];
 		}
 	}
@@ -141,13 +148,14 @@ static __always_inline int pnlb_nat_ipv6(struct xdp_md *ctx, const struct pnlb_p
 	struct ipv6hdr *ip6 = data + PNLB_L3_OFFSET;
 	void *l4 = data + PNLB_L4_OFFSET_V6;
 	__u8 protocol = pkt->flow.protocol;
+	__u32 l4_delta = 0;
 	__u16 *l4_check;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return PNLB_DROP_TRUNCATED_IP;
 	if (pkt->fragment == PNLB_LATER_FRAGMENT) {
-		pnlb_rewrite_addr6(ip6->saddr.in6_u.u6_addr32, &conn->rewrite_src, NULL);
-		pnlb_rewrite_addr6(ip6->daddr.in6_u.u6_addr32, &conn->rewrite_dst, NULL);
+		pnlb_rewrite_addr6(ip6->saddr.in6_u.u6_addr32, &conn->rewrite_src, &l4_delta);
+		pnlb_rewrite_addr6(ip6->daddr.in6_u.u6_addr32, &conn->rewrite_dst, &l4_delta);
 		ip6->hop_limit -= 1;
 		return 0;
 	}
@@ -156,19 +164,20 @@ static __always_inline int pnlb_nat_ipv6(struct xdp_md *ctx, const struct pnlb_p
 	l4_check = pnlb_l4_check(l4, data_end, protocol);
 	if (!l4_check)
 		return PNLB_DROP_TRUNCATED_L4;
+	pnlb_rewrite_addr6(ip6->saddr.in6_u.u6_addr32, &conn->rewrite_src, &l4_delta);
+	pnlb_rewrite_addr6(ip6->daddr.in6_u.u6_addr32, &conn->rewrite_dst, &l4_delta);
+	pnlb_rewrite_ports(l4, data_end, &l4_delta, conn->rewrite_sport, conn->rewrite_dport);
+	ip6->hop_limit -= 1;
 	/* IPv6 UDP must carry a checksum, except that tunnel protocols may
 	 * send 0 (RFC 6935, 6936); whether to accept that is the receiver's
 	 * call, so a 0 is forwarded as 0, as for IPv4 — updating it would
 	 * forge a wrong checksum, computing one would mean reading the whole
 	 * datagram. */
 	if (protocol == IPPROTO_UDP && *l4_check == 0)
-		l4_check = NULL;
-	pnlb_rewrite_addr6(ip6->saddr.in6_u.u6_addr32, &conn->rewrite_src, l4_check);
-	pnlb_rewrite_addr6(ip6->daddr.in6_u.u6_addr32, &conn->rewrite_dst, l4_check);
-	pnlb_rewrite_ports(l4, data_end, l4_check, conn->rewrite_sport, conn->rewrite_dport);
-	if (l4_check && protocol == IPPROTO_UDP && *l4_check == 0)
+		return 0;
+	pnlb_csum_apply(l4_check, l4_delta);
+	if (protocol == IPPROTO_UDP && *l4_check == 0)
 		*l4_check = 0xffff;
-	ip6->hop_limit -= 1;
 	return 0;
 }
 
