@@ -56,14 +56,22 @@ static __always_inline void pnlb_rewrite_ports(void *l4, void *data_end, __u32 *
 }
 
 /* One hop less (see ttl.h); its change to the header checksum goes into
- * *ip_delta. */
+ * *ip_delta. The TTL and protocol word is changed in a register and
+ * stored whole: reading it back after storing its TTL byte alone would
+ * make the CPU wait for the store (4.8% of a nat packet in the profile). */
 static __always_inline void pnlb_ipv4_hop(struct iphdr *ip, __u32 *ip_delta)
 {
 	__u16 *ttl_protocol = (__u16 *)&ip->ttl;
-	__u16 from = *ttl_protocol;
+	__u16 from = *ttl_protocol, to;
 
-	ip->ttl -= 1;
-	*ip_delta += pnlb_csum_delta2(from, *ttl_protocol);
+	/* The TTL is the word's first byte in memory. */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	to = (from & 0xff00) | ((from - 1) & 0x00ff);
+#else
+	to = (from & 0x00ff) | ((from - 0x100) & 0xff00);
+#endif
+	*ttl_protocol = to;
+	*ip_delta += pnlb_csum_delta2(from, to);
 }
 
 /* The addresses; their change goes into both checksums' deltas (the L4
