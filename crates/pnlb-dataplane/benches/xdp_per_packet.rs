@@ -233,10 +233,11 @@ fn xdp(c: &mut Criterion) {
 
     // The same packets with the established table holding more and more
     // other flows: a hash lookup should not care (issue 17: within 1.1x
-    // from 1,000 to 1,000,000 live flows). A table of its own, sized as a
-    // deployment for a million flows would be: admission keeps 1/16 of a
-    // table free, so a million flows need more than 2^20 entries (in one
-    // of 2^20 they would stand where no new flow is admitted any more).
+    // from 1,000 to 1,000,000 live flows). Each size a data plane of its
+    // own, its table sized as a deployment for a million flows would be:
+    // admission keeps 1/16 of a table free, so a million flows need more
+    // than 2^20 entries (in 2^20 they would stand where no new flow is
+    // admitted any more).
     let mut group = c.benchmark_group("xdp, established flow, by live flows in the table");
     let sizes = [1_000usize, 100_000, 1_000_000];
     let by_flows: Vec<Dataplane> = sizes

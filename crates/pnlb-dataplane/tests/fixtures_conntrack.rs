@@ -459,8 +459,7 @@ fn flood_spares_established(method: &str, scheduler: &str) {
 }
 
 #[test]
-fn a_flow_with_packets_stamps_its_entries_again_after_a_hundred_ticks_and_an_entry_from_elsewhere_at_once(
-) {
+fn packets_stamp_their_entry_after_a_hundred_ticks_and_an_installed_entry_at_once() {
     if !privileged() {
         return;
     }
