@@ -3,13 +3,17 @@
 
 This kernel's perf cannot annotate JIT-ed BPF code, so this maps perf's
 samples to source lines itself, with the line map that the per-packet
-bench writes (docs/benchmarks.md, "What a new flow's time is spent on"):
+bench writes (docs/benchmarks.md, "What a new flow's time is spent on").
+It needs perf (Debian: apt-get install linux-perf); as root:
 
   cd crates/pnlb-dataplane
   cargo bench --bench xdp_per_packet --no-run
   PNLB_BENCH_PROFILE="new flow:20" perf record -g -C 1 -o /tmp/pnlb.perf -- \\
       taskset -c 1 ../../target/release/deps/xdp_per_packet-<hash> --bench none
-  perf script -i /tmp/pnlb.perf -F ip,sym | scripts/profile-lines.py target/bench/jit-lines.txt
+  perf script -i /tmp/pnlb.perf -F ip,sym |
+      ../../scripts/profile-lines.py ../../target/bench/jit-lines.txt
+
+The case may also be an established flow's method ("dr:15", "nat:15").
 
 It counts the samples taken inside the program (those whose stack holds
 it) and prints two lists: the program's own instructions by source line,
