@@ -327,9 +327,11 @@ fn size_group(
 /// Batches each figure of [`print_low_percentiles`] is taken over.
 const BATCHES: usize = 200;
 
-/// Runs per batch in repeat mode, and calls per batch one packet per call.
+/// Runs per batch in repeat mode, and calls per batch one packet per call
+/// (a new flow's case: fewer, each a flow of its own).
 const REPEATS: u64 = 2_000;
 const CALLS: u64 = 200;
+const NEW_CALLS: u64 = 100;
 
 fn per(total: Duration, count: u64) -> f64 {
     total.as_nanos() as f64 / count as f64
@@ -401,9 +403,8 @@ fn print_low_percentiles(
     floor: &libbpf_rs::ProgramMut<'static>,
     pass: &[u8],
 ) {
-    const NEW_CALLS: u64 = 100;
     if let Some((case, seconds)) = profile_request() {
-        profile_only(dataplane, &case, seconds, NEW_CALLS);
+        profile_only(dataplane, &case, seconds);
     }
     let any = tcp("10.77.1.99", 40000, false);
     let floor_repeat = low_percentiles(|| per(program_repeated(floor, REPEATS, &any), REPEATS));
@@ -552,15 +553,15 @@ fn profile_request() -> Option<(String, u64)> {
     }
 }
 
-fn profile_only(dataplane: &Dataplane, case: &str, seconds: u64, new_calls: u64) -> ! {
+fn profile_only(dataplane: &Dataplane, case: &str, seconds: u64) -> ! {
     let until = std::time::Instant::now() + Duration::from_secs(seconds);
     let established = METHODS.iter().find(|(name, _)| *name == case);
     println!("only \"{case}\", for {seconds} s, for a profiler");
     match (case, established) {
         ("new flow", _) => {
             while std::time::Instant::now() < until {
-                one_by_one(dataplane, new_calls, in_cache_syn);
-                forget_in_cache_syns(dataplane, new_calls);
+                one_by_one(dataplane, NEW_CALLS, in_cache_syn);
+                forget_in_cache_syns(dataplane, NEW_CALLS);
             }
         }
         (_, Some((_, vip))) => {
